@@ -1,0 +1,25 @@
+"""sparsesim: what a sparsity pattern buys on real hardware, and what it costs in accuracy."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # keep `import sparsesim` light: heavy modules load on first use
+    lazy = {
+        "trace": ("sparsesim.tracer", "trace"),
+        "load_workload": ("sparsesim.workloads", "load_workload"),
+        "Plan": ("sparsesim.plans", "Plan"),
+        "sparsify": ("sparsesim.plans", "sparsify"),
+        "load_device": ("sparsesim.devices", "load_device"),
+        "estimate": ("sparsesim.estimate", "estimate"),
+        "compare": ("sparsesim.estimate", "compare"),
+        "simulate": ("sparsesim.simulate", "simulate"),
+    }
+    if name in lazy:
+        import importlib
+
+        mod, attr = lazy[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'sparsesim' has no attribute {name!r}")

@@ -1,0 +1,72 @@
+"""The `sparsesim` command line. One module per verb; each verb builds one JSON-able document
+and a text rendering of the same content, so `--json` always prints the same facts.
+
+A verb module defines:
+    NAME: str                      the verb
+    HELP: str                      one line
+    def add_arguments(parser)      its arguments (the common --json is added here)
+    def run(args) -> dict          the document (plain JSON types only)
+    def render(doc) -> str         the same content for a terminal
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Sequence
+
+from sparsesim.errors import SparsesimError
+
+VERB_MODULES = (
+    "sparsesim.cli.workloads_cmd",
+    "sparsesim.cli.trace_cmd",
+)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+    parser = argparse.ArgumentParser(
+        prog="sparsesim",
+        description="Estimate what sparsity buys on real hardware, before you deploy.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    verbs = {}
+    for name in VERB_MODULES:
+        mod = importlib.import_module(name)
+        p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        mod.add_arguments(p)
+        p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+        verbs[mod.NAME] = mod
+    return parser, verbs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, verbs = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        parser.print_help()
+        return 0
+    mod = verbs[args.verb]
+    try:
+        doc = mod.run(args)
+    except SparsesimError as e:
+        print(f"sparsesim {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sparsesim {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        json.dump(doc, sys.stdout, indent=1, default=_jsonable)
+        sys.stdout.write("\n")
+    else:
+        print(mod.render(doc))
+    return 0
+
+
+def _jsonable(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")

@@ -1,0 +1,5 @@
+import sys
+
+from sparsesim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,33 @@
+"""Errors a user can act on. The CLI prints them as one line (no traceback) and exits 2."""
+
+
+class SparsesimError(Exception):
+    """Base class: the message names the file, field or layer at fault."""
+
+
+class DeviceFileError(SparsesimError):
+    """A device file is malformed: unknown/duplicate/missing key, wrong unit, bad value."""
+
+
+class MaskError(SparsesimError):
+    """A mask has the wrong shape or does not conform to its pattern."""
+
+
+class PlanError(SparsesimError):
+    """A plan is malformed or a rule matches no layer."""
+
+
+class TraceError(SparsesimError):
+    """A model could not be traced (its forward raised, or inputs were wrong)."""
+
+
+class WorkloadError(SparsesimError):
+    """A workload spec names no recipe, file, op or factory that exists."""
+
+
+class UnsupportedError(SparsesimError):
+    """A device cannot run a pattern at all (not even as a fallback)."""
+
+
+class SearchError(SparsesimError):
+    """A search is misconfigured (impossible target, evaluate that raises or returns NaN)."""

@@ -1,0 +1,155 @@
+"""The workload IR: ordered ops with shapes, owning module and weights; it knows nothing of hardware."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# Op kinds. Matmul-like kinds carry a GemmShape; the rest carry bytes moved only.
+MATMUL_KINDS = ("linear", "matmul", "conv", "attention")
+MEMORY_KINDS = ("elementwise", "norm", "softmax", "embedding", "reduction", "copy")
+UNKNOWN = "unknown"
+
+DTYPE_BYTES: Mapping[str, float] = {
+    "fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5,
+    "int32": 4, "int64": 8, "bool": 1,
+}
+
+
+@dataclass(frozen=True)
+class GemmShape:
+    """A (batched, grouped) GEMM  C[M,N] = A[M,K] @ W[K,N], repeated `batch` x `groups` times.
+
+    For a linear layer M = rows of activations (batch x tokens), N = out features, K = in
+    features; its weight is the N x K matrix. For a convolution this is the implicit GEMM:
+    M = batch x out_h x out_w, N = out_channels / groups, K = in_channels / groups x kh x kw.
+    For attention it is one of its two GEMMs (QK^T); `Op.flops` counts both.
+    """
+
+    m: int
+    n: int
+    k: int
+    batch: int = 1
+    groups: int = 1
+
+    @property
+    def macs(self) -> int:
+        return self.m * self.n * self.k * self.batch * self.groups
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What a convolution looks like before it is lowered to a GEMM."""
+
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    input_spatial: tuple[int, ...]
+    output_spatial: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One traced operator.
+
+    `weight` names the parameter (as `named_parameters()` spells it) whose matrix a plan
+    sparsifies; `weight_rows`/`weight_cols` is that weight viewed as the N x K GEMM operand
+    (a conv weight Cout x Cin/g x kh x kw is viewed as Cout x (Cin/g*kh*kw)).
+    `activation_density` is the measured fraction of nonzeros in the input activation
+    (1.0 when it cannot be measured, e.g. on the meta device; then `activation_measured` is False).
+    """
+
+    index: int
+    kind: str
+    aten: str
+    module: str
+    call_index: int
+    dtype: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    output_shape: tuple[int, ...]
+    flops: int
+    bytes_moved: int
+    gemm: GemmShape | None = None
+    conv: ConvGeometry | None = None
+    weight: str | None = None
+    weight_shape: tuple[int, ...] | None = None
+    activation_density: float = 1.0
+    activation_measured: bool = False
+    note: str = ""
+
+    @property
+    def is_matmul(self) -> bool:
+        return self.kind in MATMUL_KINDS
+
+    @property
+    def weight_matrix(self) -> tuple[int, int] | None:
+        """The weight as the N x K matrix a mask is built on, or None for weightless ops."""
+        if self.weight_shape is None:
+            return None
+        rows = self.weight_shape[0]
+        cols = 1
+        for d in self.weight_shape[1:]:
+            cols *= d
+        return rows, cols
+
+    @property
+    def dtype_bytes(self) -> float:
+        return DTYPE_BYTES[self.dtype]
+
+
+@dataclass(frozen=True)
+class WeightInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    on_meta: bool
+
+
+@dataclass(frozen=True)
+class Workload:
+    """An ordered list of ops plus what the tracer saw of the model's weights.
+
+    `model` is kept (not compared, not hashed) so plans can build masks from real weights;
+    `activation_norms` maps a weight name to the per-input-feature L2 norms of the activation
+    feeding it (for activation-aware masks); both are empty on the meta device.
+    """
+
+    name: str
+    ops: tuple[Op, ...]
+    weights: Mapping[str, WeightInfo] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, compare=False, hash=False, repr=False)
+    activation_norms: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def on_meta(self) -> bool:
+        return any(w.on_meta for w in self.weights.values())
+
+    def weight_ops(self) -> tuple[Op, ...]:
+        return tuple(op for op in self.ops if op.weight is not None)
+
+    def summary(self) -> dict[str, Any]:
+        kinds = Counter(op.kind for op in self.ops)
+        return {
+            "name": self.name,
+            "ops": len(self.ops),
+            "by_kind": dict(sorted(kinds.items())),
+            "unknown_ops": kinds.get(UNKNOWN, 0),
+            "unknown_aten": sorted({op.aten for op in self.ops if op.kind == UNKNOWN}),
+            "flops": sum(op.flops for op in self.ops),
+            "bytes_moved": sum(op.bytes_moved for op in self.ops),
+            "weights": len(self.weights),
+            "weight_params": sum(_numel(w.shape) for w in self.weights.values()),
+        }
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
