@@ -22,6 +22,11 @@ from sparsesim.errors import SparsesimError
 VERB_MODULES = (
     "sparsesim.cli.workloads_cmd",
     "sparsesim.cli.trace_cmd",
+    "sparsesim.cli.estimate_cmd",
+    "sparsesim.cli.compare_cmd",
+    "sparsesim.cli.simulate_cmd",
+    "sparsesim.cli.report_cmd",
+    "sparsesim.cli.devices_cmd",
 )
 
 

@@ -1,0 +1,88 @@
+"""Speed of estimation and serving simulation.
+
+    .venv/bin/python benchmarks/bench_estimate.py [--workloads resnet50,bert-base] [--requests 10000]
+
+Targets (issue 3): ResNet-50 and BERT-base x every built-in device x the five plans estimated in
+under 1 s in total (trace once, sparsify once per plan, then cost: the cost + summary stages are
+the estimation), and a 10,000-request serving simulation in under 10 s. Prints how the time
+splits between tracing, sparsifying (mask building from the real weights), costing and
+summarising.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from sparsesim import estimate as est  # noqa: E402
+from sparsesim import results  # noqa: E402
+from sparsesim.devices import builtin_devices  # noqa: E402
+from sparsesim.simulate import simulate_frame  # noqa: E402
+
+ESTIMATE_TARGET_S = 1.0
+SERVING_TARGET_S = 10.0
+
+
+def _timed(fn, *args, **kwargs):
+    t0 = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workloads", default="resnet50,bert-base")
+    ap.add_argument("--plans", default=",".join(est.DEFAULT_PLANS))
+    ap.add_argument("--requests", type=int, default=10_000)
+    ap.add_argument("--serve-device", default="a100-sxm4-80gb")
+    ap.add_argument("--load", type=float, default=0.8, help="offered load (qps x service time) for serving")
+    args = ap.parse_args()
+
+    plans = [p for p in args.plans.split(",") if p]
+    devices, t_dev = _timed(builtin_devices)
+    print(f"{len(devices)} built-in devices loaded in {t_dev * 1e3:.1f} ms: {', '.join(d.name for d in devices)}")
+    print(f"plans: {', '.join(plans)}\n")
+
+    est_total = sparsify_total = 0.0
+    rows = 0
+    per_ops = {}
+    for spec in args.workloads.split(","):
+        wl, t_trace = _timed(est.resolve_workload, spec)
+        prepared, t_sparsify = _timed(est.prepare, wl, plans)
+        per_op, t_cost = _timed(est.cost_table, prepared, devices)
+        summary, t_sum = _timed(results.summarize, per_op)
+        per_ops[spec] = per_op
+        est_total += t_cost + t_sum
+        sparsify_total += t_sparsify
+        rows += len(per_op)
+        print(f"{spec}: {len(wl.ops)} ops, {len(devices)} devices x {len(prepared.sparse)} plans "
+              f"-> {len(per_op)} op estimates, {len(summary)} summary rows")
+        print(f"  trace      {t_trace:8.3f} s   (once)")
+        print(f"  sparsify   {t_sparsify:8.3f} s   (once per plan: masks from the real weights)")
+        print(f"  cost       {t_cost:8.3f} s   ({t_cost / max(len(per_op), 1) * 1e6:.1f} us per op estimate)")
+        print(f"  summarize  {t_sum:8.3f} s")
+    verdict = "OK" if est_total < ESTIMATE_TARGET_S else "OVER TARGET"
+    print(f"\nestimation (cost + summarize), all workloads: {est_total:.3f} s for {rows} op estimates "
+          f"(target < {ESTIMATE_TARGET_S:g} s: {verdict}); with sparsify: {est_total + sparsify_total:.3f} s")
+
+    spec = args.workloads.split(",")[0]
+    per_op = per_ops[spec]
+    one = per_op[(per_op["plan"] == "dense") & (per_op["device_file"].str.contains(args.serve_device, case=False))]
+    if one.empty:
+        one = per_op[(per_op["plan"] == "dense") & (per_op["device"] == per_op["device"].iat[0])]
+    single, _ = _timed(simulate_frame, one, stream=1)
+    qps = args.load / single.latency_s
+    res, t_serve = _timed(simulate_frame, one, qps=qps, requests=args.requests, stream=1)
+    s = res.serving
+    verdict = "OK" if t_serve < SERVING_TARGET_S else "OVER TARGET"
+    print(f"\nserving {spec} on {res.device}: {args.requests} requests at {qps:.4g} req/s (load {s.offered_load:.2f}), "
+          f"service {s.service_s * 1e3:.3f} ms -> p50 {s.p50_s * 1e3:.3f} ms, p99 {s.p99_s * 1e3:.3f} ms, "
+          f"throughput {s.throughput_rps:.4g} req/s")
+    print(f"serving simulation wall time: {t_serve:.3f} s (target < {SERVING_TARGET_S:g} s: {verdict})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Side by side with SCALE-Sim v3: compute cycles of the same layers on the same systolic arrays.
+
+SCALE-Sim is an optional development tool, never a runtime dependency. Install it into its own
+environment (numpy >= 2.4 crashes it):
+
+    python3 -m venv /work/scalesim-venv
+    /work/scalesim-venv/bin/pip install scalesim==3.0.0 numpy==2.3.5
+
+and point SCALESIM_PYTHON at that interpreter (default /work/scalesim-venv/bin/python).
+
+    .venv/bin/python benchmarks/scalesim_compare.py           # 128x128 on ResNet-18 + small GEMMs, 32x32 on a subset
+    .venv/bin/python benchmarks/scalesim_compare.py --full    # every layer on every array (tens of minutes)
+
+For each array size and dataflow it runs SCALE-Sim (stall-free CALC bandwidth mode, outputs in
+a temporary directory) and sparsesim's FPGA family (a device file derived from alveo-u250 with
+the array size and dataflow replaced), and prints per-layer compute cycles of both, their ratio,
+and the wall time of both. Target: every layer within 2%, sparsesim >= 1000x faster.
+
+ResNet-18 convolutions are given to SCALE-Sim with PyTorch's padding folded into the input size:
+SCALE-Sim sizes outputs as ceil((H - F + s) / s) and models no padding, so the input is set to
+the extent PyTorch's padded convolution actually reads, (out - 1) * s + F, which gives both
+tools the same implicit GEMM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from sparsesim.cost.fpga import fpga_cost  # noqa: E402
+from sparsesim.cost.systolic import conv_output_size  # noqa: E402
+from sparsesim.devices import parse_device_doc  # noqa: E402
+from sparsesim.ir import ConvGeometry, GemmShape, Op  # noqa: E402
+
+DEFAULT_SCALESIM_PYTHON = "/work/scalesim-venv/bin/python"
+TARGET_RATIO_ERROR = 0.02
+TARGET_SPEEDUP = 1000.0
+BASE_DEVICE = REPO / "accelerators" / "alveo-u250.toml"
+
+
+@dataclass(frozen=True)
+class Conv:
+    name: str
+    size: int        # input height = width (before padding)
+    kernel: int
+    channels: int
+    filters: int
+    stride: int
+    padding: int
+
+    @property
+    def out(self) -> int:
+        return conv_output_size(self.size, self.kernel, self.stride, self.padding)
+
+    @property
+    def folded_input(self) -> int:
+        """Input extent PyTorch's padded convolution reads: SCALE-Sim then sizes the same output."""
+        return (self.out - 1) * self.stride + self.kernel
+
+    @property
+    def gemm(self) -> tuple[int, int, int]:
+        return self.out * self.out, self.filters, self.channels * self.kernel * self.kernel
+
+
+@dataclass(frozen=True)
+class Gemm:
+    name: str
+    m: int
+    n: int
+    k: int
+
+    @property
+    def gemm(self) -> tuple[int, int, int]:
+        return self.m, self.n, self.k
+
+
+def resnet18_convs() -> list[Conv]:
+    """The 20 convolutions of torchvision's ResNet-18 at 224x224 (batch 1)."""
+    convs = [Conv("conv1", 224, 7, 3, 64, 2, 3)]
+    size, ch = 56, 64
+    for stage, width in enumerate((64, 128, 256, 512), start=1):
+        for block in range(2):
+            stride = 2 if stage > 1 and block == 0 else 1
+            cin = ch if block == 0 else width
+            convs.append(Conv(f"layer{stage}.{block}.conv1", size, 3, cin, width, stride, 1))
+            out = conv_output_size(size, 3, stride, 1)
+            convs.append(Conv(f"layer{stage}.{block}.conv2", out, 3, width, width, 1, 1))
+            if stride != 1 or cin != width:
+                convs.append(Conv(f"layer{stage}.{block}.downsample", size, 1, cin, width, stride, 0))
+            size = out
+        ch = width
+    return convs
+
+
+SMALL_GEMMS = [Gemm("gemm256", 256, 256, 256), Gemm("bert_qkv_seq128", 128, 768, 768), Gemm("fc_batch64", 64, 1000, 512)]
+LARGE_GEMMS = [Gemm("gemm1024", 1024, 1024, 1024), Gemm("bert_ffn_seq128", 128, 768, 3072)]
+# the 32x32 default subset: cheap for SCALE-Sim (its run time grows with cycles x array size)
+SUBSET_32 = ("layer2.0.downsample", "layer3.0.downsample", "layer4.0.downsample", "layer4.1.conv2")
+
+
+CONFIG_TEMPLATE = """[general]
+run_name = {run}
+
+[architecture_presets]
+ArrayHeight = {rows}
+ArrayWidth = {cols}
+IfmapSramSzkB = 6144
+FilterSramSzkB = 6144
+OfmapSramSzkB = 2048
+IfmapOffset = 0
+FilterOffset = 10000000
+OfmapOffset = 20000000
+Dataflow = {df}
+ReadRequestBuffer = 32
+WriteRequestBuffer = 32
+
+[layout]
+IfmapCustomLayout = False
+FilterCustomLayout = False
+IfmapSRAMBankBandwidth = 10
+IfmapSRAMBankNum = 10
+IfmapSRAMBankPort = 2
+FilterSRAMBankBandwidth = 10
+FilterSRAMBankNum = 10
+FilterSRAMBankPort = 2
+
+[sparsity]
+SparsitySupport = false
+SparseRep = ellpack_block
+OptimizedMapping = false
+BlockSize = 8
+RandomNumberGeneratorSeed = 40
+
+[run_presets]
+InterfaceBandwidth = CALC
+UseRamulatorTrace = False
+"""
+
+CONV_HEADER = "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,\n"
+GEMM_HEADER = "Layer, M, N, K,\n"
+
+# runs inside the SCALE-Sim interpreter: one simulation, then its wall time and peak RSS as JSON
+DRIVER = r"""
+import json, resource, sys, time
+from scalesim.scale_sim import scalesim
+cfg, topo, layout, gemm, out = sys.argv[1:6]
+t = time.perf_counter()
+s = scalesim(save_disk_space=True, verbose=False, config=cfg, topology=topo, layout=layout,
+             input_type_gemm=gemm == "1")
+s.run_scale(top_path=out)
+print(json.dumps({"wall_s": time.perf_counter() - t,
+                  "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def scalesim_python() -> str:
+    py = os.environ.get("SCALESIM_PYTHON", DEFAULT_SCALESIM_PYTHON)
+    if not Path(py).is_file():
+        sys.exit(
+            f"SCALE-Sim interpreter not found at {py!r}. Install it in its own environment:\n"
+            "  python3 -m venv /work/scalesim-venv && "
+            "/work/scalesim-venv/bin/pip install scalesim==3.0.0 numpy==2.3.5\n"
+            "or set SCALESIM_PYTHON to a Python that can `import scalesim`."
+        )
+    return py
+
+
+def run_scalesim(py: str, workdir: Path, rows: int, cols: int, df: str, layers: list, gemm: bool) -> tuple[list[int], dict]:
+    """Run one SCALE-Sim simulation of `layers`; (compute cycles per layer, {wall_s, max_rss_mb})."""
+    run = f"a{rows}x{cols}_{df}_{'gemm' if gemm else 'conv'}"
+    d = workdir / run
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.cfg").write_text(CONFIG_TEMPLATE.format(run=run, rows=rows, cols=cols, df=df))
+    layout = d / "layout.csv"
+    layout.write_text(CONV_HEADER)  # SCALE-Sim opens it even with custom layouts off
+    topo = d / "topology.csv"
+    if gemm:
+        rows_txt = "".join(f"{g.name}, {g.m}, {g.n}, {g.k},\n" for g in layers)
+        topo.write_text(GEMM_HEADER + rows_txt)
+    else:
+        rows_txt = "".join(
+            f"{c.name}, {c.folded_input}, {c.folded_input}, {c.kernel}, {c.kernel}, {c.channels}, {c.filters}, {c.stride},\n"
+            for c in layers
+        )
+        topo.write_text(CONV_HEADER + rows_txt)
+    proc = subprocess.run(
+        [py, "-c", DRIVER, str(d / "config.cfg"), str(topo), str(layout), "1" if gemm else "0", str(d / "out")],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        sys.exit(f"SCALE-Sim failed on {run} (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    with open(d / "out" / run / "COMPUTE_REPORT.csv") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader)]
+        col = header.index("Total Cycles")
+        cycles = [int(float(r[col])) for r in reader if r and r[0].strip()]
+    if len(cycles) != len(layers):
+        sys.exit(f"SCALE-Sim reported {len(cycles)} layers for {run}, expected {len(layers)}")
+    return cycles, info
+
+
+@functools.lru_cache(maxsize=None)
+def array_device(rows: int, cols: int, df: str):
+    """The alveo-u250 device file with the array size and dataflow of this comparison."""
+    doc = tomllib.loads(BASE_DEVICE.read_text())
+    src = "scalesim_compare: the array under comparison"
+    doc["pe_rows"] = {"value": rows, "unit": "1", "source": src}
+    doc["pe_cols"] = {"value": cols, "unit": "1", "source": src}
+    doc["dataflow"] = {"value": {"os": "output_stationary", "ws": "weight_stationary"}[df], "source": src}
+    return parse_device_doc(doc, f"{BASE_DEVICE.name} ({rows}x{cols} {df})")
+
+
+def layer_op(i: int, layer) -> Op:
+    m, n, k = layer.gemm
+    if isinstance(layer, Conv):
+        geo = ConvGeometry(layer.channels, layer.filters, (layer.kernel,) * 2, (layer.stride,) * 2,
+                           (layer.padding,) * 2, (1, 1), 1, (layer.size,) * 2, (layer.out,) * 2)
+        return Op(i, "conv", "aten.convolution", layer.name, 0, "int8",
+                  ((1, layer.channels, layer.size, layer.size),), (1, layer.filters, layer.out, layer.out),
+                  2 * m * n * k, 0, GemmShape(m, n, k), geo, f"{layer.name}.weight",
+                  (layer.filters, layer.channels, layer.kernel, layer.kernel))
+    return Op(i, "linear", "aten.mm", layer.name, 0, "int8", ((m, k),), (m, n), 2 * m * n * k, 0,
+              GemmShape(m, n, k), None, f"{layer.name}.weight", (n, k))
+
+
+def sparsesim_cycles(rows: int, cols: int, df: str, layers: list) -> tuple[list[float], float]:
+    """sparsesim's compute cycles of each layer and the wall time of costing them all
+    (the first call per array also pays for loading the device file)."""
+    t = time.perf_counter()
+    dev = array_device(rows, cols, df)
+    cycles = [fpga_cost(layer_op(i, l), None, dev).details["cycles"] for i, l in enumerate(layers)]
+    return cycles, time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--full", action="store_true", help="every layer on every array, plus large GEMMs (tens of minutes)")
+    ap.add_argument("--keep", metavar="DIR", help="write SCALE-Sim's inputs and outputs here instead of a temp dir")
+    ap.add_argument("--json", action="store_true", help="print one JSON document")
+    args = ap.parse_args(argv)
+    py = scalesim_python()
+
+    convs = resnet18_convs()
+    gemms = SMALL_GEMMS + (LARGE_GEMMS if args.full else [])
+    plan = []
+    for rows, df in ((128, "os"), (128, "ws"), (32, "os"), (32, "ws")):
+        sub = convs if (args.full or rows == 128) else [c for c in convs if c.name in SUBSET_32]
+        plan.append((rows, df, sub, gemms))
+
+    tmp = None
+    if args.keep:
+        workdir = Path(args.keep)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="scalesim_compare_")
+        workdir = Path(tmp.name)
+
+    rows_out, configs = [], []
+    try:
+        for rows, df, cv, gm in plan:
+            ss_wall, sp_wall, rss = 0.0, 0.0, 0.0
+            for layers, gemm in ((cv, False), (gm, True)):
+                if not layers:
+                    continue
+                ss, info = run_scalesim(py, workdir, rows, rows, df, layers, gemm)
+                sp, wall = sparsesim_cycles(rows, rows, df, layers)
+                ss_wall += info["wall_s"]
+                sp_wall += wall
+                rss = max(rss, info["max_rss_mb"])
+                for layer, a, b in zip(layers, ss, sp):
+                    m, n, k = layer.gemm
+                    rows_out.append({"array": f"{rows}x{rows}", "dataflow": df, "layer": layer.name,
+                                     "M": m, "N": n, "K": k, "scalesim_cycles": a, "sparsesim_cycles": b,
+                                     "ratio": b / a})
+            configs.append({"array": f"{rows}x{rows}", "dataflow": df, "layers": len(cv) + len(gm),
+                            "scalesim_wall_s": ss_wall, "sparsesim_wall_s": sp_wall,
+                            "speedup": ss_wall / sp_wall if sp_wall > 0 else float("inf"),
+                            "scalesim_max_rss_mb": rss})
+            if not args.json:
+                print(f"... {rows}x{rows} {df}: SCALE-Sim {ss_wall:.1f} s, sparsesim {sp_wall * 1e3:.2f} ms", file=sys.stderr)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    worst = max(abs(r["ratio"] - 1) for r in rows_out)
+    slowest = min(c["speedup"] for c in configs)
+    summary = {"layers_compared": len(rows_out), "max_abs_ratio_error": worst, "min_speedup": slowest,
+               "cycles_within_2pct": worst <= TARGET_RATIO_ERROR, "speedup_at_least_1000x": slowest >= TARGET_SPEEDUP}
+    if args.json:
+        print(json.dumps({"layers": rows_out, "configs": configs, "summary": summary}, indent=2))
+        return 0
+    print(f"{'array':>7} {'df':>2} {'layer':<22} {'M':>6} {'N':>5} {'K':>5} {'SCALE-Sim':>11} {'sparsesim':>11} {'ratio':>7}")
+    for r in rows_out:
+        print(f"{r['array']:>7} {r['dataflow']:>2} {r['layer']:<22} {r['M']:>6} {r['N']:>5} {r['K']:>5} "
+              f"{r['scalesim_cycles']:>11,} {r['sparsesim_cycles']:>11,.0f} {r['ratio']:>7.4f}")
+    print()
+    print(f"{'array':>7} {'df':>2} {'layers':>6} {'SCALE-Sim s':>12} {'sparsesim s':>12} {'speedup':>10} {'SCALE-Sim RSS MB':>17}")
+    for c in configs:
+        print(f"{c['array']:>7} {c['dataflow']:>2} {c['layers']:>6} {c['scalesim_wall_s']:>12.2f} "
+              f"{c['sparsesim_wall_s']:>12.5f} {c['speedup']:>10,.0f} {c['scalesim_max_rss_mb']:>17,.0f}")
+    print()
+    print(f"{len(rows_out)} layers: worst |ratio - 1| = {worst:.2%} (target <= {TARGET_RATIO_ERROR:.0%}: "
+          f"{'met' if summary['cycles_within_2pct'] else 'NOT met'}); slowest speedup {slowest:,.0f}x "
+          f"(target >= {TARGET_SPEEDUP:,.0f}x: {'met' if summary['speedup_at_least_1000x'] else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

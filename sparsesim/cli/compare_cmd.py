@@ -1,0 +1,65 @@
+"""`sparsesim compare WORKLOAD --devices a,b --plans dense,2:4,...`: every device x plan, with the
+speedup over dense on the same device and why."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sparsesim import results
+
+NAME = "compare"
+HELP = "compare sparsity plans across devices: latency, speedup over dense, energy, memory and why"
+
+ROW_FIELDS = ("device", "family", "plan", "latency_s", "speedup_vs_dense", "energy_j", "energy_vs_dense",
+              "memory_bytes", "memory_vs_dense", "fallback_ops", "sparse_ops", "bound", "why",
+              "device_file", "model")
+WHY_WIDTH = 100
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from sparsesim.estimate import DEFAULT_PLANS
+
+    p.add_argument("workload", help="recipe, recipe file, single op or module.path:factory")
+    p.add_argument("--devices", default=None,
+                   help="comma-separated device names or .toml paths (default: every built-in device)")
+    p.add_argument("--plans", default=",".join(DEFAULT_PLANS),
+                   help=f"comma-separated patterns or plan files (default: {','.join(DEFAULT_PLANS)})")
+    p.add_argument("--criterion", default="magnitude", help="mask criterion used to build masks")
+
+
+def _plans(text: str) -> list[str]:
+    # "block4x4:0.5" holds no comma, so commas separate plans
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sparsesim.estimate import compare
+
+    plans = _plans(args.plans)
+    summary = compare(args.workload, args.devices, plans, criterion=args.criterion)
+    return {
+        "workload": str(summary["workload"].iat[0]) if len(summary) else args.workload,
+        "plans": plans,
+        "devices": list(dict.fromkeys(summary["device"])),
+        "rows": results.records(summary[list(ROW_FIELDS)]),
+        "speedup_vs_dense": results.speedup_map(summary),
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    out = [f"{doc['workload']}: {len(doc['plans'])} plan(s) x {len(doc['devices'])} device(s); "
+           "speedup, energy and memory are relative to dense on the same device", ""]
+    for dev in doc["devices"]:
+        rows = [r for r in doc["rows"] if r["device"] == dev]
+        out.append(f"{dev} ({rows[0]['family']}, {rows[0]['device_file']})")
+        out.append(results.text_table(
+            [(r["plan"], results.fmt_si(r["latency_s"], "s"), results.fmt_ratio(r["speedup_vs_dense"]),
+              results.fmt_si(r["energy_j"], "J"), results.fmt_ratio(r["energy_vs_dense"]),
+              results.fmt_si(r["memory_bytes"], "B"), results.fmt_ratio(r["memory_vs_dense"]),
+              r["fallback_ops"] or "", r["bound"], results.clip(r["why"], WHY_WIDTH)) for r in rows],
+            ("plan", "latency", "speedup", "energy", "x dense", "memory", "x dense", "fallback", "bound", "why"),
+            indent="  ",
+        ))
+        out.append("")
+    return "\n".join(out).rstrip()

@@ -1,0 +1,78 @@
+"""`sparsesim estimate WORKLOAD --device DEV --plan PLAN`: per-op table, totals, bound and why."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from sparsesim import results
+
+NAME = "estimate"
+HELP = "latency, energy and memory of a workload under a sparsity plan on one device, op by op"
+
+# per-op fields the document carries (the rest repeat the header)
+OP_FIELDS = ("op_index", "kind", "module", "call_index", "weight", "pattern", "density", "kernel",
+             "fallback", "latency_s", "energy_j", "memory_bytes", "metadata_bytes", "bytes_dram",
+             "bound", "utilization", "flops", "flops_executed", "compute_s", "memory_s", "overhead_s",
+             "why")
+WHY_WIDTH = 90
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workload", help="recipe (resnet50, bert-base:batch=8,seq=128), recipe/plan file, "
+                                    "single op (gemm:M=4096,N=4096,K=4096,dtype=fp16) or module.path:factory")
+    p.add_argument("--device", required=True, help="built-in device name or path to a device .toml")
+    p.add_argument("--plan", default="dense",
+                   help="pattern (dense, 2:4, unstructured:0.9, block4x4:0.5, channel:0.5) or plan file")
+    p.add_argument("--criterion", default="magnitude", help="mask criterion used to build masks")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sparsesim.estimate import compare_tables, plan_label
+
+    tables = compare_tables(args.workload, [args.device], [args.plan], criterion=args.criterion)
+    label = plan_label(args.plan)
+    ops = tables.per_op[tables.per_op["plan"] == label]
+    row = results.records(tables.summary)[0]
+    return {
+        "workload": row["workload"],
+        "device": row["device"],
+        "family": row["family"],
+        "plan": label,
+        "device_file": row["device_file"],
+        "model": row["model"],
+        "totals": {**results.totals(ops), "latency_s": row["latency_s"], "energy_j": row["energy_j"],
+                   "memory_bytes": row["memory_bytes"]},
+        "speedup_vs_dense": row["speedup_vs_dense"],
+        "energy_vs_dense": row["energy_vs_dense"],
+        "memory_vs_dense": row["memory_vs_dense"],
+        "bound": row["bound"],
+        "why": row["why"],
+        "ops": results.records(ops[list(OP_FIELDS)]),
+    }
+
+
+def render(doc: dict[str, Any]) -> str:
+    t = doc["totals"]
+    total = t["latency_s"] or 1.0
+    rows = [
+        (o["op_index"], results.clip(o["module"] or "-", 40), o["kind"], o["pattern"], o["kernel"],
+         results.fmt_si(o["latency_s"], "s"), f"{o['latency_s'] / total:.1%}", o["bound"],
+         "yes" if o["fallback"] else "", results.clip(o["why"], WHY_WIDTH))
+        for o in doc["ops"]
+    ]
+    head = (f"{doc['workload']} on {doc['device']} ({doc['family']}, {doc['device_file']}), "
+            f"plan {doc['plan']}")
+    body = results.text_table(rows, ("#", "module", "kind", "pattern", "kernel", "latency", "share",
+                                     "bound", "fallback", "why"))
+    foot = [
+        f"total latency  {results.fmt_si(t['latency_s'], 's')}   "
+        f"({results.fmt_ratio(doc['speedup_vs_dense'])} vs dense on this device)",
+        f"total energy   {results.fmt_si(t['energy_j'], 'J')}",
+        f"weight memory  {results.fmt_si(t['memory_bytes'], 'B')} "
+        f"(metadata {results.fmt_si(t['metadata_bytes'], 'B')})",
+        f"fallback ops   {t['fallback_ops']}",
+        f"bound          {doc['bound']}",
+        f"why            {doc['why']}",
+    ]
+    return "\n".join([head, "", body, "", *foot])

@@ -1,0 +1,119 @@
+"""`sparsesim report`: a hardware comparison report (HTML, Markdown, CSV) for workloads x devices x plans.
+
+With no arguments it runs the main job: the built-in ResNet-50, BERT-base and Llama-2-7B (prefill
+and decode, on the meta device) on every built-in device with the five standard plans, written to
+reports/default/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+NAME = "report"
+HELP = "build a hardware comparison report (HTML + Markdown + CSV) of workloads x devices x plans"
+DEFAULT_OUT = Path("reports") / "default"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("workloads", nargs="*", metavar="WORKLOAD",
+                   help="workload specs (default: resnet50, bert-base, llama2-7b prefill and decode)")
+    p.add_argument("--devices", default="", help="comma-separated device names or files (default: every built-in device)")
+    p.add_argument("--plans", default="", help="comma-separated plans (default: dense,2:4,unstructured:0.9,block4x4:0.5,channel:0.5)")
+    p.add_argument("--out", default=None, help="output directory (default: reports/default, or reports/<workload> when workloads are given)")
+    p.add_argument("--search", action="append", default=[], metavar="DIR", help="a search output directory to include (repeatable)")
+    p.add_argument("--validation", default=None, metavar="FILE", help="a `sparsesim validate --json` file to include")
+    p.add_argument("--validate", action="store_true", help="run a quick validation on this host and include it")
+    p.add_argument("--serving", dest="serving", action="store_true", default=None,
+                   help="simulate serving curves (latency vs load) for dense and the best plan (default: on)")
+    p.add_argument("--no-serving", dest="serving", action="store_false", help="skip the serving curves")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from sparsesim.report import build, render
+
+    workloads = list(args.workloads) or list(build.DEFAULT_WORKLOADS)
+    plans = [p.strip() for p in args.plans.split(",") if p.strip()] or list(build.STANDARD_PLANS)
+    if "dense" not in plans:
+        plans.insert(0, "dense")
+    devices = build.resolve_devices([d.strip() for d in args.devices.split(",") if d.strip()])
+    out = Path(args.out) if args.out else (DEFAULT_OUT if not args.workloads else Path("reports") / render.slug("-".join(workloads)))
+    serving = True if args.serving is None else args.serving
+    total = len(workloads) * len(devices) * len(plans) + len(workloads)
+    if serving:
+        total += len(workloads) * len(devices) * 2
+    command = command_line(args)
+    t0 = time.perf_counter()
+    # the bar appears only when the work takes more than a second
+    with tqdm(total=total, desc="report", unit="step", file=sys.stderr, delay=1.0, leave=False) as bar:
+        data = build.collect(workloads, devices, plans, serving=serving, search_dirs=args.search,
+                             validation=args.validation, run_validation=args.validate, progress=bar.update,
+                             command=command)
+        t1 = time.perf_counter()
+        written = render.write_report(data, out, progress=bar.update)
+    data.timings["render"] = time.perf_counter() - t1
+    doc: dict[str, Any] = {
+        "out": str(out),
+        "index": str(out / "index.html"),
+        "markdown": str(out / "report.md"),
+        "files": written["files"],
+        "workloads": data.workloads,
+        "devices": data.device_names,
+        "plans": data.plans,
+        "summary": build.summary_records(data.summary),
+        "verdicts": [{k: v for k, v in verdict.items() if k != "plans"} for verdict in written["verdicts"]],
+        "wall_s": time.perf_counter() - t0,
+    }
+    if data.searches:
+        doc["searches"] = [{"workload": s.workload, "device": s.device, "source": s.source, **s.chosen}
+                           for s in data.searches]
+    if data.validation is not None:
+        doc["validation"] = {"source": data.validation.source, **{k: v for k, v in data.validation.summary.items()}}
+    return doc
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that regenerates this report, as the report prints it."""
+    parts = ["sparsesim", "report", *args.workloads]
+    for flag, value in (("--devices", args.devices), ("--plans", args.plans), ("--out", args.out),
+                        ("--validation", args.validation)):
+        if value:
+            parts += [flag, str(value)]
+    for d in args.search:
+        parts += ["--search", str(d)]
+    if args.validate:
+        parts.append("--validate")
+    if args.serving is False:
+        parts.append("--no-serving")
+    return shlex.join(parts)
+
+
+def render(doc: dict[str, Any]) -> str:
+    from sparsesim.report.render import fmt_x
+
+    lines = []
+    plans = doc["plans"]
+    for wl in doc["workloads"]:
+        rows = [r for r in doc["summary"] if r["workload"] == wl]
+        lines.append(f"{wl}: speedup over dense on the same device (* = best plan)")
+        width = max([len(d) for d in doc["devices"]] + [6])
+        lines.append("  " + "device".ljust(width) + "".join(p.rjust(18) for p in plans))
+        for dev in doc["devices"]:
+            cells = []
+            for p in plans:
+                r = next((x for x in rows if x["device"] == dev and x["plan"] == p), None)
+                cells.append(("–" if r is None else fmt_x(r["speedup_vs_dense"]) + ("*" if r.get("best") else " ")).rjust(18))
+            lines.append("  " + dev.ljust(width) + "".join(cells))
+        lines.append("")
+    lines.append("Verdict:")
+    lines += [f"  {v['text']}" for v in doc["verdicts"]]
+    lines.append("")
+    lines.append(f"Wrote {doc['index']} (and report.md, {sum(f.endswith('.csv') for f in doc['files'])} CSV tables, "
+                 f"{sum(f.endswith('.png') for f in doc['files'])} figures) in {doc['wall_s']:.1f} s.")
+    return "\n".join(lines)

@@ -1,0 +1,305 @@
+"""Helpers every hardware family's cost model shares: what an op asks for (MACs, operand bytes,
+the smaller GEMM left by channel pruning), roofline arithmetic, and building the `Cost` record.
+
+Everything here is hardware-agnostic: no device constants appear in this module. A family
+passes its own peaks, bandwidths, overheads and energies (read from its device file).
+
+Typical use in a family's cost function::
+
+    work = gemm_work(op, layer)                       # MACs and bytes, channel pruning applied
+    compute_s = work.macs * 2 / (peak * efficiency)
+    memory_s = (work.a_bytes + work.w_bytes + work.c_bytes) / dram_bw
+    return build_cost(device=device, model="cpu", compute_s=compute_s, memory_s=memory_s,
+                      overhead_s=launch, energy=EnergyInputs(...), ...)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from sparsesim.cost.energy import action_energy
+from sparsesim.cost.record import Cost
+from sparsesim.devices import Device
+from sparsesim.ir import DTYPE_BYTES, GemmShape, Op
+from sparsesim.sparsity import LayerSparsity
+
+
+# ----------------------------------------------------------------------------- op -> work
+
+def gemms_of(op: Op) -> tuple[GemmShape, ...]:
+    """The GEMMs a matmul-like op runs. Attention runs two: QK^T (op.gemm) and PV.
+
+    PV multiplies the (M x N) score matrix by V (N x head_dim): M = Lq, N = head_dim, K = Lk.
+    """
+    if op.gemm is None:
+        return ()
+    g = op.gemm
+    if op.kind == "attention":
+        pv = GemmShape(m=g.m, n=g.k, k=g.n, batch=g.batch, groups=g.groups)
+        return (g, pv)
+    return (g,)
+
+
+def channel_shrunk(op: Op, layer: LayerSparsity | None) -> GemmShape | None:
+    """The smaller dense GEMM that channel pruning leaves (kept weight rows -> N, kept cols -> K).
+
+    Returns op.gemm unchanged when the layer is not channel-pruned. The weight is viewed as the
+    (N * groups) x K matrix, so kept rows are spread evenly over the groups.
+    """
+    g = op.gemm
+    if g is None or layer is None or layer.pattern.kind != "channel":
+        return g
+    st = layer.stats
+    # kept == 0 leaves an empty GEMM (n or k = 0): the op still exists and costs its overheads
+    n = math.ceil(g.n * st.kept_rows / st.rows) if st.rows else g.n
+    k = math.ceil(g.k * st.kept_cols / st.cols) if st.cols else g.k
+    return GemmShape(m=g.m, n=n, k=k, batch=g.batch, groups=g.groups)
+
+
+@dataclass(frozen=True)
+class GemmWork:
+    """What a matmul-like op asks of any hardware, at the op's dtype, before any sparse kernel.
+
+    `gemms` are the dense GEMMs to run (channel pruning already applied; two for attention).
+    `a_bytes` is the first (activation) operand, `w_bytes` the second operand stored dense
+    (the weight of a linear/conv, once per op; K and V for attention; the B operand of a bmm),
+    `c_bytes` the output. `density` is the kept fraction of the weight's nonzeros (1.0 when
+    dense or channel-pruned, since a channel-pruned GEMM is dense). `w_values_bytes` and
+    `w_metadata_bytes` are the stored sparse weight as the plan's format gives them (equal to
+    w_bytes and 0 when dense).
+    """
+
+    gemms: tuple[GemmShape, ...]
+    dtype: str
+    dtype_bytes: float
+    macs: int
+    a_bytes: float
+    w_bytes: float
+    c_bytes: float
+    density: float = 1.0
+    w_values_bytes: float = 0.0
+    w_metadata_bytes: float = 0.0
+    channel_pruned: bool = False
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    @property
+    def effective_macs(self) -> float:
+        """MACs on nonzero weights: what a perfect zero-skipping engine would execute."""
+        return self.macs * self.density
+
+    @property
+    def dense_bytes(self) -> float:
+        """Compulsory traffic of the dense op: each operand read once, the output written once."""
+        return self.a_bytes + self.w_bytes + self.c_bytes
+
+
+def gemm_work(op: Op, layer: LayerSparsity | None = None) -> GemmWork:
+    """MACs and operand bytes of a matmul-like op (linear, conv, matmul, attention).
+
+    Channel pruning shrinks the GEMM (see `channel_shrunk`); other patterns keep the dense
+    shape and report `density` and the stored sparse weight bytes from `layer`.
+    Raises ValueError for an op without a GemmShape.
+    """
+    if op.gemm is None:
+        raise ValueError(f"op {op.index} ({op.aten}, module {op.module!r}) has no GEMM shape")
+    db = DTYPE_BYTES[op.dtype]
+    shrunk = channel_shrunk(op, layer)
+    assert shrunk is not None
+    pruned = layer is not None and layer.pattern.kind == "channel"
+    if op.kind == "attention":
+        qk, pv = gemms_of(op)
+        bg = qk.batch * qk.groups
+        a = bg * qk.m * qk.k * db                      # Q
+        w = bg * qk.n * qk.k * db + bg * pv.k * pv.n * db  # K and V
+        c = bg * pv.m * pv.n * db                      # O
+        return GemmWork((qk, pv), op.dtype, db, qk.macs + pv.macs, a, w, c)
+    g = shrunk
+    bg = g.batch * g.groups
+    a = bg * g.m * g.k * db
+    c = bg * g.m * g.n * db
+    # a parameter is stored once and shared over the batch; a bmm's B operand is per batch
+    w = (g.groups if op.weight is not None else bg) * g.n * g.k * db
+    density, values, meta = 1.0, w, 0.0
+    if layer is not None and not pruned and layer.pattern.kind != "dense":
+        density = layer.stats.density
+        values, meta = float(layer.value_bytes), float(layer.metadata_bytes)
+    return GemmWork((g,), op.dtype, db, g.macs, a, w, c, density, values, meta, pruned)
+
+
+def memory_op_bytes(op: Op) -> float:
+    """Bytes a memory-bound op moves (as traced); falls back to inputs + output at the dtype."""
+    if op.bytes_moved > 0:
+        return float(op.bytes_moved)
+    db = DTYPE_BYTES.get(op.dtype, 4)
+    n = sum(math.prod(s) for s in op.input_shapes) + math.prod(op.output_shape or (0,))
+    return float(n * db)
+
+
+# ----------------------------------------------------------------------------- roofline
+
+def roofline_s(flops: float, peak_flops: float, nbytes: float, bandwidth: float) -> float:
+    """The roofline bound: max(work / peak, bytes / bandwidth); a lower bound on any latency."""
+    compute = flops / peak_flops if peak_flops > 0 else (math.inf if flops > 0 else 0.0)
+    memory = nbytes / bandwidth if bandwidth > 0 else (math.inf if nbytes > 0 else 0.0)
+    return max(compute, memory)
+
+
+def bound_of(compute_s: float, memory_s: float, overhead_s: float) -> str:
+    """Which term decided the latency: "overhead" when fixed costs exceed both compute and memory."""
+    if overhead_s > max(compute_s, memory_s):
+        return "overhead"
+    return "compute" if compute_s >= memory_s else "memory"
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ----------------------------------------------------------------------------- the record
+
+@dataclass(frozen=True)
+class EnergyInputs:
+    """Action counts and per-action energies for `cost.energy.action_energy` (all SI: J, J/B, W).
+
+    `bytes_by_level` is also copied into the Cost record; every level needs an entry in
+    `energy_per_byte`.
+    """
+
+    macs: float
+    mac_energy_j: float
+    bytes_by_level: Mapping[str, float]
+    energy_per_byte: Mapping[str, float]
+    static_power_w: float
+    metadata_bytes: float = 0.0
+    metadata_energy_per_byte: float = 0.0
+    gated_macs: float = 0.0
+    gated_fraction: float = 0.0
+
+
+def build_cost(
+    *,
+    device: Device,
+    model: str,
+    compute_s: float,
+    memory_s: float,
+    overhead_s: float,
+    energy: EnergyInputs,
+    kernel: str,
+    why: str,
+    flops_executed: float,
+    peak_flops: float,
+    memory_bytes: float = 0.0,
+    metadata_bytes: float = 0.0,
+    fallback: bool = False,
+    latency_s: float | None = None,
+    details: Mapping[str, float] | None = None,
+) -> Cost:
+    """Assemble a `Cost`: latency = max(compute, memory) + overhead unless `latency_s` is given
+    (e.g. a pipelined or event-simulated latency), bound = the dominant term, energy from
+    `action_energy` with static power over the final latency, utilisation = executed FLOPs
+    over (latency x peak). `details` gets the three latency terms and the energy breakdown.
+    """
+    lat = max(compute_s, memory_s) + overhead_s if latency_s is None else latency_s
+    e = action_energy(
+        macs=energy.macs,
+        mac_energy_j=energy.mac_energy_j,
+        bytes_by_level=energy.bytes_by_level,
+        energy_per_byte=energy.energy_per_byte,
+        metadata_bytes=energy.metadata_bytes,
+        metadata_energy_per_byte=energy.metadata_energy_per_byte,
+        static_power_w=energy.static_power_w,
+        latency_s=lat,
+        gated_macs=energy.gated_macs,
+        gated_fraction=energy.gated_fraction,
+    )
+    util = flops_executed / (lat * peak_flops) if lat > 0 and peak_flops > 0 else 0.0
+    info = {
+        "compute_s": compute_s,
+        "memory_s": memory_s,
+        "overhead_s": overhead_s,
+        "energy_compute_j": e.compute_j,
+        "energy_memory_j": e.memory_j,
+        "energy_metadata_j": e.metadata_j,
+        "energy_static_j": e.static_j,
+    }
+    if details:
+        info.update(details)
+    return Cost(
+        latency_s=lat,
+        energy_j=e.total_j,
+        bytes_by_level=dict(energy.bytes_by_level),
+        memory_bytes=int(round(memory_bytes)),
+        metadata_bytes=int(round(metadata_bytes)),
+        bound=bound_of(compute_s, memory_s, overhead_s),
+        utilization=min(1.0, util),
+        kernel=kernel,
+        why=why,
+        flops_executed=flops_executed,
+        fallback=fallback,
+        device=device.name,
+        model=model,
+        details=info,
+    )
+
+
+def memory_op_cost(
+    op: Op,
+    device: Device,
+    *,
+    model: str,
+    bandwidth: float,
+    overhead_s: float,
+    energy_per_byte_j: float,
+    static_power_w: float,
+    level: str = "dram",
+    fallback: bool = False,
+    why: str = "",
+) -> Cost:
+    """A memory-bound op (elementwise, norm, softmax, ...): bytes / bandwidth + fixed overhead.
+
+    Also the costing of an op a family has no formula for (pass fallback=True and a why).
+    """
+    nbytes = memory_op_bytes(op)
+    mem_s = nbytes / bandwidth if bandwidth > 0 else 0.0
+    return build_cost(
+        device=device,
+        model=model,
+        compute_s=0.0,
+        memory_s=mem_s,
+        overhead_s=overhead_s,
+        energy=EnergyInputs(
+            macs=0.0,
+            mac_energy_j=0.0,
+            bytes_by_level={level: nbytes},
+            energy_per_byte={level: energy_per_byte_j},
+            static_power_w=static_power_w,
+        ),
+        kernel="memory",
+        why=why or f"{op.kind}: {nbytes / 1e6:.3g} MB at {bandwidth / 1e9:.4g} GB/s",
+        flops_executed=float(op.flops),
+        peak_flops=0.0,
+        fallback=fallback,
+    )
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One candidate kernel a family considered for an op, for picking the fastest supported one."""
+
+    cost: Cost
+    supported: bool = True
+    reason: str = ""
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+
+def fastest(choices: list[Choice]) -> Choice:
+    """The lowest-latency supported choice (ties keep the earlier one)."""
+    ok = [c for c in choices if c.supported]
+    if not ok:
+        raise ValueError("no supported kernel among the choices")
+    return min(ok, key=lambda c: c.cost.latency_s)

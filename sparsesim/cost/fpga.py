@@ -1,0 +1,334 @@
+"""FPGA family: a systolic PE array of DSP slices with zero-skipping PEs, an on-chip buffer and
+off-chip DRAM.
+
+How a sparse layer runs here, and why it is costed this way:
+
+* Dense cycles are SCALE-Sim's closed form (`systolic.gemm_cycles`): convolutions as implicit
+  GEMMs, batch x groups as repeated GEMMs, attention as its two GEMMs back to back.
+* The array is built for one `design_dtype`; an op of another dtype runs on the same DSP budget,
+  so the array keeps its rows and loses columns in proportion to the DSPs one MAC needs
+  (DSP packing: two int8 MACs share one DSP48E2, an fp32 MAC needs several).
+* Weight-zero skipping. In an output-stationary array each PE column holds one weight row
+  (one output channel) and streams its K reduction; a skipping PE streams only that row's
+  nonzeros, but the array moves in lockstep, so a fold lasts as long as its *busiest* column.
+  In a weight-stationary array the design packs each column's nonzeros into fewer array rows
+  (column packing), so the K-folds of a column tile shrink to the busiest column's nonzeros.
+  Either way the latency scales with the busiest row, not the mean (see `busy_rows`).
+* Activation-zero skipping (output stationary only: there a PE can skip a (weight, activation)
+  pair whose activation is zero; in weight-stationary arrays activations flow in lockstep
+  through every PE of a row, so a zero cannot shorten the stream).
+* Channel pruning is a smaller dense GEMM (`common.gemm_work`).
+* Off-chip traffic follows a two-level blocking: if the op's operands and output fit the
+  on-chip buffer each is read once; otherwise the buffer is split in half, the larger-reuse
+  operand is held in buffer-sized chunks and the other is re-read once per chunk (the cheaper
+  of the two loop orders is taken). Memory time = bytes / off-chip bandwidth; latency =
+  max(compute, memory) + the per-layer setup overhead. `Cost.details` exposes compute_s,
+  memory_s and overhead_s separately for layer-pipeline simulation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+from sparsesim.cost import register_cost
+from sparsesim.cost.common import EnergyInputs, bound_of, build_cost, gemm_work, memory_op_cost
+from sparsesim.cost.record import Cost
+from sparsesim.cost.systolic import gemm_cycles
+from sparsesim.devices import Device, quantity, register_family, setting
+from sparsesim.ir import DTYPE_BYTES, GemmShape, MEMORY_KINDS, Op
+from sparsesim.sparsity import LayerSparsity, SparsityStats
+
+MODEL = "fpga-systolic"
+SKIPPABLE_PATTERNS = ("unstructured", "nm", "block")
+FPGA_DATAFLOWS = ("output_stationary", "weight_stationary")
+
+
+@register_family("fpga")
+@dataclass(frozen=True)
+class FpgaParams:
+    """Device-file fields of an FPGA PE-array design (SI units after loading)."""
+
+    pe_rows: float = quantity("count")
+    pe_cols: float = quantity("count")
+    clock: float = quantity("frequency")
+    dataflow: str = setting()
+    design_dtype: str = setting()
+    dsp_per_mac: Mapping[str, float] = quantity("ratio", per_dtype=True)
+    dsp_total: float = quantity("count")
+    onchip_buffer: float = quantity("bytes")
+    offchip_bandwidth: float = quantity("bandwidth")
+    skip_weight_zeros: bool = setting()
+    skip_activation_zeros: bool = setting()
+    layer_overhead: float = quantity("cycles")
+    mac_energy: Mapping[str, float] = quantity("energy", per_dtype=True)
+    sram_energy: float = quantity("energy_per_byte")
+    dram_energy: float = quantity("energy_per_byte")
+    metadata_energy: float = quantity("energy_per_byte")
+    static_power: float = quantity("power")
+
+    def validate(self) -> str | None:
+        """A problem with the design as one line, or None."""
+        if self.dataflow not in FPGA_DATAFLOWS:
+            return f"field 'dataflow': {self.dataflow!r} is not one of {', '.join(FPGA_DATAFLOWS)}"
+        for label, v in (("pe_rows", self.pe_rows), ("pe_cols", self.pe_cols)):
+            if v < 1 or v != int(v):
+                return f"field '{label}': must be a positive whole number, got {v:g}"
+        if self.clock <= 0:
+            return "field 'clock': must be > 0"
+        for label, v in (("skip_weight_zeros", self.skip_weight_zeros),
+                         ("skip_activation_zeros", self.skip_activation_zeros)):
+            if not isinstance(v, bool):
+                return f"field '{label}': must be true or false, got {v!r}"
+        unknown = sorted(set(self.dsp_per_mac) - set(DTYPE_BYTES))
+        if unknown:
+            return f"field 'dsp_per_mac': unknown dtype(s) {', '.join(unknown)}"
+        if any(v <= 0 for v in self.dsp_per_mac.values()):
+            return "field 'dsp_per_mac': every value must be > 0"
+        if self.design_dtype not in self.dsp_per_mac:
+            return f"field 'design_dtype': {self.design_dtype!r} has no entry in dsp_per_mac"
+        missing = sorted(set(self.dsp_per_mac) - set(self.mac_energy))
+        if missing:
+            return f"field 'mac_energy': no entry for dtype(s) {', '.join(missing)} listed in dsp_per_mac"
+        need = self.pe_rows * self.pe_cols * self.dsp_per_mac[self.design_dtype]
+        if need > self.dsp_total:
+            return (f"PE array {self.pe_rows:g}x{self.pe_cols:g} at {self.dsp_per_mac[self.design_dtype]:g} "
+                    f"DSP/MAC ({self.design_dtype}) needs {need:g} DSPs but dsp_total is {self.dsp_total:g}")
+        return None
+
+
+def run_dtype(op_dtype: str, supported: Mapping[str, float]) -> tuple[str, bool]:
+    """The dtype an op runs at on a device that supports `supported`, and whether that is a fallback.
+
+    An unsupported dtype runs at the narrowest supported dtype at least as wide (exact width and
+    float-ness preferred); with none that wide, at the widest supported one (a down-cast the
+    result flags as fallback).
+    """
+    if op_dtype in supported:
+        return op_dtype, False
+    width = DTYPE_BYTES[op_dtype]
+    is_int = op_dtype.startswith("int")
+    cands = [d for d in supported if DTYPE_BYTES.get(d, 0) >= width]
+    if cands:
+        best = min(cands, key=lambda d: (DTYPE_BYTES[d], d.startswith("int") != is_int, d))
+    else:
+        best = max(supported, key=lambda d: (DTYPE_BYTES.get(d, 0), not d.startswith("int"), d))
+    return best, True
+
+
+def busy_rows(stats: SparsityStats, rows_per_fold: int) -> tuple[float, float]:
+    """(nonzeros of the busiest weight row, expected busiest row of any other fold).
+
+    One fold holds the matrix's busiest row (row_nnz_max, measured). For the others the expected
+    maximum of `rows_per_fold` rows is interpolated between the mean and the matrix maximum with
+    the extreme-value scaling of a normal sample (E[max of n] - mean ~ sqrt(2 ln n)):
+    mean + (max - mean) * sqrt(ln rows_per_fold / ln rows). Both terms only fall when zeros
+    are added, so more zeros never slow the model down.
+    """
+    top, mean = float(stats.row_nnz_max), float(stats.row_nnz_mean)
+    n = max(1, stats.rows)
+    if rows_per_fold >= n or n < 2:
+        return top, top
+    share = math.sqrt(math.log(max(1, rows_per_fold)) / math.log(n))
+    return top, mean + (top - mean) * share
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Cycles and on-chip traffic of one dense-shaped GEMM after skipping."""
+
+    cycles: float
+    dense_cycles: float
+    folds: int
+    executed_macs: float
+    buffer_bytes: float
+
+
+def _gemm_run(
+    g: GemmShape, rows: int, cols: int, dataflow: str, db: float, *,
+    stats: SparsityStats | None, act_density: float,
+) -> _Run:
+    """One (repeated) GEMM on the array; `stats` set = skip weight zeros, act_density < 1 = skip activations."""
+    reps = g.batch * g.groups
+    if min(g.m, g.n, g.k, reps) <= 0:
+        return _Run(0.0, 0.0, 0, 0.0, 0.0)  # everything pruned away: only the setup overhead remains
+    dense = gemm_cycles(g.m, g.n, g.k, rows, cols, dataflow, repeats=reps)
+    # bytes of each operand per repeat, streamed from the on-chip buffer
+    a_b, w_b, c_b = g.m * g.k * db, g.n * g.k * db, g.m * g.n * db
+    if dataflow == "output_stationary":
+        stream_bytes = a_b * dense.fold_cols + w_b * dense.fold_rows
+    else:
+        stream_bytes = w_b + a_b * dense.fold_cols + c_b * (dense.fold_rows - 1)
+    if stats is None and act_density >= 1.0:
+        return _Run(dense.cycles, dense.cycles, dense.folds * reps, float(dense.macs),
+                    reps * (stream_bytes + c_b))
+    # per-column-fold reduction length after weight skipping: one fold at the busiest row,
+    # the others at the expected busiest row of their `cols` rows
+    per_fold_rows = min(cols, g.n)
+    if stats is not None:
+        top, typical = busy_rows(stats, per_fold_rows)
+        k_top, k_typ = top / stats.cols * g.k, typical / stats.cols * g.k
+        kept = stats.density
+    else:
+        k_top = k_typ = float(g.k)
+        kept = 1.0
+    n_col_folds = g.groups * dense.fold_cols  # column folds of one batch element
+    if dataflow == "output_stationary":
+        # the K stream of every fold shrinks; activation zeros shrink it further
+        k_top *= act_density
+        k_typ *= act_density
+        per_batch = dense.fold_rows * ((k_top + dense.fill_drain) + (n_col_folds - 1) * (k_typ + dense.fill_drain))
+        executed = g.m * g.n * g.k * reps * kept * act_density
+    else:
+        # weight stationary: the K folds of a column tile shrink to the packed busiest column
+        f_top = math.ceil(k_top / rows - 1e-9)
+        f_typ = math.ceil(k_typ / rows - 1e-9)
+        per_batch = dense.cycles_per_fold * (f_top + (n_col_folds - 1) * f_typ)
+        executed = g.m * g.n * g.k * reps * kept
+    cycles = max(0.0, g.batch * per_batch - 1)
+    cycles = min(cycles, float(dense.cycles))  # a skipping array is never slower than running dense
+    frac = executed / dense.macs if dense.macs else 1.0
+    return _Run(cycles, dense.cycles, dense.folds * reps, executed, reps * (stream_bytes * frac + c_b))
+
+
+def offchip_traffic(w: float, a: float, c: float, buffer: float) -> tuple[float, int]:
+    """(bytes moved off chip, re-read count) under the two-level blocking in the module docstring."""
+    if w + a + c <= buffer:
+        return w + a + c, 1
+    half = buffer / 2
+    if half <= 0:
+        return math.inf, 0
+    n_w = math.ceil(w / half) if w > 0 else 1    # weights held in chunks, activations re-read
+    n_a = math.ceil(a / half) if a > 0 else 1    # activations held in chunks, weights re-read
+    by_w, by_a = w + a * n_w + c, a + w * n_a + c
+    return (by_w, n_w) if by_w <= by_a else (by_a, n_a)
+
+
+def _array_for(p: FpgaParams, dtype: str) -> tuple[int, int]:
+    """Rows x cols of the array at `dtype`: same DSP budget, columns scaled by DSPs per MAC."""
+    rows, cols = int(p.pe_rows), int(p.pe_cols)
+    ratio = p.dsp_per_mac[p.design_dtype] / p.dsp_per_mac[dtype]
+    return rows, max(1, min(cols, math.floor(cols * ratio + 1e-9)))
+
+
+def _conv_input_bytes(op: Op, db: float, k_shrink: float) -> float | None:
+    """Off-chip bytes of a conv's real input tensor (the im2col matrix is built on chip)."""
+    if op.kind != "conv" or not op.input_shapes:
+        return None
+    return math.prod(op.input_shapes[0]) * db * k_shrink
+
+
+@register_cost("fpga")
+def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
+    """Cost of one op on an FPGA PE-array design."""
+    p: FpgaParams = device.params
+    overhead_s = p.layer_overhead / p.clock
+    if not op.is_matmul or op.gemm is None:
+        known = op.kind in MEMORY_KINDS
+        return memory_op_cost(
+            op, device, model=MODEL, bandwidth=p.offchip_bandwidth, overhead_s=overhead_s,
+            energy_per_byte_j=p.dram_energy, static_power_w=p.static_power, fallback=not known,
+            why="" if known else f"{op.aten}: no formula for op kind {op.kind!r}; costed as its memory traffic",
+        )
+    dtype, cast = run_dtype(op.dtype, p.dsp_per_mac)
+    rows, cols = _array_for(p, dtype)
+    db = DTYPE_BYTES[dtype]
+    work = gemm_work(op, layer)
+    scale = db / work.dtype_bytes
+    notes: list[str] = []
+    fallback = cast
+    if cast:
+        notes.append(f"{op.dtype} not supported by the design, ran as {dtype}")
+
+    kind = layer.pattern.kind if layer is not None else "dense"
+    stats = None
+    if kind in SKIPPABLE_PATTERNS:
+        if p.skip_weight_zeros:
+            stats = layer.stats  # type: ignore[union-attr]
+        else:
+            fallback = True
+            notes.append(f"{layer.pattern.label}: the design does not skip zero weights, ran dense")  # type: ignore[union-attr]
+    act = 1.0
+    if p.skip_activation_zeros and op.activation_density < 1.0:
+        if p.dataflow == "output_stationary":
+            act = max(0.0, op.activation_density)
+        else:
+            notes.append("activation zeros not skippable in a weight-stationary array")
+
+    runs = [
+        _gemm_run(g, rows, cols, p.dataflow, db, stats=stats if i == 0 and op.weight else None,
+                  act_density=act if i == 0 else 1.0)
+        for i, g in enumerate(work.gemms)
+    ]
+    cycles = sum(r.cycles for r in runs)
+    dense_cycles = sum(r.dense_cycles for r in runs)
+    executed = sum(r.executed_macs for r in runs)
+    compute_s = cycles / p.clock
+
+    if stats is not None:
+        w_store = (work.w_values_bytes + work.w_metadata_bytes) * scale
+        meta = work.w_metadata_bytes * scale
+    else:
+        w_store, meta = work.w_bytes * scale, 0.0
+    a_bytes = work.a_bytes * scale
+    g0 = work.gemms[0]
+    real_in = _conv_input_bytes(op, db, g0.k / op.gemm.k if op.gemm.k else 1.0)
+    if real_in is not None:
+        a_bytes = min(a_bytes, real_in)
+    c_bytes = work.c_bytes * scale
+    dram, rereads = offchip_traffic(w_store, a_bytes, c_bytes, p.onchip_buffer)
+    memory_s = dram / p.offchip_bandwidth
+    sram = sum(r.buffer_bytes for r in runs)
+
+    df = "OS" if p.dataflow == "output_stationary" else "WS"
+    folds = sum(r.folds for r in runs)
+    head = f"{df} {rows}x{cols} {dtype} @{p.clock / 1e6:g} MHz, {folds} folds"
+    if work.channel_pruned:
+        head += f", channel-pruned to N={g0.n} K={g0.k}"
+    if stats is not None:
+        head += (f", {layer.pattern.label} skipped: busiest row {stats.row_nnz_max} nnz vs mean "  # type: ignore[union-attr]
+                 f"{stats.row_nnz_mean:.3g} (imbalance {stats.imbalance:.2f}), "
+                 f"{dense_cycles / max(cycles, 1):.2f}x fewer cycles")
+    if act < 1.0:
+        head += f", activation zeros skipped (density {act:.2f})"
+    if rereads > 1:
+        notes.append(f"operands exceed the {p.onchip_buffer / 1e6:.3g} MB buffer: re-read {rereads}x")
+    bound = bound_of(compute_s, memory_s, overhead_s)
+    why = "; ".join([head + f"; {bound}-bound"] + notes)
+    return build_cost(
+        device=device,
+        model=MODEL,
+        compute_s=compute_s,
+        memory_s=memory_s,
+        overhead_s=overhead_s,
+        energy=EnergyInputs(
+            macs=executed,
+            mac_energy_j=p.mac_energy[dtype],
+            bytes_by_level={"dram": dram, "sram": sram},
+            energy_per_byte={"dram": p.dram_energy, "sram": p.sram_energy},
+            static_power_w=p.static_power,
+            metadata_bytes=meta * rereads,
+            metadata_energy_per_byte=p.metadata_energy,
+        ),
+        kernel="zero-skipping PE array" if stats is not None else "dense PE array",
+        why=why,
+        flops_executed=2.0 * executed,
+        peak_flops=2.0 * rows * cols * p.clock,
+        memory_bytes=w_store,
+        metadata_bytes=meta,
+        fallback=fallback,
+        details={
+            "cycles": cycles,
+            "dense_cycles": dense_cycles,
+            "folds": float(folds),
+            "array_rows": float(rows),
+            "array_cols": float(cols),
+            "offchip_bytes": dram,
+            "rereads": float(rereads),
+            "activation_density_used": act,
+        },
+    )
+
+
+__all__ = ["FpgaParams", "fpga_cost", "run_dtype", "busy_rows", "offchip_traffic"]

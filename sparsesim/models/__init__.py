@@ -1,0 +1,21 @@
+"""Model builders the workload recipes name. Each builder takes plain keyword parameters
+(ints, floats, strings; `dtype` as a sparsesim dtype string) and returns
+`(model, example_inputs)`, the model in eval mode."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsesim.errors import WorkloadError
+
+TORCH_DTYPE = {
+    "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64,
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype a model is built in; only floating types a model can run in."""
+    try:
+        return TORCH_DTYPE[name]
+    except KeyError:
+        raise WorkloadError(f"dtype {name!r} cannot build a model; use one of {', '.join(TORCH_DTYPE)}") from None

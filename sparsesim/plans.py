@@ -1,0 +1,456 @@
+"""Plans: which pattern each weight gets, and turning a traced Workload into a SparseWorkload.
+
+A plan is an ordered list of (glob, pattern) rules matched with fnmatch against a weight's
+name (`encoder.layer.0.attention.self.query.weight`) or its module's name
+(`encoder.layer.0.attention.self.query`); the first match wins; unmatched weights get the
+default (dense unless said otherwise); `exclude` globs force dense. A uniform plan (a bare
+pattern string such as `2:4`) applies to every Linear/Conv weight. Only linear and conv ops are
+sparsified: embeddings and weightless matmuls stay as they are.
+
+Spellings accepted by `load_plan`:
+- a pattern (`2:4`, `unstructured:0.9`, ...): uniform plan
+- a TOML file: optional `name`, `default`, `exclude = [...]`, and rules either in a `[rules]`
+  table or as top-level `"glob" = "pattern"` lines (order kept)
+- a saved plan (`.safetensors` or `.pt`) written by `save_plan`: the rules as metadata plus masks
+
+Attention heads: when the q, k and v projections of one attention block (siblings under one
+module, named q_proj/k_proj/v_proj or query/key/value) all get the same channel pattern and the
+model's config gives `num_attention_heads` (and `num_key_value_heads` for GQA), whole heads are
+pruned together: a unit is one KV head with its query heads, scored by the summed squared
+scores of all their rows. The consumer, the attention output projection (`<block>.o_proj`,
+`<block>.out_proj`, or `<parent>.output.dense` as in BERT/ViT), loses the input columns of the
+pruned heads: it is recorded as a channel pattern whose stats have kept_cols < cols (combined
+with its own pattern if it has one). A lone q/k/v projection with a channel pattern still prunes
+in whole heads; other coupled layers (residual streams, MLP up/down pairs) are not shrunk
+together: each weight's channel pruning removes its own output rows only.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from sparsesim.errors import MaskError, PlanError
+from sparsesim.formats import format_bytes, storage_format
+from sparsesim.ir import DTYPE_BYTES, Op, Workload
+from sparsesim.masks import activation_aware_scores, build_mask, check_mask, existing_mask, kept_units
+from sparsesim.patterns import parse_pattern
+from sparsesim.sparsity import DENSE, LayerSparsity, Pattern, SparseWorkload
+from sparsesim.stats import analytic_stats, measure_stats
+
+SPARSIFIED_KINDS = ("linear", "conv")
+CRITERIA = ("magnitude", "activation")
+_PLAN_FORMAT = "sparsesim-plan"
+_META_KEY = "sparsesim.plan"
+_TOML_KEYS = ("name", "default", "exclude", "rules")
+# module-name endings of attention projections that produce per-head rows
+_Q_NAMES = ("q_proj", "query", "q")
+_K_NAMES = ("k_proj", "key", "k")
+_V_NAMES = ("v_proj", "value", "v")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Ordered (glob, Pattern) rules, a default, exclude globs and optional explicit masks."""
+
+    name: str
+    rules: tuple[tuple[str, Pattern], ...] = ()
+    default: Pattern = DENSE
+    exclude: tuple[str, ...] = ()
+    masks: Mapping[str, torch.Tensor] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    def pattern_for(self, weight: str, module: str = "") -> Pattern:
+        """First rule whose glob matches the weight or module name; exclude wins over rules."""
+        names = (weight, module) if module else (weight,)
+        if any(fnmatch.fnmatchcase(n, g) for g in self.exclude for n in names):
+            return DENSE
+        for glob, pattern in self.rules:
+            if any(fnmatch.fnmatchcase(n, glob) for n in names):
+                return pattern
+        return self.default
+
+    def check_globs(self, layers: Iterable[tuple[str, str]]) -> None:
+        """PlanError naming the first rule/exclude glob that matches no (weight, module) pair."""
+        layers = list(layers)
+        for glob in [g for g, _ in self.rules] + list(self.exclude):
+            if not any(fnmatch.fnmatchcase(w, glob) or (m and fnmatch.fnmatchcase(m, glob)) for w, m in layers):
+                shown = ", ".join(w for w, _ in layers[:4]) + (", ..." if len(layers) > 4 else "")
+                raise PlanError(f"plan {self.name!r}: glob {glob!r} matches no layer ({len(layers)} layers, e.g. {shown})")
+        for name in self.masks:
+            if name not in {w for w, _ in layers}:
+                raise PlanError(f"plan {self.name!r}: mask for {name!r} names no sparsifiable weight")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "rules": [[g, p.label] for g, p in self.rules],
+                "default": self.default.label, "exclude": list(self.exclude)}
+
+
+def uniform_plan(pattern: Pattern | str, *, exclude: Iterable[str] = ()) -> Plan:
+    p = parse_pattern(pattern)
+    return Plan(name=p.label, default=p, exclude=tuple(exclude))
+
+
+def _plan_from_dict(doc: Mapping[str, Any], where: str, masks: Mapping[str, torch.Tensor] | None = None) -> Plan:
+    def pat(value: Any, key: str) -> Pattern:
+        if not isinstance(value, str):
+            raise PlanError(f"{where}: {key!r} must be a pattern string, got {value!r}")
+        try:
+            return parse_pattern(value)
+        except PlanError as e:
+            raise PlanError(f"{where}: {key!r}: {e}") from None
+
+    rules_doc = doc.get("rules", {})
+    if isinstance(rules_doc, list):  # saved plans keep rules as [glob, pattern] pairs
+        rules = tuple((str(g), pat(p, str(g))) for g, p in rules_doc)
+    elif isinstance(rules_doc, Mapping):
+        rules = tuple((g, pat(p, g)) for g, p in rules_doc.items())
+    else:
+        raise PlanError(f"{where}: 'rules' must be a table of \"glob\" = \"pattern\"")
+    extra = tuple((g, pat(p, g)) for g, p in doc.items() if g not in _TOML_KEYS)
+    exclude = doc.get("exclude", [])
+    if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
+        raise PlanError(f"{where}: 'exclude' must be a list of globs")
+    name = doc.get("name", Path(where).stem)
+    if not isinstance(name, str):
+        raise PlanError(f"{where}: 'name' must be a string")
+    default = pat(doc["default"], "default") if "default" in doc else DENSE
+    return Plan(name=name, rules=extra + rules, default=default, exclude=tuple(exclude), masks=dict(masks or {}))
+
+
+def load_plan(spec: str | Plan | Path) -> Plan:
+    """A Plan from a pattern string, a TOML plan file or a saved .safetensors/.pt plan."""
+    if isinstance(spec, Plan):
+        return spec
+    text = str(spec)
+    path = Path(text)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise PlanError(f"plan file {text!r} does not exist")
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise PlanError(f"plan file {text!r}: {e}") from None
+        return _plan_from_dict(doc, text)
+    if path.suffix in (".safetensors", ".pt"):
+        if not path.is_file():
+            raise PlanError(f"plan file {text!r} does not exist")
+        return _load_saved(path)
+    return uniform_plan(text)
+
+
+def _load_saved(path: Path) -> Plan:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if _META_KEY not in meta:
+                raise PlanError(f"plan file '{path}': no {_META_KEY!r} metadata; not written by save_plan")
+            masks = {k: f.get_tensor(k) for k in f.keys()}
+        doc = json.loads(meta[_META_KEY])
+    else:
+        try:
+            blob = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as e:  # a pickle that is not plain data, or a corrupt file
+            raise PlanError(f"plan file '{path}': cannot be read as plain data: {e}") from None
+        if not isinstance(blob, dict) or blob.get("format") != _PLAN_FORMAT:
+            raise PlanError(f"plan file '{path}': not a plan written by save_plan")
+        doc, masks = blob["plan"], dict(blob.get("masks", {}))
+    return _plan_from_dict(doc, str(path), masks)
+
+
+def save_plan(path: str | Path, plan: Plan, masks: Mapping[str, torch.Tensor]) -> Path:
+    """Write the plan's rules and `masks` (stored as bool) to .safetensors or .pt."""
+    path = Path(path)
+    doc = plan.to_dict()
+    packed = {k: (v.detach() != 0).contiguous().cpu() for k, v in masks.items()}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(packed, str(path), metadata={_META_KEY: json.dumps(doc)})
+    elif path.suffix == ".pt":
+        torch.save({"format": _PLAN_FORMAT, "version": 1, "plan": doc, "masks": packed}, path)
+    else:
+        raise PlanError(f"plan file '{path}': save as .safetensors or .pt")
+    return path
+
+
+# ------------------------------------------------------------------ weights and masks -------
+
+@dataclass(frozen=True)
+class _Entry:
+    """One sparsifiable weight: its module, its N x K matrix shape and whether the stored
+    parameter is K x N (transformers' Conv1D), so masks are built along the right axis."""
+
+    weight: str
+    module: str
+    rows: int
+    cols: int
+    transposed: bool = False
+
+
+def _get_tensor(model: nn.Module, name: str) -> tuple[nn.Module, str, torch.Tensor]:
+    """The owning module, local name and effective tensor of a weight (prune-aware)."""
+    owner_name, _, local = name.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_name) if owner_name else model
+    except AttributeError:
+        raise PlanError(f"layer {name!r}: no such module in the model") from None
+    if local.endswith("_orig"):
+        local = local[: -len("_orig")]
+    t = getattr(owner, local, None)
+    if not isinstance(t, torch.Tensor):
+        t = getattr(owner, local + "_orig", None)
+    if not isinstance(t, torch.Tensor):
+        raise PlanError(f"layer {name!r}: the model has no such weight")
+    return owner, local, t
+
+
+def _view(t: torch.Tensor, e: _Entry) -> torch.Tensor:
+    """A tensor in the weight's stored layout, seen as the N x K matrix (or conv shape)."""
+    return t.t() if e.transposed and t.dim() == 2 else t
+
+
+class _Layers:
+    """Decides each weight's pattern and mask (in the N x K view) for one plan and model."""
+
+    def __init__(self, model: nn.Module, entries: Mapping[str, _Entry], plan: Plan, criterion: str,
+                 norms: Mapping[str, Any]) -> None:
+        self.model, self.entries, self.plan, self.criterion, self.norms = model, entries, plan, criterion, norms
+        self.patterns = {w: plan.pattern_for(w, e.module) for w, e in entries.items()}
+        cfg = getattr(model, "config", None)
+        self.heads = getattr(cfg, "num_attention_heads", None)
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.decided: dict[str, tuple[Pattern, torch.Tensor | None]] = {}
+        self.groups: dict[str, int] = {}
+        self._couple_heads()
+
+    def weight(self, w: str) -> torch.Tensor:
+        return _view(_get_tensor(self.model, w)[2].detach(), self.entries[w])
+
+    def scores(self, w: str) -> torch.Tensor:
+        view = self.weight(w)
+        if self.criterion == "magnitude":
+            return view.abs().float()
+        if w not in self.norms:
+            raise PlanError(f"layer {w!r}: no activation norms (trace with measure_activations=True)")
+        a = torch.as_tensor(self.norms[w])
+        return activation_aware_scores(view, _view(a, self.entries[w]), layer=w)
+
+    def given(self, w: str, pattern: Pattern, group: int = 1) -> torch.Tensor | None:
+        """The plan's own mask for `w` in the N x K view, checked against `pattern`."""
+        if w not in self.plan.masks:
+            return None
+        e = self.entries[w]
+        mask = _view(self.plan.masks[w], e)
+        shape = (e.rows, e.cols) if mask.dim() == 2 else None
+        check_mask(mask, pattern, layer=w, shape=shape, group=group)
+        return mask
+
+    def _couple_heads(self) -> None:
+        """Prune whole heads of q/k/v together (GQA: a KV head with its query heads), and the
+        matching input columns of the attention output projection that consumes them."""
+        if not self.heads or self.heads % self.kv_heads:
+            return
+        by_parent: dict[str, dict[str, str]] = {}
+        for w, e in self.entries.items():
+            parent, _, leaf = e.module.rpartition(".")
+            role = "q" if leaf in _Q_NAMES else ("k" if leaf in _K_NAMES else ("v" if leaf in _V_NAMES else None))
+            if role:
+                by_parent.setdefault(parent, {})[role] = w
+        for parent, roles in by_parent.items():
+            pats = {self.patterns[w] for w in roles.values()}
+            if set(roles) != {"q", "k", "v"} or len(pats) != 1 or next(iter(pats)).kind != "channel":
+                continue
+            self._couple(parent, roles, pats.pop())
+
+    def _couple(self, parent: str, roles: dict[str, str], pattern: Pattern) -> None:
+        h, hkv = self.heads, self.kv_heads
+        q, k, v = (self.entries[roles[r]] for r in "qkv")
+        if q.rows % h or k.rows % hkv or v.rows % hkv:
+            return
+        rep = h // hkv
+        hd_q, hd_k, hd_v = q.rows // h, k.rows // hkv, v.rows // hkv
+        for role, group in (("q", hd_q), ("k", hd_k), ("v", hd_v)):
+            self.groups[roles[role]] = group
+        given = {r: self.given(roles[r], pattern, g) for r, g in (("q", hd_q), ("k", hd_k), ("v", hd_v))}
+        if any(m is None for m in given.values()) and any(m is not None for m in given.values()):
+            raise PlanError(f"plan {self.plan.name!r}: masks cover only some of q/k/v in {parent!r}; "
+                            "heads are pruned together, give all three or none")
+        if all(m is not None for m in given.values()):
+            q_rows = given["q"].reshape(q.rows, -1).any(dim=1)
+            kv_keep = q_rows.reshape(hkv, rep * hd_q).any(dim=1)
+            for r in "qkv":
+                self.decided[roles[r]] = (pattern, given[r])
+        else:
+            energy = {r: self.scores(roles[r]).reshape(self.entries[roles[r]].rows, -1).pow(2).sum(dim=1)
+                      for r in "qkv"}
+            unit = (energy["q"].reshape(hkv, rep * hd_q).sum(dim=1) + energy["k"].reshape(hkv, hd_k).sum(dim=1)
+                    + energy["v"].reshape(hkv, hd_v).sum(dim=1))
+            kv_keep = torch.zeros(hkv, dtype=torch.bool)
+            kv_keep[unit.topk(kept_units(pattern.density, hkv)).indices] = True
+            for r, e, hd, keep in (("q", q, hd_q, kv_keep.repeat_interleave(rep)), ("k", k, hd_k, kv_keep),
+                                   ("v", v, hd_v, kv_keep)):
+                rows = keep.repeat_interleave(hd)
+                shape = self.weight(roles[r]).shape
+                mask = rows.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+                self.decided[roles[r]] = (pattern, mask.to(torch.float32))
+        self._consumer(parent, kv_keep.repeat_interleave(rep))
+
+    def _consumer(self, parent: str, q_keep: torch.Tensor) -> None:
+        grand = parent.rpartition(".")[0]
+        names = [f"{parent}.o_proj", f"{parent}.out_proj", f"{grand}.output.dense" if grand else "output.dense"]
+        by_module = {e.module: w for w, e in self.entries.items()}
+        o = next((by_module[n] for n in names if n in by_module), None)
+        if o is None or self.entries[o].cols % self.heads:
+            return
+        e = self.entries[o]
+        cols = q_keep.repeat_interleave(e.cols // self.heads)
+        own = self.patterns[o]
+        given = self.given(o, own if own.kind != "dense" else Pattern("channel", 1.0))
+        if given is not None:
+            mask = given
+        else:
+            mask = cols[None, :].expand(e.rows, e.cols).to(torch.float32)
+            if own.kind != "dense":
+                mask = mask * build_mask(self.weight(o), own, scores=self.scores(o), layer=o).reshape(e.rows, e.cols)
+        if own.kind in ("dense", "channel"):
+            own = Pattern("channel", round(float(mask.reshape(e.rows, -1).count_nonzero()) / (e.rows * e.cols), 12))
+        self.decided[o] = (own, mask)
+
+    def decide(self, w: str) -> tuple[Pattern, torch.Tensor | None]:
+        """(pattern, mask in the N x K view or None when the weight stays fully dense)."""
+        if w in self.decided:
+            return self.decided[w]
+        pattern = self.patterns[w]
+        e = self.entries[w]
+        group = self._head_rows(e) if pattern.kind == "channel" else 1
+        mask = self.given(w, pattern, group)
+        if mask is None and pattern.kind == "dense":
+            owner, local, _ = _get_tensor(self.model, w)
+            found = existing_mask(owner, local)
+            mask = None if found is None else _view(found, e)
+        elif mask is None:
+            mask = build_mask(self.weight(w), pattern, scores=self.scores(w), layer=w, group=group)
+        return pattern, mask
+
+    def _head_rows(self, e: _Entry) -> int:
+        """Rows per channel unit: head_dim on a lone q/k/v projection, else one row."""
+        leaf = e.module.rpartition(".")[2]
+        heads = self.heads if leaf in _Q_NAMES else (self.kv_heads if leaf in _K_NAMES + _V_NAMES else None)
+        return e.rows // heads if heads and e.rows % heads == 0 else 1
+
+
+def _criterion(criterion: str) -> str:
+    if criterion not in CRITERIA:
+        raise PlanError(f"criterion {criterion!r} is not one of {', '.join(CRITERIA)}")
+    return criterion
+
+
+def _layer_record(weight: str, pattern: Pattern, stats: Any, value_bytes: float) -> LayerSparsity:
+    fmt = storage_format(pattern, stats, value_bytes=value_bytes)
+    size = format_bytes(fmt, stats, value_bytes=value_bytes, pattern=pattern)
+    return LayerSparsity(weight=weight, pattern=pattern, stats=stats, format=fmt, format_bytes=size.total,
+                         value_bytes=size.values, metadata_bytes=size.metadata)
+
+
+def sparsify(workload: Workload, plan: Plan | str, *, criterion: str = "magnitude") -> SparseWorkload:
+    """Annotate every linear/conv weight of `workload` with its plan pattern, stats and format.
+
+    Masks are built from the real weights in `workload.model` (or taken from the plan and
+    checked); on the meta device, or without a model, stats are analytic. Zeros and
+    torch.nn.utils.prune masks already in a dense-planned weight show up as unstructured.
+    A weight used by several ops is sparsified once.
+    """
+    plan = load_plan(plan)
+    _criterion(criterion)
+    first: dict[str, Op] = {}
+    for op in workload.ops:
+        if op.weight is not None and op.kind in SPARSIFIED_KINDS and op.weight_shape is not None:
+            first.setdefault(op.weight, op)
+    plan.check_globs((w, op.module) for w, op in first.items())
+    model = workload.model
+    entries: dict[str, _Entry] = {}
+    for w, op in first.items():
+        rows, cols = op.weight_matrix
+        info = workload.weights.get(w)
+        stored = tuple(info.shape) if info is not None else tuple(op.weight_shape)
+        transposed = len(stored) == 2 and ("weight stored K x N" in op.note or (stored == (cols, rows) and rows != cols))
+        entries[w] = _Entry(w, op.module, rows, cols, transposed)
+    on_meta = model is None or workload.on_meta or any(
+        _get_tensor(model, w)[2].device.type == "meta" for w in entries)
+    decider = None if on_meta else _Layers(model, entries, plan, criterion, workload.activation_norms)
+    layers: dict[str, LayerSparsity] = {}
+    for w, op in first.items():
+        e = entries[w]
+        info = workload.weights.get(w)
+        vb = DTYPE_BYTES[info.dtype] if info is not None and info.dtype in DTYPE_BYTES else op.dtype_bytes
+        if decider is None:
+            pattern = plan.pattern_for(w, op.module)
+            if w in plan.masks:
+                mask = _view(plan.masks[w], e)
+                check_mask(mask, pattern, layer=w, shape=(e.rows, e.cols) if mask.dim() == 2 else None)
+                stats = measure_stats(mask, pattern=pattern)
+            else:
+                stats = analytic_stats(e.rows, e.cols, pattern)
+        else:
+            pattern, mask = decider.decide(w)
+            if mask is None:
+                stats = analytic_stats(e.rows, e.cols, DENSE)  # exact for a weight without zeros
+            else:
+                stats = measure_stats(mask, pattern=pattern)
+                if pattern.kind == "dense" and stats.nnz < stats.size:
+                    pattern = Pattern("unstructured", round(stats.density, 6))
+        layers[w] = _layer_record(w, pattern, stats, vb)
+    return SparseWorkload(workload=workload, plan_name=plan.name, layers=layers)
+
+
+def _model_entries(model: nn.Module) -> dict[str, _Entry]:
+    """Every Linear/Conv weight (and transformers' Conv1D, stored K x N) of a model."""
+    out = {}
+    for mname, mod in model.named_modules():
+        conv1d = type(mod).__name__ == "Conv1D"
+        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)) or conv1d:
+            local = "weight_orig" if hasattr(mod, "weight_orig") else "weight"
+            w = getattr(mod, local)
+            name = f"{mname}.{local}" if mname else local
+            rows, cols = (w.shape[1], w.shape[0]) if conv1d else (w.shape[0], w[0].numel())
+            out[name] = _Entry(name, mname, int(rows), int(cols), conv1d)
+    return out
+
+
+def apply_plan(model: nn.Module, plan: Plan | str, *, criterion: str = "magnitude",
+               activation_norms: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """Multiply each planned mask into its weight in place; return the masks (stored layout,
+    weight dtype) of every weight that is not fully dense, ready for `save_plan`."""
+    plan = load_plan(plan)
+    _criterion(criterion)
+    entries = _model_entries(model)
+    plan.check_globs((w, e.module) for w, e in entries.items())
+    for w in entries:
+        if _get_tensor(model, w)[2].device.type == "meta":
+            raise MaskError(f"layer {w!r}: cannot apply a plan to a weight on the meta device")
+    decider = _Layers(model, entries, plan, criterion, activation_norms or {})
+    masks: dict[str, torch.Tensor] = {}
+    for w, e in entries.items():
+        if decider.patterns[w].kind == "dense" and w not in plan.masks and w not in decider.decided:
+            continue
+        _, mask = decider.decide(w)
+        if mask is None:
+            continue
+        owner, local, _ = _get_tensor(model, w)
+        # under torch.nn.utils.prune the stored parameter is <name>_orig; <name> is recomputed
+        param = getattr(owner, local + "_orig", None)
+        param = param if isinstance(param, torch.Tensor) else getattr(owner, local)
+        stored = _view(mask, e).reshape(param.shape).to(param.dtype)
+        with torch.no_grad():
+            param.mul_(stored)
+        masks[w] = stored
+    return masks

@@ -1,0 +1,333 @@
+"""The search pipeline, as small stages in one direction:
+
+trace -> space (patterns the device exploits) -> per-unit cost and sensitivity tables -> DP at the
+budget (candidates re-costed as whole plans and evaluated for real) and/or Optuna with the real
+evaluate -> uniform baselines in the same run -> Pareto front -> the chosen plan saved with its
+masks (plans.save_plan) and the sparsified model's state_dict (torch.save).
+
+A budget is "modeled latency <= dense / target_speedup" or "real accuracy >= dense - max drop"
+(then the fastest plan that keeps it). The chosen plan is the most accurate evaluated plan within
+the budget, wherever it came from (DP, Optuna or a uniform plan), and `uniform_accuracy` is the
+best uniform plan within the same budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from sparsesim.errors import SearchError, SparsesimError
+from sparsesim.search import dp
+from sparsesim.search.baselines import best_within, uniform_choices
+from sparsesim.search.problem import SIGNALS, SearchProblem, SearchTask
+
+ALGORITHMS = ("dp", "optuna", "both")
+DEFAULT_TARGET_SPEEDUP = 2.0
+# DP plans near the budget evaluated for real: the additive tables are exact for latency only
+# up to channel-group interactions, and the cheap signal only ranks plans approximately.
+DP_CANDIDATES = 6
+DEFAULT_TRIALS = 40  # Optuna trials when --algorithm optuna/both and --trials is not given
+
+
+@dataclass
+class SearchConfig:
+    workload: str
+    device: str
+    target_speedup: float | None = None
+    max_accuracy_drop: float | None = None
+    algorithm: str = "dp"
+    trials: int | None = None
+    workers: int = 1
+    storage: str | None = None
+    seed: int = 0
+    out: str = "search-out"
+    signal: str = "fidelity"
+    sampler: str = "nsga2"
+    dask_scheduler: str | None = None
+    evaluate: str | None = None  # module:function overriding the workload's own evaluate
+    study_name: str | None = None
+
+
+@dataclass
+class Progress:
+    """Stage-wise progress: the CLI passes a tqdm-backed callable; tests pass nothing."""
+
+    start: Callable[[str, int], None] = lambda stage, total: None
+    step: Callable[[int], None] = lambda n=1: None
+    set: Callable[[int], None] = lambda n: None
+
+
+def _import(ref: str, what: str) -> Any:
+    mod, _, attr = ref.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise SearchError(f"{what} {ref!r}: cannot import ({e})") from None
+
+
+def search_task_for(workload_spec: str, model: torch.nn.Module, *, seed: int, evaluate: str | None) -> SearchTask:
+    """The workload's SearchTask: from `search_task` next to its recipe's builder, with
+    `evaluate` (module:function) overriding its evaluate; a user model needs `evaluate`."""
+    task = None
+    head = workload_spec.partition(":")[0]
+    builder = None
+    try:
+        from sparsesim.workloads import builtin_recipe_files, read_recipe
+
+        files = builtin_recipe_files()
+        if head in files:
+            builder = read_recipe(files[head], head).builder
+        elif head.endswith(".toml"):
+            builder = read_recipe(Path(head)).builder
+    except SparsesimError:
+        builder = None
+    if builder is not None:
+        mod = importlib.import_module(builder.partition(":")[0])
+        fn = getattr(mod, "search_task", None)
+        if fn is not None:
+            task = fn(model, seed=seed)
+    if evaluate is not None:
+        ev = _import(evaluate, "--evaluate")
+        task = SearchTask(evaluate=ev, metric=evaluate) if task is None else \
+            SearchTask(ev, evaluate, task.fidelity, task.groups, task.calibration, task.recovery)
+    if task is None:
+        raise SearchError(f"workload {workload_spec!r} has no accuracy signal: pass --evaluate module:function "
+                          "(a function model -> float, higher is better)")
+    return task
+
+
+def build_problem(cfg: SearchConfig) -> SearchProblem:
+    from sparsesim.devices import load_device
+    from sparsesim.workloads import load_workload
+
+    try:
+        device = load_device(cfg.device)
+    except SparsesimError as e:
+        raise SearchError(f"--device {cfg.device}: {e}") from None
+    wl = load_workload(cfg.workload)
+    task = search_task_for(cfg.workload, wl.model, seed=cfg.seed, evaluate=cfg.evaluate)
+    return SearchProblem(wl, device, evaluate=task.evaluate, fidelity=task.fidelity, groups=task.groups,
+                         recovery=task.recovery, calibration=task.calibration)
+
+
+def _record(problem: SearchProblem, choice: Mapping[str, str], source: str, accuracy: float | None = None
+            ) -> dict[str, Any]:
+    c = problem.cost(choice)
+    acc = problem.accuracy(choice) if accuracy is None else accuracy
+    return {"source": source, "accuracy": acc, "latency_s": c.latency_s, "energy_j": c.energy_j,
+            "memory_bytes": c.memory_bytes, "speedup_vs_dense": problem.dense_cost.latency_s / c.latency_s,
+            "fallback_ops": c.fallback_ops, "choice": dict(choice)}
+
+
+def _study_name(cfg: SearchConfig, problem: SearchProblem) -> str:
+    """Stable across resumes; changes when the space changes (a resumed study must share it)."""
+    h = hashlib.sha256(json.dumps(problem.units).encode()).hexdigest()[:10]
+    return cfg.study_name or f"{problem.name}@{problem.device.name}:seed{cfg.seed}:{cfg.signal}:{h}"
+
+
+def _check(cfg: SearchConfig) -> None:
+    if cfg.algorithm not in ALGORITHMS:
+        raise SearchError(f"--algorithm {cfg.algorithm}: expected one of {', '.join(ALGORITHMS)}")
+    if cfg.signal not in SIGNALS:
+        raise SearchError(f"--signal {cfg.signal}: expected one of {', '.join(SIGNALS)}")
+    if cfg.target_speedup is not None and cfg.max_accuracy_drop is not None:
+        raise SearchError("give --target-speedup or --max-accuracy-drop, not both")
+    if cfg.target_speedup is not None and not (cfg.target_speedup > 0 and math.isfinite(cfg.target_speedup)):
+        raise SearchError(f"--target-speedup must be a number > 0, got {cfg.target_speedup}")
+    if cfg.max_accuracy_drop is not None and not (cfg.max_accuracy_drop >= 0):
+        raise SearchError(f"--max-accuracy-drop must be >= 0, got {cfg.max_accuracy_drop}")
+    if cfg.trials is not None and cfg.trials < 0:
+        raise SearchError(f"--trials must be >= 0, got {cfg.trials}")
+
+
+def dp_candidates(problem: SearchProblem, tables, fixed: float, budget: float, *, k: int = DP_CANDIDATES
+                  ) -> list[dict[str, str]]:
+    """Up to k DP-optimal plans (of the additive tables) whose whole-plan modeled latency meets the
+    budget, least table sensitivity first."""
+    if budget - fixed < 0:
+        fastest = fixed + sum(min(t.latency) for t in tables)
+        raise SearchError(
+            f"impossible target: the budget is {budget:.4g} s but the fastest plan in the space on "
+            f"{problem.device.name} models {fastest:.4g} s ({problem.dense_cost.latency_s / fastest:.2f}x of dense)")
+    curve = dp.tradeoff(tables, budget - fixed)
+    out: list[dict[str, str]] = []
+    for point in reversed(curve):  # least sensitivity first
+        choice = point.labels(tables)
+        if problem.cost(choice).latency_s <= budget * (1 + 1e-9) and choice not in out:
+            out.append(choice)
+            if len(out) >= k:
+                break
+    return out
+
+
+def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: SearchProblem | None = None
+               ) -> dict[str, Any]:
+    """Run the pipeline (module doc) and return the result document (plain JSON types)."""
+    _check(cfg)
+    pg = progress or Progress()
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    problem = problem or build_problem(cfg)
+    dense = _record(problem, problem.space.dense_choice(), "dense", accuracy=problem.dense_accuracy)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # uniform baselines, same run
+    uni = uniform_choices(problem.space)
+    pg.start("uniform baselines", len(uni))
+    uniform = []
+    for label, choice in uni.items():
+        r = _record(problem, choice, f"uniform {label}")
+        r["plan"] = label
+        uniform.append(r)
+        pg.step(1)
+
+    records: list[dict[str, Any]] = [dense] + uniform
+    tables = fixed = None
+    if cfg.algorithm in ("dp", "both"):
+        n = sum(len(u.choices) for u in problem.space.units)
+        pg.start(f"sensitivity ({cfg.signal})", n)
+        tables, fixed = problem.tables(cfg.signal, progress=lambda: pg.step(1))
+
+    budget, acc_floor = _budget(cfg, problem)
+    if tables is not None:
+        if budget is not None:
+            cands = dp_candidates(problem, tables, fixed, budget)
+        else:
+            cands = _dp_for_accuracy(problem, tables, fixed, acc_floor, pg)
+        pg.start("DP plans", len(cands))
+        for ch in cands:
+            records.append(_record(problem, ch, "dp"))
+            pg.step(1)
+
+    study_info = None
+    if cfg.algorithm in ("optuna", "both"):
+        study_info, trials = _optuna(cfg, problem, records, pg)
+        records += trials
+
+    if budget is None:  # accuracy target: the fastest plan that keeps the accuracy
+        ok = [r for r in records if r["accuracy"] >= acc_floor - 1e-12]
+        budget = min(r["latency_s"] for r in ok)  # dense always qualifies
+    chosen = best_within(records, budget)
+    if chosen is None:
+        fastest = min(records, key=lambda r: r["latency_s"])
+        raise SearchError(
+            f"impossible target: no evaluated plan models within {budget:.4g} s on {problem.device.name}; "
+            f"the fastest reached {fastest['speedup_vs_dense']:.2f}x of dense")
+    best_uni = best_within(uniform, budget)
+    from sparsesim.search.optuna_search import pareto
+
+    front = pareto(records)
+    saved = save_outputs(problem, chosen, out)
+    doc = {
+        "workload": problem.name, "device": problem.device.name, "algorithm": cfg.algorithm,
+        "signal": cfg.signal, "seed": cfg.seed,
+        "target": {"speedup": cfg.target_speedup, "max_accuracy_drop": cfg.max_accuracy_drop,
+                   "latency_budget_s": budget},
+        "dense": _public(dense),
+        "accuracy": chosen["accuracy"], "latency_s": chosen["latency_s"],
+        "speedup_vs_dense": chosen["speedup_vs_dense"], "energy_j": chosen["energy_j"],
+        "memory_bytes": chosen["memory_bytes"], "chosen_source": chosen["source"],
+        "uniform_accuracy": None if best_uni is None else best_uni["accuracy"],
+        "uniform_plan": None if best_uni is None else best_uni["plan"],
+        "uniform_latency_s": None if best_uni is None else best_uni["latency_s"],
+        "chosen": {"choice": chosen["choice"], "patterns": {w: p.label for w, p in
+                                                            problem.patterns(chosen["choice"]).items()}},
+        "front": [_public(r) for r in front],
+        "uniform": [_public(r) for r in uniform],
+        "evaluated": len(records),
+        "study": study_info,
+        "dropped": [list(d) for d in problem.space.dropped],
+        "files": saved,
+        "wall_s": time.perf_counter() - t0,
+    }
+    (out / "search.json").write_text(json.dumps(doc, indent=1, default=float))
+    return doc
+
+
+def _public(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if k != "choice"}
+
+
+def _budget(cfg: SearchConfig, problem: SearchProblem) -> tuple[float | None, float | None]:
+    if cfg.max_accuracy_drop is not None:
+        return None, problem.dense_accuracy - cfg.max_accuracy_drop
+    speedup = cfg.target_speedup if cfg.target_speedup is not None else DEFAULT_TARGET_SPEEDUP
+    return problem.dense_cost.latency_s / speedup, None
+
+
+def _dp_for_accuracy(problem: SearchProblem, tables, fixed: float, floor: float, pg: Progress
+                     ) -> list[dict[str, str]]:
+    """Fastest DP plan whose real accuracy stays >= floor: bisect the DP trade-off curve (accuracy
+    falls as the budget shrinks, nearly monotonically) with real evaluations."""
+    top = problem.dense_cost.latency_s
+    curve = dp.tradeoff(tables, max(top - fixed, 0.0))
+    plans = [p.labels(tables) for p in curve]  # fastest first
+    lo, hi = 0, len(plans) - 1
+    good = [plans[-1]]
+    pg.start("DP bisection", max(1, math.ceil(math.log2(len(plans) + 1))))
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        acc = problem.accuracy(plans[mid])
+        pg.step(1)
+        if acc >= floor:
+            good.append(plans[mid])
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    return good
+
+
+def _optuna(cfg: SearchConfig, problem: SearchProblem, seeds: list[dict[str, Any]], pg: Progress):
+    from sparsesim.search import optuna_search as osr
+
+    n = DEFAULT_TRIALS if cfg.trials is None else cfg.trials
+    storage = cfg.storage or str(Path(cfg.out) / "study.journal")
+    scfg = osr.StudyConfig(storage=storage, study_name=_study_name(cfg, problem), n_trials=n, seed=cfg.seed,
+                           sampler=cfg.sampler)
+    if n == 0:
+        return {"storage": storage, "study_name": scfg.study_name, "complete": 0}, []
+    # seed a fresh study with the DP plans and the best uniform plans
+    ranked = sorted(seeds[1:], key=lambda r: -r["accuracy"])
+    enqueue = [r["choice"] for r in ranked if r["source"] == "dp"][:2] + [r["choice"] for r in ranked][:2]
+    pg.start("optuna trials", n)
+    study = osr.optimize(problem, scfg, workers=cfg.workers, dask_scheduler=cfg.dask_scheduler,
+                         enqueue=enqueue, progress=pg.set)
+    pg.set(n)
+    trials = []
+    for t in osr.completed(study):
+        trials.append({"source": f"optuna #{t['number']}", "accuracy": t["accuracy"], "latency_s": t["latency_s"],
+                       "energy_j": t["energy_j"], "memory_bytes": t["memory_bytes"],
+                       "speedup_vs_dense": problem.dense_cost.latency_s / t["latency_s"],
+                       "fallback_ops": problem.cost(t["choice"]).fallback_ops, "choice": t["choice"]})
+    info = {"storage": storage, "study_name": scfg.study_name, "complete": len(trials),
+            "counts": osr.counts(study)}
+    return info, trials
+
+
+def save_outputs(problem: SearchProblem, chosen: Mapping[str, Any], out: Path) -> dict[str, str]:
+    """plan.safetensors (rules + masks, loadable by plans.load_plan), model.pt (the sparsified
+    model's state_dict with the masks applied) and the chosen choice per unit in choice.json."""
+    from sparsesim.plans import Plan, save_plan
+
+    choice = chosen["choice"]
+    masks = problem.masks(choice)
+    pats = problem.patterns(choice)
+    plan = Plan(name=f"search:{problem.name}@{problem.device.name}", rules=tuple(pats.items()))
+    plan_path = save_plan(out / "plan.safetensors", plan, masks)
+    from sparsesim.search.accuracy import masked
+
+    with masked(problem.model, masks) as m:
+        state = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    model_path = out / "model.pt"
+    torch.save(state, model_path)
+    (out / "choice.json").write_text(json.dumps(choice, indent=1))
+    return {"plan": str(plan_path), "model": str(model_path), "choice": str(out / "choice.json")}

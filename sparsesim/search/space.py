@@ -1,0 +1,154 @@
+"""The search space: per prunable unit, the choices a device can exploit.
+
+A unit is either one weight (choices: dense, N:M, unstructured and block patterns at a few
+densities) or one coupled channel group (choices: the fraction of its channels kept).
+
+Channel pruning is not a sparse matrix: it makes smaller dense ops, and layers that share a
+channel must shrink together. A `ChannelGroup` names the coupled weights:
+  * producers: weights whose output rows are the channels (`unit_rows` rows per channel, e.g.
+    head_dim rows of the q/k/v projections for one attention head);
+  * consumers: weights whose input columns read the channels (a conv's input channels, a linear
+    after a flatten, the attention output projection reading each head);
+  * attention: attention ops (by module) whose head count shrinks with the group.
+What we couple and why (see the workload builders for the concrete groups):
+  * digits CNN: conv1 channels -> conv2 inputs; conv2 channels -> fc1 inputs (16 columns each
+    after the flatten); fc1 neurons -> fc2 inputs. The logits (fc2 rows) are never pruned.
+  * MiniLM: per block, attention heads as units (q, k, v rows per head + the output projection's
+    columns per head + the attention op's heads), and FFN neurons (intermediate rows + output
+    columns). The residual stream (hidden size) is never channel-pruned: every block, the
+    embeddings and the LayerNorms read it, so it is one group spanning the whole model, which
+    would make every block's cost depend on one choice.
+Ops between coupled layers that carry the channels (ReLU, pooling, softmax) are not shrunk in
+the cost: they are memory-bound and a small share of the latency.
+
+Which patterns a device exploits is asked of the cost model: a candidate whose Cost comes back
+with `fallback=True` (the device runs it dense, or worse) is left out of that unit's choices and
+listed in `SearchSpace.dropped` with the model's reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+from sparsesim.ir import GemmShape, Op
+from sparsesim.sparsity import DENSE, Pattern
+
+# Kept fractions offered per pattern family. Five levels span "light" (75 %) to "aggressive"
+# (10 %) pruning; finer grids multiply the per-layer sensitivity measurements linearly.
+DEFAULT_DENSITIES = (0.75, 0.5, 0.3, 0.2, 0.1)
+# Channel groups keep more: removing whole channels costs far more accuracy per weight.
+DEFAULT_CHANNEL_DENSITIES = (0.875, 0.75, 0.5, 0.25)
+# N:M ratios offered (2:4 is what sparse tensor cores run; 1:4 and 2:8 where engines skip more).
+DEFAULT_NM = ((2, 4), (1, 4))
+# Block shape offered (the BSR block the GPU/CPU/FPGA models know best).
+DEFAULT_BLOCK = (4, 4)
+PRUNABLE_KINDS = ("linear", "conv")
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Weights that share channels and must be pruned together (see module doc)."""
+
+    name: str
+    channels: int
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...] = ()
+    unit_rows: int = 1
+    attention: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One option of a unit: a weight pattern, or a channel keep-fraction for a group."""
+
+    label: str
+    pattern: Pattern
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    kind: str  # "layer" or "group"
+    weights: tuple[str, ...]
+    choices: tuple[Choice, ...]
+
+    def choice(self, label: str) -> Choice:
+        for c in self.choices:
+            if c.label == label:
+                return c
+        raise KeyError(f"unit {self.name}: no choice {label!r}")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    units: tuple[Unit, ...]
+    groups: dict[str, ChannelGroup] = field(default_factory=dict)
+    # (unit, candidate label, why it was left out)
+    dropped: tuple[tuple[str, str, str], ...] = ()
+
+    def unit(self, name: str) -> Unit:
+        for u in self.units:
+            if u.name == name:
+                return u
+        raise KeyError(name)
+
+    def dense_choice(self) -> dict[str, str]:
+        return {u.name: u.choices[0].label for u in self.units}
+
+
+def candidate_patterns(densities: Sequence[float] = DEFAULT_DENSITIES,
+                       nm: Sequence[tuple[int, int]] = DEFAULT_NM,
+                       block: tuple[int, int] = DEFAULT_BLOCK) -> list[Pattern]:
+    """Dense first, then N:M, unstructured and block at each density."""
+    from sparsesim.patterns import make_pattern
+
+    out = [DENSE]
+    out += [make_pattern("nm", n=n, m=m) for n, m in nm]
+    out += [make_pattern("unstructured", d) for d in densities]
+    out += [make_pattern("block", d, block=block) for d in densities]
+    return out
+
+
+def group_label(density: float) -> str:
+    return "dense" if density >= 1.0 else f"channel:{1 - density:g}"
+
+
+def prunable_ops(ops: Sequence[Op]) -> dict[str, Op]:
+    """First op of each linear/conv weight (a weight used twice is pruned once)."""
+    out: dict[str, Op] = {}
+    for op in ops:
+        if op.kind in PRUNABLE_KINDS and op.weight and op.weight_matrix and op.weight not in out:
+            out[op.weight] = op
+    return out
+
+
+def shrink_op(op: Op, *, rows: float = 1.0, cols: float = 1.0, heads: float = 1.0) -> Op:
+    """The smaller dense op left when a fraction of the weight's rows/columns (or of an
+    attention op's heads) is removed by channel pruning."""
+    if (rows, cols, heads) == (1.0, 1.0, 1.0) or op.gemm is None:
+        return op
+    g = op.gemm
+    if op.kind == "attention":
+        batch = max(1, round(g.batch * heads))
+        return replace(op, gemm=replace(g, batch=batch), flops=int(op.flops * batch / g.batch),
+                       bytes_moved=int(op.bytes_moved * batch / g.batch))
+    n = max(1, round(g.n * rows))
+    k = max(1, round(g.k * cols))
+    ws = op.weight_shape
+    if ws is not None:
+        out_rows = max(1, round(ws[0] * rows))
+        if len(ws) == 2:
+            ws = (out_rows, max(1, round(ws[1] * cols)))
+        else:  # conv: Cout x Cin/g x kh x kw; columns go by whole input channels
+            ws = (out_rows, max(1, round(ws[1] * cols)), *ws[2:])
+    conv = op.conv
+    if conv is not None:
+        conv = replace(conv, out_channels=max(1, round(conv.out_channels * rows)),
+                       in_channels=max(1, round(conv.in_channels * cols)))
+    scale = (n * k) / (g.n * g.k)
+    b = op.dtype_bytes
+    new_gemm = GemmShape(m=g.m, n=n, k=k, batch=g.batch, groups=g.groups)
+    io = (g.m * k + g.m * n + n * k) * g.batch * g.groups * b
+    return replace(op, gemm=new_gemm, weight_shape=ws, conv=conv, flops=int(op.flops * scale),
+                   bytes_moved=int(io))

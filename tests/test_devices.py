@@ -1,0 +1,255 @@
+"""Strict loading of device files: every malformed file is a DeviceFileError naming file and field,
+and corrupted copies of the built-in files never raise anything else."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pytest
+
+from sparsesim.devices import UNITS, builtin_device_files, builtin_devices, load_device, parse_device_file
+from sparsesim.errors import DeviceFileError
+
+A100 = builtin_device_files()["a100-sxm4-80gb"]
+
+
+def _write(tmp_path: Path, text: str, name: str = "dev.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _replace_line(text: str, key: str, new: str | None) -> str:
+    """Replace (or with None drop) the line that assigns `key`."""
+    out, hit = [], False
+    for line in text.splitlines():
+        if re.match(rf"^{re.escape(key)}\s*=", line):
+            hit = True
+            if new is not None:
+                out.append(new)
+            continue
+        out.append(line)
+    assert hit, f"no line for {key}"
+    return "\n".join(out) + "\n"
+
+
+def _load_error(path: Path) -> str:
+    with pytest.raises(DeviceFileError) as e:
+        parse_device_file(path)
+    return str(e.value)
+
+
+def test_every_builtin_device_loads_with_sources():
+    devices = builtin_devices()
+    names = {Path(d.path).stem for d in devices}
+    assert {"a100-sxm4-80gb", "h100-sxm5", "jetson-agx-orin"} <= names
+    for d in devices:
+        assert d.provenance, d.name
+        for field, prov in d.provenance.items():
+            assert prov.source.strip(), f"{d.name}: {field} has no source"
+
+
+def test_load_by_name_is_case_insensitive():
+    assert load_device("A100-SXM4-80GB").name == load_device("a100-sxm4-80gb").name
+
+
+def test_units_convert_to_si():
+    d = load_device("a100-sxm4-80gb")
+    assert d.params.tensor_peak["fp16"] == pytest.approx(312e12)
+    assert d.params.dram_bandwidth == pytest.approx(2039e9)
+    assert d.params.l2_size == pytest.approx(40e6)
+    assert d.params.launch_overhead == pytest.approx(5e-6)
+    assert d.params.mac_energy["fp16"] == pytest.approx(1.23e-12)
+
+
+def test_unknown_key(tmp_path):
+    p = _write(tmp_path, A100.read_text() + 'warp_size = { value = 32, unit = "1", source = "x" }\n')
+    msg = _load_error(p)
+    assert str(p) in msg and "warp_size" in msg and "unknown" in msg
+
+
+def test_duplicate_key(tmp_path):
+    text = A100.read_text()
+    line = next(l for l in text.splitlines() if l.startswith("sm_count"))
+    p = _write(tmp_path, text + line + "\n")
+    msg = _load_error(p)
+    # tomllib reports the line of the second assignment; the message names the file and that line
+    lineno = len(text.splitlines()) + 1
+    assert str(p) in msg and f"line {lineno}" in msg
+
+
+def test_duplicate_per_dtype_key(tmp_path):
+    text = A100.read_text()
+    line = next(l for l in text.splitlines() if l.startswith("tensor_peak.fp16"))
+    msg = _load_error(_write(tmp_path, text + line + "\n"))
+    assert "dev.toml" in msg
+
+
+def test_missing_field(tmp_path):
+    p = _write(tmp_path, _replace_line(A100.read_text(), "l2_size", None))
+    msg = _load_error(p)
+    assert str(p) in msg and "missing field 'l2_size'" in msg
+
+
+def test_wrong_unit(tmp_path):
+    text = _replace_line(A100.read_text(), "dram_bandwidth",
+                         'dram_bandwidth = { value = 2039, unit = "TFLOP/s", source = "x" }')
+    msg = _load_error(_write(tmp_path, text))
+    assert "dram_bandwidth" in msg and "wrong unit" in msg and "'TFLOP/s'" in msg
+
+
+def test_wrong_unit_in_per_dtype_table(tmp_path):
+    text = _replace_line(A100.read_text(), "tensor_peak.fp16",
+                         'tensor_peak.fp16 = { value = 312, unit = "GB/s", source = "x" }')
+    msg = _load_error(_write(tmp_path, text))
+    assert "tensor_peak.fp16" in msg and "wrong unit" in msg
+
+
+def test_missing_source(tmp_path):
+    text = _replace_line(A100.read_text(), "sm_count", 'sm_count = { value = 108, unit = "1" }')
+    p = _write(tmp_path, text)
+    msg = _load_error(p)
+    assert str(p) in msg and "sm_count" in msg and "source" in msg
+
+
+def test_empty_source(tmp_path):
+    text = _replace_line(A100.read_text(), "clock", 'clock = { value = 1410, unit = "MHz", source = "  " }')
+    assert "clock" in _load_error(_write(tmp_path, text))
+
+
+def test_non_numeric_value(tmp_path):
+    text = _replace_line(A100.read_text(), "l2_bandwidth",
+                         'l2_bandwidth = { value = "fast", unit = "GB/s", source = "x" }')
+    msg = _load_error(_write(tmp_path, text))
+    assert "l2_bandwidth" in msg and "number" in msg
+
+
+def test_boolean_is_not_a_number(tmp_path):
+    text = _replace_line(A100.read_text(), "sm_count", 'sm_count = { value = true, unit = "1", source = "x" }')
+    assert "sm_count" in _load_error(_write(tmp_path, text))
+
+
+def test_negative_and_non_finite_values(tmp_path):
+    neg = _replace_line(A100.read_text(), "tdp", 'tdp = { value = -400, unit = "W", source = "x" }')
+    assert "tdp" in _load_error(_write(tmp_path, neg, "neg.toml"))
+    nan = _replace_line(A100.read_text(), "sm_count", 'sm_count = { value = nan, unit = "1", source = "x" }')
+    assert "sm_count" in _load_error(_write(tmp_path, nan, "nan.toml"))
+    inf = _replace_line(A100.read_text(), "gemm_tile_m", 'gemm_tile_m = { value = inf, unit = "1", source = "x" }')
+    assert "gemm_tile_m" in _load_error(_write(tmp_path, inf, "inf.toml"))
+
+
+def test_bad_family(tmp_path):
+    text = _replace_line(A100.read_text(), "family", 'family = "tpu"')
+    p = _write(tmp_path, text)
+    msg = _load_error(p)
+    assert str(p) in msg and "family" in msg and "tpu" in msg
+
+
+def test_missing_name(tmp_path):
+    msg = _load_error(_write(tmp_path, _replace_line(A100.read_text(), "name", None)))
+    assert "'name'" in msg
+
+
+def test_fit_needs_date_and_error(tmp_path):
+    text = _replace_line(A100.read_text(), "clock",
+                         'clock = { value = 1410, unit = "MHz", source = "fit", fit_date = "2026-11-22" }')
+    msg = _load_error(_write(tmp_path, text))
+    assert "clock" in msg and "fit_error" in msg
+
+
+def test_fitted_field_is_reported(tmp_path):
+    text = _replace_line(A100.read_text(), "clock",
+                         'clock = { value = 1400, unit = "MHz", source = "fit", fit_date = "2026-11-22", fit_error = 0.03 }')
+    d = parse_device_file(_write(tmp_path, text))
+    assert d.fitted()["clock"].fit_error == 0.03
+
+
+def test_gpu_cross_field_checks(tmp_path):
+    bad_ratio = _replace_line(A100.read_text(), "sparse_ratio",
+                              'sparse_ratio = { value = { fp16 = "2-4", bf16 = "2:4", int8 = "2:4", tf32 = "1:2" }, source = "x" }')
+    assert "sparse_ratio.fp16" in _load_error(_write(tmp_path, bad_ratio, "r.toml"))
+    eff = _replace_line(A100.read_text(), "dense_gemm_efficiency",
+                        'dense_gemm_efficiency = { value = 1.5, unit = "1", source = "x" }')
+    assert "dense_gemm_efficiency" in _load_error(_write(tmp_path, eff, "e.toml"))
+    flag = _replace_line(A100.read_text(), "fp32_uses_tf32", 'fp32_uses_tf32 = { value = "yes", source = "x" }')
+    assert "fp32_uses_tf32" in _load_error(_write(tmp_path, flag, "f.toml"))
+    no_energy = _replace_line(A100.read_text(), "mac_energy.int8", None)
+    assert "mac_energy" in _load_error(_write(tmp_path, no_energy, "m.toml"))
+    setting_unit = _replace_line(A100.read_text(), "sparse_fused_transpose",
+                                 'sparse_fused_transpose = { value = false, unit = "W", source = "x" }')
+    assert "sparse_fused_transpose" in _load_error(_write(tmp_path, setting_unit, "s.toml"))
+
+
+def test_unknown_device_name():
+    with pytest.raises(DeviceFileError, match="unknown device 'no-such-gpu'"):
+        load_device("no-such-gpu")
+
+
+def test_unreadable_and_malformed_files(tmp_path):
+    assert "cannot read" in _load_error(tmp_path / "absent.toml")
+    assert "not valid TOML" in _load_error(_write(tmp_path, "name = \n"))
+
+
+# ----------------------------------------------------------------------------- fuzzed corpus
+
+_ALL_UNITS = sorted({u for units in UNITS.values() for u in units} | {"furlongs", ""})
+
+
+def _mutate(text: str, rng: random.Random) -> str:
+    lines = text.splitlines()
+    kind = rng.choice(("drop", "dup", "unit", "truncate", "value", "char", "swap", "family"))
+    i = rng.randrange(len(lines))
+    if kind == "drop":
+        del lines[i]
+    elif kind == "dup":
+        lines.insert(rng.randrange(len(lines) + 1), lines[i])
+    elif kind == "unit":
+        units = [j for j, l in enumerate(lines) if 'unit = "' in l]
+        if units:
+            j = rng.choice(units)
+            lines[j] = re.sub(r'unit = "[^"]*"', f'unit = "{rng.choice(_ALL_UNITS)}"', lines[j], count=1)
+    elif kind == "truncate":
+        return text[: rng.randrange(len(text))]
+    elif kind == "value":
+        vals = [j for j, l in enumerate(lines) if "value = " in l]
+        if vals:
+            j = rng.choice(vals)
+            new = rng.choice(('"x"', "-1", "0", "nan", "inf", "true", "[1, 2]", "{ a = 1 }", "1e308", "3.5"))
+            lines[j] = re.sub(r"value = (\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"|[^,}]+)", f"value = {new}", lines[j], count=1)
+    elif kind == "char":
+        line = lines[i]
+        if line:
+            k = rng.randrange(len(line))
+            lines[i] = line[:k] + line[k + 1:]
+    elif kind == "swap":
+        j = rng.randrange(len(lines))
+        lines[i], lines[j] = lines[j], lines[i]
+    elif kind == "family":
+        lines = [re.sub(r'^family = "[^"]*"', f'family = "{rng.choice(("gpu", "cpu", "fpga", "s4", "npu"))}"', l)
+                 for l in lines]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("stem", sorted(builtin_device_files()))
+def test_corrupted_builtin_files_fail_cleanly(stem, tmp_path):
+    """Each built-in file, mutated 60 ways (seeded): loading succeeds or raises DeviceFileError."""
+    text = builtin_device_files()[stem].read_text()
+    rng = random.Random(f"corpus-{stem}")
+    p = tmp_path / f"{stem}.toml"
+    outcomes = {"loaded": 0, "rejected": 0}
+    for n in range(60):
+        mutated = text
+        for _ in range(rng.choice((1, 1, 2, 3))):
+            mutated = _mutate(mutated, rng)
+        p.write_text(mutated)
+        try:
+            parse_device_file(p)
+            outcomes["loaded"] += 1
+        except DeviceFileError as e:
+            assert str(p) in str(e), f"mutation {n}: error does not name the file: {e}"
+            outcomes["rejected"] += 1
+        except Exception as e:  # pragma: no cover - the failure this test exists to catch
+            pytest.fail(f"{stem} mutation {n}: {type(e).__name__}: {e}\n--- file ---\n{mutated}")
+    assert outcomes["rejected"] > 0

@@ -1,0 +1,269 @@
+"""FPGA family: dense cycles = SCALE-Sim's closed form, zero skipping slowed by the busiest PE,
+buffer-driven off-chip traffic, strict device files, energy invariants."""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsesim.cost import estimate_op
+from sparsesim.cost.fpga import busy_rows, offchip_traffic, run_dtype
+from sparsesim.devices import load_device, parse_device_doc
+from sparsesim.errors import DeviceFileError
+from sparsesim.formats import format_bytes, storage_format
+from sparsesim.ir import DTYPE_BYTES, ConvGeometry, GemmShape, Op
+from sparsesim.patterns import parse_pattern
+from sparsesim.sparsity import LayerSparsity, Pattern
+from sparsesim.stats import measure_stats
+
+ACCEL = Path(__file__).resolve().parent.parent / "accelerators"
+
+
+def linear(m: int, n: int, k: int, dtype: str = "int8", act: float = 1.0, batch: int = 1) -> Op:
+    return Op(0, "linear", "aten.mm", "fc", 0, dtype, ((m, k),), (m, n), 2 * m * n * k * batch, 0,
+              GemmShape(m, n, k, batch=batch), None, "fc.weight", (n, k), activation_density=act,
+              activation_measured=act < 1)
+
+
+def conv(size: int, cin: int, cout: int, kernel: int, stride: int, pad: int, dtype: str = "int8") -> Op:
+    out = (size + 2 * pad - kernel) // stride + 1
+    m, n, k = out * out, cout, cin * kernel * kernel
+    geo = ConvGeometry(cin, cout, (kernel, kernel), (stride, stride), (pad, pad), (1, 1), 1, (size, size), (out, out))
+    return Op(0, "conv", "aten.convolution", "conv", 0, dtype, ((1, cin, size, size),), (1, cout, out, out),
+              2 * m * n * k, 0, GemmShape(m, n, k), geo, "conv.weight", (cout, cin, kernel, kernel))
+
+
+def layer_of(mask: torch.Tensor, pattern: Pattern | str, dtype: str = "int8") -> LayerSparsity:
+    """What a plan attaches to a weight: measured stats and the bytes of its storage format."""
+    pat = parse_pattern(pattern) if isinstance(pattern, str) else pattern
+    stats = measure_stats(mask, pattern=pat)
+    vb = DTYPE_BYTES[dtype]
+    fmt = storage_format(pat, stats, value_bytes=vb)
+    size = format_bytes(fmt, stats, value_bytes=vb, pattern=pat)
+    return LayerSparsity("fc.weight", pat, stats, fmt, size.total, size.values, size.metadata)
+
+
+def device_with(base: str, **fields) -> object:
+    """A built-in FPGA device file with some fields replaced (all other numbers keep their sources)."""
+    doc = tomllib.loads((ACCEL / f"{base}.toml").read_text())
+    for key, value in fields.items():
+        if isinstance(value, dict):
+            doc[key] = value
+        else:
+            old = doc[key]
+            doc[key] = {**old, "value": value}
+    return parse_device_doc(doc, f"{base}.toml (test copy)")
+
+
+U250 = load_device("alveo-u250")
+ZCU = load_device("zcu102")
+
+
+def test_builtin_devices_load_with_sources():
+    for dev in (U250, ZCU):
+        assert dev.family == "fpga"
+        assert all(p.source for p in dev.provenance.values())
+    assert U250.params.offchip_bandwidth == pytest.approx(77e9)
+    assert U250.params.dataflow == "output_stationary" and ZCU.params.dataflow == "weight_stationary"
+
+
+def test_array_must_fit_the_dsps():
+    with pytest.raises(DeviceFileError, match="needs 32768 DSPs but dsp_total is 11508"):
+        device_with("alveo-u250", pe_rows=256, pe_cols=256)
+    with pytest.raises(DeviceFileError, match="field 'dataflow'"):
+        device_with("zcu102", dataflow="row_stationary")
+    with pytest.raises(DeviceFileError, match="design_dtype"):
+        device_with("zcu102", design_dtype="fp8")
+
+
+@pytest.mark.parametrize("dev,expected", [
+    # conv 3x3, 64->64 on 56x56 (pad 1): M = 3136, N = 64, K = 576
+    # OS 128x128: 25*1 folds x (128+128+576-2) - 1 = 20749
+    ("alveo-u250", 20749),
+    # WS 64x64: ceil(576/64)*ceil(64/64) = 9 folds x (128+64+3136-2) - 1 = 29933
+    ("zcu102", 29933),
+])
+def test_dense_conv_cycles_are_scalesims(dev, expected):
+    c = estimate_op(conv(56, 64, 64, 3, 1, 1), None, load_device(dev))
+    assert c.details["cycles"] == expected
+    assert c.details["dense_cycles"] == expected
+    assert c.details["compute_s"] == pytest.approx(expected / load_device(dev).params.clock)
+
+
+def test_batch_and_groups_are_repeated_gemms():
+    # 4 x (ceil(100/128)*ceil(300/128) = 3 folds x (254+200) cycles) - 1 = 5447
+    c = estimate_op(linear(100, 300, 200, batch=4), None, U250)
+    assert c.details["cycles"] == 4 * 3 * 454 - 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 4096), n=st.integers(1, 2048), k=st.integers(1, 4096),
+       dtype=st.sampled_from(["int8", "fp16", "fp32"]), dev=st.sampled_from(["alveo-u250", "zcu102"]))
+def test_roofline_invariant(m, n, k, dtype, dev):
+    d = load_device(dev)
+    c = estimate_op(linear(m, n, k, dtype), None, d)
+    peak = 2 * c.details["array_rows"] * c.details["array_cols"] * d.params.clock
+    compulsory = (m * k + n * k + m * n) * DTYPE_BYTES[dtype]
+    assert c.latency_s >= 2 * m * n * k / peak * (1 - 1e-12)
+    assert c.latency_s >= compulsory / d.params.offchip_bandwidth * (1 - 1e-12)
+    assert c.latency_s >= c.bytes_by_level["dram"] / d.params.offchip_bandwidth * (1 - 1e-12)
+    assert c.energy_j >= d.params.static_power * c.latency_s
+    assert 0 <= c.utilization <= 1
+
+
+def _random_mask(rows: int, cols: int, density: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(rows, cols, generator=g) < density
+
+
+@settings(max_examples=25, deadline=None)
+@given(density=st.floats(0.02, 1.0), extra=st.floats(0.0, 0.9), seed=st.integers(0, 2**16),
+       dev=st.sampled_from(["alveo-u250", "zcu102"]), act=st.floats(0.05, 1.0))
+def test_more_skippable_zeros_never_slower(density, extra, seed, dev, act):
+    d = load_device(dev)
+    op = linear(512, 300, 640, act=act)
+    mask = _random_mask(300, 640, density, seed)
+    fewer = mask & _random_mask(300, 640, 1 - extra, seed + 1)   # a superset of the zeros
+    a = estimate_op(op, layer_of(mask, Pattern("unstructured", max(density, 1e-3))), d)
+    b = estimate_op(op, layer_of(fewer, Pattern("unstructured", max(density, 1e-3))), d)
+    assert b.details["cycles"] <= a.details["cycles"]
+    assert b.latency_s <= a.latency_s * (1 + 1e-12)
+    # more activation zeros never slower either
+    c = estimate_op(linear(512, 300, 640, act=act * 0.5), layer_of(mask, Pattern("unstructured", max(density, 1e-3))), d)
+    assert c.latency_s <= a.latency_s * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("dev", ["alveo-u250", "zcu102"])
+def test_busiest_row_sets_the_pace(dev):
+    d = load_device(dev)
+    rows, cols, per_row = 256, 1024, 64          # density 1/16
+    balanced = torch.zeros(rows, cols, dtype=torch.bool)
+    for r in range(rows):
+        balanced[r, (torch.arange(per_row) * 16 + r) % cols] = True
+    skewed = torch.zeros(rows, cols, dtype=torch.bool)
+    skewed[0, :] = True                           # one full row ...
+    left = rows * per_row - cols                  # ... and the rest spread evenly over the others
+    for i in range(left):
+        skewed[1 + i % (rows - 1), (i // (rows - 1)) * 16 + (i % 16)] = True
+    assert int(skewed.sum()) == int(balanced.sum())
+    op = linear(4096, rows, cols)
+    pat = Pattern("unstructured", 1 / 16)
+    cb = estimate_op(op, layer_of(balanced, pat), d)
+    cs = estimate_op(op, layer_of(skewed, pat), d)
+    dense = estimate_op(op, None, d)
+    assert cb.details["cycles"] < dense.details["cycles"]
+    assert cs.details["cycles"] > cb.details["cycles"]
+    assert "imbalance" in cs.why
+
+
+def test_busy_rows_interpolates_between_mean_and_max():
+    stats = measure_stats(_random_mask(1024, 512, 0.1, 3))
+    top, typical = busy_rows(stats, 32)
+    assert top == stats.row_nnz_max
+    assert stats.row_nnz_mean <= typical <= top
+    assert busy_rows(stats, 4096) == (top, top)
+
+
+@pytest.mark.parametrize("dev", ["alveo-u250", "zcu102"])
+def test_channel_pruning_is_the_smaller_dense_op(dev):
+    d = load_device(dev)
+    mask = torch.zeros(256, 512, dtype=torch.bool)
+    mask[:128, :] = True                          # half the output channels kept
+    pruned = estimate_op(linear(1024, 256, 512), layer_of(mask, "channel:0.5"), d)
+    small = estimate_op(linear(1024, 128, 512), None, d)
+    assert pruned.details["cycles"] == small.details["cycles"]
+    assert pruned.latency_s == pytest.approx(small.latency_s)
+    assert pruned.energy_j == pytest.approx(small.energy_j)
+
+
+def test_fully_pruned_layer_costs_only_its_overhead():
+    mask = torch.zeros(64, 128, dtype=torch.bool)
+    c = estimate_op(linear(256, 64, 128), layer_of(mask, "channel:0.99"), U250)
+    assert c.details["cycles"] == 0
+    assert c.bound == "overhead"
+    assert c.latency_s == pytest.approx(U250.params.layer_overhead / U250.params.clock)
+
+
+def test_structured_patterns_skip_on_a_skipping_design():
+    mask = torch.zeros(256, 512, dtype=torch.bool)
+    mask[:, 0::2] = True                          # 2:4 conforming, perfectly balanced
+    op = linear(2048, 256, 512)
+    c = estimate_op(op, layer_of(mask, "2:4"), U250)
+    dense = estimate_op(op, None, U250)
+    assert c.kernel == "zero-skipping PE array" and not c.fallback
+    # OS 128x128: the K stream halves, fill/drain does not: (254+256)/(254+512)
+    assert c.details["cycles"] / dense.details["cycles"] == pytest.approx((254 + 256) / (254 + 512), rel=1e-3)
+
+
+def test_a_design_without_skipping_runs_dense_and_says_so():
+    d = device_with("zcu102", skip_weight_zeros=False)
+    mask = _random_mask(256, 512, 0.1, 0)
+    op = linear(512, 256, 512)
+    c = estimate_op(op, layer_of(mask, "unstructured:0.9"), d)
+    assert c.fallback and "does not skip zero weights" in c.why
+    assert c.details["cycles"] == estimate_op(op, None, d).details["cycles"]
+
+
+def test_activation_skipping_only_where_the_device_says():
+    op_dense_act, op_sparse_act = linear(1024, 256, 512, act=1.0), linear(1024, 256, 512, act=0.4)
+    assert estimate_op(op_sparse_act, None, U250).details["cycles"] < estimate_op(op_dense_act, None, U250).details["cycles"]
+    assert estimate_op(op_sparse_act, None, ZCU).details["cycles"] == estimate_op(op_dense_act, None, ZCU).details["cycles"]
+
+
+def test_dsp_packing_shrinks_the_array_for_wider_dtypes():
+    i8 = estimate_op(linear(1024, 1024, 1024, "int8"), None, U250)
+    f32 = estimate_op(linear(1024, 1024, 1024, "fp32"), None, U250)
+    # fp32 needs 5 DSPs per MAC against 0.5 for int8: 128 columns -> floor(128 * 0.1) = 12
+    assert f32.details["array_cols"] == 12 and i8.details["array_cols"] == 128
+    assert f32.latency_s > 5 * i8.latency_s
+    assert run_dtype("fp8", U250.params.dsp_per_mac) == ("int8", True)
+    assert run_dtype("tf32", U250.params.dsp_per_mac) == ("fp32", True)
+    assert estimate_op(linear(64, 64, 64, "fp8"), None, U250).fallback
+
+
+def test_buffer_overflow_rereads_operands():
+    assert offchip_traffic(10, 20, 5, 100) == (35, 1)
+    # buffer 20: halves of 10; holding weights (1 chunk) re-reads activations once -> 10 + 20 + 5
+    assert offchip_traffic(10, 20, 5, 20) == (35, 1)
+    # weights 40 in 4 chunks -> 40 + 4*20 + 5 = 125; activations 20 in 2 chunks -> 20 + 2*40 + 5 = 105
+    assert offchip_traffic(40, 20, 5, 20) == (105, 2)
+    big = estimate_op(linear(8192, 4096, 4096, "fp16"), None, ZCU)
+    assert big.details["rereads"] > 1
+    assert big.bytes_by_level["dram"] > (8192 * 4096 * 2 + 4096 * 4096 * 2 + 8192 * 4096 * 2)
+
+
+def test_conv_reads_its_real_input_not_the_im2col_matrix():
+    c = estimate_op(conv(56, 64, 64, 3, 1, 1), None, U250)
+    real = 64 * 56 * 56 + 64 * 576 + 64 * 56 * 56        # input + weight + output, int8
+    assert c.bytes_by_level["dram"] == pytest.approx(real)
+
+
+def test_memory_ops_and_unknown_ops():
+    add = Op(1, "elementwise", "aten.add", "relu", 0, "int8", ((1, 1000),), (1, 1000), 1000, 3000)
+    c = estimate_op(add, None, ZCU)
+    assert c.bound in ("memory", "overhead") and not c.fallback
+    unk = Op(2, "unknown", "aten.weird", "m", 0, "int8", ((10,),), (10,), 0, 20)
+    u = estimate_op(unk, None, ZCU)
+    assert u.fallback and "no formula" in u.why
+
+
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 2048), n=st.integers(1, 1024), k=st.integers(1, 2048), density=st.floats(0.01, 1.0),
+       seed=st.integers(0, 1000))
+def test_energy_at_least_static_and_skipping_saves_mac_energy(m, n, k, density, seed):
+    mask = _random_mask(n, k, density, seed)
+    if not mask.any():
+        return
+    op = linear(m, n, k)
+    for d in (U250, ZCU):
+        sp = estimate_op(op, layer_of(mask, Pattern("unstructured", density)), d)
+        dn = estimate_op(op, None, d)
+        assert sp.energy_j >= d.params.static_power * sp.latency_s
+        assert sp.details["energy_compute_j"] <= dn.details["energy_compute_j"] * (1 + 1e-9)
+        assert math.isfinite(sp.energy_j)
