@@ -142,7 +142,10 @@ def load_plan(spec: str | Plan | Path) -> Plan:
         if not path.is_file():
             raise PlanError(f"plan file {text!r} does not exist")
         return _load_saved(path)
-    return uniform_plan(text)
+    try:
+        return uniform_plan(text)
+    except PlanError as e:
+        raise PlanError(f"plan {text!r} is neither a pattern nor a .toml/.safetensors/.pt plan file: {e}") from None
 
 
 def _load_saved(path: Path) -> Plan:
@@ -218,19 +221,82 @@ def _view(t: torch.Tensor, e: _Entry) -> torch.Tensor:
     return t.t() if e.transposed and t.dim() == 2 else t
 
 
+@dataclass(frozen=True)
+class _HeadBlock:
+    """q/k/v projections of one attention block pruned in whole heads, and their consumer."""
+
+    q: str
+    k: str
+    v: str
+    o: str | None
+    pattern: Pattern
+    kv_heads: int
+    rep: int  # query heads per KV head (1 without GQA)
+    heads_rows: tuple[int, int, int]  # head_dim of q, k, v (rows per head)
+    o_cols_per_head: int
+
+
+def _config_heads(model: Any) -> tuple[int | None, int | None]:
+    cfg = getattr(model, "config", None)
+    heads = getattr(cfg, "num_attention_heads", None)
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
+    if not isinstance(heads, int) or not isinstance(kv, int) or heads < 1 or kv < 1 or heads % kv:
+        return None, None
+    return heads, kv
+
+
+def _role(module: str) -> str | None:
+    leaf = module.rpartition(".")[2]
+    return "q" if leaf in _Q_NAMES else "k" if leaf in _K_NAMES else "v" if leaf in _V_NAMES else None
+
+
+def _head_blocks(entries: Mapping[str, _Entry], patterns: Mapping[str, Pattern],
+                 heads: int | None, kv_heads: int | None) -> list[_HeadBlock]:
+    """Attention blocks whose q, k and v all carry the same channel pattern (see module doc)."""
+    if not heads:
+        return []
+    by_parent: dict[str, dict[str, str]] = {}
+    for w, e in entries.items():
+        role = _role(e.module)
+        if role:
+            by_parent.setdefault(e.module.rpartition(".")[0], {})[role] = w
+    by_module = {e.module: w for w, e in entries.items()}
+    out = []
+    for parent, roles in by_parent.items():
+        pats = {patterns[w] for w in roles.values()}
+        if set(roles) != {"q", "k", "v"} or len(pats) != 1 or next(iter(pats)).kind != "channel":
+            continue
+        q, k, v = (entries[roles[r]] for r in "qkv")
+        if q.rows % heads or k.rows % kv_heads or v.rows % kv_heads:
+            continue
+        grand = parent.rpartition(".")[0]
+        names = (f"{parent}.o_proj", f"{parent}.out_proj", f"{grand}.output.dense" if grand else "output.dense")
+        o = next((by_module[n] for n in names if n in by_module), None)
+        if o is not None and entries[o].cols % heads:
+            o = None
+        out.append(_HeadBlock(roles["q"], roles["k"], roles["v"], o, pats.pop(), kv_heads, heads // kv_heads,
+                              (q.rows // heads, k.rows // kv_heads, v.rows // kv_heads),
+                              entries[o].cols // heads if o else 0))
+    return out
+
+
+def _consumer_pattern(own: Pattern, density: float) -> Pattern:
+    """The pattern recorded for the consumer of pruned heads: channel (a smaller dense matrix)
+    unless it has a finer pattern of its own, which it keeps."""
+    return Pattern("channel", round(density, 12)) if own.kind in ("dense", "channel") else own
+
+
 class _Layers:
-    """Decides each weight's pattern and mask (in the N x K view) for one plan and model."""
+    """Decides each weight's pattern and mask (in the N x K view) for one plan and real model."""
 
     def __init__(self, model: nn.Module, entries: Mapping[str, _Entry], plan: Plan, criterion: str,
                  norms: Mapping[str, Any]) -> None:
         self.model, self.entries, self.plan, self.criterion, self.norms = model, entries, plan, criterion, norms
         self.patterns = {w: plan.pattern_for(w, e.module) for w, e in entries.items()}
-        cfg = getattr(model, "config", None)
-        self.heads = getattr(cfg, "num_attention_heads", None)
-        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        self.heads, self.kv_heads = _config_heads(model)
         self.decided: dict[str, tuple[Pattern, torch.Tensor | None]] = {}
-        self.groups: dict[str, int] = {}
-        self._couple_heads()
+        for block in _head_blocks(entries, self.patterns, self.heads, self.kv_heads):
+            self._couple(block)
 
     def weight(self, w: str) -> torch.Tensor:
         return _view(_get_tensor(self.model, w)[2].detach(), self.entries[w])
@@ -248,82 +314,43 @@ class _Layers:
         """The plan's own mask for `w` in the N x K view, checked against `pattern`."""
         if w not in self.plan.masks:
             return None
-        e = self.entries[w]
-        mask = _view(self.plan.masks[w], e)
-        shape = (e.rows, e.cols) if mask.dim() == 2 else None
-        check_mask(mask, pattern, layer=w, shape=shape, group=group)
+        mask = _view(self.plan.masks[w], self.entries[w])
+        check_mask(mask, pattern, layer=w, shape=tuple(self.weight(w).shape), group=group)
         return mask
 
-    def _couple_heads(self) -> None:
-        """Prune whole heads of q/k/v together (GQA: a KV head with its query heads), and the
-        matching input columns of the attention output projection that consumes them."""
-        if not self.heads or self.heads % self.kv_heads:
-            return
-        by_parent: dict[str, dict[str, str]] = {}
-        for w, e in self.entries.items():
-            parent, _, leaf = e.module.rpartition(".")
-            role = "q" if leaf in _Q_NAMES else ("k" if leaf in _K_NAMES else ("v" if leaf in _V_NAMES else None))
-            if role:
-                by_parent.setdefault(parent, {})[role] = w
-        for parent, roles in by_parent.items():
-            pats = {self.patterns[w] for w in roles.values()}
-            if set(roles) != {"q", "k", "v"} or len(pats) != 1 or next(iter(pats)).kind != "channel":
-                continue
-            self._couple(parent, roles, pats.pop())
-
-    def _couple(self, parent: str, roles: dict[str, str], pattern: Pattern) -> None:
-        h, hkv = self.heads, self.kv_heads
-        q, k, v = (self.entries[roles[r]] for r in "qkv")
-        if q.rows % h or k.rows % hkv or v.rows % hkv:
-            return
-        rep = h // hkv
-        hd_q, hd_k, hd_v = q.rows // h, k.rows // hkv, v.rows // hkv
-        for role, group in (("q", hd_q), ("k", hd_k), ("v", hd_v)):
-            self.groups[roles[role]] = group
-        given = {r: self.given(roles[r], pattern, g) for r, g in (("q", hd_q), ("k", hd_k), ("v", hd_v))}
-        if any(m is None for m in given.values()) and any(m is not None for m in given.values()):
-            raise PlanError(f"plan {self.plan.name!r}: masks cover only some of q/k/v in {parent!r}; "
-                            "heads are pruned together, give all three or none")
-        if all(m is not None for m in given.values()):
-            q_rows = given["q"].reshape(q.rows, -1).any(dim=1)
-            kv_keep = q_rows.reshape(hkv, rep * hd_q).any(dim=1)
-            for r in "qkv":
-                self.decided[roles[r]] = (pattern, given[r])
+    def _couple(self, b: _HeadBlock) -> None:
+        members = ((b.q, b.heads_rows[0] * b.rep), (b.k, b.heads_rows[1]), (b.v, b.heads_rows[2]))
+        given = {w: self.given(w, b.pattern, unit) for w, unit in members}
+        if len({m is None for m in given.values()}) > 1:
+            raise PlanError(f"plan {self.plan.name!r}: masks cover only some of {b.q!r}, {b.k!r}, {b.v!r}; "
+                            "their heads are pruned together, give all three or none")
+        if given[b.q] is not None:
+            kv_keep = given[b.q].reshape(self.entries[b.q].rows, -1).any(dim=1).reshape(b.kv_heads, -1).any(dim=1)
+            for w, _ in members:
+                self.decided[w] = (b.pattern, given[w])
         else:
-            energy = {r: self.scores(roles[r]).reshape(self.entries[roles[r]].rows, -1).pow(2).sum(dim=1)
-                      for r in "qkv"}
-            unit = (energy["q"].reshape(hkv, rep * hd_q).sum(dim=1) + energy["k"].reshape(hkv, hd_k).sum(dim=1)
-                    + energy["v"].reshape(hkv, hd_v).sum(dim=1))
-            kv_keep = torch.zeros(hkv, dtype=torch.bool)
-            kv_keep[unit.topk(kept_units(pattern.density, hkv)).indices] = True
-            for r, e, hd, keep in (("q", q, hd_q, kv_keep.repeat_interleave(rep)), ("k", k, hd_k, kv_keep),
-                                   ("v", v, hd_v, kv_keep)):
-                rows = keep.repeat_interleave(hd)
-                shape = self.weight(roles[r]).shape
-                mask = rows.reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
-                self.decided[roles[r]] = (pattern, mask.to(torch.float32))
-        self._consumer(parent, kv_keep.repeat_interleave(rep))
+            # a unit is one KV head with its query heads, scored by the energy of all their rows
+            unit = sum(self.scores(w).reshape(self.entries[w].rows, -1).pow(2).sum(dim=1).reshape(b.kv_heads, -1).sum(dim=1)
+                       for w, _ in members)
+            kv_keep = torch.zeros(b.kv_heads, dtype=torch.bool)
+            kv_keep[unit.topk(kept_units(b.pattern.density, b.kv_heads)).indices] = True
+            for w, unit_rows in members:
+                rows = kv_keep.repeat_interleave(unit_rows)
+                shape = self.weight(w).shape
+                self.decided[w] = (b.pattern, rows.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).float())
+        if b.o is not None:
+            self._consumer(b.o, kv_keep.repeat_interleave(b.rep * b.o_cols_per_head))
 
-    def _consumer(self, parent: str, q_keep: torch.Tensor) -> None:
-        grand = parent.rpartition(".")[0]
-        names = [f"{parent}.o_proj", f"{parent}.out_proj", f"{grand}.output.dense" if grand else "output.dense"]
-        by_module = {e.module: w for w, e in self.entries.items()}
-        o = next((by_module[n] for n in names if n in by_module), None)
-        if o is None or self.entries[o].cols % self.heads:
-            return
-        e = self.entries[o]
-        cols = q_keep.repeat_interleave(e.cols // self.heads)
-        own = self.patterns[o]
-        given = self.given(o, own if own.kind != "dense" else Pattern("channel", 1.0))
-        if given is not None:
-            mask = given
-        else:
-            mask = cols[None, :].expand(e.rows, e.cols).to(torch.float32)
+    def _consumer(self, o: str, cols: torch.Tensor) -> None:
+        e, own = self.entries[o], self.patterns[o]
+        mask = self.given(o, own if own.kind != "dense" else Pattern("channel", 1.0))
+        if mask is None:
+            mask = cols[None, :].expand(e.rows, e.cols).float()
             if own.kind != "dense":
-                mask = mask * build_mask(self.weight(o), own, scores=self.scores(o), layer=o).reshape(e.rows, e.cols)
-        if own.kind in ("dense", "channel"):
-            own = Pattern("channel", round(float(mask.reshape(e.rows, -1).count_nonzero()) / (e.rows * e.cols), 12))
-        self.decided[o] = (own, mask)
+                own_mask = build_mask(self.weight(o), own, scores=self.scores(o), layer=o)
+                mask = mask * own_mask.reshape(e.rows, e.cols)
+        density = float(mask.reshape(e.rows, -1).count_nonzero()) / (e.rows * e.cols)
+        self.decided[o] = (_consumer_pattern(own, density), mask)
 
     def decide(self, w: str) -> tuple[Pattern, torch.Tensor | None]:
         """(pattern, mask in the N x K view or None when the weight stays fully dense)."""
@@ -331,7 +358,7 @@ class _Layers:
             return self.decided[w]
         pattern = self.patterns[w]
         e = self.entries[w]
-        group = self._head_rows(e) if pattern.kind == "channel" else 1
+        group = _head_rows(e, self.heads, self.kv_heads) if pattern.kind == "channel" else 1
         mask = self.given(w, pattern, group)
         if mask is None and pattern.kind == "dense":
             owner, local, _ = _get_tensor(self.model, w)
@@ -341,11 +368,36 @@ class _Layers:
             mask = build_mask(self.weight(w), pattern, scores=self.scores(w), layer=w, group=group)
         return pattern, mask
 
-    def _head_rows(self, e: _Entry) -> int:
-        """Rows per channel unit: head_dim on a lone q/k/v projection, else one row."""
-        leaf = e.module.rpartition(".")[2]
-        heads = self.heads if leaf in _Q_NAMES else (self.kv_heads if leaf in _K_NAMES + _V_NAMES else None)
-        return e.rows // heads if heads and e.rows % heads == 0 else 1
+
+def _head_rows(e: _Entry, heads: int | None, kv_heads: int | None) -> int:
+    """Rows per channel unit: head_dim on a lone q/k/v projection, else one row."""
+    role = _role(e.module)
+    n = heads if role == "q" else kv_heads if role in ("k", "v") else None
+    return e.rows // n if n and e.rows % n == 0 else 1
+
+
+def _analytic_layers(model: Any, entries: Mapping[str, _Entry], plan: Plan) -> dict[str, tuple[Pattern, Any]]:
+    """(pattern, analytic stats) per weight when no real weights exist (meta device)."""
+    patterns = {w: plan.pattern_for(w, e.module) for w, e in entries.items()}
+    heads, kv_heads = _config_heads(model)
+    out: dict[str, tuple[Pattern, Any]] = {}
+    for b in _head_blocks(entries, patterns, heads, kv_heads):
+        for w, unit in ((b.q, b.heads_rows[0] * b.rep), (b.k, b.heads_rows[1]), (b.v, b.heads_rows[2])):
+            e = entries[w]
+            out[w] = (b.pattern, analytic_stats(e.rows, e.cols, b.pattern, group=unit))
+        if b.o is not None:
+            e, own = entries[b.o], patterns[b.o]
+            kept_cols = kept_units(b.pattern.density, b.kv_heads) * b.rep * b.o_cols_per_head
+            if own.kind in ("dense", "channel"):
+                st = analytic_stats(e.rows, e.cols, own if own.kind == "channel" else Pattern("channel", 1.0),
+                                    kept_cols=kept_cols)
+                out[b.o] = (_consumer_pattern(own, st.density), st)
+    for w, e in entries.items():
+        if w not in out:
+            p = patterns[w]
+            group = _head_rows(e, heads, kv_heads) if p.kind == "channel" else 1
+            out[w] = (p, analytic_stats(e.rows, e.cols, p, group=group))
+    return out
 
 
 def _criterion(criterion: str) -> str:
@@ -387,19 +439,20 @@ def sparsify(workload: Workload, plan: Plan | str, *, criterion: str = "magnitud
     on_meta = model is None or workload.on_meta or any(
         _get_tensor(model, w)[2].device.type == "meta" for w in entries)
     decider = None if on_meta else _Layers(model, entries, plan, criterion, workload.activation_norms)
+    analytic = _analytic_layers(model, entries, plan) if on_meta else {}
     layers: dict[str, LayerSparsity] = {}
     for w, op in first.items():
         e = entries[w]
         info = workload.weights.get(w)
         vb = DTYPE_BYTES[info.dtype] if info is not None and info.dtype in DTYPE_BYTES else op.dtype_bytes
         if decider is None:
-            pattern = plan.pattern_for(w, op.module)
-            if w in plan.masks:
+            pattern, stats = analytic[w]
+            if w in plan.masks:  # a saved plan's mask is real even when the weights are not
                 mask = _view(plan.masks[w], e)
-                check_mask(mask, pattern, layer=w, shape=(e.rows, e.cols) if mask.dim() == 2 else None)
+                stored = tuple(info.shape) if info is not None else tuple(op.weight_shape)
+                shape = stored[::-1] if e.transposed else stored
+                check_mask(mask, pattern, layer=w, shape=shape)
                 stats = measure_stats(mask, pattern=pattern)
-            else:
-                stats = analytic_stats(e.rows, e.cols, pattern)
         else:
             pattern, mask = decider.decide(w)
             if mask is None:
@@ -440,8 +493,6 @@ def apply_plan(model: nn.Module, plan: Plan | str, *, criterion: str = "magnitud
     decider = _Layers(model, entries, plan, criterion, activation_norms or {})
     masks: dict[str, torch.Tensor] = {}
     for w, e in entries.items():
-        if decider.patterns[w].kind == "dense" and w not in plan.masks and w not in decider.decided:
-            continue
         _, mask = decider.decide(w)
         if mask is None:
             continue

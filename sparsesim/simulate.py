@@ -285,9 +285,10 @@ def serve(service_s: float, qps: float, requests: int = DEFAULT_REQUESTS, *, see
     def request(k: int):
         with server.request() as req:
             yield req
-            waits[k] = env.now - arrivals[k]
+            # the clock reaches an arrival by adding delays: clip the rounding below zero
+            waits[k] = max(env.now - arrivals[k], 0.0)
             yield env.timeout(service_s)
-        sojourn[k] = env.now - arrivals[k]
+        sojourn[k] = waits[k] + service_s
 
     def source():
         for k in range(requests):
@@ -313,8 +314,8 @@ def serve(service_s: float, qps: float, requests: int = DEFAULT_REQUESTS, *, see
         mean_latency_s=float(sojourn.mean()),
         mean_wait_s=float(waits.mean()),
         predicted_mean_wait_s=float(pk),
-        throughput_rps=requests / makespan if makespan > 0 else math.inf,
-        utilization=requests * service_s / makespan if makespan > 0 else 0.0,
+        throughput_rps=float(requests / makespan) if makespan > 0 else math.inf,
+        utilization=float(requests * service_s / makespan) if makespan > 0 else 0.0,
         saturation_rps=float(sat),
         saturated=bool(rho >= 1.0),
     )

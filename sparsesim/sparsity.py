@@ -103,7 +103,11 @@ OCCUPANCY_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @dataclass(frozen=True)
 class LayerSparsity:
-    """One weight's sparsity: its pattern, measured stats and storage format with exact bytes."""
+    """One weight's sparsity: its pattern, measured stats and storage format with exact bytes.
+
+    `format_bytes` = `value_bytes` (the stored values) + `metadata_bytes` (indices, pointers,
+    bitmaps), all in bytes for the whole weight, as `sparsesim.formats.format_bytes` counts them.
+    """
 
     weight: str
     pattern: Pattern

@@ -38,8 +38,8 @@ def _pair_r(x: torch.Tensor) -> torch.Tensor:
 
 
 def _occupancy_hist(counts: torch.Tensor, area: torch.Tensor) -> tuple[float, ...]:
-    frac = (counts.double() / area.double()).contiguous()
-    edges = torch.tensor(OCCUPANCY_BINS[1:], dtype=torch.float64)
+    frac = (counts.double() / area.to(counts.device).double()).contiguous()
+    edges = torch.tensor(OCCUPANCY_BINS[1:], dtype=torch.float64, device=counts.device)
     zero = (counts == 0)
     bins = torch.bucketize(frac, edges, right=False)  # (0,.25] -> 0, (.25,.5] -> 1, ...
     total = counts.numel()

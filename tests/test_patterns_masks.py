@@ -86,12 +86,24 @@ def test_nm_mask_keeps_largest_per_group():
     assert m.dtype == w.dtype
 
 
+@pytest.mark.parametrize("n,m", [(2, 4), (3, 8), (5, 16)])
+def test_nm_mask_equals_per_group_topk(n, m):
+    w = _w(32, 4 * m, seed=m)
+    mask = build_mask(w, parse_pattern(f"{n}:{m}"), layer="l").bool()
+    g = w.abs().reshape(32, -1, m)
+    ref = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, g.topk(n, dim=-1).indices, True)
+    assert torch.equal(mask, ref.reshape(32, -1))
+
+
 def test_unstructured_mask_exact_topk_and_rounding():
     w = _w(10, 10)
     m = build_mask(w, parse_pattern("unstructured:0.75"), layer="l")
     assert int(m.sum()) == 25
     kept = w.abs()[m.bool()]
     assert kept.min() >= w.abs()[~m.bool()].max()
+    ties = torch.ones(3, 4)  # all scores equal: exactly the target count, lowest indices first
+    mt = build_mask(ties, parse_pattern("unstructured:0.5"), layer="l")
+    assert mt.reshape(-1).tolist() == [1.0] * 6 + [0.0] * 6
     # nearest integer, at least one
     assert kept_units(0.125, 10) == 1 and kept_units(0.15, 10) == 2 and kept_units(0.001, 10) == 1
 

@@ -91,3 +91,25 @@ def test_cycles_bound_and_utilisation(m, n, k, r, c, df):
     assert gemm_cycles(m + 1, n, k, r, c, df).cycles >= res.cycles
     assert gemm_cycles(m, n + 1, k, r, c, df).cycles >= res.cycles
     assert gemm_cycles(m, n, k + 1, r, c, df).cycles >= res.cycles
+
+
+def test_padding_folding_gives_scalesim_the_pytorch_gemm():
+    """The side-by-side benchmark folds padding into the input; SCALE-Sim's ceil output size
+    of that input must be PyTorch's, so both tools see the same implicit GEMM."""
+    import importlib.util
+    import math
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "scalesim_compare.py"
+    spec = importlib.util.spec_from_file_location("scalesim_compare", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("scalesim_compare", mod)  # dataclasses look their module up here
+    spec.loader.exec_module(mod)
+    convs = mod.resnet18_convs()
+    assert len(convs) == 20
+    # ResNet-18's 1.814 GMAC (peers.md) are all in these convolutions, bar the 0.5 MMAC classifier
+    assert sum(math.prod(c.gemm) for c in convs) == 1_813_561_344
+    for c in convs:
+        scalesim_out = math.ceil((c.folded_input - c.kernel + c.stride) / c.stride)
+        assert scalesim_out == c.out == conv_output_size(c.size, c.kernel, c.stride, c.padding)

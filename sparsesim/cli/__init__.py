@@ -27,6 +27,9 @@ VERB_MODULES = (
     "sparsesim.cli.simulate_cmd",
     "sparsesim.cli.report_cmd",
     "sparsesim.cli.devices_cmd",
+    "sparsesim.cli.calibrate_cmd",
+    "sparsesim.cli.validate_cmd",
+    "sparsesim.cli.search_cmd",
 )
 
 

@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         doc["searches"] = [{"workload": s.workload, "device": s.device, "source": s.source, **s.chosen}
                            for s in data.searches]
     if data.validation is not None:
-        doc["validation"] = {"source": data.validation.source, **{k: v for k, v in data.validation.summary.items()}}
+        v = data.validation
+        doc["validation"] = {"source": v.source, "errors": build.frame_records(v.errors), **v.meta,
+                             "gpu_published": v.gpu_summary}
     return doc
 
 

@@ -4,9 +4,11 @@ DeepSparse/XNNPACK-style kernels that pay per stored nonzero.
 Why the sparse kernels look like this: a CSR x dense kernel walks the weight's nonzeros row by
 row; for each nonzero it loads the value and its column index, broadcasts the value and
 multiply-adds it into a row of the output, reading the matching row of the activation
-operand — the loop over the batch/spatial dimension M is what gets vectorised. So the cost is
-(per nonzero) an index/broadcast cost plus ceil(M / lanes) vector steps: with M below the
-vector width the lanes are under-used, and the time scales with nnz, not with the dense MACs.
+operand — the loop over the batch/spatial dimension M is what gets vectorised. So the cost is,
+per nonzero, the larger of an index-chain floor and the vector work (M / lanes vector steps plus
+streaming the M-wide activation row from the cache level holding it): with M below the vector
+width the floor dominates and the lanes idle, and the time scales with nnz, not with the dense
+MACs. Each output row costs ceil(M / lanes) vector stores, and each call a fixed overhead.
 A BSR kernel pays the index once per r x c block and runs r*c value broadcasts over the same
 activation rows, which vectorises/reuses better (how much better depends on the block edge and
 is a device figure). N:M runs through an index-regular kernel: per nonzero like CSR, but the
@@ -51,6 +53,14 @@ class CpuParams:
     the kernels run on): l3_bytes, l3_bandwidth, dram_bandwidth, static_power.
     `bsr_vector_cycles` is keyed by block shape ("4x4", "16x16"); a missing shape uses the
     nearest listed block area.
+
+    Sparse-kernel figures, in cycles of `clock`: `sparse_nnz_cycles` is the per-nonzero floor
+    (value + column-index load, then the dependent activation-row load) that vector work hides
+    only when M is wide enough; `sparse_vector_cycles` the cost of one vector's worth (one vector
+    width of M) of multiply-add per nonzero; `sparse_row_cycles` per output row per vector step
+    (writing the output row); `bsr_block_cycles` per nonzero block; `nm_nnz_cycles` the N:M
+    kernel's per-nonzero floor. `gemm_half_m` is the M at which the dense GEMM reaches half of
+    `gemm_efficiency` (its register tile along M is under-filled below that).
     """
 
     cores: float = quantity("count")
@@ -80,6 +90,9 @@ class CpuParams:
     l3_energy: float = quantity("energy_per_byte")
     dram_energy: float = quantity("energy_per_byte")
     static_power: float = quantity("power")
+    # whether the runtime picks the dense kernel when a sparse one would be slower (DeepSparse /
+    # XNNPACK choose per layer; torch runs the CSR/BSR tensor it is given)
+    picks_faster_kernel: bool = setting()
     matrix_macs_per_cycle: dict = quantity("per_cycle", per_dtype=True, default={})
     threads: float = quantity("count", default=0.0)
 
@@ -102,6 +115,8 @@ class CpuParams:
         for key in self.bsr_vector_cycles:
             if _parse_block(key) is None:
                 return f"field 'bsr_vector_cycles.{key}': key must be a block shape like '4x4'"
+        if not isinstance(self.picks_faster_kernel, bool):
+            return "field 'picks_faster_kernel' must be true or false"
         if not isinstance(self.native_dtypes, list) or not all(isinstance(d, str) for d in self.native_dtypes):
             return "field 'native_dtypes' must be a list of dtype strings"
         return None
@@ -160,7 +175,7 @@ def _energy_table(p: CpuParams) -> dict[str, float]:
 # ----------------------------------------------------------------------------- kernels
 
 def _dense(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSparsity | None,
-           *, kernel: str = "dense", why_prefix: str = "") -> Cost:
+           *, kernel: str = "dense", why_prefix: str = "", fallback: bool = False) -> Cost:
     dt = compute_dtype(p, work.dtype)
     peak = peak_flops(p, dt)
     compute_s = 0.0
@@ -170,7 +185,7 @@ def _dense(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSpa
     nbytes = work.dense_bytes
     level, bw, _ = residency(p, nbytes)
     memory_s = nbytes / bw
-    fallback = dt != work.dtype
+    fallback = fallback or dt != work.dtype
     parts = [why_prefix] if why_prefix else []
     if fallback:
         parts.append(f"no {work.dtype} GEMM figure on this CPU: run as {dt}")
@@ -196,7 +211,7 @@ def _dense(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSpa
     )
 
 
-def _sparse(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSparsity) -> Cost:
+def _sparse(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSparsity, dense: Cost) -> Cost:
     """CSR (unstructured), BSR (block) or index-regular (N:M) kernel: cost per stored nonzero."""
     g = work.gemms[0]
     st = layer.stats
@@ -249,7 +264,6 @@ def _sparse(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSp
     memory_s = nbytes / bw
     lane_use = min(1.0, max(g.m, 1) / (steps * nl))
     macs_exec = float(nnz_exec) * g.m * reps
-    dense = _dense(op, gemm_work(op, None), device, p, None)
     speed = dense.latency_s / (max(compute_s, memory_s) + p.sparse_call_overhead)
     why = (f"{kernel}: {how}; M={g.m} fills {lane_use:.0%} of {int(nl)} {dt} lanes; "
            f"working set {nbytes / 1e6:.3g} MB in {level}; {speed:.2f}x vs dense")
@@ -302,4 +316,11 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
         g0 = op.gemm
         return _dense(op, work, device, p, layer, kernel="dense (channel-pruned)",
                       why_prefix=f"channel pruning: {g0.n}x{g0.k} -> {work.gemms[0].n}x{work.gemms[0].k} dense")
-    return _sparse(op, work, device, p, layer)
+    dense = _dense(op, gemm_work(op, None), device, p, None)
+    sparse = _sparse(op, work, device, p, layer, dense)
+    if p.picks_faster_kernel and sparse.latency_s > dense.latency_s:
+        ratio = sparse.latency_s / dense.latency_s
+        return _dense(op, gemm_work(op, None), device, p, None, kernel="dense (fallback)", fallback=True,
+                      why_prefix=(f"{layer.pattern.label}: the {sparse.kernel} kernel would take {ratio:.2f}x the "
+                                  "dense time, so the runtime runs the dense kernel"))
+    return sparse

@@ -47,6 +47,11 @@ from sparsesim.ir import MEMORY_KINDS, GemmShape, Op
 from sparsesim.sparsity import LayerSparsity, Pattern
 
 MODEL = "gpu-tiles-v1"
+# split-K keeps at least this many K steps per split: CUTLASS's multistage mainloop needs a few
+# steps in flight (3-4 pipeline stages) to hide its global-memory latency
+SPLIT_K_MIN_STEPS = 4
+# split-K partial sums are accumulated in fp32
+PARTIAL_BYTES = 4
 # BSR index width when block counts must be estimated: cuSPARSE uses 32-bit indices/offsets
 CSR_INDEX_BYTES = 4
 
@@ -63,6 +68,7 @@ class GpuParams:
     sparse_ratio: Mapping[str, str] = setting()
     cuda_core_peak: float = quantity("flop_rate")
     fp32_uses_tf32: bool = setting()
+    fp32_conv_uses_tf32: bool = setting()
     dram_bandwidth: float = quantity("bandwidth")
     dram_efficiency: float = quantity("ratio")
     l2_bandwidth: float = quantity("bandwidth")
@@ -100,10 +106,9 @@ class GpuParams:
             for key, x in (v.items() if isinstance(v, dict) else [("", v)]):
                 if not math.isfinite(x):
                     return f"field '{f.name}{'.' + key if key else ''}': value must be finite, got {x}"
-        if not isinstance(self.fp32_uses_tf32, bool):
-            return "field 'fp32_uses_tf32': value must be true or false"
-        if not isinstance(self.sparse_fused_transpose, bool):
-            return "field 'sparse_fused_transpose': value must be true or false"
+        for name in ("fp32_uses_tf32", "fp32_conv_uses_tf32", "sparse_fused_transpose"):
+            if not isinstance(getattr(self, name), bool):
+                return f"field '{name}': value must be true or false"
         if not isinstance(self.sparse_ratio, dict):
             return "field 'sparse_ratio': value must be a table of dtype = \"N:M\""
         for dt, ratio in self.sparse_ratio.items():
@@ -119,8 +124,9 @@ class GpuParams:
                 return f"field 'sparse_ratio': missing dtype {dt!r} (sparse_tensor_peak lists it)"
             if dt not in self.tensor_peak:
                 return f"field 'tensor_peak': missing dtype {dt!r} (sparse_tensor_peak lists it)"
-        if self.fp32_uses_tf32 and "tf32" not in self.tensor_peak:
-            return "field 'fp32_uses_tf32': true, but there is no tensor_peak.tf32"
+        for name in ("fp32_uses_tf32", "fp32_conv_uses_tf32"):
+            if getattr(self, name) and "tf32" not in self.tensor_peak:
+                return f"field '{name}': true, but there is no tensor_peak.tf32"
         for dt in list(self.tensor_peak) + ["fp32"]:
             if dt not in self.mac_energy:
                 return f"field 'mac_energy': missing dtype {dt!r}"
@@ -162,19 +168,20 @@ def _parse_ratio(text: Any) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class _Unit:
-    """Where a dtype's GEMM runs: tensor cores at `tc_dtype`, or CUDA cores (tc_dtype None)."""
+    """Where a dtype's GEMM runs: tensor cores or CUDA cores, at which dtype's rate and energy."""
 
-    dtype: str              # the dtype whose energies/peaks apply
+    dtype: str              # the dtype whose peak and MAC energy apply (fp32 may run as tf32)
     peak: float             # dense FLOP/s
     tensor_cores: bool
     note: str = ""          # non-empty when the op's dtype had to be mapped
 
 
-def compute_unit(p: GpuParams, dtype: str) -> _Unit:
-    """Tensor cores when the device lists the dtype (fp32 via tf32 only if the device says so),
-    else fp32 CUDA cores for fp32/fp64, else the widest supported tensor dtype as a fallback."""
+def compute_unit(p: GpuParams, dtype: str, conv: bool = False) -> _Unit:
+    """Tensor cores when the device lists the dtype (fp32 via tf32 only if the device says so,
+    separately for matmuls and convolutions: PyTorch's defaults differ), else fp32 CUDA cores for
+    fp32/fp64, else the widest supported tensor dtype as a flagged fallback."""
     if dtype == "fp32":
-        if p.fp32_uses_tf32:
+        if p.fp32_conv_uses_tf32 if conv else p.fp32_uses_tf32:
             return _Unit("tf32", p.tensor_peak["tf32"], True)
         return _Unit("fp32", p.cuda_core_peak, False)
     if dtype in p.tensor_peak:
@@ -202,11 +209,16 @@ class Tiling:
     k_padded: int
     tiles_m: int
     tiles_n: int
-    tiles: int
+    tiles: int      # threadblocks: output tiles x split_k
     waves: int
     wave_m: int
     wave_n: int
     sms: int
+    split_k: int = 1
+
+    @property
+    def k_per_tile(self) -> int:
+        return ceil_div(self.k_padded, self.split_k)
 
     @property
     def wave_efficiency(self) -> float:
@@ -214,24 +226,32 @@ class Tiling:
         return self.tiles / (self.waves * self.sms) if self.waves else 1.0
 
 
-def tiling(p: GpuParams, g: GemmShape, dtype_bytes: float, sms: int | None = None) -> Tiling:
+def tiling(p: GpuParams, g: GemmShape, dtype_bytes: float, *, split_k: bool = False) -> Tiling:
     """Tile the M x N output: the device tile, shrunk for small dims to whole MMA granules
     (so a GEMV uses a thin tile rather than a mostly-empty 128-row one); waves over the SMs.
+    With `split_k` (cuBLAS does it for dense GEMMs that fill less than one wave) K is split in
+    powers of two while the threadblocks still fit in one wave and each split keeps
+    SPLIT_K_MIN_STEPS steps of K.
 
     A wave is taken to cover a near-square patch of tiles (the threadblock swizzle CUTLASS and
     cuBLAS use); that patch sets how often an operand larger than L2 is re-read from DRAM.
     """
-    sms = int(p.sm_count) if sms is None else sms
+    sms = int(p.sm_count)
     mma_k = max(1, int(p.mma_k_bytes // dtype_bytes)) if dtype_bytes <= p.mma_k_bytes else 1
+    k_step = max(int(p.gemm_tile_k), mma_k)
     tm = min(int(p.gemm_tile_m), _round_up(max(g.m, 1), int(p.mma_m)))
     tn = min(int(p.gemm_tile_n), _round_up(max(g.n, 1), int(p.mma_n)))
-    kp = _round_up(max(g.k, 1), max(int(p.gemm_tile_k), mma_k)) if g.k > 0 else 0
+    kp = _round_up(max(g.k, 1), k_step) if g.k > 0 else 0
     tiles_m, tiles_n = ceil_div(max(g.m, 1), tm), ceil_div(max(g.n, 1), tn)
-    tiles = tiles_m * tiles_n * g.batch * g.groups
+    out_tiles = tiles_m * tiles_n * g.batch * g.groups
+    s = 1
+    while split_k and out_tiles * s * 2 <= sms and kp // (k_step * s * 2) >= SPLIT_K_MIN_STEPS:
+        s *= 2
+    tiles = out_tiles * s
     waves = ceil_div(tiles, sms)
     wave_m = min(tiles_m, max(1, math.isqrt(sms)))
     wave_n = min(tiles_n, max(1, sms // wave_m))
-    return Tiling(tm, tn, kp, tiles_m, tiles_n, tiles, waves, wave_m, wave_n, sms)
+    return Tiling(tm, tn, kp, tiles_m, tiles_n, tiles, waves, wave_m, wave_n, sms, s)
 
 
 def _round_up(x: int, mult: int) -> int:
@@ -257,15 +277,17 @@ def _gemm_time(
     w_bytes: float,
     c_bytes: float,
     w_meta_bytes: float = 0.0,
+    split_k: bool = False,
 ) -> _GemmTime:
     """Compute time (waves x per-tile time at `tile_rate` FLOP/s per SM) and traffic of a GEMM.
 
     `w_bytes` is the stored second operand (compressed for sparse kernels). Each output tile
     reads its band of A (K x tile_m) and W (K x tile_n) through L2; DRAM reads an operand once
-    if it fits in half of L2, else once per wave-band that needs it.
+    if it fits in half of L2, else once per wave-band that needs it. Split-K partial sums
+    (fp32) are written and read back through L2.
     """
-    t = tiling(p, g, dtype_bytes)
-    per_tile = 2.0 * t.tile_m * t.tile_n * t.k_padded / tile_rate if tile_rate > 0 else math.inf
+    t = tiling(p, g, dtype_bytes, split_k=split_k)
+    per_tile = 2.0 * t.tile_m * t.tile_n * t.k_per_tile / tile_rate if tile_rate > 0 else math.inf
     compute = t.waves * per_tile if g.macs > 0 else 0.0
     half_l2 = p.l2_size / 2
     a_reads = 1 if a_bytes <= half_l2 else ceil_div(t.tiles_n, t.wave_n)
@@ -273,6 +295,8 @@ def _gemm_time(
     w_reads = 1 if w_total <= half_l2 else ceil_div(t.tiles_m, t.wave_m)
     dram = a_bytes * a_reads + w_bytes * w_reads + c_bytes
     l2 = a_bytes * t.tiles_n + w_total * t.tiles_m + c_bytes
+    if t.split_k > 1:
+        l2 += 2 * (t.split_k - 1) * g.m * g.n * g.batch * g.groups * PARTIAL_BYTES
     return _GemmTime(compute, dram, l2, w_meta_bytes * w_reads, t)
 
 
@@ -286,7 +310,7 @@ def _dense(op: Op, work: GemmWork, device: Device, *, why: str = "", fallback: b
            kernel: str = "dense") -> Cost:
     """Dense tensor-core (or CUDA-core) GEMM(s) of `work`; ignores any zeros in the weight."""
     p: GpuParams = device.params
-    unit = compute_unit(p, work.dtype)
+    unit = compute_unit(p, work.dtype, conv=op.kind == "conv")
     eff = p.dense_gemm_efficiency
     tile_rate = unit.peak / p.sm_count * eff
     compute = dram = l2 = 0.0
@@ -301,7 +325,7 @@ def _dense(op: Op, work: GemmWork, device: Device, *, why: str = "", fallback: b
     else:
         g = work.gemms[0]
         gt = _gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=work.a_bytes,
-                        w_bytes=work.w_bytes, c_bytes=work.c_bytes)
+                        w_bytes=work.w_bytes, c_bytes=work.c_bytes, split_k=True)
         compute, dram, l2, tl = gt.compute_s, gt.dram_bytes, gt.l2_bytes, gt.tiling
     memory = _memory_s(p, dram, l2)
     parts = [why] if why else []
@@ -321,7 +345,8 @@ def _dense(op: Op, work: GemmWork, device: Device, *, why: str = "", fallback: b
         kernel=kernel, why="; ".join(parts), flops_executed=float(work.flops), peak_flops=unit.peak,
         memory_bytes=work.w_bytes if op.weight is not None else 0.0,
         fallback=fallback or bool(unit.note),
-        details={"waves": tl.waves, "tiles": tl.tiles, "wave_efficiency": tl.wave_efficiency},
+        details={"waves": tl.waves, "tiles": tl.tiles, "wave_efficiency": tl.wave_efficiency,
+                 "split_k": tl.split_k},
     )
 
 
@@ -329,16 +354,20 @@ def _describe(what: str, compute: float, memory: float, overhead: float, tl: Til
     lead = "memory" if memory > compute else "compute"
     if overhead > max(compute, memory):
         lead = "launch overhead"
-    q = f", {tl.tiles} tiles in {tl.waves} wave(s) ({tl.wave_efficiency:.0%} full)" if tl.tiles else ""
+    sk = f" x split-K {tl.split_k}" if tl.split_k > 1 else ""
+    q = f", {tl.tiles // tl.split_k} tiles{sk} in {tl.waves} wave(s) ({tl.wave_efficiency:.0%} full)" if tl.tiles else ""
     return f"{what}: {lead}-bound (compute {compute * 1e6:.3g} us, memory {memory * 1e6:.3g} us{q})"
 
 
-def nm_support(p: GpuParams, dtype: str, pattern: Pattern, layer: LayerSparsity) -> tuple[str | None, str]:
+def nm_support(p: GpuParams, dtype: str, pattern: Pattern, layer: LayerSparsity,
+               conv: bool = False) -> tuple[str | None, str]:
     """(sparse-core dtype, "") when the sparse tensor cores can run this N:M mask, else (None, reason)."""
-    unit = compute_unit(p, dtype)
+    unit = compute_unit(p, dtype, conv)
     sdt = unit.dtype
-    if dtype == "fp32" and not p.fp32_uses_tf32:
-        return None, "fp32 runs on CUDA cores on this device (fp32_uses_tf32 = false): no sparse tensor cores"
+    if not unit.tensor_cores:
+        flag = "fp32_conv_uses_tf32" if conv else "fp32_uses_tf32"
+        return None, (f"{dtype} runs on CUDA cores on this device ({flag} = false): no sparse tensor cores; "
+                      "trace the model in fp16/bf16 to use them")
     ratio = _parse_ratio(p.sparse_ratio.get(sdt)) if sdt in p.sparse_tensor_peak else None
     if ratio is None:
         return None, f"no sparse tensor-core support for {sdt} on this GPU"
@@ -476,7 +505,7 @@ def _bsr(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
     total_blocks = ceil_div(st.rows, r) * ceil_div(st.cols, c)
     if nb is None:  # not measured for this block size: the pattern's density of whole blocks
         nb = min(total_blocks, math.ceil(st.density * total_blocks))
-    unit = compute_unit(p, work.dtype)
+    unit = compute_unit(p, work.dtype, conv=op.kind == "conv")
     if st.nonzero_blocks(r, c) is not None:
         values, meta = _stored(layer, "bsr", work)
     else:  # the same BSR layout as formats.format_bytes, from the estimated block count
@@ -520,7 +549,7 @@ def _nm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
     """N:M: sparse tensor cores when the ratio and alignment rules allow, else the best fallback."""
     p: GpuParams = device.params
     pat = layer.pattern
-    sdt, reason = nm_support(p, work.dtype, pat, layer)
+    sdt, reason = nm_support(p, work.dtype, pat, layer, conv=op.kind == "conv")
     if sdt is not None:
         if op.kind not in ("linear", "conv") or op.weight is None:
             reason = f"{pat.label} on sparse tensor cores needs a weight operand ({op.kind} has none)"
@@ -568,6 +597,10 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     if kind == "unstructured":
         if op.weight is None:
             return _dense(op, work, device, fallback=True, why="unstructured sparsity on a weightless op: ran dense")
+        if layer.format == "dense":
+            return _dense(op, work, device, fallback=True,
+                          why=f"unstructured at density {layer.stats.density:.4g} is stored dense "
+                              "(CSR would be larger): ran dense")
         return _csr(op, work, layer, device)
     if kind == "block":
         if op.weight is None:

@@ -8,12 +8,15 @@ parameters, so a change to either retrains. `evaluate(model)` is the test-split 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from sparsesim.errors import WorkloadError
 
 # Training recipe (algorithmic constants of this small benchmark, not hardware figures).
 TEST_FRACTION = 0.25  # a quarter of the 1797 images held out: 450 test images
@@ -59,17 +62,38 @@ def cache_dir() -> Path:
     return path
 
 
-def load_data() -> dict[str, torch.Tensor]:
-    """The digits split (train/test), images scaled to [0, 1], shape (n, 1, 8, 8)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+def _digits_csv() -> Path:
+    """scikit-learn's bundled digits file, found without importing scikit-learn (seconds of scipy)."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise WorkloadError("digits: scikit-learn is not installed (its bundled digits data is the dataset)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    if not path.exists():
+        raise WorkloadError(f"digits: {path} is missing from the scikit-learn install")
+    return path
 
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(d.target, dtype=torch.long)
-    idx = list(range(len(y)))
-    tr, te = train_test_split(idx, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=d.target)
-    return {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}
+
+_DATA: dict[str, torch.Tensor] = {}
+
+
+def load_data() -> dict[str, torch.Tensor]:
+    """The digits split (train/test, stratified, seeded), images scaled to [0, 1], shape (n, 1, 8, 8)."""
+    if not _DATA:
+        import numpy as np
+
+        raw = np.loadtxt(_digits_csv(), delimiter=",", dtype=np.float32)
+        x = torch.from_numpy(raw[:, :64].copy()).reshape(-1, 1, 8, 8) / 16.0
+        y = torch.from_numpy(raw[:, 64].astype(np.int64))
+        gen = torch.Generator().manual_seed(SPLIT_SEED)
+        test = []
+        for c in range(10):
+            idx = (y == c).nonzero().squeeze(1)
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+            test.append(idx[: round(TEST_FRACTION * len(idx))])
+        is_test = torch.zeros(len(y), dtype=torch.bool)
+        is_test[torch.cat(test)] = True
+        _DATA.update(x_train=x[~is_test], y_train=y[~is_test], x_test=x[is_test], y_test=y[is_test])
+    return dict(_DATA)
 
 
 def _cache_key(cfg: DigitsConfig) -> str:
@@ -141,7 +165,7 @@ def build(batch: int = 1024, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tens
     """The trained model (training seed `seed`) and `batch` test images for tracing
     (repeated when batch > 450)."""
     if batch < 1:
-        raise ValueError(f"digits: batch must be >= 1, got {batch}")
+        raise WorkloadError(f"digits: batch must be >= 1, got {batch}")
     model = pretrained(DigitsConfig(seed=seed))
     x = load_data()["x_test"]
     return model, (x.repeat((batch + len(x) - 1) // len(x), 1, 1, 1)[:batch],)

@@ -4,7 +4,12 @@ BERT-base, GPT-2, ViT-base and Llama-style decoders (a tiny one, Llama-2-7B and 
 Big configs are built on the meta device (`device="meta"`): shapes and dtypes are real, no
 weight is allocated. Decoders take `phase`: "prefill" runs `seq` new tokens per sequence
 after `kv` cached ones; "decode" runs one new token per sequence against a KV cache of
-length `kv` (a DynamicCache filled to that length, on the model's device).
+length `kv`. For decode the cache is a transformers StaticCache sized kv + 1 and filled to
+`kv`: the new key/value is written in place (index_copy_ of the new token only), as serving
+engines do, rather than DynamicCache's torch.cat, which would copy the whole cache every step
+and charge decode with traffic no deployment has. Prefill uses a DynamicCache (StaticCache
+prefill cannot run on the meta device in transformers 5: it compares a tensor query offset);
+with kv = 0 its cat writes just the new keys/values, with kv > 0 it copies the cached ones too.
 Attention runs through torch's scaled_dot_product_attention (attn_implementation="sdpa").
 """
 
@@ -94,8 +99,8 @@ def build_vit(batch: int = 1, image: int = 224, dtype: str = "fp32", device: str
 
 def _decoder_inputs(model: nn.Module, config: Any, phase: str, batch: int, seq: int, kv: int,
                     dtype: str, device: str, seed: int) -> dict:
-    """input_ids plus a DynamicCache holding `kv` cached positions in every layer."""
-    from transformers import DynamicCache
+    """input_ids plus a KV cache of kv + new positions whose first `kv` are filled."""
+    from transformers import DynamicCache, StaticCache
 
     if phase not in PHASES:
         raise WorkloadError(f"parameter phase={phase!r}: use one of {', '.join(PHASES)}")
@@ -108,7 +113,10 @@ def _decoder_inputs(model: nn.Module, config: Any, phase: str, batch: int, seq: 
     max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions")
     if kv + new > max_pos:
         raise WorkloadError(f"kv + new tokens = {kv + new} exceeds the model's {max_pos} positions")
-    cache = DynamicCache(config=config)
+    if phase == "decode":
+        cache = StaticCache(config=config, max_cache_len=kv + new)
+    else:
+        cache = DynamicCache(config=config)
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads

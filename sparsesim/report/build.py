@@ -64,9 +64,16 @@ class SearchResult:
 
 @dataclass
 class ValidationResult:
+    """A `sparsesim validate` document as tables: error per pattern, crossovers, every case,
+    and the published GPU figures through the GPU model."""
+
     source: str
-    cases: pd.DataFrame  # one row per case: predicted vs measured
-    summary: dict[str, Any]
+    meta: dict[str, Any]
+    errors: pd.DataFrame
+    crossover: pd.DataFrame
+    cases: pd.DataFrame
+    gpu: pd.DataFrame
+    gpu_summary: dict[str, Any]
 
 
 @dataclass
@@ -366,13 +373,16 @@ def summary_records(summary: pd.DataFrame) -> list[dict[str, Any]]:
     return recs
 
 
+def frame_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _plain(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
 def _plain(v: Any) -> Any:
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
+    """Plain JSON: numpy scalars unwrapped, NaN/inf as None."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
     return v
 
 
@@ -471,36 +481,27 @@ def read_validation(path: Path) -> ValidationResult:
 
 
 def validation_result(doc: dict[str, Any], source: str) -> ValidationResult:
-    if not isinstance(doc, dict):
-        raise ReportError(f"{source}: a validation document is a JSON object")
-    cases = None
-    for key in ("cases", "rows", "results"):
-        if isinstance(doc.get(key), list):
-            cases = pd.DataFrame(doc[key])
-            break
-    if cases is None:
-        raise ReportError(f"{source}: no 'cases' list in the validation document")
-    frames = [cases]
-    for key in ("published", "gpu"):
-        sub = doc.get(key)
-        if isinstance(sub, dict) and isinstance(sub.get("cases"), list):
-            frames.append(pd.DataFrame(sub["cases"]).assign(set=key))
-        elif isinstance(sub, list):
-            frames.append(pd.DataFrame(sub).assign(set=key))
-    cases = pd.concat(frames, ignore_index=True)
-    summary = {k: v for k, v in doc.items() if isinstance(v, (int, float, str, bool)) or
-               (isinstance(v, dict) and all(isinstance(x, (int, float, str, bool, type(None))) for x in v.values()))}
-    return ValidationResult(source, cases, summary)
+    if not isinstance(doc, dict) or not isinstance(doc.get("rows"), list) or not isinstance(doc.get("summary"), dict):
+        raise ReportError(f"{source}: not a `sparsesim validate --json` document (no 'rows' and 'summary')")
+    meta = {k: v for k, v in doc.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    errors = []
+    for pattern, e in doc["summary"].items():
+        if isinstance(e, dict):
+            lat = e.get("latency") if isinstance(e.get("latency"), dict) else {}
+            errors.append({"pattern": pattern, "metric": e.get("metric"), "cases": e.get("cases"),
+                           "median_abs_error": e.get("median_abs_error"), "p90_abs_error": e.get("p90_abs_error"),
+                           "target": e.get("target"), "met": e.get("met"),
+                           "latency_median_abs_error": lat.get("median_abs_error")})
+    cross = doc.get("crossover") if isinstance(doc.get("crossover"), dict) else {}
+    gpu = doc.get("gpu_published") if isinstance(doc.get("gpu_published"), dict) else {}
+    return ValidationResult(
+        source, meta, pd.DataFrame(errors), pd.DataFrame(cross.get("cases") or []), pd.DataFrame(doc["rows"]),
+        pd.DataFrame(gpu.get("rows") or []),
+        {k: v for k, v in gpu.items() if k != "rows" and (isinstance(v, (int, float, str, bool)) or v is None)})
 
 
 def run_quick_validation() -> ValidationResult:
-    """Run the quick validation (the one CI runs) on this host and read its document."""
-    from sparsesim import validate as val
+    """Run the quick validation grid on this host (as `sparsesim validate --quick`) and read it."""
+    from sparsesim.validate import validate
 
-    fn = getattr(val, "quick_validation", None) or getattr(val, "validate", None)
-    if fn is None:
-        raise ReportError("sparsesim.validate offers no validation entry point")
-    doc = fn(quick=True) if fn.__name__ == "validate" else fn()
-    if not isinstance(doc, dict):
-        doc = getattr(doc, "to_dict", lambda: doc)()
-    return validation_result(doc, "sparsesim validate --quick (run for this report)")
+    return validation_result(validate(quick=True), "sparsesim validate --quick (run for this report)")

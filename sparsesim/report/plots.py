@@ -34,9 +34,10 @@ SPEEDUP_CMAP = LinearSegmentedColormap.from_list("speedup", ["#b2182b", "#f4a582
 
 
 def png(fig: plt.Figure) -> bytes:
-    """Render and close a figure."""
+    """Render and close a figure. Layouts are set explicitly by each figure: automatic tight
+    layouts measure every tick label again and cost more than the drawing itself."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
     plt.close(fig)
     return buf.getvalue()
 
@@ -77,7 +78,8 @@ def stacked_layers(per_op: pd.DataFrame, metric: str, label: str, devices: Seque
     stack = layer_stack(per_op, metric, top_n)
     n_dev, n_plan = len(devices), len(plans)
     width = 0.8 / n_plan
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * n_dev * max(1, n_plan) / 3 + 3), 4.2))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * n_dev * max(1, n_plan) / 3 + 3), 5.4))
+    fig.subplots_adjust(left=0.1, right=0.98, top=0.97, bottom=0.42)
     groups = list(stack.columns)
     colors = {g: ((0.75, 0.75, 0.75) if g == OTHER else LAYER_COLORS[i % len(LAYER_COLORS)]) for i, g in enumerate(groups)}
     for j, plan in enumerate(plans):
@@ -98,7 +100,7 @@ def stacked_layers(per_op: pd.DataFrame, metric: str, label: str, devices: Seque
     ax.set_ylabel(f"{label} relative to dense\non the same device")
     top = max(1.0, float(np.nanmax(stack.sum(axis=1).to_numpy()))) if len(stack) else 1.0
     ax.set_ylim(0, top * 1.22)
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.28), frameon=False)
+    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3)
     return png(fig)
@@ -118,7 +120,8 @@ def speedup_heatmap(summary: pd.DataFrame, devices: Sequence[str], plans: Sequen
                 grid[i, j] = float(row["speedup_vs_dense"].iloc[0])
     logs = np.log2(np.where(grid > 0, grid, np.nan))
     span = max(0.25, float(np.nanmax(np.abs(logs)))) if np.isfinite(logs).any() else 1.0
-    fig, ax = plt.subplots(figsize=(1.3 * len(plans) + 2.6, 0.42 * len(devices) + 1.4))
+    fig, ax = plt.subplots(figsize=(1.3 * len(plans) + 3.2, 0.42 * len(devices) + 1.6))
+    fig.subplots_adjust(left=0.27, right=0.97, top=0.9, bottom=0.2)
     im = ax.imshow(logs, cmap=SPEEDUP_CMAP, norm=TwoSlopeNorm(0.0, -span, span), aspect="auto")
     for i in range(len(devices)):
         for j in range(len(plans)):
@@ -153,7 +156,8 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
     n = len(devices)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.5 * rows + 0.5), squeeze=False)
+    _grid_margins(fig, rows)
     colors = plan_colors(plans)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
@@ -220,9 +224,15 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
                 labels.append(lab)
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False,
-                   bbox_to_anchor=(0.5, -0.02))
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
+                   bbox_to_anchor=(0.5, 0.0))
     return png(fig)
+
+
+def _grid_margins(fig: plt.Figure, rows: int) -> None:
+    """Margins for a grid of small log-log panels with a shared legend at the bottom."""
+    h = fig.get_figheight()
+    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.3 / h, bottom=0.85 / h, wspace=0.28,
+                        hspace=0.55 if rows > 1 else 0.2)
 
 
 def serving_curves(serving: pd.DataFrame, devices: Sequence[str], plans: Sequence[str]) -> bytes:
@@ -230,7 +240,8 @@ def serving_curves(serving: pd.DataFrame, devices: Sequence[str], plans: Sequenc
     n = len(devices)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.4), squeeze=False)
+    _grid_margins(fig, rows)
     colors = plan_colors(plans)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
@@ -252,7 +263,6 @@ def serving_curves(serving: pd.DataFrame, devices: Sequence[str], plans: Sequenc
         ax.tick_params(labelsize=6.5)
         ax.grid(alpha=0.25)
         ax.legend(fontsize=6, frameon=False)
-    fig.tight_layout()
     return png(fig)
 
 
@@ -260,6 +270,7 @@ def pareto_front(points: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str,
                  chosen: Mapping[str, float] | None = None, baselines: pd.DataFrame | None = None) -> bytes:
     """Accuracy against a cost: every trial, the front highlighted, uniform baselines and the chosen plan."""
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    fig.subplots_adjust(left=0.14, right=0.97, top=0.9, bottom=0.14)
     if "on_front" in points:
         rest, front = points[~points["on_front"].astype(bool)], points[points["on_front"].astype(bool)]
     else:

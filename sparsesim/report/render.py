@@ -179,6 +179,8 @@ def csv_tables(data: build.ReportData) -> dict[str, pd.DataFrame]:
         tables["serving.csv"] = data.serving
     if data.validation is not None:
         tables["validation.csv"] = data.validation.cases
+        if len(data.validation.gpu):
+            tables["validation_gpu.csv"] = data.validation.gpu
     for i, sr in enumerate(data.searches):
         tables[f"search-{i}.csv"] = sr.trials
     return tables
@@ -374,10 +376,17 @@ def render_html(data: build.ReportData, figs: dict[str, dict[str, Figure]], verd
         parts.append(_table(search_summary(data)))
         parts.append("<div class='grid'>" + "".join(_img(x) for x in figs.get("_search", {}).values()) + "</div>")
     if data.validation is not None:
+        v = data.validation
         parts.append("<h2 id='fidelity'>Fidelity: predicted against measured</h2>")
-        parts.append(f"<p class='meta'>From {esc(data.validation.source)}</p>")
-        parts.append(_table(validation_summary(data.validation)))
-        parts.append("<details><summary>Every case</summary>" + _table(data.validation.cases) + "</details>")
+        parts.append(f"<p class='meta'>{esc(validation_line(v))}</p>")
+        parts.append("<h3>Host CPU: error per pattern</h3>" + _table(v.errors, PCT_FORMATS))
+        if len(v.crossover):
+            parts.append("<h3>CSR-vs-dense crossover density</h3>" + _table(v.crossover))
+        if len(v.gpu):
+            parts.append("<h3>Published GPU figures through the GPU model</h3>"
+                         f"<p class='note'>{esc(gpu_line(v))}</p>" + _table(v.gpu, PCT_FORMATS))
+        parts.append(f"<details><summary>Every host case ({len(v.cases)})</summary>" + _table(v.cases, PCT_FORMATS)
+                     + "</details>")
     parts.append("<h2 id='provenance'>Provenance and fallbacks</h2>")
     parts.append("<h3>Devices</h3>" + _table(device_table(data.devices)))
     prov = tables["provenance.csv"]
@@ -427,14 +436,31 @@ def search_summary(data: build.ReportData) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def validation_summary(v: build.ValidationResult) -> pd.DataFrame:
-    rows = []
-    for k, val in v.summary.items():
-        if isinstance(val, dict):
-            rows += [{"figure": f"{k}.{kk}", "value": vv} for kk, vv in val.items()]
-        else:
-            rows.append({"figure": k, "value": val})
-    return pd.DataFrame(rows, columns=["figure", "value"])
+def _pct(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * float(v):.1f}%"
+
+
+PCT_FORMATS = {c: _pct for c in ("median_abs_error", "p90_abs_error", "target", "latency_median_abs_error",
+                                 "latency_error", "speedup_error", "abs_error")}
+
+
+def validation_line(v: build.ValidationResult) -> str:
+    m = v.meta
+    parts = [f"From {v.source}", f"device {m.get('device', '?')} ({m.get('device_source', '')})"]
+    if m.get("quick"):
+        parts.append("quick grid")
+    if m.get("wall_s") is not None:
+        parts.append(f"{m['wall_s']} s")
+    if m.get("load_average") is not None:
+        parts.append(f"load average {m['load_average']:.2f} when it ran")
+    return "; ".join(parts) + "."
+
+
+def gpu_line(v: build.ValidationResult) -> str:
+    g = v.gpu_summary
+    return (f"{g.get('cases', len(v.gpu))} published cases; median |error| {_pct(g.get('median_abs_error'))}, "
+            f"90th percentile {_pct(g.get('p90_abs_error'))}; direction right in {g.get('direction_right', '?')} of "
+            f"{g.get('direction_cases', '?')}.")
 
 
 # ----------------------------------------------------------------------------- Markdown
@@ -507,8 +533,14 @@ def render_markdown(data: build.ReportData, figs: dict[str, dict[str, Figure]], 
         out += ["## Co-design search", "", _md_table(search_summary(data)), ""]
         out += [f"![{x.caption}](images/{x.name})" for x in figs.get("_search", {}).values()]
     if data.validation is not None:
-        out += ["", "## Fidelity: predicted against measured", "", f"From {data.validation.source}", "",
-                _md_table(validation_summary(data.validation)), "", "Every case is in `validation.csv`.", ""]
+        v = data.validation
+        out += ["", "## Fidelity: predicted against measured", "", validation_line(v), "",
+                "### Host CPU: error per pattern", "", _md_table(v.errors, PCT_FORMATS), ""]
+        if len(v.crossover):
+            out += ["### CSR-vs-dense crossover density", "", _md_table(v.crossover), ""]
+        if len(v.gpu):
+            out += ["### Published GPU figures through the GPU model", "", gpu_line(v), "", _md_table(v.gpu, PCT_FORMATS), ""]
+        out += ["Every host case is in `validation.csv`.", ""]
     prov = tables["provenance.csv"]
     fitted = prov[prov["fit_date"].notna()]
     fb = tables["fallbacks.csv"]

@@ -1,0 +1,51 @@
+"""`sparsesim calibrate`: time real kernels on this host and fit a CPU device file for it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+NAME = "calibrate"
+HELP = "measure this CPU (dense GEMM per dtype, bandwidth, CSR/BSR matmuls) and fit a device file for it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=None, metavar="PATH",
+                        help="device file to write (default: accelerators/host.toml)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small grid (a few seconds) for CI; the full grid takes well under a minute")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads while timing (default 1; recorded in the file)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sparsesim.calibrate import calibrate
+    from sparsesim.errors import SparsesimError
+
+    if args.threads < 1:
+        raise SparsesimError(f"calibrate --threads {args.threads}: must be >= 1")
+    quiet = getattr(args, "json", False)
+    res = calibrate(args.out, quick=args.quick, threads=args.threads,
+                    progress=None if quiet else (lambda m: print(f"calibrate: {m}", file=sys.stderr)))
+    return res.summary()
+
+
+def render(doc: dict[str, Any]) -> str:
+    m, f = doc["measured"], doc["fitted"]
+    lines = [
+        f"wrote {doc['path']}",
+        f"  {doc['cpu']}, {doc['threads']} thread(s), {doc['date']}, {doc['cases']} timed cases in {doc['wall_s']} s",
+        f"  measured: clock {m['clock_ghz']} GHz (effective), L2 {m['l2_bandwidth_gbs']} GB/s, "
+        f"L3 {m['l3_bandwidth_gbs']} GB/s, DRAM {m['dram_bandwidth_gbs']} GB/s, call {m['call_overhead_us']} us",
+        "  fitted (median |pred/meas - 1| on the fit set in brackets):",
+    ]
+    err = doc["fit_error"]
+    for dt, eff in f["gemm_efficiency"].items():
+        lines.append(f"    dense {dt}: efficiency {eff:.3f}, half-efficiency M {f['gemm_half_m'][dt]:.2f}  [{100 * err[dt]:.1f}%]")
+    lines.append(f"    csr: {f['sparse_nnz_cycles']:.2f} cycles/nonzero floor, {f['sparse_vector_cycles']:.2f} cycles/vector step, "
+                 f"{f['sparse_row_cycles']:.2f} cycles/row step, call {f['sparse_call_overhead_us']:.2f} us  [{100 * err['csr']:.1f}%]")
+    bsr = ", ".join(f"{k} {v:.2f}" for k, v in f["bsr_vector_cycles"].items())
+    lines.append(f"    bsr: {f['bsr_block_cycles']:.2f} cycles/block; cycles/vector step {bsr}  [{100 * err['bsr']:.1f}%]")
+    lines.append("next: sparsesim validate   (predicted vs measured on shapes not used in this fit)")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""calibrate + validate machinery on the real host: a quick calibration into a temporary file and
+a quick validation against it, through the CLI. Only gross properties are asserted (timings on a
+shared machine vary); the strict fidelity figures are printed by benchmarks/bench_fidelity.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from sparsesim import calibrate as cal  # noqa: E402
+from sparsesim import validate as val  # noqa: E402
+from sparsesim.cli import main  # noqa: E402
+from sparsesim.devices import parse_device_file  # noqa: E402
+
+FITTED = ("gemm_efficiency.fp32", "gemm_half_m.fp32", "sparse_nnz_cycles", "sparse_vector_cycles",
+          "sparse_row_cycles", "sparse_call_overhead", "bsr_block_cycles", "bsr_vector_cycles.4x4")
+
+
+def _cli_json(argv: list[str]) -> dict:
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = main(argv + ["--json"])
+    assert rc == 0
+    return json.loads(buf.getvalue())
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    torch.set_num_threads(1)
+    path = tmp_path_factory.mktemp("host") / "host.toml"
+    doc = _cli_json(["calibrate", "--quick", "--out", str(path)])
+    return path, doc
+
+
+@pytest.fixture(scope="module")
+def validated(calibrated):
+    path, _ = calibrated
+    return _cli_json(["validate", "--quick", "--device", str(path)])
+
+
+def test_calibrated_file_loads_strictly_with_fits(calibrated):
+    path, doc = calibrated
+    dev = parse_device_file(path)
+    assert dev.family == "cpu" and dev.params.threads == 1
+    fitted = dev.fitted()
+    for name in FITTED:
+        assert name in fitted, name
+        assert fitted[name].fit_date == doc["date"]
+        assert math.isfinite(fitted[name].fit_error) and 0 <= fitted[name].fit_error < 1
+    for name in ("l2_bandwidth", "dram_bandwidth", "call_overhead", "clock"):
+        assert "measured on" in dev.provenance[name].source
+    assert doc["cpu"] in dev.description
+    assert set(doc["fit_error"]) >= {"fp32", "csr", "bsr"}
+
+
+def test_quick_validation_table_is_complete_and_sane(validated):
+    doc = validated
+    patterns = {r["pattern"] for r in doc["rows"]}
+    assert patterns == {"dense", "csr", "bsr", "channel"}
+    for r in doc["rows"]:
+        assert r["measured_s"] > 0 and r["predicted_s"] > 0
+        assert math.isfinite(r["latency_error"])
+    for pat in ("dense", "csr", "bsr", "channel"):
+        s = doc["summary"][pat]
+        assert s["cases"] > 0
+        assert math.isfinite(s["median_abs_error"]) and math.isfinite(s["p90_abs_error"])
+        assert s["median_abs_error"] < 0.6, (pat, s)  # gross regressions only; targets are in the benchmark
+    cross = doc["crossover"]["cases"]
+    assert cross and all({"measured", "predicted", "within_target"} <= set(c) for c in cross)
+    assert doc["gpu_published"]["available"] and doc["gpu_published"]["cases"] >= 1
+
+
+def test_validation_shapes_never_reuse_the_fit_set():
+    fit = set(cal.FIT_NK) | set(cal.FIT_CSR_NK) | set(cal.FIT_BSR_NK)
+    assert not fit & (set(val.VALIDATE_NK) | set(val.QUICK_NK))
+    fit_m = set(cal.FIT_M) | set(cal.FIT_CSR_M) | set(cal.FIT_BSR_M) | set(cal.FIT_INT8_M)
+    assert not fit_m & (set(val.VALIDATE_M) | set(val.QUICK_M))
+
+
+def test_crossing_interpolates_log_log():
+    assert val._crossing([0.1, 0.4], [2.0, 0.5]) == pytest.approx(0.2)
+    assert val._crossing([0.1, 0.2], [3.0, 2.0]) is None
+    assert val._crossing([0.1, 0.2], [0.9, 0.5]) == 0.1
+
+
+def test_error_summary_judges_speedups_in_the_target_range():
+    rows = [
+        val.Row("dense", "fp32", 8, 64, 64, 1.0, 1, 1.0, 1.1, None, None),
+        val.Row("csr", "fp32", 8, 64, 64, 0.1, 1, 1.0, 1.0, 2.0, 2.2),
+        val.Row("csr", "fp32", 8, 64, 64, 0.9, 1, 1.0, 1.0, 0.5, 1.5),  # outside 0.01-0.5: not judged
+    ]
+    s = val.error_summary(rows)
+    assert s["dense"]["median_abs_error"] == pytest.approx(0.1)
+    assert s["csr"]["cases"] == 1 and s["csr"]["median_abs_error"] == pytest.approx(0.1)
+    assert s["csr"]["met"] is True
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
+    assert main(["validate", "--quick", "--device", str(tmp_path / "nope.toml")]) == 2
+    assert main(["calibrate", "--quick", "--out", str(tmp_path / "host.txt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("sparsesim ") for line in err)

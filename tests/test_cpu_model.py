@@ -1,0 +1,200 @@
+"""The CPU SIMD cost model: invariants on the built-in CPU devices (no timing here)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+from sparsesim.calibrate import gemm_op, layer_for
+from sparsesim.cost import estimate_op
+from sparsesim.cost.cpu import lanes, peak_flops, residency
+from sparsesim.devices import load_device, parse_device_file
+from sparsesim.errors import DeviceFileError
+from sparsesim.ir import Op
+from sparsesim.measure import random_mask
+from sparsesim.sparsity import Pattern
+
+CPUS = ("xeon-sapphire-rapids", "arm-cortex-a78")
+
+
+@pytest.fixture(scope="module", params=CPUS)
+def cpu(request):
+    return load_device(request.param)
+
+
+def test_builtin_cpus_load_strictly_with_sources():
+    for name in CPUS:
+        dev = load_device(name)
+        assert dev.family == "cpu"
+        assert all(p.source.strip() for p in dev.provenance.values())
+
+
+def test_amx_peak_exceeds_avx512_peak_on_sapphire_rapids():
+    p = load_device("xeon-sapphire-rapids").params
+    # AMX bf16 (512 MAC/cycle/core) vs AVX-512 fp32 (2 ports x 16 lanes)
+    assert peak_flops(p, "bf16") == pytest.approx(2 * 512 * 56 * 2.0e9)
+    assert peak_flops(p, "fp32") == pytest.approx(2 * 16 * 2 * 56 * 2.0e9)
+    assert lanes(load_device("arm-cortex-a78").params, "int8") == 16  # 128-bit SDOT
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=hs.integers(1, 2048), n=hs.integers(1, 4096), k=hs.integers(1, 4096),
+       dtype=hs.sampled_from(["fp32", "bf16", "int8", "fp16"]))
+def test_dense_roofline_invariant(cpu, m, n, k, dtype):
+    op = gemm_op(m, n, k, dtype)
+    c = estimate_op(op, None, cpu)
+    p = cpu.params
+    dt = dtype if dtype in p.gemm_efficiency else "fp32"
+    assert c.latency_s >= 2 * m * n * k / peak_flops(p, dt) * (1 - 1e-9)
+    ((level, nbytes),) = c.bytes_by_level.items()
+    _, bw, _ = residency(p, nbytes)
+    assert c.latency_s >= nbytes / bw * (1 - 1e-9)
+    assert c.latency_s >= p.call_overhead
+    assert c.energy_j >= p.static_power * c.latency_s
+    assert 0.0 <= c.utilization <= 1.0
+
+
+def test_gemv_is_memory_bound_and_wide_gemm_compute_bound(cpu):
+    assert estimate_op(gemm_op(1, 8192, 8192), None, cpu).bound == "memory"
+    assert estimate_op(gemm_op(2048, 4096, 4096), None, cpu).bound == "compute"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=hs.integers(0, 10_000), density=hs.floats(0.005, 0.9), keep=hs.floats(0.0, 1.0),
+       m=hs.sampled_from([1, 3, 8, 16, 33, 64, 200]))
+def test_more_zeros_never_slower_for_unstructured(cpu, seed, density, keep, m):
+    """Removing nonzeros from a mask (a superset -> subset) never makes the CSR kernel slower."""
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.rand(64, 96, generator=g) < density).float()
+    drop = (torch.rand(64, 96, generator=g) < keep).float()
+    sub = mask * drop
+    op = gemm_op(m, 64, 96)
+    big = estimate_op(op, layer_for(mask, Pattern("unstructured", max(mask.mean().item(), 1e-9)), "fp32"), cpu)
+    small = estimate_op(op, layer_for(sub, Pattern("unstructured", max(sub.mean().item(), 1e-9)), "fp32"), cpu)
+    assert small.latency_s <= big.latency_s * (1 + 1e-12)
+    assert small.energy_j <= big.energy_j * (1 + 1e-12)
+
+
+def test_unstructured_pays_in_proportion_to_density_at_wide_m(cpu):
+    op = gemm_op(512, 2048, 2048)
+    t = {}
+    for d in (0.02, 0.04, 0.08):
+        mask = random_mask(2048, 2048, d, seed=1)
+        t[d] = estimate_op(op, layer_for(mask, Pattern("unstructured", d), "fp32"), cpu).latency_s
+    assert t[0.04] / t[0.02] == pytest.approx(2.0, rel=0.15)
+    assert t[0.08] / t[0.04] == pytest.approx(2.0, rel=0.15)
+    dense = estimate_op(op, None, cpu).latency_s
+    assert t[0.02] < dense  # high sparsity pays on a CPU
+
+
+def test_small_m_underuses_lanes(cpu):
+    """Below the vector width the per-nonzero cost does not shrink with M: lanes idle."""
+    mask = random_mask(512, 512, 0.1, seed=2)
+    layer = layer_for(mask, Pattern("unstructured", 0.1), "fp32")
+    c1 = estimate_op(gemm_op(1, 512, 512), layer, cpu)
+    c2 = estimate_op(gemm_op(2, 512, 512), layer, cpu)
+    assert c2.latency_s == pytest.approx(c1.latency_s, rel=0.05)
+    assert c1.details["lane_use"] < 1.0
+    assert "lanes" in c1.why
+
+
+@pytest.mark.parametrize("keep", [0.25, 0.5, 0.75])
+def test_channel_pruning_equals_smaller_dense_op(cpu, keep):
+    n, k, m = 1024, 768, 96
+    kept = int(n * keep)
+    mask = torch.zeros(n, k)
+    mask[:kept] = 1.0
+    c = estimate_op(gemm_op(m, n, k), layer_for(mask, Pattern("channel", keep), "fp32"), cpu)
+    small = estimate_op(gemm_op(m, kept, k), None, cpu)
+    assert c.latency_s == pytest.approx(small.latency_s, rel=1e-9)
+    assert c.energy_j == pytest.approx(small.energy_j, rel=1e-9)
+    assert "channel" in c.kernel and not c.fallback
+
+
+def _no_choice(dev):
+    """The same device with a runtime that runs whatever sparse kernel it is given (like torch)."""
+    return dataclasses.replace(dev, params=dataclasses.replace(dev.params, picks_faster_kernel=False))
+
+
+def test_block_and_nm_kernels_named_and_costed(cpu):
+    cpu = _no_choice(cpu)
+    op = gemm_op(128, 512, 512)
+    bmask = random_mask(512, 512, 0.2, block=(4, 4), seed=3)
+    cb = estimate_op(op, layer_for(bmask, Pattern("block", 0.2, block=(4, 4)), "fp32"), cpu)
+    assert cb.kernel == "bsr 4x4" and cb.metadata_bytes > 0
+    nm = torch.tensor([1.0, 1.0, 0.0, 0.0]).repeat(512, 128)
+    cn = estimate_op(op, layer_for(nm, Pattern("nm", 0.5, n=2, m=4), "fp32"), cpu)
+    assert cn.kernel.startswith("2:4") and "no N:M hardware" in cn.why
+    dense = estimate_op(op, None, cpu)
+    assert cn.latency_s > 0.5 * dense.latency_s  # no hardware help: 2:4 is no 2x on a CPU
+
+
+def test_runtime_that_chooses_runs_dense_when_sparse_is_slower(cpu):
+    """A nearly dense weight (stray zeros) is not run as CSR by a DeepSparse/XNNPACK-class runtime."""
+    op = gemm_op(128, 512, 512)
+    mask = torch.ones(512, 512)
+    mask[0, :3] = 0.0
+    layer = layer_for(mask, Pattern("unstructured", mask.mean().item()), "fp32")
+    dense = estimate_op(op, None, cpu)
+    chosen = estimate_op(op, layer, cpu)
+    assert cpu.params.picks_faster_kernel
+    assert chosen.fallback and chosen.kernel == "dense (fallback)" and "csr" in chosen.why
+    assert chosen.latency_s == pytest.approx(dense.latency_s)
+    forced = estimate_op(op, layer, _no_choice(cpu))
+    assert forced.kernel == "csr" and forced.latency_s > dense.latency_s
+
+
+def test_unsupported_dtype_falls_back_to_fp32_and_says_so():
+    arm = load_device("arm-cortex-a78")  # no bf16 on Armv8.2
+    c = estimate_op(gemm_op(64, 256, 256, "bf16"), None, arm)
+    assert c.fallback and "bf16" in c.why
+
+
+def test_memory_and_unknown_ops():
+    dev = load_device("xeon-sapphire-rapids")
+    base = dict(index=0, aten="aten.add.Tensor", module="m", call_index=0, dtype="fp32",
+                input_shapes=((1024, 1024),), output_shape=(1024, 1024), flops=1 << 20, bytes_moved=8 << 20)
+    c = estimate_op(Op(kind="elementwise", **base), None, dev)
+    assert c.bound in ("memory", "overhead") and not c.fallback
+    u = estimate_op(Op(kind="unknown", **base), None, dev)
+    assert u.fallback and "unknown" in u.why
+
+
+def _corrupt(tmp_path: Path, old: str, new: str) -> Path:
+    src = Path(load_device("xeon-sapphire-rapids").path).read_text()
+    assert old in src
+    p = tmp_path / "bad.toml"
+    p.write_text(src.replace(old, new, 1))
+    return p
+
+
+@pytest.mark.parametrize("old,new,field", [
+    ('clock = { value = 2.0, unit = "GHz"', 'clock = { value = 2.0, unit = "GB/s"', "clock"),
+    ('[gemm_efficiency]\nfp32 = { value = 0.8', '[gemm_efficiency]\nfp32 = { value = 1.8', "gemm_efficiency.fp32"),
+    ('"4x4" = {', '"4by4" = {', "bsr_vector_cycles.4by4"),
+    ('cores = {', 'cpus = { value = 1, unit = "1", source = "x" }\ncores = {', "cpus"),
+])
+def test_corrupted_cpu_file_names_the_field(tmp_path, old, new, field):
+    with pytest.raises(DeviceFileError, match=field.replace(".", r"\.")):
+        parse_device_file(_corrupt(tmp_path, old, new))
+
+
+def test_missing_half_m_entry_is_reported(tmp_path):
+    p = _corrupt(tmp_path, 'int8 = { value = 16, unit = "1"', 'int4 = { value = 16, unit = "1"')
+    with pytest.raises(DeviceFileError, match="gemm_half_m"):
+        parse_device_file(p)
+
+
+def test_cost_is_pure(cpu):
+    op = gemm_op(64, 512, 512)
+    mask = random_mask(512, 512, 0.1, seed=4)
+    layer = layer_for(mask, Pattern("unstructured", 0.1), "fp32")
+    a, b = estimate_op(op, layer, cpu), estimate_op(op, layer, cpu)
+    assert a == b
+    assert math.isfinite(a.latency_s) and dataclasses.is_dataclass(a)

@@ -1,0 +1,116 @@
+"""Bad search configs give one clear SearchError, and a failing evaluate keeps completed trials."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sparsesim.errors import SearchError
+from sparsesim.plans import load_plan
+from sparsesim.masks import check_mask
+from sparsesim.search import optuna_search as osr
+from sparsesim.search.problem import SearchProblem
+from sparsesim.search.runner import SearchConfig, build_problem, run_search
+
+DEVICE = "arm-cortex-a78"
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    import os
+
+    os.environ.setdefault("SPARSESIM_CACHE", str(tmp_path_factory.mktemp("cache")))
+    torch.set_num_threads(1)
+    return build_problem(SearchConfig(workload="digits:batch=64", device=DEVICE))
+
+
+def test_unknown_device_names_it(tmp_path):
+    with pytest.raises(SearchError, match="--device no-such-chip"):
+        run_search(SearchConfig(workload="digits", device="no-such-chip", out=str(tmp_path)))
+
+
+def test_impossible_target_says_what_is_reachable(problem, tmp_path):
+    cfg = SearchConfig(workload="digits", device=DEVICE, target_speedup=1000.0, out=str(tmp_path))
+    with pytest.raises(SearchError, match=r"impossible target.*fastest plan in the space.*x of dense"):
+        run_search(cfg, problem=problem)
+
+
+def test_conflicting_or_bad_options(problem, tmp_path):
+    with pytest.raises(SearchError, match="not both"):
+        run_search(SearchConfig("digits", DEVICE, target_speedup=2, max_accuracy_drop=0.01, out=str(tmp_path)),
+                   problem=problem)
+    with pytest.raises(SearchError, match="--algorithm"):
+        run_search(SearchConfig("digits", DEVICE, algorithm="annealing", out=str(tmp_path)), problem=problem)
+
+
+def test_evaluate_raising_on_the_dense_model_is_reported(problem):
+    def broken(model):
+        raise RuntimeError("dataset missing")
+
+    wl_model = problem.model
+    from sparsesim.ir import Workload
+
+    wl = Workload(name="digits", ops=problem.ops, model=wl_model)
+    with pytest.raises(SearchError, match="evaluate \\(dense model\\) raised RuntimeError: dataset missing"):
+        SearchProblem(wl, problem.device, evaluate=broken)
+
+
+class FailAfter:
+    """Works for `n` calls, then raises or returns NaN (picklable, like a user's evaluate)."""
+
+    def __init__(self, inner, n: int, mode: str) -> None:
+        self.inner, self.n, self.mode, self.calls = inner, n, mode, 0
+
+    def __call__(self, model) -> float:
+        self.calls += 1
+        if self.calls > self.n:
+            if self.mode == "raise":
+                raise ValueError("labels out of range")
+            return math.nan
+        return self.inner(model)
+
+
+@pytest.mark.parametrize("mode,message", [("raise", "evaluate raised ValueError: labels out of range"),
+                                          ("nan", "evaluate returned nan")])
+def test_failing_evaluate_stops_with_search_error_and_keeps_completed_trials(problem, tmp_path, mode, message):
+    good = problem.evaluate
+    problem.evaluate = FailAfter(good, 3, mode)
+    cfg = osr.StudyConfig(storage=str(tmp_path / "s.journal"), study_name="s", n_trials=8, seed=0)
+    try:
+        with pytest.raises(SearchError, match=message):
+            osr.optimize(problem, cfg)
+    finally:
+        problem.evaluate = good
+    study = osr.open_study(cfg)
+    c = osr.counts(study)
+    assert c["COMPLETE"] == 3 and c["FAIL"] == 1
+    (failed,) = [t for t in study.get_trials() if t.state.name == "FAIL"]
+    assert message in failed.user_attrs["error"]
+    # fixed evaluate: the same study resumes to exactly 8 complete trials
+    osr.optimize(problem, cfg)
+    assert osr.counts(osr.open_study(cfg))["COMPLETE"] == 8
+
+
+def test_search_end_to_end_saves_a_loadable_plan_and_model(problem, tmp_path):
+    doc = run_search(SearchConfig("digits", DEVICE, target_speedup=2.0, out=str(tmp_path)), problem=problem)
+    assert doc["latency_s"] <= doc["target"]["latency_budget_s"] * (1 + 1e-9)
+    assert doc["speedup_vs_dense"] >= 2.0 - 1e-9
+    assert doc["uniform_accuracy"] is None or doc["accuracy"] >= doc["uniform_accuracy"]
+    plan = load_plan(doc["files"]["plan"])
+    assert plan.masks
+    state = torch.load(doc["files"]["model"], weights_only=True)
+    for name, mask in plan.masks.items():
+        pattern = plan.pattern_for(name)
+        assert bool((state[name][~mask.bool()] == 0).all())  # pruned weights are zero in the export
+        if pattern.kind in ("nm", "block"):
+            check_mask(mask, pattern, layer=name)
+    # the reported accuracy is the real accuracy of the exported model
+    model = problem.model
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(state)
+    try:
+        assert problem.evaluate(model) == pytest.approx(doc["accuracy"])
+    finally:
+        model.load_state_dict(saved)

@@ -1,0 +1,104 @@
+"""A search killed with SIGKILL and resumed ends with exactly N COMPLETE trials, none lost or
+run twice; two workers on one study likewise."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+from optuna.trial import TrialState  # noqa: E402
+
+from sparsesim.search.optuna_search import open_storage  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+N = 10
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    e = dict(os.environ, SPARSESIM_CACHE=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+             PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    # train the digits CNN once for every subprocess of this module
+    subprocess.run([sys.executable, "-c", "from sparsesim.models import digits; digits.pretrained()"],
+                   env=e, check=True, timeout=120)
+    return e
+
+
+def _cmd(out: Path, workers: int) -> list[str]:
+    return [sys.executable, "-m", "sparsesim.cli", "search", "digits:batch=64", "--device", "arm-cortex-a78",
+            "--algorithm", "optuna", "--trials", str(N), "--workers", str(workers), "--seed", "3",
+            "--evaluate", "search_helpers:slow_accuracy", "--out", str(out), "--json"]
+
+
+def _trials(journal: Path):
+    storage = open_storage(str(journal))
+    (summary,) = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+
+
+def _complete(journal: Path) -> int:
+    if not journal.exists():
+        return 0
+    try:
+        return sum(t.state == TrialState.COMPLETE for t in _trials(journal))
+    except ValueError:  # the study is not created yet
+        return 0
+
+
+def _kill_midway(out: Path, env: dict, workers: int) -> None:
+    journal = out / "study.journal"
+    proc = subprocess.Popen(_cmd(out, workers), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 90
+    while _complete(journal) < 3:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "the search made no progress"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its worker processes, mid-trial
+    proc.wait()
+    assert _complete(journal) < N
+
+
+def _check_exact(out: Path) -> None:
+    trials = _trials(out / "study.journal")
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == N
+    # every trial killed mid-evaluation is FAIL and its parameters were retried exactly once
+    # (one killed before it drew parameters had nothing to lose)
+    killed = [t for t in trials if t.state == TrialState.FAIL and t.params]
+    retries = [t.user_attrs.get("retry_of") for t in trials if "retry_of" in t.user_attrs]
+    for t in killed:
+        assert retries.count(t.number) == 1
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def _resume(out: Path, env: dict, workers: int) -> dict:
+    done = subprocess.run(_cmd(out, workers), env=env, capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_sigkill_then_resume_ends_with_exactly_n_trials(tmp_path, env):
+    _kill_midway(tmp_path, env, workers=1)
+    doc = _resume(tmp_path, env, workers=1)
+    _check_exact(tmp_path)
+    assert doc["study"]["complete"] == N
+    assert doc["front"] and doc["accuracy"] > 0
+
+
+def test_two_workers_killed_and_resumed_share_one_study(tmp_path, env):
+    _kill_midway(tmp_path, env, workers=2)
+    doc = _resume(tmp_path, env, workers=2)
+    _check_exact(tmp_path)
+    owners = {t.user_attrs["owner"] for t in _trials(tmp_path / "study.journal") if t.state == TrialState.COMPLETE}
+    assert len(owners) >= 2  # trials really ran in more than one process
+    assert doc["study"]["counts"]["COMPLETE"] == N
