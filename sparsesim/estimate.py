@@ -23,7 +23,8 @@ import pandas as pd
 from sparsesim import results
 from sparsesim.devices import Device, builtin_devices, load_device
 from sparsesim.ir import Op, Workload
-from sparsesim.sparsity import SparseWorkload
+from sparsesim.cost.record import Cost
+from sparsesim.sparsity import LayerSparsity, SparseWorkload
 
 DEFAULT_PLANS = ("dense", "2:4", "unstructured:0.9", "block4x4:0.5", "channel:0.5")
 DENSE = "dense"
@@ -157,17 +158,34 @@ def _cost_key(op: Op) -> tuple:
             op.activation_measured)
 
 
-def cost_ops(ops: Sequence[Op], layers: Sequence[Any], device: Device) -> list:
-    """Cost every op on one device. Ops identical but for their identity (the 12 layers of a BERT)
-    with identical sparsity are costed once: the cost functions are pure."""
+def _layer_key(layer: LayerSparsity | None) -> tuple | None:
+    if layer is None:
+        return None
+    return (layer.pattern, layer.stats, layer.format, layer.format_bytes, layer.value_bytes,
+            layer.metadata_bytes)
+
+
+def cost_ops(
+    ops: Sequence[Op],
+    layers: Sequence[LayerSparsity | None],
+    device: Device,
+    *,
+    keys: Sequence[tuple] | None = None,
+    memo: dict[tuple, Cost] | None = None,
+) -> list[Cost]:
+    """Cost every op on one device.
+
+    The cost functions are pure, so ops identical but for their identity (the 12 layers of a
+    BERT, the norms and activations every plan leaves alone) with identical sparsity are costed
+    once; pass the same `memo` for every plan on one device to share it across plans.
+    """
     from sparsesim.cost import estimate_op
 
-    memo: dict[tuple, Any] = {}
+    memo = {} if memo is None else memo
+    if keys is None:
+        keys = [(_cost_key(op), _layer_key(ly)) for op, ly in zip(ops, layers)]
     out = []
-    for op, layer in zip(ops, layers):
-        key = (_cost_key(op), None if layer is None else (layer.pattern, layer.stats, layer.format,
-                                                            layer.format_bytes, layer.value_bytes,
-                                                            layer.metadata_bytes))
+    for op, layer, key in zip(ops, layers, keys):
         cost = memo.get(key)
         if cost is None:
             cost = memo[key] = estimate_op(op, layer, device)
@@ -178,16 +196,22 @@ def cost_ops(ops: Sequence[Op], layers: Sequence[Any], device: Device) -> list:
 def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[str] | None = None) -> pd.DataFrame:
     """Stage 3: the per-op table for every (plan, device); `plans` defaults to all prepared ones."""
     labels = list(prepared.sparse) if plans is None else list(plans)
+    memos: dict[str, dict[tuple, Cost]] = {dev.path: {} for dev in devices}
+    op_keys: dict[int, list[tuple]] = {}
     blocks = []
     for label in labels:
         sw = prepared.sparse[label]
         ops = sw.ops
         layers = [sw.sparsity_of(op) for op in ops]
+        if id(ops) not in op_keys:
+            op_keys[id(ops)] = [_cost_key(op) for op in ops]
+        keys = list(zip(op_keys[id(ops)], [_layer_key(ly) for ly in layers]))
         static = results.op_columns(ops, layers)
         for dev in devices:
+            costs = cost_ops(ops, layers, dev, keys=keys, memo=memos[dev.path])
             blocks.append({
                 "workload": sw.name, "plan": label, "device": dev.name, "family": dev.family,
-                **static, **results.cost_columns(cost_ops(ops, layers, dev)), "device_file": dev.path,
+                **static, **results.cost_columns(costs), "device_file": dev.path,
             })
     return results.per_op_frame(blocks)
 
@@ -239,7 +263,13 @@ def estimate(
     *,
     criterion: str = "magnitude",
 ) -> pd.DataFrame:
-    """One row per op of `workload` under `plan` on `device` (columns: `results.PER_OP_COLUMNS`)."""
+    """One row per op of `workload` under `plan` on `device` (columns: `results.PER_OP_COLUMNS`).
+
+    `plan` may also be an already sparsified workload (a SparseWorkload), and so may `workload`
+    when `plan` is left at dense: then its own sparsity is costed.
+    """
+    if isinstance(workload, SparseWorkload) and isinstance(plan, str) and plan == DENSE:
+        plan = workload
     dev = resolve_device(device)
     prepared = prepare(workload, [plan], criterion=criterion)
     return cost_table(prepared, [dev], [plan_label(plan)])

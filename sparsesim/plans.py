@@ -13,16 +13,24 @@ Spellings accepted by `load_plan`:
   table or as top-level `"glob" = "pattern"` lines (order kept)
 - a saved plan (`.safetensors` or `.pt`) written by `save_plan`: the rules as metadata plus masks
 
-Attention heads: when the q, k and v projections of one attention block (siblings under one
-module, named q_proj/k_proj/v_proj or query/key/value) all get the same channel pattern and the
-model's config gives `num_attention_heads` (and `num_key_value_heads` for GQA), whole heads are
-pruned together: a unit is one KV head with its query heads, scored by the summed squared
-scores of all their rows. The consumer, the attention output projection (`<block>.o_proj`,
-`<block>.out_proj`, or `<parent>.output.dense` as in BERT/ViT), loses the input columns of the
-pruned heads: it is recorded as a channel pattern whose stats have kept_cols < cols (combined
-with its own pattern if it has one). A lone q/k/v projection with a channel pattern still prunes
-in whole heads; other coupled layers (residual streams, MLP up/down pairs) are not shrunk
-together: each weight's channel pruning removes its own output rows only.
+Coupled channel pruning. Channel pruning makes a smaller dense matrix, and the layer that
+consumes the pruned outputs loses the matching input columns. Two couplings are recognised by
+module names when all producers carry the same channel pattern:
+- attention heads: the q, k and v projections of one block (siblings named q_proj/k_proj/v_proj
+  or query/key/value) of a model whose config gives `num_attention_heads` (and
+  `num_key_value_heads` for GQA) are pruned in whole heads, together: a unit is one KV head
+  with its query heads, scored by the summed squared scores of all their rows. The consumer is
+  the output projection (`<block>.o_proj`, `<block>.out_proj`, or `<parent>.output.dense` as
+  in BERT/ViT).
+- MLP neurons: Llama gate_proj/up_proj -> down_proj, GPT-2 c_fc -> c_proj, fc1 -> fc2, and
+  BERT/ViT `<layer>.intermediate.dense` -> `<layer>.output.dense`, one neuron per unit.
+The consumer is recorded as a channel pattern whose stats have kept_cols < cols (if it has a
+channel pattern of its own its rows are pruned too; a finer own pattern such as 2:4 is kept
+and combined with the zeroed columns). For the residual-safe variant of structured LLM
+pruning give the consumers `dense` (e.g. `"*.o_proj" = "dense"`, `"*.down_proj" = "dense"`).
+Not modelled: other chains (conv -> conv in CNNs, residual streams): there each weight's
+channel pruning removes its own output rows only and the next layer keeps all its columns.
+A lone q/k/v projection with a channel pattern still prunes in whole heads.
 """
 
 from __future__ import annotations
@@ -222,18 +230,16 @@ def _view(t: torch.Tensor, e: _Entry) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _HeadBlock:
-    """q/k/v projections of one attention block pruned in whole heads, and their consumer."""
+class _Coupling:
+    """Producers whose output rows are pruned together in `units` (an attention block's q/k/v
+    in whole KV-head groups, or an MLP's up/gate projections in neurons), and the consumer
+    whose input columns (`consumer_cols` per unit) they feed."""
 
-    q: str
-    k: str
-    v: str
-    o: str | None
+    producers: tuple[tuple[str, int], ...]  # (weight, rows per unit)
+    consumer: str | None
+    consumer_cols: int
     pattern: Pattern
-    kv_heads: int
-    rep: int  # query heads per KV head (1 without GQA)
-    heads_rows: tuple[int, int, int]  # head_dim of q, k, v (rows per head)
-    o_cols_per_head: int
+    units: int
 
 
 def _config_heads(model: Any) -> tuple[int | None, int | None]:
@@ -250,33 +256,67 @@ def _role(module: str) -> str | None:
     return "q" if leaf in _Q_NAMES else "k" if leaf in _K_NAMES else "v" if leaf in _V_NAMES else None
 
 
-def _head_blocks(entries: Mapping[str, _Entry], patterns: Mapping[str, Pattern],
-                 heads: int | None, kv_heads: int | None) -> list[_HeadBlock]:
-    """Attention blocks whose q, k and v all carry the same channel pattern (see module doc)."""
-    if not heads:
-        return []
+def _same_channel(patterns: Mapping[str, Pattern], weights: Iterable[str]) -> Pattern | None:
+    pats = {patterns[w] for w in weights}
+    p = pats.pop() if len(pats) == 1 else None
+    return p if p is not None and p.kind == "channel" else None
+
+
+def _couplings(entries: Mapping[str, _Entry], patterns: Mapping[str, Pattern],
+               heads: int | None, kv_heads: int | None) -> list[_Coupling]:
+    """Attention blocks and MLPs whose producers all carry the same channel pattern (module doc)."""
+    by_module = {e.module: w for w, e in entries.items()}
+    out: list[_Coupling] = []
     by_parent: dict[str, dict[str, str]] = {}
     for w, e in entries.items():
         role = _role(e.module)
         if role:
             by_parent.setdefault(e.module.rpartition(".")[0], {})[role] = w
-    by_module = {e.module: w for w, e in entries.items()}
-    out = []
-    for parent, roles in by_parent.items():
-        pats = {patterns[w] for w in roles.values()}
-        if set(roles) != {"q", "k", "v"} or len(pats) != 1 or next(iter(pats)).kind != "channel":
+    for parent, roles in by_parent.items() if heads and kv_heads else ():
+        pattern = _same_channel(patterns, roles.values())
+        if set(roles) != {"q", "k", "v"} or pattern is None:
             continue
         q, k, v = (entries[roles[r]] for r in "qkv")
         if q.rows % heads or k.rows % kv_heads or v.rows % kv_heads:
             continue
+        rep = heads // kv_heads
         grand = parent.rpartition(".")[0]
         names = (f"{parent}.o_proj", f"{parent}.out_proj", f"{grand}.output.dense" if grand else "output.dense")
         o = next((by_module[n] for n in names if n in by_module), None)
         if o is not None and entries[o].cols % heads:
             o = None
-        out.append(_HeadBlock(roles["q"], roles["k"], roles["v"], o, pats.pop(), kv_heads, heads // kv_heads,
-                              (q.rows // heads, k.rows // kv_heads, v.rows // kv_heads),
-                              entries[o].cols // heads if o else 0))
+        out.append(_Coupling(((q.weight, q.rows // kv_heads), (k.weight, k.rows // kv_heads),
+                              (v.weight, v.rows // kv_heads)),
+                             o, entries[o].cols // kv_heads if o else 0, pattern, kv_heads))
+    for producers, consumer in _mlp_pairs(by_module):
+        pattern = _same_channel(patterns, producers)
+        rows = {entries[w].rows for w in producers}
+        if pattern is None or len(rows) != 1 or entries[consumer].cols != next(iter(rows)):
+            continue
+        out.append(_Coupling(tuple((w, 1) for w in producers), consumer, 1, pattern, next(iter(rows))))
+    return out
+
+
+def _mlp_pairs(by_module: Mapping[str, str]) -> list[tuple[tuple[str, ...], str]]:
+    """(producer weights, consumer weight) of MLPs by module names: Llama gate/up -> down,
+    GPT-2 c_fc -> c_proj, fc1 -> fc2, BERT/ViT <layer>.intermediate.dense -> <layer>.output.dense."""
+    out = []
+    for module, w in by_module.items():
+        parent, _, leaf = module.rpartition(".")
+        pre = f"{parent}." if parent else ""
+        if leaf == "down_proj":
+            prods = tuple(by_module[pre + n] for n in ("gate_proj", "up_proj") if pre + n in by_module)
+        elif leaf in ("c_proj", "fc2"):
+            src = pre + ("c_fc" if leaf == "c_proj" else "fc1")
+            prods = (by_module[src],) if src in by_module else ()
+        elif module.endswith("output.dense") and not module.endswith("attention.output.dense"):
+            layer = module[: -len("output.dense")]
+            src = f"{layer}intermediate.dense"
+            prods = (by_module[src],) if src in by_module else ()
+        else:
+            prods = ()
+        if prods:
+            out.append((prods, w))
     return out
 
 
@@ -295,8 +335,8 @@ class _Layers:
         self.patterns = {w: plan.pattern_for(w, e.module) for w, e in entries.items()}
         self.heads, self.kv_heads = _config_heads(model)
         self.decided: dict[str, tuple[Pattern, torch.Tensor | None]] = {}
-        for block in _head_blocks(entries, self.patterns, self.heads, self.kv_heads):
-            self._couple(block)
+        for coupling in _couplings(entries, self.patterns, self.heads, self.kv_heads):
+            self._couple(coupling)
 
     def weight(self, w: str) -> torch.Tensor:
         return _view(_get_tensor(self.model, w)[2].detach(), self.entries[w])
@@ -318,28 +358,34 @@ class _Layers:
         check_mask(mask, pattern, layer=w, shape=tuple(self.weight(w).shape), group=group)
         return mask
 
-    def _couple(self, b: _HeadBlock) -> None:
-        members = ((b.q, b.heads_rows[0] * b.rep), (b.k, b.heads_rows[1]), (b.v, b.heads_rows[2]))
-        given = {w: self.given(w, b.pattern, unit) for w, unit in members}
+    def _couple(self, c: _Coupling) -> None:
+        given = {w: self.given(w, c.pattern, unit) for w, unit in c.producers}
+        names = ", ".join(repr(w) for w, _ in c.producers)
         if len({m is None for m in given.values()}) > 1:
-            raise PlanError(f"plan {self.plan.name!r}: masks cover only some of {b.q!r}, {b.k!r}, {b.v!r}; "
-                            "their heads are pruned together, give all three or none")
-        if given[b.q] is not None:
-            kv_keep = given[b.q].reshape(self.entries[b.q].rows, -1).any(dim=1).reshape(b.kv_heads, -1).any(dim=1)
-            for w, _ in members:
-                self.decided[w] = (b.pattern, given[w])
+            raise PlanError(f"plan {self.plan.name!r}: masks cover only some of {names}; "
+                            "they are pruned together, give all or none")
+        first, unit_rows = c.producers[0]
+        if given[first] is not None:
+            rows_kept = given[first].reshape(self.entries[first].rows, -1).any(dim=1)
+            keep = rows_kept.reshape(c.units, unit_rows).any(dim=1)
+            for w, unit in c.producers:
+                if not torch.equal(given[w].reshape(self.entries[w].rows, -1).any(dim=1).reshape(c.units, unit).any(dim=1), keep):
+                    raise PlanError(f"plan {self.plan.name!r}: masks of {names} keep different units; "
+                                    "they are pruned together")
+                self.decided[w] = (c.pattern, given[w])
         else:
-            # a unit is one KV head with its query heads, scored by the energy of all their rows
-            unit = sum(self.scores(w).reshape(self.entries[w].rows, -1).pow(2).sum(dim=1).reshape(b.kv_heads, -1).sum(dim=1)
-                       for w, _ in members)
-            kv_keep = torch.zeros(b.kv_heads, dtype=torch.bool)
-            kv_keep[unit.topk(kept_units(b.pattern.density, b.kv_heads)).indices] = True
-            for w, unit_rows in members:
-                rows = kv_keep.repeat_interleave(unit_rows)
+            # a unit (KV head with its query heads, or one MLP neuron) is scored by the energy
+            # of its rows in every producer
+            energy = sum(self.scores(w).reshape(self.entries[w].rows, -1).pow(2).sum(dim=1).reshape(c.units, -1).sum(dim=1)
+                         for w, _ in c.producers)
+            keep = torch.zeros(c.units, dtype=torch.bool)
+            keep[energy.topk(kept_units(c.pattern.density, c.units)).indices] = True
+            for w, unit in c.producers:
                 shape = self.weight(w).shape
-                self.decided[w] = (b.pattern, rows.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).float())
-        if b.o is not None:
-            self._consumer(b.o, kv_keep.repeat_interleave(b.rep * b.o_cols_per_head))
+                rows = keep.repeat_interleave(unit)
+                self.decided[w] = (c.pattern, rows.reshape(-1, *([1] * (len(shape) - 1))).expand(shape).float())
+        if c.consumer is not None:
+            self._consumer(c.consumer, keep.repeat_interleave(c.consumer_cols))
 
     def _consumer(self, o: str, cols: torch.Tensor) -> None:
         e, own = self.entries[o], self.patterns[o]
@@ -381,17 +427,17 @@ def _analytic_layers(model: Any, entries: Mapping[str, _Entry], plan: Plan) -> d
     patterns = {w: plan.pattern_for(w, e.module) for w, e in entries.items()}
     heads, kv_heads = _config_heads(model)
     out: dict[str, tuple[Pattern, Any]] = {}
-    for b in _head_blocks(entries, patterns, heads, kv_heads):
-        for w, unit in ((b.q, b.heads_rows[0] * b.rep), (b.k, b.heads_rows[1]), (b.v, b.heads_rows[2])):
+    for c in _couplings(entries, patterns, heads, kv_heads):
+        for w, unit in c.producers:
             e = entries[w]
-            out[w] = (b.pattern, analytic_stats(e.rows, e.cols, b.pattern, group=unit))
-        if b.o is not None:
-            e, own = entries[b.o], patterns[b.o]
-            kept_cols = kept_units(b.pattern.density, b.kv_heads) * b.rep * b.o_cols_per_head
+            out[w] = (c.pattern, analytic_stats(e.rows, e.cols, c.pattern, group=unit))
+        if c.consumer is not None:
+            e, own = entries[c.consumer], patterns[c.consumer]
+            kept_cols = kept_units(c.pattern.density, c.units) * c.consumer_cols
             if own.kind in ("dense", "channel"):
                 st = analytic_stats(e.rows, e.cols, own if own.kind == "channel" else Pattern("channel", 1.0),
                                     kept_cols=kept_cols)
-                out[b.o] = (_consumer_pattern(own, st.density), st)
+                out[c.consumer] = (_consumer_pattern(own, st.density), st)
     for w, e in entries.items():
         if w not in out:
             p = patterns[w]

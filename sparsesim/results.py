@@ -120,7 +120,13 @@ def op_columns(ops: Sequence[Op], layers: Sequence[LayerSparsity | None]) -> dic
 
 def cost_columns(costs: Sequence[Cost]) -> dict[str, list]:
     """The per-op columns read off the Cost records."""
-    splits = [split_latency(c) for c in costs]
+    memo: dict[int, tuple[float, float, float]] = {}
+    splits = []
+    for c in costs:  # memoised costs repeat: split each distinct record once
+        sp = memo.get(id(c))
+        if sp is None:
+            sp = memo[id(c)] = split_latency(c)
+        splits.append(sp)
     return {
         "kernel": [c.kernel for c in costs],
         "fallback": [bool(c.fallback) for c in costs],

@@ -31,6 +31,7 @@ import simpy
 from sparsesim import results
 from sparsesim.devices import Device
 from sparsesim.ir import Workload
+from sparsesim.sparsity import SparseWorkload
 
 DEFAULT_REQUESTS = 1000
 DEFAULT_STREAM = 4
@@ -383,7 +384,7 @@ def simulate_frame(
 
 
 def simulate(
-    workload: str | Workload,
+    workload: str | Workload | SparseWorkload,
     device: str | Device,
     plan: Any = "dense",
     *,
@@ -398,7 +399,7 @@ def simulate(
     from sparsesim.estimate import estimate, resolve_workload
 
     wl = resolve_workload(workload)
-    per_op = estimate(wl, device, plan, criterion=criterion)
+    per_op = estimate(workload if isinstance(workload, SparseWorkload) else wl, device, plan, criterion=criterion)
     batch = _batch_of(wl)
     return simulate_frame(per_op, qps=qps, requests=requests, overlap=overlap, seed=seed,
                           stream=stream, batch=batch)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy import stats as st
 
+from sparsesim.errors import MaskError
 from sparsesim.masks import kept_units, matrix_view
 from sparsesim.sparsity import OCCUPANCY_BINS, Pattern, SparsityStats
 
@@ -239,7 +240,7 @@ def analytic_stats(rows: int, cols: int, pattern: Pattern, *, tile: tuple[int, i
     positions; block: kept blocks (by the build_mask rounding rule) placed uniformly; channel:
     whole rows kept in units of `group` rows (the kept count exact; which rows, uniform), and
     `kept_cols` input columns when a producer's pruning removed the others (the consumer of
-    pruned attention heads). Counts are expectations, rounded.
+    pruned heads or MLP neurons). Counts are expectations, rounded.
     N:M conformance is True only where it is guaranteed (nm) or near-certain (P >= 0.5).
     """
     kind, d = pattern.kind, pattern.density
@@ -327,7 +328,7 @@ def analytic_stats(rows: int, cols: int, pattern: Pattern, *, tile: tuple[int, i
         kept_c = min(cols, round(cols * (1 - (1 - db) ** nbr)))
     elif kind == "channel":
         if rows % group:
-            raise ValueError(f"{rows} rows cannot be pruned in units of {group} rows")
+            raise MaskError(f"{rows} x {cols} weight: {rows} rows cannot be pruned in units of {group} rows")
         kept_r = kept_units(d, rows // group) * group
         kept_c = cols if kept_cols is None else kept_cols
         q = kept_r / rows
@@ -349,7 +350,7 @@ def analytic_stats(rows: int, cols: int, pattern: Pattern, *, tile: tuple[int, i
                 hist_l[_bin_of(i * j / (th * tw))] += float(pi * pj)
         hist = tuple(hist_l)
     else:
-        raise ValueError(f"unknown pattern kind {kind!r}")
+        raise MaskError(f"{rows} x {cols} weight: unknown pattern kind {kind!r}")
 
     return SparsityStats(
         rows=rows, cols=cols, nnz=int(nnz),

@@ -210,7 +210,7 @@ def _run_recipe(recipe: Recipe, param_text: str, spec: str) -> Workload:
 
 
 def _run_factory(module: str, attr: str, spec: str) -> Workload:
-    fn = _import_callable(f"{module}:{attr}", what=f"workload {spec!r}: factory")
+    fn = _import_callable(f"{module}:{attr}", what="factory")
     try:
         result = fn()
     except Exception as e:

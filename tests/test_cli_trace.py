@@ -8,8 +8,18 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
+import torch
 
 from sparsesim.cli import main
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine OpenMP barriers cost more than they give."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -33,7 +43,7 @@ def test_trace_text_table(capsys):
     rc, out, _ = _run(capsys, "trace", "resnet18:image=32")
     assert rc == 0
     lines = out.splitlines()
-    assert lines[0].split()[:5] == ["#", "kind", "module", "call", "shapes"]
+    assert lines[0].split()[:6] == ["#", "kind", "module", "call", "dtype", "shapes"]
     assert any(" conv " in line and "conv1.weight" in line for line in lines)
     assert "unknown ops 0" in out
     assert "in 21 weight ops" in out
@@ -69,7 +79,6 @@ def test_trace_with_plan_2to4(capsys):
     assert rc == 0 and out.count(" 2:4 ") == 15
 
 
-@pytest.mark.slow
 def test_trace_bert_base_plan_2to4_every_linear(capsys):
     pytest.importorskip("sparsesim.plans")
     rc, out, _ = _run(capsys, "trace", "bert-base:seq=16", "--plan", "2:4", "--json")

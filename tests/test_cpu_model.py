@@ -95,6 +95,7 @@ def test_unstructured_pays_in_proportion_to_density_at_wide_m(cpu):
 
 def test_small_m_underuses_lanes(cpu):
     """Below the vector width the per-nonzero cost does not shrink with M: lanes idle."""
+    cpu = _no_choice(cpu)
     mask = random_mask(512, 512, 0.1, seed=2)
     layer = layer_for(mask, Pattern("unstructured", 0.1), "fp32")
     c1 = estimate_op(gemm_op(1, 512, 512), layer, cpu)

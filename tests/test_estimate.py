@@ -149,6 +149,18 @@ def test_results_json_is_plain(tables: est.Tables) -> None:
     assert set(back["speedup_vs_dense"]) == set(tables.summary["device"])
 
 
+def test_plan_object_and_sparse_workload_accepted(wl: Workload) -> None:
+    from sparsesim.plans import load_plan, sparsify
+
+    by_string = est.estimate(wl, DEVICES[0], "2:4")
+    by_plan = est.estimate(wl, DEVICES[0], load_plan("2:4"))
+    sw = sparsify(wl, "2:4")
+    by_sparse = est.estimate(sw, DEVICES[0])
+    for df in (by_plan, by_sparse):
+        assert df["latency_s"].tolist() == by_string["latency_s"].tolist()
+        assert set(df["plan"]) == {"2:4"}
+
+
 # ----------------------------------------------------------------------------- caching
 
 def test_sparsify_once_per_workload_and_plan(wl: Workload) -> None:

@@ -232,12 +232,21 @@ class Attn(nn.Module):
         return self.o_proj(o.transpose(1, 2).reshape(b, t, -1))
 
 
+class Mlp(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(d, 3 * d), nn.Linear(d, 3 * d), nn.Linear(3 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(torch.relu(self.gate_proj(x)) * self.up_proj(x))
+
+
 class TinyDecoder(nn.Module):
     def __init__(self, d: int = 32, heads: int = 4, kv_heads: int = 2) -> None:
         super().__init__()
         self.config = SimpleNamespace(num_attention_heads=heads, num_key_value_heads=kv_heads)
         self.self_attn = Attn(d, heads, kv_heads)
-        self.mlp = nn.Linear(d, d)
+        self.mlp = Mlp(d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.self_attn(x))
@@ -264,13 +273,27 @@ def test_channel_on_attention_prunes_whole_heads_and_shrinks_consumer(kv_heads):
         assert set(check.tolist()) <= {0.0, float(unit * 32)}  # whole heads only
     om = masks["self_attn.o_proj.weight"]
     assert torch.equal(om.any(dim=0), qm.any(dim=1))  # consumer keeps the kept heads' columns
+    gate, up, down = (sw.layers[f"mlp.{n}_proj.weight"] for n in ("gate", "up", "down"))
+    assert gate.stats.kept_rows == up.stats.kept_rows == 48 and down.stats.kept_cols == 48
+    assert torch.equal(masks["mlp.gate_proj.weight"].any(dim=1), masks["mlp.up_proj.weight"].any(dim=1))
+    assert torch.equal(masks["mlp.down_proj.weight"].any(dim=0), masks["mlp.up_proj.weight"].any(dim=1))
     with torch.device("meta"):
         meta_model = TinyDecoder(kv_heads=kv_heads)
     msw = sparsify(trace(meta_model, torch.randn(1, 5, 32, device="meta")), "channel:0.5")
-    for n in "qkvo":
-        a, r = msw.layers[f"self_attn.{n}_proj.weight"], sw.layers[f"self_attn.{n}_proj.weight"]
+    for name in [f"self_attn.{n}_proj.weight" for n in "qkvo"] + [f"mlp.{n}_proj.weight" for n in ("gate", "up", "down")]:
+        a, r = msw.layers[name], sw.layers[name]
         assert (a.stats.kept_rows, a.stats.kept_cols, a.stats.nnz) == (r.stats.kept_rows, r.stats.kept_cols, r.stats.nnz)
         assert a.format_bytes == r.format_bytes and a.pattern == r.pattern
+
+
+def test_residual_safe_variant_keeps_consumer_rows(tmp_path):
+    f = tmp_path / "structured.toml"
+    f.write_text('default = "channel:0.5"\n"*.o_proj" = "dense"\n"*.down_proj" = "dense"\n')
+    sw = sparsify(trace(TinyDecoder(), torch.randn(1, 3, 32)), load_plan(f))
+    o, down = sw.layers["self_attn.o_proj.weight"], sw.layers["mlp.down_proj.weight"]
+    assert (o.stats.kept_rows, o.stats.kept_cols) == (32, 16) and o.pattern.label == "channel:0.5"
+    assert (down.stats.kept_rows, down.stats.kept_cols) == (32, 48) and o.format == "dense"
+    assert o.format_bytes == 32 * 16 * 4
 
 
 def test_partial_head_masks_rejected():

@@ -102,3 +102,20 @@ def test_two_workers_killed_and_resumed_share_one_study(tmp_path, env):
     owners = {t.user_attrs["owner"] for t in _trials(tmp_path / "study.journal") if t.state == TrialState.COMPLETE}
     assert len(owners) >= 2  # trials really ran in more than one process
     assert doc["study"]["counts"]["COMPLETE"] == N
+
+
+def test_dask_local_cluster_runs_exactly_n_trials(tmp_path, env, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    import torch
+
+    from sparsesim.search import optuna_search as osr
+    from sparsesim.search.runner import SearchConfig, build_problem
+
+    monkeypatch.setenv("SPARSESIM_CACHE", env["SPARSESIM_CACHE"])
+    torch.set_num_threads(1)
+    problem = build_problem(SearchConfig(workload="digits:batch=64", device="arm-cortex-a78"))
+    cfg = osr.StudyConfig(storage=str(tmp_path / "study.journal"), study_name="dask", n_trials=N, seed=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        study = osr.optimize(problem, cfg, dask_scheduler=cluster.scheduler_address)
+    assert osr.counts(study)["COMPLETE"] == N

@@ -211,3 +211,20 @@ def test_format_errors():
         format_bytes("bsr", s, value_bytes=2)
     with pytest.raises(FormatError, match="3x3"):
         format_bytes("bsr", s, value_bytes=2, block=(3, 3))
+
+
+def test_analytic_channel_with_pruned_input_columns():
+    g = torch.Generator().manual_seed(3)
+    rows_kept = torch.randperm(256, generator=g)[:128]
+    cols_kept = torch.randperm(384, generator=g)[:96]
+    m = torch.zeros(256, 384, dtype=torch.bool)
+    m[rows_kept[:, None], cols_kept[None, :]] = True
+    meas = measure_stats(m)
+    ana = analytic_stats(256, 384, parse_pattern("channel:0.5"), kept_cols=96)
+    assert (ana.nnz, ana.kept_rows, ana.kept_cols, ana.row_nnz_max) == (meas.nnz, 128, 96, 96)
+    assert ana.row_nnz_mean == meas.row_nnz_mean and ana.row_nnz_std == pytest.approx(meas.row_nnz_std)
+    for (rc, a), (_, b) in zip(ana.block_nonzero, meas.block_nonzero):
+        assert a == pytest.approx(b, rel=0.08), rc
+    assert np.allclose(ana.occupancy_hist, meas.occupancy_hist, atol=0.06)
+    heads = analytic_stats(64, 32, parse_pattern("channel:0.6"), group=16)  # 4 heads of 16 rows
+    assert heads.kept_rows == 32  # round(0.4 * 4) = 2 heads

@@ -19,6 +19,15 @@ from sparsesim.tracer import trace
 aten = torch.ops.aten
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine OpenMP barriers cost more than they give."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class One(nn.Module):
     """A model that is one named layer, so names are predictable."""
 

@@ -60,8 +60,9 @@ def render(doc: dict[str, Any]) -> str:
     p = doc.get("pipeline")
     if p:
         lines.append(
-            f"layer pipeline     {int(p['stages'])} stages: first input {s(p['first_latency_s'])}, then one every "
-            f"{s(p['interval_s'])} -> {p['throughput_ips']:.4g} inferences/s")
+            f"layer pipeline     {int(p['stages'])} stages, the PE array split among them by work, a whole input "
+            f"per stage: first input out after {s(p['first_latency_s'])}, then one every {s(p['interval_s'])} "
+            f"-> {p['throughput_ips']:.4g} inferences/s")
     v = doc.get("serving")
     if v:
         lines += [
@@ -69,7 +70,8 @@ def render(doc: dict[str, Any]) -> str:
             f"serving at {v['qps']:g} req/s, {v['requests']} requests (seed {doc['seed']}), service time {s(v['service_s'])}, "
             f"load {v['offered_load']:.2f}{' (OVERLOADED: queue grows without bound)' if v['saturated'] else ''}",
             f"  latency p50 {s(v['p50_s'])}, p99 {s(v['p99_s'])}, mean {s(v['mean_latency_s'])} "
-            f"(mean wait {s(v['mean_wait_s'])}; M/D/1 theory {s(v['predicted_mean_wait_s'])})",
+            f"(mean wait {s(v['mean_wait_s'])}; M/D/1 theory "
+            f"{s(v['predicted_mean_wait_s']) if v['predicted_mean_wait_s'] is not None else 'unbounded at load >= 1'})",
             f"  throughput {v['throughput_rps']:.4g} req/s, utilisation {v['utilization']:.1%}, "
             f"saturation {v['saturation_rps']:.4g} req/s",
         ]

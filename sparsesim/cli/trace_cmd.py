@@ -109,17 +109,19 @@ def _shapes(row: dict[str, Any]) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
-    head = ["#", "kind", "module", "call", "shapes", "FLOPs", "weight", "pattern", "density", "format", "bytes"]
+    head = ["#", "kind", "module", "call", "dtype", "shapes", "FLOPs", "act", "weight", "pattern", "density",
+            "format", "bytes"]
     table = [head]
     for r in doc["ops"]:
         w = r["weight"] is not None
         table.append([
-            str(r["index"]), r["kind"], r["module"] or "(root)", str(r["call_index"]), _shapes(r),
-            human(r["flops"]), r["weight"] or "", r["pattern"] or "",
+            str(r["index"]), r["kind"], r["module"] or "(root)", str(r["call_index"]), r["dtype"], _shapes(r),
+            human(r["flops"]), f"{r['activation_density']:.2f}" if r["activation_measured"] else "",
+            r["weight"] or "", r["pattern"] or "",
             f"{r['density']:.3f}" if w else "", r["format"] or "", human(r["format_bytes"], "B") if w else "",
         ])
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    right = {0, 3, 5, 8, 10}
+    right = {0, 3, 6, 7, 10, 12}
     lines = ["  ".join(c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)).rstrip()
              for row in table]
     t = doc["totals"]
@@ -128,6 +130,7 @@ def render(doc: dict[str, Any]) -> str:
     saved = 1 - t["weight_bytes_stored"] / t["weight_bytes_dense"] if t["weight_bytes_dense"] else 0.0
     lines += [
         "",
+        "act = measured density (nonzero fraction) of the input activation; density = kept weight fraction",
         f"workload {doc['workload']}" + (f" ({params})" if params else "") + f", plan {doc['plan']}"
         + (" [meta device: shapes only, no weights allocated]" if doc["on_meta"] else ""),
         f"ops {t['ops']}: {kinds}",

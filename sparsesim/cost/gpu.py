@@ -3,16 +3,19 @@
 The model, per GEMM (all constants from the device file):
 
 * Dense: output tiles of the device's GEMM tile (clamped to the problem, in MMA granules) are
-  spread over the SMs in waves (wave quantisation); a tile takes its MACs at the per-SM tensor
-  peak times the dense GEMM efficiency. Memory: each tile streams its A rows and W columns from
+  spread over the SMs in waves (wave quantisation; split-K when the tiles fill less than one
+  wave, as cuBLAS does); a tile takes its MACs at the per-SM tensor peak times the dense GEMM
+  efficiency. Memory: each tile streams its A rows and W columns from
   L2; DRAM sees each operand once if it fits in L2, else once per band of tiles a wave covers.
   latency = max(compute, memory) + launch overhead. A batch-1 GEMV is bound by weight bytes.
 * 2:4 (1:2 for tf32) on sparse tensor cores: only for an N:M mask the device's ratio covers and
   only when the sparse operand meets the kernel's alignment rules; math at the sparse peak times
-  the sparse-kernel efficiency, weight bytes = compressed values + 2-bit metadata, plus the
-  layout kernels the library launches around the sparse GEMM (padding the dense operand to the
-  kernel's multiple, and transposes when the library does not fuse them). Anything else runs
-  dense with `fallback=True` and a `why` naming the rule that failed.
+  the sparse-kernel efficiency, weight bytes = compressed values + 2-bit metadata, plus (for a
+  linear, run through torch's semi-structured tensors) the layout kernels torch launches around
+  the sparse GEMM: padding the activations to the kernel's multiple of rows and copying the
+  result out when padded or when the library does not fuse the transpose. The sparse kernels
+  get no split-K (torch's default algorithm). Anything else runs dense with `fallback=True` and
+  a `why` naming the rule that failed.
 * Unstructured: CSR SpMM on CUDA cores at a Sputnik-like fraction of the CUDA-core peak, per
   nonzero, plus value and index traffic. Slower than dense until very high sparsity.
 * Block rxc: BSR, on tensor cores (each block padded to the MMA shape, so small blocks waste
@@ -396,7 +399,10 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, sdt
     """2:4 (1:2 tf32) GEMM on sparse tensor cores, with the library's layout kernels."""
     p: GpuParams = device.params
     g = work.gemms[0]
-    pad = int(p.dense_pad_multiple[sdt])
+    # torch's semi-structured linear pads and copies around the GEMM; a 2:4 convolution
+    # (TensorRT/cuDNN implicit GEMM) reads its input in place and writes its output directly
+    torch_linear = op.kind == "linear"
+    pad = int(p.dense_pad_multiple[sdt]) if torch_linear else 1
     m_pad = _round_up(g.m, pad)
     gp = GemmShape(m=m_pad, n=g.n, k=g.k, batch=g.batch, groups=g.groups)
     a_pad = work.a_bytes * m_pad / g.m if g.m else 0.0
@@ -415,7 +421,7 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, sdt
         extra_kernels += 1
         extra_bytes += work.a_bytes + a_pad
         extra_why.append(f"M={g.m} padded to {m_pad}")
-    if m_pad != g.m or not p.sparse_fused_transpose:
+    if m_pad != g.m or (torch_linear and not p.sparse_fused_transpose):
         extra_kernels += 1
         extra_bytes += c_pad + work.c_bytes
         extra_why.append("result copied out" + ("" if p.sparse_fused_transpose else " (transpose not fused)"))

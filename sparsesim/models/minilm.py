@@ -84,23 +84,13 @@ def sentences() -> tuple[str, ...]:
     return lines
 
 
-_SPLIT_SEED = [0]
-
-
-def set_split_seed(seed: int) -> None:
+def split(which: str, seed: int = 0) -> tuple[str, ...]:
     """Seed 0: the first 10 pairs calibrate, as in the file; other seeds draw the 10 pairs at
-    random (the benchmark's seeds vary the calibration/evaluation split, the weights are fixed)."""
-    if seed != _SPLIT_SEED[0]:
-        _SPLIT_SEED[0] = seed
-        _inputs.cache_clear()
-        _dense_embeddings.cache_clear()
-
-
-def split(which: str) -> tuple[str, ...]:
+    random (the benchmark's seeds vary the calibration/evaluation split; the weights are fixed)."""
     s = sentences()
     pairs = list(range(len(s) // 2))
-    if _SPLIT_SEED[0]:
-        g = torch.Generator().manual_seed(_SPLIT_SEED[0])
+    if seed:
+        g = torch.Generator().manual_seed(seed)
         pairs = [pairs[i] for i in torch.randperm(len(pairs), generator=g).tolist()]
     chosen = pairs[:CALIBRATION_PAIRS] if which == "calibration" else sorted(pairs[CALIBRATION_PAIRS:])
     return tuple(x for p in chosen for x in (s[2 * p], s[2 * p + 1]))
@@ -115,26 +105,20 @@ def encode(texts: tuple[str, ...], *, pad_to: int | None = None) -> dict[str, to
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
-@lru_cache(maxsize=2)
-def _inputs(which: str) -> dict[str, torch.Tensor]:
-    return encode(split(which))
+@lru_cache(maxsize=4)
+def _inputs(which: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    return encode(split(which, seed))
 
 
-def embed(model: nn.Module, which: str = "evaluation") -> torch.Tensor:
+def embed(model: nn.Module, which: str = "evaluation", seed: int = 0) -> torch.Tensor:
     with torch.no_grad():
-        return model(**_inputs(which))
+        return model(**_inputs(which, seed))
 
 
-@lru_cache(maxsize=2)
-def _dense_embeddings(which: str) -> torch.Tensor:
+@lru_cache(maxsize=4)
+def _dense_embeddings(which: str, seed: int = 0) -> torch.Tensor:
     # from a fresh copy of the real weights, never from the (possibly masked) model under test
-    return embed(load_model(), which)
-
-
-def evaluate(model: nn.Module) -> float:
-    """Mean cosine between the model's and the dense model's embeddings (evaluation split)."""
-    ref = _dense_embeddings("evaluation")
-    return float(nn.functional.cosine_similarity(embed(model), ref, dim=-1).mean())
+    return embed(load_model(), which, seed)
 
 
 def _nearest(e: torch.Tensor) -> torch.Tensor:
@@ -143,17 +127,33 @@ def _nearest(e: torch.Tensor) -> torch.Tensor:
     return sim.argmax(1)
 
 
-def ranking_agreement(model: nn.Module) -> float:
+def evaluate(model: nn.Module, seed: int = 0) -> float:
+    """Mean cosine between the model's and the dense model's embeddings (evaluation split)."""
+    ref = _dense_embeddings("evaluation", seed)
+    return float(nn.functional.cosine_similarity(embed(model, "evaluation", seed), ref, dim=-1).mean())
+
+
+def ranking_agreement(model: nn.Module, seed: int = 0) -> float:
     """Fraction of evaluation sentences whose nearest neighbour matches the dense model's."""
-    ref = _nearest(_dense_embeddings("evaluation"))
-    return float((_nearest(embed(model)) == ref).float().mean())
+    ref = _nearest(_dense_embeddings("evaluation", seed))
+    return float((_nearest(embed(model, "evaluation", seed)) == ref).float().mean())
 
 
-def paraphrase_accuracy(model: nn.Module) -> float:
+def paraphrase_accuracy(model: nn.Module, seed: int = 0) -> float:
     """Fraction of evaluation sentences whose nearest neighbour is their paraphrase."""
-    n = len(split("evaluation"))
+    n = len(split("evaluation", seed))
     partner = torch.arange(n) ^ 1
-    return float((_nearest(embed(model)) == partner).float().mean())
+    return float((_nearest(embed(model, "evaluation", seed)) == partner).float().mean())
+
+
+class Score:
+    """A picklable evaluate bound to a split seed (worker processes rebuild the same split)."""
+
+    def __init__(self, seed: int = 0, fn: str = "evaluate") -> None:
+        self.seed, self.fn = seed, fn
+
+    def __call__(self, model: nn.Module) -> float:
+        return globals()[self.fn](model, self.seed)
 
 
 def build(batch: int = 8, seq: int = 64) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -172,7 +172,6 @@ def search_task(model: nn.Module, *, seed: int = 0) -> Any:
     from sparsesim.search.problem import SearchTask
     from sparsesim.search.space import ChannelGroup
 
-    set_split_seed(seed)
     cfg = model.bert.config
     heads, hd = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
     groups = []
@@ -185,6 +184,6 @@ def search_task(model: nn.Module, *, seed: int = 0) -> Any:
             attention=(f"{p}.attention.self",)))
         groups.append(ChannelGroup(f"ffn{i}", cfg.intermediate_size, producers=(f"{p}.intermediate.dense.weight",),
                                    consumers=(f"{p}.output.dense.weight",)))
-    calib = _inputs("calibration")
-    return SearchTask(evaluate=evaluate, metric="mean cosine to dense embeddings",
+    calib = _inputs("calibration", seed)
+    return SearchTask(evaluate=Score(seed), metric="mean cosine to dense embeddings",
                       fidelity=Fidelity(calib, kind="cosine"), groups=tuple(groups), calibration=calib)

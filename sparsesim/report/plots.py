@@ -23,7 +23,7 @@ from sparsesim.report.peaks import Roof  # noqa: E402
 
 # How many layer groups a stacked bar shows before lumping the rest into "other": more than
 # ~10 colours stop being distinguishable in a legend.
-TOP_LAYERS = 8
+TOP_LAYERS = 10
 # Figure resolution: a trade between crispness and the size of the self-contained HTML page.
 DPI = 90
 OTHER = "other"
@@ -49,15 +49,19 @@ def plan_colors(plans: Sequence[str]) -> dict[str, tuple]:
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)")
 
 
-def layer_group(module: str, kind: str) -> str:
-    """Group repeated blocks (`layers.3.mlp` -> `layers.*.mlp`) so a 32-layer model stacks readably."""
+def layer_group(module: str, kind: str, weighted: bool = True) -> str:
+    """Group repeated blocks (`layers.3.mlp` -> `layers.*.mlp`) so a 32-layer model stacks readably;
+    weightless ops (activations, norms, adds) go into one group per kind."""
+    if not weighted:
+        return f"all {kind} ops"
     name = _INDEX.sub("*", module or "")
     return f"{name} ({kind})" if name else f"({kind})"
 
 
 def layer_stack(per_op: pd.DataFrame, metric: str, top_n: int = TOP_LAYERS) -> pd.DataFrame:
     """Rows (device, plan), columns top-N layer groups + other: `metric` relative to dense on the device."""
-    df = per_op.assign(group=[layer_group(m, k) for m, k in zip(per_op["module"], per_op["kind"])])
+    weighted = per_op["weight"].fillna("").astype(str) != ""
+    df = per_op.assign(group=[layer_group(m, k, w) for m, k, w in zip(per_op["module"], per_op["kind"], weighted)])
     table = df.groupby(["device", "plan", "group"], sort=False)[metric].sum().unstack("group", fill_value=0.0)
     dense = df[df["plan"] == "dense"].groupby("device", sort=False)[metric].sum()
     denom = np.array([dense.get(dev, np.nan) for dev, _ in table.index])
@@ -78,8 +82,9 @@ def stacked_layers(per_op: pd.DataFrame, metric: str, label: str, devices: Seque
     stack = layer_stack(per_op, metric, top_n)
     n_dev, n_plan = len(devices), len(plans)
     width = 0.8 / n_plan
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.25 * n_dev * max(1, n_plan) / 3 + 3), 5.4))
-    fig.subplots_adjust(left=0.1, right=0.98, top=0.97, bottom=0.42)
+    width_in = max(8.0, 0.3 * n_dev * n_plan + 2.0)
+    fig, ax = plt.subplots(figsize=(width_in, 4.6))
+    fig.subplots_adjust(left=1.0 / width_in, right=0.99, top=0.97, bottom=0.36)
     groups = list(stack.columns)
     colors = {g: ((0.75, 0.75, 0.75) if g == OTHER else LAYER_COLORS[i % len(LAYER_COLORS)]) for i, g in enumerate(groups)}
     for j, plan in enumerate(plans):
@@ -100,7 +105,7 @@ def stacked_layers(per_op: pd.DataFrame, metric: str, label: str, devices: Seque
     ax.set_ylabel(f"{label} relative to dense\non the same device")
     top = max(1.0, float(np.nanmax(stack.sum(axis=1).to_numpy()))) if len(stack) else 1.0
     ax.set_ylim(0, top * 1.22)
-    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.3), frameon=False)
+    ax.legend(fontsize=7.5, ncol=min(4, len(groups)), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3)
     return png(fig)

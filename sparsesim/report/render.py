@@ -353,7 +353,7 @@ def render_html(data: build.ReportData, figs: dict[str, dict[str, Figure]], verd
         parts.append("<h3>Summary: device × plan</h3><p class='note'>Each cell: speedup over dense on the same "
                      "device; latency · energy; weight memory · the bound that dominates. ★ marks the best plan per device.</p>")
         parts.append(summary_html(sm, devs, plans))
-        parts.append("<h3>Where time and energy go</h3><div class='grid'>" + _img(f["time"]) + _img(f["energy"]) + "</div>")
+        parts.append("<h3>Where time and energy go</h3>" + _img(f["time"]) + _img(f["energy"]))
         parts.append("<h3>Roofline</h3>" + _img(f["roofline"]))
         w = slow[slow["workload"] == wl]
         parts.append("<h3>Why no speedup</h3><p class='note'>Layers whose sparse time is at least "

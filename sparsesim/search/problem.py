@@ -173,11 +173,13 @@ class SearchProblem:
             units.append(Unit(w, "layer", (w,), tuple(choices)))
         for g in self.groups.values():
             ch = [Choice("dense", DENSE)]
-            for d in channel_densities:
+            seen = {g.channels}
+            for d in channel_densities:  # labelled by the nominal level so uniform plans line up
                 kept = max(1, round(d * g.channels))
-                if kept < g.channels:
-                    ch.append(Choice(group_label(kept / g.channels), Pattern("channel", kept / g.channels)))
-            units.append(Unit(f"group:{g.name}", "group", g.producers + g.consumers, tuple(dict.fromkeys(ch))))
+                if kept not in seen:
+                    seen.add(kept)
+                    ch.append(Choice(group_label(d), Pattern("channel", kept / g.channels)))
+            units.append(Unit(f"group:{g.name}", "group", g.producers + g.consumers, tuple(ch)))
         return SearchSpace(tuple(units), dict(self.groups), tuple(dropped))
 
     # ------------------------------------------------------------------ masks
@@ -360,8 +362,8 @@ class SearchProblem:
         return total
 
     # ------------------------------------------------------------------ DP tables
-    def tables(self, signal: str = "fidelity", progress: Callable[[], None] | None = None
-               ) -> tuple[list[LayerTable], float]:
+    def tables(self, signal: str = "fidelity", progress: Callable[[], None] | None = None,
+               cache: dict | None = None) -> tuple[list[LayerTable], float]:
         """Per-unit (latency, sensitivity) with only that unit changed; latencies shifted so each
         unit's fastest choice is 0, with the shift returned as the fixed part of the latency."""
         dense = self.space.dense_choice()
@@ -373,7 +375,17 @@ class SearchProblem:
             for c in u.choices:
                 ch = dict(dense, **{u.name: c.label})
                 lats.append(self.cost(ch).latency_s - base)
-                sens.append(0.0 if c.label == "dense" else self.sensitivity(ch, signal))
+                # `cache` shares measurements between problems on the same model and signal
+                # (the same workload on several devices): sensitivity does not depend on the device
+                key = (signal, u.name, c.label)
+                if c.label == "dense":
+                    sens.append(0.0)
+                elif cache is not None and key in cache:
+                    sens.append(cache[key])
+                else:
+                    sens.append(self.sensitivity(ch, signal))
+                    if cache is not None:
+                        cache[key] = sens[-1]
                 if progress is not None:
                     progress()
             lo = min(lats)

@@ -171,9 +171,12 @@ def dp_candidates(problem: SearchProblem, tables, fixed: float, budget: float, *
     return out
 
 
-def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: SearchProblem | None = None
-               ) -> dict[str, Any]:
-    """Run the pipeline (module doc) and return the result document (plain JSON types)."""
+def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: SearchProblem | None = None,
+               sensitivity_cache: dict | None = None) -> dict[str, Any]:
+    """Run the pipeline (module doc) and return the result document (plain JSON types).
+
+    `problem` reuses an already built problem; `sensitivity_cache` shares per-unit sensitivity
+    between runs on the same model and calibration data (e.g. one workload on several devices)."""
     _check(cfg)
     pg = progress or Progress()
     t0 = time.perf_counter()
@@ -204,7 +207,7 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: Sea
     if cfg.algorithm in ("dp", "both"):
         n = sum(len(u.choices) for u in problem.space.units)
         pg.start(f"sensitivity ({cfg.signal})", n)
-        tables, fixed = problem.tables(cfg.signal, progress=lambda: pg.step(1))
+        tables, fixed = problem.tables(cfg.signal, progress=lambda: pg.step(1), cache=sensitivity_cache)
 
     if tables is not None:
         if budget is not None:
