@@ -506,9 +506,22 @@ def sparsify(workload: Workload, plan: Plan | str, *, criterion: str = "magnitud
             else:
                 stats = measure_stats(mask, pattern=pattern)
                 if pattern.kind == "dense" and stats.nnz < stats.size:
-                    pattern = Pattern("unstructured", round(stats.density, 6))
+                    pattern = _found_zeros_pattern(stats)
         layers[w] = _layer_record(w, pattern, stats, vb)
     return SparseWorkload(workload=workload, plan_name=plan.name, layers=layers)
+
+
+# Below this sparsity, zeros found in a dense-planned weight are noise (a few exact zeros from
+# init, fp16 underflow) that no kernel exploits: the layer stays dense, stats still measured.
+FOUND_ZEROS_MIN_SPARSITY = 0.01
+
+
+def _found_zeros_pattern(stats: Any) -> Pattern:
+    """Zeros already in a dense-planned weight (pruned by hand or by torch.nn.utils.prune)
+    count as unstructured sparsity once they pass FOUND_ZEROS_MIN_SPARSITY."""
+    if 1.0 - stats.density < FOUND_ZEROS_MIN_SPARSITY:
+        return DENSE
+    return Pattern("unstructured", round(stats.density, 6))
 
 
 def _model_entries(model: nn.Module) -> dict[str, _Entry]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable, Union
 
 import numpy as np
 import pandas as pd
@@ -83,17 +83,19 @@ class SequenceRun:
 class ServingStats:
     qps: float
     requests: int
-    service_s: float
-    offered_load: float  # qps x service time (rho)
+    service_s: float  # service time of one request served alone
+    offered_load: float  # qps x service_s (rho)
     p50_s: float
     p99_s: float
     mean_latency_s: float
     mean_wait_s: float
-    predicted_mean_wait_s: float  # Pollaczek-Khinchine for M/D/1 (inf when rho >= 1)
+    predicted_mean_wait_s: float  # Pollaczek-Khinchine for M/D/1 (inf at rho >= 1; nan when batching)
     throughput_rps: float
     utilization: float
-    saturation_rps: float
+    saturation_rps: float  # max_batch / service time of a full batch
     saturated: bool
+    max_batch: int = 1
+    mean_batch: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -270,45 +272,80 @@ def _pipeline(t: OpTimes, inputs: int, *, overlap: bool = True) -> dict[str, flo
 
 # ----------------------------------------------------------------------------- serving
 
-def serve(service_s: float, qps: float, requests: int = DEFAULT_REQUESTS, *, seed: int = 0) -> ServingStats:
-    """Poisson arrivals at `qps` into a FIFO queue in front of one server with a fixed service time."""
+ServiceTime = Union[float, Callable[[int], float]]
+
+
+def serve(
+    service_s: ServiceTime,
+    qps: float,
+    requests: int = DEFAULT_REQUESTS,
+    *,
+    seed: int = 0,
+    max_batch: int = 1,
+) -> ServingStats:
+    """Poisson arrivals at `qps` into a FIFO queue in front of one server.
+
+    Without batching (`max_batch` 1, the default) this is an M/D/1 queue with service time
+    `service_s`. With batching, a free server takes every waiting request up to `max_batch` and
+    serves them together in `service_s(b)` seconds (pass a callable of the batch size b).
+    """
     if qps <= 0:
         raise ValueError(f"qps must be > 0, got {qps}")
     if requests < 1:
         raise ValueError(f"requests must be >= 1, got {requests}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    if max_batch > 1 and not callable(service_s):
+        raise ValueError("batching needs the service time as a function of the batch size")
+    svc: Callable[[int], float] = service_s if callable(service_s) else (lambda b, v=float(service_s): v)
+    times = {b: float(svc(b)) for b in range(1, max_batch + 1)}
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / qps, size=requests))
     env = simpy.Environment()
-    server = simpy.Resource(env, capacity=1)
+    queue = simpy.Store(env)
     waits = np.zeros(requests)
     sojourn = np.zeros(requests)
-
-    def request(k: int):
-        with server.request() as req:
-            yield req
-            # the clock reaches an arrival by adding delays: clip the rounding below zero
-            waits[k] = max(env.now - arrivals[k], 0.0)
-            yield env.timeout(service_s)
-        sojourn[k] = waits[k] + service_s
+    busy = [0.0, 0]  # busy seconds, batches served
 
     def source():
         for k in range(requests):
             delay = arrivals[k] - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            env.process(request(k))
+            queue.put(k)
+
+    def server():
+        served = 0
+        while served < requests:
+            batch = [(yield queue.get())]
+            while queue.items and len(batch) < max_batch:
+                batch.append((yield queue.get()))
+            took = times[len(batch)]
+            for k in batch:
+                # the clock reaches an arrival by adding delays: clip the rounding below zero
+                waits[k] = max(env.now - arrivals[k], 0.0)
+                sojourn[k] = waits[k] + took
+            yield env.timeout(took)
+            busy[0] += took
+            busy[1] += 1
+            served += len(batch)
 
     env.process(source())
+    env.process(server())
     env.run()
     makespan = env.now
-    rho = qps * service_s
-    sat = 1.0 / service_s if service_s > 0 else math.inf
-    pk = rho * service_s / (2.0 * (1.0 - rho)) if rho < 1 else math.inf
+    one = times[1]
+    rho = qps * one
+    sat = max_batch / times[max_batch] if times[max_batch] > 0 else math.inf
+    if max_batch > 1:
+        pk = math.nan
+    else:
+        pk = rho * one / (2.0 * (1.0 - rho)) if rho < 1 else math.inf
     p50, p99 = (float(v) for v in np.percentile(sojourn, PERCENTILES))
     return ServingStats(
         qps=float(qps),
         requests=int(requests),
-        service_s=float(service_s),
+        service_s=one,
         offered_load=float(rho),
         p50_s=p50,
         p99_s=p99,
@@ -316,9 +353,11 @@ def serve(service_s: float, qps: float, requests: int = DEFAULT_REQUESTS, *, see
         mean_wait_s=float(waits.mean()),
         predicted_mean_wait_s=float(pk),
         throughput_rps=float(requests / makespan) if makespan > 0 else math.inf,
-        utilization=float(requests * service_s / makespan) if makespan > 0 else 0.0,
+        utilization=float(busy[0] / makespan) if makespan > 0 else 0.0,
         saturation_rps=float(sat),
-        saturated=bool(rho >= 1.0),
+        saturated=bool(qps >= sat),
+        max_batch=int(max_batch),
+        mean_batch=float(requests / busy[1]) if busy[1] else 0.0,
     )
 
 

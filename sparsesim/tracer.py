@@ -298,6 +298,10 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
     else:
         args, kwargs = (example_inputs,), {}
     rec = _Recorder(model, measure_activations)
+    # nn.MultiheadAttention / nn.TransformerEncoderLayer take a fused "fast path" under no_grad
+    # (one aten op hiding every projection); turn it off so each Linear is seen.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
     try:
         with torch.no_grad(), rec.calls, _AttentionMode(rec), _DispatchMode(rec):
             model(*args, **kwargs)
@@ -308,6 +312,8 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
         where = rec.calls.current()[0] if rec.calls.stack else ""
         at = f" in module '{where}'" if where else ""
         raise TraceError(f"{name}: forward raised {type(e).__name__}{at}: {msg}") from e
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     norms = {k: v.sqrt() for k, v in rec.norms_sq.items()}
     return Workload(name=name, ops=tuple(rec.ops), weights=dict(rec.weights), model=model,
                     activation_norms=norms)

@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     command = command_line(args)
     t0 = time.perf_counter()
     # the bar appears only when the work takes more than a second
-    with tqdm(total=total, desc="report", unit="step", file=sys.stderr, delay=1.0, leave=False) as bar:
+    with tqdm(total=total, desc="report", unit="step", file=sys.stderr, delay=1.0, leave=False,
+              disable=None) as bar:
         data = build.collect(workloads, devices, plans, serving=serving, search_dirs=args.search,
                              validation=args.validation, run_validation=args.validate, progress=bar.update,
                              command=command)

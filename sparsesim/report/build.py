@@ -114,6 +114,9 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
     """Run the comparison (and the optional stages) and return everything the report shows."""
     from sparsesim.estimate import resolve_workload
 
+    # read the given result files first: a bad path fails before minutes of work, not after
+    searches = [r for d in search_dirs for r in read_search_dir(Path(d))]
+    given_validation = read_validation(Path(validation)) if validation is not None else None
     timings: dict[str, float] = {}
     dtypes: dict[str, set[str]] = {}
     op_bytes: dict[str, dict[int, float]] = {}
@@ -138,10 +141,9 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
         t0 = time.perf_counter()
         data.serving = serving_frame(per_op, summary, progress=progress)
         timings["serving"] = time.perf_counter() - t0
-    for d in search_dirs:
-        data.searches.extend(read_search_dir(Path(d)))
-    if validation is not None:
-        data.validation = read_validation(Path(validation))
+    data.searches = searches
+    if given_validation is not None:
+        data.validation = given_validation
     elif run_validation:
         t0 = time.perf_counter()
         data.validation = run_quick_validation()
