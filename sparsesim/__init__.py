@@ -22,6 +22,8 @@ def __getattr__(name: str):
         "estimate": ("sparsesim.estimate", "estimate"),
         "compare": ("sparsesim.estimate", "compare"),
         "simulate": ("sparsesim.simulate", "simulate"),
+        "validate_gpu_published": ("sparsesim.gpu_validation", "validate_gpu_published"),
+        "run_search": ("sparsesim.search.runner", "run_search"),
     }
     if name in lazy:
         import importlib

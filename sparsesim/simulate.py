@@ -30,6 +30,7 @@ import simpy
 
 from sparsesim import results
 from sparsesim.devices import Device
+from sparsesim.errors import WorkloadError
 from sparsesim.ir import Workload
 from sparsesim.sparsity import SparseWorkload
 
@@ -191,7 +192,8 @@ def run_sequence(t: OpTimes, *, overlap: bool = True, repeats: int = 1) -> Seque
                 else:
                     if not math.isnan(pf_start[j]):
                         fetched = min(env.now - pf_start[j], float(t.weight_s[i]))
-                    p.interrupt()
+                    if p.is_alive:
+                        p.interrupt()
             hidden[0] += fetched
             own_memory = float(t.memory_s[i]) - fetched
             dur = max(float(t.compute_s[i]), own_memory) + float(t.overhead_s[i])
@@ -372,12 +374,20 @@ def simulate_frame(
     seed: int = 0,
     stream: int = DEFAULT_STREAM,
     batch: int = 1,
+    max_batch: int = 1,
+    batch_latency: Callable[[int], float] | None = None,
 ) -> SimResult:
-    """Simulate from a per-op table of one (workload, device, plan), as `estimate` returns it."""
+    """Simulate from a per-op table of one (workload, device, plan), as `estimate` returns it.
+
+    Serving batches up to `max_batch` requests when it is above 1; `batch_latency(b)` then gives
+    the latency of one inference of b requests together (b = 1 is this table's own simulation).
+    """
     if per_op.empty:
         raise ValueError("nothing to simulate: the per-op table is empty")
     if stream < 1:
         raise ValueError(f"stream must be >= 1, got {stream}")
+    if max_batch > 1 and batch_latency is None:
+        raise ValueError("serving with max_batch > 1 needs batch_latency(b)")
     blocks = per_op.groupby(["workload", "device", "plan"], sort=False).ngroups
     if blocks != 1:
         raise ValueError(f"simulate one (workload, device, plan) at a time; the table holds {blocks}")
@@ -417,7 +427,10 @@ def simulate_frame(
         throughput_ips=ips,
         samples_per_s=ips * batch,
         pipeline=pipe,
-        serving=None if qps is None else serve(single.makespan_s, qps, requests, seed=seed),
+        serving=None if qps is None else serve(
+            single.makespan_s if max_batch == 1 else (
+                lambda b: single.makespan_s if b == 1 else batch_latency(b)),  # type: ignore[misc]
+            qps, requests, seed=seed, max_batch=max_batch),
         timeline=timeline,
     )
 
@@ -432,16 +445,54 @@ def simulate(
     overlap: bool = True,
     seed: int = 0,
     stream: int = DEFAULT_STREAM,
+    max_batch: int = 1,
     criterion: str = "magnitude",
 ) -> SimResult:
-    """Simulate one inference, a stream of `stream` inferences, and (with `qps`) serving."""
+    """Simulate one inference, a stream of `stream` inferences, and (with `qps`) serving.
+
+    Serving batches nothing by default. With `max_batch` > 1 the workload must be a recipe spec
+    with a `batch` parameter: a batch of b requests is the recipe traced at b times its batch,
+    estimated and simulated once per b (cached).
+    """
     from sparsesim.estimate import estimate, resolve_workload
 
     wl = resolve_workload(workload)
     per_op = estimate(workload if isinstance(workload, SparseWorkload) else wl, device, plan, criterion=criterion)
-    batch = _batch_of(wl)
+    batch_latency = None
+    if max_batch > 1:
+        if not isinstance(workload, str):
+            raise WorkloadError("serving with batching needs a workload spec with a batch parameter "
+                                "(e.g. bert-base:seq=128), not a traced workload")
+        spec_of = _batch_specs(workload)
+        cache: dict[int, float] = {}
+
+        def batch_latency(b: int) -> float:
+            if b not in cache:
+                frame = estimate(spec_of(b), device, plan, criterion=criterion)
+                cache[b] = run_sequence(OpTimes.from_frame(frame), overlap=overlap).makespan_s
+            return cache[b]
+
     return simulate_frame(per_op, qps=qps, requests=requests, overlap=overlap, seed=seed,
-                          stream=stream, batch=batch)
+                          stream=stream, batch=_batch_of(wl), max_batch=max_batch,
+                          batch_latency=batch_latency)
+
+
+def _batch_specs(spec: str) -> Callable[[int], str]:
+    """spec -> (b -> the same spec at b times its batch)."""
+    from sparsesim.workloads import parse_params
+
+    head, _, tail = spec.strip().partition(":")
+    params = parse_params(tail, where=f"workload {spec!r}")
+    try:
+        base = int(params.get("batch", "1"))
+    except ValueError:
+        raise WorkloadError(f"workload {spec!r}: batch={params['batch']!r} is not an integer") from None
+
+    def at(b: int) -> str:
+        p = {**params, "batch": str(base * b)}
+        return head + ":" + ",".join(f"{k}={v}" for k, v in p.items())
+
+    return at
 
 
 def _batch_of(wl: Workload) -> int:

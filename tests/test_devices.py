@@ -253,3 +253,64 @@ def test_corrupted_builtin_files_fail_cleanly(stem, tmp_path):
         except Exception as e:  # pragma: no cover - the failure this test exists to catch
             pytest.fail(f"{stem} mutation {n}: {type(e).__name__}: {e}\n--- file ---\n{mutated}")
     assert outcomes["rejected"] > 0
+
+
+# ----------------------------------------------------------------------------- the `devices` verb
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from sparsesim.cli import main
+
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_devices_lists_every_builtin_with_peaks(capsys):
+    import json
+
+    rc, out, _ = _cli(capsys, "devices", "--json")
+    assert rc == 0
+    doc = json.loads(out)
+    by_name = {d["name"]: d for d in doc["devices"]}
+    assert {"a100-sxm4-80gb", "h100-sxm5", "jetson-agx-orin"} <= set(by_name)
+    a100 = by_name["a100-sxm4-80gb"]
+    assert a100["family"] == "gpu"
+    peaks = {p["field"]: (p["value"], p["unit"]) for p in a100["peaks"]}
+    assert peaks["tensor_peak.fp16"] == (312, "TFLOP/s")
+    assert peaks["dram_bandwidth"] == (2039, "GB/s")
+    rc, text, _ = _cli(capsys, "devices")
+    assert rc == 0 and "a100-sxm4-80gb" in text and "tensor_peak.fp16 312 TFLOP/s" in text
+
+
+def test_devices_show_prints_every_field_with_unit_and_source(capsys):
+    import json
+
+    rc, out, _ = _cli(capsys, "devices", "show", "h100-sxm5", "--json")
+    assert rc == 0
+    dev = json.loads(out)["device"]
+    fields = {f["field"]: f for f in dev["fields"]}
+    d = load_device("h100-sxm5")
+    assert set(fields) == set(d.provenance)
+    assert fields["dram_bandwidth"]["value"] == 3350 and fields["dram_bandwidth"]["unit"] == "GB/s"
+    assert "published.md" in fields["sparse_tensor_peak.fp8"]["source"]
+    assert fields["sparse_ratio"]["value"]["tf32"] == "1:2" and fields["sparse_ratio"]["unit"] == ""
+    rc, text, _ = _cli(capsys, "devices", "show", "h100-sxm5")
+    assert rc == 0 and "launch_overhead" in text and "assumed:" in text
+
+
+def test_devices_show_reports_fits(tmp_path, capsys):
+    text = _replace_line(A100.read_text(), "clock",
+                         'clock = { value = 1400, unit = "MHz", source = "fit", fit_date = "2026-11-22", fit_error = 0.03 }')
+    p = _write(tmp_path, text)
+    rc, out, _ = _cli(capsys, "devices", "show", str(p))
+    assert rc == 0 and "[fitted 2026-11-22, error 0.03]" in out
+
+
+def test_devices_show_errors_exit_2(capsys, tmp_path):
+    rc, _, err = _cli(capsys, "devices", "show", "no-such-gpu")
+    assert rc == 2 and "unknown device 'no-such-gpu'" in err
+    rc, _, err = _cli(capsys, "devices", "show")
+    assert rc == 2 and "needs a device name" in err
+    bad = _write(tmp_path, _replace_line(A100.read_text(), "tdp", None))
+    rc, _, err = _cli(capsys, "devices", "show", str(bad))
+    assert rc == 2 and "missing field 'tdp'" in err and str(bad) in err

@@ -266,3 +266,89 @@ def test_wave_quantisation_shows_in_latency():
     assert spill.details["waves"] == full.details["waves"] + 1
     assert spill.latency_s > 1.5 * full.latency_s
     assert not math.isclose(spill.latency_s, full.latency_s)
+
+
+# ----------------------------------------------------------------------------- validation table
+
+def test_validation_table_rows_cite_sources():
+    from sparsesim.gpu_validation import load_table
+
+    rows = load_table()
+    assert len(rows) >= 4
+    for r in rows:
+        assert r["source"].strip() and r["conf"].strip() and r["date_added"].strip(), r["case"]
+        load_device(r["device"])
+
+
+def test_validation_table_errors_name_file_and_row(tmp_path):
+    from sparsesim.errors import WorkloadError
+    from sparsesim.gpu_validation import TABLE_COLUMNS, load_table, published_table_path
+
+    text = published_table_path().read_text().splitlines()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([text[0], text[1].replace(",3072,3072,10240,", ",3072,x,10240,")]) + "\n")
+    with pytest.raises(WorkloadError, match=r"bad.csv:2 .*column N"):
+        load_table(bad)
+    short = tmp_path / "short.csv"
+    short.write_text(",".join(TABLE_COLUMNS[:-1]) + "\n")
+    with pytest.raises(WorkloadError, match="date_added"):
+        load_table(short)
+
+
+def test_appended_rows_are_validated_and_unknown_gpus_kept(tmp_path):
+    import shutil
+
+    from sparsesim.gpu_validation import append_rows, published_table_path
+
+    table = tmp_path / "table.csv"
+    shutil.copy(published_table_path(), table)
+    row = {"case": "measured-2:4-4096x4096x4096-fp16", "device": "h100-sxm5", "dtype": "fp16", "M": 4096,
+           "N": 4096, "K": 4096, "dense_ms": "0.2", "sparse_ms": "0.16", "measured_speedup": "1.25",
+           "pattern": "2:4", "phase": "forward", "direction": "faster", "source": "test", "conf": "M",
+           "date_added": "2026-11-22"}
+    other = dict(row, case="measured-on-an-unknown-gpu", device="nvidia-geforce-rtx-4090")
+    append_rows([row, other], table)
+    df = validate_gpu_published(table=table)
+    h = df[df["case"] == row["case"]].iloc[0]
+    assert h["predicted_speedup"] > 1 and h["direction_right"]
+    assert h["abs_error"] == pytest.approx(abs(h["predicted_speedup"] / 1.25 - 1))
+    u = df[df["device"] == "nvidia-geforce-rtx-4090"].iloc[0]
+    assert math.isnan(u["predicted_speedup"]) and "not predicted" in u["why"] and not u["direction_right"]
+    only_h100 = validate_gpu_published(["h100-sxm5"], table=table)
+    assert list(only_h100["case"]) == [row["case"]]
+
+
+# ----------------------------------------------------------------------------- the GPU measurement script
+
+def _measure_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_measure.py"
+    spec = importlib.util.spec_from_file_location("gpu_measure", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_measure"] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_measure_helpers():
+    gm = _measure_module()
+    assert gm.device_file_name("NVIDIA A100-SXM4-80GB") == "a100-sxm4-80gb"
+    assert gm.device_file_name("NVIDIA H100 80GB HBM3") == "h100-sxm5"
+    assert gm.device_file_name("NVIDIA A100 80GB PCIe") == "nvidia-a100-80gb-pcie"  # no file: kept, not predicted
+    w = torch.randn(64, 128)
+    m = gm.mask_24(w)
+    assert m.shape == w.shape and bool((m.reshape(64, 32, 4).sum(-1) == 2).all())
+    kept = (w.abs() * m).reshape(64, 32, 4).sum(-1)
+    assert bool((kept >= (w.abs() * ~m).reshape(64, 32, 4).sum(-1)).all())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU exit path")
+def test_gpu_measure_without_gpu_exits_2_and_writes_nothing(capsys, tmp_path):
+    gm = _measure_module()
+    out = tmp_path / "t.csv"
+    assert gm.main(["--out", str(out)]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+    assert not out.exists()

@@ -198,6 +198,41 @@ def test_serving_uses_simulated_inference_latency(toy: Workload) -> None:
     assert math.isfinite(res.serving.p99_s)
 
 
+def _affine(b: int) -> float:
+    return SERVICE + 0.2 * SERVICE * b  # a fixed part amortised over the batch plus a per-request part
+
+
+def test_batching_off_by_default_and_equal_to_m_d_1() -> None:
+    plain = serve(SERVICE, qps=50.0, requests=3000, seed=7)
+    one = serve(lambda b: SERVICE, qps=50.0, requests=3000, seed=7, max_batch=1)
+    assert plain == one
+    assert plain.max_batch == 1 and plain.mean_batch == 1.0
+
+
+def test_batching_raises_saturation_throughput() -> None:
+    full = 8 / _affine(8)  # full batches: 3.8x what an unbatched server can do (1 / _affine(1))
+    s = serve(_affine, qps=2 * full, requests=5000, seed=8, max_batch=8)
+    assert s.saturation_rps == pytest.approx(full) and s.saturated
+    assert s.mean_batch > 7.5  # overloaded: batches fill up
+    assert s.throughput_rps == pytest.approx(full, rel=0.03)
+    mid = serve(_affine, qps=2.0 / _affine(1), requests=5000, seed=8, max_batch=8)  # rho 2 unbatched
+    assert not mid.saturated and mid.throughput_rps == pytest.approx(2.0 / _affine(1), rel=0.05)
+    assert math.isnan(s.predicted_mean_wait_s)
+    low = serve(_affine, qps=0.5, requests=2000, seed=8, max_batch=8)
+    assert low.mean_batch < 1.01 and low.p50_s == pytest.approx(_affine(1))
+
+
+def test_simulate_batching_retraces_the_recipe_at_larger_batches() -> None:
+    spec = "bert-base:seq=16,layers=1,device=meta"
+    dev = DEVICES[0]
+    res = simulate(spec, dev, qps=1e6, requests=400, max_batch=2, stream=1)
+    two = simulate_frame(estimate("bert-base:seq=16,layers=1,device=meta,batch=2", dev), stream=1)
+    assert res.serving.saturation_rps == pytest.approx(2 / two.latency_s)
+    assert res.serving.service_s == res.latency_s
+    with pytest.raises(Exception, match="batch"):
+        simulate(toy_workload(), dev, qps=1.0, max_batch=2)
+
+
 def test_bad_serving_arguments() -> None:
     with pytest.raises(ValueError, match="qps"):
         serve(SERVICE, qps=0.0)

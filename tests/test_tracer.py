@@ -271,3 +271,14 @@ def test_forward_that_raises_gives_trace_error():
 def test_not_a_module():
     with pytest.raises(TraceError, match="expected a torch.nn.Module"):
         trace(lambda x: x, (torch.randn(2),))
+
+
+def test_torch_transformer_layers_are_not_hidden_by_the_fast_path():
+    m = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2).eval()
+    wl = trace(m, (torch.randn(2, 5, 32),))
+    weights = [op.weight for op in wl.weight_ops()]
+    assert weights == [f"layers.{i}.{w}" for i in range(2) for w in (
+        "self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight")]
+    assert wl.weight_ops()[0].weight_shape == (96, 32)
+    assert wl.summary()["by_kind"]["attention"] == 2 and wl.summary()["unknown_ops"] == 0
+    assert torch.backends.mha.get_fastpath_enabled()  # restored after the trace

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
               disable=None) as bar:
         data = build.collect(workloads, devices, plans, serving=serving, search_dirs=args.search,
                              validation=args.validation, run_validation=args.validate, progress=bar.update,
-                             command=command)
+                             stage=bar.set_description_str, command=command)
+        bar.set_description_str("figures")
         t1 = time.perf_counter()
         written = render.write_report(data, out, progress=bar.update)
     data.timings["render"] = time.perf_counter() - t1

@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qps", type=float, default=None, help="serve Poisson arrivals at this many requests/s")
     p.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="requests to serve (with --qps)")
     p.add_argument("--stream", type=int, default=DEFAULT_STREAM, help="inputs in the throughput stream")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="serve up to this many waiting requests together (default 1: no batching); "
+                        "needs a recipe with a batch parameter")
     p.add_argument("--no-overlap", action="store_true", help="no weight-fetch/compute overlap between ops")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival process")
     p.add_argument("--criterion", default="magnitude", help="mask criterion used to build masks")
@@ -32,10 +35,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.qps is not None and args.qps <= 0:
         raise SparsesimError(f"--qps must be > 0, got {args.qps}")
-    if args.requests < 1 or args.stream < 1:
-        raise SparsesimError("--requests and --stream must be >= 1")
+    if args.requests < 1 or args.stream < 1 or args.max_batch < 1:
+        raise SparsesimError("--requests, --stream and --max-batch must be >= 1")
     res = simulate(args.workload, args.device, args.plan, qps=args.qps, requests=args.requests,
-                   overlap=not args.no_overlap, seed=args.seed, stream=args.stream,
+                   overlap=not args.no_overlap, seed=args.seed, stream=args.stream, max_batch=args.max_batch,
                    criterion=args.criterion)
     doc = res.to_dict()
     doc["totals"] = {"latency_s": doc["latency_s"], "energy_j": doc["energy_j"],
@@ -68,10 +71,11 @@ def render(doc: dict[str, Any]) -> str:
         lines += [
             "",
             f"serving at {v['qps']:g} req/s, {v['requests']} requests (seed {doc['seed']}), service time {s(v['service_s'])}, "
+            f"{'no batching' if v['max_batch'] == 1 else 'batches of up to %d (mean %.2f)' % (v['max_batch'], v['mean_batch'])}, "
             f"load {v['offered_load']:.2f}{' (OVERLOADED: queue grows without bound)' if v['saturated'] else ''}",
             f"  latency p50 {s(v['p50_s'])}, p99 {s(v['p99_s'])}, mean {s(v['mean_latency_s'])} "
             f"(mean wait {s(v['mean_wait_s'])}; M/D/1 theory "
-            f"{s(v['predicted_mean_wait_s']) if v['predicted_mean_wait_s'] is not None else 'unbounded at load >= 1'})",
+            f"{s(v['predicted_mean_wait_s']) if v['predicted_mean_wait_s'] is not None else ('n/a with batching' if v['max_batch'] > 1 else 'unbounded at load >= 1')})",
             f"  throughput {v['throughput_rps']:.4g} req/s, utilisation {v['utilization']:.1%}, "
             f"saturation {v['saturation_rps']:.4g} req/s",
         ]

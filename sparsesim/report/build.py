@@ -58,8 +58,9 @@ class SearchResult:
     device: str
     trials: pd.DataFrame  # one row per trial: accuracy, latency_s, speedup_vs_dense, ..., on_front
     chosen: dict[str, Any]
-    uniform: pd.DataFrame  # uniform baselines with the same columns
+    uniform: pd.DataFrame  # uniform baselines (and dense) with the same columns
     extra: dict[str, Any] = field(default_factory=dict)
+    patterns: dict[str, str] = field(default_factory=dict)  # the chosen plan: weight -> pattern
 
 
 @dataclass
@@ -110,7 +111,8 @@ def resolve_devices(names: Sequence[str] | None) -> list[Device]:
 def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence[str], *,
             serving: bool = False, search_dirs: Sequence[str | Path] = (),
             validation: str | Path | None = None, run_validation: bool = False,
-            progress: Callable[[int], Any] | None = None, command: str = "") -> ReportData:
+            progress: Callable[[int], Any] | None = None, stage: Callable[[str], Any] | None = None,
+            command: str = "") -> ReportData:
     """Run the comparison (and the optional stages) and return everything the report shows."""
     from sparsesim.estimate import resolve_workload
 
@@ -123,6 +125,8 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
     per_op_frames, summary_frames = [], []
     t0 = time.perf_counter()
     for spec in workloads:
+        if stage is not None:
+            stage(f"compare {workload_label(spec)}")
         wl = resolve_workload(spec)
         per_op, summary = compare_frames(wl, devices, plans, progress=progress)
         label = workload_label(spec)
@@ -138,6 +142,8 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
                       command=command, created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                       timings=timings, dtypes=dtypes, op_bytes=op_bytes)
     if serving:
+        if stage is not None:
+            stage("serving curves")
         t0 = time.perf_counter()
         data.serving = serving_frame(per_op, summary, progress=progress)
         timings["serving"] = time.perf_counter() - t0
@@ -145,6 +151,8 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
     if given_validation is not None:
         data.validation = given_validation
     elif run_validation:
+        if stage is not None:
+            stage("validate (quick)")
         t0 = time.perf_counter()
         data.validation = run_quick_validation()
         timings["validation"] = time.perf_counter() - t0
@@ -353,14 +361,14 @@ def verdict_text(dev: str, best: dict[str, Any], per_plan: list[dict[str, Any]])
     """One sentence per device, every number from the results."""
     parts = []
     for r in sorted(per_plan, key=lambda r: -r["geomean"]):
-        rng = "" if math.isclose(r["min"], r["max"], rel_tol=0.02) else f", {r['min']:.2f}–{r['max']:.2f}x"
+        rng = "" if math.isclose(r["min"], r["max"], rel_tol=0.02) else f"{r['min']:.2f}–{r['max']:.2f}x over the workloads; "
         how = ", ".join(x for x in (r["kernel"], f"{r['bound']}-bound" if r["bound"] else "") if x)
         if r["fallback_ops"]:
             how += f"; {r['fallback_ops']} ops fell back"
         if r["geomean"] >= 1.0:
-            parts.append(f"{r['plan']} gives {r['geomean']:.2f}x ({how}{rng})")
+            parts.append(f"{r['plan']} gives {r['geomean']:.2f}x ({rng}{how})")
         else:
-            parts.append(f"{r['plan']} is {1 / r['geomean']:.2f}x slower ({how}{rng})")
+            parts.append(f"{r['plan']} is {1 / r['geomean']:.2f}x slower ({rng}{how})")
     head = (f"use {best['plan']} ({best['geomean']:.2f}x)" if best["geomean"] > 1.0 else "no plan beats dense")
     return f"{dev}: {head}. " + "; ".join(parts) + "."
 
@@ -451,24 +459,28 @@ def read_search_dir(path: Path) -> list[SearchResult]:
 
 
 def search_result(doc: dict[str, Any], source: str) -> SearchResult:
+    """A `sparsesim search` result document (search.json): the front, uniform baselines, the chosen plan."""
     front = pd.DataFrame(doc.get("front") or [])
     trials = pd.DataFrame(doc.get("trials") or [])
     if len(trials):
-        if "on_front" not in trials:
-            trials["on_front"] = False
-        front = front.assign(on_front=True)
-        trials = pd.concat([trials, front], ignore_index=True)
+        trials = pd.concat([trials.assign(on_front=False), front.assign(on_front=True)], ignore_index=True)
     else:
         trials = front.assign(on_front=True)
-    uniform = pd.DataFrame(doc.get("uniform") or doc.get("uniform_baselines") or [])
+    uniform = pd.DataFrame(doc.get("uniform") or [])
+    if isinstance(doc.get("dense"), dict):
+        uniform = pd.concat([pd.DataFrame([{**doc["dense"], "plan": "dense"}]), uniform], ignore_index=True)
     chosen = {k: doc[k] for k in ("accuracy", "latency_s", "speedup_vs_dense", "energy_j", "memory_bytes",
-                                  "uniform_accuracy") if k in doc}
-    if isinstance(doc.get("chosen"), dict):
-        chosen.update({k: v for k, v in doc["chosen"].items() if isinstance(v, (int, float, str))})
-    extra = {k: v for k, v in doc.items() if k not in ("front", "trials", "uniform", "uniform_baselines", "chosen")
-             and isinstance(v, (int, float, str, bool))}
+                                  "chosen_source", "uniform_plan", "uniform_accuracy", "uniform_latency_s") if k in doc}
+    patterns = {}
+    if isinstance(doc.get("chosen"), dict) and isinstance(doc["chosen"].get("patterns"), dict):
+        patterns = dict(doc["chosen"]["patterns"])
+    extra = {k: v for k, v in doc.items() if k in ("algorithm", "signal", "seed", "evaluated", "wall_s")}
+    if isinstance(doc.get("target"), dict):
+        extra.update({f"target {k}": v for k, v in doc["target"].items() if v is not None})
+    if isinstance(doc.get("dense"), dict) and "accuracy" in doc["dense"]:
+        extra["dense accuracy"] = doc["dense"]["accuracy"]
     return SearchResult(source, str(doc.get("workload", "")), str(doc.get("device", "")), trials, chosen, uniform,
-                        extra)
+                        extra, patterns)
 
 
 # ----------------------------------------------------------------------------- validation

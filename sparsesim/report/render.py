@@ -372,9 +372,15 @@ def render_html(data: build.ReportData, figs: dict[str, dict[str, Figure]], verd
         if "serving" in f:
             parts.append("<h3>Serving: latency against load</h3>" + _img(f["serving"]))
     if data.searches:
-        parts.append("<h2 id='search'>Co-design search</h2>")
-        parts.append(_table(search_summary(data)))
+        parts.append("<h2 id='search'>Co-design search</h2><p class='note'>Per-layer plans searched against "
+                     "accuracy; the chosen plan against the best uniform plan within the same modeled latency.</p>")
+        parts.append(_table(search_summary(data), SEARCH_FORMATS))
         parts.append("<div class='grid'>" + "".join(_img(x) for x in figs.get("_search", {}).values()) + "</div>")
+        for sr in data.searches:
+            parts.append(f"<details><summary>{esc(sr.workload)} on {esc(sr.device)}: the front and the chosen plan "
+                         f"({esc(sr.source)})</summary>" + _table(front_table(sr), SEARCH_FORMATS)
+                         + _table(pd.DataFrame({"weight": list(sr.patterns), "pattern": list(sr.patterns.values())}))
+                         + "</details>")
     if data.validation is not None:
         v = data.validation
         parts.append("<h2 id='fidelity'>Fidelity: predicted against measured</h2>")
@@ -405,7 +411,7 @@ def render_html(data: build.ReportData, figs: dict[str, dict[str, Figure]], verd
     parts.append("<details><summary>Every device number and its source</summary>"
                  + _table(prov[["device", "field", "value", "si_unit", "unit_in_file", "source"]]) + "</details>")
     parts.append(f"<p class='note'>Tables as CSV next to this page: {esc(', '.join(tables))}. "
-                 f"Report built in {sum(data.timings.values()):.1f} s.</p>")
+                 f"Results computed in {sum(data.timings.values()):.1f} s.</p>")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>sparsesim report: {esc(', '.join(data.workloads))}</title><style>{CSS}</style></head>"
@@ -429,11 +435,25 @@ def _short_path(p: str) -> str:
 def search_summary(data: build.ReportData) -> pd.DataFrame:
     rows = []
     for sr in data.searches:
-        row = {"workload": sr.workload, "device": sr.device, "trials": len(sr.trials),
-               "front points": int(sr.trials["on_front"].astype(bool).sum()) if "on_front" in sr.trials else len(sr.trials)}
-        row.update({k: v for k, v in sr.chosen.items()})
-        rows.append(row)
+        c = sr.chosen
+        rows.append({"workload": sr.workload, "device": sr.device, **{k: v for k, v in sr.extra.items()
+                                                                     if k in ("algorithm", "target speedup",
+                                                                              "target max_accuracy_drop", "dense accuracy")},
+                     "chosen accuracy": c.get("accuracy"), "chosen speedup": c.get("speedup_vs_dense"),
+                     "chosen latency": c.get("latency_s"), "best uniform plan": c.get("uniform_plan"),
+                     "uniform accuracy": c.get("uniform_accuracy"), "front points": len(sr.trials)})
     return pd.DataFrame(rows)
+
+
+SEARCH_FORMATS = {"chosen latency": lambda v: fmt_q(v, "time"), "chosen speedup": fmt_x,
+                  "latency_s": lambda v: fmt_q(v, "time"), "energy_j": lambda v: fmt_q(v, "energy"),
+                  "memory_bytes": lambda v: fmt_q(v, "bytes"), "speedup_vs_dense": fmt_x}
+
+
+def front_table(sr: build.SearchResult) -> pd.DataFrame:
+    cols = [c for c in ("source", "plan", "accuracy", "latency_s", "speedup_vs_dense", "energy_j", "memory_bytes")
+            if c in sr.trials]
+    return sr.trials[sr.trials["on_front"].astype(bool)][cols].sort_values("latency_s") if "latency_s" in cols else sr.trials[cols]
 
 
 def _pct(v: Any) -> str:
@@ -530,8 +550,12 @@ def render_markdown(data: build.ReportData, figs: dict[str, dict[str, Figure]], 
         if "serving" in f:
             out += [f"![{f['serving'].caption}](images/{f['serving'].name})", ""]
     if data.searches:
-        out += ["## Co-design search", "", _md_table(search_summary(data)), ""]
+        out += ["## Co-design search", "", _md_table(search_summary(data), SEARCH_FORMATS), ""]
         out += [f"![{x.caption}](images/{x.name})" for x in figs.get("_search", {}).values()]
+        for sr in data.searches:
+            out += ["", f"### {sr.workload} on {sr.device}: the front", "", _md_table(front_table(sr), SEARCH_FORMATS), "",
+                    "Chosen plan:", "",
+                    _md_table(pd.DataFrame({"weight": list(sr.patterns), "pattern": list(sr.patterns.values())})), ""]
     if data.validation is not None:
         v = data.validation
         out += ["", "## Fidelity: predicted against measured", "", validation_line(v), "",
