@@ -117,6 +117,8 @@ class _Recorder:
             return self.param_names[id(base)], base, flipped
         if mod is not None:
             w = getattr(mod, "weight", None)
+            if not isinstance(w, nn.Parameter):  # torch.nn.utils.prune: weight = weight_orig * mask
+                w = getattr(mod, "weight_orig", None)
             if isinstance(w, nn.Parameter) and id(w) in self.param_names and t.dim() == w.dim():
                 ts, ws = tuple(t.shape), tuple(w.shape)
                 if ts == ws and (t.dim() != 2 or ws[0] != ws[1]):

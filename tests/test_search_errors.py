@@ -114,3 +114,44 @@ def test_search_end_to_end_saves_a_loadable_plan_and_model(problem, tmp_path):
         assert problem.evaluate(model) == pytest.approx(doc["accuracy"])
     finally:
         model.load_state_dict(saved)
+
+
+# ---------------------------------------------------------------- positive controls
+
+def test_channel_groups_prune_producer_rows_and_consumer_columns_together(problem):
+    choice = dict(problem.space.dense_choice(), **{"group:conv1": "channel:0.5", "group:fc1": "channel:0.75"})
+    masks = problem.masks(choice)
+    rows_kept = masks["conv1.weight"].reshape(16, -1).any(1)
+    cols_kept = masks["conv2.weight"].any(0).any(-1).any(-1)  # per input channel of conv2
+    assert int(rows_kept.sum()) == 8 and torch.equal(rows_kept, cols_kept)
+    fc1_rows = masks["fc1.weight"].any(1)
+    assert int(fc1_rows.sum()) == 16 and torch.equal(fc1_rows, masks["fc2.weight"].any(0))
+    # the pruned ops are costed as the smaller dense ops they become
+    assert problem.cost(choice).latency_s < problem.dense_cost.latency_s
+    # and the real accuracy is measured with both sides pruned (it moves)
+    assert problem.accuracy(choice) != problem.dense_accuracy
+
+
+def test_signals_are_zero_for_dense_and_grow_with_pruning(problem):
+    dense = problem.space.dense_choice()
+    light = dict(dense, **{"group:fc1": "channel:0.125"})
+    heavy = dict(dense, **{"group:fc1": "channel:0.75"})
+    for signal in ("fidelity", "reconstruction"):
+        assert problem.sensitivity(dense, signal) == pytest.approx(0.0, abs=1e-9)
+        assert 0 < problem.sensitivity(light, signal) < problem.sensitivity(heavy, signal)
+
+
+def test_bn_recalibration_hook_recomputes_running_stats():
+    from sparsesim.search.accuracy import masked, recalibrate_bn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8)).eval()
+    x = torch.randn(64, 4) * 3 + 1
+    before = model[1].running_mean.clone()
+    mask = torch.ones(8, 4)
+    mask[:4] = 0
+    with masked(model, {"0.weight": mask}, recovery=recalibrate_bn(x)) as m:
+        expected = torch.nn.functional.linear(x, m[0].weight, m[0].bias).mean(0)
+        assert torch.allclose(m[1].running_mean, expected, atol=1e-5)
+        assert bool((m[0].weight[:4] == 0).all())
+    assert torch.equal(model[1].running_mean, before)  # restored afterwards

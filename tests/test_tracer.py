@@ -282,3 +282,18 @@ def test_torch_transformer_layers_are_not_hidden_by_the_fast_path():
     assert wl.weight_ops()[0].weight_shape == (96, 32)
     assert wl.summary()["by_kind"]["attention"] == 2 and wl.summary()["unknown_ops"] == 0
     assert torch.backends.mha.get_fastpath_enabled()  # restored after the trace
+
+
+def test_pruned_weights_are_attributed_to_weight_orig_and_picked_up():
+    from torch.nn.utils import prune
+
+    from sparsesim.plans import sparsify
+
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+    prune.l1_unstructured(m[0], "weight", amount=0.75)
+    wl = trace(m, torch.randn(4, 64))
+    assert [op.weight for op in wl.ops if op.weight] == ["0.weight_orig", "2.weight"]
+    layers = sparsify(wl, "dense").layers
+    assert layers["0.weight_orig"].pattern.kind == "unstructured"
+    assert layers["0.weight_orig"].stats.density == pytest.approx(0.25)
+    assert layers["2.weight"].pattern.kind == "dense"

@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="per-layer sensitivity for the DP (the chosen plan is always evaluated for real)")
     p.add_argument("--evaluate", default=None, metavar="MODULE:FUNCTION",
                    help="evaluate(model) -> float (higher is better) replacing the workload's own")
+    p.add_argument("--bn-recalibrate", action="store_true",
+                   help="recovery: recompute BatchNorm statistics on the calibration batch after pruning")
+    p.add_argument("--finetune", default=None, metavar="MODULE:FUNCTION",
+                   help="recovery: finetune(model) run after the masks go in (pruned weights stay zero)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (and the workload's split/seed where it has one)")
     p.add_argument("--out", default="search-out", help="directory for the plan, masks, model and study")
 
@@ -44,7 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_accuracy_drop=args.max_accuracy_drop, algorithm=args.algorithm, trials=args.trials,
         workers=args.workers, storage=args.storage, seed=args.seed, out=args.out, signal=args.signal,
         sampler=args.sampler, dask_scheduler=args.dask_scheduler, evaluate=args.evaluate,
-        study_name=args.study_name,
+        study_name=args.study_name, bn_recalibrate=args.bn_recalibrate, finetune=args.finetune,
     )
     bar = _Bar()
     try:

@@ -285,8 +285,11 @@ def pareto_front(points: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str,
     f = front.sort_values(x)
     ax.plot(f[x], f[y], marker="o", markersize=4, color="#d62728", label="Pareto front")
     if baselines is not None and len(baselines):
-        b = baselines.sort_values(x)
-        ax.plot(b[x], b[y], marker="s", markersize=4, linestyle=":", color="#1f77b4", label="uniform")
+        ax.scatter(baselines[x], baselines[y], marker="s", s=18, color="#1f77b4", label="uniform plans", zorder=4)
+        if "plan" in baselines:
+            for bx, by, label in zip(baselines[x], baselines[y], baselines["plan"]):
+                ax.annotate(str(label), (bx, by), fontsize=5.5, color="#1f4f84", xytext=(3, -7),
+                            textcoords="offset points")
     if chosen and x in chosen and y in chosen:
         ax.scatter([chosen[x]], [chosen[y]], s=90, marker="*", color="#2ca02c", zorder=5, label="chosen plan")
     ax.set_xlabel(xlabel, fontsize=8)

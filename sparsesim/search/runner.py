@@ -26,6 +26,7 @@ import torch
 
 from sparsesim.errors import SearchError, SparsesimError
 from sparsesim.search import dp
+from sparsesim.search.accuracy import chain, recalibrate_bn
 from sparsesim.search.baselines import best_within, uniform_choices
 from sparsesim.search.problem import SIGNALS, SearchProblem, SearchTask
 
@@ -55,6 +56,8 @@ class SearchConfig:
     dask_scheduler: str | None = None
     evaluate: str | None = None  # module:function overriding the workload's own evaluate
     study_name: str | None = None
+    bn_recalibrate: bool = False  # recovery: recompute BatchNorm statistics on the calibration batch
+    finetune: str | None = None  # recovery: module:function(model) run after the masks go in
 
 
 @dataclass
@@ -115,8 +118,14 @@ def build_problem(cfg: SearchConfig) -> SearchProblem:
         raise SearchError(f"--device {cfg.device}: {e}") from None
     wl = load_workload(cfg.workload)
     task = search_task_for(cfg.workload, wl.model, seed=cfg.seed, evaluate=cfg.evaluate)
+    bn = None
+    if cfg.bn_recalibrate:
+        if task.calibration is None:
+            raise SearchError(f"workload {cfg.workload!r}: --bn-recalibrate needs a calibration batch")
+        bn = recalibrate_bn(task.calibration)
+    tune = _import(cfg.finetune, "--finetune") if cfg.finetune else None
     return SearchProblem(wl, device, evaluate=task.evaluate, fidelity=task.fidelity, groups=task.groups,
-                         recovery=task.recovery, calibration=task.calibration)
+                         recovery=chain(task.recovery, bn, tune), calibration=task.calibration)
 
 
 def _record(problem: SearchProblem, choice: Mapping[str, str], source: str, accuracy: float | None = None
