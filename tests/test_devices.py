@@ -199,6 +199,8 @@ _ALL_UNITS = sorted({u for units in UNITS.values() for u in units} | {"furlongs"
 
 def _mutate(text: str, rng: random.Random) -> str:
     lines = text.splitlines()
+    if not lines:
+        return text
     kind = rng.choice(("drop", "dup", "unit", "truncate", "value", "char", "swap", "family"))
     i = rng.randrange(len(lines))
     if kind == "drop":

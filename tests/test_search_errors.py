@@ -134,8 +134,9 @@ def test_channel_groups_prune_producer_rows_and_consumer_columns_together(proble
 
 def test_signals_are_zero_for_dense_and_grow_with_pruning(problem):
     dense = problem.space.dense_choice()
-    light = dict(dense, **{"group:fc1": "channel:0.125"})
-    heavy = dict(dense, **{"group:fc1": "channel:0.75"})
+    # nested magnitude masks: every weight the light one prunes, the heavy one prunes too
+    light = dict(dense, **{"fc1.weight": "block4x4:0.8"})
+    heavy = dict(dense, **{"fc1.weight": "block4x4:0.9"})
     for signal in ("fidelity", "reconstruction"):
         assert problem.sensitivity(dense, signal) == pytest.approx(0.0, abs=1e-9)
         assert 0 < problem.sensitivity(light, signal) < problem.sensitivity(heavy, signal)
