@@ -150,6 +150,39 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert rc == 2 and "v.json" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
+def test_report_shows_a_search_front_and_a_validation(tmp_path):
+    from sparsesim.validate import validate
+
+    cpu = next(Path(d.path).stem for d in builtin_devices() if d.family == "cpu")
+    rc, out, err = _cli("search", "digits", "--device", cpu, "--target-speedup", "1.5", "--out", str(tmp_path / "s"),
+                        "--json")
+    assert rc == 0, err
+    search = json.loads(out)
+    vdoc = validate(cpu, quick=True)  # a named device: no host calibration written as a side effect
+    (tmp_path / "v.json").write_text(json.dumps(vdoc))
+    rc, out, err = _cli("report", "digits", "--devices", cpu, "--plans", "dense,unstructured:0.9", "--no-serving",
+                        "--search", str(tmp_path / "s"), "--validation", str(tmp_path / "v.json"),
+                        "--out", str(tmp_path / "r"), "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["searches"][0]["accuracy"] == search["accuracy"]
+    assert doc["searches"][0]["speedup_vs_dense"] == search["speedup_vs_dense"]
+    r = tmp_path / "r"
+    md = (r / "report.md").read_text()
+    assert "## Co-design search" in md and "## Fidelity: predicted against measured" in md
+    row = next(ln for ln in md.splitlines() if ln.startswith(f"| {search['workload']} | {search['device']} |"))
+    assert fmt_x(search["speedup_vs_dense"]) in row and f"{search['accuracy']:.4f}" in row
+    front = pd.read_csv(r / "search-0.csv")
+    assert len(front) == len(search["front"])
+    assert sorted(front["accuracy"]) == pytest.approx(sorted(p["accuracy"] for p in search["front"]))
+    assert len([f for f in doc["files"] if f.startswith("images/search-")]) == 3
+    assert len(pd.read_csv(r / "validation.csv")) == len(vdoc["rows"])
+    for pattern, e in vdoc["summary"].items():
+        if e["median_abs_error"] is not None:
+            assert f"| {pattern} | {e['metric']} | {e['cases']} | {100 * e['median_abs_error']:.1f}% |" in md
+
+
 # ----------------------------------------------------------------------------- a real browser
 
 class Chromium:

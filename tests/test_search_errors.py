@@ -19,11 +19,14 @@ DEVICE = "arm-cortex-a78"
 
 @pytest.fixture(scope="module")
 def problem(tmp_path_factory):
-    import os
-
-    os.environ.setdefault("SPARSESIM_CACHE", str(tmp_path_factory.mktemp("cache")))
-    torch.set_num_threads(1)
-    return build_problem(SearchConfig(workload="digits:batch=64", device=DEVICE))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPARSESIM_CACHE", str(tmp_path_factory.mktemp("cache")))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield build_problem(SearchConfig(workload="digits:batch=64", device=DEVICE))
+        finally:
+            torch.set_num_threads(threads)
 
 
 def test_unknown_device_names_it(tmp_path):
@@ -133,13 +136,21 @@ def test_channel_groups_prune_producer_rows_and_consumer_columns_together(proble
 
 
 def test_signals_are_zero_for_dense_and_grow_with_pruning(problem):
-    dense = problem.space.dense_choice()
-    # nested magnitude masks: every weight the light one prunes, the heavy one prunes too
-    light = dict(dense, **{"fc1.weight": "block4x4:0.8"})
-    heavy = dict(dense, **{"fc1.weight": "block4x4:0.9"})
-    for signal in ("fidelity", "reconstruction"):
-        assert problem.sensitivity(dense, signal) == pytest.approx(0.0, abs=1e-9)
-        assert 0 < problem.sensitivity(light, signal) < problem.sensitivity(heavy, signal)
+    from sparsesim.masks import build_mask
+    from sparsesim.patterns import make_pattern
+    from sparsesim.search.accuracy import layer_inputs, masked, reconstruction_error
+
+    assert problem.sensitivity(problem.space.dense_choice(), "fidelity") == pytest.approx(0.0, abs=1e-9)
+    w = problem.model.fc1.weight.detach()
+    x = layer_inputs(problem.model, ["fc1"], problem.calibration)["fc1"]
+    fid, rec = [], []
+    for density in (1.0, 0.5, 0.1):  # nested magnitude masks
+        mask = build_mask(w, make_pattern("unstructured", density))
+        with masked(problem.model, {"fc1.weight": mask}) as m:
+            fid.append(problem.fidelity.loss(m))
+        rec.append(reconstruction_error(problem.model.fc1, x, mask))
+    assert fid[0] == pytest.approx(0.0, abs=1e-9) and 0 < fid[1] < fid[2]
+    assert rec[0] == pytest.approx(0.0, abs=1e-9) and 0 < rec[1] < rec[2]
 
 
 def test_bn_recalibration_hook_recomputes_running_stats():

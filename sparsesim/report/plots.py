@@ -161,7 +161,7 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
     n = len(devices)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.5 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.4 * cols, 7.5), 3.5 * rows + 0.5), squeeze=False)
     _grid_margins(fig, rows)
     colors = plan_colors(plans)
     for ax in axes.flat[n:]:
@@ -245,7 +245,7 @@ def serving_curves(serving: pd.DataFrame, devices: Sequence[str], plans: Sequenc
     n = len(devices)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.2 * cols, 6.0), 3.0 * rows + 0.4), squeeze=False)
     _grid_margins(fig, rows)
     colors = plan_colors(plans)
     for ax in axes.flat[n:]:

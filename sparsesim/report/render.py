@@ -32,7 +32,8 @@ main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff;box-s
 h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:34px 0 10px;padding-bottom:4px;border-bottom:2px solid #e3e6eb}
 h3{font-size:16px;margin:22px 0 8px}p.meta{color:#5b6475;margin:0 0 14px;font-size:13px}
 table{border-collapse:collapse;margin:8px 0 14px;font-size:12.5px;width:auto}
-th,td{border:1px solid #dde1e7;padding:4px 8px;text-align:left;vertical-align:top}
+th,td{border:1px solid #dde1e7;padding:4px 8px;text-align:left;vertical-align:top;max-width:460px;overflow-wrap:anywhere}
+.wide{overflow-x:auto;max-width:100%}
 th{background:#eef1f5;font-weight:600}tr:nth-child(even) td{background:#fafbfc}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.cell{text-align:center;white-space:nowrap;min-width:86px}td.cell b{font-size:14px}
@@ -229,7 +230,8 @@ def _table(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = N
             else:
                 cells.append(f"<td>{esc('' if v is None or (isinstance(v, float) and v != v) else v)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (f'<div class="wide"><table class="{classes}"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
 
 
 def _speed_color(x: float) -> str:

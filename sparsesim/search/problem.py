@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from sparsesim.devices import Device
-from sparsesim.errors import MaskError, SearchError, SparsesimError
+from sparsesim.errors import SearchError, SparsesimError
 from sparsesim.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.search.accuracy import Evaluate, Fidelity, layer_inputs, masked, reconstruction_error, run_evaluate
 from sparsesim.search.dp import LayerTable
@@ -279,10 +279,7 @@ class SearchProblem:
             op = self.prunable[w]
             layer = None
             if p.kind != "dense":
-                try:
-                    sub_mask = self._weight_mask(w, p, rd, cd)[1]
-                except MaskError:
-                    raise
+                sub_mask = self._weight_mask(w, p, rd, cd)[1]
                 layer = layer_sparsity(w, sub_mask, p, self._vb[w])
             from sparsesim.cost import estimate_op
 

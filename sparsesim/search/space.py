@@ -18,6 +18,8 @@ What we couple and why (see the workload builders for the concrete groups):
     columns). The residual stream (hidden size) is never channel-pruned: every block, the
     embeddings and the LayerNorms read it, so it is one group spanning the whole model, which
     would make every block's cost depend on one choice.
+Workloads whose builder offers no `search_task` (or gives no groups) get no channel units: which
+layers share channels is a fact of the architecture we do not guess from a trace.
 Ops between coupled layers that carry the channels (ReLU, pooling, softmax) are not shrunk in
 the cost: they are memory-bound and a small share of the latency.
 
