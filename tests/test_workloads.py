@@ -97,9 +97,9 @@ def test_llama_tiny_decode_shapes():
     assert att[0].flops == 2 * 3 * 4 * 1 * 11 * 16 * 2 == 8448
     q = next(op for op in wl.weight_ops() if op.module == "model.layers.0.self_attn.q_proj")
     assert q.gemm == GemmShape(m=3, n=64, k=64)
-    # the cache write moves only the new token: index + (read + write) of 3 x 2 heads x 16 fp32
+    # the cache write moves only the new token: index + (read + write) of 3 x 2 heads x 16 fp16
     writes = [op for op in wl.ops if op.aten == "aten.index_copy_.default"]
-    assert len(writes) == 4 and writes[0].bytes_moved == 8 + 2 * (3 * 2 * 1 * 16 * 4)
+    assert len(writes) == 4 and writes[0].bytes_moved == 8 + 2 * (3 * 2 * 1 * 16 * 2)
 
 
 def test_llama2_7b_on_meta_allocates_nothing():

@@ -20,10 +20,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from sparsesim.devices import Device, builtin_devices, load_device
+from sparsesim.devices import Device
 from sparsesim.errors import SparsesimError
 
-STANDARD_PLANS = ("dense", "2:4", "unstructured:0.9", "block4x4:0.5", "channel:0.5")
+from sparsesim.estimate import DEFAULT_PLANS as STANDARD_PLANS  # noqa: E402  (the five standard plans)
 # The main job: the three model families people ask about, Llama in both inference phases.
 DEFAULT_WORKLOADS = (
     "resnet50",
@@ -38,11 +38,6 @@ SERVING_REQUESTS = 400
 # A layer whose sparse time is at least this fraction of its dense time gained nothing worth
 # having and goes into the "why no speedup" table.
 NO_SPEEDUP = 1.0 / 1.1
-
-SUMMARY_COLUMNS = ("workload", "device", "family", "plan", "latency_s", "energy_j", "memory_bytes",
-                   "speedup_vs_dense", "energy_vs_dense", "fallback_ops", "bound", "why")
-
-Progress = Callable[[str], None]
 
 
 class ReportError(SparsesimError):
@@ -99,13 +94,13 @@ class ReportData:
 
 
 def resolve_devices(names: Sequence[str] | None) -> list[Device]:
-    """Device names or files; all built-in devices when none are given."""
-    if not names:
-        devs = builtin_devices()
-        if not devs:
-            raise ReportError("no built-in device files found (accelerators/ is empty)")
-        return devs
-    return [load_device(n) for n in names]
+    """Device names or files; every built-in device when none are given."""
+    from sparsesim.estimate import resolve_devices as resolve
+
+    devs = resolve(list(names) if names else None)
+    if not devs:
+        raise ReportError("no device files found: accelerators/ is empty and no --devices were given")
+    return devs
 
 
 def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence[str], *,
@@ -232,7 +227,7 @@ def reasons(r: Any) -> str:
         out.append("overhead bound")
     meta, mem = float(getattr(r, "metadata_bytes", 0) or 0), float(getattr(r, "memory_bytes", 0) or 0)
     if mem > 0 and meta / mem >= 0.1:
-        out.append(f"metadata {meta / mem:.0%} of weight bytes")
+        out.append(f"metadata overhead ({meta / mem:.0%} of weight bytes)")
     for word, tag in (("pad", "padding"), ("imbalance", "load imbalance"), ("minimum", "minimum shape"),
                       ("align", "alignment"), ("unsupported", "unsupported pattern"), ("wave", "wave quantisation")):
         if word in why and tag not in out:

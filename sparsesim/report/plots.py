@@ -125,17 +125,18 @@ def speedup_heatmap(summary: pd.DataFrame, devices: Sequence[str], plans: Sequen
                 grid[i, j] = float(row["speedup_vs_dense"].iloc[0])
     logs = np.log2(np.where(grid > 0, grid, np.nan))
     span = max(0.25, float(np.nanmax(np.abs(logs)))) if np.isfinite(logs).any() else 1.0
-    fig, ax = plt.subplots(figsize=(1.3 * len(plans) + 3.2, 0.42 * len(devices) + 1.6))
-    fig.subplots_adjust(left=0.27, right=0.97, top=0.9, bottom=0.2)
+    width_in = 0.95 * len(plans) + 2.6
+    fig, ax = plt.subplots(figsize=(width_in, 0.36 * len(devices) + 1.4))
+    fig.subplots_adjust(left=1.6 / width_in, right=1 - 0.55 / width_in, top=0.9, bottom=0.1)
     im = ax.imshow(logs, cmap=SPEEDUP_CMAP, norm=TwoSlopeNorm(0.0, -span, span), aspect="auto")
     for i in range(len(devices)):
         for j in range(len(plans)):
             v = grid[i, j]
             if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}x", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{v:.2f}x", ha="center", va="center", fontsize=8.5,
                         color="black" if abs(logs[i, j]) < 0.7 * span else "white")
     ax.set_xticks(range(len(plans)))
-    ax.set_xticklabels(plans, fontsize=8, rotation=15)
+    ax.set_xticklabels([_short_plan(p) for p in plans], fontsize=8)
     ax.set_yticks(range(len(devices)))
     ax.set_yticklabels(devices, fontsize=8)
     cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)

@@ -32,7 +32,8 @@ main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff;box-s
 h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:34px 0 10px;padding-bottom:4px;border-bottom:2px solid #e3e6eb}
 h3{font-size:16px;margin:22px 0 8px}p.meta{color:#5b6475;margin:0 0 14px;font-size:13px}
 table{border-collapse:collapse;margin:8px 0 14px;font-size:12.5px;width:auto}
-th,td{border:1px solid #dde1e7;padding:4px 8px;text-align:left;vertical-align:top;max-width:460px;overflow-wrap:anywhere}
+th,td{border:1px solid #dde1e7;padding:4px 8px;text-align:left;vertical-align:top;max-width:460px;overflow-wrap:break-word}
+td.nw{white-space:nowrap}
 .wide{overflow-x:auto;max-width:100%}
 th{background:#eef1f5;font-weight:600}tr:nth-child(even) td{background:#fafbfc}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
@@ -44,7 +45,8 @@ td.best{outline:2px solid #1b7f3b;outline-offset:-2px}
 .verdict ul{margin:6px 0;padding-left:20px}.verdict li{margin:3px 0}
 .note{color:#5b6475;font-size:12.5px}
 img{max-width:100%;height:auto;border:1px solid #eceef2;margin:6px 0}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px}
+figure{margin:8px 0}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:10px}
 .grid figure{margin:0}figcaption{font-size:12px;color:#5b6475}
 details{margin:8px 0 12px}summary{cursor:pointer;font-weight:600;color:#24406e}
 nav ol{margin:4px 0 0;padding-left:22px;columns:2}code{background:#f0f2f5;padding:1px 4px;border-radius:3px}
@@ -170,7 +172,7 @@ def make_figures(data: build.ReportData, progress: Callable[[int], Any] | None =
 
 def csv_tables(data: build.ReportData) -> dict[str, pd.DataFrame]:
     tables = {
-        "summary.csv": data.summary[[c for c in (*build.SUMMARY_COLUMNS, "best") if c in data.summary.columns]],
+        "summary.csv": data.summary,
         "layers.csv": data.per_op,
         "why_no_speedup.csv": build.why_no_speedup(data.per_op),
         "fallbacks.csv": build.fallbacks(data.per_op),
@@ -268,7 +270,7 @@ def verdict_html(verdicts: list[dict[str, Any]], plans: Sequence[str]) -> str:
         notes = "<br>".join(f"<b>{esc(r['plan'])}</b> ({esc(r['kernel'])}, {esc(r['bound'])}-bound): {esc(r['why'])}"
                             for r in slow) or "—"
         use = esc(v["best_plan"]) if v["best_speedup"] > 1 else "dense"
-        rows.append(f"<tr><td><b>{esc(v['device'])}</b></td><td>{esc(v['family'])}</td><td><b>{use}</b></td>"
+        rows.append(f"<tr><td class='nw'><b>{esc(v['device'])}</b></td><td>{esc(v['family'])}</td><td class='nw'><b>{use}</b></td>"
                     + "".join(cells) + f"<td><small>{notes}</small></td></tr>")
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -293,7 +295,7 @@ def summary_html(sm: pd.DataFrame, devices: Sequence[str], plans: Sequence[str])
                 f"<b>{sp:.2f}x{mark}</b><br><small>{esc(fmt_q(r['latency_s'], 'time'))} · "
                 f"{esc(fmt_q(r['energy_j'], 'energy'))}<br>{esc(fmt_q(r['memory_bytes'], 'bytes'))} · "
                 f"{esc(str(r['bound']))}</small>{fb}</td>")
-        rows.append(f"<tr><td><b>{esc(dev)}</b></td>{''.join(cells)}</tr>")
+        rows.append(f"<tr><td class='nw'><b>{esc(dev)}</b></td>{''.join(cells)}</tr>")
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
@@ -312,10 +314,10 @@ def why_summary(t: pd.DataFrame, devices: Sequence[str], plans: Sequence[str]) -
             weight: dict[str, float] = {}
             for rs, w in zip(g["reasons"], g["dense_latency_s"].fillna(0.0)):
                 for tag in (rs.split("; ") if rs else ["(no reason given)"]):
-                    tag = re.sub(r"\d+%", "N%", tag)
+                    tag = re.sub(r"\s*\(.*\)$", "", tag)
                     weight[tag] = weight.get(tag, 0.0) + float(w)
             top = sorted(weight, key=lambda k: -weight[k])[:2]
-            row[p] = f"{len(g)} layers: " + ", ".join(top)
+            row[p] = f"{len(g)} layer{'s' if len(g) != 1 else ''}: " + ", ".join(top)
         rows.append(row)
     return pd.DataFrame(rows)
 
