@@ -17,6 +17,8 @@ duplicate and missing keys and wrong units, naming the file and the field.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -164,8 +166,21 @@ def parse_device_file(path: Path) -> Device:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise DeviceFileError(f"{path}: not valid TOML (duplicate or malformed key?): {e}") from None
+        raise DeviceFileError(f"{path}: not valid TOML ({_toml_problem(text, e)})") from None
     return parse_device_doc(doc, str(path))
+
+
+def _toml_problem(text: str, e: tomllib.TOMLDecodeError) -> str:
+    """tomllib's message plus, for a duplicate key, the key's name read off the offending line."""
+    msg = str(e)
+    at = re.search(r"at line (\d+)", msg)
+    if at and "overwrite" in msg.lower():
+        lines = text.splitlines()
+        n = int(at.group(1))
+        if 0 < n <= len(lines):
+            offending = lines[n - 1].split("=", 1)[0].strip()
+            return f"duplicate key {offending!r}: {msg}"
+    return msg
 
 
 def parse_device_doc(doc: Mapping[str, Any], where: str) -> Device:
@@ -235,8 +250,8 @@ def _quantity(raw: Any, dim: str | None, name: str, where: str) -> tuple[Any, Pr
         return value, prov
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DeviceFileError(f"{where}: field '{name}': 'value' must be a number, got {value!r}")
-    if value < 0:
-        raise DeviceFileError(f"{where}: field '{name}': 'value' must be >= 0, got {value}")
+    if not math.isfinite(value) or value < 0:
+        raise DeviceFileError(f"{where}: field '{name}': 'value' must be a finite number >= 0, got {value}")
     units = UNITS[dim]
     if unit not in units:
         raise DeviceFileError(

@@ -8,7 +8,6 @@ import contextlib
 import fcntl
 import io
 import json
-import math
 import os
 import re
 import select
@@ -26,7 +25,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sparsesim.cli import main  # noqa: E402
 from sparsesim.devices import builtin_devices  # noqa: E402
-from sparsesim.report import build  # noqa: E402
 from sparsesim.report.render import fmt_q, fmt_x, parse_q  # noqa: E402
 
 WORKLOAD = "resnet18:image=64"

@@ -22,8 +22,10 @@ import pandas as pd
 
 from sparsesim.devices import Device
 from sparsesim.errors import SparsesimError
+from sparsesim.estimate import DEFAULT_PLANS as STANDARD_PLANS
 
-from sparsesim.estimate import DEFAULT_PLANS as STANDARD_PLANS  # noqa: E402  (the five standard plans)
+__all__ = ["STANDARD_PLANS", "DEFAULT_WORKLOADS", "ReportData", "collect", "resolve_devices"]
+
 # The main job: the three model families people ask about, Llama in both inference phases.
 DEFAULT_WORKLOADS = (
     "resnet50",

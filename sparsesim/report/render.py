@@ -325,7 +325,7 @@ def why_summary(t: pd.DataFrame, devices: Sequence[str], plans: Sequence[str]) -
 def render_html(data: build.ReportData, figs: dict[str, dict[str, Figure]], verdicts: list[dict[str, Any]],
                 tables: dict[str, pd.DataFrame]) -> str:
     devs, plans = data.device_names, data.plans
-    parts = [f"<h1>sparsesim: which sparsity pattern pays on which hardware</h1>",
+    parts = ["<h1>sparsesim: which sparsity pattern pays on which hardware</h1>",
              f"<p class='meta'>Generated {esc(data.created)} by sparsesim {esc(__version__)} · "
              f"workloads: {esc(', '.join(data.workloads))} · {len(devs)} devices · plans: {esc(', '.join(plans))}"
              + (f"<br>Command: <code>{esc(data.command)}</code>" if data.command else "") + "</p>"]
