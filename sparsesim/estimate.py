@@ -225,8 +225,9 @@ def compare_tables(
     *,
     criterion: str = "magnitude",
 ) -> Tables:
-    """Per-op table and summary for every device x plan (dense always computed for the ratios;
-    the summary keeps only the plans asked for, in the order asked)."""
+    """Per-op table and summary for every device x plan. Dense is always computed for the
+    ratios: the per-op table holds it in any case, the summary only the plans asked for, in the
+    order asked (devices in the order given, built-in order by default)."""
     plans = list(plans)
     if not plans:
         plans = [DENSE]
