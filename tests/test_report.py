@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sparsesim.cli import main  # noqa: E402
 from sparsesim.devices import builtin_devices  # noqa: E402
-from sparsesim.report.render import fmt_q, fmt_x, parse_q  # noqa: E402
+from sparsesim.report.fmt import fmt_q, fmt_x, parse_q  # noqa: E402
 
 WORKLOAD = "resnet18:image=64"
 PLANS = "dense,2:4,unstructured:0.9,channel:0.5"
@@ -59,7 +59,7 @@ def report(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_report_writes_every_part(report):
     out, doc = report
-    for name in ("index.html", "report.md", "summary.csv", "layers.csv", "why_no_speedup.csv", "fallbacks.csv",
+    for name in ("index.html", "report.md", "summary.csv", "layers.csv.gz", "why_no_speedup.csv", "fallbacks.csv",
                  "provenance.csv", "serving.csv"):
         assert (out / name).is_file(), name
     pngs = sorted((out / "images").glob("*.png"))
@@ -91,7 +91,7 @@ def test_csv_carries_the_json_numbers(report):
             assert float(row[key].iloc[0]) == pytest.approx(rec[key], rel=1e-12), (rec["device"], rec["plan"], key)
         assert bool(row["best"].iloc[0]) == rec["best"]
     # the per-op table adds up to the summary
-    layers = pd.read_csv(out / "layers.csv")
+    layers = pd.read_csv(out / "layers.csv.gz")
     for rec in doc["summary"]:
         ops = layers[(layers["device"] == rec["device"]) & (layers["plan"] == rec["plan"])]
         assert ops["latency_s"].sum() == pytest.approx(rec["latency_s"], rel=1e-9)

@@ -37,13 +37,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
     from sparsesim.report import build, render
+    from sparsesim.report.fmt import slug
 
     workloads = list(args.workloads) or list(build.DEFAULT_WORKLOADS)
     plans = [p.strip() for p in args.plans.split(",") if p.strip()] or list(build.STANDARD_PLANS)
     if "dense" not in plans:
         plans.insert(0, "dense")
     devices = build.resolve_devices([d.strip() for d in args.devices.split(",") if d.strip()])
-    out = Path(args.out) if args.out else (DEFAULT_OUT if not args.workloads else Path("reports") / render.slug("-".join(workloads)))
+    out = Path(args.out) if args.out else (DEFAULT_OUT if not args.workloads else Path("reports") / slug("-".join(workloads)))
     serving = True if args.serving is None else args.serving
     total = len(workloads) * len(devices) * len(plans) + len(workloads)
     if serving:
@@ -99,7 +100,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
-    from sparsesim.report.render import fmt_x
+    from sparsesim.report.fmt import fmt_x
 
     lines = []
     plans = doc["plans"]

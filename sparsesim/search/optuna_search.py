@@ -12,6 +12,9 @@ to completion, none lost":
   (WAITING), so the killed evaluation is redone, not lost; RDB storages also get Optuna's
   heartbeat so owners on other machines are reclaimed after the grace period;
 * a re-enqueued trial carries `retry_of`; a second retry of the same trial is PRUNED.
+Limit: with a journal file shared by several machines (Dask), a trial whose owner died on another
+machine is reclaimed only by a later run on that machine; use an RDB storage URL there, whose
+heartbeat reclaims it from anywhere.
 """
 
 from __future__ import annotations

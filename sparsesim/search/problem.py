@@ -111,9 +111,15 @@ class SearchProblem:
 
     # ------------------------------------------------------------------ pickling for workers
     def __getstate__(self) -> dict:
+        # between trials the model holds the dense weights: ship it once, not a second copy
         state = self.__dict__.copy()
         state["_mask_cache"] = OrderedDict()
+        state["_weights"] = None
         return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._weights = {w: self._param(w).detach().clone() for w in self.prunable}
 
     # ------------------------------------------------------------------ structure
     def _param(self, name: str) -> torch.Tensor:

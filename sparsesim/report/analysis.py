@@ -1,0 +1,201 @@
+"""What the report concludes from the result frames: per-layer comparisons against dense and the
+reasons a layer gained nothing, every fallback, device provenance, and the per-device verdict.
+Every sentence is built from the numbers; nothing here is hand-written per device."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sparsesim.devices import Device
+
+
+# A layer whose sparse time is at least this fraction of its dense time gained nothing worth
+# having and goes into the "why no speedup" table.
+NO_SPEEDUP = 1.0 / 1.1
+
+
+def layer_table(per_op: pd.DataFrame) -> pd.DataFrame:
+    """Each op of each sparse plan next to the same op dense on the same device, with reasons."""
+    key = ["workload", "device", "op_index"]
+    dense = per_op[per_op["plan"] == "dense"][key + ["latency_s", "energy_j"]].rename(
+        columns={"latency_s": "dense_latency_s", "energy_j": "dense_energy_j"})
+    sparse = per_op[(per_op["plan"] != "dense") & (per_op["weight"].fillna("") != "")]
+    t = sparse.merge(dense, on=key, how="left")
+    t["speedup"] = t["dense_latency_s"] / t["latency_s"].where(t["latency_s"] > 0)
+    totals = dense.groupby(["workload", "device"])["dense_latency_s"].sum().rename("dense_total_s")
+    t = t.merge(totals, left_on=["workload", "device"], right_index=True, how="left")
+    t["share_of_dense"] = t["dense_latency_s"] / t["dense_total_s"]
+    t["time_lost_s"] = t["latency_s"] - t["dense_latency_s"] * t["density"].clip(lower=0.0)
+    t["reasons"] = [reasons(r) for r in t.itertuples(index=False)]
+    return t
+
+
+def why_no_speedup(per_op: pd.DataFrame, top: int | None = None) -> pd.DataFrame:
+    """Layers where a sparse plan bought (almost) nothing, biggest dense time first."""
+    t = layer_table(per_op)
+    t = t[t["speedup"] < 1.0 / NO_SPEEDUP].sort_values(["workload", "device", "plan", "dense_latency_s"],
+                                                       ascending=[True, True, True, False])
+    if top is not None:
+        t = t.groupby(["workload", "device", "plan"], sort=False).head(top)
+    cols = ["workload", "device", "plan", "module", "weight", "kind", "pattern", "kernel", "fallback", "bound",
+            "dense_latency_s", "latency_s", "speedup", "share_of_dense", "metadata_bytes", "memory_bytes",
+            "reasons", "why"]
+    return t[[c for c in cols if c in t.columns]].reset_index(drop=True)
+
+
+def reasons(r: Any) -> str:
+    """Name the causes a layer gained little, from the Cost columns (the model's own `why` stays beside)."""
+    out = []
+    why = str(getattr(r, "why", "") or "").lower()
+    if bool(getattr(r, "fallback", False)):
+        out.append(f"fallback: ran as {r.kernel}")
+    elif getattr(r, "pattern", "") not in ("", "dense") and str(getattr(r, "kernel", "")).lower() == "dense":
+        out.append("pattern not exploited")
+    bound = getattr(r, "bound", "")
+    if bound == "memory":
+        out.append("memory bound")
+    elif bound == "overhead":
+        out.append("overhead bound")
+    meta, mem = float(getattr(r, "metadata_bytes", 0) or 0), float(getattr(r, "memory_bytes", 0) or 0)
+    if mem > 0 and meta / mem >= 0.1:
+        out.append(f"metadata overhead ({meta / mem:.0%} of weight bytes)")
+    for word, tag in (("pad", "padding"), ("imbalance", "load imbalance"), ("minimum", "minimum shape"),
+                      ("align", "alignment"), ("unsupported", "unsupported pattern"), ("wave", "wave quantisation")):
+        if word in why and tag not in out:
+            out.append(tag)
+    speed = getattr(r, "speedup", float("nan"))
+    if not out and speed == speed and speed < 1:
+        out.append("sparse kernel slower than dense")
+    return "; ".join(out)
+
+
+def fallbacks(per_op: pd.DataFrame) -> pd.DataFrame:
+    """Every fallback taken, per workload, device, plan and kernel: how many ops, their time, and
+    the cost model's most frequent reason (shapes stripped of the per-op numbers it quotes)."""
+    cols = ["workload", "device", "plan", "kernel", "ops", "latency_s", "why"]
+    f = per_op[per_op["fallback"].astype(bool)]
+    if not len(f):
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (wl, dev, plan, kernel), g in f.groupby(["workload", "device", "plan", "kernel"], sort=False):
+        rows.append({"workload": wl, "device": dev, "plan": plan, "kernel": kernel, "ops": len(g),
+                     "latency_s": float(g["latency_s"].sum()), "why": short_why(str(g["why"].mode().iloc[0]), 220)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def fallback_matrix(per_op: pd.DataFrame, devices: Sequence[str], plans: Sequence[str]) -> pd.DataFrame:
+    """Ops that fell back, per device x plan, summed over the workloads."""
+    f = per_op[per_op["fallback"].astype(bool)]
+    counts = f.groupby(["device", "plan"]).size()
+    return pd.DataFrame([{"device": d, **{p: int(counts.get((d, p), 0)) for p in plans}} for d in devices])
+
+
+def provenance(devices: Sequence[Device]) -> pd.DataFrame:
+    """Every device field with its source, unit and (for fitted values) fit date and error."""
+    rows = []
+    for d in devices:
+        for fieldname, p in d.provenance.items():
+            rows.append({"device": d.name, "family": d.family, "file": d.path, "field": fieldname,
+                         "value": _param_value(d, fieldname), "si_unit": _si_unit(d, fieldname),
+                         "unit_in_file": p.unit, "source": p.source,
+                         "fit_date": p.fit_date, "fit_error": p.fit_error})
+    return pd.DataFrame(rows, columns=["device", "family", "file", "field", "value", "si_unit", "unit_in_file", "source",
+                                       "fit_date", "fit_error"])
+
+
+SI_UNITS = {"count": "", "ratio": "", "frequency": "Hz", "flop_rate": "FLOP/s", "bandwidth": "B/s", "bytes": "B",
+            "time": "s", "energy": "J", "energy_per_byte": "J/B", "power": "W", "per_cycle": "1/cycle",
+            "cycles": "cycles"}
+
+
+def _si_unit(device: Device, fieldname: str) -> str:
+    """The SI unit the loader converted a field to (device files may spell it TFLOP/s, GB/s, ...)."""
+    name = fieldname.partition(".")[0]
+    for f in dataclasses.fields(device.params):
+        if f.name == name:
+            return SI_UNITS.get(f.metadata.get("dim") or "", "")
+    return ""
+
+
+def _param_value(device: Device, fieldname: str) -> Any:
+    name, _, dtype = fieldname.partition(".")
+    v = getattr(device.params, name, None)
+    if dtype and isinstance(v, dict):
+        v = v.get(dtype)
+    if isinstance(v, (list, tuple)):
+        return ", ".join(str(x) for x in v)
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return v
+
+
+def verdicts(summary: pd.DataFrame, per_op: pd.DataFrame, devices: Sequence[str],
+             plans: Sequence[str]) -> list[dict[str, Any]]:
+    """Per device: the plan with the best geometric-mean speedup over the workloads, and for every
+    plan its speedup range, the kernel that ran most of the sparsified layers, their dominant bound
+    and the cost model's top reason."""
+    out = []
+    for dev in devices:
+        s = summary[(summary["device"] == dev) & (summary["plan"] != "dense")]
+        if not len(s):
+            continue
+        per_plan = []
+        for plan in plans:
+            p = s[s["plan"] == plan]
+            if not len(p):
+                continue
+            sp = p["speedup_vs_dense"].astype(float).to_numpy()
+            sp = sp[np.isfinite(sp) & (sp > 0)]
+            if not len(sp):
+                continue
+            geo = float(np.exp(np.log(sp).mean()))
+            worst = p.loc[p["speedup_vs_dense"].astype(float).idxmin()]
+            touched = per_op[(per_op["device"] == dev) & (per_op["plan"] == plan) & (per_op["pattern"] != "dense")]
+            kernel = bound = ""
+            if len(touched):
+                kernel = str(touched.groupby("kernel")["latency_s"].sum().idxmax())
+                bound = str(touched.groupby("bound")["latency_s"].sum().idxmax())
+            per_plan.append({"plan": plan, "geomean": geo, "min": float(sp.min()), "max": float(sp.max()),
+                             "fallback_ops": int(p["fallback_ops"].sum()), "kernel": kernel, "bound": bound,
+                             "why": short_why(str(worst["why"]))})
+        if not per_plan:
+            continue
+        best = max(per_plan, key=lambda r: r["geomean"])
+        out.append({"device": dev, "family": str(s["family"].iloc[0]), "best_plan": best["plan"],
+                    "best_speedup": best["geomean"], "plans": per_plan, "text": verdict_text(dev, best, per_plan)})
+    return out
+
+
+_SHARE = re.compile(r"\s*\(\d+% of the latency of \d+ op\(s\)\)\s*$")
+
+
+def short_why(why: str, limit: int = 160) -> str:
+    """The model's top reason without its latency-share suffix, cut at a clause boundary."""
+    why = _SHARE.sub("", why or "").strip()
+    if len(why) <= limit:
+        return why
+    cut = why[:limit]
+    k = max(cut.rfind("; "), cut.rfind(", "))
+    return (cut[:k] if k > limit // 2 else cut.rsplit(" ", 1)[0]) + " …"
+
+
+def verdict_text(dev: str, best: dict[str, Any], per_plan: list[dict[str, Any]]) -> str:
+    """One sentence per device, every number from the results."""
+    parts = []
+    for r in sorted(per_plan, key=lambda r: -r["geomean"]):
+        rng = "" if math.isclose(r["min"], r["max"], rel_tol=0.02) else f"{r['min']:.2f}–{r['max']:.2f}x over the workloads; "
+        how = ", ".join(x for x in (r["kernel"], f"{r['bound']}-bound" if r["bound"] else "") if x)
+        if r["fallback_ops"]:
+            how += f"; {r['fallback_ops']} ops fell back"
+        if r["geomean"] >= 1.0:
+            parts.append(f"{r['plan']} gives {r['geomean']:.2f}x ({rng}{how})")
+        else:
+            parts.append(f"{r['plan']} is {1 / r['geomean']:.2f}x slower ({rng}{how})")
+    head = (f"use {best['plan']} ({best['geomean']:.2f}x)" if best["geomean"] > 1.0 else "no plan beats dense")
+    return f"{dev}: {head}. " + "; ".join(parts) + "."

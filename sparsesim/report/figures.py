@@ -1,0 +1,64 @@
+"""Every figure of a report, rendered to PNG bytes once and shared by the HTML and Markdown pages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sparsesim.report import build, plots
+from sparsesim.report.fmt import slug
+from sparsesim.report.peaks import device_roofs
+
+
+@dataclass
+class Figure:
+    name: str  # file name under images/
+    caption: str
+    data: bytes
+
+
+def make_figures(data: build.ReportData, progress: Callable[[int], Any] | None = None) -> dict[str, dict[str, Figure]]:
+    """All figures, keyed by workload (and "_search" for fronts)."""
+    figs: dict[str, dict[str, Figure]] = {}
+    devs, plans = data.device_names, data.plans
+    for wl in data.workloads:
+        roofs = {d.name: device_roofs(d, data.dtypes.get(wl) or None) for d in data.devices}
+        s = slug(wl)
+        po = data.per_op[data.per_op["workload"] == wl]
+        sm = data.summary[data.summary["workload"] == wl]
+        f = {
+            "heatmap": Figure(f"{s}-speedup.png", f"{wl}: speedup over dense on the same device",
+                              plots.speedup_heatmap(sm, devs, plans, title=wl)),
+            "time": Figure(f"{s}-time-by-layer.png", f"{wl}: where the time goes (top layers, relative to dense)",
+                           plots.stacked_layers(po, "latency_s", "time", devs, plans)),
+            "energy": Figure(f"{s}-energy-by-layer.png", f"{wl}: where the energy goes (top layers, relative to dense)",
+                             plots.stacked_layers(po, "energy_j", "energy", devs, plans)),
+            "roofline": Figure(f"{s}-roofline.png", f"{wl}: every op on each device's roofline: dense ●, sparse ▲; "
+                               "hollow = no DRAM traffic (cache-resident), placed by its operand bytes",
+                               plots.rooflines(po.assign(op_bytes=po["op_index"].map(data.op_bytes.get(wl, {}))),
+                                               roofs, devs, plans)),
+        }
+        if data.serving is not None and len(data.serving):
+            sv = data.serving[data.serving["workload"] == wl]
+            if len(sv):
+                f["serving"] = Figure(f"{s}-serving.png", f"{wl}: latency against offered load (dense and best plan)",
+                                      plots.serving_curves(sv, [d for d in devs if d in set(sv["device"])],
+                                                           [p for p in plans if p in set(sv["plan"])]))
+        figs[wl] = f
+        if progress is not None:
+            progress(1)
+    search_figs = {}
+    for i, sr in enumerate(data.searches):
+        t = sr.trials
+        acc = "accuracy" if "accuracy" in t else None
+        for cost, label in (("latency_s", "modeled latency (s)"), ("energy_j", "modeled energy (J)"),
+                            ("memory_bytes", "weight memory (bytes)")):
+            if acc and cost in t and t[cost].notna().any():
+                name = f"search-{i}-{cost}"
+                search_figs[name] = Figure(
+                    f"{name}.png", f"search {sr.workload} on {sr.device}: accuracy vs {label}",
+                    plots.pareto_front(t, cost, acc, label, "accuracy", f"{sr.workload} on {sr.device}",
+                                       sr.chosen, sr.uniform if cost in sr.uniform else None))
+    if search_figs:
+        figs["_search"] = search_figs
+    return figs

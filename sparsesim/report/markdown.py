@@ -1,0 +1,111 @@
+"""The report as Markdown: the same content as the HTML page, images as files under images/."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from sparsesim import __version__
+from sparsesim.report import analysis, build
+from sparsesim.report.figures import Figure
+from sparsesim.report.fmt import fmt_q, fmt_x, sig
+from sparsesim.report.tables import (PCT_FORMATS, SEARCH_FORMATS, WHY_ROWS, device_table, front_table, gpu_line,
+                                     search_summary, validation_line, why_summary)
+
+
+MD_TITLE = "# sparsesim: which sparsity pattern pays on which hardware"
+
+
+def _md_table(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = None) -> str:
+    formats = formats or {}
+
+    def cell(c: str, v: Any) -> str:
+        if c in formats:
+            s = formats[c](v)
+        elif isinstance(v, (float, np.floating)):
+            s = "–" if not math.isfinite(v) else sig(float(v))
+        else:
+            s = "" if v is None else str(v)
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(str(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row)) + " |")
+    return "\n".join(lines)
+
+
+MD_SUMMARY_FORMATS = {
+    "latency": lambda v: fmt_q(v, "time"), "speedup vs dense": fmt_x, "energy": lambda v: fmt_q(v, "energy"),
+    "energy vs dense": fmt_x, "memory": lambda v: fmt_q(v, "bytes"), "best": lambda v: "★" if v else "",
+}
+
+
+def md_summary(sm: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "device": sm["device"], "plan": sm["plan"], "latency": sm["latency_s"],
+        "speedup vs dense": sm["speedup_vs_dense"], "energy": sm["energy_j"], "energy vs dense": sm["energy_vs_dense"],
+        "memory": sm["memory_bytes"], "bound": sm["bound"], "fallback ops": sm["fallback_ops"], "best": sm["best"],
+    })
+
+
+def render_markdown(data: build.ReportData, figs: dict[str, dict[str, Figure]], verdicts: list[dict[str, Any]],
+                    tables: dict[str, pd.DataFrame]) -> str:
+    devs, plans = data.device_names, data.plans
+    out = [MD_TITLE, "",
+           f"Generated {data.created} by sparsesim {__version__}. Workloads: {', '.join(data.workloads)}; "
+           f"devices: {', '.join(devs)}; plans: {', '.join(plans)}."]
+    if data.command:
+        out += ["", f"Command: `{data.command}`"]
+    out += ["", "## Verdict", ""]
+    out += [f"- {v['text']}" for v in verdicts]
+    out += ["", "## Speedup at a glance", ""]
+    out += [f"![{figs[w]['heatmap'].caption}](images/{figs[w]['heatmap'].name})" for w in data.workloads]
+    layer_t = analysis.layer_table(data.per_op)
+    slow = layer_t[layer_t["speedup"] < 1.0 / analysis.NO_SPEEDUP]
+    for wl in data.workloads:
+        f = figs[wl]
+        sm = data.summary[data.summary["workload"] == wl]
+        out += ["", f"## {wl}", "", f"### Summary: {wl}", "", _md_table(md_summary(sm), MD_SUMMARY_FORMATS), ""]
+        out += [f"![{f['time'].caption}](images/{f['time'].name})", "",
+                f"![{f['energy'].caption}](images/{f['energy'].name})", "",
+                f"![{f['roofline'].caption}](images/{f['roofline'].name})", ""]
+        w = slow[slow["workload"] == wl]
+        out += ["### Why no speedup", "", _md_table(why_summary(w, devs, plans)), ""]
+        detail = w.sort_values("dense_latency_s", ascending=False).groupby(["device", "plan"], sort=False).head(WHY_ROWS)
+        detail = detail.sort_values(["device", "plan", "dense_latency_s"], ascending=[True, True, False])
+        cols = {"device": "device", "plan": "plan", "module": "layer", "kernel": "kernel", "bound": "bound",
+                "dense_latency_s": "dense", "latency_s": "sparse", "speedup": "speedup", "reasons": "reasons"}
+        out += [f"The {WHY_ROWS} biggest such layers per device and plan (all of them in `why_no_speedup.csv`):", "",
+                _md_table(detail[list(cols)].rename(columns=cols),
+                          {"dense": lambda v: fmt_q(v, "time"), "sparse": lambda v: fmt_q(v, "time"), "speedup": fmt_x}), ""]
+        if "serving" in f:
+            out += [f"![{f['serving'].caption}](images/{f['serving'].name})", ""]
+    if data.searches:
+        out += ["## Co-design search", "", _md_table(search_summary(data), SEARCH_FORMATS), ""]
+        out += [f"![{x.caption}](images/{x.name})" for x in figs.get("_search", {}).values()]
+        for sr in data.searches:
+            out += ["", f"### {sr.workload} on {sr.device}: the front", "", _md_table(front_table(sr), SEARCH_FORMATS), "",
+                    "Chosen plan:", "",
+                    _md_table(pd.DataFrame({"weight": list(sr.patterns), "pattern": list(sr.patterns.values())})), ""]
+    if data.validation is not None:
+        v = data.validation
+        out += ["", "## Fidelity: predicted against measured", "", validation_line(v), "",
+                "### Host CPU: error per pattern", "", _md_table(v.errors, PCT_FORMATS), ""]
+        if len(v.crossover):
+            out += ["### CSR-vs-dense crossover density", "", _md_table(v.crossover), ""]
+        if len(v.gpu):
+            out += ["### Published GPU figures through the GPU model", "", gpu_line(v), "", _md_table(v.gpu, PCT_FORMATS), ""]
+        out += ["Every host case is in `validation.csv`.", ""]
+    prov = tables["provenance.csv"]
+    fitted = prov[prov["fit_date"].notna()]
+    fb = tables["fallbacks.csv"]
+    out += ["", "## Provenance and fallbacks", "", "### Devices", "", _md_table(device_table(data.devices)), "",
+            "### Fitted parameters", "",
+            _md_table(fitted[["device", "field", "value", "si_unit", "fit_date", "fit_error", "source"]]) if len(fitted)
+            else "No device in this report carries fitted parameters.", "", "### Fallbacks taken", "",
+            _md_table(fb, {"latency_s": lambda v: fmt_q(v, "time")}) if len(fb) else "No op fell back.", "",
+            "Every device number with its source is in `provenance.csv`; every op of every run in `layers.csv.gz` (gzip-compressed CSV).", ""]
+    return "\n".join(out)

@@ -1,0 +1,106 @@
+"""Tables the HTML and Markdown pages both show, shaped from the report data."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from sparsesim.report import build
+from sparsesim.report.fmt import fmt_q, fmt_x
+from sparsesim.report.inputs import SearchResult, ValidationResult
+
+
+# Rows of the per-layer "why no speedup" table shown per (device, plan) on the page; the CSV has all.
+WHY_ROWS = 3
+
+
+def why_summary(t: pd.DataFrame, devices: Sequence[str], plans: Sequence[str]) -> pd.DataFrame:
+    """Per device x sparse plan: how many layers gained nothing, and the reason weighted by their dense time."""
+    rows = []
+    for dev in devices:
+        row = {"device": dev}
+        for p in plans:
+            if p == "dense":
+                continue
+            g = t[(t["device"] == dev) & (t["plan"] == p)]
+            if not len(g):
+                row[p] = "all layers faster"
+                continue
+            weight: dict[str, float] = {}
+            for rs, w in zip(g["reasons"], g["dense_latency_s"].fillna(0.0)):
+                for tag in (rs.split("; ") if rs else ["(no reason given)"]):
+                    tag = re.sub(r"\s*\(.*\)$", "", tag)
+                    weight[tag] = weight.get(tag, 0.0) + float(w)
+            top = sorted(weight, key=lambda k: -weight[k])[:2]
+            row[p] = f"{len(g)} layer{'s' if len(g) != 1 else ''}: " + ", ".join(top)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def device_table(devices: Sequence[Any]) -> pd.DataFrame:
+    return pd.DataFrame([{"device": d.name, "family": d.family, "description": d.description,
+                          "file": _short_path(d.path), "numbers": len(d.provenance), "fitted": len(d.fitted())}
+                         for d in devices])
+
+
+def _short_path(p: str) -> str:
+    parts = Path(p).parts
+    for anchor in ("accelerators",):
+        if anchor in parts:
+            return "/".join(parts[parts.index(anchor):])
+    return p
+
+
+def search_summary(data: build.ReportData) -> pd.DataFrame:
+    rows = []
+    for sr in data.searches:
+        c = sr.chosen
+        rows.append({"workload": sr.workload, "device": sr.device, **{k: v for k, v in sr.extra.items()
+                                                                     if k in ("algorithm", "target speedup",
+                                                                              "target max_accuracy_drop", "dense accuracy")},
+                     "chosen accuracy": c.get("accuracy"), "chosen speedup": c.get("speedup_vs_dense"),
+                     "chosen latency": c.get("latency_s"), "best uniform plan": c.get("uniform_plan"),
+                     "uniform accuracy": c.get("uniform_accuracy"), "front points": len(sr.trials)})
+    return pd.DataFrame(rows)
+
+
+SEARCH_FORMATS = {"chosen latency": lambda v: fmt_q(v, "time"), "chosen speedup": fmt_x,
+                  "latency_s": lambda v: fmt_q(v, "time"), "energy_j": lambda v: fmt_q(v, "energy"),
+                  "memory_bytes": lambda v: fmt_q(v, "bytes"), "speedup_vs_dense": fmt_x}
+
+
+def front_table(sr: SearchResult) -> pd.DataFrame:
+    cols = [c for c in ("source", "plan", "accuracy", "latency_s", "speedup_vs_dense", "energy_j", "memory_bytes")
+            if c in sr.trials]
+    return sr.trials[sr.trials["on_front"].astype(bool)][cols].sort_values("latency_s") if "latency_s" in cols else sr.trials[cols]
+
+
+def _pct(v: Any) -> str:
+    return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{100 * float(v):.1f}%"
+
+
+PCT_FORMATS = {c: _pct for c in ("median_abs_error", "p90_abs_error", "target", "latency_median_abs_error",
+                                 "latency_error", "speedup_error", "abs_error")}
+
+
+def validation_line(v: ValidationResult) -> str:
+    m = v.meta
+    parts = [f"From {v.source}", f"device {m.get('device', '?')} ({m.get('device_source', '')})"]
+    if m.get("quick"):
+        parts.append("quick grid")
+    if m.get("wall_s") is not None:
+        parts.append(f"{m['wall_s']} s")
+    if m.get("load_average") is not None:
+        parts.append(f"load average {m['load_average']:.2f} when it ran")
+    return "; ".join(parts) + "."
+
+
+def gpu_line(v: ValidationResult) -> str:
+    g = v.gpu_summary
+    return (f"{g.get('cases', len(v.gpu))} published cases; median |error| {_pct(g.get('median_abs_error'))}, "
+            f"90th percentile {_pct(g.get('p90_abs_error'))}; direction right in {g.get('direction_right', '?')} of "
+            f"{g.get('direction_cases', '?')}.")
