@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsesim.cost import estimate_op
-from sparsesim.cost.fpga import busy_rows, offchip_traffic, run_dtype
+from sparsesim.cost.common import run_dtype
+from sparsesim.cost.fpga import busy_rows, offchip_traffic
 from sparsesim.devices import load_device, parse_device_doc
 from sparsesim.errors import DeviceFileError
 from sparsesim.formats import format_bytes, storage_format
@@ -223,7 +224,7 @@ def test_dsp_packing_shrinks_the_array_for_wider_dtypes():
     assert f32.details["array_cols"] == 12 and i8.details["array_cols"] == 128
     assert f32.latency_s > 5 * i8.latency_s
     assert run_dtype("fp8", U250.params.dsp_per_mac) == ("int8", True)
-    assert run_dtype("tf32", U250.params.dsp_per_mac) == ("fp32", True)
+    assert run_dtype("tf32", U250.params.dsp_per_mac) == ("fp32", False)  # same-width float: a conversion
     assert estimate_op(linear(64, 64, 64, "fp8"), None, U250).fallback
 
 

@@ -303,3 +303,24 @@ def fastest(choices: list[Choice]) -> Choice:
     if not ok:
         raise ValueError("no supported kernel among the choices")
     return min(ok, key=lambda c: c.cost.latency_s)
+
+
+def run_dtype(op_dtype: str, supported: Mapping[str, float]) -> tuple[str, bool]:
+    """The dtype an op runs at on a device that supports `supported`, and whether that is a fallback.
+
+    An unsupported dtype runs at the narrowest supported dtype at least as wide (exact width and
+    float-ness preferred); with none that wide, at the widest supported one. A cast to a float
+    dtype of the same width (fp16 -> bf16, tf32 -> fp32) is a model conversion, noted but not a
+    fallback; a wider, narrower or float <-> int one is.
+    """
+    if op_dtype in supported:
+        return op_dtype, False
+    width = DTYPE_BYTES[op_dtype]
+    is_int = op_dtype.startswith("int")
+    cands = [d for d in supported if DTYPE_BYTES.get(d, 0) >= width]
+    if cands:
+        best = min(cands, key=lambda d: (DTYPE_BYTES[d], d.startswith("int") != is_int, d))
+    else:
+        best = max(supported, key=lambda d: (DTYPE_BYTES.get(d, 0), not d.startswith("int"), d))
+    same_kind = DTYPE_BYTES.get(best, 0) == width and best.startswith("int") == is_int
+    return best, not same_kind

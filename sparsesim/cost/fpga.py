@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from sparsesim.cost import register_cost
-from sparsesim.cost.common import EnergyInputs, bound_of, build_cost, gemm_work, memory_op_cost
+from sparsesim.cost.common import EnergyInputs, bound_of, build_cost, gemm_work, memory_op_cost, run_dtype
 from sparsesim.cost.record import Cost
 from sparsesim.cost.systolic import gemm_cycles
 from sparsesim.devices import Device, quantity, register_family, setting
@@ -96,25 +96,6 @@ class FpgaParams:
             return (f"PE array {self.pe_rows:g}x{self.pe_cols:g} at {self.dsp_per_mac[self.design_dtype]:g} "
                     f"DSP/MAC ({self.design_dtype}) needs {need:g} DSPs but dsp_total is {self.dsp_total:g}")
         return None
-
-
-def run_dtype(op_dtype: str, supported: Mapping[str, float]) -> tuple[str, bool]:
-    """The dtype an op runs at on a device that supports `supported`, and whether that is a fallback.
-
-    An unsupported dtype runs at the narrowest supported dtype at least as wide (exact width and
-    float-ness preferred); with none that wide, at the widest supported one (a down-cast the
-    result flags as fallback).
-    """
-    if op_dtype in supported:
-        return op_dtype, False
-    width = DTYPE_BYTES[op_dtype]
-    is_int = op_dtype.startswith("int")
-    cands = [d for d in supported if DTYPE_BYTES.get(d, 0) >= width]
-    if cands:
-        best = min(cands, key=lambda d: (DTYPE_BYTES[d], d.startswith("int") != is_int, d))
-    else:
-        best = max(supported, key=lambda d: (DTYPE_BYTES.get(d, 0), not d.startswith("int"), d))
-    return best, True
 
 
 def busy_rows(stats: SparsityStats, rows_per_fold: int) -> tuple[float, float]:
@@ -238,7 +219,7 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     scale = db / work.dtype_bytes
     notes: list[str] = []
     fallback = cast
-    if cast:
+    if dtype != op.dtype:
         notes.append(f"{op.dtype} not supported by the design, ran as {dtype}")
 
     kind = layer.pattern.kind if layer is not None else "dense"
@@ -331,4 +312,4 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     )
 
 
-__all__ = ["FpgaParams", "fpga_cost", "run_dtype", "busy_rows", "offchip_traffic"]
+__all__ = ["FpgaParams", "fpga_cost", "busy_rows", "offchip_traffic"]

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from sparsesim.cost import register_cost
-from sparsesim.cost.common import EnergyInputs, bound_of, build_cost, gemm_work, memory_op_cost
-from sparsesim.cost.fpga import run_dtype
+from sparsesim.cost.common import EnergyInputs, bound_of, build_cost, gemm_work, memory_op_cost, run_dtype
 from sparsesim.cost.record import Cost
 from sparsesim.devices import Device, quantity, register_family, setting
 from sparsesim.ir import DTYPE_BYTES, MEMORY_KINDS, Op
@@ -120,7 +119,7 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     work = gemm_work(op, layer)
     scale = DTYPE_BYTES[dtype] / work.dtype_bytes
     notes: list[str] = []
-    if cast:
+    if dtype != op.dtype:
         notes.append(f"{op.dtype} not supported by the engine, ran as {dtype}")
 
     dense_s = work.flops / peak

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sparsesim.devices import Device
+from sparsesim.errors import SparsesimError
 
 
 # A layer whose sparse time is at least this fraction of its dense time gained nothing worth
@@ -167,8 +168,13 @@ def verdicts(summary: pd.DataFrame, per_op: pd.DataFrame, devices: Sequence[str]
         if not per_plan:
             continue
         best = max(per_plan, key=lambda r: r["geomean"])
+        # channel pruning removes whole channels (the costliest in accuracy): name the best plan that keeps them too
+        keeping = [r for r in per_plan if not removes_channels(r["plan"])]
+        keep = max(keeping, key=lambda r: r["geomean"]) if keeping and removes_channels(best["plan"]) else None
         out.append({"device": dev, "family": str(s["family"].iloc[0]), "best_plan": best["plan"],
-                    "best_speedup": best["geomean"], "plans": per_plan, "text": verdict_text(dev, best, per_plan)})
+                    "best_speedup": best["geomean"], "keep_channels_plan": keep["plan"] if keep else None,
+                    "keep_channels_speedup": keep["geomean"] if keep else None, "plans": per_plan,
+                    "text": verdict_text(dev, best, per_plan, keep)})
     return out
 
 
@@ -185,7 +191,18 @@ def short_why(why: str, limit: int = 160) -> str:
     return (cut[:k] if k > limit // 2 else cut.rsplit(" ", 1)[0]) + " …"
 
 
-def verdict_text(dev: str, best: dict[str, Any], per_plan: list[dict[str, Any]]) -> str:
+def removes_channels(plan: str) -> bool:
+    """Whether a plan prunes whole channels (a uniform channel pattern)."""
+    from sparsesim.patterns import parse_pattern
+
+    try:
+        return parse_pattern(plan).kind == "channel"
+    except SparsesimError:  # a plan file, not a pattern spelling: its layers may mix patterns
+        return False
+
+
+def verdict_text(dev: str, best: dict[str, Any], per_plan: list[dict[str, Any]],
+                 keep: dict[str, Any] | None = None) -> str:
     """One sentence per device, every number from the results."""
     parts = []
     for r in sorted(per_plan, key=lambda r: -r["geomean"]):
@@ -198,4 +215,7 @@ def verdict_text(dev: str, best: dict[str, Any], per_plan: list[dict[str, Any]])
         else:
             parts.append(f"{r['plan']} is {1 / r['geomean']:.2f}x slower ({rng}{how})")
     head = (f"use {best['plan']} ({best['geomean']:.2f}x)" if best["geomean"] > 1.0 else "no plan beats dense")
+    if keep is not None and best["geomean"] > 1.0:
+        head += (f"; keeping every channel, {keep['plan']} ({keep['geomean']:.2f}x)" if keep["geomean"] > 1.0
+                 else "; no plan that keeps every channel beats dense")
     return f"{dev}: {head}. " + "; ".join(parts) + "."

@@ -105,6 +105,9 @@ def verdict_html(verdicts: list[dict[str, Any]], plans: Sequence[str]) -> str:
         notes = "<br>".join(f"<b>{esc(r['plan'])}</b> ({esc(r['kernel'])}, {esc(r['bound'])}-bound): {esc(r['why'])}"
                             for r in slow) or "—"
         use = esc(v["best_plan"]) if v["best_speedup"] > 1 else "dense"
+        if v.get("keep_channels_plan") and v["best_speedup"] > 1:
+            alt = v["keep_channels_plan"] if v["keep_channels_speedup"] > 1 else "dense"
+            use += f"<br><small>keeping channels: {esc(alt)}</small>"
         rows.append(f"<tr><td class='nw'><b>{esc(v['device'])}</b></td><td>{esc(v['family'])}</td><td class='nw'><b>{use}</b></td>"
                     + "".join(cells) + f"<td><small>{notes}</small></td></tr>")
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
