@@ -78,6 +78,11 @@ def test_report_writes_every_part(report):
         top = max(rows, key=lambda r: r["speedup_vs_dense"])  # one workload: geomean = the speedup
         assert v["best_plan"] == top["plan"]
         assert f"{top['speedup_vs_dense']:.2f}x" in v["text"]
+        if top["plan"].startswith("channel"):  # and the best plan that keeps every channel
+            keep = max((r for r in rows if not r["plan"].startswith("channel")), key=lambda r: r["speedup_vs_dense"])
+            assert v["keep_channels_plan"] == keep["plan"]
+        else:
+            assert v["keep_channels_plan"] is None
 
 
 def test_csv_carries_the_json_numbers(report):

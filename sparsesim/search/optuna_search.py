@@ -83,8 +83,14 @@ def open_storage(storage: str):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if storage.split("://", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "oracle", "mssql"):
-        return RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                          failed_trial_callback=_retry_stale)
+        import inspect
+
+        # Optuna 4.9 renamed the stale-trial callback; pass whichever this version takes
+        params = inspect.signature(RDBStorage).parameters
+        cb = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **{cb: _retry_stale})
     try:
         return optuna.storages.get_storage(storage)
     except Exception as e:  # optuna raises several types for a bad URL
