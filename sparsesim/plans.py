@@ -452,7 +452,8 @@ def _criterion(criterion: str) -> str:
     return criterion
 
 
-def _layer_record(weight: str, pattern: Pattern, stats: Any, value_bytes: float) -> LayerSparsity:
+def layer_record(weight: str, pattern: Pattern, stats: Any, value_bytes: float) -> LayerSparsity:
+    """A weight's LayerSparsity from its pattern and stats: storage format and exact bytes."""
     fmt = storage_format(pattern, stats, value_bytes=value_bytes)
     size = format_bytes(fmt, stats, value_bytes=value_bytes, pattern=pattern)
     return LayerSparsity(weight=weight, pattern=pattern, stats=stats, format=fmt, format_bytes=size.total,
@@ -507,7 +508,7 @@ def sparsify(workload: Workload, plan: Plan | str, *, criterion: str = "magnitud
                 stats = measure_stats(mask, pattern=pattern)
                 if pattern.kind == "dense" and stats.nnz < stats.size:
                     pattern = _found_zeros_pattern(stats)
-        layers[w] = _layer_record(w, pattern, stats, vb)
+        layers[w] = layer_record(w, pattern, stats, vb)
     return SparseWorkload(workload=workload, plan_name=plan.name, layers=layers)
 
 

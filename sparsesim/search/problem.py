@@ -35,14 +35,10 @@ MASK_CACHE = 256
 
 def layer_sparsity(weight: str, mask2d: torch.Tensor, pattern: Pattern, value_bytes: float) -> LayerSparsity:
     """LayerSparsity of a real mask, exactly as plans.sparsify builds it."""
-    from sparsesim.formats import format_bytes, storage_format
+    from sparsesim.plans import layer_record
     from sparsesim.stats import measure_stats
 
-    stats = measure_stats(mask2d, pattern=pattern)
-    fmt = storage_format(pattern, stats, value_bytes=value_bytes)
-    size = format_bytes(fmt, stats, value_bytes=value_bytes, pattern=pattern)
-    return LayerSparsity(weight=weight, pattern=pattern, stats=stats, format=fmt, format_bytes=size.total,
-                         value_bytes=size.values, metadata_bytes=size.metadata)
+    return layer_record(weight, pattern, measure_stats(mask2d, pattern=pattern), value_bytes)
 
 
 @dataclass(frozen=True)
