@@ -260,13 +260,14 @@ class SearchProblem:
 
     def patterns(self, choice: Mapping[str, str]) -> dict[str, Pattern]:
         """The pattern each touched weight ends up with, as a plan file records it: its own
-        pattern, or (when channel pruning also removed rows/columns) unstructured at its density."""
+        pattern, channel when channel pruning removed its rows and/or columns (a smaller dense op),
+        or unstructured at its density when channel pruning cut into a sparse pattern."""
         out = {}
         for w, m in self.masks(choice).items():
             p = self._weight_pattern(choice, w)
             rd = self._group_density(choice, self._row_group.get(w))
             cd = self._group_density(choice, self._col_group.get(w))
-            if rd < 1.0 and cd == 1.0 and p.kind == "dense":
+            if (rd < 1.0 or cd < 1.0) and p.kind == "dense":  # whole rows/columns: a smaller dense op
                 out[w] = Pattern("channel", round(float(m.float().mean()), 6))
             elif rd < 1.0 or cd < 1.0:
                 out[w] = Pattern("unstructured", round(float(m.float().mean()), 6))
