@@ -21,11 +21,11 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 from sparsesim.errors import DeviceFileError
+from sparsesim.packaged import builtin_dirs, builtin_files
 
 # dimension -> {unit spelling: factor to the SI base unit}
 UNITS: Mapping[str, Mapping[str, float]] = {
@@ -116,23 +116,12 @@ def _load_families() -> None:
 
 def builtin_device_dirs() -> list[Path]:
     """Packaged device files (wheel install) or the repository's accelerators/ (checkout)."""
-    dirs = []
-    packaged = resources.files("sparsesim").joinpath("_data", "accelerators")
-    if packaged.is_dir():
-        dirs.append(Path(str(packaged)))
-    repo = Path(__file__).resolve().parent.parent / "accelerators"
-    if repo.is_dir():
-        dirs.append(repo)
-    return dirs
+    return builtin_dirs("accelerators")
 
 
 def builtin_device_files() -> dict[str, Path]:
     """Device name (file stem) -> file, the first directory winning."""
-    found: dict[str, Path] = {}
-    for d in builtin_device_dirs():
-        for p in sorted(d.glob("*.toml")):
-            found.setdefault(p.stem, p)
-    return found
+    return builtin_files(builtin_device_dirs())
 
 
 def find_device_file(name_or_path: str) -> Path:

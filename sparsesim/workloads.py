@@ -25,7 +25,6 @@ import inspect
 import os
 import sys
 import tomllib
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +33,7 @@ import torch.nn as nn
 
 from sparsesim.errors import SparsesimError, WorkloadError
 from sparsesim.ir import DTYPE_BYTES, WeightInfo, Workload
+from sparsesim.packaged import builtin_dirs, builtin_files
 from sparsesim.tracer import dtype_name, trace
 
 RECIPE_KEYS = {"description": str, "builder": str, "dtype": str, "params": dict}
@@ -50,23 +50,12 @@ SINGLE_OP_DEFAULT_DTYPE = "bf16"  # what a standalone GEMM benchmark is usually 
 
 def builtin_recipe_dirs() -> list[Path]:
     """Packaged recipes (wheel install) or the repository's workloads/ (checkout)."""
-    dirs = []
-    packaged = resources.files("sparsesim").joinpath("_data", "workloads")
-    if packaged.is_dir():
-        dirs.append(Path(str(packaged)))
-    repo = Path(__file__).resolve().parent.parent / "workloads"
-    if repo.is_dir():
-        dirs.append(repo)
-    return dirs
+    return builtin_dirs("workloads")
 
 
 def builtin_recipe_files() -> dict[str, Path]:
     """Recipe name (file stem) -> file, the first directory winning."""
-    found: dict[str, Path] = {}
-    for d in builtin_recipe_dirs():
-        for p in sorted(d.glob("*.toml")):
-            found.setdefault(p.stem, p)
-    return found
+    return builtin_files(builtin_recipe_dirs())
 
 
 @dataclasses.dataclass(frozen=True)

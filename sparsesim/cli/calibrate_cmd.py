@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from sparsesim.cli.common import add_timing_arguments, timing_progress
 
 NAME = "calibrate"
 HELP = "measure this CPU (dense GEMM per dtype, bandwidth, CSR/BSR matmuls) and fit a device file for it"
@@ -13,21 +14,16 @@ HELP = "measure this CPU (dense GEMM per dtype, bandwidth, CSR/BSR matmuls) and 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="PATH",
                         help="device file to write (default: accelerators/host.toml)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a small grid (a few seconds) for CI; the full grid takes well under a minute")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads while timing (default 1; recorded in the file)")
+    add_timing_arguments(parser,
+                         quick_help="a small grid (a few seconds) for CI; the full grid takes well under a minute",
+                         threads_help="torch threads while timing (default 1; recorded in the file)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from sparsesim.calibrate import calibrate
-    from sparsesim.errors import SparsesimError
 
-    if args.threads < 1:
-        raise SparsesimError(f"calibrate --threads {args.threads}: must be >= 1")
-    quiet = getattr(args, "json", False)
-    res = calibrate(args.out, quick=args.quick, threads=args.threads,
-                    progress=None if quiet else (lambda m: print(f"calibrate: {m}", file=sys.stderr)))
+    progress = timing_progress(args, NAME)
+    res = calibrate(args.out, quick=args.quick, threads=args.threads, progress=progress)
     return res.summary()
 
 

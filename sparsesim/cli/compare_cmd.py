@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from sparsesim import results
+from sparsesim.cli.common import add_criterion_argument, add_workload_argument
 
 NAME = "compare"
 HELP = "compare sparsity plans across devices: latency, speedup over dense, energy, memory and why"
@@ -20,12 +21,12 @@ WHY_WIDTH = 100
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from sparsesim.estimate import DEFAULT_PLANS
 
-    p.add_argument("workload", help="recipe, recipe file, single op or module.path:factory")
+    add_workload_argument(p)
     p.add_argument("--devices", default=None,
                    help="comma-separated device names or .toml paths (default: every built-in device)")
     p.add_argument("--plans", default=",".join(DEFAULT_PLANS),
                    help=f"comma-separated patterns or plan files (default: {','.join(DEFAULT_PLANS)})")
-    p.add_argument("--criterion", default="magnitude", help="mask criterion used to build masks")
+    add_criterion_argument(p)
 
 
 def _plans(text: str) -> list[str]:

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from sparsesim import results
+from sparsesim.cli.common import add_criterion_argument, add_device_argument, add_workload_argument
 
 NAME = "estimate"
 HELP = "latency, energy and memory of a workload under a sparsity plan on one device, op by op"
@@ -19,12 +20,12 @@ WHY_WIDTH = 90
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("workload", help="recipe (resnet50, bert-base:batch=8,seq=128), recipe/plan file, "
-                                    "single op (gemm:M=4096,N=4096,K=4096,dtype=fp16) or module.path:factory")
-    p.add_argument("--device", required=True, help="built-in device name or path to a device .toml")
+    add_workload_argument(p, help="recipe (resnet50, bert-base:batch=8,seq=128), recipe/plan file, "
+                                  "single op (gemm:M=4096,N=4096,K=4096,dtype=fp16) or module.path:factory")
+    add_device_argument(p)
     p.add_argument("--plan", default="dense",
                    help="pattern (dense, 2:4, unstructured:0.9, block4x4:0.5, channel:0.5) or plan file")
-    p.add_argument("--criterion", default="magnitude", help="mask criterion used to build masks")
+    add_criterion_argument(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

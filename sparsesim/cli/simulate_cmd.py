@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from sparsesim import results
+from sparsesim.cli.common import add_criterion_argument, add_device_argument, add_workload_argument
 
 NAME = "simulate"
 HELP = "simulate a workload on a device: overlap, stream throughput, serving p50/p99 at a request rate"
@@ -15,8 +16,8 @@ HELP = "simulate a workload on a device: overlap, stream throughput, serving p50
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from sparsesim.simulate import DEFAULT_REQUESTS, DEFAULT_STREAM
 
-    p.add_argument("workload", help="recipe, recipe file, single op or module.path:factory")
-    p.add_argument("--device", required=True, help="built-in device name or path to a device .toml")
+    add_workload_argument(p)
+    add_device_argument(p)
     p.add_argument("--plan", default="dense", help="pattern or plan file (default dense)")
     p.add_argument("--qps", type=float, default=None, help="serve Poisson arrivals at this many requests/s")
     p.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="requests to serve (with --qps)")
@@ -26,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "needs a recipe with a batch parameter")
     p.add_argument("--no-overlap", action="store_true", help="no weight-fetch/compute overlap between ops")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival process")
-    p.add_argument("--criterion", default="magnitude", help="mask criterion used to build masks")
+    add_criterion_argument(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,8 +4,9 @@ plus the published GPU figures through the GPU model."""
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
+
+from sparsesim.cli.common import add_timing_arguments, timing_progress
 
 NAME = "validate"
 HELP = "time a grid of dense/CSR/BSR/channel-pruned kernels here and print predicted vs measured with errors"
@@ -15,20 +16,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="host", metavar="host|PATH",
                         help="calibrated CPU device (default: accelerators/host.toml; calibrated "
                              "quickly first, and said so, if it does not exist)")
-    parser.add_argument("--quick", action="store_true", help="a small grid (seconds) for CI")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads while timing (default 1)")
+    add_timing_arguments(parser, quick_help="a small grid (seconds) for CI",
+                         threads_help="torch threads while timing (default 1)")
     parser.add_argument("--no-cases", action="store_true", help="print only the error summary, not every case")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.errors import SparsesimError
     from sparsesim.validate import validate
 
-    if args.threads < 1:
-        raise SparsesimError(f"validate --threads {args.threads}: must be >= 1")
-    quiet = getattr(args, "json", False)
-    doc = validate(args.device, quick=args.quick, threads=args.threads,
-                   progress=None if quiet else (lambda m: print(f"validate: {m}", file=sys.stderr)))
+    progress = timing_progress(args, NAME)
+    doc = validate(args.device, quick=args.quick, threads=args.threads, progress=progress)
     doc["show_cases"] = not args.no_cases
     return doc
 

@@ -22,8 +22,13 @@ from typing import Mapping
 from sparsesim.cost.energy import action_energy
 from sparsesim.cost.record import Cost
 from sparsesim.devices import Device
-from sparsesim.ir import DTYPE_BYTES, GemmShape, Op
+from sparsesim.ir import DTYPE_BYTES, MEMORY_KINDS, GemmShape, Op
 from sparsesim.sparsity import LayerSparsity
+
+
+# pattern kinds a zero-skipping engine (FPGA PE array, S4-style lanes) can skip in the weight;
+# channel pruning needs no skipping (it is a smaller dense GEMM)
+ZERO_SKIP_PATTERNS = ("unstructured", "nm", "block")
 
 
 # ----------------------------------------------------------------------------- op -> work
@@ -247,6 +252,26 @@ def build_cost(
     )
 
 
+def stored_operand_bytes(op: Op, work: GemmWork, dtype: str, *, sparse_weight: bool) -> tuple[float, float, float, float]:
+    """(weight stored, its metadata, activation in, output out) bytes at the dtype the op runs in.
+
+    With `sparse_weight` the weight is stored as the plan's format gives it (values + metadata),
+    else dense. A convolution's activation is its real input tensor (an engine that builds the
+    im2col view on chip reads the input once), shrunk with K when channels were pruned.
+    """
+    scale = DTYPE_BYTES[dtype] / work.dtype_bytes
+    if sparse_weight:
+        w_store = (work.w_values_bytes + work.w_metadata_bytes) * scale
+        meta = work.w_metadata_bytes * scale
+    else:
+        w_store, meta = work.w_bytes * scale, 0.0
+    a_bytes = work.a_bytes * scale
+    if op.kind == "conv" and op.input_shapes and op.gemm is not None:
+        k_shrink = work.gemms[0].k / op.gemm.k if op.gemm.k else 1.0
+        a_bytes = min(a_bytes, math.prod(op.input_shapes[0]) * DTYPE_BYTES[dtype] * k_shrink)
+    return w_store, meta, a_bytes, work.c_bytes * scale
+
+
 def memory_op_cost(
     op: Op,
     device: Device,
@@ -257,15 +282,15 @@ def memory_op_cost(
     energy_per_byte_j: float,
     static_power_w: float,
     level: str = "dram",
-    fallback: bool = False,
-    why: str = "",
 ) -> Cost:
-    """A memory-bound op (elementwise, norm, softmax, ...): bytes / bandwidth + fixed overhead.
+    """An op without a GEMM: bytes / bandwidth + fixed overhead.
 
-    Also the costing of an op a family has no formula for (pass fallback=True and a why).
+    A memory op (elementwise, norm, softmax, ...) is costed this way by design; an op of any
+    other kind has no formula in any family and is costed the same way, flagged as a fallback.
     """
     nbytes = memory_op_bytes(op)
     mem_s = nbytes / bandwidth if bandwidth > 0 else 0.0
+    known = op.kind in MEMORY_KINDS
     return build_cost(
         device=device,
         model=model,
@@ -280,10 +305,11 @@ def memory_op_cost(
             static_power_w=static_power_w,
         ),
         kernel="memory",
-        why=why or f"{op.kind}: {nbytes / 1e6:.3g} MB at {bandwidth / 1e9:.4g} GB/s",
+        why=(f"{op.kind}: {nbytes / 1e6:.3g} MB at {bandwidth / 1e9:.4g} GB/s" if known
+             else f"no formula for {op.aten} (op kind {op.kind!r}): costed as its memory traffic"),
         flops_executed=float(op.flops),
         peak_flops=0.0,
-        fallback=fallback,
+        fallback=not known,
     )
 
 
@@ -324,3 +350,64 @@ def run_dtype(op_dtype: str, supported: Mapping[str, float]) -> tuple[str, bool]
         best = max(supported, key=lambda d: (DTYPE_BYTES.get(d, 0), not d.startswith("int"), d))
     same_kind = DTYPE_BYTES.get(best, 0) == width and best.startswith("int") == is_int
     return best, not same_kind
+
+
+# ----------------------------------------------------------------------------- device-file checks
+# Each returns the first problem as one line naming the field, or None, so a family's
+# `validate` can chain them with `or` in the order it wants them reported.
+
+def _entries(params: object, name: str) -> list[tuple[str, object]]:
+    """(label, value) of a field: one entry, or one per dtype for a per-dtype table."""
+    v = getattr(params, name)
+    return [(f"{name}.{k}", x) for k, x in v.items()] if isinstance(v, dict) else [(name, v)]
+
+
+def check_flags(params: object, *names: str) -> str | None:
+    """Settings that must be booleans."""
+    for name in names:
+        v = getattr(params, name)
+        if not isinstance(v, bool):
+            return f"field '{name}': must be true or false, got {v!r}"
+    return None
+
+
+def check_positive(params: object, *names: str) -> str | None:
+    """Quantities (or every entry of per-dtype tables) that must be > 0."""
+    for name in names:
+        for label, v in _entries(params, name):
+            if not v > 0:  # type: ignore[operator]
+                return f"field '{label}': must be > 0, got {v:g}"
+    return None
+
+
+def check_whole(params: object, *names: str) -> str | None:
+    """Counts (or every entry of per-dtype tables) that must be positive whole numbers."""
+    for name in names:
+        for label, v in _entries(params, name):
+            if v < 1 or v != int(v):  # type: ignore[operator,call-overload]
+                return f"field '{label}': must be a positive whole number, got {v:g}"
+    return None
+
+
+def check_fraction(params: object, *names: str, zero_ok: bool = False) -> str | None:
+    """Ratios (or every entry of per-dtype tables) in (0, 1], or [0, 1] with `zero_ok`."""
+    for name in names:
+        for label, v in _entries(params, name):
+            if not (0 <= v <= 1 if zero_ok else 0 < v <= 1):  # type: ignore[operator]
+                return f"field '{label}': must be in {'[' if zero_ok else '('}0, 1], got {v:g}"
+    return None
+
+
+def check_dtype_table(params: object, name: str, energy: str = "mac_energy") -> str | None:
+    """A per-dtype table that defines which dtypes a device runs: known dtypes, values > 0, and
+    an `energy` entry (MAC energy) for each."""
+    table = getattr(params, name)
+    unknown = sorted(set(table) - set(DTYPE_BYTES))
+    if unknown:
+        return f"field '{name}': unknown dtype(s) {', '.join(unknown)}"
+    if any(v <= 0 for v in table.values()):
+        return f"field '{name}': every value must be > 0"
+    missing = sorted(set(table) - set(getattr(params, energy)))
+    if missing:
+        return f"field '{energy}': no entry for dtype(s) {', '.join(missing)} listed in {name}"
+    return None

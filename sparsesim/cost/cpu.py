@@ -30,13 +30,16 @@ from sparsesim.cost.common import (
     GemmWork,
     build_cost,
     ceil_div,
+    check_flags,
+    check_fraction,
+    check_positive,
     gemm_work,
     memory_op_bytes,
     memory_op_cost,
 )
 from sparsesim.cost.record import Cost
 from sparsesim.devices import Device, quantity, register_family, setting
-from sparsesim.ir import DTYPE_BYTES, MEMORY_KINDS, Op
+from sparsesim.ir import DTYPE_BYTES, Op
 from sparsesim.sparsity import LayerSparsity
 
 MODEL = "cpu-simd"
@@ -97,15 +100,16 @@ class CpuParams:
     threads: float = quantity("count", default=0.0)
 
     def validate(self) -> str | None:
-        for name in ("cores", "clock", "vector_bits", "fma_ports", "l2_bandwidth", "l3_bandwidth",
-                     "dram_bandwidth"):
-            if getattr(self, name) <= 0:
-                return f"field '{name}' must be > 0"
+        problem = check_positive(self, "cores", "clock", "vector_bits", "fma_ports", "l2_bandwidth",
+                                 "l3_bandwidth", "dram_bandwidth")
+        if problem:
+            return problem
         if FALLBACK_DTYPE not in self.gemm_efficiency:
             return f"field 'gemm_efficiency' needs an '{FALLBACK_DTYPE}' entry (the fallback dtype)"
-        for dt, eff in self.gemm_efficiency.items():
-            if not 0 < eff <= 1:
-                return f"field 'gemm_efficiency.{dt}' must be in (0, 1], got {eff}"
+        problem = check_fraction(self, "gemm_efficiency")
+        if problem:
+            return problem
+        for dt in self.gemm_efficiency:
             if dt not in self.gemm_half_m:
                 return f"field 'gemm_half_m' lacks '{dt}' (every gemm_efficiency dtype needs one)"
             if dt not in self.mac_energy:
@@ -115,8 +119,9 @@ class CpuParams:
         for key in self.bsr_vector_cycles:
             if _parse_block(key) is None:
                 return f"field 'bsr_vector_cycles.{key}': key must be a block shape like '4x4'"
-        if not isinstance(self.picks_faster_kernel, bool):
-            return "field 'picks_faster_kernel' must be true or false"
+        problem = check_flags(self, "picks_faster_kernel")
+        if problem:
+            return problem
         if not isinstance(self.native_dtypes, list) or not all(isinstance(d, str) for d in self.native_dtypes):
             return "field 'native_dtypes' must be a list of dtype strings"
         return None
@@ -302,13 +307,8 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     if op.gemm is None:
         nbytes = memory_op_bytes(op)
         level, bw, epb = residency(p, nbytes)
-        known = op.kind in MEMORY_KINDS
-        return memory_op_cost(
-            op, device, model=MODEL, bandwidth=bw, overhead_s=p.call_overhead,
-            energy_per_byte_j=epb, static_power_w=p.static_power, level=level,
-            fallback=not known,
-            why="" if known else f"no CPU formula for op kind {op.kind!r} ({op.aten}): costed as memory traffic",
-        )
+        return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.call_overhead,
+                              energy_per_byte_j=epb, static_power_w=p.static_power, level=level)
     work = gemm_work(op, layer)
     if layer is None or layer.pattern.kind == "dense":
         return _dense(op, work, device, p, layer)

@@ -33,16 +33,30 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from sparsesim.cost import register_cost
-from sparsesim.cost.common import EnergyInputs, bound_of, build_cost, gemm_work, memory_op_cost, run_dtype
+from sparsesim.cost.common import (
+    ZERO_SKIP_PATTERNS,
+    EnergyInputs,
+    bound_of,
+    build_cost,
+    check_dtype_table,
+    check_flags,
+    check_positive,
+    check_whole,
+    gemm_work,
+    memory_op_cost,
+    run_dtype,
+    stored_operand_bytes,
+)
 from sparsesim.cost.record import Cost
 from sparsesim.cost.systolic import gemm_cycles
 from sparsesim.devices import Device, quantity, register_family, setting
-from sparsesim.ir import DTYPE_BYTES, GemmShape, MEMORY_KINDS, Op
+from sparsesim.ir import DTYPE_BYTES, GemmShape, Op
 from sparsesim.sparsity import LayerSparsity, SparsityStats
 
 MODEL = "fpga-systolic"
-SKIPPABLE_PATTERNS = ("unstructured", "nm", "block")
 FPGA_DATAFLOWS = ("output_stationary", "weight_stationary")
+# float slack when rounding a ratio of whole counts (k / rows = 2.0000000001 must give 2 folds)
+FLOAT_SLACK = 1e-9
 
 
 @register_family("fpga")
@@ -72,25 +86,13 @@ class FpgaParams:
         """A problem with the design as one line, or None."""
         if self.dataflow not in FPGA_DATAFLOWS:
             return f"field 'dataflow': {self.dataflow!r} is not one of {', '.join(FPGA_DATAFLOWS)}"
-        for label, v in (("pe_rows", self.pe_rows), ("pe_cols", self.pe_cols)):
-            if v < 1 or v != int(v):
-                return f"field '{label}': must be a positive whole number, got {v:g}"
-        if self.clock <= 0:
-            return "field 'clock': must be > 0"
-        for label, v in (("skip_weight_zeros", self.skip_weight_zeros),
-                         ("skip_activation_zeros", self.skip_activation_zeros)):
-            if not isinstance(v, bool):
-                return f"field '{label}': must be true or false, got {v!r}"
-        unknown = sorted(set(self.dsp_per_mac) - set(DTYPE_BYTES))
-        if unknown:
-            return f"field 'dsp_per_mac': unknown dtype(s) {', '.join(unknown)}"
-        if any(v <= 0 for v in self.dsp_per_mac.values()):
-            return "field 'dsp_per_mac': every value must be > 0"
+        problem = (check_whole(self, "pe_rows", "pe_cols") or check_positive(self, "clock")
+                   or check_flags(self, "skip_weight_zeros", "skip_activation_zeros")
+                   or check_dtype_table(self, "dsp_per_mac"))
+        if problem:
+            return problem
         if self.design_dtype not in self.dsp_per_mac:
             return f"field 'design_dtype': {self.design_dtype!r} has no entry in dsp_per_mac"
-        missing = sorted(set(self.dsp_per_mac) - set(self.mac_energy))
-        if missing:
-            return f"field 'mac_energy': no entry for dtype(s) {', '.join(missing)} listed in dsp_per_mac"
         need = self.pe_rows * self.pe_cols * self.dsp_per_mac[self.design_dtype]
         if need > self.dsp_total:
             return (f"PE array {self.pe_rows:g}x{self.pe_cols:g} at {self.dsp_per_mac[self.design_dtype]:g} "
@@ -163,8 +165,8 @@ def _gemm_run(
         executed = g.m * g.n * g.k * reps * kept * act_density
     else:
         # weight stationary: the K folds of a column tile shrink to the packed busiest column
-        f_top = math.ceil(k_top / rows - 1e-9)
-        f_typ = math.ceil(k_typ / rows - 1e-9)
+        f_top = math.ceil(k_top / rows - FLOAT_SLACK)
+        f_typ = math.ceil(k_typ / rows - FLOAT_SLACK)
         per_batch = dense.cycles_per_fold * (f_top + (n_col_folds - 1) * f_typ)
         executed = g.m * g.n * g.k * reps * kept
     cycles = max(0.0, g.batch * per_batch - 1)
@@ -190,14 +192,7 @@ def _array_for(p: FpgaParams, dtype: str) -> tuple[int, int]:
     """Rows x cols of the array at `dtype`: same DSP budget, columns scaled by DSPs per MAC."""
     rows, cols = int(p.pe_rows), int(p.pe_cols)
     ratio = p.dsp_per_mac[p.design_dtype] / p.dsp_per_mac[dtype]
-    return rows, max(1, min(cols, math.floor(cols * ratio + 1e-9)))
-
-
-def _conv_input_bytes(op: Op, db: float, k_shrink: float) -> float | None:
-    """Off-chip bytes of a conv's real input tensor (the im2col matrix is built on chip)."""
-    if op.kind != "conv" or not op.input_shapes:
-        return None
-    return math.prod(op.input_shapes[0]) * db * k_shrink
+    return rows, max(1, min(cols, math.floor(cols * ratio + FLOAT_SLACK)))
 
 
 @register_cost("fpga")
@@ -206,17 +201,12 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     p: FpgaParams = device.params
     overhead_s = p.layer_overhead / p.clock
     if not op.is_matmul or op.gemm is None:
-        known = op.kind in MEMORY_KINDS
-        return memory_op_cost(
-            op, device, model=MODEL, bandwidth=p.offchip_bandwidth, overhead_s=overhead_s,
-            energy_per_byte_j=p.dram_energy, static_power_w=p.static_power, fallback=not known,
-            why="" if known else f"{op.aten}: no formula for op kind {op.kind!r}; costed as its memory traffic",
-        )
+        return memory_op_cost(op, device, model=MODEL, bandwidth=p.offchip_bandwidth, overhead_s=overhead_s,
+                              energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
     dtype, cast = run_dtype(op.dtype, p.dsp_per_mac)
     rows, cols = _array_for(p, dtype)
     db = DTYPE_BYTES[dtype]
     work = gemm_work(op, layer)
-    scale = db / work.dtype_bytes
     notes: list[str] = []
     fallback = cast
     if dtype != op.dtype:
@@ -224,7 +214,7 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
 
     kind = layer.pattern.kind if layer is not None else "dense"
     stats = None
-    if kind in SKIPPABLE_PATTERNS:
+    if kind in ZERO_SKIP_PATTERNS:
         if p.skip_weight_zeros:
             stats = layer.stats  # type: ignore[union-attr]
         else:
@@ -247,17 +237,8 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     executed = sum(r.executed_macs for r in runs)
     compute_s = cycles / p.clock
 
-    if stats is not None:
-        w_store = (work.w_values_bytes + work.w_metadata_bytes) * scale
-        meta = work.w_metadata_bytes * scale
-    else:
-        w_store, meta = work.w_bytes * scale, 0.0
-    a_bytes = work.a_bytes * scale
+    w_store, meta, a_bytes, c_bytes = stored_operand_bytes(op, work, dtype, sparse_weight=stats is not None)
     g0 = work.gemms[0]
-    real_in = _conv_input_bytes(op, db, g0.k / op.gemm.k if op.gemm.k else 1.0)
-    if real_in is not None:
-        a_bytes = min(a_bytes, real_in)
-    c_bytes = work.c_bytes * scale
     dram, rereads = offchip_traffic(w_store, a_bytes, c_bytes, p.onchip_buffer)
     memory_s = dram / p.offchip_bandwidth
     sram = sum(r.buffer_bytes for r in runs)

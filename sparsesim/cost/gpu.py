@@ -30,7 +30,6 @@ Gating is not modelled on GPUs; only the sparse kernels skip work.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -41,12 +40,16 @@ from sparsesim.cost.common import (
     GemmWork,
     build_cost,
     ceil_div,
+    check_flags,
+    check_fraction,
+    check_positive,
+    check_whole,
     gemm_work,
     memory_op_cost,
 )
 from sparsesim.cost.record import Cost
 from sparsesim.devices import Device, quantity, register_family, setting
-from sparsesim.ir import MEMORY_KINDS, GemmShape, Op
+from sparsesim.ir import GemmShape, Op
 from sparsesim.sparsity import LayerSparsity, Pattern
 
 MODEL = "gpu-tiles-v1"
@@ -57,6 +60,12 @@ SPLIT_K_MIN_STEPS = 4
 PARTIAL_BYTES = 4
 # BSR index width when block counts must be estimated: cuSPARSE uses 32-bit indices/offsets
 CSR_INDEX_BYTES = 4
+# an operand is taken to stay resident in L2 (read from DRAM once) when it fits in this share of
+# L2; the rest holds the other operand's tiles and the output (the model's rule, not a device figure)
+L2_RESIDENT_SHARE = 0.5
+# a dtype without tensor cores is costed at the first of these the device has (16-bit first:
+# the usual deployment dtypes), flagged as a fallback
+TENSOR_FALLBACK_DTYPES = ("fp16", "bf16", "tf32")
 
 
 @register_family("gpu")
@@ -101,17 +110,11 @@ class GpuParams:
     tdp: float = quantity("power")
 
     def validate(self) -> str | None:
-        """Cross-field checks; a message naming the field, or None. Never raises."""
-        for f in dataclasses.fields(self):
-            if f.metadata.get("dim") is None:
-                continue
-            v = getattr(self, f.name)
-            for key, x in (v.items() if isinstance(v, dict) else [("", v)]):
-                if not math.isfinite(x):
-                    return f"field '{f.name}{'.' + key if key else ''}': value must be finite, got {x}"
-        for name in ("fp32_uses_tf32", "fp32_conv_uses_tf32", "sparse_fused_transpose"):
-            if not isinstance(getattr(self, name), bool):
-                return f"field '{name}': value must be true or false"
+        """Cross-field checks; a message naming the field, or None. Never raises.
+        (The loader has already rejected negative and non-finite quantities.)"""
+        problem = check_flags(self, "fp32_uses_tf32", "fp32_conv_uses_tf32", "sparse_fused_transpose")
+        if problem:
+            return problem
         if not isinstance(self.sparse_ratio, dict):
             return "field 'sparse_ratio': value must be a table of dtype = \"N:M\""
         for dt, ratio in self.sparse_ratio.items():
@@ -133,28 +136,12 @@ class GpuParams:
         for dt in list(self.tensor_peak) + ["fp32"]:
             if dt not in self.mac_energy:
                 return f"field 'mac_energy': missing dtype {dt!r}"
-        for name in ("dram_efficiency", "dense_gemm_efficiency", "sparse_gemm_efficiency",
-                     "csr_efficiency", "bsr_efficiency"):
-            v = getattr(self, name)
-            if not 0 < v <= 1:
-                return f"field '{name}': must be in (0, 1], got {v:g}"
-        for name in ("sm_count", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
-                     "mma_k_bytes"):
-            v = getattr(self, name)
-            if v < 1 or v != int(v):
-                return f"field '{name}': must be a positive whole number, got {v:g}"
-        for name in ("sparse_row_multiple", "sparse_col_multiple", "dense_pad_multiple"):
-            for dt, v in getattr(self, name).items():
-                if v < 1 or v != int(v):
-                    return f"field '{name}.{dt}': must be a positive whole number, got {v:g}"
-        for name in ("tensor_peak", "sparse_tensor_peak"):
-            for dt, v in getattr(self, name).items():
-                if v <= 0:
-                    return f"field '{name}.{dt}': must be > 0"
-        for name in ("cuda_core_peak", "dram_bandwidth", "l2_bandwidth", "clock"):
-            if getattr(self, name) <= 0:
-                return f"field '{name}': must be > 0"
-        return None
+        return (check_fraction(self, "dram_efficiency", "dense_gemm_efficiency", "sparse_gemm_efficiency",
+                               "csr_efficiency", "bsr_efficiency")
+                or check_whole(self, "sm_count", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
+                               "mma_k_bytes", "sparse_row_multiple", "sparse_col_multiple", "dense_pad_multiple")
+                or check_positive(self, "tensor_peak", "sparse_tensor_peak", "cuda_core_peak", "dram_bandwidth",
+                                  "l2_bandwidth", "clock"))
 
 
 def _parse_ratio(text: Any) -> tuple[int, int] | None:
@@ -191,7 +178,7 @@ def compute_unit(p: GpuParams, dtype: str, conv: bool = False) -> _Unit:
         return _Unit(dtype, p.tensor_peak[dtype], True)
     if dtype == "fp64":
         return _Unit("fp32", p.cuda_core_peak, False, "fp64 costed at the fp32 CUDA-core rate")
-    for alt in ("fp16", "bf16", "tf32"):
+    for alt in TENSOR_FALLBACK_DTYPES:
         if alt in p.tensor_peak:
             return _Unit(alt, p.tensor_peak[alt], True, f"no {dtype} tensor cores on this GPU: costed as {alt}")
     return _Unit("fp32", p.cuda_core_peak, False, f"no {dtype} support: costed on fp32 CUDA cores")
@@ -292,7 +279,7 @@ def _gemm_time(
     t = tiling(p, g, dtype_bytes, split_k=split_k)
     per_tile = 2.0 * t.tile_m * t.tile_n * t.k_per_tile / tile_rate if tile_rate > 0 else math.inf
     compute = t.waves * per_tile if g.macs > 0 else 0.0
-    half_l2 = p.l2_size / 2
+    half_l2 = p.l2_size * L2_RESIDENT_SHARE
     a_reads = 1 if a_bytes <= half_l2 else ceil_div(t.tiles_n, t.wave_n)
     w_total = w_bytes + w_meta_bytes
     w_reads = 1 if w_total <= half_l2 else ceil_div(t.tiles_m, t.wave_m)
@@ -407,7 +394,9 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, sdt
     gp = GemmShape(m=m_pad, n=g.n, k=g.k, batch=g.batch, groups=g.groups)
     a_pad = work.a_bytes * m_pad / g.m if g.m else 0.0
     c_pad = work.c_bytes * m_pad / g.m if g.m else 0.0
-    sn, sm = _parse_ratio(p.sparse_ratio[sdt]) or (2, 4)
+    ratio = _parse_ratio(p.sparse_ratio[sdt])
+    assert ratio is not None, "nm_support and validate() accept only parseable ratios"
+    sn, sm = ratio
     hw = layer.pattern if (layer.pattern.n, layer.pattern.m) == (sn, sm) else Pattern("nm", sn / sm, sn, sm)
     values, meta = _stored(layer, "nm", work, hw)
     tile_rate = p.sparse_tensor_peak[sdt] / p.sm_count * p.sparse_gemm_efficiency
@@ -462,6 +451,17 @@ def _stored(layer: LayerSparsity, fmt: str, work: GemmWork, pattern: Pattern | N
     return float(size.values), float(size.metadata)
 
 
+def _sparse_traffic(p: GpuParams, g: GemmShape, work: GemmWork, values: float, meta: float) -> tuple[float, float, float]:
+    """(DRAM bytes without metadata, L2 bytes, memory seconds) of a CSR/BSR SpMM: the activations
+    are read once per band of output columns a wave covers, like the dense kernel (`_gemm_time`);
+    the sparse weight (values + metadata) streams once from DRAM and once per tile row via L2."""
+    t = tiling(p, g, work.dtype_bytes)
+    a_reads = 1 if work.a_bytes <= p.l2_size * L2_RESIDENT_SHARE else ceil_div(t.tiles_n, t.wave_n)
+    dram = work.a_bytes * a_reads + values + work.c_bytes
+    l2 = work.a_bytes * t.tiles_n + (values + meta) * t.tiles_m + work.c_bytes
+    return dram, l2, _memory_s(p, dram + meta, l2)
+
+
 def _csr(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, note: str = "") -> Cost:
     """CSR SpMM on CUDA cores (Sputnik-like): time per nonzero at a fraction of the CUDA-core peak."""
     p: GpuParams = device.params
@@ -472,13 +472,8 @@ def _csr(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, note: str
     rate = p.cuda_core_peak * p.csr_efficiency
     compute = 2.0 * macs / rate
     values, meta = _stored(layer, "csr", work)
-    # activations: Sputnik stages the rows of A a CTA needs; A is read once per band of output
-    # columns a wave covers, like the dense kernel; the sparse weight streams once
-    t = tiling(p, g, work.dtype_bytes)
-    a_reads = 1 if work.a_bytes <= p.l2_size / 2 else ceil_div(t.tiles_n, t.wave_n)
-    dram = work.a_bytes * a_reads + values + work.c_bytes
-    l2 = work.a_bytes * t.tiles_n + (values + meta) * t.tiles_m + work.c_bytes
-    memory = _memory_s(p, dram + meta, l2)
+    # activations: Sputnik stages the rows of A a CTA needs (traffic as in `_sparse_traffic`)
+    dram, l2, memory = _sparse_traffic(p, g, work, values, meta)
     dense_lat = _dense(op, work, device).latency_s
     lat_est = max(compute, memory) + p.launch_overhead
     verdict = (f"{dense_lat / lat_est:.2f}x dense" if lat_est > 0 else "")
@@ -527,11 +522,7 @@ def _bsr(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
     cc_s = 2.0 * exact_macs / (p.cuda_core_peak * p.csr_efficiency)
     on_tc = tc_s <= cc_s
     compute = tc_s if on_tc else cc_s
-    t = tiling(p, g, work.dtype_bytes)
-    a_reads = 1 if work.a_bytes <= p.l2_size / 2 else ceil_div(t.tiles_n, t.wave_n)
-    dram = work.a_bytes * a_reads + values + work.c_bytes
-    l2 = work.a_bytes * t.tiles_n + (values + meta) * t.tiles_m + work.c_bytes
-    memory = _memory_s(p, dram + meta, l2)
+    dram, l2, memory = _sparse_traffic(p, g, work, values, meta)
     where = (f"tensor cores (blocks padded {r}x{c} -> {r_pad}x{c_pad}, {r * c / (r_pad * c_pad):.0%} of each MMA used)"
              if on_tc else "CUDA cores (blocks too small for tensor cores)")
     why = (f"BSR {r}x{c}: {nb} of {total_blocks} blocks nonzero ({nb / max(total_blocks, 1):.2g}) on {where}: "
@@ -582,13 +573,9 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     """Cost of one op on a GPU (see the module docstring for the model)."""
     p: GpuParams = device.params
     bw = p.dram_bandwidth * p.dram_efficiency
-    if op.kind in MEMORY_KINDS:
-        return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.launch_overhead,
-                              energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
     if not op.is_matmul or op.gemm is None:
         return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.launch_overhead,
-                              energy_per_byte_j=p.dram_energy, static_power_w=p.static_power, fallback=True,
-                              why=f"no formula for {op.aten}: costed as a memory op")
+                              energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
     work = gemm_work(op, layer)
     kind = layer.pattern.kind if layer is not None else "dense"
     if kind == "dense":

@@ -22,21 +22,36 @@ The model, and why:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from sparsesim.cost import register_cost
-from sparsesim.cost.common import EnergyInputs, bound_of, build_cost, gemm_work, memory_op_cost, run_dtype
+from sparsesim.cost.common import (
+    ZERO_SKIP_PATTERNS,
+    EnergyInputs,
+    bound_of,
+    build_cost,
+    check_dtype_table,
+    check_flags,
+    check_fraction,
+    check_positive,
+    gemm_work,
+    memory_op_cost,
+    run_dtype,
+    stored_operand_bytes,
+)
 from sparsesim.cost.record import Cost
 from sparsesim.devices import Device, quantity, register_family, setting
-from sparsesim.ir import DTYPE_BYTES, MEMORY_KINDS, Op
+from sparsesim.ir import Op
 from sparsesim.sparsity import LayerSparsity, SparsityStats
 
 MODEL = "s4-sparse-engine"
-SKIPPABLE_PATTERNS = ("unstructured", "nm", "block")
 # float slack when comparing a ratio with 1/density (1/0.25 must give exactly 4)
 RATIO_TOLERANCE = 1e-9
+# the `why` notes: 1/density of an all-zero layer is shown as 1/DENSITY_FLOOR, and a mode is said
+# to be "rounded down" only when it is more than NOTE_SLACK (relative) below the ideal one
+DENSITY_FLOOR = 1e-12
+NOTE_SLACK = 1e-6
 
 
 @register_family("s4")
@@ -69,23 +84,10 @@ class S4Params:
         if max(ratios) > self.max_sparsity_factor:
             return (f"field 'supported_ratios': {max(ratios):g} exceeds max_sparsity_factor "
                     f"{self.max_sparsity_factor:g}")
-        if not 0.0 <= self.balancing <= 1.0:
-            return f"field 'balancing': must be within [0, 1], got {self.balancing:g}"
-        if not 0.0 <= self.gated_fraction <= 1.0:
-            return f"field 'gated_fraction': must be within [0, 1], got {self.gated_fraction:g}"
-        if not isinstance(self.skip_activation_zeros, bool):
-            return "field 'skip_activation_zeros': must be true or false"
-        unknown = sorted(set(self.dense_peak) - set(DTYPE_BYTES))
-        if unknown:
-            return f"field 'dense_peak': unknown dtype(s) {', '.join(unknown)}"
-        if any(v <= 0 for v in self.dense_peak.values()):
-            return "field 'dense_peak': every value must be > 0"
-        missing = sorted(set(self.dense_peak) - set(self.mac_energy))
-        if missing:
-            return f"field 'mac_energy': no entry for dtype(s) {', '.join(missing)} listed in dense_peak"
-        if self.memory_bandwidth <= 0:
-            return "field 'memory_bandwidth': must be > 0"
-        return None
+        return (check_fraction(self, "balancing", "gated_fraction", zero_ok=True)
+                or check_flags(self, "skip_activation_zeros")
+                or check_dtype_table(self, "dense_peak")
+                or check_positive(self, "memory_bandwidth"))
 
 
 def effective_density(stats: SparsityStats, balancing: float) -> float:
@@ -108,16 +110,11 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     """Cost of one op on an S4-style engine."""
     p: S4Params = device.params
     if not op.is_matmul or op.gemm is None:
-        known = op.kind in MEMORY_KINDS
-        return memory_op_cost(
-            op, device, model=MODEL, bandwidth=p.memory_bandwidth, overhead_s=p.op_overhead,
-            energy_per_byte_j=p.dram_energy, static_power_w=p.static_power, fallback=not known,
-            why="" if known else f"{op.aten}: no formula for op kind {op.kind!r}; costed as its memory traffic",
-        )
+        return memory_op_cost(op, device, model=MODEL, bandwidth=p.memory_bandwidth, overhead_s=p.op_overhead,
+                              energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
     dtype, cast = run_dtype(op.dtype, p.dense_peak)
     peak = p.dense_peak[dtype]
     work = gemm_work(op, layer)
-    scale = DTYPE_BYTES[dtype] / work.dtype_bytes
     notes: list[str] = []
     if dtype != op.dtype:
         notes.append(f"{op.dtype} not supported by the engine, ran as {dtype}")
@@ -125,7 +122,7 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     dense_s = work.flops / peak
     kind = layer.pattern.kind if layer is not None else "dense"
     ratio, d_eff, speedup = 1.0, 1.0, 1.0
-    if kind in SKIPPABLE_PATTERNS:
+    if kind in ZERO_SKIP_PATTERNS:
         st = layer.stats  # type: ignore[union-attr]
         ratio = skip_ratio(st.density, p.supported_ratios, p.max_sparsity_factor)
         d_eff = effective_density(st, p.balancing)
@@ -135,16 +132,8 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
         act = max(0.0, op.activation_density)
     compute_s = dense_s / speedup * act
 
-    if kind in SKIPPABLE_PATTERNS:
-        w_store = (work.w_values_bytes + work.w_metadata_bytes) * scale
-        meta = work.w_metadata_bytes * scale
-    else:
-        w_store, meta = work.w_bytes * scale, 0.0
-    a_bytes, c_bytes = work.a_bytes * scale, work.c_bytes * scale
-    if op.kind == "conv" and op.input_shapes:
-        # the engine builds the im2col view on chip: the real input tensor crosses the bus
-        k_shrink = work.gemms[0].k / op.gemm.k if op.gemm.k else 1.0
-        a_bytes = min(a_bytes, math.prod(op.input_shapes[0]) * DTYPE_BYTES[dtype] * k_shrink)
+    # the engine builds a convolution's im2col view on chip: the real input tensor crosses the bus
+    w_store, meta, a_bytes, c_bytes = stored_operand_bytes(op, work, dtype, sparse_weight=kind in ZERO_SKIP_PATTERNS)
     dram = w_store + a_bytes + c_bytes
     memory_s = dram / p.memory_bandwidth
 
@@ -153,14 +142,14 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
     head = f"{dtype} dense peak {peak / 1e12:.3g} TOP/s"
     if work.channel_pruned:
         head += f", channel-pruned to N={work.gemms[0].n} K={work.gemms[0].k}"
-    if kind in SKIPPABLE_PATTERNS:
+    if kind in ZERO_SKIP_PATTERNS:
         st = layer.stats  # type: ignore[union-attr]
         head += (f", {layer.pattern.label} (density {st.density:.3g}) in the {ratio:g}x mode, "  # type: ignore[union-attr]
                  f"{speedup:.3g}x after imbalance (busiest lane {d_eff:.3g} after balancing)")
-        ideal = 1.0 / max(st.density, 1e-12)
+        ideal = 1.0 / max(st.density, DENSITY_FLOOR)
         if ratio <= 1.0:
             notes.append(f"density {st.density:.3g} too high for any supported skip ratio: ran dense")
-        elif ratio < min(p.max_sparsity_factor, ideal) * (1 - 1e-6):
+        elif ratio < min(p.max_sparsity_factor, ideal) * (1 - NOTE_SLACK):
             notes.append(f"1/density = {ideal:.3g}x rounded down to the supported {ratio:g}x")
         elif ratio >= p.max_sparsity_factor and ideal > ratio:
             notes.append(f"1/density = {ideal:.3g}x capped at the engine's {p.max_sparsity_factor:g}x maximum")

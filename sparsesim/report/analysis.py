@@ -50,29 +50,43 @@ def why_no_speedup(per_op: pd.DataFrame, top: int | None = None) -> pd.DataFrame
     return t[[c for c in cols if c in t.columns]].reset_index(drop=True)
 
 
+# Thresholds above which a cost the model quotes is named as a reason in the report: small
+# effects are present in almost every op and would drown the ones that matter.
+METADATA_NOTED = 0.10  # metadata bytes as a fraction of the stored weight
+IMBALANCE_NOTED = 1.10  # busiest row / mean row of a zero-skipping engine
+WAVE_FILL_NOTED = 0.75  # fraction of the last GPU wave's SMs in use
+_IMBALANCE = re.compile(r"imbalance (\d+(?:\.\d+)?)")
+_WAVE_FILL = re.compile(r"wave\(s\) \((\d+)% full\)")
+
+
 def reasons(r: Any) -> str:
-    """Name the causes a layer gained little, from the Cost columns (the model's own `why` stays beside)."""
+    """Name the causes a layer gained little, from the Cost columns and the numbers the model's
+    `why` quotes (the model's own text stays beside it in the tables)."""
     out = []
     why = str(getattr(r, "why", "") or "").lower()
     if bool(getattr(r, "fallback", False)):
         out.append(f"fallback: ran as {r.kernel}")
     elif getattr(r, "pattern", "") not in ("", "dense") and str(getattr(r, "kernel", "")).lower() == "dense":
         out.append("pattern not exploited")
-    bound = getattr(r, "bound", "")
-    if bound == "memory":
-        out.append("memory bound")
-    elif bound == "overhead":
-        out.append("overhead bound")
+    bound = str(getattr(r, "bound", ""))
+    if bound in ("memory", "overhead"):
+        out.append(f"{bound} bound")
     meta, mem = float(getattr(r, "metadata_bytes", 0) or 0), float(getattr(r, "memory_bytes", 0) or 0)
-    if mem > 0 and meta / mem >= 0.1:
+    if mem > 0 and meta / mem >= METADATA_NOTED:
         out.append(f"metadata overhead ({meta / mem:.0%} of weight bytes)")
-    for word, tag in (("pad", "padding"), ("imbalance", "load imbalance"), ("minimum", "minimum shape"),
-                      ("align", "alignment"), ("unsupported", "unsupported pattern"), ("wave", "wave quantisation")):
-        if word in why and tag not in out:
+    imb = [float(x) for x in _IMBALANCE.findall(why)]
+    if imb and max(imb) >= IMBALANCE_NOTED:
+        out.append(f"load imbalance (busiest row {max(imb):.2f}x the mean)")
+    fill = [int(x) / 100 for x in _WAVE_FILL.findall(why)]
+    if fill and min(fill) < WAVE_FILL_NOTED:
+        out.append(f"wave quantisation (last wave {min(fill):.0%} full)")
+    for word, tag in (("pad", "padding"), ("minimum", "minimum shape"), ("align", "alignment"),
+                      ("unsupported", "unsupported pattern")):
+        if word in why:
             out.append(tag)
-    speed = getattr(r, "speedup", float("nan"))
-    if not out and speed == speed and speed < 1:
-        out.append("sparse kernel slower than dense")
+    speed = float(getattr(r, "speedup", float("nan")))
+    if not out and speed == speed:
+        out.append("sparse kernel slower than dense" if speed < 1 else f"small gain, {bound}-bound")
     return "; ".join(out)
 
 
