@@ -12,7 +12,6 @@ import math
 
 import pytest
 
-from sparsesim.cli import main
 from sparsesim.devices import builtin_device_files, load_device
 
 SPEC = "gemm:M=256,N=512,K=512,dtype=fp16"
@@ -20,14 +19,8 @@ DEVICES = sorted(builtin_device_files())
 PLANS = ("dense", "2:4", "unstructured:0.9", "block4x4:0.5", "channel:0.5")
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _json(capsys, *argv: str) -> dict:
-    rc, out, err = _run(capsys, *argv, "--json")
+def _json(cli, *argv: str) -> dict:
+    rc, out, err = cli(*argv, "--json")
     assert rc == 0, err
     return json.loads(out)
 
@@ -37,8 +30,8 @@ def _finite(v) -> bool:
 
 
 @pytest.mark.parametrize("plan", ["dense", "2:4", "unstructured:0.9"])
-def test_estimate_json(capsys, plan: str) -> None:
-    doc = _json(capsys, "estimate", SPEC, "--device", DEVICES[0], "--plan", plan)
+def test_estimate_json(cli, plan: str) -> None:
+    doc = _json(cli, "estimate", SPEC, "--device", DEVICES[0], "--plan", plan)
     t = doc["totals"]
     for key in ("latency_s", "energy_j", "memory_bytes"):
         assert _finite(t[key]) and t[key] >= 0, key
@@ -54,18 +47,18 @@ def test_estimate_json(capsys, plan: str) -> None:
     assert sum(o["latency_s"] for o in doc["ops"]) == pytest.approx(t["latency_s"])
 
 
-def test_estimate_text_shows_ops_bound_and_why(capsys) -> None:
-    rc, out, err = _run(capsys, "estimate", SPEC, "--device", DEVICES[0], "--plan", "2:4")
+def test_estimate_text_shows_ops_bound_and_why(cli) -> None:
+    rc, out, err = cli("estimate", SPEC, "--device", DEVICES[0], "--plan", "2:4")
     assert rc == 0, err
-    doc = _json(capsys, "estimate", SPEC, "--device", DEVICES[0], "--plan", "2:4")
+    doc = _json(cli, "estimate", SPEC, "--device", DEVICES[0], "--plan", "2:4")
     assert doc["device"] in out and "2:4" in out
     for word in ("latency", "bound", "why", "total latency", "total energy", "weight memory"):
         assert word in out
     assert doc["ops"][0]["bound"] in out
 
 
-def test_compare_json_all_devices_and_plans(capsys) -> None:
-    doc = _json(capsys, "compare", SPEC)
+def test_compare_json_all_devices_and_plans(cli) -> None:
+    doc = _json(cli, "compare", SPEC)
     names = sorted(load_device(d).name for d in builtin_device_files())
     assert sorted(doc["devices"]) == names
     assert doc["plans"] == list(PLANS)
@@ -78,33 +71,33 @@ def test_compare_json_all_devices_and_plans(capsys) -> None:
     assert all(doc["speedup_vs_dense"][d]["dense"] == 1.0 for d in names)
 
 
-def test_compare_subset_and_text(capsys) -> None:
+def test_compare_subset_and_text(cli) -> None:
     devs = ",".join(DEVICES[:2])
-    doc = _json(capsys, "compare", SPEC, "--devices", devs, "--plans", "2:4,channel:0.5")
+    doc = _json(cli, "compare", SPEC, "--devices", devs, "--plans", "2:4,channel:0.5")
     assert len(doc["devices"]) == 2 and doc["plans"] == ["2:4", "channel:0.5"]
     assert {p for d in doc["speedup_vs_dense"].values() for p in d} == {"2:4", "channel:0.5"}
-    rc, out, err = _run(capsys, "compare", SPEC, "--devices", devs, "--plans", "2:4,channel:0.5")
+    rc, out, err = cli("compare", SPEC, "--devices", devs, "--plans", "2:4,channel:0.5")
     assert rc == 0, err
     for dev in doc["devices"]:
         assert dev in out
     assert "speedup" in out and "channel:0.5" in out
 
 
-def test_simulate_json_with_serving(capsys) -> None:
-    doc = _json(capsys, "simulate", SPEC, "--device", DEVICES[0], "--qps", "100", "--requests", "500")
+def test_simulate_json_with_serving(cli) -> None:
+    doc = _json(cli, "simulate", SPEC, "--device", DEVICES[0], "--qps", "100", "--requests", "500")
     for key in ("latency_s", "energy_j", "memory_bytes"):
         assert _finite(doc["totals"][key])
     v = doc["serving"]
     assert v["requests"] == 500 and v["qps"] == 100
     assert v["p99_s"] >= v["p50_s"] >= v["service_s"] == doc["latency_s"]
-    off = _json(capsys, "simulate", SPEC, "--device", DEVICES[0], "--no-overlap")
+    off = _json(cli, "simulate", SPEC, "--device", DEVICES[0], "--no-overlap")
     assert off["overlap"] is False and off["serving"] is None
     assert off["latency_s"] == pytest.approx(off["serial_latency_s"], rel=1e-12)
     assert doc["latency_s"] <= off["latency_s"] * (1 + 1e-12)
 
 
-def test_simulate_text(capsys) -> None:
-    rc, out, err = _run(capsys, "simulate", SPEC, "--device", DEVICES[0], "--qps", "50", "--requests", "200")
+def test_simulate_text(cli) -> None:
+    rc, out, err = cli("simulate", SPEC, "--device", DEVICES[0], "--qps", "50", "--requests", "200")
     assert rc == 0, err
     assert "one inference" in out and "p50" in out and "p99" in out and "saturation" in out
 
@@ -120,8 +113,8 @@ def test_simulate_text(capsys) -> None:
         (("estimate", "no-such-recipe", "--device", DEVICES[0]), "no-such-recipe"),
     ],
 )
-def test_bad_input_is_one_line_exit_2(capsys, argv, needle) -> None:
-    rc, out, err = _run(capsys, *argv)
+def test_bad_input_is_one_line_exit_2(cli, argv, needle) -> None:
+    rc, out, err = cli(*argv)
     assert rc == 2
     assert out == ""
     assert err.count("\n") == 1 and needle in err

@@ -8,30 +8,15 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-import torch
 
-from sparsesim.cli import main
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP barriers cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread for the whole file (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def test_workloads_text_and_json(capsys):
-    rc, out, _ = _run(capsys, "workloads")
+def test_workloads_text_and_json(cli):
+    rc, out, _ = cli("workloads")
     assert rc == 0 and "resnet50" in out and "llama2-7b" in out and "kv=0" in out
-    rc, out, _ = _run(capsys, "workloads", "--json")
+    rc, out, _ = cli("workloads", "--json")
     doc = json.loads(out)
     names = {r["name"] for r in doc["recipes"]}
     assert {"resnet18", "bert-base", "llama2-70b"} <= names
@@ -39,8 +24,8 @@ def test_workloads_text_and_json(capsys):
     assert bert["params"]["seq"] == 128 and bert["description"]
 
 
-def test_trace_text_table(capsys):
-    rc, out, _ = _run(capsys, "trace", "resnet18:image=32")
+def test_trace_text_table(cli):
+    rc, out, _ = cli("trace", "resnet18:image=32")
     assert rc == 0
     lines = out.splitlines()
     assert lines[0].split()[:6] == ["#", "kind", "module", "call", "dtype", "shapes"]
@@ -49,8 +34,8 @@ def test_trace_text_table(capsys):
     assert "in 21 weight ops" in out
 
 
-def test_trace_json_matches_workload(capsys):
-    rc, out, _ = _run(capsys, "trace", "gemm:M=64,N=32,K=16,dtype=fp16", "--json")
+def test_trace_json_matches_workload(cli):
+    rc, out, _ = cli("trace", "gemm:M=64,N=32,K=16,dtype=fp16", "--json")
     assert rc == 0
     doc = json.loads(out)
     (row,) = doc["ops"]
@@ -62,9 +47,9 @@ def test_trace_json_matches_workload(capsys):
     assert t["weight_bytes_dense"] == t["weight_bytes_stored"] == 1024 and t["unknown_ops"] == 0
 
 
-def test_trace_with_plan_2to4(capsys):
+def test_trace_with_plan_2to4(cli):
     pytest.importorskip("sparsesim.plans")
-    rc, out, _ = _run(capsys, "trace", "llama-tiny:seq=8", "--plan", "2:4", "--json")
+    rc, out, _ = cli("trace", "llama-tiny:seq=8", "--plan", "2:4", "--json")
     assert rc == 0
     doc = json.loads(out)
     rows = [r for r in doc["ops"] if r["weight"]]
@@ -75,22 +60,22 @@ def test_trace_with_plan_2to4(capsys):
         # N:M compressed: half the values plus metadata
         assert r["value_bytes"] == r["dense_bytes"] // 2 and r["metadata_bytes"] > 0
     assert doc["totals"]["weight_bytes_stored"] < doc["totals"]["weight_bytes_dense"]
-    rc, out, _ = _run(capsys, "trace", "llama-tiny:seq=8", "--plan", "2:4", "--weights-only")
+    rc, out, _ = cli("trace", "llama-tiny:seq=8", "--plan", "2:4", "--weights-only")
     assert rc == 0 and out.count(" 2:4 ") == 15
 
 
-def test_trace_bert_base_plan_2to4_every_linear(capsys):
+def test_trace_bert_base_plan_2to4_every_linear(cli):
     pytest.importorskip("sparsesim.plans")
-    rc, out, _ = _run(capsys, "trace", "bert-base:seq=16", "--plan", "2:4", "--json")
+    rc, out, _ = cli("trace", "bert-base:seq=16", "--plan", "2:4", "--json")
     assert rc == 0
     rows = [r for r in json.loads(out)["ops"] if r["kind"] == "linear"]
     assert len(rows) == 73
     assert all(r["pattern"] == "2:4" and r["format"] == "nm" and r["format_bytes"] < r["dense_bytes"] for r in rows)
 
 
-def test_trace_bad_workload_exits_2_with_one_line(capsys):
-    rc, out, err = _run(capsys, "trace", "no-such-model")
+def test_trace_bad_workload_exits_2_with_one_line(cli):
+    rc, out, err = cli("trace", "no-such-model")
     assert rc == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and "no-such-model" in err
-    rc, _, err = _run(capsys, "trace", "bert-base:seq=abc")
+    rc, _, err = cli("trace", "bert-base:seq=abc")
     assert rc == 2 and "seq='abc'" in err

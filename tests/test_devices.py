@@ -35,6 +35,11 @@ def _replace_line(text: str, key: str, new: str | None) -> str:
     return "\n".join(out) + "\n"
 
 
+def _a100_with(tmp_path: Path, key: str, new: str | None, name: str = "dev.toml") -> Path:
+    """The A100 file with the line assigning `key` replaced by `new` (or dropped), written out."""
+    return _write(tmp_path, _replace_line(A100.read_text(), key, new), name)
+
+
 def _load_error(path: Path) -> str:
     with pytest.raises(DeviceFileError) as e:
         parse_device_file(path)
@@ -88,98 +93,97 @@ def test_duplicate_per_dtype_key(tmp_path):
 
 
 def test_missing_field(tmp_path):
-    p = _write(tmp_path, _replace_line(A100.read_text(), "l2_size", None))
+    p = _a100_with(tmp_path, "l2_size", None)
     msg = _load_error(p)
     assert str(p) in msg and "missing field 'l2_size'" in msg
 
 
 def test_wrong_unit(tmp_path):
-    text = _replace_line(A100.read_text(), "dram_bandwidth",
-                         'dram_bandwidth = { value = 2039, unit = "TFLOP/s", source = "x" }')
-    msg = _load_error(_write(tmp_path, text))
+    p = _a100_with(tmp_path, "dram_bandwidth",
+                   'dram_bandwidth = { value = 2039, unit = "TFLOP/s", source = "x" }')
+    msg = _load_error(p)
     assert "dram_bandwidth" in msg and "wrong unit" in msg and "'TFLOP/s'" in msg
 
 
 def test_wrong_unit_in_per_dtype_table(tmp_path):
-    text = _replace_line(A100.read_text(), "tensor_peak.fp16",
-                         'tensor_peak.fp16 = { value = 312, unit = "GB/s", source = "x" }')
-    msg = _load_error(_write(tmp_path, text))
+    p = _a100_with(tmp_path, "tensor_peak.fp16",
+                   'tensor_peak.fp16 = { value = 312, unit = "GB/s", source = "x" }')
+    msg = _load_error(p)
     assert "tensor_peak.fp16" in msg and "wrong unit" in msg
 
 
 def test_missing_source(tmp_path):
-    text = _replace_line(A100.read_text(), "sm_count", 'sm_count = { value = 108, unit = "1" }')
-    p = _write(tmp_path, text)
+    p = _a100_with(tmp_path, "sm_count", 'sm_count = { value = 108, unit = "1" }')
     msg = _load_error(p)
     assert str(p) in msg and "sm_count" in msg and "source" in msg
 
 
 def test_empty_source(tmp_path):
-    text = _replace_line(A100.read_text(), "clock", 'clock = { value = 1410, unit = "MHz", source = "  " }')
-    assert "clock" in _load_error(_write(tmp_path, text))
+    p = _a100_with(tmp_path, "clock", 'clock = { value = 1410, unit = "MHz", source = "  " }')
+    assert "clock" in _load_error(p)
 
 
 def test_non_numeric_value(tmp_path):
-    text = _replace_line(A100.read_text(), "l2_bandwidth",
-                         'l2_bandwidth = { value = "fast", unit = "GB/s", source = "x" }')
-    msg = _load_error(_write(tmp_path, text))
+    p = _a100_with(tmp_path, "l2_bandwidth",
+                   'l2_bandwidth = { value = "fast", unit = "GB/s", source = "x" }')
+    msg = _load_error(p)
     assert "l2_bandwidth" in msg and "number" in msg
 
 
 def test_boolean_is_not_a_number(tmp_path):
-    text = _replace_line(A100.read_text(), "sm_count", 'sm_count = { value = true, unit = "1", source = "x" }')
-    assert "sm_count" in _load_error(_write(tmp_path, text))
+    p = _a100_with(tmp_path, "sm_count", 'sm_count = { value = true, unit = "1", source = "x" }')
+    assert "sm_count" in _load_error(p)
 
 
 def test_negative_and_non_finite_values(tmp_path):
-    neg = _replace_line(A100.read_text(), "tdp", 'tdp = { value = -400, unit = "W", source = "x" }')
-    assert "tdp" in _load_error(_write(tmp_path, neg, "neg.toml"))
-    nan = _replace_line(A100.read_text(), "sm_count", 'sm_count = { value = nan, unit = "1", source = "x" }')
-    assert "sm_count" in _load_error(_write(tmp_path, nan, "nan.toml"))
-    inf = _replace_line(A100.read_text(), "gemm_tile_m", 'gemm_tile_m = { value = inf, unit = "1", source = "x" }')
-    assert "gemm_tile_m" in _load_error(_write(tmp_path, inf, "inf.toml"))
+    neg = _a100_with(tmp_path, "tdp", 'tdp = { value = -400, unit = "W", source = "x" }', "neg.toml")
+    assert "tdp" in _load_error(neg)
+    nan = _a100_with(tmp_path, "sm_count", 'sm_count = { value = nan, unit = "1", source = "x" }', "nan.toml")
+    assert "sm_count" in _load_error(nan)
+    inf = _a100_with(tmp_path, "gemm_tile_m", 'gemm_tile_m = { value = inf, unit = "1", source = "x" }', "inf.toml")
+    assert "gemm_tile_m" in _load_error(inf)
 
 
 def test_bad_family(tmp_path):
-    text = _replace_line(A100.read_text(), "family", 'family = "tpu"')
-    p = _write(tmp_path, text)
+    p = _a100_with(tmp_path, "family", 'family = "tpu"')
     msg = _load_error(p)
     assert str(p) in msg and "family" in msg and "tpu" in msg
 
 
 def test_missing_name(tmp_path):
-    msg = _load_error(_write(tmp_path, _replace_line(A100.read_text(), "name", None)))
+    msg = _load_error(_a100_with(tmp_path, "name", None))
     assert "'name'" in msg
 
 
 def test_fit_needs_date_and_error(tmp_path):
-    text = _replace_line(A100.read_text(), "clock",
-                         'clock = { value = 1410, unit = "MHz", source = "fit", fit_date = "2026-11-22" }')
-    msg = _load_error(_write(tmp_path, text))
+    p = _a100_with(tmp_path, "clock",
+                   'clock = { value = 1410, unit = "MHz", source = "fit", fit_date = "2026-11-22" }')
+    msg = _load_error(p)
     assert "clock" in msg and "fit_error" in msg
 
 
 def test_fitted_field_is_reported(tmp_path):
-    text = _replace_line(A100.read_text(), "clock",
-                         'clock = { value = 1400, unit = "MHz", source = "fit", fit_date = "2026-11-22", fit_error = 0.03 }')
-    d = parse_device_file(_write(tmp_path, text))
+    p = _a100_with(tmp_path, "clock",
+                   'clock = { value = 1400, unit = "MHz", source = "fit", fit_date = "2026-11-22", fit_error = 0.03 }')
+    d = parse_device_file(p)
     assert d.fitted()["clock"].fit_error == 0.03
 
 
 def test_gpu_cross_field_checks(tmp_path):
-    bad_ratio = _replace_line(A100.read_text(), "sparse_ratio",
-                              'sparse_ratio = { value = { fp16 = "2-4", bf16 = "2:4", int8 = "2:4", tf32 = "1:2" }, source = "x" }')
-    assert "sparse_ratio.fp16" in _load_error(_write(tmp_path, bad_ratio, "r.toml"))
-    eff = _replace_line(A100.read_text(), "dense_gemm_efficiency",
-                        'dense_gemm_efficiency = { value = 1.5, unit = "1", source = "x" }')
-    assert "dense_gemm_efficiency" in _load_error(_write(tmp_path, eff, "e.toml"))
-    flag = _replace_line(A100.read_text(), "fp32_uses_tf32", 'fp32_uses_tf32 = { value = "yes", source = "x" }')
-    assert "fp32_uses_tf32" in _load_error(_write(tmp_path, flag, "f.toml"))
-    no_energy = _replace_line(A100.read_text(), "mac_energy.int8", None)
-    assert "mac_energy" in _load_error(_write(tmp_path, no_energy, "m.toml"))
-    setting_unit = _replace_line(A100.read_text(), "sparse_fused_transpose",
-                                 'sparse_fused_transpose = { value = false, unit = "W", source = "x" }')
-    assert "sparse_fused_transpose" in _load_error(_write(tmp_path, setting_unit, "s.toml"))
+    bad_ratio = _a100_with(tmp_path, "sparse_ratio",
+                           'sparse_ratio = { value = { fp16 = "2-4", bf16 = "2:4", int8 = "2:4", tf32 = "1:2" }, source = "x" }',
+                           "r.toml")
+    assert "sparse_ratio.fp16" in _load_error(bad_ratio)
+    eff = _a100_with(tmp_path, "dense_gemm_efficiency",
+                     'dense_gemm_efficiency = { value = 1.5, unit = "1", source = "x" }', "e.toml")
+    assert "dense_gemm_efficiency" in _load_error(eff)
+    flag = _a100_with(tmp_path, "fp32_uses_tf32", 'fp32_uses_tf32 = { value = "yes", source = "x" }', "f.toml")
+    assert "fp32_uses_tf32" in _load_error(flag)
+    no_energy = _a100_with(tmp_path, "mac_energy.int8", None, "m.toml")
+    assert "mac_energy" in _load_error(no_energy)
+    setting_unit = _a100_with(tmp_path, "sparse_fused_transpose",
+                              'sparse_fused_transpose = { value = false, unit = "W", source = "x" }', "s.toml")
+    assert "sparse_fused_transpose" in _load_error(setting_unit)
 
 
 def test_unknown_device_name():
@@ -259,18 +263,10 @@ def test_corrupted_builtin_files_fail_cleanly(stem, tmp_path):
 
 # ----------------------------------------------------------------------------- the `devices` verb
 
-def _cli(capsys, *argv: str) -> tuple[int, str, str]:
-    from sparsesim.cli import main
-
-    rc = main(list(argv))
-    out = capsys.readouterr()
-    return rc, out.out, out.err
-
-
-def test_devices_lists_every_builtin_with_peaks(capsys):
+def test_devices_lists_every_builtin_with_peaks(cli):
     import json
 
-    rc, out, _ = _cli(capsys, "devices", "--json")
+    rc, out, _ = cli("devices", "--json")
     assert rc == 0
     doc = json.loads(out)
     by_name = {d["name"]: d for d in doc["devices"]}
@@ -280,14 +276,14 @@ def test_devices_lists_every_builtin_with_peaks(capsys):
     peaks = {p["field"]: (p["value"], p["unit"]) for p in a100["peaks"]}
     assert peaks["tensor_peak.fp16"] == (312, "TFLOP/s")
     assert peaks["dram_bandwidth"] == (2039, "GB/s")
-    rc, text, _ = _cli(capsys, "devices")
+    rc, text, _ = cli("devices")
     assert rc == 0 and "a100-sxm4-80gb" in text and "tensor_peak.fp16 312 TFLOP/s" in text
 
 
-def test_devices_show_prints_every_field_with_unit_and_source(capsys):
+def test_devices_show_prints_every_field_with_unit_and_source(cli):
     import json
 
-    rc, out, _ = _cli(capsys, "devices", "show", "h100-sxm5", "--json")
+    rc, out, _ = cli("devices", "show", "h100-sxm5", "--json")
     assert rc == 0
     dev = json.loads(out)["device"]
     fields = {f["field"]: f for f in dev["fields"]}
@@ -296,23 +292,22 @@ def test_devices_show_prints_every_field_with_unit_and_source(capsys):
     assert fields["dram_bandwidth"]["value"] == 3350 and fields["dram_bandwidth"]["unit"] == "GB/s"
     assert "published.md" in fields["sparse_tensor_peak.fp8"]["source"]
     assert fields["sparse_ratio"]["value"]["tf32"] == "1:2" and fields["sparse_ratio"]["unit"] == ""
-    rc, text, _ = _cli(capsys, "devices", "show", "h100-sxm5")
+    rc, text, _ = cli("devices", "show", "h100-sxm5")
     assert rc == 0 and "launch_overhead" in text and "assumed:" in text
 
 
-def test_devices_show_reports_fits(tmp_path, capsys):
-    text = _replace_line(A100.read_text(), "clock",
-                         'clock = { value = 1400, unit = "MHz", source = "fit", fit_date = "2026-11-22", fit_error = 0.03 }')
-    p = _write(tmp_path, text)
-    rc, out, _ = _cli(capsys, "devices", "show", str(p))
+def test_devices_show_reports_fits(tmp_path, cli):
+    p = _a100_with(tmp_path, "clock",
+                   'clock = { value = 1400, unit = "MHz", source = "fit", fit_date = "2026-11-22", fit_error = 0.03 }')
+    rc, out, _ = cli("devices", "show", str(p))
     assert rc == 0 and "[fitted 2026-11-22, error 0.03]" in out
 
 
-def test_devices_show_errors_exit_2(capsys, tmp_path):
-    rc, _, err = _cli(capsys, "devices", "show", "no-such-gpu")
+def test_devices_show_errors_exit_2(cli, tmp_path):
+    rc, _, err = cli("devices", "show", "no-such-gpu")
     assert rc == 2 and "unknown device 'no-such-gpu'" in err
-    rc, _, err = _cli(capsys, "devices", "show")
+    rc, _, err = cli("devices", "show")
     assert rc == 2 and "needs a device name" in err
-    bad = _write(tmp_path, _replace_line(A100.read_text(), "tdp", None))
-    rc, _, err = _cli(capsys, "devices", "show", str(bad))
+    bad = _a100_with(tmp_path, "tdp", None)
+    rc, _, err = cli("devices", "show", str(bad))
     assert rc == 2 and "missing field 'tdp'" in err and str(bad) in err

@@ -18,17 +18,12 @@ from sparsesim import estimate as est
 from sparsesim import results
 from sparsesim.devices import builtin_device_files, load_device
 from sparsesim.errors import DeviceFileError, PlanError
-from sparsesim.ir import GemmShape, Op, WeightInfo, Workload
+from sparsesim.ir import Op, WeightInfo, Workload
+
+from op_cases import fp16_linear
 
 DEVICES = sorted(builtin_device_files())  # at collection; tests needing the count re-read it
 PLANS = est.DEFAULT_PLANS
-
-
-def _linear(i: int, m: int, n: int, k: int, name: str, weight: str | None = None) -> Op:
-    return Op(index=i, kind="linear", aten="aten.addmm", module=name, call_index=0, dtype="fp16",
-              input_shapes=((m, k), (n, k)), output_shape=(m, n), flops=2 * m * n * k,
-              bytes_moved=2 * (m * k + n * k + m * n), gemm=GemmShape(m, n, k),
-              weight=weight or f"{name}.weight", weight_shape=(n, k))
 
 
 def _norm(i: int, numel: int, name: str) -> Op:
@@ -39,10 +34,10 @@ def _norm(i: int, numel: int, name: str) -> Op:
 def toy(layers: int = 4, m: int = 128, d: int = 512) -> Workload:
     ops: list[Op] = []
     for layer in range(layers):
-        ops.append(_linear(len(ops), m, d, d, f"blocks.{layer}.fc"))
+        ops.append(fp16_linear(len(ops), m, d, d, f"blocks.{layer}.fc"))
         ops.append(_norm(len(ops), m * d, f"blocks.{layer}.norm"))
     # a head tied to the first layer's weight: one weight, two ops
-    ops.append(_linear(len(ops), m, d, d, "head", weight="blocks.0.fc.weight"))
+    ops.append(fp16_linear(len(ops), m, d, d, "head", weight="blocks.0.fc.weight"))
     weights = {op.weight: WeightInfo(op.weight, op.weight_shape, "fp16", True) for op in ops if op.weight}
     return Workload("toy", tuple(ops), weights)
 

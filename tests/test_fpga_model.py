@@ -4,8 +4,6 @@ buffer-driven off-chip traffic, strict device files, energy invariants."""
 from __future__ import annotations
 
 import math
-import tomllib
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,21 +13,13 @@ from hypothesis import strategies as st
 from sparsesim.cost import estimate_op
 from sparsesim.cost.common import run_dtype
 from sparsesim.cost.fpga import busy_rows, offchip_traffic
-from sparsesim.devices import load_device, parse_device_doc
+from sparsesim.devices import load_device
 from sparsesim.errors import DeviceFileError
-from sparsesim.formats import format_bytes, storage_format
 from sparsesim.ir import DTYPE_BYTES, ConvGeometry, GemmShape, Op
-from sparsesim.patterns import parse_pattern
-from sparsesim.sparsity import LayerSparsity, Pattern
+from sparsesim.sparsity import Pattern
 from sparsesim.stats import measure_stats
 
-ACCEL = Path(__file__).resolve().parent.parent / "accelerators"
-
-
-def linear(m: int, n: int, k: int, dtype: str = "int8", act: float = 1.0, batch: int = 1) -> Op:
-    return Op(0, "linear", "aten.mm", "fc", 0, dtype, ((m, k),), (m, n), 2 * m * n * k * batch, 0,
-              GemmShape(m, n, k, batch=batch), None, "fc.weight", (n, k), activation_density=act,
-              activation_measured=act < 1)
+from op_cases import device_with, layer_of, linear
 
 
 def conv(size: int, cin: int, cout: int, kernel: int, stride: int, pad: int, dtype: str = "int8") -> Op:
@@ -38,28 +28,6 @@ def conv(size: int, cin: int, cout: int, kernel: int, stride: int, pad: int, dty
     geo = ConvGeometry(cin, cout, (kernel, kernel), (stride, stride), (pad, pad), (1, 1), 1, (size, size), (out, out))
     return Op(0, "conv", "aten.convolution", "conv", 0, dtype, ((1, cin, size, size),), (1, cout, out, out),
               2 * m * n * k, 0, GemmShape(m, n, k), geo, "conv.weight", (cout, cin, kernel, kernel))
-
-
-def layer_of(mask: torch.Tensor, pattern: Pattern | str, dtype: str = "int8") -> LayerSparsity:
-    """What a plan attaches to a weight: measured stats and the bytes of its storage format."""
-    pat = parse_pattern(pattern) if isinstance(pattern, str) else pattern
-    stats = measure_stats(mask, pattern=pat)
-    vb = DTYPE_BYTES[dtype]
-    fmt = storage_format(pat, stats, value_bytes=vb)
-    size = format_bytes(fmt, stats, value_bytes=vb, pattern=pat)
-    return LayerSparsity("fc.weight", pat, stats, fmt, size.total, size.values, size.metadata)
-
-
-def device_with(base: str, **fields) -> object:
-    """A built-in FPGA device file with some fields replaced (all other numbers keep their sources)."""
-    doc = tomllib.loads((ACCEL / f"{base}.toml").read_text())
-    for key, value in fields.items():
-        if isinstance(value, dict):
-            doc[key] = value
-        else:
-            old = doc[key]
-            doc[key] = {**old, "value": value}
-    return parse_device_doc(doc, f"{base}.toml (test copy)")
 
 
 U250 = load_device("alveo-u250")

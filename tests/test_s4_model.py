@@ -3,9 +3,6 @@ penalised and reduced by the balancer, activation skipping where the device says
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
-
 import pytest
 import torch
 from hypothesis import given, settings
@@ -13,37 +10,14 @@ from hypothesis import strategies as st
 
 from sparsesim.cost import estimate_op
 from sparsesim.cost.s4 import skip_ratio
-from sparsesim.devices import load_device, parse_device_doc
+from sparsesim.devices import load_device
 from sparsesim.errors import DeviceFileError
-from sparsesim.formats import format_bytes, storage_format
-from sparsesim.ir import DTYPE_BYTES, GemmShape, Op
-from sparsesim.patterns import parse_pattern
-from sparsesim.sparsity import LayerSparsity, Pattern
-from sparsesim.stats import measure_stats
+from sparsesim.formats import format_bytes
+from sparsesim.sparsity import Pattern
 
-ACCEL = Path(__file__).resolve().parent.parent / "accelerators"
+from op_cases import device_with, layer_of, linear
+
 S4 = load_device("s4-antoum")
-
-
-def linear(m: int, n: int, k: int, dtype: str = "int8", act: float = 1.0) -> Op:
-    return Op(0, "linear", "aten.mm", "fc", 0, dtype, ((m, k),), (m, n), 2 * m * n * k, 0,
-              GemmShape(m, n, k), None, "fc.weight", (n, k), activation_density=act, activation_measured=act < 1)
-
-
-def layer_of(mask: torch.Tensor, pattern: Pattern | str, dtype: str = "int8") -> LayerSparsity:
-    pat = parse_pattern(pattern) if isinstance(pattern, str) else pattern
-    stats = measure_stats(mask, pattern=pat)
-    vb = DTYPE_BYTES[dtype]
-    fmt = storage_format(pat, stats, value_bytes=vb)
-    size = format_bytes(fmt, stats, value_bytes=vb, pattern=pat)
-    return LayerSparsity("fc.weight", pat, stats, fmt, size.total, size.values, size.metadata)
-
-
-def device_with(**fields):
-    doc = tomllib.loads((ACCEL / "s4-antoum.toml").read_text())
-    for key, value in fields.items():
-        doc[key] = {**doc[key], "value": value}
-    return parse_device_doc(doc, "s4-antoum.toml (test copy)")
 
 
 def balanced_mask(rows: int, cols: int, per_row: int) -> torch.Tensor:
@@ -60,11 +34,11 @@ def balanced_mask(rows: int, cols: int, per_row: int) -> torch.Tensor:
 def test_device_file_loads_and_validates():
     assert S4.family == "s4" and S4.params.max_sparsity_factor == 32
     with pytest.raises(DeviceFileError, match="64 exceeds max_sparsity_factor 32"):
-        device_with(supported_ratios=[1, 2, 64])
+        device_with("s4-antoum", supported_ratios=[1, 2, 64])
     with pytest.raises(DeviceFileError, match="must include 1"):
-        device_with(supported_ratios=[2, 4])
+        device_with("s4-antoum", supported_ratios=[2, 4])
     with pytest.raises(DeviceFileError, match="balancing"):
-        device_with(balancing=1.5)
+        device_with("s4-antoum", balancing=1.5)
 
 
 def test_skip_ratio_rounds_down_to_supported():
@@ -113,8 +87,8 @@ def test_imbalance_penalised_and_balancer_helps():
     ce = estimate_op(op, layer_of(even, pat), S4)
     cs = estimate_op(op, layer_of(skew, pat), S4)
     assert cs.details["compute_s"] > ce.details["compute_s"]
-    perfect = device_with(balancing=1.0)
-    none = device_with(balancing=0.0)
+    perfect = device_with("s4-antoum", balancing=1.0)
+    none = device_with("s4-antoum", balancing=0.0)
     cp = estimate_op(op, layer_of(skew, pat), perfect)
     cn = estimate_op(op, layer_of(skew, pat), none)
     assert cp.details["compute_s"] < cs.details["compute_s"] < cn.details["compute_s"]
@@ -126,7 +100,7 @@ def test_imbalance_penalised_and_balancer_helps():
 @given(density=st.floats(0.005, 1.0), extra=st.floats(0.0, 0.95), seed=st.integers(0, 2**16),
        act=st.floats(0.05, 1.0), skip_act=st.booleans())
 def test_more_zeros_never_slower(density, extra, seed, act, skip_act):
-    dev = device_with(skip_activation_zeros=skip_act)
+    dev = device_with("s4-antoum", skip_activation_zeros=skip_act)
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(128, 1024, generator=g) < density
     fewer = mask & (torch.rand(128, 1024, generator=g) >= extra)
@@ -146,7 +120,7 @@ def test_activation_zeros_only_where_the_device_says():
     op_half = linear(4096, 512, 512, act=0.5)
     op_full = linear(4096, 512, 512, act=1.0)
     assert estimate_op(op_half, None, S4).details["compute_s"] == estimate_op(op_full, None, S4).details["compute_s"]
-    on = device_with(skip_activation_zeros=True)
+    on = device_with("s4-antoum", skip_activation_zeros=True)
     assert estimate_op(op_half, None, on).details["compute_s"] == pytest.approx(
         0.5 * estimate_op(op_full, None, on).details["compute_s"])
 

@@ -13,18 +13,12 @@ import pytest
 
 from sparsesim.devices import builtin_device_files, load_device
 from sparsesim.estimate import estimate
-from sparsesim.ir import GemmShape, Op, WeightInfo, Workload
+from sparsesim.ir import Op, WeightInfo, Workload
 from sparsesim.simulate import OpTimes, run_sequence, serve, simulate, simulate_frame
 
+from op_cases import fp16_linear
+
 DEVICES = sorted(builtin_device_files())
-
-
-def _linear(i: int, m: int, n: int, k: int, name: str, dtype: str = "fp16") -> Op:
-    b = 2
-    return Op(index=i, kind="linear", aten="aten.addmm", module=name, call_index=0, dtype=dtype,
-              input_shapes=((m, k), (n, k)), output_shape=(m, n), flops=2 * m * n * k,
-              bytes_moved=b * (m * k + n * k + m * n), gemm=GemmShape(m, n, k),
-              weight=f"{name}.weight", weight_shape=(n, k))
 
 
 def _elementwise(i: int, numel: int, name: str) -> Op:
@@ -38,7 +32,7 @@ def toy_workload(m: int = 64, d: int = 512, layers: int = 6) -> Workload:
     ops: list[Op] = []
     for layer in range(layers):
         n = 4 * d if layer % 3 == 0 else d
-        ops.append(_linear(len(ops), m if layer % 2 else 8 * m, n, d, f"mlp.{layer}"))
+        ops.append(fp16_linear(len(ops), m if layer % 2 else 8 * m, n, d, f"mlp.{layer}"))
         ops.append(_elementwise(len(ops), m * n, f"act.{layer}"))
     weights = {op.weight: WeightInfo(op.weight, op.weight_shape, op.dtype, True) for op in ops if op.weight}
     return Workload("toy-mlp", tuple(ops), weights, {"batch": 1})

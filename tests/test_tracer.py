@@ -19,13 +19,8 @@ from sparsesim.tracer import trace
 aten = torch.ops.aten
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP barriers cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread for the whole file (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class One(nn.Module):

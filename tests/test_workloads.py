@@ -20,13 +20,8 @@ BUILTIN = {"resnet18", "resnet50", "mobilenetv2", "bert-base", "gpt2", "vit-base
            "llama2-7b", "llama2-70b"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a shared 2-core machine OpenMP barriers cost more than they give."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# one torch thread for the whole file (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _weight_modules(model: nn.Module) -> dict[str, str]:

@@ -60,9 +60,6 @@ SPLIT_K_MIN_STEPS = 4
 PARTIAL_BYTES = 4
 # BSR index width when block counts must be estimated: cuSPARSE uses 32-bit indices/offsets
 CSR_INDEX_BYTES = 4
-# an operand is taken to stay resident in L2 (read from DRAM once) when it fits in this share of
-# L2; the rest holds the other operand's tiles and the output (the model's rule, not a device figure)
-L2_RESIDENT_SHARE = 0.5
 # a dtype without tensor cores is costed at the first of these the device has (16-bit first:
 # the usual deployment dtypes), flagged as a fallback
 TENSOR_FALLBACK_DTYPES = ("fp16", "bf16", "tf32")
@@ -85,6 +82,7 @@ class GpuParams:
     dram_efficiency: float = quantity("ratio")
     l2_bandwidth: float = quantity("bandwidth")
     l2_size: float = quantity("bytes")
+    l2_resident_fraction: float = quantity("ratio")
     smem_per_sm: float = quantity("bytes")
     memory_capacity: float = quantity("bytes")
     launch_overhead: float = quantity("time")
@@ -136,8 +134,8 @@ class GpuParams:
         for dt in list(self.tensor_peak) + ["fp32"]:
             if dt not in self.mac_energy:
                 return f"field 'mac_energy': missing dtype {dt!r}"
-        return (check_fraction(self, "dram_efficiency", "dense_gemm_efficiency", "sparse_gemm_efficiency",
-                               "csr_efficiency", "bsr_efficiency")
+        return (check_fraction(self, "dram_efficiency", "l2_resident_fraction", "dense_gemm_efficiency",
+                               "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency")
                 or check_whole(self, "sm_count", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
                                "mma_k_bytes", "sparse_row_multiple", "sparse_col_multiple", "dense_pad_multiple")
                 or check_positive(self, "tensor_peak", "sparse_tensor_peak", "cuda_core_peak", "dram_bandwidth",
@@ -184,8 +182,15 @@ def compute_unit(p: GpuParams, dtype: str, conv: bool = False) -> _Unit:
     return _Unit("fp32", p.cuda_core_peak, False, f"no {dtype} support: costed on fp32 CUDA cores")
 
 
-def _energy_per_byte(p: GpuParams) -> dict[str, float]:
-    return {"dram": p.dram_energy, "l2": p.l2_energy, "smem": p.smem_energy}
+def _energy(p: GpuParams, macs: float, dtype: str, dram: float, l2: float, *, metadata: float = 0.0) -> EnergyInputs:
+    """The GPU's action counts: MACs at `dtype`'s energy, DRAM bytes (metadata apart, also read
+    from DRAM), and L2 bytes, each of which also crosses shared memory on its way to the cores."""
+    return EnergyInputs(
+        macs=macs, mac_energy_j=p.mac_energy[dtype],
+        bytes_by_level={"dram": dram, "l2": l2, "smem": l2},
+        energy_per_byte={"dram": p.dram_energy, "l2": p.l2_energy, "smem": p.smem_energy},
+        static_power_w=p.static_power, metadata_bytes=metadata, metadata_energy_per_byte=p.dram_energy,
+    )
 
 
 # ----------------------------------------------------------------------------- tiling
@@ -273,16 +278,16 @@ def _gemm_time(
 
     `w_bytes` is the stored second operand (compressed for sparse kernels). Each output tile
     reads its band of A (K x tile_m) and W (K x tile_n) through L2; DRAM reads an operand once
-    if it fits in half of L2, else once per wave-band that needs it. Split-K partial sums
+    if it fits in `l2_resident_fraction` of L2, else once per wave-band that needs it. Split-K partial sums
     (fp32) are written and read back through L2.
     """
     t = tiling(p, g, dtype_bytes, split_k=split_k)
     per_tile = 2.0 * t.tile_m * t.tile_n * t.k_per_tile / tile_rate if tile_rate > 0 else math.inf
     compute = t.waves * per_tile if g.macs > 0 else 0.0
-    half_l2 = p.l2_size * L2_RESIDENT_SHARE
-    a_reads = 1 if a_bytes <= half_l2 else ceil_div(t.tiles_n, t.wave_n)
+    resident = p.l2_size * p.l2_resident_fraction
+    a_reads = 1 if a_bytes <= resident else ceil_div(t.tiles_n, t.wave_n)
     w_total = w_bytes + w_meta_bytes
-    w_reads = 1 if w_total <= half_l2 else ceil_div(t.tiles_m, t.wave_m)
+    w_reads = 1 if w_total <= resident else ceil_div(t.tiles_m, t.wave_m)
     dram = a_bytes * a_reads + w_bytes * w_reads + c_bytes
     l2 = a_bytes * t.tiles_n + w_total * t.tiles_m + c_bytes
     if t.split_k > 1:
@@ -327,11 +332,7 @@ def _dense(op: Op, work: GemmWork, device: Device, *, why: str = "", fallback: b
     parts.append(_describe(f"dense {shape} {unit.dtype} on {where}", compute, memory, p.launch_overhead, tl))
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=p.launch_overhead,
-        energy=EnergyInputs(
-            macs=float(work.macs), mac_energy_j=p.mac_energy[unit.dtype],
-            bytes_by_level={"dram": dram, "l2": l2, "smem": l2}, energy_per_byte=_energy_per_byte(p),
-            static_power_w=p.static_power,
-        ),
+        energy=_energy(p, float(work.macs), unit.dtype, dram, l2),
         kernel=kernel, why="; ".join(parts), flops_executed=float(work.flops), peak_flops=unit.peak,
         memory_bytes=work.w_bytes if op.weight is not None else 0.0,
         fallback=fallback or bool(unit.note),
@@ -426,12 +427,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, sdt
     executed = 2.0 * gp.macs * sn / sm
     return build_cost(
         device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=overhead,
-        energy=EnergyInputs(
-            macs=gp.macs * sn / sm, mac_energy_j=p.mac_energy[sdt],
-            bytes_by_level={"dram": dram - gt.metadata_dram_bytes, "l2": gt.l2_bytes, "smem": gt.l2_bytes},
-            energy_per_byte=_energy_per_byte(p), static_power_w=p.static_power,
-            metadata_bytes=gt.metadata_dram_bytes, metadata_energy_per_byte=p.dram_energy,
-        ),
+        energy=_energy(p, gp.macs * sn / sm, sdt, dram - gt.metadata_dram_bytes, gt.l2_bytes,
+                       metadata=gt.metadata_dram_bytes),
         kernel=f"{sn}:{sm} sparse tensor core", why="; ".join(parts), flops_executed=executed,
         peak_flops=p.sparse_tensor_peak[sdt] * sn / sm, memory_bytes=values + meta, metadata_bytes=meta,
         fallback=bool(note),
@@ -456,7 +453,7 @@ def _sparse_traffic(p: GpuParams, g: GemmShape, work: GemmWork, values: float, m
     are read once per band of output columns a wave covers, like the dense kernel (`_gemm_time`);
     the sparse weight (values + metadata) streams once from DRAM and once per tile row via L2."""
     t = tiling(p, g, work.dtype_bytes)
-    a_reads = 1 if work.a_bytes <= p.l2_size * L2_RESIDENT_SHARE else ceil_div(t.tiles_n, t.wave_n)
+    a_reads = 1 if work.a_bytes <= p.l2_size * p.l2_resident_fraction else ceil_div(t.tiles_n, t.wave_n)
     dram = work.a_bytes * a_reads + values + work.c_bytes
     l2 = work.a_bytes * t.tiles_n + (values + meta) * t.tiles_m + work.c_bytes
     return dram, l2, _memory_s(p, dram + meta, l2)
@@ -485,11 +482,7 @@ def _csr(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, note: str
         parts.append("dense tensor cores would be faster; CSR pays only at very high sparsity")
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=p.launch_overhead,
-        energy=EnergyInputs(
-            macs=macs, mac_energy_j=p.mac_energy["fp32"],
-            bytes_by_level={"dram": dram, "l2": l2, "smem": l2}, energy_per_byte=_energy_per_byte(p),
-            static_power_w=p.static_power, metadata_bytes=meta, metadata_energy_per_byte=p.dram_energy,
-        ),
+        energy=_energy(p, macs, "fp32", dram, l2, metadata=meta),
         kernel="csr", why="; ".join(parts), flops_executed=2.0 * macs, peak_flops=p.cuda_core_peak,
         memory_bytes=values + meta, metadata_bytes=meta, fallback=bool(note),
         details={"dense_latency_s": dense_lat, "nnz": float(nnz)},
@@ -529,12 +522,8 @@ def _bsr(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
            f"compute {compute * 1e6:.3g} us, memory {memory * 1e6:.3g} us")
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=p.launch_overhead,
-        energy=EnergyInputs(
-            macs=tc_macs if on_tc else exact_macs,
-            mac_energy_j=p.mac_energy[unit.dtype if on_tc else "fp32"],
-            bytes_by_level={"dram": dram, "l2": l2, "smem": l2}, energy_per_byte=_energy_per_byte(p),
-            static_power_w=p.static_power, metadata_bytes=meta, metadata_energy_per_byte=p.dram_energy,
-        ),
+        energy=_energy(p, tc_macs if on_tc else exact_macs, unit.dtype if on_tc else "fp32", dram, l2,
+                       metadata=meta),
         kernel=f"bsr {r}x{c}" + (" tensor core" if on_tc else " cuda core"), why=why,
         flops_executed=2.0 * exact_macs, peak_flops=unit.peak if on_tc else p.cuda_core_peak,
         memory_bytes=values + meta, metadata_bytes=meta,

@@ -1,0 +1,30 @@
+"""Fixtures several test files share (none is autouse: a file asks for what it needs)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine OpenMP barriers cost more than they give."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cli(capsys) -> Callable[..., tuple[int, str, str]]:
+    """Run the real `sparsesim` entry point: cli("trace", "resnet18") -> (exit code, stdout, stderr)."""
+    from sparsesim.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        rc = main(list(argv))
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
