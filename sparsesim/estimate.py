@@ -13,6 +13,7 @@ workloads and sparsified workloads are also cached across calls (see `clear_cach
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,8 +23,8 @@ import pandas as pd
 
 from sparsesim import results
 from sparsesim.devices import Device, builtin_devices, load_device
-from sparsesim.ir import Op, Workload
-from sparsesim.cost.record import Cost
+from sparsesim.cost.record import Cost, RunContext
+from sparsesim.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.sparsity import LayerSparsity, SparseWorkload
 
 DEFAULT_PLANS = ("dense", "2:4", "unstructured:0.9", "block4x4:0.5", "channel:0.5")
@@ -172,25 +173,39 @@ def cost_ops(
     *,
     keys: Sequence[tuple] | None = None,
     memo: dict[tuple, Cost] | None = None,
+    context: RunContext | None = None,
 ) -> list[Cost]:
     """Cost every op on one device.
 
     The cost functions are pure, so ops identical but for their identity (the 12 layers of a
     BERT, the norms and activations every plan leaves alone) with identical sparsity are costed
     once; pass the same `memo` for every plan on one device to share it across plans.
+    `context` is the whole-model run (see `run_context`); None costs each op alone.
     """
-    from sparsesim.cost import estimate_op
+    from sparsesim.cost import ALONE, estimate_op
 
     memo = {} if memo is None else memo
+    context = ALONE if context is None else context
     if keys is None:
         keys = [(_cost_key(op), _layer_key(ly)) for op, ly in zip(ops, layers)]
     out = []
     for op, layer, key in zip(ops, layers, keys):
+        key = (key, context)
         cost = memo.get(key)
         if cost is None:
-            cost = memo[key] = estimate_op(op, layer, device)
+            cost = memo[key] = estimate_op(op, layer, device, context)
         out.append(cost)
     return out
+
+
+def run_context(sw: SparseWorkload) -> RunContext:
+    """The whole-model context of a sparsified workload: its weights' stored size under the
+    plan (sparse formats for planned layers, dense for the rest, each distinct weight once)."""
+    stored = {w: float(ly.format_bytes) for w, ly in sw.layers.items()}
+    for name, info in sw.workload.weights.items():
+        if name not in stored:
+            stored[name] = float(math.prod(info.shape)) * DTYPE_BYTES.get(info.dtype, 4)
+    return RunContext(model_weight_bytes=sum(stored.values()))
 
 
 def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[str] | None = None) -> pd.DataFrame:
@@ -207,8 +222,9 @@ def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[st
             op_keys[id(ops)] = [_cost_key(op) for op in ops]
         keys = list(zip(op_keys[id(ops)], [_layer_key(ly) for ly in layers]))
         static = results.op_columns(ops, layers)
+        context = run_context(sw)
         for dev in devices:
-            costs = cost_ops(ops, layers, dev, keys=keys, memo=memos[dev.path])
+            costs = cost_ops(ops, layers, dev, keys=keys, memo=memos[dev.path], context=context)
             blocks.append({
                 "workload": sw.name, "plan": label, "device": dev.name, "family": dev.family,
                 **static, **results.cost_columns(costs), "device_file": dev.path,

@@ -199,3 +199,28 @@ def test_cost_is_pure(cpu):
     a, b = estimate_op(op, layer, cpu), estimate_op(op, layer, cpu)
     assert a == b
     assert math.isfinite(a.latency_s) and dataclasses.is_dataclass(a)
+
+
+def test_a_model_larger_than_the_last_level_cache_streams_its_weights_from_dram():
+    from sparsesim.cost import RunContext
+
+    dev = load_device("xeon-sapphire-rapids")
+    p = dev.params
+    op = gemm_op(1, 4096, 4096, "fp16")  # a decode GEMV: 32 MiB of weights, fits the L2s alone
+    alone = estimate_op(op, None, dev)
+    small_model = estimate_op(op, None, dev, RunContext(model_weight_bytes=p.l3_bytes / 2))
+    big_model = estimate_op(op, None, dev, RunContext(model_weight_bytes=p.l3_bytes * 100))
+    weight_bytes = 4096 * 4096 * 2
+    assert "dram" not in alone.bytes_by_level and small_model.latency_s == alone.latency_s
+    assert big_model.bytes_by_level["dram"] == weight_bytes
+    assert big_model.latency_s >= weight_bytes / p.dram_bandwidth > alone.latency_s
+    assert "streamed from dram" in big_model.why
+
+
+def test_estimate_keeps_a_cache_sized_model_resident_and_streams_a_large_one():
+    from sparsesim.estimate import estimate
+
+    small = estimate("gemm:M=1,N=4096,K=4096,dtype=fp16", "xeon-sapphire-rapids")
+    assert small["bytes_dram"].sum() == 0  # 32 MiB of weights: the whole model fits the caches
+    big = estimate("gemm:M=1,N=32768,K=32768,dtype=fp16", "xeon-sapphire-rapids")
+    assert big["bytes_dram"].sum() == 32768 * 32768 * 2  # 2 GiB: streamed from DRAM

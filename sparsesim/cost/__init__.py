@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sparsesim.cost.record import Cost
+from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.devices import Device
 from sparsesim.errors import UnsupportedError
 from sparsesim.ir import Op
 from sparsesim.sparsity import LayerSparsity
 
-CostFn = Callable[[Op, "LayerSparsity | None", Device], Cost]
+CostFn = Callable[[Op, "LayerSparsity | None", Device, RunContext], Cost]
 FAMILY_COST: dict[str, CostFn] = {}
 
 
@@ -26,15 +26,16 @@ def register_cost(family: str) -> Callable[[CostFn], CostFn]:
     return wrap
 
 
-def estimate_op(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
-    """Cost of one op on one device; `layer` is None for dense or weightless ops."""
+def estimate_op(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
+    """Cost of one op on one device; `layer` is None for dense or weightless ops; `context`
+    says what the whole-model run around the op looks like (default: the op alone)."""
     fn = FAMILY_COST.get(device.family)
     if fn is None:
         raise UnsupportedError(f"device {device.name}: no cost model for family {device.family!r}")
-    return fn(op, layer, device)
+    return fn(op, layer, device, context)
 
 
 # family modules register themselves on import
 from sparsesim.cost import gpu, cpu, fpga, s4  # noqa: E402,F401
 
-__all__ = ["Cost", "estimate_op", "register_cost", "FAMILY_COST"]
+__all__ = ["Cost", "RunContext", "ALONE", "estimate_op", "register_cost", "FAMILY_COST"]

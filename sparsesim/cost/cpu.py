@@ -37,7 +37,7 @@ from sparsesim.cost.common import (
     memory_op_bytes,
     memory_op_cost,
 )
-from sparsesim.cost.record import Cost
+from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.devices import Device, quantity, register_family, setting
 from sparsesim.ir import DTYPE_BYTES, Op
 from sparsesim.sparsity import LayerSparsity
@@ -173,6 +173,36 @@ def residency(p: CpuParams, working_set: float) -> tuple[str, float, float]:
     return "dram", p.dram_bandwidth, p.dram_energy
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """Where an op's bytes come from and how long moving them takes."""
+
+    seconds: float
+    bytes_by_level: dict[str, float]
+    weight_level: str
+    where: str  # for the why
+
+
+def traffic(p: CpuParams, weight_bytes: float, other_bytes: float, context: RunContext) -> Traffic:
+    """Weights and activations stay in the smallest cache level their working set fits when
+    the op runs alone (a micro-benchmark loop) or the whole model fits in the last-level cache;
+    in a model that does not, each op streams its weights from DRAM and only the activations
+    (just written by the previous op) come from cache."""
+    cold = context.model_weight_bytes is not None and context.model_weight_bytes > p.l3_bytes
+    if not cold:
+        level, bw, _ = residency(p, weight_bytes + other_bytes)
+        total = weight_bytes + other_bytes
+        return Traffic(total / bw, {level: total}, level, f"working set {total / 1e6:.3g} MB in {level}")
+    level, bw, _ = residency(p, other_bytes)
+    seconds = weight_bytes / p.dram_bandwidth + other_bytes / bw
+    by_level = {"dram": weight_bytes}
+    by_level[level] = by_level.get(level, 0.0) + other_bytes
+    return Traffic(seconds, by_level, "dram",
+                   f"weights {weight_bytes / 1e6:.3g} MB streamed from dram (the model's "
+                   f"{context.model_weight_bytes / 1e6:.4g} MB exceed the last-level cache), "
+                   f"activations {other_bytes / 1e6:.3g} MB in {level}")
+
+
 def _energy_table(p: CpuParams) -> dict[str, float]:
     return {"l1": p.l1_energy, "l2": p.l2_energy, "l3": p.l3_energy, "dram": p.dram_energy}
 
@@ -180,16 +210,15 @@ def _energy_table(p: CpuParams) -> dict[str, float]:
 # ----------------------------------------------------------------------------- kernels
 
 def _dense(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSparsity | None,
-           *, kernel: str = "dense", why_prefix: str = "", fallback: bool = False) -> Cost:
+           context: RunContext, *, kernel: str = "dense", why_prefix: str = "", fallback: bool = False) -> Cost:
     dt = compute_dtype(p, work.dtype)
     peak = peak_flops(p, dt)
     compute_s = 0.0
     for g in work.gemms:
         eff = gemm_efficiency(p, work.dtype, g.m)
         compute_s += 2 * g.macs / (peak * eff) if g.macs else 0.0
-    nbytes = work.dense_bytes
-    level, bw, _ = residency(p, nbytes)
-    memory_s = nbytes / bw
+    moved = traffic(p, work.w_bytes, work.dense_bytes - work.w_bytes, context)
+    memory_s = moved.seconds
     fallback = fallback or dt != work.dtype
     parts = [why_prefix] if why_prefix else []
     if fallback:
@@ -198,16 +227,16 @@ def _dense(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSpa
     eff0 = gemm_efficiency(p, work.dtype, m)
     parts.append(
         f"{'AMX' if dt in p.matrix_macs_per_cycle else 'SIMD'} {dt} GEMM at {eff0:.0%} of "
-        f"{peak / 1e9:.4g} GFLOP/s (M={m}); working set {nbytes / 1e6:.3g} MB in {level}"
+        f"{peak / 1e9:.4g} GFLOP/s (M={m}); {moved.where}"
     )
     if memory_s > compute_s:
-        parts.append(f"memory-bound ({level} at {bw / 1e9:.3g} GB/s)")
+        parts.append("memory-bound")
     return build_cost(
         device=device, model=MODEL, compute_s=compute_s, memory_s=memory_s,
         overhead_s=p.call_overhead,
         energy=EnergyInputs(
             macs=work.macs, mac_energy_j=p.mac_energy[dt],
-            bytes_by_level={level: nbytes}, energy_per_byte=_energy_table(p),
+            bytes_by_level=moved.bytes_by_level, energy_per_byte=_energy_table(p),
             static_power_w=p.static_power,
         ),
         kernel=kernel, why="; ".join(parts), flops_executed=float(work.flops), peak_flops=peak,
@@ -216,7 +245,8 @@ def _dense(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSpa
     )
 
 
-def _sparse(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSparsity, dense: Cost) -> Cost:
+def _sparse(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSparsity, dense: Cost,
+            context: RunContext) -> Cost:
     """CSR (unstructured), BSR (block) or index-regular (N:M) kernel: cost per stored nonzero."""
     g = work.gemms[0]
     st = layer.stats
@@ -264,21 +294,21 @@ def _sparse(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSp
         how += "; the per-nonzero index chain, not the vector work, sets the pace (M too small to fill the lanes)"
     compute_s = reps * cycles / (p.clock * p.cores)
     weight_bytes = work.w_values_bytes + work.w_metadata_bytes
-    nbytes = work.a_bytes + work.c_bytes + weight_bytes
-    level, bw, _ = residency(p, nbytes)
-    memory_s = nbytes / bw
+    moved = traffic(p, weight_bytes, work.a_bytes + work.c_bytes, context)
+    memory_s = moved.seconds
+    level = moved.weight_level  # metadata travels with the weights
     lane_use = min(1.0, max(g.m, 1) / (steps * nl))
     macs_exec = float(nnz_exec) * g.m * reps
     speed = dense.latency_s / (max(compute_s, memory_s) + p.sparse_call_overhead)
     why = (f"{kernel}: {how}; M={g.m} fills {lane_use:.0%} of {int(nl)} {dt} lanes; "
-           f"working set {nbytes / 1e6:.3g} MB in {level}; {speed:.2f}x vs dense")
+           f"{moved.where}; {speed:.2f}x vs dense")
     return build_cost(
         device=device, model=MODEL, compute_s=compute_s, memory_s=memory_s,
         overhead_s=p.sparse_call_overhead,
         energy=EnergyInputs(
             macs=macs_exec, mac_energy_j=p.mac_energy[dt],
             # activation rows re-read from L1 once per nonzero (per block row for BSR)
-            bytes_by_level={level: nbytes, "l1": float(nnz_exec) * g.m * work.dtype_bytes * reps},
+            bytes_by_level={**moved.bytes_by_level, "l1": float(nnz_exec) * g.m * work.dtype_bytes * reps},
             energy_per_byte=_energy_table(p), static_power_w=p.static_power,
             metadata_bytes=work.w_metadata_bytes, metadata_energy_per_byte=_energy_table(p)[level],
         ),
@@ -301,7 +331,7 @@ def bsr_rate(p: CpuParams, r: int, c: int) -> tuple[float, str]:
 
 
 @register_cost("cpu")
-def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
+def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
     """Cost of one op on a CPU device (see the module docstring for the kernels)."""
     p: CpuParams = device.params
     if op.gemm is None:
@@ -311,16 +341,16 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
                               energy_per_byte_j=epb, static_power_w=p.static_power, level=level)
     work = gemm_work(op, layer)
     if layer is None or layer.pattern.kind == "dense":
-        return _dense(op, work, device, p, layer)
+        return _dense(op, work, device, p, layer, context)
     if layer.pattern.kind == "channel":
         g0 = op.gemm
-        return _dense(op, work, device, p, layer, kernel="dense (channel-pruned)",
+        return _dense(op, work, device, p, layer, context, kernel="dense (channel-pruned)",
                       why_prefix=f"channel pruning: {g0.n}x{g0.k} -> {work.gemms[0].n}x{work.gemms[0].k} dense")
-    dense = _dense(op, gemm_work(op, None), device, p, None)
-    sparse = _sparse(op, work, device, p, layer, dense)
+    dense = _dense(op, gemm_work(op, None), device, p, None, context)
+    sparse = _sparse(op, work, device, p, layer, dense, context)
     if p.picks_faster_kernel and sparse.latency_s > dense.latency_s:
         ratio = sparse.latency_s / dense.latency_s
-        return _dense(op, gemm_work(op, None), device, p, None, kernel="dense (fallback)", fallback=True,
+        return _dense(op, gemm_work(op, None), device, p, None, context, kernel="dense (fallback)", fallback=True,
                       why_prefix=(f"{layer.pattern.label}: the {sparse.kernel} kernel would take {ratio:.2f}x the "
                                   "dense time, so the runtime runs the dense kernel"))
     return sparse

@@ -47,7 +47,7 @@ from sparsesim.cost.common import (
     run_dtype,
     stored_operand_bytes,
 )
-from sparsesim.cost.record import Cost
+from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.cost.systolic import gemm_cycles
 from sparsesim.devices import Device, quantity, register_family, setting
 from sparsesim.ir import DTYPE_BYTES, GemmShape, Op
@@ -196,8 +196,11 @@ def _array_for(p: FpgaParams, dtype: str) -> tuple[int, int]:
 
 
 @register_cost("fpga")
-def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
-    """Cost of one op on an FPGA PE-array design."""
+def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
+    """Cost of one op on an FPGA PE-array design.
+
+    Every op fetches its weights from off-chip memory once, whatever the run `context`.
+    """
     p: FpgaParams = device.params
     overhead_s = p.layer_overhead / p.clock
     if not op.is_matmul or op.gemm is None:

@@ -47,7 +47,7 @@ from sparsesim.cost.common import (
     gemm_work,
     memory_op_cost,
 )
-from sparsesim.cost.record import Cost
+from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.devices import Device, quantity, register_family, setting
 from sparsesim.ir import GemmShape, Op
 from sparsesim.sparsity import LayerSparsity, Pattern
@@ -558,8 +558,11 @@ def _nm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
 # ----------------------------------------------------------------------------- entry point
 
 @register_cost("gpu")
-def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
-    """Cost of one op on a GPU (see the module docstring for the model)."""
+def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
+    """Cost of one op on a GPU (see the module docstring for the model).
+
+    Every op fetches its weights from off-chip memory once, whatever the run `context`.
+    """
     p: GpuParams = device.params
     bw = p.dram_bandwidth * p.dram_efficiency
     if not op.is_matmul or op.gemm is None:

@@ -39,3 +39,19 @@ class Cost:
             raise ValueError(f"Cost.bound must be one of {BOUNDS}, got {self.bound!r}")
         if not (self.latency_s >= 0 and self.energy_j >= 0):
             raise ValueError(f"Cost latency/energy must be >= 0, got {self.latency_s}, {self.energy_j}")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a whole-model run knows that one op alone does not.
+
+    `model_weight_bytes` is the stored size of all the model's weights under the plan. A cache
+    keeps an op's weights between inferences only if the whole model fits in it; otherwise every
+    op streams its weights from DRAM. None means the op runs alone, repeated in a loop as a
+    micro-benchmark does (calibration, validation): its weights stay wherever they fit.
+    """
+
+    model_weight_bytes: float | None = None
+
+
+ALONE = RunContext()

@@ -40,7 +40,7 @@ from sparsesim.cost.common import (
     run_dtype,
     stored_operand_bytes,
 )
-from sparsesim.cost.record import Cost
+from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.devices import Device, quantity, register_family, setting
 from sparsesim.ir import Op
 from sparsesim.sparsity import LayerSparsity, SparsityStats
@@ -106,8 +106,11 @@ def skip_ratio(density: float, ratios: Sequence[float], max_factor: float) -> fl
 
 
 @register_cost("s4")
-def s4_cost(op: Op, layer: LayerSparsity | None, device: Device) -> Cost:
-    """Cost of one op on an S4-style engine."""
+def s4_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
+    """Cost of one op on an S4-style engine.
+
+    Every op fetches its weights from off-chip memory once, whatever the run `context`.
+    """
     p: S4Params = device.params
     if not op.is_matmul or op.gemm is None:
         return memory_op_cost(op, device, model=MODEL, bandwidth=p.memory_bandwidth, overhead_s=p.op_overhead,
