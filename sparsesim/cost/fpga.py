@@ -188,7 +188,7 @@ def offchip_traffic(w: float, a: float, c: float, buffer: float) -> tuple[float,
     return (by_w, n_w) if by_w <= by_a else (by_a, n_a)
 
 
-def _array_for(p: FpgaParams, dtype: str) -> tuple[int, int]:
+def array_for(p: FpgaParams, dtype: str) -> tuple[int, int]:
     """Rows x cols of the array at `dtype`: same DSP budget, columns scaled by DSPs per MAC."""
     rows, cols = int(p.pe_rows), int(p.pe_cols)
     ratio = p.dsp_per_mac[p.design_dtype] / p.dsp_per_mac[dtype]
@@ -207,7 +207,7 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
         return memory_op_cost(op, device, model=MODEL, bandwidth=p.offchip_bandwidth, overhead_s=overhead_s,
                               energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
     dtype, cast = run_dtype(op.dtype, p.dsp_per_mac)
-    rows, cols = _array_for(p, dtype)
+    rows, cols = array_for(p, dtype)
     db = DTYPE_BYTES[dtype]
     work = gemm_work(op, layer)
     notes: list[str] = []
@@ -296,4 +296,4 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
     )
 
 
-__all__ = ["FpgaParams", "fpga_cost", "busy_rows", "offchip_traffic"]
+__all__ = ["FpgaParams", "fpga_cost", "array_for", "busy_rows", "offchip_traffic"]

@@ -84,12 +84,13 @@ def cpu_compute(device: Device, dtypes: set[str]) -> list[Roof]:
 def fpga_compute(device: Device, dtypes: set[str]) -> list[Roof]:
     """The PE array at the dtype it runs the workload in: rows x cols MACs (2 FLOP each) per clock."""
     from sparsesim.cost import fpga
+    from sparsesim.cost.common import run_dtype
 
     p = device.params
     roofs = []
     for dt in sorted(dtypes or {p.design_dtype}):
-        run, _ = fpga.run_dtype(dt, p.dsp_per_mac)
-        rows, cols = fpga._array_for(p, run)
+        run, _ = run_dtype(dt, p.dsp_per_mac)
+        rows, cols = fpga.array_for(p, run)
         roofs.append(Roof(f"PE array {run}", 2.0 * rows * cols * p.clock, "compute"))
     return roofs
 
