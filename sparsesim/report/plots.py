@@ -159,14 +159,8 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
     An op with DRAM traffic sits at FLOP per DRAM byte (filled marker); one whose data stays in
     cache has no DRAM intensity and is placed by its traced operand bytes (`op_bytes`, hollow).
     """
-    n = len(devices)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(4.4 * cols, 7.5), 3.5 * rows + 0.5), squeeze=False)
-    _grid_margins(fig, rows)
+    fig, axes = _device_grid(len(devices), panel=(4.4, 3.5), min_width=7.5, extra_height=0.5)
     colors = plan_colors(plans)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
     for ax, dev in zip(axes.flat, devices):
         d = per_op[(per_op["device"] == dev) & (per_op["flops_executed"] > 0) & (per_op["latency_s"] > 0)]
         dram = d["bytes_dram"].to_numpy(dtype=float)
@@ -223,7 +217,7 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
         ax.tick_params(labelsize=6.5)
         ax.grid(alpha=0.25, which="major")
     handles, labels = [], []
-    for ax in axes.flat[:n]:
+    for ax in axes.flat[:len(devices)]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             if lab not in labels:
                 handles.append(h)
@@ -234,23 +228,25 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
     return png(fig)
 
 
-def _grid_margins(fig: plt.Figure, rows: int) -> None:
-    """Margins for a grid of small log-log panels with a shared legend at the bottom."""
+def _device_grid(n: int, *, panel: tuple[float, float], min_width: float, extra_height: float):
+    """A grid of up to three small log-log panels a row, one per device, with margins for a
+    shared legend at the bottom; unused panels hidden."""
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(panel[0] * cols, min_width), panel[1] * rows + extra_height),
+                             squeeze=False)
     h = fig.get_figheight()
     fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.3 / h, bottom=0.85 / h, wspace=0.28,
                         hspace=0.55 if rows > 1 else 0.2)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes
 
 
 def serving_curves(serving: pd.DataFrame, devices: Sequence[str], plans: Sequence[str]) -> bytes:
     """p50 / p99 latency against offered load, per device, for the plans simulated."""
-    n = len(devices)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(4.2 * cols, 6.0), 3.0 * rows + 0.4), squeeze=False)
-    _grid_margins(fig, rows)
+    fig, axes = _device_grid(len(devices), panel=(4.2, 3.0), min_width=6.0, extra_height=0.4)
     colors = plan_colors(plans)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
     for ax, dev in zip(axes.flat, devices):
         d = serving[serving["device"] == dev]
         for plan in plans:
