@@ -4,9 +4,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+# The API functions named like their modules are bound eagerly: a lazy attribute would be
+# shadowed by the submodule itself once `sparsesim.estimate` / `sparsesim.simulate` is imported.
+from sparsesim.estimate import compare, estimate  # noqa: E402
+from sparsesim.simulate import simulate  # noqa: E402
+
 
 def __getattr__(name: str):
-    # keep `import sparsesim` light: heavy modules load on first use
+    # the rest load on first use
     lazy = {
         "trace": ("sparsesim.tracer", "trace"),
         "load_workload": ("sparsesim.workloads", "load_workload"),
@@ -19,9 +24,6 @@ def __getattr__(name: str):
         "build_mask": ("sparsesim.masks", "build_mask"),
         "measure_stats": ("sparsesim.stats", "measure_stats"),
         "load_device": ("sparsesim.devices", "load_device"),
-        "estimate": ("sparsesim.estimate", "estimate"),
-        "compare": ("sparsesim.estimate", "compare"),
-        "simulate": ("sparsesim.simulate", "simulate"),
         "validate_gpu_published": ("sparsesim.gpu_validation", "validate_gpu_published"),
         "run_search": ("sparsesim.search.runner", "run_search"),
     }
