@@ -51,6 +51,7 @@ from sparsesim.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.masks import activation_aware_scores, build_mask, check_mask, existing_mask, kept_units
 from sparsesim.patterns import parse_pattern
 from sparsesim.sparsity import DENSE, LayerSparsity, Pattern, SparseWorkload
+from sparsesim.threads import one_thread
 from sparsesim.stats import analytic_stats, measure_stats
 
 SPARSIFIED_KINDS = ("linear", "conv")
@@ -468,6 +469,11 @@ def sparsify(workload: Workload, plan: Plan | str, *, criterion: str = "magnitud
     torch.nn.utils.prune masks already in a dense-planned weight show up as unstructured.
     A weight used by several ops is sparsified once.
     """
+    with one_thread():
+        return _sparsify(workload, plan, criterion)
+
+
+def _sparsify(workload: Workload, plan: Plan | str, criterion: str) -> SparseWorkload:
     plan = load_plan(plan)
     _criterion(criterion)
     first: dict[str, Op] = {}

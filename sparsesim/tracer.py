@@ -35,6 +35,7 @@ from torch.utils.module_tracker import ModuleTracker
 from sparsesim.errors import TraceError
 from sparsesim.flops import T, attention_work, classify, is_metadata_op
 from sparsesim.ir import Op, WeightInfo, Workload
+from sparsesim.threads import one_thread
 
 aten = torch.ops.aten
 
@@ -288,7 +289,8 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
     """Run `model` once on `example_inputs` and record every op it executes.
 
     `example_inputs` is a tuple/list of positional args, a dict of keyword args, or one tensor.
-    Runs under no_grad; the model's train/eval mode is left as it is. On the meta device
+    Runs under no_grad, on one thread (see `sparsesim.threads`); the model's train/eval mode
+    is left as it is. On the meta device
     nothing is allocated and activations are not measured (density 1.0, measured False).
     """
     if not isinstance(model, nn.Module):
@@ -305,7 +307,7 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), rec.calls, _AttentionMode(rec), _DispatchMode(rec):
+        with one_thread(), torch.no_grad(), rec.calls, _AttentionMode(rec), _DispatchMode(rec):
             model(*args, **kwargs)
     except TraceError:
         raise
