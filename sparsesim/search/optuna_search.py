@@ -80,8 +80,11 @@ def open_storage(storage: str):
 
     path = journal_path_of(storage)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as e:
+            raise SearchError(f"--storage {storage}: cannot open the journal file ({e.strerror or e})") from None
     if storage.split("://", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "oracle", "mssql"):
         import inspect
 
@@ -90,7 +93,11 @@ def open_storage(storage: str):
         cb = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **{cb: _retry_stale})
+            try:
+                return RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **{cb: _retry_stale})
+            except Exception as e:  # sqlalchemy raises its own types for a database it cannot open
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise SearchError(f"--storage {storage}: cannot open the database ({first})") from None
     try:
         return optuna.storages.get_storage(storage)
     except Exception as e:  # optuna raises several types for a bad URL

@@ -158,6 +158,16 @@ def _check(cfg: SearchConfig) -> None:
         raise SearchError(f"--trials must be >= 0, got {cfg.trials}")
 
 
+def _make_out(path: str) -> Path:
+    """The output directory, created; SearchError naming it when it cannot be."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SearchError(f"--out {path}: cannot create the output directory ({e.strerror or e})") from None
+    return out
+
+
 def dp_candidates(problem: SearchProblem, tables, fixed: float, budget: float, *, k: int = DP_CANDIDATES
                   ) -> list[dict[str, str]]:
     """Up to k DP-optimal plans (of the additive tables) whose whole-plan modeled latency meets the
@@ -190,10 +200,13 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: Sea
     pg = progress or Progress()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
+    out = _make_out(cfg.out)  # before the (slow) problem, so an unwritable --out fails at once
+    if cfg.algorithm != "dp" and (cfg.trials is None or cfg.trials > 0):
+        from sparsesim.search.optuna_search import open_storage
+
+        open_storage(cfg.storage or str(out / "study.journal"))  # a bad --storage fails at once too
     problem = problem or build_problem(cfg)
     dense = _record(problem, problem.space.dense_choice(), "dense", accuracy=problem.dense_accuracy)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     budget, acc_floor = _budget(cfg, problem)
     if budget is not None:
