@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -450,6 +451,9 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
         raise SparsesimError(f"calibrate --out {path}: the device file must end in .toml")
     if not path.parent.is_dir():
         raise SparsesimError(f"calibrate --out {path}: directory {path.parent} does not exist")
+    if path.is_dir() or not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        # checked before the timing, so a bad --out does not cost the whole measurement
+        raise SparsesimError(f"calibrate --out {path}: not a writable file")
     t0 = time.perf_counter()
     reps = REPEATS_QUICK if quick else REPEATS_FULL
     with measure.fixed_threads(threads):
@@ -481,7 +485,10 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
     device, errors["csr"] = fit_csr(csr, device)
     device, errors["bsr"] = fit_bsr(bsr, device)
     text = render_device_file(facts, device, ref, errors, {"cases": len(dense) + len(csr) + len(bsr)})
-    path.write_text(text)
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise SparsesimError(f"calibrate --out {path}: cannot write ({e.strerror or e})") from None
     loaded = parse_device_file(path)  # strict round trip: what we wrote must load
     return CalibrationResult(str(path), loaded, facts, errors, len(dense) + len(csr) + len(bsr),
                              time.perf_counter() - t0)

@@ -126,8 +126,10 @@ def builtin_device_files() -> dict[str, Path]:
 
 def find_device_file(name_or_path: str) -> Path:
     p = Path(name_or_path)
-    if p.suffix == ".toml" and p.is_file():
-        return p
+    if p.suffix == ".toml":
+        if p.is_file():
+            return p
+        raise DeviceFileError(f"device file {name_or_path}: {'is a directory' if p.is_dir() else 'does not exist'}")
     files = builtin_device_files()
     key = name_or_path.lower()
     for stem, path in files.items():
@@ -152,6 +154,8 @@ def parse_device_file(path: Path) -> Device:
         text = Path(path).read_text()
     except OSError as e:
         raise DeviceFileError(f"{path}: cannot read device file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise DeviceFileError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -23,6 +23,7 @@ import pandas as pd
 
 from sparsesim import results
 from sparsesim.devices import Device, builtin_devices, load_device
+from sparsesim.errors import DeviceFileError
 from sparsesim.cost.record import Cost, RunContext
 from sparsesim.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.sparsity import LayerSparsity, SparseWorkload
@@ -91,6 +92,8 @@ def resolve_devices(devices: str | Device | Iterable[str | Device] | None) -> li
     if devices is None:
         return builtin_devices()
     if isinstance(devices, (str, Device)):
+        if isinstance(devices, str) and not devices.strip(" ,"):
+            raise DeviceFileError(f"devices {devices!r}: no device named (comma-separated names or .toml paths)")
         devices = [d for d in devices.split(",") if d.strip()] if isinstance(devices, str) else [devices]
     out, seen = [], set()
     for d in devices:

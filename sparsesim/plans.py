@@ -146,6 +146,10 @@ def load_plan(spec: str | Plan | Path) -> Plan:
             doc = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise PlanError(f"plan file {text!r}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise PlanError(f"plan file {text!r}: not a UTF-8 text file (byte {e.start})") from None
+        except OSError as e:
+            raise PlanError(f"plan file {text!r}: cannot read ({e.strerror or e})") from None
         return _plan_from_dict(doc, text)
     if path.suffix in (".safetensors", ".pt"):
         if not path.is_file():
@@ -161,21 +165,42 @@ def _load_saved(path: Path) -> Plan:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if _META_KEY not in meta:
-                raise PlanError(f"plan file '{path}': no {_META_KEY!r} metadata; not written by save_plan")
-            masks = {k: f.get_tensor(k) for k in f.keys()}
-        doc = json.loads(meta[_META_KEY])
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                if _META_KEY not in meta:
+                    raise PlanError(f"plan file '{path}': no {_META_KEY!r} metadata; not written by save_plan")
+                masks = {k: f.get_tensor(k) for k in f.keys()}
+        except PlanError:
+            raise
+        except Exception as e:  # safetensors raises its own error types for a corrupt file
+            raise PlanError(f"plan file '{path}': not a readable .safetensors file ({_first_line(e)})") from None
+        try:
+            doc = json.loads(meta[_META_KEY])
+        except json.JSONDecodeError as e:
+            raise PlanError(f"plan file '{path}': {_META_KEY!r} metadata is not JSON ({e})") from None
     else:
         try:
             blob = torch.load(path, weights_only=True, map_location="cpu")
         except Exception as e:  # a pickle that is not plain data, or a corrupt file
-            raise PlanError(f"plan file '{path}': cannot be read as plain data: {e}") from None
+            # torch's own message is a paragraph about weights_only; the type says enough
+            raise PlanError(f"plan file '{path}': not readable by torch.load(weights_only=True) "
+                            f"({type(e).__name__}); save plans with save_plan") from None
         if not isinstance(blob, dict) or blob.get("format") != _PLAN_FORMAT:
             raise PlanError(f"plan file '{path}': not a plan written by save_plan")
-        doc, masks = blob["plan"], dict(blob.get("masks", {}))
+        doc, masks = blob.get("plan"), blob.get("masks", {})
+        if not isinstance(masks, Mapping):
+            raise PlanError(f"plan file '{path}': 'masks' must map weight names to mask tensors")
+        masks = dict(masks)
+    if not isinstance(doc, Mapping):
+        raise PlanError(f"plan file '{path}': the plan must be a table of rules, got {type(doc).__name__}")
     return _plan_from_dict(doc, str(path), masks)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (some libraries write paragraphs)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
 
 
 def save_plan(path: str | Path, plan: Plan, masks: Mapping[str, torch.Tensor]) -> Path:

@@ -30,7 +30,7 @@ import simpy
 
 from sparsesim import results
 from sparsesim.devices import Device
-from sparsesim.errors import WorkloadError
+from sparsesim.errors import SparsesimError, WorkloadError
 from sparsesim.ir import Workload
 from sparsesim.sparsity import SparseWorkload
 
@@ -291,8 +291,8 @@ def serve(
     `service_s`. With batching, a free server takes every waiting request up to `max_batch` and
     serves them together in `service_s(b)` seconds (pass a callable of the batch size b).
     """
-    if qps <= 0:
-        raise ValueError(f"qps must be > 0, got {qps}")
+    if not (qps > 0 and math.isfinite(qps)):
+        raise ValueError(f"qps must be a finite number > 0, got {qps}")
     if requests < 1:
         raise ValueError(f"requests must be >= 1, got {requests}")
     if max_batch < 1:
@@ -456,6 +456,12 @@ def simulate(
     """
     from sparsesim.estimate import estimate, resolve_workload
 
+    # checked before tracing, which may take seconds
+    if qps is not None and not (qps > 0 and math.isfinite(qps)):
+        raise SparsesimError(f"--qps {qps}: must be a finite number of requests/s > 0")
+    for flag, value in (("--requests", requests), ("--stream", stream), ("--max-batch", max_batch)):
+        if value < 1:
+            raise SparsesimError(f"{flag} {value}: must be >= 1")
     wl = resolve_workload(workload)
     per_op = estimate(workload if isinstance(workload, SparseWorkload) else wl, device, plan, criterion=criterion)
     batch_latency = None

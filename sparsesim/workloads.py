@@ -77,6 +77,10 @@ def read_recipe(path: Path, name: str | None = None) -> Recipe:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise WorkloadError(f"recipe file {path} does not exist") from None
+    except OSError as e:
+        raise WorkloadError(f"recipe file {path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise WorkloadError(f"recipe file {path}: not a UTF-8 text file (byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
         raise WorkloadError(f"recipe file {path}: {e}") from None
     for key, value in data.items():
@@ -278,6 +282,8 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
     for key, value in p.items():
         if key not in ("dtype", "bias", "seed", "padding") and isinstance(value, int) and value < 1:
             raise WorkloadError(f"{where}: parameter {key}={value} must be at least 1")
+    if p.get("padding", 0) < 0:
+        raise WorkloadError(f"{where}: parameter padding={p['padding']} must be >= 0")
     dt = torch_dtype(p["dtype"])
 
     def build(device: str) -> tuple[nn.Module, torch.Tensor]:

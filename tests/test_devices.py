@@ -191,6 +191,14 @@ def test_unknown_device_name():
         load_device("no-such-gpu")
 
 
+def test_device_path_that_is_not_a_file(tmp_path):
+    with pytest.raises(DeviceFileError, match=r"device file .*absent\.toml: does not exist"):
+        load_device(str(tmp_path / "absent.toml"))
+    (tmp_path / "d.toml").mkdir()
+    with pytest.raises(DeviceFileError, match=r"device file .*d\.toml: is a directory"):
+        load_device(str(tmp_path / "d.toml"))
+
+
 def test_unreadable_and_malformed_files(tmp_path):
     assert "cannot read" in _load_error(tmp_path / "absent.toml")
     assert "not valid TOML" in _load_error(_write(tmp_path, "name = \n"))

@@ -162,6 +162,40 @@ def test_saved_plan_with_a_bad_mask_names_the_layer(tmp_path):
         load_plan(str(f))
 
 
+def _corrupt_plan(tmp_path, kind: str):
+    import json
+
+    from safetensors.torch import save_file
+
+    p = tmp_path / ("x.pt" if kind.startswith("pt-") else "x.safetensors")
+    if kind in ("pt-garbage", "st-garbage"):
+        p.write_bytes(b"garbage")
+    elif kind == "st-meta-not-json":
+        save_file({"w": torch.ones(2, 2)}, str(p), metadata={"sparsesim.plan": "not json"})
+    elif kind == "st-meta-a-list":
+        save_file({"w": torch.ones(2, 2)}, str(p), metadata={"sparsesim.plan": json.dumps([1, 2])})
+    elif kind == "pt-no-plan":
+        torch.save({"format": "sparsesim-plan", "version": 1}, p)
+    elif kind == "pt-masks-a-list":
+        torch.save({"format": "sparsesim-plan", "version": 1, "plan": {"default": "2:4"}, "masks": [1]}, p)
+    return p
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("st-garbage", "not a readable .safetensors file"),
+    ("st-meta-not-json", "metadata is not JSON"),
+    ("st-meta-a-list", "must be a table of rules, got list"),
+    ("pt-garbage", "torch.load"),
+    ("pt-no-plan", "must be a table of rules"),
+    ("pt-masks-a-list", "'masks' must map"),
+])
+def test_corrupt_saved_plans_name_the_file(tmp_path, kind, needle):
+    p = _corrupt_plan(tmp_path, kind)
+    with pytest.raises(PlanError, match=needle) as exc:
+        load_plan(str(p))
+    assert str(p) in str(exc.value) and "\n" not in str(exc.value)
+
+
 def test_dense_plan_picks_up_prune_masks_and_zeros():
     model = _net()
     prune.l1_unstructured(model[3], "weight", amount=0.75)

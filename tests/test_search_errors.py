@@ -167,3 +167,29 @@ def test_bn_recalibration_hook_recomputes_running_stats():
         assert torch.allclose(m[1].running_mean, expected, atol=1e-5)
         assert bool((m[0].weight[:4] == 0).all())
     assert torch.equal(model[1].running_mean, before)  # restored afterwards
+
+
+def test_ctrl_c_leaves_no_optuna_tracebacks():
+    """A Ctrl-C inside a trial: Optuna's 'Trial N failed' warnings (with a traceback) are
+    dropped, so the CLI's one 'interrupted' line is all that is printed; other warnings stay."""
+    import logging
+    import sys
+
+    osr._quiet_interrupts()
+    handlers = logging.getLogger("optuna").handlers
+    assert handlers, "optuna installs its default handler"
+
+    def record(msg: str, exc: BaseException | None = None) -> logging.LogRecord:
+        info = None
+        if exc is not None:
+            try:
+                raise exc
+            except BaseException:
+                info = sys.exc_info()
+        return logging.LogRecord("optuna.study._optimize", logging.WARNING, __file__, 1, msg, None, info)
+
+    for h in handlers:
+        assert not h.filter(record("Trial 3 failed with parameters: {} because of the following error: "
+                                   "KeyboardInterrupt().", KeyboardInterrupt()))
+        assert not h.filter(record("Trial 3 failed with value None."))
+        assert h.filter(record("some other optuna warning"))

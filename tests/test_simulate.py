@@ -192,6 +192,20 @@ def test_serving_uses_simulated_inference_latency(toy: Workload) -> None:
     assert math.isfinite(res.serving.p99_s)
 
 
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"qps": float("nan")}, "--qps"), ({"qps": float("inf")}, "--qps"), ({"qps": -1.0}, "--qps"),
+    ({"qps": 10.0, "requests": 0}, "--requests"), ({"stream": 0}, "--stream"),
+])
+def test_bad_serving_arguments_are_errors_before_tracing(kwargs, needle) -> None:
+    from sparsesim.errors import SparsesimError
+
+    # the workload spec names nothing: the arguments are checked first
+    with pytest.raises(SparsesimError, match=needle):
+        simulate("no-such-workload", DEVICES[0], **kwargs)
+    with pytest.raises(ValueError, match="qps"):
+        serve(SERVICE, qps=float("inf"))
+
+
 def _affine(b: int) -> float:
     return SERVICE + 0.2 * SERVICE * b  # a fixed part amortised over the batch plus a per-request part
 

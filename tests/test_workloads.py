@@ -182,6 +182,10 @@ def test_user_factory(tmp_path, monkeypatch):
     ("gemm:M=4,N=4", "missing parameter K="),
     ("gemm:M=4,N=4,K=4,dtype=fp4", "unknown dtype"),
     ("no_such_module_xyz:factory", "cannot import module 'no_such_module_xyz'"),
+    ("resnet18:batch=0", "batch=0: must be at least 1"),
+    ("resnet50:image=0", "image=0: must be at least 1"),
+    ("mobilenetv2:width=0", "width=0.0: must be > 0"),
+    ("conv:cin=3,cout=8,h=8,w=8,padding=-1", "padding=-1 must be >= 0"),
 ])
 def test_bad_specs(spec, message):
     with pytest.raises(WorkloadError, match=message):

@@ -33,8 +33,15 @@ VERB_MODULES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (like every other error) and exits 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sparsesim",
         description="Estimate what sparsity buys on real hardware, before you deploy.",
     )
@@ -50,7 +57,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser, verbs = build_parser()
+    try:  # Ctrl-C while the verb modules import (pandas, torch: a second or so) is clean too
+        parser, verbs = build_parser()
+    except KeyboardInterrupt:
+        print("sparsesim: interrupted", file=sys.stderr)
+        return 130
     args = parser.parse_args(argv)
     if args.verb is None:
         parser.print_help()

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sparsesim.errors import SparsesimError
+
 NAME = "report"
 HELP = "build a hardware comparison report (HTML + Markdown + CSV) of workloads x devices x plans"
 DEFAULT_OUT = Path("reports") / "default"
@@ -45,6 +47,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plans.insert(0, "dense")
     devices = build.resolve_devices([d.strip() for d in args.devices.split(",") if d.strip()])
     out = Path(args.out) if args.out else (DEFAULT_OUT if not args.workloads else Path("reports") / slug("-".join(workloads)))
+    try:  # before the (slow) collection, so an unwritable --out fails at once
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SparsesimError(f"--out {out}: cannot create the report directory ({e.strerror or e})") from None
     serving = True if args.serving is None else args.serving
     total = len(workloads) * len(devices) * len(plans) + len(workloads)
     if serving:

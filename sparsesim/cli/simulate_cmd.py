@@ -31,13 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.errors import SparsesimError
     from sparsesim.simulate import simulate
 
-    if args.qps is not None and args.qps <= 0:
-        raise SparsesimError(f"--qps must be > 0, got {args.qps}")
-    if args.requests < 1 or args.stream < 1 or args.max_batch < 1:
-        raise SparsesimError("--requests, --stream and --max-batch must be >= 1")
     res = simulate(args.workload, args.device, args.plan, qps=args.qps, requests=args.requests,
                    overlap=not args.no_overlap, seed=args.seed, stream=args.stream, max_batch=args.max_batch,
                    criterion=args.criterion)

@@ -19,3 +19,10 @@ def torch_dtype(name: str) -> torch.dtype:
         return TORCH_DTYPE[name]
     except KeyError:
         raise WorkloadError(f"dtype {name!r} cannot build a model; use one of {', '.join(TORCH_DTYPE)}") from None
+
+
+def check_positive(**params: int | float) -> None:
+    """WorkloadError naming the first size parameter below 1 (a batch of 0 traces to nothing)."""
+    for key, value in params.items():
+        if not value >= 1:
+            raise WorkloadError(f"parameter {key}={value}: must be at least 1")

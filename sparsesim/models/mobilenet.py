@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from sparsesim.models import torch_dtype
+from sparsesim.errors import WorkloadError
+from sparsesim.models import check_positive, torch_dtype
 
 # (expansion t, output channels c, repeats n, first stride s) from the MobileNetV2 paper, Table 2
 INVERTED_RESIDUAL_SETTING = (
@@ -76,6 +77,9 @@ class MobileNetV2(nn.Module):
 
 def build_mobilenetv2(batch: int = 1, image: int = 224, classes: int = 1000, width: float = 1.0,
                       dtype: str = "fp32", seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    check_positive(batch=batch, image=image, classes=classes)
+    if not width > 0:
+        raise WorkloadError(f"parameter width={width}: must be > 0")
     torch.manual_seed(seed)
     dt = torch_dtype(dtype)
     model = MobileNetV2(classes, width).to(dt).eval()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from sparsesim.models import torch_dtype
+from sparsesim.models import check_positive, torch_dtype
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -96,6 +96,7 @@ class ResNet(nn.Module):
 
 def _build(block: type, layers: list[int], batch: int, image: int, classes: int, dtype: str,
            seed: int) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    check_positive(batch=batch, image=image, classes=classes)
     torch.manual_seed(seed)
     dt = torch_dtype(dtype)
     model = ResNet(block, layers, classes).to(dt).eval()

@@ -19,6 +19,7 @@ heartbeat reclaims it from anywhere.
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -116,12 +117,34 @@ def make_sampler(name: str, seed: int, n_trials: int):
     raise SearchError(f"--sampler {name}: expected nsga2 or tpe")
 
 
+class _NoInterruptNoise(logging.Filter):
+    """Drop Optuna's 'Trial N failed' warnings (with a traceback) for a Ctrl-C: the CLI says
+    'interrupted' in one line, and the interrupted trial is redone on resume."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            return False
+        return "KeyboardInterrupt" not in str(record.msg) and "failed with value None" not in str(record.msg)
+
+
+def _quiet_interrupts() -> None:
+    """Install the filter on Optuna's handlers once per process (workers are separate processes);
+    on handlers, since a logger's own filters do not see its children's records."""
+    import optuna
+
+    optuna.logging.get_verbosity()  # makes Optuna install its handler if it has not yet
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoInterruptNoise) for f in handler.filters):
+            handler.addFilter(_NoInterruptNoise())
+
+
 def open_study(cfg: StudyConfig, *, worker: int = 0):
     """Create or load the study; the sampler seed differs per worker and per resume so proposals
     are not replayed."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_interrupts()
     storage = open_storage(cfg.storage)
     study = optuna.create_study(storage=storage, study_name=cfg.study_name, directions=list(DIRECTIONS),
                                 load_if_exists=True)
@@ -283,6 +306,8 @@ def _process_main(blob: bytes, cfg: StudyConfig, worker: int, errors, parent: in
     except SearchError as e:
         errors.put(str(e))
         raise SystemExit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker: the driver reports it, once
+        raise SystemExit(130) from None
 
 
 # ---------------------------------------------------------------- the driver
