@@ -193,3 +193,16 @@ def test_ctrl_c_leaves_no_optuna_tracebacks():
                                    "KeyboardInterrupt().", KeyboardInterrupt()))
         assert not h.filter(record("Trial 3 failed with value None."))
         assert h.filter(record("some other optuna warning"))
+
+
+def test_asking_for_trials_runs_optuna_too_unless_an_algorithm_is_named():
+    from sparsesim.cli import build_parser
+    from sparsesim.cli.search_cmd import default_algorithm
+
+    parser, _ = build_parser()
+    base = ["search", "digits", "--device", DEVICE]
+    assert default_algorithm(parser.parse_args(base)) == "dp"
+    for extra in (["--trials", "8"], ["--workers", "2"], ["--storage", "sqlite:///x.db"]):
+        args = parser.parse_args(base + extra)
+        assert args.algorithm is None and default_algorithm(args) == "both"
+    assert parser.parse_args(base + ["--trials", "8", "--algorithm", "dp"]).algorithm == "dp"

@@ -18,8 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="modeled speedup over dense to reach at the least accuracy loss (default 2)")
     goal.add_argument("--max-accuracy-drop", type=float, default=None,
                       help="largest accuracy drop allowed; the fastest such plan is chosen")
-    p.add_argument("--algorithm", choices=("dp", "optuna", "both"), default="dp",
-                   help="dynamic programming over per-layer tables, Optuna with the real evaluate, or both")
+    p.add_argument("--algorithm", choices=("dp", "optuna", "both"), default=None,
+                   help="dynamic programming over per-layer tables, Optuna with the real evaluate, or both "
+                        "(default: dp, or both when --trials, --workers, --storage or --dask-scheduler is given)")
     p.add_argument("--trials", type=int, default=None, help="Optuna trials (COMPLETE trials in the study; default 40)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study")
     p.add_argument("--storage", default=None,
@@ -40,12 +41,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="search-out", help="directory for the plan, masks, model and study")
 
 
+def default_algorithm(args: argparse.Namespace) -> str:
+    """DP alone unless the user asked for Optuna trials in some way: then DP and Optuna."""
+    asked_for_trials = (args.trials is not None or args.workers != 1 or args.storage is not None
+                        or args.dask_scheduler is not None)
+    return "both" if asked_for_trials else "dp"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from sparsesim.search.runner import SearchConfig, run_search
 
+    algorithm = args.algorithm or default_algorithm(args)
     cfg = SearchConfig(
         workload=args.workload, device=args.device, target_speedup=args.target_speedup,
-        max_accuracy_drop=args.max_accuracy_drop, algorithm=args.algorithm, trials=args.trials,
+        max_accuracy_drop=args.max_accuracy_drop, algorithm=algorithm, trials=args.trials,
         workers=args.workers, storage=args.storage, seed=args.seed, out=args.out, signal=args.signal,
         sampler=args.sampler, dask_scheduler=args.dask_scheduler, evaluate=args.evaluate,
         study_name=args.study_name, bn_recalibrate=args.bn_recalibrate, finetune=args.finetune,
