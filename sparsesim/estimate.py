@@ -24,6 +24,7 @@ import pandas as pd
 from sparsesim import results
 from sparsesim.devices import Device, builtin_devices, load_device
 from sparsesim.errors import DeviceFileError
+from sparsesim.cost.common import UNKNOWN_DTYPE_BYTES
 from sparsesim.cost.record import Cost, RunContext
 from sparsesim.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.sparsity import LayerSparsity, SparseWorkload
@@ -207,7 +208,7 @@ def run_context(sw: SparseWorkload) -> RunContext:
     stored = {w: float(ly.format_bytes) for w, ly in sw.layers.items()}
     for name, info in sw.workload.weights.items():
         if name not in stored:
-            stored[name] = float(math.prod(info.shape)) * DTYPE_BYTES.get(info.dtype, 4)
+            stored[name] = float(math.prod(info.shape)) * DTYPE_BYTES.get(info.dtype, UNKNOWN_DTYPE_BYTES)
     return RunContext(model_weight_bytes=sum(stored.values()))
 
 

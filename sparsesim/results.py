@@ -77,9 +77,6 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "model": "the cost model that produced the rows",
 }
 
-TOTAL_KEYS = ("latency_s", "energy_j", "memory_bytes")
-
-
 def split_latency(cost: Cost) -> tuple[float, float, float]:
     """(compute_s, memory_s, overhead_s) of a Cost, for overlap-aware simulation.
 

@@ -352,3 +352,18 @@ def test_gpu_measure_without_gpu_exits_2_and_writes_nothing(capsys, tmp_path):
     assert gm.main(["--out", str(out)]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("dev", list(DEV.values()), ids=GPUS)
+def test_24_moves_its_metadata_from_dram(dev):
+    # a batch-1 2:4 GEMV streams the compressed values and the metadata: neither the off-chip
+    # bytes nor the memory time may leave the metadata out
+    n = k = 4096
+    c = cost(dev, 1, n, k, "2:4")
+    assert c.kernel == "2:4 sparse tensor core"
+    p = dev.params
+    values = n * k // 2 * DTYPE_BYTES["fp16"]
+    assert c.metadata_bytes > 0
+    assert c.bytes_by_level["dram"] >= values
+    dram_bw = p.dram_bandwidth * p.dram_efficiency
+    assert c.details["memory_s"] >= (values + c.metadata_bytes) / dram_bw

@@ -1,5 +1,5 @@
 """Helpers every hardware family's cost model shares: what an op asks for (MACs, operand bytes,
-the smaller GEMM left by channel pruning), roofline arithmetic, and building the `Cost` record.
+the smaller GEMM left by channel pruning), which latency term dominates, and building the `Cost` record.
 
 Everything here is hardware-agnostic: no device constants appear in this module. A family
 passes its own peaks, bandwidths, overheads and energies (read from its device file).
@@ -16,7 +16,7 @@ Typical use in a family's cost function::
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 from sparsesim.cost.energy import action_energy
@@ -29,6 +29,9 @@ from sparsesim.sparsity import LayerSparsity
 # pattern kinds a zero-skipping engine (FPGA PE array, S4-style lanes) can skip in the weight;
 # channel pruning needs no skipping (it is a smaller dense GEMM)
 ZERO_SKIP_PATTERNS = ("unstructured", "nm", "block")
+# bytes per element of a dtype the IR does not list (a traced complex or custom dtype): counted
+# at fp32 width, the default tensor dtype, rather than failing the whole estimate
+UNKNOWN_DTYPE_BYTES = 4
 
 
 # ----------------------------------------------------------------------------- op -> work
@@ -140,19 +143,12 @@ def memory_op_bytes(op: Op) -> float:
     """Bytes a memory-bound op moves (as traced); falls back to inputs + output at the dtype."""
     if op.bytes_moved > 0:
         return float(op.bytes_moved)
-    db = DTYPE_BYTES.get(op.dtype, 4)
+    db = DTYPE_BYTES.get(op.dtype, UNKNOWN_DTYPE_BYTES)
     n = sum(math.prod(s) for s in op.input_shapes) + math.prod(op.output_shape or (0,))
     return float(n * db)
 
 
-# ----------------------------------------------------------------------------- roofline
-
-def roofline_s(flops: float, peak_flops: float, nbytes: float, bandwidth: float) -> float:
-    """The roofline bound: max(work / peak, bytes / bandwidth); a lower bound on any latency."""
-    compute = flops / peak_flops if peak_flops > 0 else (math.inf if flops > 0 else 0.0)
-    memory = nbytes / bandwidth if bandwidth > 0 else (math.inf if nbytes > 0 else 0.0)
-    return max(compute, memory)
-
+# ----------------------------------------------------------------------------- latency terms
 
 def bound_of(compute_s: float, memory_s: float, overhead_s: float) -> str:
     """Which term decided the latency: "overhead" when fixed costs exceed both compute and memory."""
@@ -311,24 +307,6 @@ def memory_op_cost(
         peak_flops=0.0,
         fallback=not known,
     )
-
-
-@dataclass(frozen=True)
-class Choice:
-    """One candidate kernel a family considered for an op, for picking the fastest supported one."""
-
-    cost: Cost
-    supported: bool = True
-    reason: str = ""
-    extra: Mapping[str, float] = field(default_factory=dict)
-
-
-def fastest(choices: list[Choice]) -> Choice:
-    """The lowest-latency supported choice (ties keep the earlier one)."""
-    ok = [c for c in choices if c.supported]
-    if not ok:
-        raise ValueError("no supported kernel among the choices")
-    return min(ok, key=lambda c: c.cost.latency_s)
 
 
 def run_dtype(op_dtype: str, supported: Mapping[str, float]) -> tuple[str, bool]:

@@ -22,7 +22,7 @@ efficiencies are fitted by `sparsesim calibrate`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
@@ -209,8 +209,10 @@ def _energy_table(p: CpuParams) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- kernels
 
-def _dense(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSparsity | None,
-           context: RunContext, *, kernel: str = "dense", why_prefix: str = "", fallback: bool = False) -> Cost:
+def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str = "dense",
+           why_prefix: str = "") -> Cost:
+    """The dense GEMM(s) of `work` on the vector/matrix units; any zeros in the weight are ignored."""
+    p: CpuParams = device.params
     dt = compute_dtype(p, work.dtype)
     peak = peak_flops(p, dt)
     compute_s = 0.0
@@ -219,7 +221,7 @@ def _dense(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSpa
         compute_s += 2 * g.macs / (peak * eff) if g.macs else 0.0
     moved = traffic(p, work.w_bytes, work.dense_bytes - work.w_bytes, context)
     memory_s = moved.seconds
-    fallback = fallback or dt != work.dtype
+    fallback = dt != work.dtype
     parts = [why_prefix] if why_prefix else []
     if fallback:
         parts.append(f"no {work.dtype} GEMM figure on this CPU: run as {dt}")
@@ -245,9 +247,9 @@ def _dense(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSpa
     )
 
 
-def _sparse(op: Op, work: GemmWork, device: Device, p: CpuParams, layer: LayerSparsity, dense: Cost,
-            context: RunContext) -> Cost:
+def _sparse(work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, context: RunContext) -> Cost:
     """CSR (unstructured), BSR (block) or index-regular (N:M) kernel: cost per stored nonzero."""
+    p: CpuParams = device.params
     g = work.gemms[0]
     st = layer.stats
     dt = compute_dtype(p, work.dtype)
@@ -341,16 +343,17 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
                               energy_per_byte_j=epb, static_power_w=p.static_power, level=level)
     work = gemm_work(op, layer)
     if layer is None or layer.pattern.kind == "dense":
-        return _dense(op, work, device, p, layer, context)
+        return _dense(work, device, context)
     if layer.pattern.kind == "channel":
         g0 = op.gemm
-        return _dense(op, work, device, p, layer, context, kernel="dense (channel-pruned)",
+        return _dense(work, device, context, kernel="dense (channel-pruned)",
                       why_prefix=f"channel pruning: {g0.n}x{g0.k} -> {work.gemms[0].n}x{work.gemms[0].k} dense")
-    dense = _dense(op, gemm_work(op, None), device, p, None, context)
-    sparse = _sparse(op, work, device, p, layer, dense, context)
+    # a sparse layer keeps the dense shape and operand sizes, so `work` also prices the dense kernel
+    dense = _dense(work, device, context)
+    sparse = _sparse(work, layer, device, dense, context)
     if p.picks_faster_kernel and sparse.latency_s > dense.latency_s:
         ratio = sparse.latency_s / dense.latency_s
-        return _dense(op, gemm_work(op, None), device, p, None, context, kernel="dense (fallback)", fallback=True,
-                      why_prefix=(f"{layer.pattern.label}: the {sparse.kernel} kernel would take {ratio:.2f}x the "
-                                  "dense time, so the runtime runs the dense kernel"))
+        why = (f"{layer.pattern.label}: the {sparse.kernel} kernel would take {ratio:.2f}x the dense time, "
+               "so the runtime runs the dense kernel")
+        return replace(dense, kernel="dense (fallback)", fallback=True, why=f"{why}; {dense.why}")
     return sparse

@@ -215,14 +215,15 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
     if dtype != op.dtype:
         notes.append(f"{op.dtype} not supported by the design, ran as {dtype}")
 
-    kind = layer.pattern.kind if layer is not None else "dense"
+    # a layer with zeros to skip (None: dense, channel-pruned or no plan); `stats` set = skipped
+    sparse = layer if layer is not None and layer.pattern.kind in ZERO_SKIP_PATTERNS else None
     stats = None
-    if kind in ZERO_SKIP_PATTERNS:
+    if sparse is not None:
         if p.skip_weight_zeros:
-            stats = layer.stats  # type: ignore[union-attr]
+            stats = sparse.stats
         else:
             fallback = True
-            notes.append(f"{layer.pattern.label}: the design does not skip zero weights, ran dense")  # type: ignore[union-attr]
+            notes.append(f"{sparse.pattern.label}: the design does not skip zero weights, ran dense")
     act = 1.0
     if p.skip_activation_zeros and op.activation_density < 1.0:
         if p.dataflow == "output_stationary":
@@ -251,8 +252,8 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
     head = f"{df} {rows}x{cols} {dtype} @{p.clock / 1e6:g} MHz, {folds} folds"
     if work.channel_pruned:
         head += f", channel-pruned to N={g0.n} K={g0.k}"
-    if stats is not None:
-        head += (f", {layer.pattern.label} skipped: busiest row {stats.row_nnz_max} nnz vs mean "  # type: ignore[union-attr]
+    if sparse is not None and stats is not None:
+        head += (f", {sparse.pattern.label} skipped: busiest row {stats.row_nnz_max} nnz vs mean "
                  f"{stats.row_nnz_mean:.3g} (imbalance {stats.imbalance:.2f}), "
                  f"{dense_cycles / max(cycles, 1):.2f}x fewer cycles")
     if act < 1.0:

@@ -232,8 +232,7 @@ def tiling(p: GpuParams, g: GemmShape, dtype_bytes: float, *, split_k: bool = Fa
     cuBLAS use); that patch sets how often an operand larger than L2 is re-read from DRAM.
     """
     sms = int(p.sm_count)
-    mma_k = max(1, int(p.mma_k_bytes // dtype_bytes)) if dtype_bytes <= p.mma_k_bytes else 1
-    k_step = max(int(p.gemm_tile_k), mma_k)
+    k_step = max(int(p.gemm_tile_k), mma_k(p, dtype_bytes))
     tm = min(int(p.gemm_tile_m), _round_up(max(g.m, 1), int(p.mma_m)))
     tn = min(int(p.gemm_tile_n), _round_up(max(g.n, 1), int(p.mma_n)))
     kp = _round_up(max(g.k, 1), k_step) if g.k > 0 else 0
@@ -251,6 +250,11 @@ def tiling(p: GpuParams, g: GemmShape, dtype_bytes: float, *, split_k: bool = Fa
 
 def _round_up(x: int, mult: int) -> int:
     return ceil_div(x, mult) * mult
+
+
+def mma_k(p: GpuParams, dtype_bytes: float) -> int:
+    """K elements one MMA instruction consumes at this element width (at least 1)."""
+    return max(1, int(p.mma_k_bytes // dtype_bytes))
 
 
 @dataclass(frozen=True)
@@ -279,15 +283,15 @@ def _gemm_time(
     `w_bytes` is the stored second operand (compressed for sparse kernels). Each output tile
     reads its band of A (K x tile_m) and W (K x tile_n) through L2; DRAM reads an operand once
     if it fits in `l2_resident_fraction` of L2, else once per wave-band that needs it. Split-K partial sums
-    (fp32) are written and read back through L2.
+    (fp32) are written and read back through L2. `dram_bytes` leaves out the weight's metadata,
+    which `metadata_dram_bytes` gives (read as often as the values).
     """
     t = tiling(p, g, dtype_bytes, split_k=split_k)
     per_tile = 2.0 * t.tile_m * t.tile_n * t.k_per_tile / tile_rate if tile_rate > 0 else math.inf
     compute = t.waves * per_tile if g.macs > 0 else 0.0
-    resident = p.l2_size * p.l2_resident_fraction
-    a_reads = 1 if a_bytes <= resident else ceil_div(t.tiles_n, t.wave_n)
+    a_reads = _dram_reads(p, a_bytes, t.tiles_n, t.wave_n)
     w_total = w_bytes + w_meta_bytes
-    w_reads = 1 if w_total <= resident else ceil_div(t.tiles_m, t.wave_m)
+    w_reads = _dram_reads(p, w_total, t.tiles_m, t.wave_m)
     dram = a_bytes * a_reads + w_bytes * w_reads + c_bytes
     l2 = a_bytes * t.tiles_n + w_total * t.tiles_m + c_bytes
     if t.split_k > 1:
@@ -295,8 +299,19 @@ def _gemm_time(
     return _GemmTime(compute, dram, l2, w_meta_bytes * w_reads, t)
 
 
+def _dram_reads(p: GpuParams, nbytes: float, tiles: int, tiles_per_wave: int) -> int:
+    """Times an operand is read from DRAM: once if it fits the resident share of L2, else once
+    per band of `tiles_per_wave` tiles (of `tiles` along the other output dimension) a wave covers."""
+    return 1 if nbytes <= p.l2_size * p.l2_resident_fraction else ceil_div(tiles, tiles_per_wave)
+
+
+def _dram_bw(p: GpuParams) -> float:
+    """The DRAM bandwidth kernels reach (peak x efficiency)."""
+    return p.dram_bandwidth * p.dram_efficiency
+
+
 def _memory_s(p: GpuParams, dram: float, l2: float) -> float:
-    return max(dram / (p.dram_bandwidth * p.dram_efficiency), l2 / p.l2_bandwidth)
+    return max(dram / _dram_bw(p), l2 / p.l2_bandwidth)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -308,15 +323,13 @@ def _dense(op: Op, work: GemmWork, device: Device, *, why: str = "", fallback: b
     unit = compute_unit(p, work.dtype, conv=op.kind == "conv")
     eff = p.dense_gemm_efficiency
     tile_rate = unit.peak / p.sm_count * eff
-    compute = dram = l2 = 0.0
     if op.kind == "attention":
         # flash-style: Q, K, V read once and O written once; the two GEMMs run back to back
-        for g in work.gemms:
-            compute += _gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=0, w_bytes=0,
-                                  c_bytes=0).compute_s
-        dram = work.dense_bytes
-        l2 = work.dense_bytes
-        tl = tiling(p, work.gemms[0], work.dtype_bytes)
+        times = [_gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=0, w_bytes=0, c_bytes=0)
+                 for g in work.gemms]
+        compute = sum(t.compute_s for t in times)
+        dram = l2 = work.dense_bytes
+        tl = times[0].tiling
     else:
         g = work.gemms[0]
         gt = _gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=work.a_bytes,
@@ -415,8 +428,9 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, sdt
         extra_kernels += 1
         extra_bytes += c_pad + work.c_bytes
         extra_why.append("result copied out" + ("" if p.sparse_fused_transpose else " (transpose not fused)"))
-    memory = _memory_s(p, gt.dram_bytes, gt.l2_bytes)
-    extra_s = extra_kernels * p.launch_overhead + extra_bytes / (p.dram_bandwidth * p.dram_efficiency)
+    # the 2-bit metadata streams from DRAM with the values (`gt.dram_bytes` leaves it out)
+    memory = _memory_s(p, gt.dram_bytes + gt.metadata_dram_bytes, gt.l2_bytes)
+    extra_s = extra_kernels * p.launch_overhead + extra_bytes / _dram_bw(p)
     overhead = p.launch_overhead + extra_s
     dram = gt.dram_bytes + extra_bytes
     parts = [note] if note else []
@@ -424,12 +438,11 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, sdt
                            f" + metadata {meta / 1e6:.3g} MB)", gt.compute_s, memory, overhead, gt.tiling))
     if extra_why:
         parts.append("layout kernels: " + ", ".join(extra_why) + f" (+{extra_s * 1e6:.3g} us)")
-    executed = 2.0 * gp.macs * sn / sm
+    macs = gp.macs * sn / sm
     return build_cost(
         device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=overhead,
-        energy=_energy(p, gp.macs * sn / sm, sdt, dram - gt.metadata_dram_bytes, gt.l2_bytes,
-                       metadata=gt.metadata_dram_bytes),
-        kernel=f"{sn}:{sm} sparse tensor core", why="; ".join(parts), flops_executed=executed,
+        energy=_energy(p, macs, sdt, dram, gt.l2_bytes, metadata=gt.metadata_dram_bytes),
+        kernel=f"{sn}:{sm} sparse tensor core", why="; ".join(parts), flops_executed=2.0 * macs,
         peak_flops=p.sparse_tensor_peak[sdt] * sn / sm, memory_bytes=values + meta, metadata_bytes=meta,
         fallback=bool(note),
         details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "layout_s": extra_s, "m_padded": m_pad},
@@ -453,14 +466,16 @@ def _sparse_traffic(p: GpuParams, g: GemmShape, work: GemmWork, values: float, m
     are read once per band of output columns a wave covers, like the dense kernel (`_gemm_time`);
     the sparse weight (values + metadata) streams once from DRAM and once per tile row via L2."""
     t = tiling(p, g, work.dtype_bytes)
-    a_reads = 1 if work.a_bytes <= p.l2_size * p.l2_resident_fraction else ceil_div(t.tiles_n, t.wave_n)
+    a_reads = _dram_reads(p, work.a_bytes, t.tiles_n, t.wave_n)
     dram = work.a_bytes * a_reads + values + work.c_bytes
     l2 = work.a_bytes * t.tiles_n + (values + meta) * t.tiles_m + work.c_bytes
     return dram, l2, _memory_s(p, dram + meta, l2)
 
 
-def _csr(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, note: str = "") -> Cost:
-    """CSR SpMM on CUDA cores (Sputnik-like): time per nonzero at a fraction of the CUDA-core peak."""
+def _csr(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, note: str = "",
+         dense_lat: float | None = None) -> Cost:
+    """CSR SpMM on CUDA cores (Sputnik-like): time per nonzero at a fraction of the CUDA-core peak.
+    `dense_lat` (for the comparison in the why) is the dense kernel's latency when the caller has it."""
     p: GpuParams = device.params
     g = work.gemms[0]
     st = layer.stats
@@ -471,7 +486,8 @@ def _csr(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, note: str
     values, meta = _stored(layer, "csr", work)
     # activations: Sputnik stages the rows of A a CTA needs (traffic as in `_sparse_traffic`)
     dram, l2, memory = _sparse_traffic(p, g, work, values, meta)
-    dense_lat = _dense(op, work, device).latency_s
+    if dense_lat is None:
+        dense_lat = _dense(op, work, device).latency_s
     lat_est = max(compute, memory) + p.launch_overhead
     verdict = (f"{dense_lat / lat_est:.2f}x dense" if lat_est > 0 else "")
     parts = [note] if note else []
@@ -495,20 +511,19 @@ def _bsr(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
     g = work.gemms[0]
     st = layer.stats
     r, c = layer.pattern.block
-    nb = st.nonzero_blocks(r, c)
+    measured = st.nonzero_blocks(r, c)
     total_blocks = ceil_div(st.rows, r) * ceil_div(st.cols, c)
-    if nb is None:  # not measured for this block size: the pattern's density of whole blocks
-        nb = min(total_blocks, math.ceil(st.density * total_blocks))
+    # not measured for this block size: the pattern's density of whole blocks
+    nb = measured if measured is not None else min(total_blocks, math.ceil(st.density * total_blocks))
     unit = compute_unit(p, work.dtype, conv=op.kind == "conv")
-    if st.nonzero_blocks(r, c) is not None:
+    if measured is not None:
         values, meta = _stored(layer, "bsr", work)
     else:  # the same BSR layout as formats.format_bytes, from the estimated block count
         values = nb * r * c * work.dtype_bytes
         meta = (nb + ceil_div(st.rows, r) + 1) * CSR_INDEX_BYTES
     reps = g.batch  # a shared weight meets every batch's activation rows
     # tensor cores: a block is padded to whole MMA tiles (rows -> mma_m, K -> mma_k)
-    mma_k = max(1, int(p.mma_k_bytes // work.dtype_bytes))
-    r_pad, c_pad = _round_up(r, int(p.mma_m)), _round_up(c, mma_k)
+    r_pad, c_pad = _round_up(r, int(p.mma_m)), _round_up(c, mma_k(p, work.dtype_bytes))
     tc_macs = float(g.m) * nb * r_pad * c_pad * reps
     tc_s = 2.0 * tc_macs / (unit.peak * p.bsr_efficiency) if unit.tensor_cores else math.inf
     exact_macs = float(g.m) * nb * r * c * reps
@@ -551,7 +566,8 @@ def _nm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
     dense = _dense(op, work, device, fallback=True, why=f"{pat.label}: {reason}; ran dense")
     if op.weight is None:
         return dense
-    csr = _csr(op, work, layer, device, note=f"{pat.label}: {reason}; ran as unstructured CSR")
+    csr = _csr(op, work, layer, device, note=f"{pat.label}: {reason}; ran as unstructured CSR",
+               dense_lat=dense.latency_s)
     return csr if csr.latency_s < dense.latency_s else dense
 
 
@@ -564,9 +580,8 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     Every op fetches its weights from off-chip memory once, whatever the run `context`.
     """
     p: GpuParams = device.params
-    bw = p.dram_bandwidth * p.dram_efficiency
     if not op.is_matmul or op.gemm is None:
-        return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.launch_overhead,
+        return memory_op_cost(op, device, model=MODEL, bandwidth=_dram_bw(p), overhead_s=p.launch_overhead,
                               energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
     work = gemm_work(op, layer)
     kind = layer.pattern.kind if layer is not None else "dense"

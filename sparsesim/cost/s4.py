@@ -123,10 +123,11 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCon
         notes.append(f"{op.dtype} not supported by the engine, ran as {dtype}")
 
     dense_s = work.flops / peak
-    kind = layer.pattern.kind if layer is not None else "dense"
+    # the layer whose weight zeros the lanes skip (None: dense, channel-pruned or no plan)
+    skipped = layer if layer is not None and layer.pattern.kind in ZERO_SKIP_PATTERNS else None
     ratio, d_eff, speedup = 1.0, 1.0, 1.0
-    if kind in ZERO_SKIP_PATTERNS:
-        st = layer.stats  # type: ignore[union-attr]
+    if skipped is not None:
+        st = skipped.stats
         ratio = skip_ratio(st.density, p.supported_ratios, p.max_sparsity_factor)
         d_eff = effective_density(st, p.balancing)
         speedup = 1.0 / max(1.0 / ratio, d_eff) if d_eff > 0 else ratio
@@ -136,7 +137,7 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCon
     compute_s = dense_s / speedup * act
 
     # the engine builds a convolution's im2col view on chip: the real input tensor crosses the bus
-    w_store, meta, a_bytes, c_bytes = stored_operand_bytes(op, work, dtype, sparse_weight=kind in ZERO_SKIP_PATTERNS)
+    w_store, meta, a_bytes, c_bytes = stored_operand_bytes(op, work, dtype, sparse_weight=skipped is not None)
     dram = w_store + a_bytes + c_bytes
     memory_s = dram / p.memory_bandwidth
 
@@ -145,9 +146,8 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCon
     head = f"{dtype} dense peak {peak / 1e12:.3g} TOP/s"
     if work.channel_pruned:
         head += f", channel-pruned to N={work.gemms[0].n} K={work.gemms[0].k}"
-    if kind in ZERO_SKIP_PATTERNS:
-        st = layer.stats  # type: ignore[union-attr]
-        head += (f", {layer.pattern.label} (density {st.density:.3g}) in the {ratio:g}x mode, "  # type: ignore[union-attr]
+    if skipped is not None:
+        head += (f", {skipped.pattern.label} (density {st.density:.3g}) in the {ratio:g}x mode, "
                  f"{speedup:.3g}x after imbalance (busiest lane {d_eff:.3g} after balancing)")
         ideal = 1.0 / max(st.density, DENSITY_FLOOR)
         if ratio <= 1.0:
