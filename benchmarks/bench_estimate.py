@@ -18,11 +18,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sparsesim import results  # noqa: E402
-from sparsesim.devices import builtin_devices  # noqa: E402
-from sparsesim.simulate import simulate_frame  # noqa: E402
+from sparsesim.run import results  # noqa: E402
+from sparsesim.hw.devices import builtin_devices  # noqa: E402
+from sparsesim.run.simulate import simulate_frame  # noqa: E402
 
-est = importlib.import_module("sparsesim.estimate")  # the module: sparsesim.estimate is the function
+est = importlib.import_module("sparsesim.run.estimate")  # the module: sparsesim.run.estimate is the function
 
 ESTIMATE_TARGET_S = 1.0
 SERVING_TARGET_S = 10.0

@@ -22,8 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sparsesim.calibrate import calibrate  # noqa: E402
-from sparsesim.validate import TARGETS, render, validate  # noqa: E402
+from sparsesim.fidelity.calibrate import calibrate  # noqa: E402
+from sparsesim.fidelity.validate import TARGETS, render, validate  # noqa: E402
 
 GPU_TARGET = 0.20
 

@@ -33,7 +33,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sparsesim.gpu_validation import (  # noqa: E402
+from sparsesim.fidelity.gpu_validation import (  # noqa: E402
     TABLE_COLUMNS,
     append_rows,
     direction_of,
@@ -252,8 +252,8 @@ def _bsr(w: torch.Tensor, xt: torch.Tensor, b: int, sparsity: float, gen: torch.
 
 
 def _print_predictions(rows: list[dict]) -> None:
-    from sparsesim.devices import load_device
-    from sparsesim.errors import SparsesimError
+    from sparsesim.hw.devices import load_device
+    from sparsesim.core.errors import SparsesimError
 
     try:
         device = load_device(rows[0]["device"])

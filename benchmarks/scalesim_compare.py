@@ -40,10 +40,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sparsesim.cost.fpga import fpga_cost  # noqa: E402
-from sparsesim.cost.systolic import conv_output_size  # noqa: E402
-from sparsesim.devices import parse_device_doc  # noqa: E402
-from sparsesim.ir import ConvGeometry, GemmShape, Op  # noqa: E402
+from sparsesim.cost.families.fpga import fpga_cost  # noqa: E402
+from sparsesim.cost.families.systolic import conv_output_size  # noqa: E402
+from sparsesim.hw.devices import parse_device_doc  # noqa: E402
+from sparsesim.core.ir import ConvGeometry, GemmShape, Op  # noqa: E402
 
 DEFAULT_SCALESIM_PYTHON = "/work/scalesim-venv/bin/python"
 TARGET_RATIO_ERROR = 0.02

@@ -6,12 +6,12 @@ import tomllib
 
 import torch
 
-from sparsesim.devices import Device, builtin_device_files, parse_device_doc
-from sparsesim.formats import format_bytes, storage_format
-from sparsesim.ir import DTYPE_BYTES, GemmShape, Op
-from sparsesim.patterns import parse_pattern
-from sparsesim.sparsity import LayerSparsity, Pattern
-from sparsesim.stats import measure_stats
+from sparsesim.hw.devices import Device, builtin_device_files, parse_device_doc
+from sparsesim.sparsity.formats import format_bytes, storage_format
+from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
+from sparsesim.sparsity.patterns import parse_pattern
+from sparsesim.sparsity.records import LayerSparsity, Pattern
+from sparsesim.sparsity.stats import measure_stats
 
 
 def linear(m: int, n: int, k: int, dtype: str = "int8", act: float = 1.0, batch: int = 1) -> Op:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from sparsesim.models import digits
+from sparsesim.tracing.models import digits
 
 # long enough that a SIGKILL lands mid-study, short enough for a fast test
 TRIAL_SLEEP_S = 0.15

@@ -12,7 +12,7 @@ import math
 
 import pytest
 
-from sparsesim.devices import builtin_device_files, load_device
+from sparsesim.hw.devices import builtin_device_files, load_device
 
 SPEC = "gemm:M=256,N=512,K=512,dtype=fp16"
 DEVICES = sorted(builtin_device_files())

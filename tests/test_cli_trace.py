@@ -48,7 +48,7 @@ def test_trace_json_matches_workload(cli):
 
 
 def test_trace_with_plan_2to4(cli):
-    pytest.importorskip("sparsesim.plans")
+    pytest.importorskip("sparsesim.sparsity.plans")
     rc, out, _ = cli("trace", "llama-tiny:seq=8", "--plan", "2:4", "--json")
     assert rc == 0
     doc = json.loads(out)
@@ -65,7 +65,7 @@ def test_trace_with_plan_2to4(cli):
 
 
 def test_trace_bert_base_plan_2to4_every_linear(cli):
-    pytest.importorskip("sparsesim.plans")
+    pytest.importorskip("sparsesim.sparsity.plans")
     rc, out, _ = cli("trace", "bert-base:seq=16", "--plan", "2:4", "--json")
     assert rc == 0
     rows = [r for r in json.loads(out)["ops"] if r["kind"] == "linear"]

@@ -11,14 +11,14 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from sparsesim.calibrate import gemm_op, layer_for
+from sparsesim.fidelity.calibrate import gemm_op, layer_for
 from sparsesim.cost import estimate_op
-from sparsesim.cost.cpu import lanes, peak_flops, residency
-from sparsesim.devices import load_device, parse_device_file
-from sparsesim.errors import DeviceFileError
-from sparsesim.ir import Op
-from sparsesim.measure import random_mask
-from sparsesim.sparsity import Pattern
+from sparsesim.cost.families.cpu import lanes, peak_flops, residency
+from sparsesim.hw.devices import load_device, parse_device_file
+from sparsesim.core.errors import DeviceFileError
+from sparsesim.core.ir import Op
+from sparsesim.fidelity.measure import random_mask
+from sparsesim.sparsity.records import Pattern
 
 CPUS = ("xeon-sapphire-rapids", "arm-cortex-a78")
 
@@ -218,7 +218,7 @@ def test_a_model_larger_than_the_last_level_cache_streams_its_weights_from_dram(
 
 
 def test_estimate_keeps_a_cache_sized_model_resident_and_streams_a_large_one():
-    from sparsesim.estimate import estimate
+    from sparsesim.run.estimate import estimate
 
     small = estimate("gemm:M=1,N=4096,K=4096,dtype=fp16", "xeon-sapphire-rapids")
     assert small["bytes_dram"].sum() == 0  # 32 MiB of weights: the whole model fits the caches

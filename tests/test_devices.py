@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sparsesim.devices import UNITS, builtin_device_files, builtin_devices, load_device, parse_device_file
-from sparsesim.errors import DeviceFileError
+from sparsesim.hw.devices import UNITS, builtin_device_files, builtin_devices, load_device, parse_device_file
+from sparsesim.core.errors import DeviceFileError
 
 A100 = builtin_device_files()["a100-sxm4-80gb"]
 

@@ -15,14 +15,14 @@ import math
 import pandas as pd
 import pytest
 
-from sparsesim import results
-from sparsesim.devices import builtin_device_files, load_device
-from sparsesim.errors import DeviceFileError, PlanError
-from sparsesim.ir import Op, WeightInfo, Workload
+from sparsesim.run import results
+from sparsesim.hw.devices import builtin_device_files, load_device
+from sparsesim.core.errors import DeviceFileError, PlanError
+from sparsesim.core.ir import Op, WeightInfo, Workload
 
 from op_cases import fp16_linear
 
-est = importlib.import_module("sparsesim.estimate")  # the module: sparsesim.estimate is the function
+est = importlib.import_module("sparsesim.run.estimate")  # the module: sparsesim.run.estimate is the function
 
 DEVICES = sorted(builtin_device_files())  # at collection; tests needing the count re-read it
 PLANS = est.DEFAULT_PLANS
@@ -147,7 +147,7 @@ def test_results_json_is_plain(tables: est.Tables) -> None:
 
 
 def test_plan_object_and_sparse_workload_accepted(wl: Workload) -> None:
-    from sparsesim.plans import load_plan, sparsify
+    from sparsesim.sparsity.plans import load_plan, sparsify
 
     by_string = est.estimate(wl, DEVICES[0], "2:4")
     by_plan = est.estimate(wl, DEVICES[0], load_plan("2:4"))
@@ -228,7 +228,7 @@ def _small_workload(recipe: dict) -> Workload:
 
 
 def _recipes() -> list[dict]:
-    from sparsesim.workloads import list_recipes
+    from sparsesim.tracing.workloads import list_recipes
 
     return list_recipes()
 

@@ -12,12 +12,12 @@ from hypothesis import strategies as st
 
 from sparsesim.cost import estimate_op
 from sparsesim.cost.common import run_dtype
-from sparsesim.cost.fpga import busy_rows, offchip_traffic
-from sparsesim.devices import load_device
-from sparsesim.errors import DeviceFileError
-from sparsesim.ir import DTYPE_BYTES, ConvGeometry, GemmShape, Op
-from sparsesim.sparsity import Pattern
-from sparsesim.stats import measure_stats
+from sparsesim.cost.families.fpga import busy_rows, offchip_traffic
+from sparsesim.hw.devices import load_device
+from sparsesim.core.errors import DeviceFileError
+from sparsesim.core.ir import DTYPE_BYTES, ConvGeometry, GemmShape, Op
+from sparsesim.sparsity.records import Pattern
+from sparsesim.sparsity.stats import measure_stats
 
 from op_cases import device_with, layer_of, linear
 

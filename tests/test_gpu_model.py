@@ -11,13 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sparsesim.cost import estimate_op
-from sparsesim.cost.gpu import compute_unit
-from sparsesim.devices import load_device
-from sparsesim.gpu_validation import gemm_op, layer_for, summary, validate_gpu_published
-from sparsesim.ir import DTYPE_BYTES, GemmShape, Op
-from sparsesim.patterns import parse_pattern
-from sparsesim.sparsity import LayerSparsity, Pattern
-from sparsesim.stats import measure_stats
+from sparsesim.cost.families.gpu import compute_unit
+from sparsesim.hw.devices import load_device
+from sparsesim.fidelity.gpu_validation import gemm_op, layer_for, summary, validate_gpu_published
+from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
+from sparsesim.sparsity.patterns import parse_pattern
+from sparsesim.sparsity.records import LayerSparsity, Pattern
+from sparsesim.sparsity.stats import measure_stats
 
 GPUS = ("a100-sxm4-80gb", "h100-sxm5", "jetson-agx-orin")
 DEV = {name: load_device(name) for name in GPUS}
@@ -271,7 +271,7 @@ def test_wave_quantisation_shows_in_latency():
 # ----------------------------------------------------------------------------- validation table
 
 def test_validation_table_rows_cite_sources():
-    from sparsesim.gpu_validation import load_table
+    from sparsesim.fidelity.gpu_validation import load_table
 
     rows = load_table()
     assert len(rows) >= 4
@@ -281,8 +281,8 @@ def test_validation_table_rows_cite_sources():
 
 
 def test_validation_table_errors_name_file_and_row(tmp_path):
-    from sparsesim.errors import WorkloadError
-    from sparsesim.gpu_validation import TABLE_COLUMNS, load_table, published_table_path
+    from sparsesim.core.errors import WorkloadError
+    from sparsesim.fidelity.gpu_validation import TABLE_COLUMNS, load_table, published_table_path
 
     text = published_table_path().read_text().splitlines()
     bad = tmp_path / "bad.csv"
@@ -298,7 +298,7 @@ def test_validation_table_errors_name_file_and_row(tmp_path):
 def test_appended_rows_are_validated_and_unknown_gpus_kept(tmp_path):
     import shutil
 
-    from sparsesim.gpu_validation import append_rows, published_table_path
+    from sparsesim.fidelity.gpu_validation import append_rows, published_table_path
 
     table = tmp_path / "table.csv"
     shutil.copy(published_table_path(), table)

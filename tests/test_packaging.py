@@ -36,7 +36,7 @@ def test_wheel_packages_devices_and_recipes(wheel):
 
 def test_unpacked_wheel_finds_its_data_outside_the_checkout(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
-    code = ("import sparsesim.devices as d, sparsesim.workloads as w;"
+    code = ("import sparsesim.hw.devices as d, sparsesim.tracing.workloads as w;"
             "print(len(d.builtin_devices()), len(w.list_recipes()), d.builtin_device_dirs()[0])")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "HF_HUB_OFFLINE": "1"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)

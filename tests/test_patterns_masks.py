@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import prune
 
-from sparsesim.errors import MaskError, PlanError, SparsesimError
-from sparsesim.masks import activation_aware_scores, build_mask, check_mask, existing_mask, kept_units
-from sparsesim.patterns import PatternError, make_pattern, parse_pattern
-from sparsesim.sparsity import Pattern
+from sparsesim.core.errors import MaskError, PlanError, SparsesimError
+from sparsesim.sparsity.masks import activation_aware_scores, build_mask, check_mask, existing_mask, kept_units
+from sparsesim.sparsity.patterns import PatternError, make_pattern, parse_pattern
+from sparsesim.sparsity.records import Pattern
 
 torch.set_num_threads(1)
 FAST = settings(max_examples=40, deadline=None)

@@ -11,13 +11,13 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from sparsesim.errors import MaskError, PlanError
-from sparsesim.formats import format_bytes
-from sparsesim.ir import GemmShape, Op, Workload
-from sparsesim.patterns import parse_pattern
-from sparsesim.plans import Plan, apply_plan, load_plan, save_plan, sparsify, uniform_plan
-from sparsesim.stats import measure_stats
-from sparsesim.tracer import trace
+from sparsesim.core.errors import MaskError, PlanError
+from sparsesim.sparsity.formats import format_bytes
+from sparsesim.core.ir import GemmShape, Op, Workload
+from sparsesim.sparsity.patterns import parse_pattern
+from sparsesim.sparsity.plans import Plan, apply_plan, load_plan, save_plan, sparsify, uniform_plan
+from sparsesim.sparsity.stats import measure_stats
+from sparsesim.tracing.tracer import trace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -340,7 +340,7 @@ def test_partial_head_masks_rejected():
 
 @pytest.mark.slow
 def test_gpt2_conv1d_masks_run_along_k():
-    from sparsesim.workloads import load_workload
+    from sparsesim.tracing.workloads import load_workload
 
     wl = load_workload("gpt2:layers=1,seq=8")
     sw = sparsify(wl, "2:4")

@@ -24,7 +24,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from sparsesim.cli import main  # noqa: E402
-from sparsesim.devices import builtin_devices  # noqa: E402
+from sparsesim.hw.devices import builtin_devices  # noqa: E402
 from sparsesim.report.fmt import fmt_q, fmt_x, parse_q  # noqa: E402
 
 WORKLOAD = "resnet18:image=64"
@@ -155,7 +155,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 
 @pytest.mark.slow
 def test_report_shows_a_search_front_and_a_validation(tmp_path):
-    from sparsesim.validate import validate
+    from sparsesim.fidelity.validate import validate
 
     cpu = next(Path(d.path).stem for d in builtin_devices() if d.family == "cpu")
     rc, out, err = _cli("search", "digits", "--device", cpu, "--target-speedup", "1.5", "--out", str(tmp_path / "s"),

@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sparsesim.cost import estimate_op
-from sparsesim.cost.s4 import skip_ratio
-from sparsesim.devices import load_device
-from sparsesim.errors import DeviceFileError
-from sparsesim.formats import format_bytes
-from sparsesim.sparsity import Pattern
+from sparsesim.cost.families.s4 import skip_ratio
+from sparsesim.hw.devices import load_device
+from sparsesim.core.errors import DeviceFileError
+from sparsesim.sparsity.formats import format_bytes
+from sparsesim.sparsity.records import Pattern
 
 from op_cases import device_with, layer_of, linear
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsesim.errors import SearchError
+from sparsesim.core.errors import SearchError
 from sparsesim.search.dp import LayerTable, solve, tradeoff
 
 

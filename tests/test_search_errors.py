@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from sparsesim.errors import SearchError
-from sparsesim.plans import load_plan
-from sparsesim.masks import check_mask
+from sparsesim.core.errors import SearchError
+from sparsesim.sparsity.plans import load_plan
+from sparsesim.sparsity.masks import check_mask
 from sparsesim.search import optuna_search as osr
 from sparsesim.search.problem import SearchProblem
 from sparsesim.search.runner import SearchConfig, build_problem, run_search
@@ -53,7 +53,7 @@ def test_evaluate_raising_on_the_dense_model_is_reported(problem):
         raise RuntimeError("dataset missing")
 
     wl_model = problem.model
-    from sparsesim.ir import Workload
+    from sparsesim.core.ir import Workload
 
     wl = Workload(name="digits", ops=problem.ops, model=wl_model)
     with pytest.raises(SearchError, match="evaluate \\(dense model\\) raised RuntimeError: dataset missing"):
@@ -136,8 +136,8 @@ def test_channel_groups_prune_producer_rows_and_consumer_columns_together(proble
 
 
 def test_signals_are_zero_for_dense_and_grow_with_pruning(problem):
-    from sparsesim.masks import build_mask
-    from sparsesim.patterns import make_pattern
+    from sparsesim.sparsity.masks import build_mask
+    from sparsesim.sparsity.patterns import make_pattern
     from sparsesim.search.accuracy import layer_inputs, masked, reconstruction_error
 
     assert problem.sensitivity(problem.space.dense_choice(), "fidelity") == pytest.approx(0.0, abs=1e-9)

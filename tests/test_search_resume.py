@@ -28,13 +28,13 @@ def env(tmp_path_factory):
     e = dict(os.environ, SPARSESIM_CACHE=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
              PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
     # train the digits CNN once for every subprocess of this module
-    subprocess.run([sys.executable, "-c", "from sparsesim.models import digits; digits.pretrained()"],
+    subprocess.run([sys.executable, "-c", "from sparsesim.tracing.models import digits; digits.pretrained()"],
                    env=e, check=True, timeout=120)
     return e
 
 
 def _cmd(out: Path, workers: int) -> list[str]:
-    return [sys.executable, "-m", "sparsesim.cli", "search", "digits:batch=64", "--device", "arm-cortex-a78",
+    return [sys.executable, "-m", "sparsesim", "search", "digits:batch=64", "--device", "arm-cortex-a78",
             "--algorithm", "optuna", "--trials", str(N), "--workers", str(workers), "--seed", "3",
             "--evaluate", "search_helpers:slow_accuracy", "--out", str(out), "--json"]
 

@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 
-from sparsesim.devices import builtin_device_files, load_device
-from sparsesim.estimate import estimate
-from sparsesim.ir import Op, WeightInfo, Workload
-from sparsesim.simulate import OpTimes, run_sequence, serve, simulate, simulate_frame
+from sparsesim.hw.devices import builtin_device_files, load_device
+from sparsesim.run.estimate import estimate
+from sparsesim.core.ir import Op, WeightInfo, Workload
+from sparsesim.run.simulate import OpTimes, run_sequence, serve, simulate, simulate_frame
 
 from op_cases import fp16_linear
 
@@ -197,7 +197,7 @@ def test_serving_uses_simulated_inference_latency(toy: Workload) -> None:
     ({"qps": 10.0, "requests": 0}, "--requests"), ({"stream": 0}, "--stream"),
 ])
 def test_bad_serving_arguments_are_errors_before_tracing(kwargs, needle) -> None:
-    from sparsesim.errors import SparsesimError
+    from sparsesim.core.errors import SparsesimError
 
     # the workload spec names nothing: the arguments are checked first
     with pytest.raises(SparsesimError, match=needle):

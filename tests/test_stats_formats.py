@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from sparsesim.formats import FormatError, FormatSize, default_format, format_bytes, storage_format
-from sparsesim.masks import build_mask
-from sparsesim.patterns import parse_pattern
-from sparsesim.sparsity import OCCUPANCY_BINS
-from sparsesim.stats import STANDARD_BLOCKS, STANDARD_NM, analytic_stats, measure_stats
+from sparsesim.sparsity.formats import FormatError, FormatSize, default_format, format_bytes, storage_format
+from sparsesim.sparsity.masks import build_mask
+from sparsesim.sparsity.patterns import parse_pattern
+from sparsesim.sparsity.records import OCCUPANCY_BINS
+from sparsesim.sparsity.stats import STANDARD_BLOCKS, STANDARD_NM, analytic_stats, measure_stats
 
 torch.set_num_threads(1)
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsesim.cost.systolic import conv_gemm, conv_output_size, gemm_cycles, normalize_dataflow
+from sparsesim.cost.families.systolic import conv_gemm, conv_output_size, gemm_cycles, normalize_dataflow
 
 # (M, N, K, R, C, dataflow, expected total cycles, how it was worked out)
 CASES = [

@@ -11,10 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sparsesim.errors import TraceError
-from sparsesim.flops import T, classify, is_metadata_op
-from sparsesim.ir import ConvGeometry, GemmShape
-from sparsesim.tracer import trace
+from sparsesim.core.errors import TraceError
+from sparsesim.tracing.flops import T, classify, is_metadata_op
+from sparsesim.core.ir import ConvGeometry, GemmShape
+from sparsesim.tracing.tracer import trace
 
 aten = torch.ops.aten
 
@@ -237,7 +237,7 @@ def test_unknown_op_is_recorded_and_counted():
 
 
 def test_module_names_and_weights_match_named_modules():
-    from sparsesim.models.resnet import build_resnet18
+    from sparsesim.tracing.models.resnet import build_resnet18
 
     model, x = build_resnet18(image=32)
     wl = trace(model, x)
@@ -282,7 +282,7 @@ def test_torch_transformer_layers_are_not_hidden_by_the_fast_path():
 def test_pruned_weights_are_attributed_to_weight_orig_and_picked_up():
     from torch.nn.utils import prune
 
-    from sparsesim.plans import sparsify
+    from sparsesim.sparsity.plans import sparsify
 
     m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
     prune.l1_unstructured(m[0], "weight", amount=0.75)

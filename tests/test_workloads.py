@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from sparsesim.errors import TraceError, WorkloadError
-from sparsesim.ir import GemmShape
-from sparsesim.workloads import list_recipes, load_workload
+from sparsesim.core.errors import TraceError, WorkloadError
+from sparsesim.core.ir import GemmShape
+from sparsesim.tracing.workloads import list_recipes, load_workload
 
 BUILTIN = {"resnet18", "resnet50", "mobilenetv2", "bert-base", "gpt2", "vit-base", "llama-tiny",
            "llama2-7b", "llama2-70b"}
@@ -130,7 +130,7 @@ def test_single_conv_op():
 
 def test_recipe_file_by_path(tmp_path):
     f = tmp_path / "mine.toml"
-    f.write_text('description = "small resnet"\nbuilder = "sparsesim.models.resnet:build_resnet18"\n'
+    f.write_text('description = "small resnet"\nbuilder = "sparsesim.tracing.models.resnet:build_resnet18"\n'
                  '[params]\nimage = 32\n')
     wl = load_workload(str(f))
     assert len(wl.weight_ops()) == 21 and wl.params["image"] == 32
@@ -140,7 +140,7 @@ def test_recipe_file_by_path(tmp_path):
 
 def test_bad_recipe_file_names_key(tmp_path):
     f = tmp_path / "bad.toml"
-    f.write_text('description = "x"\nbuilder = "sparsesim.models.resnet:build_resnet18"\ncolour = 1\n')
+    f.write_text('description = "x"\nbuilder = "sparsesim.tracing.models.resnet:build_resnet18"\ncolour = 1\n')
     with pytest.raises(WorkloadError, match=r"bad.toml: unknown key 'colour'"):
         load_workload(str(f))
 

@@ -17,7 +17,7 @@ import json
 import sys
 from typing import Sequence
 
-from sparsesim.errors import SparsesimError
+from sparsesim.core.errors import SparsesimError
 
 VERB_MODULES = (
     "sparsesim.cli.workloads_cmd",

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.calibrate import calibrate
+    from sparsesim.fidelity.calibrate import calibrate
 
     progress = timing_progress(args, NAME)
     res = calibrate(args.out, quick=args.quick, threads=args.threads, progress=progress)

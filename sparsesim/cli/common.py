@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable
 
-from sparsesim.errors import SparsesimError
+from sparsesim.core.errors import SparsesimError
 
 WORKLOAD_HELP = "recipe, recipe file, single op or module.path:factory"
 DEVICE_HELP = "built-in device name or path to a device .toml"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sparsesim import results
+from sparsesim.run import results
 from sparsesim.cli.common import add_criterion_argument, add_workload_argument
 
 NAME = "compare"
@@ -19,7 +19,7 @@ WHY_WIDTH = 100
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sparsesim.estimate import DEFAULT_PLANS
+    from sparsesim.run.estimate import DEFAULT_PLANS
 
     add_workload_argument(p)
     p.add_argument("--devices", default=None,
@@ -35,7 +35,7 @@ def _plans(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.estimate import compare
+    from sparsesim.run.estimate import compare
 
     plans = _plans(args.plans)
     summary = compare(args.workload, args.devices, plans, criterion=args.criterion)

@@ -24,8 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.devices import builtin_device_files, load_device, parse_device_file
-    from sparsesim.errors import DeviceFileError
+    from sparsesim.hw.devices import builtin_device_files, load_device, parse_device_file
+    from sparsesim.core.errors import DeviceFileError
 
     if args.action == "show":
         if not args.device:
@@ -50,7 +50,7 @@ def _fields(device) -> list[tuple[str, Any, dict | None]]:
 
 
 def _in_file_unit(value: Any, dim: str | None, unit: str) -> Any:
-    from sparsesim.devices import UNITS
+    from sparsesim.hw.devices import UNITS
 
     if dim is None or not isinstance(value, (int, float)) or isinstance(value, bool):
         return value

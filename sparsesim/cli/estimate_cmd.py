@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sparsesim import results
+from sparsesim.run import results
 from sparsesim.cli.common import add_criterion_argument, add_device_argument, add_workload_argument
 
 NAME = "estimate"
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.estimate import compare_tables, plan_label
+    from sparsesim.run.estimate import compare_tables, plan_label
 
     tables = compare_tables(args.workload, [args.device], [args.plan], criterion=args.criterion)
     label = plan_label(args.plan)

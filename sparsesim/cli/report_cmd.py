@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sparsesim.errors import SparsesimError
+from sparsesim.core.errors import SparsesimError
 
 NAME = "report"
 HELP = "build a hardware comparison report (HTML + Markdown + CSV) of workloads x devices x plans"

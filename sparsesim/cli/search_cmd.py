@@ -103,7 +103,7 @@ def _pct(x: float | None) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
-    from sparsesim.results import fmt_si
+    from sparsesim.run.results import fmt_si
 
     d = doc["dense"]
     lines = [

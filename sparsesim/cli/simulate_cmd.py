@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sparsesim import results
+from sparsesim.run import results
 from sparsesim.cli.common import add_criterion_argument, add_device_argument, add_workload_argument
 
 NAME = "simulate"
@@ -14,7 +14,7 @@ HELP = "simulate a workload on a device: overlap, stream throughput, serving p50
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sparsesim.simulate import DEFAULT_REQUESTS, DEFAULT_STREAM
+    from sparsesim.run.simulate import DEFAULT_REQUESTS, DEFAULT_STREAM
 
     add_workload_argument(p)
     add_device_argument(p)
@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.simulate import simulate
+    from sparsesim.run.simulate import simulate
 
     res = simulate(args.workload, args.device, args.plan, qps=args.qps, requests=args.requests,
                    overlap=not args.no_overlap, seed=args.seed, stream=args.stream, max_batch=args.max_batch,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sparsesim.ir import DTYPE_BYTES, Op, Workload
+from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
 
 NAME = "trace"
 HELP = "trace a workload and print its ops (kind, shapes, FLOPs, weight, sparsity, format bytes)"
@@ -21,13 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.workloads import load_workload
+    from sparsesim.tracing.workloads import load_workload
 
     wl = load_workload(args.workload)
     layers: dict[str, Any] = {}
     plan_name = "dense"
     if args.plan is not None:
-        from sparsesim import plans
+        from sparsesim.sparsity import plans
 
         sw = plans.sparsify(wl, plans.load_plan(args.plan))
         layers = dict(sw.layers)

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.validate import validate
+    from sparsesim.fidelity.validate import validate
 
     progress = timing_progress(args, NAME)
     doc = validate(args.device, quick=args.quick, threads=args.threads, progress=progress)
@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    from sparsesim.validate import render as render_doc
+    from sparsesim.fidelity.validate import render as render_doc
 
     return render_doc(doc, cases=doc.get("show_cases", True))

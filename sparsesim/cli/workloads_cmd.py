@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.workloads import list_recipes
+    from sparsesim.tracing.workloads import list_recipes
 
     return {"recipes": list_recipes()}
 

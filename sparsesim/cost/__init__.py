@@ -1,6 +1,6 @@
 """Cost models, one per hardware family: pure functions (op, layer sparsity, device) -> Cost.
 
-Each family module registers its device-file schema with `sparsesim.devices.register_family`
+Each family module registers its device-file schema with `sparsesim.hw.devices.register_family`
 and its cost function in `FAMILY_COST`.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Callable
 
 from sparsesim.cost.record import ALONE, Cost, RunContext
-from sparsesim.devices import Device
-from sparsesim.errors import UnsupportedError
-from sparsesim.ir import Op
-from sparsesim.sparsity import LayerSparsity
+from sparsesim.hw.devices import Device
+from sparsesim.core.errors import UnsupportedError
+from sparsesim.core.ir import Op
+from sparsesim.sparsity.records import LayerSparsity
 
 CostFn = Callable[[Op, "LayerSparsity | None", Device, RunContext], Cost]
 FAMILY_COST: dict[str, CostFn] = {}
@@ -36,6 +36,6 @@ def estimate_op(op: Op, layer: LayerSparsity | None, device: Device, context: Ru
 
 
 # family modules register themselves on import
-from sparsesim.cost import gpu, cpu, fpga, s4  # noqa: E402,F401
+from sparsesim.cost.families import gpu, cpu, fpga, s4  # noqa: E402,F401
 
 __all__ = ["Cost", "RunContext", "ALONE", "estimate_op", "register_cost", "FAMILY_COST"]

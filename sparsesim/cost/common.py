@@ -21,9 +21,9 @@ from typing import Mapping
 
 from sparsesim.cost.energy import action_energy
 from sparsesim.cost.record import Cost
-from sparsesim.devices import Device
-from sparsesim.ir import DTYPE_BYTES, MEMORY_KINDS, GemmShape, Op
-from sparsesim.sparsity import LayerSparsity
+from sparsesim.hw.devices import Device
+from sparsesim.core.ir import DTYPE_BYTES, MEMORY_KINDS, GemmShape, Op
+from sparsesim.sparsity.records import LayerSparsity
 
 
 # pattern kinds a zero-skipping engine (FPGA PE array, S4-style lanes) can skip in the weight;

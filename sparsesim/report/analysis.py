@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from sparsesim.devices import Device
-from sparsesim.errors import SparsesimError
+from sparsesim.hw.devices import Device
+from sparsesim.core.errors import SparsesimError
 
 
 # A layer whose sparse time is at least this fraction of its dense time gained nothing worth
@@ -207,7 +207,7 @@ def short_why(why: str, limit: int = 160) -> str:
 
 def removes_channels(plan: str) -> bool:
     """Whether a plan prunes whole channels (a uniform channel pattern)."""
-    from sparsesim.patterns import parse_pattern
+    from sparsesim.sparsity.patterns import parse_pattern
 
     try:
         return parse_pattern(plan).kind == "channel"

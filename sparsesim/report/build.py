@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from sparsesim.devices import Device
-from sparsesim.estimate import DEFAULT_PLANS as STANDARD_PLANS
+from sparsesim.hw.devices import Device
+from sparsesim.run.estimate import DEFAULT_PLANS as STANDARD_PLANS
 from sparsesim.report.inputs import (ReportError, SearchResult, ValidationResult, read_search_dir, read_validation,
                                      run_quick_validation)
 
@@ -66,7 +66,7 @@ class ReportData:
 
 def resolve_devices(names: Sequence[str] | None) -> list[Device]:
     """Device names or files; every built-in device when none are given."""
-    from sparsesim.estimate import resolve_devices as resolve
+    from sparsesim.run.estimate import resolve_devices as resolve
 
     devs = resolve(list(names) if names else None)
     if not devs:
@@ -80,7 +80,7 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
             progress: Callable[[int], Any] | None = None, stage: Callable[[str], Any] | None = None,
             command: str = "") -> ReportData:
     """Run the comparison (and the optional stages) and return everything the report shows."""
-    from sparsesim.estimate import resolve_workload
+    from sparsesim.run.estimate import resolve_workload
 
     # read the given result files first: a bad path fails before minutes of work, not after
     searches = [r for d in search_dirs for r in read_search_dir(Path(d))]
@@ -133,7 +133,7 @@ def workload_label(spec: Any) -> str:
 def compare_frames(workload: Any, devices: Sequence[Device], plans: Sequence[str],
                    progress: Callable[[int], Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-op and per-(device, plan) frames for one workload, from one pass of the estimate module."""
-    from sparsesim.estimate import compare_tables
+    from sparsesim.run.estimate import compare_tables
 
     tables = compare_tables(workload, list(devices), list(plans))
     if progress is not None:
@@ -183,7 +183,7 @@ def serving_frame(per_op: pd.DataFrame, summary: pd.DataFrame, progress: Callabl
     queue in front of it. Rates are fractions of each plan's saturation rate, so both curves run
     from light load to just below the point where the slower plan's queue grows without bound.
     """
-    from sparsesim.simulate import serve, simulate_frame
+    from sparsesim.run.simulate import serve, simulate_frame
 
     rows = []
     for (wl, dev), s in summary.groupby(["workload", "device"], sort=False):

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from sparsesim.errors import SparsesimError
+from sparsesim.core.errors import SparsesimError
 
 
 class ReportError(SparsesimError):
@@ -121,6 +121,6 @@ def validation_result(doc: dict[str, Any], source: str) -> ValidationResult:
 
 def run_quick_validation() -> ValidationResult:
     """Run the quick validation grid on this host (as `sparsesim validate --quick`) and read it."""
-    from sparsesim.validate import validate
+    from sparsesim.fidelity.validate import validate
 
     return validation_result(validate(quick=True), "sparsesim validate --quick (run for this report)")

@@ -15,7 +15,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from sparsesim.devices import Device
+from sparsesim.hw.devices import Device
 
 # dtypes a GEMM of the key dtype may run in on matrix units (fp32 GEMMs run as tf32 on GPUs that allow it)
 RUNS_AS = {"fp32": ("fp32", "tf32")}
@@ -74,7 +74,7 @@ def generic_compute(device: Device, dtypes: set[str]) -> list[Roof]:
 
 def cpu_compute(device: Device, dtypes: set[str]) -> list[Roof]:
     """Cores x lanes x FMA ports x clock (or the matrix unit), as the CPU model computes it."""
-    from sparsesim.cost import cpu
+    from sparsesim.cost.families import cpu
 
     p = device.params
     return [Roof(f"peak {cpu.compute_dtype(p, dt)}", cpu.peak_flops(p, cpu.compute_dtype(p, dt)), "compute")
@@ -83,7 +83,7 @@ def cpu_compute(device: Device, dtypes: set[str]) -> list[Roof]:
 
 def fpga_compute(device: Device, dtypes: set[str]) -> list[Roof]:
     """The PE array at the dtype it runs the workload in: rows x cols MACs (2 FLOP each) per clock."""
-    from sparsesim.cost import fpga
+    from sparsesim.cost.families import fpga
     from sparsesim.cost.common import run_dtype
 
     p = device.params
@@ -103,7 +103,7 @@ FAMILY_COMPUTE: dict[str, Callable[[Device, set[str]], list[Roof]]] = {
 
 def _family_hook(family: str):
     try:
-        mod = importlib.import_module(f"sparsesim.cost.{family}")
+        mod = importlib.import_module(f"sparsesim.cost.families.{family}")
     except ImportError:
         return None
     return getattr(mod, "roofline_peaks", None)

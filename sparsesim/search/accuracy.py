@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
-from sparsesim.errors import SearchError
+from sparsesim.core.errors import SearchError
 
 Evaluate = Callable[[nn.Module], float]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-from sparsesim.errors import SearchError
+from sparsesim.core.errors import SearchError
 from sparsesim.search.optuna_search import StudyConfig, journal_path_of, run_worker
 
 

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sparsesim.errors import SearchError
+from sparsesim.core.errors import SearchError
 
 # Grid steps per budget: 4000 steps keep the rounding loss under 0.025 % of the budget per unit
 # and a 40-unit x 20-choice table under a few milliseconds.

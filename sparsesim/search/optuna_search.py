@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from sparsesim.errors import SearchError
+from sparsesim.core.errors import SearchError
 
 OBJECTIVES = ("accuracy", "latency_s", "energy_j", "memory_bytes")
 DIRECTIONS = ("maximize", "minimize", "minimize", "minimize")

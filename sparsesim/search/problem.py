@@ -17,16 +17,16 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from sparsesim.devices import Device
-from sparsesim.errors import SearchError, SparsesimError
-from sparsesim.ir import DTYPE_BYTES, Op, Workload
+from sparsesim.hw.devices import Device
+from sparsesim.core.errors import SearchError, SparsesimError
+from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.search.accuracy import Evaluate, Fidelity, layer_inputs, masked, reconstruction_error, run_evaluate
 from sparsesim.search.dp import LayerTable
 from sparsesim.search.space import (
     DEFAULT_CHANNEL_DENSITIES, DEFAULT_DENSITIES, ChannelGroup, Choice, SearchSpace, Unit,
     candidate_patterns, group_label, prunable_ops, shrink_op,
 )
-from sparsesim.sparsity import DENSE, LayerSparsity, Pattern
+from sparsesim.sparsity.records import DENSE, LayerSparsity, Pattern
 
 SIGNALS = ("fidelity", "evaluate", "reconstruction")
 # masks kept in memory per process (MiniLM masks are ~1.5 M bools per weight)
@@ -35,8 +35,8 @@ MASK_CACHE = 256
 
 def layer_sparsity(weight: str, mask2d: torch.Tensor, pattern: Pattern, value_bytes: float) -> LayerSparsity:
     """LayerSparsity of a real mask, exactly as plans.sparsify builds it."""
-    from sparsesim.plans import layer_record
-    from sparsesim.stats import measure_stats
+    from sparsesim.sparsity.plans import layer_record
+    from sparsesim.sparsity.stats import measure_stats
 
     return layer_record(weight, pattern, measure_stats(mask2d, pattern=pattern), value_bytes)
 
@@ -226,7 +226,7 @@ class SearchProblem:
         if hit is not None:
             self._mask_cache.move_to_end(key)
             return hit
-        from sparsesim.masks import build_mask
+        from sparsesim.sparsity.masks import build_mask
 
         w2 = self._weights[w].reshape(self._weights[w].shape[0], -1)
         rk, ck = self._sub(w, rd, cd)

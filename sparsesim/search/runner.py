@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from sparsesim.errors import SearchError, SparsesimError
+from sparsesim.core.errors import SearchError, SparsesimError
 from sparsesim.search import dp
 from sparsesim.search.accuracy import chain, recalibrate_bn
 from sparsesim.search.baselines import best_within, uniform_choices
@@ -84,7 +84,7 @@ def search_task_for(workload_spec: str, model: torch.nn.Module, *, seed: int, ev
     head = workload_spec.partition(":")[0]
     builder = None
     try:
-        from sparsesim.workloads import builtin_recipe_files, read_recipe
+        from sparsesim.tracing.workloads import builtin_recipe_files, read_recipe
 
         files = builtin_recipe_files()
         if head in files:
@@ -109,8 +109,8 @@ def search_task_for(workload_spec: str, model: torch.nn.Module, *, seed: int, ev
 
 
 def build_problem(cfg: SearchConfig) -> SearchProblem:
-    from sparsesim.devices import load_device
-    from sparsesim.workloads import load_workload
+    from sparsesim.hw.devices import load_device
+    from sparsesim.tracing.workloads import load_workload
 
     try:
         device = load_device(cfg.device)
@@ -379,7 +379,7 @@ def _optuna(cfg: SearchConfig, problem: SearchProblem, seeds: list[dict[str, Any
 def save_outputs(problem: SearchProblem, chosen: Mapping[str, Any], out: Path) -> dict[str, str]:
     """plan.safetensors (rules + masks, loadable by plans.load_plan), model.pt (the sparsified
     model's state_dict with the masks applied) and the chosen choice per unit in choice.json."""
-    from sparsesim.plans import Plan, save_plan
+    from sparsesim.sparsity.plans import Plan, save_plan
 
     choice = chosen["choice"]
     masks = problem.masks(choice)

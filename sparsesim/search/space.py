@@ -33,8 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from sparsesim.ir import GemmShape, Op
-from sparsesim.sparsity import DENSE, Pattern
+from sparsesim.core.ir import GemmShape, Op
+from sparsesim.sparsity.records import DENSE, Pattern
 
 # Kept fractions offered per pattern family. Five levels span "light" (75 %) to "aggressive"
 # (10 %) pruning; finer grids multiply the per-layer sensitivity measurements linearly.
@@ -103,7 +103,7 @@ def candidate_patterns(densities: Sequence[float] = DEFAULT_DENSITIES,
                        nm: Sequence[tuple[int, int]] = DEFAULT_NM,
                        block: tuple[int, int] = DEFAULT_BLOCK) -> list[Pattern]:
     """Dense first, then N:M, unstructured and block at each density."""
-    from sparsesim.patterns import make_pattern
+    from sparsesim.sparsity.patterns import make_pattern
 
     out = [DENSE]
     out += [make_pattern("nm", n=n, m=m) for n, m in nm]

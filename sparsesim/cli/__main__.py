@@ -1,5 +1,0 @@
-import sys
-
-from sparsesim.cli import main
-
-sys.exit(main())

@@ -1,0 +1,359 @@
+"""CPU SIMD family: dense GEMM on vector (and matrix) units, sparse weights through
+DeepSparse/XNNPACK-style kernels that pay per stored nonzero.
+
+Why the sparse kernels look like this: a CSR x dense kernel walks the weight's nonzeros row by
+row; for each nonzero it loads the value and its column index, broadcasts the value and
+multiply-adds it into a row of the output, reading the matching row of the activation
+operand — the loop over the batch/spatial dimension M is what gets vectorised. So the cost is,
+per nonzero, the larger of an index-chain floor and the vector work (M / lanes vector steps plus
+streaming the M-wide activation row from the cache level holding it): with M below the vector
+width the floor dominates and the lanes idle, and the time scales with nnz, not with the dense
+MACs. Each output row costs ceil(M / lanes) vector stores, and each call a fixed overhead.
+A BSR kernel pays the index once per r x c block and runs r*c value broadcasts over the same
+activation rows, which vectorises/reuses better (how much better depends on the block edge and
+is a device figure). N:M runs through an index-regular kernel: per nonzero like CSR, but the
+index decode is cheaper and there are no row pointers; CPUs have no N:M hardware.
+Channel pruning is a smaller dense GEMM.
+
+Every number comes from the device file (`accelerators/*.toml`); the host's sparse and dense
+efficiencies are fitted by `sparsesim calibrate`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from sparsesim.cost import register_cost
+from sparsesim.cost.common import (
+    EnergyInputs,
+    GemmWork,
+    build_cost,
+    ceil_div,
+    check_flags,
+    check_fraction,
+    check_positive,
+    gemm_work,
+    memory_op_bytes,
+    memory_op_cost,
+)
+from sparsesim.cost.record import ALONE, Cost, RunContext
+from sparsesim.hw.devices import Device, quantity, register_family, setting
+from sparsesim.core.ir import DTYPE_BYTES, Op
+from sparsesim.sparsity.records import LayerSparsity
+
+MODEL = "cpu-simd"
+# dtype a vector unit without native support for an op's dtype computes in (convert, then fp32 FMA)
+FALLBACK_DTYPE = "fp32"
+
+
+@register_family("cpu")
+@dataclass(frozen=True)
+class CpuParams:
+    """Device-file fields of a CPU (SI units after loading).
+
+    Per-core figures: l1_bytes, l2_bytes, l2_bandwidth. Whole-part figures (for the `cores`
+    the kernels run on): l3_bytes, l3_bandwidth, dram_bandwidth, static_power.
+    `bsr_vector_cycles` is keyed by block shape ("4x4", "16x16"); a missing shape uses the
+    nearest listed block area.
+
+    Sparse-kernel figures, in cycles of `clock`: `sparse_nnz_cycles` is the per-nonzero floor
+    (value + column-index load, then the dependent activation-row load) that vector work hides
+    only when M is wide enough; `sparse_vector_cycles` the cost of one vector's worth (one vector
+    width of M) of multiply-add per nonzero; `sparse_row_cycles` per output row per vector step
+    (writing the output row); `bsr_block_cycles` per nonzero block; `nm_nnz_cycles` the N:M
+    kernel's per-nonzero floor. `gemm_half_m` is the M at which the dense GEMM reaches half of
+    `gemm_efficiency` (its register tile along M is under-filled below that).
+    """
+
+    cores: float = quantity("count")
+    clock: float = quantity("frequency")
+    vector_bits: float = quantity("count")
+    fma_ports: float = quantity("count")
+    native_dtypes: list = setting()
+    gemm_efficiency: dict = quantity("ratio", per_dtype=True)
+    gemm_half_m: dict = quantity("count", per_dtype=True)
+    l1_bytes: float = quantity("bytes")
+    l2_bytes: float = quantity("bytes")
+    l3_bytes: float = quantity("bytes")
+    l2_bandwidth: float = quantity("bandwidth")
+    l3_bandwidth: float = quantity("bandwidth")
+    dram_bandwidth: float = quantity("bandwidth")
+    call_overhead: float = quantity("time")
+    sparse_call_overhead: float = quantity("time")
+    sparse_nnz_cycles: float = quantity("cycles")
+    sparse_vector_cycles: float = quantity("cycles")
+    sparse_row_cycles: float = quantity("cycles")
+    bsr_block_cycles: float = quantity("cycles")
+    bsr_vector_cycles: dict = quantity("cycles", per_dtype=True)
+    nm_nnz_cycles: float = quantity("cycles")
+    mac_energy: dict = quantity("energy", per_dtype=True)
+    l1_energy: float = quantity("energy_per_byte")
+    l2_energy: float = quantity("energy_per_byte")
+    l3_energy: float = quantity("energy_per_byte")
+    dram_energy: float = quantity("energy_per_byte")
+    static_power: float = quantity("power")
+    # whether the runtime picks the dense kernel when a sparse one would be slower (DeepSparse /
+    # XNNPACK choose per layer; torch runs the CSR/BSR tensor it is given)
+    picks_faster_kernel: bool = setting()
+    matrix_macs_per_cycle: dict = quantity("per_cycle", per_dtype=True, default={})
+    threads: float = quantity("count", default=0.0)
+
+    def validate(self) -> str | None:
+        problem = check_positive(self, "cores", "clock", "vector_bits", "fma_ports", "l2_bandwidth",
+                                 "l3_bandwidth", "dram_bandwidth")
+        if problem:
+            return problem
+        if FALLBACK_DTYPE not in self.gemm_efficiency:
+            return f"field 'gemm_efficiency' needs an '{FALLBACK_DTYPE}' entry (the fallback dtype)"
+        problem = check_fraction(self, "gemm_efficiency")
+        if problem:
+            return problem
+        for dt in self.gemm_efficiency:
+            if dt not in self.gemm_half_m:
+                return f"field 'gemm_half_m' lacks '{dt}' (every gemm_efficiency dtype needs one)"
+            if dt not in self.mac_energy:
+                return f"field 'mac_energy' lacks '{dt}' (every gemm_efficiency dtype needs one)"
+        if not self.bsr_vector_cycles:
+            return "field 'bsr_vector_cycles' needs at least one block shape"
+        for key in self.bsr_vector_cycles:
+            if _parse_block(key) is None:
+                return f"field 'bsr_vector_cycles.{key}': key must be a block shape like '4x4'"
+        problem = check_flags(self, "picks_faster_kernel")
+        if problem:
+            return problem
+        if not isinstance(self.native_dtypes, list) or not all(isinstance(d, str) for d in self.native_dtypes):
+            return "field 'native_dtypes' must be a list of dtype strings"
+        return None
+
+
+def _parse_block(key: str) -> tuple[int, int] | None:
+    parts = key.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+# ----------------------------------------------------------------------------- machine figures
+
+def compute_dtype(p: CpuParams, dtype: str) -> str:
+    """The dtype the GEMM actually runs in: the op's own when the device has a figure for it."""
+    return dtype if dtype in p.gemm_efficiency else FALLBACK_DTYPE
+
+
+def lanes(p: CpuParams, dtype: str) -> float:
+    """MACs per vector instruction: dot-product instructions (bf16, int8 VNNI) pack narrow
+    dtypes into the 32-bit lanes; a dtype the vector unit lacks is widened to fp32."""
+    width = DTYPE_BYTES[dtype] if dtype in p.native_dtypes else DTYPE_BYTES[FALLBACK_DTYPE]
+    return p.vector_bits / (8 * width)
+
+
+def peak_flops(p: CpuParams, dtype: str) -> float:
+    """Dense peak: matrix units (AMX) where the device has them for this dtype, else
+    cores x lanes x FMA ports x 2 FLOP x clock."""
+    if dtype in p.matrix_macs_per_cycle:
+        return 2 * p.matrix_macs_per_cycle[dtype] * p.cores * p.clock
+    return 2 * lanes(p, dtype) * p.fma_ports * p.cores * p.clock
+
+
+def gemm_efficiency(p: CpuParams, dtype: str, m: int) -> float:
+    """Fraction of peak a dense GEMM kernel reaches with M activation rows: the register tile
+    along M is only full for M well above `gemm_half_m` (the M at half efficiency)."""
+    dt = compute_dtype(p, dtype)
+    half = p.gemm_half_m[dt]
+    return p.gemm_efficiency[dt] * m / (m + half) if m > 0 else p.gemm_efficiency[dt]
+
+
+def residency(p: CpuParams, working_set: float) -> tuple[str, float, float]:
+    """(level, bandwidth, energy per byte) of the smallest cache level the working set fits."""
+    if working_set <= p.l2_bytes * p.cores:
+        return "l2", p.l2_bandwidth * p.cores, p.l2_energy
+    if working_set <= p.l3_bytes:
+        return "l3", p.l3_bandwidth, p.l3_energy
+    return "dram", p.dram_bandwidth, p.dram_energy
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Where an op's bytes come from and how long moving them takes."""
+
+    seconds: float
+    bytes_by_level: dict[str, float]
+    weight_level: str
+    where: str  # for the why
+
+
+def traffic(p: CpuParams, weight_bytes: float, other_bytes: float, context: RunContext) -> Traffic:
+    """Weights and activations stay in the smallest cache level their working set fits when
+    the op runs alone (a micro-benchmark loop) or the whole model fits in the last-level cache;
+    in a model that does not, each op streams its weights from DRAM and only the activations
+    (just written by the previous op) come from cache."""
+    cold = context.model_weight_bytes is not None and context.model_weight_bytes > p.l3_bytes
+    if not cold:
+        level, bw, _ = residency(p, weight_bytes + other_bytes)
+        total = weight_bytes + other_bytes
+        return Traffic(total / bw, {level: total}, level, f"working set {total / 1e6:.3g} MB in {level}")
+    level, bw, _ = residency(p, other_bytes)
+    seconds = weight_bytes / p.dram_bandwidth + other_bytes / bw
+    by_level = {"dram": weight_bytes}
+    by_level[level] = by_level.get(level, 0.0) + other_bytes
+    return Traffic(seconds, by_level, "dram",
+                   f"weights {weight_bytes / 1e6:.3g} MB streamed from dram (the model's "
+                   f"{context.model_weight_bytes / 1e6:.4g} MB exceed the last-level cache), "
+                   f"activations {other_bytes / 1e6:.3g} MB in {level}")
+
+
+def _energy_table(p: CpuParams) -> dict[str, float]:
+    return {"l1": p.l1_energy, "l2": p.l2_energy, "l3": p.l3_energy, "dram": p.dram_energy}
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str = "dense",
+           why_prefix: str = "") -> Cost:
+    """The dense GEMM(s) of `work` on the vector/matrix units; any zeros in the weight are ignored."""
+    p: CpuParams = device.params
+    dt = compute_dtype(p, work.dtype)
+    peak = peak_flops(p, dt)
+    compute_s = 0.0
+    for g in work.gemms:
+        eff = gemm_efficiency(p, work.dtype, g.m)
+        compute_s += 2 * g.macs / (peak * eff) if g.macs else 0.0
+    moved = traffic(p, work.w_bytes, work.dense_bytes - work.w_bytes, context)
+    memory_s = moved.seconds
+    fallback = dt != work.dtype
+    parts = [why_prefix] if why_prefix else []
+    if fallback:
+        parts.append(f"no {work.dtype} GEMM figure on this CPU: run as {dt}")
+    m = work.gemms[0].m if work.gemms else 0
+    eff0 = gemm_efficiency(p, work.dtype, m)
+    parts.append(
+        f"{'AMX' if dt in p.matrix_macs_per_cycle else 'SIMD'} {dt} GEMM at {eff0:.0%} of "
+        f"{peak / 1e9:.4g} GFLOP/s (M={m}); {moved.where}"
+    )
+    if memory_s > compute_s:
+        parts.append("memory-bound")
+    return build_cost(
+        device=device, model=MODEL, compute_s=compute_s, memory_s=memory_s,
+        overhead_s=p.call_overhead,
+        energy=EnergyInputs(
+            macs=work.macs, mac_energy_j=p.mac_energy[dt],
+            bytes_by_level=moved.bytes_by_level, energy_per_byte=_energy_table(p),
+            static_power_w=p.static_power,
+        ),
+        kernel=kernel, why="; ".join(parts), flops_executed=float(work.flops), peak_flops=peak,
+        memory_bytes=work.w_bytes, fallback=fallback,
+        details={"peak_flops": peak, "gemm_efficiency": eff0},
+    )
+
+
+def _sparse(work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, context: RunContext) -> Cost:
+    """CSR (unstructured), BSR (block) or index-regular (N:M) kernel: cost per stored nonzero."""
+    p: CpuParams = device.params
+    g = work.gemms[0]
+    st = layer.stats
+    dt = compute_dtype(p, work.dtype)
+    nl = lanes(p, dt)
+    vec = max(g.m, 1) / nl          # vector-equivalents of work per nonzero (fractional below one)
+    steps = ceil_div(max(g.m, 1), int(nl))  # output-row vector stores
+    reps = g.batch  # the weight is shared over groups inside st; batch repeats the whole GEMM
+    kind = layer.pattern.kind
+    # the activation operand (K x M) is streamed once per nonzero (once per block for BSR) from
+    # the cache level that holds it; the output is written one vector step per row
+    x_level, x_bw, _ = residency(p, work.a_bytes)
+    row_bytes = g.m * work.dtype_bytes
+    stream_cycles = row_bytes / x_bw * p.clock * p.cores
+    out_cycles = st.rows * steps * p.sparse_row_cycles
+    # per nonzero, the index load -> dependent activation-row load chain sets a floor that the
+    # vector work hides only once M fills enough lanes: below it the lanes idle
+    per_nnz_work = vec * p.sparse_vector_cycles + stream_cycles
+    if kind == "block":
+        r, c = layer.pattern.block
+        blocks = st.nonzero_blocks(r, c)
+        if blocks is None:
+            blocks = math.ceil(st.nnz / (r * c))
+        vcyc, key = bsr_rate(p, r, c)
+        cycles = blocks * (p.bsr_block_cycles + r * c * vec * vcyc + c * stream_cycles) + out_cycles
+        nnz_exec = blocks * r * c
+        kernel = f"bsr {r}x{c}"
+        how = f"{blocks} nonzero {r}x{c} blocks x (index + {r * c}x{vec:.3g} vector steps at the {key} rate)"
+        floor_bound = False
+    elif kind == "nm":
+        nnz_exec = st.nnz
+        cycles = st.nnz * max(p.nm_nnz_cycles, per_nnz_work) + out_cycles
+        floor_bound = p.nm_nnz_cycles > per_nnz_work
+        kernel = f"{layer.pattern.n}:{layer.pattern.m} index-regular"
+        how = (f"{st.nnz} nonzeros x max(regular index decode, {vec:.3g} vector steps); "
+               "no N:M hardware on a CPU")
+    else:
+        nnz_exec = st.nnz
+        cycles = st.nnz * max(p.sparse_nnz_cycles, per_nnz_work) + out_cycles
+        floor_bound = p.sparse_nnz_cycles > per_nnz_work
+        kernel = "csr"
+        how = (f"{st.nnz} nonzeros x max(value+index load chain, {vec:.3g} vector steps + "
+               f"{row_bytes:g} B activation row from {x_level})")
+    if floor_bound:
+        how += "; the per-nonzero index chain, not the vector work, sets the pace (M too small to fill the lanes)"
+    compute_s = reps * cycles / (p.clock * p.cores)
+    weight_bytes = work.w_values_bytes + work.w_metadata_bytes
+    moved = traffic(p, weight_bytes, work.a_bytes + work.c_bytes, context)
+    memory_s = moved.seconds
+    level = moved.weight_level  # metadata travels with the weights
+    lane_use = min(1.0, max(g.m, 1) / (steps * nl))
+    macs_exec = float(nnz_exec) * g.m * reps
+    speed = dense.latency_s / (max(compute_s, memory_s) + p.sparse_call_overhead)
+    why = (f"{kernel}: {how}; M={g.m} fills {lane_use:.0%} of {int(nl)} {dt} lanes; "
+           f"{moved.where}; {speed:.2f}x vs dense")
+    return build_cost(
+        device=device, model=MODEL, compute_s=compute_s, memory_s=memory_s,
+        overhead_s=p.sparse_call_overhead,
+        energy=EnergyInputs(
+            macs=macs_exec, mac_energy_j=p.mac_energy[dt],
+            # activation rows re-read from L1 once per nonzero (per block row for BSR)
+            bytes_by_level={**moved.bytes_by_level, "l1": float(nnz_exec) * g.m * work.dtype_bytes * reps},
+            energy_per_byte=_energy_table(p), static_power_w=p.static_power,
+            metadata_bytes=work.w_metadata_bytes, metadata_energy_per_byte=_energy_table(p)[level],
+        ),
+        kernel=kernel, why=why, flops_executed=2 * macs_exec, peak_flops=peak_flops(p, dt),
+        memory_bytes=weight_bytes, metadata_bytes=work.w_metadata_bytes,
+        fallback=dt != work.dtype,
+        details={"vector_steps_per_nnz": float(vec), "lane_use": lane_use, "dense_latency_s": dense.latency_s},
+    )
+
+
+def bsr_rate(p: CpuParams, r: int, c: int) -> tuple[float, str]:
+    """Cycles per vector step of a BSR kernel with r x c blocks: the listed shape, else the
+    listed shape nearest in log block area (the kernel's register blocking depends on area)."""
+    key = f"{r}x{c}"
+    if key in p.bsr_vector_cycles:
+        return p.bsr_vector_cycles[key], key
+    area = math.log(r * c)
+    best = min(p.bsr_vector_cycles, key=lambda k: abs(math.log(math.prod(_parse_block(k) or (1, 1))) - area))
+    return p.bsr_vector_cycles[best], best
+
+
+@register_cost("cpu")
+def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
+    """Cost of one op on a CPU device (see the module docstring for the kernels)."""
+    p: CpuParams = device.params
+    if op.gemm is None:
+        nbytes = memory_op_bytes(op)
+        level, bw, epb = residency(p, nbytes)
+        return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.call_overhead,
+                              energy_per_byte_j=epb, static_power_w=p.static_power, level=level)
+    work = gemm_work(op, layer)
+    if layer is None or layer.pattern.kind == "dense":
+        return _dense(work, device, context)
+    if layer.pattern.kind == "channel":
+        g0 = op.gemm
+        return _dense(work, device, context, kernel="dense (channel-pruned)",
+                      why_prefix=f"channel pruning: {g0.n}x{g0.k} -> {work.gemms[0].n}x{work.gemms[0].k} dense")
+    # a sparse layer keeps the dense shape and operand sizes, so `work` also prices the dense kernel
+    dense = _dense(work, device, context)
+    sparse = _sparse(work, layer, device, dense, context)
+    if p.picks_faster_kernel and sparse.latency_s > dense.latency_s:
+        ratio = sparse.latency_s / dense.latency_s
+        why = (f"{layer.pattern.label}: the {sparse.kernel} kernel would take {ratio:.2f}x the dense time, "
+               "so the runtime runs the dense kernel")
+        return replace(dense, kernel="dense (fallback)", fallback=True, why=f"{why}; {dense.why}")
+    return sparse

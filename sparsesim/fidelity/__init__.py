@@ -1,0 +1,1 @@
+"""Checks of the models against reality: measurement, calibration, validation."""

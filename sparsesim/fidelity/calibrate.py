@@ -1,0 +1,495 @@
+"""Fit the CPU family's parameters to real kernel timings on this host and write a device file.
+
+What is measured (sparsesim.fidelity.measure) and what is fitted (scipy.optimize.least_squares on the
+log of latency, through the normal cost path `estimate_op`):
+
+- measured: clock, vector width and native dtypes (/proc/cpuinfo), cache sizes (sysfs), L2/L3/DRAM
+  copy bandwidth, per-call overhead;
+- fitted per dtype on dense GEMMs: `gemm_efficiency`, `gemm_half_m`;
+- fitted on torch CSR matmuls: `sparse_nnz_cycles`, `sparse_vector_cycles`, `sparse_row_cycles`,
+  `sparse_call_overhead`; on torch BSR matmuls: `bsr_block_cycles` and `bsr_vector_cycles` per
+  block shape.
+
+The FIT set of shapes below is disjoint from validate's (sparsesim.fidelity.validate.VALIDATE_*): a model is
+judged on shapes it was not fitted to. Energy figures and the FMA port count cannot be measured
+with timers; they are copied, with their sources, from a reference device file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import least_squares
+
+from sparsesim.fidelity import measure
+from sparsesim.cost import estimate_op
+from sparsesim.hw.devices import Device, load_device, parse_device_file
+from sparsesim.core.errors import SparsesimError
+from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
+from sparsesim.sparsity.records import LayerSparsity, Pattern
+
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "accelerators" / "host.toml"
+# reference device whose energy figures and FMA-port count the host file borrows (with sources)
+REFERENCE_X86 = "xeon-sapphire-rapids"
+REFERENCE_ARM = "arm-cortex-a78"
+
+# ---- the FIT set (validate uses different N x K and M; see sparsesim.fidelity.validate) -------------
+# M spans the GEMV (1), under-filled-vector (4), one-vector (16) and wide regimes.
+FIT_NK = ((512, 512), (1024, 1024), (2048, 512), (512, 2048))
+FIT_M = (1, 16, 64, 256)
+FIT_INT8_M = (24, 64, 256)          # torch._int_mm needs M > 16
+FIT_CSR_NK = ((512, 512), (1024, 1024), (2048, 512))
+FIT_CSR_M = (1, 4, 16, 64, 256)
+FIT_DENSITIES = (0.01, 0.05, 0.1, 0.2, 0.5)
+FIT_BSR_NK = ((512, 512), (1024, 1024))
+FIT_BSR_M = (4, 16, 64, 256)
+FIT_BLOCKS = (2, 4, 8, 16)
+FIT_BSR_DENSITIES = (0.02, 0.1, 0.3)
+
+# --quick (CI): part of the FIT shapes, fewer densities, block sizes and repeats
+QUICK_DENSITIES = (0.01, 0.05, 0.2, 0.5)
+QUICK_BSR_DENSITIES = (0.02, 0.2)
+QUICK_BLOCKS = (4, 16)
+REPEATS_FULL, REPEATS_QUICK = 9, 3
+# used only where Linux does not report them (then the device file says "assumed"): typical
+# per-core L1/L2 and a shared L3 of a current server core; the clock is raised by
+# `effective_clock` from the measured GEMM rate anyway
+FALLBACK_CACHE_BYTES = {"l1": 32 * 1024, "l2": 512 * 1024, "l3": 8 * 1024 * 1024}
+FALLBACK_CLOCK_HZ = 2.0e9
+
+
+@dataclass(frozen=True)
+class Case:
+    """One timed kernel: what ran (kind dense|csr|bsr, dtype, M x N x K, density, block) and
+    its median seconds. `layer` is the sparsity record built from the mask that was timed."""
+
+    kind: str
+    dtype: str
+    m: int
+    n: int
+    k: int
+    density: float
+    block: int
+    seconds: float
+    layer: LayerSparsity | None = field(default=None, compare=False, repr=False)
+
+    def op(self) -> Op:
+        return gemm_op(self.m, self.n, self.k, self.dtype)
+
+
+def gemm_op(m: int, n: int, k: int, dtype: str = "fp32", name: str = "probe") -> Op:
+    """A linear-layer Op with a N x K weight, for probing the cost model with one GEMM."""
+    db = DTYPE_BYTES[dtype]
+    return Op(
+        index=0, kind="linear", aten="aten.linear.default", module=name, call_index=0, dtype=dtype,
+        input_shapes=((m, k), (n, k)), output_shape=(m, n), flops=2 * m * n * k,
+        bytes_moved=int((m * k + n * k + m * n) * db), gemm=GemmShape(m=m, n=n, k=k),
+        weight=f"{name}.weight", weight_shape=(n, k),
+    )
+
+
+def layer_for(mask: torch.Tensor, pattern: Pattern, dtype: str, weight: str = "probe.weight") -> LayerSparsity:
+    """The LayerSparsity of a real mask, as a plan would record it (stats + default format)."""
+    from sparsesim.sparsity.formats import default_format, format_bytes
+    from sparsesim.sparsity.stats import measure_stats
+
+    st = measure_stats(mask, pattern=pattern)
+    fmt = default_format(pattern)
+    size = format_bytes(fmt, st, value_bytes=DTYPE_BYTES[dtype], pattern=pattern)
+    return LayerSparsity(weight, pattern, st, fmt, int(size.total), int(size.values), int(size.metadata))
+
+
+def sparse_pattern(kind: str, density: float, block: int = 1) -> Pattern:
+    if kind == "csr":
+        return Pattern("unstructured", density)
+    if kind == "bsr":
+        return Pattern("block", density, block=(block, block))
+    if kind == "channel":
+        return Pattern("channel", density)
+    raise ValueError(kind)
+
+
+# ----------------------------------------------------------------------------- measuring
+
+@dataclass(frozen=True)
+class HostFacts:
+    model: str
+    clock_hz: float
+    vector_bits: int
+    native_dtypes: tuple[str, ...]
+    caches: dict
+    threads: int
+    l2_bw: float
+    l3_bw: float
+    dram_bw: float
+    call_overhead_s: float
+    date: str
+    nominal_hz: float = 0.0
+    assumed_caches: tuple[str, ...] = ()
+
+
+def host_facts(threads: int, *, quick: bool) -> HostFacts:
+    info = measure.cpu_info()
+    flags = set(info["flags"])  # type: ignore[arg-type]
+    vbits = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
+    native = ["fp32"]
+    if measure.bf16_supported() and ({"avx512_bf16", "amx_bf16"} & flags or "bf16" in flags):
+        native.append("bf16")
+    if {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"} & flags:
+        native.append("int8")
+    if {"avx512_fp16", "fphp", "asimdhp"} & flags:
+        native.append("fp16")
+    caches = dict(info["caches"])  # type: ignore[arg-type]
+    assumed = tuple(level for level in FALLBACK_CACHE_BYTES if level not in caches)
+    for level in assumed:
+        caches[level] = FALLBACK_CACHE_BYTES[level]
+    reps = REPEATS_QUICK if quick else REPEATS_FULL
+    # copies: both arrays inside L2, inside L3 (but not L2), and 4x beyond L3
+    l2_bw = measure.copy_bandwidth(caches["l2"] // 4, repeats=reps)
+    l3_bw = measure.copy_bandwidth(max(caches["l3"] // 8, caches["l2"] * 2), repeats=reps)
+    dram_bw = measure.copy_bandwidth(caches["l3"] * 4, repeats=max(2, reps // 2))
+    return HostFacts(
+        model=str(info["model"]), clock_hz=float(info["mhz"]) * 1e6 or FALLBACK_CLOCK_HZ, vector_bits=vbits,
+        native_dtypes=tuple(native), caches=caches, threads=threads, l2_bw=l2_bw, l3_bw=l3_bw,
+        dram_bw=dram_bw, call_overhead_s=measure.call_overhead(repeats=reps),
+        date=_dt.date.today().isoformat(), nominal_hz=float(info["mhz"]) * 1e6, assumed_caches=assumed,
+    )
+
+
+def effective_clock(device: Device, dense: Sequence[Case]) -> float:
+    """The clock the vector units really run at: /proc/cpuinfo reports a nominal figure that
+    boost clocks exceed, so take the larger of it and the clock implied by the fastest dense
+    GEMM measured (FLOP/s / (2 x lanes x FMA ports)) — no dtype may then exceed its peak."""
+    from sparsesim.cost.families.cpu import lanes
+
+    p = device.params
+    best = p.clock
+    for c in dense:
+        rate = 2 * c.m * c.n * c.k / c.seconds
+        best = max(best, rate / (2 * lanes(p, c.dtype) * p.fma_ports * p.cores))
+    return best
+
+
+def time_dense_cases(nks: Sequence[tuple[int, int]], ms: Sequence[int], dtypes: Sequence[str],
+                     *, repeats: int) -> list[Case]:
+    out = []
+    for dt in dtypes:
+        for n, k in nks:
+            for m in (FIT_INT8_M if dt == "int8" else ms):
+                t = measure.dense_linear(m, n, k, dt, repeats=repeats)
+                out.append(Case("dense", dt, m, n, k, 1.0, 1, t.median_s))
+    return out
+
+
+def time_sparse_cases(kind: str, nks: Sequence[tuple[int, int]], ms: Sequence[int],
+                      densities: Sequence[float], blocks: Sequence[int], *, repeats: int,
+                      seed: int = 0) -> list[Case]:
+    """Time CSR (kind="csr", blocks=(1,)) or BSR kernels on random masks; attach each mask's
+    LayerSparsity so the model is fed exactly what was timed."""
+    out = []
+    for n, k in nks:
+        w = measure.random_weight(n, k, seed=seed)
+        for b in blocks:
+            for d in densities:
+                mask = measure.random_mask(n, k, d, block=(b, b), seed=seed + int(d * 1e4) + b)
+                layer = layer_for(mask, sparse_pattern(kind, d, b), "fp32")
+                ws = w * mask
+                for m in ms:
+                    t = measure.sparse_matmul(ws, m, kind, block=b, repeats=repeats)
+                    out.append(Case(kind, "fp32", m, n, k, d, b, t.median_s, layer))
+    return out
+
+
+# ----------------------------------------------------------------------------- the device
+
+def with_params(device: Device, **changes: Any) -> Device:
+    """The same device with some parameters replaced (used to evaluate candidate fits)."""
+    return dataclasses.replace(device, params=dataclasses.replace(device.params, **changes))
+
+
+def predict(case: Case, device: Device) -> float:
+    return estimate_op(case.op(), case.layer, device).latency_s
+
+
+def rel_errors(cases: Sequence[Case], device: Device) -> np.ndarray:
+    return np.array([predict(c, device) / c.seconds - 1.0 for c in cases])
+
+
+def _fit(cases: Sequence[Case], device: Device, names: Sequence[str], x0: Sequence[float],
+         build: Callable[[Device, np.ndarray], Device]) -> tuple[Device, float, dict[str, float]]:
+    """least_squares on log(predicted / measured) over positive parameters (fitted in log space)."""
+    meas = np.log([c.seconds for c in cases])
+
+    def resid(logx: np.ndarray) -> np.ndarray:
+        dev = build(device, np.exp(logx))
+        return np.log([predict(c, dev) for c in cases]) - meas
+
+    res = least_squares(resid, np.log(np.asarray(x0, dtype=float)), method="trf", loss="soft_l1", f_scale=0.1)
+    fitted = build(device, np.exp(res.x))
+    err = float(np.median(np.abs(rel_errors(cases, fitted))))
+    return fitted, err, dict(zip(names, np.exp(res.x).tolist()))
+
+
+def fit_dense(cases: Sequence[Case], device: Device) -> tuple[Device, dict[str, float]]:
+    """Per dtype: the GEMM efficiency and the M at half efficiency."""
+    errors = {}
+    for dt in sorted({c.dtype for c in cases}):
+        sub = [c for c in cases if c.dtype == dt]
+
+        def build(dev: Device, x: np.ndarray, dt: str = dt) -> Device:
+            p = dev.params
+            eff = dict(p.gemm_efficiency, **{dt: float(min(x[0], 1.0))})
+            half = dict(p.gemm_half_m, **{dt: float(x[1])})
+            return with_params(dev, gemm_efficiency=eff, gemm_half_m=half)
+
+        device, errors[dt], _ = _fit(sub, device, ("eff", "half_m"), (0.5, 4.0), build)
+    return device, errors
+
+
+def fit_csr(cases: Sequence[Case], device: Device) -> tuple[Device, float]:
+    names = ("sparse_nnz_cycles", "sparse_vector_cycles", "sparse_row_cycles", "sparse_call_overhead")
+
+    def build(dev: Device, x: np.ndarray) -> Device:
+        return with_params(dev, **dict(zip(names, map(float, x))))
+
+    device, err, _ = _fit(cases, device, names, (2.0, 3.0, 10.0, 5e-6), build)
+    return device, err
+
+
+def fit_bsr(cases: Sequence[Case], device: Device) -> tuple[Device, float]:
+    blocks = sorted({c.block for c in cases})
+    keys = [f"{b}x{b}" for b in blocks]
+
+    def build(dev: Device, x: np.ndarray) -> Device:
+        table = dict(zip(keys, map(float, x[1:])))
+        return with_params(dev, bsr_block_cycles=float(x[0]), bsr_vector_cycles=table)
+
+    device, err, _ = _fit(cases, device, ["bsr_block_cycles", *keys], [5.0] + [3.0] * len(keys), build)
+    return device, err
+
+
+# ----------------------------------------------------------------------------- the file
+
+def _q(value: float, unit: str, source: str, *, fit: tuple[str, float] | None = None) -> str:
+    parts = [f"value = {_num(value)}", f'unit = "{unit}"', f"source = {_tq(source)}"]
+    if fit is not None:
+        parts += [f'fit_date = "{fit[0]}"', f"fit_error = {fit[1]:.4f}"]
+    return "{ " + ", ".join(parts) + " }"
+
+
+def _num(v: float) -> str:
+    return repr(float(f"{v:.6g}"))
+
+
+def _tq(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _copied(ref: Device, field_name: str, value: float, unit: str, scale: float = 1.0) -> str:
+    prov = ref.provenance[field_name]
+    return _q(value * scale, unit, f"copied from {Path(ref.path).name} ({prov.source})")
+
+
+def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors: dict[str, float],
+                       notes: dict[str, Any]) -> str:
+    """The host's device file: measured values cite the host and date, fitted ones their fit."""
+    p = device.params
+    meas = f"measured on {facts.model} {facts.date} ({facts.threads} thread{'s' if facts.threads > 1 else ''})"
+    fd = facts.date
+    refname = Path(ref.path).name
+
+    def cache_src(level: str) -> str:
+        if level in facts.assumed_caches:
+            return f"assumed: sysfs reports no {level.upper()} size on this host; a typical size taken"
+        return f"sysfs /sys/devices/system/cpu/cpu0/cache, {meas}"
+
+    nm_line = _q(p.sparse_nnz_cycles * ref.params.nm_nnz_cycles / ref.params.sparse_nnz_cycles, "cycles",
+                 f"D: fitted sparse_nnz_cycles x the N:M/CSR index-cost ratio of {refname} "
+                 "(torch has no CPU N:M kernel to time)")
+    static_src = ref.provenance["static_power"].source
+    static_line = _q(ref.params.static_power / ref.params.cores * facts.threads, "W",
+                     f"D: static_power / cores of {refname} x {facts.threads} core(s) ({static_src})")
+    clock_line = _q(facts.clock_hz / 1e9, "GHz",
+                    f"D: effective vector clock = max(/proc/cpuinfo {facts.nominal_hz / 1e6:.0f} MHz, fastest dense "
+                    f"GEMM FLOP/s / (2 x lanes x fma_ports)), {meas}")
+    native_src = _tq("/proc/cpuinfo flags (avx512_bf16, vnni) and torch support, " + meas)
+    native_list = "[" + ", ".join(f'"{d}"' for d in facts.native_dtypes) + "]"
+    lines = [
+        f"# Generated by `sparsesim calibrate` on {facts.date}: {facts.model}, {facts.threads} thread(s).",
+        "# Regenerate rather than edit; fitted values carry fit_date and fit_error (median |pred/meas - 1|",
+        "# on the FIT set of shapes, which `sparsesim validate` does not reuse).",
+        f"# fit cases: {notes.get('cases')}; torch {torch.__version__}",
+        'name = "host"',
+        'family = "cpu"',
+        f"description = {_tq(f'{facts.model} (this host), {facts.threads} thread(s), calibrated {facts.date}')}",
+        f"cores = {_q(facts.threads, '1', f'threads used (torch.set_num_threads), {meas}')}",
+        f"threads = {_q(facts.threads, '1', f'torch.set_num_threads during calibration, {meas}')}",
+        f"clock = {clock_line}",
+        f"vector_bits = {_q(facts.vector_bits, '1', f'/proc/cpuinfo flags (avx512f/avx2), {meas}')}",
+        f"fma_ports = {_copied(ref, 'fma_ports', p.fma_ports, '1')}",
+        f"native_dtypes = {{ value = {native_list}, source = {native_src} }}",
+        f"l1_bytes = {_q(facts.caches['l1'] / 1024, 'KiB', cache_src('l1'))}",
+        f"l2_bytes = {_q(facts.caches['l2'] / 1024, 'KiB', cache_src('l2'))}",
+        f"l3_bytes = {_q(facts.caches['l3'] / 1024**2, 'MiB', cache_src('l3'))}",
+        f"l2_bandwidth = {_q(facts.l2_bw / 1e9, 'GB/s', f'tensor copy inside L2, per thread, {meas}')}",
+        f"l3_bandwidth = {_q(facts.l3_bw / 1e9, 'GB/s', f'tensor copy inside L3, {meas}')}",
+        f"dram_bandwidth = {_q(facts.dram_bw / 1e9, 'GB/s', f'tensor copy of 4x L3, {meas}')}",
+        f"call_overhead = {_q(facts.call_overhead_s * 1e6, 'us', f'F.linear 1x8x8, {meas}')}",
+    ]
+    csr_fit = (fd, fit_errors["csr"])
+    bsr_fit = (fd, fit_errors["bsr"])
+    fitsrc = f"least_squares on log latency of torch CSR @ dense, {meas}"
+    lines += [
+        f"sparse_call_overhead = {_q(p.sparse_call_overhead * 1e6, 'us', fitsrc, fit=csr_fit)}",
+        f"sparse_nnz_cycles = {_q(p.sparse_nnz_cycles, 'cycles', fitsrc, fit=csr_fit)}",
+        f"sparse_vector_cycles = {_q(p.sparse_vector_cycles, 'cycles', fitsrc, fit=csr_fit)}",
+        f"sparse_row_cycles = {_q(p.sparse_row_cycles, 'cycles', fitsrc, fit=csr_fit)}",
+        f"bsr_block_cycles = {_q(p.bsr_block_cycles, 'cycles', f'least_squares on log latency of torch BSR @ dense, {meas}', fit=bsr_fit)}",
+        f"nm_nnz_cycles = {nm_line}",
+        f"static_power = {static_line}",
+        'picks_faster_kernel = { value = false, source = "torch runs the CSR/BSR tensor it is given (no per-layer choice); '
+        'validate times exactly those kernels" }',
+        f"l1_energy = {_copied(ref, 'l1_energy', ref.params.l1_energy * 1e12, 'pJ/B')}",
+        f"l2_energy = {_copied(ref, 'l2_energy', ref.params.l2_energy * 1e12, 'pJ/B')}",
+        f"l3_energy = {_copied(ref, 'l3_energy', ref.params.l3_energy * 1e12, 'pJ/B')}",
+        f"dram_energy = {_copied(ref, 'dram_energy', ref.params.dram_energy * 1e12, 'pJ/B')}",
+        "",
+        "[gemm_efficiency]",
+    ]
+    for dt in sorted(p.gemm_efficiency):
+        src = f"least_squares on log latency of dense {dt} GEMMs, {meas}"
+        lines.append(f"{dt} = {_q(p.gemm_efficiency[dt], '1', src, fit=(fd, fit_errors[dt]))}")
+    lines += ["", "[gemm_half_m]"]
+    for dt in sorted(p.gemm_half_m):
+        src = f"least_squares on log latency of dense {dt} GEMMs over M, {meas}"
+        lines.append(f"{dt} = {_q(p.gemm_half_m[dt], '1', src, fit=(fd, fit_errors[dt]))}")
+    lines += ["", "[bsr_vector_cycles]"]
+    for key in sorted(p.bsr_vector_cycles, key=lambda s: int(s.split("x")[0])):
+        lines.append(f'"{key}" = {_q(p.bsr_vector_cycles[key], "cycles", f"least_squares on log latency of torch BSR {key} @ dense, {meas}", fit=bsr_fit)}')
+    lines += ["", "[mac_energy]"]
+    for dt in sorted(p.gemm_efficiency):
+        lines.append(f"{dt} = {_copied(ref, f'mac_energy.{dt}', ref.params.mac_energy[dt] * 1e12, 'pJ')}")
+    return "\n".join(lines) + "\n"
+
+
+def initial_device(facts: HostFacts, ref: Device, dtypes: Sequence[str]) -> Device:
+    """A starting host device: measured facts, reference figures for what timers cannot see."""
+    rp = ref.params
+    params = dataclasses.replace(
+        rp,
+        cores=float(facts.threads), threads=float(facts.threads), clock=facts.clock_hz,
+        vector_bits=float(facts.vector_bits), native_dtypes=list(facts.native_dtypes),
+        gemm_efficiency={dt: 0.5 for dt in dtypes}, gemm_half_m={dt: 4.0 for dt in dtypes},
+        l1_bytes=float(facts.caches["l1"]), l2_bytes=float(facts.caches["l2"]),
+        l3_bytes=float(facts.caches["l3"]), l2_bandwidth=facts.l2_bw, l3_bandwidth=facts.l3_bw,
+        dram_bandwidth=facts.dram_bw, call_overhead=facts.call_overhead_s,
+        matrix_macs_per_cycle={}, picks_faster_kernel=False, mac_energy={dt: rp.mac_energy[dt] for dt in dtypes},
+        static_power=rp.static_power / rp.cores * facts.threads,
+    )
+    return Device("host", "cpu", f"{facts.model} (this host)", "<calibrating>", params, dict(ref.provenance))
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    path: str
+    device: Device
+    facts: HostFacts
+    fit_errors: dict[str, float]
+    cases: int
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        p = self.device.params
+        return {
+            "path": self.path,
+            "cpu": self.facts.model,
+            "date": self.facts.date,
+            "threads": self.facts.threads,
+            "cases": self.cases,
+            "wall_s": round(self.seconds, 2),
+            "fit_error": {k: round(v, 4) for k, v in self.fit_errors.items()},
+            "measured": {
+                "clock_ghz": round(p.clock / 1e9, 3),
+                "l2_bandwidth_gbs": round(p.l2_bandwidth / 1e9, 2),
+                "l3_bandwidth_gbs": round(p.l3_bandwidth / 1e9, 2),
+                "dram_bandwidth_gbs": round(p.dram_bandwidth / 1e9, 2),
+                "call_overhead_us": round(p.call_overhead * 1e6, 3),
+            },
+            "fitted": {
+                "gemm_efficiency": {k: round(v, 4) for k, v in p.gemm_efficiency.items()},
+                "gemm_half_m": {k: round(v, 3) for k, v in p.gemm_half_m.items()},
+                "sparse_call_overhead_us": round(p.sparse_call_overhead * 1e6, 3),
+                "sparse_nnz_cycles": round(p.sparse_nnz_cycles, 3),
+                "sparse_vector_cycles": round(p.sparse_vector_cycles, 3),
+                "sparse_row_cycles": round(p.sparse_row_cycles, 3),
+                "bsr_block_cycles": round(p.bsr_block_cycles, 3),
+                "bsr_vector_cycles": {k: round(v, 3) for k, v in p.bsr_vector_cycles.items()},
+            },
+        }
+
+
+def reference_device(facts: HostFacts) -> Device:
+    flags = measure.cpu_info()["flags"]
+    name = REFERENCE_ARM if "asimd" in flags else REFERENCE_X86  # type: ignore[operator]
+    return load_device(name)
+
+
+def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: int = 1,
+              progress: Callable[[str], None] | None = None) -> CalibrationResult:
+    """Measure this host, fit the CPU model, write the device file and return what was fitted."""
+    say = progress or (lambda _msg: None)
+    path = Path(out) if out else DEFAULT_OUT
+    if path.suffix != ".toml":
+        raise SparsesimError(f"calibrate --out {path}: the device file must end in .toml")
+    if not path.parent.is_dir():
+        raise SparsesimError(f"calibrate --out {path}: directory {path.parent} does not exist")
+    if path.is_dir() or not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        # checked before the timing, so a bad --out does not cost the whole measurement
+        raise SparsesimError(f"calibrate --out {path}: not a writable file")
+    t0 = time.perf_counter()
+    reps = REPEATS_QUICK if quick else REPEATS_FULL
+    with measure.fixed_threads(threads):
+        say("measuring bandwidth and call overhead")
+        facts = host_facts(threads, quick=quick)
+        dtypes = ["fp32"]
+        if "bf16" in facts.native_dtypes:
+            dtypes.append("bf16")
+        if measure.int8_supported() and "int8" in facts.native_dtypes:
+            dtypes.append("int8")
+        ref = reference_device(facts)
+        device = initial_device(facts, ref, dtypes)
+        say(f"timing dense GEMMs ({', '.join(dtypes)})")
+        if quick:
+            dense = time_dense_cases(FIT_NK[:2], FIT_M, dtypes, repeats=reps)
+            say("timing CSR and BSR matmuls")
+            csr = time_sparse_cases("csr", FIT_CSR_NK[:2], FIT_CSR_M, QUICK_DENSITIES, (1,), repeats=reps)
+            bsr = time_sparse_cases("bsr", FIT_BSR_NK[:1], FIT_BSR_M, QUICK_BSR_DENSITIES, QUICK_BLOCKS, repeats=reps)
+        else:
+            dense = time_dense_cases(FIT_NK, FIT_M, dtypes, repeats=reps)
+            say("timing CSR and BSR matmuls")
+            csr = time_sparse_cases("csr", FIT_CSR_NK, FIT_CSR_M, FIT_DENSITIES, (1,), repeats=reps)
+            bsr = time_sparse_cases("bsr", FIT_BSR_NK, FIT_BSR_M, FIT_BSR_DENSITIES, FIT_BLOCKS, repeats=reps)
+    say("fitting")
+    clock = effective_clock(device, dense)
+    device = with_params(device, clock=clock)
+    facts = dataclasses.replace(facts, clock_hz=clock)
+    device, errors = fit_dense(dense, device)
+    device, errors["csr"] = fit_csr(csr, device)
+    device, errors["bsr"] = fit_bsr(bsr, device)
+    text = render_device_file(facts, device, ref, errors, {"cases": len(dense) + len(csr) + len(bsr)})
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise SparsesimError(f"calibrate --out {path}: cannot write ({e.strerror or e})") from None
+    loaded = parse_device_file(path)  # strict round trip: what we wrote must load
+    return CalibrationResult(str(path), loaded, facts, errors, len(dense) + len(csr) + len(bsr),
+                             time.perf_counter() - t0)
+

@@ -1,0 +1,1 @@
+"""Device files: strict loading of the data that describes one chip."""

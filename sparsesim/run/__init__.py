@@ -1,0 +1,1 @@
+"""Stage 3: the one costing path (estimate/compare), result tables, and simulation."""

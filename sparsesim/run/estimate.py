@@ -1,0 +1,296 @@
+"""Estimate a workload under a plan on devices: the per-op table and the per (device, plan) summary.
+
+The work splits into three stages so each runs as few times as possible:
+
+1. resolve the workload (trace a recipe once per spec string),
+2. sparsify it once per plan (masks built from the real weights; independent of the device),
+3. cost every op of every sparsified workload on every device (pure family cost functions).
+
+`compare` runs stage 1 once, stage 2 once per plan, stage 3 once per (plan, device). Traced
+workloads and sparsified workloads are also cached across calls (see `clear_cache`), so calling
+`estimate` for one device after another does not retrace or re-mask.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+
+import pandas as pd
+
+from sparsesim.run import results
+from sparsesim.hw.devices import Device, builtin_devices, load_device
+from sparsesim.core.errors import DeviceFileError
+from sparsesim.cost.common import UNKNOWN_DTYPE_BYTES
+from sparsesim.cost.record import Cost, RunContext
+from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
+from sparsesim.sparsity.records import LayerSparsity, SparseWorkload
+
+DEFAULT_PLANS = ("dense", "2:4", "unstructured:0.9", "block4x4:0.5", "channel:0.5")
+DENSE = "dense"
+
+# traced workloads kept per spec string: tracing a recipe (building the model) dominates otherwise
+_WORKLOAD_CACHE_SIZE = 4
+
+
+class Tables(NamedTuple):
+    """Both tables of one evaluation, so a report need not recompute either."""
+
+    per_op: pd.DataFrame
+    summary: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A resolved workload and its sparsified versions, keyed by plan label (dense always present)."""
+
+    workload: Workload
+    sparse: Mapping[str, SparseWorkload]
+
+
+# ----------------------------------------------------------------------------- caches
+
+_workloads: "OrderedDict[str, Workload]" = OrderedDict()
+_sparse: dict[tuple[int, str, str], SparseWorkload] = {}
+
+
+def clear_cache() -> None:
+    """Forget cached traces and sparsified workloads (e.g. after editing a recipe or plan file)."""
+    _workloads.clear()
+    _sparse.clear()
+
+
+def resolve_workload(workload: str | Workload | SparseWorkload) -> Workload:
+    """A Workload from a spec string (cached), a Workload, or a SparseWorkload's workload."""
+    if isinstance(workload, SparseWorkload):
+        return workload.workload
+    if isinstance(workload, Workload):
+        return workload
+    if not isinstance(workload, str):
+        raise TypeError(f"workload must be a spec string or a Workload, got {type(workload).__name__}")
+    hit = _workloads.get(workload)
+    if hit is not None:
+        _workloads.move_to_end(workload)
+        return hit
+    from sparsesim.tracing.workloads import load_workload
+
+    wl = load_workload(workload)
+    _workloads[workload] = wl
+    while len(_workloads) > _WORKLOAD_CACHE_SIZE:
+        _workloads.popitem(last=False)
+    return wl
+
+
+def resolve_device(device: str | Device) -> Device:
+    return device if isinstance(device, Device) else load_device(device)
+
+
+def resolve_devices(devices: str | Device | Iterable[str | Device] | None) -> list[Device]:
+    """None = every built-in device; a comma-separated string or any iterable of names/Devices."""
+    if devices is None:
+        return builtin_devices()
+    if isinstance(devices, (str, Device)):
+        if isinstance(devices, str) and not devices.strip(" ,"):
+            raise DeviceFileError(f"devices {devices!r}: no device named (comma-separated names or .toml paths)")
+        devices = [d for d in devices.split(",") if d.strip()] if isinstance(devices, str) else [devices]
+    out, seen = [], set()
+    for d in devices:
+        dev = resolve_device(d.strip() if isinstance(d, str) else d)
+        if dev.path not in seen:
+            seen.add(dev.path)
+            out.append(dev)
+    return out
+
+
+def plan_label(plan: Any) -> str:
+    """The name a plan goes by in result tables."""
+    if isinstance(plan, str):
+        return plan.strip()
+    if isinstance(plan, SparseWorkload):
+        return plan.plan_name
+    return str(getattr(plan, "name", None) or plan)
+
+
+def sparsify_cached(workload: Workload, plan: Any, *, criterion: str = "magnitude") -> SparseWorkload:
+    """Sparsify `workload` under `plan`, once per (workload object, plan spec, criterion).
+
+    The dense plan goes through `sparsify` too: zeros already in the weights (a model pruned
+    before tracing) show up as unstructured there. Plan objects (not spec strings) are
+    sparsified every time, since they may carry masks of their own.
+    """
+    if isinstance(plan, SparseWorkload):
+        return plan
+    label = plan_label(plan)
+    key = (id(workload), label, criterion)
+    if isinstance(plan, str):
+        hit = _sparse.get(key)
+        if hit is not None and hit.workload is workload:
+            return hit
+    from sparsesim.sparsity.plans import load_plan, sparsify
+
+    sw = sparsify(workload, load_plan(plan) if isinstance(plan, str) else plan, criterion=criterion)
+    if isinstance(plan, str):
+        _sparse[key] = sw
+        weakref.finalize(workload, _sparse.pop, key, None)
+    return sw
+
+
+def prepare(
+    workload: str | Workload,
+    plans: Iterable[Any] = DEFAULT_PLANS,
+    *,
+    criterion: str = "magnitude",
+) -> Prepared:
+    """Stages 1 and 2: resolve the workload once and sparsify it once per plan (dense always)."""
+    wl = resolve_workload(workload)
+    sparse: dict[str, SparseWorkload] = {DENSE: sparsify_cached(wl, DENSE)}
+    for p in plans:
+        label = plan_label(p)
+        if label not in sparse:
+            sparse[label] = sparsify_cached(wl, p, criterion=criterion)
+    return Prepared(wl, sparse)
+
+
+# ----------------------------------------------------------------------------- costing
+
+def _cost_key(op: Op) -> tuple:
+    # what a cost model may read of an op: everything but its identity (index, module, names)
+    return (op.kind, op.aten, op.dtype, op.input_shapes, op.output_shape, op.flops, op.bytes_moved,
+            op.gemm, op.conv, op.weight is not None, op.weight_shape, op.activation_density,
+            op.activation_measured)
+
+
+def _layer_key(layer: LayerSparsity | None) -> tuple | None:
+    if layer is None:
+        return None
+    return (layer.pattern, layer.stats, layer.format, layer.format_bytes, layer.value_bytes,
+            layer.metadata_bytes)
+
+
+def cost_ops(
+    ops: Sequence[Op],
+    layers: Sequence[LayerSparsity | None],
+    device: Device,
+    *,
+    keys: Sequence[tuple] | None = None,
+    memo: dict[tuple, Cost] | None = None,
+    context: RunContext | None = None,
+) -> list[Cost]:
+    """Cost every op on one device.
+
+    The cost functions are pure, so ops identical but for their identity (the 12 layers of a
+    BERT, the norms and activations every plan leaves alone) with identical sparsity are costed
+    once; pass the same `memo` for every plan on one device to share it across plans.
+    `context` is the whole-model run (see `run_context`); None costs each op alone.
+    """
+    from sparsesim.cost import ALONE, estimate_op
+
+    memo = {} if memo is None else memo
+    context = ALONE if context is None else context
+    if keys is None:
+        keys = [(_cost_key(op), _layer_key(ly)) for op, ly in zip(ops, layers)]
+    out = []
+    for op, layer, key in zip(ops, layers, keys):
+        key = (key, context)
+        cost = memo.get(key)
+        if cost is None:
+            cost = memo[key] = estimate_op(op, layer, device, context)
+        out.append(cost)
+    return out
+
+
+def run_context(sw: SparseWorkload) -> RunContext:
+    """The whole-model context of a sparsified workload: its weights' stored size under the
+    plan (sparse formats for planned layers, dense for the rest, each distinct weight once)."""
+    stored = {w: float(ly.format_bytes) for w, ly in sw.layers.items()}
+    for name, info in sw.workload.weights.items():
+        if name not in stored:
+            stored[name] = float(math.prod(info.shape)) * DTYPE_BYTES.get(info.dtype, UNKNOWN_DTYPE_BYTES)
+    return RunContext(model_weight_bytes=sum(stored.values()))
+
+
+def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[str] | None = None) -> pd.DataFrame:
+    """Stage 3: the per-op table for every (plan, device); `plans` defaults to all prepared ones."""
+    labels = list(prepared.sparse) if plans is None else list(plans)
+    memos: dict[str, dict[tuple, Cost]] = {dev.path: {} for dev in devices}
+    op_keys: dict[int, list[tuple]] = {}
+    blocks = []
+    for label in labels:
+        sw = prepared.sparse[label]
+        ops = sw.ops
+        layers = [sw.sparsity_of(op) for op in ops]
+        if id(ops) not in op_keys:
+            op_keys[id(ops)] = [_cost_key(op) for op in ops]
+        keys = list(zip(op_keys[id(ops)], [_layer_key(ly) for ly in layers]))
+        static = results.op_columns(ops, layers)
+        context = run_context(sw)
+        for dev in devices:
+            costs = cost_ops(ops, layers, dev, keys=keys, memo=memos[dev.path], context=context)
+            blocks.append({
+                "workload": sw.name, "plan": label, "device": dev.name, "family": dev.family,
+                **static, **results.cost_columns(costs), "device_file": dev.path,
+            })
+    return results.per_op_frame(blocks)
+
+
+# ----------------------------------------------------------------------------- the API
+
+def compare_tables(
+    workload: str | Workload,
+    devices: str | Device | Iterable[str | Device] | None = None,
+    plans: Iterable[Any] = DEFAULT_PLANS,
+    *,
+    criterion: str = "magnitude",
+) -> Tables:
+    """Per-op table and summary for every device x plan. Dense is always computed for the
+    ratios: the per-op table holds it in any case, the summary only the plans asked for, in the
+    order asked (devices in the order given, built-in order by default)."""
+    plans = list(plans)
+    if not plans:
+        plans = [DENSE]
+    devs = resolve_devices(devices)
+    prepared = prepare(workload, plans, criterion=criterion)
+    per_op = cost_table(prepared, devs)
+    summary = results.summarize(per_op)
+    wanted = list(dict.fromkeys(plan_label(p) for p in plans))
+    summary = summary[summary["plan"].isin(wanted)]
+    order = {p: i for i, p in enumerate(wanted)}
+    dev_order = {d.name: i for i, d in enumerate(devs)}
+    summary = summary.sort_values(
+        ["device", "plan"], key=lambda s: s.map(dev_order if s.name == "device" else order), kind="stable"
+    ).reset_index(drop=True)
+    return Tables(per_op, summary)
+
+
+def compare(
+    workload: str | Workload,
+    devices: str | Device | Iterable[str | Device] | None = None,
+    plans: Iterable[Any] = DEFAULT_PLANS,
+    *,
+    criterion: str = "magnitude",
+) -> pd.DataFrame:
+    """One row per device x plan: latency, energy, memory, speedup over dense on the same device,
+    fallback ops, dominant bound and top why (columns: `results.SUMMARY_COLUMNS`)."""
+    return compare_tables(workload, devices, plans, criterion=criterion).summary
+
+
+def estimate(
+    workload: str | Workload,
+    device: str | Device,
+    plan: Any = DENSE,
+    *,
+    criterion: str = "magnitude",
+) -> pd.DataFrame:
+    """One row per op of `workload` under `plan` on `device` (columns: `results.PER_OP_COLUMNS`).
+
+    `plan` may also be an already sparsified workload (a SparseWorkload), and so may `workload`
+    when `plan` is left at dense: then its own sparsity is costed.
+    """
+    if isinstance(workload, SparseWorkload) and isinstance(plan, str) and plan == DENSE:
+        plan = workload
+    dev = resolve_device(device)
+    prepared = prepare(workload, [plan], criterion=criterion)
+    return cost_table(prepared, [dev], [plan_label(plan)])

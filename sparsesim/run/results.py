@@ -1,0 +1,310 @@
+"""Result tables: column definitions, per-op rows from `Cost` records, per (device, plan) totals,
+speedup over dense on the same device, the dominant bound, the top "why", and JSON conversion.
+
+Every table sparsesim prints, saves or reports comes through here, so the column names and
+their meaning are defined once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sparsesim.cost.record import Cost
+from sparsesim.core.ir import Op
+from sparsesim.sparsity.records import LayerSparsity
+
+# memory level the cost models use for off-chip traffic (`Cost.bytes_by_level` key)
+DRAM_LEVEL = "dram"
+
+# one row per (workload, plan, device, op)
+PER_OP_COLUMNS: dict[str, str] = {
+    "workload": "workload name",
+    "plan": "plan as given (a pattern spelling such as 2:4, a plan file, or a Plan's name)",
+    "device": "device name (the device file's `name`)",
+    "family": "hardware family whose cost model ran",
+    "op_index": "position of the op in the traced workload",
+    "kind": "op kind (linear, conv, matmul, attention, elementwise, ...)",
+    "module": "owning module path",
+    "call_index": "how many times that module had been called before (0 = first call)",
+    "weight": "parameter the plan sparsifies ('' for weightless ops)",
+    "pattern": "pattern the plan gave the weight ('dense' when none)",
+    "density": "kept fraction of the weight measured from its mask (1.0 when dense)",
+    "kernel": "what ran (dense, 2:4 sparse tensor core, csr, bsr 4x4, ...)",
+    "fallback": "True when the requested pattern could not be exploited and a fallback ran",
+    "latency_s": "modeled latency of the op",
+    "energy_j": "modeled energy of the op (actions x energy per action + static power x latency)",
+    "memory_bytes": "weight footprint on the device (values + metadata)",
+    "metadata_bytes": "sparse-format metadata part of memory_bytes",
+    "bytes_dram": "bytes moved to/from off-chip memory",
+    "bound": "what set the latency: compute, memory or overhead",
+    "utilization": "executed FLOPs over latency x peak",
+    "flops": "dense FLOPs of the op as traced",
+    "flops_executed": "FLOPs the kernel actually executed (skipped zeros not counted)",
+    "compute_s": "compute term of the latency (Cost.details['compute_s'], see split_latency)",
+    "memory_s": "memory term of the latency (Cost.details['memory_s'], see split_latency)",
+    "overhead_s": "fixed overhead term (launch, configuration), see split_latency",
+    "why": "the cost model's explanation of the latency",
+    "device_file": "the device file the numbers came from",
+    "model": "the cost model that produced the row",
+}
+
+# one row per (workload, device, plan)
+SUMMARY_COLUMNS: dict[str, str] = {
+    "workload": "workload name",
+    "device": "device name",
+    "family": "hardware family",
+    "plan": "plan as given",
+    "latency_s": "sum of per-op latencies (ops run one after another)",
+    "energy_j": "sum of per-op energies",
+    "memory_bytes": "weight footprint: each distinct weight counted once (values + metadata)",
+    "metadata_bytes": "metadata part of memory_bytes",
+    "bytes_dram": "off-chip bytes moved, all ops",
+    "speedup_vs_dense": "dense latency / this latency, same workload and device (>1 = faster)",
+    "energy_vs_dense": "this energy / dense energy, same workload and device (<1 = saves energy)",
+    "memory_vs_dense": "this footprint / dense footprint (<1 = smaller)",
+    "fallback_ops": "ops whose requested pattern ran as a fallback",
+    "sparse_ops": "ops the plan gave a non-dense pattern",
+    "bound": "bound holding the largest share of latency",
+    "why": "top reason: the explanation holding the largest share of latency among the ops the "
+           "plan touched (all ops for dense)",
+    "flops": "dense FLOPs",
+    "flops_executed": "FLOPs executed",
+    "device_file": "the device file the numbers came from",
+    "model": "the cost model that produced the rows",
+}
+
+def split_latency(cost: Cost) -> tuple[float, float, float]:
+    """(compute_s, memory_s, overhead_s) of a Cost, for overlap-aware simulation.
+
+    Family models built on `cost.common.build_cost` put `compute_s`, `memory_s` and `overhead_s`
+    in `Cost.details`. When a model gives none of them, the whole latency is attributed to the
+    term named by `Cost.bound` (a compute-bound op becomes pure compute, and so on), which is
+    the conservative choice: it leaves nothing to overlap within the op. Terms are clipped to the
+    latency, and the overhead is whatever the larger of compute and memory leaves of it, so that
+    max(compute, memory) + overhead == latency always holds.
+    """
+    lat = cost.latency_s
+    d = cost.details
+    if "compute_s" in d or "memory_s" in d:
+        c = min(max(float(d.get("compute_s", 0.0)), 0.0), lat)
+        m = min(max(float(d.get("memory_s", 0.0)), 0.0), lat)
+    elif cost.bound == "compute":
+        c, m = lat, 0.0
+    elif cost.bound == "memory":
+        c, m = 0.0, lat
+    else:
+        c, m = 0.0, 0.0
+    return c, m, lat - max(c, m)
+
+
+def op_columns(ops: Sequence[Op], layers: Sequence[LayerSparsity | None]) -> dict[str, list]:
+    """The per-op columns that depend on the op and its sparsity only (not on the device)."""
+    return {
+        "op_index": [op.index for op in ops],
+        "kind": [op.kind for op in ops],
+        "module": [op.module for op in ops],
+        "call_index": [op.call_index for op in ops],
+        "weight": [op.weight or "" for op in ops],
+        "pattern": [ly.pattern.label if ly is not None else "dense" for ly in layers],
+        "density": [ly.stats.density if ly is not None else 1.0 for ly in layers],
+        "flops": [op.flops for op in ops],
+    }
+
+
+def cost_columns(costs: Sequence[Cost]) -> dict[str, list]:
+    """The per-op columns read off the Cost records."""
+    memo: dict[int, tuple[float, float, float]] = {}
+    splits = []
+    for c in costs:  # memoised costs repeat: split each distinct record once
+        sp = memo.get(id(c))
+        if sp is None:
+            sp = memo[id(c)] = split_latency(c)
+        splits.append(sp)
+    return {
+        "kernel": [c.kernel for c in costs],
+        "fallback": [bool(c.fallback) for c in costs],
+        "latency_s": [c.latency_s for c in costs],
+        "energy_j": [c.energy_j for c in costs],
+        "memory_bytes": [c.memory_bytes for c in costs],
+        "metadata_bytes": [c.metadata_bytes for c in costs],
+        "bytes_dram": [float(c.bytes_by_level.get(DRAM_LEVEL, 0.0)) for c in costs],
+        "bound": [c.bound for c in costs],
+        "utilization": [c.utilization for c in costs],
+        "flops_executed": [c.flops_executed for c in costs],
+        "compute_s": [s[0] for s in splits],
+        "memory_s": [s[1] for s in splits],
+        "overhead_s": [s[2] for s in splits],
+        "why": [c.why for c in costs],
+        "model": [c.model for c in costs],
+    }
+
+
+def per_op_frame(blocks: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Concatenate column blocks (dicts of equal-length lists, or scalars repeated over the
+    block) into the per-op table, building one DataFrame at the end."""
+    cols: dict[str, list] = {c: [] for c in PER_OP_COLUMNS}
+    for b in blocks:
+        n = max((len(v) for v in b.values() if isinstance(v, list)), default=0)
+        for c in PER_OP_COLUMNS:
+            v = b[c]
+            cols[c].extend(v if isinstance(v, list) else [v] * n)
+    return pd.DataFrame(cols)
+
+
+_KEYS = ["workload", "device", "plan"]
+
+
+def _footprint(df: pd.DataFrame, column: str, keys: list[str]) -> pd.Series:
+    # a weight used by several ops (tied embeddings, a module called twice) is stored once
+    w = df[df["weight"] != ""]
+    per_weight = w.groupby(keys + ["weight"], sort=False)[column].max()
+    return per_weight.groupby(level=list(range(len(keys))), sort=False).sum()
+
+
+def _top_by(df: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
+    """Per group of `keys`: the values of `columns` with the largest summed latency, that sum
+    (`latency_s`) and the number of ops (`ops`) in it; indexed by `keys`."""
+    s = df.groupby(keys + columns, sort=False)["latency_s"].agg(["sum", "size"]).reset_index()
+    s = s.rename(columns={"sum": "latency_s", "size": "ops"})
+    s = s.sort_values("latency_s", ascending=False, kind="stable").drop_duplicates(keys)
+    return s.set_index(keys)
+
+
+def summarize(per_op: pd.DataFrame) -> pd.DataFrame:
+    """One row per (workload, device, plan) with totals, ratios to dense, dominant bound and top why.
+
+    The ratios need the dense plan's rows for the same workload and device in `per_op`; where
+    they are absent the ratio columns are NaN. The top why looks at the ops the plan touched
+    (all ops when it touched none), takes the (kernel, bound) class holding the most of their
+    latency and quotes the explanation of its slowest op. Vectorised: whole-table group-bys.
+    """
+    keys = _KEYS
+    df = per_op.assign(_touched=per_op["pattern"] != "dense")
+    g = df.groupby(keys, sort=False)
+    out = g.agg(
+        family=("family", "first"),
+        latency_s=("latency_s", "sum"),
+        energy_j=("energy_j", "sum"),
+        bytes_dram=("bytes_dram", "sum"),
+        fallback_ops=("fallback", "sum"),
+        sparse_ops=("_touched", "sum"),
+        flops=("flops", "sum"),
+        flops_executed=("flops_executed", "sum"),
+        device_file=("device_file", "first"),
+        model=("model", lambda s: ",".join(sorted(set(s)))),
+    )
+    out["memory_bytes"] = _footprint(df, "memory_bytes", keys).reindex(out.index).fillna(0.0)
+    out["metadata_bytes"] = _footprint(df, "metadata_bytes", keys).reindex(out.index).fillna(0.0)
+    out["bound"] = _top_by(df, keys, ["bound"])["bound"].reindex(out.index).fillna("")
+    any_touched = g["_touched"].transform("any")
+    scope = df[df["_touched"] | ~any_touched]
+    top = _top_by(scope, keys, ["kernel", "bound"])
+    slowest = scope.sort_values("latency_s", ascending=False, kind="stable").drop_duplicates(keys + ["kernel", "bound"])
+    slowest_why = slowest.set_index(keys + ["kernel", "bound"])["why"]
+    scope_g = scope.groupby(keys, sort=False)["latency_s"]
+    scope_lat, scope_n = scope_g.sum(), scope_g.size()
+    texts = []
+    for k in out.index:
+        total = float(scope_lat.get(k, 0.0))
+        if total <= 0 or k not in top.index:
+            texts.append("")
+            continue
+        t = top.loc[k]
+        why = slowest_why[(*k, t["kernel"], t["bound"])]
+        texts.append(f"{why} [{t['latency_s'] / total:.0%} of the latency of the {int(scope_n[k])} "
+                     f"op(s) in scope: {int(t['ops'])} {t['kernel']} op(s), {t['bound']}-bound]")
+    out["why"] = texts
+    out = out.reset_index()
+    out["fallback_ops"] = out["fallback_ops"].astype(int)
+    out["sparse_ops"] = out["sparse_ops"].astype(int)
+    return add_dense_ratios(out)
+
+
+def add_dense_ratios(summary: pd.DataFrame) -> pd.DataFrame:
+    """speedup_vs_dense, energy_vs_dense and memory_vs_dense against the dense row of the same
+    workload and device."""
+    dense = summary[summary["plan"] == "dense"].set_index(["workload", "device"])
+    idx = pd.MultiIndex.from_frame(summary[["workload", "device"]])
+    d_lat = dense["latency_s"].reindex(idx).to_numpy()
+    d_en = dense["energy_j"].reindex(idx).to_numpy()
+    d_mem = dense["memory_bytes"].reindex(idx).to_numpy()
+    out = summary.copy()
+    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 (a weightless workload) is NaN
+        out["speedup_vs_dense"] = d_lat / out["latency_s"].to_numpy()
+        out["energy_vs_dense"] = out["energy_j"].to_numpy() / d_en
+        out["memory_vs_dense"] = out["memory_bytes"].to_numpy() / d_mem
+    return out[list(SUMMARY_COLUMNS)]
+
+
+def totals(per_op: pd.DataFrame) -> dict[str, float]:
+    """Totals of one (workload, device, plan) block: the keys every --json document carries."""
+    return {
+        "latency_s": float(per_op["latency_s"].sum()),
+        "energy_j": float(per_op["energy_j"].sum()),
+        "memory_bytes": float(_footprint(per_op, "memory_bytes", _KEYS).sum()),
+        "metadata_bytes": float(_footprint(per_op, "metadata_bytes", _KEYS).sum()),
+        "bytes_dram": float(per_op["bytes_dram"].sum()),
+        "flops": float(per_op["flops"].sum()),
+        "flops_executed": float(per_op["flops_executed"].sum()),
+        "fallback_ops": int(per_op["fallback"].sum()),
+    }
+
+
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as plain-JSON dicts (numpy scalars unwrapped, NaN/inf as None)."""
+    return [{k: jsonable(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+
+
+def jsonable(v: Any) -> Any:
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def speedup_map(summary: pd.DataFrame) -> dict[str, dict[str, float | None]]:
+    """{device: {plan: speedup_vs_dense}} as compare's --json gives it."""
+    out: dict[str, dict[str, float | None]] = {}
+    for dev, plan, s in summary[["device", "plan", "speedup_vs_dense"]].itertuples(index=False):
+        out.setdefault(str(dev), {})[str(plan)] = jsonable(s)
+    return out
+
+
+# ----------------------------------------------------------------------------- text rendering
+
+def fmt_si(value: float | None, unit: str) -> str:
+    """A number with an SI prefix: 0.00123 s -> '1.23 ms'."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-" if value is None else str(value)
+    v = float(value)
+    if v == 0:
+        return f"0 {unit}"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""),
+                           (1e-3, "m"), (1e-6, "u"), (1e-9, "n"), (1e-12, "p")):
+        if abs(v) >= factor:
+            return f"{v / factor:.3g} {prefix}{unit}"
+    return f"{v:.3g} {unit}"
+
+
+def fmt_ratio(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f}x"
+
+
+def text_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, indent: str = "") -> str:
+    """Left-aligned fixed-width columns; the last column is not padded."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        parts = [c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)]
+        lines.append(indent + "  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

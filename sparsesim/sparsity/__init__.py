@@ -1,0 +1,1 @@
+"""Stage 2: patterns, masks, stats, formats and plans turn a Workload into a SparseWorkload."""

@@ -1,0 +1,138 @@
+"""Records for sparsity: which zeros are allowed (Pattern), what a real mask looks like
+(SparsityStats), and a traced workload annotated with both (SparseWorkload).
+
+Pattern, Format and Stats are separate on purpose: a pattern says which zeros are allowed,
+a format how nonzeros are stored, stats what a measured (or analytic) mask looks like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from sparsesim.core.ir import Op, Workload
+
+PATTERN_KINDS = ("dense", "unstructured", "nm", "block", "channel")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Which zeros are allowed. `density` is the fraction of weights kept (1 - sparsity).
+
+    Spelled in plans and on the command line as `dense`, `2:4` (any `N:M`), `unstructured:0.9`,
+    `block4x4:0.5` and `channel:0.5`, where the number is the *sparsity* (fraction removed).
+    """
+
+    kind: str
+    density: float = 1.0
+    n: int = 0
+    m: int = 0
+    block: tuple[int, int] = (1, 1)
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    @property
+    def label(self) -> str:
+        if self.kind == "dense":
+            return "dense"
+        if self.kind == "nm":
+            return f"{self.n}:{self.m}"
+        if self.kind == "block":
+            return f"block{self.block[0]}x{self.block[1]}:{self.sparsity:g}"
+        return f"{self.kind}:{self.sparsity:g}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+DENSE = Pattern("dense", 1.0)
+
+
+@dataclass(frozen=True)
+class SparsityStats:
+    """What a mask looks like, measured from a real 0/1 mask or drawn from an analytic model.
+
+    The mask is viewed as the rows x cols GEMM weight matrix (rows = output features/channels,
+    cols = reduction dimension K). N:M groups run along cols.
+    """
+
+    rows: int
+    cols: int
+    nnz: int
+    # (n, m) for each N:M ratio checked and whether every group of m along K has <= n nonzeros
+    nm_conformance: tuple[tuple[tuple[int, int], bool], ...]
+    row_nnz_max: int
+    row_nnz_mean: float
+    row_nnz_std: float
+    # ((r, c), nonzero blocks) for standard block sizes and the pattern's own block
+    block_nonzero: tuple[tuple[tuple[int, int], int], ...]
+    tile: tuple[int, int]
+    # fraction of tiles whose occupancy (nonzero fraction) falls into each of OCCUPANCY_BINS
+    occupancy_hist: tuple[float, ...]
+    zero_tile_fraction: float
+    kept_rows: int
+    kept_cols: int
+    analytic: bool = False
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def density(self) -> float:
+        return self.nnz / self.size if self.size else 1.0
+
+    @property
+    def imbalance(self) -> float:
+        """Busiest row over the average row (1.0 = perfectly balanced)."""
+        return self.row_nnz_max / self.row_nnz_mean if self.row_nnz_mean > 0 else 1.0
+
+    def conforms_nm(self, n: int, m: int) -> bool:
+        return dict(self.nm_conformance).get((n, m), False)
+
+    def nonzero_blocks(self, r: int, c: int) -> int | None:
+        """Number of r x c blocks holding at least one nonzero, if it was measured."""
+        return dict(self.block_nonzero).get((r, c))
+
+
+# occupancy bin upper edges for SparsityStats.occupancy_hist: exactly 0, (0, .25], ..., (.75, 1]
+OCCUPANCY_BINS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One weight's sparsity: its pattern, measured stats and storage format with exact bytes.
+
+    `format_bytes` = `value_bytes` (the stored values) + `metadata_bytes` (indices, pointers,
+    bitmaps), all in bytes for the whole weight, as `sparsesim.sparsity.formats.format_bytes` counts them.
+    """
+
+    weight: str
+    pattern: Pattern
+    stats: SparsityStats
+    format: str
+    format_bytes: int
+    value_bytes: int
+    metadata_bytes: int
+
+
+@dataclass(frozen=True)
+class SparseWorkload:
+    """A workload whose weight ops carry the sparsity a plan gave them."""
+
+    workload: Workload
+    plan_name: str
+    layers: Mapping[str, LayerSparsity] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.workload.name
+
+    @property
+    def ops(self) -> tuple[Op, ...]:
+        return self.workload.ops
+
+    def sparsity_of(self, op: Op) -> LayerSparsity | None:
+        return self.layers.get(op.weight) if op.weight else None

@@ -1,0 +1,326 @@
+"""Per-aten-op formulas: what kind of work an op is, its GEMM shape, FLOPs and bytes moved.
+
+Modelled on torch/utils/flop_counter.py: each formula is a pure function of tensor *shapes*
+(passed as `T(shape, itemsize)` records, never real tensors), registered per aten overload
+packet by decorator, so every formula is trivially unit-tested and works on the meta device.
+The tracer converts the real call into `T`s and asks `formula_for(func)`.
+
+An op with no formula is not dropped: `classify` falls back to the op's torch tags
+(pointwise -> elementwise, reduction -> reduction) and then to kind "unknown" with its
+input+output bytes. Pure view/metadata ops are a separate list (`is_metadata_op`): they
+move no bytes and the tracer skips them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Any, Callable, Sequence
+
+import torch
+
+from sparsesim.core.ir import ConvGeometry, GemmShape, UNKNOWN
+
+aten = torch.ops.aten
+
+# FLOPs charged per element by memory-bound ops (they are bandwidth bound; these only keep
+# their FLOP column honest, they never decide latency):
+ELEMENTWISE_FLOPS_PER_ELEMENT = 1  # one arithmetic op (or one transcendental) per output element
+# layer/batch/rms norm: mean and variance accumulation (2 per element, read once), centre and
+# scale (2), affine weight and bias (2) -> 6 per element
+NORM_FLOPS_PER_ELEMENT = 6
+# softmax: running max (1), subtract (1), exp (1), sum (1), divide (1) -> 5 per element
+SOFTMAX_FLOPS_PER_ELEMENT = 5
+REDUCTION_FLOPS_PER_ELEMENT = 1  # one add/compare per input element
+
+
+@dataclass(frozen=True)
+class T:
+    """A tensor as a formula sees it: shape and bytes per element."""
+
+    shape: tuple[int, ...]
+    itemsize: float
+
+    @property
+    def numel(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.numel * self.itemsize)
+
+
+@dataclass(frozen=True)
+class OpWork:
+    """What a formula says about one aten call."""
+
+    kind: str
+    flops: int
+    bytes_moved: int
+    gemm: GemmShape | None = None
+    conv: ConvGeometry | None = None
+    note: str = ""
+
+
+Formula = Callable[..., OpWork]
+_REGISTRY: dict[Any, Formula] = {}
+
+
+def register(*packets: Any) -> Callable[[Formula], Formula]:
+    """Register `fn(*args, out=T|tuple[T], **kwargs) -> OpWork` for the given aten ops/packets."""
+
+    def deco(fn: Formula) -> Formula:
+        for p in packets:
+            _REGISTRY[p] = fn
+        return fn
+
+    return deco
+
+
+def formula_for(func: Any) -> Formula | None:
+    """The formula for an aten overload (looked up by overload, then by its packet)."""
+    if func in _REGISTRY:
+        return _REGISTRY[func]
+    packet = getattr(func, "overloadpacket", None)
+    return _REGISTRY.get(packet)
+
+
+def _tensors(x: Any) -> list[T]:
+    if isinstance(x, T):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        out: list[T] = []
+        for y in x:
+            out.extend(_tensors(y))
+        return out
+    if isinstance(x, dict):
+        return _tensors(list(x.values()))
+    return []
+
+
+def io_bytes(args: Sequence[Any], out: Any, kwargs: dict | None = None) -> int:
+    """Bytes read (every tensor input) plus bytes written (every tensor output)."""
+    ins = _tensors(list(args)) + _tensors(kwargs or {})
+    return sum(t.nbytes for t in ins) + sum(t.nbytes for t in _tensors(out))
+
+
+def _first(out: Any) -> T:
+    ts = _tensors(out)
+    return ts[0] if ts else T((), 0)
+
+
+# ---------------------------------------------------------------- matmul-like
+
+def gemm_work(m: int, n: int, k: int, batch: int, nbytes: int, kind: str = "matmul") -> OpWork:
+    g = GemmShape(m=m, n=n, k=k, batch=batch)
+    return OpWork(kind, 2 * g.macs, nbytes, gemm=g)
+
+
+@register(aten.mm)
+def mm_formula(a: T, b: T, *, out: Any, **_: Any) -> OpWork:
+    m, k = a.shape
+    k2, n = b.shape
+    assert k == k2, (a.shape, b.shape)
+    return gemm_work(m, n, k, 1, io_bytes([a, b], out))
+
+
+@register(aten.addmm)
+def addmm_formula(bias: T, a: T, b: T, *, out: Any, **_: Any) -> OpWork:
+    m, k = a.shape
+    _, n = b.shape
+    return gemm_work(m, n, k, 1, io_bytes([bias, a, b], out))
+
+
+@register(aten.bmm)
+def bmm_formula(a: T, b: T, *, out: Any, **_: Any) -> OpWork:
+    bt, m, k = a.shape
+    _, _, n = b.shape
+    return gemm_work(m, n, k, bt, io_bytes([a, b], out))
+
+
+@register(aten.baddbmm)
+def baddbmm_formula(bias: T, a: T, b: T, *, out: Any, **_: Any) -> OpWork:
+    bt, m, k = a.shape
+    _, _, n = b.shape
+    return gemm_work(m, n, k, bt, io_bytes([bias, a, b], out))
+
+
+@register(aten.convolution, aten._convolution)
+def conv_formula(x: T, w: T, bias: T | None, stride: Sequence[int], padding: Sequence[int],
+                 dilation: Sequence[int], transposed: bool, output_padding: Sequence[int],
+                 groups: int, *args: Any, out: Any, **_: Any) -> OpWork:
+    """Convolution as an implicit GEMM: M = batch x output pixels, N = Cout/g, K = Cin/g x kernel.
+
+    A transposed convolution is the GEMM of its forward counterpart (M over input pixels),
+    as torch's flop counter counts it.
+    """
+    y = _first(out)
+    batch = x.shape[0]
+    spatial_nd = len(x.shape) - 2
+    in_sp = tuple(x.shape[2:])
+    out_sp = tuple(y.shape[2:])
+    kernel = tuple(w.shape[2:])
+    if transposed:
+        cin, cout = w.shape[0], w.shape[1] * groups
+        m = batch * prod(in_sp)
+    else:
+        cout, cin = w.shape[0], w.shape[1] * groups
+        m = batch * prod(out_sp)
+    n = cout // groups
+    k = cin // groups * prod(kernel)
+    geom = ConvGeometry(
+        in_channels=cin, out_channels=cout, kernel=kernel,
+        stride=_tup(stride, spatial_nd), padding=_tup(padding, spatial_nd),
+        dilation=_tup(dilation, spatial_nd), groups=groups,
+        input_spatial=in_sp, output_spatial=out_sp,
+    )
+    g = GemmShape(m=m, n=n, k=k, batch=1, groups=groups)
+    note = "transposed" if transposed else ""
+    return OpWork("conv", 2 * g.macs, io_bytes([x, w, bias], out), gemm=g, conv=geom, note=note)
+
+
+def _tup(v: Sequence[int] | int, nd: int) -> tuple[int, ...]:
+    if isinstance(v, int):
+        return (v,) * nd
+    v = tuple(int(i) for i in v)
+    return v * nd if len(v) == 1 and nd > 1 else v
+
+
+def attention_work(q: T, k: T, v: T, out: Any, mask: T | None = None, causal: bool = False) -> OpWork:
+    """Scaled-dot-product attention as one op: GemmShape is QK^T (batch = batch x heads,
+    M = Lq, N = Lk, K = head_dim); flops count QK^T and PV. Bytes assume a fused kernel
+    (scores never reach memory): Q, K, V, mask in, output out. Grouped-query K/V (fewer
+    heads than Q) are read once."""
+    *lead, lq, e = q.shape
+    lk = k.shape[-2]
+    ev = v.shape[-1]
+    b = prod(lead)
+    g = GemmShape(m=lq, n=lk, k=e, batch=b)
+    flops = 2 * b * lq * lk * e + 2 * b * lq * lk * ev
+    note = "causal" if causal else ""
+    return OpWork("attention", flops, io_bytes([q, k, v, mask], _first(out)), gemm=g, note=note)
+
+
+@register(aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,
+          aten._scaled_dot_product_efficient_attention, aten._scaled_dot_product_cudnn_attention,
+          aten._scaled_dot_product_attention_math)
+def sdpa_aten_formula(q: T, k: T, v: T, *args: Any, out: Any, **kwargs: Any) -> OpWork:
+    mask = kwargs.get("attn_mask") or next((a for a in args if isinstance(a, T)), None)
+    causal = bool(kwargs.get("is_causal", False)) or any(a is True for a in args[:3])
+    return attention_work(q, k, v, out, mask, causal)
+
+
+# ---------------------------------------------------------------- memory-bound ops
+
+def _memory(kind: str, flops_per_element: int, counted: T, nbytes: int) -> OpWork:
+    return OpWork(kind, flops_per_element * counted.numel, nbytes)
+
+
+@register(aten.native_layer_norm, aten.native_batch_norm, aten._native_batch_norm_legit,
+          aten._native_batch_norm_legit_no_training, aten.native_group_norm, aten._fused_rms_norm,
+          aten.layer_norm, aten.rms_norm, aten.group_norm, aten.batch_norm)
+def norm_formula(x: T, *args: Any, out: Any, **kwargs: Any) -> OpWork:
+    return _memory("norm", NORM_FLOPS_PER_ELEMENT, x, io_bytes([x, *args], _first(out), kwargs))
+
+
+@register(aten._softmax, aten._log_softmax, aten._safe_softmax, aten.softmax, aten.log_softmax)
+def softmax_formula(x: T, *args: Any, out: Any, **_: Any) -> OpWork:
+    return _memory("softmax", SOFTMAX_FLOPS_PER_ELEMENT, x, io_bytes([x], out))
+
+
+@register(aten.embedding)
+def embedding_formula(table: T, indices: T, *args: Any, out: Any, **_: Any) -> OpWork:
+    """Reads the indices and only the gathered rows of the table, writes the output."""
+    y = _first(out)
+    return OpWork("embedding", 0, indices.nbytes + 2 * y.nbytes)
+
+
+@register(aten.index_select, aten.gather)
+def gather_formula(x: T, dim: int, index: T, *args: Any, out: Any, **_: Any) -> OpWork:
+    y = _first(out)
+    return OpWork("copy", 0, index.nbytes + 2 * y.nbytes)
+
+
+@register(aten.index_copy_, aten.index_copy, aten.index_add_, aten.scatter_, aten.scatter)
+def scatter_formula(x: T, dim: int, index: T, src: Any, *args: Any, out: Any, **_: Any) -> OpWork:
+    """Writes `src` rows into `x`: reads index and source, writes as many bytes (not all of x)."""
+    s = src.nbytes if isinstance(src, T) else 0
+    return OpWork("copy", 0, index.nbytes + 2 * s)
+
+
+@register(aten.copy_)
+def copy_formula(dst: T, src: T, *args: Any, out: Any, **_: Any) -> OpWork:
+    return OpWork("copy", 0, src.nbytes + dst.nbytes)
+
+
+@register(aten.clone, aten._to_copy, aten.cat, aten.stack, aten.constant_pad_nd, aten.contiguous,
+          aten.slice_scatter, aten.select_scatter, aten.repeat, aten._unsafe_index, aten.index,
+          aten.flip, aten.roll, aten.tril, aten.triu, aten.masked_fill, aten.masked_fill_)
+def copy_like_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
+    return OpWork("copy", 0, io_bytes(args, out, kwargs))
+
+
+@register(aten.max_pool2d_with_indices, aten.max_pool1d, aten.max_pool2d, aten.avg_pool2d,
+          aten._adaptive_avg_pool2d, aten.adaptive_max_pool2d, aten.mean, aten.sum, aten.amax,
+          aten.amin, aten.max, aten.min, aten.var, aten.var_mean, aten.std, aten.argmax,
+          aten.argmin, aten.cumsum, aten.prod, aten.any, aten.all, aten.norm,
+          aten.linalg_vector_norm, aten.logsumexp, aten.topk, aten.sort)
+def reduction_formula(x: T, *args: Any, out: Any, **kwargs: Any) -> OpWork:
+    return _memory("reduction", REDUCTION_FLOPS_PER_ELEMENT, x, io_bytes([x, *args], out, kwargs))
+
+
+@register(aten.full, aten.zeros, aten.ones, aten.arange, aten.scalar_tensor, aten.fill_, aten.zero_,
+          aten.full_like, aten.zeros_like, aten.ones_like, aten.new_full, aten.new_zeros, aten.new_ones,
+          aten.rand, aten.randn, aten.randint, aten.rand_like, aten.randn_like, aten.bernoulli_,
+          aten.uniform_, aten.normal_, aten.linspace)
+def fill_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
+    """Creation/fill ops write their output and read nothing worth counting."""
+    y = _first(out)
+    return OpWork("elementwise", 0, y.nbytes)
+
+
+def pointwise_work(args: Sequence[Any], out: Any, kwargs: dict | None = None) -> OpWork:
+    """Any op torch tags `pointwise`: one FLOP per output element, reads inputs, writes output."""
+    return _memory("elementwise", ELEMENTWISE_FLOPS_PER_ELEMENT, _first(out), io_bytes(args, out, kwargs))
+
+
+def unknown_work(args: Sequence[Any], out: Any, kwargs: dict | None = None) -> OpWork:
+    return OpWork(UNKNOWN, 0, io_bytes(args, out, kwargs), note="no formula")
+
+
+# ---------------------------------------------------------------- metadata ops
+
+# Ops that only create a new view of, or answer a question about, existing storage; they move
+# no bytes, so the tracer skips them. Any op torch marks `is_view` (view, t, transpose, permute,
+# expand, slice, select, squeeze/unsqueeze, detach, alias, as_strided, split, unbind, ...) is one
+# of these; the list adds view-like ops torch does not mark, and allocation without writes.
+METADATA_OPS = frozenset({
+    aten._unsafe_view, aten._reshape_alias, aten.lift_fresh, aten.lift_fresh_copy, aten.empty,
+    aten.empty_strided, aten.empty_like, aten.new_empty, aten.new_empty_strided,
+    aten._local_scalar_dense, aten.sym_size, aten.sym_stride, aten.sym_numel, aten.sym_storage_offset,
+    aten.is_same_size, aten._assert_async, aten._assert_tensor_metadata, aten.resize_,
+    aten.set_, aten.is_nonzero, aten.equal, aten._functional_assert_async, aten.dim, aten.size,
+    aten.stride, aten.numel, aten._has_compatible_shallow_copy_type, aten.item,
+})
+
+
+def is_metadata_op(func: Any) -> bool:
+    """True for pure view/metadata ops (see METADATA_OPS): they move no bytes and are skipped."""
+    if getattr(func, "is_view", False):
+        return True
+    return getattr(func, "overloadpacket", None) in METADATA_OPS
+
+
+def classify(func: Any, args: Sequence[Any], out: Any, kwargs: dict | None = None) -> OpWork:
+    """The work of one aten call: its registered formula, else torch's tags, else unknown."""
+    kwargs = kwargs or {}
+    f = formula_for(func)
+    if f is not None:
+        return f(*args, out=out, **kwargs)
+    tags = getattr(func, "tags", ())
+    if torch.Tag.pointwise in tags:
+        return pointwise_work(args, out, kwargs)
+    if torch.Tag.reduction in tags:
+        x = next(iter(_tensors(list(args))), _first(out))
+        return _memory("reduction", REDUCTION_FLOPS_PER_ELEMENT, x, io_bytes(args, out, kwargs))
+    return unknown_work(args, out, kwargs)

@@ -1,0 +1,187 @@
+"""Hugging Face transformers models built from configs, offline, with random weights:
+BERT-base, GPT-2, ViT-base and Llama-style decoders (a tiny one, Llama-2-7B and -70B).
+
+Big configs are built on the meta device (`device="meta"`): shapes and dtypes are real, no
+weight is allocated. Decoders take `phase`: "prefill" runs `seq` new tokens per sequence
+after `kv` cached ones; "decode" runs one new token per sequence against a KV cache of
+length `kv`. For decode the cache is a transformers StaticCache sized kv + 1 and filled to
+`kv`: the new key/value is written in place (index_copy_ of the new token only), as serving
+engines do, rather than DynamicCache's torch.cat, which would copy the whole cache every step
+and charge decode with traffic no deployment has. Prefill uses a DynamicCache (StaticCache
+prefill cannot run on the meta device in transformers 5: it compares a tensor query offset);
+with kv = 0 its cat writes just the new keys/values, with kv > 0 it copies the cached ones too.
+Attention runs through torch's scaled_dot_product_attention (attn_implementation="sdpa").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from sparsesim.core.errors import WorkloadError
+from sparsesim.tracing.models import torch_dtype
+
+ATTN_IMPLEMENTATION = "sdpa"
+PHASES = ("prefill", "decode")
+
+# Llama-2 shapes from the released configs (meta-llama/Llama-2-7b-hf and -70b-hf config.json;
+# Touvron et al. 2023, Table 1 / Section 2.2: GQA with 8 KV heads for 70B).
+LLAMA2_7B = dict(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32, vocab=32000)
+LLAMA2_70B = dict(hidden=8192, intermediate=28672, layers=80, heads=64, kv_heads=8, vocab=32000)
+LLAMA2_MAX_POSITIONS = 4096
+LLAMA2_RMS_EPS = 1e-5
+# A Llama-architecture decoder small enough to run with real weights in tests and searches.
+LLAMA_TINY = dict(hidden=64, intermediate=176, layers=2, heads=4, kv_heads=2, vocab=512)
+
+
+def _device(device: str) -> torch.device:
+    if device not in ("cpu", "meta"):
+        raise WorkloadError(f"device {device!r}: use 'cpu' (real weights) or 'meta' (shapes only)")
+    return torch.device(device)
+
+
+def _instantiate(cls: type, config: Any, dtype: str, device: str, seed: int) -> nn.Module:
+    dev = _device(device)
+    dt = torch_dtype(dtype)
+    if dev.type == "meta":
+        with torch.device("meta"):
+            model = cls(config)
+    else:
+        torch.manual_seed(seed)
+        model = cls(config)
+    return model.to(dt).eval()
+
+
+def _ids(batch: int, seq: int, vocab: int, device: str, seed: int) -> torch.Tensor:
+    if device == "meta":
+        return torch.zeros(batch, seq, dtype=torch.long, device="meta")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (batch, seq), generator=g)
+
+
+def _check_positive(**kw: int) -> None:
+    for k, v in kw.items():
+        if v < 1:
+            raise WorkloadError(f"parameter {k}={v}: must be at least 1")
+
+
+def build_bert(batch: int = 1, seq: int = 128, dtype: str = "fp32", device: str = "cpu",
+               layers: int = 12, seed: int = 0) -> tuple[nn.Module, dict]:
+    """BERT-base encoder (BertModel with pooler), bert-base-uncased shapes."""
+    from transformers import BertConfig, BertModel
+
+    _check_positive(batch=batch, seq=seq, layers=layers)
+    config = BertConfig(num_hidden_layers=layers, attn_implementation=ATTN_IMPLEMENTATION)
+    if seq > config.max_position_embeddings:
+        raise WorkloadError(f"parameter seq={seq}: BERT has {config.max_position_embeddings} positions")
+    model = _instantiate(BertModel, config, dtype, device, seed)
+    return model, {"input_ids": _ids(batch, seq, config.vocab_size, device, seed)}
+
+
+def build_vit(batch: int = 1, image: int = 224, dtype: str = "fp32", device: str = "cpu",
+              layers: int = 12, seed: int = 0) -> tuple[nn.Module, dict]:
+    """ViT-B/16 image classifier (ViTForImageClassification, 1000 classes)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    _check_positive(batch=batch, image=image, layers=layers)
+    config = ViTConfig(image_size=image, num_hidden_layers=layers, num_labels=1000,
+                       attn_implementation=ATTN_IMPLEMENTATION)
+    model = _instantiate(ViTForImageClassification, config, dtype, device, seed)
+    dt = torch_dtype(dtype)
+    if device == "meta":
+        pixels = torch.zeros(batch, 3, image, image, dtype=dt, device="meta")
+    else:
+        pixels = torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(seed)).to(dt)
+    return model, {"pixel_values": pixels}
+
+
+def _decoder_inputs(model: nn.Module, config: Any, phase: str, batch: int, seq: int, kv: int,
+                    dtype: str, device: str, seed: int) -> dict:
+    """input_ids plus a KV cache of kv + new positions whose first `kv` are filled."""
+    from transformers import DynamicCache, StaticCache
+
+    if phase not in PHASES:
+        raise WorkloadError(f"parameter phase={phase!r}: use one of {', '.join(PHASES)}")
+    if kv < 0:
+        raise WorkloadError(f"parameter kv={kv}: must be >= 0")
+    new = 1 if phase == "decode" else seq
+    if phase == "decode" and kv < 1:
+        raise WorkloadError("parameter kv: decode needs a KV cache of at least 1 position (kv=...)")
+    _check_positive(batch=batch, seq=new)
+    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions")
+    if kv + new > max_pos:
+        raise WorkloadError(f"kv + new tokens = {kv + new} exceeds the model's {max_pos} positions")
+    if phase == "decode":
+        cache = StaticCache(config=config, max_cache_len=kv + new)
+    else:
+        cache = DynamicCache(config=config)
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    dt = torch_dtype(dtype)
+    g = torch.Generator().manual_seed(seed)
+    if kv > 0:
+        for layer in range(config.num_hidden_layers):
+            shape = (batch, kv_heads, kv, head_dim)
+            if device == "meta":
+                k, v = (torch.zeros(shape, dtype=dt, device="meta") for _ in range(2))
+            else:
+                k, v = (torch.randn(shape, generator=g).to(dt) for _ in range(2))
+            cache.update(k, v, layer)
+    inputs = {"input_ids": _ids(batch, new, config.vocab_size, device, seed),
+              "past_key_values": cache, "use_cache": True}
+    if kv > 0:
+        dev = "meta" if device == "meta" else "cpu"
+        inputs["cache_position"] = torch.arange(kv, kv + new, device=dev)
+    return inputs
+
+
+def build_gpt2(phase: str = "prefill", batch: int = 1, seq: int = 128, kv: int = 0,
+               dtype: str = "fp32", device: str = "cpu", layers: int = 12,
+               seed: int = 0) -> tuple[nn.Module, dict]:
+    """GPT-2 small (124M) with its LM head (tied to the token embedding); Conv1D projections."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _check_positive(layers=layers)
+    config = GPT2Config(n_layer=layers, attn_implementation=ATTN_IMPLEMENTATION)
+    model = _instantiate(GPT2LMHeadModel, config, dtype, device, seed)
+    return model, _decoder_inputs(model, config, phase, batch, seq, kv, dtype, device, seed)
+
+
+def build_llama(phase: str = "prefill", batch: int = 1, seq: int = 128, kv: int = 0,
+                dtype: str = "fp32", device: str = "cpu", hidden: int = 64, intermediate: int = 176,
+                layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = 512,
+                seed: int = 0) -> tuple[nn.Module, dict]:
+    """A Llama-architecture decoder (LlamaForCausalLM) of any shape."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _check_positive(hidden=hidden, intermediate=intermediate, layers=layers, heads=heads,
+                    kv_heads=kv_heads, vocab=vocab)
+    if hidden % heads or heads % kv_heads:
+        raise WorkloadError(f"hidden={hidden}, heads={heads}, kv_heads={kv_heads}: heads must divide "
+                            "hidden and kv_heads must divide heads")
+    config = LlamaConfig(
+        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
+        max_position_embeddings=LLAMA2_MAX_POSITIONS, rms_norm_eps=LLAMA2_RMS_EPS,
+        attn_implementation=ATTN_IMPLEMENTATION,
+    )
+    model = _instantiate(LlamaForCausalLM, config, dtype, device, seed)
+    return model, _decoder_inputs(model, config, phase, batch, seq, kv, dtype, device, seed)
+
+
+def build_llama_tiny(phase: str = "prefill", batch: int = 1, seq: int = 32, kv: int = 0,
+                     dtype: str = "fp32", device: str = "cpu", seed: int = 0) -> tuple[nn.Module, dict]:
+    return build_llama(phase, batch, seq, kv, dtype, device, seed=seed, **LLAMA_TINY)
+
+
+def build_llama2_7b(phase: str = "prefill", batch: int = 1, seq: int = 128, kv: int = 0,
+                    dtype: str = "fp16", device: str = "meta", seed: int = 0) -> tuple[nn.Module, dict]:
+    return build_llama(phase, batch, seq, kv, dtype, device, seed=seed, **LLAMA2_7B)
+
+
+def build_llama2_70b(phase: str = "prefill", batch: int = 1, seq: int = 128, kv: int = 0,
+                     dtype: str = "fp16", device: str = "meta", seed: int = 0) -> tuple[nn.Module, dict]:
+    return build_llama(phase, batch, seq, kv, dtype, device, seed=seed, **LLAMA2_70B)

@@ -1,0 +1,323 @@
+"""Trace a PyTorch model into a `Workload`: every aten op it runs, attributed to its module.
+
+Why a TorchDispatchMode and not torch.fx: fx fails on transformers models, and FlopCounterMode
+drops CPU attention. Dispatch sees every aten op that really runs (on real tensors or on the
+meta device, where nothing is allocated). Module attribution comes from
+`torch.utils.module_tracker.ModuleTracker`, extended here to (a) name modules exactly as
+`model.named_modules()` does (the stock tracker names the root by its class) and (b) keep an
+ordered call stack with a per-module call index, so the innermost module owns each op and a
+module called twice is told apart.
+
+Scaled-dot-product attention is caught one level higher, as the torch function
+`F.scaled_dot_product_attention`, and recorded as ONE "attention" op whatever kernel torch
+then picks: on CPU it is one aten op (`_scaled_dot_product_flash_attention_for_cpu`), on the
+meta device (and for masks the fused kernel cannot take) it decomposes into bmm/softmax, and
+those inner ops are not recorded a second time.
+
+Pure view/metadata ops (view, t, transpose, expand, detach, ... see `flops.is_metadata_op`)
+move no bytes and are skipped; every other op is recorded, as kind "unknown" when no formula
+or tag classifies it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.module_tracker import ModuleTracker
+
+from sparsesim.core.errors import TraceError
+from sparsesim.tracing.flops import T, attention_work, classify, is_metadata_op
+from sparsesim.core.ir import Op, WeightInfo, Workload
+from sparsesim.core.threads import one_thread
+
+aten = torch.ops.aten
+
+TORCH_DTYPES: Mapping[torch.dtype, str] = {
+    torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
+    torch.int8: "int8", torch.uint8: "int8", torch.int32: "int32", torch.int64: "int64",
+    torch.bool: "bool",
+    **{d: "fp8" for d in (getattr(torch, n, None) for n in (
+        "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")) if d is not None},
+}
+_BY_ITEMSIZE = {1: "int8", 2: "fp16", 4: "fp32", 8: "fp64"}
+
+# aten ops whose operands may be a weight parameter, and where the operands sit in args
+_WEIGHT_OPERANDS = {
+    aten.mm: (0, 1), aten.addmm: (1, 2), aten.bmm: (0, 1), aten.baddbmm: (1, 2),
+    aten.convolution: (0, 1), aten._convolution: (0, 1),
+}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    if dtype in TORCH_DTYPES:
+        return TORCH_DTYPES[dtype]
+    return _BY_ITEMSIZE.get(dtype.itemsize, "fp32")
+
+
+class _CallStack(ModuleTracker):
+    """ModuleTracker that names modules as `named_modules()` does and keeps an ordered stack
+    of (qualified name, call index) for the modules now running."""
+
+    def __init__(self, root: nn.Module) -> None:
+        super().__init__()
+        for name, mod in root.named_modules():
+            self._known_modules[mod] = name
+            self._seen_modules.add(mod)
+        self.stack: list[tuple[str, int, nn.Module]] = []
+        self._calls: dict[str, int] = defaultdict(int)
+
+    def _fw_pre_hook(self, mod: nn.Module, input: Any) -> None:
+        super()._fw_pre_hook(mod, input)
+        name = self._get_mod_name(mod)
+        self.stack.append((name, self._calls[name], mod))
+        self._calls[name] += 1
+
+    def _fw_post_hook(self, mod: nn.Module, input: Any, output: Any) -> None:
+        super()._fw_post_hook(mod, input, output)
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i][2] is mod:
+                del self.stack[i]
+                break
+
+    def current(self) -> tuple[str, int, nn.Module | None]:
+        return self.stack[-1] if self.stack else ("", 0, None)
+
+
+class _Recorder:
+    """Turns aten calls into `Op`s; owns weight attribution and activation measurement."""
+
+    def __init__(self, model: nn.Module, measure: bool) -> None:
+        self.calls = _CallStack(model)
+        self.measure = measure
+        self.ops: list[Op] = []
+        self.suppress = 0
+        self.param_names: dict[int, str] = {id(p): n for n, p in model.named_parameters()}
+        self.params: dict[str, nn.Parameter] = dict(model.named_parameters())
+        self.weights: dict[str, WeightInfo] = {}
+        self.norms_sq: dict[str, torch.Tensor] = {}
+
+    # -- helpers
+    def _param_of(self, t: Any, mod: nn.Module | None) -> tuple[str, nn.Parameter, bool] | None:
+        """The parameter an operand is (or is a view of) and whether the operand is its
+        transpose; on the meta device, where storage cannot be compared, fall back to the owning
+        leaf module's `weight` of matching shape."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        if isinstance(t, nn.Parameter) and id(t) in self.param_names:
+            return self.param_names[id(t)], t, False
+        base = t._base
+        if isinstance(base, nn.Parameter) and id(base) in self.param_names:
+            flipped = tuple(t.shape) != tuple(base.shape) or t.stride() != base.stride()
+            return self.param_names[id(base)], base, flipped
+        if mod is not None:
+            w = getattr(mod, "weight", None)
+            if not isinstance(w, nn.Parameter):  # torch.nn.utils.prune: weight = weight_orig * mask
+                w = getattr(mod, "weight_orig", None)
+            if isinstance(w, nn.Parameter) and id(w) in self.param_names and t.dim() == w.dim():
+                ts, ws = tuple(t.shape), tuple(w.shape)
+                if ts == ws and (t.dim() != 2 or ws[0] != ws[1]):
+                    return self.param_names[id(w)], w, False
+                if t.dim() == 2 and ts == ws[::-1]:
+                    # square and ambiguous: nn.Linear (N x K, used transposed) unless a K x N Conv1D
+                    return self.param_names[id(w)], w, type(mod).__name__ != "Conv1D"
+        return None
+
+    def _op_dtype(self, args: Any, out: Any) -> str:
+        flat = [a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)]
+        for a in flat:
+            if a.is_floating_point():
+                return dtype_name(a.dtype)
+        outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        if outs:
+            return dtype_name(outs[0].dtype)
+        return dtype_name(flat[0].dtype) if flat else "fp32"
+
+    def _add(self, aten_name: str, work: Any, args: Any, out: Any, **extra: Any) -> None:
+        name, call_index, _ = self.calls.current()
+        ins = tuple(tuple(a.shape) for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor))
+        outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+        note = "; ".join(n for n in (work.note, extra.pop("note", "")) if n)
+        self.ops.append(Op(
+            index=len(self.ops), kind=extra.pop("kind", work.kind), aten=aten_name, module=name,
+            call_index=call_index, dtype=self._op_dtype(args, out), input_shapes=ins,
+            output_shape=tuple(outs[0].shape) if outs else (), flops=int(work.flops),
+            bytes_moved=int(work.bytes_moved), gemm=extra.pop("gemm", work.gemm), conv=work.conv,
+            note=note, **extra,
+        ))
+
+    # -- entry points
+    def on_aten(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        to_t = lambda x: T(tuple(x.shape), x.element_size()) if isinstance(x, torch.Tensor) else x  # noqa: E731
+        work = classify(func, tree_map(to_t, args), tree_map(to_t, out), tree_map(to_t, kwargs))
+        extra: dict[str, Any] = {}
+        packet = func.overloadpacket
+        if packet in _WEIGHT_OPERANDS and work.kind in ("matmul", "conv"):
+            extra = self._weight_fields(packet, args, work)
+        self._add(str(func), work, (args, kwargs), out, **extra)
+
+    def on_attention(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        q, k, v = args[:3]
+        mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+        causal = bool(kwargs.get("is_causal", args[5] if len(args) > 5 else False))
+        t = lambda x: T(tuple(x.shape), x.element_size()) if isinstance(x, torch.Tensor) else None  # noqa: E731
+        work = attention_work(t(q), t(k), t(v), t(out), t(mask), causal)
+        self._add("scaled_dot_product_attention", work, (q, k, v, mask), out)
+
+    def _weight_fields(self, packet: Any, args: tuple, work: Any) -> dict[str, Any]:
+        _, _, mod = self.calls.current()
+        ia, ib = _WEIGHT_OPERANDS[packet]
+        a, b = args[ia], args[ib]
+        conv = work.kind == "conv"
+        found_b = self._param_of(b, mod)
+        found_a = None if (found_b or conv) else self._param_of(a, mod)
+        if not conv and any(f is not None and f[1].dim() != 2 for f in (found_a, found_b)):
+            found_a = found_b = None  # a batched GEMM against a 3-D parameter: not a weight op
+        if found_b is None and found_a is None:
+            if self.measure and not a.is_meta:
+                return {"activation_density": _density(a), "activation_measured": True}
+            return {}
+        extra: dict[str, Any] = {}
+        k_axis_param = 1
+        name, param, flipped = found_b or found_a
+        act = a if found_b else b
+        if conv:
+            extra["weight_shape"] = tuple(param.shape)
+        else:
+            # GEMM operand as K x N (weight on the right) or N x K (weight on the left)
+            k_axis_operand = 0 if found_b else 1
+            k_axis_param = k_axis_operand if not flipped else 1 - k_axis_operand
+            k, n = param.shape[k_axis_param], param.shape[1 - k_axis_param]
+            extra["weight_shape"] = (int(n), int(k))
+            extra["kind"] = "linear"
+            if k_axis_param == 0:
+                extra["note"] = "weight stored K x N"
+            if found_a is not None:  # out = W @ x: rows of activations are x's columns
+                g = work.gemm
+                extra["gemm"] = type(g)(m=int(act.shape[-1]), n=int(n), k=int(k), batch=g.batch)
+        extra["weight"] = name
+        self.weights.setdefault(name, WeightInfo(
+            name=name, shape=tuple(param.shape), dtype=dtype_name(param.dtype), on_meta=param.is_meta))
+        if self.measure and not act.is_meta:
+            extra["activation_density"] = _density(act)
+            extra["activation_measured"] = True
+            sq = _feature_norms_sq(act, param, conv, found_b is not None, work, k_axis_param)
+            if sq is not None:
+                prev = self.norms_sq.get(name)
+                self.norms_sq[name] = sq if prev is None or prev.shape != sq.shape else prev + sq
+        return extra
+
+
+def _density(x: torch.Tensor) -> float:
+    n = x.numel()
+    return float(torch.count_nonzero(x).item()) / n if n else 1.0
+
+
+def _sq_norm(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, 2, dim=dims, dtype=torch.float32).square_()
+
+
+def _feature_norms_sq(act: torch.Tensor, param: torch.Tensor, conv: bool, weight_right: bool,
+                      work: Any, k_axis_param: int) -> torch.Tensor | None:
+    """Squared L2 norm of the activation per input feature, shaped to broadcast against the
+    parameter as stored (Linear N x K -> 1 x K; GPT-2 Conv1D K x N -> K x 1; conv
+    Cout x Cin/g x k.. -> per input channel, per group)."""
+    x = act.detach()
+    if conv:
+        g = work.conv.groups
+        cin = x.shape[1]
+        per_ch = _sq_norm(x, [d for d in range(x.dim()) if d != 1])  # (Cin,)
+        cout, cin_g = param.shape[0], param.shape[1]
+        if cin != cin_g * g:
+            return None
+        s = per_ch.view(g, 1, cin_g).expand(g, cout // g, cin_g).reshape(cout, cin_g)
+        return s.reshape(cout, cin_g, *([1] * (param.dim() - 2)))
+    if x.dim() != 2 or param.dim() != 2:
+        return None
+    per_k = _sq_norm(x, [0] if weight_right else [1])  # (K,)
+    k = per_k.shape[0]
+    return per_k.view(k, 1) if k_axis_param == 0 else per_k.view(1, k)
+
+
+class _DispatchMode(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # Tracing never runs under torch.compile; the dynamo-disable wrapper torch puts around
+        # __torch_dispatch__ otherwise costs a ~2 s import of torch._dynamo on the first op.
+        return False
+
+    def __init__(self, rec: _Recorder) -> None:
+        super().__init__()
+        self.rec = rec
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.rec.suppress == 0 and not is_metadata_op(func):
+            self.rec.on_aten(func, args, kwargs, out)
+        return out
+
+
+class _AttentionMode(TorchFunctionMode):
+    """Records F.scaled_dot_product_attention as one op and hides the aten ops it runs."""
+
+    def __init__(self, rec: _Recorder) -> None:
+        super().__init__()
+        self.rec = rec
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention or self.rec.suppress:
+            return func(*args, **kwargs)
+        self.rec.suppress += 1
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.rec.suppress -= 1
+        self.rec.on_attention(args, kwargs, out)
+        return out
+
+
+def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
+          measure_activations: bool = True) -> Workload:
+    """Run `model` once on `example_inputs` and record every op it executes.
+
+    `example_inputs` is a tuple/list of positional args, a dict of keyword args, or one tensor.
+    Runs under no_grad, on one thread (see `sparsesim.core.threads`); the model's train/eval mode
+    is left as it is. On the meta device
+    nothing is allocated and activations are not measured (density 1.0, measured False).
+    """
+    if not isinstance(model, nn.Module):
+        raise TraceError(f"{name}: expected a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, dict):
+        args, kwargs = (), dict(example_inputs)
+    elif isinstance(example_inputs, (tuple, list)):
+        args, kwargs = tuple(example_inputs), {}
+    else:
+        args, kwargs = (example_inputs,), {}
+    rec = _Recorder(model, measure_activations)
+    # nn.MultiheadAttention / nn.TransformerEncoderLayer take a fused "fast path" under no_grad
+    # (one aten op hiding every projection); turn it off so each Linear is seen.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with one_thread(), torch.no_grad(), rec.calls, _AttentionMode(rec), _DispatchMode(rec):
+            model(*args, **kwargs)
+    except TraceError:
+        raise
+    except Exception as e:  # the user's forward failed: one line naming the model and the error
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        where = rec.calls.current()[0] if rec.calls.stack else ""
+        at = f" in module '{where}'" if where else ""
+        raise TraceError(f"{name}: forward raised {type(e).__name__}{at}: {msg}") from e
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    norms = {k: v.sqrt() for k, v in rec.norms_sq.items()}
+    return Workload(name=name, ops=tuple(rec.ops), weights=dict(rec.weights), model=model,
+                    activation_norms=norms)

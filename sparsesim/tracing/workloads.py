@@ -1,0 +1,315 @@
+"""Turn a workload spec into a traced `Workload`.
+
+A spec is one of
+  * a recipe name with optional parameters: `resnet50`, `bert-base:batch=16,seq=384`,
+    `llama2-7b:phase=decode,batch=8,kv=2048` (recipes are the TOML files in workloads/);
+  * a recipe file path: `my/recipe.toml` (optionally `my/recipe.toml:batch=4`);
+  * a single op: `gemm:M=4096,N=4096,K=4096,dtype=bf16` (a linear layer: M rows of
+    activations, K in and N out features; its N x K weight is `gemm.weight`) or
+    `conv:batch=1,cin=64,cout=64,h=56,w=56,kernel=3,stride=1,padding=1` (weight `conv.weight`);
+  * `module.path:factory` for a user's own model: `factory()` returns `(model, example_inputs)`.
+
+A recipe file has exactly these keys:
+    description = "one line"                      (required)
+    builder = "package.module:function"           (required; returns (model, example_inputs))
+    dtype = "fp32"                                (optional default; a parameter like the rest)
+    [params]                                      (optional defaults overriding the builder's)
+The parameters a recipe accepts are the builder's keyword parameters. Nothing is cached on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from sparsesim.core.errors import SparsesimError, WorkloadError
+from sparsesim.core.ir import DTYPE_BYTES, WeightInfo, Workload
+from sparsesim.core.packaged import builtin_dirs, builtin_files
+from sparsesim.tracing.tracer import dtype_name, trace
+
+RECIPE_KEYS = {"description": str, "builder": str, "dtype": str, "params": dict}
+REQUIRED_KEYS = ("description", "builder")
+SINGLE_OPS = ("gemm", "conv")
+_A = {"int": "an integer", "float": "a number", "bool": "true or false"}
+# Single-op weights up to this many elements get real random values (so masks can be built
+# from them); bigger ones stay on the meta device. 2**24 = a 4096 x 4096 layer.
+SINGLE_OP_REAL_WEIGHT_LIMIT = 2**24
+SINGLE_OP_DEFAULT_DTYPE = "bf16"  # what a standalone GEMM benchmark is usually run in
+
+
+# ---------------------------------------------------------------- recipes
+
+def builtin_recipe_dirs() -> list[Path]:
+    """Packaged recipes (wheel install) or the repository's workloads/ (checkout)."""
+    return builtin_dirs("workloads")
+
+
+def builtin_recipe_files() -> dict[str, Path]:
+    """Recipe name (file stem) -> file, the first directory winning."""
+    return builtin_files(builtin_recipe_dirs())
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    description: str
+    builder: str
+    defaults: dict[str, Any]
+
+    def builder_fn(self) -> Callable[..., tuple[nn.Module, Any]]:
+        return _import_callable(self.builder, what=f"recipe {self.name!r} ({self.path}): builder")
+
+
+def read_recipe(path: Path, name: str | None = None) -> Recipe:
+    """Load and check a recipe file strictly: unknown or missing keys name the file and key."""
+    name = name or path.stem
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise WorkloadError(f"recipe file {path} does not exist") from None
+    except OSError as e:
+        raise WorkloadError(f"recipe file {path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise WorkloadError(f"recipe file {path}: not a UTF-8 text file (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise WorkloadError(f"recipe file {path}: {e}") from None
+    for key, value in data.items():
+        if key not in RECIPE_KEYS:
+            raise WorkloadError(f"recipe file {path}: unknown key {key!r} (allowed: {', '.join(RECIPE_KEYS)})")
+        if not isinstance(value, RECIPE_KEYS[key]):
+            raise WorkloadError(f"recipe file {path}: key {key!r} must be a {RECIPE_KEYS[key].__name__}")
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            raise WorkloadError(f"recipe file {path}: missing key {key!r}")
+    recipe = Recipe(name, path, data["description"], data["builder"], {})
+    sig_defaults = _builder_defaults(recipe)
+    defaults = dict(sig_defaults)
+    for key, value in data.get("params", {}).items():
+        if key not in sig_defaults:
+            raise WorkloadError(f"recipe file {path}: [params] {key!r} is not a parameter of {recipe.builder} "
+                                f"(has: {', '.join(sig_defaults)})")
+        defaults[key] = value
+    if "dtype" in data:
+        if "dtype" not in sig_defaults:
+            raise WorkloadError(f"recipe file {path}: builder {recipe.builder} takes no dtype")
+        defaults["dtype"] = data["dtype"]
+    return dataclasses.replace(recipe, defaults=defaults)
+
+
+def _builder_defaults(recipe: Recipe) -> dict[str, Any]:
+    fn = recipe.builder_fn()
+    out = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            raise WorkloadError(f"recipe {recipe.name!r}: builder {recipe.builder} parameter {p.name!r} "
+                                "has no default")
+        out[p.name] = p.default
+    return out
+
+
+def list_recipes() -> list[dict[str, Any]]:
+    """Every built-in recipe: name, description, builder, parameters with defaults, file."""
+    out = []
+    for name, path in builtin_recipe_files().items():
+        r = read_recipe(path, name)
+        out.append({"name": name, "description": r.description, "builder": r.builder,
+                    "params": dict(r.defaults), "path": str(path)})
+    return out
+
+
+# ---------------------------------------------------------------- spec parsing
+
+def parse_params(text: str, *, where: str) -> dict[str, str]:
+    """`a=1,b=x` -> {'a': '1', 'b': 'x'}; a malformed item names the spec."""
+    out: dict[str, str] = {}
+    if not text.strip():
+        return out
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key or not value:
+            raise WorkloadError(f"{where}: parameter {item.strip()!r} is not key=value")
+        if key in out:
+            raise WorkloadError(f"{where}: parameter {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def coerce(value: str, default: Any, *, where: str, key: str) -> Any:
+    """Convert a command-line string to the type of the parameter's default."""
+    try:
+        if isinstance(default, bool):
+            low = value.lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return low in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+    except ValueError:
+        kind = _A.get(type(default).__name__, "a " + type(default).__name__)
+        raise WorkloadError(f"{where}: parameter {key}={value!r} is not {kind}") from None
+    return value
+
+
+def load_workload(spec: str) -> Workload:
+    """Build and trace the workload a spec names (see the module docstring)."""
+    spec = spec.strip()
+    head, sep, tail = spec.partition(":")
+    if head in SINGLE_OPS:
+        return _single_op(head, parse_params(tail, where=f"workload {spec!r}"), spec)
+    if head.endswith(".toml"):
+        return _run_recipe(read_recipe(Path(head)), tail, spec)
+    recipes = builtin_recipe_files()
+    if head in recipes:
+        return _run_recipe(read_recipe(recipes[head], head), tail, spec)
+    if sep and tail and "=" not in tail:
+        return _run_factory(head, tail, spec)
+    raise WorkloadError(f"unknown workload {head!r}: not a recipe ({', '.join(recipes)}), a .toml file, "
+                        f"{'/'.join(s + ':...' for s in SINGLE_OPS)}, or module:factory")
+
+
+def _run_recipe(recipe: Recipe, param_text: str, spec: str) -> Workload:
+    where = f"recipe {recipe.name!r}"
+    given = parse_params(param_text, where=where)
+    params = dict(recipe.defaults)
+    for key, value in given.items():
+        if key not in params:
+            raise WorkloadError(f"{where}: unknown parameter {key!r} (has: {', '.join(params)})")
+        params[key] = coerce(value, params[key], where=where, key=key)
+    fn = recipe.builder_fn()
+    try:
+        model, inputs = fn(**params)
+    except SparsesimError as e:
+        raise WorkloadError(f"{where}: {e}") from None
+    except Exception as e:
+        raise WorkloadError(f"{where}: builder {recipe.builder} raised {type(e).__name__}: {_line(e)}") from e
+    name = recipe.name + (":" + ",".join(f"{k}={v}" for k, v in given.items()) if given else "")
+    wl = trace(model, inputs, name=name)
+    return dataclasses.replace(wl, params=params)
+
+
+def _run_factory(module: str, attr: str, spec: str) -> Workload:
+    fn = _import_callable(f"{module}:{attr}", what="factory")
+    try:
+        result = fn()
+    except Exception as e:
+        raise WorkloadError(f"factory {spec} raised {type(e).__name__}: {_line(e)}") from e
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):
+        raise WorkloadError(f"factory {spec} must return (model, example_inputs), got {type(result).__name__}")
+    model, inputs = result
+    model.eval()  # estimates are for deployment: dropout off, batch norm on running statistics
+    return trace(model, inputs, name=spec)
+
+
+def _import_callable(ref: str, *, what: str) -> Callable[..., Any]:
+    module, _, attr = ref.partition(":")
+    if not module or not attr:
+        raise WorkloadError(f"{what} {ref!r} is not 'module:function'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # `sparsesim trace mymod:factory` finds mymod.py in the cwd
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        raise WorkloadError(f"{what} {ref!r}: cannot import module {module!r} ({e})") from None
+    except Exception as e:
+        raise WorkloadError(f"{what} {ref!r}: importing {module!r} raised {type(e).__name__}: {_line(e)}") from e
+    fn = getattr(mod, attr, None)
+    if not callable(fn):
+        raise WorkloadError(f"{what} {ref!r}: module {module!r} has no function {attr!r}")
+    return fn
+
+
+def _line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+# ---------------------------------------------------------------- single ops
+
+_SINGLE_OP_PARAMS: dict[str, dict[str, Any]] = {
+    "gemm": {"M": None, "N": None, "K": None, "dtype": SINGLE_OP_DEFAULT_DTYPE, "bias": False, "seed": 0},
+    "conv": {"batch": 1, "cin": None, "cout": None, "h": None, "w": None, "kernel": 3, "stride": 1,
+             "padding": 0, "dilation": 1, "groups": 1, "dtype": SINGLE_OP_DEFAULT_DTYPE, "bias": False,
+             "seed": 0},
+}
+
+
+class _OneLayer(nn.Module):
+    """A model that is one named layer, so its weight is `gemm.weight` / `conv.weight`."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.kind)(x)
+
+
+def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
+    """One linear or conv layer, traced on the meta device (its arithmetic is not needed);
+    the workload's model holds real random weights when they are small enough to build masks."""
+    from sparsesim.tracing.models import torch_dtype
+
+    where = f"workload {spec!r}"
+    schema = _SINGLE_OP_PARAMS[kind]
+    p: dict[str, Any] = {}
+    for key, value in given.items():
+        if key not in schema:
+            raise WorkloadError(f"{where}: unknown parameter {key!r} (has: {', '.join(schema)})")
+        default = schema[key]
+        p[key] = coerce(value, default if default is not None else 0, where=where, key=key)
+    for key, default in schema.items():
+        if key not in p:
+            if default is None:
+                raise WorkloadError(f"{where}: missing parameter {key}=")
+            p[key] = default
+    if p["dtype"] not in DTYPE_BYTES:
+        raise WorkloadError(f"{where}: unknown dtype {p['dtype']!r}")
+    for key, value in p.items():
+        if key not in ("dtype", "bias", "seed", "padding") and isinstance(value, int) and value < 1:
+            raise WorkloadError(f"{where}: parameter {key}={value} must be at least 1")
+    if p.get("padding", 0) < 0:
+        raise WorkloadError(f"{where}: parameter padding={p['padding']} must be >= 0")
+    dt = torch_dtype(p["dtype"])
+
+    def build(device: str) -> tuple[nn.Module, torch.Tensor]:
+        root = _OneLayer(kind)
+        with torch.device(device):
+            if kind == "gemm":
+                root.gemm = nn.Linear(p["K"], p["N"], bias=p["bias"], dtype=dt)
+                x = torch.empty(p["M"], p["K"], dtype=dt)
+            else:
+                if p["cin"] % p["groups"] or p["cout"] % p["groups"]:
+                    raise WorkloadError(f"{where}: groups={p['groups']} must divide cin and cout")
+                root.conv = nn.Conv2d(p["cin"], p["cout"], p["kernel"], p["stride"], p["padding"],
+                                      p["dilation"], p["groups"], bias=p["bias"], dtype=dt)
+                x = torch.empty(p["batch"], p["cin"], p["h"], p["w"], dtype=dt)
+        return root, x
+
+    meta_model, x = build("meta")
+    try:
+        wl = trace(meta_model, (x,), name=spec, measure_activations=False)
+    except SparsesimError as e:
+        raise WorkloadError(f"{where}: {e}") from None
+    layer = getattr(meta_model, kind)
+    model = meta_model
+    if layer.weight.numel() <= SINGLE_OP_REAL_WEIGHT_LIMIT:
+        torch.manual_seed(p["seed"])
+        model, _ = build("cpu")
+    weights = {n: WeightInfo(n, tuple(w.shape), dtype_name(w.dtype), w.is_meta)
+               for n, w in model.named_parameters() if n in wl.weights}
+    return dataclasses.replace(wl, params=p, model=model, weights=weights)
