@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Callable
 
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """The tests never see (nor write) the user's own devices: the user config directory is a
+    fresh temporary one (a calibrated `host` there would join every default comparison)."""
+    os.environ["SPARSESIM_CONFIG_DIR"] = tempfile.mkdtemp(prefix="sparsesim-config-")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """calibrate + validate machinery on the real host: a quick calibration into a temporary file and
-a quick validation against it, through the CLI. Only gross properties are asserted (timings on a
-shared machine vary); the strict fidelity figures are printed by benchmarks/bench_fidelity.py."""
+a quick validation against it, through the CLI. Only the structure is asserted, never a timing or
+an error size (timings on a shared machine vary); the fidelity figures are printed by
+benchmarks/bench_fidelity.py."""
 
 from __future__ import annotations
 
@@ -34,16 +35,30 @@ def _cli_json(argv: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
+    """`calibrate` with no --out: the device goes to the user config directory (a temporary one),
+    from where `--device host` finds it."""
     torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("host") / "host.toml"
-    doc = _cli_json(["calibrate", "--quick", "--out", str(path)])
-    return path, doc
+    config = tmp_path_factory.mktemp("config")
+    before = os.environ.get("SPARSESIM_CONFIG_DIR")
+    os.environ["SPARSESIM_CONFIG_DIR"] = str(config)
+    try:
+        doc = _cli_json(["calibrate", "--quick"])
+        yield config / "accelerators" / "host.toml", doc
+    finally:
+        if before is None:
+            os.environ.pop("SPARSESIM_CONFIG_DIR", None)
+        else:
+            os.environ["SPARSESIM_CONFIG_DIR"] = before
 
 
 @pytest.fixture(scope="module")
 def validated(calibrated):
-    path, _ = calibrated
-    return _cli_json(["validate", "--quick", "--device", str(path)])
+    return _cli_json(["validate", "--quick"])  # the default device: `host`, found by name
+
+
+def test_calibrate_writes_to_the_user_config_directory(calibrated):
+    path, doc = calibrated
+    assert doc["path"] == str(path) and doc["default_location"] and path.is_file()
 
 
 def test_calibrated_file_loads_strictly_with_fits(calibrated):
@@ -72,7 +87,7 @@ def test_quick_validation_table_is_complete_and_sane(validated):
         s = doc["summary"][pat]
         assert s["cases"] > 0
         assert math.isfinite(s["median_abs_error"]) and math.isfinite(s["p90_abs_error"])
-        assert s["median_abs_error"] < 0.6, (pat, s)  # gross regressions only; targets are in the benchmark
+        assert 0 <= s["median_abs_error"] <= s["p90_abs_error"]
     cross = doc["crossover"]["cases"]
     assert cross and all({"measured", "predicted", "within_target"} <= set(c) for c in cross)
     assert doc["gpu_published"]["available"] and doc["gpu_published"]["cases"] >= 1

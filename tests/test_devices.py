@@ -9,8 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from sparsesim.hw.devices import UNITS, builtin_device_files, builtin_devices, load_device, parse_device_file
 from sparsesim.core.errors import DeviceFileError
+from sparsesim.hw.devices import (
+    UNITS,
+    builtin_device_files,
+    builtin_devices,
+    load_device,
+    parse_device_file,
+)
 
 A100 = builtin_device_files()["a100-sxm4-80gb"]
 
@@ -319,3 +325,75 @@ def test_devices_show_errors_exit_2(cli, tmp_path):
     bad = _a100_with(tmp_path, "tdp", None)
     rc, _, err = cli("devices", "show", str(bad))
     assert rc == 2 and "missing field 'tdp'" in err and str(bad) in err
+
+
+# ----------------------------------------------------------------------------- extends, sources
+
+def _readme_h200() -> str:
+    """The H200 device file printed in the README."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
+    (h200,) = [b for b in blocks if 'name = "h200-sxm"' in b]
+    return h200
+
+
+def test_readme_h200_example_extends_h100_and_loads_as_printed(tmp_path):
+    p = _write(tmp_path, _readme_h200(), "h200-sxm.toml")
+    h200, h100 = parse_device_file(p), load_device("h100-sxm5")
+    assert h200.name == "h200-sxm" and h200.family == "gpu"
+    assert h200.params.dram_bandwidth == pytest.approx(4.8e12)
+    assert h200.params.memory_capacity == pytest.approx(141e9)
+    assert h200.params.sm_count == h100.params.sm_count
+    assert h200.params.tensor_peak == h100.params.tensor_peak
+    assert h200.provenance["dram_bandwidth"].inherited_from is None
+    assert Path(h200.provenance["sm_count"].inherited_from).stem == "h100-sxm5"
+    assert h200.provenance["sm_count"].source == h100.provenance["sm_count"].source
+
+
+def test_extends_merges_per_dtype_tables_and_resolves_relative_paths(tmp_path):
+    base = _write(tmp_path, A100.read_text(), "base.toml")
+    child = _write(tmp_path, 'extends = "base.toml"\nname = "child"\ndescription = "faster fp16"\n'
+                             'tensor_peak.fp16 = { value = 400, unit = "TFLOP/s", source = "assumed: test" }\n',
+                   "child.toml")
+    d, a100 = parse_device_file(child), parse_device_file(base)
+    assert d.params.tensor_peak["fp16"] == pytest.approx(400e12)
+    assert d.params.tensor_peak["int8"] == a100.params.tensor_peak["int8"]  # other dtypes kept
+    assert d.provenance["tensor_peak.fp16"].inherited_from is None
+    assert d.provenance["tensor_peak.int8"].inherited_from == str(base)
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    p = _write(tmp_path, 'extends = "no-such-gpu"\nname = "x"\ndescription = "x"\n')
+    err = _load_error(p)
+    assert str(p) in err and "extends" in err and "no-such-gpu" in err
+    loop = _write(tmp_path, 'extends = "loop.toml"\nname = "x"\nfamily = "gpu"\ndescription = "x"\n', "loop.toml")
+    assert "extends itself" in _load_error(loop)
+
+
+def test_missing_fields_are_reported_all_at_once(tmp_path):
+    text = _replace_line(_replace_line(_replace_line(A100.read_text(), "tdp", None), "sm_count", None), "clock", None)
+    err = _load_error(_write(tmp_path, text))
+    assert "missing fields" in err and all(f"'{k}'" in err for k in ("tdp", "sm_count", "clock"))
+
+
+def test_every_cited_published_section_ships_with_the_devices():
+    from sparsesim.hw.devices import sources_file
+
+    shipped = sources_file()
+    assert shipped is not None and shipped.parent == A100.parent
+    headings = set(re.findall(r"^#+\s+(\d+(?:\.\d+)*)\.?\s", shipped.read_text(), re.MULTILINE))
+    cited = set()
+    for p in builtin_device_files().values():
+        for cite in re.findall(r"published\.md[^)\"]*", p.read_text()):
+            cited |= set(re.findall(r"§\s*(\d+(?:\.\d+)*)", cite))
+    assert cited and cited <= headings, sorted(cited - headings)
+
+
+def test_devices_show_prints_file_units_inheritance_and_the_sources_file(cli, tmp_path):
+    p = _write(tmp_path, _readme_h200(), "h200-sxm.toml")
+    rc, text, _ = cli("devices", "show", str(p))
+    assert rc == 0
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    assert "1830 MHz" in lines["clock"] and "[from h100-sxm5]" in lines["clock"]  # not 1.83e+09 Hz
+    assert "4.8 TB/s" in lines["dram_bandwidth"] and "[from" not in lines["dram_bandwidth"]
+    assert "sources cited as 'published.md §N':" in text

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -45,6 +46,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         prog="sparsesim",
         description="Estimate what sparsity buys on real hardware, before you deploy.",
     )
+    from sparsesim import __version__
+
+    parser.add_argument("--version", action="version", version=f"sparsesim {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs = {}
     for name in VERB_MODULES:
@@ -57,6 +61,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`sparsesim ... | head`): stop quietly, as Unix tools do; stdout is
+        # pointed at /dev/null so the interpreter's final flush does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:  # Ctrl-C while the verb modules import (pandas, torch: a second or so) is clean too
         parser, verbs = build_parser()
     except KeyboardInterrupt:

@@ -13,7 +13,8 @@ HELP = "measure this CPU (dense GEMM per dtype, bandwidth, CSR/BSR matmuls) and 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, metavar="PATH",
-                        help="device file to write (default: accelerators/host.toml)")
+                        help="device file to write (default: host.toml in the user config directory, "
+                             "e.g. ~/.config/sparsesim/accelerators/, found afterwards as --device host)")
     add_timing_arguments(parser,
                          quick_help="a small grid (a few seconds) for CI; the full grid takes well under a minute",
                          threads_help="torch threads while timing (default 1; recorded in the file)")
@@ -24,13 +25,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     progress = timing_progress(args, NAME)
     res = calibrate(args.out, quick=args.quick, threads=args.threads, progress=progress)
-    return res.summary()
+    doc = res.summary()
+    doc["default_location"] = args.out is None
+    return doc
 
 
 def render(doc: dict[str, Any]) -> str:
     m, f = doc["measured"], doc["fitted"]
     lines = [
-        f"wrote {doc['path']}",
+        f"wrote {doc['path']}" + ("  (use it as --device host)" if doc.get("default_location") else ""),
         f"  {doc['cpu']}, {doc['threads']} thread(s), {doc['date']}, {doc['cases']} timed cases in {doc['wall_s']} s",
         f"  measured: clock {m['clock_ghz']} GHz (effective), L2 {m['l2_bandwidth_gbs']} GB/s, "
         f"L3 {m['l3_bandwidth_gbs']} GB/s, DRAM {m['dram_bandwidth_gbs']} GB/s, call {m['call_overhead_us']} us",

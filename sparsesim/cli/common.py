@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 from sparsesim.core.errors import SparsesimError
@@ -38,3 +39,21 @@ def timing_progress(args: argparse.Namespace, verb: str) -> Callable[[str], None
     if getattr(args, "json", False):
         return None
     return lambda m: print(f"{verb}: {m}", file=sys.stderr)
+
+
+def user_devices_joining(devices_given: object) -> list[dict[str, str]]:
+    """The user's own devices (e.g. the calibrated `host`) that join a comparison because no
+    devices were named: said in the output, since they would otherwise join silently."""
+    if devices_given:
+        return []
+    from sparsesim.hw.devices import user_device_files
+
+    return [{"name": name, "path": str(path)} for name, path in user_device_files().items()]
+
+
+def render_user_devices(joined: list[dict[str, str]]) -> list[str]:
+    if not joined:
+        return []
+    names = ", ".join(d["name"] for d in joined)
+    where = str(Path(joined[0]["path"]).parent)
+    return [f"including your own device(s) {names} from {where} (name devices with --devices to leave them out)"]

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from sparsesim.run import results
-from sparsesim.cli.common import add_criterion_argument, add_workload_argument
+from sparsesim.cli.common import add_criterion_argument, add_workload_argument, render_user_devices, user_devices_joining
 
 NAME = "compare"
 HELP = "compare sparsity plans across devices: latency, speedup over dense, energy, memory and why"
@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_workload_argument(p)
     p.add_argument("--devices", default=None,
-                   help="comma-separated device names or .toml paths (default: every built-in device)")
+                   help="comma-separated device names or .toml paths (default: every built-in device and "
+                        "your own, e.g. the calibrated host)")
     p.add_argument("--plans", default=",".join(DEFAULT_PLANS),
                    help=f"comma-separated patterns or plan files (default: {','.join(DEFAULT_PLANS)})")
     add_criterion_argument(p)
@@ -45,12 +46,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "devices": list(dict.fromkeys(summary["device"])),
         "rows": results.records(summary[list(ROW_FIELDS)]),
         "speedup_vs_dense": results.speedup_map(summary),
+        "user_devices": user_devices_joining(args.devices),
     }
 
 
 def render(doc: dict[str, Any]) -> str:
     out = [f"{doc['workload']}: {len(doc['plans'])} plan(s) x {len(doc['devices'])} device(s); "
-           "speedup, energy and memory are relative to dense on the same device", ""]
+           "speedup, energy and memory are relative to dense on the same device",
+           *render_user_devices(doc.get("user_devices", [])), ""]
     for dev in doc["devices"]:
         rows = [r for r in doc["rows"] if r["device"] == dev]
         out.append(f"{dev} ({rows[0]['family']}, {rows[0]['device_file']})")

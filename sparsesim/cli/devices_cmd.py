@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 NAME = "devices"
@@ -75,9 +76,14 @@ def describe(device) -> dict[str, Any]:
             "source": prov.source,
             "fit_date": prov.fit_date,
             "fit_error": prov.fit_error,
+            "inherited_from": prov.inherited_from,
         })
+    from sparsesim.hw.devices import SOURCES_FILE, sources_file
+
+    cited = any(SOURCES_FILE in f["source"] for f in fields)
+    shipped = sources_file() if cited else None
     return {"name": device.name, "family": device.family, "description": device.description,
-            "path": device.path, "fields": fields}
+            "path": device.path, "fields": fields, "sources_file": str(shipped) if shipped else None}
 
 
 def summarize(device) -> dict[str, Any]:
@@ -128,9 +134,13 @@ def render(doc: dict[str, Any]) -> str:
         lines = [f"{d['name']}  ({d['family']})  {d['description']}", f"file: {d['path']}", ""]
         width = max((len(f["field"]) for f in d["fields"]), default=10)
         for f in d["fields"]:
-            val = f"{_fmt(f['value'])} {f['unit']}".strip()
+            unit = "" if f["unit"] == "1" else f["unit"]  # a plain count or ratio
+            val = f"{_fmt(f['value'])} {unit}".strip()
             fit = f"  [fitted {f['fit_date']}, error {f['fit_error']:g}]" if f["fit_date"] else ""
-            lines.append(f"{f['field']:<{width}}  {val:<22} {f['source']}{fit}")
+            base = f"  [from {Path(f['inherited_from']).stem}]" if f.get("inherited_from") else ""
+            lines.append(f"{f['field']:<{width}}  {val:<22} {f['source']}{fit}{base}")
+        if d.get("sources_file"):
+            lines += ["", f"sources cited as 'published.md §N': {d['sources_file']}"]
         return "\n".join(lines)
     rows = []
     width = max((len(d["name"]) for d in doc["devices"]), default=10)

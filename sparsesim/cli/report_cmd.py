@@ -2,23 +2,27 @@
 
 With no arguments it runs the main job: the built-in ResNet-50, BERT-base and Llama-2-7B (prefill
 and decode, on the meta device) on every built-in device with the five standard plans, written to
-reports/default/.
+a new timestamped directory under reports/ (or --out DIR). `--example` regenerates the committed
+example report, reports/default/ of the checkout, instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from sparsesim.cli.common import user_devices_joining
 from sparsesim.core.errors import SparsesimError
 
 NAME = "report"
 HELP = "build a hardware comparison report (HTML + Markdown + CSV) of workloads x devices x plans"
-DEFAULT_OUT = Path("reports") / "default"
+REPORTS_DIR = Path("reports")
+EXAMPLE_DIR = "default"  # reports/default/ of the checkout: the committed example
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="workload specs (default: resnet50, bert-base, llama2-7b prefill and decode)")
     p.add_argument("--devices", default="", help="comma-separated device names or files (default: every built-in device)")
     p.add_argument("--plans", default="", help="comma-separated plans (default: dense,2:4,unstructured:0.9,block4x4:0.5,channel:0.5)")
-    p.add_argument("--out", default=None, help="output directory (default: reports/default, or reports/<workload> when workloads are given)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: a new reports/<workloads>-<date>-<time>/ in the current directory)")
+    p.add_argument("--example", action="store_true",
+                   help="regenerate the committed example report (reports/default/ of the checkout; the default workloads)")
     p.add_argument("--search", action="append", default=[], metavar="DIR", help="a search output directory to include (repeatable)")
     p.add_argument("--validation", default=None, metavar="FILE", help="a `sparsesim validate --json` file to include")
     p.add_argument("--validate", action="store_true", help="run a quick validation on this host and include it")
@@ -46,7 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if "dense" not in plans:
         plans.insert(0, "dense")
     devices = build.resolve_devices([d.strip() for d in args.devices.split(",") if d.strip()])
-    out = Path(args.out) if args.out else (DEFAULT_OUT if not args.workloads else Path("reports") / slug("-".join(workloads)))
+    out = output_dir(args, slug("-".join(workloads)) if args.workloads else EXAMPLE_DIR)
     try:  # before the (slow) collection, so an unwritable --out fails at once
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         written = render.write_report(data, out, progress=bar.update)
     data.timings["render"] = time.perf_counter() - t1
     doc: dict[str, Any] = {
+        "user_devices": user_devices_joining(args.devices),
         "out": str(out),
         "index": str(out / "index.html"),
         "markdown": str(out / "report.md"),
@@ -89,6 +97,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def output_dir(args: argparse.Namespace, name: str) -> Path:
+    """--out as given; --example: the checkout's reports/default/; otherwise a new timestamped
+    directory, so a report never overwrites another (nor the committed example)."""
+    if args.example:
+        if args.out or args.workloads:
+            raise SparsesimError("report --example regenerates reports/default/ with the default workloads: "
+                                 "give no workloads and no --out with it")
+        from sparsesim.core.packaged import checkout_dir
+
+        root = checkout_dir()
+        if root is None:
+            raise SparsesimError("report --example: the example report lives in a checkout of sparsesim's "
+                                 "repository; this is an installed copy (use --out DIR)")
+        return root / REPORTS_DIR / EXAMPLE_DIR
+    if args.out:
+        return Path(args.out)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = REPORTS_DIR / f"{name}-{stamp}"
+    n = 1
+    while out.exists():  # two reports in the same second
+        n += 1
+        out = REPORTS_DIR / f"{name}-{stamp}-{n}"
+    return out
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The command that regenerates this report, as the report prints it."""
     parts = ["sparsesim", "report", *args.workloads]
@@ -98,6 +131,8 @@ def command_line(args: argparse.Namespace) -> str:
             parts += [flag, str(value)]
     for d in args.search:
         parts += ["--search", str(d)]
+    if args.example:
+        parts.append("--example")
     if args.validate:
         parts.append("--validate")
     if args.serving is False:
@@ -106,9 +141,10 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
+    from sparsesim.cli.common import render_user_devices
     from sparsesim.report.fmt import fmt_x
 
-    lines = []
+    lines = render_user_devices(doc.get("user_devices", []))
     plans = doc["plans"]
     for wl in doc["workloads"]:
         rows = [r for r in doc["summary"] if r["workload"] == wl]

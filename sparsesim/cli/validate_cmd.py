@@ -14,7 +14,7 @@ HELP = "time a grid of dense/CSR/BSR/channel-pruned kernels here and print predi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="host", metavar="host|PATH",
-                        help="calibrated CPU device (default: accelerators/host.toml; calibrated "
+                        help="calibrated CPU device (default: `host`, written by `sparsesim calibrate` to the user config directory; calibrated "
                              "quickly first, and said so, if it does not exist)")
     add_timing_arguments(parser, quick_help="a small grid (seconds) for CI",
                          threads_help="torch threads while timing (default 1)")

@@ -33,10 +33,17 @@ from sparsesim.fidelity import measure
 from sparsesim.cost import estimate_op
 from sparsesim.hw.devices import Device, load_device, parse_device_file
 from sparsesim.core.errors import SparsesimError
+from sparsesim.core.packaged import user_device_dir
 from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
 from sparsesim.sparsity.records import LayerSparsity, Pattern
 
-DEFAULT_OUT = Path(__file__).resolve().parents[2] / "accelerators" / "host.toml"
+HOST_NAME = "host"  # the calibrated device's name: found by it like a built-in device
+
+
+def default_out() -> Path:
+    """Where `calibrate` writes by default: the user config directory, so a wheel install works
+    and `--device host` finds it from any directory."""
+    return user_device_dir() / f"{HOST_NAME}.toml"
 # reference device whose energy figures and FMA-port count the host file borrows (with sources)
 REFERENCE_X86 = "xeon-sapphire-rapids"
 REFERENCE_ARM = "arm-cortex-a78"
@@ -446,7 +453,13 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
               progress: Callable[[str], None] | None = None) -> CalibrationResult:
     """Measure this host, fit the CPU model, write the device file and return what was fitted."""
     say = progress or (lambda _msg: None)
-    path = Path(out) if out else DEFAULT_OUT
+    path = Path(out) if out else default_out()
+    if out is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SparsesimError(f"calibrate: cannot create {path.parent} ({e.strerror or e}); "
+                                 f"use --out PATH or set SPARSESIM_CONFIG_DIR") from None
     if path.suffix != ".toml":
         raise SparsesimError(f"calibrate --out {path}: the device file must end in .toml")
     if not path.parent.is_dir():

@@ -23,7 +23,7 @@ import torch
 
 from sparsesim.fidelity import measure
 from sparsesim.fidelity.calibrate import (
-    DEFAULT_OUT, FIT_BSR_M, FIT_CSR_M, FIT_INT8_M, FIT_M, FIT_NK, calibrate, gemm_op, layer_for, sparse_pattern,
+    FIT_BSR_M, default_out, FIT_CSR_M, FIT_INT8_M, FIT_M, FIT_NK, calibrate, gemm_op, layer_for, sparse_pattern,
 )
 from sparsesim.cost import estimate_op
 from sparsesim.hw.devices import Device, load_device
@@ -96,17 +96,19 @@ class Row:
 
 def host_device(device: str | None, *, quick_fallback: bool = True,
                 say: Callable[[str], None] = lambda _m: None) -> tuple[Device, str]:
-    """The calibrated host device: a path, `host` (accelerators/host.toml) or, when that file
-    does not exist yet, a quick calibration written there first (and said so)."""
+    """The calibrated host device: a name or path, `host` (`calibrate`'s default output in the user
+    config directory) or, when that file does not exist yet, a quick calibration written there
+    first (and said so)."""
     if device not in (None, "host"):
         return load_device(device), f"device file {device}"
-    if DEFAULT_OUT.is_file():
-        return load_device(str(DEFAULT_OUT)), f"device file {DEFAULT_OUT}"
+    out = default_out()
+    if out.is_file():
+        return load_device(str(out)), f"device file {out}"
     if not quick_fallback:
-        raise SparsesimError(f"no host device file at {DEFAULT_OUT}: run `sparsesim calibrate` first")
-    say(f"no host device file at {DEFAULT_OUT}: running `sparsesim calibrate --quick` first")
-    res = calibrate(DEFAULT_OUT, quick=True)
-    return res.device, f"device file {DEFAULT_OUT} (written now by a quick calibration)"
+        raise SparsesimError(f"no host device file at {out}: run `sparsesim calibrate` first")
+    say(f"no host device file at {out}: running `sparsesim calibrate --quick` first")
+    res = calibrate(None, quick=True)
+    return res.device, f"device file {out} (written now by a quick calibration)"
 
 
 # ----------------------------------------------------------------------------- the grid

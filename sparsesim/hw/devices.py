@@ -12,6 +12,10 @@ A device file names its family and gives every number as a quantity with a unit 
 A fitted quantity also carries `fit_date` and `fit_error`. Each family declares its fields as a
 frozen dataclass (see `register_family`); the loader converts units to SI and rejects unknown,
 duplicate and missing keys and wrong units, naming the file and the field.
+
+A file may start from another device (`extends = "h100-sxm5"`, a name or a path relative to the
+file) and give only what differs; a per-dtype table is merged dtype by dtype. Sources cited as
+"published.md §N" are the reference file shipped next to the built-in devices (`sources_file()`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sparsesim.core.errors import DeviceFileError
-from sparsesim.core.packaged import builtin_dirs, builtin_files
+from sparsesim.core.packaged import builtin_dirs, builtin_files, user_device_dir
 
 # dimension -> {unit spelling: factor to the SI base unit}
 UNITS: Mapping[str, Mapping[str, float]] = {
@@ -49,6 +53,9 @@ UNITS: Mapping[str, Mapping[str, float]] = {
 
 QUANTITY_KEYS = frozenset({"value", "unit", "source", "fit_date", "fit_error", "note"})
 TOP_KEYS = ("name", "family", "description")
+EXTENDS_KEY = "extends"
+# the reference file the device files cite as "published.md §N", shipped with them
+SOURCES_FILE = "published.md"
 
 
 def quantity(dim: str, per_dtype: bool = False, default: Any = dataclasses.MISSING) -> Any:
@@ -92,6 +99,7 @@ class Provenance:
     unit: str = ""
     fit_date: str | None = None
     fit_error: float | None = None
+    inherited_from: str | None = None  # the device file this value came from through `extends`
 
 
 @dataclass(frozen=True)
@@ -124,24 +132,47 @@ def builtin_device_files() -> dict[str, Path]:
     return builtin_files(builtin_device_dirs())
 
 
+def user_device_files() -> dict[str, Path]:
+    """The user's own device files (e.g. `host` from `sparsesim calibrate`) in the user config
+    directory, except those named like a built-in device (the built-in one wins)."""
+    builtin = {k.lower() for k in builtin_device_files()}
+    return {k: p for k, p in builtin_files([user_device_dir()]).items() if k.lower() not in builtin}
+
+
+def default_device_files() -> dict[str, Path]:
+    """Every device a comparison uses when none are named: built-in, then the user's."""
+    return {**builtin_device_files(), **user_device_files()}
+
+
+def sources_file() -> Path | None:
+    """The shipped reference file that device-file sources cite as "published.md §N"."""
+    for d in builtin_device_dirs():
+        if (d / SOURCES_FILE).is_file():
+            return d / SOURCES_FILE
+    return None
+
+
 def find_device_file(name_or_path: str) -> Path:
     p = Path(name_or_path)
     if p.suffix == ".toml":
         if p.is_file():
             return p
         raise DeviceFileError(f"device file {name_or_path}: {'is a directory' if p.is_dir() else 'does not exist'}")
-    files = builtin_device_files()
+    files = default_device_files()
     key = name_or_path.lower()
     for stem, path in files.items():
         if stem.lower() == key:
             return path
+    hint = " (`sparsesim calibrate` writes it)" if key == "host" else ""
     raise DeviceFileError(
-        f"unknown device {name_or_path!r}: not a .toml file and not one of {', '.join(sorted(files))}"
+        f"unknown device {name_or_path!r}{hint}: not a .toml file and not one of {', '.join(sorted(files))} "
+        f"(built-in, or your own in {user_device_dir()})"
     )
 
 
 def load_device(name_or_path: str) -> Device:
-    """Load a device by built-in name (file stem, case-insensitive) or by path to a .toml file."""
+    """Load a device by name (file stem, case-insensitive; built-in or in the user config
+    directory) or by path to a .toml file."""
     return parse_device_file(find_device_file(name_or_path))
 
 
@@ -149,18 +180,70 @@ def builtin_devices() -> list[Device]:
     return [parse_device_file(p) for p in builtin_device_files().values()]
 
 
+def default_devices() -> list[Device]:
+    """The devices of a comparison that names none: built-in plus the user's (see
+    `user_device_files`; callers announce the user's, since they join silently otherwise)."""
+    return [parse_device_file(p) for p in default_device_files().values()]
+
+
 def parse_device_file(path: Path) -> Device:
+    return parse_device_doc(_read_doc(Path(path)), str(path), base_dir=Path(path).parent)
+
+
+def _read_doc(path: Path) -> dict[str, Any]:
     try:
-        text = Path(path).read_text()
+        text = path.read_text()
     except OSError as e:
         raise DeviceFileError(f"{path}: cannot read device file ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise DeviceFileError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise DeviceFileError(f"{path}: not valid TOML ({_toml_problem(text, e)})") from None
-    return parse_device_doc(doc, str(path))
+
+
+def resolve_extends(doc: Mapping[str, Any], where: str, base_dir: Path | None,
+                    seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, str]]:
+    """The document with `extends` applied (the base's fields, then this file's on top; per-dtype
+    tables merged by dtype) and, per inherited field, the base file it came from."""
+    base_ref = doc.get(EXTENDS_KEY)
+    if base_ref is None:
+        return dict(doc), {}
+    if not isinstance(base_ref, str) or not base_ref.strip():
+        raise DeviceFileError(f"{where}: field '{EXTENDS_KEY}' must be a device name or a .toml path")
+    rel = Path(base_ref)
+    if rel.suffix == ".toml" and not rel.is_absolute() and base_dir is not None:
+        rel = base_dir / rel
+    try:
+        base_path = find_device_file(str(rel))
+    except DeviceFileError as e:
+        raise DeviceFileError(f"{where}: field '{EXTENDS_KEY}': {e}") from None
+    key = str(base_path.resolve())
+    if key in seen:
+        raise DeviceFileError(f"{where}: field '{EXTENDS_KEY}': {base_ref!r} extends itself (through {' -> '.join(seen)})")
+    base_doc, base_origin = resolve_extends(_read_doc(base_path), str(base_path), base_path.parent,
+                                            (*seen, key))
+    merged: dict[str, Any] = dict(base_doc)
+    # field (or field.dtype of a per-dtype table) -> the file it was inherited from
+    origin: dict[str, str] = {}
+    for k, v in base_doc.items():
+        for sub in ([f"{k}.{dt}" for dt in v] if _is_table(v) else [k]):
+            origin[sub] = base_origin.get(sub, str(base_path))
+    for k, v in doc.items():
+        if k == EXTENDS_KEY:
+            continue
+        old = merged.get(k)
+        if _is_table(v) and _is_table(old):
+            merged[k] = {**old, **v}  # a per-dtype table: this file's dtypes replace the base's
+            drop = {f"{k}.{dt}" for dt in v}
+        else:
+            merged[k] = v
+            drop = {o for o in origin if o == k or o.startswith(f"{k}.")}
+        for o in drop:
+            origin.pop(o, None)
+    merged.pop(EXTENDS_KEY, None)
+    return merged, origin
 
 
 def _toml_problem(text: str, e: tomllib.TOMLDecodeError) -> str:
@@ -176,8 +259,14 @@ def _toml_problem(text: str, e: tomllib.TOMLDecodeError) -> str:
     return msg
 
 
-def parse_device_doc(doc: Mapping[str, Any], where: str) -> Device:
+def _is_table(v: Any) -> bool:
+    """A per-dtype table (dtype -> quantity), as opposed to one quantity {value, unit, source}."""
+    return isinstance(v, dict) and "value" not in v and all(isinstance(x, dict) for x in v.values())
+
+
+def parse_device_doc(doc: Mapping[str, Any], where: str, base_dir: Path | None = None) -> Device:
     _load_families()
+    doc, origin = resolve_extends(doc, where, base_dir)
     for key in TOP_KEYS:
         if not isinstance(doc.get(key), str) or not doc[key].strip():
             raise DeviceFileError(f"{where}: field '{key}' is missing or not a non-empty string")
@@ -189,12 +278,16 @@ def parse_device_doc(doc: Mapping[str, Any], where: str) -> Device:
     unknown = sorted(set(doc) - set(fields) - set(TOP_KEYS))
     if unknown:
         raise DeviceFileError(f"{where}: unknown field(s) {', '.join(unknown)} for family '{family}'")
+    missing = [name for name, f in fields.items() if name not in doc
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        listed = ", ".join(f"'{m}'" for m in missing)
+        raise DeviceFileError(f"{where}: missing field{'s' if len(missing) > 1 else ''} {listed} (family '{family}'; "
+                              f"or start from a similar device with extends = \"NAME\")")
     values: dict[str, Any] = {}
     provenance: dict[str, Provenance] = {}
     for name, f in fields.items():
         if name not in doc:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-                raise DeviceFileError(f"{where}: missing field '{name}' (family '{family}')")
             continue
         dim, per_dtype = f.metadata.get("dim"), f.metadata.get("per_dtype", False)
         raw = doc[name]
@@ -215,6 +308,9 @@ def parse_device_doc(doc: Mapping[str, Any], where: str) -> Device:
         problem = check()
         if problem:
             raise DeviceFileError(f"{where}: {problem}")
+    for k, p in provenance.items():
+        if k in origin:
+            provenance[k] = dataclasses.replace(p, inherited_from=origin[k])
     return Device(doc["name"], family, doc["description"], where, params, provenance)
 
 

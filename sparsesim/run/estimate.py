@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import pandas as pd
 
 from sparsesim.run import results
-from sparsesim.hw.devices import Device, builtin_devices, load_device
+from sparsesim.hw.devices import Device, default_devices, load_device
 from sparsesim.core.errors import DeviceFileError
 from sparsesim.cost.common import UNKNOWN_DTYPE_BYTES
 from sparsesim.cost.record import Cost, RunContext
@@ -89,9 +89,10 @@ def resolve_device(device: str | Device) -> Device:
 
 
 def resolve_devices(devices: str | Device | Iterable[str | Device] | None) -> list[Device]:
-    """None = every built-in device; a comma-separated string or any iterable of names/Devices."""
+    """None = every built-in device and the user's own (`default_devices`); a comma-separated
+    string or any iterable of names/Devices."""
     if devices is None:
-        return builtin_devices()
+        return default_devices()
     if isinstance(devices, (str, Device)):
         if isinstance(devices, str) and not devices.strip(" ,"):
             raise DeviceFileError(f"devices {devices!r}: no device named (comma-separated names or .toml paths)")

@@ -24,10 +24,9 @@ def _task(blob: bytes, cfg: StudyConfig, worker: int) -> int:
 
 def run_on_dask(problem, cfg: StudyConfig, address: str, workers: int) -> int:
     """Submit one worker task per Dask worker (or `workers` tasks when > 1); returns trials run."""
-    try:
-        from distributed import Client
-    except ImportError as e:
-        raise SearchError("--dask-scheduler needs the optional extra: pip install 'sparsesim[cluster]'") from e
+    from sparsesim.core.extras import require
+
+    Client = require("distributed", "cluster", "search --dask-scheduler").Client
     path = journal_path_of(cfg.storage)
     if path is not None:  # workers resolve paths on their side: hand them an absolute one
         cfg = StudyConfig(str(Path(path).resolve()), cfg.study_name, cfg.n_trials, cfg.seed, cfg.sampler)

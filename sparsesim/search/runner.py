@@ -202,7 +202,11 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: Sea
     torch.manual_seed(cfg.seed)
     out = _make_out(cfg.out)  # before the (slow) problem, so an unwritable --out fails at once
     if cfg.algorithm != "dp" and (cfg.trials is None or cfg.trials > 0):
+        from sparsesim.core.extras import require
         from sparsesim.search.optuna_search import open_storage
+
+        for mod in ("optuna", "psutil"):
+            require(mod, "search", f"search --algorithm {cfg.algorithm}")
 
         open_storage(cfg.storage or str(out / "study.journal"))  # a bad --storage fails at once too
     problem = problem or build_problem(cfg)

