@@ -26,9 +26,6 @@ from sparsesim.core.ir import DTYPE_BYTES, MEMORY_KINDS, GemmShape, Op
 from sparsesim.sparsity.records import LayerSparsity
 
 
-# pattern kinds a zero-skipping engine (FPGA PE array, S4-style lanes) can skip in the weight;
-# channel pruning needs no skipping (it is a smaller dense GEMM)
-ZERO_SKIP_PATTERNS = ("unstructured", "nm", "block")
 # bytes per element of a dtype the IR does not list (a traced complex or custom dtype): counted
 # at fp32 width, the default tensor dtype, rather than failing the whole estimate
 UNKNOWN_DTYPE_BYTES = 4
@@ -57,7 +54,7 @@ def channel_shrunk(op: Op, layer: LayerSparsity | None) -> GemmShape | None:
     (N * groups) x K matrix, so kept rows are spread evenly over the groups.
     """
     g = op.gemm
-    if g is None or layer is None or layer.pattern.kind != "channel":
+    if g is None or layer is None or not layer.pattern.spec.shrinks_op:
         return g
     st = layer.stats
     # kept == 0 leaves an empty GEMM (n or k = 0): the op still exists and costs its overheads
@@ -118,7 +115,7 @@ def gemm_work(op: Op, layer: LayerSparsity | None = None) -> GemmWork:
     db = DTYPE_BYTES[op.dtype]
     shrunk = channel_shrunk(op, layer)
     assert shrunk is not None
-    pruned = layer is not None and layer.pattern.kind == "channel"
+    pruned = layer is not None and layer.pattern.spec.shrinks_op
     if op.kind == "attention":
         qk, pv = gemms_of(op)
         bg = qk.batch * qk.groups
@@ -133,10 +130,17 @@ def gemm_work(op: Op, layer: LayerSparsity | None = None) -> GemmWork:
     # a parameter is stored once and shared over the batch; a bmm's B operand is per batch
     w = (g.groups if op.weight is not None else bg) * g.n * g.k * db
     density, values, meta = 1.0, w, 0.0
-    if layer is not None and not pruned and layer.pattern.kind != "dense":
+    if layer is not None and not pruned and not layer.pattern.spec.is_dense:
         density = layer.stats.density
         values, meta = float(layer.value_bytes), float(layer.metadata_bytes)
     return GemmWork((g,), op.dtype, db, g.macs, a, w, c, density, values, meta, pruned)
+
+
+def zero_skipped(layer: LayerSparsity | None) -> LayerSparsity | None:
+    """The layer whose weight zeros a zero-skipping engine (FPGA PE array, S4-style lanes) can
+    skip: its pattern kind says so (`skips_zeros`); None for dense, channel-pruned (a smaller
+    dense GEMM, nothing to skip) or no layer."""
+    return layer if layer is not None and layer.pattern.spec.skips_zeros else None
 
 
 def memory_op_bytes(op: Op) -> float:

@@ -210,7 +210,7 @@ def removes_channels(plan: str) -> bool:
     from sparsesim.sparsity.patterns import parse_pattern
 
     try:
-        return parse_pattern(plan).kind == "channel"
+        return parse_pattern(plan).spec.shrinks_op
     except SparsesimError:  # a plan file, not a pattern spelling: its layers may mix patterns
         return False
 

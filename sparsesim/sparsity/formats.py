@@ -9,10 +9,9 @@ values (indices, pointers, bitmaps). Counts follow the layouts the libraries use
 - coo:    nnz values + nnz (row, col) index pairs (torch COO: a 2 x nnz index tensor)
 - bsr:    nonzero-blocks * r*c values + one column index per block + (block rows + 1) pointers;
           edge blocks are zero-padded to full r x c
-- nm:     exactly N values per group of M along K (zeros stored when a group keeps fewer) +
-          ceil(log2 M) bits of position per stored value, as in Mishra et al. 2021
-          ("Accelerating Sparse Deep Neural Networks": 2 bits per kept fp16 value for 2:4,
-          i.e. 12.5 % of the value bytes)
+
+A pattern kind may own a format of its own (`nm` for N:M, `vnm` for V:N:M); its layout and
+byte count live in the kind's module (`sparsesim.sparsity.kinds`), and `format_bytes` asks it.
 
 Index and pointer widths default to 4 bytes (int32, as cuSPARSE uses); torch defaults to
 int64, so pass index_bytes=8, pointer_bytes=8 to match torch's own sparse tensors.
@@ -24,9 +23,10 @@ import math
 from dataclasses import dataclass
 
 from sparsesim.core.errors import SparsesimError
-from sparsesim.sparsity.records import Pattern, SparsityStats
+from sparsesim.sparsity.records import KINDS, Pattern, SparsityStats
 
-FORMATS = ("dense", "bitmap", "csr", "coo", "bsr", "nm")
+# formats any mask can be stored in; kinds add their own (`PatternKind.formats`)
+GENERIC_FORMATS = ("dense", "bitmap", "csr", "coo", "bsr")
 # int32 indices and pointers: cuSPARSE's CSR/COO/BSR default index type
 DEFAULT_INDEX_BYTES = 4
 DEFAULT_POINTER_BYTES = 4
@@ -45,12 +45,18 @@ class FormatSize:
     total: int
 
 
+def formats() -> tuple[str, ...]:
+    """Every format: the generic ones, then those the registered pattern kinds own."""
+    return GENERIC_FORMATS + tuple(f for k in KINDS.values() for f in k.formats)
+
+
 def default_format(pattern: Pattern) -> str:
     """The format a kernel for `pattern` would normally read."""
-    return {"dense": "dense", "unstructured": "csr", "nm": "nm", "block": "bsr", "channel": "dense"}[pattern.kind]
+    return pattern.spec.default_format
 
 
-def _size(values: float, metadata: float) -> FormatSize:
+def size_of(values: float, metadata: float) -> FormatSize:
+    """A FormatSize from (possibly fractional) value and metadata bytes, each rounded up."""
     v, m = math.ceil(values), math.ceil(metadata)
     return FormatSize(v, m, v + m)
 
@@ -64,42 +70,36 @@ def format_bytes(fmt: str, stats: SparsityStats, *, value_bytes: float, pattern:
     """
     rows, cols, nnz = stats.rows, stats.cols, stats.nnz
     if fmt == "dense":
-        if pattern is not None and pattern.kind == "channel":
-            return _size(stats.kept_rows * stats.kept_cols * value_bytes, 0)
-        return _size(rows * cols * value_bytes, 0)
+        if pattern is not None and pattern.spec.shrinks_op:
+            return size_of(stats.kept_rows * stats.kept_cols * value_bytes, 0)
+        return size_of(rows * cols * value_bytes, 0)
     if fmt == "bitmap":
-        return _size(nnz * value_bytes, math.ceil(rows * cols / 8))
+        return size_of(nnz * value_bytes, math.ceil(rows * cols / 8))
     if fmt == "csr":
-        return _size(nnz * value_bytes, nnz * index_bytes + (rows + 1) * pointer_bytes)
+        return size_of(nnz * value_bytes, nnz * index_bytes + (rows + 1) * pointer_bytes)
     if fmt == "coo":
-        return _size(nnz * value_bytes, 2 * nnz * index_bytes)
+        return size_of(nnz * value_bytes, 2 * nnz * index_bytes)
     if fmt == "bsr":
-        rc = block or (pattern.block if pattern is not None and pattern.kind == "block" else None)
+        rc = block or (pattern.spec.bsr_block(pattern) if pattern is not None else None)
         if rc is None:
             raise FormatError("format 'bsr' needs a block size: a block pattern or block=(r, c)")
         nb = stats.nonzero_blocks(*rc)
         if nb is None:
             raise FormatError(f"format 'bsr': stats hold no count of {rc[0]}x{rc[1]} blocks")
-        block_rows = -(-rows // rc[0])
-        return _size(nb * rc[0] * rc[1] * value_bytes, nb * index_bytes + (block_rows + 1) * pointer_bytes)
-    if fmt == "nm":
-        if pattern is None or pattern.kind != "nm":
-            raise FormatError(f"format 'nm' needs an N:M pattern, got {pattern.label if pattern else None!r}")
-        n, m = pattern.n, pattern.m
-        if not stats.conforms_nm(n, m):
-            raise FormatError(f"format 'nm': the mask does not conform to {n}:{m}")
-        stored = rows * ((cols // m) * n + min(n, cols % m))
-        bits = max(1, math.ceil(math.log2(m)))
-        return _size(stored * value_bytes, math.ceil(stored * bits / 8))
-    raise FormatError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+        # a block side longer than the matrix is stored at the matrix's extent
+        r, c = min(rc[0], max(rows, 1)), min(rc[1], max(cols, 1))
+        block_rows = -(-rows // r)
+        return size_of(nb * r * c * value_bytes, nb * index_bytes + (block_rows + 1) * pointer_bytes)
+    owner = next((k for k in KINDS.values() if fmt in k.formats), None)
+    if owner is None:
+        raise FormatError(f"format {fmt!r} is not one of {', '.join(formats())}")
+    if pattern is None or pattern.spec is not owner:
+        got = pattern.label if pattern is not None else None
+        raise FormatError(f"format {fmt!r} needs a {owner.name} pattern ({owner.grammar}), got {got!r}")
+    return owner.format_size(fmt, stats, pattern, value_bytes)
 
 
 def storage_format(pattern: Pattern, stats: SparsityStats, *, value_bytes: float) -> str:
-    """The format a weight is stored in: `default_format`, except that unstructured weights
-    stay dense when CSR would be larger (e.g. 30 % sparsity in fp16, or stray zeros)."""
-    fmt = default_format(pattern)
-    if fmt == "csr":
-        dense = format_bytes("dense", stats, value_bytes=value_bytes, pattern=pattern).total
-        if format_bytes("csr", stats, value_bytes=value_bytes, pattern=pattern).total >= dense:
-            return "dense"
-    return fmt
+    """The format a weight is stored in, as its kind chooses (e.g. unstructured weights stay
+    dense when CSR would be larger: 30 % sparsity in fp16, or stray zeros)."""
+    return pattern.spec.storage_format(pattern, stats, value_bytes)

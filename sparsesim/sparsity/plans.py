@@ -49,7 +49,7 @@ from sparsesim.core.errors import MaskError, PlanError
 from sparsesim.sparsity.formats import format_bytes, storage_format
 from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.sparsity.masks import activation_aware_scores, build_mask, check_mask, existing_mask, kept_units
-from sparsesim.sparsity.patterns import parse_pattern
+from sparsesim.sparsity.patterns import make_pattern, parse_pattern
 from sparsesim.sparsity.records import DENSE, LayerSparsity, Pattern, SparseWorkload
 from sparsesim.core.threads import one_thread
 from sparsesim.sparsity.stats import analytic_stats, measure_stats
@@ -285,7 +285,7 @@ def _role(module: str) -> str | None:
 def _same_channel(patterns: Mapping[str, Pattern], weights: Iterable[str]) -> Pattern | None:
     pats = {patterns[w] for w in weights}
     p = pats.pop() if len(pats) == 1 else None
-    return p if p is not None and p.kind == "channel" else None
+    return p if p is not None and p.spec.shrinks_op else None
 
 
 def _couplings(entries: Mapping[str, _Entry], patterns: Mapping[str, Pattern],
@@ -349,7 +349,7 @@ def _mlp_pairs(by_module: Mapping[str, str]) -> list[tuple[tuple[str, ...], str]
 def _consumer_pattern(own: Pattern, density: float) -> Pattern:
     """The pattern recorded for the consumer of pruned heads: channel (a smaller dense matrix)
     unless it has a finer pattern of its own, which it keeps."""
-    return Pattern("channel", round(density, 12)) if own.kind in ("dense", "channel") else own
+    return make_pattern("channel", density) if own.spec.is_dense or own.spec.shrinks_op else own
 
 
 class _Layers:
@@ -415,10 +415,10 @@ class _Layers:
 
     def _consumer(self, o: str, cols: torch.Tensor) -> None:
         e, own = self.entries[o], self.patterns[o]
-        mask = self.given(o, own if own.kind != "dense" else Pattern("channel", 1.0))
+        mask = self.given(o, own if not own.spec.is_dense else make_pattern("channel", 1.0))
         if mask is None:
             mask = cols[None, :].expand(e.rows, e.cols).float()
-            if own.kind != "dense":
+            if not own.spec.is_dense:
                 own_mask = build_mask(self.weight(o), own, scores=self.scores(o), layer=o)
                 mask = mask * own_mask.reshape(e.rows, e.cols)
         density = float(mask.reshape(e.rows, -1).count_nonzero()) / (e.rows * e.cols)
@@ -430,9 +430,9 @@ class _Layers:
             return self.decided[w]
         pattern = self.patterns[w]
         e = self.entries[w]
-        group = _head_rows(e, self.heads, self.kv_heads) if pattern.kind == "channel" else 1
+        group = _head_rows(e, self.heads, self.kv_heads) if pattern.spec.uses_group else 1
         mask = self.given(w, pattern, group)
-        if mask is None and pattern.kind == "dense":
+        if mask is None and pattern.spec.is_dense:
             owner, local, _ = _get_tensor(self.model, w)
             found = existing_mask(owner, local)
             mask = None if found is None else _view(found, e)
@@ -460,14 +460,14 @@ def _analytic_layers(model: Any, entries: Mapping[str, _Entry], plan: Plan) -> d
         if c.consumer is not None:
             e, own = entries[c.consumer], patterns[c.consumer]
             kept_cols = kept_units(c.pattern.density, c.units) * c.consumer_cols
-            if own.kind in ("dense", "channel"):
-                st = analytic_stats(e.rows, e.cols, own if own.kind == "channel" else Pattern("channel", 1.0),
+            if own.spec.is_dense or own.spec.shrinks_op:
+                st = analytic_stats(e.rows, e.cols, own if own.spec.shrinks_op else make_pattern("channel", 1.0),
                                     kept_cols=kept_cols)
                 out[c.consumer] = (_consumer_pattern(own, st.density), st)
     for w, e in entries.items():
         if w not in out:
             p = patterns[w]
-            group = _head_rows(e, heads, kv_heads) if p.kind == "channel" else 1
+            group = _head_rows(e, heads, kv_heads) if p.spec.uses_group else 1
             out[w] = (p, analytic_stats(e.rows, e.cols, p, group=group))
     return out
 
@@ -537,7 +537,7 @@ def _sparsify(workload: Workload, plan: Plan | str, criterion: str) -> SparseWor
                 stats = analytic_stats(e.rows, e.cols, DENSE)  # exact for a weight without zeros
             else:
                 stats = measure_stats(mask, pattern=pattern)
-                if pattern.kind == "dense" and stats.nnz < stats.size:
+                if pattern.spec.is_dense and stats.nnz < stats.size:
                     pattern = _found_zeros_pattern(stats)
         layers[w] = layer_record(w, pattern, stats, vb)
     return SparseWorkload(workload=workload, plan_name=plan.name, layers=layers)
@@ -553,7 +553,7 @@ def _found_zeros_pattern(stats: Any) -> Pattern:
     count as unstructured sparsity once they pass FOUND_ZEROS_MIN_SPARSITY."""
     if 1.0 - stats.density < FOUND_ZEROS_MIN_SPARSITY:
         return DENSE
-    return Pattern("unstructured", round(stats.density, 6))
+    return make_pattern("unstructured", round(stats.density, 6))
 
 
 def _model_entries(model: nn.Module) -> dict[str, _Entry]:

@@ -8,11 +8,16 @@ a format how nonzeros are stored, stats what a measured (or analytic) mask looks
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
+from sparsesim.core.errors import PlanError
 from sparsesim.core.ir import Op, Workload
 
-PATTERN_KINDS = ("dense", "unstructured", "nm", "block", "channel")
+if TYPE_CHECKING:
+    from sparsesim.sparsity.kinds.base import PatternKind
+
+# the pattern kind registry, name -> PatternKind; filled by sparsesim.sparsity.kinds on import
+KINDS: dict[str, PatternKind] = {}
 
 
 @dataclass(frozen=True)
@@ -20,7 +25,10 @@ class Pattern:
     """Which zeros are allowed. `density` is the fraction of weights kept (1 - sparsity).
 
     Spelled in plans and on the command line as `dense`, `2:4` (any `N:M`), `unstructured:0.9`,
-    `block4x4:0.5` and `channel:0.5`, where the number is the *sparsity* (fraction removed).
+    `block4x4:0.5`, `channel:0.5` and `64:2:8` (V:N:M), where the number after a kind name is
+    the *sparsity* (fraction removed). `kind` names a registered `PatternKind` (`spec`), which
+    knows the grammar, masks, stats and formats of the kind; `block` is the block shape for
+    block patterns and the V x M block sharing a column selection for V:N:M.
     """
 
     kind: str
@@ -34,14 +42,16 @@ class Pattern:
         return 1.0 - self.density
 
     @property
+    def spec(self) -> PatternKind:
+        """The registered kind: grammar, masks, stats, formats and facts such as `shrinks_op`."""
+        try:
+            return KINDS[self.kind]
+        except KeyError:
+            raise PlanError(f"pattern kind {self.kind!r} is not one of {', '.join(KINDS)}") from None
+
+    @property
     def label(self) -> str:
-        if self.kind == "dense":
-            return "dense"
-        if self.kind == "nm":
-            return f"{self.n}:{self.m}"
-        if self.kind == "block":
-            return f"block{self.block[0]}x{self.block[1]}:{self.sparsity:g}"
-        return f"{self.kind}:{self.sparsity:g}"
+        return self.spec.label(self)
 
     def __str__(self) -> str:
         return self.label
@@ -75,6 +85,9 @@ class SparsityStats:
     kept_rows: int
     kept_cols: int
     analytic: bool = False
+    # (pattern label, whether the mask has that pattern's structure) for the pattern the stats
+    # were measured against (analytic stats conform by construction)
+    pattern_conformance: tuple[tuple[str, bool], ...] = ()
 
     @property
     def size(self) -> int:
@@ -91,6 +104,10 @@ class SparsityStats:
 
     def conforms_nm(self, n: int, m: int) -> bool:
         return dict(self.nm_conformance).get((n, m), False)
+
+    def conforms_to(self, pattern: Pattern) -> bool:
+        """Whether the mask was found to have `pattern`'s structure (False if never checked)."""
+        return dict(self.pattern_conformance).get(pattern.label, False)
 
     def nonzero_blocks(self, r: int, c: int) -> int | None:
         """Number of r x c blocks holding at least one nonzero, if it was measured."""

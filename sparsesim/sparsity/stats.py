@@ -10,14 +10,17 @@ keeps a 4096 x 11008 mask well under 0.2 s on one core.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats as st
 
-from sparsesim.core.errors import MaskError
-from sparsesim.sparsity.masks import kept_units, matrix_view
+from sparsesim.sparsity.kinds.base import Frame
+from sparsesim.sparsity.masks import matrix_view
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
 
 # N:M ratios every stats record reports (the ratios sparse tensor cores and papers use)
@@ -61,15 +64,30 @@ def _edge_area(rows: int, cols: int, r: int, c: int) -> torch.Tensor:
     return hr[:, None] * hc[None, :]
 
 
-def _block_counts(b: torch.Tensor, r: int, c: int) -> torch.Tensor:
+def nm_group_max(b: torch.Tensor, m: int) -> int:
+    """Most nonzeros in any aligned group of m along K of a bool rows x K mask (a group longer
+    than the row is the row itself, so nothing is padded beyond K)."""
     rows, k = b.shape
+    m = min(m, k)
+    if not b.numel():
+        return 0
+    cnt = torch.nn.functional.pad(b.to(torch.int32), (0, (-k) % m)).reshape(rows, -1, m).sum(-1)
+    return int(cnt.max())
+
+
+def _block_counts(b: torch.Tensor, r: int, c: int) -> torch.Tensor:
+    """Nonzeros of every r x c block of the zero-padded grid (a side longer than the matrix is
+    clamped to it: the single edge block holds the same cells)."""
+    rows, k = b.shape
+    r, c = max(1, min(r, rows)), max(1, min(c, k))
     x = torch.nn.functional.pad(b.to(torch.int32), (0, (-k) % c, 0, (-rows) % r))
     return x.reshape(x.shape[0] // r, r, x.shape[1] // c, c).sum(dim=(1, 3))
 
 
 def measure_stats(mask: torch.Tensor | np.ndarray, *, pattern: Pattern | None = None,
                   tile: tuple[int, int] = DEFAULT_TILE) -> SparsityStats:
-    """Stats of a real mask (any dtype; nonzero = kept), viewed as rows x K."""
+    """Stats of a real mask (any dtype; nonzero = kept), viewed as rows x K. With `pattern`,
+    also the ratios and blocks its kind asks for and whether the mask conforms to it."""
     t = torch.from_numpy(np.asarray(mask)) if not isinstance(mask, torch.Tensor) else mask.detach()
     b = matrix_view(t)
     if b.dtype != torch.bool:
@@ -99,15 +117,15 @@ def measure_stats(mask: torch.Tensor | np.ndarray, *, pattern: Pattern | None = 
     nm = {}
     for n, m in STANDARD_NM:
         nm[(n, m)] = group_max[m] <= n
-    if pattern is not None and pattern.kind == "nm":
-        n, m = pattern.n, pattern.m
-        if m in group_max:
-            nm[(n, m)] = group_max[m] <= n
-        else:
-            cnt = torch.nn.functional.pad(b.to(torch.int32), (0, (-k) % m)).reshape(rows, -1, m).sum(-1)
-            nm[(n, m)] = int(cnt.max()) <= n if cnt.numel() else True
-    if pattern is not None and pattern.kind == "block" and pattern.block not in block_nonzero:
-        block_nonzero[pattern.block] = int(torch.count_nonzero(_block_counts(b, *pattern.block)))
+    conformance: tuple[tuple[str, bool], ...] = ()
+    if pattern is not None:
+        spec = pattern.spec
+        for n, m in spec.ratios(pattern):
+            nm[(n, m)] = group_max[m] <= n if m in group_max else nm_group_max(b, m) <= n
+        for rc in spec.blocks(pattern):
+            if rc not in block_nonzero:
+                block_nonzero[rc] = int(torch.count_nonzero(_block_counts(b, *rc)))
+        conformance = ((pattern.label, bool(spec.conforms(b, pattern))),)
 
     if tile == (16, 16):
         tcount = c16[: (rows + 15) // 16, : (k + 15) // 16]
@@ -129,12 +147,22 @@ def measure_stats(mask: torch.Tensor | np.ndarray, *, pattern: Pattern | None = 
         kept_rows=int(torch.count_nonzero(row_nnz)),
         kept_cols=int(torch.count_nonzero(col_kept)),
         analytic=False,
+        pattern_conformance=conformance,
     )
 
 
 # ---------------------------------------------------------------- analytic -----------------
+# Shared pieces of the per-kind analytic stats (each kind's module has its own `analytic`).
 
-def _sizes(n: int, b: int) -> list[tuple[int, int]]:
+# Expected row maxima sum P(max >= k) over a window of this many standard deviations around
+# the mean (outside it the terms are 1 or 0 to far below float precision) ...
+_MAX_WINDOW_SD = 40
+# ... sampled at no more than this many points (a Riemann sum with unit error per stride when
+# the window is wider), so the cost never scales with K
+_MAX_WINDOW_POINTS = 4096
+
+
+def sizes(n: int, b: int) -> list[tuple[int, int]]:
     """(extent, how many) of the tiles of side b covering n cells (full tiles, then the edge)."""
     out = []
     if n // b:
@@ -144,7 +172,7 @@ def _sizes(n: int, b: int) -> list[tuple[int, int]]:
     return out
 
 
-def _bin_of(frac: float) -> int:
+def bin_of(frac: float) -> int:
     if frac <= 0:
         return 0
     for i, edge in enumerate(OCCUPANCY_BINS[1:]):
@@ -153,81 +181,72 @@ def _bin_of(frac: float) -> int:
     return len(OCCUPANCY_BINS) - 1
 
 
-def _expected_max_binomial(n: int, p: float, count: int) -> float:
-    """E[max of `count` i.i.d. Binomial(n, p)] = sum_k P(max >= k), computed exactly."""
-    if count <= 0 or n <= 0 or p <= 0:
+def expected_max(dist: Any, n: int, count: int) -> float:
+    """E[max of `count` i.i.d. draws of `dist`] (a scipy frozen distribution on 0..n)
+    = sum_k P(max > k): exact for windows of up to _MAX_WINDOW_POINTS values of k around the
+    mean, a strided sum beyond (a K in the billions stays cheap)."""
+    if count <= 0 or n <= 0:
+        return 0.0
+    mean, sd = float(dist.mean()), float(dist.std())
+    lo = max(0, math.floor(mean - _MAX_WINDOW_SD * sd) - 1)
+    hi = min(n, math.ceil(mean + _MAX_WINDOW_SD * sd) + 1)
+    stride = max(1, -(-(hi - lo) // _MAX_WINDOW_POINTS))
+    logcdf = dist.logcdf(np.arange(lo, hi, stride))  # log P(X <= k)
+    # terms below lo are P(max > k) = 1 to float precision, above hi 0
+    return float(lo + stride * np.sum(-np.expm1(count * logcdf)))
+
+
+def expected_max_binomial(n: int, p: float, count: int) -> float:
+    """E[max of `count` i.i.d. Binomial(n, p)]."""
+    if p <= 0:
         return 0.0
     if p >= 1:
-        return float(n)
-    ks = np.arange(0, n)
-    logcdf = st.binom.logcdf(ks, n, p)  # P(X <= k), k = 0..n-1
-    return float(np.sum(-np.expm1(count * logcdf)))
+        return float(n) if count > 0 else 0.0
+    return expected_max(st.binom(n, p), n, count)
 
 
-def _nm_worst(n_have: int, m_have: int, k: int, m: int) -> int:
-    """Largest count in an aligned group of m along K when each aligned group of m_have holds n_have."""
-    worst = 0
-    period = math.lcm(m, m_have)
-    for start in range(0, min(k, period), m):
-        end = min(start + m, k)
-        cnt = 0
-        g = start // m_have
-        while g * m_have < end:
-            lo, hi = max(start, g * m_have), min(end, (g + 1) * m_have)
-            glen = min(k, (g + 1) * m_have) - g * m_have
-            cnt += min(n_have, hi - lo, glen)
-            g += 1
-        worst = max(worst, cnt)
-    return worst
-
-
-def _full_conforms(k: int, n: int, m: int) -> bool:
+def full_conforms(k: int, n: int, m: int) -> bool:
     """Does a row of K ones conform to n:m? Only if no group of m holds more than n ones."""
     return min(m, k) <= n
 
 
-def _nm_row_zero_prob(k: int, n: int, m: int, lo: int, hi: int) -> float:
-    """P(columns [lo, hi) of one row are all zero) when each group of m keeps n uniformly at random."""
-    p = 1.0
-    g = lo // m
-    while g * m < hi:
-        glen = min(k, (g + 1) * m) - g * m
-        keep = min(n, glen)
-        ov = min(hi, (g + 1) * m) - max(lo, g * m)
-        p *= math.comb(glen - ov, keep) / math.comb(glen, keep) if glen - ov >= keep else 0.0
-        g += 1
-    return p
-
-
-def _nm_block_zero(rows: int, k: int, n: int, m: int, r: int, c: int) -> float:
-    """Expected number of all-zero r x c blocks of an n:m mask with uniformly placed kept weights."""
-    cache: dict[tuple[int, int], float] = {}
-    total_zero = 0.0
-    for j in range((k + c - 1) // c):
-        lo, hi = j * c, min(k, (j + 1) * c)
-        key = (lo % m, hi - lo) if hi + m < k else (lo, hi)
-        if key not in cache:
-            cache[key] = _nm_row_zero_prob(k, n, m, lo, hi)
-        q = cache[key]
-        for h, cnt in _sizes(rows, r):
-            total_zero += cnt * q ** h
-    return total_zero
-
-
-def _tile_hist_binomial(area_counts: list[tuple[int, int]], p: float) -> tuple[float, ...]:
+def tile_hist_binomial(area_counts: list[tuple[int, int]], p: float) -> tuple[float, ...]:
     """Occupancy histogram of tiles whose kept count is Binomial(area, p)."""
     hist = np.zeros(len(OCCUPANCY_BINS))
     tiles = 0
     for area, count in area_counts:
         pmf = st.binom.pmf(np.arange(area + 1), area, p)
         for j, pj in enumerate(pmf):
-            hist[_bin_of(j / area)] += pj * count
+            hist[bin_of(j / area)] += pj * count
         tiles += count
     return tuple(float(h / tiles) for h in hist)
 
 
-def _tile_areas(rows: int, cols: int, tile: tuple[int, int]) -> list[tuple[int, int]]:
-    return [(h * w, a * b) for h, a in _sizes(rows, tile[0]) for w, b in _sizes(cols, tile[1])]
+def tile_areas(rows: int, cols: int, tile: tuple[int, int]) -> list[tuple[int, int]]:
+    return [(h * w, a * b) for h, a in sizes(rows, tile[0]) for w, b in sizes(cols, tile[1])]
+
+
+def record(f: Frame, *, nnz: float, row_max: float, row_mean: float, row_std: float,
+           conformance: Mapping[tuple[int, int], bool], block_nonzero: Mapping[tuple[int, int], float],
+           hist: Iterable[float], kept_rows: float, kept_cols: float) -> SparsityStats:
+    """An analytic SparsityStats record (counts rounded to whole numbers)."""
+    h = tuple(float(x) for x in hist)
+    return SparsityStats(
+        rows=f.rows, cols=f.cols, nnz=int(nnz),
+        nm_conformance=tuple(sorted((k, bool(v)) for k, v in conformance.items())),
+        row_nnz_max=int(row_max), row_nnz_mean=float(row_mean), row_nnz_std=float(row_std),
+        block_nonzero=tuple(sorted((k, int(v)) for k, v in block_nonzero.items())),
+        tile=tuple(f.tile), occupancy_hist=h, zero_tile_fraction=h[0],
+        kept_rows=int(kept_rows), kept_cols=int(kept_cols), analytic=True,
+    )
+
+
+def full_stats(f: Frame) -> SparsityStats:
+    """Stats of a weight with every cell kept (dense, or any kind at density 1)."""
+    return record(f, nnz=f.size, row_max=f.cols, row_mean=float(f.cols), row_std=0.0,
+                  conformance={nm: full_conforms(f.cols, *nm) for nm in f.ratios},
+                  block_nonzero={rc: f.nblocks(*rc) for rc in f.blocks},
+                  hist=tuple(0.0 for _ in OCCUPANCY_BINS[:-1]) + (1.0,), kept_rows=f.rows, kept_cols=f.cols)
 
 
 @lru_cache(maxsize=512)
@@ -235,129 +254,14 @@ def analytic_stats(rows: int, cols: int, pattern: Pattern, *, tile: tuple[int, i
                    group: int = 1, kept_cols: int | None = None) -> SparsityStats:
     """Stats a mask of `pattern` would have on a rows x cols weight, when only the density is known.
 
-    unstructured: i.i.d. Bernoulli(d) cells (binomial row counts, exact expected row maximum,
-    P(block all zero) = (1-d)^(r*c)); nm: exactly N per full group with uniformly placed kept
-    positions; block: kept blocks (by the build_mask rounding rule) placed uniformly; channel:
-    whole rows kept in units of `group` rows (the kept count exact; which rows, uniform), and
-    `kept_cols` input columns when a producer's pruning removed the others (the consumer of
-    pruned heads or MLP neurons). Counts are expectations, rounded.
-    N:M conformance is True only where it is guaranteed (nm) or near-certain (P >= 0.5).
+    Each kind's module models its own masks (see `PatternKind.analytic`); counts are
+    expectations, rounded. `group` is the row unit of channel pruning (whole heads) and
+    `kept_cols` the input columns left when a producer's pruning removed the others.
+    N:M conformance is True only where it is guaranteed or near-certain (P >= 0.5).
     """
-    kind, d = pattern.kind, pattern.density
-    size = rows * cols
-    blocks = list(STANDARD_BLOCKS)
-    if kind == "block" and pattern.block not in blocks:
-        blocks.append(pattern.block)
-    ratios = list(STANDARD_NM)
-    if kind == "nm" and (pattern.n, pattern.m) not in ratios:
-        ratios.append((pattern.n, pattern.m))
-    nblocks = {(r, c): ((rows + r - 1) // r) * ((cols + c - 1) // c) for r, c in blocks}
-
-    if kind == "dense" or (kind in ("unstructured", "block") and d >= 1.0) or (
-            kind == "channel" and d >= 1.0 and kept_cols in (None, cols)):
-        nnz, rmax, rmean, rstd = size, cols, float(cols), 0.0
-        conf = {nm: _full_conforms(cols, *nm) for nm in ratios}
-        bnz = dict(nblocks)
-        hist = tuple(0.0 for _ in OCCUPANCY_BINS[:-1]) + (1.0,)
-        kept_r, kept_c = rows, cols
-    elif kind == "unstructured":
-        nnz = kept_units(d, size)
-        rmean = cols * d
-        rstd = math.sqrt(cols * d * (1 - d))
-        rmax = round(_expected_max_binomial(cols, d, rows))
-        conf = {}
-        for n, m in ratios:
-            groups = rows * (cols // m)
-            tail = cols % m
-            logp = groups * st.binom.logcdf(n, m, d) + (rows * st.binom.logcdf(n, tail, d) if tail else 0.0)
-            conf[(n, m)] = bool(logp >= math.log(0.5))
-        bnz = {}
-        for r, c in blocks:
-            zero = sum(cnt_r * cnt_c * (1 - d) ** (h * w)
-                       for h, cnt_r in _sizes(rows, r) for w, cnt_c in _sizes(cols, c))
-            bnz[(r, c)] = round(nblocks[(r, c)] - zero)
-        hist = _tile_hist_binomial(_tile_areas(rows, cols, tile), d)
-        kept_r = round(rows * (1 - (1 - d) ** cols))
-        kept_c = round(cols * (1 - (1 - d) ** rows))
-    elif kind == "nm":
-        n, m = pattern.n, pattern.m
-        per_row = (cols // m) * n + min(n, cols % m)
-        nnz = rows * per_row
-        rmax, rmean, rstd = per_row, float(per_row), 0.0
-        conf = {(n2, m2): _nm_worst(n, m, cols, m2) <= n2 for n2, m2 in ratios}
-        bnz = {}
-        for r, c in blocks:
-            zero = _nm_block_zero(rows, cols, n, m, r, c)
-            bnz[(r, c)] = round(nblocks[(r, c)] - zero)
-        ntiles = ((rows + tile[0] - 1) // tile[0]) * ((cols + tile[1] - 1) // tile[1])
-        zero_t = _nm_block_zero(rows, cols, n, m, *tile)
-        zf = zero_t / ntiles
-        hist_l = [0.0] * len(OCCUPANCY_BINS)
-        hist_l[0] = zf
-        if zf < 1:
-            hist_l[_bin_of(min(1.0, (nnz / size) / (1 - zf)))] += 1 - zf
-        hist = tuple(hist_l)
-        kept_r = rows if per_row else 0
-        kept_c = round(cols * (1 - ((m - n) / m) ** rows)) if cols >= m else cols
-    elif kind == "block":
-        r, c = pattern.block
-        nb = nblocks[(r, c)]
-        kb = kept_units(d, nb)
-        db = kb / nb
-        nbc = (cols + c - 1) // c
-        nbr = (rows + r - 1) // r
-        nnz = round(db * size)
-        # kept blocks in one block row ~ Hypergeometric(nb, kb, nbc); rows inside it share the count
-        hg = st.hypergeom(nb, kb, nbc)
-        rmean = cols * db
-        rstd = float(c * hg.std())
-        js = np.arange(0, nbc)
-        emax = float(np.sum(-np.expm1(nbr * np.log(np.clip(hg.cdf(js), 1e-300, 1.0)))))
-        rmax = min(cols, round(emax * c))
-        conf = {nm: kb == 0 or _full_conforms(cols, *nm) for nm in ratios}
-        bnz = {}
-        for r2, c2 in blocks:
-            cover = max(1, -(-r2 // r)) * max(1, -(-c2 // c))
-            bnz[(r2, c2)] = round(nblocks[(r2, c2)] * (1 - (1 - db) ** cover))
-        cover = max(1, tile[0] // r) * max(1, tile[1] // c)
-        hist_l = [0.0] * len(OCCUPANCY_BINS)
-        for j, pj in enumerate(st.binom.pmf(np.arange(cover + 1), cover, db)):
-            hist_l[_bin_of(j / cover)] += float(pj)
-        hist = tuple(hist_l)
-        kept_r = min(rows, round(rows * (1 - (1 - db) ** nbc)))
-        kept_c = min(cols, round(cols * (1 - (1 - db) ** nbr)))
-    elif kind == "channel":
-        if rows % group:
-            raise MaskError(f"{rows} x {cols} weight: {rows} rows cannot be pruned in units of {group} rows")
-        kept_r = kept_units(d, rows // group) * group
-        kept_c = cols if kept_cols is None else kept_cols
-        q = kept_r / rows
-        nnz = kept_r * kept_c
-        rmax, rmean, rstd = kept_c, nnz / rows, kept_c * math.sqrt(q * (1 - q))
-        conf = {nm: kept_r == 0 or _full_conforms(kept_c, *nm) for nm in ratios}
-        bnz = {}
-        for r, c in blocks:
-            # kept cells are (kept rows) x (kept cols): nonzero blocks = nonzero block rows x block cols
-            brows = sum(cnt * (1 - st.hypergeom(rows, kept_r, h).pmf(0)) for h, cnt in _sizes(rows, r))
-            bcols = sum(cnt * (1 - st.hypergeom(cols, kept_c, w).pmf(0)) for w, cnt in _sizes(cols, c))
-            bnz[(r, c)] = round(brows * bcols)
-        hist_l = [0.0] * len(OCCUPANCY_BINS)
-        th, tw = min(tile[0], rows), min(tile[1], cols)
-        pr = st.hypergeom(rows, kept_r, th).pmf(np.arange(th + 1))
-        pc = st.hypergeom(cols, kept_c, tw).pmf(np.arange(tw + 1))
-        for i, pi in enumerate(pr):
-            for j, pj in enumerate(pc):
-                hist_l[_bin_of(i * j / (th * tw))] += float(pi * pj)
-        hist = tuple(hist_l)
-    else:
-        raise MaskError(f"{rows} x {cols} weight: unknown pattern kind {kind!r}")
-
-    return SparsityStats(
-        rows=rows, cols=cols, nnz=int(nnz),
-        nm_conformance=tuple(sorted((k, bool(v)) for k, v in conf.items())),
-        row_nnz_max=int(rmax), row_nnz_mean=float(rmean), row_nnz_std=float(rstd),
-        block_nonzero=tuple(sorted((k, int(v)) for k, v in bnz.items())),
-        tile=tuple(tile), occupancy_hist=tuple(float(h) for h in hist),
-        zero_tile_fraction=float(hist[0]),
-        kept_rows=int(kept_r), kept_cols=int(kept_c), analytic=True,
-    )
+    spec = pattern.spec
+    ratios = tuple(dict.fromkeys(STANDARD_NM + spec.ratios(pattern)))
+    blocks = tuple(dict.fromkeys(STANDARD_BLOCKS + spec.blocks(pattern)))
+    f = Frame(rows, cols, tuple(tile), group, kept_cols, ratios, blocks)
+    out = spec.analytic(pattern, f)
+    return replace(out, pattern_conformance=((pattern.label, True),))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from collections.abc import Callable
 
 from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
@@ -257,7 +258,6 @@ def _sparse(work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, c
     vec = max(g.m, 1) / nl          # vector-equivalents of work per nonzero (fractional below one)
     steps = ceil_div(max(g.m, 1), int(nl))  # output-row vector stores
     reps = g.batch  # the weight is shared over groups inside st; batch repeats the whole GEMM
-    kind = layer.pattern.kind
     # the activation operand (K x M) is streamed once per nonzero (once per block for BSR) from
     # the cache level that holds it; the output is written one vector step per row
     x_level, x_bw, _ = residency(p, work.a_bytes)
@@ -267,32 +267,10 @@ def _sparse(work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, c
     # per nonzero, the index load -> dependent activation-row load chain sets a floor that the
     # vector work hides only once M fills enough lanes: below it the lanes idle
     per_nnz_work = vec * p.sparse_vector_cycles + stream_cycles
-    if kind == "block":
-        r, c = layer.pattern.block
-        blocks = st.nonzero_blocks(r, c)
-        if blocks is None:
-            blocks = math.ceil(st.nnz / (r * c))
-        vcyc, key = bsr_rate(p, r, c)
-        cycles = blocks * (p.bsr_block_cycles + r * c * vec * vcyc + c * stream_cycles) + out_cycles
-        nnz_exec = blocks * r * c
-        kernel = f"bsr {r}x{c}"
-        how = f"{blocks} nonzero {r}x{c} blocks x (index + {r * c}x{vec:.3g} vector steps at the {key} rate)"
-        floor_bound = False
-    elif kind == "nm":
-        nnz_exec = st.nnz
-        cycles = st.nnz * max(p.nm_nnz_cycles, per_nnz_work) + out_cycles
-        floor_bound = p.nm_nnz_cycles > per_nnz_work
-        kernel = f"{layer.pattern.n}:{layer.pattern.m} index-regular"
-        how = (f"{st.nnz} nonzeros x max(regular index decode, {vec:.3g} vector steps); "
-               "no N:M hardware on a CPU")
-    else:
-        nnz_exec = st.nnz
-        cycles = st.nnz * max(p.sparse_nnz_cycles, per_nnz_work) + out_cycles
-        floor_bound = p.sparse_nnz_cycles > per_nnz_work
-        kernel = "csr"
-        how = (f"{st.nnz} nonzeros x max(value+index load chain, {vec:.3g} vector steps + "
-               f"{row_bytes:g} B activation row from {x_level})")
-    if floor_bound:
+    rule = SPARSE_KERNELS.get(layer.pattern.kind, _csr_cycles)
+    k = rule(p, layer, _PerNonzero(vec, per_nnz_work, stream_cycles, f"{row_bytes:g} B activation row from {x_level}"))
+    cycles, nnz_exec, kernel, how = k.cycles + out_cycles, k.nnz_exec, k.kernel, k.how
+    if k.floor_bound:
         how += "; the per-nonzero index chain, not the vector work, sets the pace (M too small to fill the lanes)"
     compute_s = reps * cycles / (p.clock * p.cores)
     weight_bytes = work.w_values_bytes + work.w_metadata_bytes
@@ -321,6 +299,64 @@ def _sparse(work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, c
     )
 
 
+@dataclass(frozen=True)
+class _PerNonzero:
+    """The vector work one stored nonzero costs at this M, as every sparse kernel sees it."""
+
+    vec: float           # vector-equivalents of work per nonzero
+    work_cycles: float   # vector steps + streaming the activation row
+    stream_cycles: float  # streaming one activation row alone
+    row: str             # where the activation row comes from, for the why
+
+
+@dataclass(frozen=True)
+class _KernelCycles:
+    """Cycles of a sparse kernel's nonzero loop (output stores apart) and how to explain them."""
+
+    cycles: float
+    nnz_exec: float
+    kernel: str
+    how: str
+    floor_bound: bool
+
+
+def _csr_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCycles:
+    """CSR: per nonzero, the larger of the value+index load chain and the vector work."""
+    nnz = layer.stats.nnz
+    return _KernelCycles(nnz * max(p.sparse_nnz_cycles, w.work_cycles), nnz, "csr",
+                         f"{nnz} nonzeros x max(value+index load chain, {w.vec:.3g} vector steps + {w.row})",
+                         p.sparse_nnz_cycles > w.work_cycles)
+
+
+def _nm_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCycles:
+    """N:M: per nonzero like CSR, with the cheaper regular index decode and no row pointers."""
+    nnz = layer.stats.nnz
+    return _KernelCycles(nnz * max(p.nm_nnz_cycles, w.work_cycles), nnz, f"{layer.pattern.label} index-regular",
+                         f"{nnz} nonzeros x max(regular index decode, {w.vec:.3g} vector steps); "
+                         "no N:M hardware on a CPU", p.nm_nnz_cycles > w.work_cycles)
+
+
+def _bsr_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCycles:
+    """BSR: the index once per r x c block, r*c value broadcasts over the same activation rows."""
+    r, c = layer.pattern.block
+    blocks = layer.stats.nonzero_blocks(r, c)
+    if blocks is None:
+        blocks = math.ceil(layer.stats.nnz / (r * c))
+    vcyc, key = bsr_rate(p, r, c)
+    cycles = blocks * (p.bsr_block_cycles + r * c * w.vec * vcyc + c * w.stream_cycles)
+    return _KernelCycles(cycles, blocks * r * c, f"bsr {r}x{c}",
+                         f"{blocks} nonzero {r}x{c} blocks x (index + {r * c}x{w.vec:.3g} vector steps at the {key} rate)",
+                         False)
+
+
+# the CPU's kernel per sparse pattern kind; a kind without one runs the CSR kernel
+SPARSE_KERNELS: dict[str, Callable[[CpuParams, LayerSparsity, _PerNonzero], _KernelCycles]] = {
+    "unstructured": _csr_cycles,
+    "nm": _nm_cycles,
+    "block": _bsr_cycles,
+}
+
+
 def bsr_rate(p: CpuParams, r: int, c: int) -> tuple[float, str]:
     """Cycles per vector step of a BSR kernel with r x c blocks: the listed shape, else the
     listed shape nearest in log block area (the kernel's register blocking depends on area)."""
@@ -342,9 +378,9 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.call_overhead,
                               energy_per_byte_j=epb, static_power_w=p.static_power, level=level)
     work = gemm_work(op, layer)
-    if layer is None or layer.pattern.kind == "dense":
+    if layer is None or layer.pattern.spec.is_dense:
         return _dense(work, device, context)
-    if layer.pattern.kind == "channel":
+    if layer.pattern.spec.shrinks_op:
         g0 = op.gemm
         return _dense(work, device, context, kernel="dense (channel-pruned)",
                       why_prefix=f"channel pruning: {g0.n}x{g0.k} -> {work.gemms[0].n}x{work.gemms[0].k} dense")

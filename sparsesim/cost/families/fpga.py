@@ -34,7 +34,6 @@ from typing import Mapping
 
 from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
-    ZERO_SKIP_PATTERNS,
     EnergyInputs,
     bound_of,
     build_cost,
@@ -46,6 +45,7 @@ from sparsesim.cost.common import (
     memory_op_cost,
     run_dtype,
     stored_operand_bytes,
+    zero_skipped,
 )
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.cost.families.systolic import gemm_cycles
@@ -216,7 +216,7 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
         notes.append(f"{op.dtype} not supported by the design, ran as {dtype}")
 
     # a layer with zeros to skip (None: dense, channel-pruned or no plan); `stats` set = skipped
-    sparse = layer if layer is not None and layer.pattern.kind in ZERO_SKIP_PATTERNS else None
+    sparse = zero_skipped(layer)
     stats = None
     if sparse is not None:
         if p.skip_weight_zeros:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
@@ -50,6 +50,7 @@ from sparsesim.cost.common import (
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.hw.devices import Device, quantity, register_family, setting
 from sparsesim.core.ir import GemmShape, Op
+from sparsesim.sparsity.patterns import nm_pattern
 from sparsesim.sparsity.records import LayerSparsity, Pattern
 
 MODEL = "gpu-tiles-v1"
@@ -411,7 +412,7 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, sdt
     ratio = _parse_ratio(p.sparse_ratio[sdt])
     assert ratio is not None, "nm_support and validate() accept only parseable ratios"
     sn, sm = ratio
-    hw = layer.pattern if (layer.pattern.n, layer.pattern.m) == (sn, sm) else Pattern("nm", sn / sm, sn, sm)
+    hw = layer.pattern if (layer.pattern.n, layer.pattern.m) == (sn, sm) else nm_pattern(sn, sm)
     values, meta = _stored(layer, "nm", work, hw)
     tile_rate = p.sparse_tensor_peak[sdt] / p.sm_count * p.sparse_gemm_efficiency
     gt = _gemm_time(p, gp, work.dtype_bytes, tile_rate=tile_rate, a_bytes=a_pad, w_bytes=values,
@@ -571,6 +572,31 @@ def _nm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
     return csr if csr.latency_s < dense.latency_s else dense
 
 
+def _unstructured(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
+    """Unstructured: CSR SpMM when the weight is stored as CSR, else dense."""
+    if op.weight is None:
+        return _dense(op, work, device, fallback=True, why="unstructured sparsity on a weightless op: ran dense")
+    if layer.format == "dense":
+        return _dense(op, work, device, fallback=True,
+                      why=f"unstructured at density {layer.stats.density:.4g} is stored dense "
+                          "(CSR would be larger): ran dense")
+    return _csr(op, work, layer, device)
+
+
+def _block(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
+    if op.weight is None:
+        return _dense(op, work, device, fallback=True, why="block sparsity on a weightless op: ran dense")
+    return _bsr(op, work, layer, device)
+
+
+# the GPU's rule per sparse pattern kind (dense and op-shrinking kinds run the dense kernel)
+SPARSE_KERNELS: dict[str, Callable[[Op, GemmWork, LayerSparsity, Device], Cost]] = {
+    "nm": _nm,
+    "unstructured": _unstructured,
+    "block": _block,
+}
+
+
 # ----------------------------------------------------------------------------- entry point
 
 @register_cost("gpu")
@@ -584,26 +610,14 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         return memory_op_cost(op, device, model=MODEL, bandwidth=_dram_bw(p), overhead_s=p.launch_overhead,
                               energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
     work = gemm_work(op, layer)
-    kind = layer.pattern.kind if layer is not None else "dense"
-    if kind == "dense":
+    if layer is None or layer.pattern.spec.is_dense:
         return _dense(op, work, device)
-    if kind == "channel":
+    if layer.pattern.spec.shrinks_op:
         g0, g1 = op.gemm, work.gemms[0]
         return _dense(op, work, device, kernel="dense (channel-pruned)",
                       why=f"channel pruning: {g0.n}x{g0.k} weight -> {g1.n}x{g1.k}, a smaller dense GEMM")
-    assert layer is not None
-    if kind == "nm":
-        return _nm(op, work, layer, device)
-    if kind == "unstructured":
-        if op.weight is None:
-            return _dense(op, work, device, fallback=True, why="unstructured sparsity on a weightless op: ran dense")
-        if layer.format == "dense":
-            return _dense(op, work, device, fallback=True,
-                          why=f"unstructured at density {layer.stats.density:.4g} is stored dense "
-                              "(CSR would be larger): ran dense")
-        return _csr(op, work, layer, device)
-    if kind == "block":
-        if op.weight is None:
-            return _dense(op, work, device, fallback=True, why="block sparsity on a weightless op: ran dense")
-        return _bsr(op, work, layer, device)
-    return _dense(op, work, device, fallback=True, why=f"pattern kind {kind!r} has no GPU kernel: ran dense")
+    kernel = SPARSE_KERNELS.get(layer.pattern.kind)
+    if kernel is None:
+        return _dense(op, work, device, fallback=True,
+                      why=f"{layer.pattern.label}: no GPU kernel for {layer.pattern.kind} patterns: ran dense")
+    return kernel(op, work, layer, device)

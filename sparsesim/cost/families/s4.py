@@ -27,7 +27,6 @@ from typing import Mapping, Sequence
 
 from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
-    ZERO_SKIP_PATTERNS,
     EnergyInputs,
     bound_of,
     build_cost,
@@ -39,6 +38,7 @@ from sparsesim.cost.common import (
     memory_op_cost,
     run_dtype,
     stored_operand_bytes,
+    zero_skipped,
 )
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.hw.devices import Device, quantity, register_family, setting
@@ -124,7 +124,7 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCon
 
     dense_s = work.flops / peak
     # the layer whose weight zeros the lanes skip (None: dense, channel-pruned or no plan)
-    skipped = layer if layer is not None and layer.pattern.kind in ZERO_SKIP_PATTERNS else None
+    skipped = zero_skipped(layer)
     ratio, d_eff, speedup = 1.0, 1.0, 1.0
     if skipped is not None:
         st = skipped.stats

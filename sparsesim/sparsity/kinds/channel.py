@@ -1,0 +1,117 @@
+"""channel:S — whole output rows (neurons, channels; heads in units of `group` rows) removed.
+
+Not a sparse matrix: the op shrinks to a smaller dense one (`shrinks_op`), and the consumer of
+pruned outputs loses the matching input columns (`kept_cols` of the stats). Masks keep whole
+rows, scored by the energy of their scores. Analytic stats: the kept row count exact, which rows
+uniform. Stored dense at the kept size.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import torch
+from scipy import stats as st
+
+from sparsesim.core.errors import MaskError
+from sparsesim.sparsity.kinds.base import (
+    Frame,
+    PatternKind,
+    density_of,
+    register_kind,
+    sparsity_number,
+)
+from sparsesim.sparsity.masks import kept_units
+from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
+from sparsesim.sparsity.stats import bin_of, full_conforms, full_stats, record, sizes
+
+_SPELLING = re.compile(r"channel:(.+)", re.ASCII)
+
+
+def check_submatrix(b: torch.Tensor, layer: str, group: int) -> None:
+    """Channel pruning leaves a smaller dense matrix: the kept cells are exactly
+    (kept rows) x (kept columns); rows go in units of `group` (whole attention heads)."""
+    rows = b.shape[0]
+    if group < 1 or rows % group:
+        raise MaskError(f"layer {layer!r}: {rows} rows cannot be checked in units of {group} rows")
+    row_kept, col_kept = b.any(dim=1), b.any(dim=0)
+    wrong = (b != (row_kept[:, None] & col_kept[None, :])).any(dim=1).nonzero()
+    if wrong.numel():
+        i = int(wrong[0])
+        raise MaskError(
+            f"layer {layer!r}: mask breaks channel pruning at row {i}: it keeps {int(b[i].sum())} of the "
+            f"{int(col_kept.sum())} kept columns; a row is kept whole (over the kept columns) or pruned whole")
+    if group > 1:
+        per_unit = row_kept.reshape(rows // group, group).sum(dim=1)
+        bad = ((per_unit > 0) & (per_unit < group)).nonzero()
+        if bad.numel():
+            u = int(bad[0])
+            raise MaskError(
+                f"layer {layer!r}: mask breaks channel pruning at rows {u * group}-{(u + 1) * group - 1} "
+                f"(unit {u} of {group} rows): {int(per_unit[u])} of {group} rows kept; a head is kept or pruned whole")
+
+
+class Channel(PatternKind):
+    name = "channel"
+    grammar = "channel:S"
+    order = 5
+    default_format = "dense"
+    shrinks_op = True
+    uses_group = True
+
+    def parse(self, text: str) -> Pattern | None:
+        mt = _SPELLING.fullmatch(text)
+        return Pattern(self.name, density_of(sparsity_number(text, mt.group(1)))) if mt else None
+
+    def build_mask(self, s: torch.Tensor, p: Pattern, *, group: int, layer: str) -> torch.Tensor:
+        rows, k = s.shape
+        if group < 1 or rows % group:
+            raise MaskError(f"layer {layer!r}: {rows} rows cannot be pruned in units of {group} rows")
+        unit_score = (s * s).reshape(rows // group, group * k).sum(dim=1)
+        keep = kept_units(p.density, unit_score.numel())
+        um = torch.zeros(unit_score.numel(), dtype=torch.bool)
+        um[unit_score.topk(keep).indices] = True
+        return um.repeat_interleave(group).reshape(rows, 1).expand(rows, k)
+
+    def check_mask(self, b: torch.Tensor, p: Pattern, *, group: int, layer: str) -> None:
+        check_submatrix(b, layer, group)
+
+    def conforms(self, b: torch.Tensor, p: Pattern) -> bool:
+        try:
+            check_submatrix(b, "", 1)
+        except MaskError:
+            return False
+        return True
+
+    def analytic(self, p: Pattern, f: Frame) -> SparsityStats:
+        rows, cols, group = f.rows, f.cols, f.group
+        if p.density >= 1.0 and f.kept_cols in (None, cols):
+            return full_stats(f)
+        if rows % group:
+            raise MaskError(f"{rows} x {cols} weight: {rows} rows cannot be pruned in units of {group} rows")
+        kept_r = kept_units(p.density, rows // group) * group
+        kept_c = cols if f.kept_cols is None else f.kept_cols
+        q = kept_r / rows
+        nnz = kept_r * kept_c
+        bnz = {}
+        for r, c in f.blocks:
+            # kept cells are (kept rows) x (kept cols): nonzero blocks = nonzero block rows x block cols
+            brows = sum(cnt * (1 - st.hypergeom(rows, kept_r, h).pmf(0)) for h, cnt in sizes(rows, r))
+            bcols = sum(cnt * (1 - st.hypergeom(cols, kept_c, w).pmf(0)) for w, cnt in sizes(cols, c))
+            bnz[(r, c)] = round(brows * bcols)
+        hist = [0.0] * len(OCCUPANCY_BINS)
+        th, tw = min(f.tile[0], rows), min(f.tile[1], cols)
+        pr = st.hypergeom(rows, kept_r, th).pmf(np.arange(th + 1))
+        pc = st.hypergeom(cols, kept_c, tw).pmf(np.arange(tw + 1))
+        for i, pi in enumerate(pr):
+            for j, pj in enumerate(pc):
+                hist[bin_of(i * j / (th * tw))] += float(pi * pj)
+        return record(
+            f, nnz=nnz, row_max=kept_c, row_mean=nnz / rows, row_std=kept_c * math.sqrt(q * (1 - q)),
+            conformance={nm: kept_r == 0 or full_conforms(kept_c, *nm) for nm in f.ratios},
+            block_nonzero=bnz, hist=hist, kept_rows=kept_r, kept_cols=kept_c)
+
+
+register_kind(Channel())
