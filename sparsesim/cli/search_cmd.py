@@ -102,6 +102,14 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
+def _check_line(check: dict[str, Any] | None) -> list[str]:
+    if not check:
+        return []
+    verdict = "agrees" if check["agrees"] else "DISAGREES (a bug: please report it)"
+    return [f"  compare on the saved plan: {check['compare_speedup']:.2f}x of dense, "
+            f"{verdict} with the search's {check['search_speedup']:.2f}x"]
+
+
 def render(doc: dict[str, Any]) -> str:
     from sparsesim.run.results import fmt_si
 
@@ -113,6 +121,7 @@ def render(doc: dict[str, Any]) -> str:
         f"{doc['speedup_vs_dense']:.2f}x of dense  (from {doc['chosen_source']})",
         f"  uniform:  accuracy {_pct(doc['uniform_accuracy'])}  best uniform plan within the same budget: "
         f"{doc['uniform_plan'] or 'none'}",
+        *_check_line(doc.get("check")),
         "",
         "Pareto front (accuracy vs modeled latency / energy / memory):",
         f"  {'source':<26} {'accuracy':>9} {'latency':>10} {'speedup':>8} {'energy':>10} {'memory':>10}",

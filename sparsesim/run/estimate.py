@@ -21,12 +21,12 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import pandas as pd
 
-from sparsesim.run import results
-from sparsesim.hw.devices import Device, default_devices, load_device
 from sparsesim.core.errors import DeviceFileError
+from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.cost.common import UNKNOWN_DTYPE_BYTES
 from sparsesim.cost.record import Cost, RunContext
-from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
+from sparsesim.hw.devices import Device, default_devices, load_device
+from sparsesim.run import results
 from sparsesim.sparsity.records import LayerSparsity, SparseWorkload
 
 DEFAULT_PLANS = ("dense", "2:4", "unstructured:0.9", "block4x4:0.5", "channel:0.5")
@@ -213,6 +213,20 @@ def run_context(sw: SparseWorkload) -> RunContext:
     return RunContext(model_weight_bytes=sum(stored.values()))
 
 
+def cost_workload(
+    sw: SparseWorkload,
+    device: Device,
+    *,
+    memo: dict[tuple, Cost] | None = None,
+    keys: Sequence[tuple] | None = None,
+) -> list[Cost]:
+    """The one costing path: every op of a sparsified workload on one device, each with its
+    layer's sparsity, in the whole-model run context of the plan (`run_context`). `estimate`,
+    `compare`, `simulate`, the search and the reports all cost plans through here."""
+    layers = [sw.sparsity_of(op) for op in sw.ops]
+    return cost_ops(sw.ops, layers, device, keys=keys, memo=memo, context=run_context(sw))
+
+
 def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[str] | None = None) -> pd.DataFrame:
     """Stage 3: the per-op table for every (plan, device); `plans` defaults to all prepared ones."""
     labels = list(prepared.sparse) if plans is None else list(plans)
@@ -227,9 +241,8 @@ def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[st
             op_keys[id(ops)] = [_cost_key(op) for op in ops]
         keys = list(zip(op_keys[id(ops)], [_layer_key(ly) for ly in layers]))
         static = results.op_columns(ops, layers)
-        context = run_context(sw)
         for dev in devices:
-            costs = cost_ops(ops, layers, dev, keys=keys, memo=memos[dev.path], context=context)
+            costs = cost_workload(sw, dev, keys=keys, memo=memos[dev.path])
             blocks.append({
                 "workload": sw.name, "plan": label, "device": dev.name, "family": dev.family,
                 **static, **results.cost_columns(costs), "device_file": dev.path,

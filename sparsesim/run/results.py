@@ -8,13 +8,14 @@ their meaning are defined once.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from sparsesim.cost.record import Cost
 from sparsesim.core.ir import Op
+from sparsesim.cost.record import Cost
 from sparsesim.sparsity.records import LayerSparsity
 
 # memory level the cost models use for off-chip traffic (`Cost.bytes_by_level` key)
@@ -76,6 +77,29 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "device_file": "the device file the numbers came from",
     "model": "the cost model that produced the rows",
 }
+
+@dataclass(frozen=True)
+class PlanTotals:
+    """A plan's totals on one device, as the summary table computes them."""
+
+    latency_s: float
+    energy_j: float
+    memory_bytes: float
+    fallback_ops: int
+
+
+def plan_totals(ops: Sequence[Op], costs: Sequence[Cost]) -> PlanTotals:
+    """Sums over ops (ops run one after another); the footprint counts each distinct weight
+    once, at its largest per-op footprint (as `summarize` does)."""
+    footprint: dict[str, float] = {}
+    for op, c in zip(ops, costs):
+        if op.weight:
+            footprint[op.weight] = max(footprint.get(op.weight, 0.0), float(c.memory_bytes))
+    return PlanTotals(latency_s=float(sum(c.latency_s for c in costs)),
+                      energy_j=float(sum(c.energy_j for c in costs)),
+                      memory_bytes=float(sum(footprint.values())),
+                      fallback_ops=sum(1 for c in costs if c.fallback))
+
 
 def split_latency(cost: Cost) -> tuple[float, float, float]:
     """(compute_s, memory_s, overhead_s) of a Cost, for overlap-aware simulation.

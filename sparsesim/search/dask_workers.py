@@ -1,6 +1,6 @@
 """Run a study's trials on an existing Dask cluster (`--dask-scheduler ADDRESS`).
 
-Each Dask task is one search worker (`optuna_search.run_worker`) on the shared study, so the
+Each Dask task is one search worker (`study.run_worker`) on the shared study, so the
 exactly-N / resume guarantees are the same as for local processes. The storage must be reachable
 from every Dask worker: a journal file on a shared filesystem, or a database URL. dask and
 distributed are the optional extra `cluster`, imported only here.
@@ -12,7 +12,7 @@ import pickle
 from pathlib import Path
 
 from sparsesim.core.errors import SearchError
-from sparsesim.search.optuna_search import StudyConfig, journal_path_of, run_worker
+from sparsesim.search.study import StudyConfig, journal_path_of, run_worker
 
 
 def _task(blob: bytes, cfg: StudyConfig, worker: int) -> int:

@@ -28,7 +28,8 @@ from sparsesim.core.errors import SearchError, SparsesimError
 from sparsesim.search import dp
 from sparsesim.search.accuracy import chain, recalibrate_bn
 from sparsesim.search.baselines import best_within, uniform_choices
-from sparsesim.search.problem import SIGNALS, SearchProblem, SearchTask
+from sparsesim.search.problem import SIGNALS, SearchProblem
+from sparsesim.search.task import SearchTask
 
 ALGORITHMS = ("dp", "optuna", "both")
 DEFAULT_TARGET_SPEEDUP = 2.0
@@ -94,8 +95,9 @@ def search_task_for(workload_spec: str, model: torch.nn.Module, *, seed: int, ev
     except SparsesimError:
         builder = None
     if builder is not None:
-        mod = importlib.import_module(builder.partition(":")[0])
-        fn = getattr(mod, "search_task", None)
+        from sparsesim.search.tasks import task_for_builder
+
+        fn = task_for_builder(builder)
         if fn is not None:
             task = fn(model, seed=seed)
     if evaluate is not None:
@@ -265,6 +267,7 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: Sea
 
     front = pareto(records)
     saved = save_outputs(problem, chosen, out)
+    check = compare_check(problem, saved["plan"], chosen["speedup_vs_dense"])
     doc = {
         "workload": problem.name, "device": problem.device.name, "algorithm": cfg.algorithm,
         "signal": cfg.signal, "seed": cfg.seed,
@@ -279,12 +282,13 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: Sea
         "uniform_latency_s": None if best_uni is None else best_uni["latency_s"],
         "chosen": {"choice": chosen["choice"], "patterns": {w: p.label for w, p in
                                                             problem.patterns(chosen["choice"]).items()}},
-        "front": [_public(r) for r in front],
+        "front": [dict(_public(r), choice=r["choice"]) for r in front],
         "uniform": [_public(r) for r in uniform],
         "evaluated": len(records),
         "study": study_info,
         "dropped": [list(d) for d in problem.space.dropped],
         "files": saved,
+        "check": check,
         "wall_s": time.perf_counter() - t0,
     }
     (out / "search.json").write_text(json.dumps(doc, indent=1, default=float))
@@ -380,15 +384,29 @@ def _optuna(cfg: SearchConfig, problem: SearchProblem, seeds: list[dict[str, Any
     return info, trials
 
 
+# how far the search's speedup may sit from `compare` on the saved plan (both take the one costing
+# path, so they agree to rounding; a larger gap means the two paths diverged)
+AGREEMENT_TOL = 0.01
+
+
+def compare_check(problem: SearchProblem, plan_path: str, speedup: float) -> dict[str, Any]:
+    """`compare` on the saved plan file, next to the speedup the search reports for it."""
+    from sparsesim.run.estimate import compare
+
+    row = compare(problem.workload, problem.device, [plan_path]).iloc[0]
+    got = float(row["speedup_vs_dense"])
+    return {"compare_speedup": got, "search_speedup": speedup,
+            "agrees": abs(got / speedup - 1.0) <= AGREEMENT_TOL}
+
+
 def save_outputs(problem: SearchProblem, chosen: Mapping[str, Any], out: Path) -> dict[str, str]:
     """plan.safetensors (rules + masks, loadable by plans.load_plan), model.pt (the sparsified
     model's state_dict with the masks applied) and the chosen choice per unit in choice.json."""
-    from sparsesim.sparsity.plans import Plan, save_plan
+    from sparsesim.sparsity.plans import save_plan
 
     choice = chosen["choice"]
-    masks = problem.masks(choice)
-    pats = problem.patterns(choice)
-    plan = Plan(name=f"search:{problem.name}@{problem.device.name}", rules=tuple(pats.items()))
+    plan = problem.plan(choice)
+    masks = dict(plan.masks)
     plan_path = save_plan(out / "plan.safetensors", plan, masks)
     from sparsesim.search.accuracy import masked
 

@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from sparsesim.core.cache import ContentCache, digest, tensor_state
 from sparsesim.core.errors import MaskError, PlanError
 from sparsesim.sparsity.formats import format_bytes, storage_format
 from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
@@ -81,14 +82,17 @@ class Plan:
         if any(fnmatch.fnmatchcase(n, g) for g in self.exclude for n in names):
             return DENSE
         for glob, pattern in self.rules:
-            if any(fnmatch.fnmatchcase(n, glob) for n in names):
+            if glob in names or any(fnmatch.fnmatchcase(n, glob) for n in names):
                 return pattern
         return self.default
 
     def check_globs(self, layers: Iterable[tuple[str, str]]) -> None:
         """PlanError naming the first rule/exclude glob that matches no (weight, module) pair."""
         layers = list(layers)
+        names = {n for pair in layers for n in pair if n}
         for glob in [g for g, _ in self.rules] + list(self.exclude):
+            if glob in names:  # an exact name (a saved or searched plan names every weight)
+                continue
             if not any(fnmatch.fnmatchcase(w, glob) or (m and fnmatch.fnmatchcase(m, glob)) for w, m in layers):
                 shown = ", ".join(w for w, _ in layers[:4]) + (", ..." if len(layers) > 4 else "")
                 raise PlanError(f"plan {self.name!r}: glob {glob!r} matches no layer ({len(layers)} layers, e.g. {shown})")
@@ -356,8 +360,9 @@ class _Layers:
     """Decides each weight's pattern and mask (in the N x K view) for one plan and real model."""
 
     def __init__(self, model: nn.Module, entries: Mapping[str, _Entry], plan: Plan, criterion: str,
-                 norms: Mapping[str, Any]) -> None:
+                 norms: Mapping[str, Any], cache: ContentCache[Any] | None = None) -> None:
         self.model, self.entries, self.plan, self.criterion, self.norms = model, entries, plan, criterion, norms
+        self.cache = cache
         self.patterns = {w: plan.pattern_for(w, e.module) for w, e in entries.items()}
         self.heads, self.kv_heads = _config_heads(model)
         self.decided: dict[str, tuple[Pattern, torch.Tensor | None]] = {}
@@ -434,11 +439,23 @@ class _Layers:
         mask = self.given(w, pattern, group)
         if mask is None and pattern.spec.is_dense:
             owner, local, _ = _get_tensor(self.model, w)
-            found = existing_mask(owner, local)
+            found = self._existing(owner, local)
             mask = None if found is None else _view(found, e)
         elif mask is None:
             mask = build_mask(self.weight(w), pattern, scores=self.scores(w), layer=w, group=group)
         return pattern, mask
+
+
+    def _existing(self, owner: nn.Module, local: str) -> torch.Tensor | None:
+        """Zeros already in a dense-planned weight; with a cache, looked for once per state of
+        the tensors (torch counts every in-place write in a tensor's version)."""
+        if self.cache is None:
+            return existing_mask(owner, local)
+        parts = tuple(t for t in (getattr(owner, n, None) for n in (local, local + "_orig", local + "_mask"))
+                      if isinstance(t, torch.Tensor))
+        key = ("zeros", local, *(tensor_state(t) for t in parts))
+        # the entry holds the tensors, so their ids stay theirs while it lives
+        return self.cache.get_or_make(key, lambda: (existing_mask(owner, local), parts))[0]
 
 
 def _head_rows(e: _Entry, heads: int | None, kv_heads: int | None) -> int:
@@ -486,19 +503,42 @@ def layer_record(weight: str, pattern: Pattern, stats: Any, value_bytes: float) 
                          value_bytes=size.values, metadata_bytes=size.metadata)
 
 
-def sparsify(workload: Workload, plan: Plan | str, *, criterion: str = "magnitude") -> SparseWorkload:
+def sparsify(workload: Workload, plan: Plan | str, *, criterion: str = "magnitude",
+             cache: ContentCache[Any] | None = None) -> SparseWorkload:
     """Annotate every linear/conv weight of `workload` with its plan pattern, stats and format.
 
     Masks are built from the real weights in `workload.model` (or taken from the plan and
     checked); on the meta device, or without a model, stats are analytic. Zeros and
     torch.nn.utils.prune masks already in a dense-planned weight show up as unstructured.
-    A weight used by several ops is sparsified once.
+    A weight used by several ops is sparsified once. `cache` keeps each weight's record by the
+    content of its mask, so sparsifying many plans that share masks (a search) measures each
+    mask once.
     """
     with one_thread():
-        return _sparsify(workload, plan, criterion)
+        return _sparsify(workload, plan, criterion, cache)
 
 
-def _sparsify(workload: Workload, plan: Plan | str, criterion: str) -> SparseWorkload:
+def _measured_layer(w: str, pattern: Pattern, mask: torch.Tensor | None, rows: int, cols: int, vb: float,
+                    cache: ContentCache[Any] | None) -> LayerSparsity:
+    """A weight's record from its real mask (None: no zeros), through `cache` when given."""
+    def make() -> LayerSparsity:
+        p = pattern
+        if mask is None:
+            stats = analytic_stats(rows, cols, DENSE)  # exact for a weight without zeros
+        else:
+            stats = measure_stats(mask, pattern=p)
+            if p.spec.is_dense and stats.nnz < stats.size:
+                p = _found_zeros_pattern(stats)
+        return layer_record(w, p, stats, vb)
+
+    if cache is None:
+        return make()
+    key = (w, pattern, vb, rows, cols, None if mask is None else digest(mask != 0))
+    return cache.get_or_make(key, make)
+
+
+def _sparsify(workload: Workload, plan: Plan | str, criterion: str,
+              cache: ContentCache[Any] | None = None) -> SparseWorkload:
     plan = load_plan(plan)
     _criterion(criterion)
     first: dict[str, Op] = {}
@@ -516,7 +556,7 @@ def _sparsify(workload: Workload, plan: Plan | str, criterion: str) -> SparseWor
         entries[w] = _Entry(w, op.module, rows, cols, transposed)
     on_meta = model is None or workload.on_meta or any(
         _get_tensor(model, w)[2].device.type == "meta" for w in entries)
-    decider = None if on_meta else _Layers(model, entries, plan, criterion, workload.activation_norms)
+    decider = None if on_meta else _Layers(model, entries, plan, criterion, workload.activation_norms, cache)
     analytic = _analytic_layers(model, entries, plan) if on_meta else {}
     layers: dict[str, LayerSparsity] = {}
     for w, op in first.items():
@@ -533,12 +573,8 @@ def _sparsify(workload: Workload, plan: Plan | str, criterion: str) -> SparseWor
                 stats = measure_stats(mask, pattern=pattern)
         else:
             pattern, mask = decider.decide(w)
-            if mask is None:
-                stats = analytic_stats(e.rows, e.cols, DENSE)  # exact for a weight without zeros
-            else:
-                stats = measure_stats(mask, pattern=pattern)
-                if pattern.spec.is_dense and stats.nnz < stats.size:
-                    pattern = _found_zeros_pattern(stats)
+            layers[w] = _measured_layer(w, pattern, mask, e.rows, e.cols, vb, cache)
+            continue
         layers[w] = layer_record(w, pattern, stats, vb)
     return SparseWorkload(workload=workload, plan_name=plan.name, layers=layers)
 

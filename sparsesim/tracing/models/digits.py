@@ -171,23 +171,3 @@ def build(batch: int = 1024, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tens
     model = pretrained(DigitsConfig(seed=seed))
     x = load_data()["x_test"]
     return model, (x.repeat((batch + len(x) - 1) // len(x), 1, 1, 1)[:batch],)
-
-
-def search_task(model: nn.Module, *, seed: int = 0):
-    """What the search needs beyond the model: evaluate (test accuracy), a calibration batch from
-    the training split (KL fidelity), and the coupled channel groups: each layer's output
-    channels/neurons with the next layer's inputs (16 fc1 columns per conv2 channel after the
-    flatten). The 10 logits are never pruned."""
-    from sparsesim.search.accuracy import Fidelity
-    from sparsesim.search.problem import SearchTask
-    from sparsesim.search.space import ChannelGroup
-
-    c1, c2, h = model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features
-    groups = (
-        ChannelGroup("conv1", c1, producers=("conv1.weight",), consumers=("conv2.weight",)),
-        ChannelGroup("conv2", c2, producers=("conv2.weight",), consumers=("fc1.weight",)),
-        ChannelGroup("fc1", h, producers=("fc1.weight",), consumers=("fc2.weight",)),
-    )
-    calib = calibration_batch()
-    return SearchTask(evaluate=evaluate, metric="test accuracy", fidelity=Fidelity(calib, kind="kl"),
-                      groups=groups, calibration=calib, recovery=None)

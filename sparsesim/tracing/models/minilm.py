@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -108,6 +107,11 @@ def _inputs(which: str, seed: int = 0) -> dict[str, torch.Tensor]:
     return encode(split(which, seed))
 
 
+def calibration_inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The calibration split, tokenised: for cheap accuracy signals (never the evaluation split)."""
+    return _inputs("calibration", seed)
+
+
 def embed(model: nn.Module, which: str = "evaluation", seed: int = 0) -> torch.Tensor:
     with torch.no_grad():
         return model(**_inputs(which, seed))
@@ -161,27 +165,3 @@ def build(batch: int = 8, seq: int = 64) -> tuple[nn.Module, dict[str, torch.Ten
     s = sentences()
     texts = tuple(s[i % len(s)] for i in range(batch))
     return load_model(), encode(texts, pad_to=seq)
-
-
-def search_task(model: nn.Module, *, seed: int = 0) -> Any:
-    """What the search needs beyond the model: evaluate, a calibration batch and the coupled
-    channel groups (heads and FFN neurons per block; the residual stream is left whole)."""
-    from sparsesim.search.accuracy import Fidelity
-    from sparsesim.search.problem import SearchTask
-    from sparsesim.search.space import ChannelGroup
-
-    cfg = model.bert.config
-    heads, hd = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-    groups = []
-    for i in range(cfg.num_hidden_layers):
-        p = f"bert.encoder.layer.{i}"
-        groups.append(ChannelGroup(
-            f"heads{i}", heads,
-            producers=tuple(f"{p}.attention.self.{q}.weight" for q in ("query", "key", "value")),
-            consumers=(f"{p}.attention.output.dense.weight",), unit_rows=hd,
-            attention=(f"{p}.attention.self",)))
-        groups.append(ChannelGroup(f"ffn{i}", cfg.intermediate_size, producers=(f"{p}.intermediate.dense.weight",),
-                                   consumers=(f"{p}.output.dense.weight",)))
-    calib = _inputs("calibration", seed)
-    return SearchTask(evaluate=Score(seed), metric="mean cosine to dense embeddings",
-                      fidelity=Fidelity(calib, kind="cosine"), groups=tuple(groups), calibration=calib)

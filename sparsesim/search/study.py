@@ -1,0 +1,293 @@
+"""The shared Optuna study and one worker's loop: accuracy x latency x energy x memory.
+
+Every trial lives in an Optuna study in storage (a journal file by default, any Optuna storage URL
+when given), so a search can be killed at any point and resumed, and several processes (or Dask
+workers) can share one study. The contract is "exactly N COMPLETE trials, none evaluated twice
+to completion, none lost":
+
+* each worker counts COMPLETE + RUNNING trials in storage and only asks while they are below N;
+  a trial that finds N trials ahead of it (a race between workers) is PRUNED unevaluated;
+* each trial records its owner (host, pid, process start time); a RUNNING trial whose owner
+  process is gone on this host (SIGKILL) is marked FAIL and its parameters are re-enqueued once
+  (WAITING), so the killed evaluation is redone, not lost; RDB storages also get Optuna's
+  heartbeat so owners on other machines are reclaimed after the grace period;
+* a re-enqueued trial carries `retry_of`; a second retry of the same trial is PRUNED.
+Limit: with a journal file shared by several machines (Dask), a trial whose owner died on another
+machine is reclaimed only by a later run on that machine; use an RDB storage URL there, whose
+heartbeat reclaims it from anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Protocol, Sequence
+
+from sparsesim.core.errors import SearchError
+
+OBJECTIVES = ("accuracy", "latency_s", "energy_j", "memory_bytes")
+DIRECTIONS = ("maximize", "minimize", "minimize", "minimize")
+# Optuna heartbeat for RDB storages: a worker on another machine that stops beating for
+# GRACE_S is presumed dead and its trial retried (Optuna's recommended ratio is interval x 2+).
+HEARTBEAT_S = 10
+GRACE_S = 60
+# a RUNNING trial with no owner recorded (killed between ask and the owner write) is stale
+# once it is this old; the write follows the ask by milliseconds
+UNOWNED_STALE_S = 30.0
+POLL_S = 0.2  # how often a worker waits for others' RUNNING trials to finish
+
+
+class TrialProblem(Protocol):
+    """What a search evaluates: named units with choice labels, and a measure of one plan."""
+
+    units: Sequence[tuple[str, tuple[str, ...]]]
+
+    def measure(self, choice: Mapping[str, str]) -> dict[str, float]:
+        """Accuracy and modeled costs of a plan given as {unit: label} (keys of OBJECTIVES)."""
+        ...
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Where a study lives and how it samples; plain data so it crosses process boundaries."""
+
+    storage: str  # an Optuna storage URL, or a journal file path
+    study_name: str
+    n_trials: int
+    seed: int = 0
+    sampler: str = "nsga2"  # or "tpe"
+
+
+def journal_path_of(storage: str) -> Path | None:
+    """The journal file a storage spec names, or None for an Optuna URL (sqlite://, postgresql://)."""
+    if "://" in storage:
+        return None
+    return Path(storage.removeprefix("journal:"))
+
+
+def open_storage(storage: str):
+    """An Optuna storage object for a journal file path or a storage URL."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = journal_path_of(storage)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as e:
+            raise SearchError(f"--storage {storage}: cannot open the journal file ({e.strerror or e})") from None
+    if storage.split("://", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "oracle", "mssql"):
+        import inspect
+
+        # Optuna 4.9 renamed the stale-trial callback; pass whichever this version takes
+        params = inspect.signature(RDBStorage).parameters
+        cb = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            try:
+                return RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **{cb: _retry_stale})
+            except Exception as e:  # sqlalchemy raises its own types for a database it cannot open
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise SearchError(f"--storage {storage}: cannot open the database ({first})") from None
+    try:
+        return optuna.storages.get_storage(storage)
+    except Exception as e:  # optuna raises several types for a bad URL
+        raise SearchError(f"--storage {storage}: not an Optuna storage URL or journal path ({e})") from e
+
+
+def make_sampler(name: str, seed: int, n_trials: int):
+    import optuna
+
+    if name == "nsga2":
+        # a population a quarter of the budget (8..50) so small budgets still see a few generations
+        pop = max(8, min(50, n_trials // 4))
+        return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True)
+    raise SearchError(f"--sampler {name}: expected nsga2 or tpe")
+
+
+class _NoInterruptNoise(logging.Filter):
+    """Drop Optuna's 'Trial N failed' warnings (with a traceback) for a Ctrl-C: the CLI says
+    'interrupted' in one line, and the interrupted trial is redone on resume."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            return False
+        return "KeyboardInterrupt" not in str(record.msg) and "failed with value None" not in str(record.msg)
+
+
+def _quiet_interrupts() -> None:
+    """Install the filter on Optuna's handlers once per process (workers are separate processes);
+    on handlers, since a logger's own filters do not see its children's records."""
+    import optuna
+
+    optuna.logging.get_verbosity()  # makes Optuna install its handler if it has not yet
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _NoInterruptNoise) for f in handler.filters):
+            handler.addFilter(_NoInterruptNoise())
+
+
+def open_study(cfg: StudyConfig, *, worker: int = 0):
+    """Create or load the study; the sampler seed differs per worker and per resume so proposals
+    are not replayed."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _quiet_interrupts()
+    storage = open_storage(cfg.storage)
+    study = optuna.create_study(storage=storage, study_name=cfg.study_name, directions=list(DIRECTIONS),
+                                load_if_exists=True)
+    done = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(cfg.sampler, cfg.seed * 1000 + worker * 100003 + done, cfg.n_trials)
+    return study
+
+
+# ---------------------------------------------------------------- ownership and stale trials
+
+def _owner() -> str:
+    import psutil
+
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{psutil.Process(pid).create_time():.3f}"
+
+
+def _owner_alive(owner: str) -> bool | None:
+    """True/False for an owner on this host; None when it is on another host (cannot tell)."""
+    import psutil
+
+    host, pid, created = owner.rsplit(":", 2)
+    if host != socket.gethostname():
+        return None
+    try:
+        return abs(psutil.Process(int(pid)).create_time() - float(created)) < 1e-2
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+def _retry_stale(study, trial) -> None:
+    """Re-enqueue a failed stale trial's parameters once (also Optuna's RDB heartbeat callback)."""
+    origin = trial.user_attrs.get("retry_of", trial.number)
+    study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": origin}, skip_if_exists=False)
+
+
+def reclaim_stale(study) -> int:
+    """Fail RUNNING trials whose owner died and re-enqueue them; returns how many were reclaimed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    if isinstance(study._storage, optuna.storages.RDBStorage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # Optuna's heartbeat (RDB storages only)
+    now = time.time()
+    reclaimed = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("owner")
+        if owner is None:
+            started = t.datetime_start.timestamp() if t.datetime_start else now
+            stale = now - started > UNOWNED_STALE_S
+        else:
+            stale = _owner_alive(owner) is False
+        if not stale:
+            continue
+        try:
+            ok = study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
+            ok = False  # another worker got there first
+        if ok:
+            if t.params:
+                _retry_stale(study, t)
+            reclaimed += 1
+    return reclaimed
+
+
+def counts(study) -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    out = {s.name: 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        out[t.state.name] += 1
+    return out
+
+
+# ---------------------------------------------------------------- one worker
+
+def _objective(problem: TrialProblem, study, n_trials: int) -> Callable:
+    import optuna
+    from optuna.trial import TrialState
+
+    def objective(trial) -> tuple[float, ...]:
+        trial.set_user_attr("owner", _owner())
+        live = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+        if sum(1 for t in live if t.number < trial.number) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            raise optuna.TrialPruned("the study already has enough trials")
+        origin = trial.user_attrs.get("retry_of")
+        if origin is not None:
+            twins = [t for t in live if t.number != trial.number and t.user_attrs.get("retry_of") == origin
+                     and (t.state == TrialState.COMPLETE or t.number < trial.number)]
+            if twins:
+                trial.set_user_attr("surplus", True)
+                raise optuna.TrialPruned(f"trial {origin} is already being retried")
+        choice = {name: trial.suggest_categorical(name, list(labels)) for name, labels in problem.units}
+        try:
+            res = problem.measure(choice)
+        except SearchError as e:
+            trial.set_user_attr("error", str(e))
+            raise
+        except Exception as e:  # the user's evaluate: report what it raised, keep the study
+            msg = f"trial {trial.number}: evaluate raised {type(e).__name__}: {e}"
+            trial.set_user_attr("error", msg)
+            raise SearchError(msg) from e
+        values = tuple(float(res[k]) for k in OBJECTIVES)
+        bad = [k for k, v in zip(OBJECTIVES, values) if not math.isfinite(v)]
+        if bad:
+            msg = f"trial {trial.number}: evaluate returned a non-finite {', '.join(bad)} ({values})"
+            trial.set_user_attr("error", msg)
+            raise SearchError(msg)
+        for k, v in res.items():
+            if k not in OBJECTIVES and isinstance(v, (int, float)):
+                trial.set_user_attr(k, float(v))
+        return values
+
+    return objective
+
+
+def run_worker(problem: TrialProblem, cfg: StudyConfig, *, worker: int = 0,
+               on_trial: Callable[[int], None] | None = None, parent: int | None = None) -> int:
+    """Run trials on the shared study until it holds cfg.n_trials COMPLETE trials.
+
+    Returns how many this worker completed. Raises SearchError when an evaluation fails
+    (the failed trial is FAIL in storage with its error; completed ones stay).
+    """
+    from optuna.trial import TrialState
+
+    study = open_study(cfg, worker=worker)
+    objective = _objective(problem, study, cfg.n_trials)
+    mine = 0
+    while True:
+        if parent is not None and os.getppid() != parent:
+            return mine  # the driver was killed: stop too; a resumed run takes over
+        reclaim_stale(study)
+        c = counts(study)
+        if c["COMPLETE"] >= cfg.n_trials:
+            return mine
+        if c["COMPLETE"] + c["RUNNING"] >= cfg.n_trials:
+            time.sleep(POLL_S)  # others hold the remaining slots; wait for them (or their death)
+            continue
+        before = c["COMPLETE"]
+        study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False, show_progress_bar=False)
+        last = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        me = _owner()
+        mine = sum(1 for t in last if t.user_attrs.get("owner") == me)
+        if on_trial is not None:
+            on_trial(max(before, len(last)))

@@ -1,0 +1,24 @@
+"""What a workload offers a search beyond its model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from sparsesim.search.accuracy import Evaluate, Fidelity
+from sparsesim.search.space import ChannelGroup
+
+
+@dataclass(frozen=True)
+class SearchTask:
+    """The evaluate the results report, a calibration batch for the cheap signals, the coupled
+    channel groups and an optional recovery hook (see `sparsesim.search.tasks`)."""
+
+    evaluate: Evaluate
+    metric: str = "evaluate"
+    fidelity: Fidelity | None = None
+    groups: tuple[ChannelGroup, ...] = ()
+    calibration: Any = None
+    recovery: Callable[[nn.Module], None] | None = None
