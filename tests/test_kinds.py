@@ -14,7 +14,7 @@ from sparsesim.sparsity.stats import analytic_stats, measure_stats
 
 # one spelling per registered kind
 EXAMPLES = {"dense": "dense", "unstructured": "unstructured:0.75", "nm": "2:4", "block": "block4x4:0.5",
-            "channel": "channel:0.5"}
+            "channel": "channel:0.5", "vnm": "64:2:8"}
 
 
 def test_every_registered_kind_has_an_example():
@@ -45,7 +45,7 @@ def test_facts_travel_on_the_kind():
     assert parse_pattern("channel:0.5").spec.shrinks_op
     assert [k for k, s in KINDS.items() if s.shrinks_op] == ["channel"]
     assert not parse_pattern("channel:0.5").spec.skips_zeros
-    assert all(parse_pattern(EXAMPLES[k]).spec.skips_zeros for k in ("unstructured", "nm", "block"))
+    assert all(parse_pattern(EXAMPLES[k]).spec.skips_zeros for k in ("unstructured", "nm", "block", "vnm"))
 
 
 def test_make_pattern_goes_through_the_kind():

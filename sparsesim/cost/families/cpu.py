@@ -353,6 +353,8 @@ def _bsr_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCy
 SPARSE_KERNELS: dict[str, Callable[[CpuParams, LayerSparsity, _PerNonzero], _KernelCycles]] = {
     "unstructured": _csr_cycles,
     "nm": _nm_cycles,
+    # V:N:M is N:M with shared column choices: the same index-regular kernel, per nonzero
+    "vnm": _nm_cycles,
     "block": _bsr_cycles,
 }
 

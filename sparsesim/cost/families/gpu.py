@@ -31,7 +31,7 @@ Gating is not modelled on GPUs; only the sparse kernels skip work.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from sparsesim.cost import register_cost
@@ -61,6 +61,8 @@ SPLIT_K_MIN_STEPS = 4
 PARTIAL_BYTES = 4
 # BSR index width when block counts must be estimated: cuSPARSE uses 32-bit indices/offsets
 CSR_INDEX_BYTES = 4
+# Spatha runs each V x M block's 4 selected columns as 2:4 on the sparse tensor cores (VENOM §5)
+VNM_HW_N, VNM_HW_M = 2, 4
 # a dtype without tensor cores is costed at the first of these the device has (16-bit first:
 # the usual deployment dtypes), flagged as a fallback
 TENSOR_FALLBACK_DTYPES = ("fp16", "bf16", "tf32")
@@ -107,6 +109,9 @@ class GpuParams:
     smem_energy: float = quantity("energy_per_byte")
     static_power: float = quantity("power")
     tdp: float = quantity("power")
+    # V:N:M through Spatha (VENOM): per dtype it runs, its efficiency on the sparse tensor
+    # cores; a device without the table has no V:N:M kernel (runs V:N:M masks as N:M or dense)
+    vnm_gemm_efficiency: Mapping[str, float] = quantity("ratio", per_dtype=True, default={})
 
     def validate(self) -> str | None:
         """Cross-field checks; a message naming the field, or None. Never raises.
@@ -140,7 +145,19 @@ class GpuParams:
                 or check_whole(self, "sm_count", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
                                "mma_k_bytes", "sparse_row_multiple", "sparse_col_multiple", "dense_pad_multiple")
                 or check_positive(self, "tensor_peak", "sparse_tensor_peak", "cuda_core_peak", "dram_bandwidth",
-                                  "l2_bandwidth", "clock"))
+                                  "l2_bandwidth", "clock")
+                or _check_vnm(self))
+
+
+def _check_vnm(p: GpuParams) -> str | None:
+    """Spatha runs V:N:M as 2:4 on the sparse tensor cores: each dtype it lists needs them."""
+    for dt, eff in p.vnm_gemm_efficiency.items():
+        if _parse_ratio(p.sparse_ratio.get(dt)) != (VNM_HW_N, VNM_HW_M):
+            return (f"field 'vnm_gemm_efficiency.{dt}': Spatha runs V:N:M as {VNM_HW_N}:{VNM_HW_M} on sparse "
+                    f"tensor cores, but sparse_ratio.{dt} is {p.sparse_ratio.get(dt)!r}")
+        if not 0 < eff <= 1:
+            return f"field 'vnm_gemm_efficiency.{dt}': must be in (0, 1], got {eff:g}"
+    return None
 
 
 def _parse_ratio(text: Any) -> tuple[int, int] | None:
@@ -572,6 +589,68 @@ def _nm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
     return csr if csr.latency_s < dense.latency_s else dense
 
 
+def vnm_support(p: GpuParams, dtype: str, op: Op, layer: LayerSparsity, g: GemmShape) -> str:
+    """'' when Spatha can run this V:N:M layer, else the rule that fails (one line)."""
+    pat = layer.pattern
+    v, m = pat.block
+    if op.kind not in ("linear", "conv") or op.weight is None:
+        return f"V:N:M needs a weight operand ({op.kind} has none)"
+    unit = compute_unit(p, dtype, conv=op.kind == "conv")
+    if not unit.tensor_cores or unit.dtype not in p.vnm_gemm_efficiency:
+        have = ", ".join(sorted(p.vnm_gemm_efficiency)) or "none on this device"
+        return f"no Spatha V:N:M kernel for {dtype} (vnm_gemm_efficiency lists {have})"
+    bad = []
+    if g.n % v:
+        bad.append(f"N={g.n} weight rows are not whole {v}-row blocks")
+    if g.k % m:
+        bad.append(f"K={g.k} is not whole groups of {m}")
+    return "; ".join(bad)
+
+
+def _spatha(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
+    """V:N:M GEMM through Spatha: each V x M block's 4 selected activation columns are gathered
+    and the block runs as 2:4 on the sparse tensor cores, so the GEMM's K shrinks to K * 4 / M
+    (VENOM, Castro et al. SC'23, arXiv 2310.02065, §5). The whole activation still crosses DRAM
+    once (different row blocks select different columns); L2 sees each tile's gathered band."""
+    p: GpuParams = device.params
+    g = work.gemms[0]
+    pat = layer.pattern
+    sdt = compute_unit(p, work.dtype, conv=op.kind == "conv").dtype
+    k_sel = ceil_div(g.k * VNM_HW_M, pat.m)
+    gs = GemmShape(m=g.m, n=g.n, k=k_sel, batch=g.batch, groups=g.groups)
+    values, meta = _stored(layer, "vnm", work)
+    a_sel = work.a_bytes * k_sel / g.k if g.k else 0.0
+    eff = p.vnm_gemm_efficiency[sdt]
+    tile_rate = p.sparse_tensor_peak[sdt] / p.sm_count * eff
+    gt = _gemm_time(p, gs, work.dtype_bytes, tile_rate=tile_rate, a_bytes=a_sel, w_bytes=values,
+                    c_bytes=work.c_bytes, w_meta_bytes=meta)
+    # every activation column is selected by some row block: A crosses DRAM whole at least once
+    dram = gt.dram_bytes + max(0.0, work.a_bytes - a_sel)
+    memory = _memory_s(p, dram + gt.metadata_dram_bytes, gt.l2_bytes)
+    macs = gs.macs * VNM_HW_N / VNM_HW_M
+    why = _describe(f"{pat.label} via Spatha on {VNM_HW_N}:{VNM_HW_M} sparse tensor cores: K={g.k} -> {k_sel} "
+                    f"selected columns, {gs.m}x{gs.n}x{k_sel} {sdt} at {eff:.0%} (values {values / 1e6:.3g} MB + "
+                    f"metadata {meta / 1e6:.3g} MB)", gt.compute_s, memory, p.launch_overhead, gt.tiling)
+    return build_cost(
+        device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=p.launch_overhead,
+        energy=_energy(p, macs, sdt, dram, gt.l2_bytes, metadata=gt.metadata_dram_bytes),
+        kernel=f"{pat.label} Spatha sparse tensor core", why=why, flops_executed=2.0 * macs,
+        peak_flops=p.sparse_tensor_peak[sdt] * VNM_HW_N / VNM_HW_M, memory_bytes=values + meta,
+        metadata_bytes=meta, details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "k_selected": k_sel},
+    )
+
+
+def _vnm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
+    """V:N:M: Spatha when the device lists it and the shape is whole blocks; otherwise the mask
+    runs as what it also is, an N:M mask (2:4 sparse tensor cores when it fits, else dense/CSR)."""
+    p: GpuParams = device.params
+    reason = vnm_support(p, work.dtype, op, layer, work.gemms[0])
+    if not reason:
+        return _spatha(op, work, layer, device)
+    as_nm = _nm(op, work, layer, device)
+    return replace(as_nm, fallback=True, why=f"{layer.pattern.label} not run by Spatha: {reason}; as N:M: {as_nm.why}")
+
+
 def _unstructured(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost:
     """Unstructured: CSR SpMM when the weight is stored as CSR, else dense."""
     if op.weight is None:
@@ -592,6 +671,7 @@ def _block(op: Op, work: GemmWork, layer: LayerSparsity, device: Device) -> Cost
 # the GPU's rule per sparse pattern kind (dense and op-shrinking kinds run the dense kernel)
 SPARSE_KERNELS: dict[str, Callable[[Op, GemmWork, LayerSparsity, Device], Cost]] = {
     "nm": _nm,
+    "vnm": _vnm,
     "unstructured": _unstructured,
     "block": _block,
 }
