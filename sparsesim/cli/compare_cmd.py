@@ -14,7 +14,7 @@ HELP = "compare sparsity plans across devices: latency, speedup over dense, ener
 
 ROW_FIELDS = ("device", "family", "plan", "latency_s", "speedup_vs_dense", "energy_j", "energy_vs_dense",
               "memory_bytes", "memory_vs_dense", "fallback_ops", "sparse_ops", "bound", "why",
-              "device_file", "model")
+              "memory_need_bytes", "memory_capacity_bytes", "fits", "device_file", "model")
 WHY_WIDTH = 100
 
 
@@ -57,11 +57,13 @@ def render(doc: dict[str, Any]) -> str:
     for dev in doc["devices"]:
         rows = [r for r in doc["rows"] if r["device"] == dev]
         out.append(f"{dev} ({rows[0]['family']}, {rows[0]['device_file']})")
+        fit = [results.fit_note(r) for r in rows]
         out.append(results.text_table(
             [(r["plan"], results.fmt_si(r["latency_s"], "s"), results.fmt_ratio(r["speedup_vs_dense"]),
               results.fmt_si(r["energy_j"], "J"), results.fmt_ratio(r["energy_vs_dense"]),
               results.fmt_si(r["memory_bytes"], "B"), results.fmt_ratio(r["memory_vs_dense"]),
-              r["fallback_ops"] or "", r["bound"], results.clip(r["why"], WHY_WIDTH)) for r in rows],
+              r["fallback_ops"] or "", r["bound"], f"{note.upper()}: " * bool(note) + results.clip(r["why"], WHY_WIDTH))
+             for r, note in zip(rows, fit)],
             ("plan", "latency", "speedup", "energy", "x dense", "memory", "x dense", "fallback", "bound", "why"),
             indent="  ",
         ))

@@ -72,6 +72,7 @@ def render(doc: dict[str, Any]) -> str:
         f"total energy   {results.fmt_si(t['energy_j'], 'J')}",
         f"weight memory  {results.fmt_si(t['memory_bytes'], 'B')} "
         f"(metadata {results.fmt_si(t['metadata_bytes'], 'B')})",
+        f"device memory  {results.fmt_fit(t)}",
         f"fallback ops   {t['fallback_ops']}",
         f"bound          {doc['bound']}",
         f"why            {doc['why']}",

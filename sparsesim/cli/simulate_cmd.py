@@ -55,6 +55,7 @@ def render(doc: dict[str, Any]) -> str:
         f"{doc['samples_per_s']:.4g} samples/s (batch {doc['batch']})",
         f"energy             {results.fmt_si(doc['energy_j'], 'J')} per inference",
         f"weight memory      {results.fmt_si(doc['memory_bytes'], 'B')}",
+        f"device memory      {results.fmt_fit(doc)}",
     ]
     p = doc.get("pipeline")
     if p:

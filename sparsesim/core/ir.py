@@ -117,6 +117,8 @@ class Workload:
     `model` is kept (not compared, not hashed) so plans can build masks from real weights;
     `activation_norms` maps a weight name to the per-input-feature L2 norms of the activation
     feeding it (for activation-aware masks); both are empty on the meta device.
+    `input_bytes` is the size of the tensors held by the example inputs after the forward (token
+    ids, images, and a KV cache the forward filled): device memory the run needs besides weights.
     """
 
     name: str
@@ -125,6 +127,7 @@ class Workload:
     params: Mapping[str, Any] = field(default_factory=dict)
     model: Any = field(default=None, compare=False, hash=False, repr=False)
     activation_norms: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    input_bytes: int = 0
 
     @property
     def on_meta(self) -> bool:

@@ -14,6 +14,7 @@ import pandas as pd
 
 from sparsesim.hw.devices import Device
 from sparsesim.core.errors import SparsesimError
+from sparsesim.run.results import fit_note
 
 
 # A layer whose sparse time is at least this fraction of its dense time gained nothing worth
@@ -151,12 +152,15 @@ def _param_value(device: Device, fieldname: str) -> Any:
 
 
 def verdicts(summary: pd.DataFrame, per_op: pd.DataFrame, devices: Sequence[str],
-             plans: Sequence[str]) -> list[dict[str, Any]]:
+             plans: Sequence[str], searches: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Per device: the plan with the best geometric-mean speedup over the workloads, and for every
     plan its speedup range, the kernel that ran most of the sparsified layers, their dominant bound
-    and the cost model's top reason."""
+    and the cost model's top reason; the runs that do not fit in the device's memory; and what is
+    known of accuracy (a search on this device, or nothing: then the verdict says so)."""
     out = []
     for dev in devices:
+        unfit = [{"workload": r["workload"], "plan": r["plan"], "note": fit_note(r)}
+                 for r in summary[summary["device"] == dev].to_dict("records") if fit_note(r)]
         s = summary[(summary["device"] == dev) & (summary["plan"] != "dense")]
         if not len(s):
             continue
@@ -185,11 +189,56 @@ def verdicts(summary: pd.DataFrame, per_op: pd.DataFrame, devices: Sequence[str]
         # channel pruning removes whole channels (the costliest in accuracy): name the best plan that keeps them too
         keeping = [r for r in per_plan if not removes_channels(r["plan"])]
         keep = max(keeping, key=lambda r: r["geomean"]) if keeping and removes_channels(best["plan"]) else None
+        accuracy = [search_accuracy(sr) for sr in searches if sr.device == dev]
+        text = verdict_text(dev, best, per_plan, keep)
+        if best["geomean"] > 1.0:
+            text += " " + accuracy_text(best["plan"], accuracy)
+        if unfit:
+            text += " Does not fit in device memory: " + "; ".join(
+                f"{u['workload']} {u['plan']} ({u['note']})" for u in unfit) + "."
         out.append({"device": dev, "family": str(s["family"].iloc[0]), "best_plan": best["plan"],
                     "best_speedup": best["geomean"], "keep_channels_plan": keep["plan"] if keep else None,
                     "keep_channels_speedup": keep["geomean"] if keep else None, "plans": per_plan,
-                    "text": verdict_text(dev, best, per_plan, keep)})
+                    "accuracy_assessed": bool(accuracy), "accuracy": accuracy, "does_not_fit": unfit,
+                    "text": text})
     return out
+
+
+def search_accuracy(sr: Any) -> dict[str, Any]:
+    """What a search on a device measured: its chosen plan's accuracy and speedup, and the best
+    uniform plan's accuracy at the same budget."""
+    c = sr.chosen
+    return {"workload": sr.workload, "source": sr.source, "accuracy": c.get("accuracy"),
+            "speedup": c.get("speedup_vs_dense"), "uniform_plan": c.get("uniform_plan"),
+            "uniform_accuracy": c.get("uniform_accuracy"), "dense_accuracy": sr.extra.get("dense accuracy")}
+
+
+def accuracy_text(plan: str, accuracy: Sequence[dict[str, Any]]) -> str:
+    """The accuracy side of a recommendation: the searches' measured figures, or a plain statement
+    that the ranking is by modeled latency alone."""
+    if not accuracy:
+        cost = (" Channel pruning removes whole channels and usually costs the most accuracy."
+                if removes_channels(plan) else "")
+        return (f"Accuracy is not assessed: {plan} is ranked by modeled latency alone.{cost} "
+                "`sparsesim search WORKLOAD --device DEVICE` measures it.")
+    parts = []
+    for a in accuracy:
+        line = f"a search on {a['workload']} chose a plan at accuracy {_num(a['accuracy'])}"
+        if a.get("dense_accuracy") is not None:
+            line += f" (dense {_num(a['dense_accuracy'])})"
+        if a.get("speedup") is not None:
+            line += f", {float(a['speedup']):.2f}x"
+        if a.get("uniform_plan"):
+            line += f"; uniform {a['uniform_plan']} reached {_num(a['uniform_accuracy'])} in the same budget"
+        parts.append(line)
+    return "Accuracy measured: " + "; ".join(parts) + "."
+
+
+def _num(v: Any) -> str:
+    try:
+        return f"{float(v):.4f}"
+    except (TypeError, ValueError):
+        return "?"
 
 
 _SHARE = re.compile(r"\s*\(\d+% of the latency of \d+ op\(s\)\)\s*$")

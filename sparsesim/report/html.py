@@ -14,6 +14,7 @@ from sparsesim import __version__
 from sparsesim.report import analysis, build
 from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import esc, fmt_q, fmt_x, sig, slug
+from sparsesim.run.results import fit_note
 from sparsesim.report.tables import (PCT_FORMATS, SEARCH_FORMATS, WHY_ROWS, device_table, front_table, gpu_line,
                                      search_summary, validation_line, why_summary)
 
@@ -105,6 +106,8 @@ def verdict_html(verdicts: list[dict[str, Any]], plans: Sequence[str]) -> str:
         notes = "<br>".join(f"<b>{esc(r['plan'])}</b> ({esc(r['kernel'])}, {esc(r['bound'])}-bound): {esc(r['why'])}"
                             for r in slow) or "—"
         use = esc(v["best_plan"]) if v["best_speedup"] > 1 else "dense"
+        if v["best_speedup"] > 1 and not v.get("accuracy_assessed", True):
+            use += "<br><small>accuracy not assessed</small>"
         if v.get("keep_channels_plan") and v["best_speedup"] > 1:
             alt = v["keep_channels_plan"] if v["keep_channels_speedup"] > 1 else "dense"
             use += f"<br><small>keeping channels: {esc(alt)}</small>"
@@ -128,6 +131,8 @@ def summary_html(sm: pd.DataFrame, devices: Sequence[str], plans: Sequence[str])
             best = bool(r.get("best", False))
             mark = " ★" if best else ""
             fb = f"<br><small>{int(r['fallback_ops'])} ops fell back</small>" if int(r.get("fallback_ops", 0) or 0) else ""
+            unfit = fit_note(r.to_dict())
+            fb += f"<br><small class='unfit'><b>{esc(unfit)}</b></small>" if unfit else ""
             cells.append(
                 f"<td class='cell{' best' if best else ''}' style='background:{_speed_color(sp)}' title='{esc(r['why'])}'>"
                 f"<b>{sp:.2f}x{mark}</b><br><small>{esc(fmt_q(r['latency_s'], 'time'))} · "

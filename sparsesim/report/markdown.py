@@ -12,6 +12,7 @@ from sparsesim import __version__
 from sparsesim.report import analysis, build
 from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import fmt_q, fmt_x, sig
+from sparsesim.run.results import fit_note
 from sparsesim.report.tables import (PCT_FORMATS, SEARCH_FORMATS, WHY_ROWS, device_table, front_table, gpu_line,
                                      search_summary, validation_line, why_summary)
 
@@ -48,6 +49,8 @@ def md_summary(sm: pd.DataFrame) -> pd.DataFrame:
         "device": sm["device"], "plan": sm["plan"], "latency": sm["latency_s"],
         "speedup vs dense": sm["speedup_vs_dense"], "energy": sm["energy_j"], "energy vs dense": sm["energy_vs_dense"],
         "memory": sm["memory_bytes"], "bound": sm["bound"], "fallback ops": sm["fallback_ops"], "best": sm["best"],
+        "device memory": [fit_note(r) or ("fits" if r.get("fits") else "capacity not given")
+                          for r in sm.to_dict("records")],
     })
 
 

@@ -43,7 +43,7 @@ def write_report(data: build.ReportData, out: Path, progress: Callable[[int], An
     clear_previous(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     figs = make_figures(data, progress)
-    verdicts = analysis.verdicts(data.summary, data.per_op, data.device_names, data.plans)
+    verdicts = analysis.verdicts(data.summary, data.per_op, data.device_names, data.plans, data.searches)
     tables = csv_tables(data)
     written = []
     for name, df in tables.items():

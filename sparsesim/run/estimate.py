@@ -27,6 +27,7 @@ from sparsesim.cost.common import UNKNOWN_DTYPE_BYTES
 from sparsesim.cost.record import Cost, RunContext
 from sparsesim.hw.devices import Device, default_devices, load_device
 from sparsesim.run import results
+from sparsesim.run.fit import memory_fit, peak_activation_bytes
 from sparsesim.sparsity.records import LayerSparsity, SparseWorkload
 
 DEFAULT_PLANS = ("dense", "2:4", "unstructured:0.9", "block4x4:0.5", "channel:0.5")
@@ -241,11 +242,13 @@ def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[st
             op_keys[id(ops)] = [_cost_key(op) for op in ops]
         keys = list(zip(op_keys[id(ops)], [_layer_key(ly) for ly in layers]))
         static = results.op_columns(ops, layers)
+        weights, activations = run_context(sw).model_weight_bytes, peak_activation_bytes(ops)
         for dev in devices:
             costs = cost_workload(sw, dev, keys=keys, memo=memos[dev.path])
+            fit = memory_fit(weights, sw.workload.input_bytes, activations, dev)
             blocks.append({
                 "workload": sw.name, "plan": label, "device": dev.name, "family": dev.family,
-                **static, **results.cost_columns(costs), "device_file": dev.path,
+                **static, **results.cost_columns(costs), **results.fit_columns(fit), "device_file": dev.path,
             })
     return results.per_op_frame(blocks)
 

@@ -16,6 +16,7 @@ import pandas as pd
 
 from sparsesim.core.ir import Op
 from sparsesim.cost.record import Cost
+from sparsesim.run.fit import MemoryFit
 from sparsesim.sparsity.records import LayerSparsity
 
 # memory level the cost models use for off-chip traffic (`Cost.bytes_by_level` key)
@@ -49,6 +50,11 @@ PER_OP_COLUMNS: dict[str, str] = {
     "memory_s": "memory term of the latency (Cost.details['memory_s'], see split_latency)",
     "overhead_s": "fixed overhead term (launch, configuration), see split_latency",
     "why": "the cost model's explanation of the latency",
+    "memory_need_bytes": "device memory the run holds: weights as stored under the plan + example inputs "
+                         "(with the KV cache) + the largest one-op activation working set",
+    "memory_capacity_bytes": "the device's memory_capacity (NaN when its file gives none)",
+    "fits": "True when memory_need_bytes <= memory_capacity_bytes, False when the run does not fit "
+            "(its latency is then not achievable on one device), None when the capacity is unknown",
     "device_file": "the device file the numbers came from",
     "model": "the cost model that produced the row",
 }
@@ -74,6 +80,11 @@ SUMMARY_COLUMNS: dict[str, str] = {
            "plan touched (all ops for dense)",
     "flops": "dense FLOPs",
     "flops_executed": "FLOPs executed",
+    "memory_need_bytes": "device memory the run holds: weights as stored under the plan + example inputs "
+                         "(with the KV cache) + the largest one-op activation working set",
+    "memory_capacity_bytes": "the device's memory_capacity (NaN when its file gives none)",
+    "fits": "True when memory_need_bytes <= memory_capacity_bytes, False when the run does not fit "
+            "(its latency is then not achievable on one device), None when the capacity is unknown",
     "device_file": "the device file the numbers came from",
     "model": "the cost model that produced the rows",
 }
@@ -167,6 +178,23 @@ def cost_columns(costs: Sequence[Cost]) -> dict[str, list]:
     }
 
 
+def fit_columns(fit: MemoryFit) -> dict[str, Any]:
+    """The memory-fit columns of one (plan, device) block (scalars, repeated over its ops)."""
+    cap = fit.capacity_bytes
+    return {"memory_need_bytes": fit.need_bytes, "memory_capacity_bytes": math.nan if cap is None else cap,
+            "fits": fit.fits}
+
+
+def fit_note(row: Mapping[str, Any]) -> str:
+    """'does not fit: 137 GB > 80 GB' for a result row that does not fit, else ''."""
+    from sparsesim.run.fit import fit_text
+
+    cap = row.get("memory_capacity_bytes")
+    cap = None if cap is None or (isinstance(cap, float) and not math.isfinite(cap)) else float(cap)
+    fits = row.get("fits")
+    return fit_text(float(row.get("memory_need_bytes") or 0.0), cap, None if fits is None else bool(fits))
+
+
 def per_op_frame(blocks: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Concatenate column blocks (dicts of equal-length lists, or scalars repeated over the
     block) into the per-op table, building one DataFrame at the end."""
@@ -220,6 +248,9 @@ def summarize(per_op: pd.DataFrame) -> pd.DataFrame:
         flops_executed=("flops_executed", "sum"),
         device_file=("device_file", "first"),
         model=("model", lambda s: ",".join(sorted(set(s)))),
+        memory_need_bytes=("memory_need_bytes", "first"),
+        memory_capacity_bytes=("memory_capacity_bytes", "first"),
+        fits=("fits", "first"),
     )
     out["memory_bytes"] = _footprint(df, "memory_bytes", keys).reindex(out.index).fillna(0.0)
     out["metadata_bytes"] = _footprint(df, "metadata_bytes", keys).reindex(out.index).fillna(0.0)
@@ -275,7 +306,19 @@ def totals(per_op: pd.DataFrame) -> dict[str, float]:
         "flops": float(per_op["flops"].sum()),
         "flops_executed": float(per_op["flops_executed"].sum()),
         "fallback_ops": int(per_op["fallback"].sum()),
+        **_fit_totals(per_op),
     }
+
+
+def _fit_totals(per_op: pd.DataFrame) -> dict[str, Any]:
+    if per_op.empty:
+        return {"memory_need_bytes": 0.0, "memory_capacity_bytes": None, "fits": None}
+    first = per_op.iloc[0]
+    cap = float(first["memory_capacity_bytes"])
+    fits = first["fits"]
+    return {"memory_need_bytes": float(first["memory_need_bytes"]),
+            "memory_capacity_bytes": cap if math.isfinite(cap) else None,
+            "fits": None if fits is None else bool(fits)}
 
 
 def records(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -313,6 +356,18 @@ def fmt_si(value: float | None, unit: str) -> str:
         if abs(v) >= factor:
             return f"{v / factor:.3g} {prefix}{unit}"
     return f"{v:.3g} {unit}"
+
+
+def fmt_fit(row: Mapping[str, Any]) -> str:
+    """The device-memory line of a result: 'needs 13.5 GB of 80 GB', or the does-not-fit flag."""
+    note = fit_note(row)
+    if note:
+        return f"{note.upper()} (weights + inputs/KV cache + activations; this latency is not achievable on one device)"
+    need = fmt_si(row.get("memory_need_bytes"), "B")
+    cap = row.get("memory_capacity_bytes")
+    if cap is None or (isinstance(cap, float) and not math.isfinite(cap)):
+        return f"needs {need} (weights + inputs/KV cache + activations); the device file gives no capacity"
+    return f"needs {need} of {fmt_si(cap, 'B')} (weights + inputs/KV cache + activations)"
 
 
 def fmt_ratio(value: float | None) -> str:

@@ -127,6 +127,10 @@ class SimResult:
     pipeline: dict[str, float] | None = None
     serving: ServingStats | None = None
     timeline: pd.DataFrame = field(default=None, compare=False, repr=False)  # type: ignore[assignment]
+    # device memory the run holds and whether it fits (see sparsesim.run.fit; None: unknown capacity)
+    memory_need_bytes: float = 0.0
+    memory_capacity_bytes: float | None = None
+    fits: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k not in ("timeline", "serving")}
@@ -421,6 +425,9 @@ def simulate_frame(
         prefetched_s=single.prefetched_s,
         energy_j=tot["energy_j"],
         memory_bytes=tot["memory_bytes"],
+        memory_need_bytes=tot["memory_need_bytes"],
+        memory_capacity_bytes=tot["memory_capacity_bytes"],
+        fits=tot["fits"],
         batch=batch,
         stream_inputs=stream,
         stream_makespan_s=streamed.makespan_s,

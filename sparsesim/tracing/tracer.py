@@ -320,4 +320,30 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
         torch.backends.mha.set_fastpath_enabled(fastpath)
     norms = {k: v.sqrt() for k, v in rec.norms_sq.items()}
     return Workload(name=name, ops=tuple(rec.ops), weights=dict(rec.weights), model=model,
-                    activation_norms=norms)
+                    activation_norms=norms, input_bytes=held_bytes((args, kwargs)))
+
+
+# how deep `held_bytes` looks into objects that are not containers (a KV cache object holds
+# per-layer objects holding tensors, under the args tuple and kwargs dict)
+_HELD_DEPTH = 6
+
+
+def held_bytes(obj: Any, depth: int = _HELD_DEPTH, seen: set[int] | None = None) -> int:
+    """Bytes of the distinct tensors reachable from `obj` through containers and plain objects'
+    attributes (e.g. a transformers KV cache after the forward filled it); meta tensors count by
+    shape. Modules are skipped: their parameters are the weights, counted apart."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or depth < 0 or isinstance(obj, (nn.Module, str, bytes, int, float, bool, type(None))):
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        items: Any = obj.values()
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        items = obj
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        items = vars(obj).values()
+    else:
+        return 0
+    return sum(held_bytes(x, depth - 1, seen) for x in items)
