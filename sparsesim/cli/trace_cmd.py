@@ -21,15 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sparsesim.sparsity import plans
     from sparsesim.tracing.workloads import load_workload
 
     wl = load_workload(args.workload)
     layers: dict[str, Any] = {}
     plan_name = "dense"
-    if args.plan is not None:
-        from sparsesim.sparsity import plans
-
-        sw = plans.sparsify(wl, plans.load_plan(args.plan))
+    if args.plan is not None or not wl.on_meta:
+        # without a plan: the weights as they are, so zeros already there (torch.nn.utils.prune
+        # masks, a 2:4 checkpoint) show with their real density and pattern
+        sw = plans.sparsify(wl, plans.load_plan(args.plan or "dense"))
         layers = dict(sw.layers)
         plan_name = sw.plan_name
     return build_doc(wl, layers, plan_name, weights_only=args.weights_only)
@@ -61,7 +62,7 @@ def build_doc(wl: Workload, layers: dict[str, Any], plan_name: str, *, weights_o
         "weight_bytes_dense": sum(dense.values()), "weight_bytes_stored": sum(stored.values()),
     }
     return {"workload": wl.name, "params": dict(wl.params), "plan": plan_name, "on_meta": wl.on_meta,
-            "ops": rows, "totals": totals}
+            "notes": list(wl.notes), "ops": rows, "totals": totals}
 
 
 def _row(wl: Workload, op: Op, ls: Any) -> dict[str, Any]:
@@ -139,5 +140,6 @@ def render(doc: dict[str, Any]) -> str:
         f"weights {t['weights']} ({human(t['weight_params'])} params) in {t['weight_ops']} weight ops: "
         f"dense {human(t['weight_bytes_dense'], 'B')}, stored {human(t['weight_bytes_stored'], 'B')} "
         f"({saved:.1%} smaller)",
+        *(f"note: {n}" for n in doc.get("notes", [])),
     ]
     return "\n".join(lines)

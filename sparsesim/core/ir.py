@@ -119,6 +119,8 @@ class Workload:
     feeding it (for activation-aware masks); both are empty on the meta device.
     `input_bytes` is the size of the tensors held by the example inputs after the forward (token
     ids, images, and a KV cache the forward filled): device memory the run needs besides weights.
+    `notes` are what the tracer did that the user should know (e.g. it traced a compiled module's
+    original).
     """
 
     name: str
@@ -128,6 +130,7 @@ class Workload:
     model: Any = field(default=None, compare=False, hash=False, repr=False)
     activation_norms: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
     input_bytes: int = 0
+    notes: tuple[str, ...] = ()
 
     @property
     def on_meta(self) -> bool:

@@ -584,25 +584,46 @@ def _sparsify(workload: Workload, plan: Plan | str, criterion: str,
 FOUND_ZEROS_MIN_SPARSITY = 0.01
 
 
+# N:M structure recognised in zeros already in a weight, in order of preference (the ratio sparse
+# tensor cores run first)
+FOUND_NM = ((2, 4), (1, 2), (4, 8))
+
+
 def _found_zeros_pattern(stats: Any) -> Pattern:
-    """Zeros already in a dense-planned weight (pruned by hand or by torch.nn.utils.prune)
-    count as unstructured sparsity once they pass FOUND_ZEROS_MIN_SPARSITY."""
+    """Zeros already in a dense-planned weight (pruned by hand, by torch.nn.utils.prune, or a
+    2:4 checkpoint) count once they pass FOUND_ZEROS_MIN_SPARSITY: as N:M when every group along
+    K conforms (so a 2:4-sparse checkpoint runs on sparse tensor cores), else as unstructured."""
     if 1.0 - stats.density < FOUND_ZEROS_MIN_SPARSITY:
         return DENSE
+    conforms = dict(stats.nm_conformance)
+    for n, m in FOUND_NM:
+        if conforms.get((n, m)) and stats.cols % m == 0 and stats.density <= n / m + 1e-9:
+            return make_pattern("nm", n=n, m=m)
     return make_pattern("unstructured", round(stats.density, 6))
 
 
 def _model_entries(model: nn.Module) -> dict[str, _Entry]:
-    """Every Linear/Conv weight (and transformers' Conv1D, stored K x N) of a model."""
+    """Every Linear/Conv weight (and transformers' Conv1D, stored K x N) of a model, named as the
+    tracer names it (the stored parameter under prune or weight_norm), plus the input and hidden
+    weights of RNN/LSTM/GRU layers."""
+    from sparsesim.tracing.tracer import stored_weight
+
+    names = {id(p): n for n, p in model.named_parameters()}
     out = {}
     for mname, mod in model.named_modules():
         conv1d = type(mod).__name__ == "Conv1D"
         if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd)) or conv1d:
-            local = "weight_orig" if hasattr(mod, "weight_orig") else "weight"
-            w = getattr(mod, local)
-            name = f"{mname}.{local}" if mname else local
+            w = stored_weight(mod)
+            if w is None or id(w) not in names:
+                continue
+            name = names[id(w)]
             rows, cols = (w.shape[1], w.shape[0]) if conv1d else (w.shape[0], w[0].numel())
             out[name] = _Entry(name, mname, int(rows), int(cols), conv1d)
+        elif isinstance(mod, nn.RNNBase):
+            for local, w in mod.named_parameters(recurse=False):
+                if local.startswith("weight_") and w.dim() == 2:
+                    name = names[id(w)]
+                    out[name] = _Entry(name, mname, int(w.shape[0]), int(w.shape[1]))
     return out
 
 

@@ -32,6 +32,11 @@ NORM_FLOPS_PER_ELEMENT = 6
 # softmax: running max (1), subtract (1), exp (1), sum (1), divide (1) -> 5 per element
 SOFTMAX_FLOPS_PER_ELEMENT = 5
 REDUCTION_FLOPS_PER_ELEMENT = 1  # one add/compare per input element
+# weight norm w = g * v / ||v||: square and accumulate (2) for the norm, one scale (1) per element
+WEIGHT_NORM_FLOPS_PER_ELEMENT = 3
+# bytes of one index of a COO sparse tensor (int64) per dimension
+SPARSE_INDEX_BYTES = 8
+INT8_BYTES = 1
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,7 @@ class T:
 
     shape: tuple[int, ...]
     itemsize: float
+    nnz: int | None = None  # stored nonzeros of a torch.sparse (COO) tensor; None when strided
 
     @property
     def numel(self) -> int:
@@ -47,6 +53,8 @@ class T:
 
     @property
     def nbytes(self) -> int:
+        if self.nnz is not None:  # values plus one int64 index per dimension per nonzero
+            return int(self.nnz * (self.itemsize + SPARSE_INDEX_BYTES * len(self.shape)))
         return int(self.numel * self.itemsize)
 
 
@@ -210,6 +218,58 @@ def sdpa_aten_formula(q: T, k: T, v: T, *args: Any, out: Any, **kwargs: Any) -> 
     return attention_work(q, k, v, out, mask, causal)
 
 
+@register(aten._sparse_addmm, aten._sparse_mm)
+def sparse_addmm_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
+    """A torch.sparse (COO) matrix times a dense one (torch.sparse.mm / addmm): 2 FLOPs per
+    stored nonzero per output column, reading the stored nonzeros and their indices, not a dense
+    matrix. With a bias (addmm), plus one add per output element."""
+    ts = [a for a in args if isinstance(a, T)]
+    sparse = next((t for t in ts if t.nnz is not None), None)
+    y = _first(out)
+    if sparse is None or len(y.shape) != 2:
+        return unknown_work(args, out)
+    n = y.shape[1]
+    beta = kwargs["beta"] if "beta" in kwargs else (args[3] if len(args) > 3 and not isinstance(args[3], T) else 1)
+    bias = ELEMENTWISE_FLOPS_PER_ELEMENT * y.numel if len(ts) == 3 and beta != 0 else 0
+    return OpWork("matmul", 2 * sparse.nnz * n + bias, io_bytes(args, out),
+                  note=f"torch.sparse operand: {sparse.nnz} stored nonzeros of {sparse.numel}")
+
+
+@register(torch.ops.quantized.linear_dynamic)
+def linear_dynamic_formula(x: T, packed: Any, *args: Any, out: Any, **_: Any) -> OpWork:
+    """A dynamically quantised Linear (torch.ao quantize_dynamic): int8 weights packed in an
+    opaque object, activations quantised per call. The GEMM is M x N x K with N from the output;
+    the packed weight's N x K int8 bytes are read (they are not a Parameter a plan can prune)."""
+    y = _first(out)
+    k, n = x.shape[-1], y.shape[-1]
+    m = x.numel // k if k else 0
+    weight_bytes = n * k * INT8_BYTES
+    g = GemmShape(m=m, n=n, k=k)
+    return OpWork("linear", 2 * g.macs, x.nbytes + y.nbytes + weight_bytes, gemm=g,
+                  note="dynamically quantised int8 weight (packed, not sparsified by plans)")
+
+
+def rnn_layer_work(x: T, w_ih: T, w_hh: T, out: Any) -> tuple[OpWork, OpWork]:
+    """One LSTM layer (aten.mkldnn_rnn_layer) as two GEMMs against its two weights: the input
+    projection of every step at once (M = steps x batch, N = gates x hidden, K = input) and the
+    recurrent projection, one GEMM per step (M = batch, N = gates x hidden, K = hidden, repeated
+    `steps` times, one after another). FLOPs are those of the two GEMMs (as torch's flop counter
+    counts the mm/addmm of an unfused RNN); the gate nonlinearities are memory-bound and charged
+    as bytes of the recurrent op. The input comes steps first whatever the module's batch_first."""
+    steps, batch = x.shape[0], x.shape[1]
+    gates_h, k_in = w_ih.shape
+    hidden = w_hh.shape[1]
+    g_in = GemmShape(m=steps * batch, n=gates_h, k=k_in)
+    g_rec = GemmShape(m=batch, n=gates_h, k=hidden, batch=steps)
+    y = _first(out)
+    proj = T((steps * batch, gates_h), x.itemsize)
+    inp = OpWork("linear", 2 * g_in.macs, x.nbytes + w_ih.nbytes + proj.nbytes, gemm=g_in,
+                 note="LSTM input projection, all steps at once")
+    rec = OpWork("linear", 2 * g_rec.macs, w_hh.nbytes + 2 * proj.nbytes + y.nbytes, gemm=g_rec,
+                 note=f"LSTM recurrent projection: {steps} sequential steps")
+    return inp, rec
+
+
 # ---------------------------------------------------------------- memory-bound ops
 
 def _memory(kind: str, flops_per_element: int, counted: T, nbytes: int) -> OpWork:
@@ -226,6 +286,27 @@ def norm_formula(x: T, *args: Any, out: Any, **kwargs: Any) -> OpWork:
 @register(aten._softmax, aten._log_softmax, aten._safe_softmax, aten.softmax, aten.log_softmax)
 def softmax_formula(x: T, *args: Any, out: Any, **_: Any) -> OpWork:
     return _memory("softmax", SOFTMAX_FLOPS_PER_ELEMENT, x, io_bytes([x], out))
+
+
+@register(aten._embedding_bag, aten._embedding_bag_forward_only, aten.embedding_bag)
+def embedding_bag_formula(table: T, indices: T, offsets: T, *args: Any, out: Any, **kwargs: Any) -> OpWork:
+    """Gathers only the indexed rows of the table and reduces them per bag (sum/mean/max: one op
+    per gathered element), writing one row per bag."""
+    y = _first(out)
+    dim = table.shape[-1] if table.shape else 0
+    gathered = indices.numel * dim
+    weights = next((a for a in args if isinstance(a, T)), kwargs.get("per_sample_weights"))
+    extra = gathered if isinstance(weights, T) else 0  # per-sample weights: one multiply each
+    nbytes = indices.nbytes + offsets.nbytes + int(gathered * table.itemsize) + y.nbytes
+    if isinstance(weights, T):
+        nbytes += weights.nbytes
+    return OpWork("embedding", ELEMENTWISE_FLOPS_PER_ELEMENT * (gathered + extra), nbytes)
+
+
+@register(aten._weight_norm_interface, aten._weight_norm)
+def weight_norm_formula(v: T, g: T, *args: Any, out: Any, **_: Any) -> OpWork:
+    """w = g * v / ||v|| (torch.nn.utils.weight_norm), recomputed on every forward."""
+    return _memory("elementwise", WEIGHT_NORM_FLOPS_PER_ELEMENT, v, io_bytes([v, g], out))
 
 
 @register(aten.embedding)
@@ -261,7 +342,9 @@ def copy_like_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
 
 
 @register(aten.max_pool2d_with_indices, aten.max_pool1d, aten.max_pool2d, aten.avg_pool2d,
-          aten._adaptive_avg_pool2d, aten.adaptive_max_pool2d, aten.mean, aten.sum, aten.amax,
+          aten._adaptive_avg_pool2d, aten.adaptive_max_pool2d, aten.max_pool3d_with_indices, aten.max_pool3d,
+          aten.avg_pool3d, aten.avg_pool1d, aten._adaptive_avg_pool3d, aten.adaptive_max_pool3d,
+          aten.adaptive_max_pool1d, aten.max_pool1d_with_indices, aten.mean, aten.sum, aten.amax,
           aten.amin, aten.max, aten.min, aten.var, aten.var_mean, aten.std, aten.argmax,
           aten.argmin, aten.cumsum, aten.prod, aten.any, aten.all, aten.norm,
           aten.linalg_vector_norm, aten.logsumexp, aten.topk, aten.sort)
@@ -301,6 +384,9 @@ METADATA_OPS = frozenset({
     aten.is_same_size, aten._assert_async, aten._assert_tensor_metadata, aten.resize_,
     aten.set_, aten.is_nonzero, aten.equal, aten._functional_assert_async, aten.dim, aten.size,
     aten.stride, aten.numel, aten._has_compatible_shallow_copy_type, aten.item,
+    # views torch does not tag as such: the unchecked splits of RNN cells, in-place re-strides
+    aten.unsafe_split, aten.unsafe_split_with_sizes, aten.unsafe_chunk, aten.transpose_, aten.t_,
+    aten.squeeze_, aten.unsqueeze_, aten.as_strided_, aten.swapdims_, aten.swapaxes_,
 })
 
 

@@ -21,6 +21,7 @@ or tag classifies it.
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from typing import Any, Mapping
 
@@ -33,7 +34,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
 
 from sparsesim.core.errors import TraceError
-from sparsesim.tracing.flops import T, attention_work, classify, is_metadata_op
+from sparsesim.tracing.flops import T, attention_work, classify, is_metadata_op, rnn_layer_work
 from sparsesim.core.ir import Op, WeightInfo, Workload
 from sparsesim.core.threads import one_thread
 
@@ -117,9 +118,7 @@ class _Recorder:
             flipped = tuple(t.shape) != tuple(base.shape) or t.stride() != base.stride()
             return self.param_names[id(base)], base, flipped
         if mod is not None:
-            w = getattr(mod, "weight", None)
-            if not isinstance(w, nn.Parameter):  # torch.nn.utils.prune: weight = weight_orig * mask
-                w = getattr(mod, "weight_orig", None)
+            w = stored_weight(mod)
             if isinstance(w, nn.Parameter) and id(w) in self.param_names and t.dim() == w.dim():
                 ts, ws = tuple(t.shape), tuple(w.shape)
                 if ts == ws and (t.dim() != 2 or ws[0] != ws[1]):
@@ -154,13 +153,30 @@ class _Recorder:
 
     # -- entry points
     def on_aten(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        to_t = lambda x: T(tuple(x.shape), x.element_size()) if isinstance(x, torch.Tensor) else x  # noqa: E731
-        work = classify(func, tree_map(to_t, args), tree_map(to_t, out), tree_map(to_t, kwargs))
+        if func.overloadpacket is aten.mkldnn_rnn_layer:
+            self.on_rnn_layer(func, args, out)
+            return
+        work = classify(func, tree_map(_as_t, args), tree_map(_as_t, out), tree_map(_as_t, kwargs))
         extra: dict[str, Any] = {}
         packet = func.overloadpacket
         if packet in _WEIGHT_OPERANDS and work.kind in ("matmul", "conv"):
             extra = self._weight_fields(packet, args, work)
         self._add(str(func), work, (args, kwargs), out, **extra)
+
+    def on_rnn_layer(self, func: Any, args: tuple, out: Any) -> None:
+        """An LSTM layer (one fused aten op on CPU) as its two weight GEMMs, each with its weight,
+        so plans sparsify weight_ih and weight_hh like any Linear."""
+        x, w_ih, w_hh = args[0], args[1], args[2]
+        works = rnn_layer_work(_as_t(x), _as_t(w_ih), _as_t(w_hh), tree_map(_as_t, out))
+        for w, work, operands in zip((w_ih, w_hh), works, ((x, w_ih), (args[5], w_hh))):
+            extra: dict[str, Any] = {}
+            found = self._param_of(w, None)
+            if found is not None:
+                name, param, _ = found
+                extra = {"weight": name, "weight_shape": tuple(param.shape)}
+                self.weights.setdefault(name, WeightInfo(name=name, shape=tuple(param.shape),
+                                                         dtype=dtype_name(param.dtype), on_meta=param.is_meta))
+            self._add(str(func), work, operands, out, **extra)
 
     def on_attention(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         q, k, v = args[:3]
@@ -214,6 +230,16 @@ class _Recorder:
         return extra
 
 
+def _as_t(x: Any) -> Any:
+    """A tensor as the formulas see it (shape, bytes per element, stored nonzeros if sparse)."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    if x.layout != torch.strided and not x.is_meta:
+        nnz = x._nnz() if x.layout == torch.sparse_coo else x.values().numel()
+        return T(tuple(x.shape), x.element_size(), nnz=int(nnz))
+    return T(tuple(x.shape), x.element_size())
+
+
 def _density(x: torch.Tensor) -> float:
     n = x.numel()
     return float(torch.count_nonzero(x).item()) / n if n else 1.0
@@ -243,6 +269,26 @@ def _feature_norms_sq(act: torch.Tensor, param: torch.Tensor, conv: bool, weight
     per_k = _sq_norm(x, [0] if weight_right else [1])  # (K,)
     k = per_k.shape[0]
     return per_k.view(k, 1) if k_axis_param == 0 else per_k.view(1, k)
+
+
+def stored_weight(mod: nn.Module) -> Any:
+    """The parameter a module's computed `weight` comes from: the weight itself, or under
+    torch.nn.utils.prune `weight_orig` (weight = weight_orig * mask), under weight_norm `weight_v`
+    (weight = g * v / ||v||, the direction a mask prunes), or a parametrization's original."""
+    w = getattr(mod, "weight", None)
+    if isinstance(w, nn.Parameter):
+        return w
+    for local in ("weight_orig", "weight_v"):
+        w = getattr(mod, local, None)
+        if isinstance(w, nn.Parameter):
+            return w
+    params = getattr(getattr(mod, "parametrizations", None), "weight", None)
+    if params is not None:  # torch.nn.utils.parametrizations.weight_norm: original0 = g, original1 = v
+        for local in ("original", "original1"):
+            w = getattr(params, local, None)
+            if isinstance(w, nn.Parameter):
+                return w
+    return None
 
 
 class _DispatchMode(TorchDispatchMode):
@@ -295,6 +341,14 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
     """
     if not isinstance(model, nn.Module):
         raise TraceError(f"{name}: expected a torch.nn.Module, got {type(model).__name__}")
+    notes: list[str] = []
+    original = _compiled_original(model)
+    if original is not None:
+        # dynamo would trace into this dispatch mode and fail; the compiled graph runs the same
+        # aten ops as the module it was compiled from
+        notes.append(f"{name}: a torch.compile'd module; traced its original module "
+                     f"({type(original).__name__}), whose ops the compiled graph runs")
+        model = original
     if isinstance(example_inputs, dict):
         args, kwargs = (), dict(example_inputs)
     elif isinstance(example_inputs, (tuple, list)):
@@ -307,7 +361,12 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with one_thread(), torch.no_grad(), rec.calls, _AttentionMode(rec), _DispatchMode(rec):
+        with one_thread(), torch.no_grad(), rec.calls, _AttentionMode(rec), _DispatchMode(rec), \
+                warnings.catch_warnings():
+            # deprecation notices meant for model authors (transformers' past_key_values, ...)
+            # say nothing about the user's question; they do not reach the terminal
+            for category in (FutureWarning, DeprecationWarning):
+                warnings.simplefilter("ignore", category)
             model(*args, **kwargs)
     except TraceError:
         raise
@@ -320,7 +379,15 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
         torch.backends.mha.set_fastpath_enabled(fastpath)
     norms = {k: v.sqrt() for k, v in rec.norms_sq.items()}
     return Workload(name=name, ops=tuple(rec.ops), weights=dict(rec.weights), model=model,
-                    activation_norms=norms, input_bytes=held_bytes((args, kwargs)))
+                    activation_norms=norms, input_bytes=held_bytes((args, kwargs)), notes=tuple(notes))
+
+
+def _compiled_original(model: nn.Module) -> nn.Module | None:
+    """The module a torch.compile'd module (an OptimizedModule) wraps, else None; checked by
+    name, so torch._dynamo is not imported just to ask."""
+    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        return model._orig_mod
+    return None
 
 
 # how deep `held_bytes` looks into objects that are not containers (a KV cache object holds
