@@ -226,13 +226,13 @@ def sparse_addmm_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
     ts = [a for a in args if isinstance(a, T)]
     sparse = next((t for t in ts if t.nnz is not None), None)
     y = _first(out)
-    if sparse is None or len(y.shape) != 2:
+    if sparse is None or sparse.nnz is None or len(y.shape) != 2:
         return unknown_work(args, out)
-    n = y.shape[1]
+    n, nnz = y.shape[1], sparse.nnz
     beta = kwargs["beta"] if "beta" in kwargs else (args[3] if len(args) > 3 and not isinstance(args[3], T) else 1)
     bias = ELEMENTWISE_FLOPS_PER_ELEMENT * y.numel if len(ts) == 3 and beta != 0 else 0
-    return OpWork("matmul", 2 * sparse.nnz * n + bias, io_bytes(args, out),
-                  note=f"torch.sparse operand: {sparse.nnz} stored nonzeros of {sparse.numel}")
+    return OpWork("matmul", 2 * nnz * n + bias, io_bytes(args, out),
+                  note=f"torch.sparse operand: {nnz} stored nonzeros of {sparse.numel}")
 
 
 @register(torch.ops.quantized.linear_dynamic)
