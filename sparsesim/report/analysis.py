@@ -191,8 +191,8 @@ def verdicts(summary: pd.DataFrame, per_op: pd.DataFrame, devices: Sequence[str]
         keep = max(keeping, key=lambda r: r["geomean"]) if keeping and removes_channels(best["plan"]) else None
         accuracy = [search_accuracy(sr) for sr in searches if sr.device == dev]
         text = verdict_text(dev, best, per_plan, keep)
-        if best["geomean"] > 1.0:
-            text += " " + accuracy_text(best["plan"], accuracy)
+        if float(best["geomean"]) > 1.0:  # type: ignore[arg-type]
+            text += " " + accuracy_text(str(best["plan"]), accuracy)
         if unfit:
             text += " Does not fit in device memory: " + "; ".join(
                 f"{u['workload']} {u['plan']} ({u['note']})" for u in unfit) + "."

@@ -21,6 +21,7 @@ def make_figures(data: build.ReportData, progress: Callable[[int], Any] | None =
     """All figures, keyed by workload (and "_search" for fronts)."""
     figs: dict[str, dict[str, Figure]] = {}
     devs, plans = data.device_names, data.plans
+    span = plots.speedup_span(data.summary)  # one colour scale for every workload's heatmap
     for wl in data.workloads:
         roofs = {d.name: device_roofs(d, data.dtypes.get(wl) or None) for d in data.devices}
         s = slug(wl)
@@ -28,13 +29,12 @@ def make_figures(data: build.ReportData, progress: Callable[[int], Any] | None =
         sm = data.summary[data.summary["workload"] == wl]
         f = {
             "heatmap": Figure(f"{s}-speedup.png", f"{wl}: speedup over dense on the same device",
-                              plots.speedup_heatmap(sm, devs, plans, title=wl)),
+                              plots.speedup_heatmap(sm, devs, plans, title=wl, span=span)),
             "time": Figure(f"{s}-time-by-layer.png", f"{wl}: where the time goes (top layers, relative to dense)",
                            plots.stacked_layers(po, "latency_s", "time", devs, plans)),
             "energy": Figure(f"{s}-energy-by-layer.png", f"{wl}: where the energy goes (top layers, relative to dense)",
                              plots.stacked_layers(po, "energy_j", "energy", devs, plans)),
-            "roofline": Figure(f"{s}-roofline.png", f"{wl}: every op on each device's roofline: dense ●, sparse ▲; "
-                               "hollow = no DRAM traffic (cache-resident), placed by its operand bytes",
+            "roofline": Figure(f"{s}-roofline.png", f"{wl}: every op on each device's roofline (markers and roofs in the legends)",
                                plots.rooflines(po.assign(op_bytes=po["op_index"].map(data.op_bytes.get(wl, {}))),
                                                roofs, devs, plans)),
         }

@@ -1,7 +1,9 @@
 """Report figures (matplotlib, Agg): each function takes result frames and returns PNG bytes.
 
 Figures are rendered to bytes so the HTML page can embed them as data URIs and the Markdown
-page can write them next to itself; nothing here touches the file system.
+page can write them next to itself; nothing here touches the file system. Each figure is a
+`matplotlib.figure.Figure` of its own (no pyplot global state), so figures can be drawn from
+several threads or processes and none leaks.
 """
 
 from __future__ import annotations
@@ -9,17 +11,17 @@ from __future__ import annotations
 import io
 import math
 import re
+import zlib
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm  # noqa: E402
-
-from sparsesim.report.peaks import Roof  # noqa: E402
+from sparsesim.report.peaks import Roof
 
 # How many layer groups a stacked bar shows before lumping the rest into "other": more than
 # ~10 colours stop being distinguishable in a legend.
@@ -27,19 +29,40 @@ TOP_LAYERS = 10
 # Figure resolution: a trade between crispness and the size of the self-contained HTML page.
 DPI = 90
 OTHER = "other"
-PLAN_COLORS = plt.get_cmap("tab10").colors
-LAYER_COLORS = plt.get_cmap("tab20").colors
+PLAN_COLORS = colormaps["tab10"].colors  # type: ignore[attr-defined]
+# tab20 without its two greys, which are kept for "other"
+LAYER_COLORS = tuple(c for i, c in enumerate(colormaps["tab20"].colors) if i not in (14, 15))  # type: ignore[attr-defined]
+OTHER_COLOR = (0.75, 0.75, 0.75)
+# smallest text on a figure, in points (at DPI 90 about 10 px: readable in a browser at 100%)
+MIN_FONT = 8
 # slower than dense red, as fast white, faster green
 SPEEDUP_CMAP = LinearSegmentedColormap.from_list("speedup", ["#b2182b", "#f4a582", "#ffffff", "#a6dba0", "#1b7837"])
 
 
-def png(fig: plt.Figure) -> bytes:
-    """Render and close a figure. Layouts are set explicitly by each figure: automatic tight
-    layouts measure every tick label again and cost more than the drawing itself."""
+def png(fig: Figure) -> bytes:
+    """Render a figure. Layouts are set explicitly by each figure: automatic tight layouts
+    measure every tick label again and cost more than the drawing itself."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
-    plt.close(fig)
     return buf.getvalue()
+
+
+def layer_colors(groups: Sequence[str]) -> dict[str, tuple]:
+    """A colour per layer group that depends on the group's name only (a hash into the palette),
+    so a layer keeps its colour across workloads and figures; two groups of one figure that hash
+    alike take the next free colours, in name order."""
+    out: dict[str, tuple] = {}
+    used: set[int] = set()
+    for g in sorted(groups, key=lambda g: (zlib.crc32(g.encode()) % len(LAYER_COLORS), g)):
+        if g == OTHER:
+            out[g] = OTHER_COLOR
+            continue
+        i = zlib.crc32(g.encode()) % len(LAYER_COLORS)
+        while i in used and len(used) < len(LAYER_COLORS):
+            i = (i + 1) % len(LAYER_COLORS)
+        used.add(i)
+        out[g] = LAYER_COLORS[i]
+    return out
 
 
 def plan_colors(plans: Sequence[str]) -> dict[str, tuple]:
@@ -78,15 +101,18 @@ def layer_stack(per_op: pd.DataFrame, metric: str, top_n: int = TOP_LAYERS) -> p
 
 def stacked_layers(per_op: pd.DataFrame, metric: str, label: str, devices: Sequence[str],
                    plans: Sequence[str], top_n: int = TOP_LAYERS) -> bytes:
-    """Stacked bars of where time (or energy) goes, per device x plan, relative to dense."""
+    """Stacked bars of where time (or energy) goes, per device x plan, relative to dense. Each
+    bar is labelled with its plan under the axis (readable size); devices label the groups."""
     stack = layer_stack(per_op, metric, top_n)
     n_dev, n_plan = len(devices), len(plans)
     width = 0.8 / n_plan
-    width_in = max(8.0, 0.3 * n_dev * n_plan + 2.0)
-    fig, ax = plt.subplots(figsize=(width_in, 4.6))
-    fig.subplots_adjust(left=1.0 / width_in, right=0.99, top=0.97, bottom=0.36)
+    width_in = max(8.0, 0.32 * n_dev * n_plan + 2.0)
+    fig = Figure(figsize=(width_in, 5.6))
+    ax = fig.subplots()
+    fig.subplots_adjust(left=1.0 / width_in, right=0.99, top=0.97, bottom=0.47)
     groups = list(stack.columns)
-    colors = {g: ((0.75, 0.75, 0.75) if g == OTHER else LAYER_COLORS[i % len(LAYER_COLORS)]) for i, g in enumerate(groups)}
+    colors = layer_colors(groups)
+    bar_x, bar_label = [], []
     for j, plan in enumerate(plans):
         xs = np.arange(n_dev) + (j - (n_plan - 1) / 2) * width
         bottom = np.zeros(n_dev)
@@ -96,16 +122,22 @@ def stacked_layers(per_op: pd.DataFrame, metric: str, label: str, devices: Seque
             ax.bar(xs, vals, width * 0.92, bottom=bottom, color=colors[g], edgecolor="white", linewidth=0.3,
                    label=g if j == 0 else None)
             bottom += vals
-        for x, total in zip(xs, bottom):
-            if total > 0:
-                ax.text(x, total, _short_plan(plan), rotation=90, ha="center", va="bottom", fontsize=6.5, color="#333")
+        bar_x += list(xs)
+        bar_label += [_short_plan(plan)] * n_dev
     ax.axhline(1.0, color="#444", linewidth=0.8, linestyle="--")
+    ax.xaxis.remove_overlapping_locs = False  # the middle bar's label sits at the device's tick
+    ax.set_xticks(bar_x, minor=True)
+    ax.set_xticklabels(bar_label, minor=True, rotation=90, fontsize=MIN_FONT)
     ax.set_xticks(np.arange(n_dev))
-    ax.set_xticklabels(devices, fontsize=8, rotation=20, ha="right")
-    ax.set_ylabel(f"{label} relative to dense\non the same device")
+    ax.set_xticklabels(devices, fontsize=9)
+    longest = max((len(b) for b in bar_label), default=4)
+    ax.tick_params(axis="x", which="major", length=0, pad=6 + 5.2 * longest)
+    ax.set_ylabel(f"{label} relative to dense\non the same device", fontsize=9)
+    ax.tick_params(axis="y", labelsize=MIN_FONT)
     top = max(1.0, float(np.nanmax(stack.sum(axis=1).to_numpy()))) if len(stack) else 1.0
-    ax.set_ylim(0, top * 1.22)
-    ax.legend(fontsize=7.5, ncol=min(4, len(groups)), loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    ax.set_ylim(0, top * 1.08)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=MIN_FONT, ncol=min(3, len(groups)), loc="lower center",
+               bbox_to_anchor=(0.5, 0.0), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3)
     return png(fig)
@@ -115,8 +147,18 @@ def _short_plan(plan: str) -> str:
     return plan.replace("unstructured", "unstr").replace("channel", "chan")
 
 
-def speedup_heatmap(summary: pd.DataFrame, devices: Sequence[str], plans: Sequence[str], title: str = "") -> bytes:
-    """Device x plan speedup over dense on the same device, diverging around 1x (log scale)."""
+def speedup_span(summary: pd.DataFrame) -> float:
+    """Half-width (log2) of the one speedup colour scale every heatmap of a report shares, so a
+    colour means the same speedup in every figure: the largest |log2 speedup| in the results."""
+    sp = summary["speedup_vs_dense"].astype(float).to_numpy() if len(summary) else np.array([])
+    sp = sp[np.isfinite(sp) & (sp > 0)]
+    return max(0.25, float(np.abs(np.log2(sp)).max())) if len(sp) else 1.0
+
+
+def speedup_heatmap(summary: pd.DataFrame, devices: Sequence[str], plans: Sequence[str], title: str = "",
+                    span: float | None = None) -> bytes:
+    """Device x plan speedup over dense on the same device, diverging around 1x (log scale);
+    `span` (see `speedup_span`) fixes the colour scale so figures can share it."""
     grid = np.full((len(devices), len(plans)), np.nan)
     for i, dev in enumerate(devices):
         for j, plan in enumerate(plans):
@@ -124,9 +166,11 @@ def speedup_heatmap(summary: pd.DataFrame, devices: Sequence[str], plans: Sequen
             if len(row):
                 grid[i, j] = float(row["speedup_vs_dense"].iloc[0])
     logs = np.log2(np.where(grid > 0, grid, np.nan))
-    span = max(0.25, float(np.nanmax(np.abs(logs)))) if np.isfinite(logs).any() else 1.0
+    if span is None:
+        span = max(0.25, float(np.nanmax(np.abs(logs)))) if np.isfinite(logs).any() else 1.0
     width_in = 0.95 * len(plans) + 2.6
-    fig, ax = plt.subplots(figsize=(width_in, 0.36 * len(devices) + 1.4))
+    fig = Figure(figsize=(width_in, 0.36 * len(devices) + 1.4))
+    ax = fig.subplots()
     fig.subplots_adjust(left=1.6 / width_in, right=1 - 0.55 / width_in, top=0.9, bottom=0.1)
     im = ax.imshow(logs, cmap=SPEEDUP_CMAP, norm=TwoSlopeNorm(0.0, -span, span), aspect="auto")
     for i in range(len(devices)):
@@ -136,14 +180,14 @@ def speedup_heatmap(summary: pd.DataFrame, devices: Sequence[str], plans: Sequen
                 ax.text(j, i, f"{v:.2f}x", ha="center", va="center", fontsize=8.5,
                         color="black" if abs(logs[i, j]) < 0.7 * span else "white")
     ax.set_xticks(range(len(plans)))
-    ax.set_xticklabels([_short_plan(p) for p in plans], fontsize=8)
+    ax.set_xticklabels([_short_plan(p) for p in plans], fontsize=MIN_FONT)
     ax.set_yticks(range(len(devices)))
-    ax.set_yticklabels(devices, fontsize=8)
+    ax.set_yticklabels(devices, fontsize=MIN_FONT)
     cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
-    ticks = [t for t in range(-8, 9) if abs(t) <= span]
+    ticks = [t for t in range(-8, 9) if abs(t) <= span] or [0]
     cb.set_ticks(ticks)
     cb.set_ticklabels([f"{2.0 ** t:g}x" for t in ticks])
-    cb.ax.tick_params(labelsize=7)
+    cb.ax.tick_params(labelsize=MIN_FONT)
     if title:
         ax.set_title(title, fontsize=10)
     return png(fig)
@@ -158,8 +202,10 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
 
     An op with DRAM traffic sits at FLOP per DRAM byte (filled marker); one whose data stays in
     cache has no DRAM intensity and is placed by its traced operand bytes (`op_bytes`, hollow).
+    The roofs are named in a legend under each panel (never on top of the points); the marker
+    shapes, fills and plan colours in one legend under the figure.
     """
-    fig, axes = _device_grid(len(devices), panel=(4.4, 3.5), min_width=7.5, extra_height=0.5)
+    fig, axes = _device_grid(len(devices), panel=(4.4, 4.3), min_width=7.5, extra_height=0.9, hspace=0.95)
     colors = plan_colors(plans)
     for ax, dev in zip(axes.flat, devices):
         d = per_op[(per_op["device"] == dev) & (per_op["flops_executed"] > 0) & (per_op["latency_s"] > 0)]
@@ -181,20 +227,19 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
             ridge = compute[0].value / main.value
             lo_x, hi_x = min(lo_x, ridge / 100), max(hi_x, ridge * 10)
         x = np.logspace(math.log10(max(lo_x, 1e-4)), math.log10(hi_x), 200)
+        roof_handles = []
         for k, c in enumerate(compute):
             y = np.minimum(c.value, main.value * x) if main else np.full_like(x, c.value)
-            ax.plot(x, y, color="#222", linewidth=1.4 if k == 0 else 0.8, linestyle="-" if k == 0 else ":")
-            ax.text(x[-1], c.value * 1.08, c.label, fontsize=6.5, va="bottom", ha="right", color="#222")
+            label = c.label + (f" (with {main.label} {main.value / 1e9:.4g} GB/s)" if main and k == 0 else "")
+            roof_handles += ax.plot(x, y, color="#222", linewidth=1.4 if k == 0 else 0.8,
+                                    linestyle="-" if k == 0 else ":", label=label)
         top = compute[0].value if compute else None
         for m in memory:
             if m is main and compute:
                 continue
             y = np.minimum(m.value * x, top) if top else m.value * x
-            ax.plot(x, y, color="#1f5fa8", linewidth=0.8, linestyle="--")
-        for m in memory:
-            xm = x[12]
-            ax.text(xm, m.value * xm * 1.15, f"{m.label} {m.value / 1e9:.4g} GB/s", fontsize=6, color="#1f5fa8",
-                    va="bottom")
+            roof_handles += ax.plot(x, y, color="#1f5fa8", linewidth=0.8, linestyle="--",
+                                    label=f"{m.label} {m.value / 1e9:.4g} GB/s")
         for plan in plans:
             sel = (d["plan"] == plan).to_numpy()
             if not sel.any():
@@ -205,39 +250,46 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
                 if s.any():
                     ax.scatter(ai[s], perf[s], s=16 if plan == "dense" else 12, marker=marker,
                                facecolors="none" if hollow else colors[plan], edgecolors=colors[plan],
-                               linewidths=0.8 if hollow else 0, alpha=0.8 if plan == "dense" else 0.6,
-                               label=plan if not hollow or not (sel & ~in_cache).any() else None)
+                               linewidths=0.8 if hollow else 0, alpha=0.8 if plan == "dense" else 0.6)
         ax.set_xscale("log")
         ax.set_yscale("log")
         if len(perf) and compute:
             ax.set_ylim(min(float(perf.min()) / 3, compute[-1].value / 10), compute[0].value * 3)
         ax.set_title(dev, fontsize=9)
-        ax.set_xlabel("FLOP per byte", fontsize=7)
-        ax.set_ylabel("achieved FLOP/s", fontsize=7)
-        ax.tick_params(labelsize=6.5)
+        ax.set_xlabel("FLOP per byte", fontsize=MIN_FONT)
+        ax.set_ylabel("achieved FLOP/s", fontsize=MIN_FONT)
+        ax.tick_params(labelsize=MIN_FONT)
         ax.grid(alpha=0.25, which="major")
-    handles, labels = [], []
-    for ax in axes.flat[:len(devices)]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False,
-                   bbox_to_anchor=(0.5, 0.0))
+        if roof_handles:
+            ax.legend(handles=roof_handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7,
+                      frameon=False, ncol=1)
+    fig.legend(handles=_marker_legend(plans, colors), loc="lower center", ncol=min(4, len(plans) + 3),
+               fontsize=MIN_FONT, frameon=False, bbox_to_anchor=(0.5, 0.0))
     return png(fig)
 
 
-def _device_grid(n: int, *, panel: tuple[float, float], min_width: float, extra_height: float):
+def _marker_legend(plans: Sequence[str], colors: Mapping[str, tuple]) -> list[Line2D]:
+    """Legend entries for what the roofline markers mean: shape (dense or sparse), fill (DRAM
+    traffic or cache-resident) and colour (plan)."""
+    out = [Line2D([], [], marker="o", linestyle="", color="#555", label="dense op"),
+           Line2D([], [], marker="^", linestyle="", color="#555", label="sparse-plan op"),
+           Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="#555",
+                  label="hollow: no DRAM traffic (by operand bytes)")]
+    out += [Line2D([], [], marker="s", linestyle="", color=colors[p], label=p) for p in plans]
+    return out
+
+
+def _device_grid(n: int, *, panel: tuple[float, float], min_width: float, extra_height: float,
+                 hspace: float = 0.55):
     """A grid of up to three small log-log panels a row, one per device, with margins for a
     shared legend at the bottom; unused panels hidden."""
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(panel[0] * cols, min_width), panel[1] * rows + extra_height),
-                             squeeze=False)
+    fig = Figure(figsize=(max(panel[0] * cols, min_width), panel[1] * rows + extra_height))
+    axes = fig.subplots(rows, cols, squeeze=False)
     h = fig.get_figheight()
-    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.3 / h, bottom=0.85 / h, wspace=0.28,
-                        hspace=0.55 if rows > 1 else 0.2)
+    fig.subplots_adjust(left=0.07, right=0.98, top=1 - 0.3 / h, bottom=(0.85 + extra_height) / h, wspace=0.28,
+                        hspace=hspace if rows > 1 else 0.2)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, axes
@@ -259,40 +311,49 @@ def serving_curves(serving: pd.DataFrame, devices: Sequence[str], plans: Sequenc
             if "saturation_qps" in p:
                 ax.axvline(float(p["saturation_qps"].iloc[0]), color=colors[plan], linestyle=":", linewidth=0.9)
         ax.set_title(dev, fontsize=9)
-        ax.set_xlabel("offered load (requests/s); dotted: saturation", fontsize=7)
-        ax.set_ylabel("latency (ms)", fontsize=7)
+        ax.set_xlabel("offered load (requests/s); dotted: saturation", fontsize=MIN_FONT)
+        ax.set_ylabel("latency (ms)", fontsize=MIN_FONT)
         ax.set_yscale("log")
-        ax.tick_params(labelsize=6.5)
+        ax.tick_params(labelsize=MIN_FONT)
         ax.grid(alpha=0.25)
-        ax.legend(fontsize=6, frameon=False)
+        ax.legend(fontsize=7, frameon=False)
     return png(fig)
+
+
+def front_2d(points: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """Whether each point is on the Pareto front of these two objectives only (x lower is
+    better, y higher is better): no other point is at least as good on both and better on one."""
+    xs, ys = points[x].to_numpy(dtype=float), points[y].to_numpy(dtype=float)
+    on = np.ones(len(points), dtype=bool)
+    for i in range(len(points)):
+        better = (xs <= xs[i]) & (ys >= ys[i]) & ((xs < xs[i]) | (ys > ys[i]))
+        on[i] = np.isfinite(xs[i]) and np.isfinite(ys[i]) and not better.any()
+    return pd.Series(on, index=points.index)
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str, xlabel: str, ylabel: str, title: str,
                  chosen: Mapping[str, float] | None = None, baselines: pd.DataFrame | None = None) -> bytes:
-    """Accuracy against a cost: every trial, the front highlighted, uniform baselines and the chosen plan."""
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    """Accuracy against one cost: every trial, the front of these two objectives highlighted (a
+    point dominated here is grey, whatever the other objectives say), uniform baselines and the
+    chosen plan. Points carry no text (it would be cut at the edges); the tables name them."""
+    fig = Figure(figsize=(5.6, 4.0))
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.14, right=0.97, top=0.9, bottom=0.14)
-    if "on_front" in points:
-        rest, front = points[~points["on_front"].astype(bool)], points[points["on_front"].astype(bool)]
-    else:
-        rest, front = points.iloc[0:0], points
+    pts = points[points[x].notna() & points[y].notna()]
+    on = front_2d(pts, x, y) if len(pts) else pd.Series(dtype=bool)
+    rest, front = pts[~on], pts[on]
     if len(rest):
-        ax.scatter(rest[x], rest[y], s=10, color="#bbb", label="trial", linewidths=0)
+        ax.scatter(rest[x], rest[y], s=10, color="#bbb", label="dominated plan", linewidths=0)
     f = front.sort_values(x)
-    ax.plot(f[x], f[y], marker="o", markersize=4, color="#d62728", label="Pareto front")
+    ax.plot(f[x], f[y], marker="o", markersize=4, color="#d62728", label=f"Pareto front ({ylabel} vs {xlabel.split(' (')[0]})")
     if baselines is not None and len(baselines):
         ax.scatter(baselines[x], baselines[y], marker="s", s=18, color="#1f77b4", label="uniform plans", zorder=4)
-        if "plan" in baselines:
-            for bx, by, label in zip(baselines[x], baselines[y], baselines["plan"]):
-                ax.annotate(str(label), (bx, by), fontsize=5.5, color="#1f4f84", xytext=(3, -7),
-                            textcoords="offset points")
     if chosen and x in chosen and y in chosen:
         ax.scatter([chosen[x]], [chosen[y]], s=90, marker="*", color="#2ca02c", zorder=5, label="chosen plan")
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_ylabel(ylabel, fontsize=9)
     ax.set_title(title, fontsize=9)
-    ax.tick_params(labelsize=7)
+    ax.tick_params(labelsize=MIN_FONT)
     ax.grid(alpha=0.25)
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(fontsize=MIN_FONT, frameon=False)
     return png(fig)
