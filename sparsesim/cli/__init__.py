@@ -31,6 +31,7 @@ VERB_MODULES = (
     "sparsesim.cli.calibrate_cmd",
     "sparsesim.cli.validate_cmd",
     "sparsesim.cli.search_cmd",
+    "sparsesim.cli.train_cmd",
 )
 
 

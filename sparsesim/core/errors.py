@@ -31,3 +31,7 @@ class UnsupportedError(SparsesimError):
 
 class SearchError(SparsesimError):
     """A search is misconfigured (impossible target, evaluate that raises or returns NaN)."""
+
+
+class TrainError(SparsesimError):
+    """A training-cost request is malformed: unknown method, distribution, optimizer or setting."""

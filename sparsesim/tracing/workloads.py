@@ -14,6 +14,9 @@ A recipe file has exactly these keys:
     builder = "package.module:function"           (required; returns (model, example_inputs))
     dtype = "fp32"                                (optional default; a parameter like the rest)
     [params]                                      (optional defaults overriding the builder's)
+    [train]                                       (optional: the model's usual training run, the
+                                                   defaults of `sparsesim train`: dataset,
+                                                   dataset_size, epochs, batch)
 The parameters a recipe accepts are the builder's keyword parameters. Nothing is cached on disk.
 """
 
@@ -36,7 +39,8 @@ from sparsesim.core.ir import DTYPE_BYTES, WeightInfo, Workload
 from sparsesim.core.packaged import builtin_dirs, builtin_files
 from sparsesim.tracing.tracer import dtype_name, trace
 
-RECIPE_KEYS = {"description": str, "builder": str, "dtype": str, "params": dict}
+RECIPE_KEYS = {"description": str, "builder": str, "dtype": str, "params": dict, "train": dict}
+TRAIN_KEYS = {"dataset": str, "dataset_size": int, "epochs": (int, float), "batch": int}
 REQUIRED_KEYS = ("description", "builder")
 SINGLE_OPS = ("gemm", "conv")
 _A = {"int": "an integer", "float": "a number", "bool": "true or false"}
@@ -65,6 +69,7 @@ class Recipe:
     description: str
     builder: str
     defaults: dict[str, Any]
+    train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def builder_fn(self) -> Callable[..., tuple[nn.Module, Any]]:
         return _import_callable(self.builder, what=f"recipe {self.name!r} ({self.path}): builder")
@@ -91,7 +96,15 @@ def read_recipe(path: Path, name: str | None = None) -> Recipe:
     for key in REQUIRED_KEYS:
         if key not in data:
             raise WorkloadError(f"recipe file {path}: missing key {key!r}")
-    recipe = Recipe(name, path, data["description"], data["builder"], {})
+    train = data.get("train", {})
+    for key, value in train.items():
+        if key not in TRAIN_KEYS:
+            raise WorkloadError(f"recipe file {path}: [train] unknown key {key!r} (allowed: {', '.join(TRAIN_KEYS)})")
+        if not isinstance(value, TRAIN_KEYS[key]) or isinstance(value, bool) or (
+                not isinstance(value, str) and not value > 0):
+            raise WorkloadError(f"recipe file {path}: [train] {key} = {value!r} must be "
+                                + ("a string" if TRAIN_KEYS[key] is str else "a positive number"))
+    recipe = Recipe(name, path, data["description"], data["builder"], {}, dict(train))
     sig_defaults = _builder_defaults(recipe)
     defaults = dict(sig_defaults)
     for key, value in data.get("params", {}).items():

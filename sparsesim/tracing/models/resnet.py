@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from sparsesim.core.errors import WorkloadError
 from sparsesim.tracing.models import check_positive, torch_dtype
 
 
@@ -73,7 +74,8 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:  # meta: nothing to fill (and
+                # torch's meta normal_ imports the compiler stack, seconds for nothing)
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def _make_layer(self, block: type, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
@@ -95,19 +97,25 @@ class ResNet(nn.Module):
 
 
 def _build(block: type, layers: list[int], batch: int, image: int, classes: int, dtype: str,
-           seed: int) -> tuple[nn.Module, tuple[torch.Tensor]]:
+           seed: int, device: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
+    """`device="meta"` builds shapes only (no weights, no arithmetic): a training-size batch of
+    256 images traces in a second instead of running a real forward pass on the CPU."""
     check_positive(batch=batch, image=image, classes=classes)
+    if device not in ("cpu", "meta"):
+        raise WorkloadError(f"device {device!r}: use 'cpu' (real weights) or 'meta' (shapes only)")
     torch.manual_seed(seed)
     dt = torch_dtype(dtype)
-    model = ResNet(block, layers, classes).to(dt).eval()
-    return model, (torch.randn(batch, 3, image, image, dtype=dt),)
+    with torch.device(device):
+        model = ResNet(block, layers, classes).to(dt).eval()
+        x = torch.empty(batch, 3, image, image, dtype=dt) if device == "meta" else torch.randn(batch, 3, image, image, dtype=dt)
+    return model, (x,)
 
 
 def build_resnet18(batch: int = 1, image: int = 224, classes: int = 1000, dtype: str = "fp32",
-                   seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
-    return _build(BasicBlock, [2, 2, 2, 2], batch, image, classes, dtype, seed)
+                   seed: int = 0, device: str = "cpu") -> tuple[nn.Module, tuple[torch.Tensor]]:
+    return _build(BasicBlock, [2, 2, 2, 2], batch, image, classes, dtype, seed, device)
 
 
 def build_resnet50(batch: int = 1, image: int = 224, classes: int = 1000, dtype: str = "fp32",
-                   seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor]]:
-    return _build(Bottleneck, [3, 4, 6, 3], batch, image, classes, dtype, seed)
+                   seed: int = 0, device: str = "cpu") -> tuple[nn.Module, tuple[torch.Tensor]]:
+    return _build(Bottleneck, [3, 4, 6, 3], batch, image, classes, dtype, seed, device)
