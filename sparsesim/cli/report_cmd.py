@@ -40,6 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--serving", dest="serving", action="store_true", default=None,
                    help="simulate serving curves (latency vs load) for dense and the best plan (default: on)")
     p.add_argument("--no-serving", dest="serving", action="store_false", help="skip the serving curves")
+    p.add_argument("--training", dest="training", action="store_true", default=None,
+                   help="cost whole training runs (dense, gmp, static, rigl, 2:4) of the workloads whose recipe "
+                        "has a [train] table (default: on)")
+    p.add_argument("--no-training", dest="training", action="store_false", help="skip the training section")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,6 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     except OSError as e:
         raise SparsesimError(f"--out {out}: cannot create the report directory ({e.strerror or e})") from None
     serving = True if args.serving is None else args.serving
+    training = True if args.training is None else args.training
     total = len(workloads) * len(devices) * len(plans) + len(workloads)
     if serving:
         total += len(workloads) * len(devices) * 2
@@ -67,7 +72,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # the bar appears only when the work takes more than a second
     with tqdm(total=total, desc="report", unit="step", file=sys.stderr, delay=1.0, leave=False,
               disable=None) as bar:
-        data = build.collect(workloads, devices, plans, serving=serving, search_dirs=args.search,
+        data = build.collect(workloads, devices, plans, serving=serving, training=training, search_dirs=args.search,
                              validation=args.validation, run_validation=args.validate, progress=bar.update,
                              stage=bar.set_description_str, command=command)
         bar.set_description_str("figures")
@@ -87,6 +92,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "verdicts": [{k: v for k, v in verdict.items() if k != "plans"} for verdict in written["verdicts"]],
         "wall_s": time.perf_counter() - t0,
     }
+    if data.training is not None:
+        doc["training"] = build.frame_records(data.training)
     if data.searches:
         doc["searches"] = [{"workload": s.workload, "device": s.device, "source": s.source, **s.chosen}
                            for s in data.searches]
@@ -137,6 +144,8 @@ def command_line(args: argparse.Namespace) -> str:
         parts.append("--validate")
     if args.serving is False:
         parts.append("--no-serving")
+    if args.training is False:
+        parts.append("--no-training")
     return shlex.join(parts)
 
 

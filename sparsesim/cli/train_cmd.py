@@ -120,6 +120,19 @@ def _fmt_flops(v: float | None) -> str:
     return "-" if v is None else f"{v:.3g}"
 
 
+# a whole training run reads best in the largest unit it fills at least twice
+_DURATIONS = ((86400.0, "d"), (3600.0, "h"), (60.0, "min"))
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit_s, unit in _DURATIONS:
+        if seconds >= 2 * unit_s:
+            return f"{seconds / unit_s:.3g} {unit}"
+    return results.fmt_si(seconds, "s")
+
+
 def render(doc: dict[str, Any]) -> str:
     head = (f"{doc['workload']}: {doc['steps_dense']:.6g} dense training steps, optimizer {doc['optimizer']}, "
             f"storage {doc['storage']}{', activation checkpointing' if doc['checkpoint'] else ''}; "
@@ -131,7 +144,7 @@ def render(doc: dict[str, Any]) -> str:
         out.append(results.text_table(
             [(r["method"], "-" if r["sparsity"] is None else f"{r['sparsity']:g}", r["distribution"],
               _fmt_flops(r["train_flops"]), results.fmt_ratio(r["train_flops_vs_dense"]),
-              results.fmt_si(r["time_s"], "s"), results.fmt_ratio(r["time_vs_dense"]),
+              fmt_duration(r["time_s"]), results.fmt_ratio(r["time_vs_dense"]),
               results.fmt_si(r["energy_j"], "J"), results.fmt_ratio(r["energy_vs_dense"]),
               results.fmt_si(r["peak_memory_bytes"], "B"), results.fmt_ratio(r["peak_memory_vs_dense"]),
               results.clip(r["why"], WHY_WIDTH)) for r in rows],

@@ -35,6 +35,13 @@ DEFAULT_WORKLOADS = (
 )
 
 
+# The training section: dense against one method of each kind, at RigL's headline setting
+# (90% sparsity, ERK), for every workload whose recipe has a [train] table.
+TRAINING_METHODS = ("dense", "gmp", "static", "rigl", "2:4")
+TRAINING_SPARSITY = 0.9
+TRAINING_DISTRIBUTION = "erk"
+
+
 # Offered load as a fraction of the dense plan's single-stream capacity (1 / latency): a curve
 # from light load to just below saturation, where queueing makes p99 climb.
 SERVING_LOADS = (0.2, 0.5, 0.7, 0.85, 0.95)
@@ -58,6 +65,7 @@ class ReportData:
     timings: dict[str, float] = field(default_factory=dict)
     dtypes: dict[str, set[str]] = field(default_factory=dict)  # matmul dtypes per workload (roofline roofs)
     op_bytes: dict[str, dict[int, float]] = field(default_factory=dict)  # traced operand bytes per op index
+    training: pd.DataFrame | None = None  # `sparsesim.train` summary rows of the workloads with a [train] table
 
     @property
     def device_names(self) -> list[str]:
@@ -75,7 +83,7 @@ def resolve_devices(names: Sequence[str] | None) -> list[Device]:
 
 
 def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence[str], *,
-            serving: bool = False, search_dirs: Sequence[str | Path] = (),
+            serving: bool = False, training: bool = False, search_dirs: Sequence[str | Path] = (),
             validation: str | Path | None = None, run_validation: bool = False,
             progress: Callable[[int], Any] | None = None, stage: Callable[[str], Any] | None = None,
             command: str = "") -> ReportData:
@@ -113,6 +121,10 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
         t0 = time.perf_counter()
         data.serving = serving_frame(per_op, summary, progress=progress)
         timings["serving"] = time.perf_counter() - t0
+    if training:
+        t0 = time.perf_counter()
+        data.training = training_frame(workloads, devices, stage=stage)
+        timings["training"] = time.perf_counter() - t0
     data.searches = searches
     if given_validation is not None:
         data.validation = given_validation
@@ -123,6 +135,27 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
         data.validation = run_quick_validation()
         timings["validation"] = time.perf_counter() - t0
     return data
+
+
+def training_workloads(workloads: Sequence[Any]) -> list[Any]:
+    """The workloads whose recipe says how they are trained (a [train] table)."""
+    from sparsesim.train.run import recipe_training
+
+    return [w for w in workloads if recipe_training(w)]
+
+
+def training_frame(workloads: Sequence[Any], devices: Sequence[Device],
+                   stage: Callable[[str], Any] | None = None) -> pd.DataFrame | None:
+    """Whole-run training cost of TRAINING_METHODS for each workload with a [train] table."""
+    from sparsesim.train import train
+
+    frames = []
+    for spec in training_workloads(workloads):
+        if stage is not None:
+            stage(f"training {workload_label(spec)}")
+        df = train(spec, TRAINING_METHODS, [TRAINING_SPARSITY], [TRAINING_DISTRIBUTION], list(devices))
+        frames.append(df.assign(workload=workload_label(spec)))
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def workload_label(spec: Any) -> str:

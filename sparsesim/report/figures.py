@@ -44,6 +44,13 @@ def make_figures(data: build.ReportData, progress: Callable[[int], Any] | None =
                 f["serving"] = Figure(f"{s}-serving.png", f"{wl}: latency against offered load (dense and best plan)",
                                       plots.serving_curves(sv, [d for d in devs if d in set(sv["device"])],
                                                            [p for p in plans if p in set(sv["plan"])]))
+        if data.training is not None and len(data.training):
+            tr = data.training[data.training["workload"] == wl]
+            if len(tr):
+                f["training"] = Figure(f"{s}-training.png", f"{wl}: whole training run, time per device and method; "
+                                       "peak memory per method by component",
+                                       plots.training_bars(tr, [d for d in devs if d in set(tr["device"])],
+                                                           list(dict.fromkeys(tr["method"]))))
         figs[wl] = f
         if progress is not None:
             progress(1)

@@ -16,7 +16,8 @@ from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import esc, fmt_q, fmt_x, sig, slug
 from sparsesim.run.results import fit_note
 from sparsesim.report.tables import (PCT_FORMATS, SEARCH_FORMATS, WHY_ROWS, device_table, front_table, gpu_line,
-                                     search_summary, validation_line, why_summary)
+                                     search_summary, training_line, training_table, validation_line,
+                                     why_summary, TRAINING_FORMATS)
 
 
 CSS = """
@@ -195,6 +196,11 @@ def render_html(data: build.ReportData, figs: dict[str, dict[str, Figure]], verd
         parts.append("</details>")
         if "serving" in f:
             parts.append("<h3>Serving: latency against load</h3>" + _img(f["serving"]))
+        if "training" in f and data.training is not None:
+            tr = data.training[data.training["workload"] == wl]
+            parts.append("<h3>Training: the whole run per method and device</h3>"
+                         f"<p class='note'>{esc(training_line(tr))}</p>" + _img(f["training"])
+                         + _table(training_table(tr), TRAINING_FORMATS))
     if data.searches:
         parts.append("<h2 id='search'>Co-design search</h2><p class='note'>Per-layer plans searched against "
                      "accuracy; the chosen plan against the best uniform plan within the same modeled latency.</p>")

@@ -14,7 +14,8 @@ from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import fmt_q, fmt_x, sig
 from sparsesim.run.results import fit_note
 from sparsesim.report.tables import (PCT_FORMATS, SEARCH_FORMATS, WHY_ROWS, device_table, front_table, gpu_line,
-                                     search_summary, validation_line, why_summary)
+                                     search_summary, training_line, training_table, validation_line,
+                                     why_summary, TRAINING_FORMATS)
 
 
 MD_TITLE = "# sparsesim: which sparsity pattern pays on which hardware"
@@ -86,6 +87,11 @@ def render_markdown(data: build.ReportData, figs: dict[str, dict[str, Figure]], 
                           {"dense": lambda v: fmt_q(v, "time"), "sparse": lambda v: fmt_q(v, "time"), "speedup": fmt_x}), ""]
         if "serving" in f:
             out += [f"![{f['serving'].caption}](images/{f['serving'].name})", ""]
+        if "training" in f and data.training is not None:
+            tr = data.training[data.training["workload"] == wl]
+            out += ["### Training: the whole run per method and device", "", training_line(tr), "",
+                    f"![{f['training'].caption}](images/{f['training'].name})", "",
+                    _md_table(training_table(tr), TRAINING_FORMATS), ""]
     if data.searches:
         out += ["## Co-design search", "", _md_table(search_summary(data), SEARCH_FORMATS), ""]
         out += [f"![{x.caption}](images/{x.name})" for x in figs.get("_search", {}).values()]

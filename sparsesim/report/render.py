@@ -28,6 +28,8 @@ def csv_tables(data: build.ReportData) -> dict[str, pd.DataFrame]:
     }
     if data.serving is not None:
         tables["serving.csv"] = data.serving
+    if data.training is not None:
+        tables["training.csv"] = data.training
     if data.validation is not None:
         tables["validation.csv"] = data.validation.cases
         if len(data.validation.gpu):

@@ -104,3 +104,29 @@ def gpu_line(v: ValidationResult) -> str:
     return (f"{g.get('cases', len(v.gpu))} published cases; median |error| {_pct(g.get('median_abs_error'))}, "
             f"90th percentile {_pct(g.get('p90_abs_error'))}; direction right in {g.get('direction_right', '?')} of "
             f"{g.get('direction_cases', '?')}.")
+
+
+TRAINING_FORMATS = {"train FLOPs vs dense": fmt_x, "time": lambda v: fmt_q(v, "time"), "time vs dense": fmt_x,
+                    "energy": lambda v: fmt_q(v, "energy"), "energy vs dense": fmt_x,
+                    "peak memory": lambda v: fmt_q(v, "bytes"), "peak memory vs dense": fmt_x}
+
+
+def training_table(tr: pd.DataFrame) -> pd.DataFrame:
+    """One row per (device, method) of a workload's training section."""
+    return pd.DataFrame({
+        "device": tr["device"], "method": tr["method"], "sparsity": tr["sparsity"], "distribution": tr["distribution"],
+        "train FLOPs vs dense": tr["train_flops_vs_dense"], "time": tr["time_s"], "time vs dense": tr["time_vs_dense"],
+        "energy": tr["energy_j"], "energy vs dense": tr["energy_vs_dense"], "peak memory": tr["peak_memory_bytes"],
+        "peak memory vs dense": tr["peak_memory_vs_dense"], "why": tr["why"],
+    })
+
+
+def training_line(tr: pd.DataFrame) -> str:
+    """What the training section ran, in one sentence."""
+    first = tr.iloc[0]
+    dense = tr[tr["method"] == "dense"].iloc[0]
+    return (f"{int(dense['steps']):,} dense steps ({first['storage']} storage); every sparse method at "
+            f"{tr[tr['method'] != 'dense']['sparsity'].max():g} sparsity except 2:4; theoretical FLOPs skip the zeros, "
+            "time, energy and memory are what the device's kernels give. Command: "
+            f"sparsesim train {first['workload']} --methods {','.join(dict.fromkeys(tr['method']))} "
+            f"--sparsity {build.TRAINING_SPARSITY:g} --distribution {build.TRAINING_DISTRIBUTION}")

@@ -177,6 +177,23 @@ def training_workload(spec: str | Workload, batch: int | None = None) -> tuple[W
     return resolve_workload(text), {}
 
 
+def recipe_training(spec: str | Workload) -> dict[str, Any]:
+    """The [train] table of the recipe a spec names (empty for anything else); nothing is traced."""
+    if not isinstance(spec, str):
+        return {}
+    from pathlib import Path
+
+    from sparsesim.tracing.workloads import builtin_recipe_files, read_recipe
+
+    head = spec.strip().partition(":")[0]
+    files = builtin_recipe_files()
+    if head in files:
+        return dict(read_recipe(files[head], head).train)
+    if head.endswith(".toml") and Path(head).is_file():
+        return dict(read_recipe(Path(head)).train)
+    return {}
+
+
 def run_steps(config: TrainConfig, setup: Mapping[str, Any], workload: Workload) -> float:
     """Steps of a dense run: --steps, or epochs x ceil(dataset size / batch)."""
     if config.steps is not None:
@@ -425,19 +442,18 @@ def _with_ratios(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _why(r: Mapping[str, Any]) -> str:
+    """The row's structured facts in words: kernels per pass, where the time went, what set the peak."""
     parts = []
     if r["method"] != "dense":
         if r["storage"] == "masked":
-            parts.append("masked storage: every pass runs dense on the 0/1-masked weights")
+            parts.append("masked storage: every pass dense on 0/1-masked weights, plus the masking")
         else:
-            sp = r["sparse_passes"] or "no pass"
-            parts.append(f"sparse kernels in {sp.replace(',', ', ')}")
-            if r["fallback_passes"]:
-                parts.append(f"fell back to dense in {r['fallback_passes'].replace(',', ', ')}")
-    parts.append(f"{r['time_vs_dense']:.2f}x dense time for {r['train_flops_vs_dense']:.2f}x its FLOPs")
+            sp, fb = r["sparse_passes"].replace(",", "/"), r["fallback_passes"].replace(",", "/")
+            parts.append((f"sparse kernels in {sp}" if sp else "no pass ran a sparse kernel")
+                         + (f" (some layers fell back to dense in {fb})" if fb and sp else
+                            f" (fell back to dense in {fb})" if fb else ""))
     parts.append(f"most time in '{r['time_top_segment']}' ({r['_top_share']:.0%})")
-    parts.append(f"peak memory {r['peak_memory_vs_dense']:.2f}x dense, set by '{r['peak_segment']}', "
-                 f"{r['memory_top']} {r['_mem_share']:.0%} of it")
+    parts.append(f"peak memory set by '{r['peak_segment']}', {r['memory_top']} {r['_mem_share']:.0%} of it")
     return "; ".join(parts)
 
 
