@@ -26,8 +26,8 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sparsesim.train import TrainConfig, train  # noqa: E402
-from sparsesim.train.run import step_table  # noqa: E402
+from sparsesim.train import TrainConfig, train
+from sparsesim.train.run import step_table
 
 SANITY_FLOPS = 8.2e9 * 3 * 1_281_167 * 100
 SPEED_TARGET_S = 20.0
