@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from sparsesim.core.ir import DTYPE_BYTES, Workload
-from sparsesim.sparsity.records import Pattern
+from sparsesim.sparsity.records import DENSE, Pattern
 from sparsesim.train.distributions import sparsifiable
 from sparsesim.train.methods import Segment
 from sparsesim.train.optimizers import Optimizer
@@ -117,22 +117,22 @@ def step_memory(sizes: ModelSizes, shapes: Mapping[str, tuple[int, int]], seg: S
     weights = copies = masks = workspace = 0.0
     values = float(other)
     for w, size in sizes.sparsifiable.items():
-        p: Pattern = seg.patterns.get(w) or Pattern("dense")
+        p: Pattern = seg.patterns.get(w, DENSE)
         rows, cols = shapes.get(w, (size, 1))
-        if sparse_held and p.kind != "dense":
+        if sparse_held and not p.spec.is_dense:
             layer = layer_for(w, rows, cols, p, pb)
             weights += layer.format_bytes
-            values += layer.stats.nnz if p.kind != "channel" else layer.value_bytes / pb
-            if p.kind != "channel":
+            values += layer.value_bytes / pb if p.spec.shrinks_op else layer.stats.nnz
+            if not p.spec.shrinks_op:
                 copies += layer_for(w + TRANSPOSED, cols, rows, p, pb).format_bytes
         else:
             weights += size * pb
             values += size
-            if p.kind != "dense" and storage == "masked":
+            if not p.spec.is_dense and storage == "masked":
                 masks += 2 * size * pb
-            elif p.kind == "nm" and storage == "sparse" and seg.held == "dense+nm":
+            elif not p.spec.is_dense and storage == "sparse" and seg.held == "dense+nm":
                 copies += 2 * layer_for(w, rows, cols, p, pb).format_bytes
-        if sparse_held and seg.wgrad == "dense" and p.kind != "dense":
+        if sparse_held and seg.wgrad == "dense" and not p.spec.is_dense:
             workspace = max(workspace, size * pb)
     weights += other * pb
     master = state = 0.0

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from sparsesim.core.errors import TrainError
-from sparsesim.sparsity.patterns import make_pattern, nm_pattern
+from sparsesim.sparsity.patterns import nm_pattern
 from sparsesim.sparsity.records import DENSE, Pattern
 
 # at most this many distinct sparsity levels are costed for a gradual pruning phase
@@ -71,7 +71,7 @@ class Segment:
 
     @property
     def sparse(self) -> bool:
-        return any(p.kind != "dense" for p in self.patterns.values())
+        return any(not p.spec.is_dense for p in self.patterns.values())
 
 
 @dataclass(frozen=True)
@@ -99,17 +99,25 @@ def dense_patterns(target: Mapping[str, Pattern]) -> dict[str, Pattern]:
     return {w: DENSE for w in target}
 
 
+def _at_density(p: Pattern, density: float) -> Pattern:
+    """`p` at another density, or DENSE when its kind fixes the density (N:M: all or nothing)."""
+    if density >= 1.0:
+        return DENSE
+    q = p.spec.make(density, n=p.n, m=p.m, block=p.block)
+    return q if abs(q.density - density) < 1e-9 else DENSE
+
+
 def scaled(target: Mapping[str, Pattern], fraction: float) -> dict[str, Pattern]:
-    """Each weight at `fraction` of its target sparsity (unstructured/block keep their kind;
-    N:M and channel patterns are all or nothing)."""
+    """Each weight at `fraction` of its target sparsity (a kind with a fixed density, N:M, stays
+    dense until the fraction reaches 1)."""
     out: dict[str, Pattern] = {}
     for w, p in target.items():
-        if p.kind == "dense" or fraction <= 0:
+        if p.spec.is_dense or fraction <= 0:
             out[w] = DENSE
-        elif fraction >= 1 or p.kind in ("nm", "channel"):
-            out[w] = p if fraction >= 1 else DENSE
+        elif fraction >= 1:
+            out[w] = p
         else:
-            out[w] = make_pattern(p.kind, 1.0 - fraction * p.sparsity, block=p.block)
+            out[w] = _at_density(p, 1.0 - fraction * p.sparsity)
     return out
 
 
@@ -117,10 +125,12 @@ def powered(target: Mapping[str, Pattern], exponent: float) -> dict[str, Pattern
     """Each weight at density d^exponent (iterative pruning removes a fixed share per round)."""
     out: dict[str, Pattern] = {}
     for w, p in target.items():
-        if p.kind in ("unstructured", "block") and exponent > 0:
-            out[w] = make_pattern(p.kind, p.density ** exponent, block=p.block)
+        if p.spec.is_dense or exponent <= 0:
+            out[w] = DENSE
+        elif exponent >= 1:
+            out[w] = p
         else:
-            out[w] = p if exponent >= 1 else DENSE
+            out[w] = _at_density(p, p.density ** exponent)
     return out
 
 

@@ -427,7 +427,7 @@ def _forward_flops(wl: Workload, patterns: Mapping[str, Pattern]) -> float:
     total = 0.0
     for op in wl.ops:
         p = patterns.get(op.weight or "", DENSE)
-        total += op.flops * (p.density if p.kind != "dense" else 1.0)
+        total += op.flops * (1.0 if p.spec.is_dense else p.density)
     return total
 
 

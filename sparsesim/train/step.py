@@ -12,7 +12,7 @@ Per forward op of the workload:
     (col2im), the same FLOPs as the forward;
   - grad-weight dW = dY^T X: GEMM (N, K, M) with no weight operand, dense; or, when the
     segment's weight gradient is sparse and the pattern's kernel can write a sparse output
-    (unstructured, block), an SDDMM computing only the kept entries. The SDDMM is costed as the
+    (the pattern kind's `sparse_output`: unstructured, block), an SDDMM computing only the kept entries. The SDDMM is costed as the
     SpMM with the same mask: the same MACs per nonzero (M each) and the same operand traffic,
     dY in place of Y (Sputnik runs both at the same efficiency, published.md §3.1). N:M has no
     sparse-output kernel (the sparse tensor cores take a sparse *input*): its dW is dense.
@@ -51,8 +51,6 @@ TRANSPOSED = "^T"
 RADIX_BITS = 8
 # random scores for SET's regrowth are drawn in fp32 (torch.rand's default dtype)
 RANDOM_SCORE_BYTES = 4
-# kernels whose output can be sparse (an SDDMM writes only the kept entries)
-SDDMM_KINDS = ("unstructured", "block")
 
 
 @dataclass(frozen=True)
@@ -114,7 +112,7 @@ def _is_weight_op(op: Op) -> bool:
 
 def kept(op: Op, pattern: Pattern) -> float:
     """Kept fraction of a weight op's MACs under `pattern` (what a sparse algorithm computes)."""
-    return pattern.density if pattern.kind != "dense" else 1.0
+    return 1.0 if pattern.spec.is_dense else pattern.density
 
 
 class _Builder:
@@ -162,7 +160,7 @@ def _channel_shrunk(g: GemmShape, pattern: Pattern) -> tuple[int, int]:
 def _forward_op(b: _Builder, op: Op, pattern: Pattern, opts: StepOptions, vb: float, phase: str) -> None:
     """The forward (or its recompute) of a linear/conv, with the weight's sparsity."""
     rows, cols = op.weight_matrix or (0, 0)
-    sparse_kernels = opts.storage == "sparse" and pattern.kind != "dense"
+    sparse_kernels = opts.storage == "sparse" and not pattern.spec.is_dense
     layer = layer_for(op.weight or "", rows, cols, pattern, vb) if sparse_kernels else None
     b.add(op, layer, phase, op.flops * kept(op, pattern))
 
@@ -174,11 +172,11 @@ def _backward_ops(b: _Builder, op: Op, pattern: Pattern, seg: Segment, opts: Ste
     assert g is not None and op.weight is not None and op.weight_shape is not None
     w = op.weight
     rows, cols = op.weight_matrix or (g.n * g.groups, g.k)
-    sparse_kernels = opts.storage == "sparse" and pattern.kind != "dense"
+    sparse_kernels = opts.storage == "sparse" and not pattern.spec.is_dense
     frac = kept(op, pattern)
     conv = op.kind == "conv"
     n, k = g.n, g.k
-    channel = sparse_kernels and pattern.kind == "channel"
+    channel = sparse_kernels and pattern.spec.shrinks_op
     if channel:
         n, k = _channel_shrunk(g, pattern)
     if not first or opts.input_grad:
@@ -196,7 +194,7 @@ def _backward_ops(b: _Builder, op: Op, pattern: Pattern, seg: Segment, opts: Ste
                    gemm=GemmShape(g.m, k, n, g.batch, g.groups), weight=t_name, weight_shape=(k * g.groups, n),
                    note="grad-input")
         b.add(dgrad, t_layer, "grad-input", op.flops * frac)
-    sddmm = sparse_kernels and seg.wgrad == "sparse" and pattern.kind in SDDMM_KINDS
+    sddmm = sparse_kernels and seg.wgrad == "sparse" and pattern.spec.sparse_output
     wgrad_flops = op.flops * (frac if seg.wgrad == "sparse" else 1.0)
     if sddmm:
         layer = layer_for(w, rows, cols, pattern, vb)
@@ -242,7 +240,7 @@ def _extra_ops(b: _Builder, extra: str, patterns: Mapping[str, Pattern], shapes:
                template: Op, seg: Segment, vb: float, storage: str) -> None:
     """The mask ops of one step or event, one op per sparsifiable weight that is not dense."""
     for w, p in patterns.items():
-        if p.kind == "dense" or w not in shapes:
+        if p.spec.is_dense or w not in shapes:
             continue
         rows, cols = shapes[w]
         size = rows * cols

@@ -47,6 +47,7 @@ class Block(PatternKind):
     grammar = "blockRxC:S"
     order = 4
     default_format = "bsr"
+    sparse_output = True
     skips_zeros = True
 
     def parse(self, text: str) -> Pattern | None:

@@ -40,6 +40,7 @@ class Unstructured(PatternKind):
     grammar = "unstructured:S"
     order = 3
     default_format = "csr"
+    sparse_output = True
     skips_zeros = True
 
     def parse(self, text: str) -> Pattern | None:
