@@ -204,3 +204,46 @@ def test_resnet50_dense_imagenet_100_epochs_is_about_3_2e18_flops():
     df = train("resnet50", ["dense"], devices=GPU)  # the recipe's [train] table: 100 epochs of ImageNet-1k
     flops = df["train_flops"].iat[0]
     assert 3.0e18 < flops < 3.3e18
+
+
+def test_every_method_and_option_runs(mlp):
+    """Each method under both storages, with checkpointing and Adam: positive totals, the dense
+    row first, and the schedule's steps adding up to the run."""
+    from sparsesim.train.methods import METHODS as ALL
+
+    for storage in ("sparse", "masked"):
+        cfg = TrainConfig(steps=2000, optimizer="adamw", storage=storage, checkpoint=True)
+        tables = train_tables(mlp, list(ALL), [0.9], ["uniform"], GPU, cfg)
+        df = tables.summary
+        assert list(df["method"]) == ["dense", *[m for m in ALL if m != "dense"]]
+        assert (df["time_s"] > 0).all() and (df["peak_memory_bytes"] > 0).all() and (df["train_flops"] > 0).all()
+        seg = tables.segments
+        for m in ("gmp", "oneshot", "static", "set", "rigl"):
+            assert seg[(seg.method == m) & seg.train]["steps"].sum() == pytest.approx(2000)
+        assert seg[(seg.method == "imp") & seg.train]["steps"].sum() == pytest.approx(2000 * 6)
+
+
+def test_checkpointing_trades_memory_for_a_second_forward():
+    from sparsesim.tracing.tracer import trace
+
+    layers = [m for _ in range(8) for m in (nn.Linear(256, 256, bias=False), nn.ReLU())]
+    deep = trace(nn.Sequential(*layers), (torch.randn(B, 256),), name="deep")
+    plain = train(deep, ["dense"], devices=GPU, config=TrainConfig(steps=10))
+    ckpt = train(deep, ["dense"], devices=GPU, config=TrainConfig(steps=10, checkpoint=True))
+    assert ckpt["memory_activations_bytes"].iat[0] < plain["memory_activations_bytes"].iat[0]
+    assert ckpt["time_s"].iat[0] > plain["time_s"].iat[0]
+
+
+def test_cli_settings_and_multipliers(cli):
+    rc, out, err = cli("train", "gemm:M=256,N=512,K=512,dtype=fp16", "--methods", "rigl,set", "--steps", "1000",
+                       "--device", GPU, "--step-multiplier", "rigl=5,set=2", "--settings", "rigl.every=50",
+                       "--storage", "masked", "--optimizer", "adam", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    steps = {r["method"]: r["steps"] for r in doc["rows"]}
+    assert steps == {"dense": 1000, "rigl": 5000, "set": 2000}
+    assert doc["methods"]["rigl"]["settings"] == {"every": 50, "end": 0.75}
+    upd = [s for s in doc["segments"] if s["method"] == "rigl" and s["segment"].startswith("update")]
+    assert upd[0]["steps"] == math.floor(0.75 * 5000 / 50)
+    rc, _, err = cli("train", "gemm:M=64,N=64,K=64", "--steps", "10", "--settings", "rigl.nope=1", "--methods", "rigl")
+    assert rc == 2 and "nope" in err

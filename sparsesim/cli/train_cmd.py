@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "optimizer": args.optimizer,
         "storage": args.storage,
         "checkpoint": args.checkpoint,
-        "methods": {m: {"kind": METHODS[m].kind, "settings": dict(METHODS[m].settings)}
+        "methods": {m: {"kind": METHODS[m].kind, "settings": {**METHODS[m].settings, **config.settings.get(m, {})}}
                     for m in dict.fromkeys(s["method"])},
         "devices": list(dict.fromkeys(s["device"])),
         "rows": results.records(s[list(ROW_FIELDS)]),

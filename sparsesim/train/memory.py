@@ -101,8 +101,10 @@ def model_sizes(workload: Workload) -> ModelSizes:
     n = len(outs)
     seg = max(1, math.isqrt(n)) if n else 1
     chunks = [outs[i:i + seg] for i in range(0, n, seg)]
+    # kept: each segment's output (the next one's input); during the backward of a segment its
+    # recomputed insides (the boundary is already counted)
     boundaries = sum(c[-1] for c in chunks if c)
-    inner = max((sum(c) for c in chunks), default=0.0)
+    inner = max((sum(c[:-1]) for c in chunks), default=0.0)
     grads = max((sum(_numel(s) for s in op.input_shapes[:1]) + _numel(op.output_shape)) * DTYPE_BYTES.get(op.dtype, 4)
                 for op in workload.ops) if workload.ops else 0.0
     return ModelSizes(count, pb, layers, saved, float(boundaries + inner), float(grads))
