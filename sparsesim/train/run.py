@@ -364,7 +364,7 @@ def train_tables(
     for dev in devs:
         memo: dict[tuple, Cost] = {}
         for key, (step, _) in kinds.items():
-            costs = cost_ops(step.ops, step.layers, dev, memo=memo, context=run_context(step.sparse))
+            costs = cost_workload(step.sparse, dev, memo=memo)
             costed[(key, dev.path)] = _aggregate(step, costs)
 
     # stage 5: runs x devices
