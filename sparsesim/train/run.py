@@ -8,8 +8,9 @@ Stages, each run as few times as possible:
    schedule of segments (`methods.py`);
 3. per distinct step kind (segments of different runs that cost the same are built once): the
    step's IR ops (`step.py`) and its peak memory (`memory.py`);
-4. per step kind and device: the ops costed by `sparsesim.run.estimate.cost_ops` with the step's
-   run context, the same path `estimate` and `compare` take; one memo per device is shared by
+4. per step kind and device: the step (a SparseWorkload of training ops) costed by
+   `sparsesim.run.estimate.cost_workload` in its whole-model run context, the one path
+   `estimate`, `compare`, the search and the reports take; one memo per device is shared by
    every step kind, so an op identical in two steps is costed once;
 5. per run and device: steps x per-step figures summed over the segments; ratios to dense
    training on the same device; the why (passes that ran sparse or fell back, what dominated
@@ -29,12 +30,7 @@ from sparsesim.core.errors import TrainError, WorkloadError
 from sparsesim.core.ir import Workload
 from sparsesim.cost.record import Cost
 from sparsesim.hw.devices import Device
-from sparsesim.run.estimate import (
-    cost_ops,
-    resolve_devices,
-    resolve_workload,
-    run_context,
-)
+from sparsesim.run.estimate import cost_workload, resolve_devices, resolve_workload
 from sparsesim.sparsity.records import DENSE, Pattern
 from sparsesim.train.distributions import (
     NAMED,

@@ -25,7 +25,7 @@ Per forward op of the workload:
 Then the optimizer update (`optimizers.py`) over the parameter values held, the step's mask
 ops (top-k by radix select, 2:4 compression, masked storage's weight * mask), and with
 activation checkpointing a second forward (recompute) of every forward op.
-Nothing here costs anything: the ops go through `sparsesim.run.estimate.cost_ops`.
+Nothing here costs anything: the step goes through `sparsesim.run.estimate.cost_workload`.
 """
 
 from __future__ import annotations
@@ -139,8 +139,7 @@ class _Builder:
 
         wl = replace(self.workload, name=self.workload.name, ops=tuple(self.ops))
         sw = SparseWorkload(workload=wl, plan_name=label, layers=dict(self.stored))
-        # every layer travels by its op's weight name, so `cost_table` (which looks layers up by
-        # name) and `cost_ops` on `layers` cost the same thing
+        # every layer travels by its op's weight name: `cost_workload` looks layers up by name
         assert all(sw.sparsity_of(op) == ly for op, ly in zip(sw.ops, self.layers))
         return Step(sw, tuple(self.layers), tuple(self.passes), tuple(self.flops))
 
