@@ -364,7 +364,8 @@ def training_bars(training: pd.DataFrame, devices: Sequence[str], methods: Seque
     stacked by component (weights, optimizer, activations, ...; the same on every device)."""
     from sparsesim.train.memory import COMPONENTS
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11.5, 3.9), gridspec_kw={"width_ratios": [2.2, 1]})
+    fig = Figure(figsize=(11.5, 3.9))
+    ax_t, ax_m = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
     fig.subplots_adjust(left=0.07, right=0.99, top=0.9, bottom=0.3, wspace=0.28)
     colors = plan_colors(methods)
     width = 0.8 / max(1, len(methods))
@@ -379,12 +380,12 @@ def training_bars(training: pd.DataFrame, devices: Sequence[str], methods: Seque
     if math.isfinite(lowest):  # log bars need a floor below the shortest one
         ax_t.set_ylim(bottom=10 ** math.floor(math.log10(lowest)))
     ax_t.set_xticks(x)
-    ax_t.set_xticklabels(devices, rotation=25, ha="right", fontsize=7)
-    ax_t.set_ylabel("time of the whole run (hours)", fontsize=8)
+    ax_t.set_xticklabels(devices, rotation=25, ha="right", fontsize=MIN_FONT)
+    ax_t.set_ylabel("time of the whole run (hours)", fontsize=MIN_FONT)
     ax_t.set_title("training time per device", fontsize=9)
-    ax_t.tick_params(labelsize=7)
+    ax_t.tick_params(labelsize=MIN_FONT)
     ax_t.grid(axis="y", alpha=0.25)
-    ax_t.legend(fontsize=7, frameon=False, ncol=min(len(methods), 5))
+    ax_t.legend(fontsize=MIN_FONT, frameon=False, ncol=min(len(methods), 5))
     first = training.drop_duplicates("method").set_index("method")
     bottom = np.zeros(len(methods))
     comp_colors = LAYER_COLORS
@@ -396,10 +397,10 @@ def training_bars(training: pd.DataFrame, devices: Sequence[str], methods: Seque
                  label=c)
         bottom += vals
     ax_m.set_xticks(np.arange(len(methods)))
-    ax_m.set_xticklabels(methods, rotation=25, ha="right", fontsize=7)
-    ax_m.set_ylabel("peak memory (GB)", fontsize=8)
+    ax_m.set_xticklabels(methods, rotation=25, ha="right", fontsize=MIN_FONT)
+    ax_m.set_ylabel("peak memory (GB)", fontsize=MIN_FONT)
     ax_m.set_title("peak memory per method (any device)", fontsize=9)
-    ax_m.tick_params(labelsize=7)
+    ax_m.tick_params(labelsize=MIN_FONT)
     ax_m.grid(axis="y", alpha=0.25)
-    ax_m.legend(fontsize=6, loc="lower right", ncol=2, framealpha=0.85)
+    ax_m.legend(fontsize=MIN_FONT, loc="lower right", ncol=2, framealpha=0.85)
     return png(fig)
