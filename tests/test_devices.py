@@ -386,7 +386,7 @@ def test_every_cited_published_section_ships_with_the_devices():
     for p in builtin_device_files().values():
         for cite in re.findall(r"published\.md[^)\"]*", p.read_text()):
             cited |= set(re.findall(r"§\s*(\d+(?:\.\d+)*)", cite))
-    assert cited and cited <= headings, sorted(cited - headings)
+    assert cited and cited <= headings, f"sections cited but missing from the shipped {shipped}: {sorted(cited - headings)}"
 
 
 def test_devices_show_prints_file_units_inheritance_and_the_sources_file(cli, tmp_path):

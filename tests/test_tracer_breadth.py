@@ -88,6 +88,7 @@ def test_dynamically_quantised_linear_is_costed_not_zero():
     assert op.kind == "linear" and op.flops == 2 * 8 * 64 * 128
     assert op.bytes_moved >= 64 * 128  # the int8 weight is read
     assert "not sparsified" in op.note
+    assert any("dynamically quantised" in n for n in wl.notes)
     assert estimate(wl, "xeon-sapphire-rapids")["latency_s"].sum() > 0
 
 

@@ -39,6 +39,8 @@ from sparsesim.core.ir import Op, WeightInfo, Workload
 from sparsesim.core.threads import one_thread
 
 aten = torch.ops.aten
+# torch.ao quantize_dynamic's Linear: int8 weights packed in an opaque object
+DYNAMIC_QUANTIZED_LINEAR = torch.ops.quantized.linear_dynamic
 
 TORCH_DTYPES: Mapping[torch.dtype, str] = {
     torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
@@ -378,6 +380,10 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
     norms = {k: v.sqrt() for k, v in rec.norms_sq.items()}
+    packed = sum(op.aten.startswith(str(DYNAMIC_QUANTIZED_LINEAR)) for op in rec.ops)
+    if packed:
+        notes.append(f"{name}: {packed} dynamically quantised linear(s): costed, but their packed int8 weights "
+                     "are not parameters, so plans leave them dense")
     return Workload(name=name, ops=tuple(rec.ops), weights=dict(rec.weights), model=model,
                     activation_norms=norms, input_bytes=held_bytes((args, kwargs)), notes=tuple(notes))
 
