@@ -234,7 +234,7 @@ def resolve_extends(doc: Mapping[str, Any], where: str, base_dir: Path | None,
         if k == EXTENDS_KEY:
             continue
         old = merged.get(k)
-        if _is_table(v) and _is_table(old):
+        if isinstance(old, dict) and _is_table(v) and _is_table(old):
             merged[k] = {**old, **v}  # a per-dtype table: this file's dtypes replace the base's
             drop = {f"{k}.{dt}" for dt in v}
         else:

@@ -391,8 +391,9 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
 def _compiled_original(model: nn.Module) -> nn.Module | None:
     """The module a torch.compile'd module (an OptimizedModule) wraps, else None; checked by
     name, so torch._dynamo is not imported just to ask."""
-    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        return model._orig_mod
+    original = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+        return original
     return None
 
 
