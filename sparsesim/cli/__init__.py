@@ -16,9 +16,10 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from typing import Sequence
 
-from sparsesim.core.errors import SparsesimError
+from sparsesim.core.errors import SparsesimError, SparsesimWarning
 
 VERB_MODULES = (
     "sparsesim.cli.workloads_cmd",
@@ -83,6 +84,7 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return 0
     mod = verbs[args.verb]
+    _one_line_warnings(args.verb)
     try:
         doc = mod.run(args)
     except SparsesimError as e:
@@ -105,3 +107,18 @@ def _jsonable(obj):
     if isinstance(obj, (set, frozenset, tuple)):
         return list(obj)
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def _one_line_warnings(verb: str) -> None:
+    """Print a SparsesimWarning as one line on stderr (no file/line of the code that raised it);
+    other warnings keep Python's own format."""
+    shown = getattr(warnings.showwarning, "base", warnings.showwarning)  # installed once per process
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, SparsesimWarning):
+            print(f"sparsesim {verb}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.base = shown  # type: ignore[attr-defined]
+    warnings.showwarning = show

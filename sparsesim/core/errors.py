@@ -35,3 +35,8 @@ class SearchError(SparsesimError):
 
 class TrainError(SparsesimError):
     """A training-cost request is malformed: unknown method, distribution, optimizer or setting."""
+
+
+class SparsesimWarning(UserWarning):
+    """Something the user should know that does not stop the run (a repaired journal, an implausible
+    device number). The CLI prints it as one line on stderr."""

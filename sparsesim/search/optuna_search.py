@@ -8,9 +8,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import signal
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
-from sparsesim.core.errors import SearchError
+from sparsesim.core.errors import SearchError, SparsesimWarning
 from sparsesim.search.study import (
     OBJECTIVES,
     StudyConfig,
@@ -21,6 +23,7 @@ from sparsesim.search.study import (
     open_storage,
     open_study,
     run_worker,
+    storage_errors,
 )
 
 __all__ = ["OBJECTIVES", "StudyConfig", "TrialProblem", "_quiet_interrupts", "completed", "counts",
@@ -29,6 +32,9 @@ __all__ = ["OBJECTIVES", "StudyConfig", "TrialProblem", "_quiet_interrupts", "co
 
 def _process_main(blob: bytes, cfg: StudyConfig, worker: int, errors, parent: int) -> None:
     """Entry of a spawned worker process."""
+    # The driver stops workers with SIGTERM (Ctrl-C is ignored here: the driver reports it, once).
+    # SystemExit unwinds Optuna's journal lock; the unfinished trial is reclaimed on resume.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     import torch
 
     torch.set_num_threads(1)  # N workers on N cores: one thread each
@@ -38,8 +44,12 @@ def _process_main(blob: bytes, cfg: StudyConfig, worker: int, errors, parent: in
     except SearchError as e:
         errors.put(str(e))
         raise SystemExit(2)
-    except KeyboardInterrupt:  # Ctrl-C reaches every worker: the driver reports it, once
+    except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 # ---------------------------------------------------------------- the driver
@@ -55,6 +65,18 @@ def optimize(problem: TrialProblem, cfg: StudyConfig, *, workers: int = 1, dask_
         raise SearchError(f"--trials must be >= 1, got {cfg.n_trials}")
     if workers < 1:
         raise SearchError(f"--workers must be >= 1, got {workers}")
+    with storage_errors(cfg.storage):
+        _run(problem, cfg, workers, dask_scheduler, enqueue, progress)
+    study = open_study(cfg)
+    with storage_errors(cfg.storage):
+        c = counts(study)
+    if c["COMPLETE"] < cfg.n_trials:
+        raise SearchError(f"study {cfg.study_name}: only {c['COMPLETE']} of {cfg.n_trials} trials completed")
+    return study
+
+
+def _run(problem: TrialProblem, cfg: StudyConfig, workers: int, dask_scheduler: str | None,
+         enqueue: Sequence[Mapping[str, str]], progress: Callable[[int], None] | None) -> None:
     study = open_study(cfg)
     if not study.get_trials(deepcopy=False):
         for params in list(enqueue)[: cfg.n_trials]:
@@ -67,11 +89,6 @@ def optimize(problem: TrialProblem, cfg: StudyConfig, *, workers: int = 1, dask_
         run_worker(problem, cfg, worker=0, on_trial=progress)
     else:
         _run_local(problem, cfg, workers, progress)
-    study = open_study(cfg)
-    c = counts(study)
-    if c["COMPLETE"] < cfg.n_trials:
-        raise SearchError(f"study {cfg.study_name}: only {c['COMPLETE']} of {cfg.n_trials} trials completed")
-    return study
 
 
 def _run_local(problem: TrialProblem, cfg: StudyConfig, workers: int, progress) -> None:
@@ -80,17 +97,33 @@ def _run_local(problem: TrialProblem, cfg: StudyConfig, workers: int, progress) 
     blob = pickle.dumps(problem)
     procs = [ctx.Process(target=_process_main, args=(blob, cfg, w, errors, os.getpid()),
                          daemon=True) for w in range(1, workers)]
-    for p in procs:
-        p.start()
+    # workers start with Ctrl-C ignored (a spawned Python keeps an ignored SIGINT), so a Ctrl-C is
+    # handled once, here, and never prints a traceback from a worker
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         run_worker(problem, cfg, worker=0, on_trial=progress)
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        raise
     finally:
         for p in procs:
             p.join()
     if not errors.empty():
         raise SearchError(errors.get())
-    if any(p.exitcode not in (0, None) for p in procs):
-        raise SearchError(f"a search worker exited with code {[p.exitcode for p in procs]}")
+    for i, p in enumerate(procs, start=1):
+        # a worker killed mid-trial: its trial was reclaimed and redone by the others (the study
+        # completed, or run_worker would not have returned), so say so and go on
+        if p.exitcode is not None and p.exitcode < 0:
+            warnings.warn(f"search worker {i} (pid {p.pid}) was killed by signal {-p.exitcode}; its unfinished "
+                          "trial was redone by the other workers", SparsesimWarning, stacklevel=2)
+        elif p.exitcode not in (0, None):
+            raise SearchError(f"search worker {i} (pid {p.pid}) exited with code {p.exitcode}")
 
 
 # ---------------------------------------------------------------- results

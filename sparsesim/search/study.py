@@ -19,17 +19,20 @@ heartbeat reclaims it from anywhere.
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import math
 import os
 import socket
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
-from sparsesim.core.errors import SearchError
+from sparsesim.core.errors import SearchError, SparsesimWarning
 
 OBJECTIVES = ("accuracy", "latency_s", "energy_j", "memory_bytes")
 DIRECTIONS = ("maximize", "minimize", "minimize", "minimize")
@@ -40,7 +43,12 @@ GRACE_S = 60
 # a RUNNING trial with no owner recorded (killed between ask and the owner write) is stale
 # once it is this old; the write follows the ask by milliseconds
 UNOWNED_STALE_S = 30.0
+# a process's start time as two processes read it (psutil: boot time + ticks) can differ by the
+# boot-time rounding; a pid reused within this window by another process is not a real risk
+OWNER_CLOCK_S = 1.0
 POLL_S = 0.2  # how often a worker waits for others' RUNNING trials to finish
+SQLITE_BUSY_S = 60.0  # how long a SQLite writer waits for another process's transaction
+SCHEMA_ATTEMPTS = 6  # opening a fresh database that another process is creating at the same moment
 
 
 class TrialProblem(Protocol):
@@ -79,8 +87,13 @@ def open_storage(storage: str):
 
     path = journal_path_of(storage)
     if path is not None:
+        from sparsesim.search.journal import repair
+
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            fixed = repair(path)
+            if fixed is not None:
+                warnings.warn(fixed.message(), SparsesimWarning, stacklevel=2)
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as e:
             raise SearchError(f"--storage {storage}: cannot open the journal file ({e.strerror or e})") from None
@@ -92,15 +105,99 @@ def open_storage(storage: str):
         cb = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            try:
-                return RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, **{cb: _retry_stale})
-            except Exception as e:  # sqlalchemy raises its own types for a database it cannot open
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise SearchError(f"--storage {storage}: cannot open the database ({first})") from None
+            sqlite = storage.startswith("sqlite")
+            for attempt in range(SCHEMA_ATTEMPTS):
+                try:
+                    rdb = RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                     engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_S}} if sqlite else None,
+                                     **{cb: _retry_stale})
+                    if sqlite:
+                        _serialise_sqlite(rdb.engine)
+                    return rdb
+                except Exception as e:  # noqa: BLE001 -- sqlalchemy raises its own types for a database it cannot open
+                    if _schema_race(e) and attempt < SCHEMA_ATTEMPTS - 1:
+                        time.sleep(POLL_S * (attempt + 1))  # another process is creating the schema
+                        continue
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise SearchError(f"--storage {storage}: cannot open the database ({first})") from None
     try:
         return optuna.storages.get_storage(storage)
     except Exception as e:  # optuna raises several types for a bad URL
         raise SearchError(f"--storage {storage}: not an Optuna storage URL or journal path ({e})") from e
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+@contextmanager
+def storage_errors(storage: str):
+    """Turn a failing storage (full disk, damaged database, unreadable journal) into one SearchError
+    line naming the file and what it still holds. Optuna may re-raise a storage failure as another
+    error (an AssertionError from its own bookkeeping), so the cause chain is searched."""
+    try:
+        yield
+    except SearchError:
+        raise
+    except Exception as e:
+        err = _storage_cause(e, storage)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _storage_cause(exc: BaseException, storage: str) -> SearchError | None:
+    import sqlalchemy.exc
+
+    path = journal_path_of(storage)
+    where = path if path is not None else storage
+    e: BaseException | None = exc
+    while e is not None:
+        if isinstance(e, OSError):
+            if e.errno in _DISK_FULL:
+                kept = ""
+                if path is not None:
+                    from sparsesim.search.journal import complete_trials_in
+
+                    kept = f"; the {complete_trials_in(path)} complete trials recorded in it are kept"
+                return SearchError(f"{where}: disk full while writing the study ({e.strerror or e}){kept}: free "
+                                   "space and rerun the same command to resume")
+            return SearchError(f"{where}: cannot read or write the study ({e.strerror or e})")
+        if path is not None and (isinstance(e, json.JSONDecodeError) or str(e) == "Invalid log format."):
+            return SearchError(f"{where}: a journal record cannot be read ({e}); rerun to repair it (the "
+                               "records before it are kept)")
+        if isinstance(e, sqlalchemy.exc.DatabaseError):
+            first = (str(e.orig if e.orig is not None else e).strip().splitlines() or [type(e).__name__])[0]
+            return SearchError(f"{storage}: the database cannot be read ({first}); its completed trials are "
+                               "what `sqlite3 FILE .recover` (or your database's repair tool) salvages")
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _serialise_sqlite(engine) -> None:
+    """Make every SQLite transaction BEGIN IMMEDIATE (SQLAlchemy's recipe). SQLite ignores
+    SELECT ... FOR UPDATE, so two processes could both pop the same WAITING trial and both run it
+    (the second then fails with "Cannot tell a COMPLETE trial"); an immediate transaction makes
+    Optuna's read-check-update of a trial's state atomic across processes."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_conn, record) -> None:
+        dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(conn) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made while Optuna created the schema predate the hooks
+
+
+def _schema_race(e: Exception) -> bool:
+    """A CREATE TABLE / version row lost to another process creating the same fresh database."""
+    import sqlalchemy.exc
+
+    text = str(e)
+    return (isinstance(e, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError))
+            and ("already exists" in text or "UNIQUE constraint failed" in text or "database is locked" in text))
 
 
 def make_sampler(name: str, seed: int, n_trials: int):
@@ -144,11 +241,27 @@ def open_study(cfg: StudyConfig, *, worker: int = 0):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _quiet_interrupts()
     storage = open_storage(cfg.storage)
-    study = optuna.create_study(storage=storage, study_name=cfg.study_name, directions=list(DIRECTIONS),
-                                load_if_exists=True)
-    done = len(study.get_trials(deepcopy=False))
+    with storage_errors(cfg.storage):
+        study = _create_study(optuna, storage, cfg.study_name)
+        done = len(study.get_trials(deepcopy=False))
     study.sampler = make_sampler(cfg.sampler, cfg.seed * 1000 + worker * 100003 + done, cfg.n_trials)
     return study
+
+
+def _create_study(optuna, storage, name: str, attempts: int = 5):
+    """create_study(load_if_exists), retried when another process creates the same database schema
+    or study at the same moment (SQLAlchemy reports the loser's CREATE TABLE as an error)."""
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(storage=storage, study_name=name, directions=list(DIRECTIONS),
+                                       load_if_exists=True)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(POLL_S * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------- ownership and stale trials
@@ -168,7 +281,10 @@ def _owner_alive(owner: str) -> bool | None:
     if host != socket.gethostname():
         return None
     try:
-        return abs(psutil.Process(int(pid)).create_time() - float(created)) < 1e-2
+        proc = psutil.Process(int(pid))
+        if proc.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped by its parent: dead
+            return False
+        return abs(proc.create_time() - float(created)) < OWNER_CLOCK_S
     except (psutil.NoSuchProcess, ValueError):
         return False
 
@@ -269,9 +385,15 @@ def run_worker(problem: TrialProblem, cfg: StudyConfig, *, worker: int = 0,
     Returns how many this worker completed. Raises SearchError when an evaluation fails
     (the failed trial is FAIL in storage with its error; completed ones stay).
     """
+    study = open_study(cfg, worker=worker)
+    with storage_errors(cfg.storage):
+        return _worker_loop(problem, cfg, study, on_trial, parent)
+
+
+def _worker_loop(problem: TrialProblem, cfg: StudyConfig, study, on_trial: Callable[[int], None] | None,
+                 parent: int | None) -> int:
     from optuna.trial import TrialState
 
-    study = open_study(cfg, worker=worker)
     objective = _objective(problem, study, cfg.n_trials)
     mine = 0
     while True:
@@ -285,7 +407,13 @@ def run_worker(problem: TrialProblem, cfg: StudyConfig, *, worker: int = 0,
             time.sleep(POLL_S)  # others hold the remaining slots; wait for them (or their death)
             continue
         before = c["COMPLETE"]
-        study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False, show_progress_bar=False)
+        try:
+            study.optimize(objective, n_trials=1, catch=(), gc_after_trial=False, show_progress_bar=False)
+        except ValueError as e:
+            # another process finished this trial first (it was reclaimed from us, or popped twice
+            # by a storage without row locks): its record stands, ours is dropped; go on
+            if not str(e).startswith("Cannot tell a "):
+                raise
         last = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         me = _owner()
         mine = sum(1 for t in last if t.user_attrs.get("owner") == me)

@@ -1,0 +1,201 @@
+"""Faults under a search: a torn or damaged journal, a full disk, a worker killed mid-trial, Ctrl-C
+to several workers, two processes racing on one fresh SQLite database. Nothing completed is lost
+and every failure is one line, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+optuna = pytest.importorskip("optuna")
+from optuna.trial import TrialState  # noqa: E402
+
+from sparsesim.search.journal import complete_trials_in, repair  # noqa: E402
+from sparsesim.search.optuna_search import open_storage  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+N = 6
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    e = dict(os.environ, SPARSESIM_CACHE=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+             PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-c", "from sparsesim.tracing.models import digits; digits.pretrained()"],
+                   env=e, check=True, timeout=120)
+    return e
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, env):
+    """A finished N-trial study: its journal is copied and damaged by the tests below."""
+    out = tmp_path_factory.mktemp("done")
+    r = subprocess.run(_cmd(out, 1, storage=None), env=env, capture_output=True, timeout=180)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    return out / "study.journal"
+
+
+def _cmd(out: Path, workers: int, trials: int = N, storage: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "sparsesim", "search", "digits:batch=64", "--device", "arm-cortex-a78",
+           "--algorithm", "optuna", "--trials", str(trials), "--workers", str(workers), "--seed", "3",
+           "--evaluate", "search_helpers:slow_accuracy", "--out", str(out), "--json"]
+    return cmd + (["--storage", storage] if storage else [])
+
+
+def _trials(storage: str):
+    st = open_storage(storage)
+    (summary,) = optuna.get_all_study_summaries(st)
+    return optuna.load_study(study_name=summary.study_name, storage=st).get_trials(deepcopy=False)
+
+
+def _complete(storage: str) -> int:
+    try:
+        return sum(t.state == TrialState.COMPLETE for t in _trials(storage))
+    except (ValueError, OSError):
+        return 0
+
+
+def _run(cmd: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, capture_output=True, timeout=240, **kw)
+
+
+def _one_line_error(r: subprocess.CompletedProcess) -> str:
+    err = r.stderr.decode()
+    assert "Traceback" not in err, err[-3000:]
+    assert r.returncode == 2, err[-3000:]
+    return err
+
+
+# ------------------------------------------------------------------ torn and damaged journals
+
+@pytest.mark.parametrize("cut", [2, 300])
+def test_torn_journal_is_repaired_and_resumed_without_loss(tmp_path, env, finished, cut):
+    journal = tmp_path / "study.journal"
+    journal.write_bytes(finished.read_bytes()[:-cut])
+    before = complete_trials_in(journal)
+    assert before >= N - 1  # a cut inside the last records loses at most the one cut short
+    r = _run(_cmd(tmp_path, 1, trials=N + 2), env)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert "Traceback" not in r.stderr.decode()
+    assert _complete(str(journal)) == N + 2
+    assert json.loads(r.stdout)["study"]["complete"] == N + 2
+
+
+def test_damaged_middle_line_keeps_prefix_and_the_original(tmp_path, finished):
+    journal = tmp_path / "study.journal"
+    lines = finished.read_bytes().splitlines(keepends=True)
+    mid = len(lines) // 2
+    journal.write_bytes(b"".join(lines[:mid] + [b'{"op_code": 6, "trial_id": \x00garbage\n'] + lines[mid + 1:]))
+    original = journal.read_bytes()
+    fixed = repair(journal)
+    assert fixed is not None and fixed.backup is not None
+    assert fixed.backup.read_bytes() == original  # nothing lost: the whole file is kept aside
+    assert fixed.bad_line == mid + 1 and fixed.kept_records == mid
+    assert str(journal) in fixed.message() and "complete trials" in fixed.message()
+    assert _complete(str(journal)) == fixed.complete_trials  # Optuna reads what is kept
+
+
+def test_whole_record_without_newline_is_kept(tmp_path, finished):
+    journal = tmp_path / "study.journal"
+    journal.write_bytes(finished.read_bytes()[:-1])
+    assert repair(journal) is None
+    assert journal.read_bytes() == finished.read_bytes()
+
+
+def test_disk_full_mid_study_is_one_line_and_resumable(tmp_path, env, finished):
+    journal = tmp_path / "study.journal"
+    journal.write_bytes(finished.read_bytes())
+    limit = journal.stat().st_size + 6000  # room for a few more trials, then writes fail (EFBIG)
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = _run(_cmd(tmp_path, 1, trials=N + 20), env, preexec_fn=small_disk)
+    err = _one_line_error(r)
+    assert "disk full" in err and str(journal) in err and "complete trials" in err
+    kept = _complete(str(journal))
+    assert kept >= N  # every trial completed before the disk filled is still there
+    r = _run(_cmd(tmp_path, 1, trials=N + 20), env)  # space freed: the same command resumes
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert _complete(str(journal)) == N + 20
+
+
+# ------------------------------------------------------------------ workers
+
+def _wait_for(journal: Path, proc: subprocess.Popen, n: int) -> None:
+    deadline = time.time() + 120
+    while _complete(str(journal)) < n:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "the search made no progress"
+        time.sleep(0.05)
+
+
+def test_killed_worker_does_not_hang_the_search(tmp_path, env):
+    journal = tmp_path / "study.journal"
+    proc = subprocess.Popen(_cmd(tmp_path, 2), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        _wait_for(journal, proc, 2)
+        spawned = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        assert spawned, "no worker process found"
+        os.kill(spawned[0].pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    assert "killed by signal 9" in err.decode()
+    assert _complete(str(journal)) == N
+
+
+def test_ctrl_c_to_two_workers_is_one_line_and_resumable(tmp_path, env):
+    journal = tmp_path / "study.journal"
+    proc = subprocess.Popen(_cmd(tmp_path, 2), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        _wait_for(journal, proc, 2)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = err.decode()
+    assert proc.returncode == 130, text[-3000:]
+    assert "Traceback" not in text and "interrupted" in text
+    kept = _complete(str(journal))
+    assert kept >= 2
+    r = _run(_cmd(tmp_path, 2), env)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert _complete(str(journal)) == N
+
+
+def test_two_processes_on_one_fresh_sqlite_database(tmp_path, env):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    procs = [subprocess.Popen(_cmd(tmp_path / f"out{i}", 1, storage=url), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err.decode()[-3000:]
+    trials = _trials(url)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == N
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+
+
+def test_damaged_sqlite_is_one_line(tmp_path, env):
+    db = tmp_path / "study.db"
+    db.write_bytes(b"SQLite format 3\x00" + os.urandom(4096))
+    r = _run(_cmd(tmp_path, 1, storage=f"sqlite:///{db}"), env)
+    err = _one_line_error(r)
+    assert str(db) in err and len(err.strip().splitlines()) == 1
