@@ -17,10 +17,10 @@ import psutil
 import pytest
 
 optuna = pytest.importorskip("optuna")
-from optuna.trial import TrialState  # noqa: E402
+from optuna.trial import TrialState
 
-from sparsesim.search.journal import complete_trials_in, repair  # noqa: E402
-from sparsesim.search.optuna_search import open_storage  # noqa: E402
+from sparsesim.search.journal import complete_trials_in, repair
+from sparsesim.search.optuna_search import open_storage
 
 TESTS = Path(__file__).resolve().parent
 N = 6
@@ -42,7 +42,7 @@ def env(tmp_path_factory):
 def finished(tmp_path_factory, env):
     """A finished N-trial study: its journal is copied and damaged by the tests below."""
     out = tmp_path_factory.mktemp("done")
-    r = subprocess.run(_cmd(out, 1, storage=None), env=env, capture_output=True, timeout=180)
+    r = subprocess.run(_cmd(out, 1, storage=None), env=env, capture_output=True, timeout=180, check=False)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     return out / "study.journal"
 
@@ -68,7 +68,7 @@ def _complete(storage: str) -> int:
 
 
 def _run(cmd: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env, capture_output=True, timeout=240, **kw)
+    return subprocess.run(cmd, env=env, capture_output=True, timeout=240, check=False, **kw)
 
 
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
@@ -151,7 +151,7 @@ def test_killed_worker_does_not_hang_the_search(tmp_path, env):
         spawned = [c for c in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(c.cmdline())]
         assert spawned, "no worker process found"
         os.kill(spawned[0].pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -167,7 +167,7 @@ def test_ctrl_c_to_two_workers_is_one_line_and_resumable(tmp_path, env):
     try:
         _wait_for(journal, proc, 2)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

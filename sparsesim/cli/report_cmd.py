@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from sparsesim.report import build, render
     from sparsesim.report.fmt import slug
+    from sparsesim.report.markdown import MD_TITLE
+    from sparsesim.report.outdir import previous_files
 
     workloads = list(args.workloads) or list(build.DEFAULT_WORKLOADS)
     plans = [p.strip() for p in args.plans.split(",") if p.strip()] or list(build.STANDARD_PLANS)
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plans.insert(0, "dense")
     devices = build.resolve_devices([d.strip() for d in args.devices.split(",") if d.strip()])
     out = output_dir(args, slug("-".join(workloads)) if args.workloads else EXAMPLE_DIR)
+    previous_files(out, MD_TITLE)  # a directory that is not a report is refused before any work
     try:  # before the (slow) collection, so an unwritable --out fails at once
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -77,7 +80,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              stage=bar.set_description_str, command=command)
         bar.set_description_str("figures")
         t1 = time.perf_counter()
-        written = render.write_report(data, out, progress=bar.update)
+        try:
+            written = render.write_report(data, out, progress=bar.update)
+        except OSError as e:  # a full disk: every file is old or new, none half written, none deleted
+            raise SparsesimError(f"--out {out}: cannot write the report ({e.strerror or e}); the files already there "
+                                 "are whole and the previous report's files were not removed") from None
     data.timings["render"] = time.perf_counter() - t1
     doc: dict[str, Any] = {
         "user_devices": user_devices_joining(args.devices),

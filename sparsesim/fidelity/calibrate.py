@@ -32,6 +32,7 @@ from scipy.optimize import least_squares
 from sparsesim.fidelity import measure
 from sparsesim.cost import estimate_op
 from sparsesim.hw.devices import Device, load_device, parse_device_file
+from sparsesim.core import atomic
 from sparsesim.core.errors import SparsesimError
 from sparsesim.core.packaged import user_device_dir
 from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
@@ -499,7 +500,7 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
     device, errors["bsr"] = fit_bsr(bsr, device)
     text = render_device_file(facts, device, ref, errors, {"cases": len(dense) + len(csr) + len(bsr)})
     try:
-        path.write_text(text)
+        atomic.write_text(path, text)  # a kill or full disk never leaves half a device file
     except OSError as e:
         raise SparsesimError(f"calibrate --out {path}: cannot write ({e.strerror or e})") from None
     loaded = parse_device_file(path)  # strict round trip: what we wrote must load

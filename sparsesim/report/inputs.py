@@ -59,10 +59,32 @@ def read_search_dir(path: Path) -> list[SearchResult]:
         except (OSError, json.JSONDecodeError) as e:
             raise ReportError(f"{f}: not a readable JSON document ({e})") from None
         if isinstance(doc, dict) and "front" in doc:
+            check_manifest(f, doc)
             out.append(search_result(doc, str(f)))
     if not out:
         raise ReportError(f"--search {path}: no JSON file in it holds a search result (a 'front')")
     return out
+
+
+def check_manifest(path: Path, doc: dict[str, Any]) -> None:
+    """Every file a search result lists in its `manifest` is there with the same sha256: a search
+    killed while rewriting its outputs leaves new files beside an old search.json (or the reverse)."""
+    from sparsesim.core.atomic import sha256
+
+    listed = doc.get("manifest")
+    if listed is None:
+        return  # written before results carried a manifest
+    if not isinstance(listed, dict):
+        raise ReportError(f"{path}: 'manifest' is not a table of file hashes")
+    for name, digest in listed.items():
+        f = path.parent / str(name)
+        if Path(str(name)).name != str(name):
+            raise ReportError(f"{path}: manifest entry {name!r} is not a file name in {path.parent}")
+        if not f.is_file():
+            raise ReportError(f"{path}: lists {name}, which is missing (the search was interrupted?); rerun the search")
+        if sha256(f) != digest:
+            raise ReportError(f"{path}: {name} does not match this result (a later search was interrupted while "
+                              "writing it?); rerun the search")
 
 
 def search_result(doc: dict[str, Any], source: str) -> SearchResult:

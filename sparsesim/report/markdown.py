@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Callable
 
 import numpy as np
@@ -21,6 +22,19 @@ from sparsesim.report.tables import (PCT_FORMATS, SEARCH_FORMATS, WHY_ROWS, devi
 MD_TITLE = "# sparsesim: which sparsity pattern pays on which hardware"
 
 
+def md_escape(text: Any) -> str:
+    """Text from names the user chose (workloads, devices, layers) with HTML made inert: Markdown
+    renderers pass raw HTML such as <script> through to the page."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_code(text: str) -> str:
+    """`text` as an inline code span whose fence is longer than any backtick run inside it."""
+    run = max((len(r) for r in re.findall(r"`+", text)), default=0)
+    fence = "`" * (run + 1)
+    return f"{fence} {text} {fence}" if run else f"`{text}`"
+
+
 def _md_table(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = None) -> str:
     formats = formats or {}
 
@@ -31,9 +45,9 @@ def _md_table(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None 
             s = "–" if not math.isfinite(v) else sig(float(v))
         else:
             s = "" if v is None else str(v)
-        return s.replace("|", "\\|").replace("\n", " ")
+        return md_escape(s).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["| " + " | ".join(str(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines = ["| " + " | ".join(md_escape(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(cell(c, v) for c, v in zip(df.columns, row)) + " |")
     return "\n".join(lines)
@@ -58,24 +72,25 @@ def md_summary(sm: pd.DataFrame) -> pd.DataFrame:
 def render_markdown(data: build.ReportData, figs: dict[str, dict[str, Figure]], verdicts: list[dict[str, Any]],
                     tables: dict[str, pd.DataFrame]) -> str:
     devs, plans = data.device_names, data.plans
+    e = md_escape
     out = [MD_TITLE, "",
-           f"Generated {data.created} by sparsesim {__version__}. Workloads: {', '.join(data.workloads)}; "
-           f"devices: {', '.join(devs)}; plans: {', '.join(plans)}."]
+           f"Generated {data.created} by sparsesim {__version__}. Workloads: {e(', '.join(data.workloads))}; "
+           f"devices: {e(', '.join(devs))}; plans: {e(', '.join(plans))}."]
     if data.command:
-        out += ["", f"Command: `{data.command}`"]
+        out += ["", f"Command: {md_code(data.command)}"]
     out += ["", "## Verdict", ""]
-    out += [f"- {v['text']}" for v in verdicts]
+    out += [f"- {e(v['text'])}" for v in verdicts]
     out += ["", "## Speedup at a glance", ""]
-    out += [f"![{figs[w]['heatmap'].caption}](images/{figs[w]['heatmap'].name})" for w in data.workloads]
+    out += [f"![{e(figs[w]['heatmap'].caption)}](images/{figs[w]['heatmap'].name})" for w in data.workloads]
     layer_t = analysis.layer_table(data.per_op)
     slow = layer_t[layer_t["speedup"] < 1.0 / analysis.NO_SPEEDUP]
     for wl in data.workloads:
         f = figs[wl]
         sm = data.summary[data.summary["workload"] == wl]
-        out += ["", f"## {wl}", "", f"### Summary: {wl}", "", _md_table(md_summary(sm), MD_SUMMARY_FORMATS), ""]
-        out += [f"![{f['time'].caption}](images/{f['time'].name})", "",
-                f"![{f['energy'].caption}](images/{f['energy'].name})", "",
-                f"![{f['roofline'].caption}](images/{f['roofline'].name})", ""]
+        out += ["", f"## {e(wl)}", "", f"### Summary: {e(wl)}", "", _md_table(md_summary(sm), MD_SUMMARY_FORMATS), ""]
+        out += [f"![{e(f['time'].caption)}](images/{f['time'].name})", "",
+                f"![{e(f['energy'].caption)}](images/{f['energy'].name})", "",
+                f"![{e(f['roofline'].caption)}](images/{f['roofline'].name})", ""]
         w = slow[slow["workload"] == wl]
         out += ["### Why no speedup", "", _md_table(why_summary(w, devs, plans)), ""]
         detail = w.sort_values("dense_latency_s", ascending=False).groupby(["device", "plan"], sort=False).head(WHY_ROWS)
@@ -86,27 +101,27 @@ def render_markdown(data: build.ReportData, figs: dict[str, dict[str, Figure]], 
                 _md_table(detail[list(cols)].rename(columns=cols),
                           {"dense": lambda v: fmt_q(v, "time"), "sparse": lambda v: fmt_q(v, "time"), "speedup": fmt_x}), ""]
         if "serving" in f:
-            out += [f"![{f['serving'].caption}](images/{f['serving'].name})", ""]
+            out += [f"![{e(f['serving'].caption)}](images/{f['serving'].name})", ""]
         if "training" in f and data.training is not None:
             tr = data.training[data.training["workload"] == wl]
-            out += ["### Training: the whole run per method and device", "", training_line(tr), "",
-                    f"![{f['training'].caption}](images/{f['training'].name})", "",
+            out += ["### Training: the whole run per method and device", "", e(training_line(tr)), "",
+                    f"![{e(f['training'].caption)}](images/{f['training'].name})", "",
                     _md_table(training_table(tr), TRAINING_FORMATS), ""]
     if data.searches:
         out += ["## Co-design search", "", _md_table(search_summary(data), SEARCH_FORMATS), ""]
-        out += [f"![{x.caption}](images/{x.name})" for x in figs.get("_search", {}).values()]
+        out += [f"![{e(x.caption)}](images/{x.name})" for x in figs.get("_search", {}).values()]
         for sr in data.searches:
-            out += ["", f"### {sr.workload} on {sr.device}: the front", "", _md_table(front_table(sr), SEARCH_FORMATS), "",
+            out += ["", f"### {e(sr.workload)} on {e(sr.device)}: the front", "", _md_table(front_table(sr), SEARCH_FORMATS), "",
                     "Chosen plan:", "",
                     _md_table(pd.DataFrame({"weight": list(sr.patterns), "pattern": list(sr.patterns.values())})), ""]
     if data.validation is not None:
         v = data.validation
-        out += ["", "## Fidelity: predicted against measured", "", validation_line(v), "",
+        out += ["", "## Fidelity: predicted against measured", "", e(validation_line(v)), "",
                 "### Host CPU: error per pattern", "", _md_table(v.errors, PCT_FORMATS), ""]
         if len(v.crossover):
             out += ["### CSR-vs-dense crossover density", "", _md_table(v.crossover), ""]
         if len(v.gpu):
-            out += ["### Published GPU figures through the GPU model", "", gpu_line(v), "", _md_table(v.gpu, PCT_FORMATS), ""]
+            out += ["### Published GPU figures through the GPU model", "", e(gpu_line(v)), "", _md_table(v.gpu, PCT_FORMATS), ""]
         out += ["Every host case is in `validation.csv`.", ""]
     prov = tables["provenance.csv"]
     fitted = prov[prov["fit_date"].notna()]

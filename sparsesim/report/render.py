@@ -16,6 +16,7 @@ from sparsesim.report import analysis, build
 from sparsesim.report.figures import make_figures
 from sparsesim.report.html import render_html
 from sparsesim.report.markdown import MD_TITLE, render_markdown
+from sparsesim.report.outdir import ReportWriter
 
 
 def csv_tables(data: build.ReportData) -> dict[str, pd.DataFrame]:
@@ -40,33 +41,48 @@ def csv_tables(data: build.ReportData) -> dict[str, pd.DataFrame]:
 
 
 def write_report(data: build.ReportData, out: Path, progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
-    """Write index.html, report.md, images/ and *.csv under `out`; return what was written."""
-    out = Path(out)
-    clear_previous(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    """Write index.html, report.md, images/ and *.csv under `out` (atomically, through the
+    manifest of `outdir`: nothing this report did not write is overwritten or deleted)."""
+    writer = ReportWriter(Path(out), MD_TITLE)
     figs = make_figures(data, progress)
     verdicts = analysis.verdicts(data.summary, data.per_op, data.device_names, data.plans, data.searches)
     tables = csv_tables(data)
-    written = []
     for name, df in tables.items():
-        # mtime 0: regenerating the same numbers gives the same bytes
-        df.to_csv(out / name, index=False, compression={"method": "gzip", "mtime": 0} if name.endswith(".gz") else None)
-        written.append(name)
+        with writer.path(name) as tmp:
+            # mtime 0: regenerating the same numbers gives the same bytes
+            csv_safe(df).to_csv(tmp, index=False,
+                                compression={"method": "gzip", "mtime": 0} if name.endswith(".gz") else None)
     for group in figs.values():
         for fig in group.values():
-            (out / "images" / fig.name).write_bytes(fig.data)
-            written.append(f"images/{fig.name}")
-    (out / "index.html").write_text(render_html(data, figs, verdicts, tables), encoding="utf-8")
-    (out / "report.md").write_text(render_markdown(data, figs, verdicts, tables), encoding="utf-8")
-    written += ["index.html", "report.md"]
-    return {"out": str(out), "files": sorted(written), "verdicts": verdicts}
+            writer.write_bytes(f"images/{fig.name}", fig.data)
+    writer.write_text("index.html", render_html(data, figs, verdicts, tables))
+    writer.write_text("report.md", render_markdown(data, figs, verdicts, tables))
+    return {"out": str(out), "files": writer.finish(), "verdicts": verdicts}
 
 
-def clear_previous(out: Path) -> None:
-    """Remove the tables and images of an earlier report in `out` (and only of a report: the
-    directory must hold a report.md this module wrote), so no stale table outlives a rerun."""
-    md = out / "report.md"
-    if not md.is_file() or not md.read_text(encoding="utf-8", errors="replace").startswith(MD_TITLE):
-        return
-    for p in [*out.glob("*.csv"), *out.glob("*.csv.gz"), *(out / "images").glob("*.png")]:
-        p.unlink()
+# A spreadsheet runs a cell that starts with one of these as a formula (=HYPERLINK(...) from a
+# model or device name); OWASP's advice: prefix such text cells with a quote.
+_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with text cells that a spreadsheet would run as a formula prefixed by a quote
+    (numbers, and text that is a plain number such as "-1.5", are left alone)."""
+    cols = [c for c in df.columns if not (pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])
+                                         or pd.api.types.is_datetime64_any_dtype(df[c]))]
+    if not cols:
+        return df
+    out = df.copy()
+    for c in cols:
+        out[c] = out[c].astype(object).map(_csv_cell)
+    return out
+
+
+def _csv_cell(v: Any) -> Any:
+    if not isinstance(v, str) or not v.startswith(_FORMULA_LEAD):
+        return v
+    try:
+        float(v)
+        return v  # "-1.5" is data, not a formula
+    except ValueError:
+        return "'" + v

@@ -289,10 +289,23 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: Sea
         "dropped": [list(d) for d in problem.space.dropped],
         "files": saved,
         "check": check,
+        "manifest": manifest(out, saved),
         "wall_s": time.perf_counter() - t0,
     }
-    (out / "search.json").write_text(json.dumps(doc, indent=1, default=float))
+    write_result(out, doc)
     return doc
+
+
+def write_result(out: Path, doc: dict[str, Any]) -> None:
+    """search.json, atomically and last: it lists the files it belongs to with their hashes
+    (`manifest`), so a reader tells a whole result from one a kill or a full disk cut short."""
+    from sparsesim.core import atomic
+
+    try:
+        atomic.write_text(out / "search.json", json.dumps(doc, indent=1, default=float))
+    except OSError as e:
+        raise SearchError(f"{out / 'search.json'}: cannot write the result ({e.strerror or e}); the study's "
+                          "completed trials are kept: free space and rerun the same command") from None
 
 
 def _dedupe(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -402,17 +415,30 @@ def compare_check(problem: SearchProblem, plan_path: str, speedup: float) -> dic
 def save_outputs(problem: SearchProblem, chosen: Mapping[str, Any], out: Path) -> dict[str, str]:
     """plan.safetensors (rules + masks, loadable by plans.load_plan), model.pt (the sparsified
     model's state_dict with the masks applied) and the chosen choice per unit in choice.json."""
+    from sparsesim.core import atomic
     from sparsesim.sparsity.plans import save_plan
 
     choice = chosen["choice"]
     plan = problem.plan(choice)
     masks = dict(plan.masks)
-    plan_path = save_plan(out / "plan.safetensors", plan, masks)
     from sparsesim.search.accuracy import masked
 
     with masked(problem.model, masks) as m:
         state = {k: v.detach().clone() for k, v in m.state_dict().items()}
     model_path = out / "model.pt"
-    torch.save(state, model_path)
-    (out / "choice.json").write_text(json.dumps(choice, indent=1))
+    try:  # each file atomically (a kill leaves the old one whole); search.json, written last, lists them
+        plan_path = save_plan(out / "plan.safetensors", plan, masks)
+        with atomic.replacing(model_path) as tmp:
+            torch.save(state, tmp)
+        atomic.write_text(out / "choice.json", json.dumps(choice, indent=1))
+    except OSError as e:
+        raise SearchError(f"--out {out}: cannot write the chosen plan ({e.strerror or e}); the study's completed "
+                          "trials are kept: free space and rerun the same command") from None
     return {"plan": str(plan_path), "model": str(model_path), "choice": str(out / "choice.json")}
+
+
+def manifest(out: Path, saved: Mapping[str, str]) -> dict[str, str]:
+    """sha256 of each saved file by its name in `out`: readers check a result against it."""
+    from sparsesim.core import atomic
+
+    return {Path(p).name: atomic.sha256(p) for p in saved.values()}

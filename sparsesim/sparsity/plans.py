@@ -209,17 +209,20 @@ def _first_line(e: BaseException) -> str:
 
 def save_plan(path: str | Path, plan: Plan, masks: Mapping[str, torch.Tensor]) -> Path:
     """Write the plan's rules and `masks` (stored as bool) to .safetensors or .pt."""
+    from sparsesim.core.atomic import replacing
+
     path = Path(path)
     doc = plan.to_dict()
     packed = {k: (v.detach() != 0).contiguous().cpu() for k, v in masks.items()}
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file(packed, str(path), metadata={_META_KEY: json.dumps(doc)})
-    elif path.suffix == ".pt":
-        torch.save({"format": _PLAN_FORMAT, "version": 1, "plan": doc, "masks": packed}, path)
-    else:
+    if path.suffix not in (".safetensors", ".pt"):
         raise PlanError(f"plan file '{path}': save as .safetensors or .pt")
+    with replacing(path) as tmp:  # atomic: a kill leaves the previous plan file whole
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(packed, str(tmp), metadata={_META_KEY: json.dumps(doc)})
+        else:
+            torch.save({"format": _PLAN_FORMAT, "version": 1, "plan": doc, "masks": packed}, tmp)
     return path
 
 

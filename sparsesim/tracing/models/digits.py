@@ -10,14 +10,20 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+<<<<<<< HEAD
 from sparsesim.core.errors import WorkloadError
 from sparsesim.core.extras import MissingExtraError
+=======
+from sparsesim.core.atomic import replacing
+from sparsesim.core.errors import SparsesimWarning, WorkloadError
+>>>>>>> 905f9fd (report: manifest-tracked output directory (refuse foreign dirs, delete only its own unchanged files, atomic writes); search outputs atomic with a hash manifest checked by report --search; Markdown escapes names, CSV escapes formula cells; digits cache rebuilt with its path named)
 
 # Training recipe (algorithmic constants of this small benchmark, not hardware figures).
 TEST_FRACTION = 0.25  # a quarter of the 1797 images held out: 450 test images
@@ -135,12 +141,16 @@ def pretrained(cfg: DigitsConfig = DigitsConfig()) -> DigitsCNN:
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return model.eval()
-        except (RuntimeError, OSError, EOFError):
-            pass  # a torn or stale file: retrain below
+        except Exception as e:  # noqa: BLE001 -- torch.load raises many types on a torn or foreign file
+            warnings.warn(f"{path}: the cached digits model is unreadable ({type(e).__name__}); retraining it",
+                          SparsesimWarning, stacklevel=2)
     model = _train(cfg, load_data())
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)  # atomic: concurrent workers never read half a file
+    try:
+        with replacing(path) as tmp:  # atomic: concurrent workers never read half a file
+            torch.save(model.state_dict(), tmp)
+    except OSError as e:  # a full or read-only cache: the model is trained, only not kept
+        warnings.warn(f"{path}: cannot cache the trained digits model ({e.strerror or e})", SparsesimWarning,
+                      stacklevel=2)
     return model
 
 
