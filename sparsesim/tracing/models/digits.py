@@ -17,13 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-<<<<<<< HEAD
-from sparsesim.core.errors import WorkloadError
-from sparsesim.core.extras import MissingExtraError
-=======
 from sparsesim.core.atomic import replacing
 from sparsesim.core.errors import SparsesimWarning, WorkloadError
->>>>>>> 905f9fd (report: manifest-tracked output directory (refuse foreign dirs, delete only its own unchanged files, atomic writes); search outputs atomic with a hash manifest checked by report --search; Markdown escapes names, CSV escapes formula cells; digits cache rebuilt with its path named)
+from sparsesim.core.extras import MissingExtraError
 
 # Training recipe (algorithmic constants of this small benchmark, not hardware figures).
 TEST_FRACTION = 0.25  # a quarter of the 1797 images held out: 450 test images
