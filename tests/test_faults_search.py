@@ -167,7 +167,7 @@ def test_ctrl_c_to_two_workers_is_one_line_and_resumable(tmp_path, env):
     try:
         _wait_for(journal, proc, 2)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group
-        _, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
