@@ -19,6 +19,7 @@ from sparsesim.core.errors import DeviceFileError
 from sparsesim.core.ir import Op
 from sparsesim.fidelity.measure import random_mask
 from sparsesim.sparsity.records import Pattern
+from sparsesim.sparsity.shrink import shrink_layer_op
 
 CPUS = ("xeon-sapphire-rapids", "arm-cortex-a78")
 
@@ -111,7 +112,8 @@ def test_channel_pruning_equals_smaller_dense_op(cpu, keep):
     kept = int(n * keep)
     mask = torch.zeros(n, k)
     mask[:kept] = 1.0
-    c = estimate_op(gemm_op(m, n, k), layer_for(mask, Pattern("channel", keep), "fp32"), cpu)
+    layer = layer_for(mask, Pattern("channel", keep), "fp32")
+    c = estimate_op(shrink_layer_op(gemm_op(m, n, k), layer), layer, cpu)
     small = estimate_op(gemm_op(m, kept, k), None, cpu)
     assert c.latency_s == pytest.approx(small.latency_s, rel=1e-9)
     assert c.energy_j == pytest.approx(small.energy_j, rel=1e-9)

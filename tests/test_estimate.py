@@ -147,7 +147,8 @@ def test_results_json_is_plain(tables: est.Tables) -> None:
 
 
 def test_plan_object_and_sparse_workload_accepted(wl: Workload) -> None:
-    from sparsesim.sparsity.plans import load_plan, sparsify
+    from sparsesim.sparsity.plans import load_plan
+    from sparsesim.sparsity.sparsify import sparsify
 
     by_string = est.estimate(wl, DEVICES[0], "2:4")
     by_plan = est.estimate(wl, DEVICES[0], load_plan("2:4"))

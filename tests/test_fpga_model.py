@@ -18,6 +18,7 @@ from sparsesim.core.errors import DeviceFileError
 from sparsesim.core.ir import DTYPE_BYTES, ConvGeometry, GemmShape, Op
 from sparsesim.sparsity.records import Pattern
 from sparsesim.sparsity.stats import measure_stats
+from sparsesim.sparsity.shrink import shrink_layer_op
 
 from op_cases import device_with, layer_of, linear
 
@@ -144,7 +145,8 @@ def test_channel_pruning_is_the_smaller_dense_op(dev):
     d = load_device(dev)
     mask = torch.zeros(256, 512, dtype=torch.bool)
     mask[:128, :] = True                          # half the output channels kept
-    pruned = estimate_op(linear(1024, 256, 512), layer_of(mask, "channel:0.5"), d)
+    layer = layer_of(mask, "channel:0.5")
+    pruned = estimate_op(shrink_layer_op(linear(1024, 256, 512), layer), layer, d)
     small = estimate_op(linear(1024, 128, 512), None, d)
     assert pruned.details["cycles"] == small.details["cycles"]
     assert pruned.latency_s == pytest.approx(small.latency_s)
@@ -153,7 +155,8 @@ def test_channel_pruning_is_the_smaller_dense_op(dev):
 
 def test_fully_pruned_layer_costs_only_its_overhead():
     mask = torch.zeros(64, 128, dtype=torch.bool)
-    c = estimate_op(linear(256, 64, 128), layer_of(mask, "channel:0.99"), U250)
+    layer = layer_of(mask, "channel:0.99")
+    c = estimate_op(shrink_layer_op(linear(256, 64, 128), layer), layer, U250)
     assert c.details["cycles"] == 0
     assert c.bound == "overhead"
     assert c.latency_s == pytest.approx(U250.params.layer_overhead / U250.params.clock)

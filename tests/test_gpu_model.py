@@ -18,6 +18,7 @@ from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
 from sparsesim.sparsity.patterns import parse_pattern
 from sparsesim.sparsity.records import LayerSparsity, Pattern
 from sparsesim.sparsity.stats import measure_stats
+from sparsesim.sparsity.shrink import shrink_layer_op
 
 GPUS = ("a100-sxm4-80gb", "h100-sxm5", "jetson-agx-orin")
 DEV = {name: load_device(name) for name in GPUS}
@@ -27,7 +28,7 @@ A100 = DEV["a100-sxm4-80gb"]
 def cost(dev, m, n, k, pattern="dense", dtype="fp16"):
     op = gemm_op(m, n, k, dtype)
     layer = None if pattern == "dense" else layer_for("weight", n, k, parse_pattern(pattern), dtype)
-    return estimate_op(op, layer, dev)
+    return estimate_op(shrink_layer_op(op, layer), layer, dev)
 
 
 def speedup(dev, m, n, k, pattern, dtype="fp16"):
@@ -93,7 +94,7 @@ def test_dense_time_ignores_zeros(density, seed, dev):
 def test_channel_pruning_equals_smaller_dense_op(dev, m, n, k, sparsity):
     d = DEV[dev]
     layer = layer_for("weight", n, k, parse_pattern(f"channel:{sparsity}"), "fp16")
-    pruned = estimate_op(gemm_op(m, n, k, "fp16"), layer, d)
+    pruned = estimate_op(shrink_layer_op(gemm_op(m, n, k, "fp16"), layer), layer, d)
     st_ = layer.stats
     small = estimate_op(gemm_op(m, st_.kept_rows, st_.kept_cols, "fp16"), None, d)
     assert pruned.latency_s == small.latency_s

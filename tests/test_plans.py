@@ -15,7 +15,8 @@ from sparsesim.core.errors import MaskError, PlanError
 from sparsesim.sparsity.formats import format_bytes
 from sparsesim.core.ir import GemmShape, Op, Workload
 from sparsesim.sparsity.patterns import parse_pattern
-from sparsesim.sparsity.plans import Plan, apply_plan, load_plan, save_plan, sparsify, uniform_plan
+from sparsesim.sparsity.plans import Plan, load_plan, save_plan, uniform_plan
+from sparsesim.sparsity.sparsify import apply_plan, sparsify
 from sparsesim.sparsity.stats import measure_stats
 from sparsesim.tracing.tracer import trace
 
@@ -65,8 +66,11 @@ def test_glob_rules_first_match_wins_and_default():
                 default=parse_pattern("channel:0.5"))
     sw = sparsify(_trace(), plan)
     labels = {w: l.pattern.label for w, l in sw.layers.items()}
+    # 7 is the classifier (the model's output): channel pruning never removes its outputs; 3 feeds
+    # a residual add, so only its columns (the conv's pruned channels) go
     assert labels == {"0.weight": "channel:0.5", "3.weight": "channel:0.5", "5.attention.weight": "unstructured:0.9",
-                      "5.mlp.0.weight": "2:4", "5.mlp.2.weight": "2:4", "7.weight": "channel:0.5"}
+                      "5.mlp.0.weight": "2:4", "5.mlp.2.weight": "2:4", "7.weight": "dense"}
+    assert (sw.layers["3.weight"].stats.kept_rows, sw.layers["3.weight"].stats.kept_cols) == (16, 64)
     # module names match too (no ".weight" suffix needed)
     assert plan.pattern_for("x.weight", "5.mlp.0") == parse_pattern("2:4")
 
@@ -290,25 +294,35 @@ class TinyDecoder(nn.Module):
 def test_channel_on_attention_prunes_whole_heads_and_shrinks_consumer(kv_heads):
     torch.manual_seed(0)
     model = TinyDecoder(kv_heads=kv_heads)
-    with torch.no_grad():  # make KV group 1 (and its query heads) the strongest
-        hd = 8
-        model.self_attn.k_proj.weight[hd:2 * hd] *= 20
+    hd = 8
+    with torch.no_grad():  # make query head 1 the strongest (and its K/V head under MHA)
+        model.self_attn.q_proj.weight[hd:2 * hd] *= 20
     wl = trace(model, torch.randn(1, 5, 32))
     sw = sparsify(wl, "channel:0.5")
     q, k, v, o = (sw.layers[f"self_attn.{n}_proj.weight"] for n in "qkvo")
-    rep = 4 // kv_heads
-    assert q.stats.kept_rows == 16 and k.stats.kept_rows == kv_heads * hd // 2 == v.stats.kept_rows
-    assert o.pattern.kind == "channel" and o.stats.kept_cols == 16 and o.stats.kept_rows == 16
-    masks = apply_plan(model, "channel:0.5")
+    assert q.stats.kept_rows == 16 and o.stats.kept_cols == 16
+    if kv_heads == 4:  # MHA: whole heads of q, k and v together
+        assert k.stats.kept_rows == v.stats.kept_rows == 16
+    else:  # GQA: query heads pruned within each K/V group, K/V heads kept
+        assert k.pattern.kind == v.pattern.kind == "dense" and k.stats.kept_rows == 16
+    attn = [op for op in sw.ops if op.kind == "attention"]
+    assert len(attn) == 1 and attn[0].gemm.batch == 2  # the attention op runs 2 of 4 heads
+    dense_attn = next(op for op in wl.ops if op.kind == "attention")
+    assert attn[0].flops == dense_attn.flops // 2
+    masks = apply_plan(wl, "channel:0.5")
     qm = masks["self_attn.q_proj.weight"]
-    assert qm[rep * hd:2 * rep * hd].all()  # query heads of KV head 1 kept
-    for n, unit in (("q", hd * rep), ("k", hd), ("v", hd)):
-        check = masks[f"self_attn.{n}_proj.weight"].reshape(-1, unit, 32).sum(dim=(1, 2))
-        assert set(check.tolist()) <= {0.0, float(unit * 32)}  # whole heads only
+    assert qm[hd:2 * hd].all()  # the strongest query head kept
+    assert set(qm.reshape(-1, hd * 32).sum(1).tolist()) <= {0.0, float(hd * 32)}  # whole heads only
+    if kv_heads == 2:
+        kept = qm.reshape(4, -1).any(1).reshape(2, 2)
+        assert kept.sum(1).tolist() == [1, 1]  # one query head per K/V group
     om = masks["self_attn.o_proj.weight"]
-    assert torch.equal(om.any(dim=0), qm.any(dim=1))  # consumer keeps the kept heads' columns
+    assert torch.equal(om.any(dim=0), qm.any(dim=1))  # the consumer keeps the kept heads' columns
+    # o_proj's outputs feed gate/up (no residual here): its rows go too, and their columns
     gate, up, down = (sw.layers[f"mlp.{n}_proj.weight"] for n in ("gate", "up", "down"))
+    assert o.stats.kept_rows == 16 and gate.stats.kept_cols == up.stats.kept_cols == 16
     assert gate.stats.kept_rows == up.stats.kept_rows == 48 and down.stats.kept_cols == 48
+    assert down.stats.kept_rows == 32  # the model's output keeps every channel
     assert torch.equal(masks["mlp.gate_proj.weight"].any(dim=1), masks["mlp.up_proj.weight"].any(dim=1))
     assert torch.equal(masks["mlp.down_proj.weight"].any(dim=0), masks["mlp.up_proj.weight"].any(dim=1))
     with torch.device("meta"):
@@ -318,6 +332,12 @@ def test_channel_on_attention_prunes_whole_heads_and_shrinks_consumer(kv_heads):
         a, r = msw.layers[name], sw.layers[name]
         assert (a.stats.kept_rows, a.stats.kept_cols, a.stats.nnz) == (r.stats.kept_rows, r.stats.kept_cols, r.stats.nnz)
         assert a.format_bytes == r.format_bytes and a.pattern == r.pattern
+    assert [(op.module, op.gemm) for op in msw.ops if op.gemm] == [(op.module, op.gemm) for op in sw.ops if op.gemm]
+
+
+def test_channel_patterns_need_a_trace_for_apply_plan():
+    with pytest.raises(PlanError, match="traced"):
+        apply_plan(TinyDecoder(), "channel:0.5")
 
 
 def test_residual_safe_variant_keeps_consumer_rows(tmp_path):
@@ -331,11 +351,11 @@ def test_residual_safe_variant_keeps_consumer_rows(tmp_path):
 
 
 def test_partial_head_masks_rejected():
-    model = TinyDecoder()
-    masks = apply_plan(model, "channel:0.5")
+    model = TinyDecoder(kv_heads=4)
+    masks = apply_plan(trace(model, torch.randn(1, 3, 32)), "channel:0.5")
     plan = Plan("p", default=parse_pattern("channel:0.5"), masks={"self_attn.q_proj.weight": masks["self_attn.q_proj.weight"]})
     with pytest.raises(PlanError, match="only some of"):
-        sparsify(trace(TinyDecoder(), torch.randn(1, 3, 32)), plan)
+        sparsify(trace(TinyDecoder(kv_heads=4), torch.randn(1, 3, 32)), plan)
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from sparsesim.hw.devices import load_device
 from sparsesim.core.errors import DeviceFileError
 from sparsesim.sparsity.formats import format_bytes
 from sparsesim.sparsity.records import Pattern
+from sparsesim.sparsity.shrink import shrink_layer_op
 
 from op_cases import device_with, layer_of, linear
 
@@ -128,7 +129,8 @@ def test_activation_zeros_only_where_the_device_says():
 def test_channel_pruning_is_the_smaller_dense_op():
     mask = torch.zeros(512, 1024, dtype=torch.bool)
     mask[:256] = True
-    pruned = estimate_op(linear(2048, 512, 1024), layer_of(mask, "channel:0.5"), S4)
+    layer = layer_of(mask, "channel:0.5")
+    pruned = estimate_op(shrink_layer_op(linear(2048, 512, 1024), layer), layer, S4)
     small = estimate_op(linear(2048, 256, 1024), None, S4)
     assert pruned.latency_s == pytest.approx(small.latency_s)
     assert pruned.energy_j == pytest.approx(small.energy_j)

@@ -282,7 +282,7 @@ def test_torch_transformer_layers_are_not_hidden_by_the_fast_path():
 def test_pruned_weights_are_attributed_to_weight_orig_and_picked_up():
     from torch.nn.utils import prune
 
-    from sparsesim.sparsity.plans import sparsify
+    from sparsesim.sparsity.sparsify import sparsify
 
     m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
     prune.l1_unstructured(m[0], "weight", amount=0.75)

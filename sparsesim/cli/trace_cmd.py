@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.sparsity import plans
+    from sparsesim.sparsity.plans import load_plan
+    from sparsesim.sparsity.sparsify import sparsify
     from sparsesim.tracing.workloads import load_workload
 
     wl = load_workload(args.workload)
@@ -30,7 +31,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.plan is not None or not wl.on_meta:
         # without a plan: the weights as they are, so zeros already there (torch.nn.utils.prune
         # masks, a 2:4 checkpoint) show with their real density and pattern
-        sw = plans.sparsify(wl, plans.load_plan(args.plan or "dense"))
+        sw = sparsify(wl, load_plan(args.plan or "dense"))
+        wl = sw.workload  # the ops as the plan leaves them (channel pruning shrinks them)
         layers = dict(sw.layers)
         plan_name = sw.plan_name
     return build_doc(wl, layers, plan_name, weights_only=args.weights_only)

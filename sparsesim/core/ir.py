@@ -116,7 +116,9 @@ class Workload:
 
     `model` is kept (not compared, not hashed) so plans can build masks from real weights;
     `activation_norms` maps a weight name to the per-input-feature L2 norms of the activation
-    feeding it (for activation-aware masks); both are empty on the meta device.
+    feeding it (for activation-aware masks); both are empty on the meta device. `dataflow`
+    (a `sparsesim.tracing.dataflow.Dataflow`) says which channels each traced tensor carries;
+    channel pruning needs it.
     `input_bytes` is the size of the tensors held by the example inputs after the forward (token
     ids, images, and a KV cache the forward filled): device memory the run needs besides weights.
     `notes` are what the tracer did that the user should know (e.g. it traced a compiled module's
@@ -131,6 +133,7 @@ class Workload:
     activation_norms: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
     input_bytes: int = 0
     notes: tuple[str, ...] = ()
+    dataflow: Any = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def on_meta(self) -> bool:

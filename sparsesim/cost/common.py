@@ -1,12 +1,12 @@
-"""Helpers every hardware family's cost model shares: what an op asks for (MACs, operand bytes,
-the smaller GEMM left by channel pruning), which latency term dominates, and building the `Cost` record.
+"""Helpers every hardware family's cost model shares: what an op asks for (MACs, operand bytes),
+which latency term dominates, and building the `Cost` record.
 
 Everything here is hardware-agnostic: no device constants appear in this module. A family
 passes its own peaks, bandwidths, overheads and energies (read from its device file).
 
 Typical use in a family's cost function::
 
-    work = gemm_work(op, layer)                       # MACs and bytes, channel pruning applied
+    work = gemm_work(op, layer)                       # MACs and operand bytes
     compute_s = work.macs * 2 / (peak * efficiency)
     memory_s = (work.a_bytes + work.w_bytes + work.c_bytes) / dram_bw
     return build_cost(device=device, model="cpu", compute_s=compute_s, memory_s=memory_s,
@@ -47,27 +47,12 @@ def gemms_of(op: Op) -> tuple[GemmShape, ...]:
     return (g,)
 
 
-def channel_shrunk(op: Op, layer: LayerSparsity | None) -> GemmShape | None:
-    """The smaller dense GEMM that channel pruning leaves (kept weight rows -> N, kept cols -> K).
-
-    Returns op.gemm unchanged when the layer is not channel-pruned. The weight is viewed as the
-    (N * groups) x K matrix, so kept rows are spread evenly over the groups.
-    """
-    g = op.gemm
-    if g is None or layer is None or not layer.pattern.spec.shrinks_op:
-        return g
-    st = layer.stats
-    # kept == 0 leaves an empty GEMM (n or k = 0): the op still exists and costs its overheads
-    n = math.ceil(g.n * st.kept_rows / st.rows) if st.rows else g.n
-    k = math.ceil(g.k * st.kept_cols / st.cols) if st.cols else g.k
-    return GemmShape(m=g.m, n=n, k=k, batch=g.batch, groups=g.groups)
-
-
 @dataclass(frozen=True)
 class GemmWork:
     """What a matmul-like op asks of any hardware, at the op's dtype, before any sparse kernel.
 
-    `gemms` are the dense GEMMs to run (channel pruning already applied; two for attention).
+    `gemms` are the dense GEMMs to run (two for attention). A channel-pruned op is already the
+    smaller op (the shrink pass, `sparsesim.sparsity.shrink`, made it so).
     `a_bytes` is the first (activation) operand, `w_bytes` the second operand stored dense
     (the weight of a linear/conv, once per op; K and V for attention; the B operand of a bmm),
     `c_bytes` the output. `density` is the kept fraction of the weight's nonzeros (1.0 when
@@ -106,15 +91,13 @@ class GemmWork:
 def gemm_work(op: Op, layer: LayerSparsity | None = None) -> GemmWork:
     """MACs and operand bytes of a matmul-like op (linear, conv, matmul, attention).
 
-    Channel pruning shrinks the GEMM (see `channel_shrunk`); other patterns keep the dense
-    shape and report `density` and the stored sparse weight bytes from `layer`.
+    A channel-pruned layer's op arrives already shrunk (it is a dense GEMM); other patterns keep
+    the dense shape and report `density` and the stored sparse weight bytes from `layer`.
     Raises ValueError for an op without a GemmShape.
     """
     if op.gemm is None:
         raise ValueError(f"op {op.index} ({op.aten}, module {op.module!r}) has no GEMM shape")
     db = DTYPE_BYTES[op.dtype]
-    shrunk = channel_shrunk(op, layer)
-    assert shrunk is not None
     pruned = layer is not None and layer.pattern.spec.shrinks_op
     if op.kind == "attention":
         qk, pv = gemms_of(op)
@@ -123,7 +106,7 @@ def gemm_work(op: Op, layer: LayerSparsity | None = None) -> GemmWork:
         w = bg * qk.n * qk.k * db + bg * pv.k * pv.n * db  # K and V
         c = bg * pv.m * pv.n * db                      # O
         return GemmWork((qk, pv), op.dtype, db, qk.macs + pv.macs, a, w, c)
-    g = shrunk
+    g = op.gemm
     bg = g.batch * g.groups
     a = bg * g.m * g.k * db
     c = bg * g.m * g.n * db

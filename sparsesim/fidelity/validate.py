@@ -26,6 +26,7 @@ from sparsesim.fidelity.calibrate import (
     FIT_BSR_M, default_out, FIT_CSR_M, FIT_INT8_M, FIT_M, FIT_NK, calibrate, gemm_op, layer_for, sparse_pattern,
 )
 from sparsesim.cost import estimate_op
+from sparsesim.sparsity.shrink import shrink_layer_op
 from sparsesim.hw.devices import Device, load_device
 from sparsesim.core.errors import SparsesimError
 
@@ -155,7 +156,7 @@ def run_grid(device: Device, *, quick: bool, threads: int = 1,
                     mask[:kept] = 1.0
                     layer = layer_for(mask, sparse_pattern("channel", d), "fp32")
                     t = measure.dense_masked(w[:kept].contiguous(), m, repeats=reps).median_s
-                    pred = estimate_op(gemm_op(m, n, k), layer, device).latency_s
+                    pred = estimate_op(shrink_layer_op(gemm_op(m, n, k), layer), layer, device).latency_s
                     rows.append(Row("channel", "fp32", m, n, k, kept / n, 1, t, pred, dense_meas / t, dense_pred / pred))
     return rows
 

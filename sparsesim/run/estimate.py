@@ -129,9 +129,10 @@ def sparsify_cached(workload: Workload, plan: Any, *, criterion: str = "magnitud
     key = (id(workload), label, criterion)
     if isinstance(plan, str):
         hit = _sparse.get(key)
-        if hit is not None and hit.workload is workload:
+        if hit is not None and hit.dense is workload:
             return hit
-    from sparsesim.sparsity.plans import load_plan, sparsify
+    from sparsesim.sparsity.plans import load_plan
+    from sparsesim.sparsity.sparsify import sparsify
 
     sw = sparsify(workload, load_plan(plan) if isinstance(plan, str) else plan, criterion=criterion)
     if isinstance(plan, str):

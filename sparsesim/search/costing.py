@@ -1,4 +1,4 @@
-"""Modeled cost of a searched plan: the plan is sparsified by `plans.sparsify` and costed by
+"""Modeled cost of a searched plan: the plan is sparsified by `sparsify.sparsify` and costed by
 `run.estimate.cost_workload`, the same two steps `estimate` and `compare` take, in the same
 whole-model run context. The speedups a search reports are therefore the ones `compare` prints
 for the plan it saves.
@@ -17,7 +17,8 @@ from sparsesim.cost.record import Cost
 from sparsesim.hw.devices import Device
 from sparsesim.run.estimate import cost_workload
 from sparsesim.run.results import PlanTotals, plan_totals
-from sparsesim.sparsity.plans import Plan, sparsify
+from sparsesim.sparsity.plans import Plan
+from sparsesim.sparsity.sparsify import sparsify
 
 # whole-plan totals kept per process: a DP table asks for each one-unit change a few times
 TOTALS_CACHE = 4096

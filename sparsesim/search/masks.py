@@ -1,6 +1,6 @@
 """Real masks of a searched plan: each weight's own pattern built on the rows and columns its
 channel groups keep (channels scored by the L2 norm of their rows over all producers), and the
-Plan that records them the way `plans.save_plan` / `plans.sparsify` read it.
+Plan that records them the way `plans.save_plan` / `sparsify.sparsify` read it.
 """
 
 from __future__ import annotations

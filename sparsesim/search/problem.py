@@ -2,7 +2,7 @@
 
 A plan is given as {unit: choice label}. The problem turns it into real masks (`masks`,
 channel groups kept consistent) and a `Plan` (`plan`), measures accuracy with the masks in the
-model, and costs the plan through the one costing path (`costing.PlanCoster`: `plans.sparsify`
+model, and costs the plan through the one costing path (`costing.PlanCoster`: `sparsify.sparsify`
 then `run.estimate.cost_workload`), so its modeled speedups are the ones `compare` gives for
 the saved plan. The DP's per-unit tables come from the same functions (`tables.unit_tables`).
 """
@@ -107,7 +107,7 @@ class SearchProblem:
                 for w, s in self.settings(choice).items() if not s.dense}
 
     def plan(self, choice: Mapping[str, str], name: str | None = None) -> Plan:
-        """The plan `plans.save_plan` writes and `plans.sparsify` reads: one rule per touched
+        """The plan `plans.save_plan` writes and `sparsify.sparsify` reads: one rule per touched
         weight with its recorded pattern, and its real mask."""
         return self._plan(self.settings(choice), name)
 

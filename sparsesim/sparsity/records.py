@@ -137,11 +137,17 @@ class LayerSparsity:
 
 @dataclass(frozen=True)
 class SparseWorkload:
-    """A workload whose weight ops carry the sparsity a plan gave them."""
+    """A workload whose weight ops carry the sparsity a plan gave them.
+
+    `workload` holds the ops as the plan leaves them (channel pruning shrinks them, see
+    `sparsesim.sparsity.shrink`); `dense` is the traced workload they came from (the same
+    object when nothing was shrunk, or None when not given).
+    """
 
     workload: Workload
     plan_name: str
     layers: Mapping[str, LayerSparsity] = field(default_factory=dict)
+    dense: Workload | None = field(default=None, compare=False, repr=False)
 
     @property
     def name(self) -> str:

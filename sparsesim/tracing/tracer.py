@@ -34,6 +34,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
 
 from sparsesim.core.errors import TraceError
+from sparsesim.tracing.dataflow import FlowTracker
 from sparsesim.tracing.flops import T, attention_work, classify, is_metadata_op, rnn_layer_work
 from sparsesim.core.ir import Op, WeightInfo, Workload
 from sparsesim.core.threads import one_thread
@@ -105,6 +106,7 @@ class _Recorder:
         self.params: dict[str, nn.Parameter] = dict(model.named_parameters())
         self.weights: dict[str, WeightInfo] = {}
         self.norms_sq: dict[str, torch.Tensor] = {}
+        self.flow = FlowTracker()
 
     # -- helpers
     def _param_of(self, t: Any, mod: nn.Module | None) -> tuple[str, nn.Parameter, bool] | None:
@@ -164,6 +166,7 @@ class _Recorder:
         if packet in _WEIGHT_OPERANDS and work.kind in ("matmul", "conv"):
             extra = self._weight_fields(packet, args, work)
         self._add(str(func), work, (args, kwargs), out, **extra)
+        self.flow.record(len(self.ops) - 1, args, kwargs, out)
 
     def on_rnn_layer(self, func: Any, args: tuple, out: Any) -> None:
         """An LSTM layer (one fused aten op on CPU) as its two weight GEMMs, each with its weight,
@@ -176,6 +179,7 @@ class _Recorder:
             if found is not None:
                 name, param, _ = found
                 extra = {"weight": name, "weight_shape": tuple(param.shape)}
+                self.flow.weight(name, param, 0)  # the fused layer pins its gates: never channel-pruned
                 self.weights.setdefault(name, WeightInfo(name=name, shape=tuple(param.shape),
                                                          dtype=dtype_name(param.dtype), on_meta=param.is_meta))
             self._add(str(func), work, operands, out, **extra)
@@ -187,6 +191,8 @@ class _Recorder:
         t = lambda x: T(tuple(x.shape), x.element_size()) if isinstance(x, torch.Tensor) else None  # noqa: E731
         work = attention_work(t(q), t(k), t(v), t(out), t(mask), causal)
         self._add("scaled_dot_product_attention", work, (q, k, v, mask), out)
+        self.flow.attention(q, k, v, mask, out)
+        self.flow.record(len(self.ops) - 1, (q, k, v, mask), {"causal": causal}, out)
 
     def _weight_fields(self, packet: Any, args: tuple, work: Any) -> dict[str, Any]:
         _, _, mod = self.calls.current()
@@ -207,6 +213,7 @@ class _Recorder:
         act = a if found_b else b
         if conv:
             extra["weight_shape"] = tuple(param.shape)
+            self.flow.weight(name, param, 1 if work.note == "transposed" else 0)
         else:
             # GEMM operand as K x N (weight on the right) or N x K (weight on the left)
             k_axis_operand = 0 if found_b else 1
@@ -216,6 +223,7 @@ class _Recorder:
             extra["kind"] = "linear"
             if k_axis_param == 0:
                 extra["note"] = "weight stored K x N"
+            self.flow.weight(name, param, 1 if k_axis_param == 0 else 0)
             if found_a is not None:  # out = W @ x: rows of activations are x's columns
                 g = work.gemm
                 extra["gemm"] = type(g)(m=int(act.shape[-1]), n=int(n), k=int(k), batch=g.batch)
@@ -307,8 +315,10 @@ class _DispatchMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.rec.suppress == 0 and not is_metadata_op(func):
-            self.rec.on_aten(func, args, kwargs, out)
+        if self.rec.suppress == 0:
+            self.rec.flow.on_op(func, args, kwargs, out)
+            if not is_metadata_op(func):
+                self.rec.on_aten(func, args, kwargs, out)
         return out
 
 
@@ -333,12 +343,15 @@ class _AttentionMode(TorchFunctionMode):
 
 
 def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
-          measure_activations: bool = True) -> Workload:
+          measure_activations: bool = True, pin_outputs: bool = True) -> Workload:
     """Run `model` once on `example_inputs` and record every op it executes.
 
     `example_inputs` is a tuple/list of positional args, a dict of keyword args, or one tensor.
     Runs under no_grad, on one thread (see `sparsesim.core.threads`); the model's train/eval mode
-    is left as it is. On the meta device
+    is left as it is. The workload's `dataflow` says which channels every tensor carries
+    (`sparsesim.tracing.dataflow`); the inputs' and, with `pin_outputs`, the outputs' channels
+    are never pruned (a one-layer workload passes False: its outputs feed layers outside it).
+    On the meta device
     nothing is allocated and activations are not measured (density 1.0, measured False).
     """
     if not isinstance(model, nn.Module):
@@ -363,13 +376,16 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
+        rec.flow.pin_tensors((args, kwargs))
         with one_thread(), torch.no_grad(), rec.calls, _AttentionMode(rec), _DispatchMode(rec), \
                 warnings.catch_warnings():
             # deprecation notices meant for model authors (transformers' past_key_values, ...)
             # say nothing about the user's question; they do not reach the terminal
             for category in (FutureWarning, DeprecationWarning):
                 warnings.simplefilter("ignore", category)
-            model(*args, **kwargs)
+            result = model(*args, **kwargs)
+        if pin_outputs:
+            rec.flow.pin_tensors(_output_tensors(result))
     except TraceError:
         raise
     except Exception as e:  # the user's forward failed: one line naming the model and the error
@@ -385,7 +401,8 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
         notes.append(f"{name}: {packed} dynamically quantised linear(s): costed, but their packed int8 weights "
                      "are not parameters, so plans leave them dense")
     return Workload(name=name, ops=tuple(rec.ops), weights=dict(rec.weights), model=model,
-                    activation_norms=norms, input_bytes=held_bytes((args, kwargs)), notes=tuple(notes))
+                    activation_norms=norms, input_bytes=held_bytes((args, kwargs)), notes=tuple(notes),
+                    dataflow=rec.flow.result())
 
 
 def _compiled_original(model: nn.Module) -> nn.Module | None:
@@ -421,3 +438,15 @@ def held_bytes(obj: Any, depth: int = _HELD_DEPTH, seen: set[int] | None = None)
     else:
         return 0
     return sum(held_bytes(x, depth - 1, seen) for x in items)
+
+
+def _output_tensors(result: Any) -> list[torch.Tensor]:
+    """The tensors a model returns, looking into tuples, lists and dicts (transformers'
+    ModelOutput is one); other objects (a KV cache) are state, not results."""
+    if isinstance(result, torch.Tensor):
+        return [result]
+    if isinstance(result, Mapping):
+        result = list(result.values())
+    if isinstance(result, (list, tuple)):
+        return [t for r in result for t in _output_tensors(r)]
+    return []

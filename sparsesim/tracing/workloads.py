@@ -315,7 +315,8 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
 
     meta_model, x = build("meta")
     try:
-        wl = trace(meta_model, (x,), name=spec, measure_activations=False)
+        # the layer's outputs feed layers outside the workload: its output channels may be pruned
+        wl = trace(meta_model, (x,), name=spec, measure_activations=False, pin_outputs=False)
     except SparsesimError as e:
         raise WorkloadError(f"{where}: {e}") from None
     layer = getattr(meta_model, kind)
