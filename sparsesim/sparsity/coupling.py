@@ -131,7 +131,8 @@ class Channels:
             self._union(x, y)
 
     def _split_cat(self, children: tuple[int, ...], edges: list[int]) -> list[int]:
-        out, lo = [], 0
+        out: list[int] = []
+        lo = 0
         for c in children:
             hi = lo + self.size[c]
             inner = [e for e in edges if lo < e < hi]
@@ -146,7 +147,7 @@ class Channels:
         return out
 
     def _split_prod(self, children: tuple[int, ...], edges: list[int]) -> list[int]:
-        out = []
+        out: list[int] = []
         stride = prod(self.size[c] for c in children)
         for c in children:
             stride //= self.size[c]

@@ -37,7 +37,7 @@ def shrink(workload: Workload, cut: Cut | None, lone: Mapping[str, LayerSparsity
         return workload
     ops = []
     for op in workload.ops:
-        if op.weight in lone:
+        if op.weight is not None and op.weight in lone:
             ops.append(shrink_layer_op(op, lone[op.weight]))
         elif cut is not None and flow is not None and not cut.empty:
             ops.append(_shrunk(op, flow.ops.get(op.index), cut))
@@ -71,8 +71,8 @@ def _shrunk(op: Op, f: OpFlow | None, cut: Cut) -> Op:
         func = _func(op.aten)
         if work_is_conv(op) and len(args) > 8:
             args = _regroup(args)
-        work = classify(func, args, out, kwargs)
-        orig_gemm = classify(func, f.args, f.out, f.kwargs).gemm
+        work = classify(func, args, out, dict(kwargs))
+        orig_gemm = classify(func, f.args, f.out, dict(f.kwargs)).gemm
     gemm = work.gemm
     if op.gemm is not None and gemm is not None and orig_gemm is not None and orig_gemm != op.gemm:
         # the tracer swapped M and N (a weight on the left: out = W @ x)

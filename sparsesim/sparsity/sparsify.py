@@ -271,9 +271,9 @@ class _Decider:
         e = self.entries[w]
         if not self.real:
             if w in self.plan.masks:  # a saved plan's mask is real even when the weights are not
-                mask = self.given(w).float()
-                check_mask(mask, p, layer=w, shape=(e.rows, e.cols))
-                return _Decision(p, None, measure_stats(mask, pattern=p))
+                saved = self.given(w).float()
+                check_mask(saved, p, layer=w, shape=(e.rows, e.cols))
+                return _Decision(p, None, measure_stats(saved, pattern=p))
             return _Decision(p, None, analytic_stats(e.rows, e.cols, p))
         mask: torch.Tensor | None = None
         if w in self.plan.masks:
