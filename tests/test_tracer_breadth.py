@@ -12,7 +12,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from sparsesim.run.estimate import estimate
-from sparsesim.sparsity.plans import apply_plan, load_plan, sparsify
+from sparsesim.sparsity.plans import load_plan
+from sparsesim.sparsity.sparsify import apply_plan, sparsify
 from sparsesim.tracing.tracer import trace
 
 
