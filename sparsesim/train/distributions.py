@@ -23,7 +23,8 @@ from pathlib import Path
 from sparsesim.core.errors import PlanError, TrainError
 from sparsesim.core.ir import Workload
 from sparsesim.sparsity.patterns import make_pattern
-from sparsesim.sparsity.plans import SPARSIFIED_KINDS, load_plan
+from sparsesim.sparsity.plans import load_plan
+from sparsesim.sparsity.sparsify import SPARSIFIED_KINDS
 from sparsesim.sparsity.records import DENSE, Pattern
 
 NAMED = ("uniform", "uniform-first-dense", "er", "erk")
