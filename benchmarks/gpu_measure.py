@@ -1,17 +1,23 @@
-"""Measure dense vs sparse matmuls on an NVIDIA GPU and append the figures to the GPU validation table.
+"""Measure dense vs sparse kernels and eager vs compiled BERT-base on an NVIDIA GPU, and append the
+figures to the validation table (with the date and the GPU's name).
 
     python benchmarks/gpu_measure.py                      # full grid, appends to the packaged table
     python benchmarks/gpu_measure.py --quick --dry-run    # a few shapes, print only
-    python benchmarks/gpu_measure.py --backend cutlass --out my_gpu.csv
+    python benchmarks/gpu_measure.py --dtypes fp16,int8 --no-bert --out my_gpu.csv
 
-For every (shape, dtype) of the grid it times, with CUDA events, the dense matmul and:
-  * 2:4 semi-structured sparsity (torch.sparse.to_sparse_semi_structured; cuSPARSELt or CUTLASS),
-  * unstructured sparsity through CSR (torch.sparse_csr_tensor @ dense, cuSPARSE SpMM),
-  * block sparsity through BSR (torch.sparse_bsr_tensor @ dense; Triton or cuSPARSE kernels).
-Each row records the GPU's device-file name (or its own name when no file matches), dtype,
-M x N x K (activation rows, weight rows, weight cols), dense and sparse median times, the speedup,
-the pattern, the date and the software versions; `sparsesim validate` then reports the GPU
-model's error on them. A case the GPU or torch cannot run is skipped with the reason printed.
+For every (shape, dtype) of the grid it times, with CUDA events, the dense matmul (cuBLAS; int8
+through torch._int_mm, fp8 e4m3 through torch._scaled_mm) and:
+  * 2:4 semi-structured sparsity through both libraries torch offers: cuSPARSELt
+    (torch._cslt_sparse_mm) and CUTLASS (torch._sparse_semi_structured_linear);
+  * unstructured sparsity through CSR (torch.sparse_csr_tensor @ dense, cuSPARSE SpMM);
+  * block sparsity through BSR (torch.sparse_bsr_tensor @ dense).
+Then BERT-base (random weights, fp16, sequence 384) at two batch sizes, eager and under
+torch.compile(mode="max-autotune"), dense and with every encoder Linear 2:4: one runtime-ratio
+row (eager / compiled) and one speedup row per runtime.
+Each row records the GPU's device-file name (or its own name when no file matches), the runtime,
+dtype, shape or workload, the kernel library, dense and sparse median times, the measured value,
+the date and the software versions; `sparsesim validate --published` then reports the model's
+error on them. A case the GPU or torch cannot run is skipped with the reason printed.
 
 Without a CUDA GPU the script exits with status 2 and a message; `--cpu-smoke` runs the dense,
 CSR and BSR code paths on the CPU with tiny shapes to check the script itself (nothing written).
@@ -24,16 +30,16 @@ import datetime as _dt
 import re
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sparsesim.fidelity.gpu_validation import (  # noqa: E402
+from sparsesim.fidelity.gpu_validation import (
     TABLE_COLUMNS,
     append_rows,
     direction_of,
@@ -41,16 +47,21 @@ from sparsesim.fidelity.gpu_validation import (  # noqa: E402
     published_table_path,
 )
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = ("fp16", "bf16", "int8", "fp8")
+TORCH_FLOAT = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # (M, N, K): the published cases, LLM decode (GEMV) and prefill shapes, and square GEMMs
 SHAPES_FULL = [
     (3072, 3072, 10240), (13008, 4096, 1024), (1, 4096, 4096), (8, 4096, 4096), (32, 4096, 4096),
-    (128, 4096, 4096), (512, 4096, 4096), (2048, 4096, 4096), (4096, 4096, 4096), (8192, 8192, 8192),
-    (2048, 11008, 4096), (2048, 4096, 11008), (16384, 768, 768), (16384, 3072, 768),
+    (64, 4096, 4096), (128, 4096, 4096), (512, 4096, 4096), (1024, 1024, 1024), (2048, 2048, 2048),
+    (4096, 4096, 4096), (8192, 8192, 8192), (2048, 11008, 4096), (2048, 4096, 11008), (16384, 768, 768),
+    (16384, 3072, 768), (32, 21504, 7168),
 ]
 SHAPES_QUICK = [(3072, 3072, 10240), (1, 4096, 4096), (4096, 4096, 4096)]
 CSR_SPARSITIES = (0.5, 0.9, 0.95, 0.99)
 BSR_CASES = ((16, 0.5), (32, 0.5), (32, 0.9), (64, 0.75))
+# BERT-base runs: (batch, sequence)
+BERT_CASES = ((16, 384), (256, 384))
+BERT_QUICK = ((16, 384),)
 # a timed sample lasts about this long; one case's samples at most MAX_CASE_MS in total
 SAMPLE_MS = 2.0
 MAX_CASE_MS = 3000.0
@@ -61,6 +72,8 @@ KNOWN_GPUS = (
     (("h100", "sxm"), "h100-sxm5"),
     (("orin",), "jetson-agx-orin"),
 )
+# 2:4 libraries of torch's semi-structured tensors: (model kernel name, force CUTLASS?)
+SPARSE_LIBRARIES = (("cusparselt", False), ("cutlass-24", True))
 
 
 @dataclass
@@ -146,22 +159,193 @@ def mask_blocks(w: torch.Tensor, b: int, sparsity: float, gen: torch.Generator) 
     return keep.repeat_interleave(b, 0).repeat_interleave(b, 1).to(w.device)
 
 
-def _row(gpu: str, dtype: str, m: int, n: int, k: int, dense: Timing, sparse: Timing, pattern: str,
-         kind: str, source: str) -> dict:
-    speed = dense.median_ms / sparse.median_ms
+def row(*, gpu: str, runtime: str, dtype: str, pattern: str, kernel: str, dense: Timing, sparse: Timing | None,
+        source: str, shape: tuple[int, int, int] | None = None, workload: str = "", quantity: str = "speedup",
+        ref_runtime: str = "", name: str = "") -> dict:
+    """One validation-table row (TABLE_COLUMNS). speedup: dense / sparse time; runtime_ratio:
+    `dense` under `runtime` / `sparse` under `ref_runtime` (same plan)."""
+    ref = sparse if sparse is not None else dense
+    value = dense.median_ms / ref.median_ms
+    m, n, k = shape if shape is not None else ("", "", "")
+    what = workload or f"{m}x{n}x{k}"
     return {
-        "case": f"measured-{kind}-{m}x{n}x{k}-{dtype}-{pattern}",
-        "device": gpu, "dtype": dtype, "M": m, "N": n, "K": k,
-        "dense_ms": f"{dense.median_ms:.5g}", "sparse_ms": f"{sparse.median_ms:.5g}",
-        "measured_speedup": f"{speed:.4g}", "pattern": pattern, "phase": "forward",
-        "direction": direction_of(speed), "source": f"{source}; {kind}; spread {max(dense.spread, sparse.spread):.0%}",
-        "conf": "M", "date_added": _dt.datetime.now(_dt.timezone.utc).date().isoformat(),
+        "case": name or f"measured-{runtime}-{kernel or 'dense'}-{what}-{dtype}-{pattern}",
+        "device": gpu, "runtime": runtime, "dtype": dtype, "workload": workload, "M": m, "N": n, "K": k,
+        "kernel": kernel, "pattern": pattern, "phase": "forward", "quantity": quantity,
+        "dense_ms": f"{dense.median_ms:.5g}", "sparse_ms": f"{ref.median_ms:.5g}" if sparse is not None else "",
+        "measured": f"{value:.4g}", "ref_runtime": ref_runtime, "direction": direction_of(value),
+        "source": f"{source}; spread {max(dense.spread, ref.spread):.0%}", "conf": "M",
+        "date_added": _dt.datetime.now(_dt.UTC).date().isoformat(),
     }
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def dense_fn(x: torch.Tensor, w: torch.Tensor, dtype: str) -> Callable[[], object]:
+    """The dense GEMM x @ w^T at `dtype` (cuBLAS): int8 through torch._int_mm, fp8 e4m3 through
+    torch._scaled_mm (per-tensor scales of 1), 16-bit through torch.nn.functional.linear."""
+    if dtype == "int8":
+        wt = w.t().contiguous().t()  # column-major second operand, as _int_mm wants
+        return lambda: torch._int_mm(x, wt.t())
+    if dtype == "fp8":
+        one = torch.ones((), device=x.device)
+        wt = w.t()
+        return lambda: torch._scaled_mm(x, wt, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+    return lambda: torch.nn.functional.linear(x, w)
+
+
+def operands(m: int, n: int, k: int, dtype: str, dev: torch.device, gen: torch.Generator
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(m, k, generator=gen)
+    w = torch.randn(n, k, generator=gen)
+    if dtype == "int8":
+        return (x * 20).clamp(-127, 127).to(torch.int8).to(dev), (w * 20).clamp(-127, 127).to(torch.int8).to(dev)
+    if dtype == "fp8":
+        return x.to(dev).to(torch.float8_e4m3fn), w.to(dev).to(torch.float8_e4m3fn)
+    dt = TORCH_FLOAT[dtype]
+    return x.to(dev, dt), w.to(dev, dt)
+
+
+def semi_structured_fn(x: torch.Tensor, w: torch.Tensor, *, force_cutlass: bool) -> Callable[[], object]:
+    """A 2:4 linear through torch's semi-structured tensors on one library; checked against dense
+    for floating dtypes."""
+    from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+    SparseSemiStructuredTensor._FORCE_CUTLASS = force_cutlass
+    pruned = w * mask_24(w.float() if not w.is_floating_point() or w.element_size() == 1 else w)
+    ws = to_sparse_semi_structured(pruned)
+    if pruned.is_floating_point() and pruned.element_size() >= 2:
+        ref = torch.nn.functional.linear(x, pruned)
+        out = torch.nn.functional.linear(x, ws)
+        if not torch.allclose(out.float(), ref.float(), rtol=5e-2, atol=5e-1):
+            raise ValueError("2:4 result differs from the dense result")
+    return lambda: torch.nn.functional.linear(x, ws)
+
+
+def csr_fn(w: torch.Tensor, xt: torch.Tensor, sparsity: float, gen: torch.Generator) -> Callable[[], object]:
+    ws = (w * mask_unstructured(w, sparsity, gen)).to_sparse_csr()
+    return lambda: torch.mm(ws, xt)
+
+
+def bsr_fn(w: torch.Tensor, xt: torch.Tensor, b: int, sparsity: float, gen: torch.Generator) -> Callable[[], object]:
+    ws = (w * mask_blocks(w, b, sparsity, gen)).to_sparse_bsr((b, b))
+    return lambda: torch.mm(ws, xt)
+
+
+def _skip(what: str, e: BaseException) -> None:
+    print(f"skip {what}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
+
+
+def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool) -> list[dict]:
+    dev = torch.device("cuda" if cuda else "cpu")
+    shapes = [(8, 64, 128), (64, 128, 256)] if args.cpu_smoke else (SHAPES_QUICK if args.quick else SHAPES_FULL)
+    dtypes = ["fp32"] if args.cpu_smoke else [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in DTYPES and not (args.cpu_smoke and d == "fp32"):
+            raise SystemExit(f"gpu_measure: unknown dtype {d!r} (use {', '.join(DTYPES)})")
+    gen = torch.Generator().manual_seed(0)
+    rep = {"repeats": args.repeats, "inner": args.inner, "cuda": cuda}
+    rows: list[dict] = []
+    for dname in dtypes:
+        for m, n, k in shapes:
+            bytes_per = 1 if dname in ("int8", "fp8") else (4 if dname == "fp32" else 2)
+            need = (m * k + n * k * 3 + m * n * 2) * bytes_per
+            if cuda and need > 0.6 * torch.cuda.mem_get_info()[0]:
+                print(f"skip {m}x{n}x{k} {dname}: needs {need / 1e9:.1f} GB")
+                continue
+            try:
+                x, w = operands(m, n, k, dname, dev, gen)
+                dense = time_ms(dense_fn(x, w, dname), **rep)
+            except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
+                _skip(f"dense {m}x{n}x{k} {dname}", e)
+                continue
+            cases: list[tuple[str, str, Callable[[], Callable[[], object]]]] = []
+            if cuda:
+                for lib, force in SPARSE_LIBRARIES:
+                    cases.append(("2:4", lib, lambda force=force, x=x, w=w: semi_structured_fn(x, w, force_cutlass=force)))
+            if dname in TORCH_FLOAT:  # torch's CSR/BSR matmuls take floating dtypes only
+                xt = x.t().contiguous()
+                for sp in CSR_SPARSITIES:
+                    cases.append((f"unstructured:{sp:g}", "cusparse-csr", lambda sp=sp, w=w, xt=xt: csr_fn(w, xt, sp, gen)))
+                for b, sp in BSR_CASES:
+                    if n % b == 0 and k % b == 0:
+                        cases.append((f"block{b}x{b}:{sp:g}", "bsr", lambda b=b, sp=sp, w=w, xt=xt: bsr_fn(w, xt, b, sp, gen)))
+            for pattern, kernel, build in cases:
+                try:
+                    sparse = time_ms(build(), **rep)
+                except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
+                    _skip(f"{kernel} {pattern} {m}x{n}x{k} {dname}", e)
+                    continue
+                finally:
+                    if cuda:
+                        torch.cuda.empty_cache()
+                r = row(gpu=gpu, runtime="eager", dtype=dname, pattern=pattern, kernel=kernel, dense=dense,
+                        sparse=sparse, source=source, shape=(m, n, k))
+                rows.append(r)
+                print(f"{kernel:<14} {pattern:<18} {dname} {m}x{n}x{k}: dense {r['dense_ms']} ms, "
+                      f"sparse {r['sparse_ms']} ms, {r['measured']}x")
+    return rows
+
+
+# ----------------------------------------------------------------------------- BERT-base
+
+def bert_model(batch: int, seq: int, dev: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, dict]:
+    """BERT-base (BertModel, random weights, eager attention as the 2:4 tutorial's transformers ran it)."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(attn_implementation="eager")
+    model = BertModel(config).to(dev, dtype).eval()
+    ids = torch.randint(0, config.vocab_size, (batch, seq), device=dev)
+    return model, {"input_ids": ids}
+
+
+def sparsify_encoder_linears(model: torch.nn.Module) -> None:
+    """Every Linear inside the encoder layers: 2:4 mask and a semi-structured weight (as the tutorial)."""
+    from torch.sparse import to_sparse_semi_structured
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) and ".layer." in f".{name}":
+            w = mod.weight.detach()
+            mod.weight = torch.nn.Parameter(to_sparse_semi_structured(w * mask_24(w)), requires_grad=False)
+
+
+def measure_bert(args: argparse.Namespace, *, gpu: str, source: str) -> list[dict]:
+    rep = {"repeats": max(5, args.repeats // 3), "inner": 1, "cuda": True}
+    rows: list[dict] = []
+    dev = torch.device("cuda")
+    for batch, seq in (BERT_QUICK if args.quick else BERT_CASES):
+        workload = f"bert-base:batch={batch},seq={seq},device=meta,attn=eager"
+        times: dict[tuple[str, str], Timing] = {}
+        for plan in ("dense", "2:4"):
+            try:
+                model, inputs = bert_model(batch, seq, dev, torch.float16)
+                if plan == "2:4":
+                    sparsify_encoder_linears(model)
+                with torch.inference_mode():
+                    times[(plan, "eager")] = time_ms(lambda m=model, i=inputs: m(**i), **rep)
+                    compiled = torch.compile(model, mode="max-autotune")
+                    times[(plan, "compiled")] = time_ms(lambda c=compiled, i=inputs: c(**i), **rep)
+            except Exception as e:  # noqa: BLE001  (any failure skips the case with its reason)
+                _skip(f"BERT-base {plan} batch {batch}", e)
+            finally:
+                torch.cuda.empty_cache()
+        if ("dense", "eager") in times and ("dense", "compiled") in times:
+            rows.append(row(gpu=gpu, runtime="eager", ref_runtime="compiled", dtype="fp16", pattern="dense",
+                            kernel="", dense=times[("dense", "eager")], sparse=times[("dense", "compiled")],
+                            source=source, workload=workload, quantity="runtime_ratio",
+                            name=f"measured-bert-base-bs{batch}-eager-vs-compiled"))
+        for rt in ("eager", "compiled"):
+            if ("dense", rt) in times and ("2:4", rt) in times:
+                rows.append(row(gpu=gpu, runtime=rt, dtype="fp16", pattern="2:4", kernel="",
+                                dense=times[("dense", rt)], sparse=times[("2:4", rt)], source=source,
+                                workload=workload, name=f"measured-bert-base-bs{batch}-{rt}-2:4"))
+        for r in rows[-3:]:
+            print(f"{r['case']:<48} {r['quantity']:<14} {r['measured']}")
+    return rows
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
     cuda = not args.cpu_smoke
-    dev = torch.device("cuda" if cuda else "cpu")
     if cuda:
         gpu_name = torch.cuda.get_device_name(0)
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 stays fp32, as the device files assume
@@ -171,89 +355,18 @@ def measure(args: argparse.Namespace) -> list[dict]:
         gpu_name = "cpu-smoke"
         versions = f"torch {torch.__version__}, CPU smoke run"
     target = args.device_name or device_file_name(gpu_name)
-    backend = _set_backend(args.backend)
-    source = f"benchmarks/gpu_measure.py on {gpu_name} ({versions})"
-    shapes = [(8, 64, 128), (64, 128, 256)] if args.cpu_smoke else (SHAPES_QUICK if args.quick else SHAPES_FULL)
-    dtypes = ["fp32"] if args.cpu_smoke else args.dtypes.split(",")
-    gen = torch.Generator().manual_seed(0)
-    rows: list[dict] = []
-    print(f"# {source}; device file: {target}; 2:4 backend: {backend}")
-    for dname in dtypes:
-        if dname not in DTYPES:
-            raise SystemExit(f"gpu_measure: unknown dtype {dname!r} (use {', '.join(DTYPES)})")
-        dt = DTYPES[dname]
-        for m, n, k in shapes:
-            need = (m * k + n * k * 3 + m * n * 2) * torch.finfo(dt).bits // 8
-            if cuda and need > 0.6 * torch.cuda.mem_get_info()[0]:
-                print(f"skip {m}x{n}x{k} {dname}: needs {need / 1e9:.1f} GB")
-                continue
-            x = torch.randn(m, k, generator=gen).to(dev, dt)
-            w = torch.randn(n, k, generator=gen).to(dev, dt)
-            xt = x.t().contiguous()
-            rep = dict(repeats=args.repeats, inner=args.inner, cuda=cuda)
-            dense_linear = time_ms(lambda: torch.nn.functional.linear(x, w), **rep)
-            dense_mm = time_ms(lambda: torch.mm(w, xt), **rep)
-            cases: list[tuple[str, str, Callable[[], Callable[[], object]], Timing]] = []
-            if cuda and dname != "fp32":
-                cases.append(("2:4", f"2:4 {backend}", lambda: _semi_structured(x, w), dense_linear))
-            for sp in CSR_SPARSITIES:
-                cases.append((f"unstructured:{sp:g}", "csr", lambda sp=sp: _csr(w, xt, sp, gen), dense_mm))
-            for b, sp in BSR_CASES:
-                if n % b == 0 and k % b == 0:
-                    cases.append((f"block{b}x{b}:{sp:g}", "bsr", lambda b=b, sp=sp: _bsr(w, xt, b, sp, gen), dense_mm))
-            for pattern, kind, build, dense_t in cases:
-                try:
-                    fn = build()
-                    sparse_t = time_ms(fn, **rep)
-                except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
-                    print(f"skip {kind} {pattern} {m}x{n}x{k} {dname}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
-                    continue
-                finally:
-                    if cuda:
-                        torch.cuda.empty_cache()
-                row = _row(target, dname, m, n, k, dense_t, sparse_t, pattern, kind, source)
-                rows.append(row)
-                print(f"{kind:<16} {pattern:<18} {dname} {m}x{n}x{k}: dense {row['dense_ms']} ms, "
-                      f"sparse {row['sparse_ms']} ms, {row['measured_speedup']}x")
-            del x, w, xt
+    day = _dt.datetime.now(_dt.UTC).date().isoformat()
+    source = f"benchmarks/gpu_measure.py on {gpu_name} ({versions}), {day}"
+    print(f"# {source}; device file: {target}")
+    rows = measure_gemms(args, gpu=target, source=source, cuda=cuda)
+    if cuda and not args.no_bert:
+        rows += measure_bert(args, gpu=target, source=source)
     return rows
 
 
-def _set_backend(name: str) -> str:
-    from torch.sparse import SparseSemiStructuredTensor
-
-    if name == "cutlass":
-        SparseSemiStructuredTensor._FORCE_CUTLASS = True
-    elif name == "cusparselt":
-        SparseSemiStructuredTensor._FORCE_CUTLASS = False
-    return "cutlass" if SparseSemiStructuredTensor._FORCE_CUTLASS else "cusparselt (cutlass if unavailable)"
-
-
-def _semi_structured(x: torch.Tensor, w: torch.Tensor) -> Callable[[], object]:
-    from torch.sparse import to_sparse_semi_structured
-
-    pruned = w * mask_24(w)
-    ws = to_sparse_semi_structured(pruned)
-    ref = torch.nn.functional.linear(x, pruned)
-    out = torch.nn.functional.linear(x, ws)
-    if not torch.allclose(out.float(), ref.float(), rtol=5e-2, atol=5e-1):
-        raise ValueError("2:4 result differs from the dense result")
-    return lambda: torch.nn.functional.linear(x, ws)
-
-
-def _csr(w: torch.Tensor, xt: torch.Tensor, sparsity: float, gen: torch.Generator) -> Callable[[], object]:
-    ws = (w * mask_unstructured(w, sparsity, gen)).to_sparse_csr()
-    return lambda: torch.mm(ws, xt)
-
-
-def _bsr(w: torch.Tensor, xt: torch.Tensor, b: int, sparsity: float, gen: torch.Generator) -> Callable[[], object]:
-    ws = (w * mask_blocks(w, b, sparsity, gen)).to_sparse_bsr((b, b))
-    return lambda: torch.mm(ws, xt)
-
-
 def _print_predictions(rows: list[dict]) -> None:
-    from sparsesim.hw.devices import load_device
     from sparsesim.core.errors import SparsesimError
+    from sparsesim.hw.devices import load_device
 
     try:
         device = load_device(rows[0]["device"])
@@ -262,19 +375,22 @@ def _print_predictions(rows: list[dict]) -> None:
         return
     print(f"# predicted on {device.name}:")
     for r in rows:
-        p = predict_case({k: str(v) for k, v in r.items()}, device)
-        print(f"{r['case']:<60} measured {float(r['measured_speedup']):6.3f}x  predicted {p['predicted_speedup']:6.3f}x")
+        try:
+            p = predict_case({k: str(v) for k, v in r.items()}, device)
+        except SparsesimError as e:
+            print(f"{r['case']:<60} not predicted: {e}")
+            continue
+        print(f"{r['case']:<60} measured {float(r['measured']):8.4g}  predicted {p['predicted']:8.4g}")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="table to append to (default: the packaged gpu_published.csv)")
-    ap.add_argument("--dtypes", default="fp16,bf16,fp32", help="comma-separated: fp16,bf16,fp32")
-    ap.add_argument("--quick", action="store_true", help="three shapes only")
+    ap.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated: {','.join(DTYPES)}")
+    ap.add_argument("--quick", action="store_true", help="three shapes and one BERT batch only")
+    ap.add_argument("--no-bert", action="store_true", help="skip the eager vs compiled BERT-base runs")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--inner", type=int, default=10, help="back-to-back calls per timed sample")
-    ap.add_argument("--backend", choices=("default", "cutlass", "cusparselt"), default="default",
-                    help="2:4 backend of torch.sparse semi-structured tensors")
     ap.add_argument("--device-name", default=None, help="device-file name to record (default: from the GPU name)")
     ap.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
     ap.add_argument("--cpu-smoke", action="store_true", help="check this script's dense/CSR/BSR paths on the CPU")

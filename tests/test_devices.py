@@ -187,9 +187,9 @@ def test_gpu_cross_field_checks(tmp_path):
     assert "fp32_uses_tf32" in _load_error(flag)
     no_energy = _a100_with(tmp_path, "mac_energy.int8", None, "m.toml")
     assert "mac_energy" in _load_error(no_energy)
-    setting_unit = _a100_with(tmp_path, "sparse_fused_transpose",
-                              'sparse_fused_transpose = { value = false, unit = "W", source = "x" }', "s.toml")
-    assert "sparse_fused_transpose" in _load_error(setting_unit)
+    setting_unit = _a100_with(tmp_path, "fp32_conv_uses_tf32",
+                              'fp32_conv_uses_tf32 = { value = false, unit = "W", source = "x" }', "s.toml")
+    assert "fp32_conv_uses_tf32" in _load_error(setting_unit)
 
 
 def test_unknown_device_name():

@@ -120,7 +120,7 @@ def test_a_24_sparse_checkpoint_is_recognised_and_runs_on_sparse_tensor_cores():
     wl = trace(m, (torch.randn(64, 256).half(),))
     sw = sparsify(wl, load_plan("dense"))
     assert sw.layers["weight"].pattern.label == "2:4"
-    assert estimate(sw, "a100-sxm4-80gb")["kernel"].iat[0] == "2:4 sparse tensor core"
+    assert estimate(sw, "a100-sxm4-80gb")["kernel"].iat[0].startswith("2:4 sparse tensor core")
 
 
 def test_trace_without_a_plan_shows_a_pruned_models_density(cli, tmp_path, monkeypatch):

@@ -160,7 +160,7 @@ def test_torchao_training_linear_within_10_percent():
         kernels = dict(zip(df["pass"], df["kernel"]))
         if m == "2:4":
             assert "sparse tensor core" in kernels["forward"] and "sparse tensor core" in kernels["grad-input"]
-            assert kernels["grad-weight"] == "dense"
+            assert kernels["grad-weight"].startswith("dense")
     published = 1.6608 / 1.3420
     assert abs((t["dense"] / t["2:4"]) / published - 1) < 0.10
 

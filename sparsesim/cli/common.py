@@ -21,6 +21,32 @@ def add_device_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", required=True, help=DEVICE_HELP)
 
 
+def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
+    """--runtime, --kernel and --dtype: how the model is deployed, beyond the device."""
+    from sparsesim.hw.runtimes import RUNTIME_HELP, RUNTIMES
+    from sparsesim.tracing.retype import DEPLOY_DTYPES
+
+    p.add_argument("--runtime", default="", choices=("",) + RUNTIMES, metavar="|".join(RUNTIMES),
+                   help=f"{RUNTIME_HELP}; default: each device file's default runtime")
+    p.add_argument("--kernel", default="",
+                   help="force one kernel library for the ops it serves (GPU: cublas, cusparselt, cutlass-24, "
+                        "sputnik, cusparse-csr, flash-llm, bsr, marlin, sparse-marlin); default: the runtime "
+                        "picks the fastest it offers")
+    p.add_argument("--dtype", default="", choices=("",) + DEPLOY_DTYPES, metavar="|".join(DEPLOY_DTYPES),
+                   help="deploy the model at this dtype (int8 and fp8 quantise GEMMs and the activations "
+                        "between them; int4 is weight-only); default: as traced")
+
+
+def deployment(args: argparse.Namespace) -> dict[str, str]:
+    """The deployment keyword arguments of the run API, from --runtime/--kernel/--dtype."""
+    if args.kernel:
+        from sparsesim.cost.families.gpu_kernels import KERNELS
+
+        if args.kernel not in KERNELS:
+            raise SparsesimError(f"--kernel {args.kernel!r}: unknown kernel (known: {', '.join(KERNELS)})")
+    return {"runtime": args.runtime, "kernel": args.kernel, "dtype": args.dtype}
+
+
 def add_criterion_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--criterion", default="magnitude", help="mask criterion used to build masks")
 

@@ -7,12 +7,19 @@ import argparse
 from typing import Any
 
 from sparsesim.run import results
-from sparsesim.cli.common import add_criterion_argument, add_workload_argument, render_user_devices, user_devices_joining
+from sparsesim.cli.common import (
+    add_criterion_argument,
+    add_deployment_arguments,
+    add_workload_argument,
+    deployment,
+    render_user_devices,
+    user_devices_joining,
+)
 
 NAME = "compare"
 HELP = "compare sparsity plans across devices: latency, speedup over dense, energy, memory and why"
 
-ROW_FIELDS = ("device", "family", "plan", "latency_s", "speedup_vs_dense", "energy_j", "energy_vs_dense",
+ROW_FIELDS = ("device", "family", "runtime", "plan", "latency_s", "speedup_vs_dense", "energy_j", "energy_vs_dense",
               "memory_bytes", "memory_vs_dense", "fallback_ops", "sparse_ops", "bound", "why",
               "memory_need_bytes", "memory_capacity_bytes", "fits", "device_file", "model")
 WHY_WIDTH = 100
@@ -28,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plans", default=",".join(DEFAULT_PLANS),
                    help=f"comma-separated patterns or plan files (default: {','.join(DEFAULT_PLANS)})")
     add_criterion_argument(p)
+    add_deployment_arguments(p)
 
 
 def _plans(text: str) -> list[str]:
@@ -39,7 +47,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from sparsesim.run.estimate import compare
 
     plans = _plans(args.plans)
-    summary = compare(args.workload, args.devices, plans, criterion=args.criterion)
+    summary = compare(args.workload, args.devices, plans, criterion=args.criterion, **deployment(args))
     return {
         "workload": str(summary["workload"].iat[0]) if len(summary) else args.workload,
         "plans": plans,
@@ -56,7 +64,7 @@ def render(doc: dict[str, Any]) -> str:
            *render_user_devices(doc.get("user_devices", [])), ""]
     for dev in doc["devices"]:
         rows = [r for r in doc["rows"] if r["device"] == dev]
-        out.append(f"{dev} ({rows[0]['family']}, {rows[0]['device_file']})")
+        out.append(f"{dev} ({rows[0]['family']}, {rows[0]['device_file']}), runtime {rows[0]['runtime']}")
         fit = [results.fit_note(r) for r in rows]
         out.append(results.text_table(
             [(r["plan"], results.fmt_si(r["latency_s"], "s"), results.fmt_ratio(r["speedup_vs_dense"]),

@@ -78,12 +78,42 @@ def describe(device) -> dict[str, Any]:
             "fit_error": prov.fit_error,
             "inherited_from": prov.inherited_from,
         })
+    fields.extend(_runtime_fields(device))
     from sparsesim.hw.devices import SOURCES_FILE, sources_file
 
     cited = any(SOURCES_FILE in f["source"] for f in fields)
     shipped = sources_file() if cited else None
     return {"name": device.name, "family": device.family, "description": device.description,
             "path": device.path, "fields": fields, "sources_file": str(shipped) if shipped else None}
+
+
+def _runtime_fields(device) -> list[dict[str, Any]]:
+    """The default runtime and every field of every runtime the file describes (hw.runtimes)."""
+    import dataclasses
+
+    out = []
+    names = ["default_runtime"] if "default_runtime" in device.provenance else []
+    for rt_name, params in (device.runtimes.by_name.items() if device.runtimes is not None else []):
+        for f in dataclasses.fields(params):
+            names.append(f"runtime.{rt_name}.{f.name}")
+    for name in names:
+        prov = device.provenance.get(name)
+        if prov is None:
+            continue  # a runtime field left at its default
+        if name == "default_runtime":
+            value: Any = device.default_runtime
+            dim = None
+        else:
+            _, rt_name, fname = name.split(".")
+            value = getattr(device.runtimes.by_name[rt_name], fname)
+            dim = next(f.metadata.get("dim") for f in dataclasses.fields(device.runtimes.by_name[rt_name])
+                       if f.name == fname)
+        if isinstance(value, tuple):
+            value = list(value)
+        out.append({"field": name, "value": _in_file_unit(value, dim, prov.unit), "unit": prov.unit if dim else "",
+                    "source": prov.source, "fit_date": prov.fit_date, "fit_error": prov.fit_error,
+                    "inherited_from": prov.inherited_from})
+    return out
 
 
 def summarize(device) -> dict[str, Any]:

@@ -6,7 +6,13 @@ import argparse
 from typing import Any
 
 from sparsesim.run import results
-from sparsesim.cli.common import add_criterion_argument, add_device_argument, add_workload_argument
+from sparsesim.cli.common import (
+    add_criterion_argument,
+    add_deployment_arguments,
+    add_device_argument,
+    add_workload_argument,
+    deployment,
+)
 
 NAME = "estimate"
 HELP = "latency, energy and memory of a workload under a sparsity plan on one device, op by op"
@@ -26,12 +32,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", default="dense",
                    help="pattern (dense, 2:4, unstructured:0.9, block4x4:0.5, channel:0.5) or plan file")
     add_criterion_argument(p)
+    add_deployment_arguments(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from sparsesim.run.estimate import compare_tables, plan_label
 
-    tables = compare_tables(args.workload, [args.device], [args.plan], criterion=args.criterion)
+    tables = compare_tables(args.workload, [args.device], [args.plan], criterion=args.criterion, **deployment(args))
     label = plan_label(args.plan)
     ops = tables.per_op[tables.per_op["plan"] == label]
     row = results.records(tables.summary)[0]
@@ -39,6 +46,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "workload": row["workload"],
         "device": row["device"],
         "family": row["family"],
+        "runtime": row["runtime"],
         "plan": label,
         "device_file": row["device_file"],
         "model": row["model"],
@@ -63,7 +71,7 @@ def render(doc: dict[str, Any]) -> str:
         for o in doc["ops"]
     ]
     head = (f"{doc['workload']} on {doc['device']} ({doc['family']}, {doc['device_file']}), "
-            f"plan {doc['plan']}")
+            f"runtime {doc['runtime']}, plan {doc['plan']}")
     body = results.text_table(rows, ("#", "module", "kind", "pattern", "kernel", "latency", "share",
                                      "bound", "fallback", "why"))
     foot = [

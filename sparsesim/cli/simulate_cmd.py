@@ -7,7 +7,13 @@ import argparse
 from typing import Any
 
 from sparsesim.run import results
-from sparsesim.cli.common import add_criterion_argument, add_device_argument, add_workload_argument
+from sparsesim.cli.common import (
+    add_criterion_argument,
+    add_deployment_arguments,
+    add_device_argument,
+    add_workload_argument,
+    deployment,
+)
 
 NAME = "simulate"
 HELP = "simulate a workload on a device: overlap, stream throughput, serving p50/p99 at a request rate"
@@ -28,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-overlap", action="store_true", help="no weight-fetch/compute overlap between ops")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival process")
     add_criterion_argument(p)
+    add_deployment_arguments(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -35,7 +42,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     res = simulate(args.workload, args.device, args.plan, qps=args.qps, requests=args.requests,
                    overlap=not args.no_overlap, seed=args.seed, stream=args.stream, max_batch=args.max_batch,
-                   criterion=args.criterion)
+                   criterion=args.criterion, **deployment(args))
     doc = res.to_dict()
     doc["totals"] = {"latency_s": doc["latency_s"], "energy_j": doc["energy_j"],
                      "memory_bytes": doc["memory_bytes"]}
@@ -45,7 +52,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def render(doc: dict[str, Any]) -> str:
     s = lambda v: results.fmt_si(v, "s")  # noqa: E731
     lines = [
-        f"{doc['workload']} on {doc['device']} ({doc['family']}, {doc['device_file']}), plan {doc['plan']}, "
+        f"{doc['workload']} on {doc['device']} ({doc['family']}, {doc['device_file']}), runtime {doc['runtime']}, "
+        f"plan {doc['plan']}, "
         f"overlap {'on' if doc['overlap'] else 'off'}",
         "",
         f"one inference      {s(doc['latency_s'])}  (sum of per-op estimates {s(doc['serial_latency_s'])}; "

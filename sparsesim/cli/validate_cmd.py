@@ -19,9 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_timing_arguments(parser, quick_help="a small grid (seconds) for CI",
                          threads_help="torch threads while timing (default 1)")
     parser.add_argument("--no-cases", action="store_true", help="print only the error summary, not every case")
+    parser.add_argument("--published", action="store_true",
+                        help="only the published figures (device, runtime, dtype and shape of each case, with its "
+                             "source) through the model: predicted vs published, no host timing")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.published:
+        from sparsesim.fidelity.validate import gpu_published
+
+        return {"published_only": True, "gpu_published": gpu_published(), "show_cases": not args.no_cases}
     from sparsesim.fidelity.validate import validate
 
     progress = timing_progress(args, NAME)
@@ -32,5 +39,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def render(doc: dict[str, Any]) -> str:
     from sparsesim.fidelity.validate import render as render_doc
+    from sparsesim.fidelity.validate import render_published
+
+    if doc.get("published_only"):
+        return render_published(doc["gpu_published"], cases=doc.get("show_cases", True))
 
     return render_doc(doc, cases=doc.get("show_cases", True))

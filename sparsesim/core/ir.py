@@ -16,6 +16,15 @@ DTYPE_BYTES: Mapping[str, float] = {
     "int32": 4, "int64": 8, "bool": 1,
 }
 
+# weight-only dtypes: the weight is stored at the dtype, the activations and the arithmetic stay
+# at this 16-bit dtype (int4 weight-only GEMMs dequantise in the kernel, as Marlin does)
+WEIGHT_ONLY_DTYPES: Mapping[str, str] = {"int4": "fp16"}
+
+
+def activation_dtype(dtype: str) -> str:
+    """The dtype activations (and the arithmetic) of an op at `dtype` run in."""
+    return WEIGHT_ONLY_DTYPES.get(dtype, dtype)
+
 
 @dataclass(frozen=True)
 class GemmShape:

@@ -22,7 +22,7 @@ from typing import Mapping
 from sparsesim.cost.energy import action_energy
 from sparsesim.cost.record import Cost
 from sparsesim.hw.devices import Device
-from sparsesim.core.ir import DTYPE_BYTES, MEMORY_KINDS, GemmShape, Op
+from sparsesim.core.ir import DTYPE_BYTES, MEMORY_KINDS, GemmShape, Op, activation_dtype
 from sparsesim.sparsity.records import LayerSparsity
 
 
@@ -98,18 +98,20 @@ def gemm_work(op: Op, layer: LayerSparsity | None = None) -> GemmWork:
     if op.gemm is None:
         raise ValueError(f"op {op.index} ({op.aten}, module {op.module!r}) has no GEMM shape")
     db = DTYPE_BYTES[op.dtype]
+    # a weight-only dtype (int4) stores the weight narrow; activations stay 16-bit
+    adb = DTYPE_BYTES[activation_dtype(op.dtype)]
     pruned = layer is not None and layer.pattern.spec.shrinks_op
     if op.kind == "attention":
         qk, pv = gemms_of(op)
         bg = qk.batch * qk.groups
-        a = bg * qk.m * qk.k * db                      # Q
-        w = bg * qk.n * qk.k * db + bg * pv.k * pv.n * db  # K and V
-        c = bg * pv.m * pv.n * db                      # O
+        a = bg * qk.m * qk.k * adb                       # Q
+        w = bg * qk.n * qk.k * adb + bg * pv.k * pv.n * adb  # K and V
+        c = bg * pv.m * pv.n * adb                       # O
         return GemmWork((qk, pv), op.dtype, db, qk.macs + pv.macs, a, w, c)
     g = op.gemm
     bg = g.batch * g.groups
-    a = bg * g.m * g.k * db
-    c = bg * g.m * g.n * db
+    a = bg * g.m * g.k * adb
+    c = bg * g.m * g.n * adb
     # a parameter is stored once and shared over the batch; a bmm's B operand is per batch
     w = (g.groups if op.weight is not None else bg) * g.n * g.k * db
     density, values, meta = 1.0, w, 0.0

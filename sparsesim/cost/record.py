@@ -49,9 +49,13 @@ class RunContext:
     keeps an op's weights between inferences only if the whole model fits in it; otherwise every
     op streams its weights from DRAM. None means the op runs alone, repeated in a loop as a
     micro-benchmark does (calibration, validation): its weights stay wherever they fit.
+    `runtime` names the runtime the model runs under ("" = the device file's default) and
+    `kernel` a kernel the user forces for the ops it serves ("" = the runtime picks the fastest).
     """
 
     model_weight_bytes: float | None = None
+    runtime: str = ""
+    kernel: str = ""
 
 
 ALONE = RunContext()

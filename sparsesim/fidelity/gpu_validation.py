@@ -1,39 +1,51 @@
-"""Check the GPU model against published (and locally measured) GPU figures.
+"""Check the model against published (and locally measured) GPU figures, runtime and kernel included.
 
-The table `sparsesim/validation_data/gpu_published.csv` holds one row per published case: the
-GPU (a device file name), dtype, GEMM shape M x N x K (activation rows, weight rows, weight cols),
-the measured dense/sparse times and speedup when the source gives them, the pattern, the phase
-(`forward`: one linear; `training`: forward plus both backward GEMMs, the weight-gradient GEMM
-dense, as torchao's 2:4 training runs it), the direction the source reports, and the source with
-its confidence tag. `benchmarks/gpu_measure.py` appends measured rows to the same table.
+The table `sparsesim/validation_data/gpu_published.csv` holds one row per published case, each
+naming a device (a device file), a runtime (eager, compiled, engine), a dtype, a shape (a GEMM
+M x N x K = activation rows, weight rows, weight cols; or a workload spec such as
+`bert-base:batch=16,seq=384,device=meta`), the pattern, the kernel the source used where it
+forced one (`kernel`; empty = the runtime picks), what was measured (`quantity`) and its value
+(`measured`), the direction the source reports, and the source with its confidence tag:
 
-None of these figures is an input to the device files' kernel efficiencies; they are predicted.
+* `speedup`: dense latency / sparse latency, same runtime and device;
+* `runtime_ratio`: latency under `runtime` / latency under `ref_runtime` (same plan);
+* `throughput`: samples (or tokens) per second, the workload's batch / latency.
+
+GEMM rows have a phase: `forward` (one linear) or `training` (forward plus both backward GEMMs,
+the weight-gradient GEMM dense, as torchao's 2:4 training runs it). `benchmarks/gpu_measure.py`
+appends measured rows to the same table. None of these figures is an input to the device files,
+except where a device-file field says it was fitted to one (its source names the fit).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from sparsesim.cost import estimate_op
-from sparsesim.hw.devices import Device, load_device
-from sparsesim.core.errors import SparsesimError, WorkloadError
+from sparsesim.core.errors import SparsesimError, UnsupportedError, WorkloadError
 from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
+from sparsesim.cost.record import Cost
+from sparsesim.hw.devices import Device, load_device
+from sparsesim.hw.runtimes import RUNTIMES
 from sparsesim.sparsity.records import LayerSparsity, Pattern
 
 TABLE_COLUMNS = (
-    "case", "device", "dtype", "M", "N", "K", "dense_ms", "sparse_ms", "measured_speedup",
-    "pattern", "phase", "direction", "source", "conf", "date_added",
+    "case", "device", "runtime", "dtype", "workload", "M", "N", "K", "kernel", "pattern", "phase", "quantity",
+    "dense_ms", "sparse_ms", "measured", "ref_runtime", "direction", "source", "conf", "date_added",
 )
 PHASES = ("forward", "training")
-DIRECTIONS = ("faster", "slower", "not_faster")
+QUANTITIES = ("speedup", "runtime_ratio", "throughput")
+# "-": the quantity has no direction (an absolute throughput)
+DIRECTIONS = ("faster", "slower", "not_faster", "-")
 # "no meaningful speedup": within 10% of dense (the issue's wording for batch-1 GEMV with 2:4)
 NO_SPEEDUP_BAND = 0.10
+# the acceptance targets over every case with a measured value
+TARGET_MEDIAN, TARGET_P90 = 0.10, 0.25
 
 
 def published_table_path() -> Path:
@@ -54,32 +66,40 @@ def load_table(path: str | Path | None = None) -> list[dict[str, str]]:
     except OSError as e:
         raise WorkloadError(f"{p}: cannot read validation table ({e.strerror})") from None
     for i, r in enumerate(rows, start=2):
-        where = f"{p}:{i} (case {r.get('case')!r})"
+        _check_row(r, f"{p}:{i} (case {r.get('case')!r})")
+    return rows
+
+
+def _check_row(r: Mapping[str, str], where: str) -> None:
+    if not (r["workload"] or "").strip():
         for c in ("M", "N", "K"):
             if not (r[c] or "").strip().isdigit() or int(r[c]) <= 0:
                 raise WorkloadError(f"{where}: column {c} must be a positive integer, got {r[c]!r}")
-        if r["phase"] not in PHASES:
-            raise WorkloadError(f"{where}: phase must be one of {', '.join(PHASES)}, got {r['phase']!r}")
-        if r["direction"] not in DIRECTIONS:
-            raise WorkloadError(f"{where}: direction must be one of {', '.join(DIRECTIONS)}, got {r['direction']!r}")
-        if r["dtype"] not in DTYPE_BYTES:
-            raise WorkloadError(f"{where}: unknown dtype {r['dtype']!r}")
-        for c in ("dense_ms", "sparse_ms", "measured_speedup"):
-            if (r[c] or "").strip():
-                try:
-                    float(r[c])
-                except ValueError:
-                    raise WorkloadError(f"{where}: column {c} must be a number, got {r[c]!r}") from None
-    return rows
+    for col, allowed in (("phase", PHASES), ("direction", DIRECTIONS), ("quantity", QUANTITIES),
+                         ("runtime", RUNTIMES)):
+        if r[col] not in allowed:
+            raise WorkloadError(f"{where}: {col} must be one of {', '.join(allowed)}, got {r[col]!r}")
+    if r["quantity"] == "runtime_ratio" and r["ref_runtime"] not in RUNTIMES:
+        raise WorkloadError(f"{where}: a runtime_ratio row needs ref_runtime, one of {', '.join(RUNTIMES)}")
+    if r["dtype"] not in DTYPE_BYTES:
+        raise WorkloadError(f"{where}: unknown dtype {r['dtype']!r}")
+    for c in ("dense_ms", "sparse_ms", "measured"):
+        if (r[c] or "").strip():
+            try:
+                float(r[c])
+            except ValueError:
+                raise WorkloadError(f"{where}: column {c} must be a number, got {r[c]!r}") from None
 
 
 def gemm_op(m: int, n: int, k: int, dtype: str, *, weight: str | None = "weight", index: int = 0) -> Op:
     """A linear op (x[M,K] @ W[N,K]^T) or, with weight=None, a weightless matmul, for one GEMM."""
-    db = DTYPE_BYTES[dtype]
+    from sparsesim.core.ir import activation_dtype
+
+    db, adb = DTYPE_BYTES[dtype], DTYPE_BYTES[activation_dtype(dtype)]
     return Op(
         index=index, kind="linear" if weight else "matmul", aten="aten.mm.default", module="validation",
         call_index=0, dtype=dtype, input_shapes=((m, k), (n, k) if weight else (k, n)), output_shape=(m, n),
-        flops=2 * m * n * k, bytes_moved=int((m * k + n * k + m * n) * db), gemm=GemmShape(m, n, k),
+        flops=2 * m * n * k, bytes_moved=int((m * k + m * n) * adb + n * k * db), gemm=GemmShape(m, n, k),
         weight=weight, weight_shape=(n, k) if weight else None,
     )
 
@@ -105,7 +125,8 @@ def phase_ops(m: int, n: int, k: int, dtype: str, pattern: Pattern, phase: str
     transposed 2:4 copy) and grad-weight dW = dY^T X (dense: no weight operand).
     """
     fwd = gemm_op(m, n, k, dtype)
-    out = [(fwd, None, layer_for("weight", n, k, pattern, dtype))]
+    out: list[tuple[Op, LayerSparsity | None, LayerSparsity | None]] = [
+        (fwd, None, layer_for("weight", n, k, pattern, dtype))]
     if phase == "training":
         bwd_in = gemm_op(m, k, n, dtype, weight="weight_t", index=1)
         out.append((bwd_in, None, layer_for("weight_t", k, n, pattern, dtype)))
@@ -113,27 +134,94 @@ def phase_ops(m: int, n: int, k: int, dtype: str, pattern: Pattern, phase: str
     return out
 
 
-def predict_case(row: Mapping[str, str], device: Device) -> dict:
-    """Predicted dense and sparse latency of one table row on `device` (sum over its GEMMs)."""
+def _gemm_latencies(row: Mapping[str, str], device: Device, runtime: str) -> tuple[float, float, list[Cost]]:
+    from sparsesim.run.estimate import cost_one
     from sparsesim.sparsity.patterns import parse_pattern
+    from sparsesim.sparsity.shrink import shrink_layer_op
 
     m, n, k = int(row["M"]), int(row["N"]), int(row["K"])
     pattern = parse_pattern(row["pattern"])
     dense_s = sparse_s = 0.0
-    kernels, whys, fallback = [], [], False
+    costs = []
     for op, dense_layer, sparse_layer in phase_ops(m, n, k, row["dtype"], pattern, row["phase"]):
-        d = estimate_op(op, dense_layer, device)
-        s = estimate_op(op, sparse_layer, device)
-        dense_s += d.latency_s
+        dense_s += cost_one(op, dense_layer, device, runtime=runtime).latency_s
+        s = cost_one(shrink_layer_op(op, sparse_layer), sparse_layer, device, runtime=runtime, kernel=row["kernel"])
         sparse_s += s.latency_s
-        kernels.append(s.kernel)
-        whys.append(s.why)
-        fallback = fallback or s.fallback
+        costs.append(s)
+    return dense_s, sparse_s, costs
+
+
+def _workload_latencies(row: Mapping[str, str], device: Device, runtime: str) -> tuple[float, float, pd.DataFrame]:
+    from sparsesim.run.estimate import compare_tables
+
+    plans = ["dense"] + ([row["pattern"]] if row["pattern"] != "dense" else [])
+    dtype = row["dtype"] if row["dtype"] != _traced_dtype(row["workload"]) else ""
+    t = compare_tables(row["workload"], [device], plans, runtime=runtime, kernel=row["kernel"], dtype=dtype)
+    lat = dict(zip(t.summary["plan"], t.summary["latency_s"]))
+    ops = t.per_op[t.per_op["plan"] == plans[-1]]
+    return float(lat["dense"]), float(lat[plans[-1]]), ops
+
+
+def _traced_dtype(spec: str) -> str:
+    from sparsesim.run.estimate import resolve_workload
+
+    wl = resolve_workload(spec)
+    dts = [op.dtype for op in wl.ops if op.is_matmul]
+    return max(set(dts), key=dts.count) if dts else ""
+
+
+def _batch(spec: str) -> int:
+    from sparsesim.run.estimate import resolve_workload
+
+    return int(resolve_workload(spec).params.get("batch", 1))
+
+
+def predict_case(row: Mapping[str, str], device: Device) -> dict:
+    """The predicted value of one table row on `device`, with the latencies behind it; raises
+    SparsesimError when the row names a kernel the device's family has no model of."""
+    runtime = row["runtime"]
+    if row["kernel"] and device.family == "gpu":
+        from sparsesim.cost.families.gpu_kernels import KERNELS
+
+        if row["kernel"] not in KERNELS:
+            raise UnsupportedError(f"kernel {row['kernel']!r} is not modelled (known: {', '.join(KERNELS)})")
+    whys: list[str] = []
+    kernels: list[str] = []
+    fallback = False
+    if (row["workload"] or "").strip():
+        dense_s, sparse_s, ops = _workload_latencies(row, device, runtime)
+        if row["pattern"] != "dense":
+            touched = ops[ops["pattern"] != "dense"]
+            if len(touched):
+                top = touched.groupby("kernel")["latency_s"].sum().idxmax()
+                kernels.append(str(top))
+                fallback = bool(touched["fallback"].any())
+                whys.append(str(touched.sort_values("latency_s").iloc[-1]["why"]))
+    else:
+        dense_s, sparse_s, costs = _gemm_latencies(row, device, runtime)
+        kernels = [c.kernel for c in costs]
+        whys = [c.why for c in costs]
+        fallback = any(c.fallback for c in costs)
+    quantity = row["quantity"]
+    if quantity == "speedup":
+        value = dense_s / sparse_s if sparse_s > 0 else math.nan
+    elif quantity == "runtime_ratio":
+        ref = dict(row, runtime=row["ref_runtime"])
+        if (row["workload"] or "").strip():
+            ref_dense, ref_sparse, _ = _workload_latencies(ref, device, row["ref_runtime"])
+        else:
+            ref_dense, ref_sparse, _ = _gemm_latencies(ref, device, row["ref_runtime"])
+        mine, theirs = (dense_s, ref_dense) if row["pattern"] == "dense" else (sparse_s, ref_sparse)
+        value = mine / theirs if theirs > 0 else math.nan
+        whys.append(f"{runtime} {mine * 1e3:.3g} ms vs {row['ref_runtime']} {theirs * 1e3:.3g} ms")
+    else:
+        lat = sparse_s if row["pattern"] != "dense" else dense_s
+        value = _batch(row["workload"]) / lat if lat > 0 else math.nan
     return {
         "predicted_dense_ms": dense_s * 1e3,
         "predicted_sparse_ms": sparse_s * 1e3,
-        "predicted_speedup": dense_s / sparse_s if sparse_s > 0 else math.nan,
-        "kernel": " + ".join(kernels),
+        "predicted": value,
+        "kernel_used": " + ".join(kernels),
         "fallback": fallback,
         "why": " | ".join(whys),
     }
@@ -148,7 +236,9 @@ def direction_of(speedup: float) -> str:
 
 
 def direction_right(expected: str, speedup: float) -> bool:
-    """Whether a predicted speedup agrees with the direction the source reports."""
+    """Whether a predicted speedup (or runtime ratio) agrees with the direction the source reports."""
+    if expected == "-":
+        return True
     if expected == "faster":
         return speedup > 1
     if expected == "slower":
@@ -169,63 +259,75 @@ def _device_map(devices: Iterable[Device | str] | Mapping[str, Device] | None) -
     return out
 
 
+RESULT_COLUMNS = list(TABLE_COLUMNS) + ["predicted_dense_ms", "predicted_sparse_ms", "predicted", "abs_error",
+                                        "predicted_direction", "direction_right", "kernel_used", "fallback", "why"]
+
+
 def validate_gpu_published(
     devices: Iterable[Device | str] | Mapping[str, Device] | None = None,
     *,
     table: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Predict every row of the GPU validation table and compare with what was measured.
+    """Predict every row of the validation table and compare with what was published or measured.
 
     `devices` selects the devices to check (names, Device objects, or name -> Device); rows on
     other devices are skipped. With None every row is checked on its built-in device file; a
     row whose device has no file is kept with NaN predictions and a why saying so.
-    Columns: the table's, plus predicted_dense_ms, predicted_sparse_ms, predicted_speedup,
-    abs_error (|predicted/measured - 1|, NaN for direction-only rows), predicted_direction,
-    direction_right, kernel, fallback, why.
+    Columns: `RESULT_COLUMNS` (abs_error = |predicted/measured - 1|, NaN for direction-only rows).
     """
     wanted = _device_map(devices)
     records = []
     for row in load_table(table):
         name = row["device"].lower()
+        missing = ""
+        device: Device | None
         if wanted is not None:
             if name not in wanted:
                 continue
-            device: Device | None = wanted[name]
+            device = wanted[name]
         else:
             try:
                 device = load_device(row["device"])
             except SparsesimError as e:
                 device, missing = None, str(e)
         rec: dict = {c: row[c] for c in TABLE_COLUMNS}
-        for c in ("M", "N", "K"):
-            rec[c] = int(row[c])
-        for c in ("dense_ms", "sparse_ms", "measured_speedup"):
+        for c in ("dense_ms", "sparse_ms", "measured"):
             rec[c] = float(row[c]) if (row[c] or "").strip() else math.nan
         if device is None:
-            rec.update(predicted_dense_ms=math.nan, predicted_sparse_ms=math.nan, predicted_speedup=math.nan,
-                       kernel="", fallback=False, why=f"not predicted: {missing}")
+            rec.update(predicted_dense_ms=math.nan, predicted_sparse_ms=math.nan, predicted=math.nan,
+                       kernel_used="", fallback=False, why=f"not predicted: {missing}")
         else:
-            rec.update(predict_case(row, device))
-        pred, meas = rec["predicted_speedup"], rec["measured_speedup"]
-        rec["abs_error"] = abs(pred / meas - 1) if meas == meas and pred == pred and meas > 0 else math.nan
-        rec["predicted_direction"] = direction_of(pred) if pred == pred else ""
-        rec["direction_right"] = bool(pred == pred and direction_right(row["direction"], pred))
+            try:
+                rec.update(predict_case(row, device))
+            except SparsesimError as e:
+                rec.update(predicted_dense_ms=math.nan, predicted_sparse_ms=math.nan, predicted=math.nan,
+                           kernel_used="", fallback=False, why=f"not predicted: {e}")
+        pred, meas = rec["predicted"], rec["measured"]
+        known = not math.isnan(pred)
+        rec["abs_error"] = abs(pred / meas - 1) if known and not math.isnan(meas) and meas > 0 else math.nan
+        directional = row["quantity"] in ("speedup", "runtime_ratio")
+        rec["predicted_direction"] = direction_of(pred) if known and directional else "-"
+        rec["direction_right"] = bool(known and direction_right(row["direction"], pred))
         records.append(rec)
-    cols = list(TABLE_COLUMNS) + ["predicted_dense_ms", "predicted_sparse_ms", "predicted_speedup", "abs_error",
-                                  "predicted_direction", "direction_right", "kernel", "fallback", "why"]
-    return pd.DataFrame.from_records(records, columns=cols)
+    return pd.DataFrame.from_records(records, columns=RESULT_COLUMNS)
 
 
 def summary(df: pd.DataFrame) -> dict:
-    """Median and 90th-percentile |predicted/measured - 1| over rows with a measured speedup,
-    and how many directions came out right."""
+    """Median and 90th-percentile |predicted/measured - 1| over rows with a measured value, how
+    many directions came out right (of the rows that have one), and whether the targets hold."""
     err = df["abs_error"].dropna()
+    directional = df[df["direction"] != "-"]
+    med = float(err.median()) if len(err) else math.nan
+    p90 = float(err.quantile(0.9)) if len(err) else math.nan
+    right = int(directional["direction_right"].sum())
     return {
-        "cases": int(len(df)),
-        "with_speedup": int(len(err)),
-        "median_abs_error": float(err.median()) if len(err) else math.nan,
-        "p90_abs_error": float(err.quantile(0.9)) if len(err) else math.nan,
-        "direction_right": int(df["direction_right"].sum()),
+        "cases": len(df),
+        "with_value": len(err),
+        "median_abs_error": med,
+        "p90_abs_error": p90,
+        "direction_cases": len(directional),
+        "direction_right": right,
+        "targets_met": bool(med <= TARGET_MEDIAN and p90 <= TARGET_P90 and right == len(directional)),
     }
 
 
@@ -233,6 +335,8 @@ def append_rows(rows: Sequence[Mapping[str, object]], path: str | Path | None = 
     """Append measured rows (TABLE_COLUMNS keys) to the validation table; returns its path."""
     p = Path(path) if path is not None else published_table_path()
     new = not p.exists() or p.stat().st_size == 0
+    for i, r in enumerate(rows):
+        _check_row({c: str(r.get(c, "")) for c in TABLE_COLUMNS}, f"{p}: appended row {i} (case {r.get('case')!r})")
     with p.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(TABLE_COLUMNS), extrasaction="raise")
         if new:

@@ -231,24 +231,25 @@ def crossovers(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
-GPU_COLUMNS = ("case", "device", "dtype", "M", "N", "K", "pattern", "phase", "measured_speedup",
-               "predicted_speedup", "abs_error", "direction", "predicted_direction", "direction_right",
-               "source", "conf")
+GPU_COLUMNS = ("case", "device", "runtime", "dtype", "workload", "M", "N", "K", "kernel", "pattern", "phase",
+               "quantity", "measured", "predicted", "abs_error", "direction", "predicted_direction",
+               "direction_right", "kernel_used", "fallback", "source", "conf")
 
 
 def gpu_published() -> dict[str, Any]:
-    """The published GPU figures through the GPU model (sparsesim.fidelity.gpu_validation), with the
-    same error columns as the host table."""
-    from sparsesim.fidelity.gpu_validation import summary, validate_gpu_published
+    """The published figures through the model (sparsesim.fidelity.gpu_validation), each case with
+    its device, runtime, dtype, shape and source, and the error summary against the targets."""
+    from sparsesim.fidelity.gpu_validation import TARGET_MEDIAN, TARGET_P90, summary, validate_gpu_published
 
     df = validate_gpu_published()
     rows = []
     for rec in df.to_dict(orient="records"):
         rows.append({c: _clean(rec.get(c)) for c in GPU_COLUMNS})
     s = summary(df)
-    return {"available": True, "rows": rows, "cases": s["cases"], "with_speedup": s["with_speedup"],
+    return {"available": True, "rows": rows, "cases": s["cases"], "with_speedup": s["with_value"],
             "median_abs_error": _clean(s["median_abs_error"]), "p90_abs_error": _clean(s["p90_abs_error"]),
-            "direction_right": s["direction_right"], "direction_cases": s["cases"]}
+            "direction_right": s["direction_right"], "direction_cases": s["direction_cases"],
+            "target_median": TARGET_MEDIAN, "target_p90": TARGET_P90, "targets_met": s["targets_met"]}
 
 
 def _clean(v: Any) -> Any:
@@ -337,16 +338,44 @@ def render(doc: dict[str, Any], *, cases: bool = True) -> str:
         ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}"
         lines.append(f"  {c['n']}x{c['k']} M={c['m']:<4d} measured {fm:>9}  predicted {fp:>9}  ratio {ratio:>5}  "
                      f"{'ok' if c['within_target'] else 'MISS'}")
-    g = doc["gpu_published"]
     lines.append("")
-    lines.append(f"published GPU figures: {g['cases']} case(s), {g['with_speedup']} with a measured speedup: "
-                 f"median |err| {_apct(g['median_abs_error'])}, p90 {_apct(g['p90_abs_error'])}; "
-                 f"direction right {g['direction_right']}/{g['direction_cases']}")
-    lines.append(f"  {'case':40} {'device':16} {'meas x':>7} {'pred x':>7} {'|err|':>6} {'direction':>10} {'pred dir':>10} ok")
+    lines.append(render_published(doc["gpu_published"], cases=True))
+    return "\n".join(lines)
+
+
+def _shape(r: dict[str, Any]) -> str:
+    if r.get("workload"):
+        return str(r["workload"])
+    return f"{r['M']}x{r['N']}x{r['K']}" + (" training" if r.get("phase") == "training" else "")
+
+
+def _value(q: str, v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}/s" if q == "throughput" else f"{v:.2f}x"
+
+
+def render_published(g: dict[str, Any], *, cases: bool = True) -> str:
+    """The published cases as a table (case, device, runtime, dtype, shape, plan, kernel, quantity,
+    published, predicted, error, direction) and the summary against the targets."""
+    lines = [f"published figures: {g['cases']} case(s), {g['with_speedup']} with a published value: "
+             f"median |pred/pub - 1| {_apct(g['median_abs_error'])} (target {_apct(g.get('target_median'))}), "
+             f"p90 {_apct(g['p90_abs_error'])} (target {_apct(g.get('target_p90'))}); "
+             f"direction right {g['direction_right']}/{g['direction_cases']}"]
+    if not cases:
+        return "\n".join(lines)
+    rows = []
     for r in g["rows"]:
-        ms, ps = r["measured_speedup"], r["predicted_speedup"]
-        lines.append(f"  {str(r['case'])[:40]:40} {str(r['device'])[:16]:16} "
-                     f"{'-' if ms is None else f'{ms:.2f}':>7} {'-' if ps is None else f'{ps:.2f}':>7} "
-                     f"{_apct(r['abs_error']):>6} {r['direction']:>10} {r['predicted_direction']:>10} "
-                     f"{'yes' if r['direction_right'] else 'NO'}")
+        kernel = r.get("kernel") or "(runtime picks)"
+        rows.append((str(r["case"])[:48], r["device"], r["runtime"], r["dtype"], _shape(r)[:40], r["pattern"],
+                     kernel, r["quantity"], _value(r["quantity"], r["measured"]),
+                     _value(r["quantity"], r["predicted"]), _apct(r["abs_error"]), r["direction"],
+                     r["predicted_direction"], "yes" if r["direction_right"] else "NO"))
+    from sparsesim.run.results import text_table
+
+    lines.append(text_table(rows, ("case", "device", "runtime", "dtype", "shape", "plan", "kernel", "quantity",
+                                   "published", "predicted", "|err|", "direction", "predicted", "ok"), indent="  "))
+    lines.append("  sources:")
+    for r in g["rows"]:
+        lines.append(f"    {r['case']}: {r['source']} [{r['conf']}]")
     return "\n".join(lines)

@@ -56,6 +56,8 @@ TOP_KEYS = ("name", "family", "description")
 EXTENDS_KEY = "extends"
 # the reference file the device files cite as "published.md §N", shipped with them
 SOURCES_FILE = "published.md"
+# keys every family shares: the default runtime and the runtime.<name>.<field> tables (hw.runtimes)
+RUNTIME_KEYS = ("default_runtime", "runtime")
 
 
 def quantity(dim: str, per_dtype: bool = False, default: Any = dataclasses.MISSING) -> Any:
@@ -112,9 +114,32 @@ class Device:
     path: str
     params: Any
     provenance: Mapping[str, Provenance] = field(default_factory=dict, compare=False, hash=False)
+    runtimes: Any = field(default=None, compare=False, hash=False)
 
     def fitted(self) -> dict[str, Provenance]:
         return {k: p for k, p in self.provenance.items() if p.fit_date is not None}
+
+    @property
+    def default_runtime(self) -> str:
+        """The runtime the device file names as its default."""
+        from sparsesim.hw.runtimes import Runtimes
+
+        return (self.runtimes or Runtimes()).default
+
+    def runtime(self, name: str | None = None) -> tuple[str, Any]:
+        """(name, RuntimeParams) of runtime `name` on this device; None or "" is the default.
+        An unknown or unoffered runtime raises DeviceFileError naming the device and its runtimes."""
+        from sparsesim.hw.runtimes import RUNTIMES, Runtimes
+
+        rts = self.runtimes or Runtimes()
+        name = name or rts.default
+        params = rts.by_name.get(name)
+        if params is None:
+            known = f"one of {', '.join(RUNTIMES)}" if name not in RUNTIMES else ""
+            raise DeviceFileError(
+                f"device {self.name}: runtime {name!r} is not {known or 'described in its device file'}"
+                f" (it has: {', '.join(rts.by_name)}; {self.path})")
+        return name, params
 
 
 def _load_families() -> None:
@@ -275,7 +300,7 @@ def parse_device_doc(doc: Mapping[str, Any], where: str, base_dir: Path | None =
         raise DeviceFileError(f"{where}: field 'family': unknown family {family!r} (known: {', '.join(sorted(FAMILIES))})")
     schema = FAMILIES[family]
     fields = {f.name: f for f in dataclasses.fields(schema)}
-    unknown = sorted(set(doc) - set(fields) - set(TOP_KEYS))
+    unknown = sorted(set(doc) - set(fields) - set(TOP_KEYS) - set(RUNTIME_KEYS))
     if unknown:
         raise DeviceFileError(f"{where}: unknown field(s) {', '.join(unknown)} for family '{family}'")
     missing = [name for name, f in fields.items() if name not in doc
@@ -296,9 +321,9 @@ def parse_device_doc(doc: Mapping[str, Any], where: str, base_dir: Path | None =
                 raise DeviceFileError(f"{where}: field '{name}' must be a table of dtype = quantity")
             values[name] = {}
             for dt, q in raw.items():
-                values[name][dt], provenance[f"{name}.{dt}"] = _quantity(q, dim, f"{name}.{dt}", where)
+                values[name][dt], provenance[f"{name}.{dt}"] = parse_quantity(q, dim, f"{name}.{dt}", where)
         else:
-            values[name], provenance[name] = _quantity(raw, dim, name, where)
+            values[name], provenance[name] = parse_quantity(raw, dim, name, where)
     try:
         params = schema(**values)
     except (TypeError, ValueError) as e:
@@ -308,13 +333,16 @@ def parse_device_doc(doc: Mapping[str, Any], where: str, base_dir: Path | None =
         problem = check()
         if problem:
             raise DeviceFileError(f"{where}: {problem}")
+    from sparsesim.hw.runtimes import parse_runtimes
+
+    runtimes = parse_runtimes(doc, where, provenance)
     for k, p in provenance.items():
         if k in origin:
             provenance[k] = dataclasses.replace(p, inherited_from=origin[k])
-    return Device(doc["name"], family, doc["description"], where, params, provenance)
+    return Device(doc["name"], family, doc["description"], where, params, provenance, runtimes)
 
 
-def _quantity(raw: Any, dim: str | None, name: str, where: str) -> tuple[Any, Provenance]:
+def parse_quantity(raw: Any, dim: str | None, name: str, where: str) -> tuple[Any, Provenance]:
     if not isinstance(raw, dict):
         raise DeviceFileError(f"{where}: field '{name}' must be a table {{ value = ..., unit = ..., source = ... }}")
     extra = sorted(set(raw) - QUANTITY_KEYS)

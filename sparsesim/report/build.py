@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -86,8 +86,9 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
             serving: bool = False, training: bool = False, search_dirs: Sequence[str | Path] = (),
             validation: str | Path | None = None, run_validation: bool = False,
             progress: Callable[[int], Any] | None = None, stage: Callable[[str], Any] | None = None,
-            command: str = "") -> ReportData:
-    """Run the comparison (and the optional stages) and return everything the report shows."""
+            command: str = "", deploy: Mapping[str, str] | None = None) -> ReportData:
+    """Run the comparison (and the optional stages) and return everything the report shows.
+    `deploy` holds the runtime/kernel/dtype keyword arguments of `run.estimate.compare_tables`."""
     from sparsesim.run.estimate import resolve_workload
 
     # read the given result files first: a bad path fails before minutes of work, not after
@@ -102,7 +103,8 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
         if stage is not None:
             stage(f"compare {workload_label(spec)}")
         wl = resolve_workload(spec)
-        per_op, summary = compare_frames(wl, devices, plans, progress=progress)
+        per_op, summary = compare_frames(spec if deploy and deploy.get("dtype") else wl, devices, plans,
+                                         progress=progress, deploy=deploy)
         label = workload_label(spec)
         dtypes[label] = {op.dtype for op in wl.ops if op.is_matmul}
         op_bytes[label] = {op.index: float(op.bytes_moved) for op in wl.ops}
@@ -164,11 +166,12 @@ def workload_label(spec: Any) -> str:
 
 
 def compare_frames(workload: Any, devices: Sequence[Device], plans: Sequence[str],
-                   progress: Callable[[int], Any] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   progress: Callable[[int], Any] | None = None,
+                   deploy: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-op and per-(device, plan) frames for one workload, from one pass of the estimate module."""
     from sparsesim.run.estimate import compare_tables
 
-    tables = compare_tables(workload, list(devices), list(plans))
+    tables = compare_tables(workload, list(devices), list(plans), **dict(deploy or {}))
     if progress is not None:
         progress(len(devices) * len(plans))
     return tables.per_op, tables.summary

@@ -62,6 +62,7 @@ def clear_cache() -> None:
     """Forget cached traces and sparsified workloads (e.g. after editing a recipe or plan file)."""
     _workloads.clear()
     _sparse.clear()
+    _retyped_cache.clear()
 
 
 def resolve_workload(workload: str | Workload | SparseWorkload) -> Workload:
@@ -116,6 +117,25 @@ def plan_label(plan: Any) -> str:
     return str(getattr(plan, "name", None) or plan)
 
 
+_retyped_cache: "OrderedDict[tuple[int, str], Workload]" = OrderedDict()
+
+
+def _retyped(wl: Workload, dtype: str) -> Workload:
+    """`wl` deployed at `dtype` (`tracing.retype`), cached per (workload object, dtype) so its
+    sparsified versions are cached too."""
+    from sparsesim.tracing.retype import retype
+
+    key = (id(wl), dtype)
+    hit = _retyped_cache.get(key)
+    if hit is not None and hit.name == f"{wl.name}@{dtype}":
+        return hit
+    out = retype(wl, dtype)
+    _retyped_cache[key] = out
+    while len(_retyped_cache) > _WORKLOAD_CACHE_SIZE:
+        _retyped_cache.popitem(last=False)
+    return out
+
+
 def sparsify_cached(workload: Workload, plan: Any, *, criterion: str = "magnitude") -> SparseWorkload:
     """Sparsify `workload` under `plan`, once per (workload object, plan spec, criterion).
 
@@ -146,9 +166,13 @@ def prepare(
     plans: Iterable[Any] = DEFAULT_PLANS,
     *,
     criterion: str = "magnitude",
+    dtype: str = "",
 ) -> Prepared:
-    """Stages 1 and 2: resolve the workload once and sparsify it once per plan (dense always)."""
+    """Stages 1 and 2: resolve the workload once (re-typed to `dtype` when given: a deployment
+    at int8, fp8 or int4 weight-only) and sparsify it once per plan (dense always)."""
     wl = resolve_workload(workload)
+    if dtype:
+        wl = _retyped(wl, dtype)
     sparse: dict[str, SparseWorkload] = {DENSE: sparsify_cached(wl, DENSE)}
     for p in plans:
         label = plan_label(p)
@@ -182,7 +206,9 @@ def cost_ops(
     memo: dict[tuple, Cost] | None = None,
     context: RunContext | None = None,
 ) -> list[Cost]:
-    """Cost every op on one device.
+    """Cost every op on one device under the context's runtime (the device's default when the
+    context names none): the family's kernel cost, then the runtime's fusion pass and host
+    dispatch (`sparsesim.runtime`).
 
     The cost functions are pure, so ops identical but for their identity (the 12 layers of a
     BERT, the norms and activations every plan leaves alone) with identical sparsity are costed
@@ -190,49 +216,73 @@ def cost_ops(
     `context` is the whole-model run (see `run_context`); None costs each op alone.
     """
     from sparsesim.cost import ALONE, estimate_op
+    from sparsesim.runtime import apply_runtime, fuse
 
     memo = {} if memo is None else memo
     context = ALONE if context is None else context
+    rt_name, rt = device.runtime(context.runtime)
     if keys is None:
         keys = [(_cost_key(op), _layer_key(ly)) for op, ly in zip(ops, layers)]
+    fusion = fuse(ops, elementwise=rt.fuse_elementwise, epilogue=rt.fuse_epilogue)
     out = []
-    for op, layer, key in zip(ops, layers, keys):
-        key = (key, context)
-        cost = memo.get(key)
+    for op, layer, key, fu in zip(ops, layers, keys, fusion):
+        kernel_key = (key, context)
+        cost = memo.get(kernel_key)
         if cost is None:
-            cost = memo[key] = estimate_op(op, layer, device, context)
-        out.append(cost)
+            cost = memo[kernel_key] = estimate_op(op, layer, device, context)
+        fkey = (kernel_key, fu.role, fu.how, fu.dram_scale)
+        run_cost = memo.get(fkey)
+        if run_cost is None:
+            run_cost = memo[fkey] = apply_runtime(cost, fu, rt, name=rt_name)
+        out.append(run_cost)
     return out
 
 
-def run_context(sw: SparseWorkload) -> RunContext:
+def cost_one(op: Op, layer: LayerSparsity | None, device: Device, *, runtime: str = "", kernel: str = "",
+             context: RunContext | None = None) -> Cost:
+    """One op alone on one device under `runtime` (default: the device's) with `kernel` forced
+    if given: what a micro-benchmark of that op in that runtime measures."""
+    ctx = context or RunContext()
+    ctx = RunContext(ctx.model_weight_bytes, runtime or ctx.runtime, kernel or ctx.kernel)
+    return cost_ops([op], [layer], device, context=ctx)[0]
+
+
+def run_context(sw: SparseWorkload, *, runtime: str = "", kernel: str = "") -> RunContext:
     """The whole-model context of a sparsified workload: its weights' stored size under the
-    plan (sparse formats for planned layers, dense for the rest, each distinct weight once)."""
+    plan (sparse formats for planned layers, dense for the rest, each distinct weight once),
+    the runtime it runs under ("" = each device's default) and the kernel forced, if any."""
     stored = {w: float(ly.format_bytes) for w, ly in sw.layers.items()}
     for name, info in sw.workload.weights.items():
         if name not in stored:
             stored[name] = float(math.prod(info.shape)) * DTYPE_BYTES.get(info.dtype, UNKNOWN_DTYPE_BYTES)
-    return RunContext(model_weight_bytes=sum(stored.values()))
+    return RunContext(model_weight_bytes=sum(stored.values()), runtime=runtime, kernel=kernel)
 
 
 def cost_workload(
     sw: SparseWorkload,
     device: Device,
     *,
+    runtime: str = "",
+    kernel: str = "",
     memo: dict[tuple, Cost] | None = None,
     keys: Sequence[tuple] | None = None,
 ) -> list[Cost]:
     """The one costing path: every op of a sparsified workload on one device, each with its
-    layer's sparsity, in the whole-model run context of the plan (`run_context`). `estimate`,
+    layer's sparsity, in the whole-model run context of the plan (`run_context`), under
+    `runtime` (default: the device's) with `kernel` forced where it applies. `estimate`,
     `compare`, `simulate`, the search and the reports all cost plans through here."""
     layers = [sw.sparsity_of(op) for op in sw.ops]
-    return cost_ops(sw.ops, layers, device, keys=keys, memo=memo, context=run_context(sw))
+    return cost_ops(sw.ops, layers, device, keys=keys, memo=memo,
+                    context=run_context(sw, runtime=runtime, kernel=kernel))
 
 
-def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[str] | None = None) -> pd.DataFrame:
-    """Stage 3: the per-op table for every (plan, device); `plans` defaults to all prepared ones."""
+def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[str] | None = None, *,
+               runtime: str = "", kernel: str = "") -> pd.DataFrame:
+    """Stage 3: the per-op table for every (plan, device); `plans` defaults to all prepared ones.
+    `runtime` ("" = each device's default) and `kernel` ("" = the runtime picks) apply to all."""
     labels = list(prepared.sparse) if plans is None else list(plans)
     memos: dict[str, dict[tuple, Cost]] = {dev.path: {} for dev in devices}
+    rt_names = {dev.path: dev.runtime(runtime)[0] for dev in devices}
     op_keys: dict[int, list[tuple]] = {}
     blocks = []
     for label in labels:
@@ -245,11 +295,12 @@ def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[st
         static = results.op_columns(ops, layers)
         weights, activations = run_context(sw).model_weight_bytes, peak_activation_bytes(ops)
         for dev in devices:
-            costs = cost_workload(sw, dev, keys=keys, memo=memos[dev.path])
+            costs = cost_workload(sw, dev, runtime=runtime, kernel=kernel, keys=keys, memo=memos[dev.path])
             fit = memory_fit(weights, sw.workload.input_bytes, activations, dev)
             blocks.append({
                 "workload": sw.name, "plan": label, "device": dev.name, "family": dev.family,
-                **static, **results.cost_columns(costs), **results.fit_columns(fit), "device_file": dev.path,
+                "runtime": rt_names[dev.path], **static, **results.cost_columns(costs), **results.fit_columns(fit),
+                "device_file": dev.path,
             })
     return results.per_op_frame(blocks)
 
@@ -262,16 +313,23 @@ def compare_tables(
     plans: Iterable[Any] = DEFAULT_PLANS,
     *,
     criterion: str = "magnitude",
+    runtime: str = "",
+    kernel: str = "",
+    dtype: str = "",
 ) -> Tables:
     """Per-op table and summary for every device x plan. Dense is always computed for the
     ratios: the per-op table holds it in any case, the summary only the plans asked for, in the
-    order asked (devices in the order given, built-in order by default)."""
+    order asked (devices in the order given, built-in order by default).
+
+    `runtime` (eager, compiled, engine; "" = each device file's default), `kernel` (force one
+    kernel library where it applies) and `dtype` (deploy the model at another dtype, e.g. int8,
+    fp8 or int4 weight-only) describe the deployment; both plans and dense use them."""
     plans = list(plans)
     if not plans:
         plans = [DENSE]
     devs = resolve_devices(devices)
-    prepared = prepare(workload, plans, criterion=criterion)
-    per_op = cost_table(prepared, devs)
+    prepared = prepare(workload, plans, criterion=criterion, dtype=dtype)
+    per_op = cost_table(prepared, devs, runtime=runtime, kernel=kernel)
     summary = results.summarize(per_op)
     wanted = list(dict.fromkeys(plan_label(p) for p in plans))
     summary = summary[summary["plan"].isin(wanted)]
@@ -289,10 +347,15 @@ def compare(
     plans: Iterable[Any] = DEFAULT_PLANS,
     *,
     criterion: str = "magnitude",
+    runtime: str = "",
+    kernel: str = "",
+    dtype: str = "",
 ) -> pd.DataFrame:
     """One row per device x plan: latency, energy, memory, speedup over dense on the same device,
-    fallback ops, dominant bound and top why (columns: `results.SUMMARY_COLUMNS`)."""
-    return compare_tables(workload, devices, plans, criterion=criterion).summary
+    fallback ops, dominant bound and top why (columns: `results.SUMMARY_COLUMNS`); the
+    deployment arguments as in `compare_tables`."""
+    return compare_tables(workload, devices, plans, criterion=criterion, runtime=runtime, kernel=kernel,
+                          dtype=dtype).summary
 
 
 def estimate(
@@ -301,8 +364,12 @@ def estimate(
     plan: Any = DENSE,
     *,
     criterion: str = "magnitude",
+    runtime: str = "",
+    kernel: str = "",
+    dtype: str = "",
 ) -> pd.DataFrame:
-    """One row per op of `workload` under `plan` on `device` (columns: `results.PER_OP_COLUMNS`).
+    """One row per op of `workload` under `plan` on `device` (columns: `results.PER_OP_COLUMNS`);
+    the deployment arguments as in `compare_tables`.
 
     `plan` may also be an already sparsified workload (a SparseWorkload), and so may `workload`
     when `plan` is left at dense: then its own sparsity is costed.
@@ -310,5 +377,5 @@ def estimate(
     if isinstance(workload, SparseWorkload) and isinstance(plan, str) and plan == DENSE:
         plan = workload
     dev = resolve_device(device)
-    prepared = prepare(workload, [plan], criterion=criterion)
-    return cost_table(prepared, [dev], [plan_label(plan)])
+    prepared = prepare(workload, [plan], criterion=criterion, dtype=dtype)
+    return cost_table(prepared, [dev], [plan_label(plan)], runtime=runtime, kernel=kernel)

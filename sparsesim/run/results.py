@@ -28,6 +28,7 @@ PER_OP_COLUMNS: dict[str, str] = {
     "plan": "plan as given (a pattern spelling such as 2:4, a plan file, or a Plan's name)",
     "device": "device name (the device file's `name`)",
     "family": "hardware family whose cost model ran",
+    "runtime": "runtime the model ran under (eager, compiled, engine; the device file's default unless chosen)",
     "op_index": "position of the op in the traced workload",
     "kind": "op kind (linear, conv, matmul, attention, elementwise, ...)",
     "module": "owning module path",
@@ -64,6 +65,7 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "workload": "workload name",
     "device": "device name",
     "family": "hardware family",
+    "runtime": "runtime the model ran under (eager, compiled, engine)",
     "plan": "plan as given",
     "latency_s": "sum of per-op latencies (ops run one after another)",
     "energy_j": "sum of per-op energies",
@@ -239,6 +241,7 @@ def summarize(per_op: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(keys, sort=False)
     out = g.agg(
         family=("family", "first"),
+        runtime=("runtime", "first"),
         latency_s=("latency_s", "sum"),
         energy_j=("energy_j", "sum"),
         bytes_dram=("bytes_dram", "sum"),

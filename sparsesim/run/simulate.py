@@ -111,6 +111,7 @@ class SimResult:
     device_file: str
     overlap: bool
     seed: int
+    runtime: str
     latency_s: float  # simulated latency of one inference
     serial_latency_s: float  # sum of per-op estimates
     sum_compute_s: float
@@ -417,6 +418,7 @@ def simulate_frame(
         device_file=str(per_op["device_file"].iat[0]),
         overlap=overlap,
         seed=seed,
+        runtime=str(per_op["runtime"].iat[0]) if "runtime" in per_op else "",
         latency_s=single.makespan_s,
         serial_latency_s=math.fsum(t.latency_s),
         sum_compute_s=math.fsum(t.compute_s),
@@ -454,12 +456,16 @@ def simulate(
     stream: int = DEFAULT_STREAM,
     max_batch: int = 1,
     criterion: str = "magnitude",
+    runtime: str = "",
+    kernel: str = "",
+    dtype: str = "",
 ) -> SimResult:
     """Simulate one inference, a stream of `stream` inferences, and (with `qps`) serving.
 
     Serving batches nothing by default. With `max_batch` > 1 the workload must be a recipe spec
     with a `batch` parameter: a batch of b requests is the recipe traced at b times its batch,
-    estimated and simulated once per b (cached).
+    estimated and simulated once per b (cached). `runtime`, `kernel` and `dtype` describe the
+    deployment as in `run.estimate.compare_tables`.
     """
     from sparsesim.run.estimate import estimate, resolve_workload
 
@@ -470,7 +476,9 @@ def simulate(
         if value < 1:
             raise SparsesimError(f"{flag} {value}: must be >= 1")
     wl = resolve_workload(workload)
-    per_op = estimate(workload if isinstance(workload, SparseWorkload) else wl, device, plan, criterion=criterion)
+    deploy = {"runtime": runtime, "kernel": kernel, "dtype": dtype}
+    per_op = estimate(workload if isinstance(workload, SparseWorkload) else wl, device, plan, criterion=criterion,
+                      **deploy)
     batch_latency = None
     if max_batch > 1:
         if not isinstance(workload, str):
@@ -481,7 +489,7 @@ def simulate(
 
         def batch_latency(b: int) -> float:
             if b not in cache:
-                frame = estimate(spec_of(b), device, plan, criterion=criterion)
+                frame = estimate(spec_of(b), device, plan, criterion=criterion, **deploy)
                 cache[b] = run_sequence(OpTimes.from_frame(frame), overlap=overlap).makespan_s
             return cache[b]
 

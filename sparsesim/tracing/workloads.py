@@ -297,7 +297,12 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
             raise WorkloadError(f"{where}: parameter {key}={value} must be at least 1")
     if p.get("padding", 0) < 0:
         raise WorkloadError(f"{where}: parameter padding={p['padding']} must be >= 0")
-    dt = torch_dtype(p["dtype"])
+    # int8, fp8 and int4 (weight-only) layers are built and traced at 16 bits, then deployed at
+    # the dtype (tracing.retype), as a quantised deployment of a 16-bit layer is
+    from sparsesim.tracing.retype import retype
+
+    narrow = p["dtype"] in ("int8", "fp8", "int4")
+    dt = torch_dtype("fp16" if narrow else p["dtype"])
 
     def build(device: str) -> tuple[nn.Module, torch.Tensor]:
         root = _OneLayer(kind)
@@ -326,4 +331,7 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
         model, _ = build("cpu")
     weights = {n: WeightInfo(n, tuple(w.shape), dtype_name(w.dtype), w.is_meta)
                for n, w in model.named_parameters() if n in wl.weights}
-    return dataclasses.replace(wl, params=p, model=model, weights=weights)
+    wl = dataclasses.replace(wl, params=p, model=model, weights=weights)
+    if narrow:
+        wl = dataclasses.replace(retype(wl, p["dtype"]), name=spec, params=p)
+    return wl

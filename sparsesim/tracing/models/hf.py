@@ -24,6 +24,10 @@ from sparsesim.core.errors import WorkloadError
 from sparsesim.tracing.models import torch_dtype
 
 ATTN_IMPLEMENTATION = "sdpa"
+# "eager": transformers' own attention (scores materialised, then scale, mask and softmax as
+# separate ops): how BERT ran before transformers 4.41 added SDPA to it (e.g. the PyTorch 2:4
+# tutorial's BERT); "sdpa": one fused scaled_dot_product_attention kernel
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 PHASES = ("prefill", "decode")
 
 # Llama-2 shapes from the released configs (meta-llama/Llama-2-7b-hf and -70b-hf config.json;
@@ -68,12 +72,15 @@ def _check_positive(**kw: int) -> None:
 
 
 def build_bert(batch: int = 1, seq: int = 128, dtype: str = "fp32", device: str = "cpu",
-               layers: int = 12, seed: int = 0) -> tuple[nn.Module, dict]:
-    """BERT-base encoder (BertModel with pooler), bert-base-uncased shapes."""
+               layers: int = 12, seed: int = 0, attn: str = ATTN_IMPLEMENTATION) -> tuple[nn.Module, dict]:
+    """BERT-base encoder (BertModel with pooler), bert-base-uncased shapes; `attn` picks the
+    attention implementation (ATTN_IMPLEMENTATIONS)."""
     from transformers import BertConfig, BertModel
 
     _check_positive(batch=batch, seq=seq, layers=layers)
-    config = BertConfig(num_hidden_layers=layers, attn_implementation=ATTN_IMPLEMENTATION)
+    if attn not in ATTN_IMPLEMENTATIONS:
+        raise WorkloadError(f"parameter attn={attn!r}: use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    config = BertConfig(num_hidden_layers=layers, attn_implementation=attn)
     if seq > config.max_position_embeddings:
         raise WorkloadError(f"parameter seq={seq}: BERT has {config.max_position_embeddings} positions")
     model = _instantiate(BertModel, config, dtype, device, seed)

@@ -1,0 +1,519 @@
+"""GPU kernel libraries as choices: each models one library's kernel, its rules and its costs.
+
+| kernel | serves | what it does (source) |
+|---|---|---|
+| cublas | dense | cuBLAS/cuBLASLt tensor-core GEMM; split-K when the tiles fill less than a wave |
+| marlin | dense int4 | int4 weight-only GEMM (Frantar et al., Marlin): 4-bit weights dequantised in registers, fp16 MMA |
+| cusparselt | 2:4 | cuSPARSELt: result transpose fused into the GEMM (torch._cslt_sparse_mm transpose_result); split-K only under algorithm search (cusparseLtMatmulSearch) |
+| cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the result is copied out (res.t().contiguous() in torch/sparse/semi_structured.py), no split-K |
+| sparse-marlin | 2:4 int4 | Sparse-Marlin (torchao): int4 2:4 weights on sparse tensor cores |
+| sputnik | unstructured | CSR SpMM on CUDA cores (Gale et al. SC'20): 1D tiles of output columns, one row per subwarp |
+| cusparse-csr | unstructured | cuSPARSE CSR SpMM (torch.sparse CSR @ dense), the same structure at a lower efficiency |
+| flash-llm | unstructured | "load as sparse, compute as dense" (Xia et al. VLDB'24): sparse tiles expanded in shared memory, dense MMA |
+| bsr | block | BSR SpMM on tensor cores (blocks padded to the MMA) or CUDA cores |
+
+Every kernel is a pure function (op, work, layer, device, env) -> Cost, or a string saying why
+it cannot run the op. `gpu.gpu_cost` tries the kernels the runtime offers for the op's pattern
+and keeps the fastest (or the one `--kernel` forces). Under a framework runtime (torch: eager,
+compiled) torch's semi-structured path adds its layout kernels (padding the activations,
+copying the result out); under eager its Python tensor subclass adds host time per call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sparsesim.core.ir import WEIGHT_ONLY_DTYPES, GemmShape, Op, activation_dtype
+from sparsesim.cost.common import GemmWork, build_cost, ceil_div
+from sparsesim.cost.families.gpu_machine import (
+    CSR_INDEX_BYTES,
+    MODEL,
+    VNM_HW_M,
+    VNM_HW_N,
+    GpuParams,
+    Unit,
+    compute_unit,
+    describe,
+    dram_bw,
+    gemm_time,
+    gpu_energy,
+    memory_s,
+    mma_k,
+    parse_ratio,
+    precision_id,
+    round_up,
+    sparse_traffic,
+    stored,
+)
+from sparsesim.cost.record import Cost
+from sparsesim.hw.devices import Device
+from sparsesim.hw.runtimes import RuntimeParams
+from sparsesim.sparsity.patterns import nm_pattern
+from sparsesim.sparsity.records import LayerSparsity, Pattern
+
+# int4 weight-only: one fp16 scale per group of this many weights (torchao int4_weight_only's
+# default group_size=128; Marlin supports groups of 128)
+INT4_GROUP_SIZE = 128
+SCALE_BYTES = 2
+# Flash-LLM's Tiled-CSL format stores a 16-bit location next to each 16-bit value (Xia et al. §4)
+FLASH_LLM_INDEX_BYTES = 2
+
+
+@dataclass(frozen=True)
+class KernelEnv:
+    """What the runtime around a kernel decides: its name and parameters, the device-side cost
+    of one kernel launch, and the kernel the user forced ('' = none)."""
+
+    runtime: str
+    rt: RuntimeParams
+    launch: float
+    forced: str = ""
+
+
+KernelFn = Callable[[Op, GemmWork, "LayerSparsity | None", Device, KernelEnv], "Cost | str"]
+
+
+@dataclass(frozen=True)
+class GpuKernel:
+    name: str
+    serves: tuple[str, ...]   # pattern kinds ("dense", "nm", "unstructured", "block")
+    run: KernelFn
+    summary: str
+
+
+# ----------------------------------------------------------------------------- dense
+
+def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: str = "", fallback: bool = False,
+               kernel: str = "dense (cublas)", unit: Unit | None = None, w_bytes: float | None = None) -> Cost:
+    """Dense tensor-core (or CUDA-core) GEMM(s) of `work`; ignores any zeros in the weight.
+    `unit` overrides where the arithmetic runs, `w_bytes` the stored weight (int4 + scales)."""
+    p: GpuParams = device.params
+    unit = unit or compute_unit(p, work.dtype, conv=op.kind == "conv")
+    tile_rate = unit.peak / p.sm_count * p.dense_gemm_efficiency
+    wb = work.w_bytes if w_bytes is None else w_bytes
+    if op.kind == "attention":
+        # flash-style: Q, K, V read once and O written once; the two GEMMs run back to back
+        times = [gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=0, w_bytes=0, c_bytes=0)
+                 for g in work.gemms]
+        compute = sum(t.compute_s for t in times)
+        dram = l2 = work.a_bytes + wb + work.c_bytes
+        tl = times[0].tiling
+        kernel = "flash attention"
+    else:
+        g = work.gemms[0]
+        gt = gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=work.a_bytes,
+                       w_bytes=wb, c_bytes=work.c_bytes, split_k=True)
+        compute, dram, l2, tl = gt.compute_s, gt.dram_bytes, gt.l2_bytes, gt.tiling
+    memory = memory_s(p, dram, l2)
+    parts = [why] if why else []
+    if unit.note:
+        parts.append(unit.note)
+    shape = " + ".join(f"{g.m}x{g.n}x{g.k}" + (f" x{g.batch * g.groups}" if g.batch * g.groups > 1 else "")
+                       for g in work.gemms)
+    where = "tensor cores" if unit.tensor_cores else "CUDA cores"
+    parts.append(describe(f"dense {shape} {unit.dtype} on {where}", compute, memory, env.launch, tl))
+    return build_cost(
+        device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
+        energy=gpu_energy(p, float(work.macs), unit.dtype, dram, l2),
+        kernel=kernel, why="; ".join(parts), flops_executed=float(work.flops), peak_flops=unit.peak,
+        memory_bytes=wb if op.weight is not None else 0.0,
+        fallback=fallback or bool(unit.note),
+        details={"waves": tl.waves, "tiles": tl.tiles, "wave_efficiency": tl.wave_efficiency,
+                 "split_k": tl.split_k, "precision": precision_id(unit.dtype)},
+    )
+
+
+def int4_weight_bytes(work: GemmWork) -> float:
+    """An int4 weight with its fp16 group scales (one per INT4_GROUP_SIZE weights)."""
+    elems = work.w_bytes / work.dtype_bytes
+    return work.w_bytes + elems / INT4_GROUP_SIZE * SCALE_BYTES
+
+
+def _cublas(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    if work.dtype in WEIGHT_ONLY_DTYPES:
+        return f"cuBLAS has no {work.dtype} weight-only GEMM"
+    return dense_cost(op, work, device, env)
+
+
+def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    if work.dtype not in WEIGHT_ONLY_DTYPES:
+        return f"Marlin runs int4 weight-only GEMMs, not {work.dtype}"
+    p: GpuParams = device.params
+    unit = compute_unit(p, activation_dtype(work.dtype))
+    return dense_cost(op, work, device, env, kernel="dense (marlin int4)", unit=unit, w_bytes=int4_weight_bytes(work),
+                      why=f"int4 weight-only: 4-bit weights + fp16 scales per {INT4_GROUP_SIZE}, dequantised in "
+                          f"registers, {unit.dtype} MMA")
+
+
+# ----------------------------------------------------------------------------- 2:4
+
+def nm_support(p: GpuParams, dtype: str, pattern: Pattern, layer: LayerSparsity,
+               conv: bool = False) -> tuple[str | None, str]:
+    """(sparse-core dtype, "") when the sparse tensor cores can run this N:M mask, else (None, reason)."""
+    unit = compute_unit(p, activation_dtype(dtype), conv)
+    sdt = unit.dtype
+    if not unit.tensor_cores:
+        flag = "fp32_conv_uses_tf32" if conv else "fp32_uses_tf32"
+        return None, (f"{dtype} runs on CUDA cores on this device ({flag} = false): no sparse tensor cores; "
+                      "trace the model in fp16/bf16 to use them")
+    if unit.note:
+        return None, f"{unit.note}; the sparse kernel would change the precision, so it is not used"
+    ratio = parse_ratio(p.sparse_ratio.get(sdt)) if sdt in p.sparse_tensor_peak else None
+    if ratio is None:
+        return None, f"no sparse tensor-core support for {sdt} on this GPU"
+    sn, sm = ratio
+    n, m = pattern.n, pattern.m
+    # a mask fits sn:sm if every group of sm along K keeps <= sn: measured, or implied by n:m
+    structural = (m == sm and n <= sn) or (sm % m == 0 and n * sm // m <= sn)
+    if not (layer.stats.conforms_nm(sn, sm) or structural):
+        return None, f"{n}:{m} mask does not fit the {sn}:{sm} sparse tensor cores support for {sdt}"
+    return sdt, ""
+
+
+def alignment_problem(p: GpuParams, sdt: str, g: GemmShape) -> str:
+    """'' when the sparse operand (N x K weight) meets the kernel's multiples, else the broken rule."""
+    rm, cm = int(p.sparse_row_multiple[sdt]), int(p.sparse_col_multiple[sdt])
+    bad = []
+    if g.n < rm or g.n % rm:
+        bad.append(f"N={g.n} must be a multiple of {rm}")
+    if g.k < cm or g.k % cm:
+        bad.append(f"K={g.k} must be a multiple of {cm}")
+    return "; ".join(bad)
+
+
+def _nm_check(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device) -> tuple[str, str]:
+    """(sparse dtype, '') when a 2:4 kernel may run the op, else ('', reason)."""
+    p: GpuParams = device.params
+    if layer is None:
+        return "", "no sparse weight"
+    if op.kind not in ("linear", "conv") or op.weight is None:
+        return "", f"{layer.pattern.label} on sparse tensor cores needs a weight operand ({op.kind} has none)"
+    sdt, reason = nm_support(p, work.dtype, layer.pattern, layer, conv=op.kind == "conv")
+    if sdt is None:
+        return "", reason
+    bad = alignment_problem(p, sdt, work.gemms[0])
+    if bad:
+        return "", f"{bad} ({sdt} sparse-kernel alignment)"
+    return sdt, ""
+
+
+def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env: KernelEnv, sdt: str, *,
+               library: str, fused_transpose: bool, int4: bool = False) -> Cost:
+    """2:4 (1:2 tf32) GEMM on sparse tensor cores by `library`, with the layout kernels a
+    framework runtime launches around it and, under eager, the tensor subclass's host time."""
+    p: GpuParams = device.params
+    rt = env.rt
+    g = work.gemms[0]
+    # torch's semi-structured linear pads and copies around the GEMM; a 2:4 convolution
+    # (TensorRT/cuDNN implicit GEMM) and an engine's direct library call use their own buffers
+    # (Sparse-Marlin, called through torchao's own op, takes any M and writes its output in place)
+    framework_linear = op.kind == "linear" and rt.framework_layouts and not int4
+    pad = int(p.dense_pad_multiple[sdt]) if framework_linear else 1
+    m_pad = round_up(g.m, pad)
+    gp = GemmShape(m=m_pad, n=g.n, k=g.k, batch=g.batch, groups=g.groups)
+    a_pad = work.a_bytes * m_pad / g.m if g.m else 0.0
+    c_pad = work.c_bytes * m_pad / g.m if g.m else 0.0
+    ratio = parse_ratio(p.sparse_ratio[sdt])
+    assert ratio is not None, "nm_support and validate() accept only parseable ratios"
+    sn, sm = ratio
+    hw = layer.pattern if (layer.pattern.n, layer.pattern.m) == (sn, sm) else nm_pattern(sn, sm)
+    values, meta = stored(layer, "nm", work, hw)
+    if int4:
+        values += values / work.dtype_bytes / INT4_GROUP_SIZE * SCALE_BYTES
+    tile_rate = p.sparse_tensor_peak[sdt] / p.sm_count * p.sparse_gemm_efficiency
+    # split-K needs the algorithm search a vendor engine runs (torch calls one default algorithm)
+    gt = gemm_time(p, gp, work.dtype_bytes if not int4 else 2.0, tile_rate=tile_rate, a_bytes=a_pad, w_bytes=values,
+                   c_bytes=c_pad, w_meta_bytes=meta, split_k=rt.algorithm_search, sparse=True)
+    extra_kernels, extra_bytes, extra_why = 0, 0.0, []
+    if m_pad != g.m:
+        extra_kernels += 1
+        extra_bytes += work.a_bytes + a_pad
+        extra_why.append(f"M={g.m} padded to {m_pad}")
+    if m_pad != g.m or (framework_linear and not fused_transpose):
+        extra_kernels += 1
+        extra_bytes += c_pad + work.c_bytes
+        extra_why.append("result copied out" + ("" if fused_transpose else " (transpose not fused)"))
+    # the 2-bit metadata streams from DRAM with the values (`gt.dram_bytes` leaves it out)
+    memory = memory_s(p, gt.dram_bytes + gt.metadata_dram_bytes, gt.l2_bytes)
+    extra_s = extra_kernels * env.launch + extra_bytes / dram_bw(p)
+    overhead = env.launch + extra_s
+    dram = gt.dram_bytes + extra_bytes
+    host = rt.sparse_dispatch if op.kind == "linear" else 0.0
+    parts = [describe(f"{library}: {sn}:{sm} sparse tensor cores {gp.m}x{gp.n}x{gp.k} {sdt}"
+                      f"{' int4 weights' if int4 else ''} (values {values / 1e6:.3g} MB + metadata {meta / 1e6:.3g} MB)",
+                      gt.compute_s, memory, overhead, gt.tiling)]
+    if layer.pattern.n != sn or layer.pattern.m != sm:
+        parts.append(f"{layer.pattern.label} runs as {sn}:{sm} (the only N:M ratio the sparse tensor cores "
+                     f"support for {sdt}); its extra zeros are stored")
+    if extra_why:
+        parts.append("layout kernels: " + ", ".join(extra_why) + f" (+{extra_s * 1e6:.3g} us)")
+    if host > 0:
+        parts.append(f"{env.runtime}: tensor-subclass dispatch +{host * 1e6:.3g} us host time")
+    macs = gp.macs * sn / sm
+    return build_cost(
+        device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=overhead,
+        energy=gpu_energy(p, macs, sdt, dram, gt.l2_bytes, metadata=gt.metadata_dram_bytes),
+        kernel=f"{sn}:{sm} sparse tensor core ({library})", why="; ".join(parts), flops_executed=2.0 * macs,
+        peak_flops=p.sparse_tensor_peak[sdt] * sn / sm, memory_bytes=values + meta, metadata_bytes=meta,
+        fallback=(layer.pattern.n, layer.pattern.m) != (sn, sm),
+        details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "layout_s": extra_s, "m_padded": m_pad,
+                 "split_k": gt.tiling.split_k, "host_s": host, "precision": precision_id(sdt)},
+    )
+
+
+def _cusparselt(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    if work.dtype in WEIGHT_ONLY_DTYPES:
+        return f"cuSPARSELt has no {work.dtype} weight-only kernel"
+    sdt, reason = _nm_check(op, work, layer, device)
+    if not sdt:
+        return reason
+    assert layer is not None
+    return _nm_sparse(op, work, layer, device, env, sdt, library="cusparselt", fused_transpose=True)
+
+
+def _cutlass24(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    if work.dtype in WEIGHT_ONLY_DTYPES:
+        return f"torch's CUTLASS 2:4 kernel has no {work.dtype} weight-only variant"
+    sdt, reason = _nm_check(op, work, layer, device)
+    if not sdt:
+        return reason
+    assert layer is not None
+    return _nm_sparse(op, work, layer, device, env, sdt, library="cutlass", fused_transpose=False)
+
+
+def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    if work.dtype not in WEIGHT_ONLY_DTYPES:
+        return f"Sparse-Marlin runs int4 weight-only 2:4 GEMMs, not {work.dtype}"
+    sdt, reason = _nm_check(op, work, layer, device)
+    if not sdt:
+        return reason
+    assert layer is not None
+    return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", fused_transpose=True, int4=True)
+
+
+# ----------------------------------------------------------------------------- V:N:M
+
+def vnm_support(p: GpuParams, dtype: str, op: Op, layer: LayerSparsity, g: GemmShape) -> str:
+    """'' when Spatha can run this V:N:M layer, else the rule that fails (one line)."""
+    pat = layer.pattern
+    v, m = pat.block
+    if op.kind not in ("linear", "conv") or op.weight is None:
+        return f"V:N:M needs a weight operand ({op.kind} has none)"
+    unit = compute_unit(p, dtype, conv=op.kind == "conv")
+    if not unit.tensor_cores or unit.note or unit.dtype not in p.vnm_gemm_efficiency:
+        have = ", ".join(sorted(p.vnm_gemm_efficiency)) or "none on this device"
+        return f"no Spatha V:N:M kernel for {dtype} (vnm_gemm_efficiency lists {have})"
+    bad = []
+    if g.n % v:
+        bad.append(f"N={g.n} weight rows are not whole {v}-row blocks")
+    if g.k % m:
+        bad.append(f"K={g.k} is not whole groups of {m}")
+    return "; ".join(bad)
+
+
+def _spatha(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    """V:N:M GEMM through Spatha: each V x M block's 4 selected activation columns are gathered
+    and the block runs as 2:4 on the sparse tensor cores, so the GEMM's K shrinks to K * 4 / M
+    (VENOM, Castro et al. SC'23, arXiv 2310.02065, §5). The whole activation still crosses DRAM
+    once (different row blocks select different columns); L2 sees each tile's gathered band."""
+    if layer is None:
+        return "no sparse weight"
+    p: GpuParams = device.params
+    g = work.gemms[0]
+    reason = vnm_support(p, work.dtype, op, layer, g)
+    if reason:
+        return reason
+    pat = layer.pattern
+    sdt = compute_unit(p, work.dtype, conv=op.kind == "conv").dtype
+    k_sel = ceil_div(g.k * VNM_HW_M, pat.m)
+    gs = GemmShape(m=g.m, n=g.n, k=k_sel, batch=g.batch, groups=g.groups)
+    values, meta = stored(layer, "vnm", work)
+    a_sel = work.a_bytes * k_sel / g.k if g.k else 0.0
+    eff = p.vnm_gemm_efficiency[sdt]
+    tile_rate = p.sparse_tensor_peak[sdt] / p.sm_count * eff
+    gt = gemm_time(p, gs, work.dtype_bytes, tile_rate=tile_rate, a_bytes=a_sel, w_bytes=values,
+                   c_bytes=work.c_bytes, w_meta_bytes=meta)
+    # every activation column is selected by some row block: A crosses DRAM whole at least once
+    dram = gt.dram_bytes + max(0.0, work.a_bytes - a_sel)
+    memory = memory_s(p, dram + gt.metadata_dram_bytes, gt.l2_bytes)
+    macs = gs.macs * VNM_HW_N / VNM_HW_M
+    why = describe(f"spatha: {pat.label} on {VNM_HW_N}:{VNM_HW_M} sparse tensor cores: K={g.k} -> {k_sel} "
+                   f"selected columns, {gs.m}x{gs.n}x{k_sel} {sdt} at {eff:.0%} (values {values / 1e6:.3g} MB + "
+                   f"metadata {meta / 1e6:.3g} MB)", gt.compute_s, memory, env.launch, gt.tiling)
+    return build_cost(
+        device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=env.launch,
+        energy=gpu_energy(p, macs, sdt, dram, gt.l2_bytes, metadata=gt.metadata_dram_bytes),
+        kernel=f"{pat.label} Spatha sparse tensor core", why=why, flops_executed=2.0 * macs,
+        peak_flops=p.sparse_tensor_peak[sdt] * VNM_HW_N / VNM_HW_M, memory_bytes=values + meta,
+        metadata_bytes=meta, details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "k_selected": k_sel,
+                                      "precision": precision_id(sdt)},
+    )
+
+
+# ----------------------------------------------------------------------------- unstructured
+
+def _csr_like(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env: KernelEnv, *, name: str,
+              efficiency: float) -> Cost:
+    """CSR SpMM on CUDA cores, Sputnik's structure: each output row is one subwarp's work, its
+    nonzeros taken `csr_chunk_k` at a time, each step reading the matching activation rows for a
+    1D tile of `csr_tile_n` output columns (the M tokens). Short rows and few tokens leave lanes
+    idle: the cost depends on the tokens, the rows and the nonzeros per row, not on nnz alone."""
+    p: GpuParams = device.params
+    g = work.gemms[0]
+    st = layer.stats
+    nnz = st.nnz
+    rows = max(1, st.rows)
+    per_row = nnz / rows
+    chunk = max(1, int(p.csr_chunk_k))
+    tile_n = max(1, int(p.csr_tile_n))
+    # steps a row takes: whole chunks, or (rows with under one nonzero on average) the share of
+    # rows that hold any nonzero at all (Poisson), since empty rows are skipped
+    steps = math.ceil(per_row / chunk) if per_row >= 1 else 1.0 - math.exp(-per_row)
+    row_use = per_row / (steps * chunk) if per_row > 0 else 1.0
+    tokens = max(1, g.m)
+    col_use = tokens / (ceil_div(tokens, tile_n) * tile_n)
+    macs = float(g.m) * g.batch * nnz
+    rate = p.cuda_core_peak * efficiency * row_use * col_use
+    compute = 2.0 * macs / rate if rate > 0 else math.inf
+    values, meta = stored(layer, "csr", work)
+    dram, l2, memory = sparse_traffic(p, g, work, values, meta)
+    why = (f"{name}: CSR SpMM on CUDA cores, {nnz} nonzeros ({per_row:.0f} per row of {rows}) x {tokens} tokens at "
+           f"{efficiency:.0%} of the {p.cuda_core_peak / 1e12:.3g} TFLOP/s CUDA-core peak, lanes used: rows "
+           f"{row_use:.0%}, tokens {col_use:.0%} (compute {compute * 1e6:.3g} us, memory {memory * 1e6:.3g} us)")
+    return build_cost(
+        device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
+        energy=gpu_energy(p, macs, "fp32", dram, l2, metadata=meta),
+        kernel=f"csr ({name})", why=why, flops_executed=2.0 * macs, peak_flops=p.cuda_core_peak,
+        memory_bytes=values + meta, metadata_bytes=meta,
+        details={"nnz": float(nnz), "precision": precision_id(activation_dtype(work.dtype))},
+    )
+
+
+def _unstructured_check(op: Op, layer: LayerSparsity | None, p: GpuParams | None = None, dtype: str = "") -> str:
+    if layer is None or op.weight is None:
+        return "unstructured sparsity needs a sparse weight operand"
+    if p is not None and dtype:
+        unit = compute_unit(p, activation_dtype(dtype), conv=op.kind == "conv")
+        if unit.note:  # no arithmetic at this dtype: a sparse kernel would change the precision
+            return f"{unit.note}; a sparse kernel would change the precision, so it is not used"
+    if layer.format == "dense":
+        return (f"unstructured at density {layer.stats.density:.4g} is stored dense "
+                "(a sparse format would be larger)")
+    return ""
+
+
+def _sputnik(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    bad = _unstructured_check(op, layer, device.params, work.dtype)
+    if bad:
+        return bad
+    assert layer is not None
+    return _csr_like(op, work, layer, device, env, name="sputnik", efficiency=device.params.csr_efficiency)
+
+
+def _cusparse_csr(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    bad = _unstructured_check(op, layer, device.params, work.dtype)
+    if bad:
+        return bad
+    p: GpuParams = device.params
+    if p.cusparse_csr_efficiency <= 0:
+        return "the device file gives no cusparse_csr_efficiency"
+    assert layer is not None
+    return _csr_like(op, work, layer, device, env, name="cusparse", efficiency=p.cusparse_csr_efficiency)
+
+
+def _flash_llm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    """Load as sparse, compute as dense: the weight streams in at its sparse size (value +
+    16-bit location per nonzero), each tile is expanded into shared memory (a cost per nonzero)
+    and multiplied densely on the tensor cores (the full dense MACs)."""
+    bad = _unstructured_check(op, layer)
+    if bad:
+        return bad
+    assert layer is not None
+    p: GpuParams = device.params
+    if p.flash_llm_efficiency <= 0:
+        return "the device file gives no flash_llm_efficiency"
+    unit = compute_unit(p, work.dtype, conv=op.kind == "conv")
+    if not unit.tensor_cores or unit.note or work.dtype_bytes != 2:
+        return f"Flash-LLM runs fp16/bf16 on tensor cores, not {work.dtype}"
+    g = work.gemms[0]
+    nnz = float(layer.stats.nnz)
+    values = nnz * (work.dtype_bytes + FLASH_LLM_INDEX_BYTES)
+    mma_s = 2.0 * g.macs / (unit.peak * p.flash_llm_efficiency)
+    extract_s = nnz * p.flash_llm_extract_cycles / (p.sm_count * p.clock) * max(1, ceil_div(g.m, int(p.gemm_tile_n)))
+    compute = mma_s + extract_s
+    dram, l2, memory = sparse_traffic(p, g, work, values, 0.0)
+    why = (f"flash-llm: {nnz:.0f} nonzeros loaded sparse ({values / 1e6:.3g} MB), expanded in shared memory "
+           f"({extract_s * 1e6:.3g} us) and multiplied dense on tensor cores ({mma_s * 1e6:.3g} us); "
+           f"memory {memory * 1e6:.3g} us")
+    return build_cost(
+        device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
+        energy=gpu_energy(p, float(g.macs), unit.dtype, dram, l2),
+        kernel="flash-llm (tensor-core unstructured)", why=why, flops_executed=2.0 * g.macs, peak_flops=unit.peak,
+        memory_bytes=values, metadata_bytes=nnz * FLASH_LLM_INDEX_BYTES,
+        details={"nnz": nnz, "precision": precision_id(unit.dtype)},
+    )
+
+
+# ----------------------------------------------------------------------------- block
+
+def _bsr(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    """BSR SpMM: nonzero r x c blocks on tensor cores (padded to the MMA shape) or CUDA cores."""
+    if layer is None or op.weight is None:
+        return "block sparsity needs a sparse weight operand"
+    p: GpuParams = device.params
+    note = compute_unit(p, activation_dtype(work.dtype), conv=op.kind == "conv").note
+    if note:
+        return f"{note}; a sparse kernel would change the precision, so it is not used"
+    g = work.gemms[0]
+    st = layer.stats
+    r, c = layer.pattern.block
+    measured = st.nonzero_blocks(r, c)
+    total_blocks = ceil_div(st.rows, r) * ceil_div(st.cols, c)
+    # not measured for this block size: the pattern's density of whole blocks
+    nb = measured if measured is not None else min(total_blocks, math.ceil(st.density * total_blocks))
+    unit = compute_unit(p, work.dtype, conv=op.kind == "conv")
+    if measured is not None:
+        values, meta = stored(layer, "bsr", work)
+    else:  # the same BSR layout as formats.format_bytes, from the estimated block count
+        values = nb * r * c * work.dtype_bytes
+        meta = (nb + ceil_div(st.rows, r) + 1) * CSR_INDEX_BYTES
+    reps = g.batch  # a shared weight meets every batch's activation rows
+    # tensor cores: a block is padded to whole MMA tiles (rows -> mma_m, K -> mma_k)
+    r_pad, c_pad = round_up(r, int(p.mma_m)), round_up(c, mma_k(p, work.dtype_bytes))
+    tc_macs = float(g.m) * nb * r_pad * c_pad * reps
+    tc_s = 2.0 * tc_macs / (unit.peak * p.bsr_efficiency) if unit.tensor_cores and not unit.note else math.inf
+    exact_macs = float(g.m) * nb * r * c * reps
+    cc_s = 2.0 * exact_macs / (p.cuda_core_peak * p.csr_efficiency)
+    on_tc = tc_s <= cc_s
+    compute = tc_s if on_tc else cc_s
+    dram, l2, memory = sparse_traffic(p, g, work, values, meta)
+    where = (f"tensor cores (blocks padded {r}x{c} -> {r_pad}x{c_pad}, {r * c / (r_pad * c_pad):.0%} of each MMA used)"
+             if on_tc else "CUDA cores (blocks too small for tensor cores)")
+    why = (f"BSR {r}x{c}: {nb} of {total_blocks} blocks nonzero ({nb / max(total_blocks, 1):.2g}) on {where}: "
+           f"compute {compute * 1e6:.3g} us, memory {memory * 1e6:.3g} us")
+    return build_cost(
+        device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
+        energy=gpu_energy(p, tc_macs if on_tc else exact_macs, unit.dtype if on_tc else "fp32", dram, l2,
+                          metadata=meta),
+        kernel=f"bsr {r}x{c}" + (" tensor core" if on_tc else " cuda core"), why=why,
+        flops_executed=2.0 * exact_macs, peak_flops=unit.peak if on_tc else p.cuda_core_peak,
+        memory_bytes=values + meta, metadata_bytes=meta,
+        details={"nonzero_blocks": float(nb), "tensor_core_s": tc_s, "cuda_core_s": cc_s,
+                 "precision": precision_id(unit.dtype if on_tc or not unit.note else activation_dtype(work.dtype))},
+    )
+
+
+KERNELS: dict[str, GpuKernel] = {k.name: k for k in (
+    GpuKernel("cublas", ("dense",), _cublas, "cuBLAS/cuBLASLt dense tensor-core GEMM"),
+    GpuKernel("marlin", ("dense",), _marlin, "Marlin int4 weight-only GEMM"),
+    GpuKernel("cusparselt", ("nm",), _cusparselt, "cuSPARSELt 2:4, fused transpose, split-K under search"),
+    GpuKernel("cutlass-24", ("nm",), _cutlass24, "torch's CUTLASS 2:4 kernel, result copied out"),
+    GpuKernel("sparse-marlin", ("nm",), _sparse_marlin, "Sparse-Marlin int4 2:4"),
+    GpuKernel("spatha", ("vnm",), _spatha, "Spatha V:N:M on 2:4 sparse tensor cores (VENOM)"),
+    GpuKernel("sputnik", ("unstructured",), _sputnik, "Sputnik-like CSR SpMM on CUDA cores"),
+    GpuKernel("cusparse-csr", ("unstructured",), _cusparse_csr, "cuSPARSE CSR SpMM (torch.sparse CSR)"),
+    GpuKernel("flash-llm", ("unstructured",), _flash_llm, "Flash-LLM tensor-core unstructured SpMM"),
+    GpuKernel("bsr", ("block",), _bsr, "BSR SpMM on tensor or CUDA cores"),
+)}

@@ -1,0 +1,140 @@
+"""Runtimes as device-file data: what running a model under eager PyTorch, a compiler or a vendor
+engine costs on a device, on top of what its kernels cost.
+
+A device file names its default runtime and describes each runtime it offers with dotted keys,
+every number with a unit and a source, like any other device-file field:
+
+    default_runtime = { value = "eager", source = "..." }
+    runtime.eager.host_dispatch = { value = 8, unit = "us", source = "..." }
+    runtime.eager.fuse_elementwise = { value = false, source = "..." }
+    runtime.eager.kernels = { value = ["cublas", "cusparselt", "cutlass-24"], source = "..." }
+
+The fields are the same for every family (`RuntimeParams`); a family reads the ones that apply
+to it (the GPU family its `kernel_launch` and kernel list). A device file without runtime keys
+gets one implicit runtime (`IMPLICIT`): no fusion, no host time beyond the family's own overheads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sparsesim.core.errors import DeviceFileError
+from sparsesim.hw.devices import Provenance, parse_quantity, quantity, setting
+
+RUNTIMES = ("eager", "compiled", "engine")
+"""The runtimes sparsesim models, from the least to the most optimised."""
+
+RUNTIME_HELP = (
+    "eager (framework dispatch per op, no fusion), compiled (torch.compile: elementwise and norm "
+    "ops fused, CUDA graphs) or engine (a vendor inference engine: epilogue fusion, tuned kernels)"
+)
+
+
+@dataclass(frozen=True)
+class RuntimeParams:
+    """One runtime on one device (SI units after loading).
+
+    `host_dispatch` is host (CPU) time per framework op the runtime dispatches one by one (0 when
+    a graph is replayed); `host_overlaps` says whether the device runs ahead of the host (a GPU
+    stream: an op takes the longer of its kernel and its dispatch) or not (a CPU: they add up).
+    `sparse_dispatch` is the extra host time per call of a sparse tensor subclass (torch's
+    semi-structured tensors run their dispatch in Python). `kernel_launch` is the device-side
+    cost of one kernel under this runtime (None: the family's own figure). `fuse_elementwise`:
+    chains of elementwise/norm/softmax ops run as one kernel; `fuse_epilogue`: elementwise ops
+    (bias, activation, residual add) and inference batch norm right after a GEMM/conv run in its
+    epilogue. `kernels` lists the kernel libraries the runtime offers (empty: the family's all).
+    `algorithm_search`: the runtime times the library's algorithms and keeps the fastest (a
+    vendor engine's tactic search: split-K for sparse kernels too); `framework_layouts`: sparse
+    kernels run through a framework's tensor layouts (torch's semi-structured padding and copies).
+    """
+
+    host_dispatch: float = quantity("time")
+    host_overlaps: bool = setting()
+    fuse_elementwise: bool = setting()
+    fuse_epilogue: bool = setting()
+    sparse_dispatch: float = quantity("time", default=0.0)
+    kernel_launch: float | None = quantity("time", default=None)
+    kernels: tuple[str, ...] = setting(default=[])
+    algorithm_search: bool = setting(default=False)
+    framework_layouts: bool = setting(default=False)
+
+    def validate(self) -> str | None:
+        for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "algorithm_search", "framework_layouts"):
+            if not isinstance(getattr(self, name), bool):
+                return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
+        if not isinstance(self.kernels, (list, tuple)) or not all(isinstance(k, str) and k for k in self.kernels):
+            return "field 'kernels': must be a list of kernel names"
+        return None
+
+    def offers(self, kernel: str) -> bool:
+        """Whether this runtime can run `kernel` (every kernel when the list is empty)."""
+        return not self.kernels or kernel in self.kernels
+
+
+IMPLICIT = RuntimeParams(host_dispatch=0.0, host_overlaps=True, fuse_elementwise=False, fuse_epilogue=False,
+                         framework_layouts=True)
+"""The runtime of a device file that names none: the family's overheads, no fusion."""
+
+
+@dataclass(frozen=True)
+class Runtimes:
+    """A device's runtimes: its default and each runtime's parameters."""
+
+    default: str = "eager"
+    by_name: Mapping[str, RuntimeParams] = field(default_factory=lambda: {"eager": IMPLICIT})
+    implicit: bool = True
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.by_name)
+
+
+def parse_runtimes(doc: Mapping[str, Any], where: str, provenance: dict[str, Provenance]) -> Runtimes:
+    """The `default_runtime` and `runtime.<name>.<field>` keys of a device-file document (the
+    implicit runtime when it has neither); provenance entries are added as `runtime.<name>.<field>`.
+    Unknown runtimes or fields, a missing field or a default that is not described raise
+    DeviceFileError naming the file and the key."""
+    raw_default, tables = doc.get("default_runtime"), doc.get("runtime")
+    if raw_default is None and tables is None:
+        return Runtimes()
+    if raw_default is None or tables is None:
+        missing = "default_runtime" if raw_default is None else "runtime.<name>.<field>"
+        raise DeviceFileError(f"{where}: runtimes need both 'default_runtime' and {missing!r} keys")
+    default, provenance["default_runtime"] = parse_quantity(raw_default, None, "default_runtime", where)
+    if not isinstance(tables, dict) or not tables:
+        raise DeviceFileError(f"{where}: field 'runtime' must hold runtime.<name>.<field> = {{ value, source }} keys")
+    fields = {f.name: f for f in dataclasses.fields(RuntimeParams)}
+    by_name: dict[str, RuntimeParams] = {}
+    for name in tables:
+        if name not in RUNTIMES:
+            raise DeviceFileError(f"{where}: field 'runtime.{name}': unknown runtime {name!r} "
+                                  f"(known: {', '.join(RUNTIMES)})")
+    for name, table in tables.items():
+        key = f"runtime.{name}"
+        if not isinstance(table, dict):
+            raise DeviceFileError(f"{where}: field '{key}' must hold {key}.<field> keys")
+        unknown = sorted(set(table) - set(fields))
+        if unknown:
+            raise DeviceFileError(f"{where}: field '{key}': unknown field(s) {', '.join(unknown)} "
+                                  f"(known: {', '.join(fields)})")
+        values: dict[str, Any] = {}
+        for fname, f in fields.items():
+            if fname not in table:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                    raise DeviceFileError(f"{where}: missing field '{key}.{fname}'")
+                continue
+            values[fname], provenance[f"{key}.{fname}"] = parse_quantity(
+                table[fname], f.metadata.get("dim"), f"{key}.{fname}", where)
+        if "kernels" in values and isinstance(values["kernels"], list):
+            values["kernels"] = tuple(values["kernels"])
+        params = RuntimeParams(**values)
+        problem = params.validate()
+        if problem:
+            raise DeviceFileError(f"{where}: runtime {name!r}: {problem}")
+        by_name[name] = params
+    if default not in by_name:
+        raise DeviceFileError(f"{where}: field 'default_runtime': {default!r} is not one of the runtimes the "
+                              f"file describes ({', '.join(by_name)})")
+    return Runtimes(default, by_name, implicit=False)

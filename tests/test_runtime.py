@@ -1,0 +1,246 @@
+"""Runtimes (eager, compiled, engine), the fusion pass shared by every family, kernel libraries
+as choices, and deployment dtypes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sparsesim.core.errors import DeviceFileError
+from sparsesim.core.ir import Op
+from sparsesim.cost import estimate_op
+from sparsesim.fidelity.gpu_validation import gemm_op, layer_for
+from sparsesim.hw.devices import builtin_devices, load_device, parse_device_file
+from sparsesim.hw.runtimes import RUNTIMES
+from sparsesim.run.estimate import compare_tables, cost_one, cost_ops
+from sparsesim.runtime import apply_runtime, fuse
+from sparsesim.runtime.fusion import OpFusion
+from sparsesim.sparsity.patterns import parse_pattern
+
+A100 = load_device("a100-sxm4-80gb")
+H100 = load_device("h100-sxm5")
+DEVICES = builtin_devices()
+BERT_SMALL = "bert-base:batch=2,seq=64,layers=2,device=meta"
+
+
+# ----------------------------------------------------------------------------- device files
+
+def test_every_device_file_names_its_default_runtime_with_sources():
+    for d in DEVICES:
+        assert d.default_runtime in RUNTIMES, d.name
+        assert "default_runtime" in d.provenance and d.provenance["default_runtime"].source.strip()
+        name, _ = d.runtime()
+        assert name == d.default_runtime
+        for rt_name in d.runtimes.names():
+            for key in ("host_dispatch", "host_overlaps", "fuse_elementwise", "fuse_epilogue"):
+                assert d.provenance[f"runtime.{rt_name}.{key}"].source.strip(), (d.name, rt_name, key)
+    gpus = [d for d in DEVICES if d.family == "gpu"]
+    assert gpus and all(set(d.runtimes.names()) == set(RUNTIMES) for d in gpus)
+
+
+def _a100_text() -> str:
+    return Path(A100.path).read_text()
+
+
+def test_runtime_errors_name_the_file_and_key(tmp_path):
+    unknown = tmp_path / "u.toml"
+    unknown.write_text(_a100_text().replace("runtime.engine.host_overlaps", "runtime.jit.host_overlaps"))
+    with pytest.raises(DeviceFileError, match=r"u.toml: field 'runtime.jit': unknown runtime 'jit'"):
+        parse_device_file(unknown)
+    bad_field = tmp_path / "f.toml"
+    bad_field.write_text(_a100_text().replace("runtime.eager.fuse_epilogue", "runtime.eager.fuse_everything"))
+    with pytest.raises(DeviceFileError, match=r"f.toml: field 'runtime.eager': unknown field\(s\) fuse_everything"):
+        parse_device_file(bad_field)
+    bad_default = tmp_path / "d.toml"
+    bad_default.write_text(_a100_text().replace('default_runtime = { value = "eager"', 'default_runtime = { value = "tvm"'))
+    with pytest.raises(DeviceFileError, match=r"d.toml: field 'default_runtime': 'tvm' is not one of"):
+        parse_device_file(bad_default)
+    with pytest.raises(DeviceFileError, match=r"runtime 'compiled' is not described in its device file"):
+        load_device("s4-antoum").runtime("compiled")
+
+
+def test_runtime_on_every_costing_verb(cli):
+    rc, out, _ = cli("estimate", "gemm:M=8,N=1024,K=1024,dtype=fp16", "--device", "a100-sxm4-80gb",
+                     "--runtime", "compiled")
+    assert rc == 0 and "runtime compiled" in out
+    rc, out, _ = cli("compare", "gemm:M=8,N=1024,K=1024,dtype=fp16", "--devices", "a100-sxm4-80gb",
+                     "--plans", "2:4", "--runtime", "engine", "--json")
+    assert rc == 0 and json.loads(out)["rows"][0]["runtime"] == "engine"
+    rc, out, _ = cli("simulate", "gemm:M=8,N=1024,K=1024,dtype=fp16", "--device", "h100-sxm5")
+    assert rc == 0 and "runtime eager" in out
+    rc, _, err = cli("estimate", "gemm:M=8,N=1024,K=1024", "--device", "s4-antoum", "--runtime", "eager")
+    assert rc == 2 and "runtime 'eager'" in err and "s4-antoum" in err
+    rc, _, err = cli("estimate", "gemm:M=8,N=1024,K=1024", "--device", "a100-sxm4-80gb", "--kernel", "magic")
+    assert rc == 2 and "--kernel 'magic': unknown kernel" in err
+
+
+# ----------------------------------------------------------------------------- the fusion pass
+
+def _mem_op(i: int, kind: str, shape: tuple[int, ...], inputs: int = 1, aten: str = "aten.add.Tensor") -> Op:
+    n = 1
+    for d in shape:
+        n *= d
+    return Op(index=i, kind=kind, aten=aten, module=f"m{i}", call_index=0, dtype="fp16",
+              input_shapes=(shape,) * inputs, output_shape=shape, flops=n, bytes_moved=2 * n * (inputs + 1))
+
+
+kinds = st.sampled_from(["elementwise", "norm", "softmax", "copy", "linear", "embedding"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seq=st.lists(st.tuples(kinds, st.integers(1, 2), st.booleans()), min_size=1, max_size=12),
+       dev=st.sampled_from([d.name for d in DEVICES]))
+def test_fusion_never_increases_latency_or_bytes(seq, dev):
+    """Whatever the op chain, device and runtime, a fused op costs at most what it costs alone."""
+    device = next(d for d in DEVICES if d.name == dev)
+    ops = []
+    for i, (kind, inputs, same_shape) in enumerate(seq):
+        shape = (64, 768) if same_shape else (64, 3072)
+        if kind == "linear":
+            op = dataclasses.replace(gemm_op(64, shape[1], 768, "fp16"), index=i)
+        else:
+            op = _mem_op(i, kind, shape, inputs, "aten.native_batch_norm.default" if kind == "norm" else "aten.add.Tensor")
+        ops.append(op)
+    for rt_name in device.runtimes.names():
+        _, rt = device.runtime(rt_name)
+        fusion = fuse(ops, elementwise=True, epilogue=True)
+        for op, fu in zip(ops, fusion):
+            alone = apply_runtime(estimate_op(op, None, device), OpFusion(op.index, op.index), rt)
+            fused = apply_runtime(estimate_op(op, None, device), fu, rt)
+            assert 0.0 <= fu.dram_scale <= 1.0
+            assert fused.latency_s <= alone.latency_s + 1e-15
+            assert fused.energy_j <= alone.energy_j + 1e-15
+            for level, b in fused.bytes_by_level.items():
+                assert b <= alone.bytes_by_level[level] + 1e-9
+
+
+def test_fusion_groups_chains_and_epilogues():
+    lin = gemm_op(64, 768, 768, "fp16")
+    add = _mem_op(1, "elementwise", (64, 768), 2)
+    norm = _mem_op(2, "norm", (64, 768), 1, "aten.native_layer_norm.default")
+    gelu = _mem_op(3, "elementwise", (64, 768), 1)
+    ops = [lin, add, norm, gelu]
+    chain = fuse(ops, elementwise=True, epilogue=False)
+    assert [f.role for f in chain] == ["alone", "head", "fused", "fused"]
+    assert chain[2].dram_scale < 1 and chain[2].launches == 0
+    epi = fuse(ops, elementwise=True, epilogue=True)
+    assert [f.role for f in epi] == ["head", "fused", "head", "fused"]
+    assert epi[1].how == "epilogue" and epi[1].dram_scale == pytest.approx(1 / 3)  # the residual read only
+    none = fuse(ops, elementwise=False, epilogue=False)
+    assert all(f.role == "alone" and f.dram_scale == 1.0 for f in none)
+    bn = _mem_op(1, "norm", (64, 768), 1, "aten._native_batch_norm_legit_no_training.default")
+    assert fuse([lin, bn], elementwise=False, epilogue=True)[1].dram_scale == 0.0  # folded into the weights
+
+
+@pytest.mark.parametrize("dev", ["a100-sxm4-80gb", "h100-sxm5", "jetson-agx-orin"])
+def test_bert_base_dense_runtime_ordering(dev):
+    """Dense BERT-base: engine <= compiled <= eager on every GPU."""
+    lat = {}
+    for rt in RUNTIMES:
+        t = compare_tables("bert-base:batch=8,seq=128,device=meta", [dev], ["dense"], runtime=rt)
+        lat[rt] = float(t.summary["latency_s"].iat[0])
+        assert set(t.per_op["runtime"]) == {rt}
+    assert lat["engine"] <= lat["compiled"] <= lat["eager"], lat
+    assert lat["eager"] > 1.1 * lat["compiled"], lat
+
+
+def test_eager_flips_a_small_batch_2to4_answer():
+    """BERT-base at batch 16 x 128 tokens: eager's tensor-subclass dispatch per 2:4 linear makes
+    2:4 slower than dense, while the compiled graph (no Python dispatch) makes it faster."""
+    speed = {}
+    for rt in ("eager", "compiled"):
+        t = compare_tables("bert-base:batch=16,seq=128,device=meta", ["a100-sxm4-80gb"], ["2:4"], runtime=rt)
+        speed[rt] = float(t.summary["speedup_vs_dense"].iat[0])
+    assert speed["eager"] < 1 < speed["compiled"], speed
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def test_runtime_picks_the_fastest_kernel_it_offers_and_says_which():
+    op = gemm_op(4096, 4096, 4096, "fp16")
+    layer = layer_for("weight", 4096, 4096, parse_pattern("2:4"), "fp16")
+    picked = cost_one(op, layer, A100, runtime="eager")
+    assert "eager picks cusparselt" in picked.why and "cutlass-24" in picked.why
+    forced = cost_one(op, layer, A100, runtime="eager", kernel="cutlass-24")
+    assert "(cutlass)" in forced.kernel and "kernel cutlass-24 forced" in forced.why
+    assert forced.latency_s >= picked.latency_s
+    assert "transpose not fused" in forced.why
+    # the engine offers no CUTLASS path but runs cuSPARSELt with split-K search and no torch layouts
+    eng = cost_one(op, layer, A100, runtime="engine")
+    assert "(cusparselt)" in eng.kernel and "layout kernels" not in eng.why
+
+
+def test_unstructured_kernels_by_runtime():
+    op = gemm_op(32, 21504, 7168, "fp16")
+    layer = layer_for("weight", 21504, 7168, parse_pattern("unstructured:0.8"), "fp16")
+    dense = cost_one(op, None, A100, runtime="engine").latency_s
+    eng = cost_one(op, layer, A100, runtime="engine")
+    assert eng.kernel.startswith("flash-llm") and dense / eng.latency_s > 1.3
+    eager = cost_one(op, layer, A100, runtime="eager")
+    assert "cusparse" in eager.kernel and eager.latency_s > dense  # torch's CSR path: cuSPARSE
+
+
+def test_sputnik_cost_depends_on_tokens_rows_and_row_length():
+    layer = layer_for("weight", 4096, 4096, parse_pattern("unstructured:0.9"), "fp16")
+
+    def t(m):
+        return cost_one(gemm_op(m, 4096, 4096, "fp16"), layer, A100, runtime="engine", kernel="sputnik").details["compute_s"]
+
+    # fewer tokens than the 1D tile leave lanes idle: 8 tokens cost as much compute as 32
+    assert t(8) == pytest.approx(t(32), rel=1e-9)
+    assert t(64) == pytest.approx(2 * t(32), rel=1e-9)
+    short = layer_for("weight", 4096, 4096, parse_pattern("unstructured:0.999"), "fp16")
+    per_nnz_short = cost_one(gemm_op(64, 4096, 4096, "fp16"), short, A100, runtime="engine",
+                             kernel="sputnik").details["compute_s"] / short.stats.nnz
+    assert per_nnz_short > t(64) / layer.stats.nnz  # 4 nonzeros per row waste most of a 32-step
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+def test_int8_gemm_spec_estimates(cli):
+    rc, out, _ = cli("estimate", "gemm:M=1024,N=1024,K=1024,dtype=int8", "--device", "h100-sxm5", "--plan", "2:4")
+    assert rc == 0, out
+    assert "int8" in out and "sparse tensor core" in out
+
+
+def test_dtype_override_retypes_and_sizes_metadata():
+    from sparsesim.run.estimate import prepare
+
+    p = prepare("gemm:M=64,N=1024,K=1024,dtype=fp16", ["2:4"], dtype="int8")
+    layer = next(iter(p.sparse["2:4"].layers.values()))
+    assert layer.metadata_bytes / layer.value_bytes == pytest.approx(0.25)  # 2 bits per 8-bit value
+    p16 = prepare("gemm:M=64,N=1024,K=1024,dtype=fp16", ["2:4"])
+    layer16 = next(iter(p16.sparse["2:4"].layers.values()))
+    assert layer16.metadata_bytes / layer16.value_bytes == pytest.approx(0.125)
+    w4 = prepare("gemm:M=64,N=1024,K=1024,dtype=fp16", ["dense"], dtype="int4").workload
+    op = w4.weight_ops()[0]
+    assert op.dtype == "int4" and op.bytes_moved == 64 * 1024 * 2 * 2 + 1024 * 1024 // 2
+
+
+def test_int4_weight_only_runs_marlin_and_sparse_marlin():
+    t = compare_tables("gemm:M=1,N=4096,K=4096,dtype=fp16", ["a100-sxm4-80gb"], ["2:4"], runtime="compiled",
+                       dtype="int4")
+    ops = t.per_op
+    dense = ops[ops["plan"] == "dense"].iloc[0]
+    sparse = ops[ops["plan"] == "2:4"].iloc[0]
+    assert "marlin" in dense["kernel"] and "sparse-marlin" in sparse["kernel"]
+    assert not dense["fallback"] and not sparse["fallback"]
+    assert sparse["latency_s"] < dense["latency_s"]
+
+
+@pytest.mark.parametrize("device", [d.name for d in builtin_devices()])
+def test_every_dtype_device_pattern_estimates_or_falls_back_with_a_reason(device):
+    dev = load_device(device)
+    for dtype in ("fp32", "fp16", "bf16", "fp8", "int8", "int4"):
+        for pattern in ("dense", "2:4", "unstructured:0.9", "block8x8:0.5", "channel:0.5"):
+            op = gemm_op(64, 256, 256, dtype)
+            layer = None if pattern == "dense" else layer_for("weight", 256, 256, parse_pattern(pattern), dtype)
+            c = cost_ops([op], [layer], dev)[0]
+            assert c.latency_s > 0 and c.energy_j > 0, (device, dtype, pattern)
+            if c.fallback:
+                assert c.why.strip(), (device, dtype, pattern)
