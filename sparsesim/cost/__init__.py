@@ -6,11 +6,12 @@ and its cost function in `FAMILY_COST`.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.hw.devices import Device
-from sparsesim.core.errors import UnsupportedError
+from sparsesim.core.errors import DeviceFileError, UnsupportedError
 from sparsesim.core.ir import Op
 from sparsesim.sparsity.records import LayerSparsity
 
@@ -32,7 +33,19 @@ def estimate_op(op: Op, layer: LayerSparsity | None, device: Device, context: Ru
     fn = FAMILY_COST.get(device.family)
     if fn is None:
         raise UnsupportedError(f"device {device.name}: no cost model for family {device.family!r}")
-    return fn(op, layer, device, context)
+    what = f"{device.path}: the {device.family} cost model on op {op.index} ({op.kind}"
+    what += f" {op.module})" if getattr(op, "module", "") else ")"
+    try:
+        cost = fn(op, layer, device, context)
+    except (ArithmeticError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        # the loader checks every field it can alone; a combination it cannot foresee ends here,
+        # as one line naming the device file, never a traceback
+        raise DeviceFileError(f"{what} failed: {type(e).__name__}: {e} (check this device file's numbers)") from e
+    bad = [k for k in ("latency_s", "energy_j") if not (math.isfinite(getattr(cost, k)) and getattr(cost, k) >= 0)]
+    if bad:
+        raise DeviceFileError(f"{what} gives a {' and '.join(bad)} of "
+                              f"{', '.join(str(getattr(cost, k)) for k in bad)} (check this device file's numbers)")
+    return cost
 
 
 # family modules register themselves on import

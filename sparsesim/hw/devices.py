@@ -24,11 +24,12 @@ import dataclasses
 import math
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from sparsesim.core.errors import DeviceFileError
+from sparsesim.core.errors import DeviceFileError, SparsesimWarning
 from sparsesim.core.packaged import builtin_dirs, builtin_files, user_device_dir
 
 # dimension -> {unit spelling: factor to the SI base unit}
@@ -49,6 +50,21 @@ UNITS: Mapping[str, Mapping[str, float]] = {
     "power": {"W": 1.0, "mW": 1e-3, "kW": 1e3},
     "per_cycle": {"1/cycle": 1.0, "FLOP/cycle": 1.0, "MAC/cycle": 1.0, "B/cycle": 1.0},
     "cycles": {"cycle": 1.0, "cycles": 1.0},
+}
+
+# Dimensions used as divisors (time = work / rate): zero is never a real device.
+RATE_DIMS = frozenset({"frequency", "flop_rate", "bandwidth", "per_cycle"})
+# Sanity ranges in SI units, wide enough for any real device from a microcontroller to a
+# wafer-scale chip; a value outside one draws a warning that names the field (a sanity bound,
+# not a model constant).
+PLAUSIBLE: Mapping[str, tuple[float, float]] = {
+    "frequency": (1e6, 1e11),          # 1 MHz .. 100 GHz
+    "flop_rate": (1e6, 1e19),          # 1 MFLOP/s .. 10 EFLOP/s
+    "bandwidth": (1e6, 1e16),          # 1 MB/s .. 10 PB/s
+    "energy": (1e-16, 1e-6),           # per action: 0.1 fJ .. 1 uJ
+    "energy_per_byte": (1e-15, 1e-6),  # 1 fJ/B .. 1 uJ/B
+    "power": (1e-4, 1e5),              # 0.1 mW .. 100 kW
+    "time": (1e-12, 10.0),             # overheads: 1 ps .. 10 s
 }
 
 QUANTITY_KEYS = frozenset({"value", "unit", "source", "fit_date", "fit_error", "note"})
@@ -226,6 +242,8 @@ def _read_doc(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise DeviceFileError(f"{path}: not valid TOML ({_toml_problem(text, e)})") from None
+    except RecursionError:  # tomllib parses nested arrays/tables recursively
+        raise DeviceFileError(f"{path}: arrays or tables nested too deeply to be a device file") from None
 
 
 def resolve_extends(doc: Mapping[str, Any], where: str, base_dir: Path | None,
@@ -374,4 +392,23 @@ def parse_quantity(raw: Any, dim: str | None, name: str, where: str) -> tuple[An
         raise DeviceFileError(
             f"{where}: field '{name}': wrong unit {unit!r} for a {dim} (use one of {', '.join(units)})"
         )
-    return float(value) * units[unit], prov
+    si = float(value) * units[unit]
+    if not math.isfinite(si):  # 1e300 GHz: finite as written, infinite in SI
+        raise DeviceFileError(f"{where}: field '{name}': {value} {unit} is not a finite quantity")
+    if dim in RATE_DIMS and not si > 0:
+        raise DeviceFileError(f"{where}: field '{name}': a {dim} must be > 0, got {value} {unit} "
+                              "(work at a zero rate never finishes)")
+    _check_plausible(si, value, unit, dim, name, where)
+    return si, prov
+
+
+def _check_plausible(si: float, value: Any, unit: str, dim: str, name: str, where: str) -> None:
+    """Warn (not fail: exotic hardware exists) when a quantity is far outside what any device of
+    its dimension has: usually a valid but wrong unit, e.g. FLOP/s written for TFLOP/s."""
+    span = PLAUSIBLE.get(dim)
+    if span is None or si == 0 or span[0] <= si <= span[1]:
+        return
+    lo, hi = span
+    base = next(u for u, f in UNITS[dim].items() if f == 1.0)
+    warnings.warn(f"{where}: field '{name}' = {value} {unit} is outside the plausible range {lo:g}..{hi:g} {base} "
+                  f"for a {dim}; is the unit right?", SparsesimWarning, stacklevel=4)

@@ -84,7 +84,9 @@ def uniform_plan(pattern: Pattern | str, *, exclude: Iterable[str] = ()) -> Plan
 def _plan_from_dict(doc: Mapping[str, Any], where: str, masks: Mapping[str, torch.Tensor] | None = None) -> Plan:
     def pat(value: Any, key: str) -> Pattern:
         if not isinstance(value, str):
-            raise PlanError(f"{where}: {key!r} must be a pattern string, got {value!r}")
+            shown = repr(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise PlanError(f"{where}: {key!r} must be a pattern string, got {shown}")
         try:
             return parse_pattern(value)
         except PlanError as e:
@@ -92,6 +94,9 @@ def _plan_from_dict(doc: Mapping[str, Any], where: str, masks: Mapping[str, torc
 
     rules_doc = doc.get("rules", {})
     if isinstance(rules_doc, list):  # saved plans keep rules as [glob, pattern] pairs
+        for i, pair in enumerate(rules_doc):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and isinstance(pair[0], str)):
+                raise PlanError(f"{where}: 'rules' entry {i} must be a [\"glob\", \"pattern\"] pair")
         rules = tuple((str(g), pat(p, str(g))) for g, p in rules_doc)
     elif isinstance(rules_doc, Mapping):
         rules = tuple((g, pat(p, g)) for g, p in rules_doc.items())
@@ -121,6 +126,8 @@ def load_plan(spec: str | Plan | Path) -> Plan:
             doc = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as e:
             raise PlanError(f"plan file {text!r}: {e}") from None
+        except RecursionError:  # tomllib parses nested arrays/tables recursively
+            raise PlanError(f"plan file {text!r}: arrays or tables nested too deeply to be a plan") from None
         except UnicodeDecodeError as e:
             raise PlanError(f"plan file {text!r}: not a UTF-8 text file (byte {e.start})") from None
         except OSError as e:
@@ -154,6 +161,8 @@ def _load_saved(path: Path) -> Plan:
             doc = json.loads(meta[_META_KEY])
         except json.JSONDecodeError as e:
             raise PlanError(f"plan file '{path}': {_META_KEY!r} metadata is not JSON ({e})") from None
+        except RecursionError:
+            raise PlanError(f"plan file '{path}': {_META_KEY!r} metadata is nested too deeply") from None
     else:
         try:
             blob = torch.load(path, weights_only=True, map_location="cpu")

@@ -82,6 +82,8 @@ def read_recipe(path: Path, name: str | None = None) -> Recipe:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise WorkloadError(f"recipe file {path} does not exist") from None
+    except RecursionError:  # tomllib parses nested arrays/tables recursively
+        raise WorkloadError(f"recipe file {path}: arrays or tables nested too deeply to be a recipe") from None
     except OSError as e:
         raise WorkloadError(f"recipe file {path}: cannot read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:

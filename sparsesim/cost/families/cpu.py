@@ -125,6 +125,11 @@ class CpuParams:
             return problem
         if not isinstance(self.native_dtypes, list) or not all(isinstance(d, str) for d in self.native_dtypes):
             return "field 'native_dtypes' must be a list of dtype strings"
+        widest = max(DTYPE_BYTES.get(d, 0) for d in [FALLBACK_DTYPE, *self.native_dtypes]
+                     if isinstance(d, str)) * 8
+        if self.vector_bits < widest:
+            return (f"field 'vector_bits': {self.vector_bits:g} bits holds no {widest}-bit lane of the widest dtype "
+                    "it runs")
         return None
 
 

@@ -86,7 +86,8 @@ class FpgaParams:
         """A problem with the design as one line, or None."""
         if self.dataflow not in FPGA_DATAFLOWS:
             return f"field 'dataflow': {self.dataflow!r} is not one of {', '.join(FPGA_DATAFLOWS)}"
-        problem = (check_whole(self, "pe_rows", "pe_cols") or check_positive(self, "clock")
+        problem = (check_whole(self, "pe_rows", "pe_cols")
+                   or check_positive(self, "clock", "onchip_buffer", "offchip_bandwidth")
                    or check_flags(self, "skip_weight_zeros", "skip_activation_zeros")
                    or check_dtype_table(self, "dsp_per_mac"))
         if problem:
