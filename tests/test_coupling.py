@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from sparsesim.core.ir import Op
+from sparsesim.sparsity.coupling import channel_sets
 from sparsesim.sparsity.sparsify import apply_plan, sparsify
 from sparsesim.tracing.tracer import trace
 
@@ -246,3 +247,14 @@ def test_head_pruned_attention_costs_less_in_compare(pruned):
     assert attn["channel:0.5"] < attn["dense"]
     totals = per_op.groupby("plan")["latency_s"].sum()
     assert totals["channel:0.5"] < totals["dense"]
+
+
+def test_channel_sets_name_the_coupled_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 8, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 2 * 2, 16), nn.ReLU(), nn.Linear(16, 10))
+    sets = {s.name: s for s in channel_sets(trace(model, torch.randn(1, 1, 10, 10)))}
+    assert set(sets) == {"0", "3", "6"}  # the logits (8) are the output: never a set
+    assert (sets["0"].channels, sets["0"].producers, sets["0"].consumers) == (4, ("0.weight",), ("3.weight",))
+    assert sets["3"].consumers == ("6.weight",) and sets["6"].consumers == ("8.weight",)
+    assert all(s.unit_rows == 1 for s in sets.values())

@@ -33,12 +33,12 @@ weight ends up with (its own pattern and the kept fractions of its rows and colu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Callable, Mapping, Sequence
 
 from sparsesim.core.errors import SearchError, SparsesimError
-from sparsesim.core.ir import GemmShape, Op
+from sparsesim.core.ir import Op
 from sparsesim.sparsity.records import DENSE, Pattern
 
 # Kept fractions offered per pattern family. Five levels span "light" (75 %) to "aggressive"
@@ -246,34 +246,3 @@ def prunable_ops(ops: Sequence[Op]) -> dict[str, Op]:
         if op.kind in PRUNABLE_KINDS and op.weight and op.weight_matrix and op.weight not in out:
             out[op.weight] = op
     return out
-
-
-def shrink_op(op: Op, *, rows: float = 1.0, cols: float = 1.0, heads: float = 1.0) -> Op:
-    """The smaller dense op left when a fraction of the weight's rows/columns (or of an
-    attention op's heads) is removed by channel pruning."""
-    if (rows, cols, heads) == (1.0, 1.0, 1.0) or op.gemm is None:
-        return op
-    g = op.gemm
-    if op.kind == "attention":
-        batch = max(1, round(g.batch * heads))
-        return replace(op, gemm=replace(g, batch=batch), flops=int(op.flops * batch / g.batch),
-                       bytes_moved=int(op.bytes_moved * batch / g.batch))
-    n = max(1, round(g.n * rows))
-    k = max(1, round(g.k * cols))
-    ws = op.weight_shape
-    if ws is not None:
-        out_rows = max(1, round(ws[0] * rows))
-        if len(ws) == 2:
-            ws = (out_rows, max(1, round(ws[1] * cols)))
-        else:  # conv: Cout x Cin/g x kh x kw; columns go by whole input channels
-            ws = (out_rows, max(1, round(ws[1] * cols)), *ws[2:])
-    conv = op.conv
-    if conv is not None:
-        conv = replace(conv, out_channels=max(1, round(conv.out_channels * rows)),
-                       in_channels=max(1, round(conv.in_channels * cols)))
-    scale = (n * k) / (g.n * g.k)
-    b = op.dtype_bytes
-    new_gemm = GemmShape(m=g.m, n=n, k=k, batch=g.batch, groups=g.groups)
-    io = (g.m * k + g.m * n + n * k) * g.batch * g.groups * b
-    return replace(op, gemm=new_gemm, weight_shape=ws, conv=conv, flops=int(op.flops * scale),
-                   bytes_moved=int(io))

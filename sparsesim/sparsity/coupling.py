@@ -33,6 +33,7 @@ from math import prod
 import torch
 
 from sparsesim.core.errors import PlanError
+from sparsesim.core.ir import Workload
 from sparsesim.sparsity.masks import kept_units
 from sparsesim.tracing.dataflow import Dataflow, Dim, Dims, WeightFlow
 
@@ -425,3 +426,93 @@ def _given_keep(ch: Channels, u: int, producers: Sequence[str], weights: Mapping
             raise PlanError(f"plan {plan_name!r}: masks of {names} keep different channels; "
                             "they share channels and are pruned together")
     return out
+
+
+# ---------------------------------------------------------------------- channel sets
+
+@dataclass(frozen=True)
+class ChannelSet:
+    """One set of channels pruned together, laid out so each weight keeps or drops contiguous
+    blocks: `producers` hold `unit_rows` consecutive rows per channel (head_dim rows for a
+    head), `consumers` read `cols // channels` consecutive columns per channel, and the
+    `attention` ops (by module) run one head per channel."""
+
+    name: str
+    channels: int
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    unit_rows: int
+    attention: tuple[str, ...] = ()
+
+
+def _blocks(coords: torch.Tensor, channels: int) -> int | None:
+    """Rows per channel when `coords` is 0,0,..,1,1,..: each channel a contiguous block."""
+    n = len(coords)
+    if n % channels:
+        return None
+    per = n // channels
+    return per if torch.equal(coords, torch.arange(channels).repeat_interleave(per)) else None
+
+
+def channel_sets(workload: Workload) -> tuple[ChannelSet, ...]:
+    """Every set of channels a uniform channel plan would prune in `workload` (see module doc),
+    with its producers, consumers and attention ops; sets whose channels are not contiguous
+    blocks of every weight (query heads inside a K/V group, a weight stored K x N) are left out,
+    and so is a set that would put a weight in a second set of the same role."""
+    ch = solve(workload.dataflow)
+    if ch is None:
+        return ()
+    weights = ch.flow.weights
+    chosen = {name: set(ch.units(row_dim(w))) for name, w in weights.items()}
+    producers: dict[int, list[str]] = {}
+    readers: dict[int, list[str]] = {}
+    for name, w in weights.items():
+        for leaf in ch.leaves(row_dim(w)):
+            producers.setdefault(leaf, []).append(name)
+        for leaf in ch.leaves(w.dims[1 - w.rows_dim]):
+            readers.setdefault(leaf, []).append(name)
+    modules = {op.weight: op.module for op in workload.ops if op.weight}
+    attention: dict[int, list[str]] = {}
+    for op in workload.ops:
+        f = ch.flow.ops.get(op.index)
+        if op.kind == "attention" and f is not None and f.dims:
+            for leaf in ch.leaves(tuple(a for d in f.dims[0][:-2] for a in d)):
+                attention.setdefault(leaf, []).append(op.module)
+    out: list[ChannelSet] = []
+    taken_rows: set[str] = set()
+    taken_cols: set[str] = set()
+    names: set[str] = set()
+    units = sorted({u for c in chosen.values() for u in c})
+    for u in units:
+        prods = producers.get(u, [])
+        if not prods or not all(u in chosen[p] for p in prods):
+            continue
+        cons = [c for c in readers.get(u, []) if c not in prods]
+        members = prods + cons
+        if any(weights[w].rows_dim != 0 for w in members) or taken_rows & set(prods) or taken_cols & set(cons):
+            continue
+        size = ch.size[u]
+        rows = {_blocks(ch.coords(row_dim(weights[p]), u), size) for p in prods}
+        cols_ok = all(_blocks(ch.coords(weights[c].dims[1], u), size) is not None for c in cons)
+        if len(rows) != 1 or None in rows or not cols_ok:
+            continue
+        taken_rows.update(prods)
+        taken_cols.update(cons)
+        name = _common_module([modules.get(p, p) for p in prods])
+        while name in names:
+            name += "+"
+        names.add(name)
+        out.append(ChannelSet(name, size, tuple(prods), tuple(cons), rows.pop() or 1,
+                              tuple(dict.fromkeys(attention.get(u, [])))))
+    return tuple(out)
+
+
+def _common_module(mods: Sequence[str]) -> str:
+    """The longest dotted prefix shared by module names (the block that owns a set)."""
+    parts = [m.split(".") for m in mods]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common) or "+".join(mods)
