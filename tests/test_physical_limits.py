@@ -89,7 +89,11 @@ def test_channel_never_beats_one_over_kept(m, j, k, dtype, dev, data):
     dense, sparse, layer = _pair(device, _runtime(data, device), m, n, k, dtype, "channel:0.5")
     st_ = layer.stats
     kept = (st_.kept_rows * st_.kept_cols) / (st_.rows * st_.cols)
-    assert dense.latency_s / sparse.latency_s <= (1 / kept) * (1 + EPS), _where(dense, sparse)
+    # what memory explains: a dense working set that outgrows L2 re-reads operands from DRAM, so a
+    # memory-bound dense op can save more DRAM bytes than the kept fraction alone
+    dram_ratio = dense.bytes_by_level.get("dram", 0.0) / max(sparse.bytes_by_level.get("dram", 0.0), 1.0)
+    bound = max(1 / kept, dram_ratio)
+    assert dense.latency_s / sparse.latency_s <= bound * (1 + EPS), _where(dense, sparse)
 
 
 @PROPS
