@@ -4,6 +4,8 @@ without allocating beyond the weight or looping with K."""
 
 from __future__ import annotations
 
+import json
+import math
 import resource
 
 import pytest
@@ -109,9 +111,17 @@ def test_too_long_and_non_ascii_spellings_are_one_clear_error():
 def test_cli_refuses_or_finishes_hostile_plans(cli):
     rc, _, err = cli("estimate", "gemm:M=64,N=4096,K=4096", "--device", "a100-sxm4-80gb", "--plan", "²:4")
     assert rc == 2 and err.count("\n") == 1 and "not a whole number" in err
-    rc, out, err = cli("estimate", "gemm:M=64,N=64,K=1000000000000", "--device", "a100-sxm4-80gb",
-                       "--plan", "2:4", "--json")
-    assert rc == 0, err
-    rc, out, err = cli("estimate", "gemm:M=64,N=4096,K=4096", "--device", "a100-sxm4-80gb",
-                       "--plan", "1:1000000", "--json")
-    assert rc == 0, err
+    for spec, plan in (("gemm:M=64,N=64,K=1000000000000", "2:4"), ("gemm:M=64,N=4096,K=4096", "1:1000000")):
+        rc, out, err = cli("estimate", spec, "--device", "a100-sxm4-80gb", "--plan", plan, "--json")
+        assert rc == 0, err
+        latency = json.loads(out)["totals"]["latency_s"]
+        assert math.isfinite(latency) and latency > 0
+
+def test_device_ratio_with_a_superscript_digit_is_one_field_error():
+    from op_cases import device_with
+
+    from sparsesim.core.errors import DeviceFileError
+
+    with pytest.raises(DeviceFileError, match="sparse_ratio.fp16"):
+        device_with("a100-sxm4-80gb", sparse_ratio={"value": {"fp16": "²:4", "bf16": "2:4", "int8": "2:4",
+                                                               "tf32": "1:2"}, "source": "test"})
