@@ -51,3 +51,19 @@ def test_facts_travel_on_the_kind():
 def test_make_pattern_goes_through_the_kind():
     assert make_pattern("nm", n=2, m=4) == parse_pattern("2:4")
     assert make_pattern("channel", 0.5) == parse_pattern("channel:0.5")
+
+
+def test_no_stage_compares_pattern_kind_names():
+    """A new pattern touches its module and cost rules only: no stage tests `kind == "..."`."""
+    import re
+    from pathlib import Path
+
+    import sparsesim
+
+    names = "|".join(KINDS)
+    compare = re.compile(rf"\.kind\s*(==|!=)\s*[\"']({names})[\"']|\.kind\s+(not\s+)?in\s+\([^)]*[\"']({names})[\"']")
+    root = Path(sparsesim.__file__).parent
+    hits = [f"{path.relative_to(root)}:{i}: {line.strip()}"
+            for path in root.rglob("*.py") if "kinds" not in path.parts
+            for i, line in enumerate(path.read_text().splitlines(), 1) if compare.search(line)]
+    assert not hits, "\n".join(hits)

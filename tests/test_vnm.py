@@ -129,3 +129,4 @@ def test_every_device_costs_vnm(device):
     c = estimate_op(op, layer_of(build_mask(w, P), P, "fp16"), dev)
     assert c.latency_s > 0 and math.isfinite(c.energy_j)
     assert c.why
+

@@ -10,10 +10,9 @@ keeps a 4096 x 11008 mask well under 0.2 s on one core.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
@@ -141,7 +140,7 @@ def measure_stats(mask: torch.Tensor | np.ndarray, *, pattern: Pattern | None = 
         row_nnz_mean=float(rn.mean()) if rows else 0.0,
         row_nnz_std=float(rn.std(unbiased=False)) if rows else 0.0,
         block_nonzero=tuple(sorted(block_nonzero.items())),
-        tile=tuple(tile),
+        tile=(tile[0], tile[1]),
         occupancy_hist=hist,
         zero_tile_fraction=hist[0],
         kept_rows=int(torch.count_nonzero(row_nnz)),
@@ -181,19 +180,62 @@ def bin_of(frac: float) -> int:
     return len(OCCUPANCY_BINS) - 1
 
 
-def expected_max(dist: Any, n: int, count: int) -> float:
-    """E[max of `count` i.i.d. draws of `dist`] (a scipy frozen distribution on 0..n)
+def expected_max(logcdf: Callable[[np.ndarray], np.ndarray], mean: float, sd: float, n: int, count: int) -> float:
+    """E[max of `count` i.i.d. draws of a distribution on 0..n with this log-cdf, mean and sd]
     = sum_k P(max > k): exact for windows of up to _MAX_WINDOW_POINTS values of k around the
     mean, a strided sum beyond (a K in the billions stays cheap)."""
     if count <= 0 or n <= 0:
         return 0.0
-    mean, sd = float(dist.mean()), float(dist.std())
     lo = max(0, math.floor(mean - _MAX_WINDOW_SD * sd) - 1)
     hi = min(n, math.ceil(mean + _MAX_WINDOW_SD * sd) + 1)
     stride = max(1, -(-(hi - lo) // _MAX_WINDOW_POINTS))
-    logcdf = dist.logcdf(np.arange(lo, hi, stride))  # log P(X <= k)
+    lc = logcdf(np.arange(lo, hi, stride))  # log P(X <= k)
     # terms below lo are P(max > k) = 1 to float precision, above hi 0
-    return float(lo + stride * np.sum(-np.expm1(count * logcdf)))
+    return float(lo + stride * np.sum(-np.expm1(count * lc)))
+
+
+# draws up to this many get an exact product form of the hypergeometric pmf (a tile or block
+# side); scipy's general routine is used beyond, where it is accurate and the population small
+_EXACT_DRAWS = 64
+# a hypergeometric over more than this many values is taken as normal (with a continuity
+# correction) for expected maxima: scipy's discrete cdf sums pmfs, which scales with the support
+_NORMAL_SUPPORT = 10**5
+
+
+def hypergeom_pmf(pop: int, good: int, draws: int) -> np.ndarray:
+    """P(j of `good` among `draws` taken without replacement from `pop`), j = 0..draws.
+
+    Exact and independent of `pop`'s size for short draws (a weight of 10^12 columns costs the
+    same as one of 64)."""
+    if draws > _EXACT_DRAWS:
+        return np.asarray(st.hypergeom(pop, good, draws).pmf(np.arange(draws + 1)), dtype=float)
+    out = np.zeros(draws + 1)
+    for j in range(draws + 1):
+        if j > good or draws - j > pop - good:
+            continue
+        p = float(math.comb(draws, j))
+        for i in range(j):
+            p *= (good - i) / (pop - i)
+        for i in range(draws - j):
+            p *= (pop - good - i) / (pop - j - i)
+        out[j] = p
+    return out
+
+
+def expected_max_hypergeom(pop: int, good: int, draws: int, count: int) -> float:
+    """E[max of `count` i.i.d. Hypergeometric(pop, good, draws)]."""
+    q = good / pop if pop else 0.0
+    mean = draws * q
+    sd = math.sqrt(max(0.0, draws * q * (1 - q) * (pop - draws) / max(pop - 1, 1)))
+    if draws > _NORMAL_SUPPORT:
+        def logcdf(ks: np.ndarray) -> np.ndarray:
+            if sd <= 0:
+                return np.where(ks + 0.5 >= mean, 0.0, -np.inf)
+            return np.asarray(st.norm.logcdf(ks + 0.5, mean, sd))
+    else:
+        def logcdf(ks: np.ndarray) -> np.ndarray:
+            return np.log(np.clip(st.hypergeom.cdf(ks, pop, good, draws), 1e-300, 1.0))
+    return expected_max(logcdf, mean, sd, draws, count)
 
 
 def expected_max_binomial(n: int, p: float, count: int) -> float:
@@ -202,7 +244,8 @@ def expected_max_binomial(n: int, p: float, count: int) -> float:
         return 0.0
     if p >= 1:
         return float(n) if count > 0 else 0.0
-    return expected_max(st.binom(n, p), n, count)
+    return expected_max(lambda ks: np.asarray(st.binom.logcdf(ks, n, p)), n * p, math.sqrt(n * p * (1 - p)),
+                        n, count)
 
 
 def full_conforms(k: int, n: int, m: int) -> bool:
@@ -236,7 +279,7 @@ def record(f: Frame, *, nnz: float, row_max: float, row_mean: float, row_std: fl
         nm_conformance=tuple(sorted((k, bool(v)) for k, v in conformance.items())),
         row_nnz_max=int(row_max), row_nnz_mean=float(row_mean), row_nnz_std=float(row_std),
         block_nonzero=tuple(sorted((k, int(v)) for k, v in block_nonzero.items())),
-        tile=tuple(f.tile), occupancy_hist=h, zero_tile_fraction=h[0],
+        tile=f.tile, occupancy_hist=h, zero_tile_fraction=h[0],
         kept_rows=int(kept_rows), kept_cols=int(kept_cols), analytic=True,
     )
 
@@ -262,6 +305,6 @@ def analytic_stats(rows: int, cols: int, pattern: Pattern, *, tile: tuple[int, i
     spec = pattern.spec
     ratios = tuple(dict.fromkeys(STANDARD_NM + spec.ratios(pattern)))
     blocks = tuple(dict.fromkeys(STANDARD_BLOCKS + spec.blocks(pattern)))
-    f = Frame(rows, cols, tuple(tile), group, kept_cols, ratios, blocks)
+    f = Frame(rows, cols, (tile[0], tile[1]), group, kept_cols, ratios, blocks)
     out = spec.analytic(pattern, f)
     return replace(out, pattern_conformance=((pattern.label, True),))

@@ -343,8 +343,10 @@ def _nm_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCyc
 
 def _bsr_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCycles:
     """BSR: the index once per r x c block, r*c value broadcasts over the same activation rows."""
-    r, c = layer.pattern.block
-    blocks = layer.stats.nonzero_blocks(r, c)
+    st = layer.stats
+    blocks = st.nonzero_blocks(*layer.pattern.block)
+    # a block side longer than the weight is the weight's extent (the mask's single edge block)
+    r, c = min(layer.pattern.block[0], max(st.rows, 1)), min(layer.pattern.block[1], max(st.cols, 1))
     if blocks is None:
         blocks = math.ceil(layer.stats.nnz / (r * c))
     vcyc, key = bsr_rate(p, r, c)

@@ -468,8 +468,9 @@ def _bsr(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, en
         return f"{note}; a sparse kernel would change the precision, so it is not used"
     g = work.gemms[0]
     st = layer.stats
-    r, c = layer.pattern.block
-    measured = st.nonzero_blocks(r, c)
+    measured = st.nonzero_blocks(*layer.pattern.block)
+    # a block side longer than the weight is the weight's extent (the mask's single edge block)
+    r, c = min(layer.pattern.block[0], max(st.rows, 1)), min(layer.pattern.block[1], max(st.cols, 1))
     total_blocks = ceil_div(st.rows, r) * ceil_div(st.cols, c)
     # not measured for this block size: the pattern's density of whole blocks
     nb = measured if measured is not None else min(total_blocks, math.ceil(st.density * total_blocks))

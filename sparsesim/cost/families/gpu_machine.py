@@ -156,7 +156,7 @@ def parse_ratio(text: Any) -> tuple[int, int] | None:
     if not isinstance(text, str):
         return None
     parts = text.split(":")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):  # "²" is a digit to str.isdigit, not to int()
         return None
     n, m = int(parts[0]), int(parts[1])
     return (n, m) if 0 < n < m else None

@@ -8,6 +8,7 @@ rounding rule) placed uniformly. Stored as BSR.
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -29,7 +30,7 @@ from sparsesim.sparsity.masks import kept_units
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
 from sparsesim.sparsity.stats import (
     bin_of,
-    expected_max,
+    expected_max_hypergeom,
     full_conforms,
     full_stats,
     record,
@@ -130,8 +131,8 @@ class Block(PatternKind):
         db = kb / nb
         nbc, nbr = -(-cols // c), -(-rows // r)
         # kept blocks in one block row ~ Hypergeometric(nb, kb, nbc); rows inside it share the count
-        hg = st.hypergeom(nb, kb, nbc)
-        emax = expected_max(hg, nbc, nbr)
+        emax = expected_max_hypergeom(nb, kb, nbc, nbr)
+        hg_var = nbc * db * (1 - db) * (nb - nbc) / max(nb - 1, 1)
         bnz = {}
         for r2, c2 in f.blocks:
             cover = max(1, -(-r2 // r)) * max(1, -(-c2 // c))
@@ -142,7 +143,7 @@ class Block(PatternKind):
             hist[bin_of(j / cover)] += float(pj)
         return record(
             f, nnz=round(db * f.size), row_max=min(cols, round(emax * c)), row_mean=cols * db,
-            row_std=float(c * hg.std()), conformance={nm: kb == 0 or full_conforms(cols, *nm) for nm in f.ratios},
+            row_std=c * math.sqrt(max(hg_var, 0.0)), conformance={nm: kb == 0 or full_conforms(cols, *nm) for nm in f.ratios},
             block_nonzero=bnz, hist=hist, kept_rows=min(rows, round(rows * (1 - (1 - db) ** nbc))),
             kept_cols=min(cols, round(cols * (1 - (1 - db) ** nbr))))
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-import numpy as np
 import torch
-from scipy import stats as st
 
 from sparsesim.core.errors import MaskError
 from sparsesim.sparsity.kinds.base import (
@@ -25,7 +23,14 @@ from sparsesim.sparsity.kinds.base import (
 )
 from sparsesim.sparsity.masks import kept_units
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
-from sparsesim.sparsity.stats import bin_of, full_conforms, full_stats, record, sizes
+from sparsesim.sparsity.stats import (
+    bin_of,
+    full_conforms,
+    full_stats,
+    hypergeom_pmf,
+    record,
+    sizes,
+)
 
 _SPELLING = re.compile(r"channel:(.+)", re.ASCII)
 
@@ -98,13 +103,13 @@ class Channel(PatternKind):
         bnz = {}
         for r, c in f.blocks:
             # kept cells are (kept rows) x (kept cols): nonzero blocks = nonzero block rows x block cols
-            brows = sum(cnt * (1 - st.hypergeom(rows, kept_r, h).pmf(0)) for h, cnt in sizes(rows, r))
-            bcols = sum(cnt * (1 - st.hypergeom(cols, kept_c, w).pmf(0)) for w, cnt in sizes(cols, c))
+            brows = sum(cnt * (1 - hypergeom_pmf(rows, kept_r, h)[0]) for h, cnt in sizes(rows, r))
+            bcols = sum(cnt * (1 - hypergeom_pmf(cols, kept_c, w)[0]) for w, cnt in sizes(cols, c))
             bnz[(r, c)] = round(brows * bcols)
         hist = [0.0] * len(OCCUPANCY_BINS)
         th, tw = min(f.tile[0], rows), min(f.tile[1], cols)
-        pr = st.hypergeom(rows, kept_r, th).pmf(np.arange(th + 1))
-        pc = st.hypergeom(cols, kept_c, tw).pmf(np.arange(tw + 1))
+        pr = hypergeom_pmf(rows, kept_r, th)
+        pc = hypergeom_pmf(cols, kept_c, tw)
         for i, pi in enumerate(pr):
             for j, pj in enumerate(pc):
                 hist[bin_of(i * j / (th * tw))] += float(pi * pj)

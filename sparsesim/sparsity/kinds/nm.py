@@ -38,7 +38,7 @@ _RANK_MAX_M = 8
 # is used (conformance is then only claimed where it is guaranteed anyway)
 _WORST_WALK_MAX = 4096
 # block columns summed exactly in analytic block counts; longer runs are sampled evenly
-_SUM_POINTS = 4096
+_SUM_POINTS = 1024
 # overlaps up to this many slots get an exact product of probabilities, longer ones log-gamma
 _EXACT_OVERLAP = 64
 
