@@ -7,6 +7,7 @@ pattern kind never stores more bytes."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,7 +28,8 @@ GPUS = sorted(d for d in DEVICES if DEVICES[d].family == "gpu")
 DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8", "int4")
 # relative slack for float rounding only
 EPS = 1e-9
-PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# SPARSESIM_PROPS raises the example count for a longer local search
+PROPS = settings(max_examples=int(os.environ.get("SPARSESIM_PROPS", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 pytestmark = pytest.mark.slow
 
 dims = st.integers(min_value=1, max_value=4096)
@@ -82,8 +84,9 @@ def test_unstructured_never_beats_one_over_density(m, n, k, dtype, dev, sparsity
 @given(m=dims, j=st.integers(1, 5), k=st.integers(2, 4096), dtype=dtypes, dev=gpus, data=st.data())
 def test_channel_never_beats_one_over_kept(m, j, k, dtype, dev, data):
     """Halving the output channels of a layer with 768 x j of them: the halves are whole tiles of
-    every device's array (12, 16, 64, 128 wide), so tile quantisation (which can make a pruned
-    shape fit its array better than the dense one, a real effect) plays no part in the bound."""
+    every device's array (12, 16, 64, 128 wide). M is arbitrary, and a GPU library picks its
+    tile per shape, so the pruned GEMM may pad less or fill its waves better than the dense one
+    (a real effect): the bound allows exactly the SM utilisation gained."""
     device = DEVICES[dev]
     n = 768 * j
     dense, sparse, layer = _pair(device, _runtime(data, device), m, n, k, dtype, "channel:0.5")
@@ -92,7 +95,10 @@ def test_channel_never_beats_one_over_kept(m, j, k, dtype, dev, data):
     # what memory explains: a dense working set that outgrows L2 re-reads operands from DRAM, so a
     # memory-bound dense op can save more DRAM bytes than the kept fraction alone
     dram_ratio = dense.bytes_by_level.get("dram", 0.0) / max(sparse.bytes_by_level.get("dram", 0.0), 1.0)
-    bound = max(1 / kept, dram_ratio)
+    # and what tiling explains: the pruned shape may pad less or fill the waves better (the
+    # library picks its tile per shape), measured as the SM-time share doing useful MACs
+    util = sparse.details.get("sm_utilisation", 1.0) / dense.details.get("sm_utilisation", 1.0)
+    bound = max(1 / kept * max(util, 1.0), dram_ratio)
     assert dense.latency_s / sparse.latency_s <= bound * (1 + EPS), _where(dense, sparse)
 
 

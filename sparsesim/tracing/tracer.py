@@ -74,11 +74,16 @@ class _CallStack(ModuleTracker):
         for name, mod in root.named_modules():
             self._known_modules[mod] = name
             self._seen_modules.add(mod)
+        # modules a library builds inside forward (transformers wraps some functions in throwaway
+        # modules) are not the user's: their ops belong to the enclosing module of the model
+        self._own = {id(m) for m in root.modules()}
         self.stack: list[tuple[str, int, nn.Module]] = []
         self._calls: dict[str, int] = defaultdict(int)
 
     def _fw_pre_hook(self, mod: nn.Module, input: Any) -> None:
         super()._fw_pre_hook(mod, input)
+        if id(mod) not in self._own:
+            return
         name = self._get_mod_name(mod)
         self.stack.append((name, self._calls[name], mod))
         self._calls[name] += 1

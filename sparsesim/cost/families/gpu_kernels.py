@@ -121,7 +121,8 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
         memory_bytes=wb if op.weight is not None else 0.0,
         fallback=fallback or bool(unit.note),
         details={"waves": tl.waves, "tiles": tl.tiles, "wave_efficiency": tl.wave_efficiency,
-                 "split_k": tl.split_k, "precision": precision_id(unit.dtype)},
+                 "sm_utilisation": tl.utilisation(work.gemms[0]), "split_k": tl.split_k,
+                 "precision": precision_id(unit.dtype)},
     )
 
 
@@ -440,7 +441,11 @@ def _flash_llm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devi
     g = work.gemms[0]
     nnz = float(layer.stats.nnz)
     values = nnz * (work.dtype_bytes + FLASH_LLM_INDEX_BYTES)
-    mma_s = 2.0 * g.macs / (unit.peak * p.flash_llm_efficiency)
+    # the dense MMAs are tiled and scheduled in waves over the SMs like any GEMM (split-K for
+    # skinny shapes, as Flash-LLM does), so a one-tile problem runs on one SM here as in cuBLAS
+    tile_rate = unit.peak / p.sm_count * p.flash_llm_efficiency
+    mma_s = gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=0.0, w_bytes=0.0, c_bytes=0.0,
+                      split_k=True).compute_s
     extract_s = nnz * p.flash_llm_extract_cycles / (p.sm_count * p.clock) * max(1, ceil_div(g.m, int(p.gemm_tile_n)))
     compute = mma_s + extract_s
     dram, l2, memory = sparse_traffic(p, g, work, values, 0.0)

@@ -230,8 +230,17 @@ class Tiling:
         """Useful fraction of the SM-time the waves occupy (1.0 = no quantisation loss)."""
         return self.tiles / (self.waves * self.sms) if self.waves else 1.0
 
+    def utilisation(self, g: GemmShape) -> float:
+        """Share of the SM-time the waves occupy that does useful MACs: wave quantisation times
+        the padding of M, N and K up to whole tiles (1.0 = none lost)."""
+        if not self.waves or g.macs <= 0:
+            return 1.0
+        slots = self.waves * self.sms * self.tile_m * self.tile_n * self.k_per_tile
+        return float(g.macs) / slots
 
-def tiling(p: GpuParams, g: GemmShape, dtype_bytes: float, *, split_k: bool = False, sparse: bool = False) -> Tiling:
+
+def tiling(p: GpuParams, g: GemmShape, dtype_bytes: float, *, split_k: bool = False, sparse: bool = False,
+           tile: tuple[int, int] | None = None) -> Tiling:
     """Tile the M x N output: the device tile, shrunk for small dims to whole MMA granules
     (so a GEMV uses a thin tile rather than a mostly-empty 128-row one); waves over the SMs.
     With `sparse` the device's sparse-kernel tile applies (when it names one).
@@ -244,8 +253,8 @@ def tiling(p: GpuParams, g: GemmShape, dtype_bytes: float, *, split_k: bool = Fa
     """
     sms = int(p.sm_count)
     k_step = max(int(p.gemm_tile_k), mma_k(p, dtype_bytes))
-    tile_m, tile_n = int(p.gemm_tile_m), int(p.gemm_tile_n)
-    if sparse and p.sparse_tile_m and p.sparse_tile_n:
+    tile_m, tile_n = tile or (int(p.gemm_tile_m), int(p.gemm_tile_n))
+    if tile is None and sparse and p.sparse_tile_m and p.sparse_tile_n:
         tile_m, tile_n = int(p.sparse_tile_m), int(p.sparse_tile_n)
     tm = min(tile_m, round_up(max(g.m, 1), int(p.mma_m)))
     tn = min(tile_n, round_up(max(g.n, 1), int(p.mma_n)))
@@ -301,7 +310,30 @@ def gemm_time(
     (fp32) are written and read back through L2. `dram_bytes` leaves out the weight's metadata,
     which `metadata_dram_bytes` gives (read as often as the values).
     """
-    t = tiling(p, g, dtype_bytes, split_k=split_k, sparse=sparse)
+    if split_k and not sparse:
+        # a heuristic-driven library (cuBLAS) also picks a smaller CTA tile when the device tile
+        # leaves most SMs idle; the candidate with the least time (compute or traffic) wins,
+        # the device tile on ties (its L2 traffic is the lowest)
+        times = [_gemm_time_at(p, g, dtype_bytes, tile_rate, a_bytes, w_bytes, c_bytes, w_meta_bytes, tile=t)
+                 for t in candidate_tiles(p)]
+        return min(times, key=lambda gt: max(gt.compute_s, memory_s(p, gt.dram_bytes + gt.metadata_dram_bytes,
+                                                                     gt.l2_bytes)))
+    return _gemm_time_at(p, g, dtype_bytes, tile_rate, a_bytes, w_bytes, c_bytes, w_meta_bytes, split_k=split_k,
+                         sparse=sparse)
+
+
+def candidate_tiles(p: GpuParams) -> list[tuple[int, int]]:
+    """The device tile, then the same tile halved along N, along M, and along both: the CTA shapes
+    a GEMM library's heuristic chooses among for problems that would not fill the SMs."""
+    tm, tn = int(p.gemm_tile_m), int(p.gemm_tile_n)
+    halves = [(tm, tn), (tm, tn // 2), (tm // 2, tn), (tm // 2, tn // 2)]
+    return [(m, n) for m, n in dict.fromkeys(halves) if m >= p.mma_m and n >= p.mma_n]
+
+
+def _gemm_time_at(p: GpuParams, g: GemmShape, dtype_bytes: float, tile_rate: float, a_bytes: float, w_bytes: float,
+                  c_bytes: float, w_meta_bytes: float, *, split_k: bool = True, sparse: bool = False,
+                  tile: tuple[int, int] | None = None) -> GemmTime:
+    t = tiling(p, g, dtype_bytes, split_k=split_k, sparse=sparse, tile=tile)
     per_tile = 2.0 * t.tile_m * t.tile_n * t.k_per_tile / tile_rate if tile_rate > 0 else math.inf
     compute = t.waves * per_tile if g.macs > 0 else 0.0
     a_reads = dram_reads(p, a_bytes, t.tiles_n, t.wave_n)
