@@ -18,9 +18,9 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sparsesim.run import results  # noqa: E402
-from sparsesim.hw.devices import builtin_devices  # noqa: E402
-from sparsesim.run.simulate import simulate_frame  # noqa: E402
+from sparsesim.hw.devices import builtin_devices
+from sparsesim.run import results
+from sparsesim.run.simulate import simulate_frame
 
 est = importlib.import_module("sparsesim.run.estimate")  # the module: sparsesim.run.estimate is the function
 

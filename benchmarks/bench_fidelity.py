@@ -22,8 +22,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sparsesim.fidelity.calibrate import calibrate  # noqa: E402
-from sparsesim.fidelity.validate import TARGETS, render, validate  # noqa: E402
+from sparsesim.fidelity.calibrate import calibrate
+from sparsesim.fidelity.validate import TARGETS, render, validate
 
 GPU_TARGET = 0.20
 
@@ -34,7 +34,7 @@ def targets(doc: dict) -> list[tuple[str, str, bool]]:
     for pat, limit in TARGETS.items():
         s = doc["summary"].get(pat)
         if s is None or s["median_abs_error"] is None:
-            out.append((f"{pat} {pat == 'dense' and 'latency' or 'speedup'} median <= {limit:.0%}", "no cases", False))
+            out.append((f"{pat} {(pat == 'dense' and 'latency') or 'speedup'} median <= {limit:.0%}", "no cases", False))
             continue
         out.append((f"{pat} {s['metric']} median |err| <= {limit:.0%}",
                     f"{s['median_abs_error']:.1%} (p90 {s['p90_abs_error']:.1%}, {s['cases']} cases)",

@@ -26,9 +26,9 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from sparsesim.search.runner import SearchConfig, run_search  # noqa: E402
+from sparsesim.search.runner import SearchConfig, run_search
 
 # (workload, device, target modeled speedup). Digits on the S4 engine is capped near 1.13x by its
 # memory-bound elementwise ops (the cost model's answer), so it is asked for 1.1x.

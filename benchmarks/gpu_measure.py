@@ -325,7 +325,7 @@ def measure_bert(args: argparse.Namespace, *, gpu: str, source: str) -> list[dic
                     times[(plan, "eager")] = time_ms(lambda m=model, i=inputs: m(**i), **rep)
                     compiled = torch.compile(model, mode="max-autotune")
                     times[(plan, "compiled")] = time_ms(lambda c=compiled, i=inputs: c(**i), **rep)
-            except Exception as e:  # noqa: BLE001  (any failure skips the case with its reason)
+            except Exception as e:
                 _skip(f"BERT-base {plan} batch {batch}", e)
             finally:
                 torch.cuda.empty_cache()

@@ -40,10 +40,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sparsesim.cost.families.fpga import fpga_cost  # noqa: E402
-from sparsesim.cost.families.systolic import conv_output_size  # noqa: E402
-from sparsesim.hw.devices import parse_device_doc  # noqa: E402
-from sparsesim.core.ir import ConvGeometry, GemmShape, Op  # noqa: E402
+from sparsesim.core.ir import ConvGeometry, GemmShape, Op
+from sparsesim.cost.families.fpga import fpga_cost
+from sparsesim.cost.families.systolic import conv_output_size
+from sparsesim.hw.devices import parse_device_doc
 
 DEFAULT_SCALESIM_PYTHON = "/work/scalesim-venv/bin/python"
 TARGET_RATIO_ERROR = 0.02
@@ -214,7 +214,7 @@ def run_scalesim(py: str, workdir: Path, rows: int, cols: int, df: str, layers: 
     return cycles, info
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def array_device(rows: int, cols: int, df: str):
     """The alveo-u250 device file with the array size and dataflow of this comparison."""
     doc = tomllib.loads(BASE_DEVICE.read_text())

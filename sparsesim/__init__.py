@@ -6,8 +6,9 @@ __version__ = "0.1.0"
 
 # The API functions named like their modules are bound eagerly: a lazy attribute would be
 # shadowed by the submodule itself once `sparsesim.run.estimate` / `sparsesim.run.simulate` is imported.
-from sparsesim.run.estimate import compare, estimate  # noqa: E402
-from sparsesim.run.simulate import simulate  # noqa: E402
+from sparsesim.run.estimate import compare as compare
+from sparsesim.run.estimate import estimate as estimate
+from sparsesim.run.simulate import simulate as simulate
 
 
 def __getattr__(name: str):

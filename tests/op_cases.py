@@ -6,9 +6,9 @@ import tomllib
 
 import torch
 
+from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
 from sparsesim.hw.devices import Device, builtin_device_files, parse_device_doc
 from sparsesim.sparsity.formats import format_bytes, storage_format
-from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
 from sparsesim.sparsity.patterns import parse_pattern
 from sparsesim.sparsity.records import LayerSparsity, Pattern
 from sparsesim.sparsity.stats import measure_stats

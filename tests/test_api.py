@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 
 import sparsesim
-import sparsesim.run.estimate  # noqa: F401  (importing the submodule must not shadow the function)
-import sparsesim.run.simulate  # noqa: F401
+import sparsesim.run.estimate
+import sparsesim.run.simulate
 
 
 def test_api_functions_are_functions_even_after_their_modules_are_imported():

@@ -61,7 +61,7 @@ def test_bad_input_one_line_exit_2(cli, tmp_path, argv, names):
     (tmp_path / "dir.toml").mkdir()
     argv = [a.format(blocker=_blocker(tmp_path), tmp=tmp_path) for a in argv]
     names = names.format(blocker=_blocker(tmp_path), tmp=tmp_path)
-    rc, out, err = _run(cli, argv)
+    rc, _out, err = _run(cli, argv)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 2, (rc, err)
     assert len(lines) == 1, err

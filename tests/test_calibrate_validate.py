@@ -16,10 +16,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sparsesim.fidelity import calibrate as cal  # noqa: E402
-from sparsesim.fidelity import validate as val  # noqa: E402
-from sparsesim.cli import main  # noqa: E402
-from sparsesim.hw.devices import parse_device_file  # noqa: E402
+from sparsesim.cli import main
+from sparsesim.fidelity import calibrate as cal
+from sparsesim.fidelity import validate as val
+from sparsesim.hw.devices import parse_device_file
 
 FITTED = ("gemm_efficiency.fp32", "gemm_half_m.fp32", "sparse_nnz_cycles", "sparse_vector_cycles",
           "sparse_row_cycles", "sparse_call_overhead", "bsr_block_cycles", "bsr_vector_cycles.4x4")

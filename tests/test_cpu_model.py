@@ -11,13 +11,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
-from sparsesim.fidelity.calibrate import gemm_op, layer_for
-from sparsesim.cost import estimate_op
-from sparsesim.cost.families.cpu import lanes, peak_flops, residency
-from sparsesim.hw.devices import load_device, parse_device_file
 from sparsesim.core.errors import DeviceFileError
 from sparsesim.core.ir import Op
+from sparsesim.cost import estimate_op
+from sparsesim.cost.families.cpu import lanes, peak_flops, residency
+from sparsesim.fidelity.calibrate import gemm_op, layer_for
 from sparsesim.fidelity.measure import random_mask
+from sparsesim.hw.devices import load_device, parse_device_file
 from sparsesim.sparsity.records import Pattern
 from sparsesim.sparsity.shrink import shrink_layer_op
 
@@ -53,7 +53,7 @@ def test_dense_roofline_invariant(cpu, m, n, k, dtype):
     p = cpu.params
     dt = dtype if dtype in p.gemm_efficiency else "fp32"
     assert c.latency_s >= 2 * m * n * k / peak_flops(p, dt) * (1 - 1e-9)
-    ((level, nbytes),) = c.bytes_by_level.items()
+    ((_level, nbytes),) = c.bytes_by_level.items()
     _, bw, _ = residency(p, nbytes)
     assert c.latency_s >= nbytes / bw * (1 - 1e-9)
     assert c.latency_s >= p.call_overhead

@@ -14,13 +14,12 @@ import math
 
 import pandas as pd
 import pytest
+from op_cases import fp16_linear
 
-from sparsesim.run import results
-from sparsesim.hw.devices import builtin_device_files, load_device
 from sparsesim.core.errors import DeviceFileError, PlanError
 from sparsesim.core.ir import Op, WeightInfo, Workload
-
-from op_cases import fp16_linear
+from sparsesim.hw.devices import builtin_device_files, load_device
+from sparsesim.run import results
 
 est = importlib.import_module("sparsesim.run.estimate")  # the module: sparsesim.run.estimate is the function
 
@@ -76,7 +75,7 @@ def test_compare_one_row_per_device_and_plan(tables: est.Tables) -> None:
     assert len(s) == len(builtin_device_files()) * len(PLANS)
     names = [load_device(d).name for d in builtin_device_files()]
     assert sorted(set(s["device"])) == sorted(names)
-    for dev, rows in s.groupby("device", sort=False):
+    for _dev, rows in s.groupby("device", sort=False):
         assert list(rows["plan"]) == list(PLANS)
     dense = s[s["plan"] == "dense"]
     assert (dense["speedup_vs_dense"] == 1.0).all()

@@ -9,18 +9,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_cases import device_with, layer_of, linear
 
+from sparsesim.core.errors import DeviceFileError
+from sparsesim.core.ir import DTYPE_BYTES, ConvGeometry, GemmShape, Op
 from sparsesim.cost import estimate_op
 from sparsesim.cost.common import run_dtype
 from sparsesim.cost.families.fpga import busy_rows, offchip_traffic
 from sparsesim.hw.devices import load_device
-from sparsesim.core.errors import DeviceFileError
-from sparsesim.core.ir import DTYPE_BYTES, ConvGeometry, GemmShape, Op
 from sparsesim.sparsity.records import Pattern
-from sparsesim.sparsity.stats import measure_stats
 from sparsesim.sparsity.shrink import shrink_layer_op
-
-from op_cases import device_with, layer_of, linear
+from sparsesim.sparsity.stats import measure_stats
 
 
 def conv(size: int, cin: int, cout: int, kernel: int, stride: int, pad: int, dtype: str = "int8") -> Op:

@@ -10,17 +10,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
 from sparsesim.cost import ALONE, estimate_op
 from sparsesim.cost.families.gpu import compute_unit, kernel_env
 from sparsesim.cost.families.gpu_machine import tiling
-from sparsesim.run.estimate import cost_one
+from sparsesim.fidelity.gpu_validation import gemm_op, layer_for, validate_gpu_published
 from sparsesim.hw.devices import load_device
-from sparsesim.fidelity.gpu_validation import gemm_op, layer_for, summary, validate_gpu_published
-from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
+from sparsesim.run.estimate import cost_one
 from sparsesim.sparsity.patterns import parse_pattern
 from sparsesim.sparsity.records import LayerSparsity, Pattern
-from sparsesim.sparsity.stats import measure_stats
 from sparsesim.sparsity.shrink import shrink_layer_op
+from sparsesim.sparsity.stats import measure_stats
 
 GPUS = ("a100-sxm4-80gb", "h100-sxm5", "jetson-agx-orin")
 DEV = {name: load_device(name) for name in GPUS}

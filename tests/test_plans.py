@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn.utils import prune
 
 from sparsesim.core.errors import MaskError, PlanError
-from sparsesim.sparsity.formats import format_bytes
 from sparsesim.core.ir import GemmShape, Op, Workload
+from sparsesim.sparsity.formats import format_bytes
 from sparsesim.sparsity.patterns import parse_pattern
 from sparsesim.sparsity.plans import Plan, load_plan, save_plan, uniform_plan
 from sparsesim.sparsity.sparsify import apply_plan, sparsify
@@ -51,7 +51,7 @@ WEIGHTS = ["0.weight", "3.weight", "5.attention.weight", "5.mlp.0.weight", "5.ml
 def test_uniform_plan_sparsifies_every_linear_and_conv():
     sw = sparsify(_trace(), "2:4")
     assert list(sw.layers) == WEIGHTS
-    for name, layer in sw.layers.items():
+    for _name, layer in sw.layers.items():
         assert layer.pattern == parse_pattern("2:4") and layer.format == "nm"
         assert layer.stats.conforms_nm(2, 4) and not layer.stats.analytic
         size = format_bytes("nm", layer.stats, value_bytes=4, pattern=layer.pattern)

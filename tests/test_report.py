@@ -23,9 +23,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from sparsesim.cli import main  # noqa: E402
-from sparsesim.hw.devices import builtin_devices  # noqa: E402
-from sparsesim.report.fmt import fmt_q, fmt_x, parse_q  # noqa: E402
+from sparsesim.cli import main
+from sparsesim.hw.devices import builtin_devices
+from sparsesim.report.fmt import fmt_q, fmt_x, parse_q
 
 WORKLOAD = "resnet18:image=64"
 PLANS = "dense,2:4,unstructured:0.9,channel:0.5"

@@ -7,16 +7,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_cases import device_with, layer_of, linear
 
+from sparsesim.core.errors import DeviceFileError
 from sparsesim.cost import estimate_op
 from sparsesim.cost.families.s4 import skip_ratio
 from sparsesim.hw.devices import load_device
-from sparsesim.core.errors import DeviceFileError
-from sparsesim.sparsity.formats import format_bytes
 from sparsesim.sparsity.records import Pattern
 from sparsesim.sparsity.shrink import shrink_layer_op
-
-from op_cases import device_with, layer_of, linear
 
 S4 = load_device("s4-antoum")
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from sparsesim.core.errors import SearchError
-from sparsesim.sparsity.plans import load_plan
-from sparsesim.sparsity.masks import check_mask
 from sparsesim.search import optuna_search as osr
 from sparsesim.search.problem import SearchProblem
 from sparsesim.search.runner import SearchConfig, build_problem, run_search
+from sparsesim.sparsity.masks import check_mask
+from sparsesim.sparsity.plans import load_plan
 
 DEVICE = "arm-cortex-a78"
 
@@ -136,9 +136,9 @@ def test_channel_groups_prune_producer_rows_and_consumer_columns_together(proble
 
 
 def test_signals_are_zero_for_dense_and_grow_with_pruning(problem):
+    from sparsesim.search.accuracy import layer_inputs, masked, reconstruction_error
     from sparsesim.sparsity.masks import build_mask
     from sparsesim.sparsity.patterns import make_pattern
-    from sparsesim.search.accuracy import layer_inputs, masked, reconstruction_error
 
     assert problem.sensitivity(problem.space.dense_choice(), "fidelity") == pytest.approx(0.0, abs=1e-9)
     w = problem.model.fc1.weight.detach()

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 optuna = pytest.importorskip("optuna")
-from optuna.trial import TrialState  # noqa: E402
+from optuna.trial import TrialState
 
-from sparsesim.search.optuna_search import open_storage  # noqa: E402
+from sparsesim.search.optuna_search import open_storage
 
 TESTS = Path(__file__).resolve().parent
 N = 10

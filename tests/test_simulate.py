@@ -6,17 +6,17 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import itertools
 import math
 
 import numpy as np
 import pytest
+from op_cases import fp16_linear
 
+from sparsesim.core.ir import Op, WeightInfo, Workload
 from sparsesim.hw.devices import builtin_device_files, load_device
 from sparsesim.run.estimate import estimate
-from sparsesim.core.ir import Op, WeightInfo, Workload
 from sparsesim.run.simulate import OpTimes, run_sequence, serve, simulate, simulate_frame
-
-from op_cases import fp16_linear
 
 DEVICES = sorted(builtin_device_files())
 
@@ -162,7 +162,7 @@ def test_low_load_latency_is_service_time() -> None:
 
 def test_p99_grows_towards_saturation() -> None:
     p99 = [serve(SERVICE, qps=rho / SERVICE, requests=5000, seed=2).p99_s for rho in (0.3, 0.6, 0.9, 0.97)]
-    assert all(a < b for a, b in zip(p99, p99[1:]))
+    assert all(a < b for a, b in itertools.pairwise(p99))
     assert p99[-1] > 5 * SERVICE
 
 

@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sparsesim.core.errors import TraceError
-from sparsesim.tracing.flops import T, classify, is_metadata_op
 from sparsesim.core.ir import ConvGeometry, GemmShape
+from sparsesim.tracing.flops import T, classify, is_metadata_op
 from sparsesim.tracing.tracer import trace
 
 aten = torch.ops.aten

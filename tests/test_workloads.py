@@ -9,7 +9,6 @@ import textwrap
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-import torch
 import torch.nn as nn
 
 from sparsesim.core.errors import TraceError, WorkloadError

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from sparsesim.core.errors import SparsesimError, SparsesimWarning
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sparsesim.run import results
 from sparsesim.cli.common import (
     add_criterion_argument,
     add_deployment_arguments,
@@ -15,6 +14,7 @@ from sparsesim.cli.common import (
     render_user_devices,
     user_devices_joining,
 )
+from sparsesim.run import results
 
 NAME = "compare"
 HELP = "compare sparsity plans across devices: latency, speedup over dense, energy, memory and why"

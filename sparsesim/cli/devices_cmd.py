@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from sparsesim.hw.devices import builtin_device_files, load_device, parse_device_file
     from sparsesim.core.errors import DeviceFileError
+    from sparsesim.hw.devices import builtin_device_files, load_device, parse_device_file
 
     if args.action == "show":
         if not args.device:

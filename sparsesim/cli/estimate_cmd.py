@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sparsesim.run import results
 from sparsesim.cli.common import (
     add_criterion_argument,
     add_deployment_arguments,
@@ -13,6 +12,7 @@ from sparsesim.cli.common import (
     add_workload_argument,
     deployment,
 )
+from sparsesim.run import results
 
 NAME = "estimate"
 HELP = "latency, energy and memory of a workload under a sparsity plan on one device, op by op"

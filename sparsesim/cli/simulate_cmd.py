@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sparsesim.run import results
 from sparsesim.cli.common import (
     add_criterion_argument,
     add_deployment_arguments,
@@ -14,6 +13,7 @@ from sparsesim.cli.common import (
     add_workload_argument,
     deployment,
 )
+from sparsesim.run import results
 
 NAME = "simulate"
 HELP = "simulate a workload on a device: overlap, stream throughput, serving p50/p99 at a request rate"
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    s = lambda v: results.fmt_si(v, "s")  # noqa: E731
+    s = lambda v: results.fmt_si(v, "s")
     lines = [
         f"{doc['workload']} on {doc['device']} ({doc['family']}, {doc['device_file']}), runtime {doc['runtime']}, "
         f"plan {doc['plan']}, "
@@ -73,10 +73,12 @@ def render(doc: dict[str, Any]) -> str:
             f"-> {p['throughput_ips']:.4g} inferences/s")
     v = doc.get("serving")
     if v:
+        batching = ("no batching" if v["max_batch"] == 1
+                    else f"batches of up to {v['max_batch']} (mean {v['mean_batch']:.2f})")
         lines += [
             "",
             f"serving at {v['qps']:g} req/s, {v['requests']} requests (seed {doc['seed']}), service time {s(v['service_s'])}, "
-            f"{'no batching' if v['max_batch'] == 1 else 'batches of up to %d (mean %.2f)' % (v['max_batch'], v['mean_batch'])}, "
+            f"{batching}, "
             f"load {v['offered_load']:.2f}{' (OVERLOADED: queue grows without bound)' if v['saturated'] else ''}",
             f"  latency p50 {s(v['p50_s'])}, p99 {s(v['p99_s'])}, mean {s(v['mean_latency_s'])} "
             f"(mean wait {s(v['mean_wait_s'])}; M/D/1 theory "

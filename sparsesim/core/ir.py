@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 # Op kinds. Matmul-like kinds carry a GemmShape; the rest carry bytes moved only.
 MATMUL_KINDS = ("linear", "matmul", "conv", "attention")

@@ -7,12 +7,12 @@ and its cost function in `FAMILY_COST`.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
-from sparsesim.cost.record import ALONE, Cost, RunContext
-from sparsesim.hw.devices import Device
 from sparsesim.core.errors import DeviceFileError, UnsupportedError
 from sparsesim.core.ir import Op
+from sparsesim.cost.record import ALONE, Cost, RunContext
+from sparsesim.hw.devices import Device
 from sparsesim.sparsity.records import LayerSparsity
 
 CostFn = Callable[[Op, "LayerSparsity | None", Device, RunContext], Cost]
@@ -49,6 +49,6 @@ def estimate_op(op: Op, layer: LayerSparsity | None, device: Device, context: Ru
 
 
 # family modules register themselves on import
-from sparsesim.cost.families import gpu, cpu, fpga, s4  # noqa: E402,F401
+from sparsesim.cost.families import cpu, fpga, gpu, s4  # noqa: E402,F401
 
-__all__ = ["Cost", "RunContext", "ALONE", "estimate_op", "register_cost", "FAMILY_COST"]
+__all__ = ["ALONE", "FAMILY_COST", "Cost", "RunContext", "estimate_op", "register_cost"]

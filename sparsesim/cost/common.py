@@ -16,15 +16,14 @@ Typical use in a family's cost function::
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
+from sparsesim.core.ir import DTYPE_BYTES, MEMORY_KINDS, GemmShape, Op, activation_dtype
 from sparsesim.cost.energy import action_energy
 from sparsesim.cost.record import Cost
 from sparsesim.hw.devices import Device
-from sparsesim.core.ir import DTYPE_BYTES, MEMORY_KINDS, GemmShape, Op, activation_dtype
 from sparsesim.sparsity.records import LayerSparsity
-
 
 # bytes per element of a dtype the IR does not list (a traced complex or custom dtype): counted
 # at fp32 width, the default tensor dtype, rather than failing the whole estimate
@@ -223,8 +222,8 @@ def build_cost(
         latency_s=lat,
         energy_j=e.total_j,
         bytes_by_level=dict(energy.bytes_by_level),
-        memory_bytes=int(round(memory_bytes)),
-        metadata_bytes=int(round(metadata_bytes)),
+        memory_bytes=round(memory_bytes),
+        metadata_bytes=round(metadata_bytes),
         bound=bound_of(compute_s, memory_s, overhead_s),
         utilization=min(1.0, util),
         kernel=kernel,

@@ -6,8 +6,8 @@ skipping saves energy and time (a skipped action costs nothing, but its metadata
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 
 @dataclass(frozen=True)

@@ -21,21 +21,22 @@ import dataclasses
 import datetime as _dt
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import least_squares
 
-from sparsesim.fidelity import measure
-from sparsesim.cost import estimate_op
-from sparsesim.hw.devices import Device, load_device, parse_device_file
 from sparsesim.core import atomic
 from sparsesim.core.errors import SparsesimError
-from sparsesim.core.packaged import user_device_dir
 from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
+from sparsesim.core.packaged import user_device_dir
+from sparsesim.cost import estimate_op
+from sparsesim.fidelity import measure
+from sparsesim.hw.devices import Device, load_device, parse_device_file
 from sparsesim.sparsity.records import LayerSparsity, Pattern
 
 HOST_NAME = "host"  # the calibrated device's name: found by it like a built-in device

@@ -12,23 +12,34 @@ predicted. The published GPU figures shipped with the repo are checked the same 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from sparsesim.core.errors import SparsesimError
+from sparsesim.cost import estimate_op
 from sparsesim.fidelity import measure
 from sparsesim.fidelity.calibrate import (
-    FIT_BSR_M, default_out, FIT_CSR_M, FIT_INT8_M, FIT_M, FIT_NK, calibrate, gemm_op, layer_for, sparse_pattern,
+    FIT_BSR_M,
+    FIT_CSR_M,
+    FIT_INT8_M,
+    FIT_M,
+    FIT_NK,
+    calibrate,
+    default_out,
+    gemm_op,
+    layer_for,
+    sparse_pattern,
 )
-from sparsesim.cost import estimate_op
-from sparsesim.sparsity.shrink import shrink_layer_op
 from sparsesim.hw.devices import Device, load_device
-from sparsesim.core.errors import SparsesimError
+from sparsesim.sparsity.shrink import shrink_layer_op
 
 # ---- the VALIDATE set: no N x K and no M in common with calibrate's FIT set ----------------
 VALIDATE_NK = ((768, 768), (1536, 384), (384, 1536), (1280, 640))
@@ -207,7 +218,7 @@ def _crossing(densities: Sequence[float], speedups: Sequence[float]) -> float | 
     pts = sorted(zip(densities, speedups))
     if pts and pts[0][1] < 1.0:
         return pts[0][0]  # slower than dense already at the sparsest point measured
-    for (d0, s0), (d1, s1) in zip(pts, pts[1:]):
+    for (d0, s0), (d1, s1) in itertools.pairwise(pts):
         if s0 >= 1.0 > s1:
             x0, x1, y0, y1 = math.log(d0), math.log(d1), math.log(s0), math.log(s1)
             return math.exp(x0 + (0.0 - y0) * (x1 - x0) / (y1 - y0))

@@ -25,9 +25,10 @@ import math
 import re
 import tomllib
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from sparsesim.core.errors import DeviceFileError, SparsesimWarning
 from sparsesim.core.packaged import builtin_dirs, builtin_files, user_device_dir

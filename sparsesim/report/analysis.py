@@ -7,15 +7,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sparsesim.hw.devices import Device
 from sparsesim.core.errors import SparsesimError
+from sparsesim.hw.devices import Device
 from sparsesim.run.results import fit_note
-
 
 # A layer whose sparse time is at least this fraction of its dense time gained nothing worth
 # having and goes into the "why no speedup" table.

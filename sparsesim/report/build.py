@@ -10,20 +10,27 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from sparsesim.hw.devices import Device
+from sparsesim.report.inputs import (
+    ReportError,
+    SearchResult,
+    ValidationResult,
+    read_search_dir,
+    read_validation,
+    run_quick_validation,
+)
 from sparsesim.run.estimate import DEFAULT_PLANS as STANDARD_PLANS
-from sparsesim.report.inputs import (ReportError, SearchResult, ValidationResult, read_search_dir, read_validation,
-                                     run_quick_validation)
 
-__all__ = ["STANDARD_PLANS", "DEFAULT_WORKLOADS", "ReportData", "ReportError", "collect", "resolve_devices"]
+__all__ = ["DEFAULT_WORKLOADS", "STANDARD_PLANS", "ReportData", "ReportError", "collect", "resolve_devices"]
 
 
 # The main job: the three model families people ask about, Llama in both inference phases.
@@ -115,7 +122,7 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
     per_op = pd.concat(per_op_frames, ignore_index=True)
     summary = mark_best(pd.concat(summary_frames, ignore_index=True))
     data = ReportData([workload_label(w) for w in workloads], list(devices), list(plans), per_op, summary,
-                      command=command, created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                      command=command, created=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
                       timings=timings, dtypes=dtypes, op_bytes=op_bytes)
     if serving:
         if stage is not None:

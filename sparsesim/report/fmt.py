@@ -7,7 +7,6 @@ import math
 import re
 from typing import Any
 
-
 _UNITS = {
     "time": ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs"), (1e-9, "ns")),
     "energy": ((1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"), (1e-9, "nJ")),
@@ -38,7 +37,7 @@ def fmt_x(value: Any) -> str:
 def sig(v: float, digits: int = 4) -> str:
     if v == 0:
         return "0"
-    return f"{v:.{max(0, digits - 1 - int(math.floor(math.log10(abs(v)))))}f}"
+    return f"{v:.{max(0, digits - 1 - math.floor(math.log10(abs(v))))}f}"
 
 
 def parse_q(text: str) -> float:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import base64
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,11 +15,21 @@ from sparsesim import __version__
 from sparsesim.report import analysis, build
 from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import esc, fmt_q, fmt_x, sig, slug
+from sparsesim.report.tables import (
+    PCT_FORMATS,
+    SEARCH_FORMATS,
+    TRAINING_FORMATS,
+    WHY_ROWS,
+    device_table,
+    front_table,
+    gpu_line,
+    search_summary,
+    training_line,
+    training_table,
+    validation_line,
+    why_summary,
+)
 from sparsesim.run.results import fit_note
-from sparsesim.report.tables import (PCT_FORMATS, SEARCH_FORMATS, WHY_ROWS, device_table, front_table, gpu_line,
-                                     search_summary, training_line, training_table, validation_line,
-                                     why_summary, TRAINING_FORMATS)
-
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;margin:0;color:#1d2330;

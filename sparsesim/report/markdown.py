@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,11 +14,21 @@ from sparsesim import __version__
 from sparsesim.report import analysis, build
 from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import fmt_q, fmt_x, sig
+from sparsesim.report.tables import (
+    PCT_FORMATS,
+    SEARCH_FORMATS,
+    TRAINING_FORMATS,
+    WHY_ROWS,
+    device_table,
+    front_table,
+    gpu_line,
+    search_summary,
+    training_line,
+    training_table,
+    validation_line,
+    why_summary,
+)
 from sparsesim.run.results import fit_note
-from sparsesim.report.tables import (PCT_FORMATS, SEARCH_FORMATS, WHY_ROWS, device_table, front_table, gpu_line,
-                                     search_summary, training_line, training_table, validation_line,
-                                     why_summary, TRAINING_FORMATS)
-
 
 MD_TITLE = "# sparsesim: which sparsity pattern pays on which hardware"
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sparsesim.hw.devices import Device
 
@@ -83,8 +83,8 @@ def cpu_compute(device: Device, dtypes: set[str]) -> list[Roof]:
 
 def fpga_compute(device: Device, dtypes: set[str]) -> list[Roof]:
     """The PE array at the dtype it runs the workload in: rows x cols MACs (2 FLOP each) per clock."""
-    from sparsesim.cost.families import fpga
     from sparsesim.cost.common import run_dtype
+    from sparsesim.cost.families import fpga
 
     p = device.params
     roofs = []

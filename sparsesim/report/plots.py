@@ -12,7 +12,7 @@ import io
 import math
 import re
 import zlib
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd

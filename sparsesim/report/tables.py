@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
 from sparsesim.report import build
 from sparsesim.report.fmt import fmt_q, fmt_x
 from sparsesim.report.inputs import SearchResult, ValidationResult
-
 
 # Rows of the per-layer "why no speedup" table shown per (device, plan) on the page; the CSV has all.
 WHY_ROWS = 3

@@ -16,8 +16,9 @@ from __future__ import annotations
 import math
 import weakref
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -54,7 +55,7 @@ class Prepared:
 
 # ----------------------------------------------------------------------------- caches
 
-_workloads: "OrderedDict[str, Workload]" = OrderedDict()
+_workloads: OrderedDict[str, Workload] = OrderedDict()
 _sparse: dict[tuple[int, str, str], SparseWorkload] = {}
 
 
@@ -117,7 +118,7 @@ def plan_label(plan: Any) -> str:
     return str(getattr(plan, "name", None) or plan)
 
 
-_retyped_cache: "OrderedDict[tuple[int, str], Workload]" = OrderedDict()
+_retyped_cache: OrderedDict[tuple[int, str], Workload] = OrderedDict()
 
 
 def _retyped(wl: Workload, dtype: str) -> Workload:

@@ -21,17 +21,18 @@ Three questions, three simulations, all seeded and deterministic:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import simpy
 
-from sparsesim.run import results
-from sparsesim.hw.devices import Device
 from sparsesim.core.errors import SparsesimError, WorkloadError
 from sparsesim.core.ir import Workload
+from sparsesim.hw.devices import Device
+from sparsesim.run import results
 from sparsesim.sparsity.records import SparseWorkload
 
 DEFAULT_REQUESTS = 1000
@@ -55,7 +56,7 @@ class OpTimes:
     weight_s: np.ndarray
 
     @classmethod
-    def from_frame(cls, per_op: pd.DataFrame) -> "OpTimes":
+    def from_frame(cls, per_op: pd.DataFrame) -> OpTimes:
         lat = per_op["latency_s"].to_numpy(dtype=float)
         c = per_op["compute_s"].to_numpy(dtype=float)
         m = per_op["memory_s"].to_numpy(dtype=float)
@@ -279,7 +280,7 @@ def _pipeline(t: OpTimes, inputs: int, *, overlap: bool = True) -> dict[str, flo
 
 # ----------------------------------------------------------------------------- serving
 
-ServiceTime = Union[float, Callable[[int], float]]
+ServiceTime = float | Callable[[int], float]
 
 
 def serve(

@@ -9,7 +9,8 @@ channels in every coupled group.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sparsesim.search.space import SearchSpace
 

@@ -9,7 +9,8 @@ of its mask (`layers`), and op costs by what the cost model reads (`memo`).
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 from sparsesim.core.cache import ContentCache
 from sparsesim.core.ir import Op, Workload

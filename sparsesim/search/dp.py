@@ -11,8 +11,8 @@ budget, and the answer is exact whenever latencies are multiples of the step (in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -6,7 +6,7 @@ Plan that records them the way `plans.save_plan` / `sparsify.sparsify` read it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -67,7 +67,7 @@ class MaskMaker:
             return hit
         from sparsesim.sparsity.masks import build_mask
 
-        rows, cols = self.shapes[w]
+        rows, _cols = self.shapes[w]
         w2 = self.weights[w].reshape(rows, -1)
         ri = torch.arange(rows)
         ci = torch.arange(w2.shape[1])

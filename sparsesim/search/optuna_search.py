@@ -10,7 +10,8 @@ import os
 import pickle
 import signal
 import warnings
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from sparsesim.core.errors import SearchError, SparsesimWarning
 from sparsesim.search.study import (
@@ -43,7 +44,7 @@ def _process_main(blob: bytes, cfg: StudyConfig, worker: int, errors, parent: in
         run_worker(problem, cfg, worker=worker, parent=parent)
     except SearchError as e:
         errors.put(str(e))
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -10,7 +10,8 @@ the saved plan. The DP's per-unit tables come from the same functions (`tables.u
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 

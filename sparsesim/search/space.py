@@ -33,9 +33,9 @@ weight ends up with (its own pattern and the kept fractions of its rows and colu
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Mapping, Sequence
 
 from sparsesim.core.errors import SearchError, SparsesimError
 from sparsesim.core.ir import Op
@@ -167,7 +167,7 @@ def group_unit(group: str) -> str:
     return f"group:{group}"
 
 
-def settings(space: "SearchSpace", index: GroupIndex, choice: Mapping[str, str]) -> dict[str, Setting]:
+def settings(space: SearchSpace, index: GroupIndex, choice: Mapping[str, str]) -> dict[str, Setting]:
     """Every weight of the space's layer units and groups under `choice` (missing units: dense)."""
     by_name = space.units_by_name
 

@@ -27,10 +27,11 @@ import os
 import socket
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 from sparsesim.core.errors import SearchError, SparsesimWarning
 
@@ -114,7 +115,7 @@ def open_storage(storage: str):
                     if sqlite:
                         _serialise_sqlite(rdb.engine)
                     return rdb
-                except Exception as e:  # noqa: BLE001 -- sqlalchemy raises its own types for a database it cannot open
+                except Exception as e:
                     if _schema_race(e) and attempt < SCHEMA_ATTEMPTS - 1:
                         time.sleep(POLL_S * (attempt + 1))  # another process is creating the schema
                         continue

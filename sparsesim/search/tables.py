@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, MutableMapping, Protocol
+from collections.abc import Callable, MutableMapping
+from typing import Any, Protocol
 
 from sparsesim.search.dp import LayerTable
 from sparsesim.search.space import SearchSpace

@@ -8,7 +8,7 @@ whose builder module defines `search_task(model, *, seed) -> SearchTask` gets th
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -7,8 +7,9 @@ a format how nonzeros are stored, stats what a measured (or analytic) mask looks
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 from sparsesim.core.errors import PlanError
 from sparsesim.core.ir import Op, Workload

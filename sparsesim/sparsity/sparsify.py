@@ -341,7 +341,7 @@ def _sparsify(workload: Workload, plan: Plan | str, criterion: str,
     decider = _Decider(None if on_meta else model, entries, plan, criterion, workload.activation_norms,
                        workload.dataflow, real=not on_meta, cache=cache)
     layers: dict[str, LayerSparsity] = {}
-    for w, (e, op) in found.items():
+    for w, (_e, op) in found.items():
         info = workload.weights.get(w)
         vb = DTYPE_BYTES[info.dtype] if info is not None and info.dtype in DTYPE_BYTES else op.dtype_bytes
         d = decider.decide(w)

@@ -501,7 +501,7 @@ def _cat(tr: FlowTracker, args: tuple, kwargs: dict, out: Any) -> None:
         raise _Untracked
     ds = [tr.dims(t) for t in ts]
     res = list(ds[0])
-    for d, t in zip(ds[1:], ts[1:]):
+    for d, _t in zip(ds[1:], ts[1:]):
         for j in range(out.dim()):
             if j != dim:
                 tr.join(res[j], d[j])

@@ -13,13 +13,14 @@ move no bytes and the tracer skips them.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import prod
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from sparsesim.core.ir import ConvGeometry, GemmShape, UNKNOWN
+from sparsesim.core.ir import UNKNOWN, ConvGeometry, GemmShape
 
 aten = torch.ops.aten
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -34,10 +35,10 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
 
 from sparsesim.core.errors import TraceError
-from sparsesim.tracing.dataflow import FlowTracker
-from sparsesim.tracing.flops import T, attention_work, classify, is_metadata_op, rnn_layer_work
 from sparsesim.core.ir import Op, WeightInfo, Workload
 from sparsesim.core.threads import one_thread
+from sparsesim.tracing.dataflow import FlowTracker
+from sparsesim.tracing.flops import T, attention_work, classify, is_metadata_op, rnn_layer_work
 
 aten = torch.ops.aten
 # torch.ao quantize_dynamic's Linear: int8 weights packed in an opaque object
@@ -193,7 +194,7 @@ class _Recorder:
         q, k, v = args[:3]
         mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
         causal = bool(kwargs.get("is_causal", args[5] if len(args) > 5 else False))
-        t = lambda x: T(tuple(x.shape), x.element_size()) if isinstance(x, torch.Tensor) else None  # noqa: E731
+        t = lambda x: T(tuple(x.shape), x.element_size()) if isinstance(x, torch.Tensor) else None
         work = attention_work(t(q), t(k), t(v), t(out), t(mask), causal)
         self._add("scaled_dot_product_attention", work, (q, k, v, mask), out)
         self.flow.attention(q, k, v, mask, out)
@@ -317,7 +318,7 @@ class _DispatchMode(TorchDispatchMode):
         super().__init__()
         self.rec = rec
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         if self.rec.suppress == 0:
@@ -334,7 +335,7 @@ class _AttentionMode(TorchFunctionMode):
         super().__init__()
         self.rec = rec
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is not F.scaled_dot_product_attention or self.rec.suppress:
             return func(*args, **kwargs)

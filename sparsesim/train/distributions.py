@@ -24,8 +24,8 @@ from sparsesim.core.errors import PlanError, TrainError
 from sparsesim.core.ir import Workload
 from sparsesim.sparsity.patterns import make_pattern
 from sparsesim.sparsity.plans import load_plan
-from sparsesim.sparsity.sparsify import SPARSIFIED_KINDS
 from sparsesim.sparsity.records import DENSE, Pattern
+from sparsesim.sparsity.sparsify import SPARSIFIED_KINDS
 
 NAMED = ("uniform", "uniform-first-dense", "er", "erk")
 

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op, Workload
-from sparsesim.sparsity.sparsify import SPARSIFIED_KINDS, layer_record
 from sparsesim.sparsity.records import DENSE, LayerSparsity, Pattern, SparseWorkload
+from sparsesim.sparsity.sparsify import SPARSIFIED_KINDS, layer_record
 from sparsesim.sparsity.stats import analytic_stats
 from sparsesim.train.methods import Segment
 from sparsesim.train.optimizers import Optimizer

@@ -22,9 +22,10 @@ efficiencies are fitted by `sparsesim calibrate`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
+from sparsesim.core.ir import DTYPE_BYTES, Op
 from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
     EnergyInputs,
@@ -40,7 +41,6 @@ from sparsesim.cost.common import (
 )
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.hw.devices import Device, quantity, register_family, setting
-from sparsesim.core.ir import DTYPE_BYTES, Op
 from sparsesim.sparsity.records import LayerSparsity
 
 MODEL = "cpu-simd"

@@ -29,9 +29,10 @@ How a sparse layer runs here, and why it is costed this way:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
+from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
 from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
     EnergyInputs,
@@ -47,10 +48,9 @@ from sparsesim.cost.common import (
     stored_operand_bytes,
     zero_skipped,
 )
-from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.cost.families.systolic import gemm_cycles
+from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.hw.devices import Device, quantity, register_family, setting
-from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
 from sparsesim.sparsity.records import LayerSparsity, SparsityStats
 
 MODEL = "fpga-systolic"
@@ -298,4 +298,4 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
     )
 
 
-__all__ = ["FpgaParams", "fpga_cost", "array_for", "busy_rows", "offchip_traffic"]
+__all__ = ["FpgaParams", "array_for", "busy_rows", "fpga_cost", "offchip_traffic"]

@@ -22,9 +22,10 @@ The model, and why:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
+from sparsesim.core.ir import Op
 from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
     EnergyInputs,
@@ -42,7 +43,6 @@ from sparsesim.cost.common import (
 )
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.hw.devices import Device, quantity, register_family, setting
-from sparsesim.core.ir import Op
 from sparsesim.sparsity.records import LayerSparsity, SparsityStats
 
 MODEL = "s4-sparse-engine"
@@ -189,4 +189,4 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCon
     )
 
 
-__all__ = ["S4Params", "s4_cost", "effective_density", "skip_ratio"]
+__all__ = ["S4Params", "effective_density", "s4_cost", "skip_ratio"]

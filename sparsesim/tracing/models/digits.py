@@ -71,7 +71,7 @@ def _digits_csv() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise MissingExtraError("the digits workload needs scikit-learn (its bundled digits data is the dataset), "
                                 "from the optional extra [search]: pip install 'sparsesim[search]'")
-    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
     if not path.exists():
         raise WorkloadError(f"digits: {path} is missing from the scikit-learn install")
     return path
@@ -137,7 +137,7 @@ def pretrained(cfg: DigitsConfig = DigitsConfig()) -> DigitsCNN:
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return model.eval()
-        except Exception as e:  # noqa: BLE001 -- torch.load raises many types on a torn or foreign file
+        except Exception as e:
             warnings.warn(f"{path}: the cached digits model is unreadable ({type(e).__name__}); retraining it",
                           SparsesimWarning, stacklevel=2)
     model = _train(cfg, load_data())

@@ -117,7 +117,7 @@ def _decoder_inputs(model: nn.Module, config: Any, phase: str, batch: int, seq: 
     if phase == "decode" and kv < 1:
         raise WorkloadError("parameter kv: decode needs a KV cache of at least 1 position (kv=...)")
     _check_positive(batch=batch, seq=new)
-    max_pos = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions")
+    max_pos = getattr(config, "max_position_embeddings", None) or config.n_positions
     if kv + new > max_pos:
         raise WorkloadError(f"kv + new tokens = {kv + new} exceeds the model's {max_pos} positions")
     if phase == "decode":

@@ -53,7 +53,6 @@ def load_model() -> SentenceEmbedder:
     """The real all-MiniLM-L6-v2 weights, offline, in eval mode."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -36,7 +36,7 @@ class ConvBNReLU(nn.Sequential):
 class InvertedResidual(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
         super().__init__()
-        hidden = int(round(cin * expand))
+        hidden = round(cin * expand)
         self.use_res_connect = stride == 1 and cin == cout
         layers: list[nn.Module] = []
         if expand != 1:
