@@ -4,11 +4,11 @@ every result: the per-op and summary tables, the CLI, and the report's verdict."
 from __future__ import annotations
 
 import json
-import math
 
 import pandas as pd
 import pytest
 
+from sparsesim.hw.devices import load_device
 from sparsesim.report import analysis
 from sparsesim.report.inputs import SearchResult
 from sparsesim.run.estimate import compare_tables
@@ -39,8 +39,8 @@ def test_fit_is_computed_on_the_costing_path_for_every_row(small_gpu):
     # weights + inputs + the GEMM's working set (input and output activations)
     assert dense["memory_need_bytes"] == pytest.approx(weights + 2 * 64 * 8192 * 2 + 64 * 8192 * 2, rel=1e-6)
     assert sparse["memory_need_bytes"] < dense["memory_need_bytes"]
-    assert s.loc[("xeon-sapphire-rapids", "dense"), "fits"] is None  # no capacity in the file: unknown
-    assert math.isnan(s.loc[("xeon-sapphire-rapids", "dense"), "memory_capacity_bytes"])
+    assert bool(s.loc[("xeon-sapphire-rapids", "dense"), "fits"]) is True  # 512 GB of DDR5
+    assert s.loc[("xeon-sapphire-rapids", "dense"), "memory_capacity_bytes"] == pytest.approx(512e9)
     per_op = t.per_op[(t.per_op["device"] == "small-gpu") & (t.per_op["plan"] == "dense")]
     assert len(per_op) and not per_op["fits"].astype(bool).any()
 
@@ -57,6 +57,29 @@ def test_cli_flags_it_in_estimate_compare_and_simulate(cli, small_gpu):
     dense_line = next(line for line in text.splitlines() if line.strip().startswith("dense"))
     assert "DOES NOT FIT: 137 MB > 100 MB" in dense_line
     rc, out, _ = cli("simulate", GEMM, "--device", small_gpu, "--json")
+    assert rc == 0 and json.loads(out)["fits"] is False
+
+
+@pytest.mark.parametrize("base", ["xeon-sapphire-rapids", "arm-cortex-a78", "alveo-u250", "zcu102", "s4-antoum",
+                                  "jetson-agx-orin", "h100-sxm5"])
+def test_every_built_in_device_states_its_memory(base):
+    """Every family's device files give memory_capacity with its source, so a fit is never unknown."""
+    dev = load_device(base)
+    assert dev.params.memory_capacity > 1e9
+    assert dev.provenance["memory_capacity"].source
+
+
+@pytest.mark.parametrize("base", ["xeon-sapphire-rapids", "arm-cortex-a78", "zcu102", "alveo-u250", "s4-antoum"])
+def test_a_model_too_big_for_a_small_cpu_fpga_or_s4_device_is_said_plainly(cli, tmp_path, base):
+    """CPU, FPGA and S4 files give memory_capacity too: the same one-line flag as on a GPU."""
+    p = tmp_path / "small.toml"
+    p.write_text(f'extends = "{base}"\nname = "small-{base}"\ndescription = "{base} with 100 MB"\n'
+                 f'memory_capacity = {{ value = {CAPACITY_MB}, unit = "MB", source = "assumed: a test device" }}\n')
+    rc, text, _ = cli("estimate", GEMM, "--device", str(p))
+    assert rc == 0 and "DOES NOT FIT: 137 MB > 100 MB" in text
+    rc, text, _ = cli("estimate", GEMM, "--device", base)
+    assert rc == 0 and "DOES NOT FIT" not in text
+    rc, out, _ = cli("simulate", GEMM, "--device", str(p), "--json")
     assert rc == 0 and json.loads(out)["fits"] is False
 
 

@@ -11,8 +11,10 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from sparsesim.core.errors import SparsesimWarning
 from sparsesim.run.estimate import estimate
-from sparsesim.sparsity.plans import load_plan
+from sparsesim.sparsity.patterns import parse_pattern
+from sparsesim.sparsity.plans import Plan, load_plan
 from sparsesim.sparsity.sparsify import apply_plan, sparsify
 from sparsesim.tracing.tracer import trace
 
@@ -91,6 +93,35 @@ def test_dynamically_quantised_linear_is_costed_not_zero():
     assert "not sparsified" in op.note
     assert any("dynamically quantised" in n for n in wl.notes)
     assert estimate(wl, "xeon-sapphire-rapids")["latency_s"].sum() > 0
+
+
+def _half_quantised() -> nn.Module:
+    """Linear 0 stays float; Linear 2 is dynamically quantised (torch.ao, int8 weights packed)."""
+    m = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates torch.ao.quantization in favour of torchao
+        return torch.ao.quantization.quantize_dynamic(m, {"2"}, dtype=torch.qint8)
+
+
+def test_a_plan_that_cannot_sparsify_a_dynamically_quantised_linear_says_so():
+    m = _half_quantised()
+    wl = trace(m, (torch.randn(8, 64),))
+    with pytest.warns(SparsesimWarning, match=r"plan '2:4' leaves 1 dynamically quantised linear\(s\) dense: 2\.weight "
+                      r"\(torch\.ao quantize_dynamic packs"):
+        sw = sparsify(wl, "2:4")
+    assert sw.layers["0.weight"].pattern.label == "2:4" and "2.weight" not in sw.layers
+    # a rule naming the quantised layer is warned about, not refused as matching no layer
+    only_q = Plan(name="q", rules=(("2", parse_pattern("unstructured:0.5")),))
+    with pytest.warns(SparsesimWarning, match=r"leaves 1 .* dense: 2\.weight"):
+        sparsify(wl, only_q)
+    excluded = Plan(name="x", default=parse_pattern("2:4"), exclude=("2",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SparsesimWarning)  # nothing asked of the quantised layer: silent
+        sparsify(wl, excluded)
+        sparsify(wl, "dense")
+    with pytest.warns(SparsesimWarning, match=r"dense: 2\.weight"):
+        masks = apply_plan(m, "2:4")
+    assert set(masks) == {"0.weight"} and float((m[0].weight == 0).float().mean()) == 0.5
 
 
 def test_pool3d_and_weight_norm_are_known_and_weight_normed_convs_sparsify():

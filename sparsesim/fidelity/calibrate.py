@@ -143,6 +143,15 @@ class HostFacts:
     date: str
     nominal_hz: float = 0.0
     assumed_caches: tuple[str, ...] = ()
+    memory_bytes: float = 0.0  # physical RAM (0: the OS does not say)
+
+
+def physical_memory() -> float:
+    """The host's physical RAM in bytes, as the OS reports it (0.0 where it does not)."""
+    try:
+        return float(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0.0
 
 
 def host_facts(threads: int, *, quick: bool) -> HostFacts:
@@ -170,6 +179,7 @@ def host_facts(threads: int, *, quick: bool) -> HostFacts:
         native_dtypes=tuple(native), caches=caches, threads=threads, l2_bw=l2_bw, l3_bw=l3_bw,
         dram_bw=dram_bw, call_overhead_s=measure.call_overhead(repeats=reps),
         date=_dt.date.today().isoformat(), nominal_hz=float(info["mhz"]) * 1e6, assumed_caches=assumed,
+        memory_bytes=physical_memory(),
     )
 
 
@@ -329,6 +339,8 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
     clock_line = _q(facts.clock_hz / 1e9, "GHz",
                     f"D: effective vector clock = max(/proc/cpuinfo {facts.nominal_hz / 1e6:.0f} MHz, fastest dense "
                     f"GEMM FLOP/s / (2 x lanes x fma_ports)), {meas}")
+    memory_line = (_q(facts.memory_bytes / 2**30, "GiB", f"physical RAM (sysconf SC_PHYS_PAGES x SC_PAGE_SIZE), {meas}")
+                   if facts.memory_bytes > 0 else _copied(ref, "memory_capacity", ref.params.memory_capacity / 1e9, "GB"))
     native_src = _tq("/proc/cpuinfo flags (avx512_bf16, vnni) and torch support, " + meas)
     native_list = "[" + ", ".join(f'"{d}"' for d in facts.native_dtypes) + "]"
     lines = [
@@ -352,6 +364,7 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
         f"l3_bandwidth = {_q(facts.l3_bw / 1e9, 'GB/s', f'tensor copy inside L3, {meas}')}",
         f"dram_bandwidth = {_q(facts.dram_bw / 1e9, 'GB/s', f'tensor copy of 4x L3, {meas}')}",
         f"call_overhead = {_q(facts.call_overhead_s * 1e6, 'us', f'F.linear 1x8x8, {meas}')}",
+        f"memory_capacity = {memory_line}",
     ]
     csr_fit = (fd, fit_errors["csr"])
     bsr_fit = (fd, fit_errors["bsr"])
@@ -402,6 +415,7 @@ def initial_device(facts: HostFacts, ref: Device, dtypes: Sequence[str]) -> Devi
         dram_bandwidth=facts.dram_bw, call_overhead=facts.call_overhead_s,
         matrix_macs_per_cycle={}, picks_faster_kernel=False, mac_energy={dt: rp.mac_energy[dt] for dt in dtypes},
         static_power=rp.static_power / rp.cores * facts.threads,
+        memory_capacity=facts.memory_bytes or rp.memory_capacity,
     )
     return Device("host", "cpu", f"{facts.model} (this host)", "<calibrating>", params, dict(ref.provenance))
 

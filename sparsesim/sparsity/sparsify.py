@@ -17,7 +17,8 @@ on the meta device, or without a model, stats are analytic.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from sparsesim.core.cache import ContentCache, digest, tensor_state
-from sparsesim.core.errors import MaskError, PlanError
+from sparsesim.core.errors import MaskError, PlanError, SparsesimWarning
 from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.core.threads import one_thread
 from sparsesim.sparsity.coupling import Cut, plan_cut, solve
@@ -314,6 +315,42 @@ def _entries(workload: Workload) -> dict[str, tuple[_Entry, Op]]:
     return out
 
 
+# the op torch.ao quantize_dynamic's Linear runs (its int8 weight is packed in an opaque object)
+PACKED_LINEAR_ATEN = "quantized.linear_dynamic"
+
+
+def packed_linears(workload: Workload) -> dict[str, str]:
+    """Weight name -> module of every dynamically quantised Linear the tracer saw. Its weight is
+    not a parameter but packed int8 (with scales) inside the module: no mask is built from it."""
+    return {f"{op.module}.weight": op.module for op in workload.ops
+            if op.weight is None and op.aten.startswith(PACKED_LINEAR_ATEN)}
+
+
+def _model_packed_linears(model: nn.Module) -> dict[str, str]:
+    """As `packed_linears`, from the modules of an untraced model."""
+    return {f"{name}.weight": name for name, mod in model.named_modules()
+            if type(mod).__module__.startswith("torch.ao.nn.quantized.dynamic") and hasattr(mod, "_packed_params")}
+
+
+def warn_packed_left_dense(plan: Plan, packed: Mapping[str, str]) -> None:
+    """One warning naming every dynamically quantised Linear the plan would sparsify but leaves
+    dense (the same warning is shown once per process, however many plans a search tries)."""
+    left = sorted(w for w, m in packed.items() if not plan.pattern_for(w, m).spec.is_dense)
+    if not left:
+        return
+    shown = ", ".join(left[:6]) + (f", ... ({len(left)} in all)" if len(left) > 6 else "")
+    warnings.warn(SparsesimWarning(
+        f"plan {plan.name!r} leaves {len(left)} dynamically quantised linear(s) dense: {shown} "
+        "(torch.ao quantize_dynamic packs their int8 weights into an opaque object, not a parameter a mask "
+        "can be built from; sparsify the float model before quantising it)"), stacklevel=3)
+
+
+def _globbed(layers: Iterable[tuple[str, str]], packed: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The (weight, module) pairs a plan's globs may name: packed linears included, so a rule
+    naming one is warned about (it is left dense) rather than refused as matching nothing."""
+    return list(layers) + list(packed.items())
+
+
 def sparsify(workload: Workload, plan: Plan | str, *, criterion: str = "magnitude",
              cache: ContentCache[Any] | None = None) -> SparseWorkload:
     """Annotate every linear/conv weight of `workload` with its plan pattern, stats and format,
@@ -333,7 +370,9 @@ def _sparsify(workload: Workload, plan: Plan | str, criterion: str,
     plan = load_plan(plan)
     _criterion(criterion)
     found = _entries(workload)
-    plan.check_globs((w, op.module) for w, (_, op) in found.items())
+    packed = packed_linears(workload)
+    plan.check_globs(_globbed(((w, op.module) for w, (_, op) in found.items()), packed))
+    warn_packed_left_dense(plan, packed)
     entries = {w: e for w, (e, _) in found.items()}
     model = workload.model
     on_meta = model is None or workload.on_meta or any(
@@ -389,14 +428,17 @@ def apply_plan(target: nn.Module | Workload, plan: Plan | str, *, criterion: str
         model, flow = target.model, target.dataflow
         entries = {w: e for w, (e, _) in _entries(target).items()}
         norms = activation_norms if activation_norms is not None else target.activation_norms
+        packed = packed_linears(target)
     else:
         model, flow, entries, norms = target, None, _model_entries(target), activation_norms or {}
+        packed = _model_packed_linears(target)
         if any(plan.pattern_for(w, e.module).spec.shrinks_op for w, e in entries.items()):
             raise PlanError(f"plan {plan.name!r}: channel patterns remove channels shared between layers; "
                             "apply them to a traced workload (apply_plan(trace(model, inputs), plan))")
     if not isinstance(model, nn.Module):
         raise PlanError(f"plan {plan.name!r}: the workload has no model to apply masks to")
-    plan.check_globs((w, e.module) for w, e in entries.items())
+    plan.check_globs(_globbed(((w, e.module) for w, e in entries.items()), packed))
+    warn_packed_left_dense(plan, packed)
     for w in entries:
         if _get_tensor(model, w)[2].device.type == "meta":
             raise MaskError(f"layer {w!r}: cannot apply a plan to a weight on the meta device")

@@ -80,6 +80,7 @@ class CpuParams:
     l2_bandwidth: float = quantity("bandwidth")
     l3_bandwidth: float = quantity("bandwidth")
     dram_bandwidth: float = quantity("bandwidth")
+    memory_capacity: float = quantity("bytes")  # the DRAM the model runs from (run.fit)
     call_overhead: float = quantity("time")
     sparse_call_overhead: float = quantity("time")
     sparse_nnz_cycles: float = quantity("cycles")

@@ -73,6 +73,7 @@ class FpgaParams:
     dsp_total: float = quantity("count")
     onchip_buffer: float = quantity("bytes")
     offchip_bandwidth: float = quantity("bandwidth")
+    memory_capacity: float = quantity("bytes")  # the off-chip DRAM the model runs from (run.fit)
     skip_weight_zeros: bool = setting()
     skip_activation_zeros: bool = setting()
     layer_overhead: float = quantity("cycles")

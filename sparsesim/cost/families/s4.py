@@ -65,6 +65,7 @@ class S4Params:
     balancing: float = quantity("ratio")
     skip_activation_zeros: bool = setting()
     memory_bandwidth: float = quantity("bandwidth")
+    memory_capacity: float = quantity("bytes")  # the card's DRAM the model runs from (run.fit)
     op_overhead: float = quantity("time")
     mac_energy: Mapping[str, float] = quantity("energy", per_dtype=True)
     gated_fraction: float = quantity("ratio")
