@@ -137,6 +137,69 @@ def test_fusion_groups_chains_and_epilogues():
     assert fuse([lin, bn], elementwise=False, epilogue=True)[1].dram_scale == 0.0  # folded into the weights
 
 
+def _bmm(i: int, bh: int, m: int, n: int, k: int) -> Op:
+    from sparsesim.core.ir import GemmShape
+
+    return Op(index=i, kind="matmul", aten="aten.bmm.default", module="attn", call_index=0, dtype="fp16",
+              input_shapes=((bh, m, k), (bh, k, n)), output_shape=(bh, m, n), flops=2 * bh * m * n * k,
+              bytes_moved=2 * bh * (m * k + k * n + m * n), gemm=GemmShape(m, n, k, batch=bh))
+
+
+def _eager_attention(bh: int, s: int, d: int, masked: bool = True) -> list[Op]:
+    """Ops of transformers' eager attention: Q, K made contiguous, Q K^T, scale, mask add,
+    softmax, V made contiguous, P V, heads transposed back."""
+    ops = [_mem_op(0, "copy", (bh, s, d)), _mem_op(1, "copy", (bh, d, s)), _bmm(2, bh, s, s, d),
+           _mem_op(3, "elementwise", (bh, s, s))]
+    if masked:
+        ops.append(_mem_op(4, "elementwise", (bh, s, s), 2))
+    ops += [_mem_op(5, "softmax", (bh, s, s)), _mem_op(6, "copy", (bh, s, d)), _bmm(7, bh, s, d, s),
+            _mem_op(8, "copy", (bh, s, d))]
+    return [dataclasses.replace(op, index=i) for i, op in enumerate(ops)]
+
+
+def test_attention_fusion_keeps_the_scores_on_chip():
+    ops = _eager_attention(192, 384, 64)
+    fu = fuse(ops, elementwise=True, epilogue=False, attention=True)
+    assert [f.role for f in fu] == ["fused", "fused", "head", "fused", "fused", "fused", "fused", "fused", "fused"]
+    assert {f.how for f in fu} == {"attention"} and all(f.group == 2 for f in fu)
+    assert fu[0].dram_scale == fu[1].dram_scale == fu[6].dram_scale == fu[8].dram_scale == 0.0  # layout copies
+    head = ops[2]
+    assert fu[2].dram_scale == pytest.approx(1 - 384 * 384 / (384 * 64 * 2 + 384 * 384))  # scores not written
+    assert fu[7].dram_scale == pytest.approx(2 * 384 * 64 / (384 * 384 + 2 * 384 * 64))  # P not read: V and O only
+    # without the switch, or without a softmax between the matmuls, nothing is fused as attention
+    assert all(f.how != "attention" for f in fuse(ops, elementwise=True, epilogue=False))
+    no_softmax = [op for op in ops if op.kind != "softmax"]
+    assert all(f.how != "attention" for f in fuse(no_softmax, elementwise=True, epilogue=False, attention=True))
+    assert head.gemm is not None and head.gemm.batch == 192
+
+
+@settings(max_examples=40, deadline=None)
+@given(bh=st.integers(1, 96), s=st.sampled_from([1, 7, 64, 384, 1024]), d=st.sampled_from([32, 64, 128]),
+       masked=st.booleans(), dev=st.sampled_from(["a100-sxm4-80gb", "h100-sxm5", "jetson-agx-orin"]))
+def test_attention_fusion_never_increases_latency_or_bytes(bh, s, d, masked, dev):
+    device = next(x for x in DEVICES if x.name == dev)
+    ops = _eager_attention(bh, s, d, masked)
+    _, rt = device.runtime("compiled")
+    for op, fu in zip(ops, fuse(ops, elementwise=True, epilogue=False, attention=True)):
+        alone = apply_runtime(estimate_op(op, None, device), OpFusion(op.index, op.index), rt)
+        fused = apply_runtime(estimate_op(op, None, device), fu, rt)
+        assert 0.0 <= fu.dram_scale <= 1.0
+        assert fused.latency_s <= alone.latency_s + 1e-15 and fused.energy_j <= alone.energy_j + 1e-15
+
+
+def test_compiled_runs_eager_written_attention_fused():
+    """BERT traced with transformers' eager attention: compiled (and engine) run it as one fused
+    attention kernel, eager through DRAM op by op (published.md §2.2: eager ~1.7x compiled)."""
+    spec = "bert-base:batch=2,seq=128,layers=2,device=meta,attn=eager,mask=1"
+    per_op = {rt: compare_tables(spec, [A100], ["dense"], runtime=rt).per_op for rt in ("eager", "compiled")}
+    comp, eager = per_op["compiled"], per_op["eager"]
+    assert (comp["kind"].eq("softmax") & comp["kernel"].eq("fused (attention)")).sum() == 2
+    assert not eager["kernel"].str.contains("attention").any()
+    soft = comp[comp["kind"] == "softmax"]
+    assert (soft["bytes_dram"] == 0).all()
+    assert eager["latency_s"].sum() > 1.3 * comp["latency_s"].sum()
+
+
 @pytest.mark.parametrize("dev", ["a100-sxm4-80gb", "h100-sxm5", "jetson-agx-orin"])
 def test_bert_base_dense_runtime_ordering(dev):
     """Dense BERT-base: engine <= compiled <= eager on every GPU."""

@@ -45,7 +45,8 @@ class RuntimeParams:
     cost of one kernel under this runtime (None: the family's own figure). `fuse_elementwise`:
     chains of elementwise/norm/softmax ops run as one kernel; `fuse_epilogue`: elementwise ops
     (bias, activation, residual add) and inference batch norm right after a GEMM/conv run in its
-    epilogue. `kernels` lists the kernel libraries the runtime offers (empty: the family's all).
+    epilogue; `fuse_attention`: an attention written as score matmul, softmax and value matmul
+    runs as one fused attention kernel (scores kept on chip). `kernels` lists the kernel libraries the runtime offers (empty: the family's all).
     `algorithm_search`: the runtime times the library's algorithms and keeps the fastest (a
     vendor engine's tactic search: split-K for sparse kernels too); `framework_layouts`: sparse
     kernels run through a framework's tensor layouts (torch's semi-structured padding and copies).
@@ -55,6 +56,7 @@ class RuntimeParams:
     host_overlaps: bool = setting()
     fuse_elementwise: bool = setting()
     fuse_epilogue: bool = setting()
+    fuse_attention: bool = setting(default=False)
     sparse_dispatch: float = quantity("time", default=0.0)
     kernel_launch: float | None = quantity("time", default=None)
     kernels: tuple[str, ...] = setting(default=[])
@@ -62,7 +64,8 @@ class RuntimeParams:
     framework_layouts: bool = setting(default=False)
 
     def validate(self) -> str | None:
-        for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "algorithm_search", "framework_layouts"):
+        for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
+                     "framework_layouts"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
         if not isinstance(self.kernels, (list, tuple)) or not all(isinstance(k, str) and k for k in self.kernels):

@@ -224,7 +224,7 @@ def cost_ops(
     rt_name, rt = device.runtime(context.runtime)
     if keys is None:
         keys = [(_cost_key(op), _layer_key(ly)) for op, ly in zip(ops, layers)]
-    fusion = fuse(ops, elementwise=rt.fuse_elementwise, epilogue=rt.fuse_epilogue)
+    fusion = fuse(ops, elementwise=rt.fuse_elementwise, epilogue=rt.fuse_epilogue, attention=rt.fuse_attention)
     out = []
     for op, layer, key, fu in zip(ops, layers, keys, fusion):
         kernel_key = (key, context)

@@ -1,7 +1,7 @@
 """The fusion pass: which ops a runtime runs inside another op's kernel.
 
-Two kinds of fusion, each switched on by the runtime (`RuntimeParams.fuse_elementwise`,
-`fuse_epilogue`):
+Three kinds of fusion, each switched on by the runtime (`RuntimeParams.fuse_elementwise`,
+`fuse_epilogue`, `fuse_attention`):
 
 * **chain**: consecutive memory ops (elementwise, copy, norm, softmax, reduction) where each
   consumes its predecessor's output run as one kernel, as torch.compile's inductor and vendor
@@ -11,6 +11,12 @@ Two kinds of fusion, each switched on by the runtime (`RuntimeParams.fuse_elemen
   after a GEMM or convolution run in its epilogue (TensorRT's conv+BN+ReLU(+add) fusion): the
   GEMM writes the final output once, a fused op reads only its other inputs (the residual), and
   batch norm is folded into the weights.
+* **attention**: a weightless score matmul (Q K^T), the elementwise ops and softmax on its output
+  (scale, mask add) and the matmul that consumes the probabilities (P V) run as one fused
+  attention kernel, as TorchInductor's attention pattern pass rewrites eager-written attention
+  into scaled_dot_product_attention and engines run a fused multi-head-attention kernel: the
+  scores and probabilities never reach DRAM, Q, K and V are read and the output written once.
+  Layout copies of the operands between the two matmuls (V made contiguous) stay as they are.
 
 Producer and consumer are recognised from the trace order and sizes: an op consumes its
 predecessor when one of its inputs has as many elements as the predecessor's output. The pass never adds
@@ -19,6 +25,7 @@ traffic or launches: a fused op keeps at most its own bytes (`dram_scale` <= 1) 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +37,8 @@ CHAIN_KINDS = ("elementwise", "copy", "norm", "softmax", "reduction")
 EPILOGUE_KINDS = ("elementwise", "copy")
 EPILOGUE_ANCHORS = ("linear", "conv", "matmul")
 ROLES = ("alone", "head", "fused")
+# ops between an attention's two matmuls that work on the scores: scale, mask add, softmax
+ATTENTION_CHAIN_KINDS = ("elementwise", "softmax")
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ class OpFusion:
     """How one op runs under a runtime.
 
     `role`: alone (its own kernel), head (its kernel also runs the ops fused after it) or fused
-    (runs inside the kernel of op `group`); `how`: "chain" or "epilogue" for grouped ops;
+    (runs inside the kernel of op `group`); `how`: "chain", "epilogue" or "attention" for grouped ops;
     `dram_scale`: the share of the op's own DRAM traffic left after fusion (1.0 unless fused);
     `launches`: kernels the op launches itself (0 when fused).
     """
@@ -51,7 +60,7 @@ class OpFusion:
 
     def describe(self) -> str:
         if self.role == "fused":
-            where = "epilogue" if self.how == "epilogue" else "fused kernel"
+            where = {"epilogue": "epilogue", "attention": "fused attention kernel"}.get(self.how, "fused kernel")
             return (f"fused into op {self.group}'s {where}: no launch of its own, "
                     f"{self.dram_scale:.0%} of its DRAM traffic left")
         if self.role == "head":
@@ -84,14 +93,84 @@ def _joins_epilogue(anchor_open: bool, prev: Op, op: Op) -> bool:
     return anchor_open and consumes(prev, op) and (op.kind in EPILOGUE_KINDS or _is_batch_norm(op))
 
 
-def fuse(ops: Sequence[Op], *, elementwise: bool, epilogue: bool) -> tuple[OpFusion, ...]:
-    """Group `ops` as a runtime that fuses elementwise chains and/or GEMM epilogues runs them.
+def _is_score_matmul(op: Op) -> bool:
+    return op.kind == "matmul" and op.weight is None and op.gemm is not None and op.gemm.batch > 1
 
-    Returns one OpFusion per op, in order; with both kinds off every op is alone."""
+
+@dataclass(frozen=True)
+class AttentionGroup:
+    """One eager-written attention: `core` = [score matmul, scale/mask/softmax ops..., value
+    matmul]; `layout_copies` = the copies that only exist to feed the two matmuls contiguous
+    operands (torch.matmul clones transposed Q, K and V) or to lay the output out token-major
+    (the heads transposed back): a fused attention kernel reads strided Q, K, V and writes O in
+    that layout itself, so these copies disappear."""
+
+    core: tuple[int, ...]
+    layout_copies: tuple[int, ...]
+
+
+def _feeds(copy: Op, op: Op) -> bool:
+    return copy.kind == "copy" and consumes(copy, op)
+
+
+def attention_groups(ops: Sequence[Op]) -> list[AttentionGroup]:
+    """The eager-written attentions in `ops`. A group needs a softmax on the scores and a second
+    weightless matmul reading its output; copies between them that do not read the scores (an
+    operand's layout copy) are layout copies when the value matmul reads them, else left alone."""
+    groups: list[AttentionGroup] = []
+    taken: set[int] = set()
+    i = 0
+    while i < len(ops):
+        head = ops[i]
+        if not _is_score_matmul(head):
+            i += 1
+            continue
+        scores = _numel(head.output_shape)
+        members, between, last, softmax, j = [i], [], head, False, i + 1
+        while j < len(ops):
+            op = ops[j]
+            if op.kind in ATTENTION_CHAIN_KINDS and consumes(last, op) and _numel(op.output_shape) == scores:
+                members.append(j)
+                last, softmax = op, softmax or op.kind == "softmax"
+            elif op.kind == "copy" and _numel(op.output_shape) != scores:
+                between.append(j)
+            else:
+                break
+            j += 1
+        if not (softmax and j < len(ops) and _is_score_matmul(ops[j]) and consumes(last, ops[j])):
+            i += 1
+            continue
+        value = ops[j]
+        copies = [c for c in between if _feeds(ops[c], value)]
+        # Q and K made contiguous just before the score matmul (at most one copy each)
+        before = i - 1
+        while before >= 0 and i - before <= 2 and before not in taken and _feeds(ops[before], head):
+            copies.append(before)
+            before -= 1
+        if j + 1 < len(ops) and ops[j + 1].kind == "copy" and consumes(value, ops[j + 1]):
+            copies.append(j + 1)
+        group = AttentionGroup(tuple(members + [j]), tuple(sorted(copies)))
+        groups.append(group)
+        taken.update(group.core + group.layout_copies)
+        i = max(group.core + group.layout_copies) + 1
+    return groups
+
+
+def fuse(ops: Sequence[Op], *, elementwise: bool, epilogue: bool, attention: bool = False) -> tuple[OpFusion, ...]:
+    """Group `ops` as a runtime that fuses elementwise chains, GEMM epilogues and/or attention
+    (score matmul, softmax, value matmul) runs them.
+
+    Returns one OpFusion per op, in order; with every kind off every op is alone."""
+    fixed: dict[int, OpFusion] = {}
+    if attention:
+        for group in attention_groups(ops):
+            fixed.update(_attention_fusions(ops, group))
     groups: list[list[int]] = []
     hows: list[str] = []
     for i, op in enumerate(ops):
-        prev = ops[i - 1] if i else None
+        if i in fixed:
+            continue
+        prev = ops[i - 1] if i and i - 1 not in fixed else None
         if prev is not None and groups and groups[-1][-1] == i - 1:
             how = hows[-1]
             if how == "epilogue" and epilogue and _joins_epilogue(True, prev, op):
@@ -132,7 +211,24 @@ def fuse(ops: Sequence[Op], *, elementwise: bool, epilogue: bool) -> tuple[OpFus
             else:
                 scale = _share(op, drop_input=prev, drop_output=not last)
             out.append(OpFusion(i, head, "fused", how, scale, 0))
-    return tuple(out)
+    out.extend(fixed.values())
+    return tuple(sorted(out, key=lambda f: f.index))
+
+
+def _attention_fusions(ops: Sequence[Op], group: AttentionGroup) -> dict[int, OpFusion]:
+    """One fused attention kernel: the score matmul keeps its reads of Q and K but not its
+    write of the scores; the score ops run on chip; the value matmul reads only V; the layout
+    copies move nothing."""
+    members = group.core
+    head = members[0]
+    out = {head: OpFusion(head, head, "head", "attention", _share(ops[head], drop_input=None, drop_output=True), 1)}
+    for prev, i in itertools.pairwise(members):
+        last = i == members[-1]
+        scale = _share(ops[i], drop_input=ops[prev], drop_output=not last)
+        out[i] = OpFusion(i, head, "fused", "attention", scale, 0)
+    for i in group.layout_copies:
+        out[i] = OpFusion(i, head, "fused", "attention", 0.0, 0)
+    return out
 
 
 def _share(op: Op, *, drop_input: Op | None, drop_output: bool) -> float:

@@ -72,9 +72,14 @@ def _check_positive(**kw: int) -> None:
 
 
 def build_bert(batch: int = 1, seq: int = 128, dtype: str = "fp32", device: str = "cpu",
-               layers: int = 12, seed: int = 0, attn: str = ATTN_IMPLEMENTATION) -> tuple[nn.Module, dict]:
+               layers: int = 12, seed: int = 0, attn: str = ATTN_IMPLEMENTATION, mask: int = 0
+               ) -> tuple[nn.Module, dict]:
     """BERT-base encoder (BertModel with pooler), bert-base-uncased shapes; `attn` picks the
-    attention implementation (ATTN_IMPLEMENTATIONS)."""
+    attention implementation (ATTN_IMPLEMENTATIONS). With `mask=1` the inputs carry a padding
+    mask, as a tokenizer's padded batch does (SQuAD at a fixed length): transformers adds it to
+    the scores, an extra elementwise op per layer in eager attention. It is passed in the
+    additive batch x 1 x 1 x seq form transformers builds from a 0/1 mask (all positions kept),
+    so tracing on the meta device needs no look at its values."""
     from transformers import BertConfig, BertModel
 
     _check_positive(batch=batch, seq=seq, layers=layers)
@@ -83,8 +88,13 @@ def build_bert(batch: int = 1, seq: int = 128, dtype: str = "fp32", device: str 
     config = BertConfig(num_hidden_layers=layers, attn_implementation=attn)
     if seq > config.max_position_embeddings:
         raise WorkloadError(f"parameter seq={seq}: BERT has {config.max_position_embeddings} positions")
+    if mask not in (0, 1):
+        raise WorkloadError(f"parameter mask={mask}: use 0 (no padding mask) or 1")
     model = _instantiate(BertModel, config, dtype, device, seed)
-    return model, {"input_ids": _ids(batch, seq, config.vocab_size, device, seed)}
+    inputs = {"input_ids": _ids(batch, seq, config.vocab_size, device, seed)}
+    if mask:
+        inputs["attention_mask"] = torch.zeros(batch, 1, 1, seq, dtype=torch_dtype(dtype), device=_device(device))
+    return model, inputs
 
 
 def build_vit(batch: int = 1, image: int = 224, dtype: str = "fp32", device: str = "cpu",
