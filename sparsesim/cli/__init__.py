@@ -19,6 +19,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from sparsesim.core import progress
 from sparsesim.core.errors import SparsesimError, SparsesimWarning
 
 VERB_MODULES = (
@@ -58,6 +59,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+        shown = p.add_mutually_exclusive_group()
+        shown.add_argument("--progress", dest="progress", action="store_true", default=None,
+                           help="show progress on stderr even when it is not a terminal (plain lines); "
+                                f"default: only on a terminal, or when {progress.ENV}=1")
+        shown.add_argument("--quiet", dest="progress", action="store_false",
+                           help="no progress on stderr (errors and warnings still are)")
         verbs[mod.NAME] = mod
     return parser, verbs
 
@@ -84,9 +91,13 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.print_help()
         return 0
     mod = verbs[args.verb]
+    progress.configure(args.progress)
     _one_line_warnings(args.verb)
     try:
-        doc = mod.run(args)
+        try:
+            doc = mod.run(args)
+        finally:
+            progress.close_all()
     except SparsesimError as e:
         print(f"sparsesim {args.verb}: error: {e}", file=sys.stderr)
         return 2

@@ -59,10 +59,10 @@ def add_timing_arguments(p: argparse.ArgumentParser, *, quick_help: str, threads
 
 def timing_progress(args: argparse.Namespace, verb: str) -> Callable[[str], None] | None:
     """Check --threads and return the progress printer (stderr; None under --json, so the
-    document is all that is printed)."""
+    document is all that is printed, and under --quiet)."""
     if args.threads < 1:
         raise SparsesimError(f"{verb} --threads {args.threads}: must be >= 1")
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) or getattr(args, "progress", None) is False:
         return None
     return lambda m: print(f"{verb}: {m}", file=sys.stderr)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm import tqdm
-
+    from sparsesim.core import progress
     from sparsesim.report import build, render
     from sparsesim.report.fmt import slug
     from sparsesim.report.markdown import MD_TITLE
@@ -73,9 +71,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         total += len(workloads) * len(devices) * 2
     command = command_line(args)
     t0 = time.perf_counter()
-    # the bar appears only when the work takes more than a second
-    with tqdm(total=total, desc="report", unit="step", file=sys.stderr, delay=1.0, leave=False,
-              disable=None) as bar:
+    with progress.bar("report", total, unit="step") as bar:
         data = build.collect(workloads, devices, plans, serving=serving, training=training, search_dirs=args.search,
                              validation=args.validation, run_validation=args.validate, progress=bar.update,
                              stage=bar.set_description_str, command=command, deploy=deployment(args))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 NAME = "search"
@@ -78,11 +77,10 @@ class _Bar:
         return Progress(start=self.start, step=self.step, set=self.set)
 
     def start(self, stage: str, total: int) -> None:
-        from tqdm import tqdm
+        from sparsesim.core import progress
 
         self.close()
-        self.bar = tqdm(total=total, desc=stage, file=sys.stderr, leave=False, dynamic_ncols=True,
-                        disable=None)
+        self.bar = progress.bar(stage, total)
 
     def step(self, n: int = 1) -> None:
         if self.bar is not None:

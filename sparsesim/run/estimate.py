@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from sparsesim.core import progress
 from sparsesim.core.errors import DeviceFileError
 from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.cost.common import UNKNOWN_DTYPE_BYTES
@@ -174,8 +175,9 @@ def prepare(
     wl = resolve_workload(workload)
     if dtype:
         wl = _retyped(wl, dtype)
+    plans = list(plans)
     sparse: dict[str, SparseWorkload] = {DENSE: sparsify_cached(wl, DENSE)}
-    for p in plans:
+    for p in progress.each(plans, f"sparsify {wl.name}", unit="plan"):
         label = plan_label(p)
         if label not in sparse:
             sparse[label] = sparsify_cached(wl, p, criterion=criterion)
@@ -286,6 +288,7 @@ def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[st
     rt_names = {dev.path: dev.runtime(runtime)[0] for dev in devices}
     op_keys: dict[int, list[tuple]] = {}
     blocks = []
+    shown = progress.bar(f"cost {prepared.workload.name}", len(labels) * len(devices), unit="run")
     for label in labels:
         sw = prepared.sparse[label]
         ops = sw.ops
@@ -303,6 +306,8 @@ def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[st
                 "runtime": rt_names[dev.path], **static, **results.cost_columns(costs), **results.fit_columns(fit),
                 "device_file": dev.path,
             })
+            shown.update(1)
+    shown.close()
     return results.per_op_frame(blocks)
 
 

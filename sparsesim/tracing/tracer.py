@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
 
+from sparsesim.core import progress
 from sparsesim.core.errors import TraceError
 from sparsesim.core.ir import Op, WeightInfo, Workload
 from sparsesim.core.threads import one_thread
@@ -113,6 +114,7 @@ class _Recorder:
         self.weights: dict[str, WeightInfo] = {}
         self.norms_sq: dict[str, torch.Tensor] = {}
         self.flow = FlowTracker()
+        self.on_op: Callable[[int], Any] = lambda n: None  # progress: one more op recorded
 
     # -- helpers
     def _param_of(self, t: Any, mod: nn.Module | None) -> tuple[str, nn.Parameter, bool] | None:
@@ -160,6 +162,7 @@ class _Recorder:
             bytes_moved=int(work.bytes_moved), gemm=extra.pop("gemm", work.gemm), conv=work.conv,
             note=note, **extra,
         ))
+        self.on_op(1)
 
     # -- entry points
     def on_aten(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
@@ -377,6 +380,8 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
     else:
         args, kwargs = (example_inputs,), {}
     rec = _Recorder(model, measure_activations)
+    shown = progress.bar(f"trace {name}", unit="op")
+    rec.on_op = shown.update
     # nn.MultiheadAttention / nn.TransformerEncoderLayer take a fused "fast path" under no_grad
     # (one aten op hiding every projection); turn it off so each Linear is seen.
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -401,6 +406,7 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
         raise TraceError(f"{name}: forward raised {type(e).__name__}{at}: {msg}") from e
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
+        shown.close()
     norms = {k: v.sqrt() for k, v in rec.norms_sq.items()}
     packed = sum(op.aten.startswith(str(DYNAMIC_QUANTIZED_LINEAR)) for op in rec.ops)
     if packed:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from sparsesim.core import progress
 from sparsesim.core.errors import SparsesimError, WorkloadError
 from sparsesim.core.ir import DTYPE_BYTES, WeightInfo, Workload
 from sparsesim.core.packaged import builtin_dirs, builtin_files
@@ -208,7 +209,8 @@ def _run_recipe(recipe: Recipe, param_text: str, spec: str) -> Workload:
         params[key] = coerce(value, params[key], where=where, key=key)
     fn = recipe.builder_fn()
     try:
-        model, inputs = fn(**params)
+        with progress.stage(f"{spec}: building the model"):
+            model, inputs = fn(**params)
     except SparsesimError as e:
         raise WorkloadError(f"{where}: {e}") from None
     except Exception as e:
@@ -221,7 +223,8 @@ def _run_recipe(recipe: Recipe, param_text: str, spec: str) -> Workload:
 def _run_factory(module: str, attr: str, spec: str) -> Workload:
     fn = _import_callable(f"{module}:{attr}", what="factory")
     try:
-        result = fn()
+        with progress.stage(f"{spec}: building the model"):
+            result = fn()
     except Exception as e:
         raise WorkloadError(f"factory {spec} raised {type(e).__name__}: {_line(e)}") from e
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):

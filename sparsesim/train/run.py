@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from sparsesim.core import progress
 from sparsesim.core.errors import TrainError, WorkloadError
 from sparsesim.core.ir import Workload
 from sparsesim.cost.record import Cost
@@ -345,7 +346,7 @@ def train_tables(
 
     # stage 3: distinct step kinds, their ops and memory
     kinds: dict[tuple, tuple[Step, Memory | None]] = {}
-    for run in runs:
+    for run in progress.each(runs, f"training steps {wl.name}", unit="run"):
         for seg in run.segments:
             key = _seg_key(seg)
             if key in kinds:
@@ -357,7 +358,7 @@ def train_tables(
 
     # stage 4: cost every step kind on every device through the one costing path
     costed: dict[tuple[tuple, str], _StepCost] = {}
-    for dev in devs:
+    for dev in progress.each(devs, f"cost training {wl.name}", unit="device"):
         memo: dict[tuple, Cost] = {}
         for key, (step, _) in kinds.items():
             costs = cost_workload(step.sparse, dev, memo=memo)

@@ -1,0 +1,108 @@
+"""Progress on stderr for the long steps: shown when asked (plain lines off a terminal), silent under
+--quiet, pipes and tests, never on stdout, and a reader that goes away is a clean exit."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsesim.cli import main
+from sparsesim.core import progress
+from sparsesim.run.estimate import clear_cache
+
+REPO = Path(__file__).resolve().parent.parent
+GEMM = "gemm:M=64,N=256,K=256"
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch):
+    monkeypatch.delenv(progress.ENV, raising=False)
+    clear_cache()  # every test traces afresh (a cached trace shows no trace step)
+    yield
+    progress.configure(None)
+
+
+def test_silent_when_stderr_is_not_a_terminal(cli):
+    rc, out, err = cli("compare", GEMM, "--devices", "a100-sxm4-80gb", "--plans", "2:4")
+    assert rc == 0 and out and err == ""
+
+
+def test_progress_flag_prints_plain_lines_per_stage_on_stderr_only(cli):
+    rc, out, err = cli("compare", GEMM, "--devices", "a100-sxm4-80gb,zcu102", "--plans", "2:4", "--json", "--progress")
+    assert rc == 0
+    json.loads(out)  # stdout holds the document and nothing else
+    lines = err.splitlines()
+    assert "\r" not in err and all(len(line) <= 100 for line in lines)
+    assert any(line.startswith(f"trace {GEMM}:") and "op" in line for line in lines)
+    assert any(line.startswith(f"sparsify {GEMM}:") and "1/1" in line for line in lines)
+    # dense and 2:4 on two devices: four runs costed, the last state kept
+    assert any(line.startswith(f"cost {GEMM}: 100%") and "4/4" in line for line in lines)
+
+
+def test_environment_asks_and_quiet_wins(cli, monkeypatch):
+    monkeypatch.setenv(progress.ENV, "1")
+    rc, _, err = cli("estimate", GEMM, "--device", "xeon-sapphire-rapids")
+    assert rc == 0 and f"trace {GEMM}" in err
+    rc, _, err = cli("estimate", GEMM, "--device", "xeon-sapphire-rapids", "--quiet")
+    assert rc == 0 and err == ""
+    monkeypatch.setenv(progress.ENV, "0")
+    rc, _, err = cli("estimate", GEMM, "--device", "xeon-sapphire-rapids", "--progress")
+    assert rc == 0 and f"cost {GEMM}" in err  # the flag beats the environment
+
+
+def test_progress_and_quiet_exclude_each_other(cli):
+    with pytest.raises(SystemExit) as e:
+        cli("trace", GEMM, "--progress", "--quiet")
+    assert e.value.code == 2
+
+
+def test_a_recipe_build_and_a_training_sweep_show_their_stages(cli):
+    rc, _, err = cli("train", GEMM, "--methods", "static", "--steps", "10", "--device", "a100-sxm4-80gb",
+                     "--progress")
+    assert rc == 0
+    assert "training steps" in err and "cost training" in err
+    rc, _, err = cli("trace", "digits", "--progress")
+    assert rc == 0 and "digits: building the model ..." in err
+
+
+def test_a_closed_stderr_stops_the_display_without_a_traceback(monkeypatch):
+    """`sparsesim ... 2>&1 | head -1`: the reader of stderr has gone; the verb still finishes."""
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)
+    closed = io.TextIOWrapper(os.fdopen(write_fd, "wb", buffering=0), write_through=True)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", closed)
+    monkeypatch.setattr(sys, "stdout", out)
+    rc = main(["compare", GEMM, "--devices", "a100-sxm4-80gb", "--plans", "2:4", "--progress"])
+    monkeypatch.undo()
+    assert rc == 0 and "a100-sxm4-80gb" in out.getvalue()
+
+
+def test_piped_to_head_is_a_clean_exit():
+    """A real shell pipe, stdout and stderr both to `head -1`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = (f"{sys.executable} -m sparsesim compare {GEMM} --devices a100-sxm4-80gb --plans 2:4 --progress "
+           "2>&1 | head -1; exit ${PIPESTATUS[0]}")
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, check=False, timeout=300)
+    assert r.returncode in (0, 141), r.stderr
+    assert len(r.stdout.splitlines()) == 1 and "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_terminal_gets_a_redrawn_bar(monkeypatch):
+    """On a terminal the bar is redrawn in place (tqdm's carriage returns) and removed when done."""
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(progress, "_terminal", lambda: True)
+    monkeypatch.setattr(progress, "TERMINAL_DELAY_S", 0.0)
+    with progress.bar("cost x", 3, unit="run") as b:
+        b.update(3)
+    assert "\r" in err.getvalue() and "cost x" in err.getvalue()
+    monkeypatch.setattr(progress, "_terminal", lambda: False)
+    err.truncate(0)
+    assert list(progress.each([1, 2], "quiet")) == [1, 2] and err.getvalue() == ""
