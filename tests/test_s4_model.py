@@ -12,6 +12,7 @@ from op_cases import device_with, layer_of, linear
 from sparsesim.core.errors import DeviceFileError
 from sparsesim.cost import estimate_op
 from sparsesim.cost.families.s4 import skip_ratio
+from sparsesim.cost.record import RunContext
 from sparsesim.hw.devices import load_device
 from sparsesim.sparsity.records import Pattern
 from sparsesim.sparsity.shrink import shrink_layer_op
@@ -136,11 +137,12 @@ def test_channel_pruning_is_the_smaller_dense_op():
 
 
 def test_memory_bound_on_compressed_weights():
-    # a GEMV is memory bound: the compressed weight is what crosses the bus
+    # a GEMV of a model too big for the SRAM is memory bound: the compressed weight crosses the bus
     op = linear(1, 4096, 4096)
     mask = balanced_mask(4096, 4096, 512)             # 1/8 density
-    sp = estimate_op(op, layer_of(mask, "unstructured:0.875"), S4)
-    dn = estimate_op(op, None, S4)
+    big = RunContext(model_weight_bytes=10 * S4.params.onchip_buffer)
+    sp = estimate_op(op, layer_of(mask, "unstructured:0.875"), S4, big)
+    dn = estimate_op(op, None, S4, big)
     assert dn.bound == "memory" and sp.bound == "memory"
     assert sp.bytes_by_level["dram"] < dn.bytes_by_level["dram"]
     assert sp.memory_bytes == layer_of(mask, "unstructured:0.875").format_bytes

@@ -47,6 +47,9 @@ class RuntimeParams:
     (bias, activation, residual add) and inference batch norm right after a GEMM/conv run in its
     epilogue; `fuse_attention`: an attention written as score matmul, softmax and value matmul
     runs as one fused attention kernel (scores kept on chip). `kernels` lists the kernel libraries the runtime offers (empty: the family's all).
+    `epilogue_in_pipeline`: a fused epilogue op runs in the output stage of the MAC pipeline of a
+    dataflow engine, so its remaining on-chip reads (the residual) overlap the GEMM it is fused
+    into; only the DRAM traffic it spills still takes time of its own.
     `algorithm_search`: the runtime times the library's algorithms and keeps the fastest (a
     vendor engine's tactic search: split-K for sparse kernels too); `framework_layouts`: sparse
     kernels run through a framework's tensor layouts (torch's semi-structured padding and copies).
@@ -62,10 +65,11 @@ class RuntimeParams:
     kernels: tuple[str, ...] = setting(default=[])
     algorithm_search: bool = setting(default=False)
     framework_layouts: bool = setting(default=False)
+    epilogue_in_pipeline: bool = setting(default=False)
 
     def validate(self) -> str | None:
         for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
-                     "framework_layouts"):
+                     "framework_layouts", "epilogue_in_pipeline"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
         if not isinstance(self.kernels, (list, tuple)) or not all(isinstance(k, str) and k for k in self.kernels):
@@ -106,6 +110,8 @@ def parse_runtimes(doc: Mapping[str, Any], where: str, provenance: dict[str, Pro
         missing = "default_runtime" if raw_default is None else "runtime.<name>.<field>"
         raise DeviceFileError(f"{where}: runtimes need both 'default_runtime' and {missing!r} keys")
     default, provenance["default_runtime"] = parse_quantity(raw_default, None, "default_runtime", where)
+    if not isinstance(default, str):
+        raise DeviceFileError(f"{where}: field 'default_runtime' must name a runtime ({', '.join(RUNTIMES)})")
     if not isinstance(tables, dict) or not tables:
         raise DeviceFileError(f"{where}: field 'runtime' must hold runtime.<name>.<field> = {{ value, source }} keys")
     fields = {f.name: f for f in dataclasses.fields(RuntimeParams)}

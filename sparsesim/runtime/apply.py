@@ -5,6 +5,9 @@ launch cost where the family reads it). This step adds what the runtime does aro
 
 * an op fused into another op's kernel (`OpFusion.role == "fused"`) loses its launch and the
   share of its DRAM traffic its group keeps on chip; a chain head loses its output write;
+* on a dataflow engine whose runtime runs epilogues in the MAC pipeline (`epilogue_in_pipeline`)
+  a fused epilogue op's on-chip traffic overlaps the GEMM it is fused into: only the DRAM bytes
+  it spills (`Cost.details["offchip_s"]`) still take time; its bytes still cost energy;
 * the host time the runtime spends dispatching the op (`host_dispatch` per op, plus any extra
   the family reports in `Cost.details["host_s"]`, e.g. a sparse tensor subclass) either hides
   behind the device (`host_overlaps`: the op takes the longer of the two) or adds to it.
@@ -35,6 +38,8 @@ def apply_runtime(cost: Cost, fusion: OpFusion, runtime: RuntimeParams, *, name:
         overhead = cost.latency_s - max(compute, memory)
     scale = fusion.dram_scale if fusion.role != "alone" else 1.0
     memory *= scale
+    if fusion.role == "fused" and fusion.how == "epilogue" and runtime.epilogue_in_pipeline:
+        memory = min(memory, float(d.get("offchip_s", memory)) * scale)
     if fusion.role == "fused":
         overhead = 0.0
     device_s = max(compute, memory) + overhead

@@ -18,11 +18,16 @@ How a sparse layer runs here, and why it is costed this way:
   pair whose activation is zero; in weight-stationary arrays activations flow in lockstep
   through every PE of a row, so a zero cannot shorten the stream).
 * Channel pruning is a smaller dense GEMM (`common.gemm_work`).
-* Off-chip traffic follows a two-level blocking: if the op's operands and output fit the
-  on-chip buffer each is read once; otherwise the buffer is split in half, the larger-reuse
-  operand is held in buffer-sized chunks and the other is re-read once per chunk (the cheaper
-  of the two loop orders is taken). Memory time = bytes / off-chip bandwidth; latency =
-  max(compute, memory) + the per-layer setup overhead. `Cost.details` exposes compute_s,
+* On-chip dataflow (`families.dataflow`, shared with the S4 family): activations stay in the
+  on-chip buffer between layers and the weights too when the whole model fits; DRAM traffic is
+  the weights streamed in (once per micro-batch) and the activations that spill. When an op's
+  own weight leaves no room, its operands go through DRAM under a two-level blocking: the
+  buffer is split in half, the larger-reuse operand is held in buffer-sized chunks and the
+  other is re-read once per chunk (`dataflow.offchip_traffic`). Memory time = bytes / off-chip
+  bandwidth; latency = max(compute, memory) + the per-layer setup overhead.
+* Elementwise ops fused by the runtime (the `engine` runtime's epilogue fusion) run in the
+  array's output stage: no DRAM trip; an op left alone streams its on-chip tensors at
+  `onchip_bandwidth`. `Cost.details` exposes compute_s,
   memory_s and overhead_s separately for layer-pipeline simulation.
 """
 
@@ -43,10 +48,17 @@ from sparsesim.cost.common import (
     check_positive,
     check_whole,
     gemm_work,
-    memory_op_cost,
     run_dtype,
     stored_operand_bytes,
     zero_skipped,
+)
+from sparsesim.cost.families.dataflow import (
+    DataflowParams,
+    describe,
+    memory_op_on_chip,
+    offchip_traffic,
+    onchip_traffic,
+    samples,
 )
 from sparsesim.cost.families.systolic import gemm_cycles
 from sparsesim.cost.record import ALONE, Cost, RunContext
@@ -61,8 +73,9 @@ FLOAT_SLACK = 1e-9
 
 @register_family("fpga")
 @dataclass(frozen=True)
-class FpgaParams:
-    """Device-file fields of an FPGA PE-array design (SI units after loading)."""
+class FpgaParams(DataflowParams):
+    """Device-file fields of an FPGA PE-array design (SI units after loading); the on-chip
+    memory, energy and power block is `DataflowParams`, shared with the S4 family."""
 
     pe_rows: float = quantity("count")
     pe_cols: float = quantity("count")
@@ -71,24 +84,22 @@ class FpgaParams:
     design_dtype: str = setting()
     dsp_per_mac: Mapping[str, float] = quantity("ratio", per_dtype=True)
     dsp_total: float = quantity("count")
-    onchip_buffer: float = quantity("bytes")
     offchip_bandwidth: float = quantity("bandwidth")
     memory_capacity: float = quantity("bytes")  # the off-chip DRAM the model runs from (run.fit)
     skip_weight_zeros: bool = setting()
     skip_activation_zeros: bool = setting()
     layer_overhead: float = quantity("cycles")
-    mac_energy: Mapping[str, float] = quantity("energy", per_dtype=True)
-    sram_energy: float = quantity("energy_per_byte")
-    dram_energy: float = quantity("energy_per_byte")
-    metadata_energy: float = quantity("energy_per_byte")
-    static_power: float = quantity("power")
 
     def validate(self) -> str | None:
         """A problem with the design as one line, or None."""
+        for name in ("dataflow", "design_dtype"):
+            if not isinstance(getattr(self, name), str):
+                return f"field '{name}': must be a name, got {getattr(self, name)!r}"
         if self.dataflow not in FPGA_DATAFLOWS:
             return f"field 'dataflow': {self.dataflow!r} is not one of {', '.join(FPGA_DATAFLOWS)}"
         problem = (check_whole(self, "pe_rows", "pe_cols")
-                   or check_positive(self, "clock", "onchip_buffer", "offchip_bandwidth")
+                   or check_positive(self, "clock", "offchip_bandwidth")
+                   or self.check_dataflow()
                    or check_flags(self, "skip_weight_zeros", "skip_activation_zeros")
                    or check_dtype_table(self, "dsp_per_mac"))
         if problem:
@@ -177,19 +188,6 @@ def _gemm_run(
     return _Run(cycles, dense.cycles, dense.folds * reps, executed, reps * (stream_bytes * frac + c_b))
 
 
-def offchip_traffic(w: float, a: float, c: float, buffer: float) -> tuple[float, int]:
-    """(bytes moved off chip, re-read count) under the two-level blocking in the module docstring."""
-    if w + a + c <= buffer:
-        return w + a + c, 1
-    half = buffer / 2
-    if half <= 0:
-        return math.inf, 0
-    n_w = math.ceil(w / half) if w > 0 else 1    # weights held in chunks, activations re-read
-    n_a = math.ceil(a / half) if a > 0 else 1    # activations held in chunks, weights re-read
-    by_w, by_a = w + a * n_w + c, a + w * n_a + c
-    return (by_w, n_w) if by_w <= by_a else (by_a, n_a)
-
-
 def array_for(p: FpgaParams, dtype: str) -> tuple[int, int]:
     """Rows x cols of the array at `dtype`: same DSP budget, columns scaled by DSPs per MAC."""
     rows, cols = int(p.pe_rows), int(p.pe_cols)
@@ -201,13 +199,13 @@ def array_for(p: FpgaParams, dtype: str) -> tuple[int, int]:
 def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
     """Cost of one op on an FPGA PE-array design.
 
-    Every op fetches its weights from off-chip memory once, whatever the run `context`.
+    The run `context` says how large the model's weights are: whether they stay on chip.
     """
     p: FpgaParams = device.params
     overhead_s = p.layer_overhead / p.clock
     if not op.is_matmul or op.gemm is None:
-        return memory_op_cost(op, device, model=MODEL, bandwidth=p.offchip_bandwidth, overhead_s=overhead_s,
-                              energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
+        return memory_op_on_chip(op, device, p, model=MODEL, dram_bandwidth=p.offchip_bandwidth,
+                                 overhead_s=overhead_s, context=context)
     dtype, cast = run_dtype(op.dtype, p.dsp_per_mac)
     rows, cols = array_for(p, dtype)
     db = DTYPE_BYTES[dtype]
@@ -245,7 +243,13 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
 
     w_store, meta, a_bytes, c_bytes = stored_operand_bytes(op, work, dtype, sparse_weight=stats is not None)
     g0 = work.gemms[0]
-    dram, rereads = offchip_traffic(w_store, a_bytes, c_bytes, p.onchip_buffer)
+    traffic = onchip_traffic(w_store, a_bytes, c_bytes, batch=samples(op.output_shape), buffer=p.onchip_buffer,
+                             model_weights=context.model_weight_bytes)
+    if traffic.fits:
+        dram, rereads = traffic.dram, traffic.microbatches
+        notes.append(describe(traffic, p.onchip_buffer))
+    else:
+        dram, rereads = offchip_traffic(w_store, a_bytes, c_bytes, p.onchip_buffer)
     memory_s = dram / p.offchip_bandwidth
     sram = sum(r.buffer_bytes for r in runs)
 
@@ -260,7 +264,7 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
                  f"{dense_cycles / max(cycles, 1):.2f}x fewer cycles")
     if act < 1.0:
         head += f", activation zeros skipped (density {act:.2f})"
-    if rereads > 1:
+    if rereads > 1 and not traffic.fits:
         notes.append(f"operands exceed the {p.onchip_buffer / 1e6:.3g} MB buffer: re-read {rereads}x")
     bound = bound_of(compute_s, memory_s, overhead_s)
     why = "; ".join([head + f"; {bound}-bound"] + notes)
@@ -272,7 +276,7 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
         overhead_s=overhead_s,
         energy=EnergyInputs(
             macs=executed,
-            mac_energy_j=p.mac_energy[dtype],
+            mac_energy_j=p.mac_energy[dtype] + p.operand_energy,
             bytes_by_level={"dram": dram, "sram": sram},
             energy_per_byte={"dram": p.dram_energy, "sram": p.sram_energy},
             static_power_w=p.static_power,
@@ -294,6 +298,8 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
             "array_cols": float(cols),
             "offchip_bytes": dram,
             "rereads": float(rereads),
+            "weights_pinned": float(traffic.pinned),
+            "onchip_bytes": traffic.onchip if traffic.fits else dram,
             "activation_density_used": act,
         },
     )

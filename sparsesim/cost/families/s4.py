@@ -13,11 +13,18 @@ The model, and why:
   share spills into extra cycles. Time = dense x max(1/r, d_eff), i.e. speedup = min(r, 1/d_eff).
   Density and d_eff only fall when zeros are added, so more zeros are never slower.
 * Activation zeros are skipped (time x activation density) only where the device file says so.
-* Memory bound on the compressed weight (values + metadata as the plan's format gives them),
-  the activation in and the output out, each moved once from card memory.
+* On-chip dataflow (`families.dataflow`): activations stay in the on-chip SRAM between layers,
+  the compressed weights (values + metadata as the plan's format gives them) too when the whole
+  model fits; DRAM traffic is the weights streamed in when it does not, once per micro-batch,
+  and the activations that spill. Memory time = DRAM bytes / card bandwidth.
+* Elementwise ops (BN, ReLU, residual add) run in the MAC pipeline's output stage when the
+  runtime fuses them (the `engine` runtime's epilogue fusion, `sparsesim.runtime`): no launch,
+  no DRAM trip, only the residual operand read from SRAM. An op that is not fused (pooling)
+  streams its on-chip tensors at `onchip_bandwidth`, its spilled bytes over DRAM.
 * Channel pruning is a smaller dense op (`common.gemm_work`).
-* Energy: MACs on nonzeros at full energy; the empty slots of the chosen ratio are gated (a
-  small fraction of a MAC, from the device file); memory bytes per level; static power x latency.
+* Energy: MACs on nonzeros at full energy plus their operand reads inside the PE; the empty slots of the chosen ratio are gated (a
+  small fraction of a MAC, from the device file); SRAM bytes for what stays on chip, DRAM bytes
+  only for what crosses the bus; static power x latency.
 """
 
 from __future__ import annotations
@@ -36,10 +43,17 @@ from sparsesim.cost.common import (
     check_fraction,
     check_positive,
     gemm_work,
-    memory_op_cost,
     run_dtype,
     stored_operand_bytes,
     zero_skipped,
+)
+from sparsesim.cost.families.dataflow import (
+    DataflowParams,
+    describe,
+    memory_op_on_chip,
+    offchip_traffic,
+    onchip_traffic,
+    samples,
 )
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.hw.devices import Device, quantity, register_family, setting
@@ -56,8 +70,9 @@ NOTE_SLACK = 1e-6
 
 @register_family("s4")
 @dataclass(frozen=True)
-class S4Params:
-    """Device-file fields of an S4-style sparse engine (SI units after loading)."""
+class S4Params(DataflowParams):
+    """Device-file fields of an S4-style sparse engine (SI units after loading); the on-chip
+    memory, energy and power block is `DataflowParams`, shared with the FPGA family."""
 
     dense_peak: Mapping[str, float] = quantity("flop_rate", per_dtype=True)
     max_sparsity_factor: float = quantity("ratio")
@@ -67,12 +82,7 @@ class S4Params:
     memory_bandwidth: float = quantity("bandwidth")
     memory_capacity: float = quantity("bytes")  # the card's DRAM the model runs from (run.fit)
     op_overhead: float = quantity("time")
-    mac_energy: Mapping[str, float] = quantity("energy", per_dtype=True)
     gated_fraction: float = quantity("ratio")
-    sram_energy: float = quantity("energy_per_byte")
-    dram_energy: float = quantity("energy_per_byte")
-    metadata_energy: float = quantity("energy_per_byte")
-    static_power: float = quantity("power")
 
     def validate(self) -> str | None:
         ratios = self.supported_ratios
@@ -88,7 +98,8 @@ class S4Params:
         return (check_fraction(self, "balancing", "gated_fraction", zero_ok=True)
                 or check_flags(self, "skip_activation_zeros")
                 or check_dtype_table(self, "dense_peak")
-                or check_positive(self, "memory_bandwidth"))
+                or check_positive(self, "memory_bandwidth")
+                or self.check_dataflow())
 
 
 def effective_density(stats: SparsityStats, balancing: float) -> float:
@@ -110,12 +121,12 @@ def skip_ratio(density: float, ratios: Sequence[float], max_factor: float) -> fl
 def s4_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
     """Cost of one op on an S4-style engine.
 
-    Every op fetches its weights from off-chip memory once, whatever the run `context`.
+    The run `context` says how large the model's weights are: whether they stay on chip.
     """
     p: S4Params = device.params
     if not op.is_matmul or op.gemm is None:
-        return memory_op_cost(op, device, model=MODEL, bandwidth=p.memory_bandwidth, overhead_s=p.op_overhead,
-                              energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
+        return memory_op_on_chip(op, device, p, model=MODEL, dram_bandwidth=p.memory_bandwidth,
+                                 overhead_s=p.op_overhead, context=context)
     dtype, cast = run_dtype(op.dtype, p.dense_peak)
     peak = p.dense_peak[dtype]
     work = gemm_work(op, layer)
@@ -137,9 +148,18 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCon
         act = max(0.0, op.activation_density)
     compute_s = dense_s / speedup * act
 
-    # the engine builds a convolution's im2col view on chip: the real input tensor crosses the bus
+    # the engine builds a convolution's im2col view on chip: the real input tensor is what it holds
     w_store, meta, a_bytes, c_bytes = stored_operand_bytes(op, work, dtype, sparse_weight=skipped is not None)
-    dram = w_store + a_bytes + c_bytes
+    traffic = onchip_traffic(w_store, a_bytes, c_bytes, batch=samples(op.output_shape), buffer=p.onchip_buffer,
+                             model_weights=context.model_weight_bytes)
+    if traffic.fits:
+        dram, onchip, weight_passes = traffic.dram, traffic.onchip, traffic.microbatches
+        notes.append(describe(traffic, p.onchip_buffer))
+    else:
+        dram, weight_passes = offchip_traffic(w_store, a_bytes, c_bytes, p.onchip_buffer)
+        onchip = dram
+        notes.append(f"the weight alone fills the {p.onchip_buffer / 1e6:.3g} MB SRAM: operands blocked "
+                     f"through DRAM, re-read {weight_passes}x")
     memory_s = dram / p.memory_bandwidth
 
     nonzero_macs = work.effective_macs * act
@@ -169,11 +189,11 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCon
         overhead_s=p.op_overhead,
         energy=EnergyInputs(
             macs=nonzero_macs,
-            mac_energy_j=p.mac_energy[dtype],
-            bytes_by_level={"dram": dram, "sram": dram},
+            mac_energy_j=p.mac_energy[dtype] + p.operand_energy,
+            bytes_by_level={"dram": dram, "sram": onchip},
             energy_per_byte={"dram": p.dram_energy, "sram": p.sram_energy},
             static_power_w=p.static_power,
-            metadata_bytes=meta,
+            metadata_bytes=meta * weight_passes,
             metadata_energy_per_byte=p.metadata_energy,
             gated_macs=max(0.0, slot_macs - nonzero_macs),
             gated_fraction=p.gated_fraction,
@@ -186,7 +206,8 @@ def s4_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCon
         metadata_bytes=meta,
         fallback=cast,
         details={"skip_ratio": ratio, "speedup": speedup, "effective_density": d_eff, "activation_density_used": act,
-                 "dense_compute_s": dense_s},
+                 "dense_compute_s": dense_s, "offchip_bytes": dram, "weights_pinned": float(traffic.pinned), "onchip_bytes": onchip,
+                 "microbatches": float(traffic.microbatches)},
     )
 
 
