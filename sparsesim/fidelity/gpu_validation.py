@@ -9,7 +9,14 @@ forced one (`kernel`; empty = the runtime picks), what was measured (`quantity`)
 
 * `speedup`: dense latency / sparse latency, same runtime and device;
 * `runtime_ratio`: latency under `runtime` / latency under `ref_runtime` (same plan);
-* `throughput`: samples (or tokens) per second, the workload's batch / latency.
+* `throughput`: samples (or tokens) per second, the workload's batch / latency;
+* `energy`: joules per sample, the workload's modelled energy / batch, against a published
+  power x time (e.g. MLPerf throughput at the card's power: the source shows the arithmetic);
+* `op_rate`: operations per second on the nonzeros (2 x executed MACs / latency), the rate
+  sparse accelerator papers report (GOP/s "on the compressed model").
+
+The table holds the sparse engines' and FPGA designs' cases too, despite its name: every
+published figure is checked through the same path.
 
 GEMM rows have a phase: `forward` (one linear) or `training` (forward plus both backward GEMMs,
 the weight-gradient GEMM dense, as torchao's 2:4 training runs it). `benchmarks/gpu_measure.py`
@@ -39,7 +46,7 @@ TABLE_COLUMNS = (
     "dense_ms", "sparse_ms", "measured", "ref_runtime", "direction", "source", "conf", "date_added",
 )
 PHASES = ("forward", "training")
-QUANTITIES = ("speedup", "runtime_ratio", "throughput")
+QUANTITIES = ("speedup", "runtime_ratio", "throughput", "energy", "op_rate")
 # "-": the quantity has no direction (an absolute throughput)
 DIRECTIONS = ("faster", "slower", "not_faster", "-")
 # "no meaningful speedup": within 10% of dense (the issue's wording for batch-1 GEMV with 2:4)
@@ -152,6 +159,7 @@ def _gemm_latencies(row: Mapping[str, str], device: Device, runtime: str) -> tup
 
 
 def _workload_latencies(row: Mapping[str, str], device: Device, runtime: str) -> tuple[float, float, pd.DataFrame]:
+    """(dense latency, latency of the row's plan, the per-op table of the row's plan)."""
     from sparsesim.run.estimate import compare_tables
 
     plans = ["dense"] + ([row["pattern"]] if row["pattern"] != "dense" else [])
@@ -197,12 +205,15 @@ def predict_case(row: Mapping[str, str], device: Device) -> dict:
                 kernels.append(str(top))
                 fallback = bool(touched["fallback"].any())
                 whys.append(str(touched.sort_values("latency_s").iloc[-1]["why"]))
+        energy_j, executed = float(ops["energy_j"].sum()), float(ops["flops_executed"].sum())
     else:
         dense_s, sparse_s, costs = _gemm_latencies(row, device, runtime)
         kernels = [c.kernel for c in costs]
         whys = [c.why for c in costs]
         fallback = any(c.fallback for c in costs)
+        energy_j, executed = sum(c.energy_j for c in costs), sum(c.flops_executed for c in costs)
     quantity = row["quantity"]
+    lat = sparse_s if row["pattern"] != "dense" else dense_s
     if quantity == "speedup":
         value = dense_s / sparse_s if sparse_s > 0 else math.nan
     elif quantity == "runtime_ratio":
@@ -214,8 +225,14 @@ def predict_case(row: Mapping[str, str], device: Device) -> dict:
         mine, theirs = (dense_s, ref_dense) if row["pattern"] == "dense" else (sparse_s, ref_sparse)
         value = mine / theirs if theirs > 0 else math.nan
         whys.append(f"{runtime} {mine * 1e3:.3g} ms vs {row['ref_runtime']} {theirs * 1e3:.3g} ms")
+    elif quantity == "energy":
+        samples = _batch(row["workload"]) if (row["workload"] or "").strip() else 1
+        value = energy_j / samples
+        whys.append(f"{energy_j / samples * 1e3:.3g} mJ per sample over {lat / samples * 1e6:.3g} us: "
+                    f"average {energy_j / lat if lat > 0 else math.nan:.3g} W")
+    elif quantity == "op_rate":
+        value = executed / lat if lat > 0 else math.nan
     else:
-        lat = sparse_s if row["pattern"] != "dense" else dense_s
         value = _batch(row["workload"]) / lat if lat > 0 else math.nan
     return {
         "predicted_dense_ms": dense_s * 1e3,

@@ -363,6 +363,10 @@ def _shape(r: dict[str, Any]) -> str:
 def _value(q: str, v: float | None) -> str:
     if v is None:
         return "-"
+    if q == "energy":
+        return f"{v * 1e3:.3g} mJ"
+    if q == "op_rate":
+        return f"{v / 1e9:.4g} GOP/s"
     return f"{v:.4g}/s" if q == "throughput" else f"{v:.2f}x"
 
 
