@@ -72,6 +72,12 @@ class Op:
     (a conv weight Cout x Cin/g x kh x kw is viewed as Cout x (Cin/g*kh*kw)).
     `activation_density` is the measured fraction of nonzeros in the input activation
     (1.0 when it cannot be measured, e.g. on the meta device; then `activation_measured` is False).
+
+    A grouped expert GEMM (a Mixture-of-Experts layer's experts, `experts` > 0) carries the rows
+    routed to each expert (`expert_tokens`, after capacity drops), the rows dropped for capacity
+    and the routing model they came from (`sparsesim.tracing.routing`); its `weight_shape` is the
+    stored 3-D expert tensor and its `gemm` the per-expert GEMM run by every touched expert
+    (`groups`), padded to the busiest expert's rows.
     """
 
     index: int
@@ -91,10 +97,20 @@ class Op:
     activation_density: float = 1.0
     activation_measured: bool = False
     note: str = ""
+    experts: int = 0
+    top_k: int = 0
+    expert_tokens: tuple[int, ...] = ()
+    dropped_rows: int = 0
+    routing: str = ""
 
     @property
     def is_matmul(self) -> bool:
         return self.kind in MATMUL_KINDS
+
+    @property
+    def is_grouped(self) -> bool:
+        """A grouped expert GEMM (one GEMM per routed expert, see the class doc)."""
+        return self.experts > 0
 
     @property
     def weight_matrix(self) -> tuple[int, int] | None:

@@ -37,6 +37,8 @@ PER_OP_COLUMNS: dict[str, str] = {
     "weight": "parameter the plan sparsifies ('' for weightless ops)",
     "pattern": "pattern the plan gave the weight ('dense' when none)",
     "density": "kept fraction of the weight measured from its mask (1.0 when dense)",
+    "expert_tokens": "rows routed to each expert of a grouped expert GEMM, after capacity drops ('' for other ops)",
+    "experts_touched": "experts of a grouped expert GEMM that got rows, whose weights are read (0 for other ops)",
     "kernel": "what ran (dense, 2:4 sparse tensor core, csr, bsr 4x4, ...)",
     "fallback": "True when the requested pattern could not be exploited and a fallback ran",
     "latency_s": "modeled latency of the op",
@@ -149,6 +151,8 @@ def op_columns(ops: Sequence[Op], layers: Sequence[LayerSparsity | None]) -> dic
         "weight": [op.weight or "" for op in ops],
         "pattern": [ly.pattern.label if ly is not None else "dense" for ly in layers],
         "density": [ly.stats.density if ly is not None else 1.0 for ly in layers],
+        "expert_tokens": [",".join(map(str, op.expert_tokens)) for op in ops],
+        "experts_touched": [sum(1 for x in op.expert_tokens if x) for op in ops],
         "flops": [op.flops for op in ops],
     }
 

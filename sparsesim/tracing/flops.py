@@ -154,6 +154,28 @@ def baddbmm_formula(bias: T, a: T, b: T, *, out: Any, **_: Any) -> OpWork:
     return gemm_work(m, n, k, bt, io_bytes([bias, a, b], out))
 
 
+def grouped_mm_work(a: T, w: T, out: Any) -> OpWork:
+    """A Mixture-of-Experts grouped GEMM: (S, K) rows sorted by expert times an (E, K, N) expert
+    weight, each row multiplied by its own expert only: 2 S K N FLOPs, not E times that. The
+    GEMM shape here treats the S rows as one expert's; the routing (`tracing.routing.routed`)
+    splits them over the experts and charges only the touched experts' weights."""
+    s, k = a.shape
+    e, _, n = w.shape
+    g = GemmShape(m=s, n=n, k=k)
+    return OpWork("linear", 2 * g.macs, a.nbytes + _first(out).nbytes + w.nbytes // max(1, e), gemm=g)
+
+
+@register(aten._grouped_mm)
+def grouped_mm_formula(a: T, b: T, *args: Any, out: Any, **kwargs: Any) -> OpWork:
+    """aten._grouped_mm: 2-D x 3-D is the MoE forward (`grouped_mm_work`); 3-D x 3-D is a bmm;
+    other layouts (ragged K, the weight gradient) have no formula yet."""
+    if len(a.shape) == 2 and len(b.shape) == 3:
+        return grouped_mm_work(a, b, out)
+    if len(a.shape) == 3 and len(b.shape) == 3:
+        return bmm_formula(a, b, out=out)
+    return unknown_work([a, b, *args], out, kwargs)
+
+
 @register(aten.convolution, aten._convolution)
 def conv_formula(x: T, w: T, bias: T | None, stride: Sequence[int], padding: Sequence[int],
                  dilation: Sequence[int], transposed: bool, output_padding: Sequence[int],
@@ -337,7 +359,8 @@ def copy_formula(dst: T, src: T, *args: Any, out: Any, **_: Any) -> OpWork:
 
 @register(aten.clone, aten._to_copy, aten.cat, aten.stack, aten.constant_pad_nd, aten.contiguous,
           aten.slice_scatter, aten.select_scatter, aten.repeat, aten._unsafe_index, aten.index,
-          aten.flip, aten.roll, aten.tril, aten.triu, aten.masked_fill, aten.masked_fill_)
+          aten.flip, aten.roll, aten.tril, aten.triu, aten.masked_fill, aten.masked_fill_,
+          aten.index_put_, aten.index_put)
 def copy_like_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
     return OpWork("copy", 0, io_bytes(args, out, kwargs))
 
@@ -348,7 +371,7 @@ def copy_like_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
           aten.adaptive_max_pool1d, aten.max_pool1d_with_indices, aten.mean, aten.sum, aten.amax,
           aten.amin, aten.max, aten.min, aten.var, aten.var_mean, aten.std, aten.argmax,
           aten.argmin, aten.cumsum, aten.prod, aten.any, aten.all, aten.norm,
-          aten.linalg_vector_norm, aten.logsumexp, aten.topk, aten.sort)
+          aten.linalg_vector_norm, aten.logsumexp, aten.topk, aten.sort, aten.histc, aten.bincount)
 def reduction_formula(x: T, *args: Any, out: Any, **kwargs: Any) -> OpWork:
     return _memory("reduction", REDUCTION_FLOPS_PER_ELEMENT, x, io_bytes([x, *args], out, kwargs))
 
@@ -361,6 +384,12 @@ def fill_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
     """Creation/fill ops write their output and read nothing worth counting."""
     y = _first(out)
     return OpWork("elementwise", 0, y.nbytes)
+
+
+@register(aten.floor_divide, aten.remainder)
+def integer_pointwise_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
+    """Index arithmetic (a MoE block's token-of-row division): pointwise, untagged by torch."""
+    return pointwise_work(args, out, kwargs)
 
 
 def pointwise_work(args: Sequence[Any], out: Any, kwargs: dict | None = None) -> OpWork:

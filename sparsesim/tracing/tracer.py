@@ -39,7 +39,15 @@ from sparsesim.core.errors import TraceError
 from sparsesim.core.ir import Op, WeightInfo, Workload
 from sparsesim.core.threads import one_thread
 from sparsesim.tracing.dataflow import FlowTracker
-from sparsesim.tracing.flops import T, attention_work, classify, is_metadata_op, rnn_layer_work
+from sparsesim.tracing.flops import (
+    T,
+    attention_work,
+    classify,
+    grouped_mm_work,
+    is_metadata_op,
+    rnn_layer_work,
+)
+from sparsesim.tracing.routing import DEFAULT_ROUTING, Routing, parse_routing, routed, sample_loads
 
 aten = torch.ops.aten
 # torch.ao quantize_dynamic's Linear: int8 weights packed in an opaque object
@@ -53,6 +61,16 @@ TORCH_DTYPES: Mapping[torch.dtype, str] = {
         "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")) if d is not None},
 }
 _BY_ITEMSIZE = {1: "int8", 2: "fp16", 4: "fp32", 8: "fp64"}
+
+# grouped GEMMs of Mixture-of-Experts layers: (rows, K) activations sorted by expert times an
+# (experts, K, N) weight, with `offs` the cumulative rows per expert; torch's kernel and the
+# custom op transformers falls back to where torch's has no kernel (named: it is registered
+# only once transformers is imported)
+_GROUPED_MM = ("aten._grouped_mm", "transformers.grouped_mm_fallback")
+
+
+def _is_grouped_mm(func: Any, args: tuple, kwargs: dict) -> bool:
+    return str(func.overloadpacket) in _GROUPED_MM and _grouped_operands(args, kwargs) is not None
 
 # aten ops whose operands may be a weight parameter, and where the operands sit in args
 _WEIGHT_OPERANDS = {
@@ -106,6 +124,8 @@ class _Recorder:
 
     def __init__(self, model: nn.Module, measure: bool) -> None:
         self.calls = _CallStack(model)
+        self.moe_blocks: dict[tuple[str, int], int] = {}
+        self.last_top_k = 0
         self.measure = measure
         self.ops: list[Op] = []
         self.suppress = 0
@@ -169,6 +189,12 @@ class _Recorder:
         if func.overloadpacket is aten.mkldnn_rnn_layer:
             self.on_rnn_layer(func, args, out)
             return
+        if func.overloadpacket is aten.topk and isinstance(out, tuple):
+            self.last_top_k = int(out[0].shape[-1]) if out[0].dim() else 0
+        if _is_grouped_mm(func, args, kwargs):
+            self.on_grouped_mm(func, args, kwargs, out)
+            self.flow.record(len(self.ops) - 1, args, kwargs, out)
+            return
         work = classify(func, tree_map(_as_t, args), tree_map(_as_t, out), tree_map(_as_t, kwargs))
         extra: dict[str, Any] = {}
         packet = func.overloadpacket
@@ -192,6 +218,41 @@ class _Recorder:
                 self.weights.setdefault(name, WeightInfo(name=name, shape=tuple(param.shape),
                                                          dtype=dtype_name(param.dtype), on_meta=param.is_meta))
             self._add(str(func), work, operands, out, **extra)
+
+    def on_grouped_mm(self, func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        """A Mixture-of-Experts grouped GEMM as one op owning the 3-D expert weight, with the rows
+        routed to each expert: counted from `offs` when the router really ran, else drawn from
+        the default routing model (`sparsesim.tracing.routing`), which `route` can replace."""
+        a, w, offs = _grouped_operands(args, kwargs)  # type: ignore[misc]
+        _, _, mod = self.calls.current()
+        found = self._param_of(w, mod)
+        experts = int(w.shape[0])
+        rows = int(a.shape[0])
+        top_k = _experts_top_k(mod) or self.last_top_k or 1
+        extra: dict[str, Any] = {"experts": experts, "top_k": top_k}
+        note = "grouped expert GEMM"
+        if found is not None:
+            name, param, flipped = found
+            extra["weight"] = name
+            extra["weight_shape"] = tuple(param.shape)
+            if not flipped:
+                note += "; weight stored K x N"
+            self.weights.setdefault(name, WeightInfo(
+                name=name, shape=tuple(param.shape), dtype=dtype_name(param.dtype), on_meta=param.is_meta))
+        if self.measure and not a.is_meta:
+            extra["activation_density"] = _density(a)
+            extra["activation_measured"] = True
+        work = grouped_mm_work(_as_t(a), _as_t(w), _as_t(out))
+        self._add(str(func), work, (args, kwargs), out, note=note, **extra)
+        op = self.ops[-1]
+        if offs is not None and not offs.is_meta:
+            ends = [int(x) for x in offs.tolist()]
+            loads = tuple(e - s for s, e in zip([0, *ends[:-1]], ends))
+            self.ops[-1] = routed(op, loads, Routing("measured"))
+        else:
+            block = self.moe_blocks.setdefault(self.calls.current()[:2], len(self.moe_blocks))
+            routing = parse_routing(DEFAULT_ROUTING)
+            self.ops[-1] = routed(op, sample_loads(routing, experts, top_k, rows // top_k, block), routing)
 
     def on_attention(self, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
         q, k, v = args[:3]
@@ -247,6 +308,29 @@ class _Recorder:
                 prev = self.norms_sq.get(name)
                 self.norms_sq[name] = sq if prev is None or prev.shape != sq.shape else prev + sq
         return extra
+
+
+def _grouped_operands(args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, Any] | None:
+    """(activations, 3-D expert weight, offs) of a MoE grouped GEMM, None for other layouts."""
+    a, w = args[0], args[1]
+    offs = kwargs.get("offs", args[2] if len(args) > 2 else None)
+    if isinstance(a, torch.Tensor) and isinstance(w, torch.Tensor) and a.dim() == 2 and w.dim() == 3:
+        return a, w, offs
+    return None
+
+
+def _experts_top_k(mod: nn.Module | None) -> int:
+    """Experts per token, as transformers' MoE configs name it (0 when not found)."""
+    config = getattr(mod, "config", None)
+    return int(getattr(config, "num_experts_per_tok", 0) or 0)
+
+
+def _meta_grouped_mm(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The output of a grouped GEMM on the meta device, whose kernel checks the CUDA kernel's
+    bf16-only rule; the shapes do not depend on the dtype."""
+    a, w, _ = _grouped_operands(args, kwargs)  # type: ignore[misc]
+    dt = kwargs.get("out_dtype") or a.dtype
+    return torch.empty(a.shape[0], w.shape[-1], dtype=dt, device="meta")
 
 
 def _as_t(x: Any) -> Any:
@@ -323,7 +407,10 @@ class _DispatchMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        if _is_grouped_mm(func, args, kwargs) and args[0].is_meta:
+            out = _meta_grouped_mm(args, kwargs)
+        else:
+            out = func(*args, **kwargs)
         if self.rec.suppress == 0:
             self.rec.flow.on_op(func, args, kwargs, out)
             if not is_metadata_op(func):

@@ -17,7 +17,9 @@ A recipe file has exactly these keys:
     [train]                                       (optional: the model's usual training run, the
                                                    defaults of `sparsesim train`: dataset,
                                                    dataset_size, epochs, batch)
-The parameters a recipe accepts are the builder's keyword parameters. Nothing is cached on disk.
+The parameters a recipe accepts are the builder's keyword parameters, plus `routing` (uniform,
+zipf:A, measured, optionally +cf:C) for models with Mixture-of-Experts layers
+(`sparsesim.tracing.routing`). Nothing is cached on disk.
 """
 
 from __future__ import annotations
@@ -39,12 +41,15 @@ from sparsesim.core import progress
 from sparsesim.core.errors import SparsesimError, WorkloadError
 from sparsesim.core.ir import DTYPE_BYTES, WeightInfo, Workload
 from sparsesim.core.packaged import builtin_dirs, builtin_files
+from sparsesim.tracing.routing import route
 from sparsesim.tracing.tracer import dtype_name, trace
 
 RECIPE_KEYS = {"description": str, "builder": str, "dtype": str, "params": dict, "train": dict}
 TRAIN_KEYS = {"dataset": str, "dataset_size": int, "epochs": (int, float), "batch": int}
 REQUIRED_KEYS = ("description", "builder")
 SINGLE_OPS = ("gemm", "conv")
+# a parameter every recipe takes: the routing model of its MoE layers (`tracing.routing`)
+ROUTING_PARAM = "routing"
 _A = {"int": "an integer", "float": "a number", "bool": "true or false"}
 # Single-op weights up to this many elements get real random values (so masks can be built
 # from them); bigger ones stay on the meta device. 2**24 = a 4096 x 4096 layer.
@@ -202,6 +207,8 @@ def load_workload(spec: str) -> Workload:
 def _run_recipe(recipe: Recipe, param_text: str, spec: str) -> Workload:
     where = f"recipe {recipe.name!r}"
     given = parse_params(param_text, where=where)
+    # not a builder parameter: how a MoE's experts are loaded, applied to the traced workload
+    routing = given.pop(ROUTING_PARAM, None)
     params = dict(recipe.defaults)
     for key, value in given.items():
         if key not in params:
@@ -215,9 +222,16 @@ def _run_recipe(recipe: Recipe, param_text: str, spec: str) -> Workload:
         raise WorkloadError(f"{where}: {e}") from None
     except Exception as e:
         raise WorkloadError(f"{where}: builder {recipe.builder} raised {type(e).__name__}: {_line(e)}") from e
+    if routing is not None:
+        given[ROUTING_PARAM] = routing
     name = recipe.name + (":" + ",".join(f"{k}={v}" for k, v in given.items()) if given else "")
     wl = trace(model, inputs, name=name)
-    return dataclasses.replace(wl, params=params)
+    if routing is not None:
+        try:
+            wl = route(wl, routing)
+        except WorkloadError as e:
+            raise WorkloadError(f"{where}: {e}") from None
+    return dataclasses.replace(wl, params={**params, **({ROUTING_PARAM: routing} if routing else {})})
 
 
 def _run_factory(module: str, attr: str, spec: str) -> Workload:
