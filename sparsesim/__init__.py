@@ -4,16 +4,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# The API functions named like their modules are bound eagerly: a lazy attribute would be
-# shadowed by the submodule itself once `sparsesim.run.estimate` / `sparsesim.run.simulate` is imported.
-from sparsesim.run.estimate import compare as compare
-from sparsesim.run.estimate import estimate as estimate
-from sparsesim.run.simulate import simulate as simulate
-
 
 def __getattr__(name: str):
-    # the rest load on first use
+    # every API function loads on first use, so `import sparsesim` (and `sparsesim --help`) does
+    # not import torch, pandas or scipy; each is bound here once loaded
     lazy = {
+        "compare": ("sparsesim.run.estimate", "compare"),
+        "estimate": ("sparsesim.run.estimate", "estimate"),
+        "simulate": ("sparsesim.run.simulate", "simulate"),
         "trace": ("sparsesim.tracing.tracer", "trace"),
         "load_workload": ("sparsesim.tracing.workloads", "load_workload"),
         "Plan": ("sparsesim.sparsity.plans", "Plan"),
@@ -32,5 +30,7 @@ def __getattr__(name: str):
         import importlib
 
         mod, attr = lazy[name]
-        return getattr(importlib.import_module(mod), attr)
+        value = getattr(importlib.import_module(mod), attr)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'sparsesim' has no attribute {name!r}")

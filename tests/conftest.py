@@ -14,6 +14,9 @@ def pytest_configure(config):
     """The tests never see (nor write) the user's own devices: the user config directory is a
     fresh temporary one (a calibrated `host` there would join every default comparison)."""
     os.environ["SPARSESIM_CONFIG_DIR"] = tempfile.mkdtemp(prefix="sparsesim-config-")
+    # nor the on-disk cache of traces and tables: each test traces and costs afresh (test_diskcache
+    # turns it on in a temporary directory)
+    os.environ["SPARSESIM_NO_CACHE"] = "1"
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ VERB_MODULES = (
     "sparsesim.cli.validate_cmd",
     "sparsesim.cli.search_cmd",
     "sparsesim.cli.train_cmd",
+    "sparsesim.cli.cache_cmd",
 )
 
 
@@ -44,7 +45,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
+def build_parser(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentParser, dict]:
+    """The parser with every verb; given the command line `argv`, only the verb it names gets its
+    arguments (their defaults may import heavy modules; `--help` and light verbs stay fast)."""
+    named = None if argv is None else next((a for a in argv if not a.startswith("-")), "")
     parser = _Parser(
         prog="sparsesim",
         description="Estimate what sparsity buys on real hardware, before you deploy.",
@@ -52,11 +56,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     from sparsesim import __version__
 
     parser.add_argument("--version", action="version", version=f"sparsesim {__version__}")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="neither read nor write the on-disk cache of traces and costed tables")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     verbs = {}
     for name in VERB_MODULES:
         mod = importlib.import_module(name)
         p = sub.add_parser(mod.NAME, help=mod.HELP, description=mod.HELP)
+        if named is not None and named != mod.NAME:
+            continue
         mod.add_arguments(p)
         p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
         shown = p.add_mutually_exclusive_group()
@@ -82,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     try:  # Ctrl-C while the verb modules import (pandas, torch: a second or so) is clean too
-        parser, verbs = build_parser()
+        parser, verbs = build_parser(sys.argv[1:] if argv is None else argv)
     except KeyboardInterrupt:
         print("sparsesim: interrupted", file=sys.stderr)
         return 130
@@ -95,7 +103,7 @@ def _main(argv: Sequence[str] | None) -> int:
     _one_line_warnings(args.verb)
     try:
         try:
-            doc = mod.run(args)
+            doc = _run(mod, args)
         finally:
             progress.close_all()
     except SparsesimError as e:
@@ -110,6 +118,22 @@ def _main(argv: Sequence[str] | None) -> int:
     else:
         print(mod.render(doc))
     return 0
+
+
+def _run(mod, args: argparse.Namespace) -> dict:
+    if not args.no_cache:
+        return mod.run(args)
+    from sparsesim.core import diskcache
+
+    before = os.environ.get(diskcache.OFF_ENV)
+    diskcache.disable()
+    try:
+        return mod.run(args)
+    finally:
+        if before is None:
+            os.environ.pop(diskcache.OFF_ENV, None)
+        else:
+            os.environ[diskcache.OFF_ENV] = before
 
 
 def _jsonable(obj):

@@ -14,7 +14,6 @@ from sparsesim.cli.common import (
     render_user_devices,
     user_devices_joining,
 )
-from sparsesim.run import results
 
 NAME = "compare"
 HELP = "compare sparsity plans across devices: latency, speedup over dense, energy, memory and why"
@@ -44,6 +43,7 @@ def _plans(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sparsesim.run import results
     from sparsesim.run.estimate import compare
 
     plans = _plans(args.plans)
@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
+    from sparsesim.run import results
+
     out = [f"{doc['workload']}: {len(doc['plans'])} plan(s) x {len(doc['devices'])} device(s); "
            "speedup, energy and memory are relative to dense on the same device",
            *render_user_devices(doc.get("user_devices", [])), ""]

@@ -12,7 +12,6 @@ from sparsesim.cli.common import (
     add_workload_argument,
     deployment,
 )
-from sparsesim.run import results
 
 NAME = "estimate"
 HELP = "latency, energy and memory of a workload under a sparsity plan on one device, op by op"
@@ -36,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sparsesim.run import results
     from sparsesim.run.estimate import compare_tables, plan_label
 
     tables = compare_tables(args.workload, [args.device], [args.plan], criterion=args.criterion, **deployment(args))
@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
+    from sparsesim.run import results
+
     t = doc["totals"]
     total = t["latency_s"] or 1.0
     rows = [

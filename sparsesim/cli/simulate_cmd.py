@@ -13,7 +13,6 @@ from sparsesim.cli.common import (
     add_workload_argument,
     deployment,
 )
-from sparsesim.run import results
 
 NAME = "simulate"
 HELP = "simulate a workload on a device: overlap, stream throughput, serving p50/p99 at a request rate"
@@ -50,6 +49,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
+    from sparsesim.run import results
+
     s = lambda v: results.fmt_si(v, "s")
     lines = [
         f"{doc['workload']} on {doc['device']} ({doc['family']}, {doc['device_file']}), runtime {doc['runtime']}, "

@@ -8,7 +8,6 @@ from typing import Any
 
 from sparsesim.cli.common import add_workload_argument
 from sparsesim.core.errors import TrainError
-from sparsesim.run import results
 
 NAME = "train"
 HELP = "training cost of dense, dense-to-sparse and sparse-to-sparse methods: FLOPs, time, energy, peak memory"
@@ -91,6 +90,7 @@ def _settings(text: str) -> dict[str, dict[str, float]]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from sparsesim.run import results
     from sparsesim.train import TrainConfig, train_tables
     from sparsesim.train.methods import METHODS
 
@@ -125,6 +125,8 @@ _DURATIONS = ((86400.0, "d"), (3600.0, "h"), (60.0, "min"))
 
 
 def fmt_duration(seconds: float | None) -> str:
+    from sparsesim.run import results
+
     if seconds is None:
         return "-"
     for unit_s, unit in _DURATIONS:
@@ -134,6 +136,8 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 def render(doc: dict[str, Any]) -> str:
+    from sparsesim.run import results
+
     head = (f"{doc['workload']}: {doc['steps_dense']:.6g} dense training steps, optimizer {doc['optimizer']}, "
             f"storage {doc['storage']}{', activation checkpointing' if doc['checkpoint'] else ''}; "
             "x dense = relative to dense training on the same device")

@@ -8,12 +8,16 @@ The work splits into three stages so each runs as few times as possible:
 
 `compare` runs stage 1 once, stage 2 once per plan, stage 3 once per (plan, device). Traced
 workloads and sparsified workloads are also cached across calls (see `clear_cache`), so calling
-`estimate` for one device after another does not retrace or re-mask.
+`estimate` for one device after another does not retrace or re-mask. Across processes the
+on-disk cache (`core.diskcache`) keeps traces of meta-device workloads and every costed per-op
+table, keyed by content: a repeated `compare` of a recipe spec reads its table back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import warnings
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,7 +26,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
-from sparsesim.core import progress
+from sparsesim.core import diskcache, progress
 from sparsesim.core.errors import DeviceFileError
 from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.cost.common import UNKNOWN_DTYPE_BYTES
@@ -63,6 +67,7 @@ _sparse: dict[tuple[int, str, str], SparseWorkload] = {}
 def clear_cache() -> None:
     """Forget cached traces and sparsified workloads (e.g. after editing a recipe or plan file)."""
     _workloads.clear()
+    _disk_workloads.clear()
     _sparse.clear()
     _retyped_cache.clear()
 
@@ -86,6 +91,51 @@ def resolve_workload(workload: str | Workload | SparseWorkload) -> Workload:
     while len(_workloads) > _WORKLOAD_CACHE_SIZE:
         _workloads.popitem(last=False)
     return wl
+
+
+_disk_workloads: OrderedDict[str, Workload] = OrderedDict()
+
+
+def _traced(spec: str) -> Workload:
+    """The workload of a spec string for costing: from memory, else (meta-device workloads: no
+    weights to keep) from the disk cache, else traced now and, when on the meta device, stored
+    there without its model (costing and analytic stats need only the ops and weight shapes)."""
+    hit = _workloads.get(spec) or _disk_workloads.get(spec)
+    if hit is not None:
+        return hit
+    from sparsesim.tracing.workloads import spec_source
+
+    source = spec_source(spec) if diskcache.enabled() else None
+    k = diskcache.key("workload", source) if source is not None else None
+    if k is not None:
+        found = diskcache.get("workload", k)
+        if isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], Workload):
+            wl, caught = found
+            _replay(caught)
+            _disk_workloads[spec] = wl
+            while len(_disk_workloads) > _WORKLOAD_CACHE_SIZE:
+                _disk_workloads.popitem(last=False)
+            return wl
+    wl, caught = _recording(lambda: resolve_workload(spec))
+    if k is not None and wl.on_meta:
+        diskcache.put("workload", k, (dataclasses.replace(wl, model=None), caught))
+    return wl
+
+
+def _recording(make: Any) -> tuple[Any, list[tuple[type[Warning], str]]]:
+    """make() and the warnings it raised (shown now, and stored with a cached value so a warm run
+    shows them too)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = make()
+    out = [(w.category, str(w.message)) for w in caught]
+    _replay(out)
+    return value, out
+
+
+def _replay(caught: Sequence[tuple[type[Warning], str]]) -> None:
+    for category, message in caught:
+        warnings.warn(message, category, stacklevel=3)
 
 
 def resolve_device(device: str | Device) -> Device:
@@ -172,7 +222,7 @@ def prepare(
 ) -> Prepared:
     """Stages 1 and 2: resolve the workload once (re-typed to `dtype` when given: a deployment
     at int8, fp8 or int4 weight-only) and sparsify it once per plan (dense always)."""
-    wl = resolve_workload(workload)
+    wl = _traced(workload) if isinstance(workload, str) else resolve_workload(workload)
     if dtype:
         wl = _retyped(wl, dtype)
     plans = list(plans)
@@ -334,8 +384,7 @@ def compare_tables(
     if not plans:
         plans = [DENSE]
     devs = resolve_devices(devices)
-    prepared = prepare(workload, plans, criterion=criterion, dtype=dtype)
-    per_op = cost_table(prepared, devs, runtime=runtime, kernel=kernel)
+    per_op = _per_op(workload, devs, plans, None, criterion=criterion, runtime=runtime, kernel=kernel, dtype=dtype)
     summary = results.summarize(per_op)
     wanted = list(dict.fromkeys(plan_label(p) for p in plans))
     summary = summary[summary["plan"].isin(wanted)]
@@ -383,5 +432,49 @@ def estimate(
     if isinstance(workload, SparseWorkload) and isinstance(plan, str) and plan == DENSE:
         plan = workload
     dev = resolve_device(device)
-    prepared = prepare(workload, [plan], criterion=criterion, dtype=dtype)
-    return cost_table(prepared, [dev], [plan_label(plan)], runtime=runtime, kernel=kernel)
+    return _per_op(workload, [dev], [plan], [plan_label(plan)], criterion=criterion, runtime=runtime,
+                   kernel=kernel, dtype=dtype)
+
+
+def _per_op(workload: str | Workload, devs: Sequence[Device], plans: Sequence[Any], labels: list[str] | None, *,
+            criterion: str, runtime: str, kernel: str, dtype: str) -> pd.DataFrame:
+    """`cost_table` of the prepared plans (`labels`: which; None = all), read from the disk cache
+    when the same inputs were costed before (`_table_key`)."""
+    k = _table_key(workload, devs, plans, labels, criterion, runtime, kernel, dtype)
+    if k is not None:
+        found = diskcache.get("costs", k)
+        if isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], pd.DataFrame):
+            _replay(found[1])
+            return found[0]
+
+    def make() -> pd.DataFrame:
+        prepared = prepare(workload, plans, criterion=criterion, dtype=dtype)
+        return cost_table(prepared, devs, labels, runtime=runtime, kernel=kernel)
+
+    per_op, caught = _recording(make)
+    if k is not None:
+        diskcache.put("costs", k, (per_op, caught))
+    return per_op
+
+
+def _table_key(workload: Any, devs: Sequence[Device], plans: Sequence[Any], labels: list[str] | None,
+               *args: str) -> str | None:
+    """The disk-cache key of a per-op table: the workload spec's sources, the plans (a plan file
+    by its bytes), every device file's bytes and parsed contents, and the other arguments. None
+    when an input is an object, not a file or spec (not keyed by content, so not cached)."""
+    if not diskcache.enabled() or not isinstance(workload, str) or not all(isinstance(p, str) for p in plans):
+        return None
+    from pathlib import Path
+
+    from sparsesim.tracing.workloads import spec_source
+
+    source = spec_source(workload)
+    if source is None:
+        return None
+    plan_parts = [(p, Path(p) if Path(p).suffix in (".toml", ".safetensors", ".pt") and Path(p).is_file() else None)
+                  for p in plans]
+    dev_parts = []
+    for d in devs:
+        path = Path(d.path)
+        dev_parts.append((repr(d), path if path.is_file() else None))
+    return diskcache.key("costs", source, plan_parts, labels, dev_parts, args)

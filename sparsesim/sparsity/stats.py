@@ -16,8 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from scipy import stats as st
 
+from sparsesim.core.lazy import scipy_stats
 from sparsesim.sparsity.kinds.base import Frame
 from sparsesim.sparsity.masks import matrix_view
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
@@ -208,7 +208,7 @@ def hypergeom_pmf(pop: int, good: int, draws: int) -> np.ndarray:
     Exact and independent of `pop`'s size for short draws (a weight of 10^12 columns costs the
     same as one of 64)."""
     if draws > _EXACT_DRAWS:
-        return np.asarray(st.hypergeom(pop, good, draws).pmf(np.arange(draws + 1)), dtype=float)
+        return np.asarray(scipy_stats().hypergeom(pop, good, draws).pmf(np.arange(draws + 1)), dtype=float)
     out = np.zeros(draws + 1)
     for j in range(draws + 1):
         if j > good or draws - j > pop - good:
@@ -231,10 +231,10 @@ def expected_max_hypergeom(pop: int, good: int, draws: int, count: int) -> float
         def logcdf(ks: np.ndarray) -> np.ndarray:
             if sd <= 0:
                 return np.where(ks + 0.5 >= mean, 0.0, -np.inf)
-            return np.asarray(st.norm.logcdf(ks + 0.5, mean, sd))
+            return np.asarray(scipy_stats().norm.logcdf(ks + 0.5, mean, sd))
     else:
         def logcdf(ks: np.ndarray) -> np.ndarray:
-            return np.log(np.clip(st.hypergeom.cdf(ks, pop, good, draws), 1e-300, 1.0))
+            return np.log(np.clip(scipy_stats().hypergeom.cdf(ks, pop, good, draws), 1e-300, 1.0))
     return expected_max(logcdf, mean, sd, draws, count)
 
 
@@ -244,7 +244,7 @@ def expected_max_binomial(n: int, p: float, count: int) -> float:
         return 0.0
     if p >= 1:
         return float(n) if count > 0 else 0.0
-    return expected_max(lambda ks: np.asarray(st.binom.logcdf(ks, n, p)), n * p, math.sqrt(n * p * (1 - p)),
+    return expected_max(lambda ks: np.asarray(scipy_stats().binom.logcdf(ks, n, p)), n * p, math.sqrt(n * p * (1 - p)),
                         n, count)
 
 
@@ -258,7 +258,7 @@ def tile_hist_binomial(area_counts: list[tuple[int, int]], p: float) -> tuple[fl
     hist = np.zeros(len(OCCUPANCY_BINS))
     tiles = 0
     for area, count in area_counts:
-        pmf = st.binom.pmf(np.arange(area + 1), area, p)
+        pmf = scipy_stats().binom.pmf(np.arange(area + 1), area, p)
         for j, pj in enumerate(pmf):
             hist[bin_of(j / area)] += pj * count
         tiles += count

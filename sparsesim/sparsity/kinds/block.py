@@ -13,9 +13,9 @@ import re
 
 import numpy as np
 import torch
-from scipy import stats as st
 
 from sparsesim.core.errors import MaskError
+from sparsesim.core.lazy import scipy_stats
 from sparsesim.sparsity.kinds.base import (
     Frame,
     PatternError,
@@ -139,7 +139,7 @@ class Block(PatternKind):
             bnz[(r2, c2)] = round(f.nblocks(r2, c2) * (1 - (1 - db) ** cover))
         cover = max(1, f.tile[0] // r) * max(1, f.tile[1] // c)
         hist = [0.0] * len(OCCUPANCY_BINS)
-        for j, pj in enumerate(st.binom.pmf(np.arange(cover + 1), cover, db)):
+        for j, pj in enumerate(scipy_stats().binom.pmf(np.arange(cover + 1), cover, db)):
             hist[bin_of(j / cover)] += float(pj)
         return record(
             f, nnz=round(db * f.size), row_max=min(cols, round(emax * c)), row_mean=cols * db,

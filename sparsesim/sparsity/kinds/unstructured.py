@@ -11,8 +11,8 @@ import re
 
 import numpy as np
 import torch
-from scipy import stats as st
 
+from sparsesim.core.lazy import scipy_stats
 from sparsesim.sparsity.formats import format_bytes
 from sparsesim.sparsity.kinds.base import (
     Frame,
@@ -70,7 +70,7 @@ class Unstructured(PatternKind):
         for n, m in f.ratios:
             groups = rows * (cols // m)
             tail = cols % m
-            logp = groups * st.binom.logcdf(n, m, d) + (rows * st.binom.logcdf(n, tail, d) if tail else 0.0)
+            logp = groups * scipy_stats().binom.logcdf(n, m, d) + (rows * scipy_stats().binom.logcdf(n, tail, d) if tail else 0.0)
             conf[(n, m)] = bool(logp >= math.log(0.5))
         bnz = {}
         for r, c in f.blocks:

@@ -1,0 +1,213 @@
+"""A content-keyed cache on disk, shared by every run on this machine: traced workloads and costed
+tables survive the process, so a repeated `compare` neither retraces nor re-masks nor re-costs.
+
+An entry's key is a digest of everything its value was computed from (the caller's parts: spec,
+recipe and device file bytes, plans) plus `code_version()`: the sparsesim sources and the versions
+of the libraries that shape a trace. Editing any of these misses; nothing is ever invalidated by
+hand. Entries live under the user cache directory ($SPARSESIM_CACHE, else platformdirs'), one
+file each, written atomically (`core.atomic`: concurrent writers of one key each replace the file
+whole; a reader sees the old entry or the new one). A file carries a digest of its payload: a
+truncated or altered entry is dropped with a warning and recomputed, never an error. The total
+size is bounded (least recently used files go first). $SPARSESIM_NO_CACHE=1 (or `--no-cache`)
+turns the cache off. Entries are pickles: the directory is the user's own, trusted as their code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sparsesim.core import atomic
+from sparsesim.core.cache import digest
+from sparsesim.core.errors import SparsesimWarning
+
+ROOT_ENV = "SPARSESIM_CACHE"
+OFF_ENV = "SPARSESIM_NO_CACHE"
+MAX_BYTES_ENV = "SPARSESIM_CACHE_MAX_BYTES"
+DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB: a few hundred costed tables, a few dozen traced 405B-class workloads
+MAGIC = b"sparsesim-cache-1\n"
+_SUM_BYTES = 32
+SUFFIX = ".pkl"
+# libraries whose version changes what a trace or a cost table holds
+LIBRARIES = ("torch", "transformers", "numpy", "pandas", "scipy")
+
+T = TypeVar("T")
+_code_version: str | None = None
+
+
+def enabled() -> bool:
+    return os.environ.get(OFF_ENV, "").strip().lower() not in ("1", "true", "yes")
+
+
+def disable() -> None:
+    """Turn the cache off for this process and its children (`--no-cache`)."""
+    os.environ[OFF_ENV] = "1"
+
+
+def root() -> Path:
+    """$SPARSESIM_CACHE, else the platform's user cache directory for sparsesim."""
+    env = os.environ.get(ROOT_ENV)
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("sparsesim", appauthor=False))
+
+
+def max_bytes() -> int:
+    try:
+        return int(os.environ.get(MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
+    except ValueError:
+        return DEFAULT_MAX_BYTES
+
+
+def code_version() -> str:
+    """A digest of the sparsesim sources and of the library versions: any edit to either misses."""
+    global _code_version
+    if _code_version is None:
+        from importlib import metadata
+
+        import sparsesim
+
+        pkg = Path(sparsesim.__file__).parent
+        files = sorted(pkg.rglob("*.py"))
+        libs: list[tuple[str, str | None]] = []
+        for name in LIBRARIES:
+            try:
+                libs.append((name, metadata.version(name)))
+            except metadata.PackageNotFoundError:
+                libs.append((name, None))
+        _code_version = digest(sparsesim.__version__, sys.version, tuple(libs),
+                               tuple((str(f.relative_to(pkg)), f.read_bytes()) for f in files))
+    return _code_version
+
+
+def key(kind: str, *parts: Any) -> str:
+    """The entry key of `parts` (see `cache.digest` for what they may be) under this code version."""
+    return digest(kind, code_version(), parts)
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    path: Path
+    bytes: int
+
+
+def _path(kind: str, k: str) -> Path:
+    return root() / kind / k[:2] / (k + SUFFIX)
+
+
+def get(kind: str, k: str) -> Any | None:
+    """The value stored under (kind, key), or None: absent, cache off, or a bad entry (dropped
+    with a warning)."""
+    if not enabled():
+        return None
+    path = _path(kind, k)
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        warnings.warn(f"cache entry {path}: unreadable ({e.strerror or e}); recomputing", SparsesimWarning,
+                      stacklevel=2)
+        return None
+    try:
+        if not data.startswith(MAGIC):
+            raise ValueError("not a sparsesim cache file")
+        body = data[len(MAGIC):]
+        total, payload = body[:_SUM_BYTES], body[_SUM_BYTES:]
+        if hashlib.blake2b(payload, digest_size=_SUM_BYTES).digest() != total:
+            raise ValueError("its checksum does not match (truncated or altered)")
+        value = pickle.loads(payload)
+    except Exception as e:
+        warnings.warn(f"cache entry {path} is corrupt ({e}); dropped and recomputed", SparsesimWarning,
+                      stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+    try:
+        os.utime(path)  # least recently used goes first when the cache outgrows its bound
+    except OSError:
+        pass
+    return value
+
+
+def put(kind: str, k: str, value: T) -> T:
+    """Store `value` under (kind, key) atomically; a full or read-only disk costs only the entry
+    (a warning), and the cache is trimmed to its bound."""
+    if not enabled():
+        return value
+    path = _path(kind, k)
+    try:
+        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(path, MAGIC + hashlib.blake2b(payload, digest_size=_SUM_BYTES).digest() + payload)
+    except OSError as e:
+        warnings.warn(f"cache entry {path}: cannot write ({e.strerror or e}); continuing without it",
+                      SparsesimWarning, stacklevel=2)
+        return value
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        warnings.warn(f"cache: a {kind} value cannot be stored ({e}); continuing without it", SparsesimWarning,
+                      stacklevel=2)
+        return value
+    trim(max_bytes())
+    return value
+
+
+def get_or_make(kind: str, k: str, make: Callable[[], T]) -> T:
+    hit = get(kind, k)
+    return put(kind, k, make()) if hit is None else hit
+
+
+def entries() -> list[Entry]:
+    """Every entry on disk (kinds are the first-level folders; other files there are not ours)."""
+    base = root()
+    out: list[Entry] = []
+    if not base.is_dir():
+        return out
+    for kind_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        for f in kind_dir.glob("*/*" + SUFFIX):
+            try:
+                out.append(Entry(kind_dir.name, f, f.stat().st_size))
+            except FileNotFoundError:  # removed by a concurrent trim or clear
+                continue
+    return out
+
+
+def trim(limit: int) -> int:
+    """Remove least recently used entries until the cache holds at most `limit` bytes; return
+    how many were removed."""
+    found = entries()
+    total = sum(e.bytes for e in found)
+    if total <= limit:
+        return 0
+
+    def used(e: Entry) -> float:
+        try:
+            return e.path.stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    removed = 0
+    for e in sorted(found, key=used):
+        if total <= limit:
+            break
+        e.path.unlink(missing_ok=True)
+        total -= e.bytes
+        removed += 1
+    return removed
+
+
+def clear() -> int:
+    """Remove every entry (not the other files in the directory); return how many."""
+    found = entries()
+    for e in found:
+        e.path.unlink(missing_ok=True)
+    return len(found)
