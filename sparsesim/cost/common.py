@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sparsesim.core.ir import DTYPE_BYTES, MEMORY_KINDS, GemmShape, Op, activation_dtype
 from sparsesim.cost.energy import action_energy
-from sparsesim.cost.record import Cost
+from sparsesim.cost.record import Cost, Reason
 from sparsesim.hw.devices import Device
 from sparsesim.sparsity.records import LayerSparsity
 
@@ -187,6 +187,7 @@ def build_cost(
     fallback: bool = False,
     latency_s: float | None = None,
     details: Mapping[str, float] | None = None,
+    notes: tuple[Reason, ...] = (),
 ) -> Cost:
     """Assemble a `Cost`: latency = max(compute, memory) + overhead unless `latency_s` is given
     (e.g. a pipelined or event-simulated latency), bound = the dominant term, energy from
@@ -233,6 +234,7 @@ def build_cost(
         device=device.name,
         model=model,
         details=info,
+        notes=notes,
     )
 
 

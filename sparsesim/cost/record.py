@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 BOUNDS = ("compute", "memory", "overhead")
+
+# What can make an op cost more than its share of dense work: the codes a `Reason` carries, with
+# the words a report uses for them. Families emit codes; nobody parses the human `why`.
+REASONS: Mapping[str, str] = {
+    "fallback": "fallback",
+    "not_exploited": "pattern not exploited",
+    "memory_bound": "memory bound",
+    "overhead_bound": "overhead bound",
+    "metadata": "metadata overhead",
+    "imbalance": "load imbalance",
+    "wave_fill": "wave quantisation",
+    "padding": "padding",
+    "alignment": "alignment",
+    "unsupported": "unsupported pattern",
+}
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One cause of an op's cost, as data: a code from `REASONS` and, where it has one, its size
+    (metadata share of the weight bytes, busiest/mean row, SM share the waves fill, padded/true M)."""
+
+    code: str
+    value: float = math.nan
+
+    def __post_init__(self) -> None:
+        if self.code not in REASONS:
+            raise ValueError(f"Reason.code must be one of {tuple(REASONS)}, got {self.code!r}")
+
+    @property
+    def label(self) -> str:
+        return REASONS[self.code]
 
 
 @dataclass(frozen=True)
@@ -33,6 +66,26 @@ class Cost:
     device: str = ""
     model: str = ""
     details: Mapping[str, float] = field(default_factory=dict)
+    # reasons a family states that the other fields do not show (alignment, padding, ...)
+    notes: tuple[Reason, ...] = ()
+
+    @property
+    def reasons(self) -> tuple[Reason, ...]:
+        """Every structured cause of this cost: those the fields show (fallback, bound, metadata
+        share, wave fill, imbalance) and the family's `notes`. Derived, so a `replace` of
+        `fallback` or `bound` cannot leave them stale."""
+        out: list[Reason] = []
+        if self.fallback:
+            out.append(Reason("fallback"))
+        if self.bound in ("memory", "overhead"):
+            out.append(Reason(f"{self.bound}_bound"))
+        if self.memory_bytes > 0 and self.metadata_bytes > 0:
+            out.append(Reason("metadata", self.metadata_bytes / self.memory_bytes))
+        if "wave_efficiency" in self.details:
+            out.append(Reason("wave_fill", float(self.details["wave_efficiency"])))
+        if "imbalance" in self.details:
+            out.append(Reason("imbalance", float(self.details["imbalance"])))
+        return (*out, *self.notes)
 
     def __post_init__(self) -> None:
         if self.bound not in BOUNDS:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sparsesim.core.errors import SparsesimError
+from sparsesim.cost.record import REASONS
 from sparsesim.hw.devices import Device
 from sparsesim.run.results import fit_note
 
@@ -34,7 +34,9 @@ def layer_table(per_op: pd.DataFrame) -> pd.DataFrame:
     t = t.merge(totals, left_on=["workload", "device"], right_index=True, how="left")
     t["share_of_dense"] = t["dense_latency_s"] / t["dense_total_s"]
     t["time_lost_s"] = t["latency_s"] - t["dense_latency_s"] * t["density"].clip(lower=0.0)
-    t["reasons"] = [reasons(r) for r in t.itertuples(index=False)]
+    tags = [reason_tags(r) for r in t.itertuples(index=False)]
+    t["reason_tags"] = [tuple(tag for tag, _ in rs) for rs in tags]
+    t["reasons"] = ["; ".join(text for _, text in rs) for rs in tags]
     return t
 
 
@@ -56,39 +58,40 @@ def why_no_speedup(per_op: pd.DataFrame, top: int | None = None) -> pd.DataFrame
 METADATA_NOTED = 0.10  # metadata bytes as a fraction of the stored weight
 IMBALANCE_NOTED = 1.10  # busiest row / mean row of a zero-skipping engine
 WAVE_FILL_NOTED = 0.75  # fraction of the last GPU wave's SMs in use
-_IMBALANCE = re.compile(r"imbalance (\d+(?:\.\d+)?)")
-_WAVE_FILL = re.compile(r"wave\(s\) \((\d+)% full\)")
+
+
+def reason_tags(r: Any) -> list[tuple[str, str]]:
+    """The causes a layer gained little, as (tag, text) pairs: read from the op's structured
+    `cost_reasons` (Cost.reasons) and columns, never from the model's `why` prose (which stays
+    beside them in the tables). Small effects below the NOTED thresholds are left out."""
+    out: list[tuple[str, str]] = []
+    codes = {x.code: x.value for x in (getattr(r, "cost_reasons", ()) or ())}
+    if "fallback" in codes:
+        out.append((REASONS["fallback"], f"fallback: ran as {r.kernel}"))
+    elif getattr(r, "pattern", "") not in ("", "dense") and str(getattr(r, "kernel", "")).lower() == "dense":
+        out.append((REASONS["not_exploited"], REASONS["not_exploited"]))
+    for code in ("memory_bound", "overhead_bound", "padding", "alignment", "unsupported"):
+        if code in codes:
+            out.append((REASONS[code], REASONS[code]))
+    meta = codes.get("metadata", 0.0)
+    if meta >= METADATA_NOTED:
+        out.append((REASONS["metadata"], f"metadata overhead ({meta:.0%} of weight bytes)"))
+    if codes.get("imbalance", 0.0) >= IMBALANCE_NOTED:
+        out.append((REASONS["imbalance"], f"load imbalance (busiest row {codes['imbalance']:.2f}x the mean)"))
+    fill = codes.get("wave_fill", 1.0)
+    if fill < WAVE_FILL_NOTED:
+        out.append((REASONS["wave_fill"], f"wave quantisation (waves {fill:.0%} full)"))
+    speed = float(getattr(r, "speedup", float("nan")))
+    if not out and speed == speed:
+        bound = str(getattr(r, "bound", ""))
+        tag = "sparse kernel slower than dense" if speed < 1 else f"small gain, {bound}-bound"
+        out.append((tag, tag))
+    return out
 
 
 def reasons(r: Any) -> str:
-    """Name the causes a layer gained little, from the Cost columns and the numbers the model's
-    `why` quotes (the model's own text stays beside it in the tables)."""
-    out = []
-    why = str(getattr(r, "why", "") or "").lower()
-    if bool(getattr(r, "fallback", False)):
-        out.append(f"fallback: ran as {r.kernel}")
-    elif getattr(r, "pattern", "") not in ("", "dense") and str(getattr(r, "kernel", "")).lower() == "dense":
-        out.append("pattern not exploited")
-    bound = str(getattr(r, "bound", ""))
-    if bound in ("memory", "overhead"):
-        out.append(f"{bound} bound")
-    meta, mem = float(getattr(r, "metadata_bytes", 0) or 0), float(getattr(r, "memory_bytes", 0) or 0)
-    if mem > 0 and meta / mem >= METADATA_NOTED:
-        out.append(f"metadata overhead ({meta / mem:.0%} of weight bytes)")
-    imb = [float(x) for x in _IMBALANCE.findall(why)]
-    if imb and max(imb) >= IMBALANCE_NOTED:
-        out.append(f"load imbalance (busiest row {max(imb):.2f}x the mean)")
-    fill = [int(x) / 100 for x in _WAVE_FILL.findall(why)]
-    if fill and min(fill) < WAVE_FILL_NOTED:
-        out.append(f"wave quantisation (last wave {min(fill):.0%} full)")
-    for word, tag in (("pad", "padding"), ("minimum", "minimum shape"), ("align", "alignment"),
-                      ("unsupported", "unsupported pattern")):
-        if word in why:
-            out.append(tag)
-    speed = float(getattr(r, "speedup", float("nan")))
-    if not out and speed == speed:
-        out.append("sparse kernel slower than dense" if speed < 1 else f"small gain, {bound}-bound")
-    return "; ".join(out)
+    """`reason_tags` as one table cell."""
+    return "; ".join(text for _, text in reason_tags(r))
 
 
 def fallbacks(per_op: pd.DataFrame) -> pd.DataFrame:
@@ -182,7 +185,7 @@ def verdicts(summary: pd.DataFrame, per_op: pd.DataFrame, devices: Sequence[str]
                 bound = str(touched.groupby("bound")["latency_s"].sum().idxmax())
             per_plan.append({"plan": plan, "geomean": geo, "min": float(sp.min()), "max": float(sp.max()),
                              "fallback_ops": int(p["fallback_ops"].sum()), "kernel": kernel, "bound": bound,
-                             "why": short_why(str(worst["why"]))})
+                             "why": short_why(str(worst.get("top_why", worst["why"])))})
         if not per_plan:
             continue
         best = max(per_plan, key=lambda r: r["geomean"])
@@ -241,12 +244,9 @@ def _num(v: Any) -> str:
         return "?"
 
 
-_SHARE = re.compile(r"\s*\(\d+% of the latency of \d+ op\(s\)\)\s*$")
-
-
 def short_why(why: str, limit: int = 160) -> str:
-    """The model's top reason without its latency-share suffix, cut at a clause boundary."""
-    why = _SHARE.sub("", why or "").strip()
+    """A model's why cut at a clause boundary (pass a per-op why or the summary's `top_why`)."""
+    why = (why or "").strip()
     if len(why) <= limit:
         return why
     cut = why[:limit]

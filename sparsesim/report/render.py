@@ -18,6 +18,7 @@ from sparsesim.report.figures import make_figures
 from sparsesim.report.html import render_html
 from sparsesim.report.markdown import MD_TITLE, render_markdown
 from sparsesim.report.outdir import ReportWriter
+from sparsesim.run.results import reason_text
 
 
 def csv_tables(data: build.ReportData) -> dict[str, pd.DataFrame]:
@@ -75,7 +76,7 @@ def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
         return df
     out = df.copy()
     for c in cols:
-        out[c] = out[c].astype(object).map(_csv_cell)
+        out[c] = out[c].astype(object).map(lambda v: _csv_cell(reason_text(v) if isinstance(v, tuple) else v))
     return out
 
 

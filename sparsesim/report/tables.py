@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,9 +30,8 @@ def why_summary(t: pd.DataFrame, devices: Sequence[str], plans: Sequence[str]) -
                 row[p] = "all layers faster"
                 continue
             weight: dict[str, float] = {}
-            for rs, w in zip(g["reasons"], g["dense_latency_s"].fillna(0.0)):
-                for tag in (rs.split("; ") if rs else ["(no reason given)"]):
-                    tag = re.sub(r"\s*\(.*\)$", "", tag)
+            for tags, w in zip(g["reason_tags"], g["dense_latency_s"].fillna(0.0)):
+                for tag in (tags or ("(no reason given)",)):
                     weight[tag] = weight.get(tag, 0.0) + float(w)
             top = sorted(weight, key=lambda k: -weight[k])[:2]
             row[p] = f"{len(g)} layer{'s' if len(g) != 1 else ''}: " + ", ".join(top)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from sparsesim.core.ir import Op
-from sparsesim.cost.record import Cost
+from sparsesim.cost.record import Cost, Reason
 from sparsesim.run.fit import MemoryFit
 from sparsesim.sparsity.records import LayerSparsity
 
@@ -54,6 +54,7 @@ PER_OP_COLUMNS: dict[str, str] = {
     "memory_s": "memory term of the latency (Cost.details['memory_s'], see split_latency)",
     "overhead_s": "fixed overhead term (launch, configuration), see split_latency",
     "why": "the cost model's explanation of the latency",
+    "cost_reasons": "the causes of the cost as data (Cost.reasons: tuples of Reason(code, value))",
     "memory_need_bytes": "device memory the run holds: weights as stored under the plan + example inputs "
                          "(with the KV cache) + the largest one-op activation working set",
     "memory_capacity_bytes": "the device's memory_capacity (NaN when its file gives none)",
@@ -83,6 +84,8 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "bound": "bound holding the largest share of latency",
     "why": "top reason: the explanation holding the largest share of latency among the ops the "
            "plan touched (all ops for dense)",
+    "top_why": "the why of the kernel holding the largest share of latency, without the share",
+    "top_share": "that kernel's share of the latency of the ops in scope",
     "flops": "dense FLOPs",
     "flops_executed": "FLOPs executed",
     "memory_need_bytes": "device memory the run holds: weights as stored under the plan + example inputs "
@@ -181,6 +184,7 @@ def cost_columns(costs: Sequence[Cost]) -> dict[str, list]:
         "memory_s": [s[1] for s in splits],
         "overhead_s": [s[2] for s in splits],
         "why": [c.why for c in costs],
+        "cost_reasons": [c.reasons for c in costs],
         "model": [c.model for c in costs],
     }
 
@@ -270,17 +274,24 @@ def summarize(per_op: pd.DataFrame) -> pd.DataFrame:
     slowest_why = slowest.set_index(keys + ["kernel", "bound"])["why"]
     scope_g = scope.groupby(keys, sort=False)["latency_s"]
     scope_lat, scope_n = scope_g.sum(), scope_g.size()
-    texts = []
+    texts, tops, shares = [], [], []
     for k in out.index:
         total = float(scope_lat.get(k, 0.0))
         if total <= 0 or k not in top.index:
             texts.append("")
+            tops.append("")
+            shares.append(math.nan)
             continue
         t = top.loc[k]
         why = slowest_why[(*k, t["kernel"], t["bound"])]
+        tops.append(why)
+        shares.append(float(t["latency_s"]) / total)
         texts.append(f"{why} [{t['latency_s'] / total:.0%} of the latency of the {int(scope_n[k])} "
                      f"op(s) in scope: {int(t['ops'])} {t['kernel']} op(s), {t['bound']}-bound]")
     out["why"] = texts
+    # the same as fields: the top kernel's own why and its share of the latency in scope
+    out["top_why"] = tops
+    out["top_share"] = shares
     out = out.reset_index()
     out["fallback_ops"] = out["fallback_ops"].astype(int)
     out["sparse_ops"] = out["sparse_ops"].astype(int)
@@ -335,11 +346,20 @@ def records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def jsonable(v: Any) -> Any:
+    if isinstance(v, Reason):
+        return {"code": v.code, "value": jsonable(v.value)}
+    if isinstance(v, tuple):
+        return [jsonable(x) for x in v]
     if hasattr(v, "item") and not isinstance(v, (str, bytes)):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+def reason_text(reasons: Iterable[Reason]) -> str:
+    """'memory_bound; metadata=0.125': a Reason tuple as one table cell."""
+    return "; ".join(r.code + (f"={r.value:.3g}" if math.isfinite(r.value) else "") for r in reasons)
 
 
 def speedup_map(summary: pd.DataFrame) -> dict[str, dict[str, float | None]]:

@@ -47,7 +47,7 @@ from sparsesim.cost.families.gpu_machine import (
     mma_k,
     tiling,
 )
-from sparsesim.cost.record import ALONE, Cost, RunContext
+from sparsesim.cost.record import ALONE, Cost, Reason, RunContext
 from sparsesim.hw.devices import Device
 from sparsesim.sparsity.records import LayerSparsity
 
@@ -134,7 +134,7 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         kind = layer.pattern.kind
     if not any(kind in k.serves for k in KERNELS.values()):
         assert layer is not None
-        return dense_cost(op, work, device, env, fallback=True,
+        return dense_cost(op, work, device, env, fallback=True, notes=(Reason("unsupported"),),
                           why=f"{layer.pattern.label}: no GPU kernel for {kind} patterns: ran dense")
     out = _pick(op, kind, work, layer, device, env)
     if kind == "vnm" and not isinstance(out, Cost):

@@ -47,7 +47,7 @@ from sparsesim.cost.families.gpu_machine import (
     sparse_traffic,
     stored,
 )
-from sparsesim.cost.record import Cost
+from sparsesim.cost.record import Cost, Reason
 from sparsesim.hw.devices import Device
 from sparsesim.hw.runtimes import RuntimeParams
 from sparsesim.sparsity.patterns import nm_pattern
@@ -86,7 +86,8 @@ class GpuKernel:
 # ----------------------------------------------------------------------------- dense
 
 def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: str = "", fallback: bool = False,
-               kernel: str = "dense (cublas)", unit: Unit | None = None, w_bytes: float | None = None) -> Cost:
+               kernel: str = "dense (cublas)", unit: Unit | None = None, w_bytes: float | None = None,
+               notes: tuple[Reason, ...] = ()) -> Cost:
     """Dense tensor-core (or CUDA-core) GEMM(s) of `work`; ignores any zeros in the weight.
     `unit` overrides where the arithmetic runs, `w_bytes` the stored weight (int4 + scales)."""
     p: GpuParams = device.params
@@ -123,6 +124,7 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
         details={"waves": tl.waves, "tiles": tl.tiles, "wave_efficiency": tl.wave_efficiency,
                  "sm_utilisation": tl.utilisation(work.gemms[0]), "split_k": tl.split_k,
                  "precision": precision_id(unit.dtype)},
+        notes=notes,
     )
 
 
@@ -259,8 +261,10 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
         kernel=f"{sn}:{sm} sparse tensor core ({library})", why="; ".join(parts), flops_executed=2.0 * macs,
         peak_flops=p.sparse_tensor_peak[sdt] * sn / sm, memory_bytes=values + meta, metadata_bytes=meta,
         fallback=(layer.pattern.n, layer.pattern.m) != (sn, sm),
-        details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "layout_s": extra_s, "m_padded": m_pad,
-                 "split_k": gt.tiling.split_k, "host_s": host, "precision": precision_id(sdt)},
+        details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "wave_efficiency": gt.tiling.wave_efficiency,
+                 "layout_s": extra_s, "m_padded": m_pad, "split_k": gt.tiling.split_k, "host_s": host,
+                 "precision": precision_id(sdt)},
+        notes=(Reason("padding", m_pad / g.m),) if m_pad != g.m else (),
     )
 
 
