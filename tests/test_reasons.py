@@ -14,7 +14,7 @@ from sparsesim.fidelity.gpu_validation import gemm_op, layer_for
 from sparsesim.hw.devices import load_device
 from sparsesim.report.analysis import layer_table, reason_tags
 from sparsesim.run.estimate import compare_tables, cost_one
-from sparsesim.run.results import records, reason_text
+from sparsesim.run.results import reason_text, records
 from sparsesim.sparsity.patterns import parse_pattern
 from sparsesim.sparsity.shrink import shrink_layer_op
 

@@ -21,6 +21,8 @@ file) and give only what differs; a per-dtype table is merged dtype by dtype. So
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import math
 import re
 import tomllib
@@ -135,6 +137,13 @@ class Device:
 
     def fitted(self) -> dict[str, Provenance]:
         return {k: p for k, p in self.provenance.items() if p.fit_date is not None}
+
+    @functools.cached_property
+    def key(self) -> str:
+        """Identity by content: a hash of the family, parameters and runtimes (not the name or
+        path), so an edited file is a new device and one file under two names is the same one."""
+        text = repr((self.family, self.params, self.runtimes))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
     def default_runtime(self) -> str:

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sparsesim.report import build, plots
+import sparsesim.report.build as build
+import sparsesim.report.plots as plots
 from sparsesim.report.fmt import slug
 from sparsesim.report.peaks import device_roofs
 

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import sparsesim.report.analysis as analysis
+import sparsesim.report.build as build
 from sparsesim import __version__
-from sparsesim.report import analysis, build
 from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import esc, fmt_q, fmt_x, sig, slug
 from sparsesim.report.tables import (

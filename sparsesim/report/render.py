@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from sparsesim.report import analysis, build
+import sparsesim.report.analysis as analysis
+import sparsesim.report.build as build
 from sparsesim.report.figures import make_figures
 from sparsesim.report.html import render_html
 from sparsesim.report.markdown import MD_TITLE, render_markdown

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from sparsesim.report import build
+import sparsesim.report.build as build
 from sparsesim.report.fmt import fmt_q, fmt_x
 from sparsesim.report.inputs import SearchResult, ValidationResult
 

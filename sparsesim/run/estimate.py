@@ -151,12 +151,19 @@ def resolve_devices(devices: str | Device | Iterable[str | Device] | None) -> li
         if isinstance(devices, str) and not devices.strip(" ,"):
             raise DeviceFileError(f"devices {devices!r}: no device named (comma-separated names or .toml paths)")
         devices = [d for d in devices.split(",") if d.strip()] if isinstance(devices, str) else [devices]
-    out, seen = [], set()
+    out: list[Device] = []
+    seen: set[tuple[str, str]] = set()
+    names: dict[str, str] = {}
     for d in devices:
         dev = resolve_device(d.strip() if isinstance(d, str) else d)
-        if dev.path not in seen:
-            seen.add(dev.path)
-            out.append(dev)
+        if (dev.name, dev.key) in seen:
+            continue  # the same device asked for twice
+        seen.add((dev.name, dev.key))
+        if names.setdefault(dev.name, dev.key) != dev.key:
+            # a what-if copy under the same name (an edited file, the same path changed between
+            # loads): kept as its own row, named apart by its content
+            dev = dataclasses.replace(dev, name=f"{dev.name}@{dev.key[:8]}")
+        out.append(dev)
     return out
 
 

@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from sparsesim.core.ir import DTYPE_BYTES, Op
-from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
     EnergyInputs,
     GemmWork,
@@ -40,6 +39,7 @@ from sparsesim.cost.common import (
     memory_op_cost,
 )
 from sparsesim.cost.record import ALONE, Cost, RunContext
+from sparsesim.cost.registry import register_cost
 from sparsesim.hw.devices import Device, quantity, register_family, setting
 from sparsesim.sparsity.records import LayerSparsity
 

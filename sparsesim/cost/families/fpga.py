@@ -38,7 +38,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op
-from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
     EnergyInputs,
     bound_of,
@@ -62,6 +61,7 @@ from sparsesim.cost.families.dataflow import (
 )
 from sparsesim.cost.families.systolic import gemm_cycles
 from sparsesim.cost.record import ALONE, Cost, RunContext
+from sparsesim.cost.registry import register_cost
 from sparsesim.hw.devices import Device, quantity, register_family, setting
 from sparsesim.sparsity.records import LayerSparsity, SparsityStats
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 
 from sparsesim.core.ir import Op
-from sparsesim.cost import register_cost
 from sparsesim.cost.common import GemmWork, gemm_work, memory_op_cost
 from sparsesim.cost.families.gpu_kernels import (
     KERNELS,
@@ -48,6 +47,7 @@ from sparsesim.cost.families.gpu_machine import (
     tiling,
 )
 from sparsesim.cost.record import ALONE, Cost, Reason, RunContext
+from sparsesim.cost.registry import register_cost
 from sparsesim.hw.devices import Device
 from sparsesim.sparsity.records import LayerSparsity
 

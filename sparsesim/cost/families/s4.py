@@ -33,7 +33,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sparsesim.core.ir import Op
-from sparsesim.cost import register_cost
 from sparsesim.cost.common import (
     EnergyInputs,
     bound_of,
@@ -56,6 +55,7 @@ from sparsesim.cost.families.dataflow import (
     samples,
 )
 from sparsesim.cost.record import ALONE, Cost, RunContext
+from sparsesim.cost.registry import register_cost
 from sparsesim.hw.devices import Device, quantity, register_family, setting
 from sparsesim.sparsity.records import LayerSparsity, SparsityStats
 

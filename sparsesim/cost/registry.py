@@ -1,0 +1,46 @@
+"""The family registry: each hardware family's cost function, under the family name its device
+files give. Families register on import (`sparsesim.cost` imports them all); `estimate_op`
+dispatches one op to its device's family and checks what comes back."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from sparsesim.core.errors import DeviceFileError, UnsupportedError
+from sparsesim.core.ir import Op
+from sparsesim.cost.record import ALONE, Cost, RunContext
+from sparsesim.hw.devices import Device
+from sparsesim.sparsity.records import LayerSparsity
+
+CostFn = Callable[[Op, "LayerSparsity | None", Device, RunContext], Cost]
+FAMILY_COST: dict[str, CostFn] = {}
+
+
+def register_cost(family: str) -> Callable[[CostFn], CostFn]:
+    def wrap(fn: CostFn) -> CostFn:
+        FAMILY_COST[family] = fn
+        return fn
+
+    return wrap
+
+
+def estimate_op(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
+    """Cost of one op on one device; `layer` is None for dense or weightless ops; `context`
+    says what the whole-model run around the op looks like (default: the op alone)."""
+    fn = FAMILY_COST.get(device.family)
+    if fn is None:
+        raise UnsupportedError(f"device {device.name}: no cost model for family {device.family!r}")
+    what = f"{device.path}: the {device.family} cost model on op {op.index} ({op.kind}"
+    what += f" {op.module})" if getattr(op, "module", "") else ")"
+    try:
+        cost = fn(op, layer, device, context)
+    except (ArithmeticError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        # the loader checks every field it can alone; a combination it cannot foresee ends here,
+        # as one line naming the device file, never a traceback
+        raise DeviceFileError(f"{what} failed: {type(e).__name__}: {e} (check this device file's numbers)") from e
+    bad = [k for k in ("latency_s", "energy_j") if not (math.isfinite(getattr(cost, k)) and getattr(cost, k) >= 0)]
+    if bad:
+        raise DeviceFileError(f"{what} gives a {' and '.join(bad)} of "
+                              f"{', '.join(str(getattr(cost, k)) for k in bad)} (check this device file's numbers)")
+    return cost
