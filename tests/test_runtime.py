@@ -73,6 +73,16 @@ def test_runtime_on_every_costing_verb(cli):
     assert rc == 0 and json.loads(out)["rows"][0]["runtime"] == "engine"
     rc, out, _ = cli("simulate", "gemm:M=8,N=1024,K=1024,dtype=fp16", "--device", "h100-sxm5")
     assert rc == 0 and "runtime eager" in out
+    rc, out, _ = cli("train", "gemm:M=256,N=1024,K=1024,dtype=fp16", "--devices", "a100-sxm4-80gb",
+                     "--methods", "dense", "--steps", "10", "--runtime", "compiled", "--dtype", "bf16", "--json")
+    doc = json.loads(out)
+    assert rc == 0 and doc["rows"][0]["runtime"] == "compiled" and doc["workload"].endswith("@bf16")
+    rc, _, err = cli("train", "gemm:M=256,N=1024,K=1024,dtype=fp16", "--devices", "a100-sxm4-80gb",
+                     "--steps", "10", "--dtype", "int4")
+    assert rc == 2 and "--dtype 'int4': training is modelled at" in err
+    rc, _, err = cli("train", "gemm:M=256,N=1024,K=1024,dtype=fp16", "--devices", "a100-sxm4-80gb",
+                     "--steps", "10", "--kernel", "magic")
+    assert rc == 2 and "--kernel 'magic': unknown kernel" in err
     rc, _, err = cli("estimate", "gemm:M=8,N=1024,K=1024", "--device", "s4-antoum", "--runtime", "eager")
     assert rc == 2 and "runtime 'eager'" in err and "s4-antoum" in err
     rc, _, err = cli("estimate", "gemm:M=8,N=1024,K=1024", "--device", "a100-sxm4-80gb", "--kernel", "magic")
@@ -80,6 +90,30 @@ def test_runtime_on_every_costing_verb(cli):
 
 
 # ----------------------------------------------------------------------------- the fusion pass
+
+def test_train_costs_under_the_runtime_and_kernel_asked_for():
+    from sparsesim.train import TrainConfig, train_tables
+
+    spec = "gemm:M=2048,N=4096,K=4096,dtype=fp16"
+    t = {rt: train_tables(spec, ["dense", "2:4"], [0.5], ["uniform"], "a100-sxm4-80gb",
+                          TrainConfig(steps=10, runtime=rt, kernel="cutlass-24")).summary for rt in ("eager", "engine")}
+    assert set(t["eager"]["runtime"]) == {"eager"} and set(t["engine"]["runtime"]) == {"engine"}
+    # eager pays host dispatch per op and the tensor subclass's: never faster than the engine
+    assert (t["eager"]["time_s"].to_numpy() >= t["engine"]["time_s"].to_numpy()).all()
+
+
+def test_search_costs_under_the_runtime_kernel_and_dtype_asked_for(tmp_path):
+    from sparsesim.search.runner import SearchConfig, run_search
+
+    cfg = SearchConfig(workload="digits", device="a100-sxm4-80gb", max_accuracy_drop=1.0, runtime="engine",
+                       kernel="cusparselt", dtype="fp16", out=str(tmp_path))
+    doc = run_search(cfg)
+    assert (doc["runtime"], doc["kernel"], doc["dtype"]) == ("engine", "cusparselt", "fp16")
+    assert doc["workload"].endswith("@fp16") and doc["check"]["agrees"]
+    eager = run_search(SearchConfig(workload="digits", device="a100-sxm4-80gb", max_accuracy_drop=1.0,
+                                    dtype="fp16", out=str(tmp_path / "eager")))
+    assert eager["runtime"] == "eager" and eager["dense"]["latency_s"] > doc["dense"]["latency_s"]
+
 
 def _mem_op(i: int, kind: str, shape: tuple[int, ...], inputs: int = 1, aten: str = "aten.add.Tensor") -> Op:
     n = 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sparsesim.cli.common import add_deployment_arguments, deployment
+
 NAME = "search"
 HELP = "search per-layer sparsity (DP and/or Optuna) for the best real accuracy at a modeled speedup on a device"
 
@@ -38,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="recovery: finetune(model) run after the masks go in (pruned weights stay zero)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed (and the workload's split/seed where it has one)")
     p.add_argument("--out", default="search-out", help="directory for the plan, masks, model and study")
+    add_deployment_arguments(p)
 
 
 def default_algorithm(args: argparse.Namespace) -> str:
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         workers=args.workers, storage=args.storage, seed=args.seed, out=args.out, signal=args.signal,
         sampler=args.sampler, dask_scheduler=args.dask_scheduler, evaluate=args.evaluate,
         study_name=args.study_name, bn_recalibrate=args.bn_recalibrate, finetune=args.finetune,
+        **deployment(args),
     )
     bar = _Bar()
     try:
@@ -113,7 +117,9 @@ def render(doc: dict[str, Any]) -> str:
 
     d = doc["dense"]
     lines = [
-        f"search {doc['workload']} on {doc['device']} ({doc['algorithm']}, signal {doc['signal']}, seed {doc['seed']})",
+        f"search {doc['workload']} on {doc['device']}, runtime {doc['runtime']}"
+        + (f", kernel {doc['kernel']}" if doc.get("kernel") else "")
+        + f" ({doc['algorithm']}, signal {doc['signal']}, seed {doc['seed']})",
         f"  dense:    accuracy {_pct(d['accuracy'])}  latency {fmt_si(d['latency_s'], 's')}",
         f"  chosen:   accuracy {_pct(doc['accuracy'])}  latency {fmt_si(doc['latency_s'], 's')}  "
         f"{doc['speedup_vs_dense']:.2f}x of dense  (from {doc['chosen_source']})",

@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sparsesim.cli.common import add_workload_argument
+from sparsesim.cli.common import add_deployment_arguments, add_workload_argument, deployment
 from sparsesim.core.errors import TrainError
 
 NAME = "train"
 HELP = "training cost of dense, dense-to-sparse and sparse-to-sparse methods: FLOPs, time, energy, peak memory"
 
-ROW_FIELDS = ("method", "kind", "storage", "sparsity", "distribution", "global_sparsity", "device", "family", "steps",
+ROW_FIELDS = ("method", "kind", "storage", "sparsity", "distribution", "global_sparsity", "device", "family", "runtime", "steps",
               "train_flops", "train_flops_vs_dense", "inference_flops", "inference_flops_vs_dense", "flops_executed",
               "time_s", "time_vs_dense", "energy_j", "energy_vs_dense", "peak_memory_bytes", "peak_memory_vs_dense",
               "memory_weights_bytes", "memory_copies_bytes", "memory_master_bytes", "memory_optimizer_bytes",
@@ -50,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="more steps for the sparse methods: a number for all, or method=x,... (e.g. rigl=5,set=2)")
     p.add_argument("--settings", default="",
                    help="method settings, e.g. rigl.every=200,gmp.start=0.1 (see the methods' defaults in --json)")
+    add_deployment_arguments(p)
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     config = TrainConfig(steps=args.steps, epochs=args.epochs, dataset_size=args.dataset_size, batch=args.batch,
                          optimizer=args.optimizer, master_weights=args.master_weights, storage=args.storage,
                          checkpoint=args.checkpoint, input_grad=args.input_grad,
-                         step_multiplier=_multipliers(args.step_multiplier), settings=_settings(args.settings))
+                         step_multiplier=_multipliers(args.step_multiplier), settings=_settings(args.settings),
+                         **deployment(args))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     dists = [d.strip() for d in args.distribution.split(",") if d.strip()]
     tables = train_tables(args.workload, methods, _floats(args.sparsity, "sparsity"), dists, args.devices, config)
@@ -144,7 +146,7 @@ def render(doc: dict[str, Any]) -> str:
     out = [head, ""]
     for dev in doc["devices"]:
         rows = [r for r in doc["rows"] if r["device"] == dev]
-        out.append(f"{dev} ({rows[0]['family']})")
+        out.append(f"{dev} ({rows[0]['family']}), runtime {rows[0]['runtime']}")
         out.append(results.text_table(
             [(r["method"], "-" if r["sparsity"] is None else f"{r['sparsity']:g}", r["distribution"],
               _fmt_flops(r["train_flops"]), results.fmt_ratio(r["train_flops_vs_dense"]),

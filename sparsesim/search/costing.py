@@ -28,11 +28,15 @@ MEMO_SIZE = 100_000
 
 
 class PlanCoster:
-    """Costs of plans of one workload on one device, through the one costing path."""
+    """Costs of plans of one workload on one device under one runtime ("" = the device's
+    default) with `kernel` forced where it applies ("" = the runtime picks), through the one
+    costing path."""
 
-    def __init__(self, workload: Workload, device: Device) -> None:
+    def __init__(self, workload: Workload, device: Device, *, runtime: str = "", kernel: str = "") -> None:
         self.workload = workload
         self.device = device
+        self.runtime = runtime
+        self.kernel = kernel
         self._fresh()
 
     def _fresh(self) -> None:
@@ -42,7 +46,7 @@ class PlanCoster:
         self._recent: ContentCache[tuple[Plan, Sequence[Op], list[Cost]]] = ContentCache("recent plans", 2)
 
     def __getstate__(self) -> dict:
-        return {"workload": self.workload, "device": self.device}
+        return {"workload": self.workload, "device": self.device, "runtime": self.runtime, "kernel": self.kernel}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -53,7 +57,7 @@ class PlanCoster:
         sw = sparsify(self.workload, plan, cache=self.layers)
         if len(self.memo) > MEMO_SIZE:
             self.memo.clear()
-        return sw.ops, cost_workload(sw, self.device, memo=self.memo)
+        return sw.ops, cost_workload(sw, self.device, runtime=self.runtime, kernel=self.kernel, memo=self.memo)
 
     def totals(self, plan: Plan, key: Hashable) -> PlanTotals:
         """Latency, energy, footprint and fallbacks of `plan`; `key` names the plan's content."""

@@ -62,7 +62,7 @@ class SearchProblem:
                  channel_densities: Sequence[float] = DEFAULT_CHANNEL_DENSITIES,
                  patterns: Sequence[Pattern] | None = None,
                  recovery: Callable[[nn.Module], None] | None = None,
-                 calibration: Any = None) -> None:
+                 calibration: Any = None, runtime: str = "", kernel: str = "") -> None:
         if workload.model is None or workload.on_meta:
             raise SearchError(f"workload {workload.name}: a search needs the real model with its weights")
         self.name = workload.name
@@ -80,7 +80,9 @@ class SearchProblem:
         self.index = index_groups(groups, self.prunable, self.ops)
         self.groups = dict(self.index.groups)
         self.maker = MaskMaker(self.model, {w: op.weight_matrix for w, op in self.prunable.items()}, self.index)
-        self.coster = PlanCoster(workload, device)
+        self.runtime, _ = device.runtime(runtime)  # the runtime's name; raises for one the device lacks
+        self.kernel = kernel
+        self.coster = PlanCoster(workload, device, runtime=runtime, kernel=kernel)
         self.space = build_space(self.prunable, self.index, patterns or candidate_patterns(densities),
                                  channel_densities, self._exploits)
         self.units = [(u.name, tuple(c.label for c in u.choices)) for u in self.space.units]

@@ -60,6 +60,9 @@ class SearchConfig:
     study_name: str | None = None
     bn_recalibrate: bool = False  # recovery: recompute BatchNorm statistics on the calibration batch
     finetune: str | None = None  # recovery: module:function(model) run after the masks go in
+    runtime: str = ""  # eager, compiled or engine ("" = the device file's default)
+    kernel: str = ""  # a kernel library forced for the ops it serves ("" = the runtime picks)
+    dtype: str = ""  # deploy the model at this dtype for its cost ("" = as traced)
 
 
 @dataclass
@@ -121,6 +124,11 @@ def build_problem(cfg: SearchConfig) -> SearchProblem:
         raise SearchError(f"--device {cfg.device}: {e}") from None
     wl = load_workload(cfg.workload)
     task = search_task_for(cfg.workload, wl.model, seed=cfg.seed, evaluate=cfg.evaluate)
+    if cfg.dtype:
+        from sparsesim.tracing.retype import retype
+
+        # the cost is the deployment's; accuracy is measured on the model as loaded (masks only)
+        wl = retype(wl, cfg.dtype)
     bn = None
     if cfg.bn_recalibrate:
         if task.calibration is None:
@@ -128,7 +136,8 @@ def build_problem(cfg: SearchConfig) -> SearchProblem:
         bn = recalibrate_bn(task.calibration)
     tune = _import(cfg.finetune, "--finetune") if cfg.finetune else None
     return SearchProblem(wl, device, evaluate=task.evaluate, fidelity=task.fidelity, groups=task.groups,
-                         recovery=chain(task.recovery, bn, tune), calibration=task.calibration)
+                         recovery=chain(task.recovery, bn, tune), calibration=task.calibration,
+                         runtime=cfg.runtime, kernel=cfg.kernel)
 
 
 def _record(problem: SearchProblem, choice: Mapping[str, str], source: str, accuracy: float | None = None
@@ -143,7 +152,8 @@ def _record(problem: SearchProblem, choice: Mapping[str, str], source: str, accu
 def _study_name(cfg: SearchConfig, problem: SearchProblem) -> str:
     """Stable across resumes; changes when the space changes (a resumed study must share it)."""
     h = hashlib.sha256(json.dumps(problem.units).encode()).hexdigest()[:10]
-    return cfg.study_name or f"{problem.name}@{problem.device.name}:seed{cfg.seed}:{cfg.signal}:{h}"
+    deploy = "".join(f":{v}" for v in (cfg.runtime, cfg.kernel) if v)  # the dtype is in the workload's name
+    return cfg.study_name or f"{problem.name}@{problem.device.name}{deploy}:seed{cfg.seed}:{cfg.signal}:{h}"
 
 
 def _check(cfg: SearchConfig) -> None:
@@ -270,7 +280,8 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: Sea
     saved = save_outputs(problem, chosen, out)
     check = compare_check(problem, saved["plan"], chosen["speedup_vs_dense"])
     doc = {
-        "workload": problem.name, "device": problem.device.name, "algorithm": cfg.algorithm,
+        "workload": problem.name, "device": problem.device.name, "runtime": problem.runtime,
+        "kernel": problem.kernel, "dtype": cfg.dtype, "algorithm": cfg.algorithm,
         "signal": cfg.signal, "seed": cfg.seed,
         "target": {"speedup": cfg.target_speedup, "max_accuracy_drop": cfg.max_accuracy_drop,
                    "latency_budget_s": budget},
@@ -407,7 +418,8 @@ def compare_check(problem: SearchProblem, plan_path: str, speedup: float) -> dic
     """`compare` on the saved plan file, next to the speedup the search reports for it."""
     from sparsesim.run.estimate import compare
 
-    row = compare(problem.workload, problem.device, [plan_path]).iloc[0]
+    row = compare(problem.workload, problem.device, [plan_path], runtime=problem.runtime,
+                  kernel=problem.kernel).iloc[0]
     got = float(row["speedup_vs_dense"])
     return {"compare_speedup": got, "search_speedup": speedup,
             "agrees": abs(got / speedup - 1.0) <= AGREEMENT_TOL}

@@ -73,6 +73,7 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "global_sparsity": "fraction of the sparsifiable weights removed at the end of the run",
     "device": "device name",
     "family": "hardware family whose cost model ran",
+    "runtime": "runtime the steps ran under (eager, compiled, engine: --runtime, else the device file's default)",
     "steps": "training steps of the run (the method's step multiplier applied)",
     "train_flops": "theoretical FLOPs of the whole run (zeros skipped, whatever the kernels do)",
     "train_flops_vs_dense": "train_flops / dense training's",
@@ -122,6 +123,9 @@ class TrainConfig:
     input_grad: bool = False
     step_multiplier: Mapping[str, float] = field(default_factory=dict)
     settings: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    runtime: str = ""  # eager, compiled or engine ("" = each device file's default)
+    kernel: str = ""  # a kernel library forced for the ops it serves ("" = the runtime picks)
+    dtype: str = ""  # train at this dtype ("" = as traced): a float dtype or fp8
 
     def multiplier(self, method: str) -> float:
         m = self.step_multiplier
@@ -172,6 +176,22 @@ def training_workload(spec: str | Workload, batch: int | None = None) -> tuple[W
     if batch is not None:
         raise TrainError(f"workload {text!r} is not a recipe: give its batch in the spec, not --batch")
     return resolve_workload(text), {}
+
+
+# integer dtypes are inference deployments (int8 activations, int4 weight-only): no gradients at them
+TRAIN_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8")
+
+
+def _at_dtype(wl: Workload, dtype: str) -> Workload:
+    """`wl` re-typed to train at `dtype` (`tracing.retype`); as traced when empty."""
+    if not dtype:
+        return wl
+    if dtype not in TRAIN_DTYPES:
+        raise TrainError(f"--dtype {dtype!r}: training is modelled at {', '.join(TRAIN_DTYPES)} "
+                         "(int8 and int4 are inference deployments)")
+    from sparsesim.tracing.retype import retype
+
+    return retype(wl, dtype)
 
 
 def recipe_training(spec: str | Workload) -> dict[str, Any]:
@@ -333,6 +353,7 @@ def train_tables(
         if not 0 <= s < 1:
             raise TrainError(f"sparsity {s:g} must be in [0, 1) (the fraction of weights removed)")
     wl, setup = training_workload(workload, config.batch)
+    wl = _at_dtype(wl, config.dtype)
     if not wl.ops:
         raise WorkloadError(f"workload {wl.name!r} traced to no ops")
     devs = resolve_devices(devices)
@@ -361,7 +382,7 @@ def train_tables(
     for dev in progress.each(devs, f"cost training {wl.name}", unit="device"):
         memo: dict[tuple, Cost] = {}
         for key, (step, _) in kinds.items():
-            costs = cost_workload(step.sparse, dev, memo=memo)
+            costs = cost_workload(step.sparse, dev, runtime=config.runtime, kernel=config.kernel, memo=memo)
             costed[(key, dev.path)] = _aggregate(step, costs)
 
     # stage 5: runs x devices
@@ -404,7 +425,8 @@ def train_tables(
             row = {
                 "workload": wl.name, "method": run.method.name, "kind": run.method.kind, "storage": config.storage,
                 "sparsity": run.sparsity, "distribution": run.distribution, "global_sparsity": run.global_sparsity,
-                "device": dev.name, "family": dev.family, "steps": sum(s.steps for s in run.segments if s.train),
+                "device": dev.name, "family": dev.family, "runtime": dev.runtime(config.runtime)[0],
+                "steps": sum(s.steps for s in run.segments if s.train),
                 "train_flops": total_f, "inference_flops": inference, "flops_executed": total_x,
                 "time_s": total_t, "energy_j": total_e, "peak_memory_bytes": mem.total,
                 **{f"memory_{c}_bytes": getattr(mem, c) for c in COMPONENTS},
@@ -491,6 +513,7 @@ def step_table(
     if config.steps is None and config.epochs is None:
         config = replace(config, steps=1)
     wl, setup = training_workload(workload, config.batch)
+    wl = _at_dtype(wl, config.dtype)
     steps = run_steps(config, setup, wl)
     sizes = model_sizes(wl)
     optimizer = _optimizer(config, sizes, wl)
@@ -508,7 +531,8 @@ def step_table(
     opts = StepOptions(storage=config.storage, optimizer=optimizer, checkpoint=config.checkpoint,
                        input_grad=config.input_grad)
     step = _build(wl, seg, opts, sizes, weight_shapes(wl), mem)
-    df = cost_table(Prepared(step.sparse.workload, {seg.label: step.sparse}), [resolve_device(device)])
+    df = cost_table(Prepared(step.sparse.workload, {seg.label: step.sparse}), [resolve_device(device)],
+                    runtime=config.runtime, kernel=config.kernel)
     df.insert(df.columns.get_loc("kind"), "pass", list(step.passes))
     df.insert(df.columns.get_loc("flops") + 1, "theoretical_flops", list(step.theoretical_flops))
     return df
