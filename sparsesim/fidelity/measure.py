@@ -147,6 +147,29 @@ def copy_bandwidth(nbytes: int, *, repeats: int = 7) -> float:
     return 2 * a.numel() * 4 / t.median_s
 
 
+def read_bandwidth(nbytes: int, *, repeats: int = 7) -> float:
+    """Bytes/s of a read-only stream over `nbytes` (a tensor sum): how fast one core brings a
+    weight in from the level that holds it (a copy's concurrent read and write streams move more
+    bytes per second from DRAM than one read stream does)."""
+    a = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
+    t = time_call(lambda: a.sum(), repeats=repeats)
+    return a.numel() * 4 / t.median_s
+
+
+def effective_llc_bytes(llc_bytes: int, llc_bw: float, dram_bw: float, *, floor: int, repeats: int = 3) -> int:
+    """The largest copy footprint (both arrays) up to `llc_bytes` that still copies nearer the LLC
+    rate than the DRAM rate (above their geometric mean): the share of a last-level cache one core
+    really gets when other cores or tenants use it too. Footprints halve down from `llc_bytes`
+    to `floor`; returns `floor` if none holds."""
+    cut = (llc_bw * dram_bw) ** 0.5
+    size = llc_bytes
+    while size > floor:
+        if copy_bandwidth(size // 2, repeats=repeats) >= cut:
+            return size
+        size //= 2
+    return floor
+
+
 def call_overhead(*, repeats: int = 9) -> float:
     """Seconds of a dense linear on a 1 x 8 x 8 problem: torch dispatch + BLAS call, no work."""
     return dense_linear(1, 8, 8, "fp32", repeats=repeats).median_s

@@ -100,6 +100,16 @@ class CpuParams:
     picks_faster_kernel: bool = setting()
     matrix_macs_per_cycle: dict = quantity("per_cycle", per_dtype=True, default={})
     threads: float = quantity("count", default=0.0)
+    # whether the dense GEMM copies (packs) its weight into a blocked buffer on every call, in a pass
+    # of its own that no FMA work overlaps (a single-threaded BLAS sgemm); false where the runtime
+    # packs weights once at load (XNNPACK, oneDNN with cached weights) or other cores hide the pass
+    weight_pack_pass: bool = setting(default=False)
+    # the sparse 1x1-convolution kernel of a mobile engine (XNNPACK's SpMM over CHW activations),
+    # present only where the device file describes it (spmm_tile_m > 0) and a runtime offers it
+    spmm_tile_m: float = quantity("count", default=0.0)
+    spmm_vector_cycles: float = quantity("cycles", default=0.0)
+    spmm_nnz_cycles: float = quantity("cycles", default=0.0)
+    spmm_store_cycles: float = quantity("cycles", default=0.0)
 
     def validate(self) -> str | None:
         problem = check_positive(self, "cores", "clock", "vector_bits", "fma_ports", "l2_bandwidth",
@@ -121,9 +131,13 @@ class CpuParams:
         for key in self.bsr_vector_cycles:
             if _parse_block(key) is None:
                 return f"field 'bsr_vector_cycles.{key}': key must be a block shape like '4x4'"
-        problem = check_flags(self, "picks_faster_kernel")
+        problem = check_flags(self, "picks_faster_kernel", "weight_pack_pass")
         if problem:
             return problem
+        if self.spmm_tile_m:
+            problem = check_positive(self, "spmm_tile_m", "spmm_vector_cycles", "spmm_nnz_cycles", "spmm_store_cycles")
+            if problem:
+                return problem
         if not isinstance(self.native_dtypes, list) or not all(isinstance(d, str) for d in self.native_dtypes):
             return "field 'native_dtypes' must be a list of dtype strings"
         widest = max(DTYPE_BYTES.get(d, 0) for d in [FALLBACK_DTYPE, *self.native_dtypes]
@@ -188,6 +202,7 @@ class Traffic:
     bytes_by_level: dict[str, float]
     weight_level: str
     where: str  # for the why
+    weight_bandwidth: float  # bytes/s of the level the weight comes from
 
 
 def traffic(p: CpuParams, weight_bytes: float, other_bytes: float, context: RunContext) -> Traffic:
@@ -199,7 +214,7 @@ def traffic(p: CpuParams, weight_bytes: float, other_bytes: float, context: RunC
     if not cold:
         level, bw, _ = residency(p, weight_bytes + other_bytes)
         total = weight_bytes + other_bytes
-        return Traffic(total / bw, {level: total}, level, f"working set {total / 1e6:.3g} MB in {level}")
+        return Traffic(total / bw, {level: total}, level, f"working set {total / 1e6:.3g} MB in {level}", bw)
     level, bw, _ = residency(p, other_bytes)
     seconds = weight_bytes / p.dram_bandwidth + other_bytes / bw
     by_level = {"dram": weight_bytes}
@@ -207,7 +222,7 @@ def traffic(p: CpuParams, weight_bytes: float, other_bytes: float, context: RunC
     return Traffic(seconds, by_level, "dram",
                    f"weights {weight_bytes / 1e6:.3g} MB streamed from dram (the model's "
                    f"{context.model_weight_bytes / 1e6:.4g} MB exceed the last-level cache), "
-                   f"activations {other_bytes / 1e6:.3g} MB in {level}")
+                   f"activations {other_bytes / 1e6:.3g} MB in {level}", p.dram_bandwidth)
 
 
 def _energy_table(p: CpuParams) -> dict[str, float]:
@@ -228,6 +243,12 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
         compute_s += 2 * g.macs / (peak * eff) if g.macs else 0.0
     moved = traffic(p, work.w_bytes, work.dense_bytes - work.w_bytes, context)
     memory_s = moved.seconds
+    # a BLAS that packs the weight per call reads it once in a pass of its own before the FMA
+    # loops: that pass adds to the compute, at the bandwidth of the level holding the weight; a
+    # GEMV (one activation row) streams the weight through its FMAs unpacked
+    packs = p.weight_pack_pass and any(g.m > 1 for g in work.gemms)
+    pack_s = work.w_bytes / moved.weight_bandwidth if packs else 0.0
+    compute_s += pack_s
     fallback = dt != work.dtype
     parts = [why_prefix] if why_prefix else []
     if fallback:
@@ -238,6 +259,8 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
         f"{'AMX' if dt in p.matrix_macs_per_cycle else 'SIMD'} {dt} GEMM at {eff0:.0%} of "
         f"{peak / 1e9:.4g} GFLOP/s (M={m}); {moved.where}"
     )
+    if pack_s:
+        parts.append(f"weight packed per call: {pack_s * 1e6:.3g} us from {moved.weight_level}")
     if memory_s > compute_s:
         parts.append("memory-bound")
     return build_cost(
@@ -250,7 +273,7 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
         ),
         kernel=kernel, why="; ".join(parts), flops_executed=float(work.flops), peak_flops=peak,
         memory_bytes=work.w_bytes, fallback=fallback,
-        details={"peak_flops": peak, "gemm_efficiency": eff0},
+        details={"peak_flops": peak, "gemm_efficiency": eff0, "pack_s": pack_s},
     )
 
 
@@ -378,9 +401,127 @@ def bsr_rate(p: CpuParams, r: int, c: int) -> tuple[float, str]:
     return p.bsr_vector_cycles[best], best
 
 
+# ----------------------------------------------------------------------------- mobile SpMM
+
+SPMM = "xnnpack-spmm"
+# the CPU kernels a runtime may list (`runtime.<name>.kernels`); torch's run through `_sparse`
+TORCH_KERNELS = {"unstructured": "csr", "block": "bsr", "nm": "nm", "vnm": "nm"}
+CPU_KERNELS = ("dense", "csr", "bsr", "nm", SPMM)
+
+
+def spmm_tiles(width: int, tile: int) -> list[int]:
+    """Widths of the spatial tiles an SpMM kernel runs over `width` positions: full tiles of
+    `tile`, then one narrower kernel per set bit of the remainder (XNNPACK's 32/16/8/4/2/1 ladder)."""
+    tiles = [tile] * (width // tile)
+    rem, w = width % tile, tile
+    while rem and w > 1:
+        w //= 2
+        if rem >= w:
+            tiles.append(w)
+            rem -= w
+    return tiles
+
+
+def spmm_problem(op: Op, layer: LayerSparsity) -> str | None:
+    """Why the mobile SpMM kernel cannot run `op` (None when it can): it takes 1x1 convolutions of
+    stride 1, one group and no padding, with an unstructured weight (a plain GEMM over the
+    spatial positions of CHW activations)."""
+    c = op.conv
+    if op.kind != "conv" or c is None:
+        return "runs 1x1 convolutions only"
+    if any(k != 1 for k in c.kernel) or any(st != 1 for st in c.stride) or c.groups != 1 or any(c.padding):
+        return f"runs 1x1 stride-1 ungrouped convolutions only (this one: {'x'.join(map(str, c.kernel))} kernel, " \
+               f"stride {c.stride}, {c.groups} group(s))"
+    if layer.pattern.kind != "unstructured":
+        return f"runs unstructured weights only (not {layer.pattern.kind})"
+    return None
+
+
+def _spmm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, context: RunContext) -> Cost:
+    """XNNPACK-class sparse 1x1 convolution: activations in CHW, the output computed one output
+    channel x `spmm_tile_m` spatial positions at a time; per stored nonzero the kernel broadcasts
+    the value, loads the input channel's row segment (the channel offset comes from the compressed
+    weight) and multiply-adds it, vectorised over the spatial positions. The per-nonzero cost is
+    the larger of the scalar value/offset chain (`spmm_nnz_cycles`) and the vector work of the
+    tile (vectors x `spmm_vector_cycles`, or the activation stream from the cache holding the
+    K x tile slab); narrower remainder tiles pay the chain for less work. Each output vector
+    costs `spmm_store_cycles` (bias, clamp, store). The whole compressed weight is walked once
+    per spatial tile; tiles are spread over the cores."""
+    p: CpuParams = device.params
+    g = work.gemms[0]
+    st = layer.stats
+    dt = compute_dtype(p, work.dtype)
+    nl = int(lanes(p, dt))
+    conv = op.conv
+    assert conv is not None
+    hw = max(1, math.prod(conv.output_spatial))
+    images = max(1, g.m // hw) * g.batch
+    tile = int(p.spmm_tile_m)
+    tiles = spmm_tiles(hw, tile)
+    # the K x tile activation slab the nonzeros of one tile pick rows from: in L1, else L2, else L3
+    slab = g.k * tile * work.dtype_bytes
+    slab_bw = math.inf if slab <= p.l1_bytes else p.l2_bandwidth if slab <= p.l2_bytes else p.l3_bandwidth / p.cores
+    slab_level = "l1" if slab <= p.l1_bytes else "l2" if slab <= p.l2_bytes else "l3"
+    stream = nl * work.dtype_bytes / slab_bw * p.clock  # cycles to bring one vector from the slab's level
+    vcyc = max(p.spmm_vector_cycles, stream)
+    per_nnz = sum(max(p.spmm_nnz_cycles, ceil_div(w, nl) * vcyc) for w in tiles)
+    out_vectors = sum(ceil_div(w, nl) for w in tiles)
+    nnz = st.nnz
+    cycles = images * (nnz * per_nnz + st.rows * out_vectors * p.spmm_store_cycles)
+    workers = min(p.cores, images * len(tiles))
+    compute_s = cycles / (p.clock * workers)
+    weight_bytes = work.w_values_bytes + work.w_metadata_bytes
+    moved = traffic(p, weight_bytes, work.a_bytes + work.c_bytes, context)
+    memory_s = moved.seconds
+    macs_exec = float(nnz) * g.m * g.batch
+    full = sum(1 for w in tiles if w == tile)
+    rem = [w for w in tiles if w != tile]
+    speed = dense.latency_s / (max(compute_s, memory_s) + p.call_overhead)
+    floor_bound = p.spmm_nnz_cycles > ceil_div(tile, nl) * vcyc
+    why = (f"{SPMM}: {nnz} nonzeros x {len(tiles)} spatial tile(s) of {hw} positions ({full} x {tile}"
+           + (f" + {'/'.join(map(str, rem))}" if rem else "") + f") x max(value/offset chain "
+           f"{p.spmm_nnz_cycles:g} cycles, {ceil_div(tile, nl)} x {vcyc:.3g} cycles per {nl}-lane {dt} vector; "
+           f"{slab / 1024:.3g} KiB activation slab in {slab_level})"
+           + ("; the value/offset chain, not the vector work, sets the pace" if floor_bound else "")
+           + f"; {workers:g} core(s); {moved.where}; {speed:.2f}x vs dense")
+    table = _energy_table(p)
+    return build_cost(
+        device=device, model=MODEL, compute_s=compute_s, memory_s=memory_s, overhead_s=p.call_overhead,
+        energy=EnergyInputs(
+            macs=macs_exec, mac_energy_j=p.mac_energy[dt],
+            # the slab is re-read once per nonzero per tile, the compressed weight once per tile
+            bytes_by_level={**moved.bytes_by_level,
+                            "l1": macs_exec * work.dtype_bytes + weight_bytes * len(tiles) * images},
+            energy_per_byte=table, static_power_w=p.static_power,
+            metadata_bytes=work.w_metadata_bytes, metadata_energy_per_byte=table[moved.weight_level],
+        ),
+        kernel=SPMM, why=why, flops_executed=2 * macs_exec, peak_flops=peak_flops(p, dt),
+        memory_bytes=weight_bytes, metadata_bytes=work.w_metadata_bytes, fallback=dt != work.dtype,
+        details={"spmm_tiles": float(len(tiles)), "dense_latency_s": dense.latency_s},
+    )
+
+
+def _offered(device: Device, context: RunContext) -> tuple[str, Callable[[str], bool]]:
+    """The runtime's name and whether it offers a CPU kernel: a forced kernel (`--kernel`) is the
+    only one; the mobile SpMM needs the device's figures and the runtime to list it by name."""
+    name, rt = device.runtime(context.runtime)
+    p: CpuParams = device.params
+
+    def offers(kernel: str) -> bool:
+        if context.kernel in CPU_KERNELS:
+            return kernel == context.kernel
+        if kernel == SPMM:
+            return bool(p.spmm_tile_m) and SPMM in rt.kernels
+        return rt.offers(kernel)
+
+    return name, offers
+
+
 @register_cost("cpu")
 def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
-    """Cost of one op on a CPU device (see the module docstring for the kernels)."""
+    """Cost of one op on a CPU device (see the module docstring for the kernels): the fastest
+    sparse kernel the runtime offers for the op, or the dense kernel where none can run it (or,
+    with `picks_faster_kernel`, where the dense one is faster)."""
     p: CpuParams = device.params
     if op.gemm is None:
         nbytes = memory_op_bytes(op)
@@ -396,7 +537,25 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
                       why_prefix=f"channel pruning: {g0.n}x{g0.k} -> {work.gemms[0].n}x{work.gemms[0].k} dense")
     # a sparse layer keeps the dense shape and operand sizes, so `work` also prices the dense kernel
     dense = _dense(work, device, context)
-    sparse = _sparse(work, layer, device, dense, context)
+    runtime, offers = _offered(device, context)
+    choices: list[Cost] = []
+    reasons: list[str] = []
+    torch_kernel = TORCH_KERNELS.get(layer.pattern.kind, "csr")
+    if offers(torch_kernel):
+        choices.append(_sparse(work, layer, device, dense, context))
+    else:
+        reasons.append(f"{runtime} does not offer {torch_kernel}")
+    if offers(SPMM):
+        problem = spmm_problem(op, layer)
+        if problem is None:
+            choices.append(_spmm(op, work, layer, device, dense, context))
+        else:
+            reasons.append(f"{SPMM} {problem}")
+    if not choices:
+        return replace(dense, kernel="dense (fallback)", fallback=True,
+                       why=f"{layer.pattern.label}: no sparse kernel for this op ({'; '.join(reasons)}), "
+                           f"so the runtime runs the dense kernel; {dense.why}")
+    sparse = min(choices, key=lambda c: c.latency_s)
     if p.picks_faster_kernel and sparse.latency_s > dense.latency_s:
         ratio = sparse.latency_s / dense.latency_s
         why = (f"{layer.pattern.label}: the {sparse.kernel} kernel would take {ratio:.2f}x the dense time, "

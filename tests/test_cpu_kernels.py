@@ -1,0 +1,150 @@
+"""CPU kernels by runtime: the mobile engine's sparse 1x1-conv SpMM on the Arm file, the per-call
+weight-packing pass of a single-threaded BLAS beyond the last-level cache, and published figures
+given as a range (no timing here)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sparsesim.core.ir import ConvGeometry, GemmShape, Op
+from sparsesim.cost.families.cpu import SPMM, spmm_tiles
+from sparsesim.fidelity import measure
+from sparsesim.fidelity.gpu_validation import TABLE_COLUMNS, measured_range, range_error, validate_gpu_published
+from sparsesim.hw.devices import load_device
+from sparsesim.run.estimate import cost_one
+from sparsesim.sparsity.records import Pattern
+from tests.op_cases import device_with, layer_of
+
+ARM = "arm-cortex-a78"
+
+
+def conv(cin: int, cout: int, hw: int, *, kernel: int = 1, groups: int = 1, dtype: str = "fp32") -> Op:
+    """A stride-1 convolution over an hw x hw image, as the tracer records it (implicit GEMM)."""
+    pad = kernel // 2
+    geom = ConvGeometry(cin, cout, (kernel, kernel), (1, 1), (pad, pad), (1, 1), groups, (hw, hw), (hw, hw))
+    m, n, k = hw * hw, cout // groups, cin // groups * kernel * kernel
+    return Op(0, "conv", "aten.convolution", "conv", 0, dtype, ((1, cin, hw, hw), (cout, cin // groups, kernel, kernel)),
+              (1, cout, hw, hw), 2 * m * n * k * groups, 4 * (m * k + n * k + m * n),
+              GemmShape(m, n, k, groups=groups), geom, "fc.weight", (cout, cin // groups * kernel * kernel))
+
+
+def sparse_layer(rows: int, cols: int, sparsity: float, dtype: str = "fp32"):
+    mask = measure.random_mask(rows, cols, 1 - sparsity, seed=3)
+    return layer_of(mask, Pattern("unstructured", 1 - sparsity), dtype)
+
+
+def test_spatial_tiles_follow_the_kernel_ladder():
+    assert spmm_tiles(49, 32) == [32, 16, 1]
+    assert spmm_tiles(196, 32) == [32] * 6 + [4]
+    assert spmm_tiles(3136, 32) == [32] * 98
+    assert sum(spmm_tiles(12544 + 7, 32)) == 12544 + 7
+
+
+def test_engine_runs_sparse_pointwise_convs_with_the_spmm_kernel_and_eager_does_not():
+    arm = load_device(ARM)
+    op = conv(384, 64, 14)
+    layer = sparse_layer(64, 384, 0.8)
+    dense = cost_one(op, None, arm, runtime="engine").latency_s
+    engine = cost_one(op, layer, arm, runtime="engine")
+    assert engine.kernel == SPMM and not engine.fallback
+    assert 1.3 < dense / engine.latency_s < 1 / 0.2  # faster, but not the FLOP ratio
+    eager = cost_one(op, layer, arm, runtime="eager")
+    assert eager.kernel != SPMM and eager.latency_s >= dense * (1 - 1e-9)
+
+
+def test_spmm_cost_follows_the_nonzeros():
+    arm = load_device(ARM)
+    op = conv(512, 512, 28)
+    t = {s: cost_one(op, sparse_layer(512, 512, s), arm, runtime="engine").latency_s for s in (0.5, 0.75, 0.9)}
+    assert t[0.5] > t[0.75] > t[0.9]
+    # per-nonzero work: halving the nonzeros (0.5 -> 0.75 sparsity) nearly halves the time
+    assert t[0.75] / t[0.5] == pytest.approx(0.5, rel=0.15)
+
+
+def test_remainder_tiles_cost_the_value_offset_chain():
+    """49 positions = 32 + 16 + 1: the 1-wide tile pays the whole per-nonzero chain for one lane's
+    work, so a 7x7 layer costs more per position than a 8x8 one (64 = 2 x 32); one core, so the
+    tiles' spread over the cores does not enter."""
+    arm = device_with(ARM, cores=1)
+    per_pos = {}
+    for hw in (7, 8):
+        c = cost_one(conv(960, 160, hw), sparse_layer(160, 960, 0.8), arm, runtime="engine")
+        assert c.kernel == SPMM
+        per_pos[hw] = c.details["compute_s"] / (hw * hw)
+    assert per_pos[7] > per_pos[8] * 1.1
+
+
+def test_spmm_serves_only_pointwise_ungrouped_convs():
+    arm = load_device(ARM)
+    for op, layer in ((conv(64, 64, 14, kernel=3), sparse_layer(64, 576, 0.8)),
+                      (conv(64, 64, 14, kernel=3, groups=64), sparse_layer(64, 9, 0.8))):
+        c = cost_one(op, layer, arm, runtime="engine")
+        assert c.fallback and c.kernel == "dense (fallback)" and SPMM in c.why
+
+
+def test_a_device_without_spmm_figures_has_no_spmm_kernel():
+    xeon = load_device("xeon-sapphire-rapids")
+    c = cost_one(conv(384, 64, 14), sparse_layer(64, 384, 0.8), xeon)
+    assert c.kernel != SPMM
+
+
+def test_forced_kernel_is_the_only_choice():
+    arm = load_device(ARM)
+    c = cost_one(conv(384, 64, 14), sparse_layer(64, 384, 0.8), arm, runtime="eager", kernel=SPMM)
+    assert c.kernel == SPMM
+
+
+def test_weight_pack_pass_adds_the_weight_stream_beyond_the_llc():
+    """A 16 MB fp32 weight on a CPU with a 4 MB LLC: with the per-call pack pass the dense GEMM
+    at M = 16 takes its FMA time plus the weight read from DRAM, not the larger of the two."""
+    off = device_with(ARM, weight_pack_pass={"value": False, "source": "test"}, cores=1)
+    on = device_with(ARM, weight_pack_pass={"value": True, "source": "test"}, cores=1)
+    from sparsesim.fidelity.calibrate import gemm_op
+
+    op = gemm_op(16, 4096, 1024)
+    a, b = cost_one(op, None, off), cost_one(op, None, on)
+    stream = 4096 * 1024 * 4 / on.params.dram_bandwidth
+    assert b.latency_s - a.latency_s == pytest.approx(min(stream, a.details["compute_s"]), rel=0.02)
+    assert b.details["pack_s"] == pytest.approx(stream)
+
+
+def test_measured_ranges_parse_and_score():
+    assert measured_range("1.3..2.4") == (1.3, 2.4)
+    assert measured_range("1.5") == (1.5, 1.5)
+    for bad in ("2.4..1.3", "a..b", "1..2..3", "nan", "0..1"):
+        assert measured_range(bad) is None
+    assert range_error(1.8, 1.3, 2.4) == 0.0
+    assert range_error(1.0, 1.3, 2.4) == pytest.approx(1 - 1.0 / 1.3)
+    assert range_error(3.0, 1.3, 2.4) == pytest.approx(3.0 / 2.4 - 1)
+
+
+def test_a_range_row_is_scored_against_its_range(tmp_path):
+    from sparsesim.fidelity.gpu_validation import append_rows, summary
+
+    table = tmp_path / "table.csv"
+    table.write_text(",".join(TABLE_COLUMNS) + "\n")
+    row = {"case": "pointwise-80", "device": ARM, "runtime": "engine", "dtype": "fp32", "M": 196, "N": 160,
+           "K": 960, "pattern": "unstructured:0.8", "phase": "forward", "quantity": "speedup",
+           "measured": "1.1..1.2", "direction": "faster", "source": "test", "conf": "D"}
+    append_rows([row], table)
+    df = validate_gpu_published(table=table)
+    r = df.iloc[0]
+    assert (r["measured_low"], r["measured_high"]) == (1.1, 1.2)
+    assert r["measured"] == pytest.approx(math.sqrt(1.1 * 1.2))
+    assert r["abs_error"] == pytest.approx(range_error(r["predicted"], 1.1, 1.2))
+    s = summary(df)
+    assert s["range_cases"] == 1 and s["with_value"] == 0
+    assert s["inside_range"] == int(r["abs_error"] == 0)
+
+
+def test_published_xnnpack_cases_land_inside_the_published_range():
+    df = validate_gpu_published([ARM])
+    xnn = df[df["case"].str.startswith("xnnpack-")]
+    assert len(xnn) >= 3
+    for _, r in xnn.iterrows():
+        assert 1.3 <= r["predicted"] <= 2.4, r["why"]
+        assert SPMM in r["kernel_used"] or SPMM in r["why"]
+    # more zeros, more speed (the kernel pays per nonzero)
+    assert list(xnn.sort_values("pattern")["predicted"]) == sorted(xnn["predicted"])
