@@ -148,3 +148,15 @@ def test_published_xnnpack_cases_land_inside_the_published_range():
         assert SPMM in r["kernel_used"] or SPMM in r["why"]
     # more zeros, more speed (the kernel pays per nonzero)
     assert list(xnn.sort_values("pattern")["predicted"]) == sorted(xnn["predicted"])
+
+
+def test_cli_accepts_cpu_kernel_names():
+    import argparse
+
+    from sparsesim.cli.common import deployment
+    from sparsesim.core.errors import SparsesimError
+
+    ns = argparse.Namespace(runtime="engine", kernel=SPMM, dtype="")
+    assert deployment(ns)["kernel"] == SPMM
+    with pytest.raises(SparsesimError, match="xnnpack-spmm"):
+        deployment(argparse.Namespace(runtime="", kernel="nope", dtype=""))

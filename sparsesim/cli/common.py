@@ -30,7 +30,8 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"{RUNTIME_HELP}; default: each device file's default runtime")
     p.add_argument("--kernel", default="",
                    help="force one kernel library for the ops it serves (GPU: cublas, cusparselt, cutlass-24, "
-                        "sputnik, cusparse-csr, flash-llm, bsr, marlin, sparse-marlin); default: the runtime "
+                        "sputnik, cusparse-csr, flash-llm, bsr, marlin, sparse-marlin; CPU: dense, csr, bsr, nm, "
+                        "xnnpack-spmm); default: the runtime "
                         "picks the fastest it offers")
     p.add_argument("--dtype", default="", choices=("",) + DEPLOY_DTYPES, metavar="|".join(DEPLOY_DTYPES),
                    help="deploy the model at this dtype (int8 and fp8 quantise GEMMs and the activations "
@@ -40,10 +41,12 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
 def deployment(args: argparse.Namespace) -> dict[str, str]:
     """The deployment keyword arguments of the run API, from --runtime/--kernel/--dtype."""
     if args.kernel:
+        from sparsesim.cost.families.cpu import CPU_KERNELS
         from sparsesim.cost.families.gpu_kernels import KERNELS
 
-        if args.kernel not in KERNELS:
-            raise SparsesimError(f"--kernel {args.kernel!r}: unknown kernel (known: {', '.join(KERNELS)})")
+        known = (*KERNELS, *CPU_KERNELS)
+        if args.kernel not in known:
+            raise SparsesimError(f"--kernel {args.kernel!r}: unknown kernel (known: {', '.join(known)})")
     return {"runtime": args.runtime, "kernel": args.kernel, "dtype": args.dtype}
 
 
