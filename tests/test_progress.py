@@ -106,3 +106,20 @@ def test_a_terminal_gets_a_redrawn_bar(monkeypatch):
     monkeypatch.setattr(progress, "_terminal", lambda: False)
     err.truncate(0)
     assert list(progress.each([1, 2], "quiet")) == [1, 2] and err.getvalue() == ""
+
+
+def test_timing_stage_lines_follow_the_same_switch(capsys):
+    """calibrate's and validate's stage lines are shown exactly when progress bars are."""
+    import argparse
+
+    from sparsesim.cli.common import timing_progress
+
+    args = argparse.Namespace(threads=1, json=False)
+    say = timing_progress(args, "validate")
+    assert say is not None
+    say("timing 3 dense cases")
+    assert capsys.readouterr().err == ""  # not a terminal, not asked
+    progress.configure(True)
+    say("timing 3 dense cases")
+    assert capsys.readouterr().err == "validate: timing 3 dense cases\n"
+    assert timing_progress(argparse.Namespace(threads=1, json=True), "validate") is None

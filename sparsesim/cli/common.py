@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -61,13 +60,16 @@ def add_timing_arguments(p: argparse.ArgumentParser, *, quick_help: str, threads
 
 
 def timing_progress(args: argparse.Namespace, verb: str) -> Callable[[str], None] | None:
-    """Check --threads and return the progress printer (stderr; None under --json, so the
-    document is all that is printed, and under --quiet)."""
+    """Check --threads and return the progress printer: a line per timing stage on stderr, shown
+    as every progress display is (`sparsesim.core.progress`); None under --json, so the document
+    is all that is printed."""
     if args.threads < 1:
         raise SparsesimError(f"{verb} --threads {args.threads}: must be >= 1")
-    if getattr(args, "json", False) or getattr(args, "progress", None) is False:
+    if getattr(args, "json", False):
         return None
-    return lambda m: print(f"{verb}: {m}", file=sys.stderr)
+    from sparsesim.core import progress
+
+    return lambda m: progress.note(f"{verb}: {m}")
 
 
 def user_devices_joining(devices_given: object) -> list[dict[str, str]]:

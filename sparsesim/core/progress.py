@@ -131,6 +131,12 @@ def stage(desc: str) -> tqdm:
                 dynamic_ncols=not lines, mininterval=LINE_INTERVAL_S if lines else 0.1)
 
 
+def note(text: str) -> None:
+    """One line about a long step that has no bar (calibrate's and validate's timing stages)."""
+    if enabled():
+        _Stderr(lines=True).write(text)
+
+
 def close_all() -> None:
     """Close every bar still open (a step that raised leaves its bar open until collected): the
     CLI calls this before it prints the result or an error, so neither lands on a bar's line."""
