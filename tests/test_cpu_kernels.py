@@ -160,3 +160,12 @@ def test_cli_accepts_cpu_kernel_names():
     assert deployment(ns)["kernel"] == SPMM
     with pytest.raises(SparsesimError, match="xnnpack-spmm"):
         deployment(argparse.Namespace(runtime="", kernel="nope", dtype=""))
+
+
+def test_effective_llc_is_the_largest_footprint_copying_near_the_llc_rate(monkeypatch):
+    """The search over footprints (the copies themselves are replaced by a cache that holds 8 MiB)."""
+    mib = 2**20
+    monkeypatch.setattr(measure, "copy_bandwidth", lambda nbytes, repeats=3: 60e9 if 2 * nbytes <= 8 * mib else 20e9)
+    assert measure.effective_llc_bytes(32 * mib, 60e9, 20e9, floor=mib) == 8 * mib
+    monkeypatch.setattr(measure, "copy_bandwidth", lambda nbytes, repeats=3: 20e9)
+    assert measure.effective_llc_bytes(32 * mib, 60e9, 20e9, floor=mib) == mib

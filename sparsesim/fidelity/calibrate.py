@@ -3,8 +3,11 @@
 What is measured (sparsesim.fidelity.measure) and what is fitted (scipy.optimize.least_squares on the
 log of latency, through the normal cost path `estimate_op`):
 
-- measured: clock, vector width and native dtypes (/proc/cpuinfo), cache sizes (sysfs), L2/L3/DRAM
-  copy bandwidth, per-call overhead;
+- measured: clock, vector width and native dtypes (/proc/cpuinfo), cache sizes (sysfs), L2/L3
+  copy bandwidth, the L3 share one core really gets (copies at growing footprints), DRAM read-stream
+  bandwidth, per-call overhead;
+- chosen by the dense fit: whether the BLAS packs its weight per call in a pass of its own
+  (`weight_pack_pass`; shows on the beyond-LLC weights of the fit set);
 - fitted per dtype on dense GEMMs: `gemm_efficiency`, `gemm_half_m`;
 - fitted on torch CSR matmuls: `sparse_nnz_cycles`, `sparse_vector_cycles`, `sparse_row_cycles`,
   `sparse_call_overhead`; on torch BSR matmuls: `bsr_block_cycles` and `bsr_vector_cycles` per
