@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from op_cases import device_with
+import torch
+from op_cases import device_with, layer_of, linear
 
+from sparsesim.cost import estimate_op
 from sparsesim.cost.families.dataflow import onchip_traffic
 from sparsesim.fidelity.gpu_validation import validate_gpu_published
 from sparsesim.hw.devices import load_device
@@ -108,3 +110,31 @@ def test_s4_mlperf_throughput_within_band(published):
 def test_energy_per_inference_within_2x_of_published_power(published, case):
     r = published.loc[case]
     assert 1 / ENERGY_FACTOR <= r["predicted"] / r["measured"] <= ENERGY_FACTOR, r["predicted"]
+
+
+# ----------------------------------------------------------------------------- FPGA: ESE
+
+def test_row_interleaved_pes_run_at_the_busiest_pe():
+    ese = load_device("ese-xcku060")
+    pes = int(ese.params.pe_rows * ese.params.pe_cols)
+    op = linear(1, 4096, 512, "fp16")
+    dense = estimate_op(op, None, ese)
+    assert dense.details["cycles"] == (4096 // pes) * 512      # rows per PE x K, no systolic fill
+    even = torch.zeros(4096, 512, dtype=torch.bool)
+    even[:, ::8] = True                                        # 64 per row: perfectly balanced
+    skew = even.clone()
+    skew[0, :] = True                                          # one PE gets a full row
+    c_even = estimate_op(op, layer_of(even, "unstructured:0.875", "fp16"), ese)
+    c_skew = estimate_op(op, layer_of(skew, "unstructured:0.875", "fp16"), ese)
+    assert c_even.details["cycles"] == pytest.approx(4 * 64)
+    assert c_skew.details["cycles"] > c_even.details["cycles"]
+
+
+@pytest.fixture(scope="module")
+def ese_cases():
+    return validate_gpu_published(["ese-xcku060"]).set_index("case")
+
+
+def test_ese_op_rate_within_band(ese_cases):
+    r = ese_cases.loc["ese-fpga17-lstm-op-rate"]
+    assert r["abs_error"] <= THROUGHPUT_BAND, r["predicted"]

@@ -241,4 +241,11 @@ def test_every_workload_device_plan_estimates(recipe: dict) -> None:
         assert s[col].map(math.isfinite).all(), (recipe["name"], col)
     assert (s["latency_s"] > 0).all()
     assert (per_op["latency_s"] >= 0).all() and per_op["latency_s"].map(math.isfinite).all()
-    assert (s.loc[s["plan"] != "dense", "sparse_ops"] > 0).all()
+    touched = s.loc[s["plan"] != "dense"]
+    from sparsesim.sparsity.coupling import channel_sets
+
+    if not channel_sets(_small_workload(recipe)):
+        # no channel can be cut without breaking the dataflow (an LSTM's hidden units feed back
+        # into every gate): a channel plan leaves the model as it is
+        touched = touched[~touched["plan"].str.startswith("channel")]
+    assert (touched["sparse_ops"] > 0).all()

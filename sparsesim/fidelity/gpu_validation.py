@@ -53,6 +53,8 @@ PHASES = ("forward", "training")
 QUANTITIES = ("speedup", "runtime_ratio", "throughput", "energy", "op_rate")
 # "-": the quantity has no direction (an absolute throughput)
 DIRECTIONS = ("faster", "slower", "not_faster", "-")
+# the ops whose executed FLOPs an `op_rate` counts (what "GOP/s on the compressed model" means)
+GEMM_KINDS = ("linear", "conv", "matmul", "attention")
 # "no meaningful speedup": within 10% of dense (the wording for batch-1 GEMV with 2:4)
 NO_SPEEDUP_BAND = 0.10
 # the acceptance targets over every case with a measured value
@@ -230,7 +232,8 @@ def predict_case(row: Mapping[str, str], device: Device) -> dict:
                 kernels.append(str(top))
                 fallback = bool(touched["fallback"].any())
                 whys.append(str(touched.sort_values("latency_s").iloc[-1]["why"]))
-        energy_j, executed = float(ops["energy_j"].sum()), float(ops["flops_executed"].sum())
+        gemm_rows = ops["kind"].isin(GEMM_KINDS)
+        energy_j, executed = float(ops["energy_j"].sum()), float(ops.loc[gemm_rows, "flops_executed"].sum())
     else:
         dense_s, sparse_s, costs = _gemm_latencies(row, device, runtime)
         kernels = [c.kernel for c in costs]

@@ -14,7 +14,13 @@ How a sparse layer runs here, and why it is costed this way:
   In a weight-stationary array the design packs each column's nonzeros into fewer array rows
   (column packing), so the K-folds of a column tile shrink to the busiest column's nonzeros.
   Either way the latency scales with the busiest row, not the mean (see `busy_rows`).
-* Activation-zero skipping (output stationary only: there a PE can skip a (weight, activation)
+* Row-interleaved sparse matrix-vector PEs (EIE/ESE-style, `row_interleaved`): the activation
+  vector is broadcast to all rows x cols PEs, weight rows are interleaved over the PEs, and each
+  PE works through the nonzeros of its rows one MAC per cycle from its own queue: no systolic
+  fill, one activation vector (one row of M) after another. Dense cycles per vector =
+  ceil(N / PEs) x K; with skipping, the busiest PE's nonzeros (`busiest_pe`: the sum of its
+  rows, spread by the measured per-row deviation, which load-balance-aware pruning removes).
+* Activation-zero skipping (output stationary and row-interleaved: there a PE can skip a (weight, activation)
   pair whose activation is zero; in weight-stationary arrays activations flow in lockstep
   through every PE of a row, so a zero cannot shorten the stream).
 * Channel pruning is a smaller dense GEMM (`common.gemm_work`).
@@ -66,7 +72,7 @@ from sparsesim.hw.devices import Device, quantity, register_family, setting
 from sparsesim.sparsity.records import LayerSparsity, SparsityStats
 
 MODEL = "fpga-systolic"
-FPGA_DATAFLOWS = ("output_stationary", "weight_stationary")
+FPGA_DATAFLOWS = ("output_stationary", "weight_stationary", "row_interleaved")
 # float slack when rounding a ratio of whole counts (k / rows = 2.0000000001 must give 2 folds)
 FLOAT_SLACK = 1e-9
 
@@ -188,6 +194,34 @@ def _gemm_run(
     return _Run(cycles, dense.cycles, dense.folds * reps, executed, reps * (stream_bytes * frac + c_b))
 
 
+def busiest_pe(stats: SparsityStats, rows_per_pe: int, pes: int) -> float:
+    """Expected nonzeros of the busiest PE when each holds `rows_per_pe` weight rows: their mean
+    sum plus the per-row deviation summed over its rows, scaled by the extreme-value factor of
+    `pes` PEs (E[max of n normals] - mean ~ sqrt(2 ln n)); never above `rows_per_pe` busiest rows."""
+    mean = rows_per_pe * float(stats.row_nnz_mean)
+    spread = math.sqrt(rows_per_pe) * float(stats.row_nnz_std) * math.sqrt(2 * math.log(max(pes, 1)))
+    return min(mean + spread, rows_per_pe * float(stats.row_nnz_max))
+
+
+def _spmv_run(g: GemmShape, pes: int, db: float, *, stats: SparsityStats | None, act_density: float) -> _Run:
+    """One (repeated) GEMM on row-interleaved PEs: M activation vectors, one after another."""
+    reps = g.batch * g.groups
+    if min(g.m, g.n, g.k, reps) <= 0:
+        return _Run(0.0, 0.0, 0, 0.0, 0.0)
+    rows_per_pe = math.ceil(g.n / pes)
+    dense_per_vector = float(rows_per_pe * g.k)
+    per_vector, kept = dense_per_vector, 1.0
+    if stats is not None and stats.cols > 0:
+        per_vector = busiest_pe(stats, rows_per_pe, pes) / stats.cols * g.k
+        kept = stats.density
+    per_vector *= act_density
+    vectors = g.m * reps
+    executed = float(g.m * g.n * g.k * reps) * kept * act_density
+    # every PE reads its weights (values) and the broadcast activation once per vector
+    buffer_bytes = vectors * (g.n * g.k * db * kept + g.k * db) + vectors * g.n * db
+    return _Run(vectors * per_vector, vectors * dense_per_vector, vectors, executed, buffer_bytes)
+
+
 def array_for(p: FpgaParams, dtype: str) -> tuple[int, int]:
     """Rows x cols of the array at `dtype`: same DSP budget, columns scaled by DSPs per MAC."""
     rows, cols = int(p.pe_rows), int(p.pe_cols)
@@ -226,16 +260,20 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
             notes.append(f"{sparse.pattern.label}: the design does not skip zero weights, ran dense")
     act = 1.0
     if p.skip_activation_zeros and op.activation_density < 1.0:
-        if p.dataflow == "output_stationary":
+        if p.dataflow in ("output_stationary", "row_interleaved"):
             act = max(0.0, op.activation_density)
         else:
             notes.append("activation zeros not skippable in a weight-stationary array")
 
-    runs = [
-        _gemm_run(g, rows, cols, p.dataflow, db, stats=stats if i == 0 and op.weight else None,
-                  act_density=act if i == 0 else 1.0)
-        for i, g in enumerate(work.gemms)
-    ]
+    if p.dataflow == "row_interleaved":
+        runs = [_spmv_run(g, rows * cols, db, stats=stats if i == 0 and op.weight else None,
+                          act_density=act if i == 0 else 1.0) for i, g in enumerate(work.gemms)]
+    else:
+        runs = [
+            _gemm_run(g, rows, cols, p.dataflow, db, stats=stats if i == 0 and op.weight else None,
+                      act_density=act if i == 0 else 1.0)
+            for i, g in enumerate(work.gemms)
+        ]
     cycles = sum(r.cycles for r in runs)
     dense_cycles = sum(r.dense_cycles for r in runs)
     executed = sum(r.executed_macs for r in runs)
@@ -253,7 +291,7 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
     memory_s = dram / p.offchip_bandwidth
     sram = sum(r.buffer_bytes for r in runs)
 
-    df = "OS" if p.dataflow == "output_stationary" else "WS"
+    df = {"output_stationary": "OS", "weight_stationary": "WS", "row_interleaved": "row-interleaved"}[p.dataflow]
     folds = sum(r.folds for r in runs)
     head = f"{df} {rows}x{cols} {dtype} @{p.clock / 1e6:g} MHz, {folds} folds"
     if work.channel_pruned:
@@ -305,4 +343,4 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
     )
 
 
-__all__ = ["FpgaParams", "array_for", "busy_rows", "fpga_cost", "offchip_traffic"]
+__all__ = ["FpgaParams", "array_for", "busiest_pe", "busy_rows", "fpga_cost", "offchip_traffic"]
