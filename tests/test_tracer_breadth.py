@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sparsesim.core.errors import SparsesimWarning
 from sparsesim.run.estimate import estimate
+from sparsesim.run.fit import op_working_bytes
 from sparsesim.sparsity.patterns import parse_pattern
 from sparsesim.sparsity.plans import Plan, load_plan
 from sparsesim.sparsity.sparsify import apply_plan, sparsify
@@ -106,22 +107,38 @@ def _half_quantised() -> nn.Module:
 def test_a_plan_that_cannot_sparsify_a_dynamically_quantised_linear_says_so():
     m = _half_quantised()
     wl = trace(m, (torch.randn(8, 64),))
-    with pytest.warns(SparsesimWarning, match=r"plan '2:4' leaves 1 dynamically quantised linear\(s\) dense: 2\.weight "
+    with pytest.warns(SparsesimWarning, match=r"1 dynamically quantised linear\(s\) left dense by the plan\(s\): 2\.weight "
                       r"\(torch\.ao quantize_dynamic packs"):
         sw = sparsify(wl, "2:4")
     assert sw.layers["0.weight"].pattern.label == "2:4" and "2.weight" not in sw.layers
     # a rule naming the quantised layer is warned about, not refused as matching no layer
     only_q = Plan(name="q", rules=(("2", parse_pattern("unstructured:0.5")),))
-    with pytest.warns(SparsesimWarning, match=r"leaves 1 .* dense: 2\.weight"):
+    with pytest.warns(SparsesimWarning, match=r"left dense by the plan\(s\): 2\.weight"):
         sparsify(wl, only_q)
     excluded = Plan(name="x", default=parse_pattern("2:4"), exclude=("2",))
     with warnings.catch_warnings():
         warnings.simplefilter("error", SparsesimWarning)  # nothing asked of the quantised layer: silent
         sparsify(wl, excluded)
         sparsify(wl, "dense")
-    with pytest.warns(SparsesimWarning, match=r"dense: 2\.weight"):
+    with pytest.warns(SparsesimWarning, match=r"plan\(s\): 2\.weight"):
         masks = apply_plan(m, "2:4")
     assert set(masks) == {"0.weight"} and float((m[0].weight == 0).float().mean()) == 0.5
+
+
+@pytest.mark.parametrize(("dtype", "nbytes", "name"), [(torch.qint8, 1, "int8"), (torch.float16, 2, "fp16")])
+def test_dynamically_quantised_weights_count_in_memory(dtype, nbytes, name):
+    """The packed weight (int8 or fp16) is held in device memory: it is in the workload's weights
+    and the run's footprint, though no plan can sparsify it."""
+    m = nn.Sequential(nn.Linear(64, 128))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates torch.ao.quantization in favour of torchao
+        q = torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=dtype)
+    wl = trace(q, (torch.randn(8, 64),))
+    (op,) = wl.ops
+    assert op.flops == 2 * 8 * 64 * 128 and f"{name} weight" in op.note and wl.summary()["unknown_ops"] == 0
+    assert wl.weights["0.weight"].shape == (128, 64) and wl.weights["0.weight"].dtype == name
+    row = estimate(wl, "xeon-sapphire-rapids").iloc[0]
+    assert row["memory_need_bytes"] == 128 * 64 * nbytes + wl.input_bytes + op_working_bytes(op)
 
 
 def test_pool3d_and_weight_norm_are_known_and_weight_normed_convs_sparsify():

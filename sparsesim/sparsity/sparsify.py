@@ -49,6 +49,7 @@ from sparsesim.sparsity.records import (
 from sparsesim.sparsity.shrink import shrink
 from sparsesim.sparsity.stats import analytic_stats, measure_stats
 from sparsesim.tracing.dataflow import Dataflow, WeightFlow
+from sparsesim.tracing.flops import packed_weight_bytes
 
 SPARSIFIED_KINDS = ("linear", "conv")
 CRITERIA = ("magnitude", "activation")
@@ -315,15 +316,11 @@ def _entries(workload: Workload) -> dict[str, tuple[_Entry, Op]]:
     return out
 
 
-# the op torch.ao quantize_dynamic's Linear runs (its int8 weight is packed in an opaque object)
-PACKED_LINEAR_ATEN = "quantized.linear_dynamic"
-
-
 def packed_linears(workload: Workload) -> dict[str, str]:
     """Weight name -> module of every dynamically quantised Linear the tracer saw. Its weight is
     not a parameter but packed int8 (with scales) inside the module: no mask is built from it."""
     return {f"{op.module}.weight": op.module for op in workload.ops
-            if op.weight is None and op.aten.startswith(PACKED_LINEAR_ATEN)}
+            if op.weight is None and packed_weight_bytes(op.aten)}
 
 
 def _model_packed_linears(model: nn.Module) -> dict[str, str]:
@@ -334,13 +331,14 @@ def _model_packed_linears(model: nn.Module) -> dict[str, str]:
 
 def warn_packed_left_dense(plan: Plan, packed: Mapping[str, str]) -> None:
     """One warning naming every dynamically quantised Linear the plan would sparsify but leaves
-    dense (the same warning is shown once per process, however many plans a search tries)."""
+    dense; it names no plan, so it is shown once per process however many plans a comparison or
+    a search tries."""
     left = sorted(w for w, m in packed.items() if not plan.pattern_for(w, m).spec.is_dense)
     if not left:
         return
     shown = ", ".join(left[:6]) + (f", ... ({len(left)} in all)" if len(left) > 6 else "")
     warnings.warn(SparsesimWarning(
-        f"plan {plan.name!r} leaves {len(left)} dynamically quantised linear(s) dense: {shown} "
+        f"{len(left)} dynamically quantised linear(s) left dense by the plan(s): {shown} "
         "(torch.ao quantize_dynamic packs their int8 weights into an opaque object, not a parameter a mask "
         "can be built from; sparsify the float model before quantising it)"), stacklevel=3)
 

@@ -38,6 +38,7 @@ WEIGHT_NORM_FLOPS_PER_ELEMENT = 3
 # bytes of one index of a COO sparse tensor (int64) per dimension
 SPARSE_INDEX_BYTES = 8
 INT8_BYTES = 1
+FP16_BYTES = 2
 
 
 @dataclass(frozen=True)
@@ -258,18 +259,35 @@ def sparse_addmm_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
                   note=f"torch.sparse operand: {nnz} stored nonzeros of {sparse.numel}")
 
 
-@register(torch.ops.quantized.linear_dynamic)
-def linear_dynamic_formula(x: T, packed: Any, *args: Any, out: Any, **_: Any) -> OpWork:
-    """A dynamically quantised Linear (torch.ao quantize_dynamic): int8 weights packed in an
-    opaque object, activations quantised per call. The GEMM is M x N x K with N from the output;
-    the packed weight's N x K int8 bytes are read (they are not a Parameter a plan can prune)."""
+# the weight bytes per element of each packed (dynamically quantised) linear op
+PACKED_WEIGHT_BYTES = {"quantized.linear_dynamic": INT8_BYTES, "quantized.linear_dynamic_fp16": FP16_BYTES}
+
+
+def packed_weight_bytes(aten_name: str) -> int | None:
+    """Bytes per weight element of a packed linear op (aten name with or without overload)."""
+    return PACKED_WEIGHT_BYTES.get(aten_name.removesuffix(".default"))
+
+
+def _packed_linear(x: T, out: Any, per_element: int, dtype: str) -> OpWork:
+    """A dynamically quantised Linear (torch.ao quantize_dynamic): weights packed in an opaque
+    object (int8, or fp16), activations quantised per call. The GEMM is M x N x K with N from the
+    output; the packed weight's N x K bytes are read (they are not a Parameter a plan can prune)."""
     y = _first(out)
     k, n = x.shape[-1], y.shape[-1]
     m = x.numel // k if k else 0
-    weight_bytes = n * k * INT8_BYTES
     g = GemmShape(m=m, n=n, k=k)
-    return OpWork("linear", 2 * g.macs, x.nbytes + y.nbytes + weight_bytes, gemm=g,
-                  note="dynamically quantised int8 weight (packed, not sparsified by plans)")
+    return OpWork("linear", 2 * g.macs, x.nbytes + y.nbytes + n * k * per_element, gemm=g,
+                  note=f"dynamically quantised {dtype} weight (packed, not sparsified by plans)")
+
+
+@register(torch.ops.quantized.linear_dynamic)
+def linear_dynamic_formula(x: T, packed: Any, *args: Any, out: Any, **_: Any) -> OpWork:
+    return _packed_linear(x, out, INT8_BYTES, "int8")
+
+
+@register(torch.ops.quantized.linear_dynamic_fp16)
+def linear_dynamic_fp16_formula(x: T, packed: Any, *args: Any, out: Any, **_: Any) -> OpWork:
+    return _packed_linear(x, out, FP16_BYTES, "fp16")
 
 
 def rnn_layer_work(x: T, w_ih: T, w_hh: T, out: Any) -> tuple[OpWork, OpWork]:

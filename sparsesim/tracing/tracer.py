@@ -45,13 +45,12 @@ from sparsesim.tracing.flops import (
     classify,
     grouped_mm_work,
     is_metadata_op,
+    packed_weight_bytes,
     rnn_layer_work,
 )
 from sparsesim.tracing.routing import DEFAULT_ROUTING, Routing, parse_routing, routed, sample_loads
 
 aten = torch.ops.aten
-# torch.ao quantize_dynamic's Linear: int8 weights packed in an opaque object
-DYNAMIC_QUANTIZED_LINEAR = torch.ops.quantized.linear_dynamic
 
 TORCH_DTYPES: Mapping[torch.dtype, str] = {
     torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16", torch.bfloat16: "bf16",
@@ -495,9 +494,13 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
         torch.backends.mha.set_fastpath_enabled(fastpath)
         shown.close()
     norms = {k: v.sqrt() for k, v in rec.norms_sq.items()}
-    packed = sum(op.aten.startswith(str(DYNAMIC_QUANTIZED_LINEAR)) for op in rec.ops)
+    packed = [op for op in rec.ops if op.weight is None and op.gemm is not None and packed_weight_bytes(op.aten)]
+    for op in packed:  # the packed weight is held in memory like any other (its bytes, its dtype)
+        wname = f"{op.module}.weight"
+        rec.weights.setdefault(wname, WeightInfo(name=wname, shape=(op.gemm.n, op.gemm.k), on_meta=False,
+                                                 dtype=_BY_ITEMSIZE[packed_weight_bytes(op.aten) or 1]))
     if packed:
-        notes.append(f"{name}: {packed} dynamically quantised linear(s): costed, but their packed int8 weights "
+        notes.append(f"{name}: {len(packed)} dynamically quantised linear(s): costed, but their packed weights "
                      "are not parameters, so plans leave them dense")
     return Workload(name=name, ops=tuple(rec.ops), weights=dict(rec.weights), model=model,
                     activation_norms=norms, input_bytes=held_bytes((args, kwargs)), notes=tuple(notes),
