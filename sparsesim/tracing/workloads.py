@@ -19,7 +19,7 @@ A recipe file has exactly these keys:
                                                    dataset_size, epochs, batch)
 The parameters a recipe accepts are the builder's keyword parameters, plus `routing` (uniform,
 zipf:A, measured, optionally +cf:C) for models with Mixture-of-Experts layers
-(`sparsesim.tracing.routing`). Nothing is cached on disk.
+(`sparsesim.tracing.routing`). Loading here caches nothing; `run.estimate` keeps traces on disk (`core.diskcache`).
 """
 
 from __future__ import annotations
