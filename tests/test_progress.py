@@ -123,3 +123,21 @@ def test_timing_stage_lines_follow_the_same_switch(capsys):
     say("timing 3 dense cases")
     assert capsys.readouterr().err == "validate: timing 3 dense cases\n"
     assert timing_progress(argparse.Namespace(threads=1, json=True), "validate") is None
+
+
+def _child_enabled(q) -> None:
+    progress.configure(True)
+    q.put(progress.enabled())
+
+
+def test_worker_processes_never_draw():
+    """Search workers run in child processes: only the parent's bar is shown."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_enabled, args=(q,))
+    p.start()
+    shown = q.get(timeout=120)
+    p.join(timeout=60)
+    assert shown is False

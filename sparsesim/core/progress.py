@@ -4,13 +4,15 @@ trials, training sweeps) on stderr, so a command that works for a minute is not 
 One switch for the whole process, so every step behaves alike:
 - on when stderr is a terminal (a redrawn bar), or when asked: `--progress` or
   SPARSESIM_PROGRESS=1 (then plain lines when stderr is not a terminal: a log or CI reads them);
-- off under `--quiet` or SPARSESIM_PROGRESS=0, and otherwise: pipes, files, tests.
+- off under `--quiet` or SPARSESIM_PROGRESS=0, and otherwise: pipes, files, tests, and in
+  worker processes (the parent's bar counts their trials).
 Nothing is ever written to stdout, so `--json` and `| head` see only the result; a reader that
 goes away on stderr ends the display quietly (never a BrokenPipeError traceback).
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 from collections.abc import Iterable, Sized
@@ -38,6 +40,8 @@ def configure(enabled: bool | None) -> None:
 
 
 def enabled() -> bool:
+    if multiprocessing.parent_process() is not None:  # a search worker: the parent shows the trials
+        return False
     if _forced is not None:
         return _forced
     env = os.environ.get(ENV, "").strip().lower()
