@@ -38,7 +38,7 @@ def test_progress_flag_prints_plain_lines_per_stage_on_stderr_only(cli):
     assert rc == 0
     json.loads(out)  # stdout holds the document and nothing else
     lines = err.splitlines()
-    assert "\r" not in err and all(len(line) <= 100 for line in lines)
+    assert "\r" not in err and "\x1b" not in err and all(len(line) <= 100 for line in lines)
     assert any(line.startswith(f"trace {GEMM}:") and "op" in line for line in lines)
     assert any(line.startswith(f"sparsify {GEMM}:") and "1/1" in line for line in lines)
     # dense and 2:4 on two devices: four runs costed, the last state kept
@@ -128,6 +128,19 @@ def test_timing_stage_lines_follow_the_same_switch(capsys):
 def _child_enabled(q) -> None:
     progress.configure(True)
     q.put(progress.enabled())
+
+
+def test_nested_bars_in_plain_lines_carry_no_terminal_escapes(capsys):
+    """A report's or search's bar holds the costing bars inside it: off a terminal, no cursor moves."""
+    progress.configure(True)
+    with progress.bar("outer", 2) as outer:
+        for _ in progress.each(range(3), "inner"):
+            pass
+        outer.update(2)
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\r" not in err
+    assert any(line.startswith("inner: 100%") for line in err.splitlines())
+    assert err.splitlines()[-1].startswith("outer: 100%")
 
 
 def test_worker_processes_never_draw():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import re
 import sys
 from collections.abc import Iterable, Sized
 from typing import Any, TypeVar
@@ -28,6 +29,9 @@ _ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 TERMINAL_DELAY_S = 0.5
 # plain lines (stderr not a terminal): one line per this many seconds at most, per bar
 LINE_INTERVAL_S = 10.0
+
+# the terminal escapes tqdm writes to move between nested bars (cursor up, erase line)
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 _forced: bool | None = None  # set by the CLI from --progress / --quiet; None: the environment decides
 
@@ -70,7 +74,8 @@ class _Stderr:
     def write(self, s: str) -> int:
         if self.dead or not s:
             return 0
-        if self.lines:  # tqdm redraws with '\r'; a log wants one line per state
+        if self.lines:  # tqdm redraws with '\r' (and moves between nested bars); a log wants one line per state
+            s = _CURSOR_MOVES.sub("", s)
             s = "".join(part.strip() + "\n" for part in s.replace("\r", "\n").split("\n") if part.strip())
         try:
             if s:
