@@ -496,9 +496,10 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
     norms = {k: v.sqrt() for k, v in rec.norms_sq.items()}
     packed = [op for op in rec.ops if op.weight is None and op.gemm is not None and packed_weight_bytes(op.aten)]
     for op in packed:  # the packed weight is held in memory like any other (its bytes, its dtype)
-        wname = f"{op.module}.weight"
-        rec.weights.setdefault(wname, WeightInfo(name=wname, shape=(op.gemm.n, op.gemm.k), on_meta=False,
-                                                 dtype=_BY_ITEMSIZE[packed_weight_bytes(op.aten) or 1]))
+        wname, g = f"{op.module}.weight", op.gemm
+        if g is not None:
+            rec.weights.setdefault(wname, WeightInfo(name=wname, shape=(g.n, g.k), on_meta=False,
+                                                     dtype=_BY_ITEMSIZE[packed_weight_bytes(op.aten) or 1]))
     if packed:
         notes.append(f"{name}: {len(packed)} dynamically quantised linear(s): costed, but their packed weights "
                      "are not parameters, so plans leave them dense")
