@@ -37,6 +37,7 @@ from sparsesim.cost.families.gpu_machine import (
     compute_unit,
     describe,
     dram_bw,
+    feature_map_bytes,
     gemm_time,
     gpu_energy,
     memory_s,
@@ -105,7 +106,8 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
     else:
         g = work.gemms[0]
         gt = gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=work.a_bytes,
-                       w_bytes=wb, c_bytes=work.c_bytes, split_k=True)
+                       w_bytes=wb, c_bytes=work.c_bytes, split_k=True,
+                       a_dram_bytes=feature_map_bytes(op, work.a_bytes, g))
         compute, dram, l2, tl = gt.compute_s, gt.dram_bytes, gt.l2_bytes, gt.tiling
     memory = memory_s(p, dram, l2)
     parts = [why] if why else []
@@ -228,7 +230,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     tile_rate = p.sparse_tensor_peak[sdt] / p.sm_count * p.sparse_gemm_efficiency
     # split-K needs the algorithm search a vendor engine runs (torch calls one default algorithm)
     gt = gemm_time(p, gp, work.dtype_bytes if not int4 else 2.0, tile_rate=tile_rate, a_bytes=a_pad, w_bytes=values,
-                   c_bytes=c_pad, w_meta_bytes=meta, split_k=rt.algorithm_search, sparse=True)
+                   c_bytes=c_pad, w_meta_bytes=meta, split_k=rt.algorithm_search, sparse=True,
+                   a_dram_bytes=feature_map_bytes(op, a_pad, gp))
     extra_kernels, extra_bytes, extra_why = 0, 0.0, []
     if m_pad != g.m:
         extra_kernels += 1

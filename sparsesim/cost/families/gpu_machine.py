@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sparsesim.core.ir import GemmShape
+from sparsesim.core.ir import GemmShape, Op
 from sparsesim.cost.common import (
     EnergyInputs,
     GemmWork,
@@ -301,6 +301,7 @@ def gemm_time(
     w_meta_bytes: float = 0.0,
     split_k: bool = False,
     sparse: bool = False,
+    a_dram_bytes: float | None = None,
 ) -> GemmTime:
     """Compute time (waves x per-tile time at `tile_rate` FLOP/s per SM) and traffic of a GEMM.
 
@@ -308,18 +309,21 @@ def gemm_time(
     reads its band of A (K x tile_m) and W (K x tile_n) through L2; DRAM reads an operand once
     if it fits in `l2_resident_fraction` of L2, else once per wave-band that needs it. Split-K partial sums
     (fp32) are written and read back through L2. `dram_bytes` leaves out the weight's metadata,
-    which `metadata_dram_bytes` gives (read as often as the values).
+    which `metadata_dram_bytes` gives (read as often as the values). `a_dram_bytes` is what A
+    costs in DRAM when it is smaller than the A the tiles read (an implicit-GEMM convolution's
+    tiles read the im2col matrix, `a_bytes`, but only the input feature map crosses DRAM).
     """
     if split_k and not sparse:
         # a heuristic-driven library (cuBLAS) also picks a smaller CTA tile when the device tile
         # leaves most SMs idle; the candidate with the least time (compute or traffic) wins,
         # the device tile on ties (its L2 traffic is the lowest)
-        times = [_gemm_time_at(p, g, dtype_bytes, tile_rate, a_bytes, w_bytes, c_bytes, w_meta_bytes, tile=t)
+        times = [_gemm_time_at(p, g, dtype_bytes, tile_rate, a_bytes, w_bytes, c_bytes, w_meta_bytes, tile=t,
+                               a_dram_bytes=a_dram_bytes)
                  for t in candidate_tiles(p)]
         return min(times, key=lambda gt: max(gt.compute_s, memory_s(p, gt.dram_bytes + gt.metadata_dram_bytes,
                                                                      gt.l2_bytes)))
     return _gemm_time_at(p, g, dtype_bytes, tile_rate, a_bytes, w_bytes, c_bytes, w_meta_bytes, split_k=split_k,
-                         sparse=sparse)
+                         sparse=sparse, a_dram_bytes=a_dram_bytes)
 
 
 def candidate_tiles(p: GpuParams) -> list[tuple[int, int]]:
@@ -332,19 +336,30 @@ def candidate_tiles(p: GpuParams) -> list[tuple[int, int]]:
 
 def _gemm_time_at(p: GpuParams, g: GemmShape, dtype_bytes: float, tile_rate: float, a_bytes: float, w_bytes: float,
                   c_bytes: float, w_meta_bytes: float, *, split_k: bool = True, sparse: bool = False,
-                  tile: tuple[int, int] | None = None) -> GemmTime:
+                  tile: tuple[int, int] | None = None, a_dram_bytes: float | None = None) -> GemmTime:
     t = tiling(p, g, dtype_bytes, split_k=split_k, sparse=sparse, tile=tile)
     per_tile = 2.0 * t.tile_m * t.tile_n * t.k_per_tile / tile_rate if tile_rate > 0 else math.inf
     compute = t.waves * per_tile if g.macs > 0 else 0.0
-    a_reads = dram_reads(p, a_bytes, t.tiles_n, t.wave_n)
+    a_dram = a_bytes if a_dram_bytes is None else min(a_bytes, a_dram_bytes)
+    a_reads = dram_reads(p, a_dram, t.tiles_n, t.wave_n)
     w_total = w_bytes + w_meta_bytes
     w_reads = dram_reads(p, w_total, t.tiles_m, t.wave_m)
-    dram = a_bytes * a_reads + w_bytes * w_reads + c_bytes
+    dram = a_dram * a_reads + w_bytes * w_reads + c_bytes
     # a thread-block cluster of `cluster_n` tiles along N loads each A tile once (TMA multicast)
     l2 = a_bytes * ceil_div(t.tiles_n, max(1, min(int(p.cluster_n), t.tiles_n))) + w_total * t.tiles_m + c_bytes
     if t.split_k > 1:
         l2 += 2 * (t.split_k - 1) * g.m * g.n * g.batch * g.groups * PARTIAL_BYTES
     return GemmTime(compute, dram, l2, w_meta_bytes * w_reads, t)
+
+
+def feature_map_bytes(op: Op, a_bytes: float, g: GemmShape) -> float | None:
+    """DRAM bytes of a convolution's input feature map (None for other ops): an implicit-GEMM
+    kernel (cuDNN, CUTLASS, TensorRT) builds each tile's im2col band in shared memory from the
+    feature map, so overlapping windows are re-read from L2/shared memory, not from DRAM."""
+    if op.kind != "conv" or not op.input_shapes or not op.input_shapes[0]:
+        return None
+    elems = g.batch * g.groups * g.m * g.k
+    return a_bytes * math.prod(op.input_shapes[0]) / elems if elems else None
 
 
 def dram_reads(p: GpuParams, nbytes: float, tiles: int, tiles_per_wave: int) -> int:
