@@ -86,8 +86,9 @@ def test_activations_spill_when_the_buffer_is_small(resnet):
     assert dram > 8 * 1e6 and lat > big_lat
 
 
-@pytest.mark.parametrize("name", DATAFLOW)
+@pytest.mark.parametrize("name", (*DATAFLOW, "ese-xcku060", "a100-sxm4-80gb", "h100-sxm5", "jetson-agx-orin"))
 def test_average_power_within_tdp(resnet, name):
+    """No device draws more than its TDP on average, nor less than its static power."""
     dev = load_device(name)
     for plan in ("dense", "unstructured:0.9375"):
         costs, lat = _run(resnet, plan, dev)
