@@ -154,3 +154,14 @@ def test_worker_processes_never_draw():
     shown = q.get(timeout=120)
     p.join(timeout=60)
     assert shown is False
+
+
+def test_a_report_counts_every_step_it_announces(cli, tmp_path):
+    """The report's bar ends at its total (a device whose best plan is dense draws one serving
+    curve, and its second step is counted as done)."""
+    rc, _, err = cli("report", GEMM, "--devices", "a100-sxm4-80gb,zcu102", "--plans", "dense,2:4",
+                     "--out", str(tmp_path / "r"), "--progress")
+    assert rc == 0
+    last = [line for line in err.splitlines() if line.startswith(("report:", "figures:"))][-1]
+    # 1 workload x 2 devices x 2 plans, 1 figure set, 2 serving steps per device
+    assert "100%" in last and "9/9" in last

@@ -239,6 +239,8 @@ def serving_frame(per_op: pd.DataFrame, summary: pd.DataFrame, progress: Callabl
             ops = per_op[(per_op["workload"] == wl) & (per_op["device"] == dev) & (per_op["plan"] == plan)]
             if len(ops):
                 service[plan] = simulate_frame(ops, stream=1).latency_s
+        if progress is not None:  # two steps per device: a curve not drawn (best is dense) is done too
+            progress(2 - len(service))
         if not service or min(service.values()) <= 0:
             continue
         rates = sorted({f / t for f in loads for t in service.values()})
