@@ -16,6 +16,10 @@ when the whole model fits, so DRAM traffic is what spills, not every operand of 
 * When the op's own weight leaves no room at all, the family's blocked off-chip model applies
   (every operand from DRAM, re-read per block): the caller's fallback.
 
+The network's own input (an image from the host) and final output are not charged to DRAM:
+per op, the engine cannot tell them from activations that stay on chip (a known
+underestimate of a few percent of the traffic for ResNet-class models).
+
 Pure functions of byte counts: no device constants here (they come from the device file).
 """
 

@@ -293,7 +293,8 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
 
     df = {"output_stationary": "OS", "weight_stationary": "WS", "row_interleaved": "row-interleaved"}[p.dataflow]
     folds = sum(r.folds for r in runs)
-    head = f"{df} {rows}x{cols} {dtype} @{p.clock / 1e6:g} MHz, {folds} folds"
+    unit = "activation vectors" if p.dataflow == "row_interleaved" else "folds"
+    head = f"{df} {rows}x{cols} {dtype} @{p.clock / 1e6:g} MHz, {folds} {unit}"
     if work.channel_pruned:
         head += f", channel-pruned to N={g0.n} K={g0.k}"
     if sparse is not None and stats is not None:
