@@ -68,6 +68,7 @@ def clear_cache() -> None:
     """Forget cached traces and sparsified workloads (e.g. after editing a recipe or plan file)."""
     _workloads.clear()
     _disk_workloads.clear()
+    _fusions.clear()
     _sparse.clear()
     _retyped_cache.clear()
 
@@ -257,6 +258,13 @@ def _layer_key(layer: LayerSparsity | None) -> tuple | None:
             layer.metadata_bytes)
 
 
+# fusion groups per (ops object, runtime fusion flags): a pure function of both, and a pass over
+# every op, so it runs once per workload and runtime rather than once per (device, plan); the ops
+# tuple is kept with its groups, so an id reused after it is freed cannot match
+_fusions: OrderedDict[tuple[int, tuple[bool, ...]], tuple[Sequence[Op], tuple[Any, ...]]] = OrderedDict()
+_FUSIONS_KEPT = 32
+
+
 def cost_ops(
     ops: Sequence[Op],
     layers: Sequence[LayerSparsity | None],
@@ -283,7 +291,16 @@ def cost_ops(
     rt_name, rt = device.runtime(context.runtime)
     if keys is None:
         keys = [(_cost_key(op), _layer_key(ly)) for op, ly in zip(ops, layers)]
-    fusion = fuse(ops, elementwise=rt.fuse_elementwise, epilogue=rt.fuse_epilogue, attention=rt.fuse_attention)
+    flags = (rt.fuse_elementwise, rt.fuse_epilogue, rt.fuse_attention)
+    hit = _fusions.get((id(ops), flags))
+    if hit is not None and hit[0] is ops:  # the same ops under another device or plan: grouped once
+        fusion = hit[1]
+    else:
+        fusion = fuse(ops, elementwise=flags[0], epilogue=flags[1], attention=flags[2])
+        if isinstance(ops, tuple):  # immutable (a workload's ops); a list may change under the same id
+            _fusions[(id(ops), flags)] = (ops, fusion)
+        while len(_fusions) > _FUSIONS_KEPT:
+            _fusions.popitem(last=False)
     out = []
     for op, layer, key, fu in zip(ops, layers, keys, fusion):
         kernel_key = (key, context)
