@@ -4,8 +4,8 @@ What is measured (sparsesim.fidelity.measure) and what is fitted (scipy.optimize
 log of latency, through the normal cost path `estimate_op`):
 
 - measured: clock, vector width and native dtypes (/proc/cpuinfo), cache sizes (sysfs), L2/L3
-  copy bandwidth, the L3 share one core really gets (copies at growing footprints), DRAM read-stream
-  bandwidth, per-call overhead;
+  copy bandwidth, the L3 share one core really gets (copies at growing footprints), the DRAM
+  bandwidth a weight streams at (a GEMV over a weight of 4x the L3), per-call overhead;
 - chosen by the dense fit: whether the BLAS packs its weight per call in a pass of its own
   (`weight_pack_pass`; shows on the beyond-LLC weights of the fit set);
 - fitted per dtype on dense GEMMs: `gemm_efficiency`, `gemm_half_m`;
@@ -179,8 +179,8 @@ def host_facts(threads: int, *, quick: bool) -> HostFacts:
     for level in assumed:
         caches[level] = FALLBACK_CACHE_BYTES[level]
     reps = REPEATS_QUICK if quick else REPEATS_FULL
-    # copies: both arrays inside L2, inside L3 (but not L2); a read stream 4x beyond L3 (weights
-    # beyond the cache are read, not copied)
+    # copies: both arrays inside L2, inside L3 (but not L2); a GEMV's weight stream 4x beyond L3
+    # (weights beyond the cache are read, not copied)
     l2_bw = measure.copy_bandwidth(caches["l2"] // 4, repeats=reps)
     l3_bw = measure.copy_bandwidth(max(caches["l3"] // 8, caches["l2"] * 2), repeats=reps)
     dram_bw = measure.read_bandwidth(caches["l3"] * 4, repeats=max(2, reps // 2))
@@ -400,7 +400,7 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
         f"l3_bytes = {_q(facts.caches['l3'] / 1024**2, 'MiB', l3_src)}",
         f"l2_bandwidth = {_q(facts.l2_bw / 1e9, 'GB/s', f'tensor copy inside L2, per thread, {meas}')}",
         f"l3_bandwidth = {_q(facts.l3_bw / 1e9, 'GB/s', f'tensor copy inside L3, {meas}')}",
-        f"dram_bandwidth = {_q(facts.dram_bw / 1e9, 'GB/s', f'read stream (tensor sum) over 4x the sysfs L3, {meas}')}",
+        f"dram_bandwidth = {_q(facts.dram_bw / 1e9, 'GB/s', f'weight stream of a GEMV (1 x 4096 fp32 activations) over a weight of 4x the sysfs L3, {meas}')}",
         f"call_overhead = {_q(facts.call_overhead_s * 1e6, 'us', f'F.linear 1x8x8, {meas}')}",
         f"memory_capacity = {memory_line}",
         pack_line,

@@ -148,12 +148,16 @@ def copy_bandwidth(nbytes: int, *, repeats: int = 7) -> float:
 
 
 def read_bandwidth(nbytes: int, *, repeats: int = 7) -> float:
-    """Bytes/s of a read-only stream over `nbytes` (a tensor sum): how fast one core brings a
-    weight in from the level that holds it (a copy's concurrent read and write streams move more
-    bytes per second from DRAM than one read stream does)."""
-    a = torch.ones(max(1, nbytes // 4), dtype=torch.float32)
-    t = time_call(lambda: a.sum(), repeats=repeats)
-    return a.numel() * 4 / t.median_s
+    """Bytes/s at which one core streams a weight of `nbytes` through a GEMV (one activation row
+    times a 4096-column fp32 weight): a read-only stream with two FLOPs per four bytes, so memory
+    decides it. This is how a weight beyond the cache comes in (a GEMV, a BLAS's packing pass);
+    a copy's concurrent read and write streams move more bytes per second from DRAM than this."""
+    k = 4096
+    n = max(1, nbytes // (4 * k))
+    w = torch.ones(n, k, dtype=torch.float32)
+    x = torch.ones(1, k, dtype=torch.float32)
+    t = time_call(lambda: torch.nn.functional.linear(x, w), repeats=repeats)
+    return n * k * 4 / t.median_s
 
 
 def effective_llc_bytes(llc_bytes: int, llc_bw: float, dram_bw: float, *, floor: int, repeats: int = 3) -> int:
