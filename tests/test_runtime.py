@@ -243,7 +243,9 @@ def test_bert_base_dense_runtime_ordering(dev):
         lat[rt] = float(t.summary["latency_s"].iat[0])
         assert set(t.per_op["runtime"]) == {rt}
     assert lat["engine"] <= lat["compiled"] <= lat["eager"], lat
-    assert lat["eager"] > 1.1 * lat["compiled"], lat
+    # with SDPA attention the gap is elementwise fusion and host dispatch only (both runtimes pay
+    # each kernel's GPU-side ramp-up and tail); eager-written attention widens it (next test)
+    assert lat["eager"] > 1.05 * lat["compiled"], lat
 
 
 def test_eager_flips_a_small_batch_2to4_answer():
@@ -328,6 +330,23 @@ def test_int4_weight_only_runs_marlin_and_sparse_marlin():
     assert "marlin" in dense["kernel"] and "sparse-marlin" in sparse["kernel"]
     assert not dense["fallback"] and not sparse["fallback"]
     assert sparse["latency_s"] < dense["latency_s"]
+
+
+def test_tinygemm_stores_a_scale_and_zero_per_64_weights_and_never_splits_k():
+    from sparsesim.cost.families.gpu_kernels import TINYGEMM_GROUP_SIZE, TINYGEMM_SCALE_ZERO_BYTES
+
+    op = gemm_op(1, 4096, 4096, "int4")
+    tiny = cost_one(op, None, A100, runtime="compiled", kernel="tinygemm")
+    marlin = cost_one(op, None, A100, runtime="compiled", kernel="marlin")
+    assert tiny.kernel == "dense (tinygemm int4)" and not tiny.fallback
+    weights = 4096 * 4096
+    assert tiny.memory_bytes == pytest.approx(weights / 2 + weights / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES)
+    assert tiny.memory_bytes > marlin.memory_bytes and tiny.latency_s >= marlin.latency_s
+    assert tiny.details["split_k"] == 1 and tiny.details["tiles"] == 4096 // 8
+    # the compiled runtime picks the faster int4 kernel (Marlin's fewer scale bytes) unless one is forced
+    assert cost_one(op, None, A100, runtime="compiled").kernel == marlin.kernel
+    fp16 = cost_one(gemm_op(64, 1024, 1024, "fp16"), None, A100, kernel="tinygemm")
+    assert fp16.fallback and "tinygemm runs int4 weight-only GEMMs, not fp16" in fp16.why
 
 
 @pytest.mark.parametrize("device", [d.name for d in builtin_devices()])

@@ -4,6 +4,7 @@
 |---|---|---|
 | cublas | dense | cuBLAS/cuBLASLt tensor-core GEMM; split-K when the tiles fill less than a wave |
 | marlin | dense int4 | int4 weight-only GEMM (Frantar et al., Marlin): 4-bit weights dequantised in registers, fp16 MMA |
+| tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one warp per 8 output columns over the whole K |
 | cusparselt | 2:4 | cuSPARSELt: result transpose fused into the GEMM (torch._cslt_sparse_mm transpose_result); split-K only under algorithm search (cusparseLtMatmulSearch) |
 | cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the result is copied out (res.t().contiguous() in torch/sparse/semi_structured.py), no split-K |
 | sparse-marlin | 2:4 int4 | Sparse-Marlin (torchao): int4 2:4 weights on sparse tensor cores |
@@ -58,6 +59,14 @@ from sparsesim.sparsity.records import LayerSparsity, Pattern
 # default group_size=128; Marlin supports groups of 128)
 INT4_GROUP_SIZE = 128
 SCALE_BYTES = 2
+# tinygemm (aten._weight_int4pack_mm): a bf16 scale and a bf16 zero point per group of weights
+# along K for every output column (its scalesAndZeros tensor is [K / group, N, 2] bf16); torchao's
+# int4_weight_only benchmark of Llama-3-8B used groups of 64 (published.md §2.3)
+TINYGEMM_GROUP_SIZE = 64
+TINYGEMM_SCALE_ZERO_BYTES = 4
+# for M <= 16 tinygemm computes m16n8k16 MMAs with the activations padded to 16 rows, one warp
+# (one CTA) per 8 output columns looping over all of K: no split-K (aten/src/ATen/native/cuda/int4mm.cu)
+TINYGEMM_TILE = (16, 8)
 # Flash-LLM's Tiled-CSL format stores a 16-bit location next to each 16-bit value (Xia et al. §4)
 FLASH_LLM_INDEX_BYTES = 2
 
@@ -150,6 +159,34 @@ def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
     return dense_cost(op, work, device, env, kernel="dense (marlin int4)", unit=unit, w_bytes=int4_weight_bytes(work),
                       why=f"int4 weight-only: 4-bit weights + fp16 scales per {INT4_GROUP_SIZE}, dequantised in "
                           f"registers, {unit.dtype} MMA")
+
+
+def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    if work.dtype not in WEIGHT_ONLY_DTYPES:
+        return f"tinygemm runs int4 weight-only GEMMs, not {work.dtype}"
+    p: GpuParams = device.params
+    # torch's kernel takes bf16 activations; an int4 deployment's 16-bit activations are costed at
+    # their own dtype (fp16 and bf16 run at one tensor-core rate), as for Marlin (fp16 in its paper)
+    unit = compute_unit(p, activation_dtype(work.dtype))
+    g = work.gemms[0]
+    elems = work.w_bytes / work.dtype_bytes
+    w_bytes = work.w_bytes + elems / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES
+    tile = TINYGEMM_TILE if g.m <= TINYGEMM_TILE[0] else None
+    tile_rate = unit.peak / p.sm_count * p.dense_gemm_efficiency
+    gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
+                   split_k=tile is None, tile=tile)
+    memory = memory_s(p, gt.dram_bytes, gt.l2_bytes)
+    why = describe(f"tinygemm int4 weight-only {g.m}x{g.n}x{g.k}: 4-bit weights + bf16 scale and zero per "
+                   f"{TINYGEMM_GROUP_SIZE} ({w_bytes / 1e6:.3g} MB), {unit.dtype} MMA", gt.compute_s, memory, env.launch,
+                   gt.tiling)
+    return build_cost(
+        device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=env.launch,
+        energy=gpu_energy(p, float(work.macs), unit.dtype, gt.dram_bytes, gt.l2_bytes),
+        kernel="dense (tinygemm int4)", why=why, flops_executed=float(work.flops), peak_flops=unit.peak,
+        memory_bytes=w_bytes if op.weight is not None else 0.0,
+        details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "wave_efficiency": gt.tiling.wave_efficiency,
+                 "split_k": gt.tiling.split_k, "precision": precision_id(unit.dtype)},
+    )
 
 
 # ----------------------------------------------------------------------------- 2:4
@@ -521,6 +558,7 @@ def _bsr(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, en
 KERNELS: dict[str, GpuKernel] = {k.name: k for k in (
     GpuKernel("cublas", ("dense",), _cublas, "cuBLAS/cuBLASLt dense tensor-core GEMM"),
     GpuKernel("marlin", ("dense",), _marlin, "Marlin int4 weight-only GEMM"),
+    GpuKernel("tinygemm", ("dense",), _tinygemm, "torch's tinygemm int4 weight-only GEMM (bf16 scale + zero per group)"),
     GpuKernel("cusparselt", ("nm",), _cusparselt, "cuSPARSELt 2:4, fused transpose, split-K under search"),
     GpuKernel("cutlass-24", ("nm",), _cutlass24, "torch's CUTLASS 2:4 kernel, result copied out"),
     GpuKernel("sparse-marlin", ("nm",), _sparse_marlin, "Sparse-Marlin int4 2:4"),

@@ -302,6 +302,7 @@ def gemm_time(
     split_k: bool = False,
     sparse: bool = False,
     a_dram_bytes: float | None = None,
+    tile: tuple[int, int] | None = None,
 ) -> GemmTime:
     """Compute time (waves x per-tile time at `tile_rate` FLOP/s per SM) and traffic of a GEMM.
 
@@ -312,8 +313,9 @@ def gemm_time(
     which `metadata_dram_bytes` gives (read as often as the values). `a_dram_bytes` is what A
     costs in DRAM when it is smaller than the A the tiles read (an implicit-GEMM convolution's
     tiles read the im2col matrix, `a_bytes`, but only the input feature map crosses DRAM).
+    `tile` fixes a kernel's own CTA tile (M x N outputs) instead of the device's.
     """
-    if split_k and not sparse:
+    if split_k and not sparse and tile is None:
         # a heuristic-driven library (cuBLAS) also picks a smaller CTA tile when the device tile
         # leaves most SMs idle; the candidate with the least time (compute or traffic) wins,
         # the device tile on ties (its L2 traffic is the lowest)
@@ -323,7 +325,7 @@ def gemm_time(
         return min(times, key=lambda gt: max(gt.compute_s, memory_s(p, gt.dram_bytes + gt.metadata_dram_bytes,
                                                                      gt.l2_bytes)))
     return _gemm_time_at(p, g, dtype_bytes, tile_rate, a_bytes, w_bytes, c_bytes, w_meta_bytes, split_k=split_k,
-                         sparse=sparse, a_dram_bytes=a_dram_bytes)
+                         sparse=sparse, a_dram_bytes=a_dram_bytes, tile=tile)
 
 
 def candidate_tiles(p: GpuParams) -> list[tuple[int, int]]:
