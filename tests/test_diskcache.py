@@ -53,8 +53,11 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 
 def _kinds() -> dict[str, int]:
+    """Entries per kind: traces and per-op tables (`compare` also keeps its summary alone)."""
     out: dict[str, int] = {}
     for e in diskcache.entries():
+        if e.kind == "summary":
+            continue
         out[e.kind] = out.get(e.kind, 0) + 1
     return out
 
@@ -69,6 +72,18 @@ def test_hit_gives_identical_tables_without_tracing(cache_dir, monkeypatch):
     _same(cold.summary, warm.summary)
     _same(one, est.estimate(GEMM, "a100-sxm4-80gb", "2:4"))
     assert (one["plan"] == "2:4").all()
+
+
+def test_compare_reads_its_summary_back(cache_dir, monkeypatch):
+    cold = est.compare(GEMM, DEVICES, PLANS)
+    assert {e.kind for e in diskcache.entries()} == {"costs", "summary"}
+    for e in diskcache.entries():
+        if e.kind == "costs":
+            e.path.unlink()  # a hit on the summary needs no per-op table
+    _no_tracing(monkeypatch)
+    _same(cold, est.compare(GEMM, DEVICES, PLANS))
+    with pytest.raises(AssertionError, match="traced"):  # another plan order is another summary
+        est.compare(GEMM, DEVICES, PLANS[::-1])
 
 
 def test_meta_trace_is_cached_without_its_model(cache_dir, monkeypatch):
@@ -119,7 +134,7 @@ def test_changed_inputs_miss(cache_dir, tmp_path):
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "garbage"])
 def test_bad_entry_is_dropped_with_a_warning_and_rebuilt(cache_dir, damage):
-    cold = est.compare(GEMM, DEVICES, PLANS)
+    cold = est.compare_tables(GEMM, DEVICES, PLANS).summary
     (entry,) = diskcache.entries()
     data = entry.path.read_bytes()
     if damage == "flip":
@@ -131,7 +146,7 @@ def test_bad_entry_is_dropped_with_a_warning_and_rebuilt(cache_dir, damage):
     entry.path.write_bytes(data)
     est.clear_cache()
     with pytest.warns(SparsesimWarning, match="corrupt"):
-        again = est.compare(GEMM, DEVICES, PLANS)
+        again = est.compare_tables(GEMM, DEVICES, PLANS).summary
     _same(cold, again)
     (rebuilt,) = diskcache.entries()
     assert diskcache.get(rebuilt.kind, rebuilt.path.stem) is not None  # rewritten whole
@@ -188,7 +203,7 @@ def test_no_cache_and_cache_verb(cache_dir, cli):
     rc, out, _ = cli("cache", "info")
     assert rc == 0 and str(cache_dir) in out and "costs: 1 entries" in out
     rc, out, _ = cli("cache", "clear", "--json")
-    assert rc == 0 and '"removed": 1' in out
+    assert rc == 0 and '"removed": 2' in out  # the table and compare's summary
     assert diskcache.entries() == []
 
 
