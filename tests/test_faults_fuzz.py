@@ -1,6 +1,7 @@
 """Hostile input through the CLI: mutated device files, plan files, recipes and journals give a
 result (valid JSON) or one clear line with exit 2 -- never a traceback, never NaN/Infinity.
-Bounded by hypothesis deadlines and small example counts so it stays a few seconds."""
+Bounded by small example counts so it stays a few seconds, and by a time limit per case (one hang
+fails its test, naming the case, instead of stalling CI)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from case_timeout import CaseTimeout, per_case_timeout
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -83,6 +85,7 @@ VALUES = st.one_of(st.sampled_from([0, 0.0, -1, 1e-300, 1e300, 2**63, 0.5, 1]),
 @FUZZ
 @given(device=st.sampled_from(sorted(_DEVICES)), data=st.data(), value=VALUES,
        plan=st.sampled_from(["dense", "2:4", "unstructured:0.9", "block4x4:0.5", "channel:0.5"]))
+@per_case_timeout()
 def test_mutated_device_files(tmp_path, device, data, value, plan):
     doc = json.loads(json.dumps(_DEVICES[device]))
     key = data.draw(st.sampled_from(_quantities(doc)))
@@ -104,6 +107,7 @@ NESTED = st.recursive(st.one_of(st.integers(), st.text(max_size=5), st.booleans(
 
 @FUZZ
 @given(rules=st.one_of(NESTED, st.lists(st.lists(NESTED, max_size=3), max_size=3)), extra=NESTED)
+@per_case_timeout()
 def test_mutated_plan_files(tmp_path, rules, extra):
     path = tmp_path / "plan.toml"
     path.write_text(_toml({"name": "fuzz", "rules": rules, "x": extra}))
@@ -113,6 +117,7 @@ def test_mutated_plan_files(tmp_path, rules, extra):
 @FUZZ
 @given(doc=st.dictionaries(st.sampled_from(["description", "builder", "dtype", "params", "train", "other"]),
                            NESTED, max_size=5))
+@per_case_timeout()
 def test_mutated_recipes(tmp_path, doc):
     path = tmp_path / "recipe.toml"
     path.write_text(_toml(doc))
@@ -133,6 +138,7 @@ def test_deep_nesting_is_one_line(tmp_path, kind):
 
 @FUZZ
 @given(cut=st.integers(1, 4000), garbage=st.binary(max_size=40))
+@per_case_timeout()
 def test_journal_repair_keeps_every_whole_record(tmp_path, cut, garbage):
     records = [json.dumps({"op_code": 6, "trial_id": i, "state": 1}).encode() + b"\n" for i in range(60)]
     whole = b"".join(records)
@@ -173,3 +179,21 @@ def test_wrong_unit_warns(tmp_path):
     r = subprocess.run([sys.executable, "-m", "sparsesim", "estimate", WORKLOAD, "--device", str(path)],
                        capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 0 and "tensor_peak.fp16" in r.stderr and "is the unit right?" in r.stderr, r.stderr
+
+
+def test_a_hanging_case_fails_within_its_time_limit():
+    """The per-case limit itself: a case that never returns ends the property test within
+    seconds, naming the case."""
+    import time
+
+    @settings(max_examples=3, deadline=None, database=None)
+    @given(n=st.integers(0, 3))
+    @per_case_timeout(0.5)
+    def hangs(n):
+        while True:
+            time.sleep(0.01)
+
+    t0 = time.monotonic()
+    with pytest.raises(CaseTimeout, match="n="):
+        hangs()
+    assert time.monotonic() - t0 < 10

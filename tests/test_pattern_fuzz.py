@@ -10,6 +10,7 @@ import resource
 
 import pytest
 import torch
+from case_timeout import per_case_timeout
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
@@ -49,6 +50,7 @@ def _parse(text: str) -> Pattern | None:
 @pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(SPELLINGS)
+@per_case_timeout()
 def test_any_spelling_parses_or_gives_one_pattern_error(text):
     p = _parse(text)
     if p is not None:
@@ -58,6 +60,7 @@ def test_any_spelling_parses_or_gives_one_pattern_error(text):
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(SPELLINGS, hs.integers(1, 40), hs.integers(1, 70))
+@per_case_timeout()
 def test_whatever_parses_builds_checks_and_measures_within_the_weight(text, rows, cols):
     p = _parse(text)
     if p is None:

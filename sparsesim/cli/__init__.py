@@ -19,6 +19,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+from sparsesim.cli.common import add_timeout_argument, user_code_limit
 from sparsesim.core import progress
 from sparsesim.core.errors import SparsesimError, SparsesimWarning
 
@@ -36,6 +37,8 @@ VERB_MODULES = (
     "sparsesim.cli.train_cmd",
     "sparsesim.cli.cache_cmd",
 )
+# verbs that build and trace workloads, running the user's model code: they take --timeout
+USER_CODE_VERBS = ("trace", "estimate", "compare", "simulate", "report", "search", "train")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +69,8 @@ def build_parser(argv: Sequence[str] | None = None) -> tuple[argparse.ArgumentPa
         if named is not None and named != mod.NAME:
             continue
         mod.add_arguments(p)
+        if mod.NAME in USER_CODE_VERBS:
+            add_timeout_argument(p)
         p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
         shown = p.add_mutually_exclusive_group()
         shown.add_argument("--progress", dest="progress", action="store_true", default=None,
@@ -103,7 +108,8 @@ def _main(argv: Sequence[str] | None) -> int:
     _one_line_warnings(args.verb)
     try:
         try:
-            doc = _run(mod, args)
+            with user_code_limit(args):
+                doc = _run(mod, args)
         finally:
             progress.close_all()
     except SparsesimError as e:

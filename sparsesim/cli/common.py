@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sparsesim.core.errors import SparsesimError
@@ -88,3 +89,24 @@ def render_user_devices(joined: list[dict[str, str]]) -> list[str]:
     names = ", ".join(d["name"] for d in joined)
     where = str(Path(joined[0]["path"]).parent)
     return [f"including your own device(s) {names} from {where} (name devices with --devices to leave them out)"]
+
+
+def add_timeout_argument(p: argparse.ArgumentParser) -> None:
+    from sparsesim.tracing.guard import DEFAULT_TIMEOUT_S
+
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="longest each workload's own code (import, builder or factory, traced forward) may "
+                        f"run before it is stopped with an error (default {DEFAULT_TIMEOUT_S:g}; 0: no limit)")
+
+
+@contextmanager
+def user_code_limit(args: argparse.Namespace) -> Iterator[None]:
+    """Run a verb with its --timeout as the limit on the user's model code (verbs without the
+    option run unbounded); model code that ignores the limit ends the process with one line."""
+    if getattr(args, "timeout", None) is None:
+        yield
+        return
+    from sparsesim.tracing.guard import check_timeout, time_limit
+
+    with time_limit(check_timeout(args.timeout), exit_prefix=f"sparsesim {args.verb}: error: "):
+        yield

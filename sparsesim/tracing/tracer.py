@@ -35,9 +35,10 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
 
 from sparsesim.core import progress
-from sparsesim.core.errors import TraceError
+from sparsesim.core.errors import TraceError, WorkloadError
 from sparsesim.core.ir import Op, WeightInfo, Workload
 from sparsesim.core.threads import one_thread
+from sparsesim.tracing import guard
 from sparsesim.tracing.dataflow import FlowTracker
 from sparsesim.tracing.flops import (
     T,
@@ -348,7 +349,10 @@ def _density(x: torch.Tensor) -> float:
 
 
 def _sq_norm(x: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    return torch.linalg.vector_norm(x, 2, dim=dims, dtype=torch.float32).square_()
+    """Accumulated in fp32 at least (fp16 squares overflow); an fp64 input stays fp64 (torch
+    refuses to narrow it) and the result is fp32 like every other norm."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.linalg.vector_norm(x, 2, dim=dims, dtype=acc).square_().float()
 
 
 def _feature_norms_sq(act: torch.Tensor, param: torch.Tensor, conv: bool, weight_right: bool,
@@ -393,6 +397,19 @@ def stored_weight(mod: nn.Module) -> Any:
     return None
 
 
+class _RecordFault(Exception):
+    """sparsesim failed to record an op the forward ran (so the error does not blame the forward)."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__(op)
+        self.op = op
+
+
+def _first_line(e: BaseException | None) -> str:
+    text = str(e).strip() if e is not None else ""
+    return text.splitlines()[0] if text else ""
+
+
 class _DispatchMode(TorchDispatchMode):
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -411,9 +428,12 @@ class _DispatchMode(TorchDispatchMode):
         else:
             out = func(*args, **kwargs)
         if self.rec.suppress == 0:
-            self.rec.flow.on_op(func, args, kwargs, out)
-            if not is_metadata_op(func):
-                self.rec.on_aten(func, args, kwargs, out)
+            try:
+                self.rec.flow.on_op(func, args, kwargs, out)
+                if not is_metadata_op(func):
+                    self.rec.on_aten(func, args, kwargs, out)
+            except Exception as e:  # the recorder's fault, not the forward's: said so (trace)
+                raise _RecordFault(str(func)) from e
         return out
 
 
@@ -433,7 +453,10 @@ class _AttentionMode(TorchFunctionMode):
             out = func(*args, **kwargs)
         finally:
             self.rec.suppress -= 1
-        self.rec.on_attention(args, kwargs, out)
+        try:
+            self.rec.on_attention(args, kwargs, out)
+        except Exception as e:
+            raise _RecordFault("scaled_dot_product_attention") from e
         return out
 
 
@@ -468,6 +491,12 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
     rec = _Recorder(model, measure_activations)
     shown = progress.bar(f"trace {name}", unit="op")
     rec.on_op = shown.update
+
+    def at() -> str:
+        """The module now running, for a message."""
+        where = rec.calls.current()[0] if rec.calls.stack else ""
+        return f" in module '{where}'" if where else ""
+
     # nn.MultiheadAttention / nn.TransformerEncoderLayer take a fused "fast path" under no_grad
     # (one aten op hiding every projection); turn it off so each Linear is seen.
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -480,19 +509,29 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
             # say nothing about the user's question; they do not reach the terminal
             for category in (FutureWarning, DeprecationWarning):
                 warnings.simplefilter("ignore", category)
-            result = model(*args, **kwargs)
+            guard.stage(f"tracing the forward of {name}")
+            with guard.user_code(lambda: f"{name}: forward{at()} ({guard.source_file(type(model))})"):
+                result = model(*args, **kwargs)
         if pin_outputs:
             rec.flow.pin_tensors(_output_tensors(result))
-    except TraceError:
+    except (TraceError, WorkloadError):
         raise
+    except _RecordFault as e:  # sparsesim's own recording failed, not the user's forward
+        cause = e.__cause__
+        raise TraceError(f"{name}: sparsesim could not record op {e.op}{at()} "
+                         f"({type(cause).__name__}: {_first_line(cause)}); the forward itself ran it: "
+                         "please report this with the model") from cause
+    except guard.Expired as e:  # the time limit ran out in the forward: say in which module
+        raise guard.Expired(f"{e.stage}{at()}") from None
     except Exception as e:  # the user's forward failed: one line naming the model and the error
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        where = rec.calls.current()[0] if rec.calls.stack else ""
-        at = f" in module '{where}'" if where else ""
-        raise TraceError(f"{name}: forward raised {type(e).__name__}{at}: {msg}") from e
+        raise TraceError(f"{name}: forward raised {type(e).__name__}{at()}: {_first_line(e)}") from e
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         shown.close()
+    if not rec.ops:
+        raise TraceError(f"{name}: the forward ran no operation to cost (it returns its input unchanged, "
+                         f"or only views/reshapes it, or the model is empty: {type(model).__name__} with "
+                         f"{sum(1 for _ in model.parameters())} parameters); nothing to estimate")
     norms = {k: v.sqrt() for k, v in rec.norms_sq.items()}
     packed = [op for op in rec.ops if op.weight is None and op.gemm is not None and packed_weight_bytes(op.aten)]
     for op in packed:  # the packed weight is held in memory like any other (its bytes, its dtype)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -41,6 +42,7 @@ from sparsesim.core import progress
 from sparsesim.core.errors import SparsesimError, WorkloadError
 from sparsesim.core.ir import DTYPE_BYTES, WeightInfo, Workload
 from sparsesim.core.packaged import builtin_dirs, builtin_files
+from sparsesim.tracing import guard
 from sparsesim.tracing.routing import route
 from sparsesim.tracing.tracer import dtype_name, trace
 
@@ -188,8 +190,15 @@ def coerce(value: str, default: Any, *, where: str, key: str) -> Any:
 
 
 def load_workload(spec: str) -> Workload:
-    """Build and trace the workload a spec names (see the module docstring)."""
+    """Build and trace the workload a spec names (see the module docstring). The user's code it
+    runs (import, builder or factory, forward) is bounded by `guard.time_limit`, and its
+    sys.exit or KeyboardInterrupt is a WorkloadError (see `sparsesim.tracing.guard`)."""
     spec = spec.strip()
+    with guard.bounded(spec):
+        return _load(spec)
+
+
+def _load(spec: str) -> Workload:
     head, sep, tail = spec.partition(":")
     if head in SINGLE_OPS:
         return _single_op(head, parse_params(tail, where=f"workload {spec!r}"), spec)
@@ -215,8 +224,10 @@ def _run_recipe(recipe: Recipe, param_text: str, spec: str) -> Workload:
             raise WorkloadError(f"{where}: unknown parameter {key!r} (has: {', '.join(params)})")
         params[key] = coerce(value, params[key], where=where, key=key)
     fn = recipe.builder_fn()
+    guard.stage(f"running the builder {recipe.builder}")
     try:
-        with progress.stage(f"{spec}: building the model"):
+        with progress.stage(f"{spec}: building the model"), \
+                guard.user_code(f"builder {recipe.builder} ({guard.source_file(fn)})"):
             model, inputs = fn(**params)
     except SparsesimError as e:
         raise WorkloadError(f"{where}: {e}") from None
@@ -236,9 +247,13 @@ def _run_recipe(recipe: Recipe, param_text: str, spec: str) -> Workload:
 
 def _run_factory(module: str, attr: str, spec: str) -> Workload:
     fn = _import_callable(f"{module}:{attr}", what="factory")
+    guard.stage(f"running the factory {spec}")
     try:
-        with progress.stage(f"{spec}: building the model"):
+        with progress.stage(f"{spec}: building the model"), \
+                guard.user_code(f"factory {spec} ({guard.source_file(fn)})"):
             result = fn()
+    except WorkloadError:
+        raise
     except Exception as e:
         raise WorkloadError(f"factory {spec} raised {type(e).__name__}: {_line(e)}") from e
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], nn.Module)):
@@ -254,8 +269,12 @@ def _import_callable(ref: str, *, what: str) -> Callable[..., Any]:
         raise WorkloadError(f"{what} {ref!r} is not 'module:function'")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())  # `sparsesim trace mymod:factory` finds mymod.py in the cwd
+    guard.stage(f"importing {module!r}")
     try:
-        mod = importlib.import_module(module)
+        with guard.user_code(lambda: f"{what} {ref!r}: importing {module!r} ({_module_file(module)})"):
+            mod = importlib.import_module(module)
+    except WorkloadError:
+        raise
     except ModuleNotFoundError as e:
         raise WorkloadError(f"{what} {ref!r}: cannot import module {module!r} ({e})") from None
     except Exception as e:
@@ -264,6 +283,15 @@ def _import_callable(ref: str, *, what: str) -> Callable[..., Any]:
     if not callable(fn):
         raise WorkloadError(f"{what} {ref!r}: module {module!r} has no function {attr!r}")
     return fn
+
+
+def _module_file(module: str) -> str:
+    """Where `module` would be imported from (after its import failed), or its name."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError, SystemExit, KeyboardInterrupt):  # a parent package that exits on import
+        return module
+    return spec.origin if spec is not None and spec.origin else module
 
 
 def _line(e: BaseException) -> str:
