@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +29,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def search_env(tmp_path_factory) -> dict[str, str]:
+    """The environment of `sparsesim search` subprocesses: a private cache holding the digits CNN
+    (trained once for the whole session), one OpenMP thread, and tests/ on the path (for the
+    --evaluate helpers in search_helpers.py)."""
+    cache = tmp_path_factory.mktemp("search-cache")
+    tests = str(Path(__file__).resolve().parent)
+    env = dict(os.environ, SPARSESIM_CACHE=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-c", "from sparsesim.tracing.models import digits; digits.pretrained()"],
+                   env=env, check=True, timeout=300)
+    return env
 
 
 @pytest.fixture

@@ -18,31 +18,21 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState
+from search_helpers import study_trials
 
 from sparsesim.search.journal import complete_trials_in, repair
 from sparsesim.search.optuna_search import open_storage
 
-TESTS = Path(__file__).resolve().parent
 N = 6
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    e = dict(os.environ, SPARSESIM_CACHE=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-             PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    subprocess.run([sys.executable, "-c", "from sparsesim.tracing.models import digits; digits.pretrained()"],
-                   env=e, check=True, timeout=120)
-    return e
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory, env):
+def finished(tmp_path_factory, search_env):
     """A finished N-trial study: its journal is copied and damaged by the tests below."""
     out = tmp_path_factory.mktemp("done")
-    r = subprocess.run(_cmd(out, 1, storage=None), env=env, capture_output=True, timeout=180, check=False)
+    r = subprocess.run(_cmd(out, 1, storage=None), env=search_env, capture_output=True, timeout=180, check=False)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     return out / "study.journal"
 
@@ -55,9 +45,7 @@ def _cmd(out: Path, workers: int, trials: int = N, storage: str | None = None) -
 
 
 def _trials(storage: str):
-    st = open_storage(storage)
-    (summary,) = optuna.get_all_study_summaries(st)
-    return optuna.load_study(study_name=summary.study_name, storage=st).get_trials(deepcopy=False)
+    return study_trials(storage)
 
 
 def _complete(storage: str) -> int:
@@ -67,8 +55,8 @@ def _complete(storage: str) -> int:
         return 0
 
 
-def _run(cmd: list[str], env: dict, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, env=env, capture_output=True, timeout=240, check=False, **kw)
+def _run(cmd: list[str], search_env: dict, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=search_env, capture_output=True, timeout=240, check=False, **kw)
 
 
 def _one_line_error(r: subprocess.CompletedProcess) -> str:
@@ -80,17 +68,33 @@ def _one_line_error(r: subprocess.CompletedProcess) -> str:
 
 # ------------------------------------------------------------------ torn and damaged journals
 
+def test_torn_journal_is_repaired_and_resumed_without_loss(tmp_path, search_env, finished):
+    """The search resumed on a journal cut inside its last records (what a kill mid-write leaves)."""
+    journal = tmp_path / "study.journal"
+    journal.write_bytes(finished.read_bytes()[:-300])
+    before = complete_trials_in(journal)
+    assert before >= N - 1  # a cut inside the last records loses at most the one cut short
+    r = _run(_cmd(tmp_path, 1, trials=N + 1), search_env)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    assert "Traceback" not in r.stderr.decode()
+    assert _complete(str(journal)) == N + 1
+    assert json.loads(r.stdout)["study"]["complete"] == N + 1
+
+
 @pytest.mark.parametrize("cut", [2, 300])
-def test_torn_journal_is_repaired_and_resumed_without_loss(tmp_path, env, finished, cut):
+def test_torn_journal_takes_new_trials_after_repair(tmp_path, finished, cut):
+    """The storage a resume opens (the same `open_storage` the search uses) repairs any cut and
+    then takes new records: the journal stays readable and keeps every complete trial."""
     journal = tmp_path / "study.journal"
     journal.write_bytes(finished.read_bytes()[:-cut])
     before = complete_trials_in(journal)
-    assert before >= N - 1  # a cut inside the last records loses at most the one cut short
-    r = _run(_cmd(tmp_path, 1, trials=N + 2), env)
-    assert r.returncode == 0, r.stderr.decode()[-3000:]
-    assert "Traceback" not in r.stderr.decode()
-    assert _complete(str(journal)) == N + 2
-    assert json.loads(r.stdout)["study"]["complete"] == N + 2
+    assert before >= N - 1
+    st = open_storage(str(journal))
+    (summary,) = optuna.get_all_study_summaries(st)
+    study = optuna.load_study(study_name=summary.study_name, storage=st)
+    trial = study.ask()
+    study.tell(trial, [0.5] * len(study.directions))
+    assert _complete(str(journal)) == before + 1
 
 
 def test_damaged_middle_line_keeps_prefix_and_the_original(tmp_path, finished):
@@ -114,22 +118,25 @@ def test_whole_record_without_newline_is_kept(tmp_path, finished):
     assert journal.read_bytes() == finished.read_bytes()
 
 
-def test_disk_full_mid_study_is_one_line_and_resumable(tmp_path, env, finished):
+def test_disk_full_mid_study_is_one_line_and_resumable(tmp_path, search_env, finished):
     journal = tmp_path / "study.journal"
     journal.write_bytes(finished.read_bytes())
-    limit = journal.stat().st_size + 6000  # room for a few more trials, then writes fail (EFBIG)
+    size = journal.stat().st_size
+    per_trial = size / N
+    # room for one more trial and part of the next, then writes fail (EFBIG) well before N + 4
+    limit = int(size + 1.5 * per_trial)
 
     def small_disk():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    r = _run(_cmd(tmp_path, 1, trials=N + 20), env, preexec_fn=small_disk)
+    r = _run(_cmd(tmp_path, 1, trials=N + 4), search_env, preexec_fn=small_disk)
     err = _one_line_error(r)
     assert "disk full" in err and str(journal) in err and "complete trials" in err
     kept = _complete(str(journal))
-    assert kept >= N  # every trial completed before the disk filled is still there
-    r = _run(_cmd(tmp_path, 1, trials=N + 20), env)  # space freed: the same command resumes
+    assert N <= kept < N + 4  # every trial completed before the disk filled is still there
+    r = _run(_cmd(tmp_path, 1, trials=N + 4), search_env)  # space freed: the same command resumes
     assert r.returncode == 0, r.stderr.decode()[-3000:]
-    assert _complete(str(journal)) == N + 20
+    assert _complete(str(journal)) == N + 4
 
 
 # ------------------------------------------------------------------ workers
@@ -142,9 +149,9 @@ def _wait_for(journal: Path, proc: subprocess.Popen, n: int) -> None:
         time.sleep(0.05)
 
 
-def test_killed_worker_does_not_hang_the_search(tmp_path, env):
+def test_killed_worker_does_not_hang_the_search(tmp_path, search_env):
     journal = tmp_path / "study.journal"
-    proc = subprocess.Popen(_cmd(tmp_path, 2), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_cmd(tmp_path, 2), env=search_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
         _wait_for(journal, proc, 2)
@@ -160,9 +167,9 @@ def test_killed_worker_does_not_hang_the_search(tmp_path, env):
     assert _complete(str(journal)) == N
 
 
-def test_ctrl_c_to_two_workers_is_one_line_and_resumable(tmp_path, env):
+def test_ctrl_c_to_two_workers_is_one_line_and_resumable(tmp_path, search_env):
     journal = tmp_path / "study.journal"
-    proc = subprocess.Popen(_cmd(tmp_path, 2), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_cmd(tmp_path, 2), env=search_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
         _wait_for(journal, proc, 2)
@@ -176,14 +183,14 @@ def test_ctrl_c_to_two_workers_is_one_line_and_resumable(tmp_path, env):
     assert "Traceback" not in text and "interrupted" in text
     kept = _complete(str(journal))
     assert kept >= 2
-    r = _run(_cmd(tmp_path, 2), env)
+    r = _run(_cmd(tmp_path, 1), search_env)  # one worker resumes what two left
     assert r.returncode == 0, r.stderr.decode()[-3000:]
     assert _complete(str(journal)) == N
 
 
-def test_two_processes_on_one_fresh_sqlite_database(tmp_path, env):
+def test_two_processes_on_one_fresh_sqlite_database(tmp_path, search_env):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    procs = [subprocess.Popen(_cmd(tmp_path / f"out{i}", 1, storage=url), env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen(_cmd(tmp_path / f"out{i}", 1, storage=url), env=search_env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE) for i in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=240)
@@ -193,9 +200,10 @@ def test_two_processes_on_one_fresh_sqlite_database(tmp_path, env):
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
-def test_damaged_sqlite_is_one_line(tmp_path, env):
+def test_damaged_sqlite_is_one_line(tmp_path, cli):
     db = tmp_path / "study.db"
     db.write_bytes(b"SQLite format 3\x00" + os.urandom(4096))
-    r = _run(_cmd(tmp_path, 1, storage=f"sqlite:///{db}"), env)
-    err = _one_line_error(r)
+    argv = _cmd(tmp_path, 1, storage=f"sqlite:///{db}")[3:]  # the same command, in this process
+    rc, _, err = cli(*argv)
+    assert rc == 2 and "Traceback" not in err
     assert str(db) in err and len(err.strip().splitlines()) == 1

@@ -15,22 +15,9 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState
+from search_helpers import study_trials
 
-from sparsesim.search.optuna_search import open_storage
-
-TESTS = Path(__file__).resolve().parent
 N = 10
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    e = dict(os.environ, SPARSESIM_CACHE=str(cache), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-             PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    # train the digits CNN once for every subprocess of this module
-    subprocess.run([sys.executable, "-c", "from sparsesim.tracing.models import digits; digits.pretrained()"],
-                   env=e, check=True, timeout=120)
-    return e
 
 
 def _cmd(out: Path, workers: int) -> list[str]:
@@ -40,9 +27,7 @@ def _cmd(out: Path, workers: int) -> list[str]:
 
 
 def _trials(journal: Path):
-    storage = open_storage(str(journal))
-    (summary,) = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+    return study_trials(str(journal))
 
 
 def _complete(journal: Path) -> int:
@@ -54,9 +39,9 @@ def _complete(journal: Path) -> int:
         return 0
 
 
-def _kill_midway(out: Path, env: dict, workers: int) -> None:
+def _kill_midway(out: Path, search_env: dict, workers: int) -> None:
     journal = out / "study.journal"
-    proc = subprocess.Popen(_cmd(out, workers), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_cmd(out, workers), env=search_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.time() + 90
     while _complete(journal) < 3:
@@ -81,37 +66,37 @@ def _check_exact(out: Path) -> None:
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
 
 
-def _resume(out: Path, env: dict, workers: int) -> dict:
-    done = subprocess.run(_cmd(out, workers), env=env, capture_output=True, timeout=180)
+def _resume(out: Path, search_env: dict, workers: int) -> dict:
+    done = subprocess.run(_cmd(out, workers), env=search_env, capture_output=True, timeout=180)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     return json.loads(done.stdout)
 
 
-def test_sigkill_then_resume_ends_with_exactly_n_trials(tmp_path, env):
-    _kill_midway(tmp_path, env, workers=1)
-    doc = _resume(tmp_path, env, workers=1)
+def test_sigkill_then_resume_ends_with_exactly_n_trials(tmp_path, search_env):
+    _kill_midway(tmp_path, search_env, workers=1)
+    doc = _resume(tmp_path, search_env, workers=1)
     _check_exact(tmp_path)
     assert doc["study"]["complete"] == N
     assert doc["front"] and doc["accuracy"] > 0
 
 
-def test_two_workers_killed_and_resumed_share_one_study(tmp_path, env):
-    _kill_midway(tmp_path, env, workers=2)
-    doc = _resume(tmp_path, env, workers=2)
+def test_two_workers_killed_and_resumed_share_one_study(tmp_path, search_env):
+    _kill_midway(tmp_path, search_env, workers=2)
+    doc = _resume(tmp_path, search_env, workers=2)
     _check_exact(tmp_path)
     owners = {t.user_attrs["owner"] for t in _trials(tmp_path / "study.journal") if t.state == TrialState.COMPLETE}
     assert len(owners) >= 2  # trials really ran in more than one process
     assert doc["study"]["counts"]["COMPLETE"] == N
 
 
-def test_dask_local_cluster_runs_exactly_n_trials(tmp_path, env, monkeypatch):
+def test_dask_local_cluster_runs_exactly_n_trials(tmp_path, search_env, monkeypatch):
     distributed = pytest.importorskip("distributed")
     import torch
 
     from sparsesim.search import optuna_search as osr
     from sparsesim.search.runner import SearchConfig, build_problem
 
-    monkeypatch.setenv("SPARSESIM_CACHE", env["SPARSESIM_CACHE"])
+    monkeypatch.setenv("SPARSESIM_CACHE", search_env["SPARSESIM_CACHE"])
     torch.set_num_threads(1)
     problem = build_problem(SearchConfig(workload="digits:batch=64", device="arm-cortex-a78"))
     cfg = osr.StudyConfig(storage=str(tmp_path / "study.journal"), study_name="dask", n_trials=N, seed=1)
