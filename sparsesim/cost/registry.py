@@ -4,6 +4,7 @@ dispatches one op to its device's family and checks what comes back."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -39,8 +40,22 @@ def estimate_op(op: Op, layer: LayerSparsity | None, device: Device, context: Ru
         # the loader checks every field it can alone; a combination it cannot foresee ends here,
         # as one line naming the device file, never a traceback
         raise DeviceFileError(f"{what} failed: {type(e).__name__}: {e} (check this device file's numbers)") from e
+    cost = _activation_note(op, device, cost)
     bad = [k for k in ("latency_s", "energy_j") if not (math.isfinite(getattr(cost, k)) and getattr(cost, k) >= 0)]
     if bad:
         raise DeviceFileError(f"{what} gives a {' and '.join(bad)} of "
                               f"{', '.join(str(getattr(cost, k)) for k in bad)} (check this device file's numbers)")
     return cost
+
+
+def _activation_note(op: Op, device: Device, cost: Cost) -> Cost:
+    """Say in the why when an op's input activations are sparse (a ReLU, or an `act:S` plan)
+    and the device's kernel computed the zeros anyway; a family that skipped them reports the
+    density it used in `details["activation_density_used"]`."""
+    if not (op.is_matmul and op.weight is not None and op.activation_density < 1.0):
+        return cost
+    if cost.details.get("activation_density_used", 1.0) < 1.0:
+        return cost
+    note = (f"input activations {1.0 - op.activation_density:.0%} zero, not exploited: "
+            f"the {device.family} kernel ({cost.kernel or 'dense'}) multiplies the zeros")
+    return dataclasses.replace(cost, why=f"{cost.why}; {note}" if cost.why else note)

@@ -13,6 +13,7 @@ import pandas as pd
 
 import sparsesim.report.analysis as analysis
 import sparsesim.report.build as build
+import sparsesim.report.dynamic as dynamic
 from sparsesim import __version__
 from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import esc, fmt_q, fmt_x, sig, slug
@@ -155,6 +156,26 @@ def summary_html(sm: pd.DataFrame, devices: Sequence[str], plans: Sequence[str])
     return f"<table><thead>{head}</thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+def _dynamic_html(data: build.ReportData, wl: str) -> str:
+    """The dynamic-sparsity section of one workload (`report.dynamic`), empty when it has none."""
+    loads = dynamic.expert_load_table(data.per_op, wl)
+    times = dynamic.expert_time_table(data.per_op, wl)
+    act = dynamic.activation_table(data.summary, data.per_op, wl)
+    if loads.empty and act.empty:
+        return ""
+    out = ["<h3>Dynamic sparsity</h3>"]
+    if not loads.empty:
+        out.append("<p class='note'>Expert load balance: rows per grouped expert GEMM; imbalance = busiest expert "
+                   "over an even split, the size every expert's GEMM is padded to.</p>" + _table(loads, dynamic.LOAD_FORMATS))
+    if not times.empty:
+        out.append("<p class='note'>What the routing costs per device (dense plan).</p>" + _table(
+            times, dynamic.TIME_FORMATS))
+    if not act.empty:
+        out.append("<p class='note'>Activation sparsity per device: skipped zeros buy time, multiplied ones do not."
+                   "</p>" + _table(act, dynamic.ACT_FORMATS))
+    return "".join(out)
+
+
 def render_html(data: build.ReportData, figs: dict[str, dict[str, Figure]], verdicts: list[dict[str, Any]],
                 tables: dict[str, pd.DataFrame]) -> str:
     devs, plans = data.device_names, data.plans
@@ -193,6 +214,7 @@ def render_html(data: build.ReportData, figs: dict[str, dict[str, Figure]], verd
         parts.append("<h3>Where time and energy go</h3>" + _img(f["time"]) + _img(f["energy"]))
         parts.append("<h3>Roofline</h3>" + _img(f["roofline"]))
         w = slow[slow["workload"] == wl]
+        parts.append(_dynamic_html(data, wl))
         parts.append("<h3>Why no speedup</h3><p class='note'>Layers whose sparse time is at least "
                      f"{analysis.NO_SPEEDUP:.0%} of their dense time, counted per device and plan, with the reasons that "
                      "cover most of their dense time.</p>")

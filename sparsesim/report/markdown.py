@@ -12,6 +12,7 @@ import pandas as pd
 
 import sparsesim.report.analysis as analysis
 import sparsesim.report.build as build
+import sparsesim.report.dynamic as dynamic
 from sparsesim import __version__
 from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import fmt_q, fmt_x, sig
@@ -81,6 +82,25 @@ def md_summary(sm: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def _dynamic_md(data: build.ReportData, wl: str) -> list[str]:
+    """The dynamic-sparsity section of one workload (`report.dynamic`), empty when it has none."""
+    loads = dynamic.expert_load_table(data.per_op, wl)
+    times = dynamic.expert_time_table(data.per_op, wl)
+    act = dynamic.activation_table(data.summary, data.per_op, wl)
+    if loads.empty and act.empty:
+        return []
+    out = ["### Dynamic sparsity", ""]
+    if not loads.empty:
+        out += ["Expert load balance (rows per grouped expert GEMM; imbalance = busiest expert over an even split, "
+                "the size every expert's GEMM is padded to):", "", _md_table(loads, dynamic.LOAD_FORMATS), ""]
+    if not times.empty:
+        out += ["What the routing costs per device (dense plan):", "",
+                _md_table(times, dynamic.TIME_FORMATS), ""]
+    if not act.empty:
+        out += ["Activation sparsity per device:", "", _md_table(act, dynamic.ACT_FORMATS), ""]
+    return out
+
+
 def render_markdown(data: build.ReportData, figs: dict[str, dict[str, Figure]], verdicts: list[dict[str, Any]],
                     tables: dict[str, pd.DataFrame]) -> str:
     devs, plans = data.device_names, data.plans
@@ -112,6 +132,7 @@ def render_markdown(data: build.ReportData, figs: dict[str, dict[str, Figure]], 
         out += [f"The {WHY_ROWS} biggest such layers per device and plan (all of them in `why_no_speedup.csv`):", "",
                 _md_table(detail[list(cols)].rename(columns=cols),
                           {"dense": lambda v: fmt_q(v, "time"), "sparse": lambda v: fmt_q(v, "time"), "speedup": fmt_x}), ""]
+        out += _dynamic_md(data, wl)
         if "serving" in f:
             out += [f"![{e(f['serving'].caption)}](images/{f['serving'].name})", ""]
         if "training" in f and data.training is not None:

@@ -38,6 +38,8 @@ PER_OP_COLUMNS: dict[str, str] = {
     "pattern": "pattern the plan gave the weight ('dense' when none)",
     "density": "kept fraction of the weight measured from its mask (1.0 when dense)",
     "expert_tokens": "rows routed to each expert of a grouped expert GEMM, after capacity drops ('' for other ops)",
+    "activation_density": "fraction of nonzero input activations (measured, or set by an act:S plan; 1.0 when dense)",
+    "activation_skipped": "whether the kernel skipped the zero input activations (False: it multiplied them)",
     "experts_touched": "experts of a grouped expert GEMM that got rows, whose weights are read (0 for other ops)",
     "kernel": "what ran (dense, 2:4 sparse tensor core, csr, bsr 4x4, ...)",
     "fallback": "True when the requested pattern could not be exploited and a fallback ran",
@@ -156,6 +158,7 @@ def op_columns(ops: Sequence[Op], layers: Sequence[LayerSparsity | None]) -> dic
         "density": [ly.stats.density if ly is not None else 1.0 for ly in layers],
         "expert_tokens": [",".join(map(str, op.expert_tokens)) for op in ops],
         "experts_touched": [sum(1 for x in op.expert_tokens if x) for op in ops],
+        "activation_density": [op.activation_density for op in ops],
         "flops": [op.flops for op in ops],
     }
 
@@ -171,6 +174,7 @@ def cost_columns(costs: Sequence[Cost]) -> dict[str, list]:
         splits.append(sp)
     return {
         "kernel": [c.kernel for c in costs],
+        "activation_skipped": [c.details.get("activation_density_used", 1.0) < 1.0 for c in costs],
         "fallback": [bool(c.fallback) for c in costs],
         "latency_s": [c.latency_s for c in costs],
         "energy_j": [c.energy_j for c in costs],

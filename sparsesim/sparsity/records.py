@@ -37,6 +37,9 @@ class Pattern:
     n: int = 0
     m: int = 0
     block: tuple[int, int] = (1, 1)
+    # kept fraction of the input activations of the op the weight belongs to (1.0 = none
+    # removed): activation sparsity, `act:S` alone or `P+act:S` on top of a weight pattern
+    act: float = 1.0
 
     @property
     def sparsity(self) -> float:
@@ -52,7 +55,10 @@ class Pattern:
 
     @property
     def label(self) -> str:
-        return self.spec.label(self)
+        base = self.spec.label(self)
+        if self.act < 1.0 and not self.spec.activation_only:
+            return f"{base}+act:{1.0 - self.act:g}"
+        return base
 
     def __str__(self) -> str:
         return self.label

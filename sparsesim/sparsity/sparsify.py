@@ -17,6 +17,7 @@ on the meta device, or without a model, stats are analytic.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.core.threads import one_thread
 from sparsesim.sparsity.coupling import Cut, plan_cut, solve
 from sparsesim.sparsity.formats import format_bytes, storage_format
+from sparsesim.sparsity.kinds.act import with_activation_sparsity
 from sparsesim.sparsity.masks import (
     activation_aware_scores,
     build_mask,
@@ -293,7 +295,7 @@ class _Decider:
             return _Decision(p, None, analytic_stats(e.rows, e.cols, DENSE))  # exact without zeros
         stats = self.measure(w, mask, p)
         if p.spec.is_dense and stats.nnz < stats.size:
-            p = _found_zeros_pattern(stats)
+            p = dataclasses.replace(_found_zeros_pattern(stats), act=p.act)
         return _Decision(p, mask, stats)
 
 
@@ -383,8 +385,9 @@ def _sparsify(workload: Workload, plan: Plan | str, criterion: str,
         vb = DTYPE_BYTES[info.dtype] if info is not None and info.dtype in DTYPE_BYTES else op.dtype_bytes
         d = decider.decide(w)
         layers[w] = layer_record(w, d.pattern, d.stats, vb)
-    return SparseWorkload(workload=shrink(workload, decider.cut, {w: layers[w] for w in decider.lone}),
-                          plan_name=plan.name, layers=layers, dense=workload)
+    shrunk = shrink(workload, decider.cut, {w: layers[w] for w in decider.lone})
+    return SparseWorkload(workload=with_activation_sparsity(shrunk, layers), plan_name=plan.name, layers=layers,
+                          dense=workload)
 
 
 def _model_entries(model: nn.Module) -> dict[str, _Entry]:

@@ -109,6 +109,8 @@ class PatternKind:
     skips_zeros: ClassVar[bool] = False
     # masks are built and checked in units of `group` rows (whole attention heads)
     uses_group: ClassVar[bool] = False
+    # activation sparsity alone (`act:S`): the weight stays dense, the op's inputs are sparse
+    activation_only: ClassVar[bool] = False
     # a kernel can compute a product at this pattern's kept positions only (an SDDMM writing the
     # sparse weight gradient): index-based formats can; N:M sparse tensor cores take a sparse
     # input, never write a sparse output
