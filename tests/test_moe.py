@@ -158,3 +158,16 @@ def test_expert_weights_take_weight_patterns():
     w = _grouped(wl)[0].weight
     assert sw.layers[w].pattern.label == "2:4" and sw.layers[w].stats.density == pytest.approx(0.5)
     assert torch.is_tensor(wl.model.get_parameter(w))
+
+
+def test_cli_routing_flag_routes_the_recipe(capsys):
+    import json
+
+    from sparsesim.cli import main
+
+    rc = main(["compare", "mixtral-tiny:seq=16", "--devices", "h100-sxm5", "--plans", "dense",
+               "--routing", "zipf:1.2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and "routing=zipf:1.2" in out["workload"]
+    assert main(["compare", "mixtral-tiny", "--devices", "h100-sxm5", "--routing", "normal"]) == 2
+    assert "routing" in capsys.readouterr().err

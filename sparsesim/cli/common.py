@@ -15,6 +15,19 @@ DEVICE_HELP = "built-in device name or path to a device .toml"
 
 def add_workload_argument(p: argparse.ArgumentParser, help: str = WORKLOAD_HELP) -> None:
     p.add_argument("workload", help=help)
+    p.add_argument("--routing", default="",
+                   help="routing of a Mixture-of-Experts recipe's experts: uniform, zipf:A (skewed), measured "
+                        "(the real router, real weights only), each optionally +cf:C (capacity factor); "
+                        "the same as the recipe parameter routing=...; default: measured with real weights, else uniform")
+
+
+def workload_spec(args: argparse.Namespace) -> str:
+    """The workload spec with --routing folded in as the recipe parameter `routing`."""
+    routing = getattr(args, "routing", "")
+    if not routing:
+        return str(args.workload)
+    head, sep, tail = str(args.workload).partition(":")
+    return f"{args.workload},routing={routing}" if sep and tail else f"{head}:routing={routing}"
 
 
 def add_device_argument(p: argparse.ArgumentParser) -> None:

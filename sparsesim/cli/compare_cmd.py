@@ -13,6 +13,7 @@ from sparsesim.cli.common import (
     deployment,
     render_user_devices,
     user_devices_joining,
+    workload_spec,
 )
 
 NAME = "compare"
@@ -47,7 +48,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from sparsesim.run.estimate import compare
 
     plans = _plans(args.plans)
-    summary = compare(args.workload, args.devices, plans, criterion=args.criterion, **deployment(args))
+    summary = compare(workload_spec(args), args.devices, plans, criterion=args.criterion, **deployment(args))
     return {
         "workload": str(summary["workload"].iat[0]) if len(summary) else args.workload,
         "plans": plans,

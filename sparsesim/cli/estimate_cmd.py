@@ -11,6 +11,7 @@ from sparsesim.cli.common import (
     add_device_argument,
     add_workload_argument,
     deployment,
+    workload_spec,
 )
 
 NAME = "estimate"
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from sparsesim.run import results
     from sparsesim.run.estimate import compare_tables, plan_label
 
-    tables = compare_tables(args.workload, [args.device], [args.plan], criterion=args.criterion, **deployment(args))
+    tables = compare_tables(workload_spec(args), [args.device], [args.plan], criterion=args.criterion, **deployment(args))
     label = plan_label(args.plan)
     ops = tables.per_op[tables.per_op["plan"] == label]
     row = results.records(tables.summary)[0]

@@ -12,6 +12,7 @@ from sparsesim.cli.common import (
     add_device_argument,
     add_workload_argument,
     deployment,
+    workload_spec,
 )
 
 NAME = "simulate"
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from sparsesim.run.simulate import simulate
 
-    res = simulate(args.workload, args.device, args.plan, qps=args.qps, requests=args.requests,
+    res = simulate(workload_spec(args), args.device, args.plan, qps=args.qps, requests=args.requests,
                    overlap=not args.no_overlap, seed=args.seed, stream=args.stream, max_batch=args.max_batch,
                    criterion=args.criterion, **deployment(args))
     doc = res.to_dict()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sparsesim.cli.common import add_deployment_arguments, add_workload_argument, deployment
+from sparsesim.cli.common import add_deployment_arguments, add_workload_argument, deployment, workload_spec
 from sparsesim.core.errors import TrainError
 
 NAME = "train"
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          **deployment(args))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     dists = [d.strip() for d in args.distribution.split(",") if d.strip()]
-    tables = train_tables(args.workload, methods, _floats(args.sparsity, "sparsity"), dists, args.devices, config)
+    tables = train_tables(workload_spec(args), methods, _floats(args.sparsity, "sparsity"), dists, args.devices, config)
     s = tables.summary
     return {
         "workload": str(s["workload"].iat[0]) if len(s) else args.workload,
