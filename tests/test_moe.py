@@ -171,3 +171,12 @@ def test_cli_routing_flag_routes_the_recipe(capsys):
     assert rc == 0 and "routing=zipf:1.2" in out["workload"]
     assert main(["compare", "mixtral-tiny", "--devices", "h100-sxm5", "--routing", "normal"]) == 2
     assert "routing" in capsys.readouterr().err
+
+
+def test_channel_plans_leave_expert_tensors_whole():
+    wl = trace(*build_moe("mixtral", SHAPE, "prefill", 1, 16, 0, "fp32", "cpu"), name="moe")
+    for plan in ("channel:0.5", "channel:0.5+act:0.5"):
+        sw = sparsify_cached(wl, plan)
+        for dense_op, op in zip(_grouped(wl), _grouped(sw.workload)):
+            assert op.gemm == dense_op.gemm  # the down projection still writes the whole residual stream
+            assert not sw.layers[op.weight].pattern.spec.shrinks_op

@@ -70,6 +70,10 @@ class _Entry:
     module: str
     stored: tuple[int, ...]
     rows_dim: int = 0
+    # a Mixture-of-Experts expert tensor (E x N x K): channel patterns leave it dense, since an
+    # expert's neurons couple its gate/up and down GEMMs through the grouped GEMM, which the
+    # traced dataflow does not follow
+    grouped: bool = False
 
     @property
     def rows(self) -> int:
@@ -154,6 +158,13 @@ class _Decision:
     stats: SparsityStats
 
 
+def _unshrunk(p: Pattern) -> Pattern:
+    """A channel pattern as dense (keeping any activation sparsity), others as they are."""
+    if not p.spec.shrinks_op:
+        return p
+    return make_pattern("act", p.act) if p.act < 1.0 else DENSE
+
+
 class _Decider:
     """Decides each weight's pattern, mask and stats for one plan (see module doc)."""
 
@@ -162,7 +173,8 @@ class _Decider:
                  cache: ContentCache[Any] | None = None) -> None:
         self.model, self.entries, self.plan, self.criterion, self.norms = model, entries, plan, criterion, norms
         self.real, self.cache = real, cache
-        self.patterns = {w: plan.pattern_for(w, e.module) for w, e in entries.items()}
+        self.patterns = {w: _unshrunk(plan.pattern_for(w, e.module)) if e.grouped else plan.pattern_for(w, e.module)
+                         for w, e in entries.items()}
         channel = {w: p.density for w, p in self.patterns.items() if p.spec.shrinks_op}
         self.flows: Mapping[str, WeightFlow] = flow.weights if flow is not None else {}
         self.cut: Cut | None = None
@@ -314,7 +326,7 @@ def _entries(workload: Workload) -> dict[str, tuple[_Entry, Op]]:
             rows, cols = op.weight_matrix or (0, 0)
             rows_dim = int(len(stored) == 2 and ("weight stored K x N" in op.note or
                                                  (stored == (cols, rows) and rows != cols)))
-        out[w] = (_Entry(w, op.module, stored, rows_dim), op)
+        out[w] = (_Entry(w, op.module, stored, rows_dim, op.is_grouped), op)
     return out
 
 
