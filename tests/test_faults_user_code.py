@@ -208,12 +208,14 @@ def test_library_callers_get_the_same_errors(user_dir):
     from sparsesim.tracing.workloads import load_workload
 
     name = _module(user_dir)
+    alarm, sigint = signal.getsignal(signal.SIGALRM), signal.getsignal(signal.SIGINT)
     with pytest.raises(WorkloadError, match="sys.exit"):
         load_workload(f"{name}:forward_exits")
     with guard.time_limit(0.3), pytest.raises(WorkloadError, match="did not finish within 0.3 s"):
         load_workload(f"{name}:hang")
-    assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.default_int_handler, None) or \
-        signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    # the caller's signal handlers are back and no timer is left running
+    assert signal.getsignal(signal.SIGALRM) is alarm and signal.getsignal(signal.SIGINT) is sigint
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
 
 
 def test_a_callers_own_alarm_still_fires_inside_a_bounded_section(user_dir):
