@@ -20,7 +20,7 @@ import math
 import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -437,16 +437,8 @@ def compare(
     plans = list(plans) or [DENSE]
     devs = resolve_devices(devices)
     k = _table_key(workload, devs, plans, None, criterion, runtime, kernel, dtype)
-    if k is not None:
-        found = diskcache.get("summary", k)
-        if isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], pd.DataFrame):
-            _replay(found[1])
-            return found[0]
-    summary, caught = _recording(lambda: compare_tables(workload, devs, plans, criterion=criterion, runtime=runtime,
-                                                        kernel=kernel, dtype=dtype).summary)
-    if k is not None:
-        diskcache.put("summary", k, (summary, caught))
-    return summary
+    return _cached_table("summary", k, lambda: compare_tables(workload, devs, plans, criterion=criterion,
+                                                              runtime=runtime, kernel=kernel, dtype=dtype).summary)
 
 
 def estimate(
@@ -477,20 +469,26 @@ def _per_op(workload: str | Workload, devs: Sequence[Device], plans: Sequence[An
     """`cost_table` of the prepared plans (`labels`: which; None = all), read from the disk cache
     when the same inputs were costed before (`_table_key`)."""
     k = _table_key(workload, devs, plans, labels, criterion, runtime, kernel, dtype)
-    if k is not None:
-        found = diskcache.get("costs", k)
-        if isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], pd.DataFrame):
-            _replay(found[1])
-            return found[0]
 
     def make() -> pd.DataFrame:
         prepared = prepare(workload, plans, criterion=criterion, dtype=dtype)
         return cost_table(prepared, devs, labels, runtime=runtime, kernel=kernel)
 
-    per_op, caught = _recording(make)
-    if k is not None:
-        diskcache.put("costs", k, (per_op, caught))
-    return per_op
+    return _cached_table("costs", k, make)
+
+
+def _cached_table(kind: str, key: str | None, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """`make()`'s table, or the one stored under `key` (None: not cacheable), with the warnings
+    it raised replayed either way, so a warm run says what the cold one said."""
+    if key is not None:
+        found = diskcache.get(kind, key)
+        if isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], pd.DataFrame):
+            _replay(found[1])
+            return found[0]
+    table, caught = _recording(make)
+    if key is not None:
+        diskcache.put(kind, key, (table, caught))
+    return table
 
 
 def _table_key(workload: Any, devs: Sequence[Device], plans: Sequence[Any], labels: list[str] | None,

@@ -43,6 +43,7 @@ from sparsesim.search.space import (
 )
 from sparsesim.search.tables import unit_tables
 from sparsesim.search.task import SearchTask
+from sparsesim.sparsity.coupling import channel_sets
 from sparsesim.sparsity.plans import Plan
 from sparsesim.sparsity.records import Pattern
 
@@ -57,7 +58,7 @@ class SearchProblem:
     """Masks, accuracy and modeled cost of any plan in the space (see module doc)."""
 
     def __init__(self, workload: Workload, device: Device, *, evaluate: Evaluate,
-                 fidelity: Fidelity | None = None, groups: Sequence[ChannelGroup] = (),
+                 fidelity: Fidelity | None = None, groups: Sequence[ChannelGroup] | None = None,
                  densities: Sequence[float] = DEFAULT_DENSITIES,
                  channel_densities: Sequence[float] = DEFAULT_CHANNEL_DENSITIES,
                  patterns: Sequence[Pattern] | None = None,
@@ -77,7 +78,8 @@ class SearchProblem:
         self.prunable = prunable_ops(self.ops)
         if not self.prunable:
             raise SearchError(f"workload {workload.name}: no linear or conv weights to prune")
-        self.index = index_groups(groups, self.prunable, self.ops)
+        # None: the channel sets of the dataflow, the ones a uniform `channel:` plan prunes
+        self.index = index_groups(channel_sets(workload) if groups is None else groups, self.prunable, self.ops)
         self.groups = dict(self.index.groups)
         self.maker = MaskMaker(self.model, {w: op.weight_matrix for w, op in self.prunable.items()}, self.index)
         self.runtime, _ = device.runtime(runtime)  # the runtime's name; raises for one the device lacks

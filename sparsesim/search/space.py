@@ -4,22 +4,17 @@ A unit is either one weight (choices: dense, N:M, unstructured and block pattern
 densities) or one coupled channel group (choices: the fraction of its channels kept).
 
 Channel pruning is not a sparse matrix: it makes smaller dense ops, and layers that share a
-channel must shrink together. A `ChannelGroup` names the coupled weights:
+channel must shrink together. A `ChannelGroup` (the coupling stage's `ChannelSet`) names the
+coupled weights:
   * producers: weights whose output rows are the channels (`unit_rows` rows per channel, e.g.
     head_dim rows of the q/k/v projections for one attention head);
   * consumers: weights whose input columns read the channels (a conv's input channels, a linear
     after a flatten, the attention output projection reading each head);
   * attention: attention ops (by module) whose head count shrinks with the group.
-What we couple and why (see the workload builders for the concrete groups):
-  * digits CNN: conv1 channels -> conv2 inputs; conv2 channels -> fc1 inputs (16 columns each
-    after the flatten); fc1 neurons -> fc2 inputs. The logits (fc2 rows) are never pruned.
-  * MiniLM: per block, attention heads as units (q, k, v rows per head + the output projection's
-    columns per head + the attention op's heads), and FFN neurons (intermediate rows + output
-    columns). The residual stream (hidden size) is never channel-pruned: every block, the
-    embeddings and the LayerNorms read it, so it is one group spanning the whole model, which
-    would make every block's cost depend on one choice.
-Workloads whose builder offers no `search_task` (or gives no groups) get no channel units: which
-layers share channels is a fact of the architecture we do not guess from a trace.
+The groups come from the traced dataflow (`coupling.channel_sets`), the same sets a uniform
+`channel:` plan prunes, so a searched plan and a hand-written one couple the same weights; a
+search task may still give its own. Model outputs (logits) and the residual stream are never in
+a set: the first is the task's output, the second would tie every block to one choice.
 Ops between coupled layers that carry the channels (ReLU, pooling, softmax) are not shrunk in
 the cost: they are memory-bound and a small share of the latency.
 
@@ -39,6 +34,7 @@ from functools import cached_property
 
 from sparsesim.core.errors import SearchError, SparsesimError
 from sparsesim.core.ir import Op
+from sparsesim.sparsity.coupling import ChannelSet
 from sparsesim.sparsity.records import DENSE, Pattern
 
 # Kept fractions offered per pattern family. Five levels span "light" (75 %) to "aggressive"
@@ -53,16 +49,9 @@ DEFAULT_BLOCK = (4, 4)
 PRUNABLE_KINDS = ("linear", "conv")
 
 
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Weights that share channels and must be pruned together (see module doc)."""
-
-    name: str
-    channels: int
-    producers: tuple[str, ...]
-    consumers: tuple[str, ...] = ()
-    unit_rows: int = 1
-    attention: tuple[str, ...] = ()
+# a coupled channel set as `sparsesim.sparsity.coupling.channel_sets` finds it in the dataflow:
+# the search prunes exactly the sets a uniform channel plan prunes
+ChannelGroup = ChannelSet
 
 
 @dataclass(frozen=True)

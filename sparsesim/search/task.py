@@ -14,12 +14,13 @@ from sparsesim.search.space import ChannelGroup
 
 @dataclass(frozen=True)
 class SearchTask:
-    """The evaluate the results report, a calibration batch for the cheap signals, the coupled
-    channel groups and an optional recovery hook (see `sparsesim.search.tasks`)."""
+    """The evaluate the results report, a calibration batch for the cheap signals, an optional
+    recovery hook (see `sparsesim.search.tasks`) and the coupled channel groups: None takes
+    them from the traced dataflow (`coupling.channel_sets`), as a uniform channel plan does."""
 
     evaluate: Evaluate
     metric: str = "evaluate"
     fidelity: Fidelity | None = None
-    groups: tuple[ChannelGroup, ...] = ()
+    groups: tuple[ChannelGroup, ...] | None = None
     calibration: Any = None
     recovery: Callable[[nn.Module], None] | None = None

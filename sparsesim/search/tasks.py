@@ -1,8 +1,8 @@
 """Search tasks of the built-in workloads, by the recipe builder they belong to.
 
-A task says how to score a pruned model and which layers share channels. The model builders
-in `sparsesim.tracing.models` know nothing of the search; the tasks live here. A user recipe
-whose builder module defines `search_task(model, *, seed) -> SearchTask` gets that task too.
+A task says how to score a pruned model (which layers share channels is read from the trace).
+The model builders in `sparsesim.tracing.models` know nothing of the search; the tasks live
+here. A user recipe whose builder module defines `search_task(model, *, seed) -> SearchTask` gets that task too.
 """
 
 from __future__ import annotations
@@ -13,50 +13,30 @@ from collections.abc import Callable
 from torch import nn
 
 from sparsesim.search.accuracy import Fidelity
-from sparsesim.search.space import ChannelGroup
 from sparsesim.search.task import SearchTask
 
 TaskFn = Callable[..., SearchTask]
 
 
 def digits_task(model: nn.Module, *, seed: int = 0) -> SearchTask:
-    """Test accuracy, a calibration batch from the training split (KL fidelity), and the coupled
-    channel groups: each layer's output channels/neurons with the next layer's inputs (16 fc1
-    columns per conv2 channel after the flatten). The 10 logits are never pruned."""
+    """Test accuracy and a calibration batch from the training split (KL fidelity); the channel
+    groups come from the dataflow (each layer's channels with the next layer's inputs, 16 fc1
+    columns per conv2 channel after the flatten; the 10 logits are never pruned)."""
     from sparsesim.tracing.models import digits
 
-    c1, c2, h = model.conv1.out_channels, model.conv2.out_channels, model.fc1.out_features
-    groups = (
-        ChannelGroup("conv1", c1, producers=("conv1.weight",), consumers=("conv2.weight",)),
-        ChannelGroup("conv2", c2, producers=("conv2.weight",), consumers=("fc1.weight",)),
-        ChannelGroup("fc1", h, producers=("fc1.weight",), consumers=("fc2.weight",)),
-    )
     calib = digits.calibration_batch()
     return SearchTask(evaluate=digits.evaluate, metric="test accuracy", fidelity=Fidelity(calib, kind="kl"),
-                      groups=groups, calibration=calib, recovery=None)
+                      calibration=calib, recovery=None)
 
 
 def minilm_task(model: nn.Module, *, seed: int = 0) -> SearchTask:
-    """Mean cosine to the dense embeddings, a calibration batch, and per block the attention
-    heads (q, k, v rows per head, the output projection's columns per head, the attention op)
-    and the FFN neurons as channel groups; the residual stream is left whole."""
+    """Mean cosine to the dense embeddings and a calibration batch; the channel groups come from
+    the dataflow (per block the attention heads and the FFN neurons; the residual stream whole)."""
     from sparsesim.tracing.models import minilm
 
-    cfg = model.bert.config
-    heads, hd = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
-    groups = []
-    for i in range(cfg.num_hidden_layers):
-        p = f"bert.encoder.layer.{i}"
-        groups.append(ChannelGroup(
-            f"heads{i}", heads,
-            producers=tuple(f"{p}.attention.self.{q}.weight" for q in ("query", "key", "value")),
-            consumers=(f"{p}.attention.output.dense.weight",), unit_rows=hd,
-            attention=(f"{p}.attention.self",)))
-        groups.append(ChannelGroup(f"ffn{i}", cfg.intermediate_size, producers=(f"{p}.intermediate.dense.weight",),
-                                   consumers=(f"{p}.output.dense.weight",)))
     calib = minilm.calibration_inputs(seed)
     return SearchTask(evaluate=minilm.Score(seed), metric="mean cosine to dense embeddings",
-                      fidelity=Fidelity(calib, kind="cosine"), groups=tuple(groups), calibration=calib)
+                      fidelity=Fidelity(calib, kind="cosine"), calibration=calib)
 
 
 # builder module -> task

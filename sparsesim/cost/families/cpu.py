@@ -41,7 +41,7 @@ from sparsesim.cost.common import (
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.cost.registry import register_cost
 from sparsesim.hw.devices import Device, quantity, register_family, setting
-from sparsesim.sparsity.records import LayerSparsity
+from sparsesim.sparsity.records import KINDS, LayerSparsity
 
 MODEL = "cpu-simd"
 # dtype a vector unit without native support for an op's dtype computes in (convert, then fp32 FMA)
@@ -432,8 +432,8 @@ def spmm_problem(op: Op, layer: LayerSparsity) -> str | None:
     if any(k != 1 for k in c.kernel) or any(st != 1 for st in c.stride) or c.groups != 1 or any(c.padding):
         return f"runs 1x1 stride-1 ungrouped convolutions only (this one: {'x'.join(map(str, c.kernel))} kernel, " \
                f"stride {c.stride}, {c.groups} group(s))"
-    if layer.pattern.kind != "unstructured":
-        return f"runs unstructured weights only (not {layer.pattern.kind})"
+    if KINDS[layer.pattern.kind].default_format != "csr":
+        return f"walks a weight stored one nonzero at a time (CSR) only (not {layer.pattern.label})"
     return None
 
 

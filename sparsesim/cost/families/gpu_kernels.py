@@ -308,24 +308,23 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     )
 
 
-def _cusparselt(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    if work.dtype in WEIGHT_ONLY_DTYPES:
-        return f"cuSPARSELt has no {work.dtype} weight-only kernel"
-    sdt, reason = _nm_check(op, work, layer, device)
-    if not sdt:
-        return reason
-    assert layer is not None
-    return _nm_sparse(op, work, layer, device, env, sdt, library="cusparselt", fused_transpose=True)
+def _nm_library(library: str, title: str, *, fused_transpose: bool) -> KernelFn:
+    """A 2:4 tensor-core GEMM of one library (half/int8/fp8 operands; no weight-only variant)."""
+
+    def run(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+        if work.dtype in WEIGHT_ONLY_DTYPES:
+            return f"{title} has no {work.dtype} weight-only kernel"
+        sdt, reason = _nm_check(op, work, layer, device)
+        if not sdt:
+            return reason
+        assert layer is not None
+        return _nm_sparse(op, work, layer, device, env, sdt, library=library, fused_transpose=fused_transpose)
+
+    return run
 
 
-def _cutlass24(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    if work.dtype in WEIGHT_ONLY_DTYPES:
-        return f"torch's CUTLASS 2:4 kernel has no {work.dtype} weight-only variant"
-    sdt, reason = _nm_check(op, work, layer, device)
-    if not sdt:
-        return reason
-    assert layer is not None
-    return _nm_sparse(op, work, layer, device, env, sdt, library="cutlass", fused_transpose=False)
+_cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=True)
+_cutlass24 = _nm_library("cutlass", "torch's CUTLASS 2:4 kernel", fused_transpose=False)
 
 
 def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
