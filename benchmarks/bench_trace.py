@@ -37,8 +37,9 @@ def child(spec: str, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    from sparsesim.tracing.specs import builtin_recipe_files
     from sparsesim.tracing.tracer import trace
-    from sparsesim.tracing.workloads import builtin_recipe_files, coerce, parse_params, read_recipe
+    from sparsesim.tracing.workloads import coerce, parse_params, read_recipe
 
     t_import = time.perf_counter() - t0
     name, _, text = spec.partition(":")

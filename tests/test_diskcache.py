@@ -203,7 +203,7 @@ def test_no_cache_and_cache_verb(cache_dir, cli):
     rc, out, _ = cli("cache", "info")
     assert rc == 0 and str(cache_dir) in out and "costs: 1 entries" in out
     rc, out, _ = cli("cache", "clear", "--json")
-    assert rc == 0 and '"removed": 2' in out  # the table and compare's summary
+    assert rc == 0 and '"removed": 3' in out  # the table, compare's summary and the verb's document
     assert diskcache.entries() == []
 
 
@@ -218,3 +218,60 @@ def test_help_and_cache_info_import_no_heavy_module():
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout, out.stdout[-500:]
     assert "VERB" in out.stdout  # the help was printed
+
+
+_WARM_CLI = """
+import sys
+from sparsesim.cli import main
+rc = main(sys.argv[1:])
+heavy = sorted(m for m in ('torch', 'pandas', 'scipy', 'transformers', 'matplotlib') if m in sys.modules)
+print('HEAVY', heavy, 'RC', rc)
+"""
+
+
+def _cli_process(cache: Path, *argv: str) -> tuple[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), diskcache.ROOT_ENV: str(cache), "HF_HUB_OFFLINE": "1"}
+    env.pop(diskcache.OFF_ENV, None)
+    out = subprocess.run([sys.executable, "-c", _WARM_CLI, *argv], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    body, _, tail = out.stdout.rpartition("HEAVY")
+    assert "RC 0" in tail, out.stdout[-500:]
+    return body, "HEAVY" + tail
+
+
+def test_warm_compare_prints_the_same_without_the_costing_stack(tmp_path):
+    """A repeated `compare`/`estimate` reads its document back: the same output, neither torch nor
+    pandas imported; an edited device file misses."""
+    dev = tmp_path / "gpu.toml"
+    dev.write_text((REPO / "accelerators" / "a100-sxm4-80gb.toml").read_text())
+    cache = tmp_path / "cache"
+    argv = ("compare", GEMM, "--devices", f"{dev},xeon-sapphire-rapids", "--plans", "dense,2:4", "--quiet")
+    cold, cold_tail = _cli_process(cache, *argv)
+    assert "torch" in cold_tail
+    warm, warm_tail = _cli_process(cache, *argv)
+    assert warm == cold and "HEAVY []" in warm_tail
+    as_json, json_tail = _cli_process(cache, *argv, "--json")  # the same document, another rendering
+    assert "HEAVY []" in json_tail and '"speedup_vs_dense"' in as_json
+    one = ("estimate", GEMM, "--device", str(dev), "--plan", "2:4", "--quiet")
+    _cli_process(cache, *one)
+    assert "HEAVY []" in _cli_process(cache, *one)[1]
+    dev.write_text(dev.read_text().replace("# NVIDIA", "# an edited comment: the same device", 1))
+    assert "HEAVY []" in _cli_process(cache, *argv)[1]  # a comment changes no field
+    dev.write_text(dev.read_text().replace("sm_count = { value = 108,", "sm_count = { value = 54,", 1))
+    edited, edited_tail = _cli_process(cache, *argv)
+    assert "torch" in edited_tail and edited != cold  # recomputed: another device
+
+
+def test_remembered_replays_the_warnings_of_the_cold_run(cache_dir):
+    import warnings
+
+    def make():
+        warnings.warn("something to know", SparsesimWarning, stacklevel=1)
+        return {"value": 1}
+
+    k = diskcache.key("doc", "test")
+    for _ in range(2):
+        with pytest.warns(SparsesimWarning, match="something to know"):
+            assert diskcache.remembered("doc", k, make, lambda v: isinstance(v, dict)) == {"value": 1}
+    assert [e.kind for e in diskcache.entries()] == ["doc"]

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from sparsesim.core.errors import SparsesimError
 
@@ -123,3 +124,24 @@ def user_code_limit(args: argparse.Namespace) -> Iterator[None]:
 
     with time_limit(check_timeout(args.timeout), exit_prefix=f"sparsesim {args.verb}: error: "):
         yield
+
+
+# arguments that change how a document is shown or guarded, not what it holds
+_PRESENTATION = frozenset({"verb", "json", "progress", "quiet", "timeout", "no_cache"})
+
+
+def document_sources(args: argparse.Namespace, devices: str | None, plans: list[str]) -> tuple[Any, ...] | None:
+    """What a costing verb's document is computed from, read without building anything (no torch):
+    the workload spec's sources, the devices' files, the plans (a plan file by its bytes) and the
+    other arguments. None when one cannot be named (a user factory, an unknown device): not cached.
+    With the code version (`core.diskcache.key`) this is the document's cache key."""
+    from sparsesim.core.diskcache import named_file
+    from sparsesim.hw.devices import device_sources
+    from sparsesim.tracing.specs import spec_source
+
+    source = spec_source(workload_spec(args))
+    found = device_sources(devices)
+    if source is None or found is None:
+        return None
+    rest = tuple(sorted((k, repr(v)) for k, v in vars(args).items() if k not in _PRESENTATION))
+    return source, found, tuple(named_file(p) for p in plans), rest

@@ -11,10 +11,12 @@ from sparsesim.cli.common import (
     add_deployment_arguments,
     add_workload_argument,
     deployment,
+    document_sources,
     render_user_devices,
     user_devices_joining,
     workload_spec,
 )
+from sparsesim.core import textfmt
 
 NAME = "compare"
 HELP = "compare sparsity plans across devices: latency, speedup over dense, energy, memory and why"
@@ -26,7 +28,7 @@ WHY_WIDTH = 100
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from sparsesim.run.estimate import DEFAULT_PLANS
+    from sparsesim.run import DEFAULT_PLANS
 
     add_workload_argument(p)
     p.add_argument("--devices", default=None,
@@ -41,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _plans(text: str) -> list[str]:
     # "block4x4:0.5" holds no comma, so commas separate plans
     return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def cache_parts(args: argparse.Namespace) -> tuple[Any, ...] | None:
+    return document_sources(args, args.devices, _plans(args.plans))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -60,20 +66,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    from sparsesim.run import results
-
     out = [f"{doc['workload']}: {len(doc['plans'])} plan(s) x {len(doc['devices'])} device(s); "
            "speedup, energy and memory are relative to dense on the same device",
            *render_user_devices(doc.get("user_devices", [])), ""]
     for dev in doc["devices"]:
         rows = [r for r in doc["rows"] if r["device"] == dev]
         out.append(f"{dev} ({rows[0]['family']}, {rows[0]['device_file']}), runtime {rows[0]['runtime']}")
-        fit = [results.fit_note(r) for r in rows]
-        out.append(results.text_table(
-            [(r["plan"], results.fmt_si(r["latency_s"], "s"), results.fmt_ratio(r["speedup_vs_dense"]),
-              results.fmt_si(r["energy_j"], "J"), results.fmt_ratio(r["energy_vs_dense"]),
-              results.fmt_si(r["memory_bytes"], "B"), results.fmt_ratio(r["memory_vs_dense"]),
-              r["fallback_ops"] or "", r["bound"], f"{note.upper()}: " * bool(note) + results.clip(r["why"], WHY_WIDTH))
+        fit = [textfmt.fit_note(r) for r in rows]
+        out.append(textfmt.text_table(
+            [(r["plan"], textfmt.fmt_si(r["latency_s"], "s"), textfmt.fmt_ratio(r["speedup_vs_dense"]),
+              textfmt.fmt_si(r["energy_j"], "J"), textfmt.fmt_ratio(r["energy_vs_dense"]),
+              textfmt.fmt_si(r["memory_bytes"], "B"), textfmt.fmt_ratio(r["memory_vs_dense"]),
+              r["fallback_ops"] or "", r["bound"], f"{note.upper()}: " * bool(note) + textfmt.clip(r["why"], WHY_WIDTH))
              for r, note in zip(rows, fit)],
             ("plan", "latency", "speedup", "energy", "x dense", "memory", "x dense", "fallback", "bound", "why"),
             indent="  ",

@@ -11,8 +11,10 @@ from sparsesim.cli.common import (
     add_device_argument,
     add_workload_argument,
     deployment,
+    document_sources,
     workload_spec,
 )
+from sparsesim.core import textfmt
 
 NAME = "estimate"
 HELP = "latency, energy and memory of a workload under a sparsity plan on one device, op by op"
@@ -33,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pattern (dense, 2:4, unstructured:0.9, block4x4:0.5, channel:0.5) or plan file")
     add_criterion_argument(p)
     add_deployment_arguments(p)
+
+
+def cache_parts(args: argparse.Namespace) -> tuple[Any, ...] | None:
+    return document_sources(args, args.device, [args.plan])
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -63,27 +69,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    from sparsesim.run import results
-
     t = doc["totals"]
     total = t["latency_s"] or 1.0
     rows = [
-        (o["op_index"], results.clip(o["module"] or "-", 40), o["kind"], o["pattern"], o["kernel"],
-         results.fmt_si(o["latency_s"], "s"), f"{o['latency_s'] / total:.1%}", o["bound"],
-         "yes" if o["fallback"] else "", results.clip(o["why"], WHY_WIDTH))
+        (o["op_index"], textfmt.clip(o["module"] or "-", 40), o["kind"], o["pattern"], o["kernel"],
+         textfmt.fmt_si(o["latency_s"], "s"), f"{o['latency_s'] / total:.1%}", o["bound"],
+         "yes" if o["fallback"] else "", textfmt.clip(o["why"], WHY_WIDTH))
         for o in doc["ops"]
     ]
     head = (f"{doc['workload']} on {doc['device']} ({doc['family']}, {doc['device_file']}), "
             f"runtime {doc['runtime']}, plan {doc['plan']}")
-    body = results.text_table(rows, ("#", "module", "kind", "pattern", "kernel", "latency", "share",
+    body = textfmt.text_table(rows, ("#", "module", "kind", "pattern", "kernel", "latency", "share",
                                      "bound", "fallback", "why"))
     foot = [
-        f"total latency  {results.fmt_si(t['latency_s'], 's')}   "
-        f"({results.fmt_ratio(doc['speedup_vs_dense'])} vs dense on this device)",
-        f"total energy   {results.fmt_si(t['energy_j'], 'J')}",
-        f"weight memory  {results.fmt_si(t['memory_bytes'], 'B')} "
-        f"(metadata {results.fmt_si(t['metadata_bytes'], 'B')})",
-        f"device memory  {results.fmt_fit(t)}",
+        f"total latency  {textfmt.fmt_si(t['latency_s'], 's')}   "
+        f"({textfmt.fmt_ratio(doc['speedup_vs_dense'])} vs dense on this device)",
+        f"total energy   {textfmt.fmt_si(t['energy_j'], 'J')}",
+        f"weight memory  {textfmt.fmt_si(t['memory_bytes'], 'B')} "
+        f"(metadata {textfmt.fmt_si(t['metadata_bytes'], 'B')})",
+        f"device memory  {textfmt.fmt_fit(t)}",
         f"fallback ops   {t['fallback_ops']}",
         f"bound          {doc['bound']}",
         f"why            {doc['why']}",

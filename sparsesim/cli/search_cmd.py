@@ -113,7 +113,7 @@ def _check_line(check: dict[str, Any] | None) -> list[str]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    from sparsesim.run.results import fmt_si
+    from sparsesim.core.textfmt import fmt_si
 
     d = doc["dense"]
     lines = [

@@ -14,6 +14,7 @@ from sparsesim.cli.common import (
     deployment,
     workload_spec,
 )
+from sparsesim.core import textfmt
 
 NAME = "simulate"
 HELP = "simulate a workload on a device: overlap, stream throughput, serving p50/p99 at a request rate"
@@ -50,9 +51,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    from sparsesim.run import results
-
-    s = lambda v: results.fmt_si(v, "s")
+    s = lambda v: textfmt.fmt_si(v, "s")
     lines = [
         f"{doc['workload']} on {doc['device']} ({doc['family']}, {doc['device_file']}), runtime {doc['runtime']}, "
         f"plan {doc['plan']}, "
@@ -63,9 +62,9 @@ def render(doc: dict[str, Any]) -> str:
         f"weight fetch hidden {s(doc['prefetched_s'])})",
         f"stream of {doc['stream_inputs']:<8} {s(doc['stream_makespan_s'])}  -> {doc['throughput_ips']:.4g} inferences/s, "
         f"{doc['samples_per_s']:.4g} samples/s (batch {doc['batch']})",
-        f"energy             {results.fmt_si(doc['energy_j'], 'J')} per inference",
-        f"weight memory      {results.fmt_si(doc['memory_bytes'], 'B')}",
-        f"device memory      {results.fmt_fit(doc)}",
+        f"energy             {textfmt.fmt_si(doc['energy_j'], 'J')} per inference",
+        f"weight memory      {textfmt.fmt_si(doc['memory_bytes'], 'B')}",
+        f"device memory      {textfmt.fmt_fit(doc)}",
     ]
     p = doc.get("pipeline")
     if p:

@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from sparsesim.cli.common import add_deployment_arguments, add_workload_argument, deployment, workload_spec
+from sparsesim.core import textfmt
 from sparsesim.core.errors import TrainError
 
 NAME = "train"
@@ -127,19 +128,15 @@ _DURATIONS = ((86400.0, "d"), (3600.0, "h"), (60.0, "min"))
 
 
 def fmt_duration(seconds: float | None) -> str:
-    from sparsesim.run import results
-
     if seconds is None:
         return "-"
     for unit_s, unit in _DURATIONS:
         if seconds >= 2 * unit_s:
             return f"{seconds / unit_s:.3g} {unit}"
-    return results.fmt_si(seconds, "s")
+    return textfmt.fmt_si(seconds, "s")
 
 
 def render(doc: dict[str, Any]) -> str:
-    from sparsesim.run import results
-
     head = (f"{doc['workload']}: {doc['steps_dense']:.6g} dense training steps, optimizer {doc['optimizer']}, "
             f"storage {doc['storage']}{', activation checkpointing' if doc['checkpoint'] else ''}; "
             "x dense = relative to dense training on the same device")
@@ -147,13 +144,13 @@ def render(doc: dict[str, Any]) -> str:
     for dev in doc["devices"]:
         rows = [r for r in doc["rows"] if r["device"] == dev]
         out.append(f"{dev} ({rows[0]['family']}), runtime {rows[0]['runtime']}")
-        out.append(results.text_table(
+        out.append(textfmt.text_table(
             [(r["method"], "-" if r["sparsity"] is None else f"{r['sparsity']:g}", r["distribution"],
-              _fmt_flops(r["train_flops"]), results.fmt_ratio(r["train_flops_vs_dense"]),
-              fmt_duration(r["time_s"]), results.fmt_ratio(r["time_vs_dense"]),
-              results.fmt_si(r["energy_j"], "J"), results.fmt_ratio(r["energy_vs_dense"]),
-              results.fmt_si(r["peak_memory_bytes"], "B"), results.fmt_ratio(r["peak_memory_vs_dense"]),
-              results.clip(r["why"], WHY_WIDTH)) for r in rows],
+              _fmt_flops(r["train_flops"]), textfmt.fmt_ratio(r["train_flops_vs_dense"]),
+              fmt_duration(r["time_s"]), textfmt.fmt_ratio(r["time_vs_dense"]),
+              textfmt.fmt_si(r["energy_j"], "J"), textfmt.fmt_ratio(r["energy_vs_dense"]),
+              textfmt.fmt_si(r["peak_memory_bytes"], "B"), textfmt.fmt_ratio(r["peak_memory_vs_dense"]),
+              textfmt.clip(r["why"], WHY_WIDTH)) for r in rows],
             ("method", "sparsity", "distribution", "train FLOPs", "x dense", "time", "x dense", "energy", "x dense",
              "peak memory", "x dense", "why"),
             indent="  ",

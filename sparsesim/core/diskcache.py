@@ -161,9 +161,45 @@ def put(kind: str, k: str, value: T) -> T:
     return value
 
 
-def get_or_make(kind: str, k: str, make: Callable[[], T]) -> T:
-    hit = get(kind, k)
-    return put(kind, k, make()) if hit is None else hit
+def named_file(text: str) -> tuple[str, Path | None]:
+    """An argument as a key part: the text, and the file it names when it names one (a plan or
+    recipe file is keyed by its bytes, so an edited file misses)."""
+    path = Path(text.strip())
+    return text, path if path.suffix and path.is_file() else None
+
+
+Caught = list[tuple[type[Warning], str]]
+
+
+def recording(make: Callable[[], T]) -> tuple[T, Caught]:
+    """make() and the warnings it raised (shown now, and stored with a cached value so a warm run
+    shows them too)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = make()
+    out = [(w.category, str(w.message)) for w in caught]
+    replay(out)
+    return value, out
+
+
+def replay(caught: Caught) -> None:
+    for category, message in caught:
+        warnings.warn(message, category, stacklevel=3)
+
+
+def remembered(kind: str, k: str | None, make: Callable[[], T], valid: Callable[[Any], bool]) -> T:
+    """make()'s value, or the one stored under (kind, key) when `valid` accepts it (key None: not
+    cacheable), with the warnings make() raised replayed either way: a warm run says what the
+    cold one said."""
+    if k is not None:
+        found = get(kind, k)
+        if isinstance(found, tuple) and len(found) == 2 and valid(found[0]):
+            replay(found[1])
+            return found[0]
+    value, caught = recording(make)
+    if k is not None:
+        put(kind, k, (value, caught))
+    return value
 
 
 def entries() -> list[Entry]:

@@ -413,7 +413,7 @@ def render_published(g: dict[str, Any], *, cases: bool = True) -> str:
                      kernel, r["quantity"], _published(r),
                      _value(r["quantity"], r["predicted"]), _apct(r["abs_error"]), r["direction"],
                      r["predicted_direction"], "yes" if r["direction_right"] else "NO"))
-    from sparsesim.run.results import text_table
+    from sparsesim.core.textfmt import text_table
 
     lines.append(text_table(rows, ("case", "device", "runtime", "dtype", "shape", "plan", "kernel", "quantity",
                                    "published", "predicted", "|err|", "direction", "predicted", "ok"), indent="  "))

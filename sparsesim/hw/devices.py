@@ -221,6 +221,18 @@ def find_device_file(name_or_path: str) -> Path:
     )
 
 
+def device_sources(devices: str | None) -> tuple[tuple[str, str], ...] | None:
+    """What the devices of a comparison are read from, without building them (for cache keys):
+    per device (None: the default set), its file and its document with `extends` applied. None
+    when a name or file does not resolve (loading it reports why)."""
+    try:
+        paths = (list(default_device_files().values()) if devices is None
+                 else [find_device_file(d.strip()) for d in devices.split(",") if d.strip()])
+        return tuple((str(p.resolve()), repr(resolve_extends(_read_doc(p), str(p), p.parent)[0])) for p in paths)
+    except DeviceFileError:
+        return None
+
+
 def load_device(name_or_path: str) -> Device:
     """Load a device by name (file stem, case-insensitive; built-in or in the user config
     directory) or by path to a .toml file."""

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from sparsesim.core.errors import SparsesimError
+from sparsesim.core.textfmt import fit_note
 from sparsesim.cost.record import REASONS
 from sparsesim.hw.devices import Device
-from sparsesim.run.results import fit_note
 
 # A layer whose sparse time is at least this fraction of its dense time gained nothing worth
 # having and goes into the "why no speedup" table.

@@ -28,7 +28,7 @@ from sparsesim.report.inputs import (
     read_validation,
     run_quick_validation,
 )
-from sparsesim.run.estimate import DEFAULT_PLANS as STANDARD_PLANS
+from sparsesim.run import DEFAULT_PLANS as STANDARD_PLANS
 
 __all__ = ["DEFAULT_WORKLOADS", "STANDARD_PLANS", "ReportData", "ReportError", "collect", "resolve_devices"]
 

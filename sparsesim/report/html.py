@@ -15,6 +15,7 @@ import sparsesim.report.analysis as analysis
 import sparsesim.report.build as build
 import sparsesim.report.dynamic as dynamic
 from sparsesim import __version__
+from sparsesim.core.textfmt import fit_note
 from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import esc, fmt_q, fmt_x, sig, slug
 from sparsesim.report.tables import (
@@ -31,7 +32,6 @@ from sparsesim.report.tables import (
     validation_line,
     why_summary,
 )
-from sparsesim.run.results import fit_note
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;margin:0;color:#1d2330;

@@ -14,6 +14,7 @@ import sparsesim.report.analysis as analysis
 import sparsesim.report.build as build
 import sparsesim.report.dynamic as dynamic
 from sparsesim import __version__
+from sparsesim.core.textfmt import fit_note
 from sparsesim.report.figures import Figure
 from sparsesim.report.fmt import fmt_q, fmt_x, sig
 from sparsesim.report.tables import (
@@ -30,7 +31,6 @@ from sparsesim.report.tables import (
     validation_line,
     why_summary,
 )
-from sparsesim.run.results import fit_note
 
 MD_TITLE = "# sparsesim: which sparsity pattern pays on which hardware"
 

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -32,11 +31,10 @@ from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
 from sparsesim.cost.common import UNKNOWN_DTYPE_BYTES
 from sparsesim.cost.record import Cost, RunContext
 from sparsesim.hw.devices import Device, default_devices, load_device
-from sparsesim.run import results
+from sparsesim.run import DEFAULT_PLANS, results
 from sparsesim.run.fit import memory_fit, peak_activation_bytes
 from sparsesim.sparsity.records import LayerSparsity, SparseWorkload
 
-DEFAULT_PLANS = ("dense", "2:4", "unstructured:0.9", "block4x4:0.5", "channel:0.5")
 DENSE = "dense"
 
 # traced workloads kept per spec string: tracing a recipe (building the model) dominates otherwise
@@ -104,7 +102,7 @@ def _traced(spec: str) -> Workload:
     hit = _workloads.get(spec) or _disk_workloads.get(spec)
     if hit is not None:
         return hit
-    from sparsesim.tracing.workloads import spec_source
+    from sparsesim.tracing.specs import spec_source
 
     source = spec_source(spec) if diskcache.enabled() else None
     k = diskcache.key("workload", source) if source is not None else None
@@ -112,31 +110,19 @@ def _traced(spec: str) -> Workload:
         found = diskcache.get("workload", k)
         if isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], Workload):
             wl, caught = found
-            _replay(caught)
+            diskcache.replay(caught)
             _disk_workloads[spec] = wl
             while len(_disk_workloads) > _WORKLOAD_CACHE_SIZE:
                 _disk_workloads.popitem(last=False)
             return wl
-    wl, caught = _recording(lambda: resolve_workload(spec))
+    wl, caught = diskcache.recording(lambda: resolve_workload(spec))
     if k is not None and wl.on_meta:
         diskcache.put("workload", k, (dataclasses.replace(wl, model=None), caught))
     return wl
 
 
-def _recording(make: Any) -> tuple[Any, list[tuple[type[Warning], str]]]:
-    """make() and the warnings it raised (shown now, and stored with a cached value so a warm run
-    shows them too)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        value = make()
-    out = [(w.category, str(w.message)) for w in caught]
-    _replay(out)
-    return value, out
-
-
-def _replay(caught: Sequence[tuple[type[Warning], str]]) -> None:
-    for category, message in caught:
-        warnings.warn(message, category, stacklevel=3)
+def _is_frame(value: Any) -> bool:
+    return isinstance(value, pd.DataFrame)
 
 
 def resolve_device(device: str | Device) -> Device:
@@ -437,8 +423,8 @@ def compare(
     plans = list(plans) or [DENSE]
     devs = resolve_devices(devices)
     k = _table_key(workload, devs, plans, None, criterion, runtime, kernel, dtype)
-    return _cached_table("summary", k, lambda: compare_tables(workload, devs, plans, criterion=criterion,
-                                                              runtime=runtime, kernel=kernel, dtype=dtype).summary)
+    return diskcache.remembered("summary", k, lambda: compare_tables(
+        workload, devs, plans, criterion=criterion, runtime=runtime, kernel=kernel, dtype=dtype).summary, _is_frame)
 
 
 def estimate(
@@ -474,21 +460,7 @@ def _per_op(workload: str | Workload, devs: Sequence[Device], plans: Sequence[An
         prepared = prepare(workload, plans, criterion=criterion, dtype=dtype)
         return cost_table(prepared, devs, labels, runtime=runtime, kernel=kernel)
 
-    return _cached_table("costs", k, make)
-
-
-def _cached_table(kind: str, key: str | None, make: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-    """`make()`'s table, or the one stored under `key` (None: not cacheable), with the warnings
-    it raised replayed either way, so a warm run says what the cold one said."""
-    if key is not None:
-        found = diskcache.get(kind, key)
-        if isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], pd.DataFrame):
-            _replay(found[1])
-            return found[0]
-    table, caught = _recording(make)
-    if key is not None:
-        diskcache.put(kind, key, (table, caught))
-    return table
+    return diskcache.remembered("costs", k, make, _is_frame)
 
 
 def _table_key(workload: Any, devs: Sequence[Device], plans: Sequence[Any], labels: list[str] | None,
@@ -500,13 +472,12 @@ def _table_key(workload: Any, devs: Sequence[Device], plans: Sequence[Any], labe
         return None
     from pathlib import Path
 
-    from sparsesim.tracing.workloads import spec_source
+    from sparsesim.tracing.specs import spec_source
 
     source = spec_source(workload)
     if source is None:
         return None
-    plan_parts = [(p, Path(p) if Path(p).suffix in (".toml", ".safetensors", ".pt") and Path(p).is_file() else None)
-                  for p in plans]
+    plan_parts = [diskcache.named_file(p) for p in plans]
     dev_parts = []
     for d in devs:
         path = Path(d.path)

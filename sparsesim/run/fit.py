@@ -59,17 +59,3 @@ def peak_activation_bytes(ops: tuple[Op, ...] | list[Op]) -> float:
 
 def memory_fit(weight_bytes: float, input_bytes: float, activation_bytes: float, device: Device) -> MemoryFit:
     return MemoryFit(float(weight_bytes), float(input_bytes), float(activation_bytes), device_capacity(device))
-
-
-def fit_text(need_bytes: float, capacity_bytes: float | None, fits: bool | None) -> str:
-    """'does not fit: 137 GB > 80 GB' (empty when it fits or the capacity is unknown)."""
-    if fits is None or fits or capacity_bytes is None:
-        return ""
-    return f"does not fit: {_size(need_bytes)} > {_size(capacity_bytes)}"
-
-
-def _size(b: float) -> str:
-    for factor, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if b >= factor:
-            return f"{b / factor:.3g} {unit}"
-    return f"{b:.0f} B"

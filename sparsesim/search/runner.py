@@ -89,7 +89,8 @@ def search_task_for(workload_spec: str, model: torch.nn.Module, *, seed: int, ev
     head = workload_spec.partition(":")[0]
     builder = None
     try:
-        from sparsesim.tracing.workloads import builtin_recipe_files, read_recipe
+        from sparsesim.tracing.specs import builtin_recipe_files
+        from sparsesim.tracing.workloads import read_recipe
 
         files = builtin_recipe_files()
         if head in files:

@@ -41,15 +41,14 @@ import torch.nn as nn
 from sparsesim.core import progress
 from sparsesim.core.errors import SparsesimError, WorkloadError
 from sparsesim.core.ir import DTYPE_BYTES, WeightInfo, Workload
-from sparsesim.core.packaged import builtin_dirs, builtin_files
 from sparsesim.tracing import guard
 from sparsesim.tracing.routing import route
+from sparsesim.tracing.specs import SINGLE_OPS, builtin_recipe_files
 from sparsesim.tracing.tracer import dtype_name, trace
 
 RECIPE_KEYS = {"description": str, "builder": str, "dtype": str, "params": dict, "train": dict}
 TRAIN_KEYS = {"dataset": str, "dataset_size": int, "epochs": (int, float), "batch": int}
 REQUIRED_KEYS = ("description", "builder")
-SINGLE_OPS = ("gemm", "conv")
 # a parameter every recipe takes: the routing model of its MoE layers (`tracing.routing`)
 ROUTING_PARAM = "routing"
 _A = {"int": "an integer", "float": "a number", "bool": "true or false"}
@@ -60,16 +59,6 @@ SINGLE_OP_DEFAULT_DTYPE = "bf16"  # what a standalone GEMM benchmark is usually 
 
 
 # ---------------------------------------------------------------- recipes
-
-def builtin_recipe_dirs() -> list[Path]:
-    """Packaged recipes (wheel install) or the repository's workloads/ (checkout)."""
-    return builtin_dirs("workloads")
-
-
-def builtin_recipe_files() -> dict[str, Path]:
-    """Recipe name (file stem) -> file, the first directory winning."""
-    return builtin_files(builtin_recipe_dirs())
-
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
@@ -386,37 +375,3 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
 
 
 # ---------------------------------------------------------------- cache keys
-
-def spec_source(spec: str) -> tuple[Any, ...] | None:
-    """What a spec's trace is made from besides the sparsesim code and library versions (see
-    `core.diskcache`): the spec, its recipe file's bytes and, for a builder outside sparsesim, its
-    module's source. None when that cannot be named (a user factory may read anything), so the
-    trace is not cached."""
-    spec = spec.strip()
-    head = spec.partition(":")[0]
-    if head in SINGLE_OPS:
-        return (spec,)
-    if head.endswith(".toml"):
-        path = Path(head)
-    else:
-        path = builtin_recipe_files().get(head)  # type: ignore[assignment]
-        if path is None:
-            return None
-    try:
-        data = path.read_bytes()
-        builder = str(tomllib.loads(data.decode()).get("builder", ""))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None  # load_workload reports it
-    module = builder.partition(":")[0]
-    extra: Any = None
-    if module and not module.startswith("sparsesim."):
-        import importlib.util
-
-        try:
-            found = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            return None
-        if found is None or not found.origin or not Path(found.origin).is_file():
-            return None
-        extra = Path(found.origin)
-    return (spec, str(path.resolve()), data, extra)

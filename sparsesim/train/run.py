@@ -149,11 +149,8 @@ def training_workload(spec: str | Workload, batch: int | None = None) -> tuple[W
         return spec, {}
     from pathlib import Path
 
-    from sparsesim.tracing.workloads import (
-        builtin_recipe_files,
-        parse_params,
-        read_recipe,
-    )
+    from sparsesim.tracing.specs import builtin_recipe_files
+    from sparsesim.tracing.workloads import parse_params, read_recipe
 
     text = spec.strip()
     head, _, tail = text.partition(":")
@@ -200,7 +197,8 @@ def recipe_training(spec: str | Workload) -> dict[str, Any]:
         return {}
     from pathlib import Path
 
-    from sparsesim.tracing.workloads import builtin_recipe_files, read_recipe
+    from sparsesim.tracing.specs import builtin_recipe_files
+    from sparsesim.tracing.workloads import read_recipe
 
     head = spec.strip().partition(":")[0]
     files = builtin_recipe_files()
