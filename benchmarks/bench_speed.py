@@ -13,7 +13,7 @@ what a user sees:
 - large configs (--large): trace + compare of the 405B-class and MoE recipes on the meta device,
   cold, with peak RSS.
 
-    .venv/bin/python benchmarks/bench_speed.py                       # llama2-70b and bert-base
+    .venv/bin/python benchmarks/bench_speed.py                       # bert-base, resnet50, llama2-7b/70b
     .venv/bin/python benchmarks/bench_speed.py --workloads resnet50 --devices a100-sxm4-80gb
     .venv/bin/python benchmarks/bench_speed.py --large               # adds the large recipes
 
@@ -142,7 +142,7 @@ def large(rows: list[tuple[str, ...]], devices: str | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workloads", default="llama2-70b,bert-base", help="comma-separated specs for cold/warm compare")
+    ap.add_argument("--workloads", default="bert-base,resnet50,llama2-7b,llama2-70b", help="comma-separated specs for cold/warm compare")
     ap.add_argument("--devices", default=None, help="comma-separated devices (default: all)")
     ap.add_argument("--bulk-workload", default="llama3-8b", help="workload of the costing-rate figure")
     ap.add_argument("--large", action="store_true", help="also trace and compare the large meta-device recipes")

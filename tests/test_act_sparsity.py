@@ -71,3 +71,40 @@ def test_activation_sparsity_never_slows_any_batch(device):
         lat = [sum(c.latency_s for c in cost_workload(sparsify_cached(wl, plan), dev))
                for plan in ("dense", "act:0.4", "act:0.5", "act:0.9")]
         assert all(b <= a * (1 + 1e-9) for a, b in itertools.pairwise(lat)), (device, m, lat)
+
+
+BIG = "gemm:M={m},N=8192,K=8192,dtype=fp16"  # 134 MB of weight: streaming it dominates a GEMV
+
+
+def _gemv_costs(device: str, plan: str, m: int, **deploy: str):
+    wl = resolve_workload(BIG.format(m=m))
+    return [c for op, c in zip(wl.ops, cost_workload(sparsify_cached(wl, plan), load_device(device), **deploy))
+            if op.weight]
+
+
+@pytest.mark.parametrize("device,deploy", [("h100-sxm5", {"runtime": "compiled"}),
+                                           ("a100-sxm4-80gb", {"runtime": "eager"}),
+                                           ("xeon-sapphire-rapids", {"kernel": "act-gemv"})])
+def test_activation_sparse_gemv_reads_the_union_of_kept_inputs(device, deploy):
+    """GPU (TEAL) and CPU activation-sparse GEMVs read the weight rows of the input channels
+    some row keeps: 1 - (1 - d)^M of them in expectation; a memory-bound GEMV gains about
+    1/d at M = 1, and the gain falls with the batch to none, never below dense."""
+    gains = []
+    for m in (1, 2, 4, 8, 16, 64):
+        (dense,) = _gemv_costs(device, "dense", m, **deploy)
+        (sparse,) = _gemv_costs(device, "act:0.5", m, **deploy)
+        gains.append(dense.latency_s / sparse.latency_s)
+        if m <= 4:
+            assert sparse.details["active_inputs"] == pytest.approx(1 - 0.5 ** m, rel=1e-3), (device, m)
+            assert sparse.details["activation_density_used"] == pytest.approx(0.5)
+    assert gains[0] > 1.5, gains  # memory-bound: half the weight read
+    assert all(g >= 1 - 1e-9 for g in gains), gains
+    assert all(b <= a * (1 + 1e-9) for a, b in itertools.pairwise(gains)), gains
+    assert gains[-1] == pytest.approx(1.0, rel=1e-2), gains
+
+
+def test_cpu_framework_runtime_multiplies_the_zeros_unless_a_runtime_offers_the_kernel():
+    (eager,) = _gemv_costs("xeon-sapphire-rapids", "act:0.5", 1)
+    assert "not exploited" in eager.why and eager.kernel == "dense"
+    (forced,) = _gemv_costs("xeon-sapphire-rapids", "act:0.5", 1, kernel="act-gemv")
+    assert forced.kernel == "act-gemv" and "not exploited" not in forced.why

@@ -40,6 +40,7 @@ from sparsesim.cost.common import (
 )
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.cost.registry import register_cost
+from sparsesim.cost.sparse_inputs import active_input_fraction, skippable_inputs
 from sparsesim.hw.devices import Device, quantity, register_family, setting
 from sparsesim.sparsity.records import KINDS, LayerSparsity
 
@@ -404,9 +405,12 @@ def bsr_rate(p: CpuParams, r: int, c: int) -> tuple[float, str]:
 # ----------------------------------------------------------------------------- mobile SpMM
 
 SPMM = "xnnpack-spmm"
+# an activation-sparse GEMV (PowerInfer's CPU kernels, Song et al. SOSP'24; Deja Vu's sparse MLP):
+# the weight stored input-channel major, only the rows of the nonzero inputs read
+ACT_GEMV = "act-gemv"
 # the CPU kernels a runtime may list (`runtime.<name>.kernels`); torch's run through `_sparse`
 TORCH_KERNELS = {"unstructured": "csr", "block": "bsr", "nm": "nm", "vnm": "nm"}
-CPU_KERNELS = ("dense", "csr", "bsr", "nm", SPMM)
+CPU_KERNELS = ("dense", "csr", "bsr", "nm", SPMM, ACT_GEMV)
 
 
 def spmm_tiles(width: int, tile: int) -> list[int]:
@@ -512,9 +516,36 @@ def _offered(device: Device, context: RunContext) -> tuple[str, Callable[[str], 
             return kernel == context.kernel
         if kernel == SPMM:
             return bool(p.spmm_tile_m) and SPMM in rt.kernels
+        if kernel == ACT_GEMV:  # not a framework kernel: a runtime that has it names it
+            return ACT_GEMV in rt.kernels
         return rt.offers(kernel)
 
     return name, offers
+
+
+def _activation_sparse(op: Op, work: GemmWork, device: Device, context: RunContext) -> Cost:
+    """A dense weight with sparse inputs (`act:S`): the dense kernel multiplies the zeros; an
+    activation-sparse GEMV (`act-gemv`, where the runtime offers it or `--kernel` forces it)
+    reads the weight rows of the input channels some row keeps (`active_input_fraction`: all
+    of them soon as the batch grows) and runs the dense SIMD loop over those alone. The faster
+    of the two runs."""
+    dense = _dense(work, device, context)
+    _, offers = _offered(device, context)
+    if op.kind != "linear" or not offers(ACT_GEMV) or len(work.gemms) != 1:
+        return dense
+    g = work.gemms[0]
+    active = active_input_fraction(op.activation_density, g.m * g.batch)
+    k = max(1, round(g.k * active))
+    kept = replace(work, gemms=(replace(g, k=k),), macs=g.m * g.batch * g.groups * g.n * k,
+                   w_bytes=work.w_bytes * k / g.k)
+    sparse = _dense(kept, device, context, kernel=ACT_GEMV, why_prefix=(
+        f"{ACT_GEMV}: {1.0 - op.activation_density:.0%} of each row's inputs zero, {active:.0%} of the "
+        f"{g.k} input channels needed by the {g.m * g.batch} row(s): the weight rows of those alone"))
+    if sparse.latency_s >= dense.latency_s:
+        return dense
+    return replace(sparse, memory_bytes=work.w_bytes,
+                   details={**sparse.details, "active_inputs": active,
+                            "activation_density_used": op.activation_density})
 
 
 @register_cost("cpu")
@@ -529,6 +560,8 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.call_overhead,
                               energy_per_byte_j=epb, static_power_w=p.static_power, level=level)
     work = gemm_work(op, layer)
+    if skippable_inputs(op, layer):
+        return _activation_sparse(op, work, device, context)
     if layer is None or layer.pattern.spec.is_dense:
         return _dense(work, device, context)
     if layer.pattern.spec.shrinks_op:

@@ -48,6 +48,7 @@ from sparsesim.cost.families.gpu_machine import (
 )
 from sparsesim.cost.record import ALONE, Cost, Reason, RunContext
 from sparsesim.cost.registry import register_cost
+from sparsesim.cost.sparse_inputs import skippable_inputs
 from sparsesim.hw.devices import Device
 from sparsesim.sparsity.records import LayerSparsity
 
@@ -124,7 +125,9 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     if op.kind == "attention":
         return dense_cost(op, work, device, env)
     pruned = ""
-    if layer is None or layer.pattern.spec.is_dense:
+    if skippable_inputs(op, layer):
+        kind = "act"  # a dense weight, sparse inputs: the dense kernels, or one that skips the zeros
+    elif layer is None or layer.pattern.spec.is_dense:
         kind = "dense"
     elif layer.pattern.spec.shrinks_op:
         g0, g1 = op.gemm, work.gemms[0]
@@ -151,7 +154,7 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
                                       kernel=out.kernel.replace("dense", "dense (channel-pruned)", 1))
         return out
     label = layer.pattern.label if layer is not None else "dense"
-    if kind == "dense":
+    if kind in ("dense", "act"):
         # no dense kernel for the dtype (int4 without Marlin): the weights are dequantised to 16 bits
         return dense_cost(op, work, device, env, fallback=True,
                           why=f"{out}; ran as a 16-bit dense GEMM", kernel="dense (cublas)",

@@ -50,6 +50,7 @@ from sparsesim.cost.families.gpu_machine import (
     stored,
 )
 from sparsesim.cost.record import Cost, Reason
+from sparsesim.cost.sparse_inputs import active_input_fraction, skippable_inputs
 from sparsesim.hw.devices import Device
 from sparsesim.hw.runtimes import RuntimeParams
 from sparsesim.sparsity.patterns import nm_pattern
@@ -554,10 +555,50 @@ def _bsr(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, en
     )
 
 
+def _teal(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
+    """Activation-sparse GEMV as TEAL runs it (Liu et al. 2024, "Training-Free Activation Sparsity
+    in Large Language Models"; its Triton kernel in gpt-fast): the input is thresholded to zeros
+    and the weight is stored input-channel major, so the kernel reads only the weight rows of the
+    input channels some row of the batch keeps (`active_input_fraction`) and multiplies them on
+    CUDA cores. In memory-bound decode that is the gain; as the batch grows the union of kept
+    channels nears all of them and the CUDA cores fall behind the tensor cores, so the runtime
+    keeps cuBLAS."""
+    if not skippable_inputs(op, layer):
+        return "skips zero input activations only (the plan sets none)"
+    if op.kind != "linear" or op.weight is None:
+        return f"runs linear layers only ({op.kind})"
+    if work.dtype in WEIGHT_ONLY_DTYPES or work.dtype_bytes < 2:
+        return f"reads a 16/32-bit weight, not {work.dtype}"
+    p: GpuParams = device.params
+    g = work.gemms[0]
+    rows = g.m * g.batch
+    active = active_input_fraction(op.activation_density, rows)
+    macs = float(rows) * g.n * g.k * active
+    compute = 2.0 * macs / p.cuda_core_peak
+    weight = work.w_bytes * active
+    dram = work.a_bytes + weight + work.c_bytes
+    memory = memory_s(p, dram, dram)
+    lead = "memory" if memory > compute else "compute"
+    why = (f"teal: activation-sparse GEMV, {1.0 - op.activation_density:.0%} of each row's inputs zero, "
+           f"{active:.0%} of the {g.k} input channels needed by the {rows} row(s): reads {weight / 1e6:.3g} of "
+           f"{work.w_bytes / 1e6:.3g} MB of weight, CUDA cores; {lead}-bound (compute {compute * 1e6:.3g} us, "
+           f"memory {memory * 1e6:.3g} us)")
+    return build_cost(
+        device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
+        energy=gpu_energy(p, macs, "fp32", dram, dram),
+        kernel="teal (activation-sparse gemv)", why=why, flops_executed=2.0 * macs, peak_flops=p.cuda_core_peak,
+        memory_bytes=work.w_bytes, metadata_bytes=0.0,
+        details={"active_inputs": active, "activation_density_used": op.activation_density,
+                 "precision": precision_id(activation_dtype(work.dtype))},
+    )
+
+
 KERNELS: dict[str, GpuKernel] = {k.name: k for k in (
-    GpuKernel("cublas", ("dense",), _cublas, "cuBLAS/cuBLASLt dense tensor-core GEMM"),
-    GpuKernel("marlin", ("dense",), _marlin, "Marlin int4 weight-only GEMM"),
-    GpuKernel("tinygemm", ("dense",), _tinygemm, "torch's tinygemm int4 weight-only GEMM (bf16 scale + zero per group)"),
+    GpuKernel("cublas", ("dense", "act"), _cublas, "cuBLAS/cuBLASLt dense tensor-core GEMM"),
+    GpuKernel("marlin", ("dense", "act"), _marlin, "Marlin int4 weight-only GEMM"),
+    GpuKernel("tinygemm", ("dense", "act"), _tinygemm,
+              "torch's tinygemm int4 weight-only GEMM (bf16 scale + zero per group)"),
+    GpuKernel("teal", ("act",), _teal, "TEAL activation-sparse GEMV (weight rows of kept input channels only)"),
     GpuKernel("cusparselt", ("nm",), _cusparselt, "cuSPARSELt 2:4, fused transpose, split-K under search"),
     GpuKernel("cutlass-24", ("nm",), _cutlass24, "torch's CUTLASS 2:4 kernel, result copied out"),
     GpuKernel("sparse-marlin", ("nm",), _sparse_marlin, "Sparse-Marlin int4 2:4"),

@@ -6,8 +6,9 @@ Where the zeros come from does not change the count: a ReLU (measured by the tra
 inputs), a magnitude threshold set per layer to a target sparsity (TEAL-style), or a ReLU-fied
 model. The pattern sets the op's activation density to 1 - S (or keeps a lower measured one,
 `with_activation_sparsity`); hardware that skips zero activations (S4-style lanes, zero-skipping
-FPGA PEs, whose device files say `skip_activation_zeros`) turns it into time and energy, dense
-kernels (GPU tensor cores, CPU SIMD GEMMs) compute the zeros, and the cost's why says which.
+FPGA PEs, whose device files say `skip_activation_zeros`) and activation-sparse GEMVs (TEAL on
+GPUs, `act-gemv` on CPUs: the weight rows of kept input channels only) turn it into time and
+energy; dense kernels (tensor cores, SIMD GEMMs) compute the zeros, and the cost's why says which.
 """
 
 from __future__ import annotations
