@@ -96,8 +96,6 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
             command: str = "", deploy: Mapping[str, str] | None = None) -> ReportData:
     """Run the comparison (and the optional stages) and return everything the report shows.
     `deploy` holds the runtime/kernel/dtype keyword arguments of `run.estimate.compare_tables`."""
-    from sparsesim.run.estimate import resolve_workload
-
     # read the given result files first: a bad path fails before minutes of work, not after
     searches = [r for d in search_dirs for r in read_search_dir(Path(d))]
     given_validation = read_validation(Path(validation)) if validation is not None else None
@@ -109,12 +107,9 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
     for spec in workloads:
         if stage is not None:
             stage(f"compare {workload_label(spec)}")
-        wl = resolve_workload(spec)
-        per_op, summary = compare_frames(spec if deploy and deploy.get("dtype") else wl, devices, plans,
-                                         progress=progress, deploy=deploy)
         label = workload_label(spec)
-        dtypes[label] = {op.dtype for op in wl.ops if op.is_matmul}
-        op_bytes[label] = {op.index: float(op.bytes_moved) for op in wl.ops}
+        dtypes[label], op_bytes[label] = workload_facts(spec)
+        per_op, summary = compare_frames(spec, devices, plans, progress=progress, deploy=deploy)
         per_op_frames.append(per_op.assign(workload=label))
         summary_frames.append(summary.assign(workload=label))
         timings[f"compare {label}"] = time.perf_counter() - t0
@@ -144,6 +139,22 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
         data.validation = run_quick_validation()
         timings["validation"] = time.perf_counter() - t0
     return data
+
+
+def workload_facts(spec: Any) -> tuple[set[str], dict[int, float]]:
+    """The matmul dtypes (roofline roofs) and traced operand bytes per op index of a workload;
+    for a spec string kept in the disk cache by its sources, so a warm report traces nothing."""
+    from sparsesim.core import diskcache
+    from sparsesim.run.estimate import resolve_workload
+    from sparsesim.tracing.specs import spec_source
+
+    def facts() -> tuple[set[str], dict[int, float]]:
+        wl = resolve_workload(spec)
+        return {op.dtype for op in wl.ops if op.is_matmul}, {op.index: float(op.bytes_moved) for op in wl.ops}
+
+    source = spec_source(spec) if isinstance(spec, str) and diskcache.enabled() else None
+    key = diskcache.key("facts", source) if source is not None else None
+    return diskcache.remembered("facts", key, facts, lambda v: isinstance(v, tuple) and len(v) == 2)
 
 
 def training_workloads(workloads: Sequence[Any]) -> list[Any]:
