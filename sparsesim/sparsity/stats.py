@@ -70,7 +70,8 @@ def nm_group_max(b: torch.Tensor, m: int) -> int:
     m = min(m, k)
     if not b.numel():
         return 0
-    cnt = torch.nn.functional.pad(b.to(torch.int32), (0, (-k) % m)).reshape(rows, -1, m).sum(-1)
+    # float sums are vectorised (integer reductions are not) and exact far beyond any group size
+    cnt = torch.nn.functional.pad(b.to(torch.float32), (0, (-k) % m)).reshape(rows, -1, m).sum(-1)
     return int(cnt.max())
 
 
@@ -79,8 +80,8 @@ def _block_counts(b: torch.Tensor, r: int, c: int) -> torch.Tensor:
     clamped to it: the single edge block holds the same cells)."""
     rows, k = b.shape
     r, c = max(1, min(r, rows)), max(1, min(c, k))
-    x = torch.nn.functional.pad(b.to(torch.int32), (0, (-k) % c, 0, (-rows) % r))
-    return x.reshape(x.shape[0] // r, r, x.shape[1] // c, c).sum(dim=(1, 3))
+    x = torch.nn.functional.pad(b.to(torch.float32), (0, (-k) % c, 0, (-rows) % r))  # float: vectorised
+    return x.reshape(x.shape[0] // r, r, x.shape[1] // c, c).sum(dim=(1, 3)).to(torch.int64)
 
 
 def measure_stats(mask: torch.Tensor | np.ndarray, *, pattern: Pattern | None = None,
