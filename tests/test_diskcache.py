@@ -275,3 +275,26 @@ def test_remembered_replays_the_warnings_of_the_cold_run(cache_dir):
         with pytest.warns(SparsesimWarning, match="something to know"):
             assert diskcache.remembered("doc", k, make, lambda v: isinstance(v, dict)) == {"value": 1}
     assert [e.kind for e in diskcache.entries()] == ["doc"]
+
+
+def test_warm_report_draws_and_simulates_nothing(cache_dir, monkeypatch):
+    """The report's figures and serving curves are read back when their frames are unchanged;
+    a changed frame draws again."""
+    from sparsesim.report import build, figures, plots
+
+    devs = build.resolve_devices(["a100-sxm4-80gb", "xeon-sapphire-rapids"])
+    data = build.collect([GEMM], devs, ["dense", "2:4"], serving=True)
+    cold = figures.make_figures(data)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("drew or simulated on a warm run")
+
+    monkeypatch.setattr(plots, "png", refuse)
+    monkeypatch.setattr(build, "_serving_frame", refuse)
+    warm_data = build.collect([GEMM], devs, ["dense", "2:4"], serving=True)
+    pd.testing.assert_frame_equal(data.serving, warm_data.serving)
+    warm = figures.make_figures(warm_data)
+    assert {k: f.data for k, f in warm[GEMM].items()} == {k: f.data for k, f in cold[GEMM].items()}
+    changed = build.ReportData(**{**warm_data.__dict__, "plans": ["2:4", "dense"]})
+    with pytest.raises(AssertionError, match="drew"):
+        figures.make_figures(changed)

@@ -141,6 +141,16 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
     return data
 
 
+def frame_part(df: pd.DataFrame | None) -> tuple[Any, ...] | None:
+    """A result frame as a cache-key part: its column names and a hash per row (text cells by
+    their text), so a cached value computed from the frame misses when any cell changes."""
+    if df is None:
+        return None
+    text = {c: df[c].astype(str) for c in df.columns if df[c].dtype == object}
+    d = df.assign(**text) if text else df
+    return tuple(map(str, d.columns)), pd.util.hash_pandas_object(d, index=False).to_numpy()
+
+
 def workload_facts(spec: Any) -> tuple[set[str], dict[int, float]]:
     """The matmul dtypes (roofline roofs) and traced operand bytes per op index of a workload;
     for a spec string kept in the disk cache by its sources, so a warm report traces nothing."""
@@ -167,13 +177,21 @@ def training_workloads(workloads: Sequence[Any]) -> list[Any]:
 def training_frame(workloads: Sequence[Any], devices: Sequence[Device],
                    stage: Callable[[str], Any] | None = None) -> pd.DataFrame | None:
     """Whole-run training cost of TRAINING_METHODS for each workload with a [train] table."""
+    from sparsesim.core import diskcache
+    from sparsesim.tracing.specs import spec_source
     from sparsesim.train import train
 
     frames = []
     for spec in training_workloads(workloads):
         if stage is not None:
             stage(f"training {workload_label(spec)}")
-        df = train(spec, TRAINING_METHODS, [TRAINING_SPARSITY], [TRAINING_DISTRIBUTION], list(devices))
+        source = spec_source(spec) if isinstance(spec, str) and diskcache.enabled() else None
+        key = None if source is None else diskcache.key(
+            "training", source, tuple(d.key for d in devices), TRAINING_METHODS, TRAINING_SPARSITY,
+            TRAINING_DISTRIBUTION)
+        df = diskcache.remembered("training", key, lambda spec=spec: train(
+            spec, TRAINING_METHODS, [TRAINING_SPARSITY], [TRAINING_DISTRIBUTION], list(devices)),
+            lambda v: isinstance(v, pd.DataFrame))
         frames.append(df.assign(workload=workload_label(spec)))
     return pd.concat(frames, ignore_index=True) if frames else None
 
@@ -236,7 +254,31 @@ def serving_frame(per_op: pd.DataFrame, summary: pd.DataFrame, progress: Callabl
     One simulated inference per plan gives the service time; Poisson arrivals at each rate then
     queue in front of it. Rates are fractions of each plan's saturation rate, so both curves run
     from light load to just below the point where the slower plan's queue grows without bound.
+    The simulations are seeded, so the frame is a function of its inputs: kept in the disk cache
+    under their contents.
     """
+    from sparsesim.core import diskcache
+
+    loads = tuple(loads)
+    key = diskcache.key("serving", frame_part(per_op), frame_part(summary), loads, requests) \
+        if diskcache.enabled() else None
+    groups = summary.groupby(["workload", "device"], sort=False).ngroups
+    done: list[int] = []
+
+    def step(n: int) -> None:
+        done.append(n)
+        if progress is not None:
+            progress(n)
+
+    frame = diskcache.remembered("serving", key, lambda: _serving_frame(per_op, summary, step, loads, requests),
+                                 lambda v: isinstance(v, pd.DataFrame))
+    if progress is not None and not done:
+        progress(2 * groups)  # read back: every curve is done
+    return frame
+
+
+def _serving_frame(per_op: pd.DataFrame, summary: pd.DataFrame, progress: Callable[[int], Any] | None,
+                   loads: tuple[float, ...], requests: int) -> pd.DataFrame:
     from sparsesim.run.simulate import serve, simulate_frame
 
     rows = []

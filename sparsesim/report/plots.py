@@ -248,11 +248,13 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
             for hollow in (False, True):
                 s = sel & (in_cache == hollow)
                 if s.any():
-                    ax.scatter(ai[s], perf[s], s=16 if plan == "dense" else 12, marker=marker,
+                    px, py = distinct_points(ai[s], perf[s])
+                    ax.scatter(px, py, s=16 if plan == "dense" else 12, marker=marker,
                                facecolors="none" if hollow else colors[plan], edgecolors=colors[plan],
                                linewidths=0.8 if hollow else 0, alpha=0.8 if plan == "dense" else 0.6)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.minorticks_off()  # the grid is drawn at the decades; thousands of minor ticks cost seconds
         if len(perf) and compute:
             ax.set_ylim(min(float(perf.min()) / 3, compute[-1].value / 10), compute[0].value * 3)
         ax.set_title(dev, fontsize=9)
@@ -266,6 +268,15 @@ def rooflines(per_op: pd.DataFrame, roofs: Mapping[str, Sequence[Roof]], devices
     fig.legend(handles=_marker_legend(plans, colors), loc="lower center", ncol=min(4, len(plans) + 3),
                fontsize=MIN_FONT, frameon=False, bbox_to_anchor=(0.5, 0.0))
     return png(fig)
+
+
+def distinct_points(x: np.ndarray, y: np.ndarray, digits: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a log-log scatter that differ at `digits` decimals of their logarithms (0.1 %
+    of a decade at 3: no visible difference); a model's repeated layers draw one marker each."""
+    if len(x) < 2:
+        return x, y
+    keys = np.unique(np.round(np.log10(np.c_[x, y]), digits), axis=0)
+    return 10.0 ** keys[:, 0], 10.0 ** keys[:, 1]
 
 
 def _marker_legend(plans: Sequence[str], colors: Mapping[str, tuple]) -> list[Line2D]:

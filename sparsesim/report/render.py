@@ -76,8 +76,22 @@ def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
     if not cols:
         return df
     out = df.copy()
+    seen: dict[Any, Any] = {}  # a table repeats its names and reasons: each distinct cell once
+
+    def cell(v: Any) -> Any:
+        k = (type(v), v)  # 1, 1.0 and True are equal keys but not the same cell
+        try:
+            return seen[k]
+        except (KeyError, TypeError):  # new, or unhashable
+            out_v = _csv_cell(reason_text(v) if isinstance(v, tuple) else v)
+            try:
+                seen[k] = out_v
+            except TypeError:
+                pass
+            return out_v
+
     for c in cols:
-        out[c] = out[c].astype(object).map(lambda v: _csv_cell(reason_text(v) if isinstance(v, tuple) else v))
+        out[c] = out[c].astype(object).map(cell)
     return out
 
 
