@@ -137,21 +137,21 @@ def mm_formula(a: T, b: T, *, out: Any, **_: Any) -> OpWork:
 @register(aten.addmm)
 def addmm_formula(bias: T, a: T, b: T, *, out: Any, **_: Any) -> OpWork:
     m, k = a.shape
-    _, n = b.shape
+    _k, n = b.shape
     return gemm_work(m, n, k, 1, io_bytes([bias, a, b], out))
 
 
 @register(aten.bmm)
 def bmm_formula(a: T, b: T, *, out: Any, **_: Any) -> OpWork:
     bt, m, k = a.shape
-    _, _, n = b.shape
+    _b, _k, n = b.shape
     return gemm_work(m, n, k, bt, io_bytes([a, b], out))
 
 
 @register(aten.baddbmm)
 def baddbmm_formula(bias: T, a: T, b: T, *, out: Any, **_: Any) -> OpWork:
     bt, m, k = a.shape
-    _, _, n = b.shape
+    _b, _k, n = b.shape
     return gemm_work(m, n, k, bt, io_bytes([bias, a, b], out))
 
 

@@ -259,7 +259,10 @@ class _Recorder:
         mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
         causal = bool(kwargs.get("is_causal", args[5] if len(args) > 5 else False))
         t = lambda x: T(tuple(x.shape), x.element_size()) if isinstance(x, torch.Tensor) else None
-        work = attention_work(t(q), t(k), t(v), t(out), t(mask), causal)
+        tq, tk, tv = t(q), t(k), t(v)
+        if tq is None or tk is None or tv is None:
+            raise TypeError("scaled_dot_product_attention: query, key and value must be tensors")
+        work = attention_work(tq, tk, tv, t(out), t(mask), causal)
         self._add("scaled_dot_product_attention", work, (q, k, v, mask), out)
         self.flow.attention(q, k, v, mask, out)
         self.flow.record(len(self.ops) - 1, (q, k, v, mask), {"causal": causal}, out)
@@ -273,13 +276,14 @@ class _Recorder:
         found_a = None if (found_b or conv) else self._param_of(a, mod)
         if not conv and any(f is not None and f[1].dim() != 2 for f in (found_a, found_b)):
             found_a = found_b = None  # a batched GEMM against a 3-D parameter: not a weight op
-        if found_b is None and found_a is None:
+        found = found_b or found_a
+        if found is None:
             if self.measure and not a.is_meta:
                 return {"activation_density": _density(a), "activation_measured": True}
             return {}
         extra: dict[str, Any] = {}
         k_axis_param = 1
-        name, param, flipped = found_b or found_a
+        name, param, flipped = found
         act = a if found_b else b
         if conv:
             extra["weight_shape"] = tuple(param.shape)
@@ -482,6 +486,7 @@ def trace(model: nn.Module, example_inputs: Any, *, name: str = "model",
         notes.append(f"{name}: a torch.compile'd module; traced its original module "
                      f"({type(original).__name__}), whose ops the compiled graph runs")
         model = original
+    args: tuple[Any, ...]
     if isinstance(example_inputs, dict):
         args, kwargs = (), dict(example_inputs)
     elif isinstance(example_inputs, (tuple, list)):

@@ -47,7 +47,7 @@ from sparsesim.tracing.specs import SINGLE_OPS, builtin_recipe_files
 from sparsesim.tracing.tracer import dtype_name, trace
 
 RECIPE_KEYS = {"description": str, "builder": str, "dtype": str, "params": dict, "train": dict}
-TRAIN_KEYS = {"dataset": str, "dataset_size": int, "epochs": (int, float), "batch": int}
+TRAIN_KEYS: dict[str, type[Any] | tuple[type[Any], ...]] = {"dataset": str, "dataset_size": int, "epochs": (int, float), "batch": int}
 REQUIRED_KEYS = ("description", "builder")
 # a parameter every recipe takes: the routing model of its MoE layers (`tracing.routing`)
 ROUTING_PARAM = "routing"

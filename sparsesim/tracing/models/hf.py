@@ -85,7 +85,7 @@ def build_bert(batch: int = 1, seq: int = 128, dtype: str = "fp32", device: str 
     _check_positive(batch=batch, seq=seq, layers=layers)
     if attn not in ATTN_IMPLEMENTATIONS:
         raise WorkloadError(f"parameter attn={attn!r}: use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
-    config = BertConfig(num_hidden_layers=layers, attn_implementation=attn)
+    config = BertConfig(num_hidden_layers=layers, attn_implementation=attn)  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
     if seq > config.max_position_embeddings:
         raise WorkloadError(f"parameter seq={seq}: BERT has {config.max_position_embeddings} positions")
     if mask not in (0, 1):
@@ -103,7 +103,7 @@ def build_vit(batch: int = 1, image: int = 224, dtype: str = "fp32", device: str
     from transformers import ViTConfig, ViTForImageClassification
 
     _check_positive(batch=batch, image=image, layers=layers)
-    config = ViTConfig(image_size=image, num_hidden_layers=layers, num_labels=1000,
+    config = ViTConfig(image_size=image, num_hidden_layers=layers, num_labels=1000,  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
                        attn_implementation=ATTN_IMPLEMENTATION)
     model = _instantiate(ViTForImageClassification, config, dtype, device, seed)
     dt = torch_dtype(dtype)
@@ -130,6 +130,7 @@ def _decoder_inputs(model: nn.Module, config: Any, phase: str, batch: int, seq: 
     max_pos = getattr(config, "max_position_embeddings", None) or config.n_positions
     if kv + new > max_pos:
         raise WorkloadError(f"kv + new tokens = {kv + new} exceeds the model's {max_pos} positions")
+    cache: StaticCache | DynamicCache
     if phase == "decode":
         cache = StaticCache(config=config, max_cache_len=kv + new)
     else:
@@ -162,7 +163,7 @@ def build_gpt2(phase: str = "prefill", batch: int = 1, seq: int = 128, kv: int =
     from transformers import GPT2Config, GPT2LMHeadModel
 
     _check_positive(layers=layers)
-    config = GPT2Config(n_layer=layers, attn_implementation=ATTN_IMPLEMENTATION)
+    config = GPT2Config(n_layer=layers, attn_implementation=ATTN_IMPLEMENTATION)  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
     model = _instantiate(GPT2LMHeadModel, config, dtype, device, seed)
     return model, _decoder_inputs(model, config, phase, batch, seq, kv, dtype, device, seed)
 
@@ -179,7 +180,7 @@ def build_llama(phase: str = "prefill", batch: int = 1, seq: int = 128, kv: int 
     if hidden % heads or heads % kv_heads:
         raise WorkloadError(f"hidden={hidden}, heads={heads}, kv_heads={kv_heads}: heads must divide "
                             "hidden and kv_heads must divide heads")
-    config = LlamaConfig(
+    config = LlamaConfig(  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
         hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
         max_position_embeddings=LLAMA2_MAX_POSITIONS, rms_norm_eps=LLAMA2_RMS_EPS,

@@ -60,7 +60,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block: type, layers: list[int], num_classes: int = 1000) -> None:
+    def __init__(self, block: type[BasicBlock | Bottleneck], layers: list[int], num_classes: int = 1000) -> None:
         super().__init__()
         self.inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -78,7 +78,7 @@ class ResNet(nn.Module):
                 # torch's meta normal_ imports the compiler stack, seconds for nothing)
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def _make_layer(self, block: type, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    def _make_layer(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -96,7 +96,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _build(block: type, layers: list[int], batch: int, image: int, classes: int, dtype: str,
+def _build(block: type[BasicBlock | Bottleneck], layers: list[int], batch: int, image: int, classes: int, dtype: str,
            seed: int, device: str) -> tuple[nn.Module, tuple[torch.Tensor]]:
     """`device="meta"` builds shapes only (no weights, no arithmetic): a training-size batch of
     256 images traces in a second instead of running a real forward pass on the CPU."""
