@@ -208,7 +208,7 @@ def sparsify_cached(workload: Workload, plan: Any, *, criterion: str = "magnitud
 
 
 def prepare(
-    workload: str | Workload,
+    workload: str | Workload | SparseWorkload,
     plans: Iterable[Any] = DEFAULT_PLANS,
     *,
     criterion: str = "magnitude",
@@ -314,11 +314,16 @@ def run_context(sw: SparseWorkload, *, runtime: str = "", kernel: str = "") -> R
     """The whole-model context of a sparsified workload: its weights' stored size under the
     plan (sparse formats for planned layers, dense for the rest, each distinct weight once),
     the runtime it runs under ("" = each device's default) and the kernel forced, if any."""
+    return RunContext(model_weight_bytes=_stored_weight_bytes(sw), runtime=runtime, kernel=kernel)
+
+
+def _stored_weight_bytes(sw: SparseWorkload) -> float:
+    """The stored size of a sparsified workload's weights under its plan (`run_context`)."""
     stored = {w: float(ly.format_bytes) for w, ly in sw.layers.items()}
     for name, info in sw.workload.weights.items():
         if name not in stored:
             stored[name] = float(math.prod(info.shape)) * DTYPE_BYTES.get(info.dtype, UNKNOWN_DTYPE_BYTES)
-    return RunContext(model_weight_bytes=sum(stored.values()), runtime=runtime, kernel=kernel)
+    return sum(stored.values())
 
 
 def cost_workload(
@@ -357,7 +362,7 @@ def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[st
             op_keys[id(ops)] = [_cost_key(op) for op in ops]
         keys = list(zip(op_keys[id(ops)], [_layer_key(ly) for ly in layers]))
         static = results.op_columns(ops, layers)
-        weights, activations = run_context(sw).model_weight_bytes, peak_activation_bytes(ops)
+        weights, activations = _stored_weight_bytes(sw), peak_activation_bytes(ops)
         for dev in devices:
             costs = cost_workload(sw, dev, runtime=runtime, kernel=kernel, keys=keys, memo=memos[dev.path])
             fit = memory_fit(weights, sw.workload.input_bytes, activations, dev)
@@ -428,7 +433,7 @@ def compare(
 
 
 def estimate(
-    workload: str | Workload,
+    workload: str | Workload | SparseWorkload,
     device: str | Device,
     plan: Any = DENSE,
     *,
@@ -450,7 +455,7 @@ def estimate(
                    kernel=kernel, dtype=dtype)
 
 
-def _per_op(workload: str | Workload, devs: Sequence[Device], plans: Sequence[Any], labels: list[str] | None, *,
+def _per_op(workload: str | Workload | SparseWorkload, devs: Sequence[Device], plans: Sequence[Any], labels: list[str] | None, *,
             criterion: str, runtime: str, kernel: str, dtype: str) -> pd.DataFrame:
     """`cost_table` of the prepared plans (`labels`: which; None = all), read from the disk cache
     when the same inputs were costed before (`_table_key`)."""

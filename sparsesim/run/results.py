@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -308,7 +308,28 @@ def add_dense_ratios(summary: pd.DataFrame) -> pd.DataFrame:
     return out[list(SUMMARY_COLUMNS)]
 
 
-def totals(per_op: pd.DataFrame) -> dict[str, float]:
+class FitTotals(TypedDict):
+    """Whether one block's model fits its device (`totals`)."""
+
+    memory_need_bytes: float
+    memory_capacity_bytes: float | None
+    fits: bool | None
+
+
+class Totals(FitTotals):
+    """Totals of one (workload, device, plan) block (`totals`)."""
+
+    latency_s: float
+    energy_j: float
+    memory_bytes: float
+    metadata_bytes: float
+    bytes_dram: float
+    flops: float
+    flops_executed: float
+    fallback_ops: int
+
+
+def totals(per_op: pd.DataFrame) -> Totals:
     """Totals of one (workload, device, plan) block: the keys every --json document carries."""
     return {
         "latency_s": float(per_op["latency_s"].sum()),
@@ -323,7 +344,7 @@ def totals(per_op: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def _fit_totals(per_op: pd.DataFrame) -> dict[str, Any]:
+def _fit_totals(per_op: pd.DataFrame) -> FitTotals:
     if per_op.empty:
         return {"memory_need_bytes": 0.0, "memory_capacity_bytes": None, "fits": None}
     first = per_op.iloc[0]

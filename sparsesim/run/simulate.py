@@ -283,6 +283,11 @@ def _pipeline(t: OpTimes, inputs: int, *, overlap: bool = True) -> dict[str, flo
 ServiceTime = float | Callable[[int], float]
 
 
+def _constant(seconds: float) -> Callable[[int], float]:
+    """A service time that does not depend on the batch size."""
+    return lambda b: seconds
+
+
 def serve(
     service_s: ServiceTime,
     qps: float,
@@ -305,7 +310,7 @@ def serve(
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     if max_batch > 1 and not callable(service_s):
         raise ValueError("batching needs the service time as a function of the batch size")
-    svc: Callable[[int], float] = service_s if callable(service_s) else (lambda b, v=float(service_s): v)
+    svc: Callable[[int], float] = service_s if callable(service_s) else _constant(float(service_s))
     times = {b: float(svc(b)) for b in range(1, max_batch + 1)}
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / qps, size=requests))

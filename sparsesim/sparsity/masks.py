@@ -142,10 +142,10 @@ def existing_mask(module: torch.nn.Module, param_name: str = "weight") -> torch.
     if isinstance(orig, torch.Tensor) and isinstance(prune_mask, torch.Tensor):
         w = orig.detach() * prune_mask
     else:
-        w = getattr(owner, local, None)
-        if not isinstance(w, torch.Tensor):
+        stored = getattr(owner, local, None)
+        if not isinstance(stored, torch.Tensor):
             raise MaskError(f"layer {param_name!r}: module {type(owner).__name__} has no tensor {local!r}")
-        w = w.detach()
+        w = stored.detach()
     if w.device.type == "meta":
         return None
     keep = w != 0

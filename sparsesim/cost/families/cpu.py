@@ -211,8 +211,8 @@ def traffic(p: CpuParams, weight_bytes: float, other_bytes: float, context: RunC
     the op runs alone (a micro-benchmark loop) or the whole model fits in the last-level cache;
     in a model that does not, each op streams its weights from DRAM and only the activations
     (just written by the previous op) come from cache."""
-    cold = context.model_weight_bytes is not None and context.model_weight_bytes > p.l3_bytes
-    if not cold:
+    model_bytes = context.model_weight_bytes
+    if model_bytes is None or not model_bytes > p.l3_bytes:  # warm: the working set may stay in cache
         level, bw, _ = residency(p, weight_bytes + other_bytes)
         total = weight_bytes + other_bytes
         return Traffic(total / bw, {level: total}, level, f"working set {total / 1e6:.3g} MB in {level}", bw)
@@ -222,7 +222,7 @@ def traffic(p: CpuParams, weight_bytes: float, other_bytes: float, context: RunC
     by_level[level] = by_level.get(level, 0.0) + other_bytes
     return Traffic(seconds, by_level, "dram",
                    f"weights {weight_bytes / 1e6:.3g} MB streamed from dram (the model's "
-                   f"{context.model_weight_bytes / 1e6:.4g} MB exceed the last-level cache), "
+                   f"{model_bytes / 1e6:.4g} MB exceed the last-level cache), "
                    f"activations {other_bytes / 1e6:.3g} MB in {level}", p.dram_bandwidth)
 
 
@@ -543,7 +543,8 @@ def _activation_sparse(op: Op, work: GemmWork, device: Device, context: RunConte
         f"{g.k} input channels needed by the {g.m * g.batch} row(s): the weight rows of those alone"))
     if sparse.latency_s >= dense.latency_s:
         return dense
-    return replace(sparse, memory_bytes=work.w_bytes,
+    # the float w_bytes is stored as is (make() rounds); rounding here would change the output
+    return replace(sparse, memory_bytes=work.w_bytes,  # type: ignore[arg-type]
                    details={**sparse.details, "active_inputs": active,
                             "activation_density_used": op.activation_density})
 
