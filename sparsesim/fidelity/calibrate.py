@@ -165,7 +165,7 @@ def physical_memory() -> float:
 
 def host_facts(threads: int, *, quick: bool) -> HostFacts:
     info = measure.cpu_info()
-    flags = set(info["flags"])  # type: ignore[arg-type]
+    flags = set(info["flags"])
     vbits = 512 if "avx512f" in flags else 256 if "avx2" in flags else 128
     native = ["fp32"]
     if measure.bf16_supported() and ({"avx512_bf16", "amx_bf16"} & flags or "bf16" in flags):
@@ -174,7 +174,7 @@ def host_facts(threads: int, *, quick: bool) -> HostFacts:
         native.append("int8")
     if {"avx512_fp16", "fphp", "asimdhp"} & flags:
         native.append("fp16")
-    caches = dict(info["caches"])  # type: ignore[arg-type]
+    caches = dict(info["caches"])
     assumed = tuple(level for level in FALLBACK_CACHE_BYTES if level not in caches)
     for level in assumed:
         caches[level] = FALLBACK_CACHE_BYTES[level]
@@ -500,7 +500,7 @@ class CalibrationResult:
 
 def reference_device(facts: HostFacts) -> Device:
     flags = measure.cpu_info()["flags"]
-    name = REFERENCE_ARM if "asimd" in flags else REFERENCE_X86  # type: ignore[operator]
+    name = REFERENCE_ARM if "asimd" in flags else REFERENCE_X86
     return load_device(name)
 
 

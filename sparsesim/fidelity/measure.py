@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 
@@ -197,9 +198,18 @@ def bf16_supported() -> bool:
 
 # ----------------------------------------------------------------------------- the host
 
-def cpu_info() -> dict[str, object]:
+class CpuInfo(TypedDict):
+    """What `cpu_info` reads: model name, flags, clock (MHz) and cache bytes per level."""
+
+    model: str
+    flags: list[str]
+    mhz: float
+    caches: dict[str, int]
+
+
+def cpu_info() -> CpuInfo:
     """CPU model name, flags, clock and cache sizes as Linux reports them (empty where absent)."""
-    info: dict[str, object] = {"model": "unknown CPU", "flags": [], "mhz": 0.0, "caches": {}}
+    info: CpuInfo = {"model": "unknown CPU", "flags": [], "mhz": 0.0, "caches": {}}
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -223,7 +223,7 @@ def error_summary(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
         else:
             judged = [r.speedup_error for r in sub if lo <= r.density <= hi + 1e-9 and r.speedup_error is not None]
             metric = "speedup" + (" (density 0.01-0.5)" if pat in ("csr", "bsr") else "")
-        s = {"metric": metric, **_stats(judged), "latency": _stats([r.latency_error for r in sub])}
+        s: dict[str, Any] = {"metric": metric, **_stats(judged), "latency": _stats([r.latency_error for r in sub])}
         target = TARGETS.get(pat)
         s["target"] = target
         s["met"] = None if target is None or s["median_abs_error"] is None else bool(s["median_abs_error"] <= target)
