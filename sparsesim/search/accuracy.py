@@ -170,7 +170,10 @@ def layer_inputs(model: nn.Module, modules: list[str], inputs: Any) -> dict[str,
 
 def reconstruction_error(module: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> float:
     """||f_W(x) - f_{W*M}(x)||^2 / ||f_W(x)||^2 for one Linear/Conv on its real inputs (bias-free)."""
-    w = module.weight.detach()
+    weight = module.weight
+    if not isinstance(weight, torch.Tensor):
+        raise SearchError(f"reconstruction error: {type(module).__name__}.weight is not a tensor")
+    w = weight.detach()
     wm = w * mask.to(w.dtype).reshape(w.shape)
     with torch.no_grad():
         if isinstance(module, nn.Linear):

@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from sparsesim.core.errors import SearchError
-from sparsesim.core.ir import Workload
+from sparsesim.core.ir import Op, Workload
 from sparsesim.hw.devices import Device
 from sparsesim.run.results import PlanTotals
 from sparsesim.search.accuracy import (
@@ -54,6 +54,17 @@ DENSE_PLAN = Plan("dense")
 __all__ = ["SIGNALS", "PlanCost", "SearchProblem", "SearchTask"]
 
 
+def _weight_matrices(prunable: Mapping[str, Op]) -> dict[str, tuple[int, int]]:
+    """Each prunable weight's N x K matrix (`prunable_ops` keeps only ops that have one)."""
+    out: dict[str, tuple[int, int]] = {}
+    for w, op in prunable.items():
+        matrix = op.weight_matrix
+        if matrix is None:
+            raise SearchError(f"weight {w!r} (module {op.module!r}): no weight shape to build a mask on")
+        out[w] = matrix
+    return out
+
+
 class SearchProblem:
     """Masks, accuracy and modeled cost of any plan in the space (see module doc)."""
 
@@ -81,7 +92,7 @@ class SearchProblem:
         # None: the channel sets of the dataflow, the ones a uniform `channel:` plan prunes
         self.index = index_groups(channel_sets(workload) if groups is None else groups, self.prunable, self.ops)
         self.groups = dict(self.index.groups)
-        self.maker = MaskMaker(self.model, {w: op.weight_matrix for w, op in self.prunable.items()}, self.index)
+        self.maker = MaskMaker(self.model, _weight_matrices(self.prunable), self.index)
         self.runtime, _ = device.runtime(runtime)  # the runtime's name; raises for one the device lacks
         self.kernel = kernel
         self.coster = PlanCoster(workload, device, runtime=runtime, kernel=kernel)

@@ -65,12 +65,16 @@ class SearchConfig:
     dtype: str = ""  # deploy the model at this dtype for its cost ("" = as traced)
 
 
+def _no_step(n: int = 1) -> None:
+    """`Progress.step` when nothing shows progress."""
+
+
 @dataclass
 class Progress:
     """Stage-wise progress: the CLI passes a tqdm-backed callable; tests pass nothing."""
 
     start: Callable[[str, int], None] = lambda stage, total: None
-    step: Callable[[int], None] = lambda n=1: None
+    step: Callable[[int], None] = _no_step
     set: Callable[[int], None] = lambda n: None
 
 
@@ -243,17 +247,14 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: Sea
     records: list[dict[str, Any]] = [dense] + uniform
     if budget is not None:
         records.append(_record(problem, fastest_choice(problem), "fastest"))
-    tables = fixed = None
     if cfg.algorithm in ("dp", "both"):
         n = sum(len(u.choices) for u in problem.space.units)
         pg.start(f"sensitivity ({cfg.signal})", n)
         tables, fixed = problem.tables(cfg.signal, progress=lambda: pg.step(1), cache=sensitivity_cache)
-
-    if tables is not None:
         if budget is not None:
             cands = dp_candidates(problem, tables, fixed, budget)
         else:
-            cands = _dp_for_accuracy(problem, tables, fixed, acc_floor, pg)
+            cands = _dp_for_accuracy(problem, tables, fixed, _floor(acc_floor), pg)
         pg.start("DP plans", len(cands))
         for ch in cands:
             records.append(_record(problem, ch, "dp"))
@@ -266,7 +267,8 @@ def run_search(cfg: SearchConfig, progress: Progress | None = None, problem: Sea
 
     records = _dedupe(records)
     if budget is None:  # accuracy target: the fastest plan that keeps the accuracy
-        ok = [r for r in records if r["accuracy"] >= acc_floor - 1e-12]
+        floor = _floor(acc_floor)
+        ok = [r for r in records if r["accuracy"] >= floor - 1e-12]
         budget = min(r["latency_s"] for r in ok)  # dense always qualifies
     chosen = best_within(records, budget)
     if chosen is None:
@@ -359,6 +361,13 @@ def _budget(cfg: SearchConfig, problem: SearchProblem) -> tuple[float | None, fl
         return None, problem.dense_accuracy - cfg.max_accuracy_drop
     speedup = cfg.target_speedup if cfg.target_speedup is not None else DEFAULT_TARGET_SPEEDUP
     return problem.dense_cost.latency_s / speedup, None
+
+
+def _floor(acc_floor: float | None) -> float:
+    """The accuracy floor of a search with no latency budget (`_budget` gives one or the other)."""
+    if acc_floor is None:
+        raise SearchError("internal error: a search with neither a latency budget nor an accuracy floor")
+    return acc_floor
 
 
 def _dp_for_accuracy(problem: SearchProblem, tables, fixed: float, floor: float, pg: Progress

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sparsesim.core.errors import SearchError, SparsesimWarning
 
@@ -55,7 +55,8 @@ SCHEMA_ATTEMPTS = 6  # opening a fresh database that another process is creating
 class TrialProblem(Protocol):
     """What a search evaluates: named units with choice labels, and a measure of one plan."""
 
-    units: Sequence[tuple[str, tuple[str, ...]]]
+    @property
+    def units(self) -> Sequence[tuple[str, tuple[str, ...]]]: ...
 
     def measure(self, choice: Mapping[str, str]) -> dict[str, float]:
         """Accuracy and modeled costs of a plan given as {unit: label} (keys of OBJECTIVES)."""
@@ -104,6 +105,7 @@ def open_storage(storage: str):
         # Optuna 4.9 renamed the stale-trial callback; pass whichever this version takes
         params = inspect.signature(RDBStorage).parameters
         cb = "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
+        stale: dict[str, Any] = {cb: _retry_stale}  # the parameter's name depends on the version
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sqlite = storage.startswith("sqlite")
@@ -111,7 +113,7 @@ def open_storage(storage: str):
                 try:
                     rdb = RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                                      engine_kwargs={"connect_args": {"timeout": SQLITE_BUSY_S}} if sqlite else None,
-                                     **{cb: _retry_stale})
+                                     **stale)
                     if sqlite:
                         _serialise_sqlite(rdb.engine)
                     return rdb
