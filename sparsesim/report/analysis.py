@@ -167,7 +167,7 @@ def verdicts(summary: pd.DataFrame, per_op: pd.DataFrame, devices: Sequence[str]
         s = summary[(summary["device"] == dev) & (summary["plan"] != "dense")]
         if not len(s):
             continue
-        per_plan = []
+        per_plan: list[dict[str, Any]] = []
         for plan in plans:
             p = s[s["plan"] == plan]
             if not len(p):
@@ -194,7 +194,7 @@ def verdicts(summary: pd.DataFrame, per_op: pd.DataFrame, devices: Sequence[str]
         keep = max(keeping, key=lambda r: r["geomean"]) if keeping and removes_channels(best["plan"]) else None
         accuracy = [search_accuracy(sr) for sr in searches if sr.device == dev]
         text = verdict_text(dev, best, per_plan, keep)
-        if float(best["geomean"]) > 1.0:  # type: ignore[arg-type]
+        if float(best["geomean"]) > 1.0:
             text += " " + accuracy_text(str(best["plan"]), accuracy)
         if unfit:
             text += " Does not fit in device memory: " + "; ".join(

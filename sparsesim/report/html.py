@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,7 @@ def _img(fig: Figure) -> str:
             f"<figcaption>{esc(fig.caption)}</figcaption></figure>")
 
 
-def _table(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = None, classes: str = "") -> str:
+def _table(df: pd.DataFrame, formats: Mapping[str, Callable[[Any], str]] | None = None, classes: str = "") -> str:
     formats = formats or {}
     head = "".join(f"<th>{esc(c)}</th>" for c in df.columns)
     body = []

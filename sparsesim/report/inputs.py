@@ -98,7 +98,7 @@ def search_result(doc: dict[str, Any], source: str) -> SearchResult:
     uniform = pd.DataFrame(doc.get("uniform") or [])
     if isinstance(doc.get("dense"), dict):
         uniform = pd.concat([pd.DataFrame([{**doc["dense"], "plan": "dense"}]), uniform], ignore_index=True)
-    chosen = {k: doc[k] for k in ("accuracy", "latency_s", "speedup_vs_dense", "energy_j", "memory_bytes",
+    chosen: dict[str, Any] = {k: doc[k] for k in ("accuracy", "latency_s", "speedup_vs_dense", "energy_j", "memory_bytes",
                                   "chosen_source", "uniform_plan", "uniform_accuracy", "uniform_latency_s") if k in doc}
     patterns = {}
     if isinstance(doc.get("chosen"), dict) and isinstance(doc["chosen"].get("patterns"), dict):
@@ -128,13 +128,15 @@ def validation_result(doc: dict[str, Any], source: str) -> ValidationResult:
     errors = []
     for pattern, e in doc["summary"].items():
         if isinstance(e, dict):
-            lat = e.get("latency") if isinstance(e.get("latency"), dict) else {}
+            latency = e.get("latency")
+            lat = latency if isinstance(latency, dict) else {}
             errors.append({"pattern": pattern, "metric": e.get("metric"), "cases": e.get("cases"),
                            "median_abs_error": e.get("median_abs_error"), "p90_abs_error": e.get("p90_abs_error"),
                            "target": e.get("target"), "met": e.get("met"),
                            "latency_median_abs_error": lat.get("median_abs_error")})
-    cross = doc.get("crossover") if isinstance(doc.get("crossover"), dict) else {}
-    gpu = doc.get("gpu_published") if isinstance(doc.get("gpu_published"), dict) else {}
+    crossover, published = doc.get("crossover"), doc.get("gpu_published")
+    cross = crossover if isinstance(crossover, dict) else {}
+    gpu = published if isinstance(published, dict) else {}
     return ValidationResult(
         source, meta, pd.DataFrame(errors), pd.DataFrame(cross.get("cases") or []), pd.DataFrame(doc["rows"]),
         pd.DataFrame(gpu.get("rows") or []),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,7 @@ def md_code(text: str) -> str:
     return f"{fence} {text} {fence}" if run else f"`{text}`"
 
 
-def _md_table(df: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = None) -> str:
+def _md_table(df: pd.DataFrame, formats: Mapping[str, Callable[[Any], str]] | None = None) -> str:
     formats = formats or {}
 
     def cell(c: str, v: Any) -> str:

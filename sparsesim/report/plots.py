@@ -401,12 +401,12 @@ def training_bars(training: pd.DataFrame, devices: Sequence[str], methods: Seque
     bottom = np.zeros(len(methods))
     comp_colors = LAYER_COLORS
     for j, c in enumerate(COMPONENTS):
-        vals = np.array([float(first[f"memory_{c}_bytes"].get(m, 0.0)) / 1e9 for m in methods])
-        if not vals.any():
+        gb = np.array([float(first[f"memory_{c}_bytes"].get(m, 0.0)) / 1e9 for m in methods])
+        if not gb.any():
             continue
-        ax_m.bar(np.arange(len(methods)), vals, 0.6, bottom=bottom, color=comp_colors[(2 * j) % len(comp_colors)],
+        ax_m.bar(np.arange(len(methods)), gb, 0.6, bottom=bottom, color=comp_colors[(2 * j) % len(comp_colors)],
                  label=c)
-        bottom += vals
+        bottom += gb
     ax_m.set_xticks(np.arange(len(methods)))
     ax_m.set_xticklabels(methods, rotation=25, ha="right", fontsize=MIN_FONT)
     ax_m.set_ylabel("peak memory (GB)", fontsize=MIN_FONT)
