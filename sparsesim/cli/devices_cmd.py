@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"devices": [summarize(parse_device_file(p)) for p in builtin_device_files().values()]}
 
 
-def _fields(device) -> list[tuple[str, Any, dict | None]]:
+def _fields(device) -> list[tuple[str, Any, Mapping[str, Any]]]:
     """(field name, SI value or setting, metadata) in schema order, per-dtype tables expanded."""
-    out = []
+    out: list[tuple[str, Any, Mapping[str, Any]]] = []
     for f in dataclasses.fields(device.params):
         value = getattr(device.params, f.name)
         if f.metadata.get("per_dtype") and isinstance(value, dict):
