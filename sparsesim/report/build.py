@@ -8,6 +8,7 @@ Nothing here draws or writes; `render` turns a `ReportData` into files.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -189,9 +190,9 @@ def training_frame(workloads: Sequence[Any], devices: Sequence[Device],
         key = None if source is None else diskcache.key(
             "training", source, tuple(d.key for d in devices), TRAINING_METHODS, TRAINING_SPARSITY,
             TRAINING_DISTRIBUTION)
-        df = diskcache.remembered("training", key, lambda spec=spec: train(
-            spec, TRAINING_METHODS, [TRAINING_SPARSITY], [TRAINING_DISTRIBUTION], list(devices)),
-            lambda v: isinstance(v, pd.DataFrame))
+        run = functools.partial(train, spec, TRAINING_METHODS, [TRAINING_SPARSITY], [TRAINING_DISTRIBUTION],
+                                list(devices))
+        df = diskcache.remembered("training", key, run, lambda v: isinstance(v, pd.DataFrame))
         frames.append(df.assign(workload=workload_label(spec)))
     return pd.concat(frames, ignore_index=True) if frames else None
 
