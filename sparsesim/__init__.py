@@ -5,6 +5,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 
+# the stage packages, importable as attributes of the package without importing them first
+_STAGES = ("core", "tracing", "sparsity", "hw", "cost", "runtime", "run", "train", "fidelity", "search", "report")
+
+
 def __getattr__(name: str):
     # every API function loads on first use, so `import sparsesim` (and `sparsesim --help`) does
     # not import torch, pandas or scipy; each is bound here once loaded
@@ -26,11 +30,13 @@ def __getattr__(name: str):
         "validate_gpu_published": ("sparsesim.fidelity.gpu_validation", "validate_gpu_published"),
         "run_search": ("sparsesim.search.runner", "run_search"),
     }
-    if name in lazy:
-        import importlib
+    import importlib
 
+    if name in lazy:
         mod, attr = lazy[name]
         value = getattr(importlib.import_module(mod), attr)
         globals()[name] = value
         return value
+    if name in _STAGES:  # `sparsesim.train.train(...)` after a bare `import sparsesim`
+        return importlib.import_module(f"sparsesim.{name}")
     raise AttributeError(f"module 'sparsesim' has no attribute {name!r}")

@@ -24,3 +24,13 @@ def test_trace_then_estimate_a_users_model_end_to_end():
     table = sparsesim.compare(wl, ["s4-antoum"], ["dense", "unstructured:0.9"])
     speedup = table.set_index("plan").loc["unstructured:0.9", "speedup_vs_dense"]
     assert speedup > 1.0  # a zero-skipping engine rewards unstructured sparsity
+
+
+def test_stage_packages_are_attributes_of_the_package():
+    import subprocess
+    import sys
+
+    code = "import sparsesim; print(sparsesim.train.train.__name__, sparsesim.search.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["train", "sparsesim.search"]

@@ -100,3 +100,34 @@ def test_unreadable_toml_files(cli, tmp_path, argv, names):
     rc, _, err = _run(cli, argv)
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert names in err and str(tmp_path) in err
+
+
+@pytest.mark.parametrize("spec, rc", [
+    ("gemm:M=10000000000,N=4,K=4", 0),  # a huge input is described on the meta device, never allocated
+    ("conv:batch=100000000,cin=64,cout=64,h=224,w=224", 0),
+    ("gemm:M=9223372036854775807,N=4,K=4", 2),  # past what a tensor can describe: one line
+])
+def test_huge_single_op_shapes_are_costed_or_one_line(cli, spec, rc):
+    code, out, err = cli("estimate", spec, "--device", "a100-sxm4-80gb", "--json")
+    assert code == rc, err
+    assert "Traceback" not in err
+    if rc:
+        assert len(err.strip().splitlines()) == 1 and "elements" in err
+    else:
+        assert '"latency_s"' in out
+
+
+def test_an_internal_error_is_one_line_and_its_traceback_on_request(cli, monkeypatch):
+    import sparsesim.cli.devices_cmd as devices_cmd
+
+    def broken(args):
+        raise RuntimeError("something we did not foresee\nsecond line")
+
+    monkeypatch.setattr(devices_cmd, "run", broken)
+    code, _, err = cli("devices")
+    assert code == 70 and err.strip() == ("sparsesim devices: internal error: RuntimeError: something we did not "
+                                          "foresee (a bug in sparsesim; SPARSESIM_TRACEBACK=1 shows the traceback "
+                                          "to report)")
+    monkeypatch.setenv("SPARSESIM_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="foresee"):
+        cli("devices")

@@ -124,6 +124,21 @@ def test_mutated_recipes(tmp_path, doc):
     _check(*_cli("estimate", str(path), "--device", "arm-cortex-a78", "--json"))
 
 
+_SIZES = st.one_of(st.integers(-3, 5000), st.integers(2**20, 2**70), st.sampled_from(["x", "1e3", "", "-0"]))
+
+
+@FUZZ
+@given(kind=st.sampled_from(["gemm", "conv"]), data=st.data())
+@per_case_timeout()
+def test_single_op_shapes(kind, data):
+    """Any sizes in a gemm:/conv: spec: costed (large ones on the meta device) or one line."""
+    keys = ("M", "N", "K") if kind == "gemm" else ("batch", "cin", "cout", "h", "w", "kernel")
+    required = ("cin", "cout", "h", "w") if kind == "conv" else ()
+    given_ = {k: data.draw(_SIZES, label=k) for k in keys if k in required or data.draw(st.booleans(), label=f"set {k}")}
+    spec = f"{kind}:" + ",".join(f"{k}={v}" for k, v in given_.items()) if given_ else kind
+    _check(*_cli("estimate", spec, "--device", "h100-sxm5", "--plan", "2:4", "--json"))
+
+
 @pytest.mark.parametrize("kind", ["device", "plan", "recipe"])
 def test_deep_nesting_is_one_line(tmp_path, kind):
     deep = "[" * 3000 + "]" * 3000

@@ -42,6 +42,8 @@ VERB_MODULES = (
     "sparsesim.cli.train_cmd",
     "sparsesim.cli.cache_cmd",
 )
+# set to 1 to see the traceback of an internal error instead of its one line
+TRACEBACK_ENV = "SPARSESIM_TRACEBACK"
 # verbs that build and trace workloads, running the user's model code: they take --timeout
 USER_CODE_VERBS = ("trace", "estimate", "compare", "simulate", "report", "search", "train")
 
@@ -123,6 +125,18 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print(f"sparsesim {args.verb}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # `main` ends quietly
+    except MemoryError:
+        print(f"sparsesim {args.verb}: error: out of memory (a smaller batch or sequence, or the meta device "
+              "for large models: device=meta)", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug of ours: one line, the traceback on request
+        if os.environ.get(TRACEBACK_ENV, "").strip() in ("1", "true", "yes"):
+            raise
+        print(f"sparsesim {args.verb}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+              f" (a bug in sparsesim; {TRACEBACK_ENV}=1 shows the traceback to report)", file=sys.stderr)
+        return 70  # EX_SOFTWARE
     if args.json:
         json.dump(doc, sys.stdout, indent=1, default=_jsonable)
         sys.stdout.write("\n")

@@ -28,6 +28,7 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
+import math
 import os
 import sys
 import tomllib
@@ -55,6 +56,8 @@ _A = {"int": "an integer", "float": "a number", "bool": "true or false"}
 # Single-op weights up to this many elements get real random values (so masks can be built
 # from them); bigger ones stay on the meta device. 2**24 = a 4096 x 4096 layer.
 SINGLE_OP_REAL_WEIGHT_LIMIT = 2**24
+# 2**53: element counts stay exact as floats and far inside int64 once multiplied by a dtype's bytes
+SINGLE_OP_MAX_ELEMENTS = 2**53
 SINGLE_OP_DEFAULT_DTYPE = "bf16"  # what a standalone GEMM benchmark is usually run in
 
 
@@ -341,18 +344,31 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
     narrow = p["dtype"] in ("int8", "fp8", "int4")
     dt = torch_dtype("fp16" if narrow else p["dtype"])
 
+    # every tensor's element count bounded before anything is built (a 64-bit element count,
+    # and shapes a meta tensor can describe): a typo such as M=10000000000 is a model on the meta
+    # device, M=2**63 an error, never an allocation or an overflow
+    sizes = ({"input": (p["M"], p["K"]), "weight": (p["N"], p["K"]), "output": (p["M"], p["N"])} if kind == "gemm"
+             else {"input": (p["batch"], p["cin"], p["h"], p["w"]),
+                   "weight": (p["cout"], p["cin"], p["kernel"], p["kernel"]),
+                   "output": (p["batch"], p["cout"], p["h"], p["w"])})
+    for what, dims in sizes.items():
+        if math.prod(dims) > SINGLE_OP_MAX_ELEMENTS:
+            raise WorkloadError(f"{where}: the {what} would hold {math.prod(dims):.3g} elements "
+                                f"({' x '.join(map(str, dims))}); at most {SINGLE_OP_MAX_ELEMENTS:.3g} are described")
+
     def build(device: str) -> tuple[nn.Module, torch.Tensor]:
         root = _OneLayer(kind)
         with torch.device(device):
             if kind == "gemm":
                 root.gemm = nn.Linear(p["K"], p["N"], bias=p["bias"], dtype=dt)
-                x = torch.empty(p["M"], p["K"], dtype=dt)
+                # the input is only traced (on meta): a real-weight layer never allocates it
+                x = torch.empty(p["M"], p["K"], dtype=dt, device="meta")
             else:
                 if p["cin"] % p["groups"] or p["cout"] % p["groups"]:
                     raise WorkloadError(f"{where}: groups={p['groups']} must divide cin and cout")
                 root.conv = nn.Conv2d(p["cin"], p["cout"], p["kernel"], p["stride"], p["padding"],
                                       p["dilation"], p["groups"], bias=p["bias"], dtype=dt)
-                x = torch.empty(p["batch"], p["cin"], p["h"], p["w"], dtype=dt)
+                x = torch.empty(p["batch"], p["cin"], p["h"], p["w"], dtype=dt, device="meta")
         return root, x
 
     meta_model, x = build("meta")
