@@ -226,3 +226,17 @@ def test_estimate_keeps_a_cache_sized_model_resident_and_streams_a_large_one():
     assert small["bytes_dram"].sum() == 0  # 32 MiB of weights: the whole model fits the caches
     big = estimate("gemm:M=1,N=32768,K=32768,dtype=fp16", "xeon-sapphire-rapids")
     assert big["bytes_dram"].sum() == 32768 * 32768 * 2  # 2 GiB: streamed from DRAM
+
+
+def test_a_weight_stored_dense_runs_the_dense_kernel():
+    """Unstructured at low sparsity is stored dense (CSR would be larger): the CPU has no index
+    structure to walk, so it runs dense and says why, never a CSR kernel with zero index bytes."""
+    from sparsesim.hw.devices import load_device
+    from sparsesim.run.estimate import cost_workload, resolve_workload, sparsify_cached
+
+    sw = sparsify_cached(resolve_workload("gemm:M=64,N=512,K=512,dtype=fp32"), "unstructured:0.1")
+    (layer,) = sw.layers.values()
+    assert layer.format == "dense"
+    for device in ("xeon-sapphire-rapids", "arm-cortex-a78"):
+        (cost,) = [c for op, c in zip(sw.ops, cost_workload(sw, load_device(device))) if op.weight]
+        assert cost.kernel == "dense (fallback)" and "stored dense" in cost.why and cost.metadata_bytes == 0

@@ -575,7 +575,12 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     choices: list[Cost] = []
     reasons: list[str] = []
     torch_kernel = TORCH_KERNELS.get(layer.pattern.kind, "csr")
-    if offers(torch_kernel):
+    if layer.format == "dense":
+        # the plan stores this weight dense (its sparse format would be larger): torch's sparse
+        # kernels have no index structure to walk (XNNPACK packs its own format from the weights)
+        reasons.append(f"{layer.pattern.label} at density {layer.stats.density:.3g} is stored dense (its sparse "
+                       f"format would be larger): no {torch_kernel} index to walk")
+    elif offers(torch_kernel):
         choices.append(_sparse(work, layer, device, dense, context))
     else:
         reasons.append(f"{runtime} does not offer {torch_kernel}")
