@@ -52,3 +52,19 @@ def test_figures_do_not_use_pyplot():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "False"
+
+
+def test_roofline_bounds_come_from_the_family_registry():
+    """Every built-in device has a compute roof and a memory slope; the CPU's and the FPGA's
+    derived peaks are the ones their cost models run at."""
+    from sparsesim.cost.families import cpu
+    from sparsesim.cost.roofline import device_roofs
+    from sparsesim.hw.devices import builtin_devices
+
+    for dev in builtin_devices():
+        roofs = device_roofs(dev, {"fp16"})
+        assert {r.kind for r in roofs} == {"compute", "memory"}, dev.name
+        if dev.family == "cpu":
+            p = dev.params
+            peak = cpu.peak_flops(p, cpu.compute_dtype(p, "fp16"))
+            assert any(r.kind == "compute" and r.value == peak for r in roofs), dev.name

@@ -1,6 +1,9 @@
-"""The family registry: each hardware family's cost function, under the family name its device
-files give. Families register on import (`sparsesim.cost` imports them all); `estimate_op`
-dispatches one op to its device's family and checks what comes back."""
+"""The family registry: each hardware family's cost function and, where its compute peak is
+derived rather than a device-file field, its roofline peaks, under the family name its device
+files give (its parameters register with the device loader, `hw.devices.register_family`, from
+the same module). Families register on import (`sparsesim.cost` imports them all); `estimate_op`
+dispatches one op to its device's family and checks what comes back; `cost.roofline` asks a
+family for its peaks."""
 
 from __future__ import annotations
 
@@ -16,11 +19,25 @@ from sparsesim.sparsity.records import LayerSparsity
 
 CostFn = Callable[[Op, "LayerSparsity | None", Device, RunContext], Cost]
 FAMILY_COST: dict[str, CostFn] = {}
+# family -> (device, dtypes) -> [(label, FLOP/s)]: compute peaks derived from other fields
+PeakFn = Callable[[Device, "set[str]"], "list[tuple[str, float]]"]
+FAMILY_PEAKS: dict[str, PeakFn] = {}
 
 
 def register_cost(family: str) -> Callable[[CostFn], CostFn]:
     def wrap(fn: CostFn) -> CostFn:
         FAMILY_COST[family] = fn
+        return fn
+
+    return wrap
+
+
+def register_peaks(family: str) -> Callable[[PeakFn], PeakFn]:
+    """A family whose compute peak is derived (CPU: cores x lanes x ports x clock; FPGA: the PE
+    array) says so here; the others' peaks are their `flop_rate` fields."""
+
+    def wrap(fn: PeakFn) -> PeakFn:
+        FAMILY_PEAKS[family] = fn
         return fn
 
     return wrap

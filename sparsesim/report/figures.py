@@ -8,8 +8,8 @@ from typing import Any
 
 import sparsesim.report.build as build
 import sparsesim.report.plots as plots
+from sparsesim.cost.roofline import device_roofs
 from sparsesim.report.fmt import slug
-from sparsesim.report.peaks import device_roofs
 
 
 @dataclass

@@ -21,7 +21,7 @@ from matplotlib.colors import LinearSegmentedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from sparsesim.report.peaks import Roof
+from sparsesim.cost.roofline import Roof
 
 # How many layer groups a stacked bar shows before lumping the rest into "other": more than
 # ~10 colours stop being distinguishable in a legend.

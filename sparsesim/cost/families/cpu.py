@@ -39,7 +39,7 @@ from sparsesim.cost.common import (
     memory_op_cost,
 )
 from sparsesim.cost.record import ALONE, Cost, RunContext
-from sparsesim.cost.registry import register_cost
+from sparsesim.cost.registry import register_cost, register_peaks
 from sparsesim.cost.sparse_inputs import active_input_fraction, skippable_inputs
 from sparsesim.hw.devices import Device, quantity, register_family, setting
 from sparsesim.sparsity.records import KINDS, LayerSparsity
@@ -547,6 +547,13 @@ def _activation_sparse(op: Op, work: GemmWork, device: Device, context: RunConte
     return replace(sparse, memory_bytes=dense.memory_bytes,  # the whole weight stays stored
                    details={**sparse.details, "active_inputs": active,
                             "activation_density_used": op.activation_density})
+
+
+@register_peaks("cpu")
+def cpu_peaks(device: Device, dtypes: set[str]) -> list[tuple[str, float]]:
+    """Cores x lanes x FMA ports x clock (or the matrix unit) at each dtype, as `_dense` runs it."""
+    p: CpuParams = device.params
+    return [(f"peak {compute_dtype(p, dt)}", peak_flops(p, compute_dtype(p, dt))) for dt in sorted(dtypes or {"fp32"})]
 
 
 @register_cost("cpu")

@@ -67,7 +67,7 @@ from sparsesim.cost.families.dataflow import (
 )
 from sparsesim.cost.families.systolic import gemm_cycles
 from sparsesim.cost.record import ALONE, Cost, RunContext
-from sparsesim.cost.registry import register_cost
+from sparsesim.cost.registry import register_cost, register_peaks
 from sparsesim.hw.devices import Device, quantity, register_family, setting
 from sparsesim.sparsity.records import LayerSparsity, SparsityStats
 
@@ -228,6 +228,18 @@ def array_for(p: FpgaParams, dtype: str) -> tuple[int, int]:
     ratio = p.dsp_per_mac[p.design_dtype] / p.dsp_per_mac[dtype]
     return rows, max(1, min(cols, math.floor(cols * ratio + FLOAT_SLACK)))
 
+
+
+@register_peaks("fpga")
+def fpga_peaks(device: Device, dtypes: set[str]) -> list[tuple[str, float]]:
+    """The PE array at the dtype it runs the workload in: rows x cols MACs (2 FLOP each) per clock."""
+    p: FpgaParams = device.params
+    peaks = []
+    for dt in sorted(dtypes or {p.design_dtype}):
+        run, _ = run_dtype(dt, p.dsp_per_mac)
+        rows, cols = array_for(p, run)
+        peaks.append((f"PE array {run}", 2.0 * rows * cols * p.clock))
+    return peaks
 
 @register_cost("fpga")
 def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:

@@ -1,20 +1,18 @@
-"""Roofline peaks of a device: compute roofs (FLOP/s) and memory slopes (B/s).
+"""Roofline bounds of a device, the cheap rung of the fidelity ladder: compute roofs (FLOP/s) and
+memory slopes (B/s).
 
 Memory slopes are read generically: every device-file field of dimension `bandwidth`. Compute
 roofs are every field of dimension `flop_rate` (per dtype: the workload's dtypes), except where
 a family's peak is derived from other fields (CPU: cores x lanes x FMA ports x clock; FPGA: PE
-array x clock); those families have an accessor below that asks the family module or its fields.
-A family module may also export `roofline_peaks(device, dtype) -> [(label, value, kind)]`,
-which then wins.
+array x clock): such a family registers its peaks with the family registry (`register_peaks`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from sparsesim.cost.registry import FAMILY_PEAKS
 from sparsesim.hw.devices import Device
 
 # dtypes a GEMM of the key dtype may run in on matrix units (fp32 GEMMs run as tf32 on GPUs that allow it)
@@ -31,17 +29,11 @@ class Roof:
 def device_roofs(device: Device, dtypes: set[str] | None = None) -> list[Roof]:
     """The compute roofs (for the given dtypes) and memory slopes of a device."""
     dtypes = set(dtypes or ())
-    hook = _family_hook(device.family)
-    roofs: list[Roof] = []
-    if hook is not None:
-        for dt in sorted(dtypes or {"fp32"}):
-            for label, value, kind in hook(device, dt):
-                roofs.append(Roof(str(label), float(value), str(kind)))
-    else:
-        compute = FAMILY_COMPUTE.get(device.family, generic_compute)(device, dtypes)
-        roofs = compute + memory_slopes(device)
+    derived = FAMILY_PEAKS.get(device.family)
+    compute = ([Roof(label, float(value), "compute") for label, value in derived(device, dtypes)]
+               if derived is not None else generic_compute(device, dtypes))
     out: list[Roof] = []
-    for r in roofs:
+    for r in compute + memory_slopes(device):
         if r.value > 0 and r not in out:
             out.append(r)
     return out
@@ -70,40 +62,3 @@ def generic_compute(device: Device, dtypes: set[str]) -> list[Roof]:
         elif isinstance(value, (int, float)):
             roofs.append(Roof(label, float(value), "compute"))
     return roofs
-
-
-def cpu_compute(device: Device, dtypes: set[str]) -> list[Roof]:
-    """Cores x lanes x FMA ports x clock (or the matrix unit), as the CPU model computes it."""
-    from sparsesim.cost.families import cpu
-
-    p = device.params
-    return [Roof(f"peak {cpu.compute_dtype(p, dt)}", cpu.peak_flops(p, cpu.compute_dtype(p, dt)), "compute")
-            for dt in sorted(dtypes or {"fp32"})]
-
-
-def fpga_compute(device: Device, dtypes: set[str]) -> list[Roof]:
-    """The PE array at the dtype it runs the workload in: rows x cols MACs (2 FLOP each) per clock."""
-    from sparsesim.cost.common import run_dtype
-    from sparsesim.cost.families import fpga
-
-    p = device.params
-    roofs = []
-    for dt in sorted(dtypes or {p.design_dtype}):
-        run, _ = run_dtype(dt, p.dsp_per_mac)
-        rows, cols = fpga.array_for(p, run)
-        roofs.append(Roof(f"PE array {run}", 2.0 * rows * cols * p.clock, "compute"))
-    return roofs
-
-
-FAMILY_COMPUTE: dict[str, Callable[[Device, set[str]], list[Roof]]] = {
-    "cpu": cpu_compute,
-    "fpga": fpga_compute,
-}
-
-
-def _family_hook(family: str):
-    try:
-        mod = importlib.import_module(f"sparsesim.cost.families.{family}")
-    except ImportError:
-        return None
-    return getattr(mod, "roofline_peaks", None)
