@@ -379,3 +379,10 @@ def check_dtype_table(params: object, name: str, energy: str = "mac_energy") -> 
     if missing:
         return f"field '{energy}': no entry for dtype(s) {', '.join(missing)} listed in {name}"
     return None
+
+
+def channel_pruned_text(layer: LayerSparsity, work: GemmWork) -> str:
+    """'channel pruning: 768x768 weight -> 384x768': the weight as traced (the layer's matrix
+    view) and the smaller dense GEMM the shrink pass left."""
+    g = work.gemms[0]
+    return f"channel pruning: {layer.stats.rows}x{layer.stats.cols} weight -> {g.n}x{g.k}"

@@ -362,14 +362,14 @@ def render(doc: dict[str, Any], *, cases: bool = True) -> str:
     lines.append("")
     lines.append(f"CSR-vs-dense crossover density (target: predicted within {cr['factor']}x of measured): "
                  f"{cr['within_target']}/{cr['total']} within")
-    for c in cr["cases"]:
+    for c in cr["cases"] if cases else ():
         fm = "none<=0.9" if c["measured"] is None else f"{c['measured']:.3f}"
         fp = "none<=0.9" if c["predicted"] is None else f"{c['predicted']:.3f}"
         ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}"
         lines.append(f"  {c['n']}x{c['k']} M={c['m']:<4d} measured {fm:>9}  predicted {fp:>9}  ratio {ratio:>5}  "
                      f"{'ok' if c['within_target'] else 'MISS'}")
     lines.append("")
-    lines.append(render_published(doc["gpu_published"], cases=True))
+    lines.append(render_published(doc["gpu_published"], cases=cases))
     return "\n".join(lines)
 
 

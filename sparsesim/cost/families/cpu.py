@@ -31,6 +31,7 @@ from sparsesim.cost.common import (
     GemmWork,
     build_cost,
     ceil_div,
+    channel_pruned_text,
     check_flags,
     check_fraction,
     check_positive,
@@ -573,9 +574,8 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     if layer is None or layer.pattern.spec.is_dense:
         return _dense(work, device, context)
     if layer.pattern.spec.shrinks_op:
-        g0 = op.gemm
         return _dense(work, device, context, kernel="dense (channel-pruned)",
-                      why_prefix=f"channel pruning: {g0.n}x{g0.k} -> {work.gemms[0].n}x{work.gemms[0].k} dense")
+                      why_prefix=f"{channel_pruned_text(layer, work)} dense")
     # a sparse layer keeps the dense shape and operand sizes, so `work` also prices the dense kernel
     dense = _dense(work, device, context)
     runtime, offers = _offered(device, context)

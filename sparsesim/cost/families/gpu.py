@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 
 from sparsesim.core.ir import Op
-from sparsesim.cost.common import GemmWork, gemm_work, memory_op_cost
+from sparsesim.cost.common import GemmWork, channel_pruned_text, gemm_work, memory_op_cost
 from sparsesim.cost.families.gpu_kernels import (
     KERNELS,
     GpuKernel,
@@ -130,9 +130,8 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     elif layer is None or layer.pattern.spec.is_dense:
         kind = "dense"
     elif layer.pattern.spec.shrinks_op:
-        g0, g1 = op.gemm, work.gemms[0]
         kind = "dense"
-        pruned = f"channel pruning: {g0.n}x{g0.k} weight -> {g1.n}x{g1.k}, a smaller dense GEMM"
+        pruned = f"{channel_pruned_text(layer, work)}, a smaller dense GEMM"
     else:
         kind = layer.pattern.kind
     if not any(kind in k.serves for k in KERNELS.values()):
