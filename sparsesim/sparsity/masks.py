@@ -87,11 +87,16 @@ def build_mask(weight: torch.Tensor, pattern: Pattern, *, scores: torch.Tensor |
     For channel patterns `group` is the number of rows pruned together (head_dim for whole
     attention heads; 1 for neurons / output channels).
     """
-    spec = pattern.spec
-    s = _scores(weight, scores, layer)
-    m = spec.build_mask(s, pattern, group=group, layer=layer)
+    m = keep_matrix(weight, pattern, scores=scores, layer=layer, group=group)
     dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
     return m.reshape(weight.shape).to(dtype)
+
+
+def keep_matrix(weight: torch.Tensor, pattern: Pattern, *, scores: torch.Tensor | None = None,
+                layer: str = "weight", group: int = 1) -> torch.Tensor:
+    """What `build_mask` keeps, as the bool rows x K matrix view (no float copy of a weight-sized
+    tensor: sparsify measures and stores masks as bools)."""
+    return pattern.spec.build_mask(_scores(weight, scores, layer), pattern, group=group, layer=layer)
 
 
 def _as_bool_matrix(mask: torch.Tensor, layer: str) -> torch.Tensor:

@@ -38,6 +38,7 @@ from sparsesim.sparsity.masks import (
     build_mask,
     check_mask,
     existing_mask,
+    keep_matrix,
 )
 from sparsesim.sparsity.patterns import make_pattern
 from sparsesim.sparsity.plans import Plan, load_plan
@@ -302,7 +303,7 @@ class _Decider:
             mask = None if found is None else _matrix(found, e)
         else:
             mat = self.weight(w)
-            mask = build_mask(mat, p, scores=self.scores(w), layer=w).reshape(e.rows, -1)
+            mask = keep_matrix(mat, p, scores=self.scores(w), layer=w).reshape(e.rows, -1)
         if mask is None:
             return _Decision(p, None, analytic_stats(e.rows, e.cols, DENSE))  # exact without zeros
         stats = self.measure(w, mask, p)

@@ -32,6 +32,12 @@ DEFAULT_TILE = (16, 16)
 _PAD = 32
 
 
+def pad_to(x: torch.Tensor, cols: int, rows: int = 0, value: float = 0.0) -> torch.Tensor:
+    """`x` with `cols` columns and `rows` rows of `value` appended; `x` itself (no copy of a
+    weight-sized tensor) when there is nothing to append."""
+    return torch.nn.functional.pad(x, (0, cols, 0, rows), value=value) if cols or rows else x
+
+
 def _pair_k(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0::2] + x[:, 1::2]
 
@@ -70,8 +76,14 @@ def nm_group_max(b: torch.Tensor, m: int) -> int:
     m = min(m, k)
     if not b.numel():
         return 0
+    if m & (m - 1) == 0 and m <= _PAD and k % m == 0:
+        # a power-of-two group: pairwise sums of neighbours (elementwise adds, no reduction)
+        x = b.view(torch.uint8) if b.dtype == torch.bool else (b != 0).view(torch.uint8)
+        while x.shape[1] > k // m:
+            x = _pair_k(x)
+        return int(x.max())
     # float sums are vectorised (integer reductions are not) and exact far beyond any group size
-    cnt = torch.nn.functional.pad(b.to(torch.float32), (0, (-k) % m)).reshape(rows, -1, m).sum(-1)
+    cnt = pad_to(b.to(torch.float32), (-k) % m).reshape(rows, -1, m).sum(-1)
     return int(cnt.max())
 
 
@@ -80,7 +92,7 @@ def _block_counts(b: torch.Tensor, r: int, c: int) -> torch.Tensor:
     clamped to it: the single edge block holds the same cells)."""
     rows, k = b.shape
     r, c = max(1, min(r, rows)), max(1, min(c, k))
-    x = torch.nn.functional.pad(b.to(torch.float32), (0, (-k) % c, 0, (-rows) % r))  # float: vectorised
+    x = pad_to(b.to(torch.float32), (-k) % c, (-rows) % r)  # float: vectorised
     return x.reshape(x.shape[0] // r, r, x.shape[1] // c, c).sum(dim=(1, 3)).to(torch.int64)
 
 
@@ -95,7 +107,7 @@ def measure_stats(mask: torch.Tensor | np.ndarray, *, pattern: Pattern | None = 
     rows, k = b.shape
     p = b.view(torch.uint8)
     if k % _PAD or rows % _PAD:
-        p = torch.nn.functional.pad(p, (0, (-k) % _PAD, 0, (-rows) % _PAD))
+        p = pad_to(p, (-k) % _PAD, (-rows) % _PAD)
     c12 = _pair_k(p)
     c14 = _pair_k(c12)
     c18 = _pair_k(c14)

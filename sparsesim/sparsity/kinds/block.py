@@ -33,6 +33,7 @@ from sparsesim.sparsity.stats import (
     expected_max_hypergeom,
     full_conforms,
     full_stats,
+    pad_to,
     record,
 )
 
@@ -75,7 +76,7 @@ class Block(PatternKind):
         rows, k = s.shape
         r, c = _clamped(rows, k, *p.block)
         pr, pc = (-rows) % r, (-k) % c
-        sq = torch.nn.functional.pad(s * s, (0, pc, 0, pr))
+        sq = pad_to(s * s, pc, pr)
         br, bc = sq.shape[0] // r, sq.shape[1] // c
         # block score = L2 norm of the scores inside the block (edge blocks are zero-padded)
         bs = sq.reshape(br, r, bc, c).sum(dim=(1, 3)).reshape(-1)
@@ -90,7 +91,7 @@ class Block(PatternKind):
         r0, c0 = p.block
         r, c = _clamped(rows, k, r0, c0)
         pr, pc = (-rows) % r, (-k) % c
-        cnt = torch.nn.functional.pad(b.float(), (0, pc, 0, pr))
+        cnt = pad_to(b.float(), pc, pr)
         br, bc = cnt.shape[0] // r, cnt.shape[1] // c
         cnt = cnt.reshape(br, r, bc, c).sum(dim=(1, 3))
         hr = torch.full((br,), float(r))

@@ -27,7 +27,7 @@ from sparsesim.sparsity.kinds.base import (
     register_kind,
 )
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
-from sparsesim.sparsity.stats import bin_of, nm_group_max, record, sizes
+from sparsesim.sparsity.stats import bin_of, nm_group_max, pad_to, record, sizes
 
 # two numbers (anything without letters, so a misspelt kind name is not mistaken for N:M)
 _SPELLING = re.compile(r"([^:a-z]+):([^:a-z]+)", re.ASCII)
@@ -79,7 +79,7 @@ def check_nm(b: torch.Tensor, n: int, m: int, layer: str) -> None:
     m = max(1, min(m, k))
     pad = (-k) % m
     # float sums: vectorised and exact for counts this small
-    counts = torch.nn.functional.pad(b.float(), (0, pad)).reshape(rows, -1, m).sum(-1)
+    counts = pad_to(b.float(), pad).reshape(rows, -1, m).sum(-1)
     bad = (counts > n).nonzero()
     if bad.numel():
         r, g = (int(v) for v in bad[0])

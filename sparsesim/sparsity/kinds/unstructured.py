@@ -56,7 +56,7 @@ class Unstructured(PatternKind):
         # scores), then break ties at the threshold in index order so exactly `keep` survive
         thr = float(np.partition(flat.numpy(), flat.numel() - keep)[flat.numel() - keep])
         out = flat > thr
-        short = keep - int(out.sum())
+        short = keep - int(torch.count_nonzero(out))  # a vectorised count (a bool sum is not)
         if short > 0:
             ties = (flat == thr).nonzero().reshape(-1)[:short]
             out[ties] = True
