@@ -157,15 +157,13 @@ def workload_facts(spec: Any) -> tuple[set[str], dict[int, float]]:
     for a spec string kept in the disk cache by its sources, so a warm report traces nothing."""
     from sparsesim.core import diskcache
     from sparsesim.run.estimate import resolve_workload
-    from sparsesim.tracing.specs import spec_source
+    from sparsesim.tracing.specs import spec_key
 
     def facts() -> tuple[set[str], dict[int, float]]:
         wl = resolve_workload(spec)
         return {op.dtype for op in wl.ops if op.is_matmul}, {op.index: float(op.bytes_moved) for op in wl.ops}
 
-    source = spec_source(spec) if isinstance(spec, str) and diskcache.enabled() else None
-    key = diskcache.key("facts", source) if source is not None else None
-    return diskcache.remembered("facts", key, facts, lambda v: isinstance(v, tuple) and len(v) == 2)
+    return diskcache.remembered("facts", spec_key("facts", spec), facts, lambda v: isinstance(v, tuple) and len(v) == 2)
 
 
 def training_workloads(workloads: Sequence[Any]) -> list[Any]:
@@ -179,17 +177,15 @@ def training_frame(workloads: Sequence[Any], devices: Sequence[Device],
                    stage: Callable[[str], Any] | None = None) -> pd.DataFrame | None:
     """Whole-run training cost of TRAINING_METHODS for each workload with a [train] table."""
     from sparsesim.core import diskcache
-    from sparsesim.tracing.specs import spec_source
+    from sparsesim.tracing.specs import spec_key
     from sparsesim.train import train
 
     frames = []
     for spec in training_workloads(workloads):
         if stage is not None:
             stage(f"training {workload_label(spec)}")
-        source = spec_source(spec) if isinstance(spec, str) and diskcache.enabled() else None
-        key = None if source is None else diskcache.key(
-            "training", source, tuple(d.key for d in devices), TRAINING_METHODS, TRAINING_SPARSITY,
-            TRAINING_DISTRIBUTION)
+        key = spec_key("training", spec, tuple(d.key for d in devices), TRAINING_METHODS, TRAINING_SPARSITY,
+                       TRAINING_DISTRIBUTION)
         run = functools.partial(train, spec, TRAINING_METHODS, [TRAINING_SPARSITY], [TRAINING_DISTRIBUTION],
                                 list(devices))
         df = diskcache.remembered("training", key, run, lambda v: isinstance(v, pd.DataFrame))

@@ -102,10 +102,9 @@ def _traced(spec: str) -> Workload:
     hit = _workloads.get(spec) or _disk_workloads.get(spec)
     if hit is not None:
         return hit
-    from sparsesim.tracing.specs import spec_source
+    from sparsesim.tracing.specs import spec_key
 
-    source = spec_source(spec) if diskcache.enabled() else None
-    k = diskcache.key("workload", source) if source is not None else None
+    k = spec_key("workload", spec)
     if k is not None:
         found = diskcache.get("workload", k)
         if isinstance(found, tuple) and len(found) == 2 and isinstance(found[0], Workload):
@@ -473,18 +472,11 @@ def _table_key(workload: Any, devs: Sequence[Device], plans: Sequence[Any], labe
     """The disk-cache key of a per-op table: the workload spec's sources, the plans (a plan file
     by its bytes), every device file's bytes and parsed contents, and the other arguments. None
     when an input is an object, not a file or spec (not keyed by content, so not cached)."""
-    if not diskcache.enabled() or not isinstance(workload, str) or not all(isinstance(p, str) for p in plans):
+    if not all(isinstance(p, str) for p in plans):
         return None
     from pathlib import Path
 
-    from sparsesim.tracing.specs import spec_source
+    from sparsesim.tracing.specs import spec_key
 
-    source = spec_source(workload)
-    if source is None:
-        return None
-    plan_parts = [diskcache.named_file(p) for p in plans]
-    dev_parts = []
-    for d in devs:
-        path = Path(d.path)
-        dev_parts.append((repr(d), path if path.is_file() else None))
-    return diskcache.key("costs", source, plan_parts, labels, dev_parts, args)
+    dev_parts = [(repr(d), Path(d.path) if Path(d.path).is_file() else None) for d in devs]
+    return spec_key("costs", workload, [diskcache.named_file(p) for p in plans], labels, dev_parts, args)

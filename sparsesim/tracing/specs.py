@@ -56,3 +56,12 @@ def spec_source(spec: str) -> tuple[Any, ...] | None:
             return None
         extra = Path(found.origin)
     return (spec, str(path.resolve()), data, extra)
+
+
+def spec_key(kind: str, spec: Any, *parts: Any) -> str | None:
+    """The disk-cache key of a value computed from workload `spec` (and `parts`): None when the
+    cache is off or the spec's sources cannot be named (an object, a user factory)."""
+    from sparsesim.core import diskcache
+
+    source = spec_source(spec) if isinstance(spec, str) and diskcache.enabled() else None
+    return None if source is None else diskcache.key(kind, source, *parts)

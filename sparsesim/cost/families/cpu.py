@@ -544,7 +544,6 @@ def _activation_sparse(op: Op, work: GemmWork, device: Device, context: RunConte
         f"{g.k} input channels needed by the {g.m * g.batch} row(s): the weight rows of those alone"))
     if sparse.latency_s >= dense.latency_s:
         return dense
-    # the float w_bytes is stored as is (make() rounds); rounding here would change the output
     return replace(sparse, memory_bytes=dense.memory_bytes,  # the whole weight stays stored
                    details={**sparse.details, "active_inputs": active,
                             "activation_density_used": op.activation_density})

@@ -570,14 +570,15 @@ def _teal(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, e
     if work.dtype in WEIGHT_ONLY_DTYPES or work.dtype_bytes < 2:
         return f"reads a 16/32-bit weight, not {work.dtype}"
     p: GpuParams = device.params
+    if p.teal_efficiency <= 0:
+        return "the device file gives no teal_efficiency"
     g = work.gemms[0]
     rows = g.m * g.batch
     active = active_input_fraction(op.activation_density, rows)
     macs = float(rows) * g.n * g.k * active
-    # CUDA-core multiply-adds with the rows' accumulators in registers: the rate of the device's
-    # measured CUDA-core sparse kernel (csr_efficiency), the only CUDA-core kernel figure it has;
-    # it matters only as the batch grows (a one-row GEMV is memory-bound)
-    compute = 2.0 * macs / (p.cuda_core_peak * p.csr_efficiency)
+    # CUDA-core multiply-adds with the rows' accumulators in registers; the rate matters only as
+    # the batch grows (a one-row GEMV is memory-bound)
+    compute = 2.0 * macs / (p.cuda_core_peak * p.teal_efficiency)
     weight = work.w_bytes * active
     dram = work.a_bytes + weight + work.c_bytes
     memory = memory_s(p, dram, dram)

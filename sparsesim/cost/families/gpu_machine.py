@@ -100,6 +100,9 @@ class GpuParams:
     csr_chunk_k: float = quantity("count", default=32.0)
     cusparse_csr_efficiency: float = quantity("ratio", default=0.0)
     flash_llm_efficiency: float = quantity("ratio", default=0.0)
+    # TEAL's activation-sparse GEMV: its CUDA-core multiply-add rate as a fraction of the peak
+    # (0: the device has no such kernel)
+    teal_efficiency: float = quantity("ratio", default=0.0)
     flash_llm_extract_cycles: float = quantity("cycles", default=0.0)
     # V:N:M through Spatha (VENOM): per dtype it runs, its efficiency on the sparse tensor
     # cores; a device without the table has no V:N:M kernel (runs V:N:M masks as N:M or dense)
