@@ -212,3 +212,21 @@ def test_a_hanging_case_fails_within_its_time_limit():
     with pytest.raises(CaseTimeout, match="n="):
         hangs()
     assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.parametrize("field, value", [("vector_bits", 8), ("matrix_macs_per_cycle", 0)])
+def test_impossible_cpu_numbers_are_one_line(tmp_path, field, value):
+    """The CPU reproducers: a vector narrower than the dtype, a matrix unit of zero MACs."""
+    doc = tomllib.loads(Path(builtin_device_files()["xeon-sapphire-rapids"]).read_text())
+    if field == "matrix_macs_per_cycle":
+        for dt in doc[field]:
+            if isinstance(doc[field][dt], dict):
+                doc[field][dt]["value"] = value
+    else:
+        doc[field]["value"] = value
+    path = tmp_path / f"{field}.toml"
+    path.write_text(_toml(doc))
+    rc, out, err = _cli("estimate", "gemm:M=64,N=128,K=128,dtype=bf16", "--device", str(path), "--json")
+    _check(rc, out, err)
+    if rc:
+        assert field in err and str(path) in err, err

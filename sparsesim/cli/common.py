@@ -127,7 +127,7 @@ def user_code_limit(args: argparse.Namespace) -> Iterator[None]:
 
 
 # arguments that change how a document is shown or guarded, not what it holds
-_PRESENTATION = frozenset({"verb", "json", "progress", "quiet", "timeout", "no_cache"})
+_PRESENTATION = frozenset({"verb", "json", "progress", "timeout", "no_cache"})
 
 
 def document_sources(args: argparse.Namespace, devices: str | None, plans: list[str]) -> tuple[Any, ...] | None:
