@@ -169,3 +169,26 @@ def test_effective_llc_is_the_largest_footprint_copying_near_the_llc_rate(monkey
     assert measure.effective_llc_bytes(32 * mib, 60e9, 20e9, floor=mib) == 8 * mib
     monkeypatch.setattr(measure, "copy_bandwidth", lambda nbytes, repeats=3: 20e9)
     assert measure.effective_llc_bytes(32 * mib, 60e9, 20e9, floor=mib) == mib
+
+
+def test_summary_scores_energy_apart_from_speed():
+    """Energy rows are held to their factor-of-2 band, not counted in the speed median and p90."""
+    import pandas as pd
+
+    from sparsesim.fidelity.gpu_validation import ENERGY_FACTOR, RESULT_COLUMNS, summary
+
+    def row(case, quantity, measured, predicted, direction="-"):
+        r = dict.fromkeys(RESULT_COLUMNS, "")
+        r.update(case=case, quantity=quantity, measured=measured, measured_low=measured, measured_high=measured,
+                 predicted=predicted, abs_error=abs(predicted / measured - 1), direction=direction,
+                 direction_right=True)
+        return r
+
+    df = pd.DataFrame([row("s1", "speedup", 1.5, 1.5, "faster"), row("s2", "throughput", 100.0, 110.0),
+                       row("e1", "energy", 2.0, 1.2), row("e2", "energy", 1.5, 0.5)], columns=RESULT_COLUMNS)
+    s = summary(df)
+    assert s["with_value"] == 2 and s["median_abs_error"] == pytest.approx(0.05)
+    assert s["energy_cases"] == 2 and s["energy_within"] == 1 and s["energy_factor"] == ENERGY_FACTOR
+    assert s["energy_worst_ratio"] == pytest.approx(1 / 3)
+    assert not s["targets_met"]                       # one energy outside 2x
+    assert summary(df[df["case"] != "e2"])["targets_met"]

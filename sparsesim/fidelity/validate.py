@@ -279,6 +279,8 @@ def gpu_published() -> dict[str, Any]:
             "median_abs_error": _clean(s["median_abs_error"]), "p90_abs_error": _clean(s["p90_abs_error"]),
             "direction_right": s["direction_right"], "direction_cases": s["direction_cases"],
             "range_cases": s["range_cases"], "inside_range": s["inside_range"],
+            "energy_cases": s["energy_cases"], "energy_within": s["energy_within"],
+            "energy_worst_ratio": _clean(s["energy_worst_ratio"]), "energy_factor": s["energy_factor"],
             "target_median": TARGET_MEDIAN, "target_p90": TARGET_P90, "targets_met": s["targets_met"]}
 
 
@@ -399,11 +401,13 @@ def _published(r: dict[str, Any]) -> str:
 def render_published(g: dict[str, Any], *, cases: bool = True) -> str:
     """The published cases as a table (case, device, runtime, dtype, shape, plan, kernel, quantity,
     published, predicted, error, direction) and the summary against the targets."""
-    lines = [f"published figures: {g['cases']} case(s), {g['with_speedup']} with a published value: "
+    lines = [f"published figures: {g['cases']} case(s); speed: {g['with_speedup']} with a published value, "
              f"median |pred/pub - 1| {_apct(g['median_abs_error'])} (target {_apct(g.get('target_median'))}), "
              f"p90 {_apct(g['p90_abs_error'])} (target {_apct(g.get('target_p90'))}); "
              f"direction right {g['direction_right']}/{g['direction_cases']}"
-             + (f"; inside the published range {g['inside_range']}/{g['range_cases']}" if g.get("range_cases") else "")]
+             + (f"; inside the published range {g['inside_range']}/{g['range_cases']}" if g.get("range_cases") else "")
+             + (f"; energy within {g['energy_factor']:g}x of the measured figure {g['energy_within']}/"
+                f"{g['energy_cases']} (worst {g['energy_worst_ratio']:.2f}x)" if g.get("energy_cases") else "")]
     if not cases:
         return "\n".join(lines)
     rows = []

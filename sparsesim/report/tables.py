@@ -99,9 +99,11 @@ def validation_line(v: ValidationResult) -> str:
 
 def gpu_line(v: ValidationResult) -> str:
     g = v.gpu_summary
-    return (f"{g.get('cases', len(v.gpu))} published cases; median |error| {_pct(g.get('median_abs_error'))}, "
+    energy = (f" Energy within {g.get('energy_factor', 2):g}x of the measured figure in {g['energy_within']} of "
+              f"{g['energy_cases']}." if g.get("energy_cases") else "")
+    return (f"{g.get('cases', len(v.gpu))} published cases; speed: median |error| {_pct(g.get('median_abs_error'))}, "
             f"90th percentile {_pct(g.get('p90_abs_error'))}; direction right in {g.get('direction_right', '?')} of "
-            f"{g.get('direction_cases', '?')}.")
+            f"{g.get('direction_cases', '?')}.{energy}")
 
 
 TRAINING_FORMATS = {"train FLOPs vs dense": fmt_x, "time": lambda v: fmt_q(v, "time"), "time vs dense": fmt_x,
