@@ -360,3 +360,21 @@ def test_every_dtype_device_pattern_estimates_or_falls_back_with_a_reason(device
             assert c.latency_s > 0 and c.energy_j > 0, (device, dtype, pattern)
             if c.fallback:
                 assert c.why.strip(), (device, dtype, pattern)
+
+
+def test_tinygemm_at_one_token_is_bound_by_the_bytes_its_warps_keep_in_flight():
+    """One warp per 8 columns, one iteration of loads each: a 4096-column GEMV cannot fill the
+    DRAM pipe (Little's law); 4x the columns bring 4x the warps and the full bandwidth back."""
+    from sparsesim.cost.families.gpu_machine import dram_bw, latency_bound_bandwidth
+
+    p = A100.params
+    assert latency_bound_bandwidth(p, 512, 576) == pytest.approx(512 * 576 / p.dram_latency)
+    assert latency_bound_bandwidth(p, 10**6, 576) == dram_bw(p)            # block slots cap the warps
+    narrow = cost_one(gemm_op(1, 4096, 4096, "int4"), None, A100, runtime="compiled", kernel="tinygemm")
+    wide = cost_one(gemm_op(1, 4 * 4096, 4096, "int4"), None, A100, runtime="compiled", kernel="tinygemm")
+    assert "latency-bound: 512 warps" in narrow.why
+    assert narrow.memory_bytes / narrow.details["memory_s"] < 0.5 * dram_bw(p)
+    assert wide.memory_bytes / wide.details["memory_s"] > 2 * narrow.memory_bytes / narrow.details["memory_s"]
+    # more tokens: the kernel's multi-warp path, not the GEMV's latency bound
+    assert "latency-bound" not in cost_one(gemm_op(64, 4096, 4096, "int4"), None, A100, runtime="compiled",
+                                           kernel="tinygemm").why

@@ -41,6 +41,7 @@ from sparsesim.cost.families.gpu_machine import (
     feature_map_bytes,
     gemm_time,
     gpu_energy,
+    latency_bound_bandwidth,
     memory_s,
     mma_k,
     parse_ratio,
@@ -68,6 +69,11 @@ TINYGEMM_SCALE_ZERO_BYTES = 4
 # for M <= 16 tinygemm computes m16n8k16 MMAs with the activations padded to 16 rows, one warp
 # (one CTA) per 8 output columns looping over all of K: no split-K (aten/src/ATen/native/cuda/int4mm.cu)
 TINYGEMM_TILE = (16, 8)
+# each tinygemm warp loads one iteration's operands into registers, then dequantises and
+# multiplies them before it issues the next loads (KTilesPerIteration = 8 k-tiles of 16 in
+# int4mm.cu's m <= 16 dispatch, from memory of the source: U): 128 K x 8 columns of int4 weights
+# (512 B) plus the bf16 scale and zero of those 8 columns' two groups of 64 (64 B) in flight per warp
+TINYGEMM_K_PER_ITERATION = 128
 # Flash-LLM's Tiled-CSL format stores a 16-bit location next to each 16-bit value (Xia et al. §4)
 FLASH_LLM_INDEX_BYTES = 2
 
@@ -177,9 +183,20 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
     gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
                    split_k=tile is None, tile=tile)
     memory = memory_s(p, gt.dram_bytes, gt.l2_bytes)
+    mlp = ""
+    if tile is not None:
+        # one warp per tile, each with one iteration of loads in flight: few columns, few bytes moving
+        cols = TINYGEMM_TILE[1]
+        in_flight = TINYGEMM_K_PER_ITERATION * cols * work.dtype_bytes \
+            + TINYGEMM_K_PER_ITERATION / TINYGEMM_GROUP_SIZE * cols * TINYGEMM_SCALE_ZERO_BYTES
+        bw = latency_bound_bandwidth(p, gt.tiling.tiles, in_flight)
+        if gt.dram_bytes / bw > memory:
+            memory = gt.dram_bytes / bw
+            mlp = (f"; latency-bound: {gt.tiling.tiles} warps x {in_flight:.0f} B in flight / "
+                   f"{p.dram_latency * 1e9:.0f} ns = {bw / 1e9:.0f} GB/s")
     why = describe(f"tinygemm int4 weight-only {g.m}x{g.n}x{g.k}: 4-bit weights + bf16 scale and zero per "
                    f"{TINYGEMM_GROUP_SIZE} ({w_bytes / 1e6:.3g} MB), {unit.dtype} MMA", gt.compute_s, memory, env.launch,
-                   gt.tiling)
+                   gt.tiling) + mlp
     return build_cost(
         device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, float(work.macs), unit.dtype, gt.dram_bytes, gt.l2_bytes),

@@ -69,6 +69,10 @@ class GpuParams:
     l2_size: float = quantity("bytes")
     l2_resident_fraction: float = quantity("ratio")
     smem_per_sm: float = quantity("bytes")
+    # a load's round trip to DRAM, and the thread blocks an SM holds at once: with the bytes each
+    # warp keeps in flight they bound what a kernel with few warps can stream (Little's law)
+    dram_latency: float = quantity("time")
+    max_ctas_per_sm: float = quantity("count")
     memory_capacity: float = quantity("bytes")
     launch_overhead: float = quantity("time")
     gemm_tile_m: float = quantity("count")
@@ -137,10 +141,10 @@ class GpuParams:
                 return f"field 'mac_energy': missing dtype {dt!r}"
         return (check_fraction(self, "dram_efficiency", "l2_resident_fraction", "dense_gemm_efficiency",
                                "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency")
-                or check_whole(self, "sm_count", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
+                or check_whole(self, "sm_count", "max_ctas_per_sm", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
                                "mma_k_bytes", "sparse_row_multiple", "sparse_col_multiple", "dense_pad_multiple")
                 or check_positive(self, "tensor_peak", "sparse_tensor_peak", "cuda_core_peak", "dram_bandwidth",
-                                  "l2_bandwidth", "clock")
+                                  "l2_bandwidth", "clock", "dram_latency", "max_ctas_per_sm")
                 or _check_vnm(self))
 
 
@@ -376,6 +380,16 @@ def dram_reads(p: GpuParams, nbytes: float, tiles: int, tiles_per_wave: int) -> 
 def dram_bw(p: GpuParams) -> float:
     """The DRAM bandwidth kernels reach (peak x efficiency)."""
     return p.dram_bandwidth * p.dram_efficiency
+
+
+def latency_bound_bandwidth(p: GpuParams, warps: int, bytes_in_flight: float, *, warps_per_cta: int = 1) -> float:
+    """The DRAM bandwidth a kernel of `warps` warps reaches when each keeps `bytes_in_flight` of
+    loads outstanding and waits for them before issuing more (Little's law: bytes in flight /
+    latency; the memory-warp parallelism of Hong & Kim, ISCA 2009). Warps beyond the SMs' thread
+    block slots wait for a slot and add nothing in flight; never above `dram_bw`."""
+    ctas = ceil_div(max(warps, 1), warps_per_cta)
+    resident = min(ctas, int(p.sm_count * p.max_ctas_per_sm)) * warps_per_cta
+    return min(dram_bw(p), resident * bytes_in_flight / p.dram_latency)
 
 
 def memory_s(p: GpuParams, dram: float, l2: float) -> float:
