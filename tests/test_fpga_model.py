@@ -245,3 +245,85 @@ def test_energy_at_least_static_and_skipping_saves_mac_energy(m, n, k, density, 
         assert sp.energy_j >= d.params.static_power * sp.latency_s
         assert sp.details["energy_compute_j"] <= dn.details["energy_compute_j"] * (1 + 1e-9)
         assert math.isfinite(sp.energy_j)
+
+
+# ----------------------------------------------------------------------------- FPGA energy: fabric gap, clocked idle
+
+PJ = 1e-12
+
+
+def test_fabric_gap_scales_every_on_chip_action_not_dram():
+    """An executed MAC, its operand reads, an on-chip byte and a metadata byte cost the device's
+    fabric_energy_factor times the ASIC figures of the file; a DRAM byte does not."""
+    asic = device_with("alveo-u250", fabric_energy_factor=1.0, gated_fraction=0.0)
+    fpga = device_with("alveo-u250", gated_fraction=0.0)
+    gap = fpga.params.fabric_energy_factor
+    assert gap > 1
+    mask = _random_mask(512, 1024, 0.3, 7)
+    layer = layer_of(mask, Pattern("unstructured", 0.3))
+    op = linear(256, 512, 1024)
+    for ctx in (RunContext(), RunContext(model_weight_bytes=1e9)):  # weights on chip / streamed from DRAM
+        a, f = estimate_op(op, layer, asic, ctx), estimate_op(op, layer, fpga, ctx)
+        assert f.latency_s == a.latency_s
+        executed = f.flops_executed / 2
+        per_mac = fpga.params.mac_energy["int8"] + fpga.params.operand_energy
+        assert per_mac == pytest.approx((0.3 + 1.66) * PJ)
+        assert f.details["energy_compute_j"] == pytest.approx(gap * executed * per_mac)
+        assert f.details["energy_compute_j"] == pytest.approx(gap * a.details["energy_compute_j"])
+        assert f.details["energy_metadata_j"] == pytest.approx(gap * a.details["energy_metadata_j"])
+        sram = f.bytes_by_level["sram"] * fpga.params.sram_energy
+        dram = f.bytes_by_level["dram"] * fpga.params.dram_energy
+        assert a.details["energy_memory_j"] == pytest.approx(sram + dram)
+        assert f.details["energy_memory_j"] == pytest.approx(gap * sram + dram)
+    # an op without a GEMM reads the same block RAM
+    pool = Op(1, "elementwise", "aten.add", "add", 0, "int8", ((1, 4096),), (1, 4096), 4096, 3 * 4096)
+    assert (estimate_op(pool, None, fpga).details["energy_memory_j"]
+            == pytest.approx(gap * estimate_op(pool, None, asic).details["energy_memory_j"]))
+
+
+def test_clocked_idle_pe_cycles_cost_energy():
+    """The array is clocked for the op's whole latency: PE cycles without a MAC (the systolic
+    fill, the per-layer setup, DRAM stalls) cost gated_fraction of an executed MAC."""
+    p = U250.params
+    op = linear(256, 512, 1024)
+    slow_setup = device_with("alveo-u250", layer_overhead=10 * p.layer_overhead)
+    fast = estimate_op(op, None, U250)
+    slow = estimate_op(op, None, slow_setup)
+    assert slow.latency_s > fast.latency_s and slow.flops_executed == fast.flops_executed
+    per_mac = p.fabric_energy_factor * (p.mac_energy["int8"] + p.operand_energy)
+    for c in (fast, slow):
+        clocked = c.details["array_rows"] * c.details["array_cols"] * c.latency_s * p.clock
+        assert c.details["clocked_pe_cycles"] == pytest.approx(clocked)
+        executed = c.flops_executed / 2
+        assert clocked > executed
+        idle = p.gated_fraction * (clocked - executed)
+        assert c.details["energy_compute_j"] == pytest.approx((executed + idle) * per_mac)
+    assert slow.details["energy_compute_j"] > fast.details["energy_compute_j"]
+    # without clocked-idle energy the two would cost the same MAC energy
+    a = estimate_op(op, None, device_with("alveo-u250", gated_fraction=0.0))
+    b = estimate_op(op, None, device_with("alveo-u250", gated_fraction=0.0, layer_overhead=10 * p.layer_overhead))
+    assert b.details["energy_compute_j"] == pytest.approx(a.details["energy_compute_j"])
+
+
+def test_load_imbalance_costs_clocked_energy_on_row_interleaved_pes():
+    """Same nonzeros, one PE given more: the others idle, clocked, until it finishes."""
+    ese = load_device("ese-xcku060")
+    op = linear(1, 4096, 512, "fp16")
+    even = torch.zeros(4096, 512, dtype=torch.bool)
+    even[:, ::8] = True                                  # 64 nonzeros per row
+    skew = even.clone()
+    skew[0, :] = True                                    # row 0 full: +448 nonzeros ...
+    skew[1:449, 0] = False                               # ... taken from 448 other rows
+    assert int(skew.sum()) == int(even.sum())
+    c_even = estimate_op(op, layer_of(even, "unstructured:0.875", "fp16"), ese)
+    c_skew = estimate_op(op, layer_of(skew, "unstructured:0.875", "fp16"), ese)
+    assert c_skew.flops_executed == pytest.approx(c_even.flops_executed)
+    assert c_skew.details["cycles"] > c_even.details["cycles"]
+    assert c_skew.details["energy_compute_j"] > c_even.details["energy_compute_j"]
+
+
+def test_fpga_energy_fields_are_checked():
+    with pytest.raises(DeviceFileError, match="gated_fraction"):
+        device_with("zcu102", gated_fraction=1.5)
+    with pytest.raises(DeviceFileError, match="fabric_energy_factor"):
+        device_with("zcu102", fabric_energy_factor=0)

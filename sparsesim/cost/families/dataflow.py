@@ -30,7 +30,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sparsesim.core.ir import DTYPE_BYTES, MEMORY_KINDS, Op
-from sparsesim.cost.common import UNKNOWN_DTYPE_BYTES, EnergyInputs, build_cost, check_positive, memory_op_bytes
+from sparsesim.cost.common import (
+    UNKNOWN_DTYPE_BYTES,
+    EnergyInputs,
+    build_cost,
+    check_fraction,
+    check_positive,
+    memory_op_bytes,
+)
 from sparsesim.cost.record import Cost, RunContext
 from sparsesim.hw.devices import Device, quantity
 
@@ -45,7 +52,10 @@ class DataflowParams:
     average (checked, not used to cost); energies per action and static power as Accelergy.
     `operand_energy` is what one executed MAC costs beyond the multiply-add: the PE's local
     reads of its weight, the weight's index, the matching activation and the partial sum (a
-    sparse PE pays it per nonzero, a skipped MAC pays nothing).
+    sparse PE pays it per nonzero, a skipped MAC pays nothing). `gated_fraction` is what a MAC
+    slot the array spends without a MAC costs, as a share of a MAC with its operand reads: a
+    clock-gated slot on an ASIC engine, a clocked-idle PE cycle on an FPGA design (which does
+    not gate its clock: stalled PEs keep their clock tree and registers switching).
     """
 
     onchip_buffer: float = quantity("bytes")
@@ -57,10 +67,12 @@ class DataflowParams:
     metadata_energy: float = quantity("energy_per_byte")
     static_power: float = quantity("power")
     tdp: float = quantity("power")
+    gated_fraction: float = quantity("ratio")
 
     def check_dataflow(self) -> str | None:
         """The shared fields' problem as one line, or None."""
-        problem = check_positive(self, "onchip_buffer", "onchip_bandwidth", "tdp")
+        problem = (check_positive(self, "onchip_buffer", "onchip_bandwidth", "tdp")
+                   or check_fraction(self, "gated_fraction", zero_ok=True))
         if problem:
             return problem
         if self.static_power > self.tdp:
@@ -131,11 +143,12 @@ def offchip_traffic(w: float, a: float, c: float, buffer: float) -> tuple[float,
 
 def memory_op_on_chip(
     op: Op, device: Device, p: DataflowParams, *, model: str, dram_bandwidth: float, overhead_s: float,
-    context: RunContext,
+    context: RunContext, onchip_energy_factor: float = 1.0,
 ) -> Cost:
     """An op without a GEMM on a dataflow engine: its tensors stream from the on-chip buffer at
     `onchip_bandwidth` and only what spills crosses DRAM. Fused into a MAC pipeline by the
-    runtime it costs less still (`sparsesim.runtime.apply`)."""
+    runtime it costs less still (`sparsesim.runtime.apply`). `onchip_energy_factor` scales the
+    on-chip byte energy (an FPGA fabric's gap over the ASIC figures; 1 on an ASIC)."""
     nbytes = memory_op_bytes(op)
     out_b = math.prod(op.output_shape) * DTYPE_BYTES.get(op.dtype, UNKNOWN_DTYPE_BYTES) if op.output_shape else 0.0
     out_b = min(float(out_b), nbytes)
@@ -150,7 +163,7 @@ def memory_op_on_chip(
     return build_cost(
         device=device, model=model, compute_s=0.0, memory_s=max(onchip_s, dram_s), overhead_s=overhead_s,
         energy=EnergyInputs(macs=0.0, mac_energy_j=0.0, bytes_by_level={"dram": t.dram, "sram": t.onchip},
-                            energy_per_byte={"dram": p.dram_energy, "sram": p.sram_energy},
+                            energy_per_byte={"dram": p.dram_energy, "sram": p.sram_energy * onchip_energy_factor},
                             static_power_w=p.static_power),
         kernel="memory", why=why, flops_executed=float(op.flops), peak_flops=0.0, fallback=not known,
         details={"offchip_bytes": t.dram, "onchip_bytes": t.onchip, "offchip_s": dram_s},

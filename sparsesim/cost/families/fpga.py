@@ -35,6 +35,14 @@ How a sparse layer runs here, and why it is costed this way:
   array's output stage: no DRAM trip; an op left alone streams its on-chip tensors at
   `onchip_bandwidth`. `Cost.details` exposes compute_s,
   memory_s and overhead_s separately for layer-pipeline simulation.
+* Energy: the per-action energies of the device file are standard-cell ASIC figures; the same
+  action in FPGA fabric costs `fabric_energy_factor` times as much (LUT routing, DSP slices and
+  block RAM built for generality: Kuon & Rose's FPGA-vs-ASIC dynamic-power gap), applied to the
+  MAC, its operand reads, on-chip buffer and metadata bytes, not to DRAM. An FPGA design does not
+  gate its clock: the array is clocked for the op's whole latency, and every PE cycle without a
+  MAC (waiting on the busiest PE, the pipeline fill, DRAM or the per-layer setup) costs
+  `gated_fraction` of an executed one (the clock tree and registers keep switching).
+  Static power x latency on top.
 """
 
 from __future__ import annotations
@@ -95,6 +103,7 @@ class FpgaParams(DataflowParams):
     skip_weight_zeros: bool = setting()
     skip_activation_zeros: bool = setting()
     layer_overhead: float = quantity("cycles")
+    fabric_energy_factor: float = quantity("ratio")  # FPGA over standard-cell ASIC per-action energy
 
     def validate(self) -> str | None:
         """A problem with the design as one line, or None."""
@@ -104,7 +113,7 @@ class FpgaParams(DataflowParams):
         if self.dataflow not in FPGA_DATAFLOWS:
             return f"field 'dataflow': {self.dataflow!r} is not one of {', '.join(FPGA_DATAFLOWS)}"
         problem = (check_whole(self, "pe_rows", "pe_cols")
-                   or check_positive(self, "clock", "offchip_bandwidth")
+                   or check_positive(self, "clock", "offchip_bandwidth", "fabric_energy_factor")
                    or self.check_dataflow()
                    or check_flags(self, "skip_weight_zeros", "skip_activation_zeros")
                    or check_dtype_table(self, "dsp_per_mac"))
@@ -251,7 +260,8 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
     overhead_s = p.layer_overhead / p.clock
     if not op.is_matmul or op.gemm is None:
         return memory_op_on_chip(op, device, p, model=MODEL, dram_bandwidth=p.offchip_bandwidth,
-                                 overhead_s=overhead_s, context=context)
+                                 overhead_s=overhead_s, context=context,
+                                 onchip_energy_factor=p.fabric_energy_factor)
     dtype, cast = run_dtype(op.dtype, p.dsp_per_mac)
     rows, cols = array_for(p, dtype)
     db = DTYPE_BYTES[dtype]
@@ -319,6 +329,9 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
         notes.append(f"operands exceed the {p.onchip_buffer / 1e6:.3g} MB buffer: re-read {rereads}x")
     bound = bound_of(compute_s, memory_s, overhead_s)
     why = "; ".join([head + f"; {bound}-bound"] + notes)
+    # the array is clocked for the whole op (no clock gating): PE cycles without a MAC cost gated_fraction of one
+    clocked = rows * cols * (max(compute_s, memory_s) + overhead_s) * p.clock
+    gap = p.fabric_energy_factor
     return build_cost(
         device=device,
         model=MODEL,
@@ -327,12 +340,14 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
         overhead_s=overhead_s,
         energy=EnergyInputs(
             macs=executed,
-            mac_energy_j=p.mac_energy[dtype] + p.operand_energy,
+            mac_energy_j=gap * (p.mac_energy[dtype] + p.operand_energy),
             bytes_by_level={"dram": dram, "sram": sram},
-            energy_per_byte={"dram": p.dram_energy, "sram": p.sram_energy},
+            energy_per_byte={"dram": p.dram_energy, "sram": gap * p.sram_energy},
             static_power_w=p.static_power,
             metadata_bytes=meta * rereads,
-            metadata_energy_per_byte=p.metadata_energy,
+            metadata_energy_per_byte=gap * p.metadata_energy,
+            gated_macs=max(0.0, clocked - executed),
+            gated_fraction=p.gated_fraction,
         ),
         kernel="zero-skipping PE array" if stats is not None else "dense PE array",
         why=why,
@@ -352,6 +367,7 @@ def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
             "weights_pinned": float(traffic.pinned),
             "onchip_bytes": traffic.onchip if traffic.fits else dram,
             "activation_density_used": act,
+            "clocked_pe_cycles": clocked,
         },
     )
 

@@ -82,7 +82,6 @@ class S4Params(DataflowParams):
     memory_bandwidth: float = quantity("bandwidth")
     memory_capacity: float = quantity("bytes")  # the card's DRAM the model runs from (run.fit)
     op_overhead: float = quantity("time")
-    gated_fraction: float = quantity("ratio")
 
     def validate(self) -> str | None:
         ratios = self.supported_ratios
@@ -95,7 +94,7 @@ class S4Params(DataflowParams):
         if max(ratios) > self.max_sparsity_factor:
             return (f"field 'supported_ratios': {max(ratios):g} exceeds max_sparsity_factor "
                     f"{self.max_sparsity_factor:g}")
-        return (check_fraction(self, "balancing", "gated_fraction", zero_ok=True)
+        return (check_fraction(self, "balancing", zero_ok=True)
                 or check_flags(self, "skip_activation_zeros")
                 or check_dtype_table(self, "dense_peak")
                 or check_positive(self, "memory_bandwidth")
