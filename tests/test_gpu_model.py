@@ -193,10 +193,11 @@ def test_block_sparsity_depends_on_block_size():
 
 
 # published GEMM cases whose direction the model does not reproduce yet: cuSPARSELt's
-# small-problem behaviour (SlideSparse: break-even at 2048^3 and at small M). The 1024^3 fp8 H100
-# slowdown is reproduced since cuBLAS picks a smaller CTA tile for small problems while the sm90
-# sparse kernel keeps its 128x256 tile. Listed so a fix must update them.
-KNOWN_DIRECTION_MISSES = {"slidesparse-a100-fp16-2048", "slidesparse-h100-fp8-2048", "slidesparse-h100-fp8-small-m-64"}
+# small-problem behaviour on the H100 (SlideSparse: break-even at 2048^3 and at small M). The
+# 1024^3 fp8 H100 slowdown is reproduced since cuBLAS picks a smaller CTA tile for small problems
+# while the sm90 sparse kernel keeps its 128x256 tile; the A100's break-even at 2048^3 since its
+# 128 tiles of 128x256 take two waves on 108 SMs. Listed so a fix must update them.
+KNOWN_DIRECTION_MISSES = {"slidesparse-h100-fp8-2048", "slidesparse-h100-fp8-small-m-64"}
 
 
 def test_published_gemm_cases_direction():
@@ -432,3 +433,20 @@ def test_gpu_measure_cpu_smoke_rows_fit_the_table(tmp_path):
     append_rows(rows, table)
     assert len(load_table(table)) == len(rows)
     assert all("cpu-smoke" in r["source"] and r["date_added"] for r in rows)
+
+
+def test_sparse_tile_waves_explain_the_a100_dip_at_2048():
+    """cuSPARSELt's 128x256 tile: 2048^3 is 128 tiles, two waves on 108 SMs (59% full), while
+    cuBLAS's smaller tiles fill them; at 1024^3 and 4096^3 the waves fill as well as dense's."""
+    speed = {}
+    for s in (1024, 2048, 4096):
+        sparse = cost_one(gemm_op(s, s, s, "fp16"), layer_for("weight", s, s, parse_pattern("2:4"), "fp16"), A100, runtime="engine", kernel="cusparselt")
+        dense = cost_one(gemm_op(s, s, s, "fp16"), None, A100, runtime="engine")
+        speed[s] = dense.latency_s / sparse.latency_s
+        if s == 2048:
+            assert sparse.details["waves"] == 2 and sparse.details["tiles"] == 128
+    assert speed[2048] < 1.1 < speed[1024] < speed[4096]
+    # torch's CUTLASS kernel keeps its own 128x128 tile (256 tiles, 3 waves)
+    cutlass = cost_one(gemm_op(2048, 2048, 2048, "fp16"), layer_for("weight", 2048, 2048, parse_pattern("2:4"), "fp16"), A100, runtime="eager",
+                       kernel="cutlass-24")
+    assert cutlass.details["tiles"] == 256

@@ -74,6 +74,16 @@ TINYGEMM_TILE = (16, 8)
 # int4mm.cu's m <= 16 dispatch, from memory of the source: U): 128 K x 8 columns of int4 weights
 # (512 B) plus the bf16 scale and zero of those 8 columns' two groups of 64 (64 B) in flight per warp
 TINYGEMM_K_PER_ITERATION = 128
+# torch's CUTLASS semi-structured linear is one sm80 kernel on every GPU, threadblock tile
+# 128x128x64 for 16-bit operands (aten/src/ATen/native/sparse/cuda/SparseSemiStructuredLinear.cu,
+# from memory of the source: U); the device's sparse tile describes the vendor library (cuSPARSELt)
+TORCH_CUTLASS_24_TILE = (128, 128)
+# Marlin and Sparse-Marlin stripe their tiles over every SM (each SM takes an equal run of K
+# slices across the output tiles and the partial sums are reduced), so even one token keeps all
+# SMs streaming weights: K is split whatever the runtime; CTA tile of up to 4 blocks of 16 rows x
+# 256 output columns for small batches (Frantar et al., Marlin, "striped partitioning"; tile from
+# memory of the source: U)
+MARLIN_TILE = (64, 256)
 # Flash-LLM's Tiled-CSL format stores a 16-bit location next to each 16-bit value (Xia et al. §4)
 FLASH_LLM_INDEX_BYTES = 2
 
@@ -260,9 +270,11 @@ def _nm_check(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
 
 
 def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env: KernelEnv, sdt: str, *,
-               library: str, fused_transpose: bool, int4: bool = False) -> Cost:
+               library: str, fused_transpose: bool, int4: bool = False, tile: tuple[int, int] | None = None,
+               split_k: bool | None = None) -> Cost:
     """2:4 (1:2 tf32) GEMM on sparse tensor cores by `library`, with the layout kernels a
-    framework runtime launches around it and, under eager, the tensor subclass's host time."""
+    framework runtime launches around it and, under eager, the tensor subclass's host time.
+    `split_k` (default: when the runtime searches algorithms) spreads K over otherwise idle SMs."""
     p: GpuParams = device.params
     rt = env.rt
     g = work.gemms[0]
@@ -284,9 +296,10 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
         values += values / work.dtype_bytes / INT4_GROUP_SIZE * SCALE_BYTES
     tile_rate = p.sparse_tensor_peak[sdt] / p.sm_count * p.sparse_gemm_efficiency
     # split-K needs the algorithm search a vendor engine runs (torch calls one default algorithm)
+    split = rt.algorithm_search if split_k is None else split_k
     gt = gemm_time(p, gp, work.dtype_bytes if not int4 else 2.0, tile_rate=tile_rate, a_bytes=a_pad, w_bytes=values,
-                   c_bytes=c_pad, w_meta_bytes=meta, split_k=rt.algorithm_search, sparse=True,
-                   a_dram_bytes=feature_map_bytes(op, a_pad, gp))
+                   c_bytes=c_pad, w_meta_bytes=meta, split_k=split, sparse=True,
+                   a_dram_bytes=feature_map_bytes(op, a_pad, gp), tile=tile)
     extra_kernels, extra_bytes, extra_why = 0, 0.0, []
     if m_pad != g.m:
         extra_kernels += 1
@@ -326,8 +339,9 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     )
 
 
-def _nm_library(library: str, title: str, *, fused_transpose: bool) -> KernelFn:
-    """A 2:4 tensor-core GEMM of one library (half/int8/fp8 operands; no weight-only variant)."""
+def _nm_library(library: str, title: str, *, fused_transpose: bool, tile: tuple[int, int] | None = None) -> KernelFn:
+    """A 2:4 tensor-core GEMM of one library (half/int8/fp8 operands; no weight-only variant);
+    `tile` is the library's own CTA tile where it has one (default: the device's sparse tile)."""
 
     def run(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
         if work.dtype in WEIGHT_ONLY_DTYPES:
@@ -336,13 +350,14 @@ def _nm_library(library: str, title: str, *, fused_transpose: bool) -> KernelFn:
         if not sdt:
             return reason
         assert layer is not None
-        return _nm_sparse(op, work, layer, device, env, sdt, library=library, fused_transpose=fused_transpose)
+        return _nm_sparse(op, work, layer, device, env, sdt, library=library, fused_transpose=fused_transpose,
+                          tile=tile)
 
     return run
 
 
 _cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=True)
-_cutlass24 = _nm_library("cutlass", "torch's CUTLASS 2:4 kernel", fused_transpose=False)
+_cutlass24 = _nm_library("cutlass", "torch's CUTLASS 2:4 kernel", fused_transpose=False, tile=TORCH_CUTLASS_24_TILE)
 
 
 def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
@@ -352,7 +367,8 @@ def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: 
     if not sdt:
         return reason
     assert layer is not None
-    return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", fused_transpose=True, int4=True)
+    return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", fused_transpose=True, int4=True,
+                      tile=MARLIN_TILE, split_k=True)
 
 
 # ----------------------------------------------------------------------------- V:N:M
