@@ -446,7 +446,7 @@ def test_sparse_tile_waves_explain_the_a100_dip_at_2048():
         if s == 2048:
             assert sparse.details["waves"] == 2 and sparse.details["tiles"] == 128
     assert speed[2048] < 1.1 < speed[1024] < speed[4096]
-    # torch's CUTLASS kernel keeps its own 128x128 tile (256 tiles, 3 waves)
+    # torch's CUTLASS kernel keeps CUTLASS's 128x128 tile of the device file (256 tiles, 3 waves)
     cutlass = cost_one(gemm_op(2048, 2048, 2048, "fp16"), layer_for("weight", 2048, 2048, parse_pattern("2:4"), "fp16"), A100, runtime="eager",
                        kernel="cutlass-24")
     assert cutlass.details["tiles"] == 256

@@ -74,10 +74,6 @@ TINYGEMM_TILE = (16, 8)
 # int4mm.cu's m <= 16 dispatch, from memory of the source: U): 128 K x 8 columns of int4 weights
 # (512 B) plus the bf16 scale and zero of those 8 columns' two groups of 64 (64 B) in flight per warp
 TINYGEMM_K_PER_ITERATION = 128
-# torch's CUTLASS semi-structured linear is one sm80 kernel on every GPU, threadblock tile
-# 128x128x64 for 16-bit operands (aten/src/ATen/native/sparse/cuda/SparseSemiStructuredLinear.cu,
-# from memory of the source: U); the device's sparse tile describes the vendor library (cuSPARSELt)
-TORCH_CUTLASS_24_TILE = (128, 128)
 # Marlin and Sparse-Marlin stripe their tiles over every SM (each SM takes an equal run of K
 # slices across the output tiles and the partial sums are reduced), so even one token keeps all
 # SMs streaming weights: K is split whatever the runtime; CTA tile of up to 4 blocks of 16 rows x
@@ -339,9 +335,10 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     )
 
 
-def _nm_library(library: str, title: str, *, fused_transpose: bool, tile: tuple[int, int] | None = None) -> KernelFn:
-    """A 2:4 tensor-core GEMM of one library (half/int8/fp8 operands; no weight-only variant);
-    `tile` is the library's own CTA tile where it has one (default: the device's sparse tile)."""
+def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile: bool) -> KernelFn:
+    """A 2:4 tensor-core GEMM of one library (half/int8/fp8 operands; no weight-only variant).
+    `vendor_tile`: the device's sparse tile (the vendor library's kernels); else the device's
+    GEMM tile (CUTLASS's threadblock shapes, as torch's semi-structured linear instantiates them)."""
 
     def run(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
         if work.dtype in WEIGHT_ONLY_DTYPES:
@@ -350,14 +347,16 @@ def _nm_library(library: str, title: str, *, fused_transpose: bool, tile: tuple[
         if not sdt:
             return reason
         assert layer is not None
+        p: GpuParams = device.params
+        tile = None if vendor_tile else (int(p.gemm_tile_m), int(p.gemm_tile_n))
         return _nm_sparse(op, work, layer, device, env, sdt, library=library, fused_transpose=fused_transpose,
                           tile=tile)
 
     return run
 
 
-_cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=True)
-_cutlass24 = _nm_library("cutlass", "torch's CUTLASS 2:4 kernel", fused_transpose=False, tile=TORCH_CUTLASS_24_TILE)
+_cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=True, vendor_tile=True)
+_cutlass24 = _nm_library("cutlass", "torch's CUTLASS 2:4 kernel", fused_transpose=False, vendor_tile=False)
 
 
 def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
