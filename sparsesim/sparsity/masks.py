@@ -17,6 +17,7 @@ the weight's own size, whatever the pattern's numbers.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -29,6 +30,19 @@ def kept_units(density: float, units: int) -> int:
     if units <= 0:
         return 0
     return min(units, max(1, math.floor(density * units + 0.5)))
+
+
+# cells per slice when a weight-sized computation is done a band of rows at a time: a band's
+# temporaries (a few MB) are reused by the allocator, where weight-sized ones are fresh pages
+# each time, whose faults cost more than the arithmetic on them
+SLICE_CELLS = 1 << 20
+
+
+def row_bands(rows: int, cols: int, unit: int = 1) -> Iterator[slice]:
+    """Slices of about SLICE_CELLS cells covering `rows` rows, each a whole number of `unit` rows."""
+    step = max(1, SLICE_CELLS // max(1, cols * unit)) * unit
+    for lo in range(0, rows, step):
+        yield slice(lo, min(rows, lo + step))
 
 
 def matrix_view(t: torch.Tensor) -> torch.Tensor:
@@ -70,12 +84,20 @@ def activation_aware_scores(weight: torch.Tensor, act_norms: torch.Tensor, *, la
         f"(expected {k}, {cin_g} or a multiple of {cin_g} for grouped convs)")
 
 
-def _scores(weight: torch.Tensor, scores: torch.Tensor | None, layer: str) -> torch.Tensor:
+def _checked_scores(weight: torch.Tensor, scores: torch.Tensor | None, layer: str) -> torch.Tensor | None:
     if weight.device.type == "meta":
         raise MaskError(f"layer {layer!r}: weight is on the meta device; masks need real weights (use analytic stats)")
-    s = weight.detach().abs() if scores is None else scores.detach()
-    if tuple(s.shape) != tuple(weight.shape):
-        raise MaskError(f"layer {layer!r}: scores shape {tuple(s.shape)} != weight shape {tuple(weight.shape)}")
+    if scores is not None and tuple(scores.shape) != tuple(weight.shape):
+        raise MaskError(f"layer {layer!r}: scores shape {tuple(scores.shape)} != weight shape {tuple(weight.shape)}")
+    return None if scores is None else scores.detach()
+
+
+def _scores(weight: torch.Tensor, scores: torch.Tensor | None, layer: str, signed: bool = False) -> torch.Tensor:
+    """Scores as the float rows x K matrix; with `signed`, magnitudes may come as the weight
+    itself (for kinds reading scores only squared: the same squares, no |W| copy)."""
+    s = _checked_scores(weight, scores, layer)
+    if s is None:
+        s = weight.detach() if signed else weight.detach().abs()
     return matrix_view(s.float())
 
 
@@ -95,8 +117,19 @@ def build_mask(weight: torch.Tensor, pattern: Pattern, *, scores: torch.Tensor |
 def keep_matrix(weight: torch.Tensor, pattern: Pattern, *, scores: torch.Tensor | None = None,
                 layer: str = "weight", group: int = 1) -> torch.Tensor:
     """What `build_mask` keeps, as the bool rows x K matrix view (no float copy of a weight-sized
-    tensor: sparsify measures and stores masks as bools)."""
-    return pattern.spec.build_mask(_scores(weight, scores, layer), pattern, group=group, layer=layer)
+    tensor: sparsify measures and stores masks as bools). Row-local kinds (N:M) are built a
+    band of rows at a time from the bands' scores (|W| by default), the same masks without a
+    weight-sized score tensor."""
+    spec = pattern.spec
+    if not spec.row_local:
+        return spec.build_mask(_scores(weight, scores, layer, spec.squares_scores), pattern, group=group, layer=layer)
+    given = _checked_scores(weight, scores, layer)
+    w = matrix_view(weight.detach() if given is None else given)
+    out = torch.empty(w.shape, dtype=torch.bool)
+    for band in row_bands(*w.shape):
+        s = (w[band].abs() if given is None else w[band]).float()
+        out[band] = spec.build_mask(s, pattern, group=group, layer=layer)
+    return out
 
 
 def _as_bool_matrix(mask: torch.Tensor, layer: str) -> torch.Tensor:
@@ -132,28 +165,43 @@ def _resolve(module: torch.nn.Module, param_name: str) -> tuple[torch.nn.Module,
     return module, param_name
 
 
-def existing_mask(module: torch.nn.Module, param_name: str = "weight") -> torch.Tensor | None:
-    """The mask already in effect for `module.<param_name>`, or None if the weight has no zeros.
-
-    Picks up `torch.nn.utils.prune` reparametrisations (a `<name>_mask` buffer next to
-    `<name>_orig`; the forward pre-hook recomputes `<name>` from them) and exact zeros already
-    stored in the weight. `param_name` may be dotted relative to `module`.
-    """
+def _effective(module: torch.nn.Module, param_name: str) -> torch.Tensor:
+    """The weight in effect for `module.<param_name>`: `<name>_orig * <name>_mask` under
+    `torch.nn.utils.prune` (its forward pre-hook recomputes `<name>` from them), else the stored
+    tensor."""
     owner, local = _resolve(module, param_name)
     if local.endswith("_orig"):
         local = local[: -len("_orig")]
     orig = getattr(owner, local + "_orig", None)
     prune_mask = getattr(owner, local + "_mask", None)
     if isinstance(orig, torch.Tensor) and isinstance(prune_mask, torch.Tensor):
-        w = orig.detach() * prune_mask
-    else:
-        stored = getattr(owner, local, None)
-        if not isinstance(stored, torch.Tensor):
-            raise MaskError(f"layer {param_name!r}: module {type(owner).__name__} has no tensor {local!r}")
-        w = stored.detach()
-    if w.device.type == "meta":
+        return orig.detach() * prune_mask
+    stored = getattr(owner, local, None)
+    if not isinstance(stored, torch.Tensor):
+        raise MaskError(f"layer {param_name!r}: module {type(owner).__name__} has no tensor {local!r}")
+    return stored.detach()
+
+
+def _kept(w: torch.Tensor) -> torch.Tensor | None:
+    # one count, no weight-sized temporary, finds the usual weight without zeros
+    if w.device.type == "meta" or int(torch.count_nonzero(w)) == w.numel():
         return None
-    keep = w != 0
-    if bool(keep.all()):
-        return None
-    return keep.to(w.dtype if w.dtype.is_floating_point else torch.float32)
+    return w != 0
+
+
+def existing_keep(module: torch.nn.Module, param_name: str = "weight") -> torch.Tensor | None:
+    """What `existing_mask` finds, as a bool tensor (no float copy of a weight-sized mask:
+    sparsify measures and stores masks as bools)."""
+    return _kept(_effective(module, param_name))
+
+
+def existing_mask(module: torch.nn.Module, param_name: str = "weight") -> torch.Tensor | None:
+    """The mask already in effect for `module.<param_name>`, or None if the weight has no zeros.
+
+    Picks up `torch.nn.utils.prune` reparametrisations (a `<name>_mask` buffer next to
+    `<name>_orig`) and exact zeros already stored in the weight. `param_name` may be dotted
+    relative to `module`. The mask has the weight's float dtype (float32 for other dtypes).
+    """
+    w = _effective(module, param_name)
+    keep = _kept(w)
+    return None if keep is None else keep.to(w.dtype if w.dtype.is_floating_point else torch.float32)

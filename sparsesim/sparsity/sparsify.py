@@ -35,10 +35,10 @@ from sparsesim.sparsity.formats import format_bytes, storage_format
 from sparsesim.sparsity.kinds.act import with_activation_sparsity
 from sparsesim.sparsity.masks import (
     activation_aware_scores,
-    build_mask,
     check_mask,
-    existing_mask,
+    existing_keep,
     keep_matrix,
+    row_bands,
 )
 from sparsesim.sparsity.patterns import make_pattern
 from sparsesim.sparsity.plans import Plan, load_plan
@@ -151,7 +151,7 @@ def _channel_pattern(kept_rows: int, kept_cols: int, e: _Entry) -> Pattern:
 
 @dataclass(frozen=True)
 class _Decision:
-    """One weight under the plan: its pattern, its full mask in the N x K view (None when fully
+    """One weight under the plan: its pattern, its full bool mask in the N x K view (None when fully
     dense or analytic) and the stats the cost models read."""
 
     pattern: Pattern
@@ -189,8 +189,17 @@ class _Decider:
             self.cut = plan_cut(ch, channel, scores, given, plan.name)
 
     def row_energy(self, w: str) -> torch.Tensor:
-        """Summed squared scores of each row of `w` (how channels of a unit are ranked)."""
-        return self.scores(w).reshape(self.entries[w].rows, -1).pow(2).sum(dim=1)
+        """Summed squared scores of each row of `w` (how channels of a unit are ranked); for
+        magnitudes a band of rows at a time (no weight-sized temporaries, the same sums)."""
+        rows = self.entries[w].rows
+        view = self.weight(w).reshape(rows, -1)
+        if self.criterion != "magnitude" or not view.is_contiguous():
+            return self.scores(w).reshape(rows, -1).pow(2).sum(dim=1)
+        out = torch.empty(rows)
+        for band in row_bands(rows, view.shape[1]):
+            s = view[band].abs().float()
+            torch.sum(s * s, dim=1, out=out[band])
+        return out
 
     def measure(self, w: str, mask: torch.Tensor, p: Pattern) -> SparsityStats:
         """Stats of a real mask, through the cache (by the mask's content) when given."""
@@ -203,12 +212,12 @@ class _Decider:
         """Zeros already in a dense-planned weight; with a cache, looked for once per state of
         the tensors (torch counts every in-place write in a tensor's version)."""
         if self.cache is None:
-            return existing_mask(owner, local)
+            return existing_keep(owner, local)
         parts = tuple(t for t in (getattr(owner, n, None) for n in (local, local + "_orig", local + "_mask"))
                       if isinstance(t, torch.Tensor))
         key = ("zeros", local, *(tensor_state(t) for t in parts))
         # the entry holds the tensors, so their ids stay theirs while it lives
-        return self.cache.get_or_make(key, lambda: (existing_mask(owner, local), parts))[0]
+        return self.cache.get_or_make(key, lambda: (existing_keep(owner, local), parts))[0]
 
     def weight(self, w: str) -> torch.Tensor:
         assert self.model is not None
@@ -222,6 +231,11 @@ class _Decider:
             raise PlanError(f"layer {w!r}: no activation norms (trace with measure_activations=True)")
         a = torch.as_tensor(self.norms[w])
         return activation_aware_scores(view, _view(a, self.entries[w]), layer=w)
+
+    def mask_scores(self, w: str) -> torch.Tensor | None:
+        """What a mask of `w` is built from: None for magnitudes, which `keep_matrix` takes
+        from the weight itself (a band of rows at a time where the kind allows)."""
+        return None if self.criterion == "magnitude" else self.scores(w)
 
     def given(self, w: str) -> torch.Tensor:
         """The plan's own mask for `w` as the N x K bool matrix."""
@@ -254,15 +268,17 @@ class _Decider:
         full = rows[:, None] & cols[None, :]
         if own is None:
             pat = _channel_pattern(kr, kc, e)
-            return _Decision(pat, full.float(), self.measure(w, full, pat))
+            return _Decision(pat, full, self.measure(w, full, pat))
         ri, ci = rows.nonzero().squeeze(1), cols.nonzero().squeeze(1)
         if w in self.plan.masks:
-            sub = self.given(w)[ri][:, ci].float()
+            sub = self.given(w)[ri][:, ci]
             check_mask(sub, own, layer=w)
         else:
             mat = self.weight(w).reshape(e.rows, -1)
-            sub = build_mask(mat[ri][:, ci], own, scores=self.scores(w).reshape(e.rows, -1)[ri][:, ci], layer=w)
-        mask = torch.zeros(e.rows, e.cols)
+            given = self.mask_scores(w)
+            sub_scores = None if given is None else given.reshape(e.rows, -1)[ri][:, ci]
+            sub = keep_matrix(mat[ri][:, ci], own, scores=sub_scores, layer=w)
+        mask = torch.zeros(e.rows, e.cols, dtype=torch.bool)
         mask[ri[:, None], ci[None, :]] = sub
         return _Decision(own, mask, self.measure(w, sub, own))
 
@@ -272,15 +288,15 @@ class _Decider:
         e = self.entries[w]
         if not self.real:
             if w in self.plan.masks:
-                mask = self.given(w).float()
+                mask = self.given(w)
                 check_mask(mask, p, layer=w, shape=(e.rows, e.cols))
                 return _Decision(p, None, measure_stats(mask, pattern=p))
             return _Decision(p, None, analytic_stats(e.rows, e.cols, p))
         if w in self.plan.masks:
-            mask = self.given(w).float()
+            mask = self.given(w)
             check_mask(mask, p, layer=w, shape=(e.rows, e.cols))
         else:
-            mask = build_mask(self.weight(w), p, scores=self.scores(w), layer=w).reshape(e.rows, -1)
+            mask = keep_matrix(self.weight(w), p, scores=self.mask_scores(w), layer=w).reshape(e.rows, -1)
         return _Decision(p, mask, self.measure(w, mask, p))
 
     def _whole(self, w: str, p: Pattern) -> _Decision:
@@ -288,13 +304,13 @@ class _Decider:
         e = self.entries[w]
         if not self.real:
             if w in self.plan.masks:  # a saved plan's mask is real even when the weights are not
-                saved = self.given(w).float()
+                saved = self.given(w)
                 check_mask(saved, p, layer=w, shape=(e.rows, e.cols))
                 return _Decision(p, None, measure_stats(saved, pattern=p))
             return _Decision(p, None, analytic_stats(e.rows, e.cols, p))
         mask: torch.Tensor | None = None
         if w in self.plan.masks:
-            mask = self.given(w).float()
+            mask = self.given(w)
             check_mask(mask, p, layer=w, shape=(e.rows, e.cols))
         elif p.spec.is_dense:
             assert self.model is not None
@@ -303,7 +319,7 @@ class _Decider:
             mask = None if found is None else _matrix(found, e)
         else:
             mat = self.weight(w)
-            mask = keep_matrix(mat, p, scores=self.scores(w), layer=w).reshape(e.rows, -1)
+            mask = keep_matrix(mat, p, scores=self.mask_scores(w), layer=w).reshape(e.rows, -1)
         if mask is None:
             return _Decision(p, None, analytic_stats(e.rows, e.cols, DENSE))  # exact without zeros
         stats = self.measure(w, mask, p)

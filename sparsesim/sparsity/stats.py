@@ -3,8 +3,9 @@ density is known (weights on the meta device), as Sparseloop does. Both fill the
 so a cost model cannot tell (and need not care) which one it got, except via `analytic`.
 
 Measured stats are vectorised: the mask is zero-padded to a multiple of 32 in both dimensions
-and summed pairwise (1x2 -> 1x4 -> 1x8 along K for N:M, 2x2 -> ... -> 32x32 for blocks), which
-keeps a 4096 x 11008 mask well under 0.2 s on one core.
+and summed pairwise (1x2 -> 1x4 -> 1x8 along K for N:M, 2x2 -> ... -> 32x32 for blocks), a band
+of 32-row multiples (about a million cells) at a time, so every level stays in cache and no
+weight-sized temporary is made: an 8192 x 8192 mask takes about 0.07 s on one core.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from sparsesim.core.lazy import scipy_stats
 from sparsesim.sparsity.kinds.base import Frame
-from sparsesim.sparsity.masks import matrix_view
+from sparsesim.sparsity.masks import matrix_view, row_bands
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
 
 # N:M ratios every stats record reports (the ratios sparse tensor cores and papers use)
@@ -38,8 +39,20 @@ def pad_to(x: torch.Tensor, cols: int, rows: int = 0, value: float = 0.0) -> tor
     return torch.nn.functional.pad(x, (0, cols, 0, rows), value=value) if cols or rows else x
 
 
+# a count dtype and the integer twice its width, whose halves are two neighbouring counts
+_WIDE = {torch.uint8: torch.int16, torch.int16: torch.int32}
+
+
 def _pair_k(x: torch.Tensor) -> torch.Tensor:
-    return x[:, 0::2] + x[:, 1::2]
+    """Sums of neighbouring pairs along K of a count matrix. A contiguous one is read as integers
+    of twice the width, the high half added to the low half and the sum cut back to the low
+    half (exact modulo 2**bits, as the counts' own dtype is): ~3x faster than adding two
+    strided views."""
+    wide = _WIDE.get(x.dtype)
+    if wide is None or not x.is_contiguous() or x.shape[1] % 2:
+        return x[:, 0::2] + x[:, 1::2]
+    v = x.view(wide)
+    return (v + (v >> (8 * x.element_size()))).to(x.dtype)
 
 
 def _pair_r(x: torch.Tensor) -> torch.Tensor:
@@ -77,23 +90,46 @@ def nm_group_max(b: torch.Tensor, m: int) -> int:
     if not b.numel():
         return 0
     if m & (m - 1) == 0 and m <= _PAD and k % m == 0:
-        # a power-of-two group: pairwise sums of neighbours (elementwise adds, no reduction)
-        x = b.view(torch.uint8) if b.dtype == torch.bool else (b != 0).view(torch.uint8)
-        while x.shape[1] > k // m:
-            x = _pair_k(x)
-        return int(x.max())
+        # a power-of-two group: pairwise sums of neighbours (elementwise adds, no reduction),
+        # a band of rows at a time (in cache, no weight-sized temporaries)
+        u = b.view(torch.uint8) if b.dtype == torch.bool else (b != 0).view(torch.uint8)
+        most = 0
+        for band in row_bands(rows, k):
+            x = u[band]
+            while x.shape[1] > k // m:
+                x = _pair_k(x)
+            most = max(most, int(x.max()))
+        return most
     # float sums are vectorised (integer reductions are not) and exact far beyond any group size
     cnt = pad_to(b.to(torch.float32), (-k) % m).reshape(rows, -1, m).sum(-1)
     return int(cnt.max())
 
 
-def _block_counts(b: torch.Tensor, r: int, c: int) -> torch.Tensor:
-    """Nonzeros of every r x c block of the zero-padded grid (a side longer than the matrix is
-    clamped to it: the single edge block holds the same cells)."""
+def block_counts(b: torch.Tensor, r: int, c: int) -> torch.Tensor:
+    """Nonzeros of every r x c block of the zero-padded grid of a rows x K mask (a side longer
+    than the matrix is clamped to it: the single edge block holds the same cells).
+
+    Power-of-two sides up to 32 add neighbours pairwise in bytes (int16 once a count may pass
+    255), so no float copy of the mask is made; other sides sum floats (vectorised, exact)."""
     rows, k = b.shape
     r, c = max(1, min(r, rows)), max(1, min(c, k))
-    x = pad_to(b.to(torch.float32), (-k) % c, (-rows) % r)  # float: vectorised
-    return x.reshape(x.shape[0] // r, r, x.shape[1] // c, c).sum(dim=(1, 3)).to(torch.int64)
+    if r & (r - 1) or c & (c - 1) or r > _PAD or c > _PAD:
+        x = pad_to(b.to(torch.float32), (-k) % c, (-rows) % r)  # float: vectorised
+        return x.reshape(x.shape[0] // r, r, x.shape[1] // c, c).sum(dim=(1, 3)).to(torch.int64)
+    u = b.view(torch.uint8) if b.dtype == torch.bool else (b != 0).view(torch.uint8)
+    out = []
+    # bands of whole block rows stay in cache (an empty matrix is one empty band)
+    for band in list(row_bands(rows, k + (-k) % c, r)) or [slice(0, 0)]:
+        x = u[band]
+        x = pad_to(x, (-k) % c, (-x.shape[0]) % r)
+        area = 1
+        for pair, steps in ((_pair_k, c), (_pair_r, r)):
+            while steps > 1:
+                if area * 2 > 255 and x.dtype == torch.uint8:
+                    x = x.to(torch.int16)
+                x, area, steps = pair(x), area * 2, steps // 2
+        out.append(x)
+    return torch.cat(out) if len(out) > 1 else out[0]
 
 
 def measure_stats(mask: torch.Tensor | np.ndarray, *, pattern: Pattern | None = None,
@@ -104,26 +140,36 @@ def measure_stats(mask: torch.Tensor | np.ndarray, *, pattern: Pattern | None = 
     b = matrix_view(t)
     if b.dtype != torch.bool:
         b = b != 0
+    b = b.contiguous()  # reductions over a broadcast (stride-0) view are ~100x slower
     rows, k = b.shape
-    p = b.view(torch.uint8)
-    if k % _PAD or rows % _PAD:
-        p = pad_to(p, (-k) % _PAD, (-rows) % _PAD)
-    c12 = _pair_k(p)
-    c14 = _pair_k(c12)
-    c18 = _pair_k(c14)
-    group_max = {2: int(c12.max()), 4: int(c14.max()), 8: int(c18.max())}
-    c22 = _pair_r(c12)
-    c44 = _pair_r(_pair_k(c22))
-    c88 = _pair_r(_pair_k(c44))
-    c16 = _pair_r(_pair_k(c88.to(torch.int16)))
-    c32 = _pair_r(_pair_k(c16))
-    c41 = _pair_r(_pair_r(p))
-    blocks = {(1, 4): c14, (4, 1): c41, (2, 2): c22, (4, 4): c44, (8, 8): c88, (16, 16): c16, (32, 32): c32}
-    block_nonzero = {rc: int(torch.count_nonzero(v)) for rc, v in blocks.items()}
-
-    # float sums are vectorised (integer reductions of uint8 are not) and exact below 2**24
-    row_nnz = c18[:rows].float().sum(dim=1).to(torch.int64)
-    col_kept = c41.amax(dim=0)[:k] > 0
+    group_max = {2: 0, 4: 0, 8: 0}
+    block_nonzero = dict.fromkeys(STANDARD_BLOCKS, 0)
+    row_nnz = torch.empty(rows, dtype=torch.int64)
+    col_kept = torch.zeros(k, dtype=torch.bool)
+    c16s = []
+    # every count below is local to a band of 32 rows: bands of ~1 MB keep each level of the
+    # hierarchy in cache (and the allocator reuses their buffers) instead of a weight-sized pass
+    for band in row_bands(rows, k + (-k) % _PAD, _PAD):
+        p = b[band].view(torch.uint8)
+        p = pad_to(p, (-k) % _PAD, (-p.shape[0]) % _PAD)
+        c12 = _pair_k(p)
+        c14 = _pair_k(c12)
+        c18 = _pair_k(c14)
+        for m, c in ((2, c12), (4, c14), (8, c18)):
+            group_max[m] = max(group_max[m], int(c.max()))
+        c22 = _pair_r(c12)
+        c44 = _pair_r(_pair_k(c22))
+        c88 = _pair_r(_pair_k(c44))
+        c16 = _pair_r(_pair_k(c88.to(torch.int16)))
+        c32 = _pair_r(_pair_k(c16))
+        c41 = _pair_r(_pair_r(p))
+        counts = {(1, 4): c14, (4, 1): c41, (2, 2): c22, (4, 4): c44, (8, 8): c88, (16, 16): c16, (32, 32): c32}
+        for rc, v in counts.items():
+            block_nonzero[rc] += int(torch.count_nonzero(v))
+        # float sums are vectorised (integer reductions of uint8 are not) and exact below 2**24
+        row_nnz[band] = c18[: band.stop - band.start].float().sum(dim=1).to(torch.int64)
+        col_kept |= c41.amax(dim=0)[:k] > 0
+        c16s.append(c16)
     nnz = int(row_nnz.sum())
 
     nm = {}
@@ -136,13 +182,13 @@ def measure_stats(mask: torch.Tensor | np.ndarray, *, pattern: Pattern | None = 
             nm[(n, m)] = group_max[m] <= n if m in group_max else nm_group_max(b, m) <= n
         for rc in spec.blocks(pattern):
             if rc not in block_nonzero:
-                block_nonzero[rc] = int(torch.count_nonzero(_block_counts(b, *rc)))
+                block_nonzero[rc] = int(torch.count_nonzero(block_counts(b, *rc)))
         conformance = ((pattern.label, bool(spec.conforms(b, pattern))),)
 
     if tile == (16, 16):
-        tcount = c16[: (rows + 15) // 16, : (k + 15) // 16]
+        tcount = torch.cat(c16s)[: (rows + 15) // 16, : (k + 15) // 16]
     else:
-        tcount = _block_counts(b, *tile)
+        tcount = block_counts(b, *tile)
     hist = _occupancy_hist(tcount, _edge_area(rows, k, *tile))
 
     rn = row_nnz.double()

@@ -109,6 +109,12 @@ class PatternKind:
     skips_zeros: ClassVar[bool] = False
     # masks are built and checked in units of `group` rows (whole attention heads)
     uses_group: ClassVar[bool] = False
+    # a row's mask depends on that row's scores alone, so masks may be built a band of rows at
+    # a time (no weight-sized score tensor)
+    row_local: ClassVar[bool] = False
+    # scores are read only through their squares (block and row energies), so magnitude scores
+    # may be handed over as the signed weight itself: no weight-sized |W| is made
+    squares_scores: ClassVar[bool] = False
     # activation sparsity alone (`act:S`): the weight stays dense, the op's inputs are sparse
     activation_only: ClassVar[bool] = False
     # a kernel can compute a product at this pattern's kept positions only (an SDDMM writing the

@@ -26,10 +26,11 @@ from sparsesim.sparsity.kinds.base import (
     register_kind,
     sparsity_number,
 )
-from sparsesim.sparsity.masks import kept_units
+from sparsesim.sparsity.masks import kept_units, row_bands
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
 from sparsesim.sparsity.stats import (
     bin_of,
+    block_counts,
     expected_max_hypergeom,
     full_conforms,
     full_stats,
@@ -49,6 +50,7 @@ class Block(PatternKind):
     grammar = "blockRxC:S"
     order = 4
     default_format = "bsr"
+    squares_scores = True
     sparse_output = True
     skips_zeros = True
 
@@ -75,14 +77,21 @@ class Block(PatternKind):
     def build_mask(self, s: torch.Tensor, p: Pattern, *, group: int, layer: str) -> torch.Tensor:
         rows, k = s.shape
         r, c = _clamped(rows, k, *p.block)
-        pr, pc = (-rows) % r, (-k) % c
-        sq = pad_to(s * s, pc, pr)
-        br, bc = sq.shape[0] // r, sq.shape[1] // c
-        # block score = L2 norm of the scores inside the block (edge blocks are zero-padded)
-        bs = sq.reshape(br, r, bc, c).sum(dim=(1, 3)).reshape(-1)
+        pc = (-k) % c
+        br, bc = -(-rows // r), (k + pc) // c
+        # block score = squared L2 norm of the scores inside the block (edge blocks are zero-padded),
+        # a band of block rows at a time (no weight-sized temporaries); each block sums its rows'
+        # sums over c, in the order a sum over both block dimensions takes
+        bs = torch.empty(br, bc)
+        for band in row_bands(rows, k + pc, r):
+            x = s[band]
+            sq = pad_to(x * x, pc, (-x.shape[0]) % r)
+            torch.sum(sq.reshape(sq.shape[0], bc, c).sum(dim=2).reshape(-1, r, bc), dim=1,
+                      out=bs[band.start // r: band.start // r + sq.shape[0] // r])
+        bs = bs.reshape(-1)
         keep = kept_units(p.density, bs.numel())
         bm = torch.zeros(bs.numel(), dtype=torch.bool)
-        bm[bs.topk(keep).indices] = True
+        bm[bs.topk(keep, sorted=False).indices] = True  # the same set as sorted, without sorting it
         full = bm.reshape(br, 1, bc, 1).expand(br, r, bc, c).reshape(br * r, bc * c)
         return full[:rows, :k]
 
@@ -91,11 +100,10 @@ class Block(PatternKind):
         r0, c0 = p.block
         r, c = _clamped(rows, k, r0, c0)
         pr, pc = (-rows) % r, (-k) % c
-        cnt = pad_to(b.float(), pc, pr)
-        br, bc = cnt.shape[0] // r, cnt.shape[1] // c
-        cnt = cnt.reshape(br, r, bc, c).sum(dim=(1, 3))
-        hr = torch.full((br,), float(r))
-        hc = torch.full((bc,), float(c))
+        cnt = block_counts(b, r, c)
+        br, bc = cnt.shape
+        hr = torch.full((br,), r, dtype=torch.int64)
+        hc = torch.full((bc,), c, dtype=torch.int64)
         if pr:
             hr[-1] = rows % r
         if pc:

@@ -21,7 +21,7 @@ from sparsesim.sparsity.kinds.base import (
     register_kind,
     sparsity_number,
 )
-from sparsesim.sparsity.masks import kept_units
+from sparsesim.sparsity.masks import kept_units, row_bands
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
 from sparsesim.sparsity.stats import (
     bin_of,
@@ -41,8 +41,16 @@ def check_submatrix(b: torch.Tensor, layer: str, group: int) -> None:
     rows = b.shape[0]
     if group < 1 or rows % group:
         raise MaskError(f"layer {layer!r}: {rows} rows cannot be checked in units of {group} rows")
-    row_kept, col_kept = b.any(dim=1), b.any(dim=0)
-    wrong = (b != (row_kept[:, None] & col_kept[None, :])).any(dim=1).nonzero()
+    b = b.contiguous()  # reductions over a broadcast (stride-0) view are ~100x slower
+    if b.numel():
+        # bytes, not bools: max-reductions of uint8 are vectorised, any() along dim 0 is not
+        cells = b.view(torch.uint8) if b.dtype == torch.bool else (b != 0).view(torch.uint8)
+        row_kept, col_kept = cells.amax(dim=1) > 0, cells.amax(dim=0) > 0
+    else:
+        row_kept, col_kept = b.any(dim=1), b.any(dim=0)
+    # the kept cells always lie in (kept rows) x (kept columns): they fill it iff they are as many
+    whole = int(torch.count_nonzero(b)) == int(torch.count_nonzero(row_kept)) * int(torch.count_nonzero(col_kept))
+    wrong = torch.empty(0) if whole else (b != (row_kept[:, None] & col_kept[None, :])).any(dim=1).nonzero()
     if wrong.numel():
         i = int(wrong[0])
         raise MaskError(
@@ -64,6 +72,7 @@ class Channel(PatternKind):
     order = 5
     default_format = "dense"
     shrinks_op = True
+    squares_scores = True
     uses_group = True
 
     def parse(self, text: str) -> Pattern | None:
@@ -74,10 +83,14 @@ class Channel(PatternKind):
         rows, k = s.shape
         if group < 1 or rows % group:
             raise MaskError(f"layer {layer!r}: {rows} rows cannot be pruned in units of {group} rows")
-        unit_score = (s * s).reshape(rows // group, group * k).sum(dim=1)
+        # a unit's energy, a band of units at a time (no weight-sized temporary, the same sums)
+        unit_score = torch.empty(rows // group)
+        for band in row_bands(rows, k, group):
+            x = s[band]
+            torch.sum((x * x).reshape(-1, group * k), dim=1, out=unit_score[band.start // group: band.stop // group])
         keep = kept_units(p.density, unit_score.numel())
         um = torch.zeros(unit_score.numel(), dtype=torch.bool)
-        um[unit_score.topk(keep).indices] = True
+        um[unit_score.topk(keep, sorted=False).indices] = True  # the same set as sorted, without sorting it
         return um.repeat_interleave(group).reshape(rows, 1).expand(rows, k)
 
     def check_mask(self, b: torch.Tensor, p: Pattern, *, group: int, layer: str) -> None:

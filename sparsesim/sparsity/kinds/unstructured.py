@@ -21,7 +21,7 @@ from sparsesim.sparsity.kinds.base import (
     register_kind,
     sparsity_number,
 )
-from sparsesim.sparsity.masks import kept_units
+from sparsesim.sparsity.masks import kept_units, row_bands
 from sparsesim.sparsity.records import Pattern, SparsityStats
 from sparsesim.sparsity.stats import (
     expected_max_binomial,
@@ -55,11 +55,20 @@ class Unstructured(PatternKind):
         # threshold by partial sort (numpy's introselect is ~6x faster than torch.topk on 45M
         # scores), then break ties at the threshold in index order so exactly `keep` survive
         thr = float(np.partition(flat.numpy(), flat.numel() - keep)[flat.numel() - keep])
-        out = flat > thr
-        short = keep - int(torch.count_nonzero(out))  # a vectorised count (a bool sum is not)
-        if short > 0:
-            ties = (flat == thr).nonzero().reshape(-1)[:short]
-            out[ties] = True
+        # compared a band at a time (no weight-sized temporaries besides the mask itself)
+        bands = list(row_bands(flat.numel(), 1))
+        out = torch.empty(flat.shape, dtype=torch.bool)
+        for band in bands:
+            torch.ge(flat[band], thr, out=out[band])
+        # more than `keep` when several scores equal the threshold: the last `extra` of those
+        # are dropped (ties kept in index order), looked for from the end
+        extra = int(torch.count_nonzero(out)) - keep  # a vectorised count (a bool sum is not)
+        for band in reversed(bands):
+            if extra <= 0:
+                break
+            at = (flat[band] == thr).nonzero().reshape(-1)[-extra:]
+            out[at + band.start] = False
+            extra -= at.numel()
         return out.reshape(s.shape)
 
     def analytic(self, p: Pattern, f: Frame) -> SparsityStats:
