@@ -292,3 +292,35 @@ def test_pruned_weights_are_attributed_to_weight_orig_and_picked_up():
     assert layers["0.weight_orig"].pattern.kind == "unstructured"
     assert layers["0.weight_orig"].stats.density == pytest.approx(0.25)
     assert layers["2.weight"].pattern.kind == "dense"
+
+
+def test_16_bit_cpu_gemms_and_convs_run_wide_but_record_the_16_bit_model():
+    """A 16-bit model's convolutions and GEMMs run on fp32 copies on the CPU (its 16-bit kernels
+    are many times slower); the ops keep their 16-bit dtype and bytes, and the activation
+    densities match a plain 16-bit forward's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.ReLU(),
+                          nn.Linear(16, 4)).half()
+    x = torch.randn(2, 3, 8, 8).half()
+    seen: dict[str, float] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, a, name=name: seen.__setitem__(
+        name, float(torch.count_nonzero(a[0])) / a[0].numel())) for name, m in model.named_modules()
+        if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    wl = trace(model, (x,))
+    gemms = [op for op in wl.ops if op.kind in ("conv", "linear")]
+    assert [op.dtype for op in gemms] == ["fp16"] * 3
+    assert all(w.dtype == "fp16" for w in wl.weights.values())
+    linears = {op.module: op.activation_density for op in gemms if op.kind == "linear"}
+    assert linears == pytest.approx({f"{k}": v for k, v in seen.items()}, abs=1e-3)
+    assert gemms[1].bytes_moved == 2 * (2 * 288 + 288 * 16 + 16 + 2 * 16)   # fp16 input, weight, bias, output
+    # the widened kernel returns what the 16-bit one does, at 16 bits
+    from sparsesim.tracing.tracer import _run_op
+
+    a, b = torch.randn(5, 7).half(), torch.randn(7, 3).half()
+    out = _run_op(aten.mm.default, (a, b), {})
+    assert out.dtype == torch.float16
+    assert torch.allclose(out.float(), torch.mm(a, b).float(), rtol=1e-2, atol=1e-2)
