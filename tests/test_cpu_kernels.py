@@ -192,3 +192,34 @@ def test_summary_scores_energy_apart_from_speed():
     assert s["energy_worst_ratio"] == pytest.approx(1 / 3)
     assert not s["targets_met"]                       # one energy outside 2x
     assert summary(df[df["case"] != "e2"])["targets_met"]
+
+
+def test_few_row_gemms_run_as_one_gemv_per_row():
+    """A BLAS runs up to `gemv_rows_max` activation rows as one unpacked GEMV each (every row
+    streams the whole weight: 2 and 3 rows take 2x and 3x one row's time), then packs."""
+    from sparsesim.fidelity.calibrate import gemm_op
+
+    dev = device_with(ARM, weight_pack_pass={"value": True, "source": "test"},
+                      gemv_rows_max={"value": 3, "unit": "1", "source": "test"}, cores=1)
+    t = {m: cost_one(gemm_op(m, 4096, 1024), None, dev) for m in (1, 2, 3, 4)}
+    one = t[1].latency_s - dev.params.call_overhead
+    for m in (2, 3):
+        assert t[m].latency_s - dev.params.call_overhead == pytest.approx(m * one, rel=1e-6)
+        assert f"run as {m} GEMVs" in t[m].why and t[m].details["pack_s"] == 0
+    assert t[4].details["pack_s"] > 0 and "GEMVs" not in t[4].why
+    # the default (a device file that says nothing): only a one-row GEMM is a GEMV
+    plain = device_with(ARM, weight_pack_pass={"value": True, "source": "test"}, cores=1)
+    assert cost_one(gemm_op(2, 4096, 1024), None, plain).details["pack_s"] > 0
+
+
+def test_calibration_reads_the_gemv_rows_off_the_beyond_llc_timings():
+    from sparsesim.fidelity.calibrate import FIT_BEYOND_LLC_NK, Case, gemv_rows_max
+
+    n, k = FIT_BEYOND_LLC_NK[0]
+
+    def cases(times):
+        return [Case("dense", "fp32", m, n, k, 1.0, 1, s) for m, s in times.items()]
+
+    assert gemv_rows_max(cases({1: 7.5, 2: 15.7, 3: 23.7, 4: 21.6, 16: 32.3})) == 3   # this host, 8192x4096
+    assert gemv_rows_max(cases({1: 7.5, 2: 9.0, 3: 9.5, 4: 10.0})) == 1                # packs from 2 rows
+    assert gemv_rows_max(cases({1: 7.5, 4: 21.6})) == 1                                # 2 rows not timed

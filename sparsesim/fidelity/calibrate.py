@@ -67,7 +67,7 @@ FIT_BLOCKS = (2, 4, 8, 16)
 FIT_BSR_DENSITIES = (0.02, 0.1, 0.3)
 # weights beyond the last-level cache (32 MB fp32): the dense GEMM then streams its weight from DRAM
 FIT_BEYOND_LLC_NK = ((4096, 2048),)
-FIT_BEYOND_LLC_M = (1, 4, 16, 64)
+FIT_BEYOND_LLC_M = (1, 2, 3, 4, 16, 64)
 
 # --quick (CI): part of the FIT shapes, fewer densities, block sizes and repeats
 QUICK_DENSITIES = (0.01, 0.05, 0.2, 0.5)
@@ -151,6 +151,7 @@ class HostFacts:
     assumed_caches: tuple[str, ...] = ()
     memory_bytes: float = 0.0  # physical RAM (0: the OS does not say)
     sysfs_l3: int = 0  # the L3 size Linux reports (caches["l3"] is the capacity copies measure)
+    gemv_rows_max: int = 1  # the most activation rows the BLAS runs as one GEMV per row
     weight_pack_pass: bool = False
     pack_errors: tuple[float, float] = (0.0, 0.0)  # dense fit error (with, without) the pack pass
 
@@ -195,6 +196,18 @@ def host_facts(threads: int, *, quick: bool) -> HostFacts:
         date=_dt.date.today().isoformat(), nominal_hz=float(info["mhz"]) * 1e6, assumed_caches=assumed,
         memory_bytes=physical_memory(), sysfs_l3=sysfs_l3,
     )
+
+
+def gemv_rows_max(dense: Sequence[Case]) -> int:
+    """The most activation rows the BLAS runs as one GEMV per row, read off the beyond-LLC
+    timings: rows 2, 3, ... while each adds about a whole one-row time (at least m - 0.5 times
+    it), where a packed GEMM would add far less; 1 when the timings do not show it."""
+    beyond = {c.m: c.seconds for c in dense if (c.n, c.k) in FIT_BEYOND_LLC_NK and c.dtype == "fp32"}
+    one = beyond.get(1)
+    rows = 1
+    while one and (rows + 1) in beyond and beyond[rows + 1] >= (rows + 0.5) * one:
+        rows += 1
+    return rows
 
 
 def effective_clock(device: Device, dense: Sequence[Case]) -> float:
@@ -404,6 +417,7 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
         f"call_overhead = {_q(facts.call_overhead_s * 1e6, 'us', f'F.linear 1x8x8, {meas}')}",
         f"memory_capacity = {memory_line}",
         pack_line,
+        f"gemv_rows_max = {_q(facts.gemv_rows_max, '1', f'measured: fp32 linears over a beyond-LLC weight take about a whole one-row time more per row up to this many rows (one GEMV per row), then a packed GEMM takes over, {meas}')}",
     ]
     csr_fit = (fd, fit_errors["csr"])
     bsr_fit = (fd, fit_errors["bsr"])
@@ -537,7 +551,7 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
         say(f"timing dense GEMMs ({', '.join(dtypes)})")
         if quick:
             dense = time_dense_cases(FIT_NK[:2], FIT_M, dtypes, repeats=reps)
-            dense += time_dense_cases(FIT_BEYOND_LLC_NK, FIT_BEYOND_LLC_M[:2], ["fp32"], repeats=reps)
+            dense += time_dense_cases(FIT_BEYOND_LLC_NK, FIT_BEYOND_LLC_M[:4], ["fp32"], repeats=reps)
             say("timing CSR and BSR matmuls")
             csr = time_sparse_cases("csr", FIT_CSR_NK[:2], FIT_CSR_M, QUICK_DENSITIES, (1,), repeats=reps)
             bsr = time_sparse_cases("bsr", FIT_BSR_NK[:1], FIT_BSR_M, QUICK_BSR_DENSITIES, QUICK_BLOCKS, repeats=reps)
@@ -549,8 +563,9 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
             bsr = time_sparse_cases("bsr", FIT_BSR_NK, FIT_BSR_M, FIT_BSR_DENSITIES, FIT_BLOCKS, repeats=reps)
     say("fitting")
     clock = effective_clock(device, dense)
-    device = with_params(device, clock=clock)
-    facts = dataclasses.replace(facts, clock_hz=clock)
+    rows = gemv_rows_max(dense)
+    device = with_params(device, clock=clock, gemv_rows_max=float(rows))
+    facts = dataclasses.replace(facts, clock_hz=clock, gemv_rows_max=rows)
     device, errors, pack_errors = fit_dense_pack(dense, device)
     facts = dataclasses.replace(facts, weight_pack_pass=device.params.weight_pack_pass, pack_errors=pack_errors)
     device, errors["csr"] = fit_csr(csr, device)

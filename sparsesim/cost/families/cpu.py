@@ -106,6 +106,10 @@ class CpuParams:
     # of its own that no FMA work overlaps (a single-threaded BLAS sgemm); false where the runtime
     # packs weights once at load (XNNPACK, oneDNN with cached weights) or other cores hide the pass
     weight_pack_pass: bool = setting(default=False)
+    # the BLAS runs a GEMM of up to this many activation rows as one GEMV per row, each streaming
+    # the whole weight (its small-M path; a calibrated host measures where the packed GEMM takes
+    # over); 1: only one-row GEMMs run as GEMVs
+    gemv_rows_max: float = quantity("count", default=1.0)
     # the sparse 1x1-convolution kernel of a mobile engine (XNNPACK's SpMM over CHW activations),
     # present only where the device file describes it (spmm_tile_m > 0) and a runtime offers it
     spmm_tile_m: float = quantity("count", default=0.0)
@@ -251,6 +255,17 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
     packs = p.weight_pack_pass and any(g.m > 1 for g in work.gemms)
     pack_s = work.w_bytes / moved.weight_bandwidth if packs else 0.0
     compute_s += pack_s
+    bytes_by_level = dict(moved.bytes_by_level)
+    rows_note = ""
+    g0 = work.gemms[0] if len(work.gemms) == 1 else None
+    if g0 is not None and g0.batch * g0.groups == 1 and 1 < g0.m <= p.gemv_rows_max:
+        # the BLAS's small-M path: one unpacked GEMV per activation row, each streaming the weight
+        row_compute = 2 * g0.n * g0.k / (peak * gemm_efficiency(p, work.dtype, 1))
+        row_memory = work.w_bytes / moved.weight_bandwidth
+        compute_s, memory_s, pack_s = g0.m * row_compute, g0.m * row_memory, 0.0
+        bytes_by_level[moved.weight_level] = bytes_by_level.get(moved.weight_level, 0.0) + (g0.m - 1) * work.w_bytes
+        rows_note = (f"run as {g0.m} GEMVs, one per row, each streaming the {work.w_bytes / 1e6:.3g} MB weight "
+                     f"from {moved.weight_level} (the BLAS's path up to {p.gemv_rows_max:g} rows)")
     fallback = dt != work.dtype
     parts = [why_prefix] if why_prefix else []
     if fallback:
@@ -263,6 +278,8 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
     )
     if pack_s:
         parts.append(f"weight packed per call: {pack_s * 1e6:.3g} us from {moved.weight_level}")
+    if rows_note:
+        parts.append(rows_note)
     if memory_s > compute_s:
         parts.append("memory-bound")
     return build_cost(
@@ -270,7 +287,7 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
         overhead_s=p.call_overhead,
         energy=EnergyInputs(
             macs=work.macs, mac_energy_j=p.mac_energy[dt],
-            bytes_by_level=moved.bytes_by_level, energy_per_byte=_energy_table(p),
+            bytes_by_level=bytes_by_level, energy_per_byte=_energy_table(p),
             static_power_w=p.static_power,
         ),
         kernel=kernel, why="; ".join(parts), flops_executed=float(work.flops), peak_flops=peak,
