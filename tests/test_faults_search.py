@@ -207,3 +207,23 @@ def test_damaged_sqlite_is_one_line(tmp_path, cli):
     rc, _, err = cli(*argv)
     assert rc == 2 and "Traceback" not in err
     assert str(db) in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_stop_unwinding_through_the_journal_lock_stays_a_stop(tmp_path):
+    """SIGTERM's SystemExit (or Ctrl-C) raised inside Optuna's lock leaves a follow-on OSError
+    (the lock it never took cannot be unlinked): that is the stop, not an unreadable study."""
+    from sparsesim.core.errors import SearchError
+    from sparsesim.search.study import storage_errors
+
+    journal = str(tmp_path / "study.journal")
+    for stop in (SystemExit(143), KeyboardInterrupt()):
+        with pytest.raises(type(stop)):
+            with storage_errors(journal):
+                try:
+                    raise stop
+                finally:
+                    os.unlink(tmp_path / "study.journal.lock")   # what the lock's release does
+    # without a stop in the chain the same OSError is one line naming the study
+    with pytest.raises(SearchError, match="cannot read or write the study"):
+        with storage_errors(journal):
+            os.unlink(tmp_path / "study.journal.lock")

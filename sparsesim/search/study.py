@@ -142,10 +142,25 @@ def storage_errors(storage: str):
     except SearchError:
         raise
     except Exception as e:
+        stop = _interruption(e)
+        if stop is not None:
+            # a stop (SIGTERM's SystemExit, Ctrl-C) that unwound through Optuna's journal lock can
+            # leave a follow-on error (the lock it never took cannot be removed): the stop it is
+            raise stop from None
         err = _storage_cause(e, storage)
         if err is None:
             raise
         raise err from None
+
+
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The SystemExit or KeyboardInterrupt `exc` was raised while handling, if any."""
+    e: BaseException | None = exc.__cause__ or exc.__context__
+    while e is not None:
+        if isinstance(e, (SystemExit, KeyboardInterrupt)):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _storage_cause(exc: BaseException, storage: str) -> SearchError | None:
