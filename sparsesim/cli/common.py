@@ -52,6 +52,14 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                         "between them; int4 is weight-only); default: as traced")
 
 
+def add_cluster_argument(p: argparse.ArgumentParser) -> None:
+    """--dask-scheduler of the verbs that cost many (workload, device) cells."""
+    p.add_argument("--dask-scheduler", default="", metavar="ADDRESS",
+                   help="cost each (workload, device) cell as a task on an existing Dask cluster (needs the "
+                        "'cluster' extra; every worker must have sparsesim and the workload's code); the "
+                        "results are the same as a local run's")
+
+
 def deployment(args: argparse.Namespace) -> dict[str, str]:
     """The deployment keyword arguments of the run API, from --runtime/--kernel/--dtype."""
     if args.kernel:
@@ -127,7 +135,8 @@ def user_code_limit(args: argparse.Namespace) -> Iterator[None]:
 
 
 # arguments that change how a document is shown or guarded, not what it holds
-_PRESENTATION = frozenset({"verb", "json", "progress", "timeout", "no_cache"})
+# arguments that change how a document is shown or where it is computed, not what it says
+_PRESENTATION = frozenset({"verb", "json", "progress", "timeout", "no_cache", "dask_scheduler"})
 
 
 def document_sources(args: argparse.Namespace, devices: str | None, plans: list[str]) -> tuple[Any, ...] | None:

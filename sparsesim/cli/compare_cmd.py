@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from sparsesim.cli.common import (
+    add_cluster_argument,
     add_criterion_argument,
     add_deployment_arguments,
     add_workload_argument,
@@ -38,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated patterns or plan files (default: {','.join(DEFAULT_PLANS)})")
     add_criterion_argument(p)
     add_deployment_arguments(p)
+    add_cluster_argument(p)
 
 
 def _plans(text: str) -> list[str]:
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from sparsesim.run.estimate import compare
 
     plans = _plans(args.plans)
-    summary = compare(workload_spec(args), args.devices, plans, criterion=args.criterion, **deployment(args))
+    summary = compare(workload_spec(args), args.devices, plans, criterion=args.criterion, **deployment(args),
+                      dask_scheduler=args.dask_scheduler)
     return {
         "workload": str(summary["workload"].iat[0]) if len(summary) else args.workload,
         "plans": plans,

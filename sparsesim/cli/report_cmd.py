@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sparsesim.cli.common import add_deployment_arguments, deployment, user_devices_joining
+from sparsesim.cli.common import add_cluster_argument, add_deployment_arguments, deployment, user_devices_joining
 from sparsesim.core.errors import SparsesimError
 
 NAME = "report"
@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "has a [train] table (default: on)")
     p.add_argument("--no-training", dest="training", action="store_false", help="skip the training section")
     add_deployment_arguments(p)
+    add_cluster_argument(p)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with progress.bar("report", total, unit="step") as bar:
         data = build.collect(workloads, devices, plans, serving=serving, training=training, search_dirs=args.search,
                              validation=args.validation, run_validation=args.validate, progress=bar.update,
-                             stage=bar.set_description_str, command=command, deploy=deployment(args))
+                             stage=bar.set_description_str, command=command, deploy=deployment(args),
+                             dask_scheduler=args.dask_scheduler)
         bar.set_description_str("figures")
         t1 = time.perf_counter()
         try:

@@ -94,9 +94,10 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
             serving: bool = False, training: bool = False, search_dirs: Sequence[str | Path] = (),
             validation: str | Path | None = None, run_validation: bool = False,
             progress: Callable[[int], Any] | None = None, stage: Callable[[str], Any] | None = None,
-            command: str = "", deploy: Mapping[str, str] | None = None) -> ReportData:
+            command: str = "", deploy: Mapping[str, str] | None = None, dask_scheduler: str = "") -> ReportData:
     """Run the comparison (and the optional stages) and return everything the report shows.
-    `deploy` holds the runtime/kernel/dtype keyword arguments of `run.estimate.compare_tables`."""
+    `deploy` holds the runtime/kernel/dtype keyword arguments of `run.estimate.compare_tables`;
+    `dask_scheduler` costs each (workload, device) cell of the comparison on that Dask cluster."""
     # read the given result files first: a bad path fails before minutes of work, not after
     searches = [r for d in search_dirs for r in read_search_dir(Path(d))]
     given_validation = read_validation(Path(validation)) if validation is not None else None
@@ -110,7 +111,8 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
             stage(f"compare {workload_label(spec)}")
         label = workload_label(spec)
         dtypes[label], op_bytes[label] = workload_facts(spec)
-        per_op, summary = compare_frames(spec, devices, plans, progress=progress, deploy=deploy)
+        per_op, summary = compare_frames(spec, devices, plans, progress=progress, deploy=deploy,
+                                         dask_scheduler=dask_scheduler)
         per_op_frames.append(per_op.assign(workload=label))
         summary_frames.append(summary.assign(workload=label))
         timings[f"compare {label}"] = time.perf_counter() - t0
@@ -200,11 +202,12 @@ def workload_label(spec: Any) -> str:
 
 def compare_frames(workload: Any, devices: Sequence[Device], plans: Sequence[str],
                    progress: Callable[[int], Any] | None = None,
-                   deploy: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   deploy: Mapping[str, str] | None = None,
+                   dask_scheduler: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-op and per-(device, plan) frames for one workload, from one pass of the estimate module."""
     from sparsesim.run.estimate import compare_tables
 
-    tables = compare_tables(workload, list(devices), list(plans), **dict(deploy or {}))
+    tables = compare_tables(workload, list(devices), list(plans), **dict(deploy or {}), dask_scheduler=dask_scheduler)
     if progress is not None:
         progress(len(devices) * len(plans))
     return tables.per_op, tables.summary

@@ -386,6 +386,7 @@ def compare_tables(
     runtime: str = "",
     kernel: str = "",
     dtype: str = "",
+    dask_scheduler: str = "",
 ) -> Tables:
     """Per-op table and summary for every device x plan. Dense is always computed for the
     ratios: the per-op table holds it in any case, the summary only the plans asked for, in the
@@ -393,12 +394,17 @@ def compare_tables(
 
     `runtime` (eager, compiled, engine; "" = each device file's default), `kernel` (force one
     kernel library where it applies) and `dtype` (deploy the model at another dtype, e.g. int8,
-    fp8 or int4 weight-only) describe the deployment; both plans and dense use them."""
+    fp8 or int4 weight-only) describe the deployment; both plans and dense use them.
+    `dask_scheduler` (an address) costs each device's cell as a task on that Dask cluster."""
     plans = list(plans)
     if not plans:
         plans = [DENSE]
     devs = resolve_devices(devices)
-    per_op = _per_op(workload, devs, plans, None, criterion=criterion, runtime=runtime, kernel=kernel, dtype=dtype)
+    deploy = {"criterion": criterion, "runtime": runtime, "kernel": kernel, "dtype": dtype}
+    if dask_scheduler:
+        per_op = _per_op_on_dask(dask_scheduler, workload, devs, plans, deploy)
+    else:
+        per_op = _per_op(workload, devs, plans, None, **deploy)
     summary = results.summarize(per_op)
     wanted = list(dict.fromkeys(plan_label(p) for p in plans))
     summary = summary[summary["plan"].isin(wanted)]
@@ -419,16 +425,18 @@ def compare(
     runtime: str = "",
     kernel: str = "",
     dtype: str = "",
+    dask_scheduler: str = "",
 ) -> pd.DataFrame:
     """One row per device x plan: latency, energy, memory, speedup over dense on the same device,
     fallback ops, dominant bound and top why (columns: `results.SUMMARY_COLUMNS`); the
-    deployment arguments as in `compare_tables`. A repeated call reads the summary alone back
-    from the disk cache (not the per-op table it was made from)."""
+    deployment and cluster arguments as in `compare_tables`. A repeated call reads the summary
+    alone back from the disk cache (not the per-op table it was made from)."""
     plans = list(plans) or [DENSE]
     devs = resolve_devices(devices)
     k = _table_key(workload, devs, plans, None, criterion, runtime, kernel, dtype)
     return diskcache.remembered("summary", k, lambda: compare_tables(
-        workload, devs, plans, criterion=criterion, runtime=runtime, kernel=kernel, dtype=dtype).summary, _is_frame)
+        workload, devs, plans, criterion=criterion, runtime=runtime, kernel=kernel, dtype=dtype,
+        dask_scheduler=dask_scheduler).summary, _is_frame)
 
 
 def estimate(
@@ -465,6 +473,38 @@ def _per_op(workload: str | Workload | SparseWorkload, devs: Sequence[Device], p
         return cost_table(prepared, devs, labels, runtime=runtime, kernel=kernel)
 
     return diskcache.remembered("costs", k, make, _is_frame)
+
+
+# how long a run waits for the Dask scheduler it is given before saying it cannot connect
+DASK_CONNECT_TIMEOUT_S = 30
+
+
+def _device_cell(workload: str, dev: Device, plans: Sequence[Any], deploy: dict[str, str]) -> pd.DataFrame:
+    """One device's per-op table: a Dask task (the worker traces and masks through its own caches)."""
+    return _per_op(workload, [dev], plans, None, **deploy)
+
+
+def _per_op_on_dask(address: str, workload: Any, devs: Sequence[Device], plans: Sequence[Any],
+                    deploy: dict[str, str]) -> pd.DataFrame:
+    """`_per_op` with each device's cell a task on the Dask cluster at `address`; the same table.
+    dask and distributed are the optional extra `cluster`."""
+    from sparsesim.core.errors import SparsesimError
+    from sparsesim.core.extras import require
+
+    if not isinstance(workload, str):
+        raise SparsesimError("--dask-scheduler: the workload must be a spec (a recipe, a .toml file, gemm:/conv: "
+                             "or module:factory) that every worker can build, not an in-memory model")
+    Client = require("distributed", "cluster", "--dask-scheduler").Client
+    try:
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise SparsesimError(f"--dask-scheduler {address}: cannot connect ({e})") from e
+    with client:
+        futures = [client.submit(_device_cell, workload, d, list(plans), deploy, pure=False) for d in devs]
+        frames = client.gather(futures)
+    # the local table's order: plan by plan, each plan's devices in order
+    labels = list(dict.fromkeys(frames[0]["plan"])) if frames else []
+    return pd.concat([f[f["plan"] == label] for label in labels for f in frames], ignore_index=True)
 
 
 def _table_key(workload: Any, devs: Sequence[Device], plans: Sequence[Any], labels: list[str] | None,
