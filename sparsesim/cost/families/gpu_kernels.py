@@ -4,10 +4,10 @@
 |---|---|---|
 | cublas | dense | cuBLAS/cuBLASLt tensor-core GEMM; split-K when the tiles fill less than a wave |
 | marlin | dense int4 | int4 weight-only GEMM (Frantar et al., Marlin): 4-bit weights dequantised in registers, fp16 MMA |
-| tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one warp per 8 output columns over the whole K |
-| cusparselt | 2:4 | cuSPARSELt: result transpose fused into the GEMM (torch._cslt_sparse_mm transpose_result); split-K only under algorithm search (cusparseLtMatmulSearch) |
-| cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the result is copied out (res.t().contiguous() in torch/sparse/semi_structured.py), no split-K |
-| sparse-marlin | 2:4 int4 | Sparse-Marlin (torchao): int4 2:4 weights on sparse tensor cores |
+| tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one warp per 8 output columns over the whole K; at a few tokens bound by the bytes its warps keep in flight (Little's law) |
+| cusparselt | 2:4 | cuSPARSELt: result transpose fused into the GEMM (torch._cslt_sparse_mm transpose_result); the device file's sparse tile; split-K only under algorithm search (cusparseLtMatmulSearch) |
+| cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the device's GEMM tile, the result is copied out (res.t().contiguous() in torch/sparse/semi_structured.py), no split-K |
+| sparse-marlin | 2:4 int4 | Sparse-Marlin (torchao): int4 2:4 weights on sparse tensor cores, its work striped over every SM |
 | sputnik | unstructured | CSR SpMM on CUDA cores (Gale et al. SC'20): 1D tiles of output columns, one row per subwarp |
 | cusparse-csr | unstructured | cuSPARSE CSR SpMM (torch.sparse CSR @ dense), the same structure at a lower efficiency |
 | flash-llm | unstructured | "load as sparse, compute as dense" (Xia et al. VLDB'24): sparse tiles expanded in shared memory, dense MMA |
