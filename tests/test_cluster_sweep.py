@@ -37,13 +37,23 @@ def test_cells_on_the_cluster_give_the_local_tables(cluster):
     assert remote.summary.equals(local.summary)
 
 
+def test_a_sweep_of_workloads_goes_to_the_cluster_at_once(cluster):
+    specs = [SPEC, "conv:batch=1,cin=16,cout=32,h=8,w=8,kernel=3,dtype=fp16"]
+    local = estimate.compare_many(specs, DEVICES, PLANS)
+    remote = estimate.compare_many(specs, DEVICES, PLANS, dask_scheduler=cluster.scheduler_address)
+    assert len(remote) == 2
+    for a, b in zip(local, remote):
+        assert b.per_op.equals(a.per_op) and b.summary.equals(a.summary)
+
+
 def test_compare_and_report_verbs_take_the_scheduler(cluster, cli, tmp_path):
     rc, out, err = cli("--no-cache", "compare", SPEC, "--devices", ",".join(DEVICES), "--plans", ",".join(PLANS),
                        "--json", "--dask-scheduler", cluster.scheduler_address)
     assert rc == 0, err
     rows = json.loads(out)["rows"]
     assert {r["device"] for r in rows} == set(DEVICES) and len(rows) == len(DEVICES) * len(PLANS)
-    rc, out, err = cli("report", SPEC, "--devices", DEVICES[0], "--plans", "2:4", "--no-serving", "--no-training",
+    rc, out, err = cli("report", SPEC, SPEC.replace("M=64", "M=128"), "--devices", DEVICES[0], "--plans", "2:4",
+                       "--no-serving", "--no-training",
                        "--out", str(tmp_path / "r"), "--quiet", "--dask-scheduler", cluster.scheduler_address)
     assert rc == 0, err
     assert (tmp_path / "r" / "index.html").exists()

@@ -106,13 +106,25 @@ def collect(workloads: Sequence[Any], devices: Sequence[Device], plans: Sequence
     op_bytes: dict[str, dict[int, float]] = {}
     per_op_frames, summary_frames = [], []
     t0 = time.perf_counter()
-    for spec in workloads:
+    swept = None
+    if dask_scheduler:  # every (workload, device) cell on the cluster at once
+        from sparsesim.run.estimate import compare_many
+
+        if stage is not None:
+            stage("compare on the cluster")
+        swept = compare_many(list(workloads), list(devices), list(plans), **dict(deploy or {}),
+                             dask_scheduler=dask_scheduler)
+    for i, spec in enumerate(workloads):
         if stage is not None:
             stage(f"compare {workload_label(spec)}")
         label = workload_label(spec)
         dtypes[label], op_bytes[label] = workload_facts(spec)
-        per_op, summary = compare_frames(spec, devices, plans, progress=progress, deploy=deploy,
-                                         dask_scheduler=dask_scheduler)
+        if swept is not None:
+            per_op, summary = swept[i].per_op, swept[i].summary
+            if progress is not None:
+                progress(len(devices) * len(plans))
+        else:
+            per_op, summary = compare_frames(spec, devices, plans, progress=progress, deploy=deploy)
         per_op_frames.append(per_op.assign(workload=label))
         summary_frames.append(summary.assign(workload=label))
         timings[f"compare {label}"] = time.perf_counter() - t0
@@ -202,12 +214,11 @@ def workload_label(spec: Any) -> str:
 
 def compare_frames(workload: Any, devices: Sequence[Device], plans: Sequence[str],
                    progress: Callable[[int], Any] | None = None,
-                   deploy: Mapping[str, str] | None = None,
-                   dask_scheduler: str = "") -> tuple[pd.DataFrame, pd.DataFrame]:
+                   deploy: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-op and per-(device, plan) frames for one workload, from one pass of the estimate module."""
     from sparsesim.run.estimate import compare_tables
 
-    tables = compare_tables(workload, list(devices), list(plans), **dict(deploy or {}), dask_scheduler=dask_scheduler)
+    tables = compare_tables(workload, list(devices), list(plans), **dict(deploy or {}))
     if progress is not None:
         progress(len(devices) * len(plans))
     return tables.per_op, tables.summary

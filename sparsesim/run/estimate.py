@@ -396,24 +396,44 @@ def compare_tables(
     kernel library where it applies) and `dtype` (deploy the model at another dtype, e.g. int8,
     fp8 or int4 weight-only) describe the deployment; both plans and dense use them.
     `dask_scheduler` (an address) costs each device's cell as a task on that Dask cluster."""
+    return compare_many([workload], devices, plans, criterion=criterion, runtime=runtime, kernel=kernel,
+                        dtype=dtype, dask_scheduler=dask_scheduler)[0]
+
+
+def compare_many(
+    workloads: Sequence[str | Workload],
+    devices: str | Device | Iterable[str | Device] | None = None,
+    plans: Iterable[Any] = DEFAULT_PLANS,
+    *,
+    criterion: str = "magnitude",
+    runtime: str = "",
+    kernel: str = "",
+    dtype: str = "",
+    dask_scheduler: str = "",
+) -> list[Tables]:
+    """`compare_tables` of each workload (arguments as there); on a Dask cluster every
+    (workload, device) cell of the sweep is submitted at once."""
     plans = list(plans)
     if not plans:
         plans = [DENSE]
     devs = resolve_devices(devices)
     deploy = {"criterion": criterion, "runtime": runtime, "kernel": kernel, "dtype": dtype}
     if dask_scheduler:
-        per_op = _per_op_on_dask(dask_scheduler, workload, devs, plans, deploy)
+        per_ops = _per_op_on_dask(dask_scheduler, list(workloads), devs, plans, deploy)
     else:
-        per_op = _per_op(workload, devs, plans, None, **deploy)
-    summary = results.summarize(per_op)
+        per_ops = [_per_op(w, devs, plans, None, **deploy) for w in workloads]
     wanted = list(dict.fromkeys(plan_label(p) for p in plans))
-    summary = summary[summary["plan"].isin(wanted)]
     order = {p: i for i, p in enumerate(wanted)}
     dev_order = {d.name: i for i, d in enumerate(devs)}
-    summary = summary.sort_values(
-        ["device", "plan"], key=lambda s: s.map(dev_order if s.name == "device" else order), kind="stable"
-    ).reset_index(drop=True)
-    return Tables(per_op, summary)
+    tables = []
+    for per_op in per_ops:
+        summary = results.summarize(per_op)
+        summary = summary[summary["plan"].isin(wanted)]
+        summary = summary.sort_values(
+            ["device", "plan"], key=lambda s: s.map(dev_order if s.name == "device" else order), kind="stable"
+        ).reset_index(drop=True)
+        tables.append(Tables(per_op, summary))
+    return tables
 
 
 def compare(
@@ -484,14 +504,15 @@ def _device_cell(workload: str, dev: Device, plans: Sequence[Any], deploy: dict[
     return _per_op(workload, [dev], plans, None, **deploy)
 
 
-def _per_op_on_dask(address: str, workload: Any, devs: Sequence[Device], plans: Sequence[Any],
-                    deploy: dict[str, str]) -> pd.DataFrame:
-    """`_per_op` with each device's cell a task on the Dask cluster at `address`; the same table.
-    dask and distributed are the optional extra `cluster`."""
+def _per_op_on_dask(address: str, workloads: Sequence[Any], devs: Sequence[Device], plans: Sequence[Any],
+                    deploy: dict[str, str]) -> list[pd.DataFrame]:
+    """`_per_op` of each workload, every (workload, device) cell a task on the Dask cluster at
+    `address`, all submitted at once; the same tables. dask and distributed are the optional
+    extra `cluster`."""
     from sparsesim.core.errors import SparsesimError
     from sparsesim.core.extras import require
 
-    if not isinstance(workload, str):
+    if not all(isinstance(w, str) for w in workloads):
         raise SparsesimError("--dask-scheduler: the workload must be a spec (a recipe, a .toml file, gemm:/conv: "
                              "or module:factory) that every worker can build, not an in-memory model")
     Client = require("distributed", "cluster", "--dask-scheduler").Client
@@ -500,11 +521,15 @@ def _per_op_on_dask(address: str, workload: Any, devs: Sequence[Device], plans: 
     except (OSError, TimeoutError, ValueError) as e:
         raise SparsesimError(f"--dask-scheduler {address}: cannot connect ({e})") from e
     with client:
-        futures = [client.submit(_device_cell, workload, d, list(plans), deploy, pure=False) for d in devs]
-        frames = client.gather(futures)
-    # the local table's order: plan by plan, each plan's devices in order
-    labels = list(dict.fromkeys(frames[0]["plan"])) if frames else []
-    return pd.concat([f[f["plan"] == label] for label in labels for f in frames], ignore_index=True)
+        futures = [[client.submit(_device_cell, w, d, list(plans), deploy, pure=False) for d in devs]
+                   for w in workloads]
+        cells = client.gather(futures)
+    out = []
+    for frames in cells:
+        # the local table's order: plan by plan, each plan's devices in order
+        labels = list(dict.fromkeys(frames[0]["plan"])) if frames else []
+        out.append(pd.concat([f[f["plan"] == label] for label in labels for f in frames], ignore_index=True))
+    return out
 
 
 def _table_key(workload: Any, devs: Sequence[Device], plans: Sequence[Any], labels: list[str] | None,
