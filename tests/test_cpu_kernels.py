@@ -207,6 +207,12 @@ def test_few_row_gemms_run_as_one_gemv_per_row():
         assert t[m].latency_s - dev.params.call_overhead == pytest.approx(m * one, rel=1e-6)
         assert f"run as {m} GEMVs" in t[m].why and t[m].details["pack_s"] == 0
     assert t[4].details["pack_s"] > 0 and "GEMVs" not in t[4].why
+    # a row count that is not a whole number >= 1 is refused, naming the field
+    from sparsesim.core.errors import SparsesimError
+
+    for bad in (0, 2.5):
+        with pytest.raises(SparsesimError, match="gemv_rows_max"):
+            device_with(ARM, gemv_rows_max={"value": bad, "unit": "1", "source": "test"})
     # the default (a device file that says nothing): only a one-row GEMM is a GEMV
     plain = device_with(ARM, weight_pack_pass={"value": True, "source": "test"}, cores=1)
     assert cost_one(gemm_op(2, 4096, 1024), None, plain).details["pack_s"] > 0

@@ -35,6 +35,7 @@ from sparsesim.cost.common import (
     check_flags,
     check_fraction,
     check_positive,
+    check_whole,
     gemm_work,
     memory_op_bytes,
     memory_op_cost,
@@ -124,7 +125,7 @@ class CpuParams:
             return problem
         if FALLBACK_DTYPE not in self.gemm_efficiency:
             return f"field 'gemm_efficiency' needs an '{FALLBACK_DTYPE}' entry (the fallback dtype)"
-        problem = check_fraction(self, "gemm_efficiency")
+        problem = check_fraction(self, "gemm_efficiency") or check_whole(self, "gemv_rows_max")
         if problem:
             return problem
         for dt in self.gemm_efficiency:
@@ -249,23 +250,23 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
         compute_s += 2 * g.macs / (peak * eff) if g.macs else 0.0
     moved = traffic(p, work.w_bytes, work.dense_bytes - work.w_bytes, context)
     memory_s = moved.seconds
-    # a BLAS that packs the weight per call reads it once in a pass of its own before the FMA
-    # loops: that pass adds to the compute, at the bandwidth of the level holding the weight; a
-    # GEMV (one activation row) streams the weight through its FMAs unpacked
-    packs = p.weight_pack_pass and any(g.m > 1 for g in work.gemms)
-    pack_s = work.w_bytes / moved.weight_bandwidth if packs else 0.0
-    compute_s += pack_s
     bytes_by_level = dict(moved.bytes_by_level)
     rows_note = ""
     g0 = work.gemms[0] if len(work.gemms) == 1 else None
-    if g0 is not None and g0.batch * g0.groups == 1 and 1 < g0.m <= p.gemv_rows_max:
+    per_row = g0 is not None and g0.batch * g0.groups == 1 and 1 < g0.m <= p.gemv_rows_max
+    if per_row and g0 is not None:
         # the BLAS's small-M path: one unpacked GEMV per activation row, each streaming the weight
-        row_compute = 2 * g0.n * g0.k / (peak * gemm_efficiency(p, work.dtype, 1))
-        row_memory = work.w_bytes / moved.weight_bandwidth
-        compute_s, memory_s, pack_s = g0.m * row_compute, g0.m * row_memory, 0.0
+        compute_s = g0.m * 2 * g0.n * g0.k / (peak * gemm_efficiency(p, work.dtype, 1))
+        memory_s = g0.m * work.w_bytes / moved.weight_bandwidth
         bytes_by_level[moved.weight_level] = bytes_by_level.get(moved.weight_level, 0.0) + (g0.m - 1) * work.w_bytes
         rows_note = (f"run as {g0.m} GEMVs, one per row, each streaming the {work.w_bytes / 1e6:.3g} MB weight "
                      f"from {moved.weight_level} (the BLAS's path up to {p.gemv_rows_max:g} rows)")
+    # a BLAS that packs the weight per call reads it once in a pass of its own before the FMA
+    # loops: that pass adds to the compute, at the bandwidth of the level holding the weight; a
+    # GEMV (one activation row, or the per-row path above) streams the weight through its FMAs unpacked
+    packs = p.weight_pack_pass and not per_row and any(g.m > 1 for g in work.gemms)
+    pack_s = work.w_bytes / moved.weight_bandwidth if packs else 0.0
+    compute_s += pack_s
     fallback = dt != work.dtype
     parts = [why_prefix] if why_prefix else []
     if fallback:
