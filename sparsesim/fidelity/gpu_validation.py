@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from sparsesim.core.errors import SparsesimError, UnsupportedError, WorkloadError
@@ -390,7 +391,7 @@ def summary(df: pd.DataFrame) -> dict:
     e = df[energy & df["predicted"].notna() & (df["measured"] > 0)]
     ratios = (e["predicted"] / e["measured"]).astype(float)
     within = int(((ratios >= 1 / ENERGY_FACTOR) & (ratios <= ENERGY_FACTOR)).sum())
-    worst = float(ratios.iloc[int((ratios.apply(math.log).abs()).argmax())]) if len(ratios) else math.nan
+    worst = float(ratios.iloc[int(np.abs(np.log(ratios.to_numpy())).argmax())]) if len(ratios) else math.nan
     return {
         "cases": len(df),
         "with_value": len(err),

@@ -238,7 +238,6 @@ def array_for(p: FpgaParams, dtype: str) -> tuple[int, int]:
     return rows, max(1, min(cols, math.floor(cols * ratio + FLOAT_SLACK)))
 
 
-
 @register_peaks("fpga")
 def fpga_peaks(device: Device, dtypes: set[str]) -> list[tuple[str, float]]:
     """The PE array at the dtype it runs the workload in: rows x cols MACs (2 FLOP each) per clock."""
@@ -249,6 +248,7 @@ def fpga_peaks(device: Device, dtypes: set[str]) -> list[tuple[str, float]]:
         rows, cols = array_for(p, run)
         peaks.append((f"PE array {run}", 2.0 * rows * cols * p.clock))
     return peaks
+
 
 @register_cost("fpga")
 def fpga_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
