@@ -104,3 +104,21 @@ def test_dask_local_cluster_runs_exactly_n_trials(tmp_path, search_env, monkeypa
                                   dashboard_address=None) as cluster:
         study = osr.optimize(problem, cfg, dask_scheduler=cluster.scheduler_address)
     assert osr.counts(study)["COMPLETE"] == N
+
+
+def test_more_workers_than_cores_says_it_runs_no_faster(tmp_path, search_env, monkeypatch):
+    import torch
+
+    from sparsesim.core.errors import SparsesimWarning
+    from sparsesim.search import optuna_search as osr
+    from sparsesim.search.runner import SearchConfig, build_problem
+
+    monkeypatch.setenv("SPARSESIM_CACHE", search_env["SPARSESIM_CACHE"])
+    monkeypatch.setattr(osr.os, "cpu_count", lambda: 1)
+    threads = torch.get_num_threads()
+    problem = build_problem(SearchConfig(workload="digits:batch=64", device="arm-cortex-a78"))
+    cfg = osr.StudyConfig(storage=str(tmp_path / "study.journal"), study_name="cores", n_trials=4, seed=1)
+    with pytest.warns(SparsesimWarning, match="--workers 2 on 1 core"):
+        study = osr.optimize(problem, cfg, workers=2)
+    assert osr.counts(study)["COMPLETE"] == 4
+    assert torch.get_num_threads() == threads  # the driver's one thread was only for the run

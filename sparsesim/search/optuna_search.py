@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sparsesim.core.errors import SearchError, SparsesimWarning
+from sparsesim.core.threads import one_thread
 from sparsesim.search.study import (
     OBJECTIVES,
     StudyConfig,
@@ -87,9 +88,15 @@ def _run(problem: TrialProblem, cfg: StudyConfig, workers: int, dask_scheduler: 
 
         run_on_dask(problem, cfg, dask_scheduler, workers)
     elif workers == 1:
-        run_worker(problem, cfg, worker=0, on_trial=progress)
+        run_worker(problem, cfg, worker=0, on_trial=progress)  # torch's intra-op threads use the cores
     else:
-        _run_local(problem, cfg, workers, progress)
+        cores = os.cpu_count() or 1
+        if workers > cores:
+            warnings.warn(f"--workers {workers} on {cores} core(s): the workers share the cores, so the search "
+                          f"runs no faster than with {cores}", SparsesimWarning, stacklevel=2)
+        # the driver is worker 0: one thread, as every spawned worker (N workers share N cores)
+        with one_thread():
+            _run_local(problem, cfg, workers, progress)
 
 
 def _run_local(problem: TrialProblem, cfg: StudyConfig, workers: int, progress) -> None:
