@@ -37,3 +37,24 @@ def test_bulk_costs_equal_costing_each_op_alone(spec, one_thread):
     # and the same again on a second call, now served from the shared groups
     again = est.cost_table(prepared, devs)
     assert list(again["latency_s"]) == list(table["latency_s"])
+
+
+def test_plans_sparsified_side_by_side_equal_one_at_a_time(monkeypatch):
+    """`prepare` builds the plans' masks on several threads: the same layers, patterns and
+    stats as sparsifying each plan alone, in the plans' order, and torch's thread count
+    restored afterwards."""
+    import torch
+
+    from sparsesim.sparsity.sparsify import sparsify
+
+    est.clear_cache()
+    monkeypatch.setattr(est.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    threads = torch.get_num_threads()
+    prepared = est.prepare("resnet18:image=64", PLANS)
+    assert torch.get_num_threads() == threads
+    assert list(prepared.sparse) == PLANS
+    wl = prepared.workload
+    for label, sw in prepared.sparse.items():
+        alone = sparsify(wl, label)
+        assert sw.layers == alone.layers, label
+        assert [op.flops for op in sw.ops] == [op.flops for op in alone.ops]

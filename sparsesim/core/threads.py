@@ -19,3 +19,17 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@contextmanager
+def many_threads(threads: int) -> Iterator[None]:
+    """Inside `one_thread`, one large op on `threads` threads (1: no change)."""
+    if threads <= 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,5 +1,5 @@
 """Hugging Face transformers models built from configs, offline, with random weights:
-BERT-base, GPT-2, ViT-base and Llama-style decoders (a tiny one, Llama-2-7B and -70B).
+BERT-base (`bert-base:impl=hf`; the recipe's default is the plain-torch port in `bert.py`), GPT-2, ViT-base and Llama-style decoders (a tiny one, Llama-2-7B and -70B).
 
 Big configs are built on the meta device (`device="meta"`): shapes and dtypes are real, no
 weight is allocated. Decoders take `phase`: "prefill" runs `seq` new tokens per sequence
@@ -71,30 +71,24 @@ def _check_positive(**kw: int) -> None:
             raise WorkloadError(f"parameter {k}={v}: must be at least 1")
 
 
-def build_bert(batch: int = 1, seq: int = 128, dtype: str = "fp32", device: str = "cpu",
-               layers: int = 12, seed: int = 0, attn: str = ATTN_IMPLEMENTATION, mask: int = 0
-               ) -> tuple[nn.Module, dict]:
-    """BERT-base encoder (BertModel with pooler), bert-base-uncased shapes; `attn` picks the
-    attention implementation (ATTN_IMPLEMENTATIONS). With `mask=1` the inputs carry a padding
-    mask, as a tokenizer's padded batch does (SQuAD at a fixed length): transformers adds it to
-    the scores, an extra elementwise op per layer in eager attention. It is passed in the
-    additive batch x 1 x 1 x seq form transformers builds from a 0/1 mask (all positions kept),
-    so tracing on the meta device needs no look at its values."""
+def build_hf_bert(batch: int = 1, seq: int = 128, dtype: str = "fp32", device: str = "cpu",
+                  layers: int = 12, seed: int = 0, attn: str = ATTN_IMPLEMENTATION, mask: int = 0
+                  ) -> tuple[nn.Module, dict]:
+    """transformers' BertModel (with pooler), bert-base-uncased shapes; the parameters as in
+    `bert.build_bert`, which checks them."""
     from transformers import BertConfig, BertModel
 
-    _check_positive(batch=batch, seq=seq, layers=layers)
-    if attn not in ATTN_IMPLEMENTATIONS:
-        raise WorkloadError(f"parameter attn={attn!r}: use one of {', '.join(ATTN_IMPLEMENTATIONS)}")
     config = BertConfig(num_hidden_layers=layers, attn_implementation=attn)  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
-    if seq > config.max_position_embeddings:
-        raise WorkloadError(f"parameter seq={seq}: BERT has {config.max_position_embeddings} positions")
-    if mask not in (0, 1):
-        raise WorkloadError(f"parameter mask={mask}: use 0 (no padding mask) or 1")
     model = _instantiate(BertModel, config, dtype, device, seed)
-    inputs = {"input_ids": _ids(batch, seq, config.vocab_size, device, seed)}
+    return model, bert_inputs(batch, seq, config.vocab_size, dtype, device, seed, mask)
+
+
+def bert_inputs(batch: int, seq: int, vocab: int, dtype: str, device: str, seed: int, mask: int) -> dict:
+    """input_ids, and with `mask=1` the additive batch x 1 x 1 x seq padding mask (all kept)."""
+    inputs = {"input_ids": _ids(batch, seq, vocab, device, seed)}
     if mask:
         inputs["attention_mask"] = torch.zeros(batch, 1, 1, seq, dtype=torch_dtype(dtype), device=_device(device))
-    return model, inputs
+    return inputs
 
 
 def build_vit(batch: int = 1, image: int = 224, dtype: str = "fp32", device: str = "cpu",
