@@ -45,7 +45,7 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kernel", default="",
                    help="force one kernel library for the ops it serves (GPU: cublas, cusparselt, cutlass-24, "
                         "sputnik, cusparse-csr, flash-llm, bsr, marlin, tinygemm, sparse-marlin, spatha, teal; CPU: dense, csr, bsr, nm, "
-                        "xnnpack-spmm, act-gemv); default: the runtime "
+                        "xnnpack-spmm, jit-spmm, act-gemv); default: the runtime "
                         "picks the fastest it offers")
     p.add_argument("--dtype", default="", choices=("",) + DEPLOY_DTYPES, metavar="|".join(DEPLOY_DTYPES),
                    help="deploy the model at this dtype (int8 and fp8 quantise GEMMs and the activations "

@@ -111,8 +111,10 @@ class CpuParams:
     # the whole weight (its small-M path; a calibrated host measures where the packed GEMM takes
     # over); 1: only one-row GEMMs run as GEMVs
     gemv_rows_max: float = quantity("count", default=1.0)
-    # the sparse 1x1-convolution kernel of a mobile engine (XNNPACK's SpMM over CHW activations),
-    # present only where the device file describes it (spmm_tile_m > 0) and a runtime offers it
+    # the SpMM kernel of an inference engine: XNNPACK's sparse 1x1 convolution over CHW activations
+    # (`xnnpack-spmm`), or a JIT-compiled sparse GEMM that also runs linears (`jit-spmm`, the
+    # DeepSparse/LIBXSMM class); present only where the device file describes it (spmm_tile_m > 0)
+    # and a runtime offers it by name
     spmm_tile_m: float = quantity("count", default=0.0)
     spmm_vector_cycles: float = quantity("cycles", default=0.0)
     spmm_nnz_cycles: float = quantity("cycles", default=0.0)
@@ -424,12 +426,18 @@ def bsr_rate(p: CpuParams, r: int, c: int) -> tuple[float, str]:
 # ----------------------------------------------------------------------------- mobile SpMM
 
 SPMM = "xnnpack-spmm"
+# a sparse GEMM compiled for one weight's pattern (DeepSparse-class; LIBXSMM's sparse JIT, Heinecke
+# et al. SC'16): each nonzero's column offset is an immediate of its own multiply-add, so there is
+# no index chain to wait on, and it takes linears (tokens as the vector dimension) as well as
+# 1x1 convolutions; work spread over output rows as well as tiles
+JIT_SPMM = "jit-spmm"
+SPMM_KERNELS = (SPMM, JIT_SPMM)
 # an activation-sparse GEMV (PowerInfer's CPU kernels, Song et al. SOSP'24; Deja Vu's sparse MLP):
 # the weight stored input-channel major, only the rows of the nonzero inputs read
 ACT_GEMV = "act-gemv"
 # the CPU kernels a runtime may list (`runtime.<name>.kernels`); torch's run through `_sparse`
 TORCH_KERNELS = {"unstructured": "csr", "block": "bsr", "nm": "nm", "vnm": "nm"}
-CPU_KERNELS = ("dense", "csr", "bsr", "nm", SPMM, ACT_GEMV)
+CPU_KERNELS = ("dense", "csr", "bsr", "nm", SPMM, JIT_SPMM, ACT_GEMV)
 
 
 def spmm_tiles(width: int, tile: int) -> list[int]:
@@ -445,14 +453,16 @@ def spmm_tiles(width: int, tile: int) -> list[int]:
     return tiles
 
 
-def spmm_problem(op: Op, layer: LayerSparsity) -> str | None:
-    """Why the mobile SpMM kernel cannot run `op` (None when it can): it takes 1x1 convolutions of
-    stride 1, one group and no padding, with an unstructured weight (a plain GEMM over the
-    spatial positions of CHW activations)."""
+def spmm_problem(op: Op, layer: LayerSparsity, kernel: str = SPMM) -> str | None:
+    """Why an SpMM kernel cannot run `op` (None when it can): it takes 1x1 convolutions of
+    stride 1, one group and no padding (a plain GEMM over the spatial positions of CHW
+    activations) and, for `jit-spmm`, linears (a GEMM over the tokens); with an unstructured weight."""
     c = op.conv
-    if op.kind != "conv" or c is None:
-        return "runs 1x1 convolutions only"
-    if any(k != 1 for k in c.kernel) or any(st != 1 for st in c.stride) or c.groups != 1 or any(c.padding):
+    linear = kernel == JIT_SPMM and op.kind == "linear" and op.gemm is not None
+    if not linear and (op.kind != "conv" or c is None):
+        return "runs 1x1 convolutions only" if kernel == SPMM else "runs linears and 1x1 convolutions only"
+    if c is not None and (any(k != 1 for k in c.kernel) or any(st != 1 for st in c.stride) or c.groups != 1
+                          or any(c.padding)):
         return f"runs 1x1 stride-1 ungrouped convolutions only (this one: {'x'.join(map(str, c.kernel))} kernel, " \
                f"stride {c.stride}, {c.groups} group(s))"
     if KINDS[layer.pattern.kind].default_format != "csr":
@@ -460,8 +470,10 @@ def spmm_problem(op: Op, layer: LayerSparsity) -> str | None:
     return None
 
 
-def _spmm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, context: RunContext) -> Cost:
-    """XNNPACK-class sparse 1x1 convolution: activations in CHW, the output computed one output
+def _spmm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, context: RunContext,
+          kernel: str = SPMM) -> Cost:
+    """XNNPACK-class sparse 1x1 convolution (and, as `jit-spmm`, a linear over its tokens):
+    activations in CHW, the output computed one output
     channel x `spmm_tile_m` spatial positions at a time; per stored nonzero the kernel broadcasts
     the value, loads the input channel's row segment (the channel offset comes from the compressed
     weight) and multiply-adds it, vectorised over the spatial positions. The per-nonzero cost is
@@ -469,16 +481,19 @@ def _spmm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, dense: C
     tile (vectors x `spmm_vector_cycles`, or the activation stream from the cache holding the
     K x tile slab); narrower remainder tiles pay the chain for less work. Each output vector
     costs `spmm_store_cycles` (bias, clamp, store). The whole compressed weight is walked once
-    per spatial tile; tiles are spread over the cores."""
+    per spatial tile; tiles are spread over the cores (`jit-spmm`: tiles and output rows).
+    With no index chain in `jit-spmm`, `spmm_nnz_cycles` is the device's floor for its value
+    broadcast and first activation load."""
     p: CpuParams = device.params
     g = work.gemms[0]
     st = layer.stats
     dt = compute_dtype(p, work.dtype)
     nl = int(lanes(p, dt))
     conv = op.conv
-    assert conv is not None
-    hw = max(1, math.prod(conv.output_spatial))
+    # a linear's rows (tokens) are the vector dimension, laid out as a 1x1 convolution's positions
+    hw = max(1, math.prod(conv.output_spatial)) if conv is not None else max(1, g.m)
     images = max(1, g.m // hw) * g.batch
+    positions = "spatial" if conv is not None else "token"
     tile = int(p.spmm_tile_m)
     tiles = spmm_tiles(hw, tile)
     # the K x tile activation slab the nonzeros of one tile pick rows from: in L1, else L2, else L3
@@ -491,7 +506,7 @@ def _spmm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, dense: C
     out_vectors = sum(ceil_div(w, nl) for w in tiles)
     nnz = st.nnz
     cycles = images * (nnz * per_nnz + st.rows * out_vectors * p.spmm_store_cycles)
-    workers = min(p.cores, images * len(tiles))
+    workers = min(p.cores, images * len(tiles) * (st.rows if kernel == JIT_SPMM else 1))
     compute_s = cycles / (p.clock * workers)
     weight_bytes = work.w_values_bytes + work.w_metadata_bytes
     moved = traffic(p, weight_bytes, work.a_bytes + work.c_bytes, context)
@@ -501,11 +516,11 @@ def _spmm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, dense: C
     rem = [w for w in tiles if w != tile]
     speed = dense.latency_s / (max(compute_s, memory_s) + p.call_overhead)
     floor_bound = p.spmm_nnz_cycles > ceil_div(tile, nl) * vcyc
-    why = (f"{SPMM}: {nnz} nonzeros x {len(tiles)} spatial tile(s) of {hw} positions ({full} x {tile}"
-           + (f" + {'/'.join(map(str, rem))}" if rem else "") + f") x max(value/offset chain "
+    why = (f"{kernel}: {nnz} nonzeros x {len(tiles)} {positions} tile(s) of {hw} positions ({full} x {tile}"
+           + (f" + {'/'.join(map(str, rem))}" if rem else "") + f") x max({'value/offset chain' if kernel == SPMM else 'value broadcast + first load'} "
            f"{p.spmm_nnz_cycles:g} cycles, {ceil_div(tile, nl)} x {vcyc:.3g} cycles per {nl}-lane {dt} vector; "
            f"{slab / 1024:.3g} KiB activation slab in {slab_level})"
-           + ("; the value/offset chain, not the vector work, sets the pace" if floor_bound else "")
+           + ("; the per-nonzero floor, not the vector work, sets the pace" if floor_bound else "")
            + f"; {workers:g} core(s); {moved.where}; {speed:.2f}x vs dense")
     table = _energy_table(p)
     return build_cost(
@@ -518,7 +533,7 @@ def _spmm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, dense: C
             energy_per_byte=table, static_power_w=p.static_power,
             metadata_bytes=work.w_metadata_bytes, metadata_energy_per_byte=table[moved.weight_level],
         ),
-        kernel=SPMM, why=why, flops_executed=2 * macs_exec, peak_flops=peak_flops(p, dt),
+        kernel=kernel, why=why, flops_executed=2 * macs_exec, peak_flops=peak_flops(p, dt),
         memory_bytes=weight_bytes, metadata_bytes=work.w_metadata_bytes, fallback=dt != work.dtype,
         details={"spmm_tiles": float(len(tiles)), "dense_latency_s": dense.latency_s},
     )
@@ -533,8 +548,8 @@ def _offered(device: Device, context: RunContext) -> tuple[str, Callable[[str], 
     def offers(kernel: str) -> bool:
         if context.kernel in CPU_KERNELS:
             return kernel == context.kernel
-        if kernel == SPMM:
-            return bool(p.spmm_tile_m) and SPMM in rt.kernels
+        if kernel in SPMM_KERNELS:
+            return bool(p.spmm_tile_m) and kernel in rt.kernels
         if kernel == ACT_GEMV:  # not a framework kernel: a runtime that has it names it
             return ACT_GEMV in rt.kernels
         return rt.offers(kernel)
@@ -608,12 +623,13 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         choices.append(_sparse(work, layer, device, dense, context))
     else:
         reasons.append(f"{runtime} does not offer {torch_kernel}")
-    if offers(SPMM):
-        problem = spmm_problem(op, layer)
-        if problem is None:
-            choices.append(_spmm(op, work, layer, device, dense, context))
-        else:
-            reasons.append(f"{SPMM} {problem}")
+    for spmm in SPMM_KERNELS:
+        if offers(spmm):
+            problem = spmm_problem(op, layer, spmm)
+            if problem is None:
+                choices.append(_spmm(op, work, layer, device, dense, context, spmm))
+            else:
+                reasons.append(f"{spmm} {problem}")
     if not choices:
         return replace(dense, kernel="dense (fallback)", fallback=True,
                        why=f"{layer.pattern.label}: no sparse kernel for this op ({'; '.join(reasons)}), "
