@@ -13,11 +13,13 @@ what a user sees:
 - mask building: masks and stats from real weights for the five default plans on a
   268M-parameter MLP, in this process;
 - large configs (--large): trace + compare of the 405B-class and MoE recipes on the meta device,
-  cold, with peak RSS.
+  cold, with peak RSS;
+- the default report (--report): `sparsesim report`, cold then warm.
 
     .venv/bin/python benchmarks/bench_speed.py                       # bert-base, resnet50, llama2-7b/70b
     .venv/bin/python benchmarks/bench_speed.py --workloads resnet50 --devices a100-sxm4-80gb
     .venv/bin/python benchmarks/bench_speed.py --large               # adds the large recipes
+    .venv/bin/python benchmarks/bench_speed.py --report              # adds the default report, cold and warm
 
 A loaded shared machine inflates every wall time; the load average is printed with the table.
 """
@@ -39,6 +41,7 @@ WARM_TARGET_S = 1.0
 COLD_TARGET_S = {"bert-base": 5.0, "resnet50": 5.0}
 LARGE_TARGET_S, LARGE_TARGET_MB = 30.0, 2048.0
 MASKS_TARGET_S = 10.0
+REPORT_WARM_TARGET_S, REPORT_COLD_TARGET_S = 15.0, 60.0
 MASK_WIDTH, MASK_LAYERS = 8192, 4  # four 8192x8192 linears: 268M parameters
 LARGE = ("llama3-70b", "llama3-405b", "mixtral-8x22b", "deepseek-v3")
 BEFORE_IMPORTS = "import torch, pandas, scipy.stats, sparsesim.run.estimate, sparsesim.cli"
@@ -173,12 +176,29 @@ def large(rows: list[tuple[str, ...]], devices: str | None) -> None:
                      ok if rc == 0 else ""))
 
 
+def report(rows: list[tuple[str, ...]]) -> None:
+    """`sparsesim report` on its default workloads and devices, cold (an empty cache) then warm."""
+    with tempfile.TemporaryDirectory(prefix="sparsesim-bench-cache-") as tmp:
+        env = base_env(Path(tmp) / "cache")
+        argv = sparsesim("report", "--out", str(Path(tmp) / "report"))
+        cold, cold_mb, rc, err = run(argv, env)
+        if rc:
+            rows.append(("report (default)", "failed", err, "", ""))
+            return
+        warm, warm_mb, rc, err = run(argv, env)
+    rows.append(("report (default)", f"warm {warm:.1f} s, {warm_mb:.0f} MB", f"cold {cold:.1f} s, {cold_mb:.0f} MB",
+                 f"{cold / warm:.1f}x time",
+                 f"warm < {REPORT_WARM_TARGET_S:.0f} s: {verdict(warm, REPORT_WARM_TARGET_S)}; "
+                 f"cold < {REPORT_COLD_TARGET_S:.0f} s: {verdict(cold, REPORT_COLD_TARGET_S)}"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workloads", default="bert-base,resnet50,llama2-7b,llama2-70b", help="comma-separated specs for cold/warm compare")
     ap.add_argument("--devices", default=None, help="comma-separated devices (default: all)")
     ap.add_argument("--bulk-workload", default="llama3-8b", help="workload of the costing-rate figure")
     ap.add_argument("--large", action="store_true", help="also trace and compare the large meta-device recipes")
+    ap.add_argument("--report", action="store_true", help="also time the default report, cold and warm (~70 s)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: startup,cache,bulk,masks")
     args = ap.parse_args()
     skip = set(args.skip.split(","))
@@ -193,6 +213,8 @@ def main() -> None:
         masks(rows)
     if args.large:
         large(rows, args.devices)
+    if args.report:
+        report(rows)
     load = os.getloadavg()
     print(f"sparsesim speed, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
           f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")

@@ -266,3 +266,55 @@ def test_calibration_reads_the_gemv_rows_off_the_beyond_llc_timings():
     assert gemv_rows_max(cases({1: 7.5, 2: 15.7, 3: 23.7, 4: 21.6, 16: 32.3})) == 3   # this host, 8192x4096
     assert gemv_rows_max(cases({1: 7.5, 2: 9.0, 3: 9.5, 4: 10.0})) == 1                # packs from 2 rows
     assert gemv_rows_max(cases({1: 7.5, 4: 21.6})) == 1                                # 2 rows not timed
+
+
+def _edge(full_mib: float, none_mib: float, **more):
+    return device_with(ARM, cores=1, llc_full_bytes={"value": full_mib, "unit": "MiB", "source": "test"},
+                       llc_none_bytes={"value": none_mib, "unit": "MiB", "source": "test"}, **more)
+
+
+def test_the_llc_soft_edge_blends_the_llc_and_dram_rates_between_its_two_footprints():
+    """A GEMV re-streaming its weight (one activation row, a loop of calls): below llc_full_bytes
+    the LLC serves all of it, from llc_none_bytes on DRAM does, and between the share falls
+    linearly; the stream rate is the harmonic blend and the bytes split between the levels.
+    Without the fields the edge is hard at l3_bytes, as before."""
+    from sparsesim.cost.families.cpu import llc_share, traffic
+    from sparsesim.cost.record import ALONE
+
+    dev = _edge(2, 6)  # l3_bytes 4 MiB in the middle
+    p, mib = dev.params, 2**20
+    assert llc_share(p, 1.5 * mib) == 1.0 and llc_share(p, 7 * mib) == 0.0
+    assert llc_share(p, 4 * mib) == pytest.approx(0.5)
+    t = traffic(p, 4 * mib, 0.0, ALONE)
+    assert t.bytes_by_level == pytest.approx({"l3": 2 * mib, "dram": 2 * mib})
+    assert t.seconds == pytest.approx(2 * mib / p.l3_bandwidth + 2 * mib / p.dram_bandwidth)
+    assert "at the LLC's edge: 50% from l3" in t.where
+    rates = [4 * 2**20 / traffic(p, w * mib, 0.0, ALONE).seconds for w in (1.9, 3, 4, 5, 6.1)]
+    assert rates == sorted(rates, reverse=True) and rates[0] == pytest.approx(p.l3_bandwidth * 4 / 1.9, rel=1e-9)
+    hard = load_device(ARM).params
+    assert llc_share(hard, 4 * mib) == 1.0 and llc_share(hard, 4 * mib + 1) == 0.0
+
+
+def test_a_packing_blas_holds_the_weight_twice_at_the_llc_edge():
+    """With a per-call pack pass the weight and its packed copy share the cache: a 1.5 MiB weight
+    (3 MiB with the copy, on a 2-6 MiB edge) is packed at a slower rate than it is read alone."""
+    from sparsesim.fidelity.calibrate import gemm_op
+
+    dev = _edge(2, 6, weight_pack_pass={"value": True, "source": "test"})
+    w = 1.5 * 2**20 / 4
+    c = cost_one(gemm_op(16, int(w // 384), 384), None, dev)
+    weight = int(w // 384) * 384 * 4
+    assert c.details["pack_s"] > weight / dev.params.l3_bandwidth * 1.1
+
+
+def test_the_llc_edge_fit_recovers_a_ramp_and_the_file_checks_its_order():
+    from sparsesim.core.errors import DeviceFileError
+    from sparsesim.fidelity.calibrate import LLC_EDGE_FOOTPRINTS, fit_llc_edge
+
+    llc = 16.0
+    ramp = [(f * llc, min(1.0, max(0.0, (28 - f * llc) / 18))) for f in LLC_EDGE_FOOTPRINTS]
+    lo, hi, err = fit_llc_edge(ramp, llc)
+    assert (lo, hi) == (10.0, 28.0) and err == pytest.approx(0.0, abs=1e-12)
+    assert fit_llc_edge([(f * llc, 1.0 if f <= 1 else 0.0) for f in LLC_EDGE_FOOTPRINTS], llc)[2] < 0.2
+    with pytest.raises(DeviceFileError, match="llc_full_bytes <= l3_bytes <= llc_none_bytes"):
+        _edge(5, 6)

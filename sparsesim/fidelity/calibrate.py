@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -154,6 +155,37 @@ class HostFacts:
     gemv_rows_max: int = 1  # the most activation rows the BLAS runs as one GEMV per row
     weight_pack_pass: bool = False
     pack_errors: tuple[float, float] = (0.0, 0.0)  # dense fit error (with, without) the pack pass
+    llc_edge: tuple[float, float, float] = (0.0, 0.0, 0.0)  # llc_full_bytes, llc_none_bytes, fit error
+
+
+# footprints, in effective LLCs, a GEMV's weight stream is timed at to find the LLC's soft edge
+LLC_EDGE_FOOTPRINTS = (0.25, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
+
+
+def fit_llc_edge(shares: Sequence[tuple[float, float]], llc: float) -> tuple[float, float, float]:
+    """(llc_full_bytes, llc_none_bytes, rms error) of the linear ramp of the LLC's share over the
+    footprint that best fits the measured (footprint, share) points; the ramp must hold the
+    effective LLC (`llc`) inside it. A grid in eighths of `llc`: two parameters, seven points."""
+    best = (llc, llc, math.inf)
+    steps = [i / 8 for i in range(1, 65)]
+    for lo in (f * llc for f in steps if f <= 1.0):
+        for hi in (f * llc for f in steps if f >= 1.0 and f * llc > lo):
+            err = math.sqrt(sum((min(1.0, max(0.0, (hi - w) / (hi - lo))) - h) ** 2 for w, h in shares) / len(shares))
+            if err < best[2] - 1e-12:
+                best = (lo, hi, err)
+    return best
+
+
+def measure_llc_edge(llc: float, dram_bw: float, *, repeats: int) -> tuple[float, float, float]:
+    """Time a GEMV's weight stream at `LLC_EDGE_FOOTPRINTS` x the effective LLC; each rate gives
+    the share of the stream the LLC served (1 at the in-cache rate of the smallest, 0 at the
+    DRAM rate measured beyond 4x the sysfs L3), and a ramp is fitted to the shares."""
+    rates = [(f * llc, measure.read_bandwidth(int(f * llc), repeats=repeats)) for f in LLC_EDGE_FOOTPRINTS]
+    cached = rates[0][1]
+    if cached <= dram_bw * 1.05:  # no measurable LLC rate: keep a hard edge
+        return (0.0, 0.0, 0.0)
+    shares = [(w, min(1.0, max(0.0, (1 / bw - 1 / dram_bw) / (1 / cached - 1 / dram_bw)))) for w, bw in rates]
+    return fit_llc_edge(shares, llc)
 
 
 def physical_memory() -> float:
@@ -189,12 +221,14 @@ def host_facts(threads: int, *, quick: bool) -> HostFacts:
     if "l3" not in assumed:
         caches["l3"] = measure.effective_llc_bytes(caches["l3"], l3_bw, dram_bw, floor=caches["l2"],
                                                    repeats=max(2, reps // 2))
+    edge = measure_llc_edge(float(caches["l3"]), dram_bw, repeats=max(2, reps // 2)) if "l3" not in assumed \
+        else (0.0, 0.0, 0.0)
     return HostFacts(
         model=str(info["model"]), clock_hz=float(info["mhz"]) * 1e6 or FALLBACK_CLOCK_HZ, vector_bits=vbits,
         native_dtypes=tuple(native), caches=caches, threads=threads, l2_bw=l2_bw, l3_bw=l3_bw,
         dram_bw=dram_bw, call_overhead_s=measure.call_overhead(repeats=reps),
         date=_dt.date.today().isoformat(), nominal_hz=float(info["mhz"]) * 1e6, assumed_caches=assumed,
-        memory_bytes=physical_memory(), sysfs_l3=sysfs_l3,
+        memory_bytes=physical_memory(), sysfs_l3=sysfs_l3, llc_edge=edge,
     )
 
 
@@ -419,6 +453,15 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
         pack_line,
         f"gemv_rows_max = {_q(facts.gemv_rows_max, '1', f'measured: fp32 linears over a beyond-LLC weight take about a whole one-row time more per row up to this many rows (one GEMV per row), then a packed GEMM takes over, {meas}')}",
     ]
+    full, none, edge_err = facts.llc_edge
+    if none:
+        edge_src = (f"measured: a GEMV's weight stream at {', '.join(f'{f:g}' for f in LLC_EDGE_FOOTPRINTS)} x the "
+                    f"effective LLC, each rate read as the share the LLC served; a linear ramp fitted to the shares "
+                    f"(rms error {edge_err:.3f}), {meas}")
+        lines += [
+            f"llc_full_bytes = {_q(full / 1024**2, 'MiB', edge_src, fit=(facts.date, edge_err))}",
+            f"llc_none_bytes = {_q(none / 1024**2, 'MiB', 'see llc_full_bytes', fit=(facts.date, edge_err))}",
+        ]
     csr_fit = (fd, fit_errors["csr"])
     bsr_fit = (fd, fit_errors["bsr"])
     fitsrc = f"least_squares on log latency of torch CSR @ dense, {meas}"
@@ -469,6 +512,7 @@ def initial_device(facts: HostFacts, ref: Device, dtypes: Sequence[str]) -> Devi
         matrix_macs_per_cycle={}, picks_faster_kernel=False, mac_energy={dt: rp.mac_energy[dt] for dt in dtypes},
         static_power=rp.static_power / rp.cores * facts.threads,
         memory_capacity=facts.memory_bytes or rp.memory_capacity,
+        llc_full_bytes=facts.llc_edge[0], llc_none_bytes=facts.llc_edge[1],
     )
     return Device("host", "cpu", f"{facts.model} (this host)", "<calibrating>", params, dict(ref.provenance))
 

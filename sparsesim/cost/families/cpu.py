@@ -111,6 +111,12 @@ class CpuParams:
     # the whole weight (its small-M path; a calibrated host measures where the packed GEMM takes
     # over); 1: only one-row GEMMs run as GEMVs
     gemv_rows_max: float = quantity("count", default=1.0)
+    # the last-level cache's soft edge: a working set re-streamed op after op keeps all of itself
+    # in the LLC up to `llc_full_bytes` and none of itself from `llc_none_bytes` on, the share in
+    # the LLC falling linearly between (non-LRU replacement, other tenants); a calibrated host
+    # measures both; 0 (the default): a hard edge at l3_bytes
+    llc_full_bytes: float = quantity("bytes", default=0.0)
+    llc_none_bytes: float = quantity("bytes", default=0.0)
     # the SpMM kernel of an inference engine: XNNPACK's sparse 1x1 convolution over CHW activations
     # (`xnnpack-spmm`), or a JIT-compiled sparse GEMM that also runs linears (`jit-spmm`, the
     # DeepSparse/LIBXSMM class); present only where the device file describes it (spmm_tile_m > 0)
@@ -140,6 +146,9 @@ class CpuParams:
         for key in self.bsr_vector_cycles:
             if _parse_block(key) is None:
                 return f"field 'bsr_vector_cycles.{key}': key must be a block shape like '4x4'"
+        if self.llc_none_bytes and not 0 < self.llc_full_bytes <= self.l3_bytes <= self.llc_none_bytes:
+            return ("fields 'llc_full_bytes' and 'llc_none_bytes': need 0 < llc_full_bytes <= l3_bytes <= "
+                    f"llc_none_bytes (got {self.llc_full_bytes:g}, {self.l3_bytes:g}, {self.llc_none_bytes:g} bytes)")
         problem = check_flags(self, "picks_faster_kernel", "weight_pack_pass")
         if problem:
             return problem
@@ -194,13 +203,27 @@ def gemm_efficiency(p: CpuParams, dtype: str, m: int) -> float:
     return p.gemm_efficiency[dt] * m / (m + half) if m > 0 else p.gemm_efficiency[dt]
 
 
+def llc_share(p: CpuParams, working_set: float) -> float:
+    """Share of a re-streamed working set beyond L2 that the LLC serves (`llc_full_bytes`)."""
+    if not p.llc_none_bytes:
+        return 1.0 if working_set <= p.l3_bytes else 0.0
+    if working_set <= p.llc_full_bytes:
+        return 1.0
+    return max(0.0, (p.llc_none_bytes - working_set) / (p.llc_none_bytes - p.llc_full_bytes))
+
+
 def residency(p: CpuParams, working_set: float) -> tuple[str, float, float]:
-    """(level, bandwidth, energy per byte) of the smallest cache level the working set fits."""
+    """(level, bandwidth, energy per byte) of the smallest cache level the working set fits; at
+    the LLC's soft edge a blend of the LLC and DRAM (the level named is the larger share)."""
     if working_set <= p.l2_bytes * p.cores:
         return "l2", p.l2_bandwidth * p.cores, p.l2_energy
-    if working_set <= p.l3_bytes:
+    h = llc_share(p, working_set)
+    if h >= 1.0:
         return "l3", p.l3_bandwidth, p.l3_energy
-    return "dram", p.dram_bandwidth, p.dram_energy
+    if h <= 0.0:
+        return "dram", p.dram_bandwidth, p.dram_energy
+    bw = 1.0 / (h / p.l3_bandwidth + (1.0 - h) / p.dram_bandwidth)
+    return ("l3" if h >= 0.5 else "dram"), bw, h * p.l3_energy + (1.0 - h) * p.dram_energy
 
 
 @dataclass(frozen=True)
@@ -214,15 +237,21 @@ class Traffic:
     weight_bandwidth: float  # bytes/s of the level the weight comes from
 
 
-def traffic(p: CpuParams, weight_bytes: float, other_bytes: float, context: RunContext) -> Traffic:
+def traffic(p: CpuParams, weight_bytes: float, other_bytes: float, context: RunContext,
+            scratch_bytes: float = 0.0) -> Traffic:
     """Weights and activations stay in the smallest cache level their working set fits when
     the op runs alone (a micro-benchmark loop) or the whole model fits in the last-level cache;
     in a model that does not, each op streams its weights from DRAM and only the activations
-    (just written by the previous op) come from cache."""
+    (just written by the previous op) come from cache. `scratch_bytes` (a packed copy of the
+    weight) share the cache without adding to the bytes moved here."""
     model_bytes = context.model_weight_bytes
     if model_bytes is None or not model_bytes > p.l3_bytes:  # warm: the working set may stay in cache
-        level, bw, _ = residency(p, weight_bytes + other_bytes)
         total = weight_bytes + other_bytes
+        level, bw, _ = residency(p, total + scratch_bytes)
+        h = llc_share(p, total + scratch_bytes) if level in ("l3", "dram") else 1.0
+        if 0.0 < h < 1.0:
+            return Traffic(total / bw, {"l3": h * total, "dram": (1.0 - h) * total}, level,
+                           f"working set {total / 1e6:.3g} MB at the LLC's edge: {h:.0%} from l3, the rest from dram", bw)
         return Traffic(total / bw, {level: total}, level, f"working set {total / 1e6:.3g} MB in {level}", bw)
     level, bw, _ = residency(p, other_bytes)
     seconds = weight_bytes / p.dram_bandwidth + other_bytes / bw
@@ -250,12 +279,18 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
     for g in work.gemms:
         eff = gemm_efficiency(p, work.dtype, g.m)
         compute_s += 2 * g.macs / (peak * eff) if g.macs else 0.0
-    moved = traffic(p, work.w_bytes, work.dense_bytes - work.w_bytes, context)
+    g0 = work.gemms[0] if len(work.gemms) == 1 else None
+    per_row = g0 is not None and g0.batch * g0.groups == 1 and 1 < g0.m <= p.gemv_rows_max
+    # a BLAS that packs the weight per call reads it once in a pass of its own before the FMA
+    # loops: that pass adds to the compute, at the bandwidth of the level holding the weight and
+    # its packed copy (twice the weight's footprint in the cache); a GEMV (one activation row, or
+    # the per-row path below) streams the weight through its FMAs unpacked
+    packs = p.weight_pack_pass and not per_row and any(g.m > 1 for g in work.gemms)
+    moved = traffic(p, work.w_bytes, work.dense_bytes - work.w_bytes, context,
+                    scratch_bytes=work.w_bytes if packs else 0.0)
     memory_s = moved.seconds
     bytes_by_level = dict(moved.bytes_by_level)
     rows_note = ""
-    g0 = work.gemms[0] if len(work.gemms) == 1 else None
-    per_row = g0 is not None and g0.batch * g0.groups == 1 and 1 < g0.m <= p.gemv_rows_max
     if per_row and g0 is not None:
         # the BLAS's small-M path: one unpacked GEMV per activation row, each streaming the weight
         compute_s = g0.m * 2 * g0.n * g0.k / (peak * gemm_efficiency(p, work.dtype, 1))
@@ -263,10 +298,6 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
         bytes_by_level[moved.weight_level] = bytes_by_level.get(moved.weight_level, 0.0) + (g0.m - 1) * work.w_bytes
         rows_note = (f"run as {g0.m} GEMVs, one per row, each streaming the {work.w_bytes / 1e6:.3g} MB weight "
                      f"from {moved.weight_level} (the BLAS's path up to {p.gemv_rows_max:g} rows)")
-    # a BLAS that packs the weight per call reads it once in a pass of its own before the FMA
-    # loops: that pass adds to the compute, at the bandwidth of the level holding the weight; a
-    # GEMV (one activation row, or the per-row path above) streams the weight through its FMAs unpacked
-    packs = p.weight_pack_pass and not per_row and any(g.m > 1 for g in work.gemms)
     pack_s = work.w_bytes / moved.weight_bandwidth if packs else 0.0
     compute_s += pack_s
     fallback = dt != work.dtype
