@@ -207,14 +207,16 @@ def main() -> None:
         startup(rows)
     if "cache" not in skip:
         cache(rows, [w for w in args.workloads.split(",") if w], args.devices)
-    if "bulk" not in skip:
-        bulk(rows, args.bulk_workload, args.devices)
-    if "masks" not in skip:
-        masks(rows)
+    # child processes first: a child forked after the in-process parts (bulk, masks) below would
+    # report their peak RSS as its own (ru_maxrss counts the pages it inherits before exec)
     if args.large:
         large(rows, args.devices)
     if args.report:
         report(rows)
+    if "bulk" not in skip:
+        bulk(rows, args.bulk_workload, args.devices)
+    if "masks" not in skip:
+        masks(rows)
     load = os.getloadavg()
     print(f"sparsesim speed, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
           f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
