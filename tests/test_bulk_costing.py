@@ -58,3 +58,12 @@ def test_plans_sparsified_side_by_side_equal_one_at_a_time(monkeypatch):
         alone = sparsify(wl, label)
         assert sw.layers == alone.layers, label
         assert [op.flops for op in sw.ops] == [op.flops for op in alone.ops]
+
+
+def test_a_bad_plan_among_side_by_side_plans_is_its_own_error(monkeypatch):
+    from sparsesim.core.errors import SparsesimError
+
+    est.clear_cache()
+    monkeypatch.setattr(est.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with pytest.raises(SparsesimError, match="nonsense"):
+        est.prepare("resnet18:image=64", ["2:4", "nonsense:0.5", "unstructured:0.9"])

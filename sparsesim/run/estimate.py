@@ -238,11 +238,16 @@ def _sparsify_all(wl: Workload, plans: Mapping[str, Any], criterion: str) -> dic
                 for label, p in progress.each(plans.items(), f"sparsify {wl.name}", unit="plan")}
     # one intra-op thread for the whole pool: each sparsify's own one_thread() then restores 1,
     # not a value another thread set
-    with one_thread(), ThreadPoolExecutor(workers) as pool:
-        futures = {label: pool.submit(sparsify_cached, wl, p, criterion=criterion) for label, p in plans.items()}
-        for _ in progress.each(as_completed(futures.values()), f"sparsify {wl.name}", unit="plan", total=len(futures)):
-            pass
-        return {label: f.result() for label, f in futures.items()}
+    with one_thread():
+        pool = ThreadPoolExecutor(workers)
+        try:
+            futures = {label: pool.submit(sparsify_cached, wl, p, criterion=criterion) for label, p in plans.items()}
+            for f in progress.each(as_completed(futures.values()), f"sparsify {wl.name}", unit="plan",
+                                   total=len(futures)):
+                f.result()  # a plan's error (or Ctrl-C here) stops the plans not yet started
+            return {label: f.result() for label, f in futures.items()}
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- costing
