@@ -318,3 +318,20 @@ def test_the_llc_edge_fit_recovers_a_ramp_and_the_file_checks_its_order():
     assert fit_llc_edge([(f * llc, 1.0 if f <= 1 else 0.0) for f in LLC_EDGE_FOOTPRINTS], llc)[2] < 0.2
     with pytest.raises(DeviceFileError, match="llc_full_bytes <= l3_bytes <= llc_none_bytes"):
         _edge(5, 6)
+
+
+def test_the_jit_kernel_runs_stride_one_convolutions_of_any_kernel_but_not_strided_ones():
+    """A direct sparse convolution: a 3x3 stride-1 convolution runs `jit-spmm` (each nonzero's
+    kernel offset is a load offset into the padded input; the slab it reads is the input
+    channels x tile, not the im2col K x tile), a stride-2 one stays dense and says why."""
+    xeon = load_device("xeon-sapphire-rapids")
+    c = cost_one(conv(128, 128, 28, kernel=3), sparse_layer(128, 1152, 0.9), xeon, runtime="engine")
+    assert c.kernel == JIT_SPMM and not c.fallback and "32 KiB activation slab in l1" in c.why
+    dense = cost_one(conv(128, 128, 28, kernel=3), None, xeon, runtime="engine")
+    assert 1 < dense.latency_s / c.latency_s <= 1 / 0.1
+    geom = ConvGeometry(128, 128, (3, 3), (2, 2), (1, 1), (1, 1), 1, (28, 28), (14, 14))
+    strided = Op(0, "conv", "aten.convolution", "conv", 0, "fp32", ((1, 128, 28, 28), (128, 128, 3, 3)),
+                 (1, 128, 14, 14), 2 * 196 * 128 * 1152, 0, GemmShape(196, 128, 1152), geom, "fc.weight",
+                 (128, 1152))
+    s = cost_one(strided, sparse_layer(128, 1152, 0.9), xeon, runtime="engine")
+    assert s.fallback and f"{JIT_SPMM} runs stride-1 ungrouped convolutions only" in s.why

@@ -459,8 +459,8 @@ def bsr_rate(p: CpuParams, r: int, c: int) -> tuple[float, str]:
 SPMM = "xnnpack-spmm"
 # a sparse GEMM compiled for one weight's pattern (DeepSparse-class; LIBXSMM's sparse JIT, Heinecke
 # et al. SC'16): each nonzero's column offset is an immediate of its own multiply-add, so there is
-# no index chain to wait on, and it takes linears (tokens as the vector dimension) as well as
-# 1x1 convolutions; work spread over output rows as well as tiles
+# no index chain to wait on, and it takes linears (tokens as the vector dimension) and stride-1
+# convolutions (a direct sparse convolution); work spread over output rows as well as tiles
 JIT_SPMM = "jit-spmm"
 SPMM_KERNELS = (SPMM, JIT_SPMM)
 # an activation-sparse GEMV (PowerInfer's CPU kernels, Song et al. SOSP'24; Deja Vu's sparse MLP):
@@ -485,15 +485,20 @@ def spmm_tiles(width: int, tile: int) -> list[int]:
 
 
 def spmm_problem(op: Op, layer: LayerSparsity, kernel: str = SPMM) -> str | None:
-    """Why an SpMM kernel cannot run `op` (None when it can): it takes 1x1 convolutions of
-    stride 1, one group and no padding (a plain GEMM over the spatial positions of CHW
-    activations) and, for `jit-spmm`, linears (a GEMM over the tokens); with an unstructured weight."""
+    """Why an SpMM kernel cannot run `op` (None when it can): XNNPACK's takes 1x1 convolutions
+    of stride 1, one group and no padding (a plain GEMM over the spatial positions of CHW
+    activations); `jit-spmm` also takes linears (a GEMM over the tokens) and stride-1 ungrouped
+    convolutions of any kernel (a direct sparse convolution over a padded input: each nonzero's
+    kernel offset is one more load offset; Park et al., ICLR 2017); with an unstructured weight."""
     c = op.conv
     linear = kernel == JIT_SPMM and op.kind == "linear" and op.gemm is not None
     if not linear and (op.kind != "conv" or c is None):
-        return "runs 1x1 convolutions only" if kernel == SPMM else "runs linears and 1x1 convolutions only"
-    if c is not None and (any(k != 1 for k in c.kernel) or any(st != 1 for st in c.stride) or c.groups != 1
-                          or any(c.padding)):
+        return "runs 1x1 convolutions only" if kernel == SPMM else "runs linears and convolutions only"
+    if c is not None and kernel == JIT_SPMM and (any(st != 1 for st in c.stride) or c.groups != 1
+                                                 or any(d != 1 for d in c.dilation)):
+        return f"runs stride-1 ungrouped convolutions only (this one: stride {c.stride}, {c.groups} group(s))"
+    if c is not None and kernel == SPMM and (any(k != 1 for k in c.kernel) or any(st != 1 for st in c.stride)
+                                             or c.groups != 1 or any(c.padding)):
         return f"runs 1x1 stride-1 ungrouped convolutions only (this one: {'x'.join(map(str, c.kernel))} kernel, " \
                f"stride {c.stride}, {c.groups} group(s))"
     if KINDS[layer.pattern.kind].default_format != "csr":
@@ -527,8 +532,9 @@ def _spmm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, dense: C
     positions = "spatial" if conv is not None else "token"
     tile = int(p.spmm_tile_m)
     tiles = spmm_tiles(hw, tile)
-    # the K x tile activation slab the nonzeros of one tile pick rows from: in L1, else L2, else L3
-    slab = g.k * tile * work.dtype_bytes
+    # the activation slab the nonzeros of one tile pick rows from (input channels x tile; a direct
+    # convolution's kernel offsets shift within the same rows): in L1, else L2, else L3
+    slab = (conv.in_channels if conv is not None else g.k) * tile * work.dtype_bytes
     slab_bw = math.inf if slab <= p.l1_bytes else p.l2_bandwidth if slab <= p.l2_bytes else p.l3_bandwidth / p.cores
     slab_level = "l1" if slab <= p.l1_bytes else "l2" if slab <= p.l2_bytes else "l3"
     stream = nl * work.dtype_bytes / slab_bw * p.clock  # cycles to bring one vector from the slab's level
