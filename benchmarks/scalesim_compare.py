@@ -269,13 +269,11 @@ def whole_process(py: str, workdir: Path, rows: int, df: str) -> dict:
     run_scalesim(py, workdir, rows, rows, df, convs, False)
     ss_wall = time.perf_counter() - t
     dev_file = workdir / f"array-{rows}x{rows}-{df}.toml"
-    doc = tomllib.loads(BASE_DEVICE.read_text())
     lines = [f'name = "array-{rows}x{rows}-{df}"', 'extends = "alveo-u250"',
              f'pe_rows = {{ value = {rows}, unit = "1", source = "scalesim_compare" }}',
              f'pe_cols = {{ value = {rows}, unit = "1", source = "scalesim_compare" }}',
              f'dataflow = {{ value = "{ {"os": "output_stationary", "ws": "weight_stationary"}[df] }", '
              'source = "scalesim_compare" }']
-    assert "pe_rows" in doc, "the base device file changed: pe_rows missing"
     dev_file.write_text("\n".join(lines) + "\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "SPARSESIM_CACHE": str(workdir / "cache"),
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
