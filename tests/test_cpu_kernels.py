@@ -335,3 +335,10 @@ def test_the_jit_kernel_runs_stride_one_convolutions_of_any_kernel_but_not_strid
                  (128, 1152))
     s = cost_one(strided, sparse_layer(128, 1152, 0.9), xeon, runtime="engine")
     assert s.fallback and f"{JIT_SPMM} runs stride-1 ungrouped convolutions only" in s.why
+
+
+@pytest.mark.parametrize("kernel", [SPMM, JIT_SPMM])
+def test_a_forced_spmm_kernel_on_a_device_without_its_figures_falls_back_and_says_why(kernel):
+    xeon = device_with("xeon-sapphire-rapids", spmm_tile_m=0.0)
+    c = cost_one(conv(384, 64, 14), sparse_layer(64, 384, 0.8), xeon, runtime="engine", kernel=kernel)
+    assert c.fallback and f"{kernel} was forced, but this device file describes no SpMM kernel" in c.why

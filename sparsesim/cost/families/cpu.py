@@ -578,15 +578,18 @@ def _spmm(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, dense: C
 
 def _offered(device: Device, context: RunContext) -> tuple[str, Callable[[str], bool]]:
     """The runtime's name and whether it offers a CPU kernel: a forced kernel (`--kernel`) is the
-    only one; the mobile SpMM needs the device's figures and the runtime to list it by name."""
+    only one; an SpMM kernel needs the device's figures (forced or not) and, unforced, the runtime
+    to list it by name."""
     name, rt = device.runtime(context.runtime)
     p: CpuParams = device.params
 
     def offers(kernel: str) -> bool:
+        if kernel in SPMM_KERNELS and not p.spmm_tile_m:
+            return False
         if context.kernel in CPU_KERNELS:
             return kernel == context.kernel
         if kernel in SPMM_KERNELS:
-            return bool(p.spmm_tile_m) and kernel in rt.kernels
+            return kernel in rt.kernels
         if kernel == ACT_GEMV:  # not a framework kernel: a runtime that has it names it
             return ACT_GEMV in rt.kernels
         return rt.offers(kernel)
@@ -661,6 +664,8 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     else:
         reasons.append(f"{runtime} does not offer {torch_kernel}")
     for spmm in SPMM_KERNELS:
+        if context.kernel == spmm and not p.spmm_tile_m:
+            reasons.append(f"{spmm} was forced, but this device file describes no SpMM kernel (no spmm_* figures)")
         if offers(spmm):
             problem = spmm_problem(op, layer, spmm)
             if problem is None:
