@@ -86,6 +86,19 @@ def test_activations_spill_when_the_buffer_is_small(resnet):
     assert dram > 8 * 1e6 and lat > big_lat
 
 
+@pytest.mark.parametrize("name", ("xeon-sapphire-rapids", "arm-cortex-a78"))
+@pytest.mark.parametrize("runtime", ("eager", "engine"))
+def test_cpu_average_power_within_tdp(resnet, name, runtime):
+    """The CPU files state a TDP too: no runtime's kernels (the JIT and XNNPACK SpMMs included)
+    draw more on average, nor less than the static power."""
+    dev = load_device(name)
+    assert dev.params.tdp > 0
+    for plan in ("dense", "unstructured:0.9375"):
+        costs, lat = _run(resnet, plan, dev, runtime=runtime)
+        power = sum(c.energy_j for c in costs) / lat
+        assert dev.params.static_power <= power <= dev.params.tdp, (plan, power)
+
+
 @pytest.mark.parametrize("name", (*DATAFLOW, "ese-xcku060", "a100-sxm4-80gb", "h100-sxm5", "jetson-agx-orin"))
 def test_average_power_within_tdp(resnet, name):
     """No device draws more than its TDP on average, nor less than its static power."""

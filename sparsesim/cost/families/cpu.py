@@ -102,6 +102,9 @@ class CpuParams:
     # XNNPACK choose per layer; torch runs the CSR/BSR tensor it is given)
     picks_faster_kernel: bool = setting()
     matrix_macs_per_cycle: dict = quantity("per_cycle", per_dtype=True, default={})
+    # the package power the part is rated to sustain (0: the file states none, as a calibrated host);
+    # average power over a run stays under it (tests/test_dataflow_engines.py)
+    tdp: float = quantity("power", default=0.0)
     threads: float = quantity("count", default=0.0)
     # whether the dense GEMM copies (packs) its weight into a blocked buffer on every call, in a pass
     # of its own that no FMA work overlaps (a single-threaded BLAS sgemm); false where the runtime
@@ -149,6 +152,8 @@ class CpuParams:
         if self.llc_none_bytes and not 0 < self.llc_full_bytes <= self.l3_bytes <= self.llc_none_bytes:
             return ("fields 'llc_full_bytes' and 'llc_none_bytes': need 0 < llc_full_bytes <= l3_bytes <= "
                     f"llc_none_bytes (got {self.llc_full_bytes:g}, {self.l3_bytes:g}, {self.llc_none_bytes:g} bytes)")
+        if self.tdp and self.static_power > self.tdp:
+            return f"field 'static_power': {self.static_power:g} W exceeds tdp {self.tdp:g} W"
         problem = check_flags(self, "picks_faster_kernel", "weight_pack_pass")
         if problem:
             return problem
