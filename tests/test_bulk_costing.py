@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from sparsesim.core import threads as core_threads
 from sparsesim.cost import estimate_op
 from sparsesim.run import estimate as est
 from sparsesim.runtime import apply_runtime, fuse
@@ -48,7 +49,7 @@ def test_plans_sparsified_side_by_side_equal_one_at_a_time(monkeypatch):
     from sparsesim.sparsity.sparsify import sparsify
 
     est.clear_cache()
-    monkeypatch.setattr(est.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(core_threads, "usable_cores", lambda: 3)
     threads = torch.get_num_threads()
     prepared = est.prepare("resnet18:image=64", PLANS)
     assert torch.get_num_threads() == threads
@@ -64,6 +65,6 @@ def test_a_bad_plan_among_side_by_side_plans_is_its_own_error(monkeypatch):
     from sparsesim.core.errors import SparsesimError
 
     est.clear_cache()
-    monkeypatch.setattr(est.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(core_threads, "usable_cores", lambda: 2)
     with pytest.raises(SparsesimError, match="nonsense"):
         est.prepare("resnet18:image=64", ["2:4", "nonsense:0.5", "unstructured:0.9"])

@@ -114,7 +114,7 @@ def test_more_workers_than_cores_says_it_runs_no_faster(tmp_path, search_env, mo
     from sparsesim.search.runner import SearchConfig, build_problem
 
     monkeypatch.setenv("SPARSESIM_CACHE", search_env["SPARSESIM_CACHE"])
-    monkeypatch.setattr(osr.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(osr, "usable_cores", lambda: 1)
     threads = torch.get_num_threads()
     problem = build_problem(SearchConfig(workload="digits:batch=64", device="arm-cortex-a78"))
     cfg = osr.StudyConfig(storage=str(tmp_path / "study.journal"), study_name="cores", n_trials=4, seed=1)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -230,9 +229,9 @@ def _sparsify_all(wl: Workload, plans: Mapping[str, Any], criterion: str) -> dic
     """`sparsify_cached` of each plan (by label, in their order), the plans side by side on the
     process's cores: building masks and stats is many small tensor ops that release the GIL,
     each plan on one thread (two plans on two cores: 2.7 -> 1.6 s for BERT-base's five)."""
-    from sparsesim.core.threads import one_thread
+    from sparsesim.core.threads import one_thread, usable_cores
 
-    workers = min(len(plans), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = min(len(plans), usable_cores())
     if workers < 2:
         return {label: sparsify_cached(wl, p, criterion=criterion)
                 for label, p in progress.each(plans.items(), f"sparsify {wl.name}", unit="plan")}

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sparsesim.core.errors import SearchError, SparsesimWarning
-from sparsesim.core.threads import one_thread
+from sparsesim.core.threads import one_thread, usable_cores
 from sparsesim.search.study import (
     OBJECTIVES,
     StudyConfig,
@@ -90,7 +90,7 @@ def _run(problem: TrialProblem, cfg: StudyConfig, workers: int, dask_scheduler: 
     elif workers == 1:
         run_worker(problem, cfg, worker=0, on_trial=progress)  # torch's intra-op threads use the cores
     else:
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         if workers > cores:
             warnings.warn(f"--workers {workers} on {cores} core(s): the workers share the cores, so the search "
                           f"runs no faster than with {cores}", SparsesimWarning, stacklevel=2)

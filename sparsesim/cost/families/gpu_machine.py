@@ -382,13 +382,13 @@ def dram_bw(p: GpuParams) -> float:
     return p.dram_bandwidth * p.dram_efficiency
 
 
-def latency_bound_bandwidth(p: GpuParams, warps: int, bytes_in_flight: float, *, warps_per_cta: int = 1) -> float:
-    """The DRAM bandwidth a kernel of `warps` warps reaches when each keeps `bytes_in_flight` of
-    loads outstanding and waits for them before issuing more (Little's law: bytes in flight /
-    latency; the memory-warp parallelism of Hong & Kim, ISCA 2009). Warps beyond the SMs' thread
-    block slots wait for a slot and add nothing in flight; never above `dram_bw`."""
-    ctas = ceil_div(max(warps, 1), warps_per_cta)
-    resident = min(ctas, int(p.sm_count * p.max_ctas_per_sm)) * warps_per_cta
+def latency_bound_bandwidth(p: GpuParams, warps: int, bytes_in_flight: float) -> float:
+    """The DRAM bandwidth a kernel of `warps` one-warp thread blocks reaches when each keeps
+    `bytes_in_flight` of loads outstanding and waits for them before issuing more (Little's law:
+    bytes in flight / latency; the memory-warp parallelism of Hong & Kim, ISCA 2009). Blocks
+    beyond the SMs' thread block slots wait for a slot and add nothing in flight; never above
+    `dram_bw`."""
+    resident = min(max(warps, 1), int(p.sm_count * p.max_ctas_per_sm))
     return min(dram_bw(p), resident * bytes_in_flight / p.dram_latency)
 
 
