@@ -171,7 +171,7 @@ class BertOutputs:
 
 class BertModel(nn.Module):
     """transformers' BertModel (with pooler) for encoder inference: input_ids and an optional
-    additive batch x 1 x 1 x seq attention mask, as `hf.build_bert` passes it."""
+    additive batch x 1 x 1 x seq attention mask, as `build_bert` passes it."""
 
     def __init__(self, s: BertShape = BertShape(), attn: str = "sdpa", device: torch.device | str = "cpu") -> None:
         super().__init__()
