@@ -193,11 +193,11 @@ def test_block_sparsity_depends_on_block_size():
 
 
 # published GEMM cases whose direction the model does not reproduce yet: cuSPARSELt's
-# small-problem behaviour on the H100 (SlideSparse: break-even at 2048^3 and at small M). The
+# break-even on the H100 at 2048^3 (SlideSparse; small square GEMMs, 64^3-512^3, are reproduced). The
 # 1024^3 fp8 H100 slowdown is reproduced since cuBLAS picks a smaller CTA tile for small problems
 # while the sm90 sparse kernel keeps its 128x256 tile; the A100's break-even at 2048^3 since its
 # 128 tiles of 128x256 take two waves on 108 SMs. Listed so a fix must update them.
-KNOWN_DIRECTION_MISSES = {"slidesparse-h100-fp8-2048", "slidesparse-h100-fp8-small-m-64"}
+KNOWN_DIRECTION_MISSES = {"slidesparse-h100-fp8-2048"}
 
 
 def test_published_gemm_cases_direction():
