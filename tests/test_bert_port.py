@@ -44,6 +44,15 @@ def test_the_port_traces_to_the_same_workload_as_transformers(params: str) -> No
         w: (i.shape, i.dtype) for w, i in hf.weights.items()}
 
 
+def test_bert_large_port_traces_as_transformers_bert_large() -> None:
+    """The large shape reaches both builders: hidden 1024, 16 heads, 4096 intermediate."""
+    port = load_workload("bert-large:seq=8,layers=2,device=meta")
+    hf = load_workload("bert-large:seq=8,layers=2,device=meta,impl=hf")
+    assert [_fields(a) for a in port.ops] == [_fields(b) for b in hf.ops]
+    assert port.weights["encoder.layer.0.intermediate.dense.weight"].shape == (4096, 1024)
+    assert port.summary()["weight_params"] == hf.summary()["weight_params"]
+
+
 @pytest.mark.parametrize("attn,mask", [("sdpa", 0), ("eager", 1)])
 def test_the_port_computes_what_transformers_computes(attn: str, mask: int) -> None:
     port, inputs = build_bert(batch=2, seq=12, layers=2, attn=attn, mask=mask)

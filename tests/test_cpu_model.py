@@ -54,7 +54,7 @@ def test_dense_roofline_invariant(cpu, m, n, k, dtype):
     dt = dtype if dtype in p.gemm_efficiency else "fp32"
     assert c.latency_s >= 2 * m * n * k / peak_flops(p, dt) * (1 - 1e-9)
     ((_level, nbytes),) = c.bytes_by_level.items()
-    _, bw, _ = residency(p, nbytes)
+    bw = residency(p, nbytes).bandwidth
     assert c.latency_s >= nbytes / bw * (1 - 1e-9)
     assert c.latency_s >= p.call_overhead
     assert c.energy_j >= p.static_power * c.latency_s

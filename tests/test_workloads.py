@@ -15,7 +15,7 @@ from sparsesim.core.errors import TraceError, WorkloadError
 from sparsesim.core.ir import GemmShape
 from sparsesim.tracing.workloads import list_recipes, load_workload
 
-BUILTIN = {"resnet18", "resnet50", "mobilenetv2", "bert-base", "gpt2", "vit-base", "llama-tiny",
+BUILTIN = {"resnet18", "resnet50", "mobilenetv2", "bert-base", "bert-large", "gpt2", "vit-base", "llama-tiny",
            "llama2-7b", "llama2-70b"}
 
 
@@ -41,6 +41,7 @@ COMPLETENESS = [
     ("mobilenetv2:image=32", 53, 53),     # stem + 2 + 16 x 3 + last 1x1 + classifier
     # the full-size transformers on the meta device (fast; real weights are covered below)
     ("bert-base:seq=16,device=meta", 73, 73),   # 12 x (q, k, v, out, intermediate, output) + pooler
+    ("bert-large:seq=16,device=meta", 145, 145),  # 24 x (q, k, v, out, intermediate, output) + pooler
     ("gpt2:seq=16,device=meta", 49, 49),        # 12 x (c_attn, c_proj, c_fc, c_proj) + lm_head (tied)
     ("vit-base:image=64,device=meta", 74, 74),  # patch conv + 12 x 6 + classifier
     ("llama-tiny:seq=8", 15, 15),         # 2 x (q, k, v, o, gate, up, down) + lm_head

@@ -217,18 +217,29 @@ def llc_share(p: CpuParams, working_set: float) -> float:
     return max(0.0, (p.llc_none_bytes - working_set) / (p.llc_none_bytes - p.llc_full_bytes))
 
 
-def residency(p: CpuParams, working_set: float) -> tuple[str, float, float]:
-    """(level, bandwidth, energy per byte) of the smallest cache level the working set fits; at
-    the LLC's soft edge a blend of the LLC and DRAM (the level named is the larger share)."""
+@dataclass(frozen=True)
+class Residency:
+    """Where a working set lives: the level named, the bandwidth and energy per byte it is read
+    at, and the share of it the LLC serves (1.0 inside the LLC or a faster level)."""
+
+    level: str
+    bandwidth: float
+    energy_per_byte: float
+    llc_share: float = 1.0
+
+
+def residency(p: CpuParams, working_set: float) -> Residency:
+    """The smallest cache level the working set fits; at the LLC's soft edge a blend of the LLC
+    and DRAM (the level named is the larger share)."""
     if working_set <= p.l2_bytes * p.cores:
-        return "l2", p.l2_bandwidth * p.cores, p.l2_energy
+        return Residency("l2", p.l2_bandwidth * p.cores, p.l2_energy)
     h = llc_share(p, working_set)
     if h >= 1.0:
-        return "l3", p.l3_bandwidth, p.l3_energy
+        return Residency("l3", p.l3_bandwidth, p.l3_energy)
     if h <= 0.0:
-        return "dram", p.dram_bandwidth, p.dram_energy
+        return Residency("dram", p.dram_bandwidth, p.dram_energy, 0.0)
     bw = 1.0 / (h / p.l3_bandwidth + (1.0 - h) / p.dram_bandwidth)
-    return ("l3" if h >= 0.5 else "dram"), bw, h * p.l3_energy + (1.0 - h) * p.dram_energy
+    return Residency("l3" if h >= 0.5 else "dram", bw, h * p.l3_energy + (1.0 - h) * p.dram_energy, h)
 
 
 @dataclass(frozen=True)
@@ -252,13 +263,14 @@ def traffic(p: CpuParams, weight_bytes: float, other_bytes: float, context: RunC
     model_bytes = context.model_weight_bytes
     if model_bytes is None or not model_bytes > p.l3_bytes:  # warm: the working set may stay in cache
         total = weight_bytes + other_bytes
-        level, bw, _ = residency(p, total + scratch_bytes)
-        h = llc_share(p, total + scratch_bytes) if level in ("l3", "dram") else 1.0
+        r = residency(p, total + scratch_bytes)
+        level, bw, h = r.level, r.bandwidth, r.llc_share
         if 0.0 < h < 1.0:
             return Traffic(total / bw, {"l3": h * total, "dram": (1.0 - h) * total}, level,
                            f"working set {total / 1e6:.3g} MB at the LLC's edge: {h:.0%} from l3, the rest from dram", bw)
         return Traffic(total / bw, {level: total}, level, f"working set {total / 1e6:.3g} MB in {level}", bw)
-    level, bw, _ = residency(p, other_bytes)
+    r = residency(p, other_bytes)
+    level, bw = r.level, r.bandwidth
     seconds = weight_bytes / p.dram_bandwidth + other_bytes / bw
     by_level = {"dram": weight_bytes}
     by_level[level] = by_level.get(level, 0.0) + other_bytes
@@ -347,7 +359,8 @@ def _sparse(work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, c
     reps = g.batch  # the weight is shared over groups inside st; batch repeats the whole GEMM
     # the activation operand (K x M) is streamed once per nonzero (once per block for BSR) from
     # the cache level that holds it; the output is written one vector step per row
-    x_level, x_bw, _ = residency(p, work.a_bytes)
+    x = residency(p, work.a_bytes)
+    x_level, x_bw = x.level, x.bandwidth
     row_bytes = g.m * work.dtype_bytes
     stream_cycles = row_bytes / x_bw * p.clock * p.cores
     out_cycles = st.rows * steps * p.sparse_row_cycles
@@ -642,7 +655,8 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     p: CpuParams = device.params
     if op.gemm is None:
         nbytes = memory_op_bytes(op)
-        level, bw, epb = residency(p, nbytes)
+        r = residency(p, nbytes)
+        level, bw, epb = r.level, r.bandwidth, r.energy_per_byte
         return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.call_overhead,
                               energy_per_byte_j=epb, static_power_w=p.static_power, level=level)
     work = gemm_work(op, layer)

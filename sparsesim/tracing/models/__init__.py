@@ -26,3 +26,10 @@ def check_positive(**params: int | float) -> None:
     for key, value in params.items():
         if not value >= 1:
             raise WorkloadError(f"parameter {key}={value}: must be at least 1")
+
+
+def torch_device(device: str) -> torch.device:
+    """The device a model is built on: "cpu" (real weights) or "meta" (shapes only)."""
+    if device not in ("cpu", "meta"):
+        raise WorkloadError(f"device {device!r}: use 'cpu' (real weights) or 'meta' (shapes only)")
+    return torch.device(device)

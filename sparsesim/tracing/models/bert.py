@@ -1,4 +1,4 @@
-"""BERT-base in plain torch: Hugging Face's `BertModel` (encoder + pooler), module for module.
+"""BERT-base (and BERT-large) in plain torch: Hugging Face's `BertModel` (encoder + pooler), module for module.
 
 `bert-base` is the workload most runs start from, and importing transformers takes ~3 s of a
 cold `compare` on two cores. This port has the same module names, parameter names and shapes,
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsesim.core.errors import WorkloadError
-from sparsesim.tracing.models import torch_dtype
+from sparsesim.tracing.models import check_positive, torch_device, torch_dtype
 
 
 @dataclass(frozen=True)
@@ -250,20 +250,34 @@ def build_bert(batch: int = 1, seq: int = 128, dtype: str = "fp32", device: str 
     the additive batch x 1 x 1 x seq form transformers builds from a 0/1 mask (all positions
     kept), so tracing on the meta device needs no look at its values. `impl="hf"` builds
     transformers' BertModel instead of this port (the same trace, ~3 s more to import)."""
+    return _build(BertShape(layers=layers), batch, seq, dtype, device, seed, attn, mask, impl)
+
+
+def build_bert_large(batch: int = 1, seq: int = 384, dtype: str = "fp32", device: str = "cpu",
+                     layers: int = 24, seed: int = 0, attn: str = "sdpa", mask: int = 0, impl: str = "torch"
+                     ) -> tuple[nn.Module, dict]:
+    """BERT-large encoder (bert-large-uncased's config.json: hidden 1024, 24 layers, 16 heads,
+    4096 intermediate; 335M), the model of MLPerf's BERT-99 and of NVIDIA's 2:4 claims; the
+    parameters as in `build_bert`."""
+    return _build(BertShape(hidden=1024, layers=layers, heads=16, intermediate=4096), batch, seq, dtype, device,
+                  seed, attn, mask, impl)
+
+
+def _build(shape: BertShape, batch: int, seq: int, dtype: str, device: str, seed: int, attn: str, mask: int,
+           impl: str) -> tuple[nn.Module, dict]:
     from sparsesim.tracing.models import hf
 
-    hf._check_positive(batch=batch, seq=seq, layers=layers)
+    check_positive(batch=batch, seq=seq, layers=shape.layers)
     if attn not in hf.ATTN_IMPLEMENTATIONS:
         raise WorkloadError(f"parameter attn={attn!r}: use one of {', '.join(hf.ATTN_IMPLEMENTATIONS)}")
     if impl not in IMPLEMENTATIONS:
         raise WorkloadError(f"parameter impl={impl!r}: use one of {', '.join(IMPLEMENTATIONS)}")
-    shape = BertShape(layers=layers)
     if seq > shape.max_positions:
         raise WorkloadError(f"parameter seq={seq}: BERT has {shape.max_positions} positions")
     if mask not in (0, 1):
         raise WorkloadError(f"parameter mask={mask}: use 0 (no padding mask) or 1")
     if impl == "hf":
-        return hf.build_hf_bert(batch, seq, dtype, device, layers, seed, attn, mask)
-    dev = hf._device(device)
+        return hf.build_hf_bert(batch, seq, dtype, device, shape, seed, attn, mask)
+    dev = torch_device(device)
     model = BertModel.build(shape, attn, dev.type, torch_dtype(dtype), seed).eval()
     return model, hf.bert_inputs(batch, seq, shape.vocab, dtype, device, seed, mask)

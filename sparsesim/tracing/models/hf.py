@@ -15,13 +15,16 @@ Attention runs through torch's scaled_dot_product_attention (attn_implementation
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 
 from sparsesim.core.errors import WorkloadError
-from sparsesim.tracing.models import torch_dtype
+from sparsesim.tracing.models import check_positive, torch_device, torch_dtype
+
+if TYPE_CHECKING:
+    from sparsesim.tracing.models.bert import BertShape
 
 ATTN_IMPLEMENTATION = "sdpa"
 # "eager": transformers' own attention (scores materialised, then scale, mask and softmax as
@@ -40,14 +43,8 @@ LLAMA2_RMS_EPS = 1e-5
 LLAMA_TINY = dict(hidden=64, intermediate=176, layers=2, heads=4, kv_heads=2, vocab=512)
 
 
-def _device(device: str) -> torch.device:
-    if device not in ("cpu", "meta"):
-        raise WorkloadError(f"device {device!r}: use 'cpu' (real weights) or 'meta' (shapes only)")
-    return torch.device(device)
-
-
 def _instantiate(cls: type, config: Any, dtype: str, device: str, seed: int) -> nn.Module:
-    dev = _device(device)
+    dev = torch_device(device)
     dt = torch_dtype(dtype)
     if dev.type == "meta":
         with torch.device("meta"):
@@ -65,20 +62,15 @@ def _ids(batch: int, seq: int, vocab: int, device: str, seed: int) -> torch.Tens
     return torch.randint(0, vocab, (batch, seq), generator=g)
 
 
-def _check_positive(**kw: int) -> None:
-    for k, v in kw.items():
-        if v < 1:
-            raise WorkloadError(f"parameter {k}={v}: must be at least 1")
-
-
-def build_hf_bert(batch: int = 1, seq: int = 128, dtype: str = "fp32", device: str = "cpu",
-                  layers: int = 12, seed: int = 0, attn: str = ATTN_IMPLEMENTATION, mask: int = 0
-                  ) -> tuple[nn.Module, dict]:
-    """transformers' BertModel (with pooler), bert-base-uncased shapes; the parameters as in
-    `bert.build_bert`, which checks them."""
+def build_hf_bert(batch: int, seq: int, dtype: str, device: str, shape: BertShape, seed: int = 0,
+                  attn: str = ATTN_IMPLEMENTATION, mask: int = 0) -> tuple[nn.Module, dict]:
+    """transformers' BertModel (with pooler) of `shape`; the parameters as in `bert.build_bert`,
+    which checks them."""
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(num_hidden_layers=layers, attn_implementation=attn)  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
+    config = BertConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
+                        num_attention_heads=shape.heads, intermediate_size=shape.intermediate,
+                        max_position_embeddings=shape.max_positions, attn_implementation=attn)
     model = _instantiate(BertModel, config, dtype, device, seed)
     return model, bert_inputs(batch, seq, config.vocab_size, dtype, device, seed, mask)
 
@@ -87,7 +79,7 @@ def bert_inputs(batch: int, seq: int, vocab: int, dtype: str, device: str, seed:
     """input_ids, and with `mask=1` the additive batch x 1 x 1 x seq padding mask (all kept)."""
     inputs = {"input_ids": _ids(batch, seq, vocab, device, seed)}
     if mask:
-        inputs["attention_mask"] = torch.zeros(batch, 1, 1, seq, dtype=torch_dtype(dtype), device=_device(device))
+        inputs["attention_mask"] = torch.zeros(batch, 1, 1, seq, dtype=torch_dtype(dtype), device=torch_device(device))
     return inputs
 
 
@@ -96,7 +88,7 @@ def build_vit(batch: int = 1, image: int = 224, dtype: str = "fp32", device: str
     """ViT-B/16 image classifier (ViTForImageClassification, 1000 classes)."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    _check_positive(batch=batch, image=image, layers=layers)
+    check_positive(batch=batch, image=image, layers=layers)
     config = ViTConfig(image_size=image, num_hidden_layers=layers, num_labels=1000,  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
                        attn_implementation=ATTN_IMPLEMENTATION)
     model = _instantiate(ViTForImageClassification, config, dtype, device, seed)
@@ -120,7 +112,7 @@ def _decoder_inputs(model: nn.Module, config: Any, phase: str, batch: int, seq: 
     new = 1 if phase == "decode" else seq
     if phase == "decode" and kv < 1:
         raise WorkloadError("parameter kv: decode needs a KV cache of at least 1 position (kv=...)")
-    _check_positive(batch=batch, seq=new)
+    check_positive(batch=batch, seq=new)
     max_pos = getattr(config, "max_position_embeddings", None) or config.n_positions
     if kv + new > max_pos:
         raise WorkloadError(f"kv + new tokens = {kv + new} exceeds the model's {max_pos} positions")
@@ -156,7 +148,7 @@ def build_gpt2(phase: str = "prefill", batch: int = 1, seq: int = 128, kv: int =
     """GPT-2 small (124M) with its LM head (tied to the token embedding); Conv1D projections."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    _check_positive(layers=layers)
+    check_positive(layers=layers)
     config = GPT2Config(n_layer=layers, attn_implementation=ATTN_IMPLEMENTATION)  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
     model = _instantiate(GPT2LMHeadModel, config, dtype, device, seed)
     return model, _decoder_inputs(model, config, phase, batch, seq, kv, dtype, device, seed)
@@ -169,7 +161,7 @@ def build_llama(phase: str = "prefill", batch: int = 1, seq: int = 128, kv: int 
     """A Llama-architecture decoder (LlamaForCausalLM) of any shape."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    _check_positive(hidden=hidden, intermediate=intermediate, layers=layers, heads=heads,
+    check_positive(hidden=hidden, intermediate=intermediate, layers=layers, heads=heads,
                     kv_heads=kv_heads, vocab=vocab)
     if hidden % heads or heads % kv_heads:
         raise WorkloadError(f"hidden={hidden}, heads={heads}, kv_heads={kv_heads}: heads must divide "

@@ -11,9 +11,9 @@ from typing import Any
 import torch.nn as nn
 
 from sparsesim.core.errors import WorkloadError
+from sparsesim.tracing.models import check_positive
 from sparsesim.tracing.models.hf import (
     ATTN_IMPLEMENTATION,
-    _check_positive,
     _decoder_inputs,
     _instantiate,
     build_llama,
@@ -49,7 +49,7 @@ def build_llama3_405b(phase: str = "prefill", batch: int = 1, seq: int = 128, kv
 
 
 def _depth(shape: dict[str, int], layers: int) -> dict[str, int]:
-    _check_positive(layers=layers or 1)
+    check_positive(layers=layers or 1)
     return {**shape, "layers": layers or shape["layers"]}
 
 
@@ -69,7 +69,7 @@ def build_deepseek_v3(phase: str = "prefill", batch: int = 1, seq: int = 128, kv
                             "its latent-attention cache is not modelled for decode")
     s: dict[str, Any] = dict(DEEPSEEK_V3)
     if layers:
-        _check_positive(layers=layers)
+        check_positive(layers=layers)
         s["layers"] = layers
     implementations: dict[str, Any] = {"attn_implementation": ATTN_IMPLEMENTATION,
                                        "experts_implementation": EXPERTS_IMPLEMENTATION}

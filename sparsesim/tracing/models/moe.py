@@ -15,7 +15,8 @@ from typing import Any
 import torch.nn as nn
 
 from sparsesim.core.errors import WorkloadError
-from sparsesim.tracing.models.hf import ATTN_IMPLEMENTATION, _check_positive, _decoder_inputs, _instantiate
+from sparsesim.tracing.models import check_positive
+from sparsesim.tracing.models.hf import ATTN_IMPLEMENTATION, _decoder_inputs, _instantiate
 
 EXPERTS_IMPLEMENTATION = "grouped_mm"
 ARCHS = ("mixtral", "qwen3_moe", "deepseek_v2")
@@ -72,7 +73,7 @@ def build_moe(arch: str, shape: dict[str, Any], phase: str = "prefill", batch: i
     overrides the depth (0 = the config's)."""
     s = dict(shape)
     if layers:
-        _check_positive(layers=layers)
+        check_positive(layers=layers)
         s["layers"] = layers
     config = _config(arch, s)
     model = _instantiate(_model_class(arch), config, dtype, device, seed)
