@@ -72,6 +72,16 @@ def test_pointwise_softmax_norm_and_unknown_classification():
     assert nz.kind == "unknown" and nz.bytes_moved == 160 + 112
 
 
+def test_interpolation_is_memory_bound_elementwise():
+    """F.interpolate (SAM's relative-position tables) is costed, not left unknown: bytes in and
+    out, a multiply-add per blended input."""
+    x, y = T((1, 80, 27), 2), T((1, 80, 127), 2)
+    lin = classify(aten.upsample_linear1d.default, (x, [127], False), y)
+    assert (lin.kind, lin.flops, lin.bytes_moved) == ("elementwise", 4 * 80 * 127, 2 * 80 * (27 + 127))
+    near = classify(aten.upsample_nearest2d.default, (T((1, 3, 4, 4), 4), [8, 8]), T((1, 3, 8, 8), 4))
+    assert (near.kind, near.flops) == ("elementwise", 3 * 64)
+
+
 def test_view_ops_are_metadata():
     for op in (aten.view.default, aten.t.default, aten.transpose.int, aten.expand.default,
                aten.detach.default, aten.permute.default, aten._unsafe_view.default):

@@ -104,7 +104,7 @@ def gemm_work(op: Op, layer: LayerSparsity | None = None) -> GemmWork:
         qk, pv = gemms_of(op)
         bg = qk.batch * qk.groups
         a = bg * qk.m * qk.k * adb                       # Q
-        w = bg * qk.n * qk.k * adb + bg * pv.k * pv.n * adb  # K and V
+        w = bg * qk.n * qk.k * adb + bg * pv.k * pv.n * adb + attention_mask_bytes(op)  # K, V, the mask
         c = bg * pv.m * pv.n * adb                       # O
         return GemmWork((qk, pv), op.dtype, db, qk.macs + pv.macs, a, w, c)
     g = op.gemm
@@ -118,6 +118,16 @@ def gemm_work(op: Op, layer: LayerSparsity | None = None) -> GemmWork:
         density = layer.stats.density
         values, meta = float(layer.value_bytes), float(layer.metadata_bytes)
     return GemmWork((g,), op.dtype, db, g.macs, a, w, c, density, values, meta, pruned)
+
+
+def attention_mask_bytes(op: Op) -> float:
+    """Bytes of an attention op's mask tensor (its 4th input), which a fused kernel reads once
+    like K and V: a padding mask broadcast over heads and queries is small, a full additive bias
+    (SAM's relative positions: batch x heads x Lq x Lk) can outweigh Q, K and V together. Taken
+    at the activation width: transformers builds additive float masks in the model's dtype."""
+    if len(op.input_shapes) < 4 or not op.input_shapes[3]:
+        return 0.0
+    return float(math.prod(op.input_shapes[3])) * DTYPE_BYTES[activation_dtype(op.dtype)]
 
 
 def zero_skipped(layer: LayerSparsity | None) -> LayerSparsity | None:

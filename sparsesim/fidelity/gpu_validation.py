@@ -70,6 +70,15 @@ def published_table_path() -> Path:
     return Path(str(resources.files("sparsesim").joinpath("validation_data", "gpu_published.csv")))
 
 
+def table_plan(pattern: str, table: str | Path | None = None) -> str:
+    """The plan a row's `pattern` cell names: a pattern as written, or a `.toml` plan file
+    relative to the table's own folder (a case that sparsifies only some layers)."""
+    if not pattern.endswith(".toml"):
+        return pattern
+    folder = Path(table).parent if table is not None else published_table_path().parent
+    return str(folder / pattern)
+
+
 def load_table(path: str | Path | None = None) -> list[dict[str, str]]:
     """Rows of the validation table; a bad header or value raises naming the file and row."""
     p = Path(path) if path is not None else published_table_path()
@@ -84,6 +93,7 @@ def load_table(path: str | Path | None = None) -> list[dict[str, str]]:
         raise WorkloadError(f"{p}: cannot read validation table ({e.strerror})") from None
     for i, r in enumerate(rows, start=2):
         _check_row(r, f"{p}:{i} (case {r.get('case')!r})")
+        r["plan"] = table_plan(r["pattern"], p)
     return rows
 
 
@@ -106,6 +116,8 @@ def _check_row(r: Mapping[str, str], where: str) -> None:
                 float(r[c])
             except ValueError:
                 raise WorkloadError(f"{where}: column {c} must be a number, got {r[c]!r}") from None
+    if r["pattern"].endswith(".toml") and not (r["workload"] or "").strip():
+        raise WorkloadError(f"{where}: a plan file ({r['pattern']}) needs a workload to name its layers")
     if (r["measured"] or "").strip() and measured_range(r["measured"]) is None:
         raise WorkloadError(f"{where}: column measured must be a number or a range low..high (0 < low <= high), "
                             f"got {r['measured']!r}")
@@ -193,12 +205,14 @@ def _workload_latencies(row: Mapping[str, str], device: Device, runtime: str) ->
     """(dense latency, latency of the row's plan, the per-op table of the row's plan)."""
     from sparsesim.run.estimate import compare_tables
 
-    plans = ["dense"] + ([row["pattern"]] if row["pattern"] != "dense" else [])
+    plan = row.get("plan") or table_plan(row["pattern"])
+    plans = ["dense"] + ([plan] if plan != "dense" else [])
     dtype = row["dtype"] if row["dtype"] != _traced_dtype(row["workload"]) else ""
     t = compare_tables(row["workload"], [device], plans, runtime=runtime, kernel=row["kernel"], dtype=dtype)
     lat = dict(zip(t.summary["plan"], t.summary["latency_s"]))
-    ops = t.per_op[t.per_op["plan"] == plans[-1]]
-    return float(lat["dense"]), float(lat[plans[-1]]), ops
+    label = t.summary["plan"].iloc[-1]
+    ops = t.per_op[t.per_op["plan"] == label]
+    return float(lat["dense"]), float(lat[label]), ops
 
 
 def _traced_dtype(spec: str) -> str:

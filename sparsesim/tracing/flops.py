@@ -410,6 +410,22 @@ def integer_pointwise_formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
     return pointwise_work(args, out, kwargs)
 
 
+# interpolation (F.interpolate: SAM's relative-position tables, FPN decoders) is memory-bound
+# like a pointwise op; each output element blends 2 (linear), 4 (bilinear), 8 (trilinear) or 16
+# (bicubic) inputs at a multiply-add each, nearest neighbour copies one
+def _upsample(taps: int) -> Formula:
+    def formula(*args: Any, out: Any, **kwargs: Any) -> OpWork:
+        return _memory("elementwise", max(1, 2 * taps), _first(out), io_bytes(args, out, kwargs))
+
+    return formula
+
+
+for _op, _taps in ((aten.upsample_linear1d, 2), (aten.upsample_bilinear2d, 4), (aten.upsample_trilinear3d, 8),
+                   (aten.upsample_bicubic2d, 16), (aten.upsample_nearest1d, 0), (aten.upsample_nearest2d, 0),
+                   (aten.upsample_nearest3d, 0)):
+    register(_op)(_upsample(_taps))
+
+
 def pointwise_work(args: Sequence[Any], out: Any, kwargs: dict | None = None) -> OpWork:
     """Any op torch tags `pointwise`: one FLOP per output element, reads inputs, writes output."""
     return _memory("elementwise", ELEMENTWISE_FLOPS_PER_ELEMENT, _first(out), io_bytes(args, out, kwargs))
