@@ -103,7 +103,7 @@ def build_vit(batch: int = 1, image: int = 224, dtype: str = "fp32", device: str
 # Segment Anything's ViT-H image encoder (Kirillov et al. 2023; the released sam_vit_h config:
 # 32 blocks of width 1280, 16 heads, MLP 5120, 14 x 14 windowed attention with four global blocks,
 # decomposed relative positions, a 256-channel neck), at SAM's 1024 x 1024 input
-SAM_VIT_H = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, mlp_dim=5120,
+SAM_VIT_H: dict[str, Any] = dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, mlp_dim=5120,
                  global_attn_indexes=[7, 15, 23, 31], window_size=14, patch_size=16, output_channels=256)
 
 
@@ -116,7 +116,7 @@ def build_sam_vit_h(batch: int = 1, image: int = 1024, dtype: str = "fp32", devi
     check_positive(batch=batch, image=image)
     if image % 16:
         raise WorkloadError(f"parameter image={image}: must be a multiple of the 16-pixel patch")
-    config = SamVisionConfig(image_size=image, **SAM_VIT_H)  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
+    config = SamVisionConfig(image_size=image, **SAM_VIT_H)
     model = _instantiate(SamVisionModel, config, dtype, device, seed)
     dt = torch_dtype(dtype)
     if device == "meta":
