@@ -13,7 +13,10 @@ through torch._int_mm, fp8 e4m3 through torch._scaled_mm) and:
   * block sparsity through BSR (torch.sparse_bsr_tensor @ dense).
 Then BERT-base (random weights, fp16, sequence 384) at two batch sizes, eager and under
 torch.compile(mode="max-autotune"), dense and with every encoder Linear 2:4: one runtime-ratio
-row (eager / compiled) and one speedup row per runtime.
+row (eager / compiled) and one speedup row per runtime; and SAM's ViT-H image encoder (bf16,
+batch 8): dense throughput and the speedup of 2:4 on its MLP linears (torchao's SAM case), per
+runtime. Those whole-model rows are what tells where whole PyTorch models lose time the model
+does not see (the validation notes in the README).
 Each row records the GPU's device-file name (or its own name when no file matches), the runtime,
 dtype, shape or workload, the kernel library, dense and sparse median times, the measured value,
 the date and the software versions; `sparsesim validate --published` then reports the model's
@@ -346,6 +349,58 @@ def measure_bert(args: argparse.Namespace, *, gpu: str, source: str) -> list[dic
     return rows
 
 
+# ----------------------------------------------------------------------------- SAM ViT-h
+
+SAM_BATCH = 8  # torchao's figures are at batch 32; 8 keeps the global blocks' bias tensors small
+
+
+def measure_sam(args: argparse.Namespace, *, gpu: str, source: str) -> list[dict]:
+    """SAM's ViT-H image encoder (transformers' SamVisionModel, random weights, bf16, 1024x1024):
+    dense throughput and the speedup of 2:4 on the MLP linears only (torchao's SAM case), eager
+    and under torch.compile(mode="max-autotune")."""
+    from torch.sparse import to_sparse_semi_structured
+
+    from sparsesim.tracing.models.hf import build_sam_vit_h
+
+    rep = {"repeats": max(5, args.repeats // 3), "inner": 1, "cuda": True}
+    workload = f"sam-vit-h:batch={SAM_BATCH}"
+    plan = "plans/sam-vit-h-mlp-2of4.toml"
+    times: dict[tuple[str, str], Timing] = {}
+    for sparse in (False, True):
+        try:
+            model, inputs = build_sam_vit_h(batch=SAM_BATCH, dtype="bf16", device="cpu")
+            model = model.cuda()
+            inputs = {k: v.cuda() for k, v in inputs.items()}
+            if sparse:
+                for name, mod in model.named_modules():
+                    if isinstance(mod, torch.nn.Linear) and ".mlp.lin" in name:
+                        w = mod.weight.detach()
+                        mod.weight = torch.nn.Parameter(to_sparse_semi_structured(w * mask_24(w)), requires_grad=False)
+            with torch.inference_mode():
+                times[(plan if sparse else "dense", "eager")] = time_ms(lambda m=model, i=inputs: m(**i), **rep)
+                compiled = torch.compile(model, mode="max-autotune")
+                times[(plan if sparse else "dense", "compiled")] = time_ms(lambda c=compiled, i=inputs: c(**i), **rep)
+        except Exception as e:
+            _skip(f"SAM ViT-h {'2:4 MLP' if sparse else 'dense'}", e)
+        finally:
+            torch.cuda.empty_cache()
+    rows: list[dict] = []
+    for rt in ("eager", "compiled"):
+        if ("dense", rt) in times:
+            r = row(gpu=gpu, runtime=rt, dtype="bf16", pattern="dense", kernel="", dense=times[("dense", rt)],
+                    sparse=None, source=source, workload=workload, quantity="throughput",
+                    name=f"measured-sam-vit-h-bs{SAM_BATCH}-{rt}-dense-throughput")
+            r.update(measured=f"{SAM_BATCH / (times[('dense', rt)].median_ms / 1e3):.4g}", direction="-")
+            rows.append(r)
+        if ("dense", rt) in times and (plan, rt) in times:
+            rows.append(row(gpu=gpu, runtime=rt, dtype="bf16", pattern=plan, kernel="", dense=times[("dense", rt)],
+                            sparse=times[(plan, rt)], source=source, workload=workload,
+                            name=f"measured-sam-vit-h-bs{SAM_BATCH}-{rt}-mlp-2:4"))
+    for r in rows:
+        print(f"{r['case']:<48} {r['quantity']:<14} {r['measured']}")
+    return rows
+
+
 def measure(args: argparse.Namespace) -> list[dict]:
     cuda = not args.cpu_smoke
     if cuda:
@@ -363,6 +418,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
     rows = measure_gemms(args, gpu=target, source=source, cuda=cuda)
     if cuda and not args.no_bert:
         rows += measure_bert(args, gpu=target, source=source)
+    if cuda and not args.no_sam:
+        rows += measure_sam(args, gpu=target, source=source)
     return rows
 
 
@@ -391,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated: {','.join(DTYPES)}")
     ap.add_argument("--quick", action="store_true", help="three shapes and one BERT batch only")
     ap.add_argument("--no-bert", action="store_true", help="skip the eager vs compiled BERT-base runs")
+    ap.add_argument("--no-sam", action="store_true", help="skip the SAM ViT-h image encoder runs")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--inner", type=int, default=10, help="back-to-back calls per timed sample")
     ap.add_argument("--device-name", default=None, help="device-file name to record (default: from the GPU name)")

@@ -27,3 +27,4 @@ def study_trials(storage: str) -> list:
     st = open_storage(storage)
     (summary,) = optuna.get_all_study_summaries(st)
     return optuna.load_study(study_name=summary.study_name, storage=st).get_trials(deepcopy=False)
+

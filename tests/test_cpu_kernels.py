@@ -5,6 +5,7 @@ given as a range (no timing here)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -342,3 +343,24 @@ def test_a_forced_spmm_kernel_on_a_device_without_its_figures_falls_back_and_say
     xeon = device_with("xeon-sapphire-rapids", spmm_tile_m=0.0)
     c = cost_one(conv(384, 64, 14), sparse_layer(64, 384, 0.8), xeon, runtime="engine", kernel=kernel)
     assert c.fallback and f"{kernel} was forced, but this device file describes no SpMM kernel" in c.why
+
+
+def test_a_row_may_name_a_plan_file_for_some_layers(tmp_path):
+    """A case that sparsifies only some layers names a plan file: one beside the table first, the
+    packaged one from a table written elsewhere; a GEMM row (no layers to name) is refused."""
+    from sparsesim.core.errors import WorkloadError
+    from sparsesim.fidelity.gpu_validation import append_rows, load_table, table_plan
+
+    assert Path(table_plan("plans/sam-vit-h-mlp-2of4.toml")).is_file()
+    table = tmp_path / "table.csv"
+    table.write_text(",".join(TABLE_COLUMNS) + "\n")
+    (tmp_path / "ffn.toml").write_text('[rules]\n"encoder.layer.*.intermediate.dense" = "unstructured:0.9"\n')
+    row = {"case": "ffn-only", "device": "xeon-sapphire-rapids", "runtime": "engine", "dtype": "fp32",
+           "workload": "bert-base:batch=2,seq=64,layers=2,device=meta", "pattern": "ffn.toml", "phase": "forward",
+           "quantity": "speedup", "measured": "1.1", "direction": "faster", "source": "test", "conf": "D"}
+    append_rows([row, dict(row, case="uniform", pattern="unstructured:0.9")], table)
+    assert load_table(table)[0]["plan"] == str(tmp_path / "ffn.toml")
+    ffn, uniform = validate_gpu_published(table=table)["predicted"]
+    assert 1.0 < ffn < uniform  # one of a layer's six linears sparse: some of the whole plan's gain
+    with pytest.raises(WorkloadError, match="needs a workload"):
+        append_rows([dict(row, case="gemm", workload="", M=8, N=64, K=64)], table)

@@ -19,6 +19,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 from optuna.trial import TrialState
 from search_helpers import study_trials
+from terminal import as_from_a_terminal
 
 from sparsesim.search.journal import complete_trials_in, repair
 from sparsesim.search.optuna_search import open_storage
@@ -173,7 +174,7 @@ def test_ctrl_c_to_two_workers_is_one_line_and_resumable(tmp_path, search_env):
     # trials enough that the search is still running when the signal lands, on a loaded machine too
     trials = 4 * N
     proc = subprocess.Popen(_cmd(tmp_path, 2, trials), env=search_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, preexec_fn=as_from_a_terminal)
     try:
         _wait_for(journal, proc, 2)
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole group

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from terminal import as_from_a_terminal
 
 from sparsesim.tracing import guard
 
@@ -159,7 +160,8 @@ def test_code_that_swallows_the_timeout_still_ends(user_dir):
 def test_real_ctrl_c_while_tracing_is_still_an_interruption(user_dir):
     spec = f"{_module(user_dir)}:announce"
     proc = subprocess.Popen([sys.executable, "-m", "sparsesim", "trace", spec, "--timeout", "120"], cwd=user_dir,
-                            env=_subprocess_env(user_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=_subprocess_env(user_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_from_a_terminal)
     try:
         deadline = time.monotonic() + 100
         while not (user_dir / "forward-started").exists():

@@ -71,12 +71,16 @@ def published_table_path() -> Path:
 
 
 def table_plan(pattern: str, table: str | Path | None = None) -> str:
-    """The plan a row's `pattern` cell names: a pattern as written, or a `.toml` plan file
-    relative to the table's own folder (a case that sparsifies only some layers)."""
+    """The plan a row's `pattern` cell names: a pattern as written, or a `.toml` plan file (a
+    case that sparsifies only some layers) relative to the table's own folder, else to the
+    packaged table's (a measured table written elsewhere names the packaged plans)."""
     if not pattern.endswith(".toml"):
         return pattern
-    folder = Path(table).parent if table is not None else published_table_path().parent
-    return str(folder / pattern)
+    packaged = published_table_path().parent / pattern
+    if table is None:
+        return str(packaged)
+    beside = Path(table).parent / pattern
+    return str(beside if beside.is_file() or not packaged.is_file() else packaged)
 
 
 def load_table(path: str | Path | None = None) -> list[dict[str, str]]:
