@@ -192,6 +192,25 @@ def test_block_sparsity_depends_on_block_size():
     assert "tensor cores" in cost(A100, 4096, 4096, 4096, "block32x32:0.5").why
 
 
+def test_24_decode_gemv_runs_a_whole_tile_unless_the_runtime_searches():
+    """torch calls one default configuration of its 2:4 libraries: its CTA tile covers 128 tokens
+    whatever M is, so a decode GEMV computes a mostly empty tile; an engine's algorithm search
+    picks a thin tile and the compressed weight streams at the DRAM rate. Whole Llama-2-7B decode
+    in eager PyTorch is then no faster with 2:4 (pytorch#111339 and the RTX 4090 decode report,
+    published.md §2.5, say so)."""
+    from sparsesim.run.estimate import compare_tables
+
+    eager = cost(A100, 1, 11008, 4096, "2:4", runtime="eager", kernel="cusparselt")
+    engine = cost(A100, 1, 11008, 4096, "2:4", runtime="engine", kernel="cusparselt")
+    assert eager.bound == "compute" and engine.bound == "memory", (eager.why, engine.why)
+    assert eager.details["compute_s"] > 8 * engine.details["compute_s"]
+    t = compare_tables("llama2-7b:phase=decode,kv=128", [A100], ["dense", "2:4"], runtime="eager")
+    assert t.summary.set_index("plan").loc["2:4", "speedup_vs_dense"] < 1.0
+    # at a prefill's M the tile is full either way: the runtimes agree on the GEMM
+    big = [cost(A100, 4096, 11008, 4096, "2:4", runtime=rt, kernel="cusparselt") for rt in ("compiled", "engine")]
+    assert big[0].details["compute_s"] == pytest.approx(big[1].details["compute_s"], rel=0.02)
+
+
 # published GEMM cases whose direction the model does not reproduce yet: cuSPARSELt's
 # break-even on the H100 at 2048^3 (SlideSparse; small square GEMMs, 64^3-512^3, are reproduced). The
 # 1024^3 fp8 H100 slowdown is reproduced since cuBLAS picks a smaller CTA tile for small problems

@@ -293,9 +293,12 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     tile_rate = p.sparse_tensor_peak[sdt] / p.sm_count * p.sparse_gemm_efficiency
     # split-K needs the algorithm search a vendor engine runs (torch calls one default algorithm)
     split = rt.algorithm_search if split_k is None else split_k
+    # without that search the library runs its default configuration: one CTA tile whatever M
+    # is, so a decode GEMV computes a whole tile of tokens (Sparse-Marlin picks its own stripes)
+    fixed = not int4 and not (library == "cusparselt" and rt.algorithm_search)
     gt = gemm_time(p, gp, work.dtype_bytes if not int4 else 2.0, tile_rate=tile_rate, a_bytes=a_pad, w_bytes=values,
                    c_bytes=c_pad, w_meta_bytes=meta, split_k=split, sparse=True,
-                   a_dram_bytes=feature_map_bytes(op, a_pad, gp), tile=tile)
+                   a_dram_bytes=feature_map_bytes(op, a_pad, gp), tile=tile, fixed_tile=fixed)
     extra_kernels, extra_bytes, extra_why = 0, 0.0, []
     if m_pad != g.m:
         extra_kernels += 1

@@ -247,10 +247,12 @@ class Tiling:
 
 
 def tiling(p: GpuParams, g: GemmShape, dtype_bytes: float, *, split_k: bool = False, sparse: bool = False,
-           tile: tuple[int, int] | None = None) -> Tiling:
+           tile: tuple[int, int] | None = None, fixed: bool = False) -> Tiling:
     """Tile the M x N output: the device tile, shrunk for small dims to whole MMA granules
     (so a GEMV uses a thin tile rather than a mostly-empty 128-row one); waves over the SMs.
-    With `sparse` the device's sparse-kernel tile applies (when it names one).
+    With `sparse` the device's sparse-kernel tile applies (when it names one). With `fixed` the
+    tile does not shrink: a kernel called with one configuration whatever the shape (no
+    heuristic or search picks a thinner one) computes its whole tile for a GEMV too.
     With `split_k` (cuBLAS does it for dense GEMMs that fill less than one wave) K is split in
     powers of two while the threadblocks still fit in one wave and each split keeps
     SPLIT_K_MIN_STEPS steps of K.
@@ -263,8 +265,8 @@ def tiling(p: GpuParams, g: GemmShape, dtype_bytes: float, *, split_k: bool = Fa
     tile_m, tile_n = tile or (int(p.gemm_tile_m), int(p.gemm_tile_n))
     if tile is None and sparse and p.sparse_tile_m and p.sparse_tile_n:
         tile_m, tile_n = int(p.sparse_tile_m), int(p.sparse_tile_n)
-    tm = min(tile_m, round_up(max(g.m, 1), int(p.mma_m)))
-    tn = min(tile_n, round_up(max(g.n, 1), int(p.mma_n)))
+    tm = tile_m if fixed else min(tile_m, round_up(max(g.m, 1), int(p.mma_m)))
+    tn = tile_n if fixed else min(tile_n, round_up(max(g.n, 1), int(p.mma_n)))
     kp = round_up(max(g.k, 1), k_step) if g.k > 0 else 0
     tiles_m, tiles_n = ceil_div(max(g.m, 1), tm), ceil_div(max(g.n, 1), tn)
     out_tiles = tiles_m * tiles_n * g.batch * g.groups
@@ -310,6 +312,7 @@ def gemm_time(
     sparse: bool = False,
     a_dram_bytes: float | None = None,
     tile: tuple[int, int] | None = None,
+    fixed_tile: bool = False,
 ) -> GemmTime:
     """Compute time (waves x per-tile time at `tile_rate` FLOP/s per SM) and traffic of a GEMM.
 
@@ -320,7 +323,8 @@ def gemm_time(
     which `metadata_dram_bytes` gives (read as often as the values). `a_dram_bytes` is what A
     costs in DRAM when it is smaller than the A the tiles read (an implicit-GEMM convolution's
     tiles read the im2col matrix, `a_bytes`, but only the input feature map crosses DRAM).
-    `tile` fixes a kernel's own CTA tile (M x N outputs) instead of the device's.
+    `tile` fixes a kernel's own CTA tile (M x N outputs) instead of the device's; `fixed_tile`
+    keeps it whole for small M or N (see `tiling`).
     """
     if split_k and not sparse and tile is None:
         # a heuristic-driven library (cuBLAS) also picks a smaller CTA tile when the device tile
@@ -332,7 +336,7 @@ def gemm_time(
         return min(times, key=lambda gt: max(gt.compute_s, memory_s(p, gt.dram_bytes + gt.metadata_dram_bytes,
                                                                      gt.l2_bytes)))
     return _gemm_time_at(p, g, dtype_bytes, tile_rate, a_bytes, w_bytes, c_bytes, w_meta_bytes, split_k=split_k,
-                         sparse=sparse, a_dram_bytes=a_dram_bytes, tile=tile)
+                         sparse=sparse, a_dram_bytes=a_dram_bytes, tile=tile, fixed_tile=fixed_tile)
 
 
 def candidate_tiles(p: GpuParams) -> list[tuple[int, int]]:
@@ -345,8 +349,9 @@ def candidate_tiles(p: GpuParams) -> list[tuple[int, int]]:
 
 def _gemm_time_at(p: GpuParams, g: GemmShape, dtype_bytes: float, tile_rate: float, a_bytes: float, w_bytes: float,
                   c_bytes: float, w_meta_bytes: float, *, split_k: bool = True, sparse: bool = False,
-                  tile: tuple[int, int] | None = None, a_dram_bytes: float | None = None) -> GemmTime:
-    t = tiling(p, g, dtype_bytes, split_k=split_k, sparse=sparse, tile=tile)
+                  tile: tuple[int, int] | None = None, a_dram_bytes: float | None = None,
+                  fixed_tile: bool = False) -> GemmTime:
+    t = tiling(p, g, dtype_bytes, split_k=split_k, sparse=sparse, tile=tile, fixed=fixed_tile)
     per_tile = 2.0 * t.tile_m * t.tile_n * t.k_per_tile / tile_rate if tile_rate > 0 else math.inf
     compute = t.waves * per_tile if g.macs > 0 else 0.0
     a_dram = a_bytes if a_dram_bytes is None else min(a_bytes, a_dram_bytes)
