@@ -92,12 +92,16 @@ def build_vit(batch: int = 1, image: int = 224, dtype: str = "fp32", device: str
     config = ViTConfig(image_size=image, num_hidden_layers=layers, num_labels=1000,  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
                        attn_implementation=ATTN_IMPLEMENTATION)
     model = _instantiate(ViTForImageClassification, config, dtype, device, seed)
+    return model, _pixels(batch, image, dtype, device, seed)
+
+
+def _pixels(batch: int, image: int, dtype: str, device: str, seed: int) -> dict:
+    """A batch of RGB images as a vision model's `pixel_values` (zeros on the meta device)."""
     dt = torch_dtype(dtype)
     if device == "meta":
-        pixels = torch.zeros(batch, 3, image, image, dtype=dt, device="meta")
-    else:
-        pixels = torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(seed)).to(dt)
-    return model, {"pixel_values": pixels}
+        return {"pixel_values": torch.zeros(batch, 3, image, image, dtype=dt, device="meta")}
+    gen = torch.Generator().manual_seed(seed)
+    return {"pixel_values": torch.randn(batch, 3, image, image, generator=gen).to(dt)}
 
 
 # Segment Anything's ViT-H image encoder (Kirillov et al. 2023; the released sam_vit_h config:
@@ -118,12 +122,7 @@ def build_sam_vit_h(batch: int = 1, image: int = 1024, dtype: str = "fp32", devi
         raise WorkloadError(f"parameter image={image}: must be a multiple of the 16-pixel patch")
     config = SamVisionConfig(image_size=image, **SAM_VIT_H)
     model = _instantiate(SamVisionModel, config, dtype, device, seed)
-    dt = torch_dtype(dtype)
-    if device == "meta":
-        pixels = torch.zeros(batch, 3, image, image, dtype=dt, device="meta")
-    else:
-        pixels = torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(seed)).to(dt)
-    return model, {"pixel_values": pixels}
+    return model, _pixels(batch, image, dtype, device, seed)
 
 
 def _decoder_inputs(model: nn.Module, config: Any, phase: str, batch: int, seq: int, kv: int,
