@@ -42,6 +42,7 @@ COMPLETENESS = [
     # the full-size transformers on the meta device (fast; real weights are covered below)
     ("bert-base:seq=16,device=meta", 73, 73),   # 12 x (q, k, v, out, intermediate, output) + pooler
     ("bert-large:seq=16,device=meta", 145, 145),  # 24 x (q, k, v, out, intermediate, output) + pooler
+    ("sam-vit-h:image=64", 131, 131),           # patch conv + 32 x (qkv, proj, lin1, lin2) + 2 neck convs
     ("gpt2:seq=16,device=meta", 49, 49),        # 12 x (c_attn, c_proj, c_fc, c_proj) + lm_head (tied)
     ("vit-base:image=64,device=meta", 74, 74),  # patch conv + 12 x 6 + classifier
     ("llama-tiny:seq=8", 15, 15),         # 2 x (q, k, v, o, gate, up, down) + lm_head
