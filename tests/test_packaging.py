@@ -69,15 +69,19 @@ def test_wheel_metadata_core_needs_no_extra(wheel):
 def test_unpacked_wheel_finds_its_data_outside_the_checkout(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
     code = ("import sparsesim.hw.devices as d, sparsesim.tracing.workloads as w, sparsesim.fidelity.calibrate as c;"
+            "import sparsesim.fidelity.gpu_validation as v;"
             "print(len(d.builtin_devices()), len(w.list_recipes()), d.builtin_device_dirs()[0], c.default_out(),"
-            " d.sources_file())")
+            " d.sources_file(), v.load_table()[0]['case'],"
+            " next(r['plan'] for r in v.load_table() if r['plan'].endswith('.toml')))")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "HF_HUB_OFFLINE": "1",
            "SPARSESIM_CONFIG_DIR": str(tmp_path / "config")}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
-    n_dev, n_rec, first_dir, calibrate_out, sources = r.stdout.split()
+    n_dev, n_rec, first_dir, calibrate_out, sources, _first_case, plan = r.stdout.split()
     assert int(n_dev) >= 8 and int(n_rec) >= 9
     assert first_dir.startswith(str(tmp_path / "site"))
     # calibrate writes to the user config directory, never into site-packages
     assert calibrate_out == str(tmp_path / "config" / "accelerators" / "host.toml")
     assert sources.startswith(str(tmp_path / "site")) and sources.endswith("published.md")
+    # the validation table's plan files travel with it (a row naming only some layers)
+    assert plan.startswith(str(tmp_path / "site")) and Path(plan).is_file()
