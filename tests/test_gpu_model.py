@@ -211,6 +211,17 @@ def test_24_decode_gemv_runs_a_whole_tile_unless_the_runtime_searches():
     assert big[0].details["compute_s"] == pytest.approx(big[1].details["compute_s"], rel=0.02)
 
 
+def test_torchs_cutlass_24_kernel_has_no_fp8():
+    """torch builds its CUTLASS 2:4 kernel for int8, fp16, bf16 and tf32, cuSPARSELt for fp8 too
+    (torch/sparse/semi_structured.py): forced, CUTLASS at fp8 falls back to dense and says why;
+    left to pick, the runtime takes cuSPARSELt."""
+    h100 = DEV["h100-sxm5"]
+    forced = cost(h100, 16, 4096, 4096, "2:4", dtype="fp8", runtime="eager", kernel="cutlass-24")
+    assert forced.fallback and "no fp8 kernel" in forced.why
+    picked = cost(h100, 16, 4096, 4096, "2:4", dtype="fp8", runtime="eager")
+    assert "cusparselt" in picked.kernel, picked.why
+
+
 # published GEMM cases whose direction the model does not reproduce yet: cuSPARSELt's
 # break-even on the H100 at 2048^3 (SlideSparse; small square GEMMs, 64^3-512^3, are reproduced). The
 # 1024^3 fp8 H100 slowdown is reproduced since cuBLAS picks a smaller CTA tile for small problems

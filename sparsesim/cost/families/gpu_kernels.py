@@ -6,7 +6,7 @@
 | marlin | dense int4 | int4 weight-only GEMM (Frantar et al., Marlin): 4-bit weights dequantised in registers, fp16 MMA |
 | tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one warp per 8 output columns over the whole K; at a few tokens bound by the bytes its warps keep in flight (Little's law) |
 | cusparselt | 2:4 | cuSPARSELt: result transpose fused into the GEMM (torch._cslt_sparse_mm transpose_result); the device file's sparse tile; split-K only under algorithm search (cusparseLtMatmulSearch) |
-| cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the device's GEMM tile, the result is copied out (res.t().contiguous() in torch/sparse/semi_structured.py), no split-K |
+| cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the device's GEMM tile, the result is copied out (res.t().contiguous() in torch/sparse/semi_structured.py), no split-K, no fp8 |
 | sparse-marlin | 2:4 int4 | Sparse-Marlin (torchao): int4 2:4 weights on sparse tensor cores, its work striped over every SM |
 | sputnik | unstructured | CSR SpMM on CUDA cores (Gale et al. SC'20): 1D tiles of output columns, one row per subwarp |
 | cusparse-csr | unstructured | cuSPARSE CSR SpMM (torch.sparse CSR @ dense), the same structure at a lower efficiency |
@@ -338,10 +338,12 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     )
 
 
-def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile: bool) -> KernelFn:
-    """A 2:4 tensor-core GEMM of one library (half/int8/fp8 operands; no weight-only variant).
-    `vendor_tile`: the device's sparse tile (the vendor library's kernels); else the device's
-    GEMM tile (CUTLASS's threadblock shapes, as torch's semi-structured linear instantiates them)."""
+def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile: bool,
+                dtypes: tuple[str, ...]) -> KernelFn:
+    """A 2:4 tensor-core GEMM of one library on the sparse tensor-core `dtypes` it has kernels
+    for (no weight-only variant). `vendor_tile`: the device's sparse tile (the vendor library's
+    kernels); else the device's GEMM tile (CUTLASS's threadblock shapes, as torch's
+    semi-structured linear instantiates them)."""
 
     def run(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
         if work.dtype in WEIGHT_ONLY_DTYPES:
@@ -349,6 +351,8 @@ def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile:
         sdt, reason = _nm_check(op, work, layer, device)
         if not sdt:
             return reason
+        if sdt not in dtypes:
+            return f"{title} has no {sdt} kernel (it runs {', '.join(dtypes)})"
         assert layer is not None
         p: GpuParams = device.params
         tile = None if vendor_tile else (int(p.gemm_tile_m), int(p.gemm_tile_n))
@@ -358,8 +362,13 @@ def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile:
     return run
 
 
-_cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=True, vendor_tile=True)
-_cutlass24 = _nm_library("cutlass", "torch's CUTLASS 2:4 kernel", fused_transpose=False, vendor_tile=False)
+# the dtypes each library is built for: torch/sparse/semi_structured.py _DTYPE_SHAPE_CONSTRAINTS
+# of SparseSemiStructuredTensorCUSPARSELT (int8, float8_e4m3fn, float16, bfloat16, float32 as
+# tf32) and of SparseSemiStructuredTensorCUTLASS (no float8)
+_cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=True, vendor_tile=True,
+                          dtypes=("fp16", "bf16", "int8", "fp8", "tf32"))
+_cutlass24 = _nm_library("cutlass", "torch's CUTLASS 2:4 kernel", fused_transpose=False, vendor_tile=False,
+                         dtypes=("fp16", "bf16", "int8", "tf32"))
 
 
 def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
