@@ -266,11 +266,14 @@ def _nm_check(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
 
 
 def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env: KernelEnv, sdt: str, *,
-               library: str, fused_transpose: bool, int4: bool = False, tile: tuple[int, int] | None = None,
-               split_k: bool | None = None) -> Cost:
+               library: str, fused_transpose: bool, adapts_tile: bool, int4: bool = False,
+               tile: tuple[int, int] | None = None, split_k: bool | None = None) -> Cost:
     """2:4 (1:2 tf32) GEMM on sparse tensor cores by `library`, with the layout kernels a
     framework runtime launches around it and, under eager, the tensor subclass's host time.
-    `split_k` (default: when the runtime searches algorithms) spreads K over otherwise idle SMs."""
+    `split_k` (default: when the runtime searches algorithms) spreads K over otherwise idle SMs.
+    `adapts_tile`: the kernel fits its CTA tile to the shape; without that (torch's CUTLASS
+    kernel, cuSPARSELt's default algorithm when nothing searches) it computes its whole tile, so
+    a decode GEMV computes a tile of 128 tokens for its one."""
     p: GpuParams = device.params
     rt = env.rt
     g = work.gemms[0]
@@ -293,12 +296,9 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     tile_rate = p.sparse_tensor_peak[sdt] / p.sm_count * p.sparse_gemm_efficiency
     # split-K needs the algorithm search a vendor engine runs (torch calls one default algorithm)
     split = rt.algorithm_search if split_k is None else split_k
-    # without that search the library runs its default configuration: one CTA tile whatever M
-    # is, so a decode GEMV computes a whole tile of tokens (Sparse-Marlin picks its own stripes)
-    fixed = not int4 and not (library == "cusparselt" and rt.algorithm_search)
     gt = gemm_time(p, gp, work.dtype_bytes if not int4 else 2.0, tile_rate=tile_rate, a_bytes=a_pad, w_bytes=values,
                    c_bytes=c_pad, w_meta_bytes=meta, split_k=split, sparse=True,
-                   a_dram_bytes=feature_map_bytes(op, a_pad, gp), tile=tile, fixed_tile=fixed)
+                   a_dram_bytes=feature_map_bytes(op, a_pad, gp), tile=tile, fixed_tile=not adapts_tile)
     extra_kernels, extra_bytes, extra_why = 0, 0.0, []
     if m_pad != g.m:
         extra_kernels += 1
@@ -338,12 +338,13 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     )
 
 
-def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile: bool,
+def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile: bool, searchable: bool,
                 dtypes: tuple[str, ...]) -> KernelFn:
     """A 2:4 tensor-core GEMM of one library on the sparse tensor-core `dtypes` it has kernels
     for (no weight-only variant). `vendor_tile`: the device's sparse tile (the vendor library's
     kernels); else the device's GEMM tile (CUTLASS's threadblock shapes, as torch's
-    semi-structured linear instantiates them)."""
+    semi-structured linear instantiates them). `searchable`: the library has an algorithm
+    search (cusparseLtMatmulSearch) that a runtime searching algorithms uses to fit the tile."""
 
     def run(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
         if work.dtype in WEIGHT_ONLY_DTYPES:
@@ -357,7 +358,7 @@ def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile:
         p: GpuParams = device.params
         tile = None if vendor_tile else (int(p.gemm_tile_m), int(p.gemm_tile_n))
         return _nm_sparse(op, work, layer, device, env, sdt, library=library, fused_transpose=fused_transpose,
-                          tile=tile)
+                          adapts_tile=searchable and env.rt.algorithm_search, tile=tile)
 
     return run
 
@@ -365,10 +366,10 @@ def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile:
 # the dtypes each library is built for: torch/sparse/semi_structured.py _DTYPE_SHAPE_CONSTRAINTS
 # of SparseSemiStructuredTensorCUSPARSELT (int8, float8_e4m3fn, float16, bfloat16, float32 as
 # tf32) and of SparseSemiStructuredTensorCUTLASS (no float8)
-_cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=True, vendor_tile=True,
+_cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=True, vendor_tile=True, searchable=True,
                           dtypes=("fp16", "bf16", "int8", "fp8", "tf32"))
 _cutlass24 = _nm_library("cutlass", "torch's CUTLASS 2:4 kernel", fused_transpose=False, vendor_tile=False,
-                         dtypes=("fp16", "bf16", "int8", "tf32"))
+                         searchable=False, dtypes=("fp16", "bf16", "int8", "tf32"))
 
 
 def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
@@ -378,8 +379,9 @@ def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: 
     if not sdt:
         return reason
     assert layer is not None
-    return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", fused_transpose=True, int4=True,
-                      tile=MARLIN_TILE, split_k=True)
+    # Marlin's stripes take 16 to 64 rows of tokens, as many as the batch has
+    return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", fused_transpose=True,
+                      adapts_tile=True, int4=True, tile=MARLIN_TILE, split_k=True)
 
 
 # ----------------------------------------------------------------------------- V:N:M
