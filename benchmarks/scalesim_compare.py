@@ -13,13 +13,14 @@ and point SCALESIM_PYTHON at that interpreter (default /work/scalesim-venv/bin/p
     .venv/bin/python benchmarks/scalesim_compare.py --whole   # whole processes, ResNet-18 on 32x32 WS (minutes)
 
 For each array size and dataflow it runs SCALE-Sim (stall-free CALC bandwidth mode, outputs in
-a temporary directory) and sparsesim's FPGA family (a device file derived from alveo-u250 with
-the array size and dataflow replaced), and prints per-layer compute cycles of both, their ratio,
+a temporary directory) and sparsesim's FPGA family on the same topology file (`sparsesim.tracing.topology`; a device
+file derived from alveo-u250 with the array size and dataflow replaced), and prints per-layer compute cycles of both, their ratio,
 and the wall time of both (sparsesim's costing, and reading its device file once per array apart).
 Targets: every layer within 2%, the cost model >= 10,000x faster on every configuration.
 `--whole` compares whole processes instead: SCALE-Sim on ResNet-18's 20 convolutions on a 32x32
-weight-stationary array against `sparsesim estimate resnet18` on the same array (cold, then warm
-from the disk cache); target >= 1,000x.
+weight-stationary array against `sparsesim estimate` on the same array, given the very topology
+file SCALE-Sim read and, apart, ResNet-18 traced from PyTorch (each cold, then warm from the disk
+cache); target >= 1,000x.
 
 ResNet-18 convolutions are given to SCALE-Sim with PyTorch's padding folded into the input size:
 SCALE-Sim sizes outputs as ceil((H - F + s) / s) and models no padding, so the input is set to
@@ -45,10 +46,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sparsesim.core.ir import ConvGeometry, GemmShape, Op
 from sparsesim.cost.families.fpga import fpga_cost
 from sparsesim.cost.families.systolic import conv_output_size
 from sparsesim.hw.devices import parse_device_doc
+from sparsesim.tracing.topology import load_topology
 
 DEFAULT_SCALESIM_PYTHON = "/work/scalesim-venv/bin/python"
 TARGET_RATIO_ERROR = 0.02
@@ -185,8 +186,10 @@ def scalesim_python() -> str:
     return py
 
 
-def run_scalesim(py: str, workdir: Path, rows: int, cols: int, df: str, layers: list, gemm: bool) -> tuple[list[int], dict]:
-    """Run one SCALE-Sim simulation of `layers`; (compute cycles per layer, {wall_s, max_rss_mb})."""
+def run_scalesim(py: str, workdir: Path, rows: int, cols: int, df: str, layers: list,
+                 gemm: bool) -> tuple[list[int], dict, Path]:
+    """Run one SCALE-Sim simulation of `layers`; (compute cycles per layer, {wall_s, max_rss_mb},
+    the topology file it read: sparsesim reads the same file)."""
     run = f"a{rows}x{cols}_{df}_{'gemm' if gemm else 'conv'}"
     d = workdir / run
     d.mkdir(parents=True, exist_ok=True)
@@ -217,7 +220,7 @@ def run_scalesim(py: str, workdir: Path, rows: int, cols: int, df: str, layers: 
         cycles = [int(float(r[col])) for r in reader if r and r[0].strip()]
     if len(cycles) != len(layers):
         sys.exit(f"SCALE-Sim reported {len(cycles)} layers for {run}, expected {len(layers)}")
-    return cycles, info
+    return cycles, info, topo
 
 
 @functools.cache
@@ -231,19 +234,6 @@ def array_device(rows: int, cols: int, df: str):
     return parse_device_doc(doc, f"{BASE_DEVICE.name} ({rows}x{cols} {df})")
 
 
-def layer_op(i: int, layer) -> Op:
-    m, n, k = layer.gemm
-    if isinstance(layer, Conv):
-        geo = ConvGeometry(layer.channels, layer.filters, (layer.kernel,) * 2, (layer.stride,) * 2,
-                           (layer.padding,) * 2, (1, 1), 1, (layer.size,) * 2, (layer.out,) * 2)
-        return Op(i, "conv", "aten.convolution", layer.name, 0, "int8",
-                  ((1, layer.channels, layer.size, layer.size),), (1, layer.filters, layer.out, layer.out),
-                  2 * m * n * k, 0, GemmShape(m, n, k), geo, f"{layer.name}.weight",
-                  (layer.filters, layer.channels, layer.kernel, layer.kernel))
-    return Op(i, "linear", "aten.mm", layer.name, 0, "int8", ((m, k),), (m, n), 2 * m * n * k, 0,
-              GemmShape(m, n, k), None, f"{layer.name}.weight", (n, k))
-
-
 def device_read_s(rows: int, cols: int, df: str) -> float:
     """Seconds to read and check the array's device file (once per array; cached after)."""
     t = time.perf_counter()
@@ -251,22 +241,25 @@ def device_read_s(rows: int, cols: int, df: str) -> float:
     return time.perf_counter() - t
 
 
-def sparsesim_cycles(rows: int, cols: int, df: str, layers: list) -> tuple[list[float], float]:
-    """sparsesim's compute cycles of each layer and the wall time of costing them all (the
-    device file already read: `device_read_s`)."""
+def sparsesim_cycles(rows: int, cols: int, df: str, topology: Path) -> tuple[list[float], float]:
+    """sparsesim's compute cycles of each layer of the topology file SCALE-Sim read, and the
+    wall time of costing them all (the device file already read: `device_read_s`)."""
     dev = array_device(rows, cols, df)
+    ops = load_topology(str(topology)).ops
     t = time.perf_counter()
-    cycles = [fpga_cost(layer_op(i, l), None, dev).details["cycles"] for i, l in enumerate(layers)]
+    cycles = [fpga_cost(op, None, dev).details["cycles"] for op in ops]
     return cycles, time.perf_counter() - t
 
 
 def whole_process(py: str, workdir: Path, rows: int, df: str) -> dict:
     """ResNet-18's 20 convolutions on a rows x rows array: SCALE-Sim as one process (its
-    interpreter, imports and simulation) against `sparsesim estimate resnet18` as one process
-    on the same array's device file (a cold run on an empty cache, then the same run warm)."""
+    interpreter, imports and simulation) against sparsesim as one process on the same array's
+    device file, twice: `sparsesim estimate topology.csv` on the very file SCALE-Sim read, and
+    `sparsesim estimate resnet18` traced from PyTorch. Each is run cold (an empty cache) and then
+    warm (the same command again, read back from the disk cache)."""
     convs = resnet18_convs()
     t = time.perf_counter()
-    run_scalesim(py, workdir, rows, rows, df, convs, False)
+    _, _, topo = run_scalesim(py, workdir, rows, rows, df, convs, False)
     ss_wall = time.perf_counter() - t
     dev_file = workdir / f"array-{rows}x{rows}-{df}.toml"
     lines = [f'name = "array-{rows}x{rows}-{df}"', 'extends = "alveo-u250"',
@@ -275,20 +268,22 @@ def whole_process(py: str, workdir: Path, rows: int, df: str) -> dict:
              f'dataflow = {{ value = "{ {"os": "output_stationary", "ws": "weight_stationary"}[df] }", '
              'source = "scalesim_compare" }']
     dev_file.write_text("\n".join(lines) + "\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SPARSESIM_CACHE": str(workdir / "cache"),
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.pop("SPARSESIM_NO_CACHE", None)
-    argv = [sys.executable, "-m", "sparsesim", "estimate", "resnet18:device=meta", "--dtype", "int8",
-            "--device", str(dev_file), "--quiet"]
-    walls = []
-    for _ in range(2):
-        t = time.perf_counter()
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=REPO)
-        walls.append(time.perf_counter() - t)
-        if proc.returncode != 0:
-            sys.exit(f"sparsesim failed: {proc.stderr[-1500:]}")
-    return {"array": f"{rows}x{rows}", "dataflow": df, "scalesim_s": ss_wall, "sparsesim_cold_s": walls[0],
-            "sparsesim_warm_s": walls[1], "speedup_cold": ss_wall / walls[0], "speedup_warm": ss_wall / walls[1]}
+    out = {"array": f"{rows}x{rows}", "dataflow": df, "scalesim_s": ss_wall}
+    for label, workload in (("topology", str(topo)), ("traced", "resnet18:device=meta")):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "SPARSESIM_CACHE": str(workdir / f"cache-{label}"),
+               "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env.pop("SPARSESIM_NO_CACHE", None)
+        argv = [sys.executable, "-m", "sparsesim", "estimate", workload, "--dtype", "int8",
+                "--device", str(dev_file), "--quiet"]
+        for run in ("cold", "warm"):
+            t = time.perf_counter()
+            proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=REPO)
+            wall = time.perf_counter() - t
+            if proc.returncode != 0:
+                sys.exit(f"sparsesim failed: {proc.stderr[-1500:]}")
+            out[f"{label}_{run}_s"] = wall
+            out[f"{label}_{run}_speedup"] = ss_wall / wall
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,12 +302,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(w, indent=2))
         else:
-            print(f"ResNet-18 on a {w['array']} {w['dataflow']} array, whole process against whole process: "
-                  f"SCALE-Sim {w['scalesim_s']:.1f} s; sparsesim cold {w['sparsesim_cold_s']:.2f} s "
-                  f"({w['speedup_cold']:,.0f}x), warm {w['sparsesim_warm_s']:.2f} s ({w['speedup_warm']:,.0f}x) "
-                  f"(target >= {TARGET_WHOLE_SPEEDUP:,.0f}x: cold {'met' if w['speedup_cold'] >= TARGET_WHOLE_SPEEDUP else 'NOT met'}, "
-                  f"warm {'met' if w['speedup_warm'] >= TARGET_WHOLE_SPEEDUP else 'NOT met'}); "
+            print(f"ResNet-18 on a {w['array']} {w['dataflow']} array, whole process against whole process "
+                  f"(target >= {TARGET_WHOLE_SPEEDUP:,.0f}x); SCALE-Sim {w['scalesim_s']:.1f} s; "
                   f"load average {os.getloadavg()[0]:.1f}")
+            for label, what in (("topology", "the same topology file"), ("traced", "resnet18 traced from PyTorch")):
+                for run in ("cold", "warm"):
+                    x = w[f"{label}_{run}_speedup"]
+                    print(f"  sparsesim, {what}, {run}: {w[f'{label}_{run}_s']:.2f} s = {x:,.0f}x "
+                          f"({'met' if x >= TARGET_WHOLE_SPEEDUP else 'NOT met'})")
         return 0
 
     convs = resnet18_convs()
@@ -341,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
             for layers, gemm in ((cv, False), (gm, True)):
                 if not layers:
                     continue
-                ss, info = run_scalesim(py, workdir, rows, rows, df, layers, gemm)
-                sp, wall = sparsesim_cycles(rows, rows, df, layers)
+                ss, info, topo = run_scalesim(py, workdir, rows, rows, df, layers, gemm)
+                sp, wall = sparsesim_cycles(rows, rows, df, topo)
                 ss_wall += info["wall_s"]
                 sp_wall += wall
                 rss = max(rss, info["max_rss_mb"])

@@ -80,6 +80,11 @@ def resolve_workload(workload: str | Workload | SparseWorkload) -> Workload:
         return workload
     if not isinstance(workload, str):
         raise TypeError(f"workload must be a spec string or a Workload, got {type(workload).__name__}")
+    from sparsesim.tracing.topology import is_topology, load_topology
+
+    if is_topology(workload):
+        # read every time (microseconds, no torch): the file may change under the same spec
+        return load_topology(workload)
     hit = _workloads.get(workload)
     if hit is not None:
         _workloads.move_to_end(workload)
@@ -100,6 +105,10 @@ def _traced(spec: str) -> Workload:
     """The workload of a spec string for costing: from memory, else (meta-device workloads: no
     weights to keep) from the disk cache, else traced now and, when on the meta device, stored
     there without its model (costing and analytic stats need only the ops and weight shapes)."""
+    from sparsesim.tracing.topology import is_topology
+
+    if is_topology(spec):
+        return resolve_workload(spec)
     hit = _workloads.get(spec) or _disk_workloads.get(spec)
     if hit is not None:
         return hit
@@ -535,7 +544,7 @@ def _per_op_on_dask(address: str, workloads: Sequence[Any], devs: Sequence[Devic
     from sparsesim.core.extras import require
 
     if not all(isinstance(w, str) for w in workloads):
-        raise SparsesimError("--dask-scheduler: the workload must be a spec (a recipe, a .toml file, gemm:/conv: "
+        raise SparsesimError("--dask-scheduler: the workload must be a spec (a recipe, a .toml file, a topology .csv, gemm:/conv: "
                              "or module:factory) that every worker can build, not an in-memory model")
     Client = require("distributed", "cluster", "--dask-scheduler").Client
     try:

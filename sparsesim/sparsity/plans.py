@@ -12,6 +12,7 @@ Spellings accepted by `load_plan`:
 - a TOML file: optional `name`, `default`, `exclude = [...]`, and rules either in a `[rules]`
   table or as top-level `"glob" = "pattern"` lines (order kept)
 - a saved plan (`.safetensors` or `.pt`) written by `save_plan`: the rules as metadata plus masks
+- a SCALE-Sim topology file (`.csv`): each layer its row's n:m sparsity column (`tracing.topology`)
 
 Turning a plan into masks and a SparseWorkload is `sparsesim.sparsity.sparsify`.
 """
@@ -133,6 +134,8 @@ def load_plan(spec: str | Plan | Path) -> Plan:
         except OSError as e:
             raise PlanError(f"plan file {text!r}: cannot read ({e.strerror or e})") from None
         return _plan_from_dict(doc, text)
+    if path.suffix.lower() == ".csv":
+        return _topology_plan(path)
     if path.suffix in (".safetensors", ".pt"):
         if not path.is_file():
             raise PlanError(f"plan file {text!r} does not exist")
@@ -140,7 +143,20 @@ def load_plan(spec: str | Plan | Path) -> Plan:
     try:
         return uniform_plan(text)
     except PlanError as e:
-        raise PlanError(f"plan {text!r} is neither a pattern nor a .toml/.safetensors/.pt plan file: {e}") from None
+        raise PlanError(f"plan {text!r} is neither a pattern nor a .toml/.safetensors/.pt plan file nor a topology .csv: {e}") from None
+
+
+def _topology_plan(path: Path) -> Plan:
+    """The n:m ratios of a SCALE-Sim topology file's sparsity column, one rule per layer."""
+    from sparsesim.core.errors import WorkloadError
+    from sparsesim.tracing.topology import topology_ratios
+
+    try:
+        ratios = topology_ratios(path)
+    except WorkloadError as e:
+        raise PlanError(f"plan {e}") from None
+    rules = tuple((name, parse_pattern(f"{n}:{m}")) for name, (n, m) in ratios.items())
+    return Plan(name=f"{path.stem} (n:m column)", rules=rules)
 
 
 def _load_saved(path: Path) -> Plan:

@@ -32,6 +32,11 @@ def spec_source(spec: str) -> tuple[Any, ...] | None:
     head = spec.partition(":")[0]
     if head in SINGLE_OPS:
         return (spec,)
+    if head.lower().endswith(".csv"):  # a SCALE-Sim topology file: its bytes are the whole input
+        try:
+            return (spec, str(Path(head).resolve()), Path(head).read_bytes())
+        except OSError:
+            return None  # load_workload reports it
     if head.endswith(".toml"):
         path = Path(head)
     else:

@@ -7,6 +7,7 @@ A spec is one of
   * a single op: `gemm:M=4096,N=4096,K=4096,dtype=bf16` (a linear layer: M rows of
     activations, K in and N out features; its N x K weight is `gemm.weight`) or
     `conv:batch=1,cin=64,cout=64,h=56,w=56,kernel=3,stride=1,padding=1` (weight `conv.weight`);
+  * a SCALE-Sim topology file: `net.csv` (optionally `net.csv:dtype=fp16`; `tracing.topology`);
   * `module.path:factory` for a user's own model: `factory()` returns `(model, example_inputs)`.
 
 A recipe file has exactly these keys:
@@ -45,6 +46,7 @@ from sparsesim.core.ir import DTYPE_BYTES, WeightInfo, Workload
 from sparsesim.tracing import guard
 from sparsesim.tracing.routing import route
 from sparsesim.tracing.specs import SINGLE_OPS, builtin_recipe_files
+from sparsesim.tracing.topology import is_topology, load_topology
 from sparsesim.tracing.tracer import dtype_name, trace
 
 RECIPE_KEYS = {"description": str, "builder": str, "dtype": str, "params": dict, "train": dict}
@@ -192,6 +194,8 @@ def load_workload(spec: str) -> Workload:
 
 def _load(spec: str) -> Workload:
     head, sep, tail = spec.partition(":")
+    if is_topology(spec):
+        return load_topology(spec)
     if head in SINGLE_OPS:
         return _single_op(head, parse_params(tail, where=f"workload {spec!r}"), spec)
     if head.endswith(".toml"):
@@ -202,7 +206,7 @@ def _load(spec: str) -> Workload:
     if sep and tail and "=" not in tail:
         return _run_factory(head, tail, spec)
     raise WorkloadError(f"unknown workload {head!r}: not a recipe ({', '.join(recipes)}), a .toml file, "
-                        f"{'/'.join(s + ':...' for s in SINGLE_OPS)}, or module:factory")
+                        f"{'/'.join(s + ':...' for s in SINGLE_OPS)}, a SCALE-Sim topology .csv, or module:factory")
 
 
 def _run_recipe(recipe: Recipe, param_text: str, spec: str) -> Workload:
