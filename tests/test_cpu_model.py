@@ -240,3 +240,75 @@ def test_a_weight_stored_dense_runs_the_dense_kernel():
     for device in ("xeon-sapphire-rapids", "arm-cortex-a78"):
         (cost,) = [c for op, c in zip(sw.ops, cost_workload(sw, load_device(device))) if op.weight]
         assert cost.kernel == "dense (fallback)" and "stored dense" in cost.why and cost.metadata_bytes == 0
+
+
+def _with_bsr_values(dev, cycles: float):
+    """The device with the same per-value BSR cost for every listed block shape."""
+    values = {key: cycles for key in dev.params.bsr_vector_cycles}
+    return dataclasses.replace(dev, params=dataclasses.replace(dev.params, bsr_value_cycles=values))
+
+
+@pytest.mark.parametrize("block", [4, 16])
+def test_bsr_per_value_cost_does_not_grow_with_m(block):
+    """MKL's BSR kernel pays a fixed cost per stored value (load, broadcast, M-loop entry) whatever
+    M is: it adds the same time at M=8 and M=128, and so weighs most at small M."""
+    dev = _no_choice(load_device("xeon-sapphire-rapids"))
+    p = dev.params
+    mask = random_mask(512, 512, 0.2, block=(block, block), seed=5)
+    layer = layer_for(mask, Pattern("block", 0.2, block=(block, block)), "fp32")
+    values = int(mask.sum().item())
+    added, shares = [], []
+    for m in (8, 128):
+        op = gemm_op(m, 512, 512)
+        base = estimate_op(op, layer, _with_bsr_values(dev, 0.0))
+        more = estimate_op(op, layer, _with_bsr_values(dev, 4.0))
+        added.append(more.latency_s - base.latency_s)
+        shares.append(added[-1] / more.latency_s)
+        assert "4 fixed" in more.why
+    expected = values * 4.0 / (p.clock * p.cores)
+    assert added == pytest.approx([expected, expected], rel=1e-6)
+    assert shares[0] > shares[1]
+
+
+def test_builtin_cpus_without_bsr_value_figures_cost_as_before():
+    dev = _no_choice(load_device("xeon-sapphire-rapids"))
+    assert dev.params.bsr_value_cycles == {}
+    mask = random_mask(512, 512, 0.2, block=(8, 8), seed=6)
+    layer = layer_for(mask, Pattern("block", 0.2, block=(8, 8)), "fp32")
+    op = gemm_op(32, 512, 512)
+    assert estimate_op(op, layer, dev).latency_s == estimate_op(op, layer, _with_bsr_values(dev, 0.0)).latency_s
+
+
+def test_bsr_value_cycles_need_the_vector_shapes(tmp_path):
+    extra = ('\n[bsr_value_cycles]\n"4x4" = { value = 1.5, unit = "cycles", source = "x" }\n')
+    p = _corrupt(tmp_path, "[mac_energy]", extra + "\n[mac_energy]")
+    with pytest.raises(DeviceFileError, match="bsr_value_cycles"):
+        parse_device_file(p)
+    src = p.read_text().replace(extra, extra + '"8x8" = { value = 1.5, unit = "cycles", source = "x" }\n'
+                                '"16x16" = { value = 4.5, unit = "cycles", source = "x" }\n')
+    p.write_text(src)
+    assert parse_device_file(p).params.bsr_value_cycles["16x16"] == pytest.approx(4.5)
+
+
+def test_bsr_output_pass_has_its_own_figure_and_csr_keeps_its_own():
+    """torch's BSR path passes over the output more than its CSR path: with `bsr_row_cycles` set,
+    a BSR layer pays it per output row and vector step instead of `sparse_row_cycles`; CSR is
+    untouched, and without the figure BSR pays what CSR does."""
+    from sparsesim.cost.families.cpu import output_row_cycles
+
+    dev = _no_choice(load_device("xeon-sapphire-rapids"))
+    p = dev.params
+    assert output_row_cycles(p, "block") == p.sparse_row_cycles
+    more = dataclasses.replace(dev, params=dataclasses.replace(p, bsr_row_cycles=p.sparse_row_cycles + 10.0))
+    assert output_row_cycles(more.params, "block") == p.sparse_row_cycles + 10.0
+    assert output_row_cycles(more.params, "unstructured") == p.sparse_row_cycles
+    m, n = 64, 512
+    op = gemm_op(m, n, 512)
+    bmask = random_mask(n, 512, 0.02, block=(4, 4), seed=7)
+    blayer = layer_for(bmask, Pattern("block", 0.02, block=(4, 4)), "fp32")
+    steps = math.ceil(m / lanes(p, "fp32"))
+    added = estimate_op(op, blayer, more).latency_s - estimate_op(op, blayer, dev).latency_s
+    assert added == pytest.approx(n * steps * 10.0 / (p.clock * p.cores), rel=1e-6)
+    cmask = random_mask(n, 512, 0.02, seed=7)
+    clayer = layer_for(cmask, Pattern("unstructured", 0.02), "fp32")
+    assert estimate_op(op, clayer, more).latency_s == estimate_op(op, clayer, dev).latency_s

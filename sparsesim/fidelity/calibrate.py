@@ -10,8 +10,10 @@ log of latency, through the normal cost path `estimate_op`):
   (`weight_pack_pass`; shows on the beyond-LLC weights of the fit set);
 - fitted per dtype on dense GEMMs: `gemm_efficiency`, `gemm_half_m`;
 - fitted on torch CSR matmuls: `sparse_nnz_cycles`, `sparse_vector_cycles`, `sparse_row_cycles`,
-  `sparse_call_overhead`; on torch BSR matmuls: `bsr_block_cycles` and `bsr_vector_cycles` per
-  block shape.
+  `sparse_call_overhead`; on torch BSR matmuls: `bsr_block_cycles`, `bsr_row_cycles` (its output
+  pass), and `bsr_value_cycles` and
+  `bsr_vector_cycles` per block shape (FIT_BSR_M spans 4 to 256 so the per-value cost that does
+  not grow with M and the vector steps that do are told apart).
 
 The FIT set of shapes below is disjoint from validate's (sparsesim.fidelity.validate.VALIDATE_*): a model is
 judged on shapes it was not fitted to. Energy figures and the FMA port count cannot be measured
@@ -359,14 +361,22 @@ def fit_csr(cases: Sequence[Case], device: Device) -> tuple[Device, float]:
 
 
 def fit_bsr(cases: Sequence[Case], device: Device) -> tuple[Device, float]:
+    """The per-block cost, and per block shape the per-value cost (fixed whatever M is) and the
+    cost per vector step over M: MKL runs tuned kernels for some block edges and a generic loop
+    for others, so both per-value figures are the shape's own."""
     blocks = sorted({c.block for c in cases})
     keys = [f"{b}x{b}" for b in blocks]
+    n = len(keys)
 
     def build(dev: Device, x: np.ndarray) -> Device:
-        table = dict(zip(keys, map(float, x[1:])))
-        return with_params(dev, bsr_block_cycles=float(x[0]), bsr_vector_cycles=table)
+        values = dict(zip(keys, map(float, x[2:2 + n])))
+        vectors = dict(zip(keys, map(float, x[2 + n:])))
+        return with_params(dev, bsr_block_cycles=float(x[0]), bsr_row_cycles=float(x[1]),
+                           bsr_value_cycles=values, bsr_vector_cycles=vectors)
 
-    device, err, _ = _fit(cases, device, ["bsr_block_cycles", *keys], [5.0] + [3.0] * len(keys), build)
+    names = ["bsr_block_cycles", "bsr_row_cycles", *(f"value {k}" for k in keys), *(f"vector {k}" for k in keys)]
+    x0 = [5.0, device.params.sparse_row_cycles] + [2.0] * n + [2.0] * n
+    device, err, _ = _fit(cases, device, names, x0, build)
     return device, err
 
 
@@ -471,6 +481,7 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
         f"sparse_vector_cycles = {_q(p.sparse_vector_cycles, 'cycles', fitsrc, fit=csr_fit)}",
         f"sparse_row_cycles = {_q(p.sparse_row_cycles, 'cycles', fitsrc, fit=csr_fit)}",
         f"bsr_block_cycles = {_q(p.bsr_block_cycles, 'cycles', f'least_squares on log latency of torch BSR @ dense, {meas}', fit=bsr_fit)}",
+        f"bsr_row_cycles = {_q(p.bsr_row_cycles, 'cycles', f'least_squares on log latency of torch BSR @ dense (the output pass, per row and vector step; densities down to {min(FIT_BSR_DENSITIES):g} show it), {meas}', fit=bsr_fit)}",
         f"nm_nnz_cycles = {nm_line}",
         f"static_power = {static_line}",
         'picks_faster_kernel = { value = false, source = "torch runs the CSR/BSR tensor it is given (no per-layer choice); '
@@ -492,6 +503,12 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
     lines += ["", "[bsr_vector_cycles]"]
     for key in sorted(p.bsr_vector_cycles, key=lambda s: int(s.split("x")[0])):
         lines.append(f'"{key}" = {_q(p.bsr_vector_cycles[key], "cycles", f"least_squares on log latency of torch BSR {key} @ dense, {meas}", fit=bsr_fit)}')
+    if p.bsr_value_cycles:
+        lines += ["", "[bsr_value_cycles]"]
+        for key in sorted(p.bsr_value_cycles, key=lambda s: int(s.split("x")[0])):
+            src = (f"least_squares on log latency of torch BSR {key} @ dense over M = "
+                   f"{', '.join(map(str, FIT_BSR_M))} (the per-value cost that does not grow with M), {meas}")
+            lines.append(f'"{key}" = {_q(p.bsr_value_cycles[key], "cycles", src, fit=bsr_fit)}')
     lines += ["", "[mac_energy]"]
     for dt in sorted(p.gemm_efficiency):
         lines.append(f"{dt} = {_copied(ref, f'mac_energy.{dt}', ref.params.mac_energy[dt] * 1e12, 'pJ')}")
@@ -551,7 +568,9 @@ class CalibrationResult:
                 "sparse_vector_cycles": round(p.sparse_vector_cycles, 3),
                 "sparse_row_cycles": round(p.sparse_row_cycles, 3),
                 "bsr_block_cycles": round(p.bsr_block_cycles, 3),
+                "bsr_row_cycles": round(p.bsr_row_cycles, 3),
                 "bsr_vector_cycles": {k: round(v, 3) for k, v in p.bsr_vector_cycles.items()},
+                "bsr_value_cycles": {k: round(v, 3) for k, v in p.bsr_value_cycles.items()},
             },
         }
 

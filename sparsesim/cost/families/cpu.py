@@ -11,8 +11,13 @@ width the floor dominates and the lanes idle, and the time scales with nnz, not 
 MACs. Each output row costs ceil(M / lanes) vector stores, and each call a fixed overhead.
 A BSR kernel pays the index once per r x c block and runs r*c value broadcasts over the same
 activation rows, which vectorises/reuses better (how much better depends on the block edge and
-is a device figure). N:M runs through an index-regular kernel: per nonzero like CSR, but the
-index decode is cheaper and there are no row pointers; CPUs have no N:M hardware.
+is a device figure). Each stored value also costs a fixed few cycles whatever M is (loading and
+broadcasting it, entering its loop over M): MKL, which runs torch's CPU BSR matmul, has tuned
+kernels for some block edges (2, 3, 4, 8 when timed on the calibrated AMD host, 2026-12-04) and
+a generic loop for the others (5, 6, 9-24 there) that pays two to three times the tuned kernels'
+per-value cost and a slower vector step, so a 16x16 BSR at M=8 takes about twice what its vector
+work alone would. N:M runs through an index-regular kernel: per nonzero like CSR, but the index
+decode is cheaper and there are no row pointers; CPUs have no N:M hardware.
 Channel pruning is a smaller dense GEMM.
 
 Every number comes from the device file (`accelerators/*.toml`); the host's sparse and dense
@@ -58,14 +63,16 @@ class CpuParams:
 
     Per-core figures: l1_bytes, l2_bytes, l2_bandwidth. Whole-part figures (for the `cores`
     the kernels run on): l3_bytes, l3_bandwidth, dram_bandwidth, static_power.
-    `bsr_vector_cycles` is keyed by block shape ("4x4", "16x16"); a missing shape uses the
-    nearest listed block area.
+    `bsr_vector_cycles` and `bsr_value_cycles` are keyed by block shape ("4x4", "16x16"); a
+    missing shape uses the nearest listed block area.
 
     Sparse-kernel figures, in cycles of `clock`: `sparse_nnz_cycles` is the per-nonzero floor
     (value + column-index load, then the dependent activation-row load) that vector work hides
     only when M is wide enough; `sparse_vector_cycles` the cost of one vector's worth (one vector
     width of M) of multiply-add per nonzero; `sparse_row_cycles` per output row per vector step
-    (writing the output row); `bsr_block_cycles` per nonzero block; `nm_nnz_cycles` the N:M
+    (writing the output row); `bsr_block_cycles` per nonzero block; `bsr_value_cycles` per stored
+    value of a block whatever M is (the value's load and broadcast and its M loop's entry; which
+    kernel the block edge gets decides it); `nm_nnz_cycles` the N:M
     kernel's per-nonzero floor. `gemm_half_m` is the M at which the dense GEMM reaches half of
     `gemm_efficiency` (its register tile along M is under-filled below that).
     """
@@ -128,6 +135,12 @@ class CpuParams:
     spmm_vector_cycles: float = quantity("cycles", default=0.0)
     spmm_nnz_cycles: float = quantity("cycles", default=0.0)
     spmm_store_cycles: float = quantity("cycles", default=0.0)
+    # per stored value of a BSR block, whatever M is (keyed like bsr_vector_cycles); a calibrated
+    # host fits it per block shape; empty (the default): no per-value cost apart from the vector work
+    bsr_value_cycles: dict = quantity("cycles", per_dtype=True, default={})
+    # the BSR kernel's output cost per output row per vector step (as sparse_row_cycles for CSR);
+    # a calibrated host fits it; 0 (the default): the same as sparse_row_cycles
+    bsr_row_cycles: float = quantity("cycles", default=0.0)
 
     def validate(self) -> str | None:
         problem = check_positive(self, "cores", "clock", "vector_bits", "fma_ports", "l2_bandwidth",
@@ -149,6 +162,9 @@ class CpuParams:
         for key in self.bsr_vector_cycles:
             if _parse_block(key) is None:
                 return f"field 'bsr_vector_cycles.{key}': key must be a block shape like '4x4'"
+        if self.bsr_value_cycles and set(self.bsr_value_cycles) != set(self.bsr_vector_cycles):
+            return ("field 'bsr_value_cycles': needs the same block shapes as 'bsr_vector_cycles' "
+                    f"(got {sorted(self.bsr_value_cycles)} and {sorted(self.bsr_vector_cycles)})")
         if self.llc_none_bytes and not 0 < self.llc_full_bytes <= self.l3_bytes <= self.llc_none_bytes:
             return ("fields 'llc_full_bytes' and 'llc_none_bytes': need 0 < llc_full_bytes <= l3_bytes <= "
                     f"llc_none_bytes (got {self.llc_full_bytes:g}, {self.l3_bytes:g}, {self.llc_none_bytes:g} bytes)")
@@ -363,7 +379,7 @@ def _sparse(work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, c
     x_level, x_bw = x.level, x.bandwidth
     row_bytes = g.m * work.dtype_bytes
     stream_cycles = row_bytes / x_bw * p.clock * p.cores
-    out_cycles = st.rows * steps * p.sparse_row_cycles
+    out_cycles = st.rows * steps * output_row_cycles(p, layer.pattern.kind)
     # per nonzero, the index load -> dependent activation-row load chain sets a floor that the
     # vector work hides only once M fills enough lanes: below it the lanes idle
     per_nnz_work = vec * p.sparse_vector_cycles + stream_cycles
@@ -445,9 +461,12 @@ def _bsr_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCy
     if blocks is None:
         blocks = math.ceil(layer.stats.nnz / (r * c))
     vcyc, key = bsr_rate(p, r, c)
-    cycles = blocks * (p.bsr_block_cycles + r * c * w.vec * vcyc + c * w.stream_cycles)
+    # per stored value: a fixed cost whatever M is, then its vector steps over M
+    value = p.bsr_value_cycles.get(key, 0.0)
+    cycles = blocks * (p.bsr_block_cycles + r * c * (value + w.vec * vcyc) + c * w.stream_cycles)
     return _KernelCycles(cycles, blocks * r * c, f"bsr {r}x{c}",
-                         f"{blocks} nonzero {r}x{c} blocks x (index + {r * c}x{w.vec:.3g} vector steps at the {key} rate)",
+                         f"{blocks} nonzero {r}x{c} blocks x (index + {r * c} values x ({value:.3g} fixed + "
+                         f"{w.vec:.3g} vector steps) at the {key} rates)",
                          False)
 
 
@@ -461,9 +480,20 @@ SPARSE_KERNELS: dict[str, Callable[[CpuParams, LayerSparsity, _PerNonzero], _Ker
 }
 
 
+def output_row_cycles(p: CpuParams, kind: str) -> float:
+    """Cycles per output row per vector step of the sparse kernel run for `kind`: torch's BSR path
+    passes over the whole output more than its CSR path does (an empty BSR matmul costs about
+    twice an empty CSR one per output element, whatever the block edge), so a device file may
+    give BSR its own figure; without one BSR writes its output as CSR does."""
+    if kind == "block" and p.bsr_row_cycles:
+        return p.bsr_row_cycles
+    return p.sparse_row_cycles
+
+
 def bsr_rate(p: CpuParams, r: int, c: int) -> tuple[float, str]:
-    """Cycles per vector step of a BSR kernel with r x c blocks: the listed shape, else the
-    listed shape nearest in log block area (the kernel's register blocking depends on area)."""
+    """Cycles per vector step of a BSR kernel with r x c blocks and the block shape whose figures
+    stand for it: the listed shape, else the listed shape nearest in log block area (the kernel's
+    register blocking depends on area)."""
     key = f"{r}x{c}"
     if key in p.bsr_vector_cycles:
         return p.bsr_vector_cycles[key], key
