@@ -53,6 +53,9 @@ class RuntimeParams:
     `algorithm_search`: the runtime times the library's algorithms and keeps the fastest (a
     vendor engine's tactic search: split-K for sparse kernels too); `framework_layouts`: sparse
     kernels run through a framework's tensor layouts (torch's semi-structured padding and copies).
+    `attention_warp_specialised`: the runtime's fused attention is a Hopper kernel whose producer
+    and consumer warps overlap the softmax with the MMAs (FlashAttention-3's design); without it
+    the softmax follows the MMAs (FlashAttention-2, torch's SDPA).
     """
 
     host_dispatch: float = quantity("time")
@@ -66,10 +69,11 @@ class RuntimeParams:
     algorithm_search: bool = setting(default=False)
     framework_layouts: bool = setting(default=False)
     epilogue_in_pipeline: bool = setting(default=False)
+    attention_warp_specialised: bool = setting(default=False)
 
     def validate(self) -> str | None:
         for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
-                     "framework_layouts", "epilogue_in_pipeline"):
+                     "framework_layouts", "epilogue_in_pipeline", "attention_warp_specialised"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
         if not isinstance(self.kernels, (list, tuple)) or not all(isinstance(k, str) and k for k in self.kernels):

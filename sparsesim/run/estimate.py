@@ -319,10 +319,12 @@ def cost_ops(
             _fusions.popitem(last=False)
     out = []
     for op, layer, key, fu in zip(ops, layers, keys, fusion):
-        kernel_key = (key, context)
+        # a fused attention's head launches the attention kernel, not its own matmul
+        kop = fu.kernel_op or op
+        kernel_key = (key if fu.kernel_op is None else (_cost_key(kop), None), context)
         cost = memo.get(kernel_key)
         if cost is None:
-            cost = memo[kernel_key] = estimate_op(op, layer, device, context)
+            cost = memo[kernel_key] = estimate_op(kop, layer if fu.kernel_op is None else None, device, context)
         fkey = (kernel_key, fu.role, fu.how, fu.dram_scale)
         run_cost = memo.get(fkey)
         if run_cost is None:

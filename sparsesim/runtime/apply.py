@@ -42,6 +42,8 @@ def apply_runtime(cost: Cost, fusion: OpFusion, runtime: RuntimeParams, *, name:
         memory = min(memory, float(d.get("offchip_s", memory)) * scale)
     if fusion.role == "fused":
         overhead = 0.0
+        if fusion.how == "attention":
+            compute = 0.0  # the head's fused attention kernel does this op's arithmetic
     device_s = max(compute, memory) + overhead
     host_s = 0.0 if fusion.role == "fused" else runtime.host_dispatch
     host_s += float(d.get("host_s", 0.0))

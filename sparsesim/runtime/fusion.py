@@ -25,6 +25,7 @@ traffic or launches: a fused op keeps at most its own bytes (`dram_scale` <= 1) 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -48,7 +49,9 @@ class OpFusion:
     `role`: alone (its own kernel), head (its kernel also runs the ops fused after it) or fused
     (runs inside the kernel of op `group`); `how`: "chain", "epilogue" or "attention" for grouped ops;
     `dram_scale`: the share of the op's own DRAM traffic left after fusion (1.0 unless fused);
-    `launches`: kernels the op launches itself (0 when fused).
+    `launches`: kernels the op launches itself (0 when fused). `kernel_op`: the op whose kernel
+    the head's launch runs instead of its own (a fused attention: one flash-attention op doing
+    both matmuls and the softmax between them, costed as a traced attention op is).
     """
 
     index: int
@@ -57,6 +60,7 @@ class OpFusion:
     how: str = ""
     dram_scale: float = 1.0
     launches: int = 1
+    kernel_op: Op | None = None
 
     def describe(self) -> str:
         if self.role == "fused":
@@ -215,16 +219,31 @@ def fuse(ops: Sequence[Op], *, elementwise: bool, epilogue: bool, attention: boo
     return tuple(sorted(out, key=lambda f: f.index))
 
 
+def fused_attention_op(ops: Sequence[Op], group: AttentionGroup) -> Op:
+    """The attention op a fused kernel runs for an eager-written attention: QK^T (the score
+    matmul's GEMM) and PV with the softmax between them, reading Q, K and V and writing O once,
+    like a traced scaled_dot_product_attention. A mask the score ops add is read by its own
+    fused op (its bytes stay there)."""
+    head, value = ops[group.core[0]], ops[group.core[-1]]
+    q, k = head.input_shapes[0], head.input_shapes[1]
+    v = value.input_shapes[1] if len(value.input_shapes) > 1 else k
+    moved = (_numel(q) + _numel(k) + _numel(v) + _numel(value.output_shape)) * _elem_bytes(head)
+    return dataclasses.replace(head, kind="attention", aten="fused attention (score matmul, softmax, value matmul)",
+                               input_shapes=(q, k, v), output_shape=value.output_shape,
+                               flops=head.flops + value.flops, bytes_moved=round(moved), note="")
+
+
 def _attention_fusions(ops: Sequence[Op], group: AttentionGroup) -> dict[int, OpFusion]:
-    """One fused attention kernel: the score matmul keeps its reads of Q and K but not its
-    write of the scores; the score ops run on chip; the value matmul reads only V; the layout
-    copies move nothing."""
+    """One fused attention kernel, launched by the score matmul and costed as the attention op
+    it runs (`fused_attention_op`: Q, K, V read and O written once, both matmuls and the
+    softmax); the score ops run on chip, keeping only reads of their own other inputs (a mask);
+    the value matmul's work and traffic are the kernel's; the layout copies move nothing."""
     members = group.core
     head = members[0]
-    out = {head: OpFusion(head, head, "head", "attention", _share(ops[head], drop_input=None, drop_output=True), 1)}
+    out = {head: OpFusion(head, head, "head", "attention", 1.0, 1, kernel_op=fused_attention_op(ops, group))}
     for prev, i in itertools.pairwise(members):
         last = i == members[-1]
-        scale = _share(ops[i], drop_input=ops[prev], drop_output=not last)
+        scale = 0.0 if last else _share(ops[i], drop_input=ops[prev], drop_output=True)
         out[i] = OpFusion(i, head, "fused", "attention", scale, 0)
     for i in group.layout_copies:
         out[i] = OpFusion(i, head, "fused", "attention", 0.0, 0)

@@ -34,6 +34,7 @@ from sparsesim.cost.families.gpu_kernels import (
     GpuKernel,
     KernelEnv,
     alignment_problem,
+    attention_cost,
     dense_cost,
     nm_support,
 )
@@ -123,7 +124,7 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
                               energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
     work = gemm_work(op, layer)
     if op.kind == "attention":
-        return dense_cost(op, work, device, env)
+        return attention_cost(op, work, device, env)
     pruned = ""
     if skippable_inputs(op, layer):
         kind = "act"  # a dense weight, sparse inputs: the dense kernels, or one that skips the zeros

@@ -34,6 +34,7 @@ from sparsesim.cost.families.gpu_machine import (
     VNM_HW_M,
     VNM_HW_N,
     GpuParams,
+    Tiling,
     Unit,
     compute_unit,
     describe,
@@ -117,20 +118,11 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
     unit = unit or compute_unit(p, work.dtype, conv=op.kind == "conv")
     tile_rate = unit.peak / p.sm_count * p.dense_gemm_efficiency
     wb = work.w_bytes if w_bytes is None else w_bytes
-    if op.kind == "attention":
-        # flash-style: Q, K, V read once and O written once; the two GEMMs run back to back
-        times = [gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=0, w_bytes=0, c_bytes=0)
-                 for g in work.gemms]
-        compute = sum(t.compute_s for t in times)
-        dram = l2 = work.a_bytes + wb + work.c_bytes
-        tl = times[0].tiling
-        kernel = "flash attention"
-    else:
-        g = work.gemms[0]
-        gt = gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=work.a_bytes,
-                       w_bytes=wb, c_bytes=work.c_bytes, split_k=True,
-                       a_dram_bytes=feature_map_bytes(op, work.a_bytes, g))
-        compute, dram, l2, tl = gt.compute_s, gt.dram_bytes, gt.l2_bytes, gt.tiling
+    g = work.gemms[0]
+    gt = gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=work.a_bytes,
+                   w_bytes=wb, c_bytes=work.c_bytes, split_k=True,
+                   a_dram_bytes=feature_map_bytes(op, work.a_bytes, g))
+    compute, dram, l2, tl = gt.compute_s, gt.dram_bytes, gt.l2_bytes, gt.tiling
     memory = memory_s(p, dram, l2)
     parts = [why] if why else []
     if unit.note:
@@ -149,6 +141,71 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
                  "sm_utilisation": tl.utilisation(work.gemms[0]), "split_k": tl.split_k,
                  "precision": precision_id(unit.dtype)},
         notes=notes,
+    )
+
+
+def causal_tile_fraction(lq: int, lk: int, tl: Tiling) -> float:
+    """Share of the Lq x Lk score tiles a causal attention kernel computes: the tiles with any
+    key at or before their last query (the mask aligned to the bottom-right corner, as
+    FlashAttention does when Lq < Lk; top-left and bottom-right agree when Lq = Lk). The tiles
+    wholly above the diagonal are skipped, so a long prefill does about half the work."""
+    if lq <= 0 or lk <= 0:
+        return 1.0
+    computed = 0
+    for a in range(tl.tiles_m):
+        last_query = min((a + 1) * tl.tile_m, lq) - 1
+        last_key = last_query + max(lk - lq, 0)
+        computed += min(ceil_div(last_key + 1, tl.tile_n), tl.tiles_n)
+    return computed / (tl.tiles_m * tl.tiles_n)
+
+
+def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Cost:
+    """A fused (flash) attention kernel: Q, K and V read once, O written once, the scores kept on
+    chip; QK^T and PV run back to back on the tensor cores.
+
+    Besides the MMAs every score computed pays an exponential on the special-function units,
+    `sfu_ops_per_sm_clock` per SM per clock: far below the MMA rate, so at head dim 64-128 the
+    softmax takes 25-50% of the MMA time (FlashAttention-2 §3.1, FlashAttention-3 §1). A
+    FlashAttention-2-class kernel (torch's SDPA) runs the two one after the other with Ampere's
+    MMA instructions, which on Hopper reach `mma_sync_fraction` of the peak; a warp-specialised
+    Hopper kernel (the runtime's `attention_warp_specialised`: FlashAttention-3, a vendor
+    engine's) uses the Hopper instructions and overlaps the softmax with the MMAs. A causal mask
+    skips the score tiles above the diagonal (`causal_tile_fraction`)."""
+    p: GpuParams = device.params
+    unit = compute_unit(p, work.dtype)
+    overlapped = env.rt.attention_warp_specialised
+    mma_fraction = 1.0 if overlapped else p.mma_sync_fraction
+    tile_rate = unit.peak / p.sm_count * p.dense_gemm_efficiency * mma_fraction
+    times = [gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=0, w_bytes=0, c_bytes=0)
+             for g in work.gemms]
+    qk, tl = work.gemms[0], times[0].tiling
+    causal = "causal" in op.note.split(";")
+    share = causal_tile_fraction(qk.m, qk.n, tl) if causal else 1.0
+    mma = sum(t.compute_s for t in times) * share
+    scores = qk.batch * qk.groups * qk.m * qk.n * share
+    sfu_rate = p.sfu_ops_per_sm_clock * p.sm_count * p.clock
+    softmax = scores / sfu_rate if sfu_rate > 0 else 0.0
+    compute = max(mma, softmax) if overlapped else mma + softmax
+    dram = l2 = work.a_bytes + work.w_bytes + work.c_bytes
+    memory = memory_s(p, dram, l2)
+    shape = " + ".join(f"{g.m}x{g.n}x{g.k} x{g.batch * g.groups}" for g in work.gemms)
+    parts = [unit.note] if unit.note else []
+    parts.append(describe(f"flash attention {shape} {unit.dtype}", compute, memory, env.launch, tl))
+    how = "overlapped with" if overlapped else "after"
+    detail = f"MMAs {mma * 1e6:.3g} us" + ("" if mma_fraction == 1.0 else f" at {mma_fraction:.0%} of the peak (Ampere MMA instructions)")
+    if softmax > 0:
+        detail += f", softmax exponentials {softmax * 1e6:.3g} us on the special-function units {how} them"
+    if causal:
+        detail += f"; causal: {share:.0%} of the score tiles"
+    parts.append(detail)
+    return build_cost(
+        device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
+        energy=gpu_energy(p, float(work.macs) * share, unit.dtype, dram, l2),
+        kernel="flash attention", why="; ".join(parts), flops_executed=float(work.flops) * share, peak_flops=unit.peak,
+        memory_bytes=0.0, fallback=bool(unit.note),
+        details={"waves": tl.waves, "tiles": tl.tiles, "wave_efficiency": tl.wave_efficiency,
+                 "sm_utilisation": tl.utilisation(qk), "split_k": tl.split_k, "precision": precision_id(unit.dtype),
+                 "softmax_s": softmax, "causal_share": share},
     )
 
 

@@ -111,6 +111,12 @@ class GpuParams:
     # V:N:M through Spatha (VENOM): per dtype it runs, its efficiency on the sparse tensor
     # cores; a device without the table has no V:N:M kernel (runs V:N:M masks as N:M or dense)
     vnm_gemm_efficiency: Mapping[str, float] = quantity("ratio", per_dtype=True, default={})
+    # special-function-unit results (exp2, rcp, ...) per SM per clock: the softmax of a fused
+    # attention kernel runs there (0: not modelled, the softmax is free)
+    sfu_ops_per_sm_clock: float = quantity("count", default=0.0)
+    # the share of the tensor peak that the previous generation's MMA instructions reach (1: the
+    # device has no newer ones; Hopper's mma.sync against its wgmma)
+    mma_sync_fraction: float = quantity("ratio", default=1.0)
 
     def validate(self) -> str | None:
         """Cross-field checks; a message naming the field, or None. Never raises.
@@ -140,7 +146,7 @@ class GpuParams:
             if dt not in self.mac_energy:
                 return f"field 'mac_energy': missing dtype {dt!r}"
         return (check_fraction(self, "dram_efficiency", "l2_resident_fraction", "dense_gemm_efficiency",
-                               "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency")
+                               "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency", "mma_sync_fraction")
                 or check_whole(self, "sm_count", "max_ctas_per_sm", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
                                "mma_k_bytes", "sparse_row_multiple", "sparse_col_multiple", "dense_pad_multiple")
                 or check_positive(self, "tensor_peak", "sparse_tensor_peak", "cuda_core_peak", "dram_bandwidth",

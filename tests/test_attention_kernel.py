@@ -1,0 +1,105 @@
+"""The fused (flash) attention kernel on GPUs: the softmax's exponentials on the special-function
+units after the MMAs (FlashAttention-2) or overlapped with them (a warp-specialised Hopper
+kernel), Ampere MMA instructions on Hopper, causal tiles skipped; and one kernel model for a
+traced scaled_dot_product_attention and an eager-written attention a runtime fuses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsesim.core.ir import GemmShape, Op
+from sparsesim.cost import estimate_op
+from sparsesim.cost.families.gpu_kernels import causal_tile_fraction
+from sparsesim.cost.families.gpu_machine import tiling
+from sparsesim.cost.record import RunContext
+from sparsesim.hw.devices import load_device
+from sparsesim.run.estimate import compare_tables
+
+A100 = load_device("a100-sxm4-80gb")
+H100 = load_device("h100-sxm5")
+
+
+def sdpa(bh: int, lq: int, lk: int, d: int, *, causal: bool = False, dtype: str = "fp16") -> Op:
+    """A traced scaled_dot_product_attention of `bh` batch x heads at head dim `d`."""
+    q, kv = (1, bh, lq, d), (1, bh, lk, d)
+    flops = 4 * bh * lq * lk * d
+    moved = (2 * bh * lq * d + 2 * bh * lk * d) * 2
+    return Op(0, "attention", "aten._scaled_dot_product_flash_attention", "attn", 0, dtype, (q, kv, kv), q, flops,
+              moved, GemmShape(m=lq, n=lk, k=d, batch=bh), note="causal" if causal else "")
+
+
+def run(op: Op, device, runtime: str):
+    return estimate_op(op, None, device, RunContext(runtime=runtime))
+
+
+def test_causal_tiles_are_the_lower_triangle():
+    tl = tiling(A100.params, GemmShape(m=1024, n=1024, k=64, batch=1), 2.0)
+    n_m, n_n = tl.tiles_m, tl.tiles_n
+    assert (tl.tile_m, tl.tile_n) == (128, 128) and n_m == n_n == 8
+    assert causal_tile_fraction(1024, 1024, tl) == pytest.approx(36 / 64)  # 1 + 2 + ... + 8 of 64
+    # a decode step's one query sees every key; a query block behind a longer cache sees all of it
+    one = tiling(A100.params, GemmShape(m=1, n=4096, k=128, batch=1), 2.0)
+    assert causal_tile_fraction(1, 4096, one) == 1.0
+    # a causal prefill costs about half the MMAs of a full one
+    full, causal = run(sdpa(32, 4096, 4096, 128), A100, "compiled"), run(sdpa(32, 4096, 4096, 128, causal=True), A100, "compiled")
+    assert causal.details["causal_share"] == pytest.approx(0.5 + 0.5 / 32)
+    assert causal.latency_s == pytest.approx(full.latency_s * causal.details["causal_share"], rel=0.02)
+
+
+def test_softmax_exponentials_run_on_the_special_function_units():
+    p = A100.params
+    op = sdpa(64, 4096, 4096, 64)
+    c = run(op, A100, "compiled")
+    scores = 64 * 4096 * 4096
+    assert c.details["softmax_s"] == pytest.approx(scores / (p.sfu_ops_per_sm_clock * p.sm_count * p.clock))
+    # FlashAttention-2 on an A100: the exponentials follow the MMAs, whose rate is the GEMM's
+    no_sfu = dataclasses.replace(A100, params=dataclasses.replace(p, sfu_ops_per_sm_clock=0.0))
+    assert c.details["compute_s"] == pytest.approx(run(op, no_sfu, "compiled").details["compute_s"] + c.details["softmax_s"])
+    assert "softmax exponentials" in c.why and "after" in c.why
+
+
+@settings(max_examples=25, deadline=None)
+@given(bh=st.integers(1, 64), s=st.sampled_from([512, 1024, 4096, 8192]))
+def test_a_larger_head_dim_spends_a_smaller_share_on_the_softmax(bh, s):
+    """Per score the MMAs grow with the head dimension and the exponential does not, so the
+    attained rate rises with head dim and stays under the GEMM's (FlashAttention-2 §3.1)."""
+    rates = []
+    for d in (64, 128):
+        c = run(sdpa(bh, s, s, d), A100, "compiled")
+        rates.append(c.flops_executed / c.details["compute_s"])
+    gemm_rate = A100.params.tensor_peak["fp16"] * A100.params.dense_gemm_efficiency
+    assert rates[0] < rates[1] < gemm_rate
+
+
+def test_hopper_runtimes_differ_by_their_attention_kernel():
+    """torch's SDPA (eager, compiled) runs FlashAttention-2 on an H100: Ampere MMA instructions at
+    2/3 of the peak and the softmax after the MMAs; the engine's warp-specialised kernel uses
+    Hopper's and overlaps the two."""
+    op = sdpa(32, 8192, 8192, 128)
+    torch_, engine = run(op, H100, "compiled"), run(op, H100, "engine")
+    assert H100.runtime("engine")[1].attention_warp_specialised
+    assert not H100.runtime("compiled")[1].attention_warp_specialised
+    assert not A100.runtime("engine")[1].attention_warp_specialised  # no warpgroup MMAs on Ampere
+    soft = engine.details["softmax_s"]
+    assert torch_.details["softmax_s"] == pytest.approx(soft)
+    mma_engine = engine.details["compute_s"]  # the MMAs hide the softmax at head dim 128
+    assert mma_engine > soft
+    assert torch_.details["compute_s"] == pytest.approx(mma_engine / H100.params.mma_sync_fraction + soft)
+    assert "overlapped with" in engine.why and "Ampere MMA instructions" in torch_.why
+
+
+def test_a_fused_eager_attention_costs_what_the_traced_sdpa_costs():
+    """One kernel model: transformers' BERT with its eager attention (matmul, softmax, matmul)
+    under a fusing runtime costs the same attention kernel as with SDPA traced as one op."""
+    kernels = {}
+    for attn in ("eager", "sdpa"):
+        spec = f"bert-base:batch=2,seq=128,layers=1,device=meta,attn={attn},mask=0"
+        per_op = compare_tables(spec, [A100], ["dense"], runtime="compiled").per_op
+        rows = per_op[per_op["kernel"] == "flash attention"]
+        assert len(rows) == 1
+        kernels[attn] = (float(rows["latency_s"].iloc[0]), float(rows["bytes_dram"].iloc[0]))
+    assert kernels["eager"] == pytest.approx(kernels["sdpa"])
