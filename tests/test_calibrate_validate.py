@@ -72,6 +72,9 @@ def test_calibrated_file_loads_strictly_with_fits(calibrated):
         assert name in fitted, name
         assert fitted[name].fit_date == doc["date"]
         assert math.isfinite(fitted[name].fit_error) and 0 <= fitted[name].fit_error < 1
+    if dev.params.bsr_vector_columns:  # a width was kept (not fractional steps): both fields fitted
+        for name in ("bsr_vector_columns", "bsr_column_cycles"):
+            assert fitted[name].fit_date == doc["date"] and 0 <= fitted[name].fit_error < 1
     for name in ("l2_bandwidth", "dram_bandwidth", "call_overhead", "clock"):
         assert "measured on" in dev.provenance[name].source
     assert doc["cpu"] in dev.description
@@ -98,8 +101,12 @@ def test_quick_validation_table_is_complete_and_sane(validated):
 def test_validation_shapes_never_reuse_the_fit_set():
     fit = set(cal.FIT_NK) | set(cal.FIT_CSR_NK) | set(cal.FIT_BSR_NK)
     assert not fit & (set(val.VALIDATE_NK) | set(val.QUICK_NK))
-    fit_m = set(cal.FIT_M) | set(cal.FIT_CSR_M) | set(cal.FIT_BSR_M) | set(cal.FIT_INT8_M)
-    assert not fit_m & (set(val.VALIDATE_M) | set(val.QUICK_M))
+    fit_m = set(cal.FIT_M) | set(cal.FIT_CSR_M) | set(cal.FIT_BSR_M) | set(cal.FIT_BSR_LEFTOVER_M) | set(cal.FIT_INT8_M)
+    assert not fit_m & (set(val.VALIDATE_M) | set(val.QUICK_M) | set(val.VALIDATE_LEFTOVER_M) | set(val.QUICK_LEFTOVER_M))
+    assert not val.fit_overlap()
+    # the leftover-column cases: M no multiple of 8 on both sides, on shapes validate runs
+    assert all(m % 8 for m in (*cal.FIT_BSR_LEFTOVER_M, *val.VALIDATE_LEFTOVER_M, *val.QUICK_LEFTOVER_M))
+    assert set(val.VALIDATE_LEFTOVER_NK) <= set(val.VALIDATE_NK) and set(val.QUICK_LEFTOVER_NK) <= set(val.QUICK_NK)
 
 
 def test_crossing_interpolates_log_log():
@@ -118,6 +125,18 @@ def test_error_summary_judges_speedups_in_the_target_range():
     assert s["dense"]["median_abs_error"] == pytest.approx(0.1)
     assert s["csr"]["cases"] == 1 and s["csr"]["median_abs_error"] == pytest.approx(0.1)
     assert s["csr"]["met"] is True
+    assert "csr M%8" not in s  # every case at M = 8
+
+
+def test_error_summary_has_lines_of_its_own_for_m_no_multiple_of_8():
+    rows = [
+        val.Row("bsr", "fp32", 8, 64, 64, 0.1, 4, 1.0, 1.0, 2.0, 2.0),
+        val.Row("bsr", "fp32", 13, 64, 64, 0.1, 4, 1.0, 1.0, 2.0, 3.0),
+    ]
+    s = val.error_summary(rows)
+    assert s["bsr"]["cases"] == 2
+    assert s["bsr M%8"]["cases"] == 1 and s["bsr M%8"]["median_abs_error"] == pytest.approx(0.5)
+    assert s["bsr M%8"]["met"] is None
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
@@ -153,3 +172,32 @@ def test_bsr_fit_tells_the_per_value_cost_from_the_vector_steps():
     assert p.bsr_value_cycles == pytest.approx({"4x4": 1.5, "16x16": 4.5}, rel=0.05)
     assert p.bsr_vector_cycles == pytest.approx({"4x4": 1.8, "16x16": 2.4}, rel=0.05)
     assert p.bsr_row_cycles == pytest.approx(12.0, rel=0.05)
+
+
+def test_bsr_column_fit_finds_the_vector_steps_width_and_the_leftover_cost():
+    """Timings made by the model with vector steps of 4 columns and a known cost per leftover
+    column, at M = 4..256 and the leftover M: the width with the lowest error is 4 (not the lanes,
+    their halves, or fractional steps) and the leftover column's cost is fitted back."""
+    from sparsesim.hw.devices import load_device
+    from sparsesim.sparsity.records import Pattern
+
+    truth = cal.with_params(load_device("xeon-sapphire-rapids"), picks_faster_kernel=False, bsr_block_cycles=8.0,
+                            bsr_row_cycles=12.0, bsr_value_cycles={"4x4": 1.5, "16x16": 4.5},
+                            bsr_vector_cycles={"4x4": 1.8, "16x16": 2.4}, bsr_vector_columns=4.0,
+                            bsr_column_cycles=1.2)
+    cases = []
+    for b in (4, 16):
+        for d in (0.02, 0.3):
+            mask = cal.measure.random_mask(512, 512, d, block=(b, b), seed=b)
+            layer = cal.layer_for(mask, Pattern("block", d, block=(b, b)), "fp32")
+            for m in (*cal.FIT_BSR_M, *cal.FIT_BSR_LEFTOVER_M):
+                case = cal.Case("bsr", "fp32", m, 512, 512, d, b, 1.0, layer)
+                cases.append(dataclasses.replace(case, seconds=cal.predict(case, truth)))
+    start = cal.with_params(truth, bsr_vector_columns=0.0, bsr_column_cycles=0.0)
+    assert cal.column_candidates(start) == [16, 8, 4, 2, 0]
+    fitted, err, columns = cal.fit_bsr_columns(cases, start)
+    assert columns.columns == 4 and set(columns.mean_errors) == {16, 8, 4, 2, 0}
+    assert columns.mean_errors[4] < 0.01 < min(e for c, e in columns.mean_errors.items() if c != 4)
+    assert err < 0.01
+    assert fitted.params.bsr_vector_columns == 4.0
+    assert fitted.params.bsr_column_cycles == pytest.approx(1.2, rel=0.05)

@@ -312,3 +312,79 @@ def test_bsr_output_pass_has_its_own_figure_and_csr_keeps_its_own():
     cmask = random_mask(n, 512, 0.02, seed=7)
     clayer = layer_for(cmask, Pattern("unstructured", 0.02), "fp32")
     assert estimate_op(op, clayer, more).latency_s == estimate_op(op, clayer, dev).latency_s
+
+
+def _with_bsr_columns(dev, columns: float, cycles: float):
+    """The device with BSR vector steps of `columns` M columns and `cycles` per leftover column."""
+    return dataclasses.replace(dev, params=dataclasses.replace(dev.params, bsr_vector_columns=columns,
+                                                               bsr_column_cycles=cycles))
+
+
+def test_bsr_columns_split_m_into_whole_steps_and_leftover_columns():
+    from sparsesim.cost.families.cpu import BsrColumns, bsr_columns
+
+    p = load_device("xeon-sapphire-rapids").params
+    nl = lanes(p, "fp32")
+    assert bsr_columns(p, 9, nl) == BsrColumns(9 / nl, 0)  # no figure: fractional steps, nothing left over
+    four = _with_bsr_columns(load_device("xeon-sapphire-rapids"), 4.0, 1.0).params
+    assert [bsr_columns(four, m, nl).leftover for m in (8, 9, 10, 11, 12, 1, 3)] == [0, 1, 2, 3, 0, 1, 3]
+    assert bsr_columns(four, 11, nl).vec == pytest.approx(8 / nl)
+    assert bsr_columns(four, 3, nl).vec == 0.0
+
+
+@pytest.mark.parametrize("block", [4, 16])
+def test_bsr_leftover_columns_cost_one_at_a_time(block):
+    """With vector steps of 4 columns, M = 9, 10, 11 pay the vector steps of M = 8 plus 1, 2, 3
+    leftover columns at `bsr_column_cycles` per stored value each; M = 12 pays whole steps only.
+    The activation stream and output stores are M's own (compared with the vector rates at zero)."""
+    dev = _with_bsr_columns(_no_choice(load_device("xeon-sapphire-rapids")), 4.0, 3.0)
+    p = dev.params
+    mask = random_mask(512, 512, 0.2, block=(block, block), seed=5)
+    layer = layer_for(mask, Pattern("block", 0.2, block=(block, block)), "fp32")
+    values = int(mask.sum().item())
+    plain = _with_bsr_columns(dev, 0.0, 0.0)
+    no_vec = dataclasses.replace(plain, params=dataclasses.replace(
+        plain.params, bsr_vector_cycles={k: 0.0 for k in p.bsr_vector_cycles}))
+
+    def vector_s(m: int, device) -> float:
+        return estimate_op(gemm_op(m, 512, 512), layer, device).details["compute_s"] - \
+            estimate_op(gemm_op(m, 512, 512), layer, no_vec).details["compute_s"]
+
+    for m, left in ((9, 1), (10, 2), (11, 3), (12, 0)):
+        got = estimate_op(gemm_op(m, 512, 512), layer, dev)
+        expected = vector_s(m - left, plain) + values * left * 3.0 / (p.clock * p.cores)
+        assert vector_s(m, dev) == pytest.approx(expected, rel=1e-9)
+        assert ("leftover column" in got.why) == bool(left)
+    # leftover columns at about a step's cost each: M = 11 slower than M = 12
+    assert estimate_op(gemm_op(11, 512, 512), layer, dev).latency_s > estimate_op(gemm_op(12, 512, 512), layer, dev).latency_s
+
+
+def test_builtin_cpus_without_bsr_columns_cost_as_before():
+    """No `bsr_vector_columns` in a built-in file: M = 9 costs the fractional steps between M = 8
+    and M = 16 exactly as before (vector work linear in M), with nothing left over."""
+    for name in CPUS:
+        dev = _no_choice(load_device(name))
+        assert dev.params.bsr_vector_columns == 0.0 and dev.params.bsr_column_cycles == 0.0
+        mask = random_mask(512, 512, 0.2, block=(8, 8), seed=6)
+        layer = layer_for(mask, Pattern("block", 0.2, block=(8, 8)), "fp32")
+        t = {m: estimate_op(gemm_op(m, 512, 512), layer, dev) for m in (9, 10, 11)}
+        assert "leftover" not in t[9].why
+        # the vector work, the activation stream and the output stores (one step for 9..16) are linear in M
+        c = {m: cost.details["compute_s"] for m, cost in t.items()}
+        assert c[10] - c[9] == pytest.approx(c[11] - c[10], rel=1e-9)
+
+
+def test_bsr_vector_columns_come_with_their_cycles_and_are_whole(tmp_path):
+    with pytest.raises(DeviceFileError, match="bsr_column_cycles"):
+        _with_fields(tmp_path, "bsr_vector_columns = { value = 4.0, unit = \"1\", source = \"x\" }\n")
+    with pytest.raises(DeviceFileError, match="bsr_vector_columns"):
+        _with_fields(tmp_path, "bsr_vector_columns = { value = 2.5, unit = \"1\", source = \"x\" }\n"
+                               "bsr_column_cycles = { value = 1.0, unit = \"cycles\", source = \"x\" }\n")
+    dev = _with_fields(tmp_path, "bsr_vector_columns = { value = 4.0, unit = \"1\", source = \"x\" }\n"
+                                 "bsr_column_cycles = { value = 1.2, unit = \"cycles\", source = \"x\" }\n")
+    assert dev.params.bsr_vector_columns == 4.0 and dev.params.bsr_column_cycles == pytest.approx(1.2)
+
+
+def _with_fields(tmp_path, lines: str):
+    """The Sapphire Rapids file with top-level `lines` added, parsed strictly."""
+    return parse_device_file(_corrupt(tmp_path, "family = \"cpu\"\n", "family = \"cpu\"\n" + lines))

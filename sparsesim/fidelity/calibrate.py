@@ -13,7 +13,10 @@ log of latency, through the normal cost path `estimate_op`):
   `sparse_call_overhead`; on torch BSR matmuls: `bsr_block_cycles`, `bsr_row_cycles` (its output
   pass), and `bsr_value_cycles` and
   `bsr_vector_cycles` per block shape (FIT_BSR_M spans 4 to 256 so the per-value cost that does
-  not grow with M and the vector steps that do are told apart).
+  not grow with M and the vector steps that do are told apart); at M that is not a multiple of 8
+  (FIT_BSR_LEFTOVER_M), how many M columns one BSR vector step covers (`bsr_vector_columns`,
+  the candidate width with the lowest error) and what each column left over costs
+  (`bsr_column_cycles`).
 
 The FIT set of shapes below is disjoint from validate's (sparsesim.fidelity.validate.VALIDATE_*): a model is
 judged on shapes it was not fitted to. Energy figures and the FMA port count cannot be measured
@@ -68,6 +71,10 @@ FIT_BSR_NK = ((512, 512), (1024, 1024))
 FIT_BSR_M = (4, 16, 64, 256)
 FIT_BLOCKS = (2, 4, 8, 16)
 FIT_BSR_DENSITIES = (0.02, 0.1, 0.3)
+# M that is no multiple of 8 (nor of 4, nor of 2 for some): the columns a BSR vector step leaves
+# over (M mod 1, 2, 4 or 8 columns) differ between these, so the step's width and the leftover
+# column's cost can be read off them
+FIT_BSR_LEFTOVER_M = (5, 10, 23, 37)
 # weights beyond the last-level cache (32 MB fp32): the dense GEMM then streams its weight from DRAM
 FIT_BEYOND_LLC_NK = ((4096, 2048),)
 FIT_BEYOND_LLC_M = (1, 2, 3, 4, 16, 64)
@@ -158,6 +165,7 @@ class HostFacts:
     weight_pack_pass: bool = False
     pack_errors: tuple[float, float] = (0.0, 0.0)  # dense fit error (with, without) the pack pass
     llc_edge: tuple[float, float, float] = (0.0, 0.0, 0.0)  # llc_full_bytes, llc_none_bytes, fit error
+    bsr_columns: ColumnFit | None = None  # the BSR vector step's width and the errors of the widths tried
 
 
 # footprints, in effective LLCs, a GEMV's weight stream is timed at to find the LLC's soft edge
@@ -360,24 +368,63 @@ def fit_csr(cases: Sequence[Case], device: Device) -> tuple[Device, float]:
     return device, err
 
 
-def fit_bsr(cases: Sequence[Case], device: Device) -> tuple[Device, float]:
+def fit_bsr(cases: Sequence[Case], device: Device, columns: int = 0) -> tuple[Device, float]:
     """The per-block cost, and per block shape the per-value cost (fixed whatever M is) and the
     cost per vector step over M: MKL runs tuned kernels for some block edges and a generic loop
-    for others, so both per-value figures are the shape's own."""
+    for others, so both per-value figures are the shape's own. With `columns` (the M columns one
+    vector step covers), also the cost per value of each column left over (M mod columns)."""
     blocks = sorted({c.block for c in cases})
     keys = [f"{b}x{b}" for b in blocks]
     n = len(keys)
 
     def build(dev: Device, x: np.ndarray) -> Device:
         values = dict(zip(keys, map(float, x[2:2 + n])))
-        vectors = dict(zip(keys, map(float, x[2 + n:])))
+        vectors = dict(zip(keys, map(float, x[2 + n:2 + 2 * n])))
+        column = float(x[2 + 2 * n]) if columns else 0.0
         return with_params(dev, bsr_block_cycles=float(x[0]), bsr_row_cycles=float(x[1]),
-                           bsr_value_cycles=values, bsr_vector_cycles=vectors)
+                           bsr_value_cycles=values, bsr_vector_cycles=vectors,
+                           bsr_vector_columns=float(columns), bsr_column_cycles=column)
 
     names = ["bsr_block_cycles", "bsr_row_cycles", *(f"value {k}" for k in keys), *(f"vector {k}" for k in keys)]
     x0 = [5.0, device.params.sparse_row_cycles] + [2.0] * n + [2.0] * n
+    if columns:
+        names.append("bsr_column_cycles")
+        x0.append(2.0)
     device, err, _ = _fit(cases, device, names, x0, build)
     return device, err
+
+
+def column_candidates(device: Device) -> list[int]:
+    """Widths a BSR vector step may cover: the fp32 lanes, halved down to 2 columns, and 0 (M / lanes
+    fractional steps, nothing left over; a width of 1 column is the same)."""
+    from sparsesim.cost.families.cpu import lanes
+
+    width, out = int(lanes(device.params, "fp32")), []
+    while width >= 2:
+        out.append(width)
+        width //= 2
+    return [*out, 0]
+
+
+@dataclass(frozen=True)
+class ColumnFit:
+    """The BSR vector step's width calibrate kept, and the mean |pred/meas - 1| over all BSR fit
+    cases of every width tried (0: no leftover columns)."""
+
+    columns: int
+    mean_errors: dict[int, float]
+
+
+def fit_bsr_columns(cases: Sequence[Case], device: Device) -> tuple[Device, float, ColumnFit]:
+    """`fit_bsr` at each candidate width of the vector step; keeps the one whose mean |pred/meas - 1|
+    over the cases is lowest (the mean, not the median: the leftover columns show on the cases at M
+    that is no multiple of the width, a minority)."""
+    fits = []
+    for columns in column_candidates(device):
+        dev, err = fit_bsr(cases, device, columns)
+        fits.append((float(np.mean(np.abs(rel_errors(cases, dev)))), columns, dev, err))
+    best = min(fits, key=lambda f: f[0])
+    return best[2], best[3], ColumnFit(best[1], {f[1]: f[0] for f in fits})
 
 
 # ----------------------------------------------------------------------------- the file
@@ -482,6 +529,18 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
         f"sparse_row_cycles = {_q(p.sparse_row_cycles, 'cycles', fitsrc, fit=csr_fit)}",
         f"bsr_block_cycles = {_q(p.bsr_block_cycles, 'cycles', f'least_squares on log latency of torch BSR @ dense, {meas}', fit=bsr_fit)}",
         f"bsr_row_cycles = {_q(p.bsr_row_cycles, 'cycles', f'least_squares on log latency of torch BSR @ dense (the output pass, per row and vector step; densities down to {min(FIT_BSR_DENSITIES):g} show it), {meas}', fit=bsr_fit)}",
+    ]
+    if p.bsr_vector_columns and facts.bsr_columns is not None:
+        tried = ", ".join(f"{c or 'none'} {e:.1%}" for c, e in sorted(facts.bsr_columns.mean_errors.items(), reverse=True))
+        col_src = (f"least_squares on log latency of torch BSR @ dense, with M = {', '.join(map(str, FIT_BSR_LEFTOVER_M))} "
+                   f"besides {', '.join(map(str, FIT_BSR_M))}: the vector step's width kept is the one with the lowest "
+                   f"mean |pred/meas - 1| (widths tried, 'none' fractional steps: {tried}); the columns left over "
+                   f"(M mod the width) run one at a time, {meas}")
+        lines += [
+            f"bsr_vector_columns = {_q(p.bsr_vector_columns, '1', col_src, fit=bsr_fit)}",
+            f"bsr_column_cycles = {_q(p.bsr_column_cycles, 'cycles', 'per stored value and leftover column; see bsr_vector_columns', fit=bsr_fit)}",
+        ]
+    lines += [
         f"nm_nnz_cycles = {nm_line}",
         f"static_power = {static_line}",
         'picks_faster_kernel = { value = false, source = "torch runs the CSR/BSR tensor it is given (no per-layer choice); '
@@ -571,6 +630,8 @@ class CalibrationResult:
                 "bsr_row_cycles": round(p.bsr_row_cycles, 3),
                 "bsr_vector_cycles": {k: round(v, 3) for k, v in p.bsr_vector_cycles.items()},
                 "bsr_value_cycles": {k: round(v, 3) for k, v in p.bsr_value_cycles.items()},
+                "bsr_vector_columns": int(p.bsr_vector_columns),
+                "bsr_column_cycles": round(p.bsr_column_cycles, 3),
             },
         }
 
@@ -617,13 +678,15 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
             dense += time_dense_cases(FIT_BEYOND_LLC_NK, FIT_BEYOND_LLC_M[:4], ["fp32"], repeats=reps)
             say("timing CSR and BSR matmuls")
             csr = time_sparse_cases("csr", FIT_CSR_NK[:2], FIT_CSR_M, QUICK_DENSITIES, (1,), repeats=reps)
-            bsr = time_sparse_cases("bsr", FIT_BSR_NK[:1], FIT_BSR_M, QUICK_BSR_DENSITIES, QUICK_BLOCKS, repeats=reps)
+            bsr = time_sparse_cases("bsr", FIT_BSR_NK[:1], FIT_BSR_M + FIT_BSR_LEFTOVER_M, QUICK_BSR_DENSITIES,
+                                    QUICK_BLOCKS, repeats=reps)
         else:
             dense = time_dense_cases(FIT_NK, FIT_M, dtypes, repeats=reps)
             dense += time_dense_cases(FIT_BEYOND_LLC_NK, FIT_BEYOND_LLC_M, ["fp32"], repeats=reps)
             say("timing CSR and BSR matmuls")
             csr = time_sparse_cases("csr", FIT_CSR_NK, FIT_CSR_M, FIT_DENSITIES, (1,), repeats=reps)
-            bsr = time_sparse_cases("bsr", FIT_BSR_NK, FIT_BSR_M, FIT_BSR_DENSITIES, FIT_BLOCKS, repeats=reps)
+            bsr = time_sparse_cases("bsr", FIT_BSR_NK, FIT_BSR_M + FIT_BSR_LEFTOVER_M, FIT_BSR_DENSITIES, FIT_BLOCKS,
+                                    repeats=reps)
     say("fitting")
     clock = effective_clock(device, dense)
     rows = gemv_rows_max(dense)
@@ -632,7 +695,8 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
     device, errors, pack_errors = fit_dense_pack(dense, device)
     facts = dataclasses.replace(facts, weight_pack_pass=device.params.weight_pack_pass, pack_errors=pack_errors)
     device, errors["csr"] = fit_csr(csr, device)
-    device, errors["bsr"] = fit_bsr(bsr, device)
+    device, errors["bsr"], columns = fit_bsr_columns(bsr, device)
+    facts = dataclasses.replace(facts, bsr_columns=columns)
     text = render_device_file(facts, device, ref, errors, {"cases": len(dense) + len(csr) + len(bsr)})
     try:
         atomic.write_text(path, text)  # a kill or full disk never leaves half a device file

@@ -7,7 +7,9 @@ LayerSparsity measured from the very mask that was timed). Reported per case: la
 speedup over dense, measured and predicted; per pattern: the median and 90th-percentile
 |predicted / measured - 1|; per shape: the density where CSR starts beating dense, measured and
 predicted. A weight beyond the last-level cache (4096x1024 fp32, 16 MB) at tall-skinny M is held
-out too (dense and CSR), where the dense GEMM's weight comes from DRAM. The published figures shipped with the repo are checked the same way
+out too (dense and CSR), where the dense GEMM's weight comes from DRAM. Two shapes are also run at M
+that is no multiple of 8 (a batch-1 convolution's output pixels, a decode batch), where a sparse
+kernel's vector steps leave columns over; those cases get summary lines of their own too. The published figures shipped with the repo are checked the same way
 (`sparsesim.fidelity.gpu_validation.validate_gpu_published`).
 """
 
@@ -29,6 +31,7 @@ from sparsesim.cost import estimate_op
 from sparsesim.fidelity import measure
 from sparsesim.fidelity.calibrate import (
     FIT_BEYOND_LLC_NK,
+    FIT_BSR_LEFTOVER_M,
     FIT_BSR_M,
     FIT_CSR_M,
     FIT_INT8_M,
@@ -55,6 +58,10 @@ VALIDATE_CHANNEL_DENSITIES = (0.25, 0.5, 0.75)
 # decided by where the dense GEMM's weight comes from)
 VALIDATE_BEYOND_LLC_NK = ((4096, 1024),)   # 16 MB fp32
 VALIDATE_BEYOND_LLC_M = (2, 8, 12)
+# M that is no multiple of 8 (M mod 4 = 2, 1 and 1: 49 is a 7x7 convolution's output), on two of the
+# shapes (the whole grid at each M would double validate's time)
+VALIDATE_LEFTOVER_NK = ((768, 768), (1280, 640))
+VALIDATE_LEFTOVER_M = (6, 13, 49)
 
 QUICK_NK = ((768, 768), (1280, 640))
 QUICK_M = (8, 96)
@@ -62,12 +69,16 @@ QUICK_DENSITIES = (0.02, 0.1, 0.3, 0.7)
 QUICK_BLOCKS = (4, 16)
 QUICK_CHANNEL_DENSITIES = (0.5,)
 QUICK_BEYOND_LLC_M = (8,)
+QUICK_LEFTOVER_NK = ((768, 768),)
+QUICK_LEFTOVER_M = (13,)
 
 # the acceptance targets (issue "Fidelity"): median |pred/meas - 1| per pattern on unseen shapes
 TARGETS = {"dense": 0.15, "csr": 0.20, "bsr": 0.20}
 CROSSOVER_FACTOR = 1.5
 # speedup errors are judged at these densities (the range the targets are stated for)
 TARGET_DENSITY_RANGE = (0.01, 0.5)
+# summary lines of their own for the cases at M that is no multiple of this (the vector width)
+LEFTOVER_SUMMARY_M = 8
 REPEATS_FULL, REPEATS_QUICK = 9, 3
 
 
@@ -75,8 +86,9 @@ REPEATS_FULL, REPEATS_QUICK = 9, 3
 def fit_overlap() -> set:
     """Shapes or M values validate would share with calibrate's FIT set (must stay empty)."""
     nk = (set(VALIDATE_NK) | set(QUICK_NK) | set(VALIDATE_BEYOND_LLC_NK)) & (set(FIT_NK) | set(FIT_BEYOND_LLC_NK))
-    ms = ((set(VALIDATE_M) | set(QUICK_M) | set(VALIDATE_BEYOND_LLC_M) | set(QUICK_BEYOND_LLC_M))
-          & (set(FIT_M) | set(FIT_CSR_M) | set(FIT_BSR_M) | set(FIT_INT8_M)))
+    ms = ((set(VALIDATE_M) | set(QUICK_M) | set(VALIDATE_BEYOND_LLC_M) | set(QUICK_BEYOND_LLC_M)
+           | set(VALIDATE_LEFTOVER_M) | set(QUICK_LEFTOVER_M))
+          & (set(FIT_M) | set(FIT_CSR_M) | set(FIT_BSR_M) | set(FIT_BSR_LEFTOVER_M) | set(FIT_INT8_M)))
     return nk | ms
 
 
@@ -147,12 +159,14 @@ def run_grid(device: Device, *, quick: bool, threads: int = 1,
         dtypes.remove("bf16")
     if "int8" in dtypes and not measure.int8_supported():
         dtypes.remove("int8")
+    leftover = dict.fromkeys(QUICK_LEFTOVER_NK if quick else VALIDATE_LEFTOVER_NK,
+                             QUICK_LEFTOVER_M if quick else VALIDATE_LEFTOVER_M)
     rows: list[Row] = []
     with measure.fixed_threads(threads):
         for si, (n, k) in enumerate(nks):
             say(f"shape {n}x{k}")
             w = measure.random_weight(n, k, seed=100 + si)
-            for m in ms:
+            for m in (*ms, *leftover.get((n, k), ())):
                 dense_pred = estimate_op(gemm_op(m, n, k), None, device).latency_s
                 dense_meas = measure.dense_masked(w, m, repeats=reps).median_s
                 rows.append(Row("dense", "fp32", m, n, k, 1.0, 1, dense_meas, dense_pred, None, None))
@@ -213,8 +227,10 @@ def error_summary(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
     speedup over dense at densities 0.01-0.5) plus the latency error of every case."""
     lo, hi = TARGET_DENSITY_RANGE
     out: dict[str, dict[str, Any]] = {}
-    for pat in ("dense", "csr", "bsr", "channel"):
-        sub = [r for r in rows if r.pattern == pat]
+    groups = [(pat, pat, [r for r in rows if r.pattern == pat]) for pat in ("dense", "csr", "bsr", "channel")]
+    groups += [(f"{pat} M%{LEFTOVER_SUMMARY_M}", pat, [r for r in rows if r.pattern == pat and r.m % LEFTOVER_SUMMARY_M])
+               for pat in ("dense", "csr", "bsr")]
+    for key, pat, sub in groups:
         if not sub:
             continue
         if pat == "dense":
@@ -224,10 +240,10 @@ def error_summary(rows: Sequence[Row]) -> dict[str, dict[str, Any]]:
             judged = [r.speedup_error for r in sub if lo <= r.density <= hi + 1e-9 and r.speedup_error is not None]
             metric = "speedup" + (" (density 0.01-0.5)" if pat in ("csr", "bsr") else "")
         s: dict[str, Any] = {"metric": metric, **_stats(judged), "latency": _stats([r.latency_error for r in sub])}
-        target = TARGETS.get(pat)
+        target = TARGETS.get(key)
         s["target"] = target
         s["met"] = None if target is None or s["median_abs_error"] is None else bool(s["median_abs_error"] <= target)
-        out[pat] = s
+        out[key] = s
     return out
 
 
@@ -352,12 +368,12 @@ def render(doc: dict[str, Any], *, cases: bool = True) -> str:
                 f"{'-' if ms is None else f'{ms:.2f}':>7} {'-' if ps is None else f'{ps:.2f}':>7} "
                 f"{_pct(r['speedup_error']):>6}")
     lines.append("")
-    lines.append(f"{'pattern':8} {'judged on':32} {'cases':>5} {'median':>7} {'p90':>7} {'target':>7} {'met':>4}"
+    lines.append(f"{'pattern':10} {'judged on':32} {'cases':>5} {'median':>7} {'p90':>7} {'target':>7} {'met':>4}"
                  f"   latency median/p90")
     for pat, s in doc["summary"].items():
         met = "-" if s["met"] is None else ("yes" if s["met"] else "NO")
         lat = s["latency"]
-        lines.append(f"{pat:8} {s['metric']:32} {s['cases']:5d} {_apct(s['median_abs_error']):>7} "
+        lines.append(f"{pat:10} {s['metric']:32} {s['cases']:5d} {_apct(s['median_abs_error']):>7} "
                      f"{_apct(s['p90_abs_error']):>7} {_apct(s['target']):>7} {met:>4}   "
                      f"{_apct(lat['median_abs_error'])}/{_apct(lat['p90_abs_error'])}")
     cr = doc["crossover"]

@@ -16,7 +16,10 @@ broadcasting it, entering its loop over M): MKL, which runs torch's CPU BSR matm
 kernels for some block edges (2, 3, 4, 8 when timed on the calibrated AMD host, 2026-12-04) and
 a generic loop for the others (5, 6, 9-24 there) that pays two to three times the tuned kernels'
 per-value cost and a slower vector step, so a 16x16 BSR at M=8 takes about twice what its vector
-work alone would. N:M runs through an index-regular kernel: per nonzero like CSR, but the index
+work alone would. The BSR kernel's vector steps cover a fixed number of M columns
+(`bsr_vector_columns`: 4 on that host, whatever the block edge), and the columns left over
+(M mod 4) run one at a time, each costing about a whole vector step (`bsr_column_cycles` per
+value): M = 9, 10, 11 take as long as M = 12, 16, 20. N:M runs through an index-regular kernel: per nonzero like CSR, but the index
 decode is cheaper and there are no row pointers; CPUs have no N:M hardware.
 Channel pruning is a smaller dense GEMM.
 
@@ -73,7 +76,9 @@ class CpuParams:
     (writing the output row); `bsr_block_cycles` per nonzero block; `bsr_value_cycles` per stored
     value of a block whatever M is (the value's load and broadcast and its M loop's entry; which
     kernel the block edge gets decides it); `nm_nnz_cycles` the N:M
-    kernel's per-nonzero floor. `gemm_half_m` is the M at which the dense GEMM reaches half of
+    kernel's per-nonzero floor. `bsr_vector_columns` is the number of M columns one BSR vector
+    step covers and `bsr_column_cycles` the cost per stored value of each column left over
+    (M mod bsr_vector_columns), run one at a time. `gemm_half_m` is the M at which the dense GEMM reaches half of
     `gemm_efficiency` (its register tile along M is under-filled below that).
     """
 
@@ -141,6 +146,11 @@ class CpuParams:
     # the BSR kernel's output cost per output row per vector step (as sparse_row_cycles for CSR);
     # a calibrated host fits it; 0 (the default): the same as sparse_row_cycles
     bsr_row_cycles: float = quantity("cycles", default=0.0)
+    # the M columns one BSR vector step covers, and the cycles per stored value of each column left
+    # over (M mod bsr_vector_columns), which the kernel runs one at a time; a calibrated host
+    # measures both; 0 (the default): the vector work is M / lanes steps, fractional, nothing left over
+    bsr_vector_columns: float = quantity("count", default=0.0)
+    bsr_column_cycles: float = quantity("cycles", default=0.0)
 
     def validate(self) -> str | None:
         problem = check_positive(self, "cores", "clock", "vector_bits", "fma_ports", "l2_bandwidth",
@@ -165,6 +175,10 @@ class CpuParams:
         if self.bsr_value_cycles and set(self.bsr_value_cycles) != set(self.bsr_vector_cycles):
             return ("field 'bsr_value_cycles': needs the same block shapes as 'bsr_vector_cycles' "
                     f"(got {sorted(self.bsr_value_cycles)} and {sorted(self.bsr_vector_cycles)})")
+        if self.bsr_vector_columns or self.bsr_column_cycles:
+            problem = check_whole(self, "bsr_vector_columns") or check_positive(self, "bsr_column_cycles")
+            if problem:
+                return f"{problem} (bsr_vector_columns and bsr_column_cycles come together)"
         if self.llc_none_bytes and not 0 < self.llc_full_bytes <= self.l3_bytes <= self.llc_none_bytes:
             return ("fields 'llc_full_bytes' and 'llc_none_bytes': need 0 < llc_full_bytes <= l3_bytes <= "
                     f"llc_none_bytes (got {self.llc_full_bytes:g}, {self.l3_bytes:g}, {self.llc_none_bytes:g} bytes)")
@@ -384,7 +398,8 @@ def _sparse(work: GemmWork, layer: LayerSparsity, device: Device, dense: Cost, c
     # vector work hides only once M fills enough lanes: below it the lanes idle
     per_nnz_work = vec * p.sparse_vector_cycles + stream_cycles
     rule = SPARSE_KERNELS.get(layer.pattern.kind, _csr_cycles)
-    k = rule(p, layer, _PerNonzero(vec, per_nnz_work, stream_cycles, f"{row_bytes:g} B activation row from {x_level}"))
+    k = rule(p, layer, _PerNonzero(vec, per_nnz_work, stream_cycles, f"{row_bytes:g} B activation row from {x_level}",
+                                   max(g.m, 1), nl))
     cycles, nnz_exec, kernel, how = k.cycles + out_cycles, k.nnz_exec, k.kernel, k.how
     if k.floor_bound:
         how += "; the per-nonzero index chain, not the vector work, sets the pace (M too small to fill the lanes)"
@@ -423,6 +438,8 @@ class _PerNonzero:
     work_cycles: float   # vector steps + streaming the activation row
     stream_cycles: float  # streaming one activation row alone
     row: str             # where the activation row comes from, for the why
+    m: int               # activation columns (M), for kernels that split it their own way
+    lanes: float         # vector lanes `vec` is counted in
 
 
 @dataclass(frozen=True)
@@ -461,12 +478,17 @@ def _bsr_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCy
     if blocks is None:
         blocks = math.ceil(layer.stats.nnz / (r * c))
     vcyc, key = bsr_rate(p, r, c)
-    # per stored value: a fixed cost whatever M is, then its vector steps over M
+    # per stored value: a fixed cost whatever M is, its vector steps over M, then the columns left
+    # over run one at a time
     value = p.bsr_value_cycles.get(key, 0.0)
-    cycles = blocks * (p.bsr_block_cycles + r * c * (value + w.vec * vcyc) + c * w.stream_cycles)
+    cols = bsr_columns(p, w.m, w.lanes)
+    per_value = value + cols.vec * vcyc + cols.leftover * p.bsr_column_cycles
+    cycles = blocks * (p.bsr_block_cycles + r * c * per_value + c * w.stream_cycles)
+    left = (f" + {cols.leftover} leftover column(s) one at a time ({p.bsr_column_cycles:.3g} each; "
+            f"vector steps cover {int(p.bsr_vector_columns)} columns)" if cols.leftover else "")
     return _KernelCycles(cycles, blocks * r * c, f"bsr {r}x{c}",
                          f"{blocks} nonzero {r}x{c} blocks x (index + {r * c} values x ({value:.3g} fixed + "
-                         f"{w.vec:.3g} vector steps) at the {key} rates)",
+                         f"{cols.vec:.3g} vector steps{left}) at the {key} rates)",
                          False)
 
 
@@ -488,6 +510,27 @@ def output_row_cycles(p: CpuParams, kind: str) -> float:
     if kind == "block" and p.bsr_row_cycles:
         return p.bsr_row_cycles
     return p.sparse_row_cycles
+
+
+@dataclass(frozen=True)
+class BsrColumns:
+    """How a BSR kernel splits M: vector-equivalents of work (in `lanes` units) over the columns
+    its vector steps cover, and the columns left over that it runs one at a time."""
+
+    vec: float
+    leftover: int
+
+
+def bsr_columns(p: CpuParams, m: int, nl: float) -> BsrColumns:
+    """M split as the BSR kernel runs it: whole steps of `bsr_vector_columns` columns, then the
+    remainder one column at a time (MKL's BSR matmul on the calibrated AMD host: M = 9, 10, 11
+    cost what 12, 16, 20 do). Without the figure, M / lanes fractional steps and no remainder."""
+    m = max(m, 1)
+    width = int(p.bsr_vector_columns)
+    if width <= 0:
+        return BsrColumns(m / nl, 0)
+    left = m % width
+    return BsrColumns((m - left) / nl, left)
 
 
 def bsr_rate(p: CpuParams, r: int, c: int) -> tuple[float, str]:
