@@ -72,6 +72,10 @@ def test_calibrated_file_loads_strictly_with_fits(calibrated):
         assert name in fitted, name
         assert fitted[name].fit_date == doc["date"]
         assert math.isfinite(fitted[name].fit_error) and 0 <= fitted[name].fit_error < 1
+    if dev.params.gemm_tile_m:  # a dense tile was kept: both fields fitted, with the tiles tried in the source
+        for name in ("gemm_tile_m.fp32", "gemm_tail_cost.fp32"):
+            assert fitted[name].fit_date == doc["date"] and 0 <= fitted[name].fit_error < 1
+        assert "rows tried" in dev.provenance["gemm_tile_m.fp32"].source
     if dev.params.bsr_vector_columns:  # a width was kept (not fractional steps): both fields fitted
         for name in ("bsr_vector_columns", "bsr_column_cycles"):
             assert fitted[name].fit_date == doc["date"] and 0 <= fitted[name].fit_error < 1
@@ -101,11 +105,14 @@ def test_quick_validation_table_is_complete_and_sane(validated):
 def test_validation_shapes_never_reuse_the_fit_set():
     fit = set(cal.FIT_NK) | set(cal.FIT_CSR_NK) | set(cal.FIT_BSR_NK)
     assert not fit & (set(val.VALIDATE_NK) | set(val.QUICK_NK))
-    fit_m = set(cal.FIT_M) | set(cal.FIT_CSR_M) | set(cal.FIT_BSR_M) | set(cal.FIT_BSR_LEFTOVER_M) | set(cal.FIT_INT8_M)
+    fit_m = (set(cal.FIT_M) | set(cal.FIT_CSR_M) | set(cal.FIT_BSR_M) | set(cal.FIT_BSR_LEFTOVER_M) | set(cal.FIT_INT8_M)
+             | set(cal.FIT_DENSE_TAIL_M))
     assert not fit_m & (set(val.VALIDATE_M) | set(val.QUICK_M) | set(val.VALIDATE_LEFTOVER_M) | set(val.QUICK_LEFTOVER_M))
     assert not val.fit_overlap()
     # the leftover-column cases: M no multiple of 8 on both sides, on shapes validate runs
     assert all(m % 8 for m in (*cal.FIT_BSR_LEFTOVER_M, *val.VALIDATE_LEFTOVER_M, *val.QUICK_LEFTOVER_M))
+    # the dense tail tiles: M no multiple of 4, with every remainder mod 4 among them
+    assert {m % 4 for m in cal.FIT_DENSE_TAIL_M} == {1, 2, 3}
     assert set(val.VALIDATE_LEFTOVER_NK) <= set(val.VALIDATE_NK) and set(val.QUICK_LEFTOVER_NK) <= set(val.QUICK_NK)
 
 
@@ -201,3 +208,48 @@ def test_bsr_column_fit_finds_the_vector_steps_width_and_the_leftover_cost():
     assert err < 0.01
     assert fitted.params.bsr_vector_columns == 4.0
     assert fitted.params.bsr_column_cycles == pytest.approx(1.2, rel=0.05)
+
+
+def _dense_cases(truth, shapes, ms, offset=None):
+    """Dense fp32 cases timed by the model of `truth`, each shape's time shifted by `offset[shape]`
+    seconds (a fixed cost the fitted model would get wrong)."""
+    return [cal.Case("dense", "fp32", m, n, k, 1.0, 1, cal.predict(cal.Case("dense", "fp32", m, n, k, 1.0, 1, 1.0), truth)
+                     + (offset or {}).get((n, k), 0.0)) for n, k in shapes for m in ms]
+
+
+@pytest.mark.parametrize("tile,tail", [(4, 0.87), (8, 0.7), (2, 0.9)])
+def test_dense_tile_is_read_off_the_tail_m_whatever_the_shapes_fixed_cost(tile, tail):
+    """Timings made by the model with a register tile along M and a known tail-tile cost, with each
+    shape's fixed cost off by up to 60 us: the tile with the lowest error is the true one and its tail
+    cost is read back (each shape's own line cancels the fixed cost); then the dense fit keeps them.
+    Sapphire Rapids' 16 fp32 lanes make 16, 8, 4 and 2 the candidates."""
+    from sparsesim.hw.devices import load_device
+
+    base = cal.with_params(load_device("xeon-sapphire-rapids"), gemv_rows_max=1.0)
+    truth = cal.with_tile(base, "fp32", tile, tail)
+    shapes = cal.FIT_NK
+    offset = {nk: 20e-6 * i for i, nk in enumerate(shapes)}
+    cases = _dense_cases(truth, shapes, (*cal.FIT_M, *cal.FIT_DENSE_TAIL_M), offset)
+    read = cal.read_gemm_tile(cases, base, "fp32")
+    assert read is not None and read.tile == tile and read.tail_cost == pytest.approx(tail, rel=0.02)
+    # a wider tile whose wide tails take their own rows costs the same at every M (kept as the narrower);
+    # a narrower tile, or none, misses the tails' cost
+    assert read.mean_errors[tile] < 0.005 < min(e for t, e in read.mean_errors.items() if t < tile)
+    fitted, _, tiles = cal.fit_dense(cases, base)
+    assert tiles["fp32"].tile == tile
+    assert fitted.params.gemm_tile_m == {"fp32": float(tile)}
+    assert fitted.params.gemm_tail_cost["fp32"] == pytest.approx(tail, rel=0.02)
+
+
+def test_dense_without_tiles_reads_no_tile_and_other_dtypes_keep_none():
+    """Timings made by a model without a tile: no tile is kept (M rows cost M rows), and a dtype not
+    timed at the tail M gets no tile either."""
+    from sparsesim.hw.devices import load_device
+
+    base = cal.with_params(load_device("xeon-sapphire-rapids"), gemv_rows_max=1.0)
+    cases = _dense_cases(base, cal.FIT_NK[:2], (*cal.FIT_M, *cal.FIT_DENSE_TAIL_M))
+    read = cal.read_gemm_tile(cases, base, "fp32")
+    assert read is not None and read.tile == 0 and read.error < 1e-6
+    bf16 = [dataclasses.replace(c, dtype="bf16") for c in _dense_cases(base, cal.FIT_NK[:2], cal.FIT_M)]
+    fitted, _, tiles = cal.fit_dense(cases + bf16, base)
+    assert set(tiles) == {"fp32"} and fitted.params.gemm_tile_m == {}

@@ -388,3 +388,97 @@ def test_bsr_vector_columns_come_with_their_cycles_and_are_whole(tmp_path):
 def _with_fields(tmp_path, lines: str):
     """The Sapphire Rapids file with top-level `lines` added, parsed strictly."""
     return parse_device_file(_corrupt(tmp_path, "family = \"cpu\"\n", "family = \"cpu\"\n" + lines))
+
+
+def _with_gemm_tile(dev, tile: float, tail: float):
+    """The device with an fp32 dense register tile of `tile` rows along M whose tail tiles take `tail`
+    of a full tile's time (the other dtypes untouched)."""
+    p = dev.params
+    return dataclasses.replace(dev, params=dataclasses.replace(
+        p, gemm_tile_m={**p.gemm_tile_m, "fp32": tile}, gemm_tail_cost={**p.gemm_tail_cost, "fp32": tail}))
+
+
+def test_gemm_rows_split_m_into_tiles_and_halving_tail_tiles():
+    from sparsesim.cost.families.cpu import gemm_rows
+
+    plain = load_device("xeon-sapphire-rapids").params
+    assert gemm_rows(plain, "fp32", 11).rows == 11.0 and gemm_rows(plain, "fp32", 11).tiles == ()
+    p = _with_gemm_tile(load_device("xeon-sapphire-rapids"), 4.0, 0.9).params
+    assert gemm_rows(p, "fp32", 11).tiles == (4, 4, 2, 1) and gemm_rows(p, "fp32", 11).tail == (2, 1)
+    # a tail tile (2 or 1 rows) takes 0.9 x 4 = 3.6 rows' time; whole tiles their own rows
+    got = {m: gemm_rows(p, "fp32", m).rows for m in (1, 3, 8, 9, 10, 11, 12, 49)}
+    assert got == pytest.approx({1: 1.0, 3: 7.2, 8: 8.0, 9: 11.6, 10: 11.6, 11: 15.2, 12: 12.0, 49: 51.6})
+    # a tail tile never takes less than its own rows at the full tile's pace
+    cheap = _with_gemm_tile(load_device("xeon-sapphire-rapids"), 8.0, 0.3).params
+    assert gemm_rows(cheap, "fp32", 13).rows == pytest.approx(8 + 4 + 2.4)
+    assert gemm_rows(p, "int8", 11).rows == 11.0  # no tile for that dtype
+
+
+def test_builtin_cpus_without_gemm_tiles_cost_as_before():
+    """No `gemm_tile_m` in a built-in file: the efficiency is exactly eff x M / (M + half_m) at every
+    M, and nothing in the why speaks of tiles."""
+    from sparsesim.cost.families.cpu import gemm_efficiency
+
+    for name in CPUS:
+        dev = load_device(name)
+        p = dev.params
+        assert p.gemm_tile_m == {} and p.gemm_tail_cost == {}
+        for dt in p.gemm_efficiency:
+            for m in range(1, 41):
+                assert gemm_efficiency(p, dt, m) == p.gemm_efficiency[dt] * m / (m + p.gemm_half_m[dt])
+        assert "tile" not in estimate_op(gemm_op(13, 768, 768), None, dev).why
+
+
+def test_dense_tail_tiles_cost_nearly_a_full_tile():
+    """With tiles of 4 rows whose tails take 0.9 of a tile: M = 9 and 10 take one tile more than M = 8,
+    M = 11 two, and M = 12 (whole tiles) less than M = 11; the compute of M rows is that of the rows'
+    worth of time `gemm_rows` gives, and the why says so."""
+    base = load_device("xeon-sapphire-rapids")
+    dev = _with_gemm_tile(base, 4.0, 0.9)
+    t = {m: estimate_op(gemm_op(m, 768, 768), None, dev) for m in (8, 9, 10, 11, 12)}
+    plain = {m: estimate_op(gemm_op(m, 768, 768), None, base) for m in (8, 12)}
+    assert t[8].latency_s == plain[8].latency_s and t[12].latency_s == plain[12].latency_s
+    assert t[9].latency_s == pytest.approx(t[10].latency_s, rel=1e-9)
+    assert t[8].latency_s < t[9].latency_s < t[11].latency_s and t[12].latency_s < t[11].latency_s
+    assert "narrower tile(s) of 2/1 row(s)" in t[11].why and "tile" not in t[12].why
+
+
+def test_sparse_speedups_and_channel_pruning_use_the_tiled_dense_cost():
+    """The dense cost a sparse kernel's speedup and the runtime's fall-back compare against is the
+    tiled one, and a channel-pruned op still costs exactly its smaller dense GEMM."""
+    dev = _with_gemm_tile(_no_choice(load_device("xeon-sapphire-rapids")), 4.0, 0.9)
+    op = gemm_op(13, 768, 768)
+    mask = random_mask(768, 768, 0.1, seed=9)
+    layer = layer_for(mask, Pattern("unstructured", 0.1), "fp32")
+    dense = estimate_op(op, None, dev)
+    assert estimate_op(op, layer, dev).details["dense_latency_s"] == dense.latency_s
+    chooser = dataclasses.replace(dev, params=dataclasses.replace(dev.params, picks_faster_kernel=True))
+    dense_layer = layer_for(random_mask(768, 768, 0.9, seed=9), Pattern("unstructured", 0.9), "fp32")
+    fell_back = estimate_op(op, dense_layer, chooser)
+    assert fell_back.kernel == "dense (fallback)" and fell_back.latency_s == dense.latency_s
+    keep = torch.zeros(768, 768)
+    keep[:384] = 1.0
+    channel = layer_for(keep, Pattern("channel", 0.5), "fp32")
+    pruned = estimate_op(shrink_layer_op(op, channel), channel, dev)
+    assert pruned.latency_s == pytest.approx(estimate_op(gemm_op(13, 384, 768), None, dev).latency_s, rel=1e-12)
+
+
+def test_gemm_tile_comes_with_its_tail_cost_and_is_a_power_of_two(tmp_path):
+    tile = "[gemm_tile_m]\nfp32 = {{ value = {t}, unit = \"1\", source = \"x\" }}\n"
+    tail = "[gemm_tail_cost]\nfp32 = {{ value = {c}, unit = \"1\", source = \"x\" }}\n"
+    with pytest.raises(DeviceFileError, match="gemm_tail_cost"):
+        _with_tables(tmp_path, tile.format(t=4.0))
+    with pytest.raises(DeviceFileError, match=r"gemm_tile_m\.fp32"):
+        _with_tables(tmp_path, tile.format(t=6.0) + tail.format(c=0.9))
+    with pytest.raises(DeviceFileError, match=r"gemm_tail_cost\.fp32"):
+        _with_tables(tmp_path, tile.format(t=4.0) + tail.format(c=1.5))
+    dev = _with_tables(tmp_path, tile.format(t=4.0) + tail.format(c=0.9))
+    assert dev.params.gemm_tile_m == {"fp32": 4.0} and dev.params.gemm_tail_cost == {"fp32": pytest.approx(0.9)}
+
+
+def _with_tables(tmp_path, tables: str):
+    """The Sapphire Rapids file with TOML `tables` appended, parsed strictly."""
+    src = Path(load_device("xeon-sapphire-rapids").path).read_text()
+    p = tmp_path / "tiles.toml"
+    p.write_text(src + "\n" + tables)
+    return parse_device_file(p)

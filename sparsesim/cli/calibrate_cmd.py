@@ -40,8 +40,12 @@ def render(doc: dict[str, Any]) -> str:
         "  fitted (median |pred/meas - 1| on the fit set in brackets):",
     ]
     err = doc["fit_error"]
+    tiles, tails = f.get("gemm_tile_m", {}), f.get("gemm_tail_cost", {})
     for dt, eff in f["gemm_efficiency"].items():
-        lines.append(f"    dense {dt}: efficiency {eff:.3f}, half-efficiency M {f['gemm_half_m'][dt]:.2f}  [{100 * err[dt]:.1f}%]")
+        tile = (f", tiles of {tiles[dt]:g} rows (a narrower one {tails[dt]:.2f} of a tile)"
+                if dt in tiles and dt in tails else "")
+        lines.append(f"    dense {dt}: efficiency {eff:.3f}, half-efficiency M {f['gemm_half_m'][dt]:.2f}{tile}  "
+                     f"[{100 * err[dt]:.1f}%]")
     lines.append(f"    csr: {f['sparse_nnz_cycles']:.2f} cycles/nonzero floor, {f['sparse_vector_cycles']:.2f} cycles/vector step, "
                  f"{f['sparse_row_cycles']:.2f} cycles/row step, call {f['sparse_call_overhead_us']:.2f} us  [{100 * err['csr']:.1f}%]")
     values = f.get("bsr_value_cycles", {})

@@ -8,7 +8,11 @@ log of latency, through the normal cost path `estimate_op`):
   bandwidth a weight streams at (a GEMV over a weight of 4x the L3), per-call overhead;
 - chosen by the dense fit: whether the BLAS packs its weight per call in a pass of its own
   (`weight_pack_pass`; shows on the beyond-LLC weights of the fit set);
-- fitted per dtype on dense GEMMs: `gemm_efficiency`, `gemm_half_m`;
+- fitted per dtype on dense GEMMs: `gemm_efficiency`, `gemm_half_m`; for fp32, also timed at M
+  that is no multiple of 4 (FIT_DENSE_TAIL_M), the rows of the register tile along M
+  (`gemm_tile_m`, the candidate with the lowest error) and the share of a full tile's time each
+  narrower tile over the rows left over takes (`gemm_tail_cost`), both read off each shape's own
+  timings before `gemm_efficiency` and `gemm_half_m` are fitted with them;
 - fitted on torch CSR matmuls: `sparse_nnz_cycles`, `sparse_vector_cycles`, `sparse_row_cycles`,
   `sparse_call_overhead`; on torch BSR matmuls: `bsr_block_cycles`, `bsr_row_cycles` (its output
   pass), and `bsr_value_cycles` and
@@ -75,6 +79,10 @@ FIT_BSR_DENSITIES = (0.02, 0.1, 0.3)
 # over (M mod 1, 2, 4 or 8 columns) differ between these, so the step's width and the leftover
 # column's cost can be read off them
 FIT_BSR_LEFTOVER_M = (5, 10, 23, 37)
+# dense fp32 at M that is no multiple of 4 (M mod 4 = 1, 2, 3, 1; mod 8 = 5, 2, 7, 5): the rows a
+# register tile along M leaves over differ between these, so the tile's rows and what each narrower
+# tile over the rest costs can be read off them (validate's 6, 13, 49 are not among them)
+FIT_DENSE_TAIL_M = (5, 10, 23, 37)
 # weights beyond the last-level cache (32 MB fp32): the dense GEMM then streams its weight from DRAM
 FIT_BEYOND_LLC_NK = ((4096, 2048),)
 FIT_BEYOND_LLC_M = (1, 2, 3, 4, 16, 64)
@@ -166,6 +174,7 @@ class HostFacts:
     pack_errors: tuple[float, float] = (0.0, 0.0)  # dense fit error (with, without) the pack pass
     llc_edge: tuple[float, float, float] = (0.0, 0.0, 0.0)  # llc_full_bytes, llc_none_bytes, fit error
     bsr_columns: ColumnFit | None = None  # the BSR vector step's width and the errors of the widths tried
+    gemm_tiles: dict[str, TileFit] = field(default_factory=dict)  # per dtype: the dense tile kept, errors
 
 
 # footprints, in effective LLCs, a GEMV's weight stream is timed at to find the LLC's soft edge
@@ -328,34 +337,136 @@ def _fit(cases: Sequence[Case], device: Device, names: Sequence[str], x0: Sequen
     return fitted, err, dict(zip(names, np.exp(res.x).tolist()))
 
 
-def fit_dense(cases: Sequence[Case], device: Device) -> tuple[Device, dict[str, float]]:
-    """Per dtype: the GEMM efficiency and the M at half efficiency."""
-    errors = {}
+@dataclass(frozen=True)
+class TileFit:
+    """The dense GEMM's register tile along M that calibrate kept for a dtype (0: none), the share
+    of a full tile's time each tail tile takes, and the mean |rows read / rows predicted - 1| over
+    the tail cases of every tile tried (0: M rows take M rows' time)."""
+
+    tile: int
+    tail_cost: float
+    mean_errors: dict[int, float]
+
+    @property
+    def error(self) -> float:
+        return self.mean_errors[self.tile]
+
+
+def fit_dense_dtype(cases: Sequence[Case], device: Device, dt: str) -> tuple[Device, float]:
+    """One dtype's GEMM efficiency and M at half efficiency (its register tile, if any, kept)."""
+
+    def build(dev: Device, x: np.ndarray) -> Device:
+        p = dev.params
+        eff = dict(p.gemm_efficiency, **{dt: float(min(x[0], 1.0))})
+        half = dict(p.gemm_half_m, **{dt: float(x[1])})
+        return with_params(dev, gemm_efficiency=eff, gemm_half_m=half)
+
+    device, err, _ = _fit(cases, device, ("eff", "half_m"), (0.5, 4.0), build)
+    return device, err
+
+
+def tile_candidates(device: Device) -> list[int]:
+    """Rows a dense register tile along M may hold: powers of two from the fp32 lanes down to 2 (the
+    tail tiles halve, so the tile is a power of two), and 0 (no tile: M rows take M rows' time)."""
+    return column_candidates(device)
+
+
+def with_tile(device: Device, dt: str, tile: int, tail_cost: float) -> Device:
+    """The device with `dt`'s dense register tile set (tile 0: removed)."""
+    p = device.params
+    tiles = {k: v for k, v in p.gemm_tile_m.items() if k != dt}
+    tails = {k: v for k, v in p.gemm_tail_cost.items() if k != dt}
+    if tile:
+        tiles[dt], tails[dt] = float(tile), float(tail_cost)
+    return with_params(device, gemm_tile_m=tiles, gemm_tail_cost=tails)
+
+
+def tail_rows(cases: Sequence[Case], refs: Sequence[int]) -> list[tuple[int, float]]:
+    """(M, rows' worth of time) of each case at FIT_DENSE_TAIL_M, read against its own shape's line
+    through the timings at `refs` (M that fills whole tiles of every candidate): the shape's fixed
+    cost (call, weight packing, whatever the cost model gets right or wrong about it) cancels."""
+    by_shape: dict[tuple[int, int], dict[int, float]] = {}
+    for c in cases:
+        by_shape.setdefault((c.n, c.k), {})[c.m] = c.seconds
+    out = []
+    for t in by_shape.values():
+        if not all(m in t for m in refs):
+            continue
+        (m0, t0), (m1, t1) = (refs[0], t[refs[0]]), (refs[1], t[refs[1]])
+        per_row = (t1 - t0) / (m1 - m0)
+        if per_row <= 0:
+            continue
+        fixed = t0 - m0 * per_row
+        out += [(m, (t[m] - fixed) / per_row) for m in FIT_DENSE_TAIL_M if m in t]
+    return out
+
+
+def read_gemm_tile(cases: Sequence[Case], device: Device, dt: str) -> TileFit | None:
+    """The dense register tile along M and its tail tiles' cost, read off the timings: per shape,
+    the rows' worth of time each tail M takes (`tail_rows`); per candidate tile, the tail cost that
+    best predicts them through `gemm_rows` (least_squares); the candidate with the lowest mean
+    |pred/read - 1| is kept. None where the timings hold no tail M with its reference M."""
+    from sparsesim.cost.families.cpu import gemm_rows
+
+    candidates = tile_candidates(device)
+    widest = max(candidates)
+    refs = [m for m in FIT_M if m > 1 and m % widest == 0][:2]
+    read = tail_rows(cases, refs) if len(refs) == 2 else []
+    if not read:
+        return None
+    ms = np.array([m for m, _ in read])
+    rows = np.array([r for _, r in read])
+    errors: dict[int, float] = {}
+    tails: dict[int, float] = {}
+    for tile in candidates:
+        if not tile:
+            errors[0] = float(np.mean(np.abs(ms / rows - 1.0)))
+            continue
+
+        def resid(x: np.ndarray, tile: int = tile) -> np.ndarray:
+            p = with_tile(device, dt, tile, float(x[0])).params
+            return np.array([gemm_rows(p, dt, int(m)).rows for m in ms]) / rows - 1.0
+
+        res = least_squares(resid, [0.5], bounds=([1e-3], [1.0]))
+        tails[tile] = float(res.x[0])
+        errors[tile] = float(np.mean(np.abs(resid(res.x))))
+    best = min(errors, key=lambda t: (round(errors[t], 6), t))
+    tile, tail = best, tails.get(best, 0.0)
+    # a tile whose half-wide tail tile takes no more than its own rows is the half-wide tile (whose
+    # tails then take twice the share of its time): the same costs at every M, so the narrower is kept
+    while tile > 2 and tail * tile <= tile / 2:
+        tile, tail = tile // 2, tail * 2
+    return TileFit(tile, tail, errors)
+
+
+def fit_dense(cases: Sequence[Case], device: Device) -> tuple[Device, dict[str, float], dict[str, TileFit]]:
+    """Per dtype: the GEMM efficiency and the M at half efficiency; where the dtype was timed at
+    FIT_DENSE_TAIL_M, also its register tile along M and the tail tiles' cost."""
+    errors: dict[str, float] = {}
+    tiles: dict[str, TileFit] = {}
     for dt in sorted({c.dtype for c in cases}):
         sub = [c for c in cases if c.dtype == dt]
-
-        def build(dev: Device, x: np.ndarray, dt: str = dt) -> Device:
-            p = dev.params
-            eff = dict(p.gemm_efficiency, **{dt: float(min(x[0], 1.0))})
-            half = dict(p.gemm_half_m, **{dt: float(x[1])})
-            return with_params(dev, gemm_efficiency=eff, gemm_half_m=half)
-
-        device, errors[dt], _ = _fit(sub, device, ("eff", "half_m"), (0.5, 4.0), build)
-    return device, errors
+        tile = read_gemm_tile(sub, device, dt) if any(c.m in FIT_DENSE_TAIL_M for c in sub) else None
+        if tile is not None:
+            device = with_tile(device, dt, tile.tile, tile.tail_cost)
+            tiles[dt] = tile
+        device, errors[dt] = fit_dense_dtype(sub, device, dt)
+    return device, errors, tiles
 
 
-def fit_dense_pack(cases: Sequence[Case], device: Device) -> tuple[Device, dict[str, float], tuple[float, float]]:
+def fit_dense_pack(cases: Sequence[Case], device: Device
+                   ) -> tuple[Device, dict[str, float], tuple[float, float], dict[str, TileFit]]:
     """`fit_dense` with and without a per-call weight-packing pass (`weight_pack_pass`); keeps the
     one whose mean |pred/meas - 1| over all dense cases is lower (the mean, not the median: the
-    pass shows on the few beyond-LLC cases) and returns both means (with, without)."""
+    pass shows on the few beyond-LLC cases) and returns both means (with, without) and the tiles."""
     fits = []
     for pack in (True, False):
-        dev, errs = fit_dense(cases, with_params(device, weight_pack_pass=pack))
-        fits.append((float(np.mean(np.abs(rel_errors(cases, dev)))), dev, errs))
-    (e_with, d_with, r_with), (e_without, d_without, r_without) = fits
+        dev, errs, tiles = fit_dense(cases, with_params(device, weight_pack_pass=pack))
+        fits.append((float(np.mean(np.abs(rel_errors(cases, dev)))), dev, errs, tiles))
+    (e_with, d_with, r_with, t_with), (e_without, d_without, r_without, t_without) = fits
     if e_with <= e_without:
-        return d_with, r_with, (e_with, e_without)
-    return d_without, r_without, (e_with, e_without)
+        return d_with, r_with, (e_with, e_without), t_with
+    return d_without, r_without, (e_with, e_without), t_without
 
 
 def fit_csr(cases: Sequence[Case], device: Device) -> tuple[Device, float]:
@@ -559,6 +670,26 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
     for dt in sorted(p.gemm_half_m):
         src = f"least_squares on log latency of dense {dt} GEMMs over M, {meas}"
         lines.append(f"{dt} = {_q(p.gemm_half_m[dt], '1', src, fit=(fd, fit_errors[dt]))}")
+    if p.gemm_tile_m:
+        tile_src = {}
+        for dt in sorted(p.gemm_tile_m):
+            fit = facts.gemm_tiles.get(dt)
+            tried = ", ".join(f"{t or 'none'} {e:.1%}" for t, e in sorted(fit.mean_errors.items(), reverse=True)) \
+                if fit else "not recorded"
+            tile_src[dt] = (f"dense {dt} GEMMs at M = {', '.join(map(str, FIT_DENSE_TAIL_M))}, each read as rows' worth "
+                            f"of time on its own shape's line through the M that fill whole tiles (its fixed cost "
+                            f"cancels); per tile tried, the tail cost fitted by least_squares, and the tile kept the "
+                            f"one with the lowest mean |pred/read - 1| (rows tried, 'none' no tile: {tried}); the rows "
+                            f"left over run in narrower tiles (halving), {meas}")
+        tile_fit = {dt: (fd, facts.gemm_tiles[dt].error if dt in facts.gemm_tiles else fit_errors[dt])
+                    for dt in p.gemm_tile_m}
+        lines += ["", "[gemm_tile_m]"]
+        for dt in sorted(p.gemm_tile_m):
+            lines.append(f"{dt} = {_q(p.gemm_tile_m[dt], '1', tile_src[dt], fit=tile_fit[dt])}")
+        lines += ["", "[gemm_tail_cost]"]
+        for dt in sorted(p.gemm_tail_cost):
+            src = f"share of a full tile's time each narrower tile over the rows left over takes; see gemm_tile_m.{dt}"
+            lines.append(f"{dt} = {_q(p.gemm_tail_cost[dt], '1', src, fit=tile_fit[dt])}")
     lines += ["", "[bsr_vector_cycles]"]
     for key in sorted(p.bsr_vector_cycles, key=lambda s: int(s.split("x")[0])):
         lines.append(f'"{key}" = {_q(p.bsr_vector_cycles[key], "cycles", f"least_squares on log latency of torch BSR {key} @ dense, {meas}", fit=bsr_fit)}')
@@ -582,6 +713,7 @@ def initial_device(facts: HostFacts, ref: Device, dtypes: Sequence[str]) -> Devi
         cores=float(facts.threads), threads=float(facts.threads), clock=facts.clock_hz,
         vector_bits=float(facts.vector_bits), native_dtypes=list(facts.native_dtypes),
         gemm_efficiency={dt: 0.5 for dt in dtypes}, gemm_half_m={dt: 4.0 for dt in dtypes},
+        gemm_tile_m={}, gemm_tail_cost={},
         l1_bytes=float(facts.caches["l1"]), l2_bytes=float(facts.caches["l2"]),
         l3_bytes=float(facts.caches["l3"]), l2_bandwidth=facts.l2_bw, l3_bandwidth=facts.l3_bw,
         dram_bandwidth=facts.dram_bw, call_overhead=facts.call_overhead_s,
@@ -622,6 +754,8 @@ class CalibrationResult:
             "fitted": {
                 "gemm_efficiency": {k: round(v, 4) for k, v in p.gemm_efficiency.items()},
                 "gemm_half_m": {k: round(v, 3) for k, v in p.gemm_half_m.items()},
+                "gemm_tile_m": {k: int(v) for k, v in p.gemm_tile_m.items()},
+                "gemm_tail_cost": {k: round(v, 3) for k, v in p.gemm_tail_cost.items()},
                 "sparse_call_overhead_us": round(p.sparse_call_overhead * 1e6, 3),
                 "sparse_nnz_cycles": round(p.sparse_nnz_cycles, 3),
                 "sparse_vector_cycles": round(p.sparse_vector_cycles, 3),
@@ -675,6 +809,7 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
         say(f"timing dense GEMMs ({', '.join(dtypes)})")
         if quick:
             dense = time_dense_cases(FIT_NK[:2], FIT_M, dtypes, repeats=reps)
+            dense += time_dense_cases(FIT_NK[:2], FIT_DENSE_TAIL_M, ["fp32"], repeats=reps)
             dense += time_dense_cases(FIT_BEYOND_LLC_NK, FIT_BEYOND_LLC_M[:4], ["fp32"], repeats=reps)
             say("timing CSR and BSR matmuls")
             csr = time_sparse_cases("csr", FIT_CSR_NK[:2], FIT_CSR_M, QUICK_DENSITIES, (1,), repeats=reps)
@@ -682,6 +817,7 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
                                     QUICK_BLOCKS, repeats=reps)
         else:
             dense = time_dense_cases(FIT_NK, FIT_M, dtypes, repeats=reps)
+            dense += time_dense_cases(FIT_NK, FIT_DENSE_TAIL_M, ["fp32"], repeats=reps)
             dense += time_dense_cases(FIT_BEYOND_LLC_NK, FIT_BEYOND_LLC_M, ["fp32"], repeats=reps)
             say("timing CSR and BSR matmuls")
             csr = time_sparse_cases("csr", FIT_CSR_NK, FIT_CSR_M, FIT_DENSITIES, (1,), repeats=reps)
@@ -692,8 +828,9 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
     rows = gemv_rows_max(dense)
     device = with_params(device, clock=clock, gemv_rows_max=float(rows))
     facts = dataclasses.replace(facts, clock_hz=clock, gemv_rows_max=rows)
-    device, errors, pack_errors = fit_dense_pack(dense, device)
-    facts = dataclasses.replace(facts, weight_pack_pass=device.params.weight_pack_pass, pack_errors=pack_errors)
+    device, errors, pack_errors, tiles = fit_dense_pack(dense, device)
+    facts = dataclasses.replace(facts, weight_pack_pass=device.params.weight_pack_pass, pack_errors=pack_errors,
+                                gemm_tiles=tiles)
     device, errors["csr"] = fit_csr(csr, device)
     device, errors["bsr"], columns = fit_bsr_columns(bsr, device)
     facts = dataclasses.replace(facts, bsr_columns=columns)

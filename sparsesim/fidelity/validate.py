@@ -34,6 +34,7 @@ from sparsesim.fidelity.calibrate import (
     FIT_BSR_LEFTOVER_M,
     FIT_BSR_M,
     FIT_CSR_M,
+    FIT_DENSE_TAIL_M,
     FIT_INT8_M,
     FIT_M,
     FIT_NK,
@@ -88,7 +89,8 @@ def fit_overlap() -> set:
     nk = (set(VALIDATE_NK) | set(QUICK_NK) | set(VALIDATE_BEYOND_LLC_NK)) & (set(FIT_NK) | set(FIT_BEYOND_LLC_NK))
     ms = ((set(VALIDATE_M) | set(QUICK_M) | set(VALIDATE_BEYOND_LLC_M) | set(QUICK_BEYOND_LLC_M)
            | set(VALIDATE_LEFTOVER_M) | set(QUICK_LEFTOVER_M))
-          & (set(FIT_M) | set(FIT_CSR_M) | set(FIT_BSR_M) | set(FIT_BSR_LEFTOVER_M) | set(FIT_INT8_M)))
+          & (set(FIT_M) | set(FIT_CSR_M) | set(FIT_BSR_M) | set(FIT_BSR_LEFTOVER_M) | set(FIT_INT8_M)
+             | set(FIT_DENSE_TAIL_M)))
     return nk | ms
 
 

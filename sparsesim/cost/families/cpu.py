@@ -19,7 +19,10 @@ per-value cost and a slower vector step, so a 16x16 BSR at M=8 takes about twice
 work alone would. The BSR kernel's vector steps cover a fixed number of M columns
 (`bsr_vector_columns`: 4 on that host, whatever the block edge), and the columns left over
 (M mod 4) run one at a time, each costing about a whole vector step (`bsr_column_cycles` per
-value): M = 9, 10, 11 take as long as M = 12, 16, 20. N:M runs through an index-regular kernel: per nonzero like CSR, but the index
+value): M = 9, 10, 11 take as long as M = 12, 16, 20. The dense GEMM runs M in register tiles too
+(`gemm_tile_m`: 4 rows for MKL's fp32 sgemm on that host), and the rows left over in narrower tiles
+(2, then 1), each taking most of a full tile's time (`gemm_tail_cost`): a 512x512 linear takes
+91 us at M=8, 115 at M=9 and 10, 136 at M=11 and 117 at M=12. N:M runs through an index-regular kernel: per nonzero like CSR, but the index
 decode is cheaper and there are no row pointers; CPUs have no N:M hardware.
 Channel pruning is a smaller dense GEMM.
 
@@ -79,7 +82,9 @@ class CpuParams:
     kernel's per-nonzero floor. `bsr_vector_columns` is the number of M columns one BSR vector
     step covers and `bsr_column_cycles` the cost per stored value of each column left over
     (M mod bsr_vector_columns), run one at a time. `gemm_half_m` is the M at which the dense GEMM reaches half of
-    `gemm_efficiency` (its register tile along M is under-filled below that).
+    `gemm_efficiency` (its per-call work that does not grow with M, in rows' worth of time);
+    `gemm_tile_m` and `gemm_tail_cost` (per dtype, optional) are the rows of its register tile
+    along M and the share of a full tile's time each narrower tile over the rows left over takes.
     """
 
     cores: float = quantity("count")
@@ -151,6 +156,13 @@ class CpuParams:
     # measures both; 0 (the default): the vector work is M / lanes steps, fractional, nothing left over
     bsr_vector_columns: float = quantity("count", default=0.0)
     bsr_column_cycles: float = quantity("cycles", default=0.0)
+    # the dense GEMM's register tile along M (activation rows): the BLAS runs M in tiles of
+    # `gemm_tile_m` rows, then the rows left over in one narrower tile per set bit of the remainder
+    # (4 -> 2, 1), each taking `gemm_tail_cost` of a full tile's time (its loads of the packed weight
+    # do not shrink with its rows); a calibrated host fits both per dtype; absent for a dtype (the
+    # default): M rows cost M rows' time
+    gemm_tile_m: dict = quantity("count", per_dtype=True, default={})
+    gemm_tail_cost: dict = quantity("ratio", per_dtype=True, default={})
 
     def validate(self) -> str | None:
         problem = check_positive(self, "cores", "clock", "vector_bits", "fma_ports", "l2_bandwidth",
@@ -167,6 +179,9 @@ class CpuParams:
                 return f"field 'gemm_half_m' lacks '{dt}' (every gemm_efficiency dtype needs one)"
             if dt not in self.mac_energy:
                 return f"field 'mac_energy' lacks '{dt}' (every gemm_efficiency dtype needs one)"
+        problem = _check_gemm_tiles(self)
+        if problem:
+            return problem
         if not self.bsr_vector_cycles:
             return "field 'bsr_vector_cycles' needs at least one block shape"
         for key in self.bsr_vector_cycles:
@@ -201,6 +216,21 @@ class CpuParams:
         return None
 
 
+def _check_gemm_tiles(p: CpuParams) -> str | None:
+    """`gemm_tile_m` and `gemm_tail_cost` come together per dtype; the tile is a power of two rows
+    (the tail tiles halve down to one row, so they cover any remainder) and a tail tile takes a
+    share of a full one's time."""
+    if set(p.gemm_tile_m) != set(p.gemm_tail_cost):
+        return ("fields 'gemm_tile_m' and 'gemm_tail_cost': need the same dtypes "
+                f"(got {sorted(p.gemm_tile_m)} and {sorted(p.gemm_tail_cost)})")
+    for dt, tile in p.gemm_tile_m.items():
+        if not (tile >= 2 and tile == int(tile) and int(tile) & (int(tile) - 1) == 0):
+            return f"field 'gemm_tile_m.{dt}': {tile:g} is no power of two rows of at least 2"
+        if not 0 < p.gemm_tail_cost[dt] <= 1:
+            return f"field 'gemm_tail_cost.{dt}': {p.gemm_tail_cost[dt]:g} is no share in (0, 1] of a full tile's time"
+    return None
+
+
 def _parse_block(key: str) -> tuple[int, int] | None:
     parts = key.lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
@@ -230,12 +260,44 @@ def peak_flops(p: CpuParams, dtype: str) -> float:
     return 2 * lanes(p, dtype) * p.fma_ports * p.cores * p.clock
 
 
+@dataclass(frozen=True)
+class GemmRows:
+    """How a dense GEMM runs its M activation rows: the widths of its register tiles along M (full
+    tiles, then the narrower tail tiles over the rows left over; empty where the device gives no
+    tile; `tile` 0) and the rows' worth of time they take."""
+
+    tile: int
+    tiles: tuple[int, ...]
+    rows: float
+
+    @property
+    def tail(self) -> tuple[int, ...]:
+        """The narrower tiles run over the rows left over."""
+        return tuple(w for w in self.tiles if w != self.tile)
+
+
+def gemm_rows(p: CpuParams, dtype: str, m: int) -> GemmRows:
+    """M split as the BLAS runs it: tiles of `gemm_tile_m` rows, then one narrower tile per set bit
+    of the remainder, each taking `gemm_tail_cost` of a full tile's time and never less than its own
+    rows at the full tile's pace (MKL's fp32 sgemm on the calibrated AMD host: M = 9 and 10 cost
+    one tile more than M = 8, M = 11 two). One row runs as a GEMV, not in tiles; without the
+    figure M rows take M rows' time."""
+    dt = compute_dtype(p, dtype)
+    tile = int(p.gemm_tile_m.get(dt, 0))
+    if not tile or m <= 1:
+        return GemmRows(0, (), float(max(m, 0)))
+    tiles = tuple(spmm_tiles(m, tile))
+    tail = p.gemm_tail_cost[dt] * tile
+    return GemmRows(tile, tiles, float(sum(w if w == tile else max(w, tail) for w in tiles)))
+
+
 def gemm_efficiency(p: CpuParams, dtype: str, m: int) -> float:
-    """Fraction of peak a dense GEMM kernel reaches with M activation rows: the register tile
-    along M is only full for M well above `gemm_half_m` (the M at half efficiency)."""
+    """Fraction of peak a dense GEMM kernel reaches with M activation rows: M rows of useful work
+    over the rows' worth of time its tiles take (`gemm_rows`) plus the per-call work that does not
+    grow with M (`gemm_half_m`, the M at half efficiency where M fills whole tiles)."""
     dt = compute_dtype(p, dtype)
     half = p.gemm_half_m[dt]
-    return p.gemm_efficiency[dt] * m / (m + half) if m > 0 else p.gemm_efficiency[dt]
+    return p.gemm_efficiency[dt] * m / (gemm_rows(p, dtype, m).rows + half) if m > 0 else p.gemm_efficiency[dt]
 
 
 def llc_share(p: CpuParams, working_set: float) -> float:
@@ -357,6 +419,12 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
         f"{'AMX' if dt in p.matrix_macs_per_cycle else 'SIMD'} {dt} GEMM at {eff0:.0%} of "
         f"{peak / 1e9:.4g} GFLOP/s (M={m}); {moved.where}"
     )
+    split = gemm_rows(p, work.dtype, m)
+    tail = split.tail if not per_row else ()
+    if tail:
+        tile = split.tile
+        parts.append(f"M={m} runs as {m // tile} tile(s) of {tile} rows + narrower tile(s) of "
+                     f"{'/'.join(map(str, tail))} row(s), each taking {p.gemm_tail_cost[dt]:.0%} of a full tile's time")
     if pack_s:
         parts.append(f"weight packed per call: {pack_s * 1e6:.3g} us from {moved.weight_level}")
     if rows_note:
@@ -564,7 +632,8 @@ CPU_KERNELS = ("dense", "csr", "bsr", "nm", SPMM, JIT_SPMM, ACT_GEMV)
 
 def spmm_tiles(width: int, tile: int) -> list[int]:
     """Widths of the spatial tiles an SpMM kernel runs over `width` positions: full tiles of
-    `tile`, then one narrower kernel per set bit of the remainder (XNNPACK's 32/16/8/4/2/1 ladder)."""
+    `tile`, then one narrower kernel per set bit of the remainder (XNNPACK's 32/16/8/4/2/1 ladder;
+    the dense GEMM's tiles along M split the same way, `gemm_rows`)."""
     tiles = [tile] * (width // tile)
     rem, w = width % tile, tile
     while rem and w > 1:
