@@ -103,3 +103,28 @@ def test_a_fused_eager_attention_costs_what_the_traced_sdpa_costs():
         assert len(rows) == 1
         kernels[attn] = (float(rows["latency_s"].iloc[0]), float(rows["bytes_dram"].iloc[0]))
     assert kernels["eager"] == pytest.approx(kernels["sdpa"])
+
+
+def test_a_head_dim_between_kernel_sizes_runs_the_next_kernel_up():
+    """torch's FlashAttention-2 kernels exist for head dims in multiples of 32: 80 runs the 96
+    kernel (the MMAs over 96 columns, the softmax unchanged); the engine's kernels take 80 as is."""
+    assert A100.runtime("compiled")[1].attention_head_dim_multiple == 32
+    assert A100.runtime("engine")[1].attention_head_dim_multiple == 1
+    no_sfu = dataclasses.replace(A100, params=dataclasses.replace(A100.params, sfu_ops_per_sm_clock=0.0))
+    mma = {d: run(sdpa(32, 4096, 4096, d), no_sfu, "compiled").details["compute_s"] for d in (80, 96)}
+    assert mma[80] == pytest.approx(mma[96])
+    c80 = run(sdpa(32, 4096, 4096, 80), A100, "compiled")
+    assert "head dim 80 runs the 96 kernel" in c80.why
+    assert c80.flops_executed == pytest.approx(4 * 32 * 4096 * 4096 * 96)
+    e80, e96 = (run(sdpa(32, 4096, 4096, d), no_sfu, "engine").details["compute_s"] for d in (80, 96))
+    assert e80 < e96
+    for d in (64, 128):  # multiples of 32 run as they are
+        assert "runs the" not in run(sdpa(8, 1024, 1024, d), A100, "compiled").why
+
+
+def test_the_head_dim_multiple_is_a_whole_number():
+    rt = A100.runtime("compiled")[1]
+    assert rt.validate() is None
+    for bad in (0.0, 0.5, 40.5):
+        problem = dataclasses.replace(rt, attention_head_dim_multiple=bad).validate()
+        assert problem is not None and "attention_head_dim_multiple" in problem

@@ -55,7 +55,9 @@ class RuntimeParams:
     kernels run through a framework's tensor layouts (torch's semi-structured padding and copies).
     `attention_warp_specialised`: the runtime's fused attention is a Hopper kernel whose producer
     and consumer warps overlap the softmax with the MMAs (FlashAttention-3's design); without it
-    the softmax follows the MMAs (FlashAttention-2, torch's SDPA).
+    the softmax follows the MMAs (FlashAttention-2, torch's SDPA). `attention_head_dim_multiple`:
+    the runtime's attention kernels exist for head dims in multiples of this, so a head dim in
+    between runs the next kernel up, its MMAs over the padded width (1: every head dim).
     """
 
     host_dispatch: float = quantity("time")
@@ -70,12 +72,16 @@ class RuntimeParams:
     framework_layouts: bool = setting(default=False)
     epilogue_in_pipeline: bool = setting(default=False)
     attention_warp_specialised: bool = setting(default=False)
+    attention_head_dim_multiple: float = quantity("count", default=1.0)
 
     def validate(self) -> str | None:
         for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
                      "framework_layouts", "epilogue_in_pipeline", "attention_warp_specialised"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
+        m = self.attention_head_dim_multiple
+        if m < 1 or m != int(m):
+            return f"field 'attention_head_dim_multiple': must be a whole number >= 1, got {m:g}"
         if not isinstance(self.kernels, (list, tuple)) or not all(isinstance(k, str) and k for k in self.kernels):
             return "field 'kernels': must be a list of kernel names"
         return None

@@ -22,6 +22,7 @@ copying the result out); under eager its Python tensor subclass adds host time p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +160,15 @@ def causal_tile_fraction(lq: int, lk: int, tl: Tiling) -> float:
     return computed / (tl.tiles_m * tl.tiles_n)
 
 
+def padded_head_dim(gemms: tuple[GemmShape, ...], multiple: int) -> tuple[GemmShape, ...]:
+    """QK^T and PV with the head dim (QK^T's K, PV's N) rounded up to the `multiple` the attention
+    kernels are built for: FlashAttention-2 runs a head dim of 80 in its 96 kernel, zero-padded."""
+    if multiple <= 1 or len(gemms) != 2:
+        return gemms
+    qk, pv = gemms
+    return (dataclasses.replace(qk, k=round_up(qk.k, multiple)), dataclasses.replace(pv, n=round_up(pv.n, multiple)))
+
+
 def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Cost:
     """A fused (flash) attention kernel: Q, K and V read once, O written once, the scores kept on
     chip; QK^T and PV run back to back on the tensor cores.
@@ -170,15 +180,17 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     MMA instructions, which on Hopper reach `mma_sync_fraction` of the peak; a warp-specialised
     Hopper kernel (the runtime's `attention_warp_specialised`: FlashAttention-3, a vendor
     engine's) uses the Hopper instructions and overlaps the softmax with the MMAs. A causal mask
-    skips the score tiles above the diagonal (`causal_tile_fraction`)."""
+    skips the score tiles above the diagonal (`causal_tile_fraction`); a head dim between the
+    runtime's kernel sizes runs the next one up (`padded_head_dim`)."""
     p: GpuParams = device.params
     unit = compute_unit(p, work.dtype)
     overlapped = env.rt.attention_warp_specialised
     mma_fraction = 1.0 if overlapped else p.mma_sync_fraction
     tile_rate = unit.peak / p.sm_count * p.dense_gemm_efficiency * mma_fraction
+    gemms = padded_head_dim(work.gemms, int(env.rt.attention_head_dim_multiple))
     times = [gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=0, w_bytes=0, c_bytes=0)
-             for g in work.gemms]
-    qk, tl = work.gemms[0], times[0].tiling
+             for g in gemms]
+    qk, tl = gemms[0], times[0].tiling
     causal = "causal" in op.note.split(";")
     share = causal_tile_fraction(qk.m, qk.n, tl) if causal else 1.0
     mma = sum(t.compute_s for t in times) * share
@@ -190,6 +202,9 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     memory = memory_s(p, dram, l2)
     shape = " + ".join(f"{g.m}x{g.n}x{g.k} x{g.batch * g.groups}" for g in work.gemms)
     parts = [unit.note] if unit.note else []
+    if qk.k != work.gemms[0].k:
+        parts.append(f"head dim {work.gemms[0].k} runs the {qk.k} kernel (kernels exist for multiples of "
+                     f"{int(env.rt.attention_head_dim_multiple)})")
     parts.append(describe(f"flash attention {shape} {unit.dtype}", compute, memory, env.launch, tl))
     how = "overlapped with" if overlapped else "after"
     detail = f"MMAs {mma * 1e6:.3g} us" + ("" if mma_fraction == 1.0 else f" at {mma_fraction:.0%} of the peak (Ampere MMA instructions)")
@@ -201,7 +216,8 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, float(work.macs) * share, unit.dtype, dram, l2),
-        kernel="flash attention", why="; ".join(parts), flops_executed=float(work.flops) * share, peak_flops=unit.peak,
+        kernel="flash attention", why="; ".join(parts), flops_executed=2.0 * sum(g.macs for g in gemms) * share,
+        peak_flops=unit.peak,
         memory_bytes=0.0, fallback=bool(unit.note),
         details={"waves": tl.waves, "tiles": tl.tiles, "wave_efficiency": tl.wave_efficiency,
                  "sm_utilisation": tl.utilisation(qk), "split_k": tl.split_k, "precision": precision_id(unit.dtype),
