@@ -29,7 +29,7 @@ def sdpa(bh: int, lq: int, lk: int, d: int, *, causal: bool = False, dtype: str 
     flops = 4 * bh * lq * lk * d
     moved = (2 * bh * lq * d + 2 * bh * lk * d) * 2
     return Op(0, "attention", "aten._scaled_dot_product_flash_attention", "attn", 0, dtype, (q, kv, kv), q, flops,
-              moved, GemmShape(m=lq, n=lk, k=d, batch=bh), note="causal" if causal else "")
+              moved, GemmShape(m=lq, n=lk, k=d, batch=bh), note="causal" if causal else "", causal=causal)
 
 
 def run(op: Op, device, runtime: str):
@@ -128,3 +128,24 @@ def test_the_head_dim_multiple_is_a_whole_number():
     for bad in (0.0, 0.5, 40.5):
         problem = dataclasses.replace(rt, attention_head_dim_multiple=bad).validate()
         assert problem is not None and "attention_head_dim_multiple" in problem
+
+
+def test_causal_is_a_field_the_costing_memo_keys_on():
+    """A causal and a full attention of one shape are two costs, also when costed side by side
+    through the shared memo; a traced causal prefill carries the field."""
+    from sparsesim.run.estimate import cost_ops, resolve_workload
+
+    full, causal = sdpa(32, 2048, 2048, 128), dataclasses.replace(sdpa(32, 2048, 2048, 128, causal=True), index=1)
+    costs = cost_ops((full, causal), [None, None], A100, context=RunContext(runtime="compiled"))
+    assert costs[1].latency_s < 0.6 * costs[0].latency_s
+    wl = resolve_workload("llama2-7b:phase=prefill,seq=256,device=meta")
+    attention = [op.causal for op in wl.ops if op.kind == "attention"]
+    assert len(attention) == 32 and all(attention)
+
+
+def test_the_attention_fields_of_a_gpu_file_are_checked():
+    p = A100.params
+    for bad in (0.0, 1.5):
+        problem = dataclasses.replace(p, mma_sync_fraction=bad).validate()
+        assert problem is not None and "mma_sync_fraction" in problem
+    assert p.validate() is None and H100.params.mma_sync_fraction == pytest.approx(0.667)

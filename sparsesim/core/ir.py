@@ -97,6 +97,7 @@ class Op:
     activation_density: float = 1.0
     activation_measured: bool = False
     note: str = ""
+    causal: bool = False  # attention with a causal mask (is_causal): a fused kernel skips the masked tiles
     experts: int = 0
     top_k: int = 0
     expert_tokens: tuple[int, ...] = ()

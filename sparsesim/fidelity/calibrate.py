@@ -365,12 +365,6 @@ def fit_dense_dtype(cases: Sequence[Case], device: Device, dt: str) -> tuple[Dev
     return device, err
 
 
-def tile_candidates(device: Device) -> list[int]:
-    """Rows a dense register tile along M may hold: powers of two from the fp32 lanes down to 2 (the
-    tail tiles halve, so the tile is a power of two), and 0 (no tile: M rows take M rows' time)."""
-    return column_candidates(device)
-
-
 def with_tile(device: Device, dt: str, tile: int, tail_cost: float) -> Device:
     """The device with `dt`'s dense register tile set (tile 0: removed)."""
     p = device.params
@@ -408,7 +402,7 @@ def read_gemm_tile(cases: Sequence[Case], device: Device, dt: str) -> TileFit | 
     |pred/read - 1| is kept. None where the timings hold no tail M with its reference M."""
     from sparsesim.cost.families.cpu import gemm_rows
 
-    candidates = tile_candidates(device)
+    candidates = column_candidates(device)
     widest = max(candidates)
     refs = [m for m in FIT_M if m > 1 and m % widest == 0][:2]
     read = tail_rows(cases, refs) if len(refs) == 2 else []
@@ -506,8 +500,9 @@ def fit_bsr(cases: Sequence[Case], device: Device, columns: int = 0) -> tuple[De
 
 
 def column_candidates(device: Device) -> list[int]:
-    """Widths a BSR vector step may cover: the fp32 lanes, halved down to 2 columns, and 0 (M / lanes
-    fractional steps, nothing left over; a width of 1 column is the same)."""
+    """Widths a vector step (BSR, columns) or register tile (dense GEMM, rows) may cover along M: the
+    fp32 lanes, halved down to 2, and 0 (none: M / lanes fractional steps, M rows taking M rows'
+    time; a width of 1 is the same). Powers of two, as the tail pieces halve."""
     from sparsesim.cost.families.cpu import lanes
 
     width, out = int(lanes(device.params, "fp32")), []

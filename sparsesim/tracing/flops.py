@@ -70,6 +70,7 @@ class OpWork:
     gemm: GemmShape | None = None
     conv: ConvGeometry | None = None
     note: str = ""
+    causal: bool = False  # an attention whose mask is causal (a fused kernel skips the masked tiles)
 
 
 Formula = Callable[..., OpWork]
@@ -230,7 +231,7 @@ def attention_work(q: T, k: T, v: T, out: Any, mask: T | None = None, causal: bo
     g = GemmShape(m=lq, n=lk, k=e, batch=b)
     flops = 2 * b * lq * lk * e + 2 * b * lq * lk * ev
     note = "causal" if causal else ""
-    return OpWork("attention", flops, io_bytes([q, k, v, mask], _first(out)), gemm=g, note=note)
+    return OpWork("attention", flops, io_bytes([q, k, v, mask], _first(out)), gemm=g, note=note, causal=causal)
 
 
 @register(aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,

@@ -8,6 +8,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from sparsesim.core.errors import WorkloadError
 from sparsesim.core.packaged import builtin_dirs, builtin_files
 
 SINGLE_OPS = ("gemm", "conv")
@@ -70,3 +71,19 @@ def spec_key(kind: str, spec: Any, *parts: Any) -> str | None:
 
     source = spec_source(spec) if isinstance(spec, str) and diskcache.enabled() else None
     return None if source is None else diskcache.key(kind, source, *parts)
+
+
+def parse_params(text: str, *, where: str) -> dict[str, str]:
+    """`a=1,b=x` -> {'a': '1', 'b': 'x'}; a malformed item names the spec."""
+    out: dict[str, str] = {}
+    if not text.strip():
+        return out
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key or not value:
+            raise WorkloadError(f"{where}: parameter {item.strip()!r} is not key=value")
+        if key in out:
+            raise WorkloadError(f"{where}: parameter {key!r} given twice")
+        out[key] = value
+    return out

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from sparsesim.core.errors import WorkloadError
 from sparsesim.core.ir import DTYPE_BYTES, ConvGeometry, GemmShape, Op, WeightInfo, Workload
+from sparsesim.tracing.specs import parse_params
 
 SUFFIX = ".csv"
 DEFAULT_DTYPE = "int8"  # SCALE-Sim's unit is a word; one byte
@@ -105,13 +106,12 @@ def read_topology(path: str | Path) -> list[TopologyLayer]:
 def load_topology(spec: str) -> Workload:
     """The workload of a topology spec (`net.csv`, `net.csv:dtype=fp16`): one op per layer."""
     head, _, tail = spec.strip().partition(":")
-    dtype = DEFAULT_DTYPE
-    for item in filter(None, (s.strip() for s in tail.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or key.strip() not in PARAMS:
-            raise WorkloadError(f"workload {spec!r}: unknown parameter {item!r} (a topology file takes: "
+    given = parse_params(tail, where=f"workload {spec!r}")
+    for key in given:
+        if key not in PARAMS:
+            raise WorkloadError(f"workload {spec!r}: unknown parameter {key!r} (a topology file takes: "
                                 f"{', '.join(PARAMS)})")
-        dtype = value.strip()
+    dtype = given.get("dtype", DEFAULT_DTYPE)
     if dtype not in DTYPE_BYTES:
         raise WorkloadError(f"workload {spec!r}: unknown dtype {dtype!r} (use one of {', '.join(DTYPE_BYTES)})")
     ops = tuple(_op(i, layer, dtype) for i, layer in enumerate(read_topology(head)))

@@ -45,7 +45,7 @@ from sparsesim.core.errors import SparsesimError, WorkloadError
 from sparsesim.core.ir import DTYPE_BYTES, WeightInfo, Workload
 from sparsesim.tracing import guard
 from sparsesim.tracing.routing import route
-from sparsesim.tracing.specs import SINGLE_OPS, builtin_recipe_files
+from sparsesim.tracing.specs import SINGLE_OPS, builtin_recipe_files, parse_params
 from sparsesim.tracing.topology import is_topology, load_topology
 from sparsesim.tracing.tracer import dtype_name, trace
 
@@ -148,22 +148,6 @@ def list_recipes() -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- spec parsing
-
-def parse_params(text: str, *, where: str) -> dict[str, str]:
-    """`a=1,b=x` -> {'a': '1', 'b': 'x'}; a malformed item names the spec."""
-    out: dict[str, str] = {}
-    if not text.strip():
-        return out
-    for item in text.split(","):
-        key, eq, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not eq or not key or not value:
-            raise WorkloadError(f"{where}: parameter {item.strip()!r} is not key=value")
-        if key in out:
-            raise WorkloadError(f"{where}: parameter {key!r} given twice")
-        out[key] = value
-    return out
-
 
 def coerce(value: str, default: Any, *, where: str, key: str) -> Any:
     """Convert a command-line string to the type of the parameter's default."""

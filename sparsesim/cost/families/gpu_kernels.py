@@ -191,8 +191,7 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     times = [gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=0, w_bytes=0, c_bytes=0)
              for g in gemms]
     qk, tl = gemms[0], times[0].tiling
-    causal = "causal" in op.note.split(";")
-    share = causal_tile_fraction(qk.m, qk.n, tl) if causal else 1.0
+    share = causal_tile_fraction(qk.m, qk.n, tl) if op.causal else 1.0
     mma = sum(t.compute_s for t in times) * share
     scores = qk.batch * qk.groups * qk.m * qk.n * share
     sfu_rate = p.sfu_ops_per_sm_clock * p.sm_count * p.clock
@@ -210,7 +209,7 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     detail = f"MMAs {mma * 1e6:.3g} us" + ("" if mma_fraction == 1.0 else f" at {mma_fraction:.0%} of the peak (Ampere MMA instructions)")
     if softmax > 0:
         detail += f", softmax exponentials {softmax * 1e6:.3g} us on the special-function units {how} them"
-    if causal:
+    if op.causal:
         detail += f"; causal: {share:.0%} of the score tiles"
     parts.append(detail)
     return build_cost(
