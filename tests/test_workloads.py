@@ -67,10 +67,12 @@ def test_gpt2_conv1d_weights_are_stored_transposed():
     op = next(op for op in wl.weight_ops() if op.module == "transformer.h.0.mlp.c_fc")
     assert op.weight_shape == (3072, 768)  # N x K
     assert wl.weights[op.weight].shape == (768, 3072)  # Conv1D stores K x N
+    assert op.weight_k_major  # a field the mask builders read, not the note's prose
     assert op.gemm == GemmShape(m=8, n=3072, k=768)
     assert wl.activation_norms[op.weight].shape == (768, 1)
     lm = next(op for op in wl.weight_ops() if op.module == "lm_head")
     assert lm.weight == "transformer.wte.weight"  # tied: named_parameters spells it once
+    assert not lm.weight_k_major  # the tied embedding is an N x K nn.Linear weight
 
 
 def test_bert_attention_one_op_per_layer():

@@ -341,8 +341,7 @@ def _entries(workload: Workload) -> dict[str, tuple[_Entry, Op]]:
             rows_dim = flows[w].rows_dim
         else:  # no dataflow: a 2-D weight stored K x N shows it in its traced N x K shape
             rows, cols = op.weight_matrix or (0, 0)
-            rows_dim = int(len(stored) == 2 and ("weight stored K x N" in op.note or
-                                                 (stored == (cols, rows) and rows != cols)))
+            rows_dim = int(len(stored) == 2 and (op.weight_k_major or (stored == (cols, rows) and rows != cols)))
         out[w] = (_Entry(w, op.module, stored, rows_dim, op.is_grouped), op)
     return out
 

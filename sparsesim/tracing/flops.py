@@ -71,6 +71,7 @@ class OpWork:
     conv: ConvGeometry | None = None
     note: str = ""
     causal: bool = False  # an attention whose mask is causal (a fused kernel skips the masked tiles)
+    transposed: bool = False  # a transposed convolution (its weight is stored Cin x Cout)
 
 
 Formula = Callable[..., OpWork]
@@ -209,7 +210,8 @@ def conv_formula(x: T, w: T, bias: T | None, stride: Sequence[int], padding: Seq
     )
     g = GemmShape(m=m, n=n, k=k, batch=1, groups=groups)
     note = "transposed" if transposed else ""
-    return OpWork("conv", 2 * g.macs, io_bytes([x, w, bias], out), gemm=g, conv=geom, note=note)
+    return OpWork("conv", 2 * g.macs, io_bytes([x, w, bias], out), gemm=g, conv=geom, note=note,
+                  transposed=bool(transposed))
 
 
 def _tup(v: Sequence[int] | int, nd: int) -> tuple[int, ...]:

@@ -281,6 +281,7 @@ class _Recorder:
             extra["weight_shape"] = tuple(param.shape)
             if not flipped:
                 note += "; weight stored K x N"
+                extra["weight_k_major"] = True
             self.weights.setdefault(name, WeightInfo(
                 name=name, shape=tuple(param.shape), dtype=dtype_name(param.dtype), on_meta=param.is_meta))
         if self.measure and not a.is_meta:
@@ -331,7 +332,7 @@ class _Recorder:
         act = a if found_b else b
         if conv:
             extra["weight_shape"] = tuple(param.shape)
-            self.flow.weight(name, param, 1 if work.note == "transposed" else 0)
+            self.flow.weight(name, param, 1 if work.transposed else 0)
         else:
             # GEMM operand as K x N (weight on the right) or N x K (weight on the left)
             k_axis_operand = 0 if found_b else 1
@@ -341,6 +342,7 @@ class _Recorder:
             extra["kind"] = "linear"
             if k_axis_param == 0:
                 extra["note"] = "weight stored K x N"
+                extra["weight_k_major"] = True
             self.flow.weight(name, param, 1 if k_axis_param == 0 else 0)
             if found_a is not None:  # out = W @ x: rows of activations are x's columns
                 g = work.gemm
