@@ -20,7 +20,8 @@ Targets: every layer within 2%, the cost model >= 10,000x faster on every config
 `--whole` compares whole processes instead: SCALE-Sim on ResNet-18's 20 convolutions on a 32x32
 weight-stationary array against `sparsesim estimate` on the same array, given the very topology
 file SCALE-Sim read and, apart, ResNet-18 traced from PyTorch (each cold, then warm from the disk
-cache); target >= 1,000x.
+cache); target >= 1,000x. It also times two floors no cold sparsesim process can go under: a bare
+interpreter, and one importing numpy and pandas (the libraries of every verb's result tables).
 
 ResNet-18 convolutions are given to SCALE-Sim with PyTorch's padding folded into the input size:
 SCALE-Sim sizes outputs as ceil((H - F + s) / s) and models no padding, so the input is set to
@@ -283,7 +284,25 @@ def whole_process(py: str, workdir: Path, rows: int, df: str) -> dict:
                 sys.exit(f"sparsesim failed: {proc.stderr[-1500:]}")
             out[f"{label}_{run}_s"] = wall
             out[f"{label}_{run}_speedup"] = ss_wall / wall
+    for label, code in FLOORS.items():
+        out[f"floor_{label}_s"] = floor_s(code)
+        out[f"floor_{label}_speedup"] = ss_wall / out[f"floor_{label}_s"]
     return out
+
+
+# what any cold sparsesim process pays before it reads its input: the interpreter, and the
+# interpreter importing the result tables' libraries (every verb returns pandas frames)
+FLOORS = {"interpreter": "pass", "numpy_pandas": "import numpy, pandas"}
+
+
+def floor_s(code: str, repeats: int = 3) -> float:
+    """Median wall time of a fresh interpreter running `code`."""
+    walls = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        walls.append(time.perf_counter() - t)
+    return sorted(walls)[len(walls) // 2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                     x = w[f"{label}_{run}_speedup"]
                     print(f"  sparsesim, {what}, {run}: {w[f'{label}_{run}_s']:.2f} s = {x:,.0f}x "
                           f"({'met' if x >= TARGET_WHOLE_SPEEDUP else 'NOT met'})")
+            for label, what in (("interpreter", "an interpreter alone"),
+                                ("numpy_pandas", "an interpreter importing numpy and pandas (the result tables)")):
+                print(f"  floor: {what}: {w[f'floor_{label}_s']:.2f} s = {w[f'floor_{label}_speedup']:,.0f}x")
         return 0
 
     convs = resnet18_convs()

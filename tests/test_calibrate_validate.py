@@ -23,7 +23,7 @@ from sparsesim.fidelity import validate as val
 from sparsesim.hw.devices import parse_device_file
 
 FITTED = ("gemm_efficiency.fp32", "gemm_half_m.fp32", "sparse_nnz_cycles", "sparse_vector_cycles",
-          "sparse_row_cycles", "sparse_call_overhead", "bsr_block_cycles", "bsr_vector_cycles.4x4",
+          "sparse_row_cycles", "sparse_call_overhead", "bsr_vector_cycles.4x4",
           "bsr_row_cycles", "bsr_value_cycles.4x4", "bsr_value_cycles.16x16")
 
 
@@ -156,7 +156,8 @@ def test_cli_errors_are_one_line_exit_2(tmp_path, capsys):
 def test_bsr_fit_tells_the_per_value_cost_from_the_vector_steps():
     """Cases over M = 4..256 and densities 0.02..0.3 pin both per-value figures of each block shape
     and the output pass: latencies made by the model from known figures are fitted back to them
-    (terms that scaled alike over M, density and block shape could not be told apart)."""
+    (terms that scaled alike over M, density and block shape could not be told apart). The cost
+    per block is not fitted: with a per-value cost per shape, no timing can split the two."""
     from sparsesim.hw.devices import load_device
     from sparsesim.sparsity.records import Pattern
 
@@ -171,11 +172,12 @@ def test_bsr_fit_tells_the_per_value_cost_from_the_vector_steps():
             for m in cal.FIT_BSR_M:
                 case = cal.Case("bsr", "fp32", m, 512, 512, d, b, 1.0, layer)
                 cases.append(dataclasses.replace(case, seconds=cal.predict(case, truth)))
-    start = cal.with_params(truth, bsr_block_cycles=3.0, bsr_value_cycles={"4x4": 3.0, "16x16": 3.0},
+    start = cal.with_params(truth, bsr_value_cycles={"4x4": 3.0, "16x16": 3.0},
                             bsr_vector_cycles={"4x4": 3.0, "16x16": 3.0})
     fitted, err = cal.fit_bsr(cases, start)
     p = fitted.params
     assert err < 0.01
+    assert p.bsr_block_cycles == 8.0  # not fitted: a shape's per-value cost absorbs any per-block cost
     assert p.bsr_value_cycles == pytest.approx({"4x4": 1.5, "16x16": 4.5}, rel=0.05)
     assert p.bsr_vector_cycles == pytest.approx({"4x4": 1.8, "16x16": 2.4}, rel=0.05)
     assert p.bsr_row_cycles == pytest.approx(12.0, rel=0.05)

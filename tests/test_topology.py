@@ -117,9 +117,31 @@ def test_bad_specs_and_missing_files(tmp_path, cli):
     assert rc == 2 and "nope.csv" in err and "does not exist" in err and "Traceback" not in err
 
 
-def test_reading_a_topology_imports_no_torch(tmp_path):
-    f = write(tmp_path, "g.csv", GEMM_HEADER + "only, 64, 64, 64,\n")
-    code = ("import sys; from sparsesim.tracing.topology import load_topology; "
-            f"load_topology({f!r}); print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+def test_costing_a_topology_imports_no_torch(tmp_path):
+    """Reading, estimating, comparing under plans (analytic stats: no weights to mask), tracing
+    and simulating a topology file, cold, in a fresh interpreter: torch (over a second to import)
+    is never loaded; the pattern kinds, masks, stats and formula registry name it lazily."""
+    g = write(tmp_path, "g.csv", GEMM_HEADER + "only, 64, 64, 64,\n")
+    c = write(tmp_path, "c.csv", CONV_HEADER + "conv1, 56, 56, 3, 3, 64, 64, 1,\n" + "conv2_DP, 28, 28, 3, 3, 64, 1, 1, 2:4,\n")
+    code = "\n".join((
+        "import sys",
+        "from sparsesim.tracing.topology import load_topology",
+        f"load_topology({g!r})",
+        "print('read', 'torch' in sys.modules)",
+        "from sparsesim.cli import main",
+        "for argv in (",
+        f"    ['--no-cache', 'estimate', {c!r}, '--device', 'alveo-u250', '--quiet'],",
+        f"    ['--no-cache', 'estimate', {g!r}, '--device', 'a100-sxm4-80gb', '--plan', '2:4', '--quiet'],",
+        f"    ['--no-cache', 'compare', {c!r}, '--devices', 'alveo-u250,a100-sxm4-80gb',",
+        f"     '--plans', '2:4,unstructured:0.5,channel:0.5,{c}', '--quiet'],",
+        f"    ['--no-cache', 'trace', {c!r}],",
+        f"    ['--no-cache', 'simulate', {c!r}, '--device', 'alveo-u250', '--quiet'],",
+        "):",
+        "    assert main(argv) == 0, argv",
+        "    print(argv[1], 'torch' in sys.modules)",
+    ))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = [line for line in out.stdout.splitlines() if line.endswith((" True", " False"))]
+    assert loaded == [f"{verb} False" for verb in ("read", "estimate", "estimate", "compare", "trace", "simulate")], \
+        out.stdout[-2000:]

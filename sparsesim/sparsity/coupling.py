@@ -29,13 +29,18 @@ from dataclasses import dataclass
 from functools import cached_property
 from itertools import pairwise
 from math import prod
-
-import torch
+from typing import TYPE_CHECKING
 
 from sparsesim.core.errors import PlanError
 from sparsesim.core.ir import Workload
+from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.masks import kept_units
 from sparsesim.tracing.dataflow import Dataflow, Dim, Dims, WeightFlow
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 
 class Channels:

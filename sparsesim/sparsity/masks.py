@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from sparsesim.core.errors import MaskError
+from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.records import Pattern
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 
 def kept_units(density: float, units: int) -> int:

@@ -25,13 +25,17 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sparsesim.core.errors import PlanError
+from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.patterns import parse_pattern
 from sparsesim.sparsity.records import DENSE, Pattern
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 _PLAN_FORMAT = "sparsesim-plan"
 _META_KEY = "sparsesim.plan"
@@ -144,6 +148,15 @@ def load_plan(spec: str | Plan | Path) -> Plan:
         return uniform_plan(text)
     except PlanError as e:
         raise PlanError(f"plan {text!r} is neither a pattern nor a .toml/.safetensors/.pt plan file nor a topology .csv: {e}") from None
+
+
+def carries_masks(spec: object) -> bool:
+    """Whether a plan (a spec `load_plan` takes) carries masks of its own: a saved
+    .safetensors/.pt plan, or a Plan read from one. Loading and checking those is tensor work.
+    Reads no file."""
+    if isinstance(spec, Plan):
+        return bool(spec.masks)
+    return isinstance(spec, (str, Path)) and Path(spec).suffix in (".safetensors", ".pt")
 
 
 def _topology_plan(path: Path) -> Plan:

@@ -13,16 +13,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
-
-import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from typing import TYPE_CHECKING, Any
 
 from sparsesim.core.ir import GemmShape, Op, Workload
+from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.coupling import Cut
 from sparsesim.sparsity.records import LayerSparsity
 from sparsesim.tracing.dataflow import OpFlow
 from sparsesim.tracing.flops import T, attention_work, classify
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils import _pytree as pytree
+else:
+    torch = lazy_module("torch")
+    pytree = lazy_module("torch.utils._pytree")
 
 ATTENTION = "scaled_dot_product_attention"
 
@@ -47,7 +52,7 @@ def shrink(workload: Workload, cut: Cut | None, lone: Mapping[str, LayerSparsity
 
 
 def _shapes(f: OpFlow) -> list[tuple[int, ...]]:
-    return [t.shape for t in tree_flatten((f.args, f.kwargs, f.out))[0] if isinstance(t, T)]
+    return [t.shape for t in pytree.tree_flatten((f.args, f.kwargs, f.out))[0] if isinstance(t, T)]
 
 
 def _shrunk(op: Op, f: OpFlow | None, cut: Cut) -> Op:
@@ -61,7 +66,7 @@ def _shrunk(op: Op, f: OpFlow | None, cut: Cut) -> Op:
     if new == old:
         return op
     it = iter(new)
-    args, kwargs, out = tree_map(lambda t: T(next(it), t.itemsize) if isinstance(t, T) else t,
+    args, kwargs, out = pytree.tree_map(lambda t: T(next(it), t.itemsize) if isinstance(t, T) else t,
                                  (f.args, f.kwargs, f.out))
     if op.aten == ATTENTION:
         q, k, v, mask = args

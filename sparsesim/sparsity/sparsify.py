@@ -21,14 +21,12 @@ import dataclasses
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from sparsesim.core.cache import ContentCache, digest, tensor_state
 from sparsesim.core.errors import MaskError, PlanError, SparsesimWarning
 from sparsesim.core.ir import DTYPE_BYTES, Op, Workload
+from sparsesim.core.lazy import lazy_module
 from sparsesim.core.threads import one_thread
 from sparsesim.sparsity.coupling import Cut, plan_cut, solve
 from sparsesim.sparsity.formats import format_bytes, storage_format
@@ -41,7 +39,7 @@ from sparsesim.sparsity.masks import (
     row_bands,
 )
 from sparsesim.sparsity.patterns import make_pattern
-from sparsesim.sparsity.plans import Plan, load_plan
+from sparsesim.sparsity.plans import Plan, carries_masks, load_plan
 from sparsesim.sparsity.records import (
     DENSE,
     LayerSparsity,
@@ -53,6 +51,13 @@ from sparsesim.sparsity.shrink import shrink
 from sparsesim.sparsity.stats import analytic_stats, measure_stats
 from sparsesim.tracing.dataflow import Dataflow, WeightFlow
 from sparsesim.tracing.flops import packed_weight_bytes
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
 
 SPARSIFIED_KINDS = ("linear", "conv")
 CRITERIA = ("magnitude", "activation")
@@ -389,8 +394,18 @@ def sparsify(workload: Workload, plan: Plan | str, *, criterion: str = "magnitud
     stats by the mask's content, so sparsifying many plans that share masks (a search)
     measures each mask once.
     """
+    if not works_on_tensors(workload, (plan,)):
+        return _sparsify(workload, plan, criterion, cache)  # shapes alone: no torch to set up
     with one_thread():
         return _sparsify(workload, plan, criterion, cache)
+
+
+def works_on_tensors(workload: Workload, plans: Iterable[object] = ()) -> bool:
+    """Whether sparsifying `workload` (under `plans`) works on tensors: real weights, masks a
+    plan carries, or the traced dataflow's channel coupling. Without any (a topology file), it
+    is shapes and analytic statistics alone, and imports no torch."""
+    return (workload.model is not None or workload.dataflow is not None
+            or any(carries_masks(p) for p in plans))
 
 
 def _sparsify(workload: Workload, plan: Plan | str, criterion: str,

@@ -14,14 +14,19 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from sparsesim.core.lazy import scipy_stats
+from sparsesim.core.lazy import lazy_module, scipy_stats
 from sparsesim.sparsity.kinds.base import Frame
 from sparsesim.sparsity.masks import matrix_view, row_bands
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 # N:M ratios every stats record reports (the ratios sparse tensor cores and papers use)
 STANDARD_NM = ((1, 2), (2, 4), (1, 4), (2, 8), (4, 8))
@@ -39,8 +44,11 @@ def pad_to(x: torch.Tensor, cols: int, rows: int = 0, value: float = 0.0) -> tor
     return torch.nn.functional.pad(x, (0, cols, 0, rows), value=value) if cols or rows else x
 
 
-# a count dtype and the integer twice its width, whose halves are two neighbouring counts
-_WIDE = {torch.uint8: torch.int16, torch.int16: torch.int32}
+@lru_cache(maxsize=1)
+def _wide() -> dict[torch.dtype, torch.dtype]:
+    """A count dtype -> the integer twice its width, whose halves are two neighbouring counts
+    (a function, not a module constant: torch is imported on first use)."""
+    return {torch.uint8: torch.int16, torch.int16: torch.int32}
 
 
 def _pair_k(x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +56,7 @@ def _pair_k(x: torch.Tensor) -> torch.Tensor:
     of twice the width, the high half added to the low half and the sum cut back to the low
     half (exact modulo 2**bits, as the counts' own dtype is): ~3x faster than adding two
     strided views."""
-    wide = _WIDE.get(x.dtype)
+    wide = _wide().get(x.dtype)
     if wide is None or not x.is_contiguous() or x.shape[1] % 2:
         return x[:, 0::2] + x[:, 1::2]
     v = x.view(wide)

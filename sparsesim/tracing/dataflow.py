@@ -30,15 +30,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from math import prod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.utils._pytree import tree_flatten, tree_map
-from torch.utils.weak import WeakIdKeyDictionary
-
+from sparsesim.core.lazy import lazy_module
 from sparsesim.tracing.flops import T
+from sparsesim.tracing.opnames import OpName, OpTable, aten
 
-aten = torch.ops.aten
+if TYPE_CHECKING:
+    import torch
+    from torch.utils import _pytree as pytree
+    from torch.utils import weak
+else:
+    torch = lazy_module("torch")
+    pytree = lazy_module("torch.utils._pytree")
+    weak = lazy_module("torch.utils.weak")
 
 Dim = tuple[int, ...]  # atoms whose row-major product is one tensor dimension
 Dims = tuple[Dim, ...]  # one entry per tensor dimension
@@ -89,7 +94,7 @@ class FlowTracker:
         self.facts: list[Fact] = []
         self.ops: dict[int, OpFlow] = {}
         self.weights: dict[str, WeightFlow] = {}
-        self._dims: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._dims: weak.WeakIdKeyDictionary = weak.WeakIdKeyDictionary()
         self._products: dict[Dim, int] = {}
 
     # ------------------------------------------------------------------ atoms
@@ -142,13 +147,13 @@ class FlowTracker:
             self._dims[t] = d
 
     def pin_tensors(self, tree: Any) -> None:
-        for t in tree_flatten(tree)[0]:
+        for t in pytree.tree_flatten(tree)[0]:
             if isinstance(t, torch.Tensor):
                 self.pin(self.dims(t))
 
     # ------------------------------------------------------------------ ops
     def on_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        rule = _RULES.get(func.overloadpacket)
+        rule = _RULES.table().get(func.overloadpacket)
         if rule is None and torch.Tag.pointwise in getattr(func, "tags", ()):
             rule = _pointwise
         if rule is None:
@@ -160,9 +165,9 @@ class FlowTracker:
 
     def record(self, index: int, args: tuple, kwargs: dict, out: Any) -> None:
         """Keep op `index`'s call as shapes with the atoms of each tensor."""
-        flat = tree_flatten((args, kwargs, out))[0]
+        flat = pytree.tree_flatten((args, kwargs, out))[0]
         dims = tuple(self.dims(t) for t in flat if isinstance(t, torch.Tensor))
-        self.ops[index] = OpFlow(tree_map(_t, args), tree_map(_t, kwargs), tree_map(_t, out), dims)
+        self.ops[index] = OpFlow(pytree.tree_map(_t, args), pytree.tree_map(_t, kwargs), pytree.tree_map(_t, out), dims)
 
     def weight(self, name: str, param: torch.Tensor, rows_dim: int) -> None:
         self.weights.setdefault(name, WeightFlow(self.dims(param), rows_dim))
@@ -211,19 +216,19 @@ def _ones(shape: Sequence[int]) -> tuple[int, ...]:
 
 
 def _tensors(x: Any) -> list[torch.Tensor]:
-    return [t for t in tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
+    return [t for t in pytree.tree_flatten(x)[0] if isinstance(t, torch.Tensor)]
 
 
 # ---------------------------------------------------------------------- rules
 
 Rule = Callable[[FlowTracker, tuple, dict, Any], None]
-_RULES: dict[Any, Rule] = {}
+# by name (`tracing.opnames`): torch is imported when the first op is looked up, not here
+_RULES: OpTable[Rule] = OpTable()
 
 
-def _rule(*packets: Any) -> Callable[[Rule], Rule]:
+def _rule(*packets: OpName) -> Callable[[Rule], Rule]:
     def deco(fn: Rule) -> Rule:
-        for p in packets:
-            _RULES[p] = fn
+        _RULES.add(packets, fn)
         return fn
 
     return deco

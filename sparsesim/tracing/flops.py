@@ -16,13 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import prod
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from sparsesim.core.ir import UNKNOWN, ConvGeometry, GemmShape
+from sparsesim.core.lazy import lazy_module
+from sparsesim.tracing.opnames import OpName, OpSet, OpTable, aten, quantized
 
-aten = torch.ops.aten
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 # FLOPs charged per element by memory-bound ops (they are bandwidth bound; these only keep
 # their FLOP column honest, they never decide latency):
@@ -75,15 +78,15 @@ class OpWork:
 
 
 Formula = Callable[..., OpWork]
-_REGISTRY: dict[Any, Formula] = {}
+# by name (`tracing.opnames`): torch is imported when the first op is looked up, not here
+_REGISTRY: OpTable[Formula] = OpTable()
 
 
-def register(*packets: Any) -> Callable[[Formula], Formula]:
-    """Register `fn(*args, out=T|tuple[T], **kwargs) -> OpWork` for the given aten ops/packets."""
+def register(*packets: OpName) -> Callable[[Formula], Formula]:
+    """Register `fn(*args, out=T|tuple[T], **kwargs) -> OpWork` for the given aten packets."""
 
     def deco(fn: Formula) -> Formula:
-        for p in packets:
-            _REGISTRY[p] = fn
+        _REGISTRY.add(packets, fn)
         return fn
 
     return deco
@@ -91,10 +94,11 @@ def register(*packets: Any) -> Callable[[Formula], Formula]:
 
 def formula_for(func: Any) -> Formula | None:
     """The formula for an aten overload (looked up by overload, then by its packet)."""
-    if func in _REGISTRY:
-        return _REGISTRY[func]
+    table = _REGISTRY.table()
+    if func in table:
+        return table[func]
     packet = getattr(func, "overloadpacket", None)
-    return _REGISTRY.get(packet)
+    return table.get(packet)
 
 
 def _tensors(x: Any) -> list[T]:
@@ -283,12 +287,12 @@ def _packed_linear(x: T, out: Any, per_element: int, dtype: str) -> OpWork:
                   note=f"dynamically quantised {dtype} weight (packed, not sparsified by plans)")
 
 
-@register(torch.ops.quantized.linear_dynamic)
+@register(quantized.linear_dynamic)
 def linear_dynamic_formula(x: T, packed: Any, *args: Any, out: Any, **_: Any) -> OpWork:
     return _packed_linear(x, out, INT8_BYTES, "int8")
 
 
-@register(torch.ops.quantized.linear_dynamic_fp16)
+@register(quantized.linear_dynamic_fp16)
 def linear_dynamic_fp16_formula(x: T, packed: Any, *args: Any, out: Any, **_: Any) -> OpWork:
     return _packed_linear(x, out, FP16_BYTES, "fp16")
 
@@ -444,7 +448,7 @@ def unknown_work(args: Sequence[Any], out: Any, kwargs: dict | None = None) -> O
 # no bytes, so the tracer skips them. Any op torch marks `is_view` (view, t, transpose, permute,
 # expand, slice, select, squeeze/unsqueeze, detach, alias, as_strided, split, unbind, ...) is one
 # of these; the list adds view-like ops torch does not mark, and allocation without writes.
-METADATA_OPS = frozenset({
+METADATA_OPS = OpSet({
     aten._unsafe_view, aten._reshape_alias, aten.lift_fresh, aten.lift_fresh_copy, aten.empty,
     aten.empty_strided, aten.empty_like, aten.new_empty, aten.new_empty_strided,
     aten._local_scalar_dense, aten.sym_size, aten.sym_stride, aten.sym_numel, aten.sym_storage_offset,

@@ -34,20 +34,30 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any
 
 from sparsesim.core import progress
 from sparsesim.core.errors import SparsesimError, WorkloadError
 from sparsesim.core.ir import DTYPE_BYTES, WeightInfo, Workload
+from sparsesim.core.lazy import lazy_module
 from sparsesim.tracing import guard
 from sparsesim.tracing.routing import route
 from sparsesim.tracing.specs import SINGLE_OPS, builtin_recipe_files, parse_params
 from sparsesim.tracing.topology import is_topology, load_topology
-from sparsesim.tracing.tracer import dtype_name, trace
+
+# torch (and the tracer) load when a model is built: reading recipes, listing them and loading
+# a topology file need neither
+if TYPE_CHECKING:
+    import torch
+    import torch.nn as nn
+
+    from sparsesim.tracing import tracer
+else:
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
+    tracer = lazy_module("sparsesim.tracing.tracer")
 
 RECIPE_KEYS = {"description": str, "builder": str, "dtype": str, "params": dict, "train": dict}
 TRAIN_KEYS: dict[str, type[Any] | tuple[type[Any], ...]] = {"dataset": str, "dataset_size": int, "epochs": (int, float), "batch": int}
@@ -172,6 +182,10 @@ def load_workload(spec: str) -> Workload:
     runs (import, builder or factory, forward) is bounded by `guard.time_limit`, and its
     sys.exit or KeyboardInterrupt is a WorkloadError (see `sparsesim.tracing.guard`)."""
     spec = spec.strip()
+    if not is_topology(spec):
+        # torch and the tracer (over a second to import) are sparsesim's own imports: loaded
+        # before the time limit on the user's code starts, not within it
+        importlib.import_module(tracer.__name__)
     with guard.bounded(spec):
         return _load(spec)
 
@@ -216,7 +230,7 @@ def _run_recipe(recipe: Recipe, param_text: str, spec: str) -> Workload:
     if routing is not None:
         given[ROUTING_PARAM] = routing
     name = recipe.name + (":" + ",".join(f"{k}={v}" for k, v in given.items()) if given else "")
-    wl = trace(model, inputs, name=name)
+    wl = tracer.trace(model, inputs, name=name)
     if routing is not None:
         try:
             wl = route(wl, routing)
@@ -240,7 +254,7 @@ def _run_factory(module: str, attr: str, spec: str) -> Workload:
         raise WorkloadError(f"factory {spec} must return (model, example_inputs), got {type(result).__name__}")
     model, inputs = result
     model.eval()  # estimates are for deployment: dropout off, batch norm on running statistics
-    return trace(model, inputs, name=spec)
+    return tracer.trace(model, inputs, name=spec)
 
 
 def _import_callable(ref: str, *, what: str) -> Callable[..., Any]:
@@ -289,15 +303,28 @@ _SINGLE_OP_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-class _OneLayer(nn.Module):
-    """A model that is one named layer, so its weight is `gemm.weight` / `conv.weight`."""
+@cache
+def _one_layer_class() -> type[nn.Module]:
+    """The class of `_OneLayer` (defined on first use: it subclasses torch's Module)."""
 
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
+    class _OneLayer(nn.Module):
+        """A model that is one named layer, so its weight is `gemm.weight` / `conv.weight`."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return getattr(self, self.kind)(x)
+        def __init__(self, kind: str) -> None:
+            super().__init__()
+            self.kind = kind
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return getattr(self, self.kind)(x)
+
+    _OneLayer.__qualname__ = "_OneLayer"  # pickled by name: found through the module's __getattr__
+    return _OneLayer
+
+
+def __getattr__(name: str) -> Any:
+    if name == "_OneLayer":
+        return _one_layer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
@@ -345,7 +372,7 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
                                 f"({' x '.join(map(str, dims))}); at most {SINGLE_OP_MAX_ELEMENTS:.3g} are described")
 
     def build(device: str) -> tuple[nn.Module, torch.Tensor]:
-        root = _OneLayer(kind)
+        root = _one_layer_class()(kind)
         with torch.device(device):
             if kind == "gemm":
                 root.gemm = nn.Linear(p["K"], p["N"], bias=p["bias"], dtype=dt)
@@ -362,7 +389,7 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
     meta_model, x = build("meta")
     try:
         # the layer's outputs feed layers outside the workload: its output channels may be pruned
-        wl = trace(meta_model, (x,), name=spec, measure_activations=False, pin_outputs=False)
+        wl = tracer.trace(meta_model, (x,), name=spec, measure_activations=False, pin_outputs=False)
     except SparsesimError as e:
         raise WorkloadError(f"{where}: {e}") from None
     layer = getattr(meta_model, kind)
@@ -370,7 +397,7 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
     if layer.weight.numel() <= SINGLE_OP_REAL_WEIGHT_LIMIT:
         torch.manual_seed(p["seed"])
         model, _ = build("cpu")
-    weights = {n: WeightInfo(n, tuple(w.shape), dtype_name(w.dtype), w.is_meta)
+    weights = {n: WeightInfo(n, tuple(w.shape), tracer.dtype_name(w.dtype), w.is_meta)
                for n, w in model.named_parameters() if n in wl.weights}
     wl = dataclasses.replace(wl, params=p, model=model, weights=weights)
     if narrow:

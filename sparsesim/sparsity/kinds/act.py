@@ -16,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-
-import torch
+from typing import TYPE_CHECKING
 
 from sparsesim.core.ir import Workload
+from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.kinds.base import (
     Frame,
     PatternError,
@@ -30,6 +30,11 @@ from sparsesim.sparsity.kinds.base import (
 )
 from sparsesim.sparsity.records import LayerSparsity, Pattern, SparsityStats
 from sparsesim.sparsity.stats import full_stats
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 _SPELLING = re.compile(r"(?:(.+)\+)?act:(.+)", re.ASCII)
 

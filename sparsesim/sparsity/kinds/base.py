@@ -13,14 +13,17 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-import torch
-
 from sparsesim.core.errors import PlanError
+from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.records import KINDS, Pattern
 
 if TYPE_CHECKING:
+    import torch
+
     from sparsesim.sparsity.formats import FormatSize
     from sparsesim.sparsity.records import SparsityStats
+else:
+    torch = lazy_module("torch")
 
 # Largest integer a pattern may carry (N, M, V, block sides): int32, the index type of every
 # sparse kernel library (cuSPARSE, cuSPARSELt, torch's sparse kernels), so no kernel can address

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from sparsesim.core.errors import MaskError
-from sparsesim.core.lazy import scipy_stats
+from sparsesim.core.lazy import lazy_module, scipy_stats
 from sparsesim.sparsity.kinds.base import (
     Frame,
     PatternError,
@@ -37,6 +37,11 @@ from sparsesim.sparsity.stats import (
     pad_to,
     record,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 _SPELLING = re.compile(r"block([^x:]+)x([^:]+):(.+)", re.ASCII)
 

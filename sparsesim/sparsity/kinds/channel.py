@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from sparsesim.core.errors import MaskError
+from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.kinds.base import (
     Frame,
     PatternKind,
@@ -31,6 +31,11 @@ from sparsesim.sparsity.stats import (
     record,
     sizes,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 _SPELLING = re.compile(r"channel:(.+)", re.ASCII)
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
+from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.kinds.base import Frame, PatternKind, register_kind
 from sparsesim.sparsity.records import DENSE, Pattern, SparsityStats
 from sparsesim.sparsity.stats import full_stats
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 
 class Dense(PatternKind):

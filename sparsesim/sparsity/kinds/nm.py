@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-
-import torch
+from typing import TYPE_CHECKING
 
 from sparsesim.core.errors import MaskError
+from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.formats import FormatError, FormatSize, size_of
 from sparsesim.sparsity.kinds.base import (
     DENSITY_DECIMALS,
@@ -28,6 +28,11 @@ from sparsesim.sparsity.kinds.base import (
 )
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
 from sparsesim.sparsity.stats import bin_of, nm_group_max, pad_to, record, sizes
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 # two numbers (anything without letters, so a misspelt kind name is not mistaken for N:M)
 _SPELLING = re.compile(r"([^:a-z]+):([^:a-z]+)", re.ASCII)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from sparsesim.core.lazy import scipy_stats
+from sparsesim.core.lazy import lazy_module, scipy_stats
 from sparsesim.sparsity.formats import format_bytes
 from sparsesim.sparsity.kinds.base import (
     Frame,
@@ -31,6 +31,11 @@ from sparsesim.sparsity.stats import (
     tile_areas,
     tile_hist_binomial,
 )
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 _SPELLING = re.compile(r"unstructured:(.+)", re.ASCII)
 

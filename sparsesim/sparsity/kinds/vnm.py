@@ -25,10 +25,10 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-
-import torch
+from typing import TYPE_CHECKING
 
 from sparsesim.core.errors import MaskError
+from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.formats import FormatError, FormatSize, size_of
 from sparsesim.sparsity.kinds.base import (
     DENSITY_DECIMALS,
@@ -41,6 +41,11 @@ from sparsesim.sparsity.kinds.base import (
 from sparsesim.sparsity.kinds.nm import nm_worst
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
 from sparsesim.sparsity.stats import bin_of, record
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")
 
 # columns each V x M block keeps (the group of 4 a 2:4 sparse tensor core instruction reads)
 SELECTED = 4
