@@ -157,7 +157,7 @@ def test_bsr_fit_tells_the_per_value_cost_from_the_vector_steps():
     """Cases over M = 4..256 and densities 0.02..0.3 pin both per-value figures of each block shape
     and the output pass: latencies made by the model from known figures are fitted back to them
     (terms that scaled alike over M, density and block shape could not be told apart). The cost
-    per block is not fitted: with a per-value cost per shape, no timing can split the two."""
+    per block is folded into the per-value costs: with one per shape, no timing can split the two."""
     from sparsesim.hw.devices import load_device
     from sparsesim.sparsity.records import Pattern
 
@@ -177,8 +177,9 @@ def test_bsr_fit_tells_the_per_value_cost_from_the_vector_steps():
     fitted, err = cal.fit_bsr(cases, start)
     p = fitted.params
     assert err < 0.01
-    assert p.bsr_block_cycles == 8.0  # not fitted: a shape's per-value cost absorbs any per-block cost
-    assert p.bsr_value_cycles == pytest.approx({"4x4": 1.5, "16x16": 4.5}, rel=0.05)
+    # the cost per block is folded into each shape's per-value cost: 8 / 16 and 8 / 256 more
+    assert p.bsr_block_cycles == 0.0
+    assert p.bsr_value_cycles == pytest.approx({"4x4": 1.5 + 8 / 16, "16x16": 4.5 + 8 / 256}, rel=0.05)
     assert p.bsr_vector_cycles == pytest.approx({"4x4": 1.8, "16x16": 2.4}, rel=0.05)
     assert p.bsr_row_cycles == pytest.approx(12.0, rel=0.05)
 

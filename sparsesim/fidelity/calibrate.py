@@ -483,7 +483,7 @@ def fit_bsr(cases: Sequence[Case], device: Device, columns: int = 0) -> tuple[De
     for others, so both per-value figures are the shape's own. With `columns` (the M columns one
     vector step covers), also the cost per value of each column left over (M mod columns).
 
-    The per-block index cost (`bsr_block_cycles`) is not fitted but kept as `device` has it: with a
+    The per-block index cost is folded into the per-value costs (`bsr_block_cycles` = 0): with a
     per-value cost of its own, each block shape's fixed cost per block is block + r x c x value,
     one figure that timings cannot split (any split fits them equally well)."""
     blocks = sorted({c.block for c in cases})
@@ -494,8 +494,8 @@ def fit_bsr(cases: Sequence[Case], device: Device, columns: int = 0) -> tuple[De
         values = dict(zip(keys, map(float, x[1:1 + n])))
         vectors = dict(zip(keys, map(float, x[1 + n:1 + 2 * n])))
         column = float(x[1 + 2 * n]) if columns else 0.0
-        return with_params(dev, bsr_row_cycles=float(x[0]), bsr_value_cycles=values, bsr_vector_cycles=vectors,
-                           bsr_vector_columns=float(columns), bsr_column_cycles=column)
+        return with_params(dev, bsr_block_cycles=0.0, bsr_row_cycles=float(x[0]), bsr_value_cycles=values,
+                           bsr_vector_cycles=vectors, bsr_vector_columns=float(columns), bsr_column_cycles=column)
 
     names = ["bsr_row_cycles", *(f"value {k}" for k in keys), *(f"vector {k}" for k in keys)]
     x0 = [device.params.sparse_row_cycles] + [2.0] * n + [2.0] * n
@@ -635,13 +635,12 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
     csr_fit = (fd, fit_errors["csr"])
     bsr_fit = (fd, fit_errors["bsr"])
     fitsrc = f"least_squares on log latency of torch CSR @ dense, {meas}"
-    bsr_block_source = f"copied from {refname} ({ref.provenance['bsr_block_cycles'].source})"
     lines += [
         f"sparse_call_overhead = {_q(p.sparse_call_overhead * 1e6, 'us', fitsrc, fit=csr_fit)}",
         f"sparse_nnz_cycles = {_q(p.sparse_nnz_cycles, 'cycles', fitsrc, fit=csr_fit)}",
         f"sparse_vector_cycles = {_q(p.sparse_vector_cycles, 'cycles', fitsrc, fit=csr_fit)}",
         f"sparse_row_cycles = {_q(p.sparse_row_cycles, 'cycles', fitsrc, fit=csr_fit)}",
-        f"bsr_block_cycles = {_q(p.bsr_block_cycles, 'cycles', f'not fitted (each block shape has a per-value cost of its own, which absorbs any cost per block: timings cannot split the two): {bsr_block_source}')}",
+        f"bsr_block_cycles = {_q(p.bsr_block_cycles, 'cycles', 'folded into bsr_value_cycles: each block shape has a per-value cost of its own, which takes up any cost per block (timings cannot split the two)')}",
         f"bsr_row_cycles = {_q(p.bsr_row_cycles, 'cycles', f'least_squares on log latency of torch BSR @ dense (the output pass, per row and vector step; densities down to {min(FIT_BSR_DENSITIES):g} show it), {meas}', fit=bsr_fit)}",
     ]
     if p.bsr_vector_columns and facts.bsr_columns is not None:
