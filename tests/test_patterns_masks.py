@@ -300,3 +300,30 @@ def test_pattern_is_frozen_record():
     with pytest.raises(Exception):
         p.n = 3  # type: ignore[misc]
     assert isinstance(p, Pattern)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300_000), at=st.floats(0.0, 1.0), levels=st.sampled_from([0, 3, 50]), seed=st.integers(0, 9))
+def test_kth_smallest_is_the_partition_value(n, at, levels, seed):
+    """The sampled bracket never changes the answer: the same value as a whole partition, for
+    arrays small (partitioned whole) and large, with many ties (`levels` distinct values) or none,
+    and sorted runs that a strided sample sees unevenly."""
+    import numpy as np
+
+    from sparsesim.sparsity.masks import kth_smallest
+
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, levels, n).astype(np.float32) if levels else rng.random(n, dtype=np.float32)
+    if seed % 3 == 0:
+        values = np.sort(values)  # rows of ascending scores: the sample's stride lands on a pattern
+    k = min(n - 1, int(at * n))
+    assert kth_smallest(values, k) == float(np.partition(values, k)[k])
+
+
+def test_kth_smallest_rejects_a_rank_outside_the_array():
+    import numpy as np
+
+    from sparsesim.sparsity.masks import kth_smallest
+
+    with pytest.raises(IndexError, match="outside"):
+        kth_smallest(np.zeros(4, dtype=np.float32), 4)

@@ -20,6 +20,8 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from sparsesim.core.errors import MaskError
 from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.records import Pattern
@@ -41,6 +43,41 @@ def kept_units(density: float, units: int) -> int:
 # temporaries (a few MB) are reused by the allocator, where weight-sized ones are fresh pages
 # each time, whose faults cost more than the arithmetic on them
 SLICE_CELLS = 1 << 20
+# kth_smallest: arrays up to this size are partitioned whole; larger ones are first narrowed to
+# the values between two sample quantiles (an evenly strided sample of a 1/SELECT_SAMPLE_SHARE of
+# the values, within SELECT_SAMPLE_MIN..MAX: measured fastest from 0.6M to 67M values; the
+# quantiles SELECT_MARGIN sample standard deviations of the rank either side of k)
+SELECT_DIRECT = 1 << 16
+SELECT_SAMPLE_SHARE = 1024
+SELECT_SAMPLE_MIN, SELECT_SAMPLE_MAX = 1 << 14, 1 << 16
+SELECT_MARGIN = 6.0
+
+
+def kth_smallest(values: np.ndarray, k: int) -> float:
+    """The k-th smallest value (0-based) of a 1-D array, exactly as `np.partition(values, k)[k]`.
+
+    Selection over a whole weight is the bulk of building an unstructured mask, and a partition
+    (introselect, ~10 ns a value) costs 10-20x a vectorised comparison. So a sample's quantiles
+    bracket the k-th value first (Floyd and Rivest's selection): two comparisons over the array
+    count what lies below the bracket and pick what lies in it, and only that small band is
+    partitioned. A bracket that misses (a sample unlike the whole) falls back to the whole."""
+    n = values.size
+    if not 0 <= k < n:
+        raise IndexError(f"k={k} is outside an array of {n} values")
+    if n <= SELECT_DIRECT:
+        return float(np.partition(values, k)[k])
+    size = min(SELECT_SAMPLE_MAX, max(SELECT_SAMPLE_MIN, n // SELECT_SAMPLE_SHARE))
+    sample = np.sort(values[:: max(1, n // size)])
+    at = k / n * sample.size
+    spread = SELECT_MARGIN * math.sqrt(sample.size)
+    lo = sample[max(0, math.floor(at - spread))]
+    hi = sample[min(sample.size - 1, math.ceil(at + spread))]
+    below = int(np.count_nonzero(values < lo))
+    band = values[(values >= lo) & (values <= hi)]
+    if below <= k < below + band.size:
+        return float(np.partition(band, k - below)[k - below])
+    return float(np.partition(values, k)[k])
+
 
 
 def row_bands(rows: int, cols: int, unit: int = 1) -> Iterator[slice]:
