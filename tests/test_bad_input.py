@@ -117,6 +117,22 @@ def test_huge_single_op_shapes_are_costed_or_one_line(cli, spec, rc):
         assert '"latency_s"' in out
 
 
+def test_an_error_raised_while_a_ctrl_c_unwound_is_the_interruption(cli, monkeypatch):
+    """Cleanup cut short by a Ctrl-C that fails in its place (Optuna's lock release cannot remove
+    a lock it never took) is reported as the interruption, not as a bug."""
+    import sparsesim.cli.devices_cmd as devices_cmd
+
+    def interrupted(args):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(devices_cmd, "run", interrupted)
+    code, _, err = cli("devices")
+    assert code == 130 and err.strip() == "sparsesim devices: interrupted"
+
+
 def test_an_internal_error_is_one_line_and_its_traceback_on_request(cli, monkeypatch):
     import sparsesim.cli.devices_cmd as devices_cmd
 

@@ -193,6 +193,22 @@ def test_ctrl_c_leaves_no_optuna_tracebacks():
                                    "KeyboardInterrupt().", KeyboardInterrupt()))
         assert not h.filter(record("Trial 3 failed with value None."))
         assert h.filter(record("some other optuna warning"))
+        # a stop that cut Optuna's journal lock release short: the release's own unlink fails and
+        # its FileNotFoundError is logged as the trial's error, the stop behind it
+        assert not h.filter(record("Trial 3 failed with parameters: {} because of the following error: "
+                                   "FileNotFoundError(2, 'No such file or directory').", _raised_while(SystemExit(143))))
+        assert h.filter(record("Trial 3 failed: FileNotFoundError", FileNotFoundError(2, "gone")))
+
+
+def _raised_while(stop: BaseException) -> FileNotFoundError:
+    """A FileNotFoundError raised while `stop` unwound (its __context__, as Python sets it)."""
+    try:
+        try:
+            raise stop
+        except BaseException:
+            raise FileNotFoundError(2, "No such file or directory")  # noqa: B904 (the context is the point)
+    except FileNotFoundError as e:
+        return e
 
 
 def test_asking_for_trials_runs_optuna_too_unless_an_algorithm_is_named():

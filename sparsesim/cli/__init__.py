@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from sparsesim.cli.common import add_timeout_argument, user_code_limit
 from sparsesim.core import progress
-from sparsesim.core.errors import SparsesimError, SparsesimWarning
+from sparsesim.core.errors import SparsesimError, SparsesimWarning, interruption
 
 VERB_MODULES = (
     "sparsesim.cli.workloads_cmd",
@@ -132,6 +132,9 @@ def _main(argv: Sequence[str] | None) -> int:
               "for large models: device=meta)", file=sys.stderr)
         return 2
     except Exception as e:  # a bug of ours: one line, the traceback on request
+        if interruption(e) is not None:  # cleanup cut short by a Ctrl-C failed in its place
+            print(f"sparsesim {args.verb}: interrupted", file=sys.stderr)
+            return 130
         if os.environ.get(TRACEBACK_ENV, "").strip() in ("1", "true", "yes"):
             raise
         print(f"sparsesim {args.verb}: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

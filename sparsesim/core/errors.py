@@ -40,3 +40,16 @@ class TrainError(SparsesimError):
 class SparsesimWarning(UserWarning):
     """Something the user should know that does not stop the run (a repaired journal, an implausible
     device number). The CLI prints it as one line on stderr."""
+
+
+def interruption(exc: BaseException | None) -> BaseException | None:
+    """The Ctrl-C (KeyboardInterrupt) or stop (SystemExit) that `exc` is or was raised while
+    handling, if any: cleanup cut short by the signal (Optuna's journal lock release, which then
+    cannot remove a lock it never took) raises, say, FileNotFoundError in the interrupt's place."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sparsesim.core.errors import SearchError, SparsesimWarning
+from sparsesim.core.errors import SearchError, SparsesimWarning, interruption
 from sparsesim.core.threads import one_thread, usable_cores
 from sparsesim.search.study import (
     OBJECTIVES,
@@ -48,6 +48,10 @@ def _process_main(blob: bytes, cfg: StudyConfig, worker: int, errors, parent: in
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except Exception as e:
+        if interruption(e) is not None:  # the stop cut Optuna's lock release short: exit as stopped, quietly
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
 
 
 def _exit_on_sigterm(signum, frame) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from sparsesim.core.errors import SearchError, SparsesimWarning
+from sparsesim.core.errors import SearchError, SparsesimWarning, interruption
 
 OBJECTIVES = ("accuracy", "latency_s", "energy_j", "memory_bytes")
 DIRECTIONS = ("maximize", "minimize", "minimize", "minimize")
@@ -142,7 +142,7 @@ def storage_errors(storage: str):
     except SearchError:
         raise
     except Exception as e:
-        stop = _interruption(e)
+        stop = interruption(e)
         if stop is not None:
             # a stop (SIGTERM's SystemExit, Ctrl-C) that unwound through Optuna's journal lock can
             # leave a follow-on error (the lock it never took cannot be removed): the stop it is
@@ -151,16 +151,6 @@ def storage_errors(storage: str):
         if err is None:
             raise
         raise err from None
-
-
-def _interruption(exc: BaseException) -> BaseException | None:
-    """The SystemExit or KeyboardInterrupt `exc` was raised while handling, if any."""
-    e: BaseException | None = exc.__cause__ or exc.__context__
-    while e is not None:
-        if isinstance(e, (SystemExit, KeyboardInterrupt)):
-            return e
-        e = e.__cause__ or e.__context__
-    return None
 
 
 def _storage_cause(exc: BaseException, storage: str) -> SearchError | None:
@@ -235,7 +225,7 @@ class _NoInterruptNoise(logging.Filter):
     'interrupted' in one line, and the interrupted trial is redone on resume."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        if record.exc_info and interruption(record.exc_info[1]) is not None:
             return False
         return "KeyboardInterrupt" not in str(record.msg) and "failed with value None" not in str(record.msg)
 
