@@ -51,7 +51,8 @@ def render(doc: dict[str, Any]) -> str:
     values = f.get("bsr_value_cycles", {})
     bsr = ", ".join(f"{k} {values[k]:.2f}+{v:.2f}" if k in values else f"{k} {v:.2f}"
                     for k, v in f["bsr_vector_cycles"].items())
-    lines.append(f"    bsr: {f['bsr_block_cycles']:.2f} cycles/block (in the per-value costs), {f.get('bsr_row_cycles', 0.0):.2f} cycles/row step; "
+    block = f"{f['bsr_block_cycles']:.2f} cycles/block, " if f["bsr_block_cycles"] else ""  # 0: in the per-value costs
+    lines.append(f"    bsr: {block}{f.get('bsr_row_cycles', 0.0):.2f} cycles/row step; "
                  f"per value {'fixed+' if values else ''}cycles/vector step {bsr}"
                  + (f"; steps of {f['bsr_vector_columns']:g} columns, {f['bsr_column_cycles']:.2f} cycles per leftover column"
                     if f.get("bsr_vector_columns") else "")

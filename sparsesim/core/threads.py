@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -19,7 +20,12 @@ else:
 def one_thread() -> Iterator[None]:
     """Tracing a forward pass and building masks/stats are many small tensor ops: with intra-op
     threads each one pays a thread wake-up (measured ~5 ms per op on a busy 2-core machine,
-    20-50x the work itself), so they run on one thread; the caller's setting is restored."""
+    20-50x the work itself), so they run on one thread; the caller's setting is restored.
+    Before torch is loaded there is no tensor work to thread (a topology file is costed from
+    shapes alone), so it is not loaded for this."""
+    if "torch" not in sys.modules:
+        yield
+        return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -74,9 +74,6 @@ FIT_DENSITIES = (0.01, 0.05, 0.1, 0.2, 0.5)
 FIT_BSR_NK = ((512, 512), (1024, 1024))
 FIT_BSR_M = (4, 16, 64, 256)
 FIT_BLOCKS = (2, 4, 8, 16)
-# least_squares' stopping tolerances (ftol, xtol, gtol): its defaults (1e-8) stop while a pair of
-# parameters that trade off against each other is still ~10% from the minimum
-FIT_TOLERANCE = 1e-12
 FIT_BSR_DENSITIES = (0.02, 0.1, 0.3)
 # M that is no multiple of 8 (nor of 4, nor of 2 for some): the columns a BSR vector step leaves
 # over (M mod 1, 2, 4 or 8 columns) differ between these, so the step's width and the leftover
@@ -334,8 +331,7 @@ def _fit(cases: Sequence[Case], device: Device, names: Sequence[str], x0: Sequen
         dev = build(device, np.exp(logx))
         return np.log([predict(c, dev) for c in cases]) - meas
 
-    res = least_squares(resid, np.log(np.asarray(x0, dtype=float)), method="trf", loss="soft_l1", f_scale=0.1,
-                        ftol=FIT_TOLERANCE, xtol=FIT_TOLERANCE, gtol=FIT_TOLERANCE)
+    res = least_squares(resid, np.log(np.asarray(x0, dtype=float)), method="trf", loss="soft_l1", f_scale=0.1)
     fitted = build(device, np.exp(res.x))
     err = float(np.median(np.abs(rel_errors(cases, fitted))))
     return fitted, err, dict(zip(names, np.exp(res.x).tolist()))

@@ -238,19 +238,15 @@ def _sparsify_all(wl: Workload, plans: Mapping[str, Any], criterion: str) -> dic
     """`sparsify_cached` of each plan (by label, in their order), the plans side by side on the
     process's cores: building masks and stats is many small tensor ops that release the GIL,
     each plan on one thread (two plans on two cores: 2.7 -> 1.6 s for BERT-base's five)."""
-    from contextlib import nullcontext
-
     from sparsesim.core.threads import one_thread, usable_cores
-    from sparsesim.sparsity.sparsify import works_on_tensors
 
     workers = min(len(plans), usable_cores())
     if workers < 2:
         return {label: sparsify_cached(wl, p, criterion=criterion)
                 for label, p in progress.each(plans.items(), f"sparsify {wl.name}", unit="plan")}
     # one intra-op thread for the whole pool: each sparsify's own one_thread() then restores 1,
-    # not a value another thread set; sparsifying with no tensors (a topology file under
-    # patterns) needs no torch, so none is imported for this
-    with one_thread() if works_on_tensors(wl, plans.values()) else nullcontext():
+    # not a value another thread set
+    with one_thread():
         pool = ThreadPoolExecutor(workers)
         try:
             futures = {label: pool.submit(sparsify_cached, wl, p, criterion=criterion) for label, p in plans.items()}

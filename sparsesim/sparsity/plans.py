@@ -150,15 +150,6 @@ def load_plan(spec: str | Plan | Path) -> Plan:
         raise PlanError(f"plan {text!r} is neither a pattern nor a .toml/.safetensors/.pt plan file nor a topology .csv: {e}") from None
 
 
-def carries_masks(spec: object) -> bool:
-    """Whether a plan (a spec `load_plan` takes) carries masks of its own: a saved
-    .safetensors/.pt plan, or a Plan read from one. Loading and checking those is tensor work.
-    Reads no file."""
-    if isinstance(spec, Plan):
-        return bool(spec.masks)
-    return isinstance(spec, (str, Path)) and Path(spec).suffix in (".safetensors", ".pt")
-
-
 def _topology_plan(path: Path) -> Plan:
     """The n:m ratios of a SCALE-Sim topology file's sparsity column, one rule per layer."""
     from sparsesim.core.errors import WorkloadError

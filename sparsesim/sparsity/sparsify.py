@@ -39,7 +39,7 @@ from sparsesim.sparsity.masks import (
     row_bands,
 )
 from sparsesim.sparsity.patterns import make_pattern
-from sparsesim.sparsity.plans import Plan, carries_masks, load_plan
+from sparsesim.sparsity.plans import Plan, load_plan
 from sparsesim.sparsity.records import (
     DENSE,
     LayerSparsity,
@@ -394,18 +394,8 @@ def sparsify(workload: Workload, plan: Plan | str, *, criterion: str = "magnitud
     stats by the mask's content, so sparsifying many plans that share masks (a search)
     measures each mask once.
     """
-    if not works_on_tensors(workload, (plan,)):
-        return _sparsify(workload, plan, criterion, cache)  # shapes alone: no torch to set up
     with one_thread():
         return _sparsify(workload, plan, criterion, cache)
-
-
-def works_on_tensors(workload: Workload, plans: Iterable[object] = ()) -> bool:
-    """Whether sparsifying `workload` (under `plans`) works on tensors: real weights, masks a
-    plan carries, or the traced dataflow's channel coupling. Without any (a topology file), it
-    is shapes and analytic statistics alone, and imports no torch."""
-    return (workload.model is not None or workload.dataflow is not None
-            or any(carries_masks(p) for p in plans))
 
 
 def _sparsify(workload: Workload, plan: Plan | str, criterion: str,

@@ -34,7 +34,6 @@ import os
 import sys
 import tomllib
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -303,34 +302,11 @@ _SINGLE_OP_PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
-@cache
-def _one_layer_class() -> type[nn.Module]:
-    """The class of `_OneLayer` (defined on first use: it subclasses torch's Module)."""
-
-    class _OneLayer(nn.Module):
-        """A model that is one named layer, so its weight is `gemm.weight` / `conv.weight`."""
-
-        def __init__(self, kind: str) -> None:
-            super().__init__()
-            self.kind = kind
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return getattr(self, self.kind)(x)
-
-    _OneLayer.__qualname__ = "_OneLayer"  # pickled by name: found through the module's __getattr__
-    return _OneLayer
-
-
-def __getattr__(name: str) -> Any:
-    if name == "_OneLayer":
-        return _one_layer_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
     """One linear or conv layer, traced on the meta device (its arithmetic is not needed);
     the workload's model holds real random weights when they are small enough to build masks."""
     from sparsesim.tracing.models import torch_dtype
+    from sparsesim.tracing.models.one_layer import OneLayer
 
     where = f"workload {spec!r}"
     schema = _SINGLE_OP_PARAMS[kind]
@@ -372,7 +348,7 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
                                 f"({' x '.join(map(str, dims))}); at most {SINGLE_OP_MAX_ELEMENTS:.3g} are described")
 
     def build(device: str) -> tuple[nn.Module, torch.Tensor]:
-        root = _one_layer_class()(kind)
+        root = OneLayer(kind)
         with torch.device(device):
             if kind == "gemm":
                 root.gemm = nn.Linear(p["K"], p["N"], bias=p["bias"], dtype=dt)
