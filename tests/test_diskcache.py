@@ -207,6 +207,18 @@ def test_no_cache_and_cache_verb(cache_dir, cli):
     assert diskcache.entries() == []
 
 
+def test_installed_version_reads_what_importlib_metadata_reads():
+    from importlib import metadata
+
+    for name in diskcache.LIBRARIES:
+        try:
+            expected = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            expected = None
+        assert diskcache.installed_version(name) == expected, name
+    assert diskcache.installed_version("no_such_distribution_anywhere") is None
+
+
 def test_help_and_cache_info_import_no_heavy_module():
     code = ("import sys\nfrom sparsesim.cli import main\n"
             "for argv in (['--help'], ['cache', 'info']):\n"
@@ -224,7 +236,8 @@ _WARM_CLI = """
 import sys
 from sparsesim.cli import main
 rc = main(sys.argv[1:])
-heavy = sorted(m for m in ('torch', 'pandas', 'scipy', 'transformers', 'matplotlib') if m in sys.modules)
+heavy = sorted(m for m in ('torch', 'pandas', 'scipy', 'transformers', 'matplotlib', 'tqdm', 'importlib.metadata')
+               if m in sys.modules)
 print('HEAVY', heavy, 'RC', rc)
 """
 

@@ -12,14 +12,14 @@ goes away on stderr ends the display quietly (never a BrokenPipeError traceback)
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import sys
 from collections.abc import Iterable, Sized
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 T = TypeVar("T")
 
@@ -44,7 +44,9 @@ def configure(enabled: bool | None) -> None:
 
 
 def enabled() -> bool:
-    if multiprocessing.parent_process() is not None:  # a search worker: the parent shows the trials
+    # a search worker (which has multiprocessing loaded): the parent shows the trials
+    mp = sys.modules.get("multiprocessing")
+    if mp is not None and mp.parent_process() is not None:
         return False
     if _forced is not None:
         return _forced
@@ -114,11 +116,35 @@ def _options(desc: str, unit: str) -> dict[str, Any]:
     }
 
 
-def bar(desc: str, total: float | None = None, *, unit: str = "it") -> tqdm:
+class _Hidden:
+    """A bar that shows nothing (progress is off): the calls a step makes on a bar, as no-ops,
+    so a quiet or piped run never imports tqdm."""
+
+    n = 0
+
+    def update(self, n: float = 1) -> None:
+        pass
+
+    def set_description_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _Hidden:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def bar(desc: str, total: float | None = None, *, unit: str = "it") -> tqdm | _Hidden:
     """A progress bar (a context manager; `.update(n)`, `.set_description_str(s)`) for one step.
     `total` None: a count with its rate, for loops of unknown length. Disabled: a no-op bar."""
     if not enabled():
-        return tqdm(total=total, disable=True)
+        return _Hidden()
+    from tqdm import tqdm
+
     return tqdm(total=total, **_options(desc, unit))
 
 
@@ -126,15 +152,19 @@ def each(items: Iterable[T], desc: str, *, unit: str = "it", total: int | None =
     """`items`, counted on a bar while a loop goes through them (the loop itself is unchanged)."""
     if not enabled():
         return items
+    from tqdm import tqdm
+
     n = total if total is not None else len(items) if isinstance(items, Sized) else None
     return tqdm(items, total=n, **_options(desc, unit))
 
 
-def stage(desc: str) -> tqdm:
+def stage(desc: str) -> tqdm | _Hidden:
     """A step with no count (building a model, one long call): its name while it runs, shown at
     once (a bar with a delay would only appear at its first update)."""
     if not enabled():
-        return tqdm(total=None, disable=True)
+        return _Hidden()
+    from tqdm import tqdm
+
     lines = not _terminal()
     return tqdm(total=None, desc=desc, file=_Stderr(lines), leave=False, bar_format="{desc} ...",
                 dynamic_ncols=not lines, mininterval=LINE_INTERVAL_S if lines else 0.1)
@@ -149,5 +179,8 @@ def note(text: str) -> None:
 def close_all() -> None:
     """Close every bar still open (a step that raised leaves its bar open until collected): the
     CLI calls this before it prints the result or an error, so neither lands on a bar's line."""
-    for shown in list(getattr(tqdm, "_instances", ())):
+    tqdm = sys.modules.get("tqdm")  # no bar was ever drawn unless tqdm was imported
+    if tqdm is None:
+        return
+    for shown in list(getattr(tqdm.tqdm, "_instances", ())):
         shown.close()
