@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsesim.cli.common import add_deployment_arguments, deployment
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from sparsesim.core.progress import HiddenBar
 
 NAME = "search"
 HELP = "search per-layer sparsity (DP and/or Optuna) for the best real accuracy at a modeled speedup on a device"
@@ -73,7 +78,7 @@ class _Bar:
     """One tqdm bar per stage on stderr."""
 
     def __init__(self) -> None:
-        self.bar = None
+        self.bar: tqdm | HiddenBar | None = None
 
     def progress(self):
         from sparsesim.search.runner import Progress

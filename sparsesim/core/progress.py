@@ -116,7 +116,7 @@ def _options(desc: str, unit: str) -> dict[str, Any]:
     }
 
 
-class _Hidden:
+class HiddenBar:
     """A bar that shows nothing (progress is off): the calls a step makes on a bar, as no-ops,
     so a quiet or piped run never imports tqdm."""
 
@@ -131,18 +131,18 @@ class _Hidden:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> _Hidden:
+    def __enter__(self) -> HiddenBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
         pass
 
 
-def bar(desc: str, total: float | None = None, *, unit: str = "it") -> tqdm | _Hidden:
+def bar(desc: str, total: float | None = None, *, unit: str = "it") -> tqdm | HiddenBar:
     """A progress bar (a context manager; `.update(n)`, `.set_description_str(s)`) for one step.
     `total` None: a count with its rate, for loops of unknown length. Disabled: a no-op bar."""
     if not enabled():
-        return _Hidden()
+        return HiddenBar()
     from tqdm import tqdm
 
     return tqdm(total=total, **_options(desc, unit))
@@ -158,11 +158,11 @@ def each(items: Iterable[T], desc: str, *, unit: str = "it", total: int | None =
     return tqdm(items, total=n, **_options(desc, unit))
 
 
-def stage(desc: str) -> tqdm | _Hidden:
+def stage(desc: str) -> tqdm | HiddenBar:
     """A step with no count (building a model, one long call): its name while it runs, shown at
     once (a bar with a delay would only appear at its first update)."""
     if not enabled():
-        return _Hidden()
+        return HiddenBar()
     from tqdm import tqdm
 
     lines = not _terminal()
