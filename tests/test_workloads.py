@@ -201,3 +201,34 @@ def test_list_recipes_has_builtins_with_params():
     assert recipes["bert-base"]["params"]["seq"] == 128 and recipes["bert-base"]["params"]["batch"] == 1
     assert recipes["llama2-7b"]["params"]["device"] == "meta"
     assert all(r["description"] for r in recipes.values())
+
+
+def test_builder_defaults_read_from_source_match_the_signatures():
+    """Listing recipes reads each builder's defaults off its source (no import): for every
+    built-in recipe they are what inspect.signature gives once the module is imported."""
+    import importlib
+    import inspect
+    import tomllib
+    from pathlib import Path
+
+    from sparsesim.tracing.specs import builtin_recipe_files
+    from sparsesim.tracing.workloads import source_defaults
+
+    for name, path in builtin_recipe_files().items():
+        module, _, attr = tomllib.loads(path.read_text())["builder"].partition(":")
+        mod = importlib.import_module(module)
+        signature = {p.name: p.default for p in inspect.signature(getattr(mod, attr)).parameters.values()}
+        assert source_defaults(Path(mod.__file__), attr) == signature, name
+
+
+def test_listing_recipes_imports_no_torch():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys\nfrom sparsesim.cli import main\nmain(['workloads'])\n"
+            "print('TORCH', 'torch' in sys.modules)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert "bert-base" in out.stdout and "TORCH False" in out.stdout

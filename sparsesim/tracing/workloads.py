@@ -134,6 +134,12 @@ def read_recipe(path: Path, name: str | None = None) -> Recipe:
 
 
 def _builder_defaults(recipe: Recipe) -> dict[str, Any]:
+    """The builder's parameters with their defaults: read off its source when every default is a
+    literal (listing the recipes then imports no model code, nor torch), else from the imported
+    function's signature."""
+    static = _literal_defaults(recipe.builder)
+    if static is not None:
+        return static
     fn = recipe.builder_fn()
     out = {}
     for p in inspect.signature(fn).parameters.values():
@@ -143,6 +149,51 @@ def _builder_defaults(recipe: Recipe) -> dict[str, Any]:
             raise WorkloadError(f"recipe {recipe.name!r}: builder {recipe.builder} parameter {p.name!r} "
                                 "has no default")
         out[p.name] = p.default
+    return out
+
+
+def _literal_defaults(ref: str) -> dict[str, Any] | None:
+    """`inspect.signature` defaults of sparsesim's own builder `module:name`, parsed from the
+    module's source without importing it (tests/test_workloads.py checks every built-in recipe
+    against the signature); None for a user's module (imported, as it may rebind the name),
+    one already imported (read it there), or a function that is not a plain def with a literal
+    default for every parameter and no *args/**kwargs."""
+    module, _, attr = ref.partition(":")
+    if not module.startswith("sparsesim.") or not attr or module in sys.modules:
+        return None
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    origin = spec.origin if spec is not None else None
+    return source_defaults(Path(origin), attr) if origin and origin.endswith(".py") else None
+
+
+def source_defaults(path: Path, name: str) -> dict[str, Any] | None:
+    """The parameters and literal defaults of the top-level `def name` in the Python file `path`
+    (None: see `_literal_defaults`)."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return None
+    fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+    if fn is None or fn.args.vararg or fn.args.kwarg or fn.args.posonlyargs:
+        return None
+    args = fn.args
+    positional = list(zip(args.args[len(args.args) - len(args.defaults):], args.defaults))
+    if len(positional) != len(args.args):
+        return None
+    keyword = list(zip(args.kwonlyargs, args.kw_defaults))
+    out: dict[str, Any] = {}
+    for arg, default in positional + keyword:
+        if default is None:
+            return None
+        try:
+            out[arg.arg] = ast.literal_eval(default)
+        except ValueError:
+            return None
     return out
 
 

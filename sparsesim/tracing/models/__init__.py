@@ -4,19 +4,24 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from sparsesim.core.errors import WorkloadError
+from sparsesim.core.lazy import lazy_module
 
-TORCH_DTYPE = {
-    "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64,
-}
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_module("torch")  # finding a builder's module (listing recipes) imports no torch
+
+# the floating types a model can be built and run in (torch.<name>)
+TORCH_DTYPE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp64": "float64"}
 
 
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype a model is built in; only floating types a model can run in."""
     try:
-        return TORCH_DTYPE[name]
+        return getattr(torch, TORCH_DTYPE[name])
     except KeyError:
         raise WorkloadError(f"dtype {name!r} cannot build a model; use one of {', '.join(TORCH_DTYPE)}") from None
 
