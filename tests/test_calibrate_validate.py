@@ -76,6 +76,10 @@ def test_calibrated_file_loads_strictly_with_fits(calibrated):
         for name in ("gemm_tile_m.fp32", "gemm_tail_cost.fp32"):
             assert fitted[name].fit_date == doc["date"] and 0 <= fitted[name].fit_error < 1
         assert "rows tried" in dev.provenance["gemm_tile_m.fp32"].source
+    if dev.params.csr_register_columns:  # passes were kept (not one walk): both fields fitted, pairs tried listed
+        for name in ("csr_register_columns", "csr_pass_columns"):
+            assert fitted[name].fit_date == doc["date"] and 0 <= fitted[name].fit_error < 1
+        assert "tried" in dev.provenance["csr_register_columns"].source
     if dev.params.bsr_vector_columns:  # a width was kept (not fractional steps): both fields fitted
         for name in ("bsr_vector_columns", "bsr_column_cycles"):
             assert fitted[name].fit_date == doc["date"] and 0 <= fitted[name].fit_error < 1
@@ -211,6 +215,33 @@ def test_bsr_column_fit_finds_the_vector_steps_width_and_the_leftover_cost():
     assert err < 0.01
     assert fitted.params.bsr_vector_columns == 4.0
     assert fitted.params.bsr_column_cycles == pytest.approx(1.2, rel=0.05)
+
+
+def test_csr_pass_fit_finds_the_register_and_pass_widths():
+    """Timings made by the model with a CSR kernel that keeps 32 columns in registers and runs a
+    wider M in 16-column passes, at the FIT M: that pair has the lowest error of those tried
+    (one walk whatever M is among them) and its per-nonzero costs are fitted back."""
+    from sparsesim.hw.devices import load_device
+    from sparsesim.sparsity.records import Pattern
+
+    # an index chain longer than a 16-column pass's vector work (as on the calibrated AMD host): every
+    # pass pays the chain, so the passes show in the timings
+    truth = cal.with_params(load_device("xeon-sapphire-rapids"), picks_faster_kernel=False, csr_register_columns=32.0,
+                            csr_pass_columns=16.0, sparse_nnz_cycles=4.0, sparse_vector_cycles=2.0)
+    cases = []
+    for n, k in cal.FIT_CSR_NK[:2]:
+        for d in (0.01, 0.1, 0.5):
+            layer = cal.layer_for(cal.measure.random_mask(n, k, d, seed=n), Pattern("unstructured", d), "fp32")
+            for m in cal.FIT_CSR_M:
+                case = cal.Case("csr", "fp32", m, n, k, d, 1, 1.0, layer)
+                cases.append(dataclasses.replace(case, seconds=cal.predict(case, truth)))
+    start = cal.with_params(truth, csr_register_columns=0.0, csr_pass_columns=0.0)
+    assert (32, 16) in cal.pass_candidates(start) and (0, 0) in cal.pass_candidates(start)
+    fitted, err, passes = cal.fit_csr_passes(cases, start)
+    assert (passes.register_columns, passes.pass_columns) == (32, 16) and err < 0.01
+    assert passes.mean_errors[(32, 16)] < 0.01 < passes.mean_errors[(0, 0)]
+    for name in ("sparse_nnz_cycles", "sparse_vector_cycles"):
+        assert getattr(fitted.params, name) == pytest.approx(getattr(truth.params, name), rel=0.05), name
 
 
 def _dense_cases(truth, shapes, ms, offset=None):

@@ -374,6 +374,57 @@ def test_builtin_cpus_without_bsr_columns_cost_as_before():
         assert c[10] - c[9] == pytest.approx(c[11] - c[10], rel=1e-9)
 
 
+def _with_csr_passes(dev, register: float, width: float):
+    """The device with a CSR kernel that keeps `register` columns of M in registers and runs a
+    wider M in passes of `width` columns."""
+    return dataclasses.replace(dev, params=dataclasses.replace(dev.params, csr_register_columns=register,
+                                                               csr_pass_columns=width))
+
+
+def test_csr_passes_split_a_wide_m():
+    from sparsesim.cost.families.cpu import csr_passes
+
+    p = load_device("xeon-sapphire-rapids").params
+    assert csr_passes(p, 200) == [200]  # no figure: one walk whatever M is
+    q = _with_csr_passes(load_device("xeon-sapphire-rapids"), 32.0, 16.0).params
+    assert csr_passes(q, 32) == [32] and csr_passes(q, 7) == [7]
+    assert csr_passes(q, 33) == [16, 16, 1] and csr_passes(q, 48) == [16, 16, 16]
+    assert csr_passes(q, 49) == [16, 16, 16, 1]
+
+
+def test_csr_wider_than_the_registers_walks_the_nonzeros_once_per_pass():
+    """Up to the register width the CSR kernel costs what it did without the figures; beyond it
+    each pass walks the nonzeros again, so a pass of one column costs a whole index chain: M = 49
+    (four passes) costs more than M = 48 (three), and M = 33 about what M = 48 does."""
+    dev = _no_choice(load_device("xeon-sapphire-rapids"))
+    passes = _with_csr_passes(dev, 32.0, 16.0)
+    mask = random_mask(512, 512, 0.1, seed=3)
+    layer = layer_for(mask, Pattern("unstructured", 0.1), "fp32")
+    nnz = int(mask.sum().item())
+    lat = {m: estimate_op(gemm_op(m, 512, 512), layer, passes) for m in (8, 32, 33, 48, 49)}
+    for m in (8, 32):
+        assert lat[m].latency_s == estimate_op(gemm_op(m, 512, 512), layer, dev).latency_s
+        assert "passes" not in lat[m].why
+    assert "4 passes" in lat[49].why and lat[49].latency_s > lat[48].latency_s
+    p = passes.params
+    floor_s = nnz * p.sparse_nnz_cycles / (p.clock * p.cores)
+    # the one-column pass of M = 49 is the index chain's floor (a 16-column pass is not cheaper)
+    assert lat[49].details["compute_s"] - lat[48].details["compute_s"] == pytest.approx(
+        floor_s, rel=0.05)
+    assert lat[33].latency_s == pytest.approx(lat[48].latency_s, rel=0.1)
+
+
+def test_csr_pass_fields_come_together_and_fit_the_registers(tmp_path):
+    with pytest.raises(DeviceFileError, match="csr_pass_columns"):
+        _with_fields(tmp_path, "csr_register_columns = { value = 32.0, unit = \"1\", source = \"x\" }\n")
+    with pytest.raises(DeviceFileError, match="csr_pass_columns"):
+        _with_fields(tmp_path, "csr_register_columns = { value = 16.0, unit = \"1\", source = \"x\" }\n"
+                               "csr_pass_columns = { value = 32.0, unit = \"1\", source = \"x\" }\n")
+    dev = _with_fields(tmp_path, "csr_register_columns = { value = 32.0, unit = \"1\", source = \"x\" }\n"
+                                 "csr_pass_columns = { value = 16.0, unit = \"1\", source = \"x\" }\n")
+    assert (dev.params.csr_register_columns, dev.params.csr_pass_columns) == (32.0, 16.0)
+
+
 def test_bsr_vector_columns_come_with_their_cycles_and_are_whole(tmp_path):
     with pytest.raises(DeviceFileError, match="bsr_column_cycles"):
         _with_fields(tmp_path, "bsr_vector_columns = { value = 4.0, unit = \"1\", source = \"x\" }\n")

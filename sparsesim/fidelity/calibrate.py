@@ -69,7 +69,10 @@ FIT_NK = ((512, 512), (1024, 1024), (2048, 512), (512, 2048))
 FIT_M = (1, 16, 64, 256)
 FIT_INT8_M = (24, 64, 256)          # torch._int_mm needs M > 16
 FIT_CSR_NK = ((512, 512), (1024, 1024), (2048, 512))
-FIT_CSR_M = (1, 4, 16, 64, 256)
+# 24, 40 and 56 besides the regimes: a CSR kernel that keeps up to 32 columns of an output row in
+# registers runs 40 and 56 as three and four 16-column passes (and 24 in one walk), so the
+# register width and the pass width can be read off them (validate's 49 is not among them)
+FIT_CSR_M = (1, 4, 16, 24, 40, 56, 64, 256)
 FIT_DENSITIES = (0.01, 0.05, 0.1, 0.2, 0.5)
 FIT_BSR_NK = ((512, 512), (1024, 1024))
 FIT_BSR_M = (4, 16, 64, 256)
@@ -174,6 +177,7 @@ class HostFacts:
     pack_errors: tuple[float, float] = (0.0, 0.0)  # dense fit error (with, without) the pack pass
     llc_edge: tuple[float, float, float] = (0.0, 0.0, 0.0)  # llc_full_bytes, llc_none_bytes, fit error
     bsr_columns: ColumnFit | None = None  # the BSR vector step's width and the errors of the widths tried
+    csr_passes: PassFit | None = None  # the CSR kernel's register and pass widths, the errors of those tried
     gemm_tiles: dict[str, TileFit] = field(default_factory=dict)  # per dtype: the dense tile kept, errors
 
 
@@ -536,6 +540,39 @@ def fit_bsr_columns(cases: Sequence[Case], device: Device) -> tuple[Device, floa
     return best[2], best[3], ColumnFit(best[1], {f[1]: f[0] for f in fits})
 
 
+def pass_candidates(device: Device) -> list[tuple[int, int]]:
+    """(register columns, pass columns) a CSR kernel may use along M: register widths from the fp32
+    lanes up to 8x them, pass widths from half the lanes up to the register width, powers of two;
+    and (0, 0): one walk over the nonzeros whatever M is."""
+    from sparsesim.cost.families.cpu import lanes
+
+    nl = int(lanes(device.params, "fp32"))
+    regs = [nl << i for i in range(4)]
+    return [(r, w) for r in regs for w in (max(nl // 2, 1) << i for i in range(8)) if w <= r] + [(0, 0)]
+
+
+@dataclass(frozen=True)
+class PassFit:
+    """The CSR kernel's register and pass widths calibrate kept, and the mean |pred/meas - 1| over
+    all CSR fit cases of every pair tried ((0, 0): one walk whatever M is)."""
+
+    register_columns: int
+    pass_columns: int
+    mean_errors: dict[tuple[int, int], float]
+
+
+def fit_csr_passes(cases: Sequence[Case], device: Device) -> tuple[Device, float, PassFit]:
+    """`fit_csr` at each candidate (register, pass) width pair; keeps the pair whose mean
+    |pred/meas - 1| over the cases is lowest (the passes show on the cases wider than the
+    register width, a minority)."""
+    fits = []
+    for reg, width in pass_candidates(device):
+        dev, err = fit_csr(cases, with_params(device, csr_register_columns=float(reg), csr_pass_columns=float(width)))
+        fits.append((float(np.mean(np.abs(rel_errors(cases, dev)))), (reg, width), dev, err))
+    best = min(fits, key=lambda f: f[0])
+    return best[2], best[3], PassFit(*best[1], {f[1]: f[0] for f in fits})
+
+
 # ----------------------------------------------------------------------------- the file
 
 def _q(value: float, unit: str, source: str, *, fit: tuple[str, float] | None = None) -> str:
@@ -639,6 +676,17 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
         f"bsr_block_cycles = {_q(p.bsr_block_cycles, 'cycles', 'folded into bsr_value_cycles: each block shape has a per-value cost of its own, which takes up any cost per block (timings cannot split the two)')}",
         f"bsr_row_cycles = {_q(p.bsr_row_cycles, 'cycles', f'least_squares on log latency of torch BSR @ dense (the output pass, per row and vector step; densities down to {min(FIT_BSR_DENSITIES):g} show it), {meas}', fit=bsr_fit)}",
     ]
+    if p.csr_register_columns and facts.csr_passes is not None:
+        tried = ", ".join(f"{r}/{w} {e:.1%}" if r else f"none {e:.1%}"
+                          for (r, w), e in sorted(facts.csr_passes.mean_errors.items()))
+        pass_src = (f"least_squares on log latency of torch CSR @ dense at M = {', '.join(map(str, FIT_CSR_M))}: the "
+                    f"register and pass widths kept are the pair with the lowest mean |pred/meas - 1| (register/pass "
+                    f"columns tried, 'none' one walk whatever M is: {tried}); an M wider than the register width runs "
+                    f"in passes, each walking the nonzeros again, {meas}")
+        lines += [
+            f"csr_register_columns = {_q(p.csr_register_columns, '1', pass_src, fit=csr_fit)}",
+            f"csr_pass_columns = {_q(p.csr_pass_columns, '1', 'see csr_register_columns', fit=csr_fit)}",
+        ]
     if p.bsr_vector_columns and facts.bsr_columns is not None:
         tried = ", ".join(f"{c or 'none'} {e:.1%}" for c, e in sorted(facts.bsr_columns.mean_errors.items(), reverse=True))
         col_src = (f"least_squares on log latency of torch BSR @ dense, with M = {', '.join(map(str, FIT_BSR_LEFTOVER_M))} "
@@ -829,9 +877,9 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
     device, errors, pack_errors, tiles = fit_dense_pack(dense, device)
     facts = dataclasses.replace(facts, weight_pack_pass=device.params.weight_pack_pass, pack_errors=pack_errors,
                                 gemm_tiles=tiles)
-    device, errors["csr"] = fit_csr(csr, device)
+    device, errors["csr"], passes = fit_csr_passes(csr, device)
     device, errors["bsr"], columns = fit_bsr_columns(bsr, device)
-    facts = dataclasses.replace(facts, bsr_columns=columns)
+    facts = dataclasses.replace(facts, bsr_columns=columns, csr_passes=passes)
     text = render_device_file(facts, device, ref, errors, {"cases": len(dense) + len(csr) + len(bsr)})
     try:
         atomic.write_text(path, text)  # a kill or full disk never leaves half a device file

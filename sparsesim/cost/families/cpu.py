@@ -22,7 +22,12 @@ work alone would. The BSR kernel's vector steps cover a fixed number of M column
 value): M = 9, 10, 11 take as long as M = 12, 16, 20. The dense GEMM runs M in register tiles too
 (`gemm_tile_m`: 4 rows for MKL's fp32 sgemm on that host), and the rows left over in narrower tiles
 (2, then 1), each taking most of a full tile's time (`gemm_tail_cost`): a 512x512 linear takes
-91 us at M=8, 115 at M=9 and 10, 136 at M=11 and 117 at M=12. N:M runs through an index-regular kernel: per nonzero like CSR, but the index
+91 us at M=8, 115 at M=9 and 10, 136 at M=11 and 117 at M=12. The CSR kernel keeps an output
+row's accumulators in registers for up to `csr_register_columns` of M (32 on that host) and walks
+each row's nonzeros once; a wider M runs in passes of `csr_pass_columns` (16 there), each walking
+the nonzeros again and paying the index chain again, so a pass of one column costs about what a
+full one does: M = 33-48 take three passes, M = 49-64 four (a 1024x1024 weight at 10%: 400-450 us
+at M = 33-48, 600 at 49-64). N:M runs through an index-regular kernel: per nonzero like CSR, but the index
 decode is cheaper and there are no row pointers; CPUs have no N:M hardware.
 Channel pruning is a smaller dense GEMM.
 
@@ -81,7 +86,9 @@ class CpuParams:
     kernel the block edge gets decides it); `nm_nnz_cycles` the N:M
     kernel's per-nonzero floor. `bsr_vector_columns` is the number of M columns one BSR vector
     step covers and `bsr_column_cycles` the cost per stored value of each column left over
-    (M mod bsr_vector_columns), run one at a time. `gemm_half_m` is the M at which the dense GEMM reaches half of
+    (M mod bsr_vector_columns), run one at a time. `csr_register_columns` is the widest M the CSR
+    kernel covers in one walk over the nonzeros and `csr_pass_columns` the width of each pass over
+    them beyond it. `gemm_half_m` is the M at which the dense GEMM reaches half of
     `gemm_efficiency` (its per-call work that does not grow with M, in rows' worth of time);
     `gemm_tile_m` and `gemm_tail_cost` (per dtype, optional) are the rows of its register tile
     along M and the share of a full tile's time each narrower tile over the rows left over takes.
@@ -163,6 +170,12 @@ class CpuParams:
     # default): M rows cost M rows' time
     gemm_tile_m: dict = quantity("count", per_dtype=True, default={})
     gemm_tail_cost: dict = quantity("ratio", per_dtype=True, default={})
+    # the CSR kernel keeps an output row's accumulators in registers for up to
+    # `csr_register_columns` of M and walks each row's nonzeros once; a wider M runs in passes of
+    # `csr_pass_columns` columns, each walking the nonzeros again (index chain included); a
+    # calibrated host measures both; 0 (the default): one walk whatever M is
+    csr_register_columns: float = quantity("count", default=0.0)
+    csr_pass_columns: float = quantity("count", default=0.0)
 
     def validate(self) -> str | None:
         problem = check_positive(self, "cores", "clock", "vector_bits", "fma_ports", "l2_bandwidth",
@@ -194,6 +207,12 @@ class CpuParams:
             problem = check_whole(self, "bsr_vector_columns") or check_positive(self, "bsr_column_cycles")
             if problem:
                 return f"{problem} (bsr_vector_columns and bsr_column_cycles come together)"
+        if self.csr_register_columns or self.csr_pass_columns:
+            problem = check_whole(self, "csr_register_columns", "csr_pass_columns")
+            if problem or not 0 < self.csr_pass_columns <= self.csr_register_columns:
+                return (problem or "fields 'csr_register_columns' and 'csr_pass_columns': need "
+                        f"0 < csr_pass_columns <= csr_register_columns (got {self.csr_pass_columns:g}, "
+                        f"{self.csr_register_columns:g})")
         if self.llc_none_bytes and not 0 < self.llc_full_bytes <= self.l3_bytes <= self.llc_none_bytes:
             return ("fields 'llc_full_bytes' and 'llc_none_bytes': need 0 < llc_full_bytes <= l3_bytes <= "
                     f"llc_none_bytes (got {self.llc_full_bytes:g}, {self.l3_bytes:g}, {self.llc_none_bytes:g} bytes)")
@@ -522,11 +541,34 @@ class _KernelCycles:
 
 
 def _csr_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCycles:
-    """CSR: per nonzero, the larger of the value+index load chain and the vector work."""
+    """CSR: per nonzero, the larger of the value+index load chain and the vector work; an M wider
+    than the kernel keeps in registers runs in passes, each walking the nonzeros again."""
     nnz = layer.stats.nnz
-    return _KernelCycles(nnz * max(p.sparse_nnz_cycles, w.work_cycles), nnz, "csr",
-                         f"{nnz} nonzeros x max(value+index load chain, {w.vec:.3g} vector steps + {w.row})",
-                         p.sparse_nnz_cycles > w.work_cycles)
+    passes = csr_passes(p, w.m)
+    if len(passes) == 1:
+        return _KernelCycles(nnz * max(p.sparse_nnz_cycles, w.work_cycles), nnz, "csr",
+                             f"{nnz} nonzeros x max(value+index load chain, {w.vec:.3g} vector steps + {w.row})",
+                             p.sparse_nnz_cycles > w.work_cycles)
+    # a pass of c columns: c / M of the vector work and of the activation row's stream
+    per_pass = [max(p.sparse_nnz_cycles, w.work_cycles * c / w.m) for c in passes]
+    return _KernelCycles(nnz * sum(per_pass), nnz, "csr",
+                         f"M={w.m} wider than the {int(p.csr_register_columns)} columns kept in registers: "
+                         f"{len(passes)} passes of up to {int(p.csr_pass_columns)} columns, each walking the "
+                         f"{nnz} nonzeros (max(value+index load chain, its vector steps + its part of the {w.row}))",
+                         all(p.sparse_nnz_cycles >= w.work_cycles * c / w.m for c in passes))
+
+
+def csr_passes(p: CpuParams, m: int) -> list[int]:
+    """The columns of M each walk over a CSR row's nonzeros covers: all of M in one walk up to
+    `csr_register_columns` (or without the figure), else passes of `csr_pass_columns`, the last
+    one holding what is left (MKL's CSR matmul on the calibrated AMD host: M = 33-48 take three
+    16-column passes, M = 49-64 four)."""
+    m = max(m, 1)
+    reg, width = int(p.csr_register_columns), int(p.csr_pass_columns)
+    if reg <= 0 or m <= reg:
+        return [m]
+    full, left = divmod(m, width)
+    return [width] * full + ([left] if left else [])
 
 
 def _nm_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCycles:
