@@ -69,10 +69,11 @@ FIT_NK = ((512, 512), (1024, 1024), (2048, 512), (512, 2048))
 FIT_M = (1, 16, 64, 256)
 FIT_INT8_M = (24, 64, 256)          # torch._int_mm needs M > 16
 FIT_CSR_NK = ((512, 512), (1024, 1024), (2048, 512))
-# 24, 40 and 56 besides the regimes: a CSR kernel that keeps up to 32 columns of an output row in
-# registers runs 40 and 56 as three and four 16-column passes (and 24 in one walk), so the
-# register width and the pass width can be read off them (validate's 49 is not among them)
-FIT_CSR_M = (1, 4, 16, 24, 40, 56, 64, 256)
+# 24-72 besides the regimes: a CSR kernel that keeps up to 32 columns of an output row in registers
+# runs 24 in one walk and 33, 40, 50, 56, 72 in three to five 16-column passes, the last one
+# narrow for some (widths of 8 or 64 split them otherwise), so the register width and the pass
+# width can be read off them (validate's 49 is not among them)
+FIT_CSR_M = (1, 4, 16, 24, 33, 40, 50, 56, 64, 72, 256)
 FIT_DENSITIES = (0.01, 0.05, 0.1, 0.2, 0.5)
 FIT_BSR_NK = ((512, 512), (1024, 1024))
 FIT_BSR_M = (4, 16, 64, 256)
