@@ -414,26 +414,27 @@ def test_csr_wider_than_the_registers_walks_the_nonzeros_once_per_pass():
     assert lat[33].latency_s == pytest.approx(lat[48].latency_s, rel=0.1)
 
 
-def test_csr_pass_fields_come_together_and_fit_the_registers(tmp_path):
-    with pytest.raises(DeviceFileError, match="csr_pass_columns"):
-        _with_fields(tmp_path, "csr_register_columns = { value = 32.0, unit = \"1\", source = \"x\" }\n")
-    with pytest.raises(DeviceFileError, match="csr_pass_columns"):
-        _with_fields(tmp_path, "csr_register_columns = { value = 16.0, unit = \"1\", source = \"x\" }\n"
-                               "csr_pass_columns = { value = 32.0, unit = \"1\", source = \"x\" }\n")
-    dev = _with_fields(tmp_path, "csr_register_columns = { value = 32.0, unit = \"1\", source = \"x\" }\n"
-                                 "csr_pass_columns = { value = 16.0, unit = \"1\", source = \"x\" }\n")
-    assert (dev.params.csr_register_columns, dev.params.csr_pass_columns) == (32.0, 16.0)
+# fields that come together: (name, unit) of each, a pair the file check refuses and the field its
+# error names, the field the error names when the first comes alone, and a pair it takes
+PAIRED_FIELDS = [
+    (("bsr_vector_columns", "1"), ("bsr_column_cycles", "cycles"), (2.5, 1.0), "bsr_vector_columns",
+     "bsr_column_cycles", (4.0, 1.2)),
+    (("csr_register_columns", "1"), ("csr_pass_columns", "1"), (16.0, 32.0), "csr_pass_columns",
+     "csr_pass_columns", (32.0, 16.0)),
+]
 
 
-def test_bsr_vector_columns_come_with_their_cycles_and_are_whole(tmp_path):
-    with pytest.raises(DeviceFileError, match="bsr_column_cycles"):
-        _with_fields(tmp_path, "bsr_vector_columns = { value = 4.0, unit = \"1\", source = \"x\" }\n")
-    with pytest.raises(DeviceFileError, match="bsr_vector_columns"):
-        _with_fields(tmp_path, "bsr_vector_columns = { value = 2.5, unit = \"1\", source = \"x\" }\n"
-                               "bsr_column_cycles = { value = 1.0, unit = \"cycles\", source = \"x\" }\n")
-    dev = _with_fields(tmp_path, "bsr_vector_columns = { value = 4.0, unit = \"1\", source = \"x\" }\n"
-                                 "bsr_column_cycles = { value = 1.2, unit = \"cycles\", source = \"x\" }\n")
-    assert dev.params.bsr_vector_columns == 4.0 and dev.params.bsr_column_cycles == pytest.approx(1.2)
+@pytest.mark.parametrize("first,second,bad,bad_names,alone_names,good", PAIRED_FIELDS)
+def test_paired_fields_come_together_and_are_checked(tmp_path, first, second, bad, bad_names, alone_names, good):
+    def line(field: tuple[str, str], value: float) -> str:
+        return f'{field[0]} = {{ value = {value}, unit = "{field[1]}", source = "x" }}\n'
+
+    with pytest.raises(DeviceFileError, match=alone_names):
+        _with_fields(tmp_path, line(first, good[0]))
+    with pytest.raises(DeviceFileError, match=bad_names):
+        _with_fields(tmp_path, line(first, bad[0]) + line(second, bad[1]))
+    dev = _with_fields(tmp_path, line(first, good[0]) + line(second, good[1]))
+    assert (getattr(dev.params, first[0]), getattr(dev.params, second[0])) == pytest.approx(good)
 
 
 def _with_fields(tmp_path, lines: str):
