@@ -47,7 +47,10 @@ def render(doc: dict[str, Any]) -> str:
         lines.append(f"    dense {dt}: efficiency {eff:.3f}, half-efficiency M {f['gemm_half_m'][dt]:.2f}{tile}  "
                      f"[{100 * err[dt]:.1f}%]")
     lines.append(f"    csr: {f['sparse_nnz_cycles']:.2f} cycles/nonzero floor, {f['sparse_vector_cycles']:.2f} cycles/vector step, "
-                 f"{f['sparse_row_cycles']:.2f} cycles/row step, call {f['sparse_call_overhead_us']:.2f} us  [{100 * err['csr']:.1f}%]")
+                 f"{f['sparse_row_cycles']:.2f} cycles/row step, call {f['sparse_call_overhead_us']:.2f} us"
+                 + (f"; one walk up to {f['csr_register_columns']:g} columns, passes of {f['csr_pass_columns']:g} beyond"
+                    if f.get("csr_register_columns") else "")
+                 + f"  [{100 * err['csr']:.1f}%]")
     values = f.get("bsr_value_cycles", {})
     bsr = ", ".join(f"{k} {values[k]:.2f}+{v:.2f}" if k in values else f"{k} {v:.2f}"
                     for k, v in f["bsr_vector_cycles"].items())

@@ -807,6 +807,8 @@ class CalibrationResult:
                 "sparse_nnz_cycles": round(p.sparse_nnz_cycles, 3),
                 "sparse_vector_cycles": round(p.sparse_vector_cycles, 3),
                 "sparse_row_cycles": round(p.sparse_row_cycles, 3),
+                "csr_register_columns": int(p.csr_register_columns),
+                "csr_pass_columns": int(p.csr_pass_columns),
                 "bsr_block_cycles": round(p.bsr_block_cycles, 3),
                 "bsr_row_cycles": round(p.bsr_row_cycles, 3),
                 "bsr_vector_cycles": {k: round(v, 3) for k, v in p.bsr_vector_cycles.items()},
