@@ -287,3 +287,22 @@ def test_dense_without_tiles_reads_no_tile_and_other_dtypes_keep_none():
     bf16 = [dataclasses.replace(c, dtype="bf16") for c in _dense_cases(base, cal.FIT_NK[:2], cal.FIT_M)]
     fitted, _, tiles = cal.fit_dense(cases + bf16, base)
     assert set(tiles) == {"fp32"} and fitted.params.gemm_tile_m == {}
+
+
+def test_csr_passes_that_do_not_clearly_beat_one_walk_are_not_kept():
+    """Timings of a kernel that walks the nonzeros once whatever M is: no pass pair beats one
+    walk by PASS_MIN_GAIN, so calibrate keeps one walk."""
+    from sparsesim.hw.devices import load_device
+    from sparsesim.sparsity.records import Pattern
+
+    truth = cal.with_params(load_device("xeon-sapphire-rapids"), picks_faster_kernel=False,
+                            sparse_nnz_cycles=4.0, sparse_vector_cycles=2.0)
+    cases = []
+    for d in (0.01, 0.1, 0.5):
+        layer = cal.layer_for(cal.measure.random_mask(512, 512, d, seed=1), Pattern("unstructured", d), "fp32")
+        for m in cal.FIT_CSR_M:
+            case = cal.Case("csr", "fp32", m, 512, 512, d, 1, 1.0, layer)
+            cases.append(dataclasses.replace(case, seconds=cal.predict(case, truth)))
+    fitted, err, passes = cal.fit_csr_passes(cases, truth)
+    assert (passes.register_columns, passes.pass_columns) == (0, 0) and err < 0.01
+    assert fitted.params.csr_register_columns == 0.0
