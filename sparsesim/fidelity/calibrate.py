@@ -543,13 +543,13 @@ def fit_bsr_columns(cases: Sequence[Case], device: Device) -> tuple[Device, floa
 
 def pass_candidates(device: Device) -> list[tuple[int, int]]:
     """(register columns, pass columns) a CSR kernel may use along M: register widths from the fp32
-    lanes up to 8x them, pass widths from half the lanes up to the register width, powers of two;
-    and (0, 0): one walk over the nonzeros whatever M is."""
+    lanes up to 8x them (powers of two), each with passes of half its width, as measured on both
+    hosts calibrated (an AVX2 and an AVX-512 EPYC: 32 and 16; leaving the pass width free let noisy
+    timings pick 8 where validation prefers 16); and (0, 0): one walk over the nonzeros whatever M is."""
     from sparsesim.cost.families.cpu import lanes
 
     nl = int(lanes(device.params, "fp32"))
-    regs = [nl << i for i in range(4)]
-    return [(r, w) for r in regs for w in (max(nl // 2, 1) << i for i in range(8)) if w <= r] + [(0, 0)]
+    return [(nl << i, max(nl << i >> 1, 1)) for i in range(4)] + [(0, 0)]
 
 
 @dataclass(frozen=True)
@@ -563,9 +563,10 @@ class PassFit:
 
 
 # passes are kept only when they explain the CSR timings clearly better than one walk: a mean error
-# at least this much lower (relative). On noisy timings the pairs tie within a few percent and the
-# best of them is chance (one of five calibrations on the AMD host, 2026-12-04: 16/8 at 0.177
-# against 0.177 for 32/16 and 0.183 for one walk; the other four kept 32/16, 14-28 % below one walk)
+# at least this much lower (relative). On noisy timings the candidates can tie within a few
+# percent, and the best of them is then chance (with free pass widths, one of five calibrations on
+# the AMD host, 2026-12-04, had 16/8 at 0.177 against 0.177 for 32/16 and 0.183 for one walk; with
+# passes of half the register width five of five kept 32/16, 11-32 % below one walk)
 PASS_MIN_GAIN = 0.05
 
 
