@@ -551,11 +551,13 @@ def _csr_cycles(p: CpuParams, layer: LayerSparsity, w: _PerNonzero) -> _KernelCy
                              p.sparse_nnz_cycles > w.work_cycles)
     # a pass of c columns: c / M of the vector work and of the activation row's stream
     per_pass = [max(p.sparse_nnz_cycles, w.work_cycles * c / w.m) for c in passes]
+    chained = sum(1 for c in passes if p.sparse_nnz_cycles >= w.work_cycles * c / w.m)
     return _KernelCycles(nnz * sum(per_pass), nnz, "csr",
                          f"M={w.m} wider than the {int(p.csr_register_columns)} columns kept in registers: "
                          f"{len(passes)} passes of up to {int(p.csr_pass_columns)} columns, each walking the "
-                         f"{nnz} nonzeros (max(value+index load chain, its vector steps + its part of the {w.row}))",
-                         all(p.sparse_nnz_cycles >= w.work_cycles * c / w.m for c in passes))
+                         f"{nnz} nonzeros (max(value+index load chain, its vector steps + its part of the {w.row}))"
+                         + (f"; {chained} of them paced by the index chain" if chained else ""),
+                         False)
 
 
 def csr_passes(p: CpuParams, m: int) -> list[int]:
