@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -96,6 +96,7 @@ QUICK_DENSITIES = (0.01, 0.05, 0.2, 0.5)
 QUICK_BSR_DENSITIES = (0.02, 0.2)
 QUICK_BLOCKS = (4, 16)
 REPEATS_FULL, REPEATS_QUICK = 9, 3
+K = TypeVar("K")  # a candidate calibrate fits the model at (a width, a pair of widths)
 # used only where Linux does not report them (then the device file says "assumed"): typical
 # per-core L1/L2 and a shared L3 of a current server core; the clock is raised by
 # `effective_clock` from the measured GEMM rate anyway
@@ -533,12 +534,21 @@ def fit_bsr_columns(cases: Sequence[Case], device: Device) -> tuple[Device, floa
     """`fit_bsr` at each candidate width of the vector step; keeps the one whose mean |pred/meas - 1|
     over the cases is lowest (the mean, not the median: the leftover columns show on the cases at M
     that is no multiple of the width, a minority)."""
-    fits = []
-    for columns in column_candidates(device):
-        dev, err = fit_bsr(cases, device, columns)
-        fits.append((float(np.mean(np.abs(rel_errors(cases, dev)))), columns, dev, err))
-    best = min(fits, key=lambda f: f[0])
-    return best[2], best[3], ColumnFit(best[1], {f[1]: f[0] for f in fits})
+    fits = fit_each(cases, column_candidates(device), lambda columns: fit_bsr(cases, device, columns))
+    best = min(fits, key=lambda c: fits[c][0])
+    return fits[best][1], fits[best][2], ColumnFit(best, {c: f[0] for c, f in fits.items()})
+
+
+def fit_each(cases: Sequence[Case], candidates: Sequence[K], fit: Callable[[K], tuple[Device, float]]
+             ) -> dict[K, tuple[float, Device, float]]:
+    """Per candidate (in order): the mean |pred/meas - 1| over `cases` of the device `fit(candidate)`
+    returns, that device and its fit error. The mean, not the median: what a candidate changes
+    shows on a minority of the cases."""
+    out: dict[K, tuple[float, Device, float]] = {}
+    for c in candidates:
+        dev, err = fit(c)
+        out[c] = (float(np.mean(np.abs(rel_errors(cases, dev)))), dev, err)
+    return out
 
 
 def pass_candidates(device: Device) -> list[tuple[int, int]]:
@@ -574,15 +584,12 @@ def fit_csr_passes(cases: Sequence[Case], device: Device) -> tuple[Device, float
     """`fit_csr` at each candidate (register, pass) width pair; keeps the pair whose mean
     |pred/meas - 1| over the cases is lowest (the passes show on the cases wider than the
     register width, a minority), if it beats one walk by `PASS_MIN_GAIN`, else one walk."""
-    fits = []
-    for reg, width in pass_candidates(device):
-        dev, err = fit_csr(cases, with_params(device, csr_register_columns=float(reg), csr_pass_columns=float(width)))
-        fits.append((float(np.mean(np.abs(rel_errors(cases, dev)))), (reg, width), dev, err))
-    best = min(fits, key=lambda f: f[0])
-    one_walk = next(f for f in fits if f[1] == (0, 0))
-    if best[0] > (1 - PASS_MIN_GAIN) * one_walk[0]:
-        best = one_walk
-    return best[2], best[3], PassFit(*best[1], {f[1]: f[0] for f in fits})
+    fits = fit_each(cases, pass_candidates(device), lambda pair: fit_csr(
+        cases, with_params(device, csr_register_columns=float(pair[0]), csr_pass_columns=float(pair[1]))))
+    best = min(fits, key=lambda c: fits[c][0])
+    if fits[best][0] > (1 - PASS_MIN_GAIN) * fits[(0, 0)][0]:
+        best = (0, 0)
+    return fits[best][1], fits[best][2], PassFit(*best, {c: f[0] for c, f in fits.items()})
 
 
 # ----------------------------------------------------------------------------- the file

@@ -192,7 +192,7 @@ def source_defaults(path: Path, name: str) -> dict[str, Any] | None:
             return None
         try:
             out[arg.arg] = ast.literal_eval(default)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):  # not a literal
             return None
     return out
 
