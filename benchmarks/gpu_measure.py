@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import math
 import re
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +48,8 @@ from sparsesim.fidelity.gpu_validation import (
     TABLE_COLUMNS,
     append_rows,
     direction_of,
+    measured_table_path,
     predict_case,
-    published_table_path,
 )
 
 DTYPES = ("fp16", "bf16", "int8", "fp8")
@@ -76,9 +78,29 @@ KNOWN_GPUS = (
     (("h100", "hbm3"), "h100-sxm5"),
     (("h100", "sxm"), "h100-sxm5"),
     (("orin",), "jetson-agx-orin"),
+    (("h200",), "h200"),
 )
 # 2:4 libraries of torch's semi-structured tensors: (model kernel name, force CUTLASS?)
 SPARSE_LIBRARIES = (("cusparselt", False), ("cutlass-24", True))
+
+
+class Deadline:
+    """Wall-clock budgets: a run on a lent GPU ends well inside its lease and keeps what it measured."""
+
+    def __init__(self, total_s: float | None) -> None:
+        self.end = time.monotonic() + total_s if total_s else math.inf
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def passed(self, need_s: float = 0.0) -> bool:
+        return self.left() < need_s
+
+    def section(self, budget_s: float | None) -> Deadline:
+        """A sub-budget that ends at the earlier of its own end and this one's."""
+        sub = Deadline(budget_s)
+        sub.end = min(sub.end, self.end)
+        return sub
 
 
 @dataclass
@@ -117,8 +139,6 @@ def time_ms(fn: Callable[[], object], *, repeats: int, inner: int, cuda: bool) -
             end.synchronize()
             samples.append(start.elapsed_time(end) / inner)
     else:
-        import time
-
         for _ in range(repeats):
             t0 = time.perf_counter()
             for _ in range(inner):
@@ -138,8 +158,6 @@ def _once_ms(fn: Callable[[], object], cuda: bool) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end)
-    import time
-
     t0 = time.perf_counter()
     fn()
     return (time.perf_counter() - t0) * 1e3
@@ -190,8 +208,8 @@ def dense_fn(x: torch.Tensor, w: torch.Tensor, dtype: str) -> Callable[[], objec
     """The dense GEMM x @ w^T at `dtype` (cuBLAS): int8 through torch._int_mm, fp8 e4m3 through
     torch._scaled_mm (per-tensor scales of 1), 16-bit through torch.nn.functional.linear."""
     if dtype == "int8":
-        wt = w.t().contiguous().t()  # column-major second operand, as _int_mm wants
-        return lambda: torch._int_mm(x, wt.t())
+        wt = w.t()  # (K, N) column-major: cuBLASLt's int8 GEMM wants the TN layout
+        return lambda: torch._int_mm(x, wt)
     if dtype == "fp8":
         one = torch.ones((), device=x.device)
         wt = w.t()
@@ -217,14 +235,75 @@ def semi_structured_fn(x: torch.Tensor, w: torch.Tensor, *, force_cutlass: bool)
     from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
     SparseSemiStructuredTensor._FORCE_CUTLASS = force_cutlass
-    pruned = w * mask_24(w.float() if not w.is_floating_point() or w.element_size() == 1 else w)
-    ws = to_sparse_semi_structured(pruned)
+    pruned = prune_24(w)
+    try:
+        ws = to_sparse_semi_structured(pruned)
+    finally:  # a class attribute: the models below convert with torch's default library
+        SparseSemiStructuredTensor._FORCE_CUTLASS = False
     if pruned.is_floating_point() and pruned.element_size() >= 2:
         ref = torch.nn.functional.linear(x, pruned)
         out = torch.nn.functional.linear(x, ws)
         if not torch.allclose(out.float(), ref.float(), rtol=5e-2, atol=5e-1):
             raise ValueError("2:4 result differs from the dense result")
     return lambda: torch.nn.functional.linear(x, ws)
+
+
+def prune_24(w: torch.Tensor) -> torch.Tensor:
+    """`w` with the 2:4 mask applied, in its own dtype (8-bit tensors are masked through fp32: torch
+    has no fp8 multiply)."""
+    if w.element_size() == 1:
+        return (w.float() * mask_24(w.float())).to(w.dtype)
+    return w * mask_24(w)
+
+
+def cusparselt_direct_fn(x: torch.Tensor, w: torch.Tensor) -> Callable[[], object]:
+    """A 2:4 GEMM W @ X^T called on cuSPARSELt directly (torch._cslt_sparse_mm, no tensor subclass),
+    with the algorithm cuSPARSELt's own search picks: what an engine or a benchmark calling the
+    library gets. X's rows are padded to 16, the largest row multiple cuSPARSELt asks of a dense
+    operand (fp8/int8)."""
+    packed = torch._cslt_compress(prune_24(w))
+    pad = (-x.shape[0]) % 16
+    xt = (torch.cat([x, x.new_zeros((pad, x.shape[1]))]) if pad else x).t()
+    out_dtype = torch.bfloat16 if w.dtype == torch.float8_e4m3fn else None
+    try:
+        alg = int(torch._cslt_sparse_mm_search(packed, xt, out_dtype=out_dtype))
+    except (RuntimeError, AttributeError) as e:  # the search is deprecated in newer torch: the default algorithm
+        print(f"cuSPARSELt algorithm search unavailable ({type(e).__name__}); algorithm 0")
+        alg = 0
+    return lambda: torch._cslt_sparse_mm(packed, xt, out_dtype=out_dtype, alg_id=alg)
+
+
+def diagnose_cusparselt(x: torch.Tensor, w: torch.Tensor, dname: str, shape: tuple[int, int, int],
+                       rep: dict) -> None:
+    """Print (not recorded) where an eager 2:4 call's time goes: cuSPARSELt called directly without a
+    graph (host work of each call included), and graphed with algorithm 0 (torch's subclass default)
+    instead of the searched one."""
+    try:
+        direct = time_ms(cusparselt_direct_fn(x, w), **rep)
+        packed = torch._cslt_compress(prune_24(w))
+        pad = (-x.shape[0]) % 16
+        xt = (torch.cat([x, x.new_zeros((pad, x.shape[1]))]) if pad else x).t()
+        out_dtype = torch.bfloat16 if w.dtype == torch.float8_e4m3fn else None
+        alg0 = time_ms(graphed(lambda: torch._cslt_sparse_mm(packed, xt, out_dtype=out_dtype, alg_id=0)), **rep)
+        print(f"diagnose cusparselt {dname} {shape[0]}x{shape[1]}x{shape[2]}: direct eager {direct.median_ms:.4g} ms, "
+              f"graphed alg 0 {alg0.median_ms:.4g} ms", flush=True)
+    except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
+        _skip(f"diagnose cusparselt {dname} {shape}", e)
+
+
+def graphed(fn: Callable[[], object]) -> Callable[[], object]:
+    """`fn` captured once in a CUDA graph: its replay costs no per-op host work (what compiled and
+    engine runtimes do), so a timed replay is the kernel's GPU time."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
 
 
 def csr_fn(w: torch.Tensor, xt: torch.Tensor, sparsity: float, gen: torch.Generator) -> Callable[[], object]:
@@ -241,7 +320,12 @@ def _skip(what: str, e: BaseException) -> None:
     print(f"skip {what}: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}")
 
 
-def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool) -> list[dict]:
+def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool, deadline: Deadline,
+                  emit: Callable[[dict], None]) -> None:
+    """Every (shape, dtype) of the grid, shapes outermost so a budget cut keeps every dtype of the
+    shapes it reached. Eager rows time the torch calls as a model makes them (host dispatch in the
+    gaps between kernels); engine rows replay dense cuBLAS and cuSPARSELt called directly (its own
+    algorithm search) from CUDA graphs."""
     dev = torch.device("cuda" if cuda else "cpu")
     shapes = [(8, 64, 128), (64, 128, 256)] if args.cpu_smoke else (SHAPES_QUICK if args.quick else SHAPES_FULL)
     dtypes = ["fp32"] if args.cpu_smoke else [d.strip() for d in args.dtypes.split(",") if d.strip()]
@@ -250,9 +334,11 @@ def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool
             raise SystemExit(f"gpu_measure: unknown dtype {d!r} (use {', '.join(DTYPES)})")
     gen = torch.Generator().manual_seed(0)
     rep = {"repeats": args.repeats, "inner": args.inner, "cuda": cuda}
-    rows: list[dict] = []
-    for dname in dtypes:
-        for m, n, k in shapes:
+    for m, n, k in shapes:
+        for dname in dtypes:
+            if deadline.passed():
+                print(f"budget spent: GEMMs stop before {m}x{n}x{k} {dname}")
+                return
             bytes_per = 1 if dname in ("int8", "fp8") else (4 if dname == "fp32" else 2)
             need = (m * k + n * k * 3 + m * n * 2) * bytes_per
             if cuda and need > 0.6 * torch.cuda.mem_get_info()[0]:
@@ -264,32 +350,44 @@ def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool
             except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
                 _skip(f"dense {m}x{n}x{k} {dname}", e)
                 continue
-            cases: list[tuple[str, str, Callable[[], Callable[[], object]]]] = []
+            # (runtime, pattern, kernel, builder of the timed call, dense timing it is compared with)
+            cases: list[tuple[str, str, str, Callable[[], Callable[[], object]]]] = []
             if cuda:
                 for lib, force in SPARSE_LIBRARIES:
-                    cases.append(("2:4", lib, lambda force=force, x=x, w=w: semi_structured_fn(x, w, force_cutlass=force)))
+                    cases.append(("eager", "2:4", lib,
+                                  lambda force=force, x=x, w=w: semi_structured_fn(x, w, force_cutlass=force)))
+                cases.append(("engine", "2:4", "cusparselt", lambda x=x, w=w: graphed(cusparselt_direct_fn(x, w))))
             if dname in TORCH_FLOAT:  # torch's CSR/BSR matmuls take floating dtypes only
                 xt = x.t().contiguous()
                 for sp in CSR_SPARSITIES:
-                    cases.append((f"unstructured:{sp:g}", "cusparse-csr", lambda sp=sp, w=w, xt=xt: csr_fn(w, xt, sp, gen)))
+                    cases.append(("eager", f"unstructured:{sp:g}", "cusparse-csr",
+                                  lambda sp=sp, w=w, xt=xt: csr_fn(w, xt, sp, gen)))
                 for b, sp in BSR_CASES:
                     if n % b == 0 and k % b == 0:
-                        cases.append((f"block{b}x{b}:{sp:g}", "bsr", lambda b=b, sp=sp, w=w, xt=xt: bsr_fn(w, xt, b, sp, gen)))
-            for pattern, kernel, build in cases:
+                        cases.append(("eager", f"block{b}x{b}:{sp:g}", "bsr",
+                                      lambda b=b, sp=sp, w=w, xt=xt: bsr_fn(w, xt, b, sp, gen)))
+            if cuda and args.diagnose and dname in ("fp16", "int8", "fp8"):
+                diagnose_cusparselt(x, w, dname, (m, n, k), rep)
+            dense_engine: Timing | None = None
+            for runtime, pattern, kernel, build in cases:
+                if deadline.passed():
+                    break
                 try:
+                    if runtime == "engine" and dense_engine is None:
+                        dense_engine = time_ms(graphed(dense_fn(x, w, dname)), **rep)
                     sparse = time_ms(build(), **rep)
                 except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
-                    _skip(f"{kernel} {pattern} {m}x{n}x{k} {dname}", e)
+                    _skip(f"{runtime} {kernel} {pattern} {m}x{n}x{k} {dname}", e)
                     continue
                 finally:
                     if cuda:
                         torch.cuda.empty_cache()
-                r = row(gpu=gpu, runtime="eager", dtype=dname, pattern=pattern, kernel=kernel, dense=dense,
+                base = dense_engine if runtime == "engine" and dense_engine is not None else dense
+                r = row(gpu=gpu, runtime=runtime, dtype=dname, pattern=pattern, kernel=kernel, dense=base,
                         sparse=sparse, source=source, shape=(m, n, k))
-                rows.append(r)
-                print(f"{kernel:<14} {pattern:<18} {dname} {m}x{n}x{k}: dense {r['dense_ms']} ms, "
-                      f"sparse {r['sparse_ms']} ms, {r['measured']}x")
-    return rows
+                emit(r)
+                print(f"{runtime:<6} {kernel:<14} {pattern:<18} {dname} {m}x{n}x{k}: dense {r['dense_ms']} ms, "
+                      f"sparse {r['sparse_ms']} ms, {r['measured']}x", flush=True)
 
 
 # ----------------------------------------------------------------------------- BERT-base
@@ -314,21 +412,30 @@ def sparsify_encoder_linears(model: torch.nn.Module) -> None:
             mod.weight = torch.nn.Parameter(to_sparse_semi_structured(w * mask_24(w)), requires_grad=False)
 
 
-def measure_bert(args: argparse.Namespace, *, gpu: str, source: str) -> list[dict]:
+def measure_bert(args: argparse.Namespace, *, gpu: str, source: str, deadline: Deadline) -> list[dict]:
     rep = {"repeats": max(5, args.repeats // 3), "inner": 1, "cuda": True}
     rows: list[dict] = []
     dev = torch.device("cuda")
-    for batch, seq in (BERT_QUICK if args.quick else BERT_CASES):
+    cases = BERT_QUICK if args.quick else BERT_CASES
+    if args.bert_batches:
+        cases = tuple((int(b), BERT_CASES[0][1]) for b in args.bert_batches.split(","))
+    for batch, seq in cases:
         workload = f"bert-base:batch={batch},seq={seq},device=meta,attn=eager"
         times: dict[tuple[str, str], Timing] = {}
         for plan in ("dense", "2:4"):
+            if deadline.passed():
+                print(f"budget spent: BERT-base stops before {plan} batch {batch}")
+                break
             try:
                 model, inputs = bert_model(batch, seq, dev, torch.float16)
                 if plan == "2:4":
                     sparsify_encoder_linears(model)
                 with torch.inference_mode():
                     times[(plan, "eager")] = time_ms(lambda m=model, i=inputs: m(**i), **rep)
-                    compiled = torch.compile(model, mode="max-autotune")
+                    if deadline.passed(args.compile_need_s):
+                        print(f"budget: BERT-base {plan} batch {batch} not compiled ({deadline.left():.0f} s left)")
+                        continue
+                    compiled = torch.compile(model, mode=args.compile_mode)
                     times[(plan, "compiled")] = time_ms(lambda c=compiled, i=inputs: c(**i), **rep)
             except Exception as e:
                 _skip(f"BERT-base {plan} batch {batch}", e)
@@ -354,7 +461,7 @@ def measure_bert(args: argparse.Namespace, *, gpu: str, source: str) -> list[dic
 SAM_BATCH = 8  # torchao's figures are at batch 32; 8 keeps the global blocks' bias tensors small
 
 
-def measure_sam(args: argparse.Namespace, *, gpu: str, source: str) -> list[dict]:
+def measure_sam(args: argparse.Namespace, *, gpu: str, source: str, deadline: Deadline) -> list[dict]:
     """SAM's ViT-H image encoder (transformers' SamVisionModel, random weights, bf16, 1024x1024):
     dense throughput and the speedup of 2:4 on the MLP linears only (torchao's SAM case), eager
     and under torch.compile(mode="max-autotune")."""
@@ -367,6 +474,9 @@ def measure_sam(args: argparse.Namespace, *, gpu: str, source: str) -> list[dict
     plan = "plans/sam-vit-h-mlp-2of4.toml"
     times: dict[tuple[str, str], Timing] = {}
     for sparse in (False, True):
+        if deadline.passed():
+            print(f"budget spent: SAM stops before {'2:4 MLP' if sparse else 'dense'}")
+            break
         try:
             model, inputs = build_sam_vit_h(batch=SAM_BATCH, dtype="bf16", device="cpu")
             model = model.cuda()
@@ -378,7 +488,10 @@ def measure_sam(args: argparse.Namespace, *, gpu: str, source: str) -> list[dict
                         mod.weight = torch.nn.Parameter(to_sparse_semi_structured(w * mask_24(w)), requires_grad=False)
             with torch.inference_mode():
                 times[(plan if sparse else "dense", "eager")] = time_ms(lambda m=model, i=inputs: m(**i), **rep)
-                compiled = torch.compile(model, mode="max-autotune")
+                if deadline.passed(args.compile_need_s):
+                    print(f"budget: SAM {'2:4 MLP' if sparse else 'dense'} not compiled ({deadline.left():.0f} s left)")
+                    continue
+                compiled = torch.compile(model, mode=args.compile_mode)
                 times[(plan if sparse else "dense", "compiled")] = time_ms(lambda c=compiled, i=inputs: c(**i), **rep)
         except Exception as e:
             _skip(f"SAM ViT-h {'2:4 MLP' if sparse else 'dense'}", e)
@@ -401,7 +514,7 @@ def measure_sam(args: argparse.Namespace, *, gpu: str, source: str) -> list[dict
     return rows
 
 
-def measure(args: argparse.Namespace) -> list[dict]:
+def measure(args: argparse.Namespace, emit: Callable[[dict], None]) -> None:
     cuda = not args.cpu_smoke
     if cuda:
         gpu_name = torch.cuda.get_device_name(0)
@@ -414,13 +527,17 @@ def measure(args: argparse.Namespace) -> list[dict]:
     target = args.device_name or device_file_name(gpu_name)
     day = _dt.datetime.now(_dt.UTC).date().isoformat()
     source = f"benchmarks/gpu_measure.py on {gpu_name} ({versions}), {day}"
-    print(f"# {source}; device file: {target}")
-    rows = measure_gemms(args, gpu=target, source=source, cuda=cuda)
+    if cuda:
+        source += f"; compiled = torch.compile(mode={args.compile_mode!r})"
+    print(f"# {source}; device file: {target}", flush=True)
+    deadline = Deadline(args.budget_s)
+    measure_gemms(args, gpu=target, source=source, cuda=cuda, deadline=deadline.section(args.gemm_budget_s), emit=emit)
     if cuda and not args.no_bert:
-        rows += measure_bert(args, gpu=target, source=source)
+        for r in measure_bert(args, gpu=target, source=source, deadline=deadline):
+            emit(r)
     if cuda and not args.no_sam:
-        rows += measure_sam(args, gpu=target, source=source)
-    return rows
+        for r in measure_sam(args, gpu=target, source=source, deadline=deadline):
+            emit(r)
 
 
 def _print_predictions(rows: list[dict]) -> None:
@@ -429,14 +546,14 @@ def _print_predictions(rows: list[dict]) -> None:
 
     try:
         device = load_device(rows[0]["device"])
-    except SparsesimError as e:
+    except (SparsesimError, ImportError) as e:
         print(f"# no prediction: {e}")
         return
     print(f"# predicted on {device.name}:")
     for r in rows:
         try:
             p = predict_case({k: str(v) for k, v in r.items()}, device)
-        except SparsesimError as e:
+        except (SparsesimError, ImportError) as e:
             print(f"{r['case']:<60} not predicted: {e}")
             continue
         print(f"{r['case']:<60} measured {float(r['measured']):8.4g}  predicted {p['predicted']:8.4g}")
@@ -444,15 +561,25 @@ def _print_predictions(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=None, help="table to append to (default: the packaged gpu_published.csv)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="table to append to, row by row (default: the packaged gpu_measured.csv)")
     ap.add_argument("--dtypes", default=",".join(DTYPES), help=f"comma-separated: {','.join(DTYPES)}")
     ap.add_argument("--quick", action="store_true", help="three shapes and one BERT batch only")
     ap.add_argument("--no-bert", action="store_true", help="skip the eager vs compiled BERT-base runs")
+    ap.add_argument("--bert-batches", default="", help="comma-separated BERT-base batch sizes (default: 16,256; --quick: 16)")
     ap.add_argument("--no-sam", action="store_true", help="skip the SAM ViT-h image encoder runs")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--inner", type=int, default=10, help="back-to-back calls per timed sample")
     ap.add_argument("--device-name", default=None, help="device-file name to record (default: from the GPU name)")
     ap.add_argument("--dry-run", action="store_true", help="measure and print, write nothing")
+    ap.add_argument("--compile-mode", default="max-autotune",
+                    help="torch.compile mode of the compiled runs (reduce-overhead: CUDA graphs, no GEMM autotuning)")
+    ap.add_argument("--budget-s", type=float, default=None, help="stop starting new cases after this many seconds")
+    ap.add_argument("--gemm-budget-s", type=float, default=None, help="of which the GEMM grid takes at most this many")
+    ap.add_argument("--compile-need-s", type=float, default=120.0,
+                    help="compile a model only with at least this many budget seconds left")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="also print eager-direct and algorithm-0 cuSPARSELt timings (not recorded)")
     ap.add_argument("--cpu-smoke", action="store_true", help="check this script's dense/CSR/BSR paths on the CPU")
     args = ap.parse_args(argv)
     if not args.cpu_smoke and not torch.cuda.is_available():
@@ -460,20 +587,27 @@ def main(argv: list[str] | None = None) -> int:
               "this script measures NVIDIA GPU kernels, so nothing was measured or written. "
               "Run it on a machine with an NVIDIA GPU and a CUDA build of torch.", file=sys.stderr)
         return 2
-    rows = measure(args)
+    rows: list[dict] = []
+    write = not (args.dry_run or args.cpu_smoke)
+    path = args.out or measured_table_path()
+
+    def emit(r: dict) -> None:
+        assert set(r) == set(TABLE_COLUMNS)
+        rows.append(r)
+        if write:  # row by row: a run cut short keeps every case it measured
+            append_rows([r], path)
+
+    measure(args, emit)
     if not rows:
         print("gpu_measure: no case could be measured; nothing written", file=sys.stderr)
         return 1
-    assert all(set(r) == set(TABLE_COLUMNS) for r in rows)
     if not args.cpu_smoke:
         _print_predictions(rows)
-    if args.dry_run or args.cpu_smoke:
+    if not write:
         print(f"# {len(rows)} rows measured; not written ({'dry run' if args.dry_run else 'cpu smoke run'})")
         return 0
-    path = append_rows(rows, args.out or published_table_path())
     print(f"# appended {len(rows)} rows to {path}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

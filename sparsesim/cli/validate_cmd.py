@@ -22,13 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--published", action="store_true",
                         help="only the published figures (device, runtime, dtype and shape of each case, with its "
                              "source) through the model: predicted vs published, no host timing")
+    parser.add_argument("--measured", action="store_true",
+                        help="only this project's own GPU measurements (benchmarks/gpu_measure.py, with the GPU and "
+                             "date of each run) through the model: predicted vs measured, no host timing")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if args.published:
+    if args.published or args.measured:
         from sparsesim.fidelity.validate import gpu_published
 
-        return {"published_only": True, "gpu_published": gpu_published(), "show_cases": not args.no_cases}
+        return {"published_only": True, "gpu_published": gpu_published(measured=args.measured),
+                "show_cases": not args.no_cases}
     from sparsesim.fidelity.validate import validate
 
     progress = timing_progress(args, NAME)

@@ -70,6 +70,12 @@ def published_table_path() -> Path:
     return Path(str(resources.files("sparsesim").joinpath("validation_data", "gpu_published.csv")))
 
 
+def measured_table_path() -> Path:
+    """The packaged table of this project's own GPU measurements (benchmarks/gpu_measure.py appends
+    to it); kept apart from the published cases so each set is summarised on its own."""
+    return Path(str(resources.files("sparsesim").joinpath("validation_data", "gpu_measured.csv")))
+
+
 def table_plan(pattern: str, table: str | Path | None = None) -> str:
     """The plan a row's `pattern` cell names: a pattern as written, or a `.toml` plan file (a
     case that sparsifies only some layers) relative to the table's own folder, else to the

@@ -283,17 +283,35 @@ GPU_COLUMNS = ("case", "device", "runtime", "dtype", "workload", "M", "N", "K", 
                "direction_right", "kernel_used", "fallback", "source", "conf")
 
 
-def gpu_published() -> dict[str, Any]:
-    """The published figures through the model (sparsesim.fidelity.gpu_validation), each case with
-    its device, runtime, dtype, shape and source, and the error summary against the targets."""
-    from sparsesim.fidelity.gpu_validation import TARGET_MEDIAN, TARGET_P90, summary, validate_gpu_published
+def gpu_published(*, measured: bool = False) -> dict[str, Any]:
+    """The published figures (or, `measured`, this project's own GPU measurements from
+    benchmarks/gpu_measure.py) through the model (sparsesim.fidelity.gpu_validation), each case with
+    its device, runtime, dtype, shape and source, the error summary against the targets and, per
+    (device, runtime, kernel, dtype), the median error and the directions right."""
+    from sparsesim.fidelity.gpu_validation import (
+        TARGET_MEDIAN,
+        TARGET_P90,
+        measured_table_path,
+        summary,
+        validate_gpu_published,
+    )
 
-    df = validate_gpu_published()
+    df = validate_gpu_published(table=measured_table_path() if measured else None)
+    groups = []
+    keyed = df.assign(kernel=df["kernel"].replace("", "(runtime picks)"))
+    for (device, runtime, kernel, dtype), sub in keyed.groupby(["device", "runtime", "kernel", "dtype"], sort=True):
+        directional = sub[sub["direction"] != "-"]
+        err = sub["abs_error"].dropna()
+        groups.append({"device": device, "runtime": runtime, "kernel": kernel, "dtype": dtype, "cases": len(sub),
+                       "median_abs_error": _clean(err.median()) if len(err) else None,
+                       "direction_right": int(directional["direction_right"].sum()),
+                       "direction_cases": len(directional)})
     rows = []
     for rec in df.to_dict(orient="records"):
         rows.append({c: _clean(rec.get(c)) for c in GPU_COLUMNS})
     s = summary(df)
-    return {"available": True, "rows": rows, "cases": s["cases"], "with_speedup": s["with_value"],
+    return {"available": True, "title": "measured on this project's GPU runs" if measured else "published figures",
+            "rows": rows, "groups": groups, "cases": s["cases"], "with_speedup": s["with_value"],
             "median_abs_error": _clean(s["median_abs_error"]), "p90_abs_error": _clean(s["p90_abs_error"]),
             "direction_right": s["direction_right"], "direction_cases": s["direction_cases"],
             "range_cases": s["range_cases"], "inside_range": s["inside_range"],
@@ -419,13 +437,21 @@ def _published(r: dict[str, Any]) -> str:
 def render_published(g: dict[str, Any], *, cases: bool = True) -> str:
     """The published cases as a table (case, device, runtime, dtype, shape, plan, kernel, quantity,
     published, predicted, error, direction) and the summary against the targets."""
-    lines = [f"published figures: {g['cases']} case(s); speed: {g['with_speedup']} with a published value, "
-             f"median |pred/pub - 1| {_apct(g['median_abs_error'])} (target {_apct(g.get('target_median'))}), "
+    lines = [f"{g.get('title', 'published figures')}: {g['cases']} case(s); speed: {g['with_speedup']} with a "
+             f"published value, median |pred/pub - 1| {_apct(g['median_abs_error'])} (target {_apct(g.get('target_median'))}), "
              f"p90 {_apct(g['p90_abs_error'])} (target {_apct(g.get('target_p90'))}); "
              f"direction right {g['direction_right']}/{g['direction_cases']}"
              + (f"; inside the published range {g['inside_range']}/{g['range_cases']}" if g.get("range_cases") else "")
              + (f"; energy within {g['energy_factor']:g}x of the measured figure {g['energy_within']}/"
                 f"{g['energy_cases']} (worst {g['energy_worst_ratio']:.2f}x)" if g.get("energy_cases") else "")]
+    from sparsesim.core.textfmt import text_table
+
+    if g.get("groups") and len(g["groups"]) > 1:
+        lines.append(text_table([(x["device"], x["runtime"], x["kernel"], x["dtype"], x["cases"],
+                                  _apct(x["median_abs_error"]), f"{x['direction_right']}/{x['direction_cases']}")
+                                 for x in g["groups"]],
+                                ("device", "runtime", "kernel", "dtype", "cases", "median |err|", "direction right"),
+                                indent="  "))
     if not cases:
         return "\n".join(lines)
     rows = []
@@ -435,11 +461,12 @@ def render_published(g: dict[str, Any], *, cases: bool = True) -> str:
                      kernel, r["quantity"], _published(r),
                      _value(r["quantity"], r["predicted"]), _apct(r["abs_error"]), r["direction"],
                      r["predicted_direction"], "yes" if r["direction_right"] else "NO"))
-    from sparsesim.core.textfmt import text_table
-
     lines.append(text_table(rows, ("case", "device", "runtime", "dtype", "shape", "plan", "kernel", "quantity",
                                    "published", "predicted", "|err|", "direction", "predicted", "ok"), indent="  "))
     lines.append("  sources:")
-    for r in g["rows"]:
-        lines.append(f"    {r['case']}: {r['source']} [{r['conf']}]")
+    by_source: dict[str, list[str]] = {}
+    for r in g["rows"]:  # a measured run's rows share one source, but for their timing spread
+        by_source.setdefault(f"{str(r['source']).split('; spread ')[0]} [{r['conf']}]", []).append(str(r["case"]))
+    for source, names in by_source.items():
+        lines.append(f"    {names[0]}: {source}" if len(names) == 1 else f"    {len(names)} cases: {source}")
     return "\n".join(lines)

@@ -300,7 +300,10 @@ def resolve_extends(doc: Mapping[str, Any], where: str, base_dir: Path | None,
             continue
         old = merged.get(k)
         if isinstance(old, dict) and _is_table(v) and _is_table(old):
-            merged[k] = {**old, **v}  # a per-dtype table: this file's dtypes replace the base's
+            # a per-dtype table: this file's dtypes replace the base's; the runtime.<name> tables
+            # one level deeper: this file's fields replace the base's, field by field
+            merged[k] = {**old, **{sub: ({**old[sub], **t} if _is_table(t) and _is_table(old.get(sub)) else t)
+                                   for sub, t in v.items()}}
             drop = {f"{k}.{dt}" for dt in v}
         else:
             merged[k] = v

@@ -40,8 +40,11 @@ class RuntimeParams:
     `host_dispatch` is host (CPU) time per framework op the runtime dispatches one by one (0 when
     a graph is replayed); `host_overlaps` says whether the device runs ahead of the host (a GPU
     stream: an op takes the longer of its kernel and its dispatch) or not (a CPU: they add up).
-    `sparse_dispatch` is the extra host time per call of a sparse tensor subclass (torch's
-    semi-structured tensors run their dispatch in Python). `kernel_launch` is the device-side
+    `sparse_dispatch` is the extra host time per call of a sparse linear through the framework
+    (torch's semi-structured tensors run their dispatch in Python, and its cuSPARSELt op sets up
+    the library's plan on every call). `kernel_dispatch` is that extra host time for other sparse
+    kernels' framework ops, per kernel name (torch.sparse CSR matmul, the Python launch of torch's
+    Triton BSR kernel); a kernel it does not name costs an ordinary op's `host_dispatch`. `kernel_launch` is the device-side
     cost of one kernel under this runtime (None: the family's own figure). `fuse_elementwise`:
     chains of elementwise/norm/softmax ops run as one kernel; `fuse_epilogue`: elementwise ops
     (bias, activation, residual add) and inference batch norm right after a GEMM/conv run in its
@@ -66,6 +69,7 @@ class RuntimeParams:
     fuse_epilogue: bool = setting()
     fuse_attention: bool = setting(default=False)
     sparse_dispatch: float = quantity("time", default=0.0)
+    kernel_dispatch: Mapping[str, float] = quantity("time", per_dtype=True, default={})
     kernel_launch: float | None = quantity("time", default=None)
     kernels: tuple[str, ...] = setting(default=[])
     algorithm_search: bool = setting(default=False)
@@ -143,6 +147,15 @@ def parse_runtimes(doc: Mapping[str, Any], where: str, provenance: dict[str, Pro
             if fname not in table:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
                     raise DeviceFileError(f"{where}: missing field '{key}.{fname}'")
+                continue
+            if f.metadata.get("per_dtype"):  # a table keyed by kernel name
+                sub = table[fname]
+                if not isinstance(sub, dict) or not sub or "value" in sub:
+                    raise DeviceFileError(f"{where}: field '{key}.{fname}' must be a table of kernel = quantity")
+                values[fname] = {}
+                for kname, q in sub.items():
+                    values[fname][kname], provenance[f"{key}.{fname}.{kname}"] = parse_quantity(
+                        q, f.metadata.get("dim"), f"{key}.{fname}.{kname}", where)
                 continue
             values[fname], provenance[f"{key}.{fname}"] = parse_quantity(
                 table[fname], f.metadata.get("dim"), f"{key}.{fname}", where)

@@ -395,7 +395,7 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     if extra_why:
         parts.append("layout kernels: " + ", ".join(extra_why) + f" (+{extra_s * 1e6:.3g} us)")
     if host > 0:
-        parts.append(f"{env.runtime}: tensor-subclass dispatch +{host * 1e6:.3g} us host time")
+        parts.append(f"{env.runtime}: sparse-op host time +{host * 1e6:.3g} us per call (tensor subclass, library setup)")
     macs = gp.macs * sn / sm
     return build_cost(
         device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=overhead,
@@ -517,8 +517,14 @@ def _spatha(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
 
 # ----------------------------------------------------------------------------- unstructured
 
+def framework_host(env: KernelEnv, kernel: str) -> float:
+    """Extra host time per call of a sparse kernel's framework op under this runtime (0 for a
+    kernel the runtime's `kernel_dispatch` table does not name)."""
+    return float(env.rt.kernel_dispatch.get(kernel, 0.0))
+
+
 def _csr_like(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env: KernelEnv, *, name: str,
-              efficiency: float) -> Cost:
+              kernel: str, efficiency: float) -> Cost:
     """CSR SpMM on CUDA cores, Sputnik's structure: each output row is one subwarp's work, its
     nonzeros taken `csr_chunk_k` at a time, each step reading the matching activation rows for a
     1D tile of `csr_tile_n` output columns (the M tokens). Short rows and few tokens leave lanes
@@ -542,48 +548,56 @@ def _csr_like(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env:
     compute = 2.0 * macs / rate if rate > 0 else math.inf
     values, meta = stored(layer, "csr", work)
     dram, l2, memory = sparse_traffic(p, g, work, values, meta)
+    host = framework_host(env, kernel)
     why = (f"{name}: CSR SpMM on CUDA cores, {nnz} nonzeros ({per_row:.0f} per row of {rows}) x {tokens} tokens at "
            f"{efficiency:.0%} of the {p.cuda_core_peak / 1e12:.3g} TFLOP/s CUDA-core peak, lanes used: rows "
-           f"{row_use:.0%}, tokens {col_use:.0%} (compute {compute * 1e6:.3g} us, memory {memory * 1e6:.3g} us)")
+           f"{row_use:.0%}, tokens {col_use:.0%} (compute {compute * 1e6:.3g} us, memory {memory * 1e6:.3g} us)"
+           + (f"; {env.runtime}: sparse-op host time +{host * 1e6:.3g} us per call" if host > 0 else ""))
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, macs, "fp32", dram, l2, metadata=meta),
         kernel=f"csr ({name})", why=why, flops_executed=2.0 * macs, peak_flops=p.cuda_core_peak,
         memory_bytes=values + meta, metadata_bytes=meta,
-        details={"nnz": float(nnz), "precision": precision_id(activation_dtype(work.dtype))},
+        details={"nnz": float(nnz), "precision": precision_id(activation_dtype(work.dtype)), "host_s": host},
     )
 
 
-def _unstructured_check(op: Op, layer: LayerSparsity | None, p: GpuParams | None = None, dtype: str = "") -> str:
+def _unstructured_check(op: Op, layer: LayerSparsity | None, p: GpuParams | None = None, dtype: str = "", *,
+                        forced: bool = False) -> str:
+    """Why an unstructured kernel cannot run the op ('' when it can). A kernel the user forced runs
+    even where the plan's format chooser would store the weight dense (torch converts to CSR
+    whatever the density, and times it)."""
     if layer is None or op.weight is None:
         return "unstructured sparsity needs a sparse weight operand"
     if p is not None and dtype:
         unit = compute_unit(p, activation_dtype(dtype), conv=op.kind == "conv")
         if unit.note:  # no arithmetic at this dtype: a sparse kernel would change the precision
             return f"{unit.note}; a sparse kernel would change the precision, so it is not used"
-    if layer.format == "dense":
+    if layer.format == "dense" and not forced:
         return (f"unstructured at density {layer.stats.density:.4g} is stored dense "
                 "(a sparse format would be larger)")
     return ""
 
 
 def _sputnik(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    bad = _unstructured_check(op, layer, device.params, work.dtype)
+    bad = _unstructured_check(op, layer, device.params, work.dtype, forced=env.forced == "sputnik")
     if bad:
         return bad
     assert layer is not None
-    return _csr_like(op, work, layer, device, env, name="sputnik", efficiency=device.params.csr_efficiency)
+    return _csr_like(op, work, layer, device, env, name="sputnik", kernel="sputnik",
+                     efficiency=device.params.csr_efficiency)
 
 
 def _cusparse_csr(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    bad = _unstructured_check(op, layer, device.params, work.dtype)
+    bad = _unstructured_check(op, layer, device.params, work.dtype, forced=env.forced == "cusparse-csr")
     if bad:
         return bad
     p: GpuParams = device.params
     if p.cusparse_csr_efficiency <= 0:
         return "the device file gives no cusparse_csr_efficiency"
     assert layer is not None
-    return _csr_like(op, work, layer, device, env, name="cusparse", efficiency=p.cusparse_csr_efficiency)
+    return _csr_like(op, work, layer, device, env, name="cusparse", kernel="cusparse-csr",
+                     efficiency=p.cusparse_csr_efficiency)
 
 
 def _flash_llm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
@@ -626,7 +640,11 @@ def _flash_llm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devi
 # ----------------------------------------------------------------------------- block
 
 def _bsr(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    """BSR SpMM: nonzero r x c blocks on tensor cores (padded to the MMA shape) or CUDA cores."""
+    """BSR SpMM: nonzero r x c blocks on tensor cores (padded to the MMA shape) or CUDA cores. A
+    BSR kernel (torch's Triton bsr_dense_mm) multiplies one block row at a time: its MMAs are the
+    block's r rows tall where a dense GEMM's tile is `gemm_tile_m`, so small blocks feed the tensor
+    cores that share of their rate (measured on an H200: 16x16 blocks at ~2% of the tensor peak,
+    64x64 at ~6%; validation_data/gpu_measured.csv)."""
     if layer is None or op.weight is None:
         return "block sparsity needs a sparse weight operand"
     p: GpuParams = device.params
@@ -651,16 +669,21 @@ def _bsr(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, en
     # tensor cores: a block is padded to whole MMA tiles (rows -> mma_m, K -> mma_k)
     r_pad, c_pad = round_up(r, int(p.mma_m)), round_up(c, mma_k(p, work.dtype_bytes))
     tc_macs = float(g.m) * nb * r_pad * c_pad * reps
-    tc_s = 2.0 * tc_macs / (unit.peak * p.bsr_efficiency) if unit.tensor_cores and not unit.note else math.inf
+    rows_fill = min(1.0, r_pad / p.gemm_tile_m)
+    tc_s = (2.0 * tc_macs / (unit.peak * p.bsr_efficiency * rows_fill)
+            if unit.tensor_cores and not unit.note else math.inf)
     exact_macs = float(g.m) * nb * r * c * reps
     cc_s = 2.0 * exact_macs / (p.cuda_core_peak * p.csr_efficiency)
     on_tc = tc_s <= cc_s
     compute = tc_s if on_tc else cc_s
     dram, l2, memory = sparse_traffic(p, g, work, values, meta)
-    where = (f"tensor cores (blocks padded {r}x{c} -> {r_pad}x{c_pad}, {r * c / (r_pad * c_pad):.0%} of each MMA used)"
+    host = framework_host(env, "bsr")
+    where = (f"tensor cores (blocks padded {r}x{c} -> {r_pad}x{c_pad}, {r * c / (r_pad * c_pad):.0%} of each MMA used, "
+             f"{r_pad}-row tiles at {rows_fill:.0%} of a {p.gemm_tile_m:g}-row GEMM tile's rate)"
              if on_tc else "CUDA cores (blocks too small for tensor cores)")
     why = (f"BSR {r}x{c}: {nb} of {total_blocks} blocks nonzero ({nb / max(total_blocks, 1):.2g}) on {where}: "
-           f"compute {compute * 1e6:.3g} us, memory {memory * 1e6:.3g} us")
+           f"compute {compute * 1e6:.3g} us, memory {memory * 1e6:.3g} us"
+           + (f"; {env.runtime}: sparse-op host time +{host * 1e6:.3g} us per call" if host > 0 else ""))
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, tc_macs if on_tc else exact_macs, unit.dtype if on_tc else "fp32", dram, l2,
@@ -668,7 +691,7 @@ def _bsr(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, en
         kernel=f"bsr {r}x{c}" + (" tensor core" if on_tc else " cuda core"), why=why,
         flops_executed=2.0 * exact_macs, peak_flops=unit.peak if on_tc else p.cuda_core_peak,
         memory_bytes=values + meta, metadata_bytes=meta,
-        details={"nonzero_blocks": float(nb), "tensor_core_s": tc_s, "cuda_core_s": cc_s,
+        details={"nonzero_blocks": float(nb), "tensor_core_s": tc_s, "cuda_core_s": cc_s, "host_s": host,
                  "precision": precision_id(unit.dtype if on_tc or not unit.note else activation_dtype(work.dtype))},
     )
 

@@ -1,0 +1,136 @@
+"""Fit a GPU device file's kernel constants to this project's own measurements of that GPU, and print the fit.
+
+    python benchmarks/fit_gpu_measured.py [--device h200] [--table PATH]
+
+benchmarks/gpu_measure.py times dense and sparse kernels on a real GPU and appends rows to the
+measured table (validation_data/gpu_measured.csv). Four constants of the GPU model are properties
+of the software on that GPU rather than of the chip, and each is fitted here to the rows it
+governs, with the rest of the model in the loop (tiling, waves, memory, launches):
+
+* `sparse_gemm_efficiency`: the share of the 2:4 sparse tensor-core peak cuSPARSELt reaches, from
+  the engine rows (cuSPARSELt called directly, its own algorithm search, replayed from a CUDA
+  graph) at fp16/bf16/fp8 whose dense GEMM takes over FLOOR_MS (below it a graph replay's own
+  launch cost is what was timed). int8 is left out: its dense baseline (torch._int_mm) is a
+  different cuBLAS path whose efficiency the model does not hold per dtype.
+* `runtime.eager.sparse_dispatch`: the per-call host time of an eager 2:4 linear (torch's
+  semi-structured tensor subclass and the cuSPARSELt plan it sets up on every call), from the
+  eager cuSPARSELt rows.
+* `cusparse_csr_efficiency`: cuSPARSE's CSR SpMM rate (torch.sparse CSR @ dense), eager rows of
+  RATE_FIT_MIN_WORK multiply-adds and more.
+* `bsr_efficiency`: torch's Triton BSR kernel (bsr_dense_mm), likewise.
+* `runtime.eager.kernel_dispatch.cusparse-csr` and `.bsr`: the per-call host time of those two
+  framework ops, from the rows below RATE_FIT_MIN_WORK (after the rates are fitted).
+
+Each fit minimises the median |log(predicted / measured)| over its rows on a grid and prints the
+value, the median and 90th-percentile |pred/meas - 1| after the fit, and the date, for the
+device file's `fit_date` / `fit_error` fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import math
+import statistics
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sparsesim.core.errors import SparsesimError
+from sparsesim.fidelity.gpu_validation import load_table, measured_table_path, predict_case
+from sparsesim.hw.devices import Device, load_device
+from sparsesim.hw.runtimes import Runtimes
+
+# a dense GEMM replayed alone from a CUDA graph takes at least ~6 us on the measured H200: below
+# this the engine rows time the graph launch, not the kernels
+FLOOR_MS = 0.02
+# M x N x K of the CSR/BSR rows whose kernel rates are fitted (2048 cubed and up): on smaller GEMMs
+# an eager torch sparse matmul is dominated by its per-call host work (the Python launch of the
+# Triton BSR kernel, cuSPARSE's descriptors), which these rates do not describe
+RATE_FIT_MIN_WORK = 2**33
+
+
+@dataclass(frozen=True)
+class Fit:
+    field: str
+    unit: str
+    grid: Iterable[float]
+    selects: Callable[[Mapping[str, str]], bool]
+
+
+def with_value(device: Device, field: str, value: float) -> Device:
+    """`device` with one parameter (or `runtime.<name>.<field>`) set to `value`."""
+    if field.startswith("runtime."):
+        _, name, fname, *kernel = field.split(".")
+        rts: Runtimes = device.runtimes
+        by_name = dict(rts.by_name)
+        new: object = value
+        if kernel:  # runtime.<name>.kernel_dispatch.<kernel>: one entry of a per-kernel table
+            new = {**getattr(by_name[name], fname), kernel[0]: value}
+        by_name[name] = dataclasses.replace(by_name[name], **{fname: new})
+        return dataclasses.replace(device, runtimes=dataclasses.replace(rts, by_name=by_name))
+    return dataclasses.replace(device, params=dataclasses.replace(device.params, **{field: value}))
+
+
+def log_errors(device: Device, rows: list[dict[str, str]]) -> list[float]:
+    out = []
+    for r in rows:
+        try:
+            pred = predict_case(r, device)["predicted"]
+        except SparsesimError:
+            continue
+        if pred > 0 and math.isfinite(pred):
+            out.append(abs(math.log(pred / float(r["measured"]))))
+    return out
+
+
+def fits() -> tuple[Fit, ...]:
+    large = lambda r: float(r["dense_ms"]) >= FLOOR_MS
+    big = lambda r: int(r["M"]) * int(r["N"]) * int(r["K"]) >= RATE_FIT_MIN_WORK
+    return (
+        Fit("sparse_gemm_efficiency", "", np.arange(0.20, 0.905, 0.01),
+            lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] != "int8" and large(r)),
+        Fit("runtime.eager.sparse_dispatch", "us", np.arange(0.0, 1500.0, 10.0) * 1e-6,
+            lambda r: r["runtime"] == "eager" and r["kernel"] == "cusparselt" and not r["workload"]),
+        Fit("cusparse_csr_efficiency", "", np.geomspace(0.002, 0.3, 120),
+            lambda r: r["kernel"] == "cusparse-csr" and big(r)),
+        Fit("bsr_efficiency", "", np.geomspace(0.005, 0.9, 120), lambda r: r["kernel"] == "bsr" and big(r)),
+        Fit("runtime.eager.kernel_dispatch.cusparse-csr", "us", np.arange(0.0, 1000.0, 5.0) * 1e-6,
+            lambda r: r["kernel"] == "cusparse-csr" and not big(r)),
+        Fit("runtime.eager.kernel_dispatch.bsr", "us", np.arange(0.0, 1000.0, 5.0) * 1e-6,
+            lambda r: r["kernel"] == "bsr" and not big(r)),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="h200")
+    ap.add_argument("--table", default=None, help="measured table (default: the packaged gpu_measured.csv)")
+    args = ap.parse_args(argv)
+    device = load_device(args.device)
+    table = [r for r in load_table(args.table or measured_table_path()) if r["device"] == device.name]
+    if not table:
+        print(f"fit_gpu_measured: no measured rows for {device.name}", file=sys.stderr)
+        return 1
+    today = _dt.date.today().isoformat()
+    for fit in fits():
+        rows = [r for r in table if fit.selects(r) and r["quantity"] == "speedup"]
+        before = log_errors(device, rows)
+        best = min(fit.grid, key=lambda v: statistics.median(log_errors(with_value(device, fit.field, float(v)), rows)))
+        device = with_value(device, fit.field, float(best))  # later fits see this one
+        errs = [math.expm1(e) for e in log_errors(device, rows)]
+        shown = f"{best * 1e6:.0f} us" if fit.unit == "us" else f"{best:.3g}"
+        print(f"{fit.field} = {shown} (fit {today} on {len(rows)} rows: median |pred/meas - 1| "
+              f"{statistics.median(errs):.3f}, p90 {float(np.quantile(errs, 0.9)):.3f}; before "
+              f"{math.expm1(statistics.median(before)):.3f})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
