@@ -54,6 +54,7 @@ FLOOR_MS = 0.02
 # an eager torch sparse matmul is dominated by its per-call host work (the Python launch of the
 # Triton BSR kernel, cuSPARSE's descriptors), which these rates do not describe
 RATE_FIT_MIN_WORK = 2**33
+HOLDOUT_PREFIX = "holdout-"
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", default=None, help="measured table (default: the packaged gpu_measured.csv)")
     args = ap.parse_args(argv)
     device = load_device(args.device)
-    table = [r for r in load_table(args.table or measured_table_path()) if r["device"] == device.name]
+    # holdout rows (gpu_measure.py --case-prefix holdout-) check the fit and never enter it
+    table = [r for r in load_table(args.table or measured_table_path())
+             if r["device"] == device.name and not r["case"].startswith(HOLDOUT_PREFIX)]
     if not table:
         print(f"fit_gpu_measured: no measured rows for {device.name}", file=sys.stderr)
         return 1

@@ -117,6 +117,15 @@ def device_file_name(gpu_name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", low).strip("-")
 
 
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """'MxNxK' -> (M, N, K)."""
+    parts = text.strip().lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise SystemExit(f"gpu_measure: a shape is MxNxK with positive integers, got {text!r}")
+    m, n, k = (int(p) for p in parts)
+    return m, n, k
+
+
 def time_ms(fn: Callable[[], object], *, repeats: int, inner: int, cuda: bool) -> Timing:
     """Median time of one call: `repeats` samples, each timing up to `inner` back-to-back calls
     (fewer for slow calls, so a sample lasts about SAMPLE_MS and the grid stays minutes long)."""
@@ -328,6 +337,8 @@ def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool
     algorithm search) from CUDA graphs."""
     dev = torch.device("cuda" if cuda else "cpu")
     shapes = [(8, 64, 128), (64, 128, 256)] if args.cpu_smoke else (SHAPES_QUICK if args.quick else SHAPES_FULL)
+    if getattr(args, "shapes", ""):
+        shapes = [parse_shape(t) for t in args.shapes.split(",") if t.strip()]
     dtypes = ["fp32"] if args.cpu_smoke else [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for d in dtypes:
         if d not in DTYPES and not (args.cpu_smoke and d == "fp32"):
@@ -568,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bert", action="store_true", help="skip the eager vs compiled BERT-base runs")
     ap.add_argument("--bert-batches", default="", help="comma-separated BERT-base batch sizes (default: 16,256; --quick: 16)")
     ap.add_argument("--no-sam", action="store_true", help="skip the SAM ViT-h image encoder runs")
+    ap.add_argument("--shapes", default="", help="comma-separated MxNxK GEMMs instead of the built-in grid")
+    ap.add_argument("--case-prefix", default="",
+                    help="prefix of every case name (e.g. 'holdout-': rows benchmarks/fit_gpu_measured.py leaves out)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--inner", type=int, default=10, help="back-to-back calls per timed sample")
     ap.add_argument("--device-name", default=None, help="device-file name to record (default: from the GPU name)")
@@ -593,6 +607,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def emit(r: dict) -> None:
         assert set(r) == set(TABLE_COLUMNS)
+        if args.case_prefix:
+            r["case"] = f"{args.case_prefix}{r['case']}"
         rows.append(r)
         if write:  # row by row: a run cut short keeps every case it measured
             append_rows([r], path)

@@ -329,25 +329,27 @@ def test_devices_show_errors_exit_2(cli, tmp_path):
 
 # ----------------------------------------------------------------------------- extends, sources
 
-def _readme_h200() -> str:
-    """The H200 device file printed in the README."""
+def _readme_example() -> str:
+    """The H100 PCIe device file printed in the README."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
-    (h200,) = [b for b in blocks if 'name = "h200-sxm"' in b]
-    return h200
+    (example,) = [b for b in blocks if 'name = "h100-pcie"' in b]
+    return example
 
 
-def test_readme_h200_example_extends_h100_and_loads_as_printed(tmp_path):
-    p = _write(tmp_path, _readme_h200(), "h200-sxm.toml")
-    h200, h100 = parse_device_file(p), load_device("h100-sxm5")
-    assert h200.name == "h200-sxm" and h200.family == "gpu"
-    assert h200.params.dram_bandwidth == pytest.approx(4.8e12)
-    assert h200.params.memory_capacity == pytest.approx(141e9)
-    assert h200.params.sm_count == h100.params.sm_count
-    assert h200.params.tensor_peak == h100.params.tensor_peak
-    assert h200.provenance["dram_bandwidth"].inherited_from is None
-    assert Path(h200.provenance["sm_count"].inherited_from).stem == "h100-sxm5"
-    assert h200.provenance["sm_count"].source == h100.provenance["sm_count"].source
+def test_readme_device_example_extends_h100_and_loads_as_printed(tmp_path):
+    p = _write(tmp_path, _readme_example(), "h100-pcie.toml")
+    pcie, h100 = parse_device_file(p), load_device("h100-sxm5")
+    assert pcie.name == "h100-pcie" and pcie.family == "gpu"
+    assert pcie.params.dram_bandwidth == pytest.approx(2.0e12)
+    assert pcie.params.sm_count == 114 and pcie.params.tensor_peak == h100.params.tensor_peak
+    assert pcie.provenance["dram_bandwidth"].inherited_from is None
+    assert Path(pcie.provenance["clock"].inherited_from).stem == "h100-sxm5"
+    assert pcie.provenance["clock"].source == h100.provenance["clock"].source
+    # a runtime table is merged field by field: one field set, the others inherited
+    eager, base = pcie.runtime("eager")[1], h100.runtime("eager")[1]
+    assert eager.host_dispatch == pytest.approx(10e-6) and base.host_dispatch == pytest.approx(8e-6)
+    assert eager.sparse_dispatch == base.sparse_dispatch and eager.kernels == base.kernels
 
 
 def test_extends_merges_per_dtype_tables_and_resolves_relative_paths(tmp_path):
@@ -390,10 +392,10 @@ def test_every_cited_published_section_ships_with_the_devices():
 
 
 def test_devices_show_prints_file_units_inheritance_and_the_sources_file(cli, tmp_path):
-    p = _write(tmp_path, _readme_h200(), "h200-sxm.toml")
+    p = _write(tmp_path, _readme_example(), "h100-pcie.toml")
     rc, text, _ = cli("devices", "show", str(p))
     assert rc == 0
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
     assert "1830 MHz" in lines["clock"] and "[from h100-sxm5]" in lines["clock"]  # not 1.83e+09 Hz
-    assert "4.8 TB/s" in lines["dram_bandwidth"] and "[from" not in lines["dram_bandwidth"]
+    assert "2 TB/s" in lines["dram_bandwidth"] and "[from" not in lines["dram_bandwidth"]
     assert "sources cited as 'published.md §N':" in text
