@@ -44,7 +44,9 @@ class RuntimeParams:
     (torch's semi-structured tensors run their dispatch in Python, and its cuSPARSELt op sets up
     the library's plan on every call). `kernel_dispatch` is that extra host time for other sparse
     kernels' framework ops, per kernel name (torch.sparse CSR matmul, the Python launch of torch's
-    Triton BSR kernel); a kernel it does not name costs an ordinary op's `host_dispatch`. `kernel_launch` is the device-side
+    Triton BSR kernel); a kernel it does not name costs an ordinary op's `host_dispatch`.
+    `sparse_dispatch_serial`: that 2:4 host time blocks the stream (the GPU waits for it) rather
+    than running ahead of the kernels, so it adds to the op's time even when the kernel is long. `kernel_launch` is the device-side
     cost of one kernel under this runtime (None: the family's own figure). `fuse_elementwise`:
     chains of elementwise/norm/softmax ops run as one kernel; `fuse_epilogue`: elementwise ops
     (bias, activation, residual add) and inference batch norm right after a GEMM/conv run in its
@@ -70,6 +72,7 @@ class RuntimeParams:
     fuse_attention: bool = setting(default=False)
     sparse_dispatch: float = quantity("time", default=0.0)
     kernel_dispatch: Mapping[str, float] = quantity("time", per_dtype=True, default={})
+    sparse_dispatch_serial: bool = setting(default=False)
     kernel_launch: float | None = quantity("time", default=None)
     kernels: tuple[str, ...] = setting(default=[])
     algorithm_search: bool = setting(default=False)
@@ -80,6 +83,7 @@ class RuntimeParams:
 
     def validate(self) -> str | None:
         for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
+                     "sparse_dispatch_serial",
                      "framework_layouts", "epilogue_in_pipeline", "attention_warp_specialised"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"

@@ -10,7 +10,8 @@ launch cost where the family reads it). This step adds what the runtime does aro
   it spills (`Cost.details["offchip_s"]`) still take time; its bytes still cost energy;
 * the host time the runtime spends dispatching the op (`host_dispatch` per op, plus any extra
   the family reports in `Cost.details["host_s"]`, e.g. a sparse tensor subclass) either hides
-  behind the device (`host_overlaps`: the op takes the longer of the two) or adds to it.
+  behind the device (`host_overlaps`: the op takes the longer of the two) or adds to it; host
+  work the device must wait for (`Cost.details["host_serial_s"]`) adds to it either way.
 
 Pure: (Cost, OpFusion, RuntimeParams) -> Cost. Fusion never raises latency, bytes or energy.
 """
@@ -47,8 +48,9 @@ def apply_runtime(cost: Cost, fusion: OpFusion, runtime: RuntimeParams, *, name:
     device_s = max(compute, memory) + overhead
     host_s = 0.0 if fusion.role == "fused" else runtime.host_dispatch
     host_s += float(d.get("host_s", 0.0))
-    latency = max(device_s, host_s) if runtime.host_overlaps else device_s + host_s
-    if latency == cost.latency_s and scale == 1.0 and fusion.role == "alone" and host_s == 0.0:
+    serial_s = 0.0 if fusion.role == "fused" else float(d.get("host_serial_s", 0.0))
+    latency = (max(device_s, host_s) if runtime.host_overlaps else device_s + host_s) + serial_s
+    if latency == cost.latency_s and scale == 1.0 and fusion.role == "alone" and host_s + serial_s == 0.0:
         return cost
     e_compute = float(d.get("energy_compute_j", 0.0))
     e_memory = float(d.get("energy_memory_j", 0.0)) * scale
@@ -61,6 +63,8 @@ def apply_runtime(cost: Cost, fusion: OpFusion, runtime: RuntimeParams, *, name:
     else:
         energy = e_compute + e_memory + e_meta + e_static
     bound = bound_of(compute, memory, overhead)
+    if serial_s > max(compute, memory, overhead):
+        bound = "overhead"
     parts = [cost.why] if cost.why else []
     note = fusion.describe()
     if note:
@@ -71,6 +75,8 @@ def apply_runtime(cost: Cost, fusion: OpFusion, runtime: RuntimeParams, *, name:
                      f"{device_s * 1e6:.3g} us: host-bound")
     elif host_s > 0 and not runtime.host_overlaps:
         parts.append(f"{name or 'runtime'} host dispatch +{host_s * 1e6:.3g} us")
+    if serial_s > 0:
+        parts.append(f"{name or 'runtime'}: +{serial_s * 1e6:.3g} us of host work the device waits for")
     d.update(compute_s=compute, memory_s=memory, overhead_s=latency - max(compute, memory), host_s=host_s,
              device_s=device_s, dram_scale=scale, energy_memory_j=e_memory, energy_static_j=e_static,
              fused_into=float(fusion.group if fusion.role == "fused" else -1))

@@ -386,6 +386,7 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     overhead = env.launch + extra_s
     dram = gt.dram_bytes + extra_bytes
     host = rt.sparse_dispatch if op.kind == "linear" else 0.0
+    serial = host if rt.sparse_dispatch_serial else 0.0
     parts = [describe(f"{library}: {sn}:{sm} sparse tensor cores {gp.m}x{gp.n}x{gp.k} {sdt}"
                       f"{' int4 weights' if int4 else ''} (values {values / 1e6:.3g} MB + metadata {meta / 1e6:.3g} MB)",
                       gt.compute_s, memory, overhead, gt.tiling)]
@@ -395,7 +396,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     if extra_why:
         parts.append("layout kernels: " + ", ".join(extra_why) + f" (+{extra_s * 1e6:.3g} us)")
     if host > 0:
-        parts.append(f"{env.runtime}: sparse-op host time +{host * 1e6:.3g} us per call (tensor subclass, library setup)")
+        parts.append(f"{env.runtime}: sparse-op host time +{host * 1e6:.3g} us per call (tensor subclass, library setup"
+                     f"{'; the stream waits for it' if serial else ''})")
     macs = gp.macs * sn / sm
     return build_cost(
         device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=overhead,
@@ -404,7 +406,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
         peak_flops=p.sparse_tensor_peak[sdt] * sn / sm, memory_bytes=values + meta, metadata_bytes=meta,
         fallback=(layer.pattern.n, layer.pattern.m) != (sn, sm),
         details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "wave_efficiency": gt.tiling.wave_efficiency,
-                 "layout_s": extra_s, "m_padded": m_pad, "split_k": gt.tiling.split_k, "host_s": host,
+                 "layout_s": extra_s, "m_padded": m_pad, "split_k": gt.tiling.split_k, "host_s": host - serial,
+                 "host_serial_s": serial,
                  "precision": precision_id(sdt)},
         notes=(Reason("padding", m_pad / g.m),) if m_pad != g.m else (),
     )
