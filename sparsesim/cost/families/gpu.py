@@ -26,6 +26,7 @@ Energy: MACs x pJ/MAC (dtype) + bytes per level x pJ/B + metadata bytes + static
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from sparsesim.core.ir import Op
 from sparsesim.cost.common import GemmWork, channel_pruned_text, gemm_work, memory_op_cost
@@ -111,6 +112,31 @@ def _pick(op: Op, kind: str, work: GemmWork, layer: LayerSparsity | None, device
     return dataclasses.replace(best, why=f"{best.why}; {choice}")
 
 
+def broadcasts(op: Op) -> bool:
+    """Whether an elementwise op broadcasts: an input of more than one element but fewer than its
+    output (a bias added along some axes), which eager torch runs through its generic kernel."""
+    out = math.prod(op.output_shape or (0,))
+    return any(1 < math.prod(s) < out for s in op.input_shapes)
+
+
+def memory_op_bandwidth(op: Op, p: GpuParams, env: KernelEnv) -> tuple[float, str]:
+    """The DRAM rate a memory op streams at, and why when it is below the device's: under a
+    runtime that runs each elementwise op as its own framework kernel (no elementwise fusion), a
+    layout copy and a broadcasting elementwise op run torch's generic, non-vectorised kernel
+    (measured on an H200 by benchmarks/gpu_profile.py: SAM's permuted copies at ~1.5 TB/s and its
+    relative-position bias adds at ~0.6 TB/s of a 4.8 TB/s HBM)."""
+    if env.rt.fuse_elementwise:
+        return dram_bw(p), ""
+    if op.kind == "copy" and p.strided_copy_efficiency < 1:
+        return dram_bw(p) * p.strided_copy_efficiency, (f"a layout copy through {env.runtime}'s generic kernel "
+                                                         f"at {p.strided_copy_efficiency:.0%} of the streaming rate")
+    if op.kind == "elementwise" and p.broadcast_elementwise_efficiency < 1 and broadcasts(op):
+        return dram_bw(p) * p.broadcast_elementwise_efficiency, (
+            f"broadcasting through {env.runtime}'s generic kernel at {p.broadcast_elementwise_efficiency:.0%} "
+            "of the streaming rate")
+    return dram_bw(p), ""
+
+
 @register_cost("gpu")
 def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
     """Cost of one op on a GPU under the context's runtime (see the module docstring).
@@ -120,8 +146,10 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     p: GpuParams = device.params
     env = kernel_env(device, context)
     if not op.is_matmul or op.gemm is None:
-        return memory_op_cost(op, device, model=MODEL, bandwidth=dram_bw(p), overhead_s=env.launch,
+        bandwidth, how = memory_op_bandwidth(op, p, env)
+        cost = memory_op_cost(op, device, model=MODEL, bandwidth=bandwidth, overhead_s=env.launch,
                               energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
+        return dataclasses.replace(cost, why=f"{cost.why} ({how})") if how else cost
     work = gemm_work(op, layer)
     if op.kind == "attention":
         return attention_cost(op, work, device, env)

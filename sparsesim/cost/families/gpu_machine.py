@@ -108,6 +108,11 @@ class GpuParams:
     # (0: the device has no such kernel)
     teal_efficiency: float = quantity("ratio", default=0.0)
     flash_llm_extract_cycles: float = quantity("cycles", default=0.0)
+    # eager torch's generic elementwise kernels (TensorIterator, not vectorised) on strided or
+    # broadcast operands: the share of the DRAM rate a layout copy (a permuted tensor made
+    # contiguous) and a broadcasting elementwise op reach (1: as fast as a contiguous stream)
+    strided_copy_efficiency: float = quantity("ratio", default=1.0)
+    broadcast_elementwise_efficiency: float = quantity("ratio", default=1.0)
     # V:N:M through Spatha (VENOM): per dtype it runs, its efficiency on the sparse tensor
     # cores; a device without the table has no V:N:M kernel (runs V:N:M masks as N:M or dense)
     vnm_gemm_efficiency: Mapping[str, float] = quantity("ratio", per_dtype=True, default={})
@@ -146,7 +151,8 @@ class GpuParams:
             if dt not in self.mac_energy:
                 return f"field 'mac_energy': missing dtype {dt!r}"
         return (check_fraction(self, "dram_efficiency", "l2_resident_fraction", "dense_gemm_efficiency",
-                               "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency", "mma_sync_fraction")
+                               "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency", "mma_sync_fraction",
+                               "strided_copy_efficiency", "broadcast_elementwise_efficiency")
                 or check_whole(self, "sm_count", "max_ctas_per_sm", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
                                "mma_k_bytes", "sparse_row_multiple", "sparse_col_multiple", "dense_pad_multiple")
                 or check_positive(self, "tensor_peak", "sparse_tensor_peak", "cuda_core_peak", "dram_bandwidth",
