@@ -592,7 +592,7 @@ def _memory_op(kind, inputs, out, dtype="bf16"):
               input_shapes=tuple(inputs), output_shape=out, flops=0, bytes_moved=nbytes)
 
 
-def test_eager_generic_kernels_on_the_h200_copy_and_broadcast_slower():
+def test_eager_generic_kernels_on_the_h200_copy_and_innermost_broadcast_slower():
     """Profiled on an H200 (SAM ViT-H, eager): permuted tensors made contiguous move at ~36% of
     the streaming rate, broadcasting bias adds at ~15% (torch's generic elementwise kernel);
     a contiguous elementwise op streams at the full rate, and under torch.compile (generated,
@@ -610,6 +610,8 @@ def test_eager_generic_kernels_on_the_h200_copy_and_broadcast_slower():
     assert mem(broadcast) == pytest.approx(broadcast.bytes_moved / (bw * p.broadcast_elementwise_efficiency), rel=1e-6)
     assert mem(copy) == pytest.approx(copy.bytes_moved / (bw * p.strided_copy_efficiency), rel=1e-6)
     assert "generic kernel" in cost_one(copy, None, H200, runtime="eager").why
+    mask = _memory_op("elementwise", [(16, 12, 384, 384), (16, 1, 1, 384)], (16, 12, 384, 384))
+    assert mem(mask) == pytest.approx(mask.bytes_moved / bw, rel=1e-6)  # outer-axis broadcast: contiguous
     assert mem(copy, runtime="compiled") <= copy.bytes_moved / bw * 1.000001
     a100 = A100.params  # no measurement there: the device keeps the streaming rate
     assert mem(broadcast, A100) == pytest.approx(broadcast.bytes_moved / (a100.dram_bandwidth * a100.dram_efficiency))

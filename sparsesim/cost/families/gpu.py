@@ -112,11 +112,15 @@ def _pick(op: Op, kind: str, work: GemmWork, layer: LayerSparsity | None, device
     return dataclasses.replace(best, why=f"{best.why}; {choice}")
 
 
-def broadcasts(op: Op) -> bool:
-    """Whether an elementwise op broadcasts: an input of more than one element but fewer than its
-    output (a bias added along some axes), which eager torch runs through its generic kernel."""
-    out = math.prod(op.output_shape or (0,))
-    return any(1 < math.prod(s) < out for s in op.input_shapes)
+def broadcasts_innermost(op: Op) -> bool:
+    """Whether an elementwise op broadcasts an input along its innermost axis (an input whose last
+    dim is 1 where the output's is not, e.g. SAM's rel_h[..., None]): eager torch then runs its
+    generic kernel with a stride-0 innermost operand, no vectorised loads. A broadcast along outer
+    axes (a bias vector, BERT's [B, 1, 1, S] mask) keeps the innermost access contiguous."""
+    out = op.output_shape or ()
+    if len(out) == 0 or out[-1] <= 1:
+        return False
+    return any(1 < math.prod(s) < math.prod(out) and len(s) > 0 and s[-1] == 1 for s in op.input_shapes)
 
 
 def memory_op_bandwidth(op: Op, p: GpuParams, env: KernelEnv) -> tuple[float, str]:
@@ -130,10 +134,10 @@ def memory_op_bandwidth(op: Op, p: GpuParams, env: KernelEnv) -> tuple[float, st
     if op.kind == "copy" and p.strided_copy_efficiency < 1:
         return dram_bw(p) * p.strided_copy_efficiency, (f"a layout copy through {env.runtime}'s generic kernel "
                                                          f"at {p.strided_copy_efficiency:.0%} of the streaming rate")
-    if op.kind == "elementwise" and p.broadcast_elementwise_efficiency < 1 and broadcasts(op):
+    if op.kind == "elementwise" and p.broadcast_elementwise_efficiency < 1 and broadcasts_innermost(op):
         return dram_bw(p) * p.broadcast_elementwise_efficiency, (
-            f"broadcasting through {env.runtime}'s generic kernel at {p.broadcast_elementwise_efficiency:.0%} "
-            "of the streaming rate")
+            f"broadcast along the innermost axis through {env.runtime}'s generic kernel at "
+            f"{p.broadcast_elementwise_efficiency:.0%} of the streaming rate")
     return dram_bw(p), ""
 
 
