@@ -1,14 +1,18 @@
 """Measure dense vs sparse kernels and eager vs compiled BERT-base on an NVIDIA GPU, and append the
 figures to the validation table (with the date and the GPU's name).
 
-    python benchmarks/gpu_measure.py                      # full grid, appends to the packaged table
+    python benchmarks/gpu_measure.py                      # full grid, appends to the packaged gpu_measured.csv
     python benchmarks/gpu_measure.py --quick --dry-run    # a few shapes, print only
     python benchmarks/gpu_measure.py --dtypes fp16,int8 --no-bert --out my_gpu.csv
 
 For every (shape, dtype) of the grid it times, with CUDA events, the dense matmul (cuBLAS; int8
 through torch._int_mm, fp8 e4m3 through torch._scaled_mm) and:
-  * 2:4 semi-structured sparsity through both libraries torch offers: cuSPARSELt
-    (torch._cslt_sparse_mm) and CUTLASS (torch._sparse_semi_structured_linear);
+  * 2:4 semi-structured sparsity through both libraries torch's eager semi-structured linear
+    offers: cuSPARSELt (torch._cslt_sparse_mm) and CUTLASS (torch._sparse_semi_structured_linear;
+    compute capability 8.x only), rows of runtime `eager`;
+  * 2:4 through cuSPARSELt called directly with its own algorithm search, replayed from a CUDA
+    graph against the dense GEMM replayed the same way: no per-op host work, the rows of runtime
+    `engine` (what an inference engine calling the library gets);
   * unstructured sparsity through CSR (torch.sparse_csr_tensor @ dense, cuSPARSE SpMM);
   * block sparsity through BSR (torch.sparse_bsr_tensor @ dense).
 Then BERT-base (random weights, fp16, sequence 384) at two batch sizes, eager and under
@@ -17,7 +21,10 @@ row (eager / compiled) and one speedup row per runtime; and SAM's ViT-H image en
 batch 8): dense throughput and the speedup of 2:4 on its MLP linears (torchao's SAM case), per
 runtime. Those whole-model rows are what tells where whole PyTorch models lose time the model
 does not see (the validation notes in the README).
-Each row records the GPU's device-file name (or its own name when no file matches), the runtime,
+Rows are appended one by one as they are measured (a run cut short keeps every case), and
+`--budget-s` / `--gemm-budget-s` stop starting new cases in time to end inside a GPU lease;
+`--shapes` times your own GEMMs and `--case-prefix holdout-` marks rows that
+benchmarks/fit_gpu_measured.py must leave out. Each row records the GPU's device-file name (or its own name when no file matches), the runtime,
 dtype, shape or workload, the kernel library, dense and sparse median times, the measured value,
 the date and the software versions; `sparsesim validate --published` then reports the model's
 error on them. A case the GPU or torch cannot run is skipped with the reason printed.
