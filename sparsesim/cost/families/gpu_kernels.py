@@ -441,7 +441,10 @@ def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile:
 # the dtypes each library is built for: torch/sparse/semi_structured.py _DTYPE_SHAPE_CONSTRAINTS
 # of SparseSemiStructuredTensorCUSPARSELT (int8, float8_e4m3fn, float16, bfloat16, float32 as
 # tf32) and of SparseSemiStructuredTensorCUTLASS (no float8)
-_cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=True, vendor_tile=True, searchable=True,
+# torch's semi-structured linear leaves cuSPARSELt's result transposed (N x M) and copies it out:
+# it does not ask the library to fuse the transpose (SparseSemiStructuredTensor._FUSE_TRANSPOSE is
+# False, torch/sparse/semi_structured.py); an engine's direct call writes its own layout
+_cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=False, vendor_tile=True, searchable=True,
                           dtypes=("fp16", "bf16", "int8", "fp8", "tf32"))
 _cutlass24 = _nm_library("cutlass", "torch's CUTLASS 2:4 kernel", fused_transpose=False, vendor_tile=False,
                          searchable=False, dtypes=("fp16", "bf16", "int8", "tf32"))
