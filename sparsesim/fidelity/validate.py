@@ -311,6 +311,7 @@ def gpu_published(*, measured: bool = False) -> dict[str, Any]:
         rows.append({c: _clean(rec.get(c)) for c in GPU_COLUMNS})
     s = summary(df)
     return {"available": True, "title": "measured on this project's GPU runs" if measured else "published figures",
+            "reference": "measured" if measured else "published",
             "rows": rows, "groups": groups, "cases": s["cases"], "with_speedup": s["with_value"],
             "median_abs_error": _clean(s["median_abs_error"]), "p90_abs_error": _clean(s["p90_abs_error"]),
             "direction_right": s["direction_right"], "direction_cases": s["direction_cases"],
@@ -437,11 +438,13 @@ def _published(r: dict[str, Any]) -> str:
 def render_published(g: dict[str, Any], *, cases: bool = True) -> str:
     """The published cases as a table (case, device, runtime, dtype, shape, plan, kernel, quantity,
     published, predicted, error, direction) and the summary against the targets."""
+    ref = g.get("reference", "published")
     lines = [f"{g.get('title', 'published figures')}: {g['cases']} case(s); speed: {g['with_speedup']} with a "
-             f"published value, median |pred/pub - 1| {_apct(g['median_abs_error'])} (target {_apct(g.get('target_median'))}), "
+             f"{ref} value, median |pred/{ref[:4] if ref == 'measured' else 'pub'} - 1| {_apct(g['median_abs_error'])} "
+             f"(target {_apct(g.get('target_median'))}), "
              f"p90 {_apct(g['p90_abs_error'])} (target {_apct(g.get('target_p90'))}); "
              f"direction right {g['direction_right']}/{g['direction_cases']}"
-             + (f"; inside the published range {g['inside_range']}/{g['range_cases']}" if g.get("range_cases") else "")
+             + (f"; inside the {ref} range {g['inside_range']}/{g['range_cases']}" if g.get("range_cases") else "")
              + (f"; energy within {g['energy_factor']:g}x of the measured figure {g['energy_within']}/"
                 f"{g['energy_cases']} (worst {g['energy_worst_ratio']:.2f}x)" if g.get("energy_cases") else "")]
     from sparsesim.core.textfmt import text_table
@@ -462,7 +465,7 @@ def render_published(g: dict[str, Any], *, cases: bool = True) -> str:
                      _value(r["quantity"], r["predicted"]), _apct(r["abs_error"]), r["direction"],
                      r["predicted_direction"], "yes" if r["direction_right"] else "NO"))
     lines.append(text_table(rows, ("case", "device", "runtime", "dtype", "shape", "plan", "kernel", "quantity",
-                                   "published", "predicted", "|err|", "direction", "predicted", "ok"), indent="  "))
+                                   ref, "predicted", "|err|", "direction", "predicted", "ok"), indent="  "))
     lines.append("  sources:")
     by_source: dict[str, list[str]] = {}
     for r in g["rows"]:  # a measured run's rows share one source, but for their timing spread
