@@ -616,3 +616,50 @@ def test_eager_generic_kernels_on_the_h200_copy_and_innermost_broadcast_slower()
     jetson = DEV["jetson-agx-orin"].params  # a file that sets neither keeps the streaming rate
     assert mem(broadcast, DEV["jetson-agx-orin"]) == pytest.approx(
         broadcast.bytes_moved / (jetson.dram_bandwidth * jetson.dram_efficiency), rel=1e-6)
+
+
+def _benchmark_module(name):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_h200_fitted_fields_are_what_the_fit_script_gives(capsys):
+    """The h200 file's fitted constants are reproducible from the packaged measurements: the fit
+    script, run again, lands within its grid step of each value."""
+    import re
+
+    fit = _benchmark_module("fit_gpu_measured")
+    assert fit.main(["--device", "h200"]) == 0
+    got = {}
+    for line in capsys.readouterr().out.splitlines():
+        m = re.match(r"(\S+) = ([\d.]+)( us)?", line)
+        if m:
+            got[m[1]] = float(m[2]) * (1e-6 if m[3] else 1.0)
+    eager = H200.runtime("eager")[1]
+    have = {"sparse_gemm_efficiency": H200.params.sparse_gemm_efficiency,
+            "runtime.eager.sparse_dispatch": eager.sparse_dispatch,
+            "cusparse_csr_efficiency": H200.params.cusparse_csr_efficiency,
+            "bsr_efficiency": H200.params.bsr_efficiency,
+            "runtime.eager.kernel_dispatch.cusparse-csr": eager.kernel_dispatch["cusparse-csr"],
+            "runtime.eager.kernel_dispatch.bsr": eager.kernel_dispatch["bsr"]}
+    assert set(got) == set(have)
+    for name, value in have.items():
+        assert got[name] == pytest.approx(value, rel=0.05), name
+        assert H200.provenance[name].fit_date == "2026-12-04", name
+
+
+def test_gpu_profile_without_a_gpu_says_so(capsys):
+    prof = _benchmark_module("gpu_profile")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible")
+    assert prof.main(["sam-vit-h"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
