@@ -272,15 +272,20 @@ def prune_24(w: torch.Tensor) -> torch.Tensor:
     return w * mask_24(w)
 
 
-def cusparselt_direct_fn(x: torch.Tensor, w: torch.Tensor) -> Callable[[], object]:
-    """A 2:4 GEMM W @ X^T called on cuSPARSELt directly (torch._cslt_sparse_mm, no tensor subclass),
-    with the algorithm cuSPARSELt's own search picks: what an engine or a benchmark calling the
-    library gets. X's rows are padded to 16, the largest row multiple cuSPARSELt asks of a dense
-    operand (fp8/int8)."""
+def cslt_operands(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.dtype | None]:
+    """(compressed 2:4 weight, X^T with its rows padded to 16, output dtype) for torch._cslt_sparse_mm:
+    16 is the largest row multiple cuSPARSELt asks of a dense operand (fp8/int8); fp8 writes bf16."""
     packed = torch._cslt_compress(prune_24(w))
     pad = (-x.shape[0]) % 16
     xt = (torch.cat([x, x.new_zeros((pad, x.shape[1]))]) if pad else x).t()
-    out_dtype = torch.bfloat16 if w.dtype == torch.float8_e4m3fn else None
+    return packed, xt, torch.bfloat16 if w.dtype == torch.float8_e4m3fn else None
+
+
+def cusparselt_direct_fn(x: torch.Tensor, w: torch.Tensor) -> Callable[[], object]:
+    """A 2:4 GEMM W @ X^T called on cuSPARSELt directly (torch._cslt_sparse_mm, no tensor subclass),
+    with the algorithm cuSPARSELt's own search picks: what an engine or a benchmark calling the
+    library gets."""
+    packed, xt, out_dtype = cslt_operands(x, w)
     try:
         alg = int(torch._cslt_sparse_mm_search(packed, xt, out_dtype=out_dtype))
     except (RuntimeError, AttributeError) as e:  # the search is deprecated in newer torch: the default algorithm
@@ -296,10 +301,7 @@ def diagnose_cusparselt(x: torch.Tensor, w: torch.Tensor, dname: str, shape: tup
     instead of the searched one."""
     try:
         direct = time_ms(cusparselt_direct_fn(x, w), **rep)
-        packed = torch._cslt_compress(prune_24(w))
-        pad = (-x.shape[0]) % 16
-        xt = (torch.cat([x, x.new_zeros((pad, x.shape[1]))]) if pad else x).t()
-        out_dtype = torch.bfloat16 if w.dtype == torch.float8_e4m3fn else None
+        packed, xt, out_dtype = cslt_operands(x, w)
         alg0 = time_ms(graphed(lambda: torch._cslt_sparse_mm(packed, xt, out_dtype=out_dtype, alg_id=0)), **rep)
         print(f"diagnose cusparselt {dname} {shape[0]}x{shape[1]}x{shape[2]}: direct eager {direct.median_ms:.4g} ms, "
               f"graphed alg 0 {alg0.median_ms:.4g} ms", flush=True)

@@ -402,16 +402,7 @@ def test_appended_rows_are_validated_and_unknown_gpus_kept(tmp_path):
 # ----------------------------------------------------------------------------- the GPU measurement script
 
 def _measure_module():
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_measure.py"
-    spec = importlib.util.spec_from_file_location("gpu_measure", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_measure"] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return _benchmark_module("gpu_measure")
 
 
 def test_gpu_measure_helpers():
