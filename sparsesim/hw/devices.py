@@ -357,16 +357,7 @@ def parse_device_doc(doc: Mapping[str, Any], where: str, base_dir: Path | None =
     for name, f in fields.items():
         if name not in doc:
             continue
-        dim, per_dtype = f.metadata.get("dim"), f.metadata.get("per_dtype", False)
-        raw = doc[name]
-        if per_dtype:
-            if not isinstance(raw, dict) or not raw:
-                raise DeviceFileError(f"{where}: field '{name}' must be a table of dtype = quantity")
-            values[name] = {}
-            for dt, q in raw.items():
-                values[name][dt], provenance[f"{name}.{dt}"] = parse_quantity(q, dim, f"{name}.{dt}", where)
-        else:
-            values[name], provenance[name] = parse_quantity(raw, dim, name, where)
+        values[name] = parse_field(doc[name], f, name, where, provenance)
     try:
         params = schema(**values)
     except (TypeError, ValueError) as e:
@@ -383,6 +374,23 @@ def parse_device_doc(doc: Mapping[str, Any], where: str, base_dir: Path | None =
         if k in origin:
             provenance[k] = dataclasses.replace(p, inherited_from=origin[k])
     return Device(doc["name"], family, doc["description"], where, params, provenance, runtimes)
+
+
+def parse_field(raw: Any, f: dataclasses.Field, name: str, where: str, provenance: dict[str, Provenance],
+                key: str = "dtype") -> Any:
+    """One declared field's value: a quantity, or for a table field (`per_dtype` metadata) a table
+    of `key` = quantity (a dtype; a kernel name for a runtime's per-kernel table). Provenance is
+    recorded as `name` or `name.<key>`."""
+    dim = f.metadata.get("dim")
+    if not f.metadata.get("per_dtype", False):
+        value, provenance[name] = parse_quantity(raw, dim, name, where)
+        return value
+    if not isinstance(raw, dict) or not raw or "value" in raw:
+        raise DeviceFileError(f"{where}: field '{name}' must be a table of {key} = quantity")
+    table = {}
+    for k, q in raw.items():
+        table[k], provenance[f"{name}.{k}"] = parse_quantity(q, dim, f"{name}.{k}", where)
+    return table
 
 
 def parse_quantity(raw: Any, dim: str | None, name: str, where: str) -> tuple[Any, Provenance]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparsesim.core.errors import DeviceFileError
-from sparsesim.hw.devices import Provenance, parse_quantity, quantity, setting
+from sparsesim.hw.devices import Provenance, parse_field, parse_quantity, quantity, setting
 
 RUNTIMES = ("eager", "compiled", "engine")
 """The runtimes sparsesim models, from the least to the most optimised."""
@@ -152,17 +152,7 @@ def parse_runtimes(doc: Mapping[str, Any], where: str, provenance: dict[str, Pro
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
                     raise DeviceFileError(f"{where}: missing field '{key}.{fname}'")
                 continue
-            if f.metadata.get("per_dtype"):  # a table keyed by kernel name
-                sub = table[fname]
-                if not isinstance(sub, dict) or not sub or "value" in sub:
-                    raise DeviceFileError(f"{where}: field '{key}.{fname}' must be a table of kernel = quantity")
-                values[fname] = {}
-                for kname, q in sub.items():
-                    values[fname][kname], provenance[f"{key}.{fname}.{kname}"] = parse_quantity(
-                        q, f.metadata.get("dim"), f"{key}.{fname}.{kname}", where)
-                continue
-            values[fname], provenance[f"{key}.{fname}"] = parse_quantity(
-                table[fname], f.metadata.get("dim"), f"{key}.{fname}", where)
+            values[fname] = parse_field(table[fname], f, f"{key}.{fname}", where, provenance, key="kernel")
         if "kernels" in values and isinstance(values["kernels"], list):
             values["kernels"] = tuple(values["kernels"])
         params = RuntimeParams(**values)
