@@ -439,8 +439,9 @@ def render_published(g: dict[str, Any], *, cases: bool = True) -> str:
     """The published cases as a table (case, device, runtime, dtype, shape, plan, kernel, quantity,
     published, predicted, error, direction) and the summary against the targets."""
     ref = g.get("reference", "published")
+    short = {"published": "pub", "measured": "meas"}.get(ref, ref)
     lines = [f"{g.get('title', 'published figures')}: {g['cases']} case(s); speed: {g['with_speedup']} with a "
-             f"{ref} value, median |pred/{ref[:4] if ref == 'measured' else 'pub'} - 1| {_apct(g['median_abs_error'])} "
+             f"{ref} value, median |pred/{short} - 1| {_apct(g['median_abs_error'])} "
              f"(target {_apct(g.get('target_median'))}), "
              f"p90 {_apct(g['p90_abs_error'])} (target {_apct(g.get('target_p90'))}); "
              f"direction right {g['direction_right']}/{g['direction_cases']}"

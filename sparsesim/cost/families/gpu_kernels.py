@@ -396,8 +396,7 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     if extra_why:
         parts.append("layout kernels: " + ", ".join(extra_why) + f" (+{extra_s * 1e6:.3g} us)")
     if host > 0:
-        parts.append(f"{env.runtime}: sparse-op host time +{host * 1e6:.3g} us per call (tensor subclass, library setup"
-                     f"{'; the stream waits for it' if serial else ''})")
+        parts.append(host_text(env, host, "tensor subclass, library setup" + ("; the stream waits for it" if serial else "")))
     macs = gp.macs * sn / sm
     return build_cost(
         device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=overhead,
@@ -529,6 +528,11 @@ def framework_host(env: KernelEnv, kernel: str) -> float:
     return float(env.rt.kernel_dispatch.get(kernel, 0.0))
 
 
+def host_text(env: KernelEnv, host_s: float, what: str = "") -> str:
+    """The why of a sparse op's per-call host time under the runtime."""
+    return f"{env.runtime}: sparse-op host time +{host_s * 1e6:.3g} us per call" + (f" ({what})" if what else "")
+
+
 def _csr_like(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env: KernelEnv, *, name: str,
               kernel: str, efficiency: float) -> Cost:
     """CSR SpMM on CUDA cores, Sputnik's structure: each output row is one subwarp's work, its
@@ -558,7 +562,7 @@ def _csr_like(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env:
     why = (f"{name}: CSR SpMM on CUDA cores, {nnz} nonzeros ({per_row:.0f} per row of {rows}) x {tokens} tokens at "
            f"{efficiency:.0%} of the {p.cuda_core_peak / 1e12:.3g} TFLOP/s CUDA-core peak, lanes used: rows "
            f"{row_use:.0%}, tokens {col_use:.0%} (compute {compute * 1e6:.3g} us, memory {memory * 1e6:.3g} us)"
-           + (f"; {env.runtime}: sparse-op host time +{host * 1e6:.3g} us per call" if host > 0 else ""))
+           + (f"; {host_text(env, host)}" if host > 0 else ""))
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, macs, "fp32", dram, l2, metadata=meta),
@@ -689,7 +693,7 @@ def _bsr(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, en
              if on_tc else "CUDA cores (blocks too small for tensor cores)")
     why = (f"BSR {r}x{c}: {nb} of {total_blocks} blocks nonzero ({nb / max(total_blocks, 1):.2g}) on {where}: "
            f"compute {compute * 1e6:.3g} us, memory {memory * 1e6:.3g} us"
-           + (f"; {env.runtime}: sparse-op host time +{host * 1e6:.3g} us per call" if host > 0 else ""))
+           + (f"; {host_text(env, host)}" if host > 0 else ""))
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, tc_macs if on_tc else exact_macs, unit.dtype if on_tc else "fp32", dram, l2,
