@@ -114,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="h200")
     ap.add_argument("--table", default=None, help="measured table (default: the packaged gpu_measured.csv)")
     args = ap.parse_args(argv)
-    device = load_device(args.device)
-    # holdout rows (gpu_measure.py --case-prefix holdout-) check the fit and never enter it
-    table = [r for r in load_table(args.table or measured_table_path())
-             if r["device"] == device.name and not r["case"].startswith(HOLDOUT_PREFIX)]
+    try:
+        device = load_device(args.device)
+        # holdout rows (gpu_measure.py --case-prefix holdout-) check the fit and never enter it
+        table = [r for r in load_table(args.table or measured_table_path())
+                 if r["device"] == device.name and not r["case"].startswith(HOLDOUT_PREFIX)]
+    except SparsesimError as e:
+        print(f"fit_gpu_measured: {e}", file=sys.stderr)
+        return 2
     if not table:
         print(f"fit_gpu_measured: no measured rows for {device.name}", file=sys.stderr)
         return 1

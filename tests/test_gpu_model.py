@@ -654,3 +654,13 @@ def test_gpu_profile_without_a_gpu_says_so(capsys):
         pytest.skip("a CUDA GPU is visible")
     assert prof.main(["sam-vit-h"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_fit_script_bad_input_is_one_line(tmp_path, capsys):
+    fit = _benchmark_module("fit_gpu_measured")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("case,device\nx,h200\n")
+    assert fit.main(["--table", str(bad)]) == 2
+    assert fit.main(["--device", "no-such-gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv: validation table lacks column" in err and "unknown device 'no-such-gpu'" in err
