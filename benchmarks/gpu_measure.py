@@ -346,7 +346,7 @@ def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool
     algorithm search) from CUDA graphs."""
     dev = torch.device("cuda" if cuda else "cpu")
     shapes = [(8, 64, 128), (64, 128, 256)] if args.cpu_smoke else (SHAPES_QUICK if args.quick else SHAPES_FULL)
-    if getattr(args, "shapes", ""):
+    if args.shapes:
         shapes = [parse_shape(t) for t in args.shapes.split(",") if t.strip()]
     dtypes = ["fp32"] if args.cpu_smoke else [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for d in dtypes:

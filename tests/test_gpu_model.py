@@ -450,7 +450,7 @@ def test_gpu_measure_cpu_smoke_rows_fit_the_table(tmp_path):
     gm = _measure_module()
     args = argparse.Namespace(cpu_smoke=True, quick=True, dtypes="fp32", repeats=3, inner=1, device_name=None,
                               no_bert=True, budget_s=None, gemm_budget_s=None, diagnose=False,
-                              compile_mode="max-autotune")
+                              compile_mode="max-autotune", shapes="")
     rows: list[dict] = []
     gm.measure(args, rows.append)
     assert rows and all(r["runtime"] == "eager" and r["quantity"] == "speedup" for r in rows)
@@ -485,7 +485,7 @@ def test_gpu_measure_stops_at_its_budget(capsys):
     gm = _measure_module()
     args = argparse.Namespace(cpu_smoke=True, quick=True, dtypes="fp32", repeats=3, inner=1, device_name=None,
                               no_bert=True, budget_s=None, gemm_budget_s=1e-9, diagnose=False,
-                              compile_mode="max-autotune")
+                              compile_mode="max-autotune", shapes="")
     rows: list[dict] = []
     gm.measure(args, rows.append)
     assert rows == [] and "budget spent: GEMMs stop before" in capsys.readouterr().out
