@@ -149,3 +149,48 @@ def test_the_attention_fields_of_a_gpu_file_are_checked():
         problem = dataclasses.replace(p, mma_sync_fraction=bad).validate()
         assert problem is not None and "mma_sync_fraction" in problem
     assert p.validate() is None and H100.params.mma_sync_fraction == pytest.approx(0.667)
+
+
+def test_a_masked_attention_runs_the_runtimes_masked_kernel():
+    """torch's SDPA cannot run FlashAttention with an attn_mask: a traced SDPA given a mask or
+    bias tensor, and an eager-written attention whose scores add one, run the masked kernel at
+    the runtime's `masked_attention_rate`; the engine's fused attention takes masks as they are."""
+    from sparsesim.runtime.fusion import fuse
+
+    rate = H100.runtime("compiled")[1].masked_attention_rate
+    assert 0 < rate < 1 and H100.runtime("engine")[1].masked_attention_rate == 1.0
+    plain = sdpa(32, 4096, 4096, 128)
+    masked = dataclasses.replace(plain, masked=True)
+    c_plain, c_masked = run(plain, H100, "compiled"), run(masked, H100, "compiled")
+    assert c_masked.details["compute_s"] == pytest.approx(c_plain.details["compute_s"] / rate)
+    assert "masked kernel" in c_masked.why and "masked kernel" not in c_plain.why
+    assert run(masked, H100, "engine").latency_s == pytest.approx(run(plain, H100, "engine").latency_s)
+    # a traced SDPA call with attn_mask carries the field
+    from sparsesim.run.estimate import resolve_workload
+
+    attn = [op for op in resolve_workload("sam-vit-h:batch=1,device=meta").ops if op.kind == "attention"]
+    assert attn and all(op.masked for op in attn)  # SAM's relative-position bias is an attn_mask
+    # the fused eager attention is masked exactly when a score op adds a second tensor
+    from tests.test_runtime import _eager_attention
+
+    for with_mask in (True, False):
+        fu = fuse(_eager_attention(12, 384, 64, with_mask), elementwise=True, epilogue=False, attention=True)
+        kop = next(f.kernel_op for f in fu if f.kernel_op is not None)
+        assert kop.masked is with_mask
+
+
+def test_the_sequences_run_in_whole_attention_blocks():
+    """torch's attention kernels take 128 queries and 64 keys per step: SAM's 196-token windows
+    run as 256 x 256 scores; a sequence of whole blocks runs as it is."""
+    rt = A100.runtime("compiled")[1]
+    assert (rt.attention_block_q, rt.attention_block_k) == (128, 64)
+    no_sfu = dataclasses.replace(A100, params=dataclasses.replace(A100.params, sfu_ops_per_sm_clock=0.0))
+    window = run(sdpa(400, 196, 196, 64), no_sfu, "compiled")
+    whole = run(sdpa(400, 256, 256, 64), no_sfu, "compiled")
+    assert window.details["compute_s"] == pytest.approx(whole.details["compute_s"])
+    assert "196x196 scores run as 256x256" in window.why
+    assert "scores run as" not in run(sdpa(8, 1024, 1024, 64), A100, "compiled").why
+    for name in ("attention_block_q", "attention_block_k"):
+        problem = dataclasses.replace(rt, **{name: 0.5}).validate()
+        assert problem is not None and name in problem
+    assert "masked_attention_rate" in (dataclasses.replace(rt, masked_attention_rate=0.0).validate() or "")

@@ -63,6 +63,13 @@ class RuntimeParams:
     the softmax follows the MMAs (FlashAttention-2, torch's SDPA). `attention_head_dim_multiple`:
     the runtime's attention kernels exist for head dims in multiples of this, so a head dim in
     between runs the next kernel up, its MMAs over the padded width (1: every head dim).
+    `attention_block_q` / `attention_block_k`: the query rows and keys one thread block of the
+    runtime's attention kernel takes at a time; a sequence that is not a multiple of them runs
+    whole blocks over zero-padded rows (1: no padding).
+    `masked_attention_rate`: the share of that fused attention's rate the runtime's kernel reaches
+    when the attention is given an additive mask or bias tensor (torch's SDPA cannot run
+    FlashAttention with attn_mask and runs its memory-efficient or cuDNN kernel, which loads a
+    bias tile for every score tile; 1: as fast as without a mask).
     """
 
     host_dispatch: float = quantity("time")
@@ -80,6 +87,9 @@ class RuntimeParams:
     epilogue_in_pipeline: bool = setting(default=False)
     attention_warp_specialised: bool = setting(default=False)
     attention_head_dim_multiple: float = quantity("count", default=1.0)
+    attention_block_q: float = quantity("count", default=1.0)
+    attention_block_k: float = quantity("count", default=1.0)
+    masked_attention_rate: float = quantity("ratio", default=1.0)
 
     def validate(self) -> str | None:
         for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
@@ -87,9 +97,12 @@ class RuntimeParams:
                      "framework_layouts", "epilogue_in_pipeline", "attention_warp_specialised"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
-        m = self.attention_head_dim_multiple
-        if m < 1 or m != int(m):
-            return f"field 'attention_head_dim_multiple': must be a whole number >= 1, got {m:g}"
+        for name in ("attention_head_dim_multiple", "attention_block_q", "attention_block_k"):
+            m = getattr(self, name)
+            if m < 1 or m != int(m):
+                return f"field '{name}': must be a whole number >= 1, got {m:g}"
+        if not 0 < self.masked_attention_rate <= 1:
+            return f"field 'masked_attention_rate': must be in (0, 1], got {self.masked_attention_rate:g}"
         if not isinstance(self.kernels, (list, tuple)) or not all(isinstance(k, str) and k for k in self.kernels):
             return "field 'kernels': must be a list of kernel names"
         return None

@@ -228,9 +228,13 @@ def fused_attention_op(ops: Sequence[Op], group: AttentionGroup) -> Op:
     q, k = head.input_shapes[0], head.input_shapes[1]
     v = value.input_shapes[1] if len(value.input_shapes) > 1 else k
     moved = (_numel(q) + _numel(k) + _numel(v) + _numel(value.output_shape)) * _elem_bytes(head)
+    # a score op adding a second tensor (a padding mask, a position bias) makes the rewritten
+    # scaled_dot_product_attention call one with attn_mask
+    masked = any(ops[i].kind == "elementwise" and sum(_numel(s) > 1 for s in ops[i].input_shapes) > 1
+                 for i in group.core[1:-1])
     return dataclasses.replace(head, kind="attention", aten="fused attention (score matmul, softmax, value matmul)",
                                input_shapes=(q, k, v), output_shape=value.output_shape,
-                               flops=head.flops + value.flops, bytes_moved=round(moved), note="")
+                               flops=head.flops + value.flops, bytes_moved=round(moved), note="", masked=masked)
 
 
 def _attention_fusions(ops: Sequence[Op], group: AttentionGroup) -> dict[int, OpFusion]:

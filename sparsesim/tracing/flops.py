@@ -74,6 +74,7 @@ class OpWork:
     conv: ConvGeometry | None = None
     note: str = ""
     causal: bool = False  # an attention whose mask is causal (a fused kernel skips the masked tiles)
+    masked: bool = False  # an attention given an additive mask or bias tensor (attn_mask)
     transposed: bool = False  # a transposed convolution (its weight is stored Cin x Cout)
 
 
@@ -237,7 +238,8 @@ def attention_work(q: T, k: T, v: T, out: Any, mask: T | None = None, causal: bo
     g = GemmShape(m=lq, n=lk, k=e, batch=b)
     flops = 2 * b * lq * lk * e + 2 * b * lq * lk * ev
     note = "causal" if causal else ""
-    return OpWork("attention", flops, io_bytes([q, k, v, mask], _first(out)), gemm=g, note=note, causal=causal)
+    return OpWork("attention", flops, io_bytes([q, k, v, mask], _first(out)), gemm=g, note=note, causal=causal,
+                  masked=mask is not None)
 
 
 @register(aten._scaled_dot_product_flash_attention_for_cpu, aten._scaled_dot_product_flash_attention,

@@ -224,7 +224,7 @@ class _Recorder:
             call_index=call_index, dtype=self._op_dtype(args, out), input_shapes=ins,
             output_shape=tuple(outs[0].shape) if outs else (), flops=int(work.flops),
             bytes_moved=int(work.bytes_moved), gemm=extra.pop("gemm", work.gemm), conv=work.conv,
-            note=note, causal=getattr(work, "causal", False), **extra,
+            note=note, causal=getattr(work, "causal", False), masked=getattr(work, "masked", False), **extra,
         ))
         self.on_op(1)
 

@@ -160,13 +160,19 @@ def causal_tile_fraction(lq: int, lk: int, tl: Tiling) -> float:
     return computed / (tl.tiles_m * tl.tiles_n)
 
 
-def padded_head_dim(gemms: tuple[GemmShape, ...], multiple: int) -> tuple[GemmShape, ...]:
-    """QK^T and PV with the head dim (QK^T's K, PV's N) rounded up to the `multiple` the attention
-    kernels are built for: FlashAttention-2 runs a head dim of 80 in its 96 kernel, zero-padded."""
-    if multiple <= 1 or len(gemms) != 2:
+def padded_attention(gemms: tuple[GemmShape, ...], rt: RuntimeParams) -> tuple[GemmShape, ...]:
+    """QK^T and PV as the runtime's attention kernel computes them: the head dim (QK^T's K, PV's
+    N) rounded up to the `attention_head_dim_multiple` its kernels are built for (FlashAttention-2
+    runs a head dim of 80 in its 96 kernel, zero-padded), the queries (M of both) and keys
+    (QK^T's N, PV's K) to whole blocks of `attention_block_q` and `attention_block_k` rows (a
+    196-token window runs as 256 in blocks of 128 queries and 64 keys)."""
+    if len(gemms) != 2:
         return gemms
     qk, pv = gemms
-    return (dataclasses.replace(qk, k=round_up(qk.k, multiple)), dataclasses.replace(pv, n=round_up(pv.n, multiple)))
+    dim, bq, bk = (int(x) for x in (rt.attention_head_dim_multiple, rt.attention_block_q, rt.attention_block_k))
+    lq, lk = round_up(qk.m, bq), round_up(qk.n, bk)
+    return (dataclasses.replace(qk, m=lq, n=lk, k=round_up(qk.k, dim)),
+            dataclasses.replace(pv, m=round_up(pv.m, bq), n=round_up(pv.n, dim), k=round_up(pv.k, bk)))
 
 
 def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Cost:
@@ -181,13 +187,15 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     Hopper kernel (the runtime's `attention_warp_specialised`: FlashAttention-3, a vendor
     engine's) uses the Hopper instructions and overlaps the softmax with the MMAs. A causal mask
     skips the score tiles above the diagonal (`causal_tile_fraction`); a head dim between the
-    runtime's kernel sizes runs the next one up (`padded_head_dim`)."""
+    runtime's kernel sizes runs the next one up and the sequences run in whole blocks
+    (`padded_attention`). An attention given a mask or
+    bias tensor runs the runtime's masked kernel at its `masked_attention_rate` of that speed."""
     p: GpuParams = device.params
     unit = compute_unit(p, work.dtype)
     overlapped = env.rt.attention_warp_specialised
     mma_fraction = 1.0 if overlapped else p.mma_sync_fraction
     tile_rate = unit.peak / p.sm_count * p.dense_gemm_efficiency * mma_fraction
-    gemms = padded_head_dim(work.gemms, int(env.rt.attention_head_dim_multiple))
+    gemms = padded_attention(work.gemms, env.rt)
     times = [gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=0, w_bytes=0, c_bytes=0)
              for g in gemms]
     qk, tl = gemms[0], times[0].tiling
@@ -197,13 +205,19 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     sfu_rate = p.sfu_ops_per_sm_clock * p.sm_count * p.clock
     softmax = scores / sfu_rate if sfu_rate > 0 else 0.0
     compute = max(mma, softmax) if overlapped else mma + softmax
+    masked_rate = env.rt.masked_attention_rate if op.masked else 1.0
+    compute /= masked_rate
     dram = l2 = work.a_bytes + work.w_bytes + work.c_bytes
     memory = memory_s(p, dram, l2)
     shape = " + ".join(f"{g.m}x{g.n}x{g.k} x{g.batch * g.groups}" for g in work.gemms)
     parts = [unit.note] if unit.note else []
-    if qk.k != work.gemms[0].k:
-        parts.append(f"head dim {work.gemms[0].k} runs the {qk.k} kernel (kernels exist for multiples of "
+    traced = work.gemms[0]
+    if qk.k != traced.k:
+        parts.append(f"head dim {traced.k} runs the {qk.k} kernel (kernels exist for multiples of "
                      f"{int(env.rt.attention_head_dim_multiple)})")
+    if (qk.m, qk.n) != (traced.m, traced.n):
+        parts.append(f"{traced.m}x{traced.n} scores run as {qk.m}x{qk.n} (whole blocks of "
+                     f"{int(env.rt.attention_block_q)} queries x {int(env.rt.attention_block_k)} keys)")
     parts.append(describe(f"flash attention {shape} {unit.dtype}", compute, memory, env.launch, tl))
     how = "overlapped with" if overlapped else "after"
     detail = f"MMAs {mma * 1e6:.3g} us" + ("" if mma_fraction == 1.0 else f" at {mma_fraction:.0%} of the peak (Ampere MMA instructions)")
@@ -211,6 +225,8 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
         detail += f", softmax exponentials {softmax * 1e6:.3g} us on the special-function units {how} them"
     if op.causal:
         detail += f"; causal: {share:.0%} of the score tiles"
+    if masked_rate < 1.0:
+        detail += f"; a mask/bias tensor: the runtime's masked kernel at {masked_rate:.0%} of that rate"
     parts.append(detail)
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
