@@ -10,8 +10,10 @@ governs, with the rest of the model in the loop (tiling, waves, memory, launches
 * `sparse_gemm_efficiency`: the share of the 2:4 sparse tensor-core peak cuSPARSELt reaches, from
   the engine rows (cuSPARSELt called directly, its own algorithm search, replayed from a CUDA
   graph) at fp16/bf16/fp8 whose dense GEMM takes over FLOOR_MS (below it a graph replay's own
-  launch cost is what was timed). int8 is left out: its dense baseline (torch._int_mm) is a
-  different cuBLAS path whose efficiency the model does not hold per dtype.
+  launch cost is what was timed). int8 is left out here: its dense baseline (torch._int_mm) is a
+  different cuBLASLt path, fitted next.
+* `dense_dtype_efficiency.int8`: the share of the int8 tensor peak that dense baseline reaches,
+  from the int8 engine rows with the sparse efficiency above held.
 * `runtime.eager.sparse_dispatch`: the per-call host time of an eager 2:4 linear (torch's
   semi-structured tensor subclass and the cuSPARSELt plan it sets up on every call), from the
   eager cuSPARSELt rows.
@@ -76,7 +78,9 @@ def with_value(device: Device, field: str, value: float) -> Device:
             new = {**getattr(by_name[name], fname), kernel[0]: value}
         by_name[name] = dataclasses.replace(by_name[name], **{fname: new})
         return dataclasses.replace(device, runtimes=dataclasses.replace(rts, by_name=by_name))
-    return dataclasses.replace(device, params=dataclasses.replace(device.params, **{field: value}))
+    name, _, dtype = field.partition(".")
+    new_param: object = {**getattr(device.params, name), dtype: value} if dtype else value  # <table>.<dtype>
+    return dataclasses.replace(device, params=dataclasses.replace(device.params, **{name: new_param}))
 
 
 def log_errors(device: Device, rows: list[dict[str, str]]) -> list[float]:
@@ -97,6 +101,8 @@ def fits() -> tuple[Fit, ...]:
     return (
         Fit("sparse_gemm_efficiency", "", np.arange(0.20, 0.905, 0.01),
             lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] != "int8" and large(r)),
+        Fit("dense_dtype_efficiency.int8", "", np.arange(0.20, 0.905, 0.01),
+            lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] == "int8" and large(r)),
         Fit("runtime.eager.sparse_dispatch", "us", np.arange(0.0, 1500.0, 10.0) * 1e-6,
             lambda r: r["runtime"] == "eager" and r["kernel"] == "cusparselt" and not r["workload"]),
         Fit("cusparse_csr_efficiency", "", np.geomspace(0.002, 0.3, 120),

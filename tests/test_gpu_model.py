@@ -501,7 +501,7 @@ def test_h200_extends_the_h100_runtime_field_by_field():
     h100 = DEV["h100-sxm5"]
     eager, base = H200.runtime("eager")[1], h100.runtime("eager")[1]
     assert eager.host_dispatch == base.host_dispatch and eager.kernels == base.kernels
-    assert eager.sparse_dispatch == pytest.approx(300e-6) and base.sparse_dispatch == pytest.approx(30e-6)
+    assert eager.sparse_dispatch == pytest.approx(330e-6) and base.sparse_dispatch == pytest.approx(30e-6)
     assert eager.sparse_dispatch_serial and not base.sparse_dispatch_serial
     assert eager.kernel_dispatch == {"bsr": pytest.approx(220e-6), "cusparse-csr": pytest.approx(5e-6)}
     assert H200.params.dram_bandwidth > h100.params.dram_bandwidth
@@ -637,6 +637,7 @@ def test_h200_fitted_fields_are_what_the_fit_script_gives(capsys):
             got[m[1]] = float(m[2]) * (1e-6 if m[3] else 1.0)
     eager = H200.runtime("eager")[1]
     have = {"sparse_gemm_efficiency": H200.params.sparse_gemm_efficiency,
+            "dense_dtype_efficiency.int8": H200.params.dense_dtype_efficiency["int8"],
             "runtime.eager.sparse_dispatch": eager.sparse_dispatch,
             "cusparse_csr_efficiency": H200.params.cusparse_csr_efficiency,
             "bsr_efficiency": H200.params.bsr_efficiency,
@@ -664,3 +665,21 @@ def test_fit_script_bad_input_is_one_line(tmp_path, capsys):
     assert fit.main(["--device", "no-such-gpu"]) == 2
     err = capsys.readouterr().err
     assert "bad.csv: validation table lacks column" in err and "unknown device 'no-such-gpu'" in err
+
+
+def test_a_dtype_can_carry_its_own_dense_efficiency():
+    """cuBLASLt's dense int8 GEMM on Hopper reaches a smaller share of its peak than fp8 of the
+    same peak (measured on an H200): the device file says so per dtype; other dtypes keep the
+    device's dense_gemm_efficiency."""
+    import dataclasses
+
+    h100 = DEV["h100-sxm5"]
+    p = h100.params
+    assert p.dense_dtype_efficiency["int8"] < p.dense_gemm_efficiency and "fp8" not in p.dense_dtype_efficiency
+    big = (8192, 8192, 8192)
+    int8, fp8 = cost(h100, *big, dtype="int8"), cost(h100, *big, dtype="fp8")
+    assert int8.latency_s > 1.5 * fp8.latency_s  # one peak, two efficiencies
+    assert "fp8" not in A100.params.dense_dtype_efficiency and "int8" not in A100.params.dense_dtype_efficiency
+    bad = dataclasses.replace(p, dense_dtype_efficiency={"int4": 0.5})
+    assert "dense_dtype_efficiency" in (bad.validate() or "")
+    assert "dense_dtype_efficiency" in (dataclasses.replace(p, dense_dtype_efficiency={"int8": 1.5}).validate() or "")

@@ -1,6 +1,7 @@
 """Physical limits the model must never break, over random shapes, dtypes, devices, runtimes and
 patterns (hypothesis): a sparse plan never computes at a lower precision than its dense baseline;
-N:M is never faster than M/N (2:4 never above 2x); unstructured at density d never faster than
+N:M is never faster than M/N (2:4 never above 2x) beyond what a stated weak dense library (its rate
+over the device's usual one) explains; unstructured at density d never faster than
 1/d; channel pruning never faster than 1/(kept fraction of the weight); a sparser plan of one
 pattern kind never stores more bytes."""
 
@@ -62,9 +63,13 @@ def test_nm_never_beats_m_over_n(m, n, k, dtype, dev, nm, data):
     device = DEVICES[dev]
     n_keep, m_group = nm
     dense, sparse, _ = _pair(device, _runtime(data, device), m, n, k, dtype, f"{n_keep}:{m_group}")
-    assert dense.latency_s / sparse.latency_s <= m_group / n_keep * (1 + EPS), _where(dense, sparse)
+    # what the model states beyond the math: a dense library that runs this dtype below the
+    # device's usual rate (cuBLASLt int8 on Hopper) lets the sparse kernel gain that much more
+    weak = [r.value for r in dense.reasons if r.code == "weak_dense_library"]
+    slack = 1 / weak[0] if weak else 1.0
+    assert dense.latency_s / sparse.latency_s <= m_group / n_keep * slack * (1 + EPS), _where(dense, sparse)
     if "sparse tensor core" in sparse.kernel:
-        assert dense.latency_s / sparse.latency_s <= 2 * (1 + EPS), _where(dense, sparse)
+        assert dense.latency_s / sparse.latency_s <= 2 * slack * (1 + EPS), _where(dense, sparse)
 
 
 @PROPS
@@ -143,3 +148,15 @@ def test_sparser_plans_never_store_more(m, n, k, dtype, dev, kind, s1, s2, data)
     more = _stored(device, rt, m, n, k, dtype, kind.format(s=sparser))
     less = _stored(device, rt, m, n, k, dtype, kind.format(s=denser))
     assert more <= less or math.isclose(more, less, rel_tol=1e-9)
+
+
+def test_int8_24_on_hopper_beats_2x_only_by_the_stated_library_gap():
+    """cuBLASLt's dense int8 on Hopper is weak (measured on an H200: 2:4 int8 at 2-3x over
+    torch._int_mm): the dense cost states it, and the excess over 2x is exactly that gap."""
+    device = DEVICES["h100-sxm5"]
+    dense, sparse, _ = _pair(device, "engine", 4096, 4096, 4096, "int8", "2:4")
+    weak = [r.value for r in dense.reasons if r.code == "weak_dense_library"]
+    assert len(weak) == 1 and 0 < weak[0] < 1 and "sparse kernel can beat them" in dense.why
+    assert 2 < dense.latency_s / sparse.latency_s <= 2 / weak[0]
+    fp8_dense, _, _ = _pair(device, "engine", 4096, 4096, 4096, "fp8", "2:4")
+    assert not [r for r in fp8_dense.reasons if r.code == "weak_dense_library"]

@@ -38,6 +38,7 @@ from sparsesim.cost.families.gpu_machine import (
     Tiling,
     Unit,
     compute_unit,
+    dense_efficiency,
     describe,
     dram_bw,
     feature_map_bytes,
@@ -117,7 +118,8 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
     `unit` overrides where the arithmetic runs, `w_bytes` the stored weight (int4 + scales)."""
     p: GpuParams = device.params
     unit = unit or compute_unit(p, work.dtype, conv=op.kind == "conv")
-    tile_rate = unit.peak / p.sm_count * p.dense_gemm_efficiency
+    efficiency = dense_efficiency(p, unit.dtype)
+    tile_rate = unit.peak / p.sm_count * efficiency
     wb = work.w_bytes if w_bytes is None else w_bytes
     g = work.gemms[0]
     gt = gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=work.a_bytes,
@@ -132,6 +134,10 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
                        for g in work.gemms)
     where = "tensor cores" if unit.tensor_cores else "CUDA cores"
     parts.append(describe(f"dense {shape} {unit.dtype} on {where}", compute, memory, env.launch, tl))
+    if efficiency < p.dense_gemm_efficiency:
+        parts.append(f"the library's dense {unit.dtype} kernels reach {efficiency:.0%} of the {unit.dtype} peak "
+                     f"(other dtypes {p.dense_gemm_efficiency:.0%}): a sparse kernel can beat them by more than its math")
+        notes = (*notes, Reason("weak_dense_library", efficiency / p.dense_gemm_efficiency))
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, float(work.macs), unit.dtype, dram, l2),
@@ -194,7 +200,7 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     unit = compute_unit(p, work.dtype)
     overlapped = env.rt.attention_warp_specialised
     mma_fraction = 1.0 if overlapped else p.mma_sync_fraction
-    tile_rate = unit.peak / p.sm_count * p.dense_gemm_efficiency * mma_fraction
+    tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype) * mma_fraction
     gemms = padded_attention(work.gemms, env.rt)
     times = [gemm_time(p, g, work.dtype_bytes, tile_rate=tile_rate, a_bytes=0, w_bytes=0, c_bytes=0)
              for g in gemms]
@@ -273,7 +279,7 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
     elems = work.w_bytes / work.dtype_bytes
     w_bytes = work.w_bytes + elems / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES
     tile = TINYGEMM_TILE if g.m <= TINYGEMM_TILE[0] else None
-    tile_rate = unit.peak / p.sm_count * p.dense_gemm_efficiency
+    tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype)
     gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
                    split_k=tile is None, tile=tile)
     memory = memory_s(p, gt.dram_bytes, gt.l2_bytes)

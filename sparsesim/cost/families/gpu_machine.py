@@ -117,6 +117,9 @@ class GpuParams:
     # V:N:M through Spatha (VENOM): per dtype it runs, its efficiency on the sparse tensor
     # cores; a device without the table has no V:N:M kernel (runs V:N:M masks as N:M or dense)
     vnm_gemm_efficiency: Mapping[str, float] = quantity("ratio", per_dtype=True, default={})
+    # a dtype whose dense library GEMMs reach a different share of its peak than the others (the
+    # int8 kernels of cuBLASLt on Hopper); a dtype it does not list runs at dense_gemm_efficiency
+    dense_dtype_efficiency: Mapping[str, float] = quantity("ratio", per_dtype=True, default={})
     # special-function-unit results (exp2, rcp, ...) per SM per clock: the softmax of a fused
     # attention kernel runs there (0: not modelled, the softmax is free)
     sfu_ops_per_sm_clock: float = quantity("count", default=0.0)
@@ -151,7 +154,11 @@ class GpuParams:
         for dt in list(self.tensor_peak) + ["fp32"]:
             if dt not in self.mac_energy:
                 return f"field 'mac_energy': missing dtype {dt!r}"
+        unknown = sorted(set(self.dense_dtype_efficiency) - set(self.tensor_peak))
+        if unknown:
+            return f"field 'dense_dtype_efficiency': no tensor_peak for {', '.join(unknown)}"
         return (check_fraction(self, "dram_efficiency", "l2_resident_fraction", "dense_gemm_efficiency",
+                               "dense_dtype_efficiency",
                                "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency", "mma_sync_fraction",
                                "strided_copy_efficiency", "broadcast_elementwise_efficiency")
                 or check_whole(self, "sm_count", "max_ctas_per_sm", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
@@ -210,6 +217,11 @@ def compute_unit(p: GpuParams, dtype: str, conv: bool = False) -> Unit:
         if alt in p.tensor_peak:
             return Unit(alt, p.tensor_peak[alt], True, f"no {dtype} tensor cores on this GPU: costed as {alt}")
     return Unit("fp32", p.cuda_core_peak, False, f"no {dtype} support: costed on fp32 CUDA cores")
+
+
+def dense_efficiency(p: GpuParams, dtype: str) -> float:
+    """The share of `dtype`'s tensor (or CUDA-core) peak a dense library GEMM reaches."""
+    return p.dense_dtype_efficiency.get(dtype, p.dense_gemm_efficiency)
 
 
 def gpu_energy(p: GpuParams, macs: float, dtype: str, dram: float, l2: float, *, metadata: float = 0.0) -> EnergyInputs:
