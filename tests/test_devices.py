@@ -399,3 +399,15 @@ def test_devices_show_prints_file_units_inheritance_and_the_sources_file(cli, tm
     assert "1830 MHz" in lines["clock"] and "[from h100-sxm5]" in lines["clock"]  # not 1.83e+09 Hz
     assert "2 TB/s" in lines["dram_bandwidth"] and "[from" not in lines["dram_bandwidth"]
     assert "sources cited as 'published.md §N':" in text
+
+
+def test_a_misspelt_kernel_in_a_runtime_is_an_error_naming_the_field(tmp_path):
+    """A typo in a runtime's kernel list or its per-kernel host times would silently drop the
+    kernel (or the host time): the loader names the field and the family's kernels."""
+    listed = _a100_with(tmp_path, "runtime.eager.kernels",
+                        'runtime.eager.kernels = { value = ["cublass", "cusparselt"], source = "x" }', "k.toml")
+    msg = _load_error(listed)
+    assert "runtime.eager.kernels" in msg and "'cublass'" in msg and "cusparse-csr" in msg
+    timed = _write(tmp_path, A100.read_text() + 'runtime.eager.kernel_dispatch.bsrr = { value = 9, unit = "us", source = "x" }\n',
+                   "d.toml")
+    assert "runtime.eager.kernel_dispatch" in _load_error(timed) and "'bsrr'" in _load_error(timed)

@@ -27,13 +27,16 @@ import math
 import re
 import tomllib
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sparsesim.core.errors import DeviceFileError, SparsesimWarning
 from sparsesim.core.packaged import builtin_dirs, builtin_files, user_device_dir
+
+if TYPE_CHECKING:
+    from sparsesim.hw.runtimes import Runtimes
 
 # dimension -> {unit spelling: factor to the SI base unit}
 UNITS: Mapping[str, Mapping[str, float]] = {
@@ -249,6 +252,21 @@ def default_devices() -> list[Device]:
     return [parse_device_file(p) for p in default_device_files().values()]
 
 
+def unknown_kernel(runtimes: Runtimes, kernel_names: Callable[[], tuple[str, ...]] | None) -> str | None:
+    """A message naming the runtime field that lists a kernel its family does not have (a typo
+    would otherwise leave the runtime without that kernel, or the host time unused), or None."""
+    if kernel_names is None:
+        return None
+    known = kernel_names()
+    for name, rt in runtimes.by_name.items():
+        for fname, listed in (("kernels", rt.kernels), ("kernel_dispatch", tuple(rt.kernel_dispatch))):
+            bad = [k for k in listed if k not in known]
+            if bad:
+                return (f"field 'runtime.{name}.{fname}': unknown kernel(s) {', '.join(map(repr, bad))} "
+                        f"(known: {', '.join(known)})")
+    return None
+
+
 def parse_device_file(path: Path) -> Device:
     return parse_device_doc(_read_doc(Path(path)), str(path), base_dir=Path(path).parent)
 
@@ -370,6 +388,9 @@ def parse_device_doc(doc: Mapping[str, Any], where: str, base_dir: Path | None =
     from sparsesim.hw.runtimes import parse_runtimes
 
     runtimes = parse_runtimes(doc, where, provenance)
+    problem = unknown_kernel(runtimes, getattr(schema, "kernel_names", None))
+    if problem:
+        raise DeviceFileError(f"{where}: {problem}")
     for k, p in provenance.items():
         if k in origin:
             provenance[k] = dataclasses.replace(p, inherited_from=origin[k])

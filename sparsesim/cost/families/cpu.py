@@ -177,6 +177,11 @@ class CpuParams:
     csr_register_columns: float = quantity("count", default=0.0)
     csr_pass_columns: float = quantity("count", default=0.0)
 
+    @staticmethod
+    def kernel_names() -> tuple[str, ...]:
+        """The kernels a runtime of this family may list (`runtime.<name>.kernels`, `kernel_dispatch`)."""
+        return CPU_KERNELS
+
     def validate(self) -> str | None:
         problem = check_positive(self, "cores", "clock", "vector_bits", "fma_ports", "l2_bandwidth",
                                  "l3_bandwidth", "dram_bandwidth")

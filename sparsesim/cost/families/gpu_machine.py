@@ -127,6 +127,13 @@ class GpuParams:
     # device has no newer ones; Hopper's mma.sync against its wgmma)
     mma_sync_fraction: float = quantity("ratio", default=1.0)
 
+    @staticmethod
+    def kernel_names() -> tuple[str, ...]:
+        """The kernels a runtime of this family may list (`runtime.<name>.kernels`, `kernel_dispatch`)."""
+        from sparsesim.cost.families.gpu_kernels import KERNELS
+
+        return tuple(KERNELS)
+
     def validate(self) -> str | None:
         """Cross-field checks; a message naming the field, or None. Never raises.
         (The loader has already rejected negative and non-finite quantities.)"""
