@@ -14,7 +14,7 @@ governs, with the rest of the model in the loop (tiling, waves, memory, launches
   different cuBLASLt path, fitted next.
 * `dense_dtype_efficiency.int8`: the share of the int8 tensor peak that dense baseline reaches,
   from the int8 engine rows with the sparse efficiency above held.
-* `runtime.eager.sparse_dispatch`: the per-call host time of an eager 2:4 linear (torch's
+* `runtime.eager.kernel_dispatch.cusparselt`: the per-call host time of an eager 2:4 linear (torch's
   semi-structured tensor subclass and the cuSPARSELt plan it sets up on every call), from the
   eager cuSPARSELt rows.
 * `cusparse_csr_efficiency`: cuSPARSE's CSR SpMM rate (torch.sparse CSR @ dense), eager rows of
@@ -103,7 +103,7 @@ def fits() -> tuple[Fit, ...]:
             lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] != "int8" and large(r)),
         Fit("dense_dtype_efficiency.int8", "", np.arange(0.20, 0.905, 0.01),
             lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] == "int8" and large(r)),
-        Fit("runtime.eager.sparse_dispatch", "us", np.arange(0.0, 1500.0, 10.0) * 1e-6,
+        Fit("runtime.eager.kernel_dispatch.cusparselt", "us", np.arange(0.0, 1500.0, 10.0) * 1e-6,
             lambda r: r["runtime"] == "eager" and r["kernel"] == "cusparselt" and not r["workload"]),
         Fit("cusparse_csr_efficiency", "", np.geomspace(0.002, 0.3, 120),
             lambda r: r["kernel"] == "cusparse-csr" and big(r)),

@@ -349,7 +349,7 @@ def test_readme_device_example_extends_h100_and_loads_as_printed(tmp_path):
     # a runtime table is merged field by field: one field set, the others inherited
     eager, base = pcie.runtime("eager")[1], h100.runtime("eager")[1]
     assert eager.host_dispatch == pytest.approx(10e-6) and base.host_dispatch == pytest.approx(8e-6)
-    assert eager.sparse_dispatch == base.sparse_dispatch and eager.kernels == base.kernels
+    assert eager.kernel_dispatch == base.kernel_dispatch and eager.kernels == base.kernels
 
 
 def test_extends_merges_per_dtype_tables_and_resolves_relative_paths(tmp_path):

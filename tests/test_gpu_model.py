@@ -501,9 +501,12 @@ def test_h200_extends_the_h100_runtime_field_by_field():
     h100 = DEV["h100-sxm5"]
     eager, base = H200.runtime("eager")[1], h100.runtime("eager")[1]
     assert eager.host_dispatch == base.host_dispatch and eager.kernels == base.kernels
-    assert eager.sparse_dispatch == pytest.approx(330e-6) and base.sparse_dispatch == pytest.approx(30e-6)
-    assert eager.sparse_dispatch_serial and not base.sparse_dispatch_serial
-    assert eager.kernel_dispatch == {"bsr": pytest.approx(220e-6), "cusparse-csr": pytest.approx(5e-6)}
+    assert eager.kernel_dispatch["cusparselt"] == pytest.approx(330e-6)
+    assert base.kernel_dispatch["cusparselt"] == pytest.approx(30e-6)
+    assert eager.serial_dispatch == ("cusparselt",) and not base.serial_dispatch
+    # the per-kernel table merges entry by entry: the H100's Sparse-Marlin host time is inherited
+    assert eager.kernel_dispatch == {"bsr": pytest.approx(220e-6), "cusparse-csr": pytest.approx(5e-6),
+                                     "cusparselt": pytest.approx(330e-6), "sparse-marlin": pytest.approx(30e-6)}
     assert H200.params.dram_bandwidth > h100.params.dram_bandwidth
     assert H200.provenance["sparse_gemm_efficiency"].fit_date == "2026-12-04"
 
@@ -562,15 +565,15 @@ def test_validate_measured_prints_the_h200_runs():
 
 def test_eager_24_host_time_on_the_h200_adds_to_a_long_kernel():
     """Measured on an H200: 4096x14336x4096 fp16 2:4 takes 0.50 ms from a CUDA graph and 1.46 ms
-    eager, so the eager call's setup does not hide behind the kernel (sparse_dispatch_serial);
+    eager, so the eager call's setup does not hide behind the kernel (serial_dispatch);
     the H100 file, without that measurement, overlaps it."""
     eager = cost(H200, 4096, 14336, 4096, "2:4", runtime="eager", kernel="cusparselt")
     engine = cost(H200, 4096, 14336, 4096, "2:4", runtime="engine", kernel="cusparselt")
     rt = H200.runtime("eager")[1]
-    assert eager.latency_s >= engine.latency_s + rt.sparse_dispatch
+    assert eager.latency_s >= engine.latency_s + rt.kernel_dispatch["cusparselt"]
     assert "the device waits for" in eager.why
     h100 = cost(DEV["h100-sxm5"], 4096, 14336, 4096, "2:4", runtime="eager", kernel="cusparselt")
-    assert h100.latency_s < engine.latency_s + DEV["h100-sxm5"].runtime("eager")[1].sparse_dispatch
+    assert h100.latency_s < engine.latency_s + DEV["h100-sxm5"].runtime("eager")[1].kernel_dispatch["cusparselt"]
 
 
 def _memory_op(kind, inputs, out, dtype="bf16"):
@@ -638,7 +641,7 @@ def test_h200_fitted_fields_are_what_the_fit_script_gives(capsys):
     eager = H200.runtime("eager")[1]
     have = {"sparse_gemm_efficiency": H200.params.sparse_gemm_efficiency,
             "dense_dtype_efficiency.int8": H200.params.dense_dtype_efficiency["int8"],
-            "runtime.eager.sparse_dispatch": eager.sparse_dispatch,
+            "runtime.eager.kernel_dispatch.cusparselt": eager.kernel_dispatch["cusparselt"],
             "cusparse_csr_efficiency": H200.params.cusparse_csr_efficiency,
             "bsr_efficiency": H200.params.bsr_efficiency,
             "runtime.eager.kernel_dispatch.cusparse-csr": eager.kernel_dispatch["cusparse-csr"],

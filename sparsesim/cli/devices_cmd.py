@@ -96,7 +96,11 @@ def _runtime_fields(device) -> list[dict[str, Any]]:
     names = ["default_runtime"] if "default_runtime" in device.provenance else []
     for rt_name, params in (device.runtimes.by_name.items() if device.runtimes is not None else []):
         for f in dataclasses.fields(params):
-            names.append(f"runtime.{rt_name}.{f.name}")
+            value = getattr(params, f.name)
+            if f.metadata.get("per_dtype") and isinstance(value, dict):  # a per-kernel table, entry by entry
+                names.extend(f"runtime.{rt_name}.{f.name}.{key}" for key in value)
+            else:
+                names.append(f"runtime.{rt_name}.{f.name}")
     for name in names:
         prov = device.provenance.get(name)
         if prov is None:
@@ -105,8 +109,10 @@ def _runtime_fields(device) -> list[dict[str, Any]]:
             value: Any = device.default_runtime
             dim = None
         else:
-            _, rt_name, fname = name.split(".")
+            _, rt_name, fname, *key = name.split(".", 3)
             value = getattr(device.runtimes.by_name[rt_name], fname)
+            if key:
+                value = value[key[0]]
             dim = next(f.metadata.get("dim") for f in dataclasses.fields(device.runtimes.by_name[rt_name])
                        if f.name == fname)
         if isinstance(value, tuple):

@@ -259,7 +259,8 @@ def unknown_kernel(runtimes: Runtimes, kernel_names: Callable[[], tuple[str, ...
         return None
     known = kernel_names()
     for name, rt in runtimes.by_name.items():
-        for fname, listed in (("kernels", rt.kernels), ("kernel_dispatch", tuple(rt.kernel_dispatch))):
+        for fname, listed in (("kernels", rt.kernels), ("kernel_dispatch", tuple(rt.kernel_dispatch)),
+                              ("serial_dispatch", rt.serial_dispatch)):
             bad = [k for k in listed if k not in known]
             if bad:
                 return (f"field 'runtime.{name}.{fname}': unknown kernel(s) {', '.join(map(repr, bad))} "
@@ -319,9 +320,8 @@ def resolve_extends(doc: Mapping[str, Any], where: str, base_dir: Path | None,
         old = merged.get(k)
         if isinstance(old, dict) and _is_table(v) and _is_table(old):
             # a per-dtype table: this file's dtypes replace the base's; the runtime.<name> tables
-            # one level deeper: this file's fields replace the base's, field by field
-            merged[k] = {**old, **{sub: ({**old[sub], **t} if _is_table(t) and _is_table(old.get(sub)) else t)
-                                   for sub, t in v.items()}}
+            # field by field, and a per-kernel table inside one kernel by kernel
+            merged[k] = _merge_tables(old, v)
             drop = {f"{k}.{dt}" for dt in v}
         else:
             merged[k] = v
@@ -343,6 +343,13 @@ def _toml_problem(text: str, e: tomllib.TOMLDecodeError) -> str:
             offending = lines[n - 1].split("=", 1)[0].strip()
             return f"duplicate key {offending!r}: {msg}"
     return msg
+
+
+def _merge_tables(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, entry by entry: an entry that is a table in both is merged the same way,
+    any other entry of `top` replaces the base's."""
+    return {**base, **{k: (_merge_tables(base[k], t) if _is_table(t) and _is_table(base.get(k)) else t)
+                       for k, t in top.items()}}
 
 
 def _is_table(v: Any) -> bool:

@@ -40,13 +40,13 @@ class RuntimeParams:
     `host_dispatch` is host (CPU) time per framework op the runtime dispatches one by one (0 when
     a graph is replayed); `host_overlaps` says whether the device runs ahead of the host (a GPU
     stream: an op takes the longer of its kernel and its dispatch) or not (a CPU: they add up).
-    `sparse_dispatch` is the extra host time per call of a sparse linear through the framework
-    (torch's semi-structured tensors run their dispatch in Python, and its cuSPARSELt op sets up
-    the library's plan on every call). `kernel_dispatch` is that extra host time for other sparse
-    kernels' framework ops, per kernel name (torch.sparse CSR matmul, the Python launch of torch's
-    Triton BSR kernel); a kernel it does not name costs an ordinary op's `host_dispatch`.
-    `sparse_dispatch_serial`: that 2:4 host time blocks the stream (the GPU waits for it) rather
-    than running ahead of the kernels, so it adds to the op's time even when the kernel is long. `kernel_launch` is the device-side
+    `kernel_dispatch` is the extra host time per call of a sparse kernel's framework op, per
+    kernel name (torch's semi-structured tensors run their dispatch in Python and its cuSPARSELt
+    op sets up the library's plan on every call; torch.sparse CSR matmul; the Python launch of
+    torch's Triton BSR kernel); a kernel it does not name costs an ordinary op's `host_dispatch`.
+    `serial_dispatch` names the kernels whose host time blocks the stream (the GPU waits for it)
+    rather than running ahead of the kernels, so it adds to the op's time even when the kernel is
+    long. `kernel_launch` is the device-side
     cost of one kernel under this runtime (None: the family's own figure). `fuse_elementwise`:
     chains of elementwise/norm/softmax ops run as one kernel; `fuse_epilogue`: elementwise ops
     (bias, activation, residual add) and inference batch norm right after a GEMM/conv run in its
@@ -77,9 +77,8 @@ class RuntimeParams:
     fuse_elementwise: bool = setting()
     fuse_epilogue: bool = setting()
     fuse_attention: bool = setting(default=False)
-    sparse_dispatch: float = quantity("time", default=0.0)
     kernel_dispatch: Mapping[str, float] = quantity("time", per_dtype=True, default={})
-    sparse_dispatch_serial: bool = setting(default=False)
+    serial_dispatch: tuple[str, ...] = setting(default=[])
     kernel_launch: float | None = quantity("time", default=None)
     kernels: tuple[str, ...] = setting(default=[])
     algorithm_search: bool = setting(default=False)
@@ -93,7 +92,6 @@ class RuntimeParams:
 
     def validate(self) -> str | None:
         for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
-                     "sparse_dispatch_serial",
                      "framework_layouts", "epilogue_in_pipeline", "attention_warp_specialised"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
@@ -103,8 +101,10 @@ class RuntimeParams:
                 return f"field '{name}': must be a whole number >= 1, got {m:g}"
         if not 0 < self.masked_attention_rate <= 1:
             return f"field 'masked_attention_rate': must be in (0, 1], got {self.masked_attention_rate:g}"
-        if not isinstance(self.kernels, (list, tuple)) or not all(isinstance(k, str) and k for k in self.kernels):
-            return "field 'kernels': must be a list of kernel names"
+        for name in ("kernels", "serial_dispatch"):
+            listed = getattr(self, name)
+            if not isinstance(listed, (list, tuple)) or not all(isinstance(k, str) and k for k in listed):
+                return f"field '{name}': must be a list of kernel names"
         return None
 
     def offers(self, kernel: str) -> bool:
@@ -166,8 +166,9 @@ def parse_runtimes(doc: Mapping[str, Any], where: str, provenance: dict[str, Pro
                     raise DeviceFileError(f"{where}: missing field '{key}.{fname}'")
                 continue
             values[fname] = parse_field(table[fname], f, f"{key}.{fname}", where, provenance, key="kernel")
-        if "kernels" in values and isinstance(values["kernels"], list):
-            values["kernels"] = tuple(values["kernels"])
+        for listed in ("kernels", "serial_dispatch"):
+            if listed in values and isinstance(values[listed], list):
+                values[listed] = tuple(values[listed])
         params = RuntimeParams(**values)
         problem = params.validate()
         if problem:

@@ -360,7 +360,7 @@ def _nm_check(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
 
 
 def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env: KernelEnv, sdt: str, *,
-               library: str, fused_transpose: bool, adapts_tile: bool, int4: bool = False,
+               library: str, kernel: str, fused_transpose: bool, adapts_tile: bool, int4: bool = False,
                tile: tuple[int, int] | None = None, split_k: bool | None = None) -> Cost:
     """2:4 (1:2 tf32) GEMM on sparse tensor cores by `library`, with the layout kernels a
     framework runtime launches around it and, under eager, the tensor subclass's host time.
@@ -407,8 +407,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     extra_s = extra_kernels * env.launch + extra_bytes / dram_bw(p)
     overhead = env.launch + extra_s
     dram = gt.dram_bytes + extra_bytes
-    host = rt.sparse_dispatch if op.kind == "linear" else 0.0
-    serial = host if rt.sparse_dispatch_serial else 0.0
+    host = framework_host(env, kernel) if op.kind == "linear" else 0.0
+    serial = host if kernel in rt.serial_dispatch else 0.0
     parts = [describe(f"{library}: {sn}:{sm} sparse tensor cores {gp.m}x{gp.n}x{gp.k} {sdt}"
                       f"{' int4 weights' if int4 else ''} (values {values / 1e6:.3g} MB + metadata {meta / 1e6:.3g} MB)",
                       gt.compute_s, memory, overhead, gt.tiling)]
@@ -434,8 +434,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     )
 
 
-def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile: bool, searchable: bool,
-                dtypes: tuple[str, ...]) -> KernelFn:
+def _nm_library(library: str, kernel: str, title: str, *, fused_transpose: bool, vendor_tile: bool,
+                searchable: bool, dtypes: tuple[str, ...]) -> KernelFn:
     """A 2:4 tensor-core GEMM of one library on the sparse tensor-core `dtypes` it has kernels
     for (no weight-only variant). `vendor_tile`: the device's sparse tile (the vendor library's
     kernels); else the device's GEMM tile (CUTLASS's threadblock shapes, as torch's
@@ -453,7 +453,8 @@ def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile:
         assert layer is not None
         p: GpuParams = device.params
         tile = None if vendor_tile else (int(p.gemm_tile_m), int(p.gemm_tile_n))
-        return _nm_sparse(op, work, layer, device, env, sdt, library=library, fused_transpose=fused_transpose,
+        return _nm_sparse(op, work, layer, device, env, sdt, library=library, kernel=kernel,
+                          fused_transpose=fused_transpose,
                           adapts_tile=searchable and env.rt.algorithm_search, tile=tile)
 
     return run
@@ -465,9 +466,9 @@ def _nm_library(library: str, title: str, *, fused_transpose: bool, vendor_tile:
 # torch's semi-structured linear leaves cuSPARSELt's result transposed (N x M) and copies it out:
 # it does not ask the library to fuse the transpose (SparseSemiStructuredTensor._FUSE_TRANSPOSE is
 # False, torch/sparse/semi_structured.py); an engine's direct call writes its own layout
-_cusparselt = _nm_library("cusparselt", "cuSPARSELt", fused_transpose=False, vendor_tile=True, searchable=True,
+_cusparselt = _nm_library("cusparselt", "cusparselt", "cuSPARSELt", fused_transpose=False, vendor_tile=True, searchable=True,
                           dtypes=("fp16", "bf16", "int8", "fp8", "tf32"))
-_cutlass24 = _nm_library("cutlass", "torch's CUTLASS 2:4 kernel", fused_transpose=False, vendor_tile=False,
+_cutlass24 = _nm_library("cutlass", "cutlass-24", "torch's CUTLASS 2:4 kernel", fused_transpose=False, vendor_tile=False,
                          searchable=False, dtypes=("fp16", "bf16", "int8", "tf32"))
 
 
@@ -479,7 +480,8 @@ def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: 
         return reason
     assert layer is not None
     # Marlin's stripes take 16 to 64 rows of tokens, as many as the batch has
-    return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", fused_transpose=True,
+    return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", kernel="sparse-marlin",
+                      fused_transpose=True,
                       adapts_tile=True, int4=True, tile=MARLIN_TILE, split_k=True)
 
 
