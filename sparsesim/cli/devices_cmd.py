@@ -96,9 +96,9 @@ def _runtime_fields(device) -> list[dict[str, Any]]:
     names = ["default_runtime"] if "default_runtime" in device.provenance else []
     for rt_name, params in (device.runtimes.by_name.items() if device.runtimes is not None else []):
         for f in dataclasses.fields(params):
-            value = getattr(params, f.name)
-            if f.metadata.get("per_dtype") and isinstance(value, dict):  # a per-kernel table, entry by entry
-                names.extend(f"runtime.{rt_name}.{f.name}.{key}" for key in value)
+            table = getattr(params, f.name)
+            if f.metadata.get("per_dtype") and isinstance(table, dict):  # a per-kernel table, entry by entry
+                names.extend(f"runtime.{rt_name}.{f.name}.{key}" for key in table)
             else:
                 names.append(f"runtime.{rt_name}.{f.name}")
     for name in names:
