@@ -194,8 +194,8 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     engine's) uses the Hopper instructions and overlaps the softmax with the MMAs. A causal mask
     skips the score tiles above the diagonal (`causal_tile_fraction`); a head dim between the
     runtime's kernel sizes runs the next one up and the sequences run in whole blocks
-    (`padded_attention`). An attention given a mask or
-    bias tensor runs the runtime's masked kernel at its `masked_attention_rate` of that speed."""
+    (`padded_attention`). An attention given a mask or bias tensor runs the runtime's masked
+    kernel at its `masked_attention_rate` of that speed."""
     p: GpuParams = device.params
     unit = compute_unit(p, work.dtype)
     overlapped = env.rt.attention_warp_specialised
