@@ -1,11 +1,15 @@
 """Profile one whole model's forward pass on an NVIDIA GPU, kernel by kernel, to see where a
 measured time the cost model does not reproduce goes (torch.profiler, CUDA activity).
 
-    python benchmarks/gpu_profile.py sam-vit-h --batch 8 --dtype bf16 [--out DIR]
+    python benchmarks/gpu_profile.py sam-vit-h --batch 8 --dtype bf16 [--compiled] [--out DIR]
 
 Prints the kernels and the aten ops by GPU time (top 40 each, with input shapes for the ops) and
-writes both tables to DIR. Models: `sam-vit-h` (transformers' SamVisionModel, random weights,
-eager) and `bert-base` (BertModel, eager attention). Without a CUDA GPU it exits with status 2.
+writes both tables to DIR. Models: `sam-vit-h` (transformers' SamVisionModel, random weights)
+and `bert-base` (BertModel, eager attention). `--compiled` profiles the model under
+torch.compile (mode max-autotune-no-cudagraphs, so the profiler sees each generated kernel rather
+than one graph replay) and prints inductor's pattern-matcher counters: whether its attention
+rewrite turned the eager-written attention into scaled_dot_product_attention is one of them.
+Without a CUDA GPU it exits with status 2.
 """
 
 from __future__ import annotations
@@ -47,17 +51,32 @@ def table(prof: torch.profiler.profile, *, by_shape: bool) -> str:
     return averages.table(row_limit=40)
 
 
+def inductor_counters() -> str:
+    """Inductor's pattern-matcher counters after compiling: which rewrites (the attention one
+    among them) fired, and how often."""
+    from torch._dynamo.utils import counters
+
+    found = {k: v for k, v in counters["inductor"].items() if "pattern" in k or "attention" in k or "fuse" in k}
+    return "# inductor counters: " + (", ".join(f"{k}={v}" for k, v in sorted(found.items())) or "none")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--compiled", action="store_true",
+                    help="profile under torch.compile and print inductor's pattern-matcher counters")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_profile: no CUDA GPU is visible to torch; nothing profiled", file=sys.stderr)
         return 2
     model, inputs = build(args.model, args.batch, args.dtype)
+    runtime = "eager"
+    if args.compiled:
+        model = torch.compile(model, mode="max-autotune-no-cudagraphs")
+        runtime = "compiled (max-autotune-no-cudagraphs)"
     with torch.inference_mode():
         for _ in range(3):
             model(**inputs)
@@ -67,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             model(**inputs)
         torch.cuda.synchronize()
         print(f"# {args.model} batch {args.batch} {args.dtype} on {torch.cuda.get_device_name(0)}: "
-              f"{(time.perf_counter() - t0) / 3 * 1e3:.1f} ms per forward (eager, torch {torch.__version__})", flush=True)
+              f"{(time.perf_counter() - t0) / 3 * 1e3:.1f} ms per forward ({runtime}, torch {torch.__version__})", flush=True)
+        if args.compiled:
+            print(inductor_counters(), flush=True)
         acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
             model(**inputs)
