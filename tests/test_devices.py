@@ -364,6 +364,19 @@ def test_extends_merges_per_dtype_tables_and_resolves_relative_paths(tmp_path):
     assert d.provenance["tensor_peak.int8"].inherited_from == str(base)
 
 
+def test_extends_merges_a_runtimes_per_kernel_table_kernel_by_kernel(tmp_path):
+    """A file that sets one kernel's host time keeps the base's other kernels' host times."""
+    base = _write(tmp_path, A100.read_text(), "base.toml")
+    child = _write(tmp_path, 'extends = "base.toml"\nname = "child"\ndescription = "slow BSR launch"\n'
+                             'runtime.eager.kernel_dispatch.bsr = { value = 200, unit = "us", source = "assumed: test" }\n',
+                   "child.toml")
+    d, a100 = parse_device_file(child), parse_device_file(base)
+    eager, base_eager = d.runtime("eager")[1], a100.runtime("eager")[1]
+    assert eager.kernel_dispatch["bsr"] == pytest.approx(200e-6) and "bsr" not in base_eager.kernel_dispatch
+    assert eager.kernel_dispatch["cusparselt"] == base_eager.kernel_dispatch["cusparselt"] > 0
+    assert eager.host_dispatch == base_eager.host_dispatch
+
+
 def test_extends_errors_name_the_file(tmp_path):
     p = _write(tmp_path, 'extends = "no-such-gpu"\nname = "x"\ndescription = "x"\n')
     err = _load_error(p)
