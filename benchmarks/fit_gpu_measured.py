@@ -22,6 +22,9 @@ governs, with the rest of the model in the loop (tiling, waves, memory, launches
 * `bsr_efficiency`: torch's Triton BSR kernel (bsr_dense_mm), likewise.
 * `runtime.eager.kernel_dispatch.cusparse-csr` and `.bsr`: the per-call host time of those two
   framework ops, from the rows below RATE_FIT_MIN_WORK (after the rates are fitted).
+* `runtime.eager.masked_attention_rate`: the share of the unmasked fused attention's rate that
+  torch's SDPA reaches with an `attn_mask`, from the attention kernel times of the eager SAM
+  profile (PROFILED_ATTENTION: a kernel time per call, not a table row).
 
 Each fit minimises the median |log(predicted / measured)| over its rows on a grid and prints the
 value, the median and 90th-percentile |pred/meas - 1| after the fit, and the date, for the
@@ -115,6 +118,29 @@ def fits() -> tuple[Fit, ...]:
     )
 
 
+# the cuDNN fused-attention kernel torch ran for SAM ViT-H's global blocks (relative-position bias
+# as attn_mask), eager, batch 8, bf16: 14.112 ms over 4 calls, benchmarks/gpu_logs/
+# h200-2026-12-04-profile-sam-vit-h-ops-by-shape.txt (aten::_cudnn_attention_forward)
+PROFILED_ATTENTION = {"batch_heads": 8 * 16, "seq": 4096, "head_dim": 80, "dtype": "bf16", "seconds": 14.112e-3 / 4}
+
+
+def attention_log_error(device: Device, rate: float) -> float:
+    """|log(predicted / profiled)| of the masked attention call at `rate` under eager."""
+    from sparsesim.core.ir import GemmShape, Op
+    from sparsesim.cost import estimate_op
+    from sparsesim.cost.record import RunContext
+
+    a = PROFILED_ATTENTION
+    bh, s, d = int(a["batch_heads"]), int(a["seq"]), int(a["head_dim"])
+    q, mask = (1, bh, s, d), (1, bh, s, s)
+    elem = 2  # bf16
+    op = Op(0, "attention", "aten._scaled_dot_product_cudnn_attention", "attn", 0, str(a["dtype"]),
+            (q, q, q, mask), q, 4 * bh * s * s * d, (4 * bh * s * d + bh * s * s) * elem,
+            GemmShape(m=s, n=s, k=d, batch=bh), masked=True)
+    dev = with_value(device, "runtime.eager.masked_attention_rate", rate)
+    return abs(math.log(estimate_op(op, None, dev, RunContext(runtime="eager")).latency_s / float(a["seconds"])))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="h200")
@@ -142,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{fit.field} = {shown} (fit {today} on {len(rows)} rows: median |pred/meas - 1| "
               f"{statistics.median(errs):.3f}, p90 {float(np.quantile(errs, 0.9)):.3f}; before "
               f"{math.expm1(statistics.median(before)):.3f})", flush=True)
+    before_rate = device.runtime("eager")[1].masked_attention_rate
+    best = min(np.arange(0.30, 1.0001, 0.01), key=lambda v: attention_log_error(device, float(v)))
+    print(f"runtime.eager.masked_attention_rate = {best:.3g} (fit {today} on 1 profiled kernel: "
+          f"|pred/meas - 1| {math.expm1(attention_log_error(device, float(best))):.3f}; before "
+          f"{math.expm1(attention_log_error(device, before_rate)):.3f})", flush=True)
     return 0
 
 

@@ -642,6 +642,7 @@ def test_h200_fitted_fields_are_what_the_fit_script_gives(capsys):
     have = {"sparse_gemm_efficiency": H200.params.sparse_gemm_efficiency,
             "dense_dtype_efficiency.int8": H200.params.dense_dtype_efficiency["int8"],
             "runtime.eager.kernel_dispatch.cusparselt": eager.kernel_dispatch["cusparselt"],
+            "runtime.eager.masked_attention_rate": eager.masked_attention_rate,
             "cusparse_csr_efficiency": H200.params.cusparse_csr_efficiency,
             "bsr_efficiency": H200.params.bsr_efficiency,
             "runtime.eager.kernel_dispatch.cusparse-csr": eager.kernel_dispatch["cusparse-csr"],
