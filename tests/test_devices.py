@@ -12,6 +12,7 @@ import pytest
 from sparsesim.core.errors import DeviceFileError
 from sparsesim.hw.devices import (
     UNITS,
+    Device,
     builtin_device_files,
     builtin_devices,
     load_device,
@@ -352,12 +353,15 @@ def test_readme_device_example_extends_h100_and_loads_as_printed(tmp_path):
     assert eager.kernel_dispatch == base.kernel_dispatch and eager.kernels == base.kernels
 
 
-def test_extends_merges_per_dtype_tables_and_resolves_relative_paths(tmp_path):
+def _a100_child(tmp_path: Path, line: str) -> tuple[Path, Device, Device]:
+    """(base path, child device, base device): a file extending the A100 file by `line`."""
     base = _write(tmp_path, A100.read_text(), "base.toml")
-    child = _write(tmp_path, 'extends = "base.toml"\nname = "child"\ndescription = "faster fp16"\n'
-                             'tensor_peak.fp16 = { value = 400, unit = "TFLOP/s", source = "assumed: test" }\n',
-                   "child.toml")
-    d, a100 = parse_device_file(child), parse_device_file(base)
+    child = _write(tmp_path, f'extends = "base.toml"\nname = "child"\ndescription = "child"\n{line}\n', "child.toml")
+    return base, parse_device_file(child), parse_device_file(base)
+
+
+def test_extends_merges_per_dtype_tables_and_resolves_relative_paths(tmp_path):
+    base, d, a100 = _a100_child(tmp_path, 'tensor_peak.fp16 = { value = 400, unit = "TFLOP/s", source = "assumed: test" }')
     assert d.params.tensor_peak["fp16"] == pytest.approx(400e12)
     assert d.params.tensor_peak["int8"] == a100.params.tensor_peak["int8"]  # other dtypes kept
     assert d.provenance["tensor_peak.fp16"].inherited_from is None
@@ -366,11 +370,7 @@ def test_extends_merges_per_dtype_tables_and_resolves_relative_paths(tmp_path):
 
 def test_extends_merges_a_runtimes_per_kernel_table_kernel_by_kernel(tmp_path):
     """A file that sets one kernel's host time keeps the base's other kernels' host times."""
-    base = _write(tmp_path, A100.read_text(), "base.toml")
-    child = _write(tmp_path, 'extends = "base.toml"\nname = "child"\ndescription = "slow BSR launch"\n'
-                             'runtime.eager.kernel_dispatch.bsr = { value = 200, unit = "us", source = "assumed: test" }\n',
-                   "child.toml")
-    d, a100 = parse_device_file(child), parse_device_file(base)
+    _, d, a100 = _a100_child(tmp_path, 'runtime.eager.kernel_dispatch.bsr = { value = 200, unit = "us", source = "assumed: test" }')
     eager, base_eager = d.runtime("eager")[1], a100.runtime("eager")[1]
     assert eager.kernel_dispatch["bsr"] == pytest.approx(200e-6) and "bsr" not in base_eager.kernel_dispatch
     assert eager.kernel_dispatch["cusparselt"] == base_eager.kernel_dispatch["cusparselt"] > 0
