@@ -4,7 +4,8 @@ measured time the cost model does not reproduce goes (torch.profiler, CUDA activ
     python benchmarks/gpu_profile.py sam-vit-h --batch 8 --dtype bf16 [--compiled] [--out DIR]
 
 Prints the kernels and the aten ops by GPU time (top 40 each, with input shapes for the ops) and
-writes both tables to DIR. Models: `sam-vit-h` (transformers' SamVisionModel, random weights)
+writes both tables to DIR (MODEL-kernels.txt, MODEL-ops-by-shape.txt; MODEL-compiled-… with
+`--compiled`). Models: `sam-vit-h` (transformers' SamVisionModel, random weights)
 and `bert-base` (BertModel, eager attention). `--compiled` profiles the model under
 torch.compile (mode max-autotune-no-cudagraphs, so the profiler sees each generated kernel rather
 than one graph replay) and prints inductor's pattern-matcher counters: whether its attention
@@ -98,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     print(ops)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.model}-kernels.txt").write_text(kernels)
-        (args.out / f"{args.model}-ops-by-shape.txt").write_text(ops)
+        stem = f"{args.model}-compiled" if args.compiled else args.model
+        (args.out / f"{stem}-kernels.txt").write_text(kernels)
+        (args.out / f"{stem}-ops-by-shape.txt").write_text(ops)
     return 0
 
 
