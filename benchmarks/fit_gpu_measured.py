@@ -48,9 +48,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sparsesim.core.errors import SparsesimError
+from sparsesim.core.ir import DTYPE_BYTES, Op
+from sparsesim.cost import estimate_op
+from sparsesim.cost.record import RunContext
 from sparsesim.fidelity.gpu_validation import load_table, measured_table_path, predict_case
 from sparsesim.hw.devices import Device, load_device
 from sparsesim.hw.runtimes import Runtimes
+from sparsesim.tracing.flops import T, attention_work
 
 # a dense GEMM replayed alone from a CUDA graph takes at least ~6 us on the measured H200: below
 # this the engine rows time the graph launch, not the kernels
@@ -120,25 +124,26 @@ def fits() -> tuple[Fit, ...]:
 
 # the cuDNN fused-attention kernel torch ran for SAM ViT-H's global blocks (relative-position bias
 # as attn_mask), eager, batch 8, bf16: 14.112 ms over 4 calls, benchmarks/gpu_logs/
-# h200-2026-12-04-profile-sam-vit-h-ops-by-shape.txt (aten::_cudnn_attention_forward)
-PROFILED_ATTENTION = {"batch_heads": 8 * 16, "seq": 4096, "head_dim": 80, "dtype": "bf16", "seconds": 14.112e-3 / 4}
+# h200-2026-12-04-profile-sam-vit-h-ops-by-shape.txt (aten::_cudnn_attention_forward, its shapes)
+PROFILED_ATTENTION = {"q": (8, 16, 4096, 80), "mask": (8, 16, 4096, 4096), "dtype": "bf16", "seconds": 14.112e-3 / 4}
 
 
-def attention_log_error(device: Device, rate: float) -> float:
-    """|log(predicted / profiled)| of the masked attention call at `rate` under eager."""
-    from sparsesim.core.ir import GemmShape, Op
-    from sparsesim.cost import estimate_op
-    from sparsesim.cost.record import RunContext
-
+def profiled_attention_op() -> Op:
+    """The profiled call as the tracer records a scaled_dot_product_attention with attn_mask."""
     a = PROFILED_ATTENTION
-    bh, s, d = int(a["batch_heads"]), int(a["seq"]), int(a["head_dim"])
-    q, mask = (1, bh, s, d), (1, bh, s, s)
-    elem = 2  # bf16
-    op = Op(0, "attention", "aten._scaled_dot_product_cudnn_attention", "attn", 0, str(a["dtype"]),
-            (q, q, q, mask), q, 4 * bh * s * s * d, (4 * bh * s * d + bh * s * s) * elem,
-            GemmShape(m=s, n=s, k=d, batch=bh), masked=True)
+    elem = DTYPE_BYTES[str(a["dtype"])]
+    q, mask = T(tuple(a["q"]), elem), T(tuple(a["mask"]), elem)
+    work = attention_work(q, q, q, q, mask)
+    return Op(0, work.kind, "aten._scaled_dot_product_cudnn_attention", "attn", 0, str(a["dtype"]),
+              (q.shape, q.shape, q.shape, mask.shape), q.shape, work.flops, work.bytes_moved, work.gemm,
+              masked=work.masked)
+
+
+def attention_log_error(device: Device, op: Op, rate: float) -> float:
+    """|log(predicted / profiled)| of the profiled masked attention call `op` at `rate` under eager."""
     dev = with_value(device, "runtime.eager.masked_attention_rate", rate)
-    return abs(math.log(estimate_op(op, None, dev, RunContext(runtime="eager")).latency_s / float(a["seconds"])))
+    latency = estimate_op(op, None, dev, RunContext(runtime="eager")).latency_s
+    return abs(math.log(latency / float(PROFILED_ATTENTION["seconds"])))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{fit.field} = {shown} (fit {today} on {len(rows)} rows: median |pred/meas - 1| "
               f"{statistics.median(errs):.3f}, p90 {float(np.quantile(errs, 0.9)):.3f}; before "
               f"{math.expm1(statistics.median(before)):.3f})", flush=True)
-    before_rate = device.runtime("eager")[1].masked_attention_rate
-    best = min(np.arange(0.30, 1.0001, 0.01), key=lambda v: attention_log_error(device, float(v)))
+    op, before_rate = profiled_attention_op(), device.runtime("eager")[1].masked_attention_rate
+    best = min(np.arange(0.30, 1.0001, 0.01), key=lambda v: attention_log_error(device, op, float(v)))
     print(f"runtime.eager.masked_attention_rate = {best:.3g} (fit {today} on 1 profiled kernel: "
-          f"|pred/meas - 1| {math.expm1(attention_log_error(device, float(best))):.3f}; before "
-          f"{math.expm1(attention_log_error(device, before_rate)):.3f})", flush=True)
+          f"|pred/meas - 1| {math.expm1(attention_log_error(device, op, float(best))):.3f}; before "
+          f"{math.expm1(attention_log_error(device, op, before_rate)):.3f})", flush=True)
     return 0
 
 
