@@ -3,10 +3,15 @@
     python benchmarks/fit_gpu_measured.py [--device h200] [--table PATH]
 
 benchmarks/gpu_measure.py times dense and sparse kernels on a real GPU and appends rows to the
-measured table (validation_data/gpu_measured.csv). Four constants of the GPU model are properties
-of the software on that GPU rather than of the chip, and each is fitted here to the rows it
-governs, with the rest of the model in the loop (tiling, waves, memory, launches):
+measured table (validation_data/gpu_measured.csv). Several constants of the GPU model are
+properties of the software on that GPU rather than of the chip, and each is fitted here to the rows
+it governs, with the rest of the model in the loop (tiling, waves, memory, launches), in this order
+(each fit sees the ones before it):
 
+* `sparse_kernel_fixed.cusparselt`: the time a cuSPARSELt call takes beyond a dense GEMM of the same
+  tiles whatever its size (its prologue), from the same engine rows as the efficiency below; the
+  2048 x 2048 x K sweep shows it directly: time against K has an intercept 2.3 us (fp8) and 2.6 us
+  (fp16) above cuBLAS's.
 * `sparse_gemm_efficiency`: the share of the 2:4 sparse tensor-core peak cuSPARSELt reaches, from
   the engine rows (cuSPARSELt called directly, its own algorithm search, replayed from a CUDA
   graph) at fp16/bf16/fp8 whose dense GEMM takes over FLOOR_MS (below it a graph replay's own
@@ -25,6 +30,9 @@ governs, with the rest of the model in the loop (tiling, waves, memory, launches
 * `runtime.eager.masked_attention_rate`: the share of the unmasked fused attention's rate that
   torch's SDPA reaches with an `attn_mask`, from the attention kernel times of the eager SAM
   profile (PROFILED_ATTENTION: a kernel time per call, not a table row).
+* `conv_cuda_core_efficiency`: the share of the CUDA-core peak cuDNN's implicit_convolve_sgemm
+  reaches on a convolution whose input channels leave the tensor cores out, from SAM's patch
+  embedding in the same profile (PROFILED_CONV).
 
 Each fit minimises the median |log(predicted / measured)| over its rows on a grid and prints the
 value, the median and 90th-percentile |pred/meas - 1| after the fit, and the date, for the
@@ -106,6 +114,8 @@ def fits() -> tuple[Fit, ...]:
     large = lambda r: float(r["dense_ms"]) >= FLOOR_MS
     big = lambda r: int(r["M"]) * int(r["N"]) * int(r["K"]) >= RATE_FIT_MIN_WORK
     return (
+        Fit("sparse_kernel_fixed.cusparselt", "us", np.arange(0.0, 8.01, 0.25) * 1e-6,
+            lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] != "int8" and large(r)),
         Fit("sparse_gemm_efficiency", "", np.arange(0.20, 0.905, 0.01),
             lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] != "int8" and large(r)),
         Fit("dense_dtype_efficiency.int8", "", np.arange(0.20, 0.905, 0.01),
@@ -137,6 +147,34 @@ def profiled_attention_op() -> Op:
     return Op(0, work.kind, "aten._scaled_dot_product_cudnn_attention", "attn", 0, str(a["dtype"]),
               (q.shape, q.shape, q.shape, mask.shape), q.shape, work.flops, work.bytes_moved, work.gemm,
               masked=work.masked)
+
+
+# SAM ViT-H's patch embedding (3 input channels, 16x16 stride-16 kernel, 1280 outputs), eager, batch 8,
+# bf16: cuDNN ran implicit_convolve_sgemm (CUDA cores), 3.448 ms in the eager profile above (3.615 ms
+# in the compiled one, benchmarks/gpu_logs/h200-2026-12-04-profile-sam-vit-h-compiled-kernels.txt)
+PROFILED_CONV = {"input": (8, 3, 1024, 1024), "weight": (1280, 3, 16, 16), "stride": 16, "dtype": "bf16",
+                 "seconds": 3.448e-3}
+
+
+def profiled_conv_op() -> Op:
+    """The profiled convolution as the tracer records it (traced from a torch Conv2d on the meta device)."""
+    import torch
+
+    from sparsesim.tracing.tracer import trace
+
+    c = PROFILED_CONV
+    w = tuple(c["weight"])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[str(c["dtype"])]
+    conv = torch.nn.Conv2d(w[1], w[0], tuple(w[2:]), stride=int(c["stride"]), device="meta", dtype=dtype)
+    wl = trace(conv, torch.empty(tuple(c["input"]), device="meta", dtype=dtype), name="patch_embed")
+    return next(op for op in wl.ops if op.kind == "conv")
+
+
+def conv_log_error(device: Device, op: Op, efficiency: float) -> float:
+    """|log(predicted / profiled)| of the profiled convolution at `efficiency` under eager."""
+    dev = with_value(device, "conv_cuda_core_efficiency", efficiency)
+    latency = estimate_op(op, None, dev, RunContext(runtime="eager")).latency_s
+    return abs(math.log(latency / float(PROFILED_CONV["seconds"])))
 
 
 def attention_log_error(device: Device, op: Op, rate: float) -> float:
@@ -178,6 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"runtime.eager.masked_attention_rate = {best:.3g} (fit {today} on 1 profiled kernel: "
           f"|pred/meas - 1| {math.expm1(attention_log_error(device, op, float(best))):.3f}; before "
           f"{math.expm1(attention_log_error(device, op, before_rate)):.3f})", flush=True)
+    op, before_eff = profiled_conv_op(), device.params.conv_cuda_core_efficiency
+    best = min(np.arange(0.05, 1.0001, 0.01), key=lambda v: conv_log_error(device, op, float(v)))
+    print(f"conv_cuda_core_efficiency = {best:.3g} (fit {today} on 1 profiled kernel: "
+          f"|pred/meas - 1| {math.expm1(conv_log_error(device, op, float(best))):.3f}; before "
+          f"{math.expm1(conv_log_error(device, op, before_eff)):.3f})", flush=True)
     return 0
 
 

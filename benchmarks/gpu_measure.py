@@ -388,6 +388,8 @@ def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool
                                       lambda b=b, sp=sp, w=w, xt=xt: bsr_fn(w, xt, b, sp, gen)))
             if cuda and args.diagnose and dname in ("fp16", "int8", "fp8"):
                 diagnose_cusparselt(x, w, dname, (m, n, k), rep)
+            runtimes = {r.strip() for r in args.runtimes.split(",")}
+            cases = [c for c in cases if c[0] in runtimes]
             dense_engine: Timing | None = None
             for runtime, pattern, kernel, build in cases:
                 if deadline.passed():
@@ -589,6 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bert-batches", default="", help="comma-separated BERT-base batch sizes (default: 16,256; --quick: 16)")
     ap.add_argument("--no-sam", action="store_true", help="skip the SAM ViT-h image encoder runs")
     ap.add_argument("--shapes", default="", help="comma-separated MxNxK GEMMs instead of the built-in grid")
+    ap.add_argument("--runtimes", default="eager,engine",
+                    help="comma-separated GEMM runtimes to time (eager: torch's calls; engine: graphed library calls)")
     ap.add_argument("--case-prefix", default="",
                     help="prefix of every case name (e.g. 'holdout-': rows benchmarks/fit_gpu_measured.py leaves out)")
     ap.add_argument("--repeats", type=int, default=30)

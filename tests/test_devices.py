@@ -424,3 +424,6 @@ def test_a_misspelt_kernel_in_a_runtime_is_an_error_naming_the_field(tmp_path):
     timed = _write(tmp_path, A100.read_text() + 'runtime.eager.kernel_dispatch.bsrr = { value = 9, unit = "us", source = "x" }\n',
                    "d.toml")
     assert "runtime.eager.kernel_dispatch" in _load_error(timed) and "'bsrr'" in _load_error(timed)
+    prologue = _write(tmp_path, A100.read_text() + 'sparse_kernel_fixed.cusparselts = { value = 2, unit = "us", source = "x" }\n',
+                      "p.toml")
+    assert "sparse_kernel_fixed" in _load_error(prologue) and "cusparselts" in _load_error(prologue)

@@ -69,7 +69,9 @@ class RuntimeParams:
     `masked_attention_rate`: the share of that fused attention's rate the runtime's kernel reaches
     when the attention is given an additive mask or bias tensor (torch's SDPA cannot run
     FlashAttention with attn_mask and runs its memory-efficient or cuDNN kernel, which loads a
-    bias tile for every score tile; 1: as fast as without a mask).
+    bias tile for every score tile; 1: as fast as without a mask). `pads_conv_channels`: the
+    runtime pads a convolution's input channels to the tensor cores' vector width (a vendor
+    engine reformats its input; eager and compiled torch hand cuDNN the channels as they are).
     """
 
     host_dispatch: float = quantity("time")
@@ -89,10 +91,12 @@ class RuntimeParams:
     attention_block_q: float = quantity("count", default=1.0)
     attention_block_k: float = quantity("count", default=1.0)
     masked_attention_rate: float = quantity("ratio", default=1.0)
+    pads_conv_channels: bool = setting(default=False)
 
     def validate(self) -> str | None:
         for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
-                     "framework_layouts", "epilogue_in_pipeline", "attention_warp_specialised"):
+                     "framework_layouts", "epilogue_in_pipeline", "attention_warp_specialised",
+                     "pads_conv_channels"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
         for name in ("attention_head_dim_multiple", "attention_block_q", "attention_block_k"):

@@ -38,6 +38,7 @@ from sparsesim.cost.families.gpu_machine import (
     Tiling,
     Unit,
     compute_unit,
+    conv_runs_on_cuda_cores,
     dense_efficiency,
     describe,
     dram_bw,
@@ -117,8 +118,16 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
     """Dense tensor-core (or CUDA-core) GEMM(s) of `work`; ignores any zeros in the weight.
     `unit` overrides where the arithmetic runs, `w_bytes` the stored weight (int4 + scales)."""
     p: GpuParams = device.params
+    cuda_core_conv = unit is None and conv_runs_on_cuda_cores(p, op, work.dtype_bytes, env.rt.pads_conv_channels)
+    if cuda_core_conv:
+        unit = Unit("fp32", p.cuda_core_peak, False)
+        granule = round(p.conv_channel_bytes / work.dtype_bytes)
+        why = "; ".join(w for w in (why, f"{op.weight_shape[1] if op.weight_shape else '?'} input channels are not a "
+                                         f"multiple of the {granule} a tensor-core convolution reads per vector and "
+                                         f"{env.runtime} does not pad them: cuDNN's CUDA-core implicit GEMM at "
+                                         f"{p.conv_cuda_core_efficiency:.0%} of the CUDA-core peak") if w)
     unit = unit or compute_unit(p, work.dtype, conv=op.kind == "conv")
-    efficiency = dense_efficiency(p, unit.dtype)
+    efficiency = p.conv_cuda_core_efficiency if cuda_core_conv else dense_efficiency(p, unit.dtype)
     tile_rate = unit.peak / p.sm_count * efficiency
     wb = work.w_bytes if w_bytes is None else w_bytes
     g = work.gemms[0]
@@ -134,7 +143,7 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
                        for g in work.gemms)
     where = "tensor cores" if unit.tensor_cores else "CUDA cores"
     parts.append(describe(f"dense {shape} {unit.dtype} on {where}", compute, memory, env.launch, tl))
-    if efficiency < p.dense_gemm_efficiency:
+    if not cuda_core_conv and efficiency < p.dense_gemm_efficiency:
         parts.append(f"the library's dense {unit.dtype} kernels reach {efficiency:.0%} of the {unit.dtype} peak "
                      f"(other dtypes {p.dense_gemm_efficiency:.0%}): a sparse kernel can beat them by more than its math")
         notes = (*notes, Reason("weak_dense_library", efficiency / p.dense_gemm_efficiency))
@@ -405,7 +414,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     # the 2-bit metadata streams from DRAM with the values (`gt.dram_bytes` leaves it out)
     memory = memory_s(p, gt.dram_bytes + gt.metadata_dram_bytes, gt.l2_bytes)
     extra_s = extra_kernels * env.launch + extra_bytes / dram_bw(p)
-    overhead = env.launch + extra_s
+    fixed = p.sparse_kernel_fixed.get(kernel, 0.0)
+    overhead = env.launch + fixed + extra_s
     dram = gt.dram_bytes + extra_bytes
     host = framework_host(env, kernel) if op.kind == "linear" else 0.0
     serial = host if kernel in rt.serial_dispatch else 0.0
@@ -415,6 +425,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     if layer.pattern.n != sn or layer.pattern.m != sm:
         parts.append(f"{layer.pattern.label} runs as {sn}:{sm} (the only N:M ratio the sparse tensor cores "
                      f"support for {sdt}); its extra zeros are stored")
+    if fixed > 0:
+        parts.append(f"{library}'s prologue +{fixed * 1e6:.3g} us a call beyond a dense GEMM's")
     if extra_why:
         parts.append("layout kernels: " + ", ".join(extra_why) + f" (+{extra_s * 1e6:.3g} us)")
     if host > 0:

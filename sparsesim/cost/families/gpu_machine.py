@@ -120,6 +120,17 @@ class GpuParams:
     # a dtype whose dense library GEMMs reach a different share of its peak than the others (the
     # int8 kernels of cuBLASLt on Hopper); a dtype it does not list runs at dense_gemm_efficiency
     dense_dtype_efficiency: Mapping[str, float] = quantity("ratio", per_dtype=True, default={})
+    # device-side time per call a sparse library kernel takes beyond what a dense GEMM of the same
+    # tiles takes (its prologue sets up the compressed operand's and the metadata's pipelines),
+    # per kernel name; a kernel it does not list has none
+    sparse_kernel_fixed: Mapping[str, float] = quantity("time", per_dtype=True, default={})
+    # a tensor-core convolution reads each pixel's input channels in vectors of this many bytes
+    # (8 fp16 / 16 int8 / 4 tf32 channels): a convolution whose input channels per group do not
+    # fill whole vectors (an RGB stem, C = 3) runs cuDNN's CUDA-core implicit GEMM instead, at
+    # `conv_cuda_core_efficiency` of the CUDA-core peak, unless the runtime pads the channels
+    # (0: no such rule)
+    conv_channel_bytes: float = quantity("bytes", default=0.0)
+    conv_cuda_core_efficiency: float = quantity("ratio", default=0.0)
     # special-function-unit results (exp2, rcp, ...) per SM per clock: the softmax of a fused
     # attention kernel runs there (0: not modelled, the softmax is free)
     sfu_ops_per_sm_clock: float = quantity("count", default=0.0)
@@ -164,6 +175,12 @@ class GpuParams:
         unknown = sorted(set(self.dense_dtype_efficiency) - set(self.tensor_peak))
         if unknown:
             return f"field 'dense_dtype_efficiency': no tensor_peak for {', '.join(unknown)}"
+        unknown = sorted(set(self.sparse_kernel_fixed) - set(self.kernel_names()))
+        if unknown:
+            return (f"field 'sparse_kernel_fixed': unknown kernel(s) {', '.join(unknown)} "
+                    f"(known: {', '.join(self.kernel_names())})")
+        if not 0 <= self.conv_cuda_core_efficiency <= 1:
+            return f"field 'conv_cuda_core_efficiency': must be in [0, 1], got {self.conv_cuda_core_efficiency:g}"
         return (check_fraction(self, "dram_efficiency", "l2_resident_fraction", "dense_gemm_efficiency",
                                "dense_dtype_efficiency",
                                "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency", "mma_sync_fraction",
@@ -224,6 +241,17 @@ def compute_unit(p: GpuParams, dtype: str, conv: bool = False) -> Unit:
         if alt in p.tensor_peak:
             return Unit(alt, p.tensor_peak[alt], True, f"no {dtype} tensor cores on this GPU: costed as {alt}")
     return Unit("fp32", p.cuda_core_peak, False, f"no {dtype} support: costed on fp32 CUDA cores")
+
+
+def conv_runs_on_cuda_cores(p: GpuParams, op: Op, dtype_bytes: float, pads_channels: bool) -> bool:
+    """Whether a convolution's input channels per group leave cuDNN's tensor-core kernels out:
+    they are not a whole number of `conv_channel_bytes` vectors and the runtime does not pad them."""
+    if op.kind != "conv" or pads_channels or p.conv_channel_bytes <= 0 or p.conv_cuda_core_efficiency <= 0:
+        return False
+    if not op.weight_shape or len(op.weight_shape) < 3:
+        return False
+    granule = max(1, round(p.conv_channel_bytes / max(dtype_bytes, 1e-9)))
+    return int(op.weight_shape[1]) % granule != 0
 
 
 def dense_efficiency(p: GpuParams, dtype: str) -> float:
