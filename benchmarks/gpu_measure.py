@@ -23,7 +23,8 @@ runtime. Those whole-model rows are what tells where whole PyTorch models lose t
 does not see (the validation notes in the README).
 Rows are appended one by one as they are measured (a run cut short keeps every case), and
 `--budget-s` / `--gemm-budget-s` stop starting new cases in time to end inside a GPU lease;
-`--shapes` times your own GEMMs and `--case-prefix holdout-` marks rows that
+`--shapes` times your own GEMMs (`--runtimes engine` only the graphed library calls) and
+`--case-prefix holdout-` marks rows that
 benchmarks/fit_gpu_measured.py must leave out. Each row records the GPU's device-file name (or its own name when no file matches), the runtime,
 dtype, shape or workload, the kernel library, dense and sparse median times, the measured value,
 the date and the software versions; `sparsesim validate --published` then reports the model's
