@@ -38,6 +38,7 @@ from sparsesim.cost.families.gpu_machine import (
     Tiling,
     Unit,
     compute_unit,
+    conv_channel_granule,
     conv_runs_on_cuda_cores,
     dense_efficiency,
     describe,
@@ -121,7 +122,7 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
     cuda_core_conv = unit is None and conv_runs_on_cuda_cores(p, op, work.dtype_bytes, env.rt.pads_conv_channels)
     if cuda_core_conv:
         unit = Unit("fp32", p.cuda_core_peak, False)
-        granule = round(p.conv_channel_bytes / work.dtype_bytes)
+        granule = conv_channel_granule(p, work.dtype_bytes)
         why = "; ".join(w for w in (why, f"{op.weight_shape[1] if op.weight_shape else '?'} input channels are not a "
                                          f"multiple of the {granule} a tensor-core convolution reads per vector and "
                                          f"{env.runtime} does not pad them: cuDNN's CUDA-core implicit GEMM at "

@@ -243,6 +243,11 @@ def compute_unit(p: GpuParams, dtype: str, conv: bool = False) -> Unit:
     return Unit("fp32", p.cuda_core_peak, False, f"no {dtype} support: costed on fp32 CUDA cores")
 
 
+def conv_channel_granule(p: GpuParams, dtype_bytes: float) -> int:
+    """Input channels one `conv_channel_bytes` vector holds at this element width."""
+    return max(1, round(p.conv_channel_bytes / max(dtype_bytes, 1e-9)))
+
+
 def conv_runs_on_cuda_cores(p: GpuParams, op: Op, dtype_bytes: float, pads_channels: bool) -> bool:
     """Whether a convolution's input channels per group leave cuDNN's tensor-core kernels out:
     they are not a whole number of `conv_channel_bytes` vectors and the runtime does not pad them."""
@@ -250,8 +255,7 @@ def conv_runs_on_cuda_cores(p: GpuParams, op: Op, dtype_bytes: float, pads_chann
         return False
     if not op.weight_shape or len(op.weight_shape) < 3:
         return False
-    granule = max(1, round(p.conv_channel_bytes / max(dtype_bytes, 1e-9)))
-    return int(op.weight_shape[1]) % granule != 0
+    return int(op.weight_shape[1]) % conv_channel_granule(p, dtype_bytes) != 0
 
 
 def dense_efficiency(p: GpuParams, dtype: str) -> float:
