@@ -427,3 +427,14 @@ def test_a_misspelt_kernel_in_a_runtime_is_an_error_naming_the_field(tmp_path):
     prologue = _write(tmp_path, A100.read_text() + 'sparse_kernel_fixed.cusparselts = { value = 2, unit = "us", source = "x" }\n',
                       "p.toml")
     assert "sparse_kernel_fixed" in _load_error(prologue) and "cusparselts" in _load_error(prologue)
+
+
+def test_convolution_channel_fields_are_checked(tmp_path):
+    """The CUDA-core convolution rate is a share of a peak, and whether a runtime pads a
+    convolution's channels is a yes or no: anything else names the field."""
+    rate = _a100_with(tmp_path, "conv_cuda_core_efficiency",
+                      'conv_cuda_core_efficiency = { value = 1.5, unit = "1", source = "x" }', "r.toml")
+    assert "conv_cuda_core_efficiency" in _load_error(rate)
+    pads = _a100_with(tmp_path, "runtime.engine.pads_conv_channels",
+                      'runtime.engine.pads_conv_channels = { value = "yes", source = "x" }', "p.toml")
+    assert "pads_conv_channels" in _load_error(pads)
