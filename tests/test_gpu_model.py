@@ -665,6 +665,14 @@ def test_gpu_profile_without_a_gpu_says_so(capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
+def test_gpu_chain_without_a_gpu_says_so(capsys):
+    chain = _benchmark_module("gpu_chain")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible")
+    assert chain.main([]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
 def test_fit_script_bad_input_is_one_line(tmp_path, capsys):
     fit = _benchmark_module("fit_gpu_measured")
     bad = tmp_path / "bad.csv"
