@@ -86,7 +86,10 @@ def test_runtime_on_every_costing_verb(cli):
     rc, _, err = cli("estimate", "gemm:M=8,N=1024,K=1024", "--device", "s4-antoum", "--runtime", "eager")
     assert rc == 2 and "runtime 'eager'" in err and "s4-antoum" in err
     rc, _, err = cli("estimate", "gemm:M=8,N=1024,K=1024", "--device", "a100-sxm4-80gb", "--kernel", "magic")
-    assert rc == 2 and "--kernel 'magic': unknown kernel" in err
+    assert rc == 2 and "--kernel 'magic': unknown kernel" in err and "did you mean" not in err
+    # the kernel column says "(cutlass)"; the name to force it by is suggested
+    rc, _, err = cli("estimate", "gemm:M=8,N=1024,K=1024", "--device", "a100-sxm4-80gb", "--kernel", "cutlass")
+    assert rc == 2 and "did you mean 'cutlass-24'?" in err and err.count("bsr") == 1
 
 
 # ----------------------------------------------------------------------------- the fusion pass

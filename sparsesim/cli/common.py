@@ -66,9 +66,13 @@ def deployment(args: argparse.Namespace) -> dict[str, str]:
         from sparsesim.cost.families.cpu import CPU_KERNELS
         from sparsesim.cost.families.gpu_kernels import KERNELS
 
-        known = (*KERNELS, *CPU_KERNELS)
+        known = tuple(dict.fromkeys((*KERNELS, *CPU_KERNELS)))  # a name both families use is listed once
         if args.kernel not in known:
-            raise SparsesimError(f"--kernel {args.kernel!r}: unknown kernel (known: {', '.join(known)})")
+            import difflib
+
+            close = difflib.get_close_matches(args.kernel, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise SparsesimError(f"--kernel {args.kernel!r}: unknown kernel (known: {', '.join(known)}){hint}")
     return {"runtime": args.runtime, "kernel": args.kernel, "dtype": args.dtype}
 
 
