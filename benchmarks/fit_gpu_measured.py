@@ -59,7 +59,7 @@ from sparsesim.core.errors import SparsesimError
 from sparsesim.core.ir import DTYPE_BYTES, Op
 from sparsesim.cost import estimate_op
 from sparsesim.cost.record import RunContext
-from sparsesim.fidelity.gpu_validation import load_table, measured_table_path, predict_case
+from sparsesim.fidelity.gpu_validation import HOLDOUT_PREFIX, load_table, measured_table_path, predict_case
 from sparsesim.hw.devices import Device, load_device
 from sparsesim.hw.runtimes import Runtimes
 from sparsesim.tracing.flops import T, attention_work
@@ -71,7 +71,6 @@ FLOOR_MS = 0.02
 # an eager torch sparse matmul is dominated by its per-call host work (the Python launch of the
 # Triton BSR kernel, cuSPARSE's descriptors), which these rates do not describe
 RATE_FIT_MIN_WORK = 2**33
-HOLDOUT_PREFIX = "holdout-"
 
 
 @dataclass(frozen=True)

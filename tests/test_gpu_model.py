@@ -558,10 +558,14 @@ def test_validate_measured_prints_the_h200_runs():
     assert doc["cases"] >= 400 and {r["device"] for r in doc["rows"]} == {"h200"}
     text = render_published(doc, cases=False)
     assert text.startswith("measured on this project's GPU runs")
-    groups = {(g["runtime"], g["kernel"], g["dtype"]): g for g in doc["groups"]}
-    assert groups[("engine", "cusparselt", "fp8")]["cases"] >= 21
+    groups = {(g["runtime"], g["kernel"], g["dtype"], g["rows"]): g for g in doc["groups"]}
+    assert groups[("engine", "cusparselt", "fp8", "fitted")]["cases"] >= 21
     holdout = [r for r in doc["rows"] if str(r["case"]).startswith("holdout-")]
     assert len(holdout) >= 200  # shapes the fits never saw (fit_gpu_measured.py leaves them out)
+    # the fitted and the held-out rows are summed up apart
+    sets = {x["rows"]: x for x in doc["sets"]}
+    assert sets["holdout"]["cases"] == len(holdout) and sets["fitted"]["cases"] == doc["cases"] - len(holdout)
+    assert "  holdout rows: " in text and "  fitted rows: " in text
 
 
 def test_eager_24_host_time_on_the_h200_adds_to_a_long_kernel():

@@ -289,6 +289,7 @@ def gpu_published(*, measured: bool = False) -> dict[str, Any]:
     its device, runtime, dtype, shape and source, the error summary against the targets and, per
     (device, runtime, kernel, dtype), the median error and the directions right."""
     from sparsesim.fidelity.gpu_validation import (
+        HOLDOUT_PREFIX,
         TARGET_MEDIAN,
         TARGET_P90,
         measured_table_path,
@@ -298,27 +299,36 @@ def gpu_published(*, measured: bool = False) -> dict[str, Any]:
 
     df = validate_gpu_published(table=measured_table_path() if measured else None)
     groups = []
-    keyed = df.assign(kernel=df["kernel"].replace("", "(runtime picks)"))
-    for (device, runtime, kernel, dtype), sub in keyed.groupby(["device", "runtime", "kernel", "dtype"], sort=True):
-        directional = sub[sub["direction"] != "-"]
-        err = sub["abs_error"].dropna()
-        groups.append({"device": device, "runtime": runtime, "kernel": kernel, "dtype": dtype, "cases": len(sub),
-                       "median_abs_error": _clean(err.median()) if len(err) else None,
-                       "direction_right": int(directional["direction_right"].sum()),
-                       "direction_cases": len(directional)})
+    # measured rows are fitted to (benchmarks/fit_gpu_measured.py) or held out of every fit
+    rows_of = df["case"].astype(str).str.startswith(HOLDOUT_PREFIX).map({True: "holdout", False: "fitted"})
+    keyed = df.assign(kernel=df["kernel"].replace("", "(runtime picks)"),
+                      rows=rows_of if measured else "published")
+    for (device, runtime, kernel, dtype, kind), sub in keyed.groupby(["device", "runtime", "kernel", "dtype", "rows"],
+                                                                    sort=True):
+        groups.append({"device": device, "runtime": runtime, "kernel": kernel, "dtype": dtype, "rows": kind,
+                       **_error_counts(sub)})
+    sets = [{"rows": kind, **_error_counts(sub)} for kind, sub in keyed.groupby("rows", sort=True)] if measured else []
     rows = []
     for rec in df.to_dict(orient="records"):
         rows.append({c: _clean(rec.get(c)) for c in GPU_COLUMNS})
     s = summary(df)
     return {"available": True, "title": "measured on this project's GPU runs" if measured else "published figures",
             "reference": "measured" if measured else "published",
-            "rows": rows, "groups": groups, "cases": s["cases"], "with_speedup": s["with_value"],
+            "rows": rows, "groups": groups, "sets": sets, "cases": s["cases"], "with_speedup": s["with_value"],
             "median_abs_error": _clean(s["median_abs_error"]), "p90_abs_error": _clean(s["p90_abs_error"]),
             "direction_right": s["direction_right"], "direction_cases": s["direction_cases"],
             "range_cases": s["range_cases"], "inside_range": s["inside_range"],
             "energy_cases": s["energy_cases"], "energy_within": s["energy_within"],
             "energy_worst_ratio": _clean(s["energy_worst_ratio"]), "energy_factor": s["energy_factor"],
             "target_median": TARGET_MEDIAN, "target_p90": TARGET_P90, "targets_met": s["targets_met"]}
+
+
+def _error_counts(sub: Any) -> dict[str, Any]:
+    """Cases, median |error| and directions right of some rows of the validation frame."""
+    directional = sub[sub["direction"] != "-"]
+    err = sub["abs_error"].dropna()
+    return {"cases": len(sub), "median_abs_error": _clean(err.median()) if len(err) else None,
+            "direction_right": int(directional["direction_right"].sum()), "direction_cases": len(directional)}
 
 
 def _clean(v: Any) -> Any:
@@ -450,11 +460,17 @@ def render_published(g: dict[str, Any], *, cases: bool = True) -> str:
                 f"{g['energy_cases']} (worst {g['energy_worst_ratio']:.2f}x)" if g.get("energy_cases") else "")]
     from sparsesim.core.textfmt import text_table
 
+    for x in g.get("sets", []):
+        lines.append(f"  {x['rows']} rows: {x['cases']} case(s), median |pred/{short} - 1| "
+                     f"{_apct(x['median_abs_error'])}, direction right {x['direction_right']}/{x['direction_cases']}")
     if g.get("groups") and len(g["groups"]) > 1:
-        lines.append(text_table([(x["device"], x["runtime"], x["kernel"], x["dtype"], x["cases"],
+        split = bool(g.get("sets"))
+        lines.append(text_table([(x["device"], x["runtime"], x["kernel"], x["dtype"],
+                                  *((x.get("rows", ""),) if split else ()), x["cases"],
                                   _apct(x["median_abs_error"]), f"{x['direction_right']}/{x['direction_cases']}")
                                  for x in g["groups"]],
-                                ("device", "runtime", "kernel", "dtype", "cases", "median |err|", "direction right"),
+                                ("device", "runtime", "kernel", "dtype", *(("rows",) if split else ()), "cases",
+                                 "median |err|", "direction right"),
                                 indent="  "))
     if not cases:
         return "\n".join(lines)
