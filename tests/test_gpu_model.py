@@ -745,3 +745,32 @@ def test_sparse_kernel_prologue_adds_once_per_call_and_is_stated():
     bare = cost(without, 2048, 2048, 512, "2:4", runtime="engine", kernel="cusparselt")
     assert small.latency_s - bare.latency_s == pytest.approx(fixed, rel=1e-6)
     assert "prologue" not in bare.why
+
+
+def test_eager_elementwise_on_a_strided_view_runs_the_generic_kernel():
+    """SAM un-pads its windows by slicing ([:, :64, :64]) and adds the residual and normalises the
+    strided view in place: eager torch runs those through its generic kernel (the H200 profile:
+    residual adds at ~0.9 TB/s, layer norms slower still, a contiguous GELU at 3.1 TB/s), at the
+    layout-copy rate; a contiguous add streams, and a compiling runtime fuses both."""
+    import torch.nn as nn
+
+    from sparsesim.cost.record import RunContext
+    from sparsesim.tracing.tracer import trace
+
+    class Unpad(nn.Module):
+        def forward(self, padded: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+            return shortcut + padded[:, :64, :64, :]
+
+    class Plain(nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a + b
+
+    big, small = torch.randn(2, 70, 70, 64), torch.randn(2, 64, 64, 64)
+    strided = next(o for o in trace(Unpad(), (big, small), name="unpad").ops if o.kind == "elementwise")
+    plain = next(o for o in trace(Plain(), (small, small), name="plain").ops if o.kind == "elementwise")
+    assert strided.strided and not plain.strided
+    eager = RunContext(runtime="eager")
+    slow, fast = estimate_op(strided, None, H200, eager), estimate_op(plain, None, H200, eager)
+    assert "generic kernel" in slow.why and "generic kernel" not in fast.why
+    assert strided.bytes_moved == plain.bytes_moved and slow.latency_s > fast.latency_s
+    assert "generic kernel" not in estimate_op(strided, None, H200, RunContext(runtime="compiled")).why

@@ -100,6 +100,7 @@ class Op:
     causal: bool = False  # attention with a causal mask (is_causal): a fused kernel skips the masked tiles
     # attention given an additive mask or bias tensor: torch's SDPA cannot run FlashAttention on it
     masked: bool = False
+    strided: bool = False  # an input is a strided view (a permute or slice not made contiguous)
     weight_k_major: bool = False  # the 2-D weight is stored K x N (a Conv1D, an expert bank), not N x K
     experts: int = 0
     top_k: int = 0

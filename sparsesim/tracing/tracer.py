@@ -162,6 +162,16 @@ class _CallStack(ModuleTracker):
         return self.stack[-1] if self.stack else ("", 0, None)
 
 
+def _strided(args: Any) -> bool:
+    """Whether a tensor operand is a strided view: not contiguous, and not merely broadcast
+    (a stride of 0 along an expanded axis reads the same elements again, contiguously)."""
+    for a in tree_flatten(args)[0]:
+        if isinstance(a, torch.Tensor) and a.numel() > 1 and not a.is_contiguous():
+            if all(st != 0 for st, n in zip(a.stride(), a.shape) if n > 1):
+                return True
+    return False
+
+
 class _Recorder:
     """Turns aten calls into `Op`s; owns weight attribution and activation measurement."""
 
@@ -224,7 +234,8 @@ class _Recorder:
             call_index=call_index, dtype=self._op_dtype(args, out), input_shapes=ins,
             output_shape=tuple(outs[0].shape) if outs else (), flops=int(work.flops),
             bytes_moved=int(work.bytes_moved), gemm=extra.pop("gemm", work.gemm), conv=work.conv,
-            note=note, causal=getattr(work, "causal", False), masked=getattr(work, "masked", False), **extra,
+            note=note, causal=getattr(work, "causal", False), masked=getattr(work, "masked", False),
+            strided=_strided(args), **extra,
         ))
         self.on_op(1)
 

@@ -126,18 +126,20 @@ def broadcasts_innermost(op: Op) -> bool:
 def memory_op_bandwidth(op: Op, p: GpuParams, env: KernelEnv) -> tuple[float, str]:
     """The DRAM rate a memory op streams at, and why when it is below the device's: under a
     runtime that runs each elementwise op as its own framework kernel (no elementwise fusion), a
-    layout copy and a broadcasting elementwise op run torch's generic, non-vectorised kernel
+    layout copy, an elementwise op or norm that reads a strided view (`Op.strided`: SAM's residual
+    adds and layer norms on its un-padded windows) and a broadcasting elementwise op run torch's
+    generic, non-vectorised kernel
     (measured on an H200 by benchmarks/gpu_profile.py: SAM's permuted copies at ~1.5 TB/s and its
     relative-position bias adds at ~0.6 TB/s of a 4.8 TB/s HBM)."""
     if env.rt.fuse_elementwise:
         return dram_bw(p), ""
-    if op.kind == "copy" and p.strided_copy_efficiency < 1:
-        return dram_bw(p) * p.strided_copy_efficiency, (f"a layout copy through {env.runtime}'s generic kernel "
-                                                         f"at {p.strided_copy_efficiency:.0%} of the streaming rate")
     if op.kind == "elementwise" and p.broadcast_elementwise_efficiency < 1 and broadcasts_innermost(op):
         return dram_bw(p) * p.broadcast_elementwise_efficiency, (
             f"broadcast along the innermost axis through {env.runtime}'s generic kernel at "
             f"{p.broadcast_elementwise_efficiency:.0%} of the streaming rate")
+    if (op.kind == "copy" or (op.strided and op.kind in ("elementwise", "norm"))) and p.strided_copy_efficiency < 1:
+        return dram_bw(p) * p.strided_copy_efficiency, (f"a layout copy through {env.runtime}'s generic kernel "
+                                                         f"at {p.strided_copy_efficiency:.0%} of the streaming rate")
     return dram_bw(p), ""
 
 

@@ -110,8 +110,8 @@ class GpuParams:
     flash_llm_extract_cycles: float = quantity("cycles", default=0.0)
     # eager torch's generic elementwise kernels (TensorIterator, not vectorised) on strided or
     # broadcast operands: the share of the DRAM rate a layout copy (a permuted tensor made
-    # contiguous) and an elementwise op broadcasting along its innermost axis reach (1: as fast
-    # as a contiguous stream)
+    # contiguous; also an elementwise op or norm reading a strided view) and an elementwise op
+    # broadcasting along its innermost axis reach (1: as fast as a contiguous stream)
     strided_copy_efficiency: float = quantity("ratio", default=1.0)
     broadcast_elementwise_efficiency: float = quantity("ratio", default=1.0)
     # V:N:M through Spatha (VENOM): per dtype it runs, its efficiency on the sparse tensor
