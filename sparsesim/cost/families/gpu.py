@@ -138,7 +138,8 @@ def memory_op_bandwidth(op: Op, p: GpuParams, env: KernelEnv) -> tuple[float, st
             f"broadcast along the innermost axis through {env.runtime}'s generic kernel at "
             f"{p.broadcast_elementwise_efficiency:.0%} of the streaming rate")
     if (op.kind == "copy" or (op.strided and op.kind in ("elementwise", "norm"))) and p.strided_copy_efficiency < 1:
-        return dram_bw(p) * p.strided_copy_efficiency, (f"a layout copy through {env.runtime}'s generic kernel "
+        what = "a layout copy" if op.kind == "copy" else f"{op.kind} on a strided view"
+        return dram_bw(p) * p.strided_copy_efficiency, (f"{what} through {env.runtime}'s generic kernel "
                                                          f"at {p.strided_copy_efficiency:.0%} of the streaming rate")
     return dram_bw(p), ""
 
