@@ -169,18 +169,36 @@ def profiled_conv_op() -> Op:
     return next(op for op in wl.ops if op.kind == "conv")
 
 
-def conv_log_error(device: Device, op: Op, efficiency: float) -> float:
-    """|log(predicted / profiled)| of the profiled convolution at `efficiency` under eager."""
-    dev = with_value(device, "conv_cuda_core_efficiency", efficiency)
-    latency = estimate_op(op, None, dev, RunContext(runtime="eager")).latency_s
-    return abs(math.log(latency / float(PROFILED_CONV["seconds"])))
+@dataclass(frozen=True)
+class ProfiledFit:
+    """A constant fitted to one profiled kernel: the op as traced, its time, the value's grid."""
+
+    field: str
+    op: Callable[[], Op]
+    seconds: float
+    grid: Iterable[float]
 
 
-def attention_log_error(device: Device, op: Op, rate: float) -> float:
-    """|log(predicted / profiled)| of the profiled masked attention call `op` at `rate` under eager."""
-    dev = with_value(device, "runtime.eager.masked_attention_rate", rate)
-    latency = estimate_op(op, None, dev, RunContext(runtime="eager")).latency_s
-    return abs(math.log(latency / float(PROFILED_ATTENTION["seconds"])))
+PROFILED_FITS = (
+    ProfiledFit("runtime.eager.masked_attention_rate", profiled_attention_op, float(PROFILED_ATTENTION["seconds"]),
+                np.arange(0.30, 1.0001, 0.01)),
+    ProfiledFit("conv_cuda_core_efficiency", profiled_conv_op, float(PROFILED_CONV["seconds"]),
+                np.arange(0.05, 1.0001, 0.01)),
+)
+
+
+def profiled_log_error(device: Device, fit: ProfiledFit, op: Op, value: float) -> float:
+    """|log(predicted / profiled)| of the profiled call `op` under eager with `fit.field` at `value`."""
+    latency = estimate_op(op, None, with_value(device, fit.field, value), RunContext(runtime="eager")).latency_s
+    return abs(math.log(latency / fit.seconds))
+
+
+def current_value(device: Device, field: str) -> float:
+    """The device's value of `field` (a parameter or `runtime.<name>.<field>`)."""
+    if field.startswith("runtime."):
+        _, name, fname = field.split(".")
+        return float(getattr(device.runtime(name)[1], fname))
+    return float(getattr(device.params, field))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,16 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{fit.field} = {shown} (fit {today} on {len(rows)} rows: median |pred/meas - 1| "
               f"{statistics.median(errs):.3f}, p90 {float(np.quantile(errs, 0.9)):.3f}; before "
               f"{math.expm1(statistics.median(before)):.3f})", flush=True)
-    op, before_rate = profiled_attention_op(), device.runtime("eager")[1].masked_attention_rate
-    best = min(np.arange(0.30, 1.0001, 0.01), key=lambda v: attention_log_error(device, op, float(v)))
-    print(f"runtime.eager.masked_attention_rate = {best:.3g} (fit {today} on 1 profiled kernel: "
-          f"|pred/meas - 1| {math.expm1(attention_log_error(device, op, float(best))):.3f}; before "
-          f"{math.expm1(attention_log_error(device, op, before_rate)):.3f})", flush=True)
-    op, before_eff = profiled_conv_op(), device.params.conv_cuda_core_efficiency
-    best = min(np.arange(0.05, 1.0001, 0.01), key=lambda v: conv_log_error(device, op, float(v)))
-    print(f"conv_cuda_core_efficiency = {best:.3g} (fit {today} on 1 profiled kernel: "
-          f"|pred/meas - 1| {math.expm1(conv_log_error(device, op, float(best))):.3f}; before "
-          f"{math.expm1(conv_log_error(device, op, before_eff)):.3f})", flush=True)
+    for pf in PROFILED_FITS:
+        op, before = pf.op(), current_value(device, pf.field)
+        best = min(pf.grid, key=lambda v: profiled_log_error(device, pf, op, float(v)))
+        print(f"{pf.field} = {best:.3g} (fit {today} on 1 profiled kernel: |pred/meas - 1| "
+              f"{math.expm1(profiled_log_error(device, pf, op, float(best))):.3f}; before "
+              f"{math.expm1(profiled_log_error(device, pf, op, before)):.3f})", flush=True)
     return 0
 
 

@@ -162,14 +162,11 @@ class _CallStack(ModuleTracker):
         return self.stack[-1] if self.stack else ("", 0, None)
 
 
-def _strided(args: Any) -> bool:
+def _strided(tensors: list[torch.Tensor]) -> bool:
     """Whether a tensor operand is a strided view: not contiguous, and not merely broadcast
     (a stride of 0 along an expanded axis reads the same elements again, contiguously)."""
-    for a in tree_flatten(args)[0]:
-        if isinstance(a, torch.Tensor) and a.numel() > 1 and not a.is_contiguous():
-            if all(st != 0 for st, n in zip(a.stride(), a.shape) if n > 1):
-                return True
-    return False
+    return any(t.numel() > 1 and not t.is_contiguous() and all(st != 0 for st, n in zip(t.stride(), t.shape) if n > 1)
+               for t in tensors)
 
 
 class _Recorder:
@@ -226,7 +223,8 @@ class _Recorder:
 
     def _add(self, aten_name: str, work: Any, args: Any, out: Any, **extra: Any) -> None:
         name, call_index, _ = self.calls.current()
-        ins = tuple(tuple(a.shape) for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor))
+        tensors = [a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)]
+        ins = tuple(tuple(a.shape) for a in tensors)
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
         note = "; ".join(n for n in (work.note, extra.pop("note", "")) if n)
         self.ops.append(Op(
@@ -235,7 +233,7 @@ class _Recorder:
             output_shape=tuple(outs[0].shape) if outs else (), flops=int(work.flops),
             bytes_moved=int(work.bytes_moved), gemm=extra.pop("gemm", work.gemm), conv=work.conv,
             note=note, causal=getattr(work, "causal", False), masked=getattr(work, "masked", False),
-            strided=_strided(args), **extra,
+            strided=_strided(tensors), **extra,
         ))
         self.on_op(1)
 

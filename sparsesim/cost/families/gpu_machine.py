@@ -245,7 +245,7 @@ def compute_unit(p: GpuParams, dtype: str, conv: bool = False) -> Unit:
 
 def conv_channel_granule(p: GpuParams, dtype_bytes: float) -> int:
     """Input channels one `conv_channel_bytes` vector holds at this element width."""
-    return max(1, round(p.conv_channel_bytes / max(dtype_bytes, 1e-9)))
+    return max(1, round(p.conv_channel_bytes / dtype_bytes))
 
 
 def conv_runs_on_cuda_cores(p: GpuParams, op: Op, dtype_bytes: float, pads_channels: bool) -> bool:
