@@ -353,6 +353,9 @@ def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool
     for d in dtypes:
         if d not in DTYPES and not (args.cpu_smoke and d == "fp32"):
             raise SystemExit(f"gpu_measure: unknown dtype {d!r} (use {', '.join(DTYPES)})")
+    runtimes = {r.strip() for r in args.runtimes.split(",") if r.strip()}
+    if not runtimes or runtimes - {"eager", "engine"}:
+        raise SystemExit(f"gpu_measure: --runtimes {args.runtimes!r}: use eager, engine or both")
     gen = torch.Generator().manual_seed(0)
     rep = {"repeats": args.repeats, "inner": args.inner, "cuda": cuda}
     for m, n, k in shapes:
@@ -389,7 +392,6 @@ def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool
                                       lambda b=b, sp=sp, w=w, xt=xt: bsr_fn(w, xt, b, sp, gen)))
             if cuda and args.diagnose and dname in ("fp16", "int8", "fp8"):
                 diagnose_cusparselt(x, w, dname, (m, n, k), rep)
-            runtimes = {r.strip() for r in args.runtimes.split(",")}
             cases = [c for c in cases if c[0] in runtimes]
             dense_engine: Timing | None = None
             for runtime, pattern, kernel, build in cases:
