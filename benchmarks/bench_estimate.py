@@ -73,12 +73,12 @@ def main() -> None:
         per_op, t_cost, c_cost = estimation(est.cost_table, prepared, devices)
         summary, t_sum, c_sum = estimation(results.summarize, per_op)
         per_ops[spec] = per_op
-        rows += len(per_op)
+        rows += results.n_rows(per_op)
         print(f"{spec}: {len(wl.ops)} ops, {len(devices)} devices x {len(prepared.sparse)} plans "
-              f"-> {len(per_op)} op estimates, {len(summary)} summary rows   (wall / cpu seconds)")
+              f"-> {results.n_rows(per_op)} op estimates, {results.n_rows(summary)} summary rows   (wall / cpu seconds)")
         print(f"  trace      {t_trace:8.3f}            (once)")
         print(f"  sparsify   {t_sparsify:8.3f} / {c_sparsify:.3f}   (once per plan: masks from the real weights)")
-        print(f"  cost       {t_cost:8.3f} / {c_cost:.3f}   ({c_cost / max(len(per_op), 1) * 1e6:.1f} us cpu per op estimate)")
+        print(f"  cost       {t_cost:8.3f} / {c_cost:.3f}   ({c_cost / max(results.n_rows(per_op), 1) * 1e6:.1f} us cpu per op estimate)")
         print(f"  summarize  {t_sum:8.3f} / {c_sum:.3f}")
     verdict = "OK" if min(estimation.wall, estimation.cpu) < ESTIMATE_TARGET_S else "OVER TARGET"
     print(f"\nestimation (cost + summarize), all workloads: {estimation.wall:.3f} s wall, {estimation.cpu:.3f} s cpu "
@@ -91,7 +91,7 @@ def main() -> None:
         pass
 
     spec = args.workloads.split(",")[0]
-    per_op = per_ops[spec]
+    per_op = results.frame(per_ops[spec], results.PER_OP_COLUMNS)
     one = per_op[(per_op["plan"] == "dense") & (per_op["device_file"].str.contains(args.serve_device, case=False))]
     if one.empty:
         one = per_op[(per_op["plan"] == "dense") & (per_op["device"] == per_op["device"].iat[0])]

@@ -145,3 +145,30 @@ def test_costing_a_topology_imports_no_torch(tmp_path):
     loaded = [line for line in out.stdout.splitlines() if line.endswith((" True", " False"))]
     assert loaded == [f"{verb} False" for verb in ("read", "estimate", "estimate", "compare", "trace", "simulate")], \
         out.stdout[-2000:]
+
+
+def test_printed_estimate_of_a_topology_needs_no_table_library(tmp_path):
+    """The cold process of the SCALE-Sim side by side: an estimate printed from a topology file
+    on an FPGA array imports neither pandas nor numpy nor torch, nor the other families' cost
+    models, and prints the numbers the DataFrame path gives."""
+    c = write(tmp_path, "c.csv", CONV_HEADER + "conv1, 58, 58, 3, 3, 64, 64, 1,\n"
+              + "conv2, 30, 30, 3, 3, 64, 128, 2,\n")
+    code = "\n".join((
+        "import sys",
+        "from sparsesim.cli import main",
+        f"assert main(['--no-cache', 'estimate', {c!r}, '--device', 'alveo-u250', '--dtype', 'int8', '--json']) == 0",
+        "heavy = ('numpy', 'pandas', 'torch', 'sparsesim.cost.families.gpu', 'sparsesim.cost.families.cpu',",
+        "         'sparsesim.cost.families.s4')",
+        "print('loaded:', [m for m in heavy if m in sys.modules])",
+    ))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    *doc_lines, loaded = out.stdout.splitlines()
+    assert loaded == "loaded: []"
+    doc = json.loads("\n".join(doc_lines))
+    t = compare_tables(c, ["alveo-u250"], ["dense"], dtype="int8")
+    row = t.summary.iloc[0]
+    assert doc["totals"]["latency_s"] == pytest.approx(row["latency_s"], rel=1e-12)
+    assert doc["totals"]["memory_bytes"] == pytest.approx(row["memory_bytes"], rel=1e-12)
+    assert [o["latency_s"] for o in doc["ops"]] == pytest.approx(list(t.per_op["latency_s"]), rel=1e-12)
+    assert doc["why"] == row["why"] and doc["bound"] == row["bound"]

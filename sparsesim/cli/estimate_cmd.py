@@ -47,8 +47,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     tables = compare_tables(workload_spec(args), [args.device], [args.plan], criterion=args.criterion, **deployment(args))
     label = plan_label(args.plan)
-    ops = tables.per_op[tables.per_op["plan"] == label]
-    row = results.records(tables.summary)[0]
+    ops = results.rows_where(tables.per_op_columns, "plan", label)
+    row = results.records(tables.summary_columns)[0]
     return {
         "workload": row["workload"],
         "device": row["device"],
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "memory_vs_dense": row["memory_vs_dense"],
         "bound": row["bound"],
         "why": row["why"],
-        "ops": results.records(ops[list(OP_FIELDS)]),
+        "ops": results.records(ops, OP_FIELDS),
     }
 
 

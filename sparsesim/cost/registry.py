@@ -1,7 +1,8 @@
 """The family registry: each hardware family's cost function and, where its compute peak is
 derived rather than a device-file field, its roofline peaks, under the family name its device
 files give (its parameters register with the device loader, `hw.devices.register_family`, from
-the same module). Families register on import (`sparsesim.cost` imports them all); `estimate_op`
+the same module). Families register on import, when a device of theirs is loaded
+(`cost.families.load_family`); `estimate_op`
 dispatches one op to its device's family and checks what comes back; `cost.roofline` asks a
 family for its peaks."""
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import Any
 
 from sparsesim.core.errors import DeviceFileError, UnsupportedError
 from sparsesim.core.ir import Op
@@ -43,10 +45,24 @@ def register_peaks(family: str) -> Callable[[PeakFn], PeakFn]:
     return wrap
 
 
+def _loaded(table: dict[str, Any], family: str) -> Any:
+    """`table[family]` after importing the family's module (a Device made in another process,
+    unpickled here, may name a family this one has not loaded yet); None if it registers none."""
+    from sparsesim.cost.families import load_family
+
+    load_family(family)
+    return table.get(family)
+
+
+def family_peaks(family: str) -> PeakFn | None:
+    """The family's derived compute peaks, None when its peaks are `flop_rate` fields."""
+    return FAMILY_PEAKS.get(family) or _loaded(FAMILY_PEAKS, family)
+
+
 def estimate_op(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
     """Cost of one op on one device; `layer` is None for dense or weightless ops; `context`
     says what the whole-model run around the op looks like (default: the op alone)."""
-    fn = FAMILY_COST.get(device.family)
+    fn = FAMILY_COST.get(device.family) or _loaded(FAMILY_COST, device.family)
     if fn is None:
         raise UnsupportedError(f"device {device.name}: no cost model for family {device.family!r}")
     what = f"{device.path}: the {device.family} cost model on op {op.index} ({op.kind}"

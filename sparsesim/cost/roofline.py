@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sparsesim.cost.registry import FAMILY_PEAKS
+from sparsesim.cost.registry import family_peaks
 from sparsesim.hw.devices import Device
 
 # dtypes a GEMM of the key dtype may run in on matrix units (fp32 GEMMs run as tf32 on GPUs that allow it)
@@ -29,7 +29,7 @@ class Roof:
 def device_roofs(device: Device, dtypes: set[str] | None = None) -> list[Roof]:
     """The compute roofs (for the given dtypes) and memory slopes of a device."""
     dtypes = set(dtypes or ())
-    derived = FAMILY_PEAKS.get(device.family)
+    derived = family_peaks(device.family)
     compute = ([Roof(label, float(value), "compute") for label, value in derived(device, dtypes)]
                if derived is not None else generic_compute(device, dtypes))
     out: list[Roof] = []

@@ -171,9 +171,14 @@ class Device:
         return name, params
 
 
-def _load_families() -> None:
-    # cost-model modules register their families on import
-    import sparsesim.cost  # noqa: F401
+def _load_family(name: str) -> list[str]:
+    """Register family `name` (its cost-model module registers it on import) unless it is
+    already; the names of all families known, for messages."""
+    from sparsesim.cost.families import FAMILY_MODULES, load_family
+
+    if name not in FAMILIES:
+        load_family(name)
+    return sorted(set(FAMILIES) | set(FAMILY_MODULES))
 
 
 def builtin_device_dirs() -> list[Path]:
@@ -358,14 +363,14 @@ def _is_table(v: Any) -> bool:
 
 
 def parse_device_doc(doc: Mapping[str, Any], where: str, base_dir: Path | None = None) -> Device:
-    _load_families()
     doc, origin = resolve_extends(doc, where, base_dir)
     for key in TOP_KEYS:
         if not isinstance(doc.get(key), str) or not doc[key].strip():
             raise DeviceFileError(f"{where}: field '{key}' is missing or not a non-empty string")
     family = doc["family"]
+    known = _load_family(family)
     if family not in FAMILIES:
-        raise DeviceFileError(f"{where}: field 'family': unknown family {family!r} (known: {', '.join(sorted(FAMILIES))})")
+        raise DeviceFileError(f"{where}: field 'family': unknown family {family!r} (known: {', '.join(known)})")
     schema = FAMILIES[family]
     fields = {f.name: f for f in dataclasses.fields(schema)}
     unknown = sorted(set(doc) - set(fields) - set(TOP_KEYS) - set(RUNTIME_KEYS))

@@ -19,12 +19,10 @@ import dataclasses
 import math
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
-
-import pandas as pd
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from sparsesim.core import diskcache, progress
 from sparsesim.core.errors import DeviceFileError
@@ -36,17 +34,35 @@ from sparsesim.run import DEFAULT_PLANS, results
 from sparsesim.run.fit import memory_fit, peak_activation_bytes
 from sparsesim.sparsity.records import LayerSparsity, SparseWorkload
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 DENSE = "dense"
 
 # traced workloads kept per spec string: tracing a recipe (building the model) dominates otherwise
 _WORKLOAD_CACHE_SIZE = 4
 
 
-class Tables(NamedTuple):
-    """Both tables of one evaluation, so a report need not recompute either."""
+@dataclass(frozen=True, eq=False)
+class Tables:
+    """Both tables of one evaluation, so a report need not recompute either: as columns
+    (`results.Columns`), and as DataFrames made on first use (`per_op`, `summary`; unpacking
+    gives the two frames). A run that only prints reads the columns and never imports pandas."""
 
-    per_op: pd.DataFrame
-    summary: pd.DataFrame
+    per_op_columns: results.Columns
+    summary_columns: results.Columns
+
+    @cached_property
+    def per_op(self) -> pd.DataFrame:
+        return results.frame(self.per_op_columns, results.PER_OP_COLUMNS)
+
+    @cached_property
+    def summary(self) -> pd.DataFrame:
+        return results.frame(self.summary_columns, results.SUMMARY_COLUMNS)
+
+    def __iter__(self) -> Iterator[pd.DataFrame]:
+        yield self.per_op
+        yield self.summary
 
 
 @dataclass(frozen=True)
@@ -131,7 +147,14 @@ def _traced(spec: str) -> Workload:
 
 
 def _is_frame(value: Any) -> bool:
+    import pandas as pd
+
     return isinstance(value, pd.DataFrame)
+
+
+def _is_per_op(value: Any) -> bool:
+    """A per-op column table as `cost_table` makes it (what the disk cache may hand back)."""
+    return isinstance(value, dict) and all(isinstance(value.get(c), list) for c in results.PER_OP_COLUMNS)
 
 
 def resolve_device(device: str | Device) -> Device:
@@ -244,6 +267,8 @@ def _sparsify_all(wl: Workload, plans: Mapping[str, Any], criterion: str) -> dic
     if workers < 2:
         return {label: sparsify_cached(wl, p, criterion=criterion)
                 for label, p in progress.each(plans.items(), f"sparsify {wl.name}", unit="plan")}
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     # one intra-op thread for the whole pool: each sparsify's own one_thread() then restores 1,
     # not a value another thread set
     with one_thread():
@@ -377,8 +402,8 @@ def cost_workload(
 
 
 def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[str] | None = None, *,
-               runtime: str = "", kernel: str = "") -> pd.DataFrame:
-    """Stage 3: the per-op table for every (plan, device); `plans` defaults to all prepared ones.
+               runtime: str = "", kernel: str = "") -> results.Columns:
+    """Stage 3: the per-op table (as columns) for every (plan, device); `plans` defaults to all prepared ones.
     `runtime` ("" = each device's default) and `kernel` ("" = the runtime picks) apply to all."""
     labels = list(prepared.sparse) if plans is None else list(plans)
     memos: dict[str, dict[tuple, Cost]] = {dev.path: {} for dev in devices}
@@ -405,7 +430,7 @@ def cost_table(prepared: Prepared, devices: Sequence[Device], plans: Iterable[st
             })
             shown.update(1)
     shown.close()
-    return results.per_op_frame(blocks)
+    return results.per_op_columns(blocks)
 
 
 # ----------------------------------------------------------------------------- the API
@@ -461,11 +486,9 @@ def compare_many(
     tables = []
     for per_op in per_ops:
         summary = results.summarize(per_op)
-        summary = summary[summary["plan"].isin(wanted)]
-        summary = summary.sort_values(
-            ["device", "plan"], key=lambda s: s.map(dev_order if s.name == "device" else order), kind="stable"
-        ).reset_index(drop=True)
-        tables.append(Tables(per_op, summary))
+        rows = [i for i, p in enumerate(summary["plan"]) if p in order]
+        rows.sort(key=lambda i: (dev_order[summary["device"][i]], order[summary["plan"][i]]))
+        tables.append(Tables(per_op, results.take(summary, rows)))
     return tables
 
 
@@ -511,34 +534,35 @@ def estimate(
     if isinstance(workload, SparseWorkload) and isinstance(plan, str) and plan == DENSE:
         plan = workload
     dev = resolve_device(device)
-    return _per_op(workload, [dev], [plan], [plan_label(plan)], criterion=criterion, runtime=runtime,
-                   kernel=kernel, dtype=dtype)
+    per_op = _per_op(workload, [dev], [plan], [plan_label(plan)], criterion=criterion, runtime=runtime,
+                     kernel=kernel, dtype=dtype)
+    return results.frame(per_op, results.PER_OP_COLUMNS)
 
 
 def _per_op(workload: str | Workload | SparseWorkload, devs: Sequence[Device], plans: Sequence[Any], labels: list[str] | None, *,
-            criterion: str, runtime: str, kernel: str, dtype: str) -> pd.DataFrame:
+            criterion: str, runtime: str, kernel: str, dtype: str) -> results.Columns:
     """`cost_table` of the prepared plans (`labels`: which; None = all), read from the disk cache
     when the same inputs were costed before (`_table_key`)."""
     k = _table_key(workload, devs, plans, labels, criterion, runtime, kernel, dtype)
 
-    def make() -> pd.DataFrame:
+    def make() -> results.Columns:
         prepared = prepare(workload, plans, criterion=criterion, dtype=dtype)
         return cost_table(prepared, devs, labels, runtime=runtime, kernel=kernel)
 
-    return diskcache.remembered("costs", k, make, _is_frame)
+    return diskcache.remembered("costs", k, make, _is_per_op)
 
 
 # how long a run waits for the Dask scheduler it is given before saying it cannot connect
 DASK_CONNECT_TIMEOUT_S = 30
 
 
-def _device_cell(workload: str, dev: Device, plans: Sequence[Any], deploy: dict[str, str]) -> pd.DataFrame:
+def _device_cell(workload: str, dev: Device, plans: Sequence[Any], deploy: dict[str, str]) -> results.Columns:
     """One device's per-op table: a Dask task (the worker traces and masks through its own caches)."""
     return _per_op(workload, [dev], plans, None, **deploy)
 
 
 def _per_op_on_dask(address: str, workloads: Sequence[Any], devs: Sequence[Device], plans: Sequence[Any],
-                    deploy: dict[str, str]) -> list[pd.DataFrame]:
+                    deploy: dict[str, str]) -> list[results.Columns]:
     """`_per_op` of each workload, every (workload, device) cell a task on the Dask cluster at
     `address`, all submitted at once; the same tables. dask and distributed are the optional
     extra `cluster`."""
@@ -558,10 +582,10 @@ def _per_op_on_dask(address: str, workloads: Sequence[Any], devs: Sequence[Devic
                    for w in workloads]
         cells = client.gather(futures)
     out = []
-    for frames in cells:
+    for tables in cells:
         # the local table's order: plan by plan, each plan's devices in order
-        labels = list(dict.fromkeys(frames[0]["plan"])) if frames else []
-        out.append(pd.concat([f[f["plan"] == label] for label in labels for f in frames], ignore_index=True))
+        labels = list(dict.fromkeys(tables[0]["plan"])) if tables else []
+        out.append(results.per_op_columns(results.rows_where(t, "plan", label) for label in labels for t in tables))
     return out
 
 

@@ -10,15 +10,19 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from sparsesim.core.ir import Op
 from sparsesim.cost.record import Cost, Reason
 from sparsesim.run.fit import MemoryFit
 from sparsesim.sparsity.records import LayerSparsity
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# a table as columns: name -> one value per row (what the cost path builds; `frame` makes a
+# DataFrame of it where one is wanted)
+Columns = dict[str, list[Any]]
 
 # memory level the cost models use for off-chip traffic (`Cost.bytes_by_level` key)
 DRAM_LEVEL = "dram"
@@ -200,112 +204,152 @@ def fit_columns(fit: MemoryFit) -> dict[str, Any]:
             "fits": fit.fits}
 
 
-def per_op_frame(blocks: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+def per_op_columns(blocks: Iterable[Mapping[str, Any]]) -> Columns:
     """Concatenate column blocks (dicts of equal-length lists, or scalars repeated over the
-    block) into the per-op table, building one DataFrame at the end."""
-    cols: dict[str, list] = {c: [] for c in PER_OP_COLUMNS}
+    block) into the per-op table's columns."""
+    cols: Columns = {c: [] for c in PER_OP_COLUMNS}
     for b in blocks:
         n = max((len(v) for v in b.values() if isinstance(v, list)), default=0)
         for c in PER_OP_COLUMNS:
             v = b[c]
             cols[c].extend(v if isinstance(v, list) else [v] * n)
-    return pd.DataFrame(cols)
+    return cols
 
 
-_KEYS = ["workload", "device", "plan"]
+def n_rows(cols: Columns) -> int:
+    return len(next(iter(cols.values()), []))
 
 
-def _footprint(df: pd.DataFrame, column: str, keys: list[str]) -> pd.Series:
-    # a weight used by several ops (tied embeddings, a module called twice) is stored once
-    w = df[df["weight"] != ""]
-    per_weight = w.groupby(keys + ["weight"], sort=False)[column].max()
-    return per_weight.groupby(level=list(range(len(keys))), sort=False).sum()
+def take(cols: Columns, rows: Sequence[int]) -> Columns:
+    """The rows `rows` (indices, in that order) of a column table."""
+    return {c: [v[i] for i in rows] for c, v in cols.items()}
 
 
-def _top_by(df: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
-    """Per group of `keys`: the values of `columns` with the largest summed latency, that sum
-    (`latency_s`) and the number of ops (`ops`) in it; indexed by `keys`."""
-    s = df.groupby(keys + columns, sort=False)["latency_s"].agg(["sum", "size"]).reset_index()
-    s = s.rename(columns={"sum": "latency_s", "size": "ops"})
-    s = s.sort_values("latency_s", ascending=False, kind="stable").drop_duplicates(keys)
-    return s.set_index(keys)
+def rows_where(cols: Columns, column: str, value: Any) -> Columns:
+    """The rows of a column table whose `column` equals `value`."""
+    return take(cols, [i for i, v in enumerate(cols[column]) if v == value])
 
 
-def summarize(per_op: pd.DataFrame) -> pd.DataFrame:
-    """One row per (workload, device, plan) with totals, ratios to dense, dominant bound and top why.
+def frame(cols: Columns, columns: Iterable[str]) -> pd.DataFrame:
+    """A column table as a DataFrame with `columns` in that order (pandas is imported here, so
+    a run that only prints needs none)."""
+    import pandas as pd
+
+    return pd.DataFrame({c: cols[c] for c in columns})
+
+
+def as_columns(table: Columns | pd.DataFrame) -> Columns:
+    """A column table, from a DataFrame or as it is."""
+    if isinstance(table, dict):
+        return table
+    return {c: table[c].tolist() for c in table.columns}
+
+
+_KEYS = ("workload", "device", "plan")
+
+
+def _sum(values: Sequence[Any]) -> Any:
+    """Exact sum: integers stay integers, floats are summed without rounding drift."""
+    if all(type(v) is int or type(v) is bool for v in values):
+        return sum(values)
+    return math.fsum(values)
+
+
+def _footprint(cols: Columns, column: str, rows: Sequence[int]) -> float:
+    # a weight used by several ops (tied embeddings, a module called twice) is stored once, at
+    # its largest per-op footprint
+    per_weight: dict[str, float] = {}
+    weight, value = cols["weight"], cols[column]
+    for i in rows:
+        if weight[i] != "":
+            per_weight[weight[i]] = max(per_weight.get(weight[i], -math.inf), float(value[i]))
+    return math.fsum(per_weight.values())
+
+
+def _top(rows: Sequence[int], labels: Sequence[Any], latency: Sequence[float]) -> tuple[Any, float, int] | None:
+    """The label whose rows hold the largest summed latency (ties: the first to appear), that
+    sum and its number of rows."""
+    sums: dict[Any, list[float]] = {}
+    for i in rows:
+        sums.setdefault(labels[i], []).append(latency[i])
+    best = None
+    for label, lats in sums.items():
+        total = math.fsum(lats)
+        if best is None or total > best[1]:
+            best = (label, total, len(lats))
+    return best
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b as a table gives it: 0/0 and anything with NaN is NaN, x/0 is +-inf."""
+    if math.isnan(a) or math.isnan(b):
+        return math.nan
+    if b == 0:
+        return math.nan if a == 0 else math.copysign(math.inf, a)
+    return a / b
+
+
+def summarize(per_op: Columns) -> Columns:
+    """One row per (workload, device, plan), in order of first appearance, with totals, ratios
+    to dense, dominant bound and top why (`SUMMARY_COLUMNS`).
 
     The ratios need the dense plan's rows for the same workload and device in `per_op`; where
     they are absent the ratio columns are NaN. The top why looks at the ops the plan touched
     (all ops when it touched none), takes the (kernel, bound) class holding the most of their
-    latency and quotes the explanation of its slowest op. Vectorised: whole-table group-bys.
+    latency and quotes the explanation of its slowest op. One pass to group the rows, then plain
+    sums per group: no pandas, so a printed estimate does not import it.
     """
-    keys = _KEYS
-    df = per_op.assign(_touched=per_op["pattern"] != "dense")
-    g = df.groupby(keys, sort=False)
-    out = g.agg(
-        family=("family", "first"),
-        runtime=("runtime", "first"),
-        latency_s=("latency_s", "sum"),
-        energy_j=("energy_j", "sum"),
-        bytes_dram=("bytes_dram", "sum"),
-        fallback_ops=("fallback", "sum"),
-        sparse_ops=("_touched", "sum"),
-        flops=("flops", "sum"),
-        flops_executed=("flops_executed", "sum"),
-        device_file=("device_file", "first"),
-        model=("model", lambda s: ",".join(sorted(set(s)))),
-        memory_need_bytes=("memory_need_bytes", "first"),
-        memory_capacity_bytes=("memory_capacity_bytes", "first"),
-        fits=("fits", "first"),
-    )
-    out["memory_bytes"] = _footprint(df, "memory_bytes", keys).reindex(out.index).fillna(0.0)
-    out["metadata_bytes"] = _footprint(df, "metadata_bytes", keys).reindex(out.index).fillna(0.0)
-    out["bound"] = _top_by(df, keys, ["bound"])["bound"].reindex(out.index).fillna("")
-    any_touched = g["_touched"].transform("any")
-    scope = df[df["_touched"] | ~any_touched]
-    top = _top_by(scope, keys, ["kernel", "bound"])
-    slowest = scope.sort_values("latency_s", ascending=False, kind="stable").drop_duplicates(keys + ["kernel", "bound"])
-    slowest_why = slowest.set_index(keys + ["kernel", "bound"])["why"]
-    scope_g = scope.groupby(keys, sort=False)["latency_s"]
-    scope_lat, scope_n = scope_g.sum(), scope_g.size()
-    texts, tops, shares = [], [], []
-    for k in out.index:
-        total = float(scope_lat.get(k, 0.0))
-        if total <= 0 or k not in top.index:
-            texts.append("")
-            tops.append("")
-            shares.append(math.nan)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, key in enumerate(zip(*(per_op[k] for k in _KEYS))):
+        groups.setdefault(key, []).append(i)
+    lat, pattern, why = per_op["latency_s"], per_op["pattern"], per_op["why"]
+    kernel_bound = list(zip(per_op["kernel"], per_op["bound"]))
+    out: Columns = {c: [] for c in SUMMARY_COLUMNS}
+    for key, rows in groups.items():
+        first = rows[0]
+        touched = [i for i in rows if pattern[i] != "dense"]
+        for c, v in zip(_KEYS, key):
+            out[c].append(v)
+        for c in ("family", "runtime", "device_file", "memory_need_bytes", "memory_capacity_bytes", "fits"):
+            out[c].append(per_op[c][first])
+        for c in ("latency_s", "energy_j", "bytes_dram", "flops", "flops_executed"):
+            out[c].append(_sum([per_op[c][i] for i in rows]))
+        out["fallback_ops"].append(sum(1 for i in rows if per_op["fallback"][i]))
+        out["sparse_ops"].append(len(touched))
+        out["model"].append(",".join(sorted({per_op["model"][i] for i in rows})))
+        out["memory_bytes"].append(_footprint(per_op, "memory_bytes", rows))
+        out["metadata_bytes"].append(_footprint(per_op, "metadata_bytes", rows))
+        top_bound = _top(rows, per_op["bound"], lat)
+        out["bound"].append(top_bound[0] if top_bound else "")
+        scope = touched or rows
+        total = math.fsum(lat[i] for i in scope)
+        top = _top(scope, kernel_bound, lat)
+        if total <= 0 or top is None:
+            out["why"].append("")
+            out["top_why"].append("")
+            out["top_share"].append(math.nan)
             continue
-        t = top.loc[k]
-        why = slowest_why[(*k, t["kernel"], t["bound"])]
-        tops.append(why)
-        shares.append(float(t["latency_s"]) / total)
-        texts.append(f"{why} [{t['latency_s'] / total:.0%} of the latency of the {int(scope_n[k])} "
-                     f"op(s) in scope: {int(t['ops'])} {t['kernel']} op(s), {t['bound']}-bound]")
-    out["why"] = texts
-    # the same as fields: the top kernel's own why and its share of the latency in scope
-    out["top_why"] = tops
-    out["top_share"] = shares
-    out = out.reset_index()
-    out["fallback_ops"] = out["fallback_ops"].astype(int)
-    out["sparse_ops"] = out["sparse_ops"].astype(int)
-    return add_dense_ratios(out)
+        (kernel, bound), top_lat, top_ops = top
+        slowest = max((i for i in scope if kernel_bound[i] == (kernel, bound)), key=lambda i: lat[i])
+        out["top_why"].append(why[slowest])
+        out["top_share"].append(top_lat / total)
+        out["why"].append(f"{why[slowest]} [{top_lat / total:.0%} of the latency of the {len(scope)} "
+                          f"op(s) in scope: {top_ops} {kernel} op(s), {bound}-bound]")
+    return _add_dense_ratios(out)
 
 
-def add_dense_ratios(summary: pd.DataFrame) -> pd.DataFrame:
+def _add_dense_ratios(summary: Columns) -> Columns:
     """speedup_vs_dense, energy_vs_dense and memory_vs_dense against the dense row of the same
-    workload and device."""
-    dense = summary[summary["plan"] == "dense"].set_index(["workload", "device"])
-    idx = pd.MultiIndex.from_frame(summary[["workload", "device"]])
-    d_lat = dense["latency_s"].reindex(idx).to_numpy()
-    d_en = dense["energy_j"].reindex(idx).to_numpy()
-    d_mem = dense["memory_bytes"].reindex(idx).to_numpy()
-    out = summary.copy()
-    with np.errstate(divide="ignore", invalid="ignore"):  # 0/0 (a weightless workload) is NaN
-        out["speedup_vs_dense"] = d_lat / out["latency_s"].to_numpy()
-        out["energy_vs_dense"] = out["energy_j"].to_numpy() / d_en
-        out["memory_vs_dense"] = out["memory_bytes"].to_numpy() / d_mem
-    return out[list(SUMMARY_COLUMNS)]
+    workload and device (NaN where there is none)."""
+    dense = {(w, d): i for i, (w, d, p) in enumerate(zip(*(summary[k] for k in _KEYS))) if p == "dense"}
+    lat, energy, mem = summary["latency_s"], summary["energy_j"], summary["memory_bytes"]
+    nan = math.nan
+    for i, key in enumerate(zip(summary["workload"], summary["device"])):
+        j = dense.get(key)
+        summary["speedup_vs_dense"].append(nan if j is None else _ratio(lat[j], lat[i]))
+        summary["energy_vs_dense"].append(nan if j is None else _ratio(energy[i], energy[j]))
+        summary["memory_vs_dense"].append(nan if j is None else _ratio(mem[i], mem[j]))
+    return summary
 
 
 class FitTotals(TypedDict):
@@ -329,35 +373,44 @@ class Totals(FitTotals):
     fallback_ops: int
 
 
-def totals(per_op: pd.DataFrame) -> Totals:
+def totals(per_op: Columns | pd.DataFrame) -> Totals:
     """Totals of one (workload, device, plan) block: the keys every --json document carries."""
+    cols = as_columns(per_op)
+    n = n_rows(cols)
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, key in enumerate(zip(*(cols[k] for k in _KEYS))):
+        groups.setdefault(key, []).append(i)
     return {
-        "latency_s": float(per_op["latency_s"].sum()),
-        "energy_j": float(per_op["energy_j"].sum()),
-        "memory_bytes": float(_footprint(per_op, "memory_bytes", _KEYS).sum()),
-        "metadata_bytes": float(_footprint(per_op, "metadata_bytes", _KEYS).sum()),
-        "bytes_dram": float(per_op["bytes_dram"].sum()),
-        "flops": float(per_op["flops"].sum()),
-        "flops_executed": float(per_op["flops_executed"].sum()),
-        "fallback_ops": int(per_op["fallback"].sum()),
-        **_fit_totals(per_op),
+        "latency_s": math.fsum(cols["latency_s"]),
+        "energy_j": math.fsum(cols["energy_j"]),
+        "memory_bytes": math.fsum(_footprint(cols, "memory_bytes", rows) for rows in groups.values()),
+        "metadata_bytes": math.fsum(_footprint(cols, "metadata_bytes", rows) for rows in groups.values()),
+        "bytes_dram": math.fsum(cols["bytes_dram"]),
+        "flops": float(_sum(cols["flops"])),
+        "flops_executed": float(_sum(cols["flops_executed"])),
+        "fallback_ops": sum(1 for f in cols["fallback"] if f),
+        **_fit_totals(cols, n),
     }
 
 
-def _fit_totals(per_op: pd.DataFrame) -> FitTotals:
-    if per_op.empty:
+def _fit_totals(cols: Columns, n: int) -> FitTotals:
+    if n == 0:
         return {"memory_need_bytes": 0.0, "memory_capacity_bytes": None, "fits": None}
-    first = per_op.iloc[0]
-    cap = float(first["memory_capacity_bytes"])
-    fits = first["fits"]
-    return {"memory_need_bytes": float(first["memory_need_bytes"]),
+    cap = float(cols["memory_capacity_bytes"][0])
+    fits = cols["fits"][0]
+    return {"memory_need_bytes": float(cols["memory_need_bytes"][0]),
             "memory_capacity_bytes": cap if math.isfinite(cap) else None,
             "fits": None if fits is None else bool(fits)}
 
 
-def records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as plain-JSON dicts (numpy scalars unwrapped, NaN/inf as None)."""
-    return [{k: jsonable(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+def records(table: Columns | pd.DataFrame, fields: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Rows (of `fields`, default all columns) as plain-JSON dicts (numpy scalars unwrapped,
+    NaN/inf as None)."""
+    if not isinstance(table, dict):
+        df = table if fields is None else table[list(fields)]
+        return [{k: jsonable(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+    names = list(table) if fields is None else list(fields)
+    return [{k: jsonable(v) for k, v in zip(names, row)} for row in zip(*(table[k] for k in names))]
 
 
 def jsonable(v: Any) -> Any:
@@ -377,9 +430,10 @@ def reason_text(reasons: Iterable[Reason]) -> str:
     return "; ".join(r.code + (f"={r.value:.3g}" if math.isfinite(r.value) else "") for r in reasons)
 
 
-def speedup_map(summary: pd.DataFrame) -> dict[str, dict[str, float | None]]:
+def speedup_map(summary: Columns | pd.DataFrame) -> dict[str, dict[str, float | None]]:
     """{device: {plan: speedup_vs_dense}} as compare's --json gives it."""
+    cols = as_columns(summary)
     out: dict[str, dict[str, float | None]] = {}
-    for dev, plan, s in summary[["device", "plan", "speedup_vs_dense"]].itertuples(index=False):
+    for dev, plan, s in zip(cols["device"], cols["plan"], cols["speedup_vs_dense"]):
         out.setdefault(str(dev), {})[str(plan)] = jsonable(s)
     return out

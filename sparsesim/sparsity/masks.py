@@ -20,15 +20,15 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from sparsesim.core.errors import MaskError
 from sparsesim.core.lazy import lazy_module
 from sparsesim.sparsity.records import Pattern
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 else:
+    np = lazy_module("numpy")
     torch = lazy_module("torch")
 
 

@@ -16,16 +16,16 @@ from dataclasses import replace
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from sparsesim.core.lazy import lazy_module, scipy_stats
 from sparsesim.sparsity.kinds.base import Frame
 from sparsesim.sparsity.masks import matrix_view, row_bands
 from sparsesim.sparsity.records import OCCUPANCY_BINS, Pattern, SparsityStats
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 else:
+    np = lazy_module("numpy")
     torch = lazy_module("torch")
 
 # N:M ratios every stats record reports (the ratios sparse tensor cores and papers use)

@@ -529,8 +529,11 @@ def step_table(
     opts = StepOptions(storage=config.storage, optimizer=optimizer, checkpoint=config.checkpoint,
                        input_grad=config.input_grad)
     step = _build(wl, seg, opts, sizes, weight_shapes(wl), mem)
-    df = cost_table(Prepared(step.sparse.workload, {seg.label: step.sparse}), [resolve_device(device)],
-                    runtime=config.runtime, kernel=config.kernel)
+    from sparsesim.run import results
+
+    per_op = cost_table(Prepared(step.sparse.workload, {seg.label: step.sparse}), [resolve_device(device)],
+                        runtime=config.runtime, kernel=config.kernel)
+    df = results.frame(per_op, results.PER_OP_COLUMNS)
     df.insert(df.columns.get_loc("kind"), "pass", list(step.passes))
     df.insert(df.columns.get_loc("flops") + 1, "theoretical_flops", list(step.theoretical_flops))
     return df

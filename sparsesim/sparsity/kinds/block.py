@@ -12,8 +12,6 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from sparsesim.core.errors import MaskError
 from sparsesim.core.lazy import lazy_module, scipy_stats
 from sparsesim.sparsity.kinds.base import (
@@ -39,8 +37,10 @@ from sparsesim.sparsity.stats import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 else:
+    np = lazy_module("numpy")
     torch = lazy_module("torch")
 
 _SPELLING = re.compile(r"block([^x:]+)x([^:]+):(.+)", re.ASCII)
