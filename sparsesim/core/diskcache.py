@@ -69,7 +69,9 @@ def max_bytes() -> int:
 
 
 def code_version() -> str:
-    """A digest of the sparsesim sources and of the library versions: any edit to either misses."""
+    """A digest of the sparsesim sources and of the library versions: any edit to either misses.
+    A source file counts by its size and modification time, as Python's own bytecode cache
+    checks it (an edit changes both; reading every file's bytes cost a cold run ~10 ms)."""
     global _code_version
     if _code_version is None:
         import sparsesim
@@ -77,8 +79,9 @@ def code_version() -> str:
         pkg = Path(sparsesim.__file__).parent
         files = sorted(pkg.rglob("*.py"))
         libs = tuple((name, installed_version(name)) for name in LIBRARIES)
+        stats = [f.stat() for f in files]
         _code_version = digest(sparsesim.__version__, sys.version, libs,
-                               tuple((str(f.relative_to(pkg)), f.read_bytes()) for f in files))
+                               tuple((str(f.relative_to(pkg)), st.st_size, st.st_mtime_ns) for f, st in zip(files, stats)))
     return _code_version
 
 
