@@ -148,14 +148,17 @@ def test_costing_a_topology_imports_no_torch(tmp_path):
 
 
 def test_printed_estimate_of_a_topology_needs_no_table_library(tmp_path):
-    """The cold process of the SCALE-Sim side by side: an estimate printed from a topology file
-    on an FPGA array imports neither pandas nor numpy nor torch, nor the other families' cost
-    models, and prints the numbers the DataFrame path gives."""
+    """The cold process of the SCALE-Sim side by side: an estimate (or a comparison) printed
+    from a topology file on an FPGA array imports neither pandas nor numpy nor torch, nor the
+    other families' cost models, and prints the numbers the DataFrame path gives."""
     c = write(tmp_path, "c.csv", CONV_HEADER + "conv1, 58, 58, 3, 3, 64, 64, 1,\n"
               + "conv2, 30, 30, 3, 3, 64, 128, 2,\n")
     code = "\n".join((
         "import sys",
         "from sparsesim.cli import main",
+        "import contextlib, io",
+        "with contextlib.redirect_stdout(io.StringIO()):",
+        f"    assert main(['--no-cache', 'compare', {c!r}, '--devices', 'alveo-u250', '--plans', 'dense,2:4']) == 0",
         f"assert main(['--no-cache', 'estimate', {c!r}, '--device', 'alveo-u250', '--dtype', 'int8', '--json']) == 0",
         "heavy = ('numpy', 'pandas', 'torch', 'sparsesim.cost.families.gpu', 'sparsesim.cost.families.cpu',",
         "         'sparsesim.cost.families.s4')",

@@ -53,16 +53,17 @@ def cache_parts(args: argparse.Namespace) -> tuple[Any, ...] | None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from sparsesim.run import results
-    from sparsesim.run.estimate import compare
+    from sparsesim.run.estimate import compare_tables
 
     plans = _plans(args.plans)
-    summary = compare(workload_spec(args), args.devices, plans, criterion=args.criterion, **deployment(args),
-                      dask_scheduler=args.dask_scheduler)
+    # the summary as columns: printing it needs no pandas
+    summary = compare_tables(workload_spec(args), args.devices, plans, criterion=args.criterion, **deployment(args),
+                             dask_scheduler=args.dask_scheduler).summary_columns
     return {
-        "workload": str(summary["workload"].iat[0]) if len(summary) else args.workload,
+        "workload": str(summary["workload"][0]) if results.n_rows(summary) else args.workload,
         "plans": plans,
         "devices": list(dict.fromkeys(summary["device"])),
-        "rows": results.records(summary[list(ROW_FIELDS)]),
+        "rows": results.records(summary, ROW_FIELDS),
         "speedup_vs_dense": results.speedup_map(summary),
         "user_devices": user_devices_joining(args.devices),
     }
