@@ -23,6 +23,13 @@ CONV_HEADER = "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Widt
 GEMM_HEADER = "Layer, M, N, K,\n"
 
 
+def fresh_process(lines: tuple[str, ...]) -> list[str]:
+    """The stdout lines of `lines` run as a program in a fresh interpreter (which must succeed)."""
+    out = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.splitlines()
+
+
 def write(tmp_path: Path, name: str, text: str) -> str:
     p = tmp_path / name
     p.write_text(text)
@@ -123,7 +130,7 @@ def test_costing_a_topology_imports_no_torch(tmp_path):
     is never loaded; the pattern kinds, masks, stats and formula registry name it lazily."""
     g = write(tmp_path, "g.csv", GEMM_HEADER + "only, 64, 64, 64,\n")
     c = write(tmp_path, "c.csv", CONV_HEADER + "conv1, 56, 56, 3, 3, 64, 64, 1,\n" + "conv2_DP, 28, 28, 3, 3, 64, 1, 1, 2:4,\n")
-    code = "\n".join((
+    stdout = fresh_process((
         "import sys",
         "from sparsesim.tracing.topology import load_topology",
         f"load_topology({g!r})",
@@ -140,11 +147,9 @@ def test_costing_a_topology_imports_no_torch(tmp_path):
         "    assert main(argv) == 0, argv",
         "    print(argv[1], 'torch' in sys.modules)",
     ))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    loaded = [line for line in out.stdout.splitlines() if line.endswith((" True", " False"))]
+    loaded = [line for line in stdout if line.endswith((" True", " False"))]
     assert loaded == [f"{verb} False" for verb in ("read", "estimate", "estimate", "compare", "trace", "simulate")], \
-        out.stdout[-2000:]
+        stdout[-20:]
 
 
 def test_printed_estimate_of_a_topology_needs_no_table_library(tmp_path):
@@ -153,7 +158,7 @@ def test_printed_estimate_of_a_topology_needs_no_table_library(tmp_path):
     other families' cost models, and prints the numbers the DataFrame path gives."""
     c = write(tmp_path, "c.csv", CONV_HEADER + "conv1, 58, 58, 3, 3, 64, 64, 1,\n"
               + "conv2, 30, 30, 3, 3, 64, 128, 2,\n")
-    code = "\n".join((
+    *doc_lines, loaded = fresh_process((
         "import sys",
         "from sparsesim.cli import main",
         "import contextlib, io",
@@ -164,9 +169,6 @@ def test_printed_estimate_of_a_topology_needs_no_table_library(tmp_path):
         "         'sparsesim.cost.families.s4')",
         "print('loaded:', [m for m in heavy if m in sys.modules])",
     ))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-2000:]
-    *doc_lines, loaded = out.stdout.splitlines()
     assert loaded == "loaded: []"
     doc = json.loads("\n".join(doc_lines))
     t = compare_tables(c, ["alveo-u250"], ["dense"], dtype="int8")
