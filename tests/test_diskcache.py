@@ -207,6 +207,22 @@ def test_no_cache_and_cache_verb(cache_dir, cli):
     assert diskcache.entries() == []
 
 
+def test_an_edited_source_changes_the_code_version(tmp_path):
+    src = tmp_path / "pkg" / "mod.py"
+    src.parent.mkdir()
+    src.write_text("A = 1\n")
+    os.utime(src, ns=(1_000_000_000, 1_000_000_000))
+    before = diskcache.source_stamps(tmp_path)
+    assert before == (("pkg/mod.py", 6, 1_000_000_000),)
+    src.write_text("A = 2\n")  # the same size, written later
+    assert diskcache.source_stamps(tmp_path) != before
+    os.utime(src, ns=(1_000_000_000, 1_000_000_000))
+    assert diskcache.source_stamps(tmp_path) == before  # stamps, not bytes: as Python's bytecode cache
+    src.write_text("A = 22\n")
+    os.utime(src, ns=(1_000_000_000, 1_000_000_000))
+    assert diskcache.source_stamps(tmp_path) != before  # another size
+
+
 def test_installed_version_reads_what_importlib_metadata_reads():
     from importlib import metadata
 

@@ -76,13 +76,15 @@ def code_version() -> str:
     if _code_version is None:
         import sparsesim
 
-        pkg = Path(sparsesim.__file__).parent
-        files = sorted(pkg.rglob("*.py"))
         libs = tuple((name, installed_version(name)) for name in LIBRARIES)
-        stats = [f.stat() for f in files]
-        _code_version = digest(sparsesim.__version__, sys.version, libs,
-                               tuple((str(f.relative_to(pkg)), st.st_size, st.st_mtime_ns) for f, st in zip(files, stats)))
+        _code_version = digest(sparsesim.__version__, sys.version, libs, source_stamps(Path(sparsesim.__file__).parent))
     return _code_version
+
+
+def source_stamps(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """(path under `root`, size, modification time in ns) of every Python file below `root`."""
+    files = sorted(root.rglob("*.py"))
+    return tuple((str(f.relative_to(root)), st.st_size, st.st_mtime_ns) for f, st in zip(files, map(Path.stat, files)))
 
 
 def installed_version(name: str) -> str | None:
