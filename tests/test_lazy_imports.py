@@ -28,6 +28,33 @@ def test_lazy_module_imports_on_first_attribute_only():
                                 "(0.0, 1.0, 1.0) True <lazy module 'colorsys' (loaded)>", "True"]
 
 
+def test_lazy_module_first_used_on_two_threads_at_once(tmp_path):
+    """A second thread using the proxy while the first is still importing the module waits for
+    it (plans are sparsified on several threads, and numpy is first used there)."""
+    (tmp_path / "slow_module.py").write_text("import time\ntime.sleep(0.5)\nVALUE = 42\n")
+    code = "\n".join((
+        "import sys, threading, time",
+        f"sys.path.insert(0, {str(tmp_path)!r})",
+        "from sparsesim.core.lazy import lazy_module",
+        "m = lazy_module('slow_module')",
+        "got = []",
+        "def use():",
+        "    try:",
+        "        got.append(m.VALUE)",
+        "    except AttributeError as e:",
+        "        got.append(repr(e))",
+        "first = threading.Thread(target=use)",
+        "first.start()",
+        "time.sleep(0.2)  # the first thread is inside the module's code now",
+        "second = threading.Thread(target=use)",
+        "second.start()",
+        "first.join(); second.join()",
+        "print(got)",
+    ))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[42, 42]"
+
+
 def test_lazy_module_forwards_to_the_module():
     t = lazy_module("torch.nn.functional")  # a submodule: imported (with its parents) on first use
     assert t.relu(torch.tensor([-1.0, 2.0])).tolist() == [0.0, 2.0]

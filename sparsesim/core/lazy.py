@@ -40,7 +40,10 @@ class _LazyModule(ModuleType):
     def _load(self) -> ModuleType:
         mod: ModuleType | None = self.__dict__["_lazy_module"]
         if mod is None:
-            mod = sys.modules.get(self.__name__) or importlib.import_module(self.__name__)
+            # import_module, not a look in sys.modules: while another thread is still running the
+            # module's code (the first use of numpy on two threads at once), sys.modules holds it
+            # half made; import_module waits for it under the import lock
+            mod = importlib.import_module(self.__name__)
             self.__dict__["_lazy_module"] = mod
         return mod
 
@@ -67,4 +70,5 @@ class _LazyModule(ModuleType):
 def lazy_module(name: str) -> ModuleType:
     """Module `name`, imported on first attribute access (at once when it is already loaded)."""
     loaded = sys.modules.get(name)
-    return loaded if loaded is not None else _LazyModule(name)
+    initializing = getattr(getattr(loaded, "__spec__", None), "_initializing", False)
+    return loaded if loaded is not None and not initializing else _LazyModule(name)
