@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
 
 from sparsesim.core.errors import DeviceFileError, UnsupportedError
 from sparsesim.core.ir import Op
@@ -45,24 +44,26 @@ def register_peaks(family: str) -> Callable[[PeakFn], PeakFn]:
     return wrap
 
 
-def _loaded(table: dict[str, Any], family: str) -> Any:
-    """`table[family]` after importing the family's module (a Device made in another process,
-    unpickled here, may name a family this one has not loaded yet); None if it registers none."""
-    from sparsesim.cost.families import load_family
+def _ensure_loaded(family: str) -> None:
+    """Import the family's module unless its cost function is registered already (a Device made
+    in another process and unpickled here may name a family this one has not loaded yet)."""
+    if family not in FAMILY_COST:
+        from sparsesim.cost.families import load_family
 
-    load_family(family)
-    return table.get(family)
+        load_family(family)
 
 
 def family_peaks(family: str) -> PeakFn | None:
     """The family's derived compute peaks, None when its peaks are `flop_rate` fields."""
-    return FAMILY_PEAKS.get(family) or _loaded(FAMILY_PEAKS, family)
+    _ensure_loaded(family)
+    return FAMILY_PEAKS.get(family)
 
 
 def estimate_op(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
     """Cost of one op on one device; `layer` is None for dense or weightless ops; `context`
     says what the whole-model run around the op looks like (default: the op alone)."""
-    fn = FAMILY_COST.get(device.family) or _loaded(FAMILY_COST, device.family)
+    _ensure_loaded(device.family)
+    fn = FAMILY_COST.get(device.family)
     if fn is None:
         raise UnsupportedError(f"device {device.name}: no cost model for family {device.family!r}")
     what = f"{device.path}: the {device.family} cost model on op {op.index} ({op.kind}"

@@ -28,8 +28,3 @@ def load_family(name: str) -> bool:
     importlib.import_module(module)
     return True
 
-
-def load_families() -> None:
-    """Import every built-in family."""
-    for name in FAMILY_MODULES:
-        load_family(name)

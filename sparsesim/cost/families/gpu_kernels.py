@@ -121,9 +121,10 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
     p: GpuParams = device.params
     cuda_core_conv = unit is None and conv_runs_on_cuda_cores(p, op, work.dtype_bytes, env.rt.pads_conv_channels)
     if cuda_core_conv:
+        assert op.weight_shape is not None  # conv_runs_on_cuda_cores checked it
         unit = Unit("fp32", p.cuda_core_peak, False)
         granule = conv_channel_granule(p, work.dtype_bytes)
-        why = "; ".join(w for w in (why, f"{op.weight_shape[1] if op.weight_shape else '?'} input channels are not a "
+        why = "; ".join(w for w in (why, f"{op.weight_shape[1]} input channels are not a "
                                          f"multiple of the {granule} a tensor-core convolution reads per vector and "
                                          f"{env.runtime} does not pad them: cuDNN's CUDA-core implicit GEMM at "
                                          f"{p.conv_cuda_core_efficiency:.0%} of the CUDA-core peak") if w)

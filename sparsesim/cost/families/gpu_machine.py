@@ -179,9 +179,8 @@ class GpuParams:
         if unknown:
             return (f"field 'sparse_kernel_fixed': unknown kernel(s) {', '.join(unknown)} "
                     f"(known: {', '.join(self.kernel_names())})")
-        if not 0 <= self.conv_cuda_core_efficiency <= 1:
-            return f"field 'conv_cuda_core_efficiency': must be in [0, 1], got {self.conv_cuda_core_efficiency:g}"
-        return (check_fraction(self, "dram_efficiency", "l2_resident_fraction", "dense_gemm_efficiency",
+        return (check_fraction(self, "conv_cuda_core_efficiency", zero_ok=True)
+                or check_fraction(self, "dram_efficiency", "l2_resident_fraction", "dense_gemm_efficiency",
                                "dense_dtype_efficiency",
                                "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency", "mma_sync_fraction",
                                "strided_copy_efficiency", "broadcast_elementwise_efficiency")
