@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -391,3 +392,47 @@ def test_tinygemm_at_one_token_is_bound_by_the_bytes_its_warps_keep_in_flight():
     # more tokens: the kernel's multi-warp path, not the GEMV's latency bound
     assert "latency-bound" not in cost_one(gemm_op(64, 4096, 4096, "int4"), None, A100, runtime="compiled",
                                            kernel="tinygemm").why
+
+
+def _brute_force_chain(tokens: int, n: int, k: int, sms: int, sparse: bool, group: int) -> int:
+    """The most blocks any column slice is shared by, walking every column of the partition."""
+    from sparsesim.cost.families import marlin
+
+    s = marlin.stripes(tokens, n, k, sms, sparse=sparse, group_size=group)
+    k_tiles = math.ceil(k / s.tile_k)
+    columns = math.ceil(n / s.tile_n) * min(math.ceil(tokens / marlin.TOKENS_PER_TILE), marlin.MAX_PARALLEL)
+    return max(len({t // s.iters for t in range(c * k_tiles, (c + 1) * k_tiles)}) for c in range(columns))
+
+
+@pytest.mark.parametrize("tokens,n,k,sms,sparse", [
+    (1, 1024, 4096, 108, True), (1, 4096, 14336, 108, True), (1, 128256, 4096, 132, True),
+    (16, 6144, 4096, 108, False), (64, 4096, 4096, 132, False), (300, 5120, 1280, 108, True),
+])
+def test_marlin_stripes_follow_the_kernels_partition(tokens, n, k, sms, sparse):
+    """The partition of marlin_cuda / marlin_cuda_2_4: equal runs of tiles per block, rounded to
+    whole quantisation groups; the chain length is what walking every column slice finds."""
+    from sparsesim.cost.families import marlin
+
+    s = marlin.stripes(tokens, n, k, sms, sparse=sparse, group_size=128)
+    assert s.blocks <= sms and s.blocks * s.iters >= math.ceil(k / s.tile_k) * math.ceil(n / s.tile_n)
+    assert s.iters % (2 if sparse and s.tile_k == 128 else 1) == 0
+    assert s.chain == _brute_force_chain(tokens, n, k, sms, sparse, 128)
+
+
+def test_marlin_one_token_narrow_layer_waits_on_its_serial_reductions():
+    """Llama-3-8B's k_proj at one token on an A100 (kernel arithmetic, 108 SMs): 8 column slices of
+    32 k-tiles, stripes of 4 tiles, so 64 blocks stream and 8 share each slice: 7 hand-offs
+    through L2, each REDUCE_L2_ROUND_TRIPS L2 latencies. A wide layer shares a slice among 2."""
+    from sparsesim.cost.families import marlin
+
+    s = marlin.stripes(1, 1024, 4096, 108, sparse=True, group_size=128)
+    assert (s.tile_k, s.tile_n, s.iters, s.blocks, s.chain) == (128, 128, 4, 64, 8)
+    assert marlin.stripes(1, 14336, 4096, 108, sparse=True, group_size=128).chain == 2
+    p = A100.params
+    layer = layer_for("weight", 1024, 4096, parse_pattern("2:4"), "int4")
+    narrow = cost_one(gemm_op(1, 1024, 4096, "int4"), layer, A100, runtime="compiled", kernel="sparse-marlin")
+    chain = 7 * marlin.REDUCE_L2_ROUND_TRIPS * p.l2_latency
+    assert narrow.details["overhead_s"] == pytest.approx(A100.runtime("compiled")[1].kernel_launch + chain)
+    assert "7 serial reduction(s) in L2" in narrow.why and "64 of 108 SMs" in narrow.why
+    dense = cost_one(gemm_op(1, 1024, 4096, "int4"), None, A100, runtime="compiled", kernel="marlin")
+    assert "serial reduction(s) in L2" in dense.why and dense.details["overhead_s"] > chain

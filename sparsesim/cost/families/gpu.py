@@ -172,8 +172,8 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         kind = layer.pattern.kind
     if not any(kind in k.serves for k in KERNELS.values()):
         assert layer is not None
-        return dense_cost(op, work, device, env, fallback=True, notes=(Reason("unsupported"),),
-                          why=f"{layer.pattern.label}: no GPU kernel for {kind} patterns: ran dense")
+        return _run_dense(op, work, device, env, f"{layer.pattern.label}: no GPU kernel for {kind} patterns: ran dense",
+                          notes=(Reason("unsupported"),))
     out = _pick(op, kind, work, layer, device, env)
     if kind == "vnm" and not isinstance(out, Cost):
         # a V:N:M mask is also an N:M mask: it runs as one when Spatha cannot run it
@@ -190,9 +190,26 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         return out
     label = layer.pattern.label if layer is not None else "dense"
     if kind in ("dense", "act"):
-        # no dense kernel for the dtype (int4 without Marlin): the weights are dequantised to 16 bits
-        return dense_cost(op, work, device, env, fallback=True,
-                          why=f"{out}; ran as a 16-bit dense GEMM", kernel="dense (cublas)",
-                          unit=compute_unit(p, "fp16" if "fp16" in p.tensor_peak else work.dtype),
-                          w_bytes=work.w_bytes / work.dtype_bytes * 2 if work.dtype_bytes < 1 else None)
-    return dense_cost(op, work, device, env, fallback=True, why=f"{label} not run sparse: {out}; ran dense")
+        return _dequantised(op, work, device, env, out)
+    return _run_dense(op, work, device, env, f"{label} not run sparse: {out}; ran dense")
+
+
+def _run_dense(op: Op, work: GemmWork, device: Device, env: KernelEnv, why: str,
+               notes: tuple[Reason, ...] = ()) -> Cost:
+    """An op whose pattern no kernel runs: the dense kernel the runtime picks for it, the one a
+    dense plan runs (an int4 layer keeps its int4 kernel), as a fallback."""
+    out = _pick(op, "dense", work, None, device, env)
+    if isinstance(out, Cost):
+        return dataclasses.replace(out, fallback=True, why=f"{why}: {out.why}", notes=out.notes + notes)
+    return _dequantised(op, work, device, env, f"{why}: {out}", notes)
+
+
+def _dequantised(op: Op, work: GemmWork, device: Device, env: KernelEnv, why: str,
+                 notes: tuple[Reason, ...] = ()) -> Cost:
+    """No dense kernel for the dtype (int4 where the runtime offers no int4 kernel): the weights are
+    dequantised to 16 bits and run through a 16-bit dense GEMM."""
+    p: GpuParams = device.params
+    return dense_cost(op, work, device, env, fallback=True, notes=notes,
+                      why=f"{why}; ran as a 16-bit dense GEMM", kernel="dense (cublas)",
+                      unit=compute_unit(p, "fp16" if "fp16" in p.tensor_peak else work.dtype),
+                      w_bytes=work.w_bytes / work.dtype_bytes * 2 if work.dtype_bytes < 1 else None)

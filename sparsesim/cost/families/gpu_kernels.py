@@ -3,11 +3,11 @@
 | kernel | serves | what it does (source) |
 |---|---|---|
 | cublas | dense | cuBLAS/cuBLASLt tensor-core GEMM; split-K when the tiles fill less than a wave |
-| marlin | dense int4 | int4 weight-only GEMM (Frantar et al., Marlin): 4-bit weights dequantised in registers, fp16 MMA |
+| marlin | dense int4 | int4 weight-only GEMM (Frantar et al., Marlin): 4-bit weights dequantised in registers, fp16 MMA; its work striped over every SM, the stripes sharing a column slice reduced one after another in L2 (`marlin`) |
 | tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one warp per 8 output columns over the whole K; at a few tokens bound by the bytes its warps keep in flight (Little's law) |
 | cusparselt | 2:4 | cuSPARSELt: result transpose fused into the GEMM (torch._cslt_sparse_mm transpose_result); the device file's sparse tile; split-K only under algorithm search (cusparseLtMatmulSearch) |
 | cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the device's GEMM tile, the result is copied out (res.t().contiguous() in torch/sparse/semi_structured.py), no split-K, no fp8 |
-| sparse-marlin | 2:4 int4 | Sparse-Marlin (torchao): int4 2:4 weights on sparse tensor cores, its work striped over every SM |
+| sparse-marlin | 2:4 int4 | Sparse-Marlin (torchao): int4 2:4 weights on sparse tensor cores, its work striped over every SM, the stripes sharing a column slice reduced one after another in L2 (`marlin`) |
 | sputnik | unstructured | CSR SpMM on CUDA cores (Gale et al. SC'20): 1D tiles of output columns, one row per subwarp |
 | cusparse-csr | unstructured | cuSPARSE CSR SpMM (torch.sparse CSR @ dense), the same structure at a lower efficiency |
 | flash-llm | unstructured | "load as sparse, compute as dense" (Xia et al. VLDB'24): sparse tiles expanded in shared memory, dense MMA |
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from sparsesim.core.ir import WEIGHT_ONLY_DTYPES, GemmShape, Op, activation_dtype
 from sparsesim.cost.common import GemmWork, build_cost, ceil_div
+from sparsesim.cost.families import marlin
 from sparsesim.cost.families.gpu_machine import (
     CSR_INDEX_BYTES,
     MODEL,
@@ -79,12 +80,6 @@ TINYGEMM_TILE = (16, 8)
 # int4mm.cu's m <= 16 dispatch, from memory of the source: U): 128 K x 8 columns of int4 weights
 # (512 B) plus the bf16 scale and zero of those 8 columns' two groups of 64 (64 B) in flight per warp
 TINYGEMM_K_PER_ITERATION = 128
-# Marlin and Sparse-Marlin stripe their tiles over every SM (each SM takes an equal run of K
-# slices across the output tiles and the partial sums are reduced), so even one token keeps all
-# SMs streaming weights: K is split whatever the runtime; CTA tile of up to 4 blocks of 16 rows x
-# 256 output columns for small batches (Frantar et al., Marlin, "striped partitioning"; tile from
-# memory of the source: U)
-MARLIN_TILE = (64, 256)
 # Flash-LLM's Tiled-CSL format stores a 16-bit location next to each 16-bit value (Xia et al. §4)
 FLASH_LLM_INDEX_BYTES = 2
 
@@ -274,9 +269,29 @@ def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
         return f"Marlin runs int4 weight-only GEMMs, not {work.dtype}"
     p: GpuParams = device.params
     unit = compute_unit(p, activation_dtype(work.dtype))
-    return dense_cost(op, work, device, env, kernel="dense (marlin int4)", unit=unit, w_bytes=int4_weight_bytes(work),
-                      why=f"int4 weight-only: 4-bit weights + fp16 scales per {INT4_GROUP_SIZE}, dequantised in "
-                          f"registers, {unit.dtype} MMA")
+    g = work.gemms[0]
+    striped = marlin.stripes(g.m * g.batch * g.groups, g.n, g.k, int(p.sm_count), sparse=False,
+                             group_size=INT4_GROUP_SIZE)
+    w_bytes = int4_weight_bytes(work)
+    tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype)
+    gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
+                   split_k=True, tile=(striped.tile_m, striped.tile_n))
+    flight = marlin.in_flight_bytes(striped, 4, sparse=False, group_size=INT4_GROUP_SIZE, scale_bytes=SCALE_BYTES)
+    memory = max(memory_s(p, gt.dram_bytes, gt.l2_bytes),
+                 gt.dram_bytes / latency_bound_bandwidth(p, striped.blocks, flight))
+    chain = marlin.reduction_s(striped, p.l2_latency)
+    overhead = env.launch * striped.launches + chain
+    why = describe(f"Marlin int4 weight-only {g.m}x{g.n}x{g.k}: 4-bit weights + fp16 scales per {INT4_GROUP_SIZE} "
+                   f"({w_bytes / 1e6:.3g} MB), dequantised in registers, {unit.dtype} MMA", gt.compute_s, memory,
+                   overhead, gt.tiling) + "; " + marlin.describe_stripes(striped, int(p.sm_count), chain)
+    return build_cost(
+        device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=overhead,
+        energy=gpu_energy(p, float(work.macs), unit.dtype, gt.dram_bytes, gt.l2_bytes),
+        kernel="dense (marlin int4)", why=why, flops_executed=float(work.flops), peak_flops=unit.peak,
+        memory_bytes=w_bytes if op.weight is not None else 0.0,
+        details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "wave_efficiency": gt.tiling.wave_efficiency,
+                 "split_k": gt.tiling.split_k, "precision": precision_id(unit.dtype)},
+    )
 
 
 def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
@@ -372,13 +387,15 @@ def _nm_check(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
 
 def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env: KernelEnv, sdt: str, *,
                library: str, kernel: str, fused_transpose: bool, adapts_tile: bool, int4: bool = False,
-               tile: tuple[int, int] | None = None, split_k: bool | None = None) -> Cost:
+               tile: tuple[int, int] | None = None, split_k: bool | None = None,
+               striped: marlin.Stripes | None = None) -> Cost:
     """2:4 (1:2 tf32) GEMM on sparse tensor cores by `library`, with the layout kernels a
     framework runtime launches around it and, under eager, the tensor subclass's host time.
     `split_k` (default: when the runtime searches algorithms) spreads K over otherwise idle SMs.
     `adapts_tile`: the kernel fits its CTA tile to the shape; without that (torch's CUTLASS
     kernel, cuSPARSELt's default algorithm when nothing searches) it computes its whole tile, so
-    a decode GEMV computes a tile of 128 tokens for its one."""
+    a decode GEMV computes a tile of 128 tokens for its one. `striped`: Marlin's partition of an
+    int4 GEMM (its tile, the blocks that stream, the serial reductions that follow; `marlin`)."""
     p: GpuParams = device.params
     rt = env.rt
     g = work.gemms[0]
@@ -418,6 +435,14 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     extra_s = extra_kernels * env.launch + extra_bytes / dram_bw(p)
     fixed = p.sparse_kernel_fixed.get(kernel, 0.0)
     overhead = env.launch + fixed + extra_s
+    stripe_why = ""
+    if striped is not None:
+        flight = marlin.in_flight_bytes(striped, 4, sparse=True, group_size=INT4_GROUP_SIZE, scale_bytes=SCALE_BYTES)
+        bw = latency_bound_bandwidth(p, striped.blocks, flight)
+        memory = max(memory, (gt.dram_bytes + gt.metadata_dram_bytes) / bw)
+        chain = marlin.reduction_s(striped, p.l2_latency)
+        overhead += chain + (striped.launches - 1) * env.launch
+        stripe_why = marlin.describe_stripes(striped, int(p.sm_count), chain)
     dram = gt.dram_bytes + extra_bytes
     host = framework_host(env, kernel) if op.kind == "linear" else 0.0
     serial = host if kernel in rt.serial_dispatch else 0.0
@@ -429,6 +454,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
                      f"support for {sdt}); its extra zeros are stored")
     if fixed > 0:
         parts.append(f"{library}'s prologue +{fixed * 1e6:.3g} us a call beyond a dense GEMM's")
+    if stripe_why:
+        parts.append(stripe_why)
     if extra_why:
         parts.append("layout kernels: " + ", ".join(extra_why) + f" (+{extra_s * 1e6:.3g} us)")
     if host > 0:
@@ -493,10 +520,13 @@ def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: 
     if not sdt:
         return reason
     assert layer is not None
-    # Marlin's stripes take 16 to 64 rows of tokens, as many as the batch has
+    p: GpuParams = device.params
+    g = work.gemms[0]
+    striped = marlin.stripes(g.m * g.batch * g.groups, g.n, g.k, int(p.sm_count), sparse=True,
+                             group_size=INT4_GROUP_SIZE)
     return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", kernel="sparse-marlin",
-                      fused_transpose=True,
-                      adapts_tile=True, int4=True, tile=MARLIN_TILE, split_k=True)
+                      fused_transpose=True, adapts_tile=True, int4=True, tile=(striped.tile_m, striped.tile_n),
+                      split_k=True, striped=striped)
 
 
 # ----------------------------------------------------------------------------- V:N:M

@@ -73,6 +73,9 @@ class GpuParams:
     # warp keeps in flight they bound what a kernel with few warps can stream (Little's law)
     dram_latency: float = quantity("time")
     max_ctas_per_sm: float = quantity("count")
+    # a load that hits L2: thread blocks that hand partial sums to each other through L2 (Marlin's
+    # serial reduction) wait this long per round trip
+    l2_latency: float = quantity("time")
     memory_capacity: float = quantity("bytes")
     launch_overhead: float = quantity("time")
     gemm_tile_m: float = quantity("count")
@@ -187,7 +190,7 @@ class GpuParams:
                 or check_whole(self, "sm_count", "max_ctas_per_sm", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
                                "mma_k_bytes", "sparse_row_multiple", "sparse_col_multiple", "dense_pad_multiple")
                 or check_positive(self, "tensor_peak", "sparse_tensor_peak", "cuda_core_peak", "dram_bandwidth",
-                                  "l2_bandwidth", "clock", "dram_latency", "max_ctas_per_sm")
+                                  "l2_bandwidth", "clock", "dram_latency", "l2_latency", "max_ctas_per_sm")
                 or _check_vnm(self))
 
 
