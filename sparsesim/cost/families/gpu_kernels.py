@@ -4,7 +4,7 @@
 |---|---|---|
 | cublas | dense | cuBLAS/cuBLASLt tensor-core GEMM; split-K when the tiles fill less than a wave |
 | marlin | dense int4 | int4 weight-only GEMM (Frantar et al., Marlin): 4-bit weights dequantised in registers, fp16 MMA; its work striped over every SM, the stripes sharing a column slice reduced one after another in L2 (`marlin`) |
-| tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one warp per 8 output columns over the whole K; at a few tokens bound by the bytes its warps keep in flight (Little's law) |
+| tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one block of 8 warps per 8 output columns over the whole K; at a few tokens bound by the bytes its warps keep in flight (Little's law) when the layer has few columns |
 | cusparselt | 2:4 | cuSPARSELt: result transpose fused into the GEMM (torch._cslt_sparse_mm transpose_result); the device file's sparse tile; split-K only under algorithm search (cusparseLtMatmulSearch) |
 | cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the device's GEMM tile, the result is copied out (res.t().contiguous() in torch/sparse/semi_structured.py), no split-K, no fp8 |
 | sparse-marlin | 2:4 int4 | Sparse-Marlin (torchao): int4 2:4 weights on sparse tensor cores, its work striped over every SM, the stripes sharing a column slice reduced one after another in L2 (`marlin`) |
@@ -72,13 +72,17 @@ SCALE_BYTES = 2
 # int4_weight_only benchmark of Llama-3-8B used groups of 64 (published.md §2.3)
 TINYGEMM_GROUP_SIZE = 64
 TINYGEMM_SCALE_ZERO_BYTES = 4
-# for M <= 16 tinygemm computes m16n8k16 MMAs with the activations padded to 16 rows, one warp
-# (one CTA) per 8 output columns looping over all of K: no split-K (aten/src/ATen/native/cuda/int4mm.cu)
+# tinygemm computes m16n8k16 MMAs with the activations padded to 16 rows: one thread block of
+# TINYGEMM_WARPS warps per 16 tokens x 8 output columns, its warps striding over K and summing
+# their partial sums in shared memory at the end; no split-K across blocks. Each warp loads one
+# iteration's operands into registers (KTilesPerIteration = 8 k-tiles of 16: 128 K x 8 columns of
+# int4 weights, 512 B, plus the bf16 scale and zero of those 8 columns' two groups of 64, 64 B),
+# then dequantises and multiplies them before it issues the next loads: at a few tokens the bytes
+# in flight bound the kernel (Little's law). PyTorch 2.6 aten/src/ATen/native/cuda/int4mm.cu:
+# tinygemm_m16n8k16_chunk_kernel, launched by HANDLE_Q_GROUP(8, 8, KReductionType::None) for
+# every shape
 TINYGEMM_TILE = (16, 8)
-# each tinygemm warp loads one iteration's operands into registers, then dequantises and
-# multiplies them before it issues the next loads (KTilesPerIteration = 8 k-tiles of 16 in
-# int4mm.cu's m <= 16 dispatch, from memory of the source: U): 128 K x 8 columns of int4 weights
-# (512 B) plus the bf16 scale and zero of those 8 columns' two groups of 64 (64 B) in flight per warp
+TINYGEMM_WARPS = 8
 TINYGEMM_K_PER_ITERATION = 128
 # Flash-LLM's Tiled-CSL format stores a 16-bit location next to each 16-bit value (Xia et al. §4)
 FLASH_LLM_INDEX_BYTES = 2
@@ -274,22 +278,25 @@ def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
                              group_size=INT4_GROUP_SIZE)
     w_bytes = int4_weight_bytes(work)
     tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype)
+    # the traffic of the stripes' tiles (split along K like the stripes); the math of the longest stripe
     gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
                    split_k=True, tile=(striped.tile_m, striped.tile_n))
+    compute = marlin.compute_s(striped, tile_rate)
     flight = marlin.in_flight_bytes(striped, 4, sparse=False, group_size=INT4_GROUP_SIZE, scale_bytes=SCALE_BYTES)
     memory = max(memory_s(p, gt.dram_bytes, gt.l2_bytes),
-                 gt.dram_bytes / latency_bound_bandwidth(p, striped.blocks, flight))
+                 gt.dram_bytes / latency_bound_bandwidth(p, striped.blocks, flight, warps_per_block=marlin.WARPS))
     chain = marlin.reduction_s(striped, p.l2_latency)
     overhead = env.launch * striped.launches + chain
     why = describe(f"Marlin int4 weight-only {g.m}x{g.n}x{g.k}: 4-bit weights + fp16 scales per {INT4_GROUP_SIZE} "
-                   f"({w_bytes / 1e6:.3g} MB), dequantised in registers, {unit.dtype} MMA", gt.compute_s, memory,
-                   overhead, gt.tiling) + "; " + marlin.describe_stripes(striped, int(p.sm_count), chain)
+                   f"({w_bytes / 1e6:.3g} MB), dequantised in registers, {unit.dtype} MMA", compute, memory,
+                   overhead, dataclasses.replace(gt.tiling, tiles=0)) + "; " + marlin.describe_stripes(
+                       striped, int(p.sm_count), chain)
     return build_cost(
-        device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=overhead,
+        device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=overhead,
         energy=gpu_energy(p, float(work.macs), unit.dtype, gt.dram_bytes, gt.l2_bytes),
         kernel="dense (marlin int4)", why=why, flops_executed=float(work.flops), peak_flops=unit.peak,
         memory_bytes=w_bytes if op.weight is not None else 0.0,
-        details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "wave_efficiency": gt.tiling.wave_efficiency,
+        details={"waves": striped.launches, "tiles": striped.blocks, "wave_efficiency": striped.blocks / p.sm_count,
                  "split_k": gt.tiling.split_k, "precision": precision_id(unit.dtype)},
     )
 
@@ -304,22 +311,24 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
     g = work.gemms[0]
     elems = work.w_bytes / work.dtype_bytes
     w_bytes = work.w_bytes + elems / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES
-    tile = TINYGEMM_TILE if g.m <= TINYGEMM_TILE[0] else None
     tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype)
+    # one 16 x 8 tile per block whatever M is (more tokens, more blocks re-reading the weight's
+    # column tiles through L2), no split-K
     gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
-                   split_k=tile is None, tile=tile)
+                   tile=TINYGEMM_TILE)
     memory = memory_s(p, gt.dram_bytes, gt.l2_bytes)
     mlp = ""
-    if tile is not None:
-        # one warp per tile, each with one iteration of loads in flight: few columns, few bytes moving
-        cols = TINYGEMM_TILE[1]
-        in_flight = TINYGEMM_K_PER_ITERATION * cols * work.dtype_bytes \
-            + TINYGEMM_K_PER_ITERATION / TINYGEMM_GROUP_SIZE * cols * TINYGEMM_SCALE_ZERO_BYTES
-        bw = latency_bound_bandwidth(p, gt.tiling.tiles, in_flight)
-        if gt.dram_bytes / bw > memory:
-            memory = gt.dram_bytes / bw
-            mlp = (f"; latency-bound: {gt.tiling.tiles} warps x {in_flight:.0f} B in flight / "
-                   f"{p.dram_latency * 1e9:.0f} ns = {bw / 1e9:.0f} GB/s")
+    # each warp with one iteration of loads in flight: few columns, few bytes moving
+    cols = TINYGEMM_TILE[1]
+    per_warp = TINYGEMM_K_PER_ITERATION * cols * work.dtype_bytes \
+        + TINYGEMM_K_PER_ITERATION / TINYGEMM_GROUP_SIZE * cols * TINYGEMM_SCALE_ZERO_BYTES
+    # a block's warps share its K: no more of them load at once than K has iterations
+    warps = max(1, min(TINYGEMM_WARPS, ceil_div(g.k, TINYGEMM_K_PER_ITERATION)))
+    bw = latency_bound_bandwidth(p, gt.tiling.tiles, warps * per_warp, warps_per_block=TINYGEMM_WARPS)
+    if gt.dram_bytes / bw > memory:
+        memory = gt.dram_bytes / bw
+        mlp = (f"; latency-bound: {gt.tiling.tiles} blocks x {warps} warps x {per_warp:.0f} B in flight / "
+               f"{p.dram_latency * 1e9:.0f} ns = {bw / 1e9:.0f} GB/s")
     why = describe(f"tinygemm int4 weight-only {g.m}x{g.n}x{g.k}: 4-bit weights + bf16 scale and zero per "
                    f"{TINYGEMM_GROUP_SIZE} ({w_bytes / 1e6:.3g} MB), {unit.dtype} MMA", gt.compute_s, memory, env.launch,
                    gt.tiling) + mlp
@@ -436,9 +445,13 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     fixed = p.sparse_kernel_fixed.get(kernel, 0.0)
     overhead = env.launch + fixed + extra_s
     stripe_why = ""
+    compute = gt.compute_s
+    tl = gt.tiling
     if striped is not None:
+        compute = marlin.compute_s(striped, tile_rate)
+        tl = dataclasses.replace(tl, tiles=0)  # the stripes describe the partition
         flight = marlin.in_flight_bytes(striped, 4, sparse=True, group_size=INT4_GROUP_SIZE, scale_bytes=SCALE_BYTES)
-        bw = latency_bound_bandwidth(p, striped.blocks, flight)
+        bw = latency_bound_bandwidth(p, striped.blocks, flight, warps_per_block=marlin.WARPS)
         memory = max(memory, (gt.dram_bytes + gt.metadata_dram_bytes) / bw)
         chain = marlin.reduction_s(striped, p.l2_latency)
         overhead += chain + (striped.launches - 1) * env.launch
@@ -448,7 +461,7 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     serial = host if kernel in rt.serial_dispatch else 0.0
     parts = [describe(f"{library}: {sn}:{sm} sparse tensor cores {gp.m}x{gp.n}x{gp.k} {sdt}"
                       f"{' int4 weights' if int4 else ''} (values {values / 1e6:.3g} MB + metadata {meta / 1e6:.3g} MB)",
-                      gt.compute_s, memory, overhead, gt.tiling)]
+                      compute, memory, overhead, tl)]
     if layer.pattern.n != sn or layer.pattern.m != sm:
         parts.append(f"{layer.pattern.label} runs as {sn}:{sm} (the only N:M ratio the sparse tensor cores "
                      f"support for {sdt}); its extra zeros are stored")
@@ -462,7 +475,7 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
         parts.append(host_text(env, host, "tensor subclass, library setup" + ("; the stream waits for it" if serial else "")))
     macs = gp.macs * sn / sm
     return build_cost(
-        device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=overhead,
+        device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=overhead,
         energy=gpu_energy(p, macs, sdt, dram, gt.l2_bytes, metadata=gt.metadata_dram_bytes),
         kernel=f"{sn}:{sm} sparse tensor core ({library})", why="; ".join(parts), flops_executed=2.0 * macs,
         peak_flops=p.sparse_tensor_peak[sdt] * sn / sm, memory_bytes=values + meta, metadata_bytes=meta,

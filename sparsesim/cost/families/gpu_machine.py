@@ -73,6 +73,7 @@ class GpuParams:
     # warp keeps in flight they bound what a kernel with few warps can stream (Little's law)
     dram_latency: float = quantity("time")
     max_ctas_per_sm: float = quantity("count")
+    max_warps_per_sm: float = quantity("count")
     # a load that hits L2: thread blocks that hand partial sums to each other through L2 (Marlin's
     # serial reduction) wait this long per round trip
     l2_latency: float = quantity("time")
@@ -187,10 +188,11 @@ class GpuParams:
                                "dense_dtype_efficiency",
                                "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency", "mma_sync_fraction",
                                "strided_copy_efficiency", "broadcast_elementwise_efficiency")
-                or check_whole(self, "sm_count", "max_ctas_per_sm", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
+                or check_whole(self, "sm_count", "max_ctas_per_sm", "max_warps_per_sm", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
                                "mma_k_bytes", "sparse_row_multiple", "sparse_col_multiple", "dense_pad_multiple")
                 or check_positive(self, "tensor_peak", "sparse_tensor_peak", "cuda_core_peak", "dram_bandwidth",
-                                  "l2_bandwidth", "clock", "dram_latency", "l2_latency", "max_ctas_per_sm")
+                                  "l2_bandwidth", "clock", "dram_latency", "l2_latency", "max_ctas_per_sm",
+                                  "max_warps_per_sm")
                 or _check_vnm(self))
 
 
@@ -453,13 +455,14 @@ def dram_bw(p: GpuParams) -> float:
     return p.dram_bandwidth * p.dram_efficiency
 
 
-def latency_bound_bandwidth(p: GpuParams, warps: int, bytes_in_flight: float) -> float:
-    """The DRAM bandwidth a kernel of `warps` one-warp thread blocks reaches when each keeps
+def latency_bound_bandwidth(p: GpuParams, blocks: int, bytes_in_flight: float, warps_per_block: int = 1) -> float:
+    """The DRAM bandwidth a kernel of `blocks` thread blocks reaches when each keeps
     `bytes_in_flight` of loads outstanding and waits for them before issuing more (Little's law:
     bytes in flight / latency; the memory-warp parallelism of Hong & Kim, ISCA 2009). Blocks
-    beyond the SMs' thread block slots wait for a slot and add nothing in flight; never above
-    `dram_bw`."""
-    resident = min(max(warps, 1), int(p.sm_count * p.max_ctas_per_sm))
+    beyond what the SMs hold at once (their thread block slots, and their warp slots for blocks
+    of `warps_per_block` warps) wait for a slot and add nothing in flight; never above `dram_bw`."""
+    per_sm = min(int(p.max_ctas_per_sm), int(p.max_warps_per_sm) // max(warps_per_block, 1))
+    resident = min(max(blocks, 1), int(p.sm_count) * max(per_sm, 1))
     return min(dram_bw(p), resident * bytes_in_flight / p.dram_latency)
 
 

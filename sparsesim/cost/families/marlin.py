@@ -31,6 +31,9 @@ MAX_PARALLEL = 16
 # m16n8k32 sparse MMA; a stripe is rounded up to whole quantisation groups (group_size / 16 k
 # blocks of 16) so that no stripe starts inside a group
 GROUP_K_BLOCK = 16
+# 256 threads a block (marlin_24_cuda_kernel.cu THREADS; the dense kernel's configurations for
+# these tiles)
+WARPS = 8
 # the kernels' 4-stage cp.async pipeline keeps `STAGES - 2` tiles in flight ("we are double
 # buffering", the kernel's own comment)
 STAGES = 4
@@ -73,6 +76,12 @@ def stripes(tokens: int, n: int, k: int, sms: int, *, sparse: bool, group_size: 
     chain = max(((c * k_tiles + k_tiles - 1) // iters) - (c * k_tiles) // iters + 1
                 for c in range(min(columns, iters)))
     return Stripes(tile_m, tile_n, tile_k, iters, blocks, chain, ceil_div(chunks, MAX_PARALLEL))
+
+
+def compute_s(s: Stripes, tile_rate: float) -> float:
+    """Math time: every block runs its stripe of `iters` tiles at `tile_rate` FLOP/s (an SM's
+    share of the tensor rate), the longest stripe setting the time, in each launch."""
+    return s.launches * s.iters * 2.0 * s.tile_m * s.tile_n * s.tile_k / tile_rate if tile_rate > 0 else float("inf")
 
 
 def reduction_s(s: Stripes, l2_latency: float) -> float:
