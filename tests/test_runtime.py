@@ -449,3 +449,16 @@ def test_marlin_one_token_narrow_layer_waits_on_its_serial_reductions():
     assert "7 serial reduction(s) in L2" in narrow.why and "64 of 108 SMs" in narrow.why
     dense = cost_one(gemm_op(1, 1024, 4096, "int4"), None, A100, runtime="compiled", kernel="marlin")
     assert "serial reduction(s) in L2" in dense.why and dense.details["overhead_s"] > chain
+
+
+@pytest.mark.parametrize("kernel,plan", [("marlin", "dense"), ("tinygemm", "dense"), ("sparse-marlin", "2:4")])
+def test_int4_kernels_written_for_ampere_run_hoppers_mma_sync_rate(kernel, plan):
+    """Marlin, Sparse-Marlin and tinygemm issue Ampere's mma.sync (mma.sp.sync) instructions: on an
+    H100 their math runs at `mma_sync_fraction` of the tensor peak (a compute-bound prefill)."""
+    op = gemm_op(4096, 4096, 4096, "int4")
+    layer = None if plan == "dense" else layer_for("weight", 4096, 4096, parse_pattern(plan), "int4")
+    full = dataclasses.replace(H100, params=dataclasses.replace(H100.params, mma_sync_fraction=1.0))
+    slow = cost_one(op, layer, H100, runtime="compiled", kernel=kernel)
+    fast = cost_one(op, layer, full, runtime="compiled", kernel=kernel)
+    assert H100.params.mma_sync_fraction < 1
+    assert slow.details["compute_s"] == pytest.approx(fast.details["compute_s"] / H100.params.mma_sync_fraction)

@@ -277,7 +277,8 @@ def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
     striped = marlin.stripes(g.m * g.batch * g.groups, g.n, g.k, int(p.sm_count), sparse=False,
                              group_size=INT4_GROUP_SIZE)
     w_bytes = int4_weight_bytes(work)
-    tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype)
+    # Marlin's MMAs are Ampere's mma.sync: on Hopper they reach `mma_sync_fraction` of the peak
+    tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype) * p.mma_sync_fraction
     # the traffic of the stripes' tiles (split along K like the stripes); the math of the longest stripe
     gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
                    split_k=True, tile=(striped.tile_m, striped.tile_n))
@@ -311,7 +312,9 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
     g = work.gemms[0]
     elems = work.w_bytes / work.dtype_bytes
     w_bytes = work.w_bytes + elems / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES
-    tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype)
+    # written with Ampere's mma.sync (int4mm.cu's m16n8k16 inline asm): on Hopper it reaches
+    # `mma_sync_fraction` of the tensor peak
+    tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype) * p.mma_sync_fraction
     # one 16 x 8 tile per block whatever M is (more tokens, more blocks re-reading the weight's
     # column tiles through L2), no split-K
     gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
@@ -425,6 +428,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     if int4:
         values += values / work.dtype_bytes / INT4_GROUP_SIZE * SCALE_BYTES
     tile_rate = p.sparse_tensor_peak[sdt] / p.sm_count * p.sparse_gemm_efficiency
+    if int4:
+        tile_rate *= p.mma_sync_fraction  # Sparse-Marlin's mma.sp.sync, Ampere's sparse MMA
     # split-K needs the algorithm search a vendor engine runs (torch calls one default algorithm)
     split = rt.algorithm_search if split_k is None else split_k
     gt = gemm_time(p, gp, work.dtype_bytes if not int4 else 2.0, tile_rate=tile_rate, a_bytes=a_pad, w_bytes=values,
