@@ -15,7 +15,8 @@ through torch._int_mm, fp8 e4m3 through torch._scaled_mm) and:
     `engine` (what an inference engine calling the library gets);
   * unstructured sparsity through CSR (torch.sparse_csr_tensor @ dense, cuSPARSE SpMM);
   * block sparsity through BSR (torch.sparse_bsr_tensor @ dense).
-Then BERT-base (random weights, fp16, sequence 384) at two batch sizes, eager and under
+Then int4 weight-only GEMMs through torch's tinygemm kernel against bf16 cuBLAS at Llama-3-8B's
+decode shapes, graphed, as op-rate rows of runtime `compiled`. Then BERT-base (random weights, fp16, sequence 384) at two batch sizes, eager and under
 torch.compile(mode="max-autotune"), dense and with every encoder Linear 2:4: one runtime-ratio
 row (eager / compiled) and one speedup row per runtime; and SAM's ViT-H image encoder (bf16,
 batch 8): dense throughput and the speedup of 2:4 on its MLP linears (torchao's SAM case), per
@@ -88,6 +89,13 @@ KNOWN_GPUS = (
     (("orin",), "jetson-agx-orin"),
     (("h200",), "h200"),
 )
+# int4 weight-only GEMMs (torch's tinygemm, aten._weight_int4pack_mm) against the bf16 GEMM of the same
+# shape: Llama-3-8B's decode layers (q/o, k/v, the fused qkv of gpt-fast, gate/up, down) at 1 and
+# 16 tokens, each as an op-rate row (2MNK / time) under the compiled runtime (graphed calls)
+INT4_LAYERS = ((4096, 4096), (1024, 4096), (6144, 4096), (14336, 4096), (4096, 14336))
+INT4_TOKENS = (1, 16)
+INT4_GROUP = 64           # torchao's int4 weight-only benchmark of Llama-3-8B (published.md §2.3)
+INT4_INNER_K_TILES = 8    # torchao's default int4 layout
 # 2:4 libraries of torch's semi-structured tensors: (model kernel name, force CUTLASS?)
 SPARSE_LIBRARIES = (("cusparselt", False), ("cutlass-24", True))
 
@@ -415,6 +423,68 @@ def measure_gemms(args: argparse.Namespace, *, gpu: str, source: str, cuda: bool
                       f"sparse {r['sparse_ms']} ms, {r['measured']}x", flush=True)
 
 
+def tinygemm_fn(x: torch.Tensor, w: torch.Tensor) -> Callable[[], object]:
+    """x @ w^T with w quantised to int4 in groups of INT4_GROUP along K (a bf16 scale and zero per
+    group and column) through torch's tinygemm kernel (aten._weight_int4pack_mm), as torchao's
+    default int4 layout calls it. torch 2.5+ packs a uint8 [N, K/2] tensor; older torch an int32 [N, K]."""
+    n, k = w.shape
+    wg = w.float().reshape(n, k // INT4_GROUP, INT4_GROUP)
+    lo, hi = wg.amin(dim=2, keepdim=True), wg.amax(dim=2, keepdim=True)
+    scale = ((hi - lo) / 15).clamp(min=1e-6)
+    q = ((wg - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(n, k)
+    zero = lo + 8 * scale  # tinygemm dequantises (q - 8) * scale + zero
+    scales_and_zeros = torch.stack([scale.squeeze(2), zero.squeeze(2)], dim=2).transpose(0, 1).contiguous()
+    scales_and_zeros = scales_and_zeros.to(torch.bfloat16)
+    try:
+        packed = torch._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8), INT4_INNER_K_TILES)
+    except RuntimeError:
+        packed = torch._convert_weight_to_int4pack(q, INT4_INNER_K_TILES)
+    xb = x.to(torch.bfloat16)
+    out = torch._weight_int4pack_mm(xb, packed, INT4_GROUP, scales_and_zeros)
+    ref = xb.float() @ ((q.reshape(n, k // INT4_GROUP, INT4_GROUP) - 8) * scale + zero).reshape(n, k).t().to(x.device)
+    if not torch.allclose(out.float(), ref, rtol=0.05, atol=0.05 * float(ref.abs().max())):
+        # the time does not depend on the values: keep it, say so
+        print("note: tinygemm's result disagrees with this script's dequantisation (zero-point convention?)")
+    return lambda: torch._weight_int4pack_mm(xb, packed, INT4_GROUP, scales_and_zeros)
+
+
+def op_rate_row(*, gpu: str, dtype: str, kernel: str, timing: Timing, shape: tuple[int, int, int],
+                source: str) -> dict:
+    """One op-rate row (2MNK / time) of a dense or weight-only GEMM under the compiled runtime."""
+    m, n, k = shape
+    r = row(gpu=gpu, runtime="compiled", dtype=dtype, pattern="dense", kernel=kernel, dense=timing, sparse=None,
+            source=source, shape=shape, quantity="op_rate")
+    r.update(measured=f"{2.0 * m * n * k / (timing.median_ms * 1e-3):.5g}", direction="-",
+             case=f"measured-compiled-{kernel}-{m}x{n}x{k}-{dtype}-dense-op-rate")
+    return r
+
+
+def measure_int4(*, gpu: str, source: str, deadline: Deadline, rep: dict, emit: Callable[[dict], None]) -> None:
+    """tinygemm int4 and cuBLAS bf16 at Llama-3-8B's decode shapes, graphed: the op rates the int4
+    decode cases (validation table) rest on."""
+    gen = torch.Generator().manual_seed(0)
+    for n, k in INT4_LAYERS:
+        for m in INT4_TOKENS:
+            if deadline.passed():
+                print(f"budget spent: int4 GEMMs stop before {m}x{n}x{k}")
+                return
+            x, w = operands(m, n, k, "bf16", torch.device("cuda"), gen)
+            builds: tuple[tuple[str, str, Callable[[], Callable[[], object]]], ...] = (
+                ("bf16", "cublas", lambda x=x, w=w: dense_fn(x, w, "bf16")),
+                ("int4", "tinygemm", lambda x=x, w=w: tinygemm_fn(x, w)))
+            for dtype, kernel, build in builds:
+                try:
+                    timing = time_ms(graphed(build()), **rep)
+                except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
+                    _skip(f"{kernel} {m}x{n}x{k} {dtype}", e)
+                    continue
+                r = op_rate_row(gpu=gpu, dtype=dtype, kernel=kernel, timing=timing, shape=(m, n, k), source=source)
+                emit(r)
+                print(f"compiled {kernel:<9} {dtype} {m}x{n}x{k}: {timing.median_ms * 1e3:.4g} us, "
+                      f"{2.0 * n * k * (0.5 if dtype == 'int4' else 2) / (timing.median_ms * 1e-3) / 1e9:.4g} GB/s "
+                      f"of weights", flush=True)
+
+
 # ----------------------------------------------------------------------------- BERT-base
 
 def bert_model(batch: int, seq: int, dev: torch.device, dtype: torch.dtype) -> tuple[torch.nn.Module, dict]:
@@ -557,6 +627,9 @@ def measure(args: argparse.Namespace, emit: Callable[[dict], None]) -> None:
     print(f"# {source}; device file: {target}", flush=True)
     deadline = Deadline(args.budget_s)
     measure_gemms(args, gpu=target, source=source, cuda=cuda, deadline=deadline.section(args.gemm_budget_s), emit=emit)
+    if cuda and not args.no_int4:
+        measure_int4(gpu=target, source=source, deadline=deadline,
+                     rep={"repeats": args.repeats, "inner": args.inner, "cuda": cuda}, emit=emit)
     if cuda and not args.no_bert:
         for r in measure_bert(args, gpu=target, source=source, deadline=deadline):
             emit(r)
@@ -593,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bert", action="store_true", help="skip the eager vs compiled BERT-base runs")
     ap.add_argument("--bert-batches", default="", help="comma-separated BERT-base batch sizes (default: 16,256; --quick: 16)")
     ap.add_argument("--no-sam", action="store_true", help="skip the SAM ViT-h image encoder runs")
+    ap.add_argument("--no-int4", action="store_true",
+                    help="skip the int4 weight-only (tinygemm) vs bf16 GEMMs at Llama-3-8B's decode shapes")
     ap.add_argument("--shapes", default="", help="comma-separated MxNxK GEMMs instead of the built-in grid")
     ap.add_argument("--runtimes", default="eager,engine",
                     help="comma-separated GEMM runtimes to time (eager: torch's calls; engine: graphed library calls)")

@@ -462,6 +462,24 @@ def test_gpu_measure_cpu_smoke_rows_fit_the_table(tmp_path):
     assert all("cpu-smoke" in r["source"] and r["date_added"] for r in rows)
 
 
+def test_gpu_measure_int4_op_rate_rows_fit_the_table_and_are_predicted(tmp_path):
+    """The int4 (tinygemm) and bf16 op-rate rows the script writes are table rows that the model
+    predicts through the forced kernel: 2MNK over the kernel's time."""
+    from sparsesim.fidelity.gpu_validation import append_rows, load_table, predict_case
+
+    gm = _measure_module()
+    rows = [gm.op_rate_row(gpu="a100-sxm4-80gb", dtype=dt, kernel=k, timing=gm.Timing(0.02, 0.1),
+                           shape=(1, 4096, 4096), source="test") for dt, k in (("bf16", "cublas"), ("int4", "tinygemm"))]
+    table = tmp_path / "t.csv"
+    append_rows(rows, table)
+    assert len(load_table(table)) == 2
+    assert float(rows[0]["measured"]) == pytest.approx(2 * 4096 * 4096 / 20e-6, rel=1e-4)  # 5 digits kept
+    for r in rows:
+        p = predict_case({k: str(v) for k, v in r.items()}, A100)
+        assert p["predicted"] == pytest.approx(2 * 4096 * 4096 / (p["predicted_dense_ms"] * 1e-3))
+        assert r["kernel"] in p["kernel_used"]
+
+
 def test_sparse_tile_waves_explain_the_a100_dip_at_2048():
     """cuSPARSELt's 128x256 tile: 2048^3 is 128 tiles, two waves on 108 SMs (59% full), while
     cuBLAS's smaller tiles fill them; at 1024^3 and 4096^3 the waves fill as well as dense's."""
