@@ -462,3 +462,21 @@ def test_int4_kernels_written_for_ampere_run_hoppers_mma_sync_rate(kernel, plan)
     fast = cost_one(op, layer, full, runtime="compiled", kernel=kernel)
     assert H100.params.mma_sync_fraction < 1
     assert slow.details["compute_s"] == pytest.approx(fast.details["compute_s"] / H100.params.mma_sync_fraction)
+
+
+def test_int4_kernels_run_only_the_shapes_their_checks_accept():
+    """Marlin takes the first of its thread configurations whose tile divides K and N; Sparse-Marlin
+    has one per batch size; tinygemm packs N in 8s and K in 128s. A shape none accepts (GPT-2's
+    50,257-word head) runs as a 16-bit dense GEMM, saying why (torchao leaves such layers unquantised)."""
+    from sparsesim.cost.families import marlin
+
+    assert marlin.config(1, 4096, 4096, sparse=False, group_size=128) == (128, 128)
+    assert marlin.config(1, 4160, 4096, sparse=False, group_size=128) == (128, 64)
+    assert marlin.config(64, 4096, 4096, sparse=False, group_size=128) == (64, 256)
+    assert "does not divide" in marlin.config(1, 4160, 4096, sparse=True, group_size=128)
+    assert "quantisation group" in marlin.config(1, 4096, 4000, sparse=False, group_size=128)
+    head = cost_one(gemm_op(1, 50257, 768, "int4"), None, A100, runtime="compiled")
+    assert head.fallback and "ran as a 16-bit dense GEMM" in head.why
+    assert "tinygemm packs N in 8s" in head.why and "Marlin tiles K x N" in head.why
+    odd = cost_one(gemm_op(1, 4160, 4096, "int4"), None, A100, runtime="compiled", kernel="marlin")
+    assert not odd.fallback and "(128x64)" in odd.why

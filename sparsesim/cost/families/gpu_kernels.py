@@ -84,6 +84,9 @@ TINYGEMM_SCALE_ZERO_BYTES = 4
 TINYGEMM_TILE = (16, 8)
 TINYGEMM_WARPS = 8
 TINYGEMM_K_PER_ITERATION = 128
+# the packed weight holds K in runs of innerKTiles (8, torchao's default) k-tiles of 16
+# (_convert_weight_to_int4pack: [N / 8][K / (innerKTiles * 16)][32][innerKTiles / 2])
+TINYGEMM_K_PACK = 128
 # Flash-LLM's Tiled-CSL format stores a 16-bit location next to each 16-bit value (Xia et al. §4)
 FLASH_LLM_INDEX_BYTES = 2
 
@@ -274,8 +277,11 @@ def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
     p: GpuParams = device.params
     unit = compute_unit(p, activation_dtype(work.dtype))
     g = work.gemms[0]
-    striped = marlin.stripes(g.m * g.batch * g.groups, g.n, g.k, int(p.sm_count), sparse=False,
-                             group_size=INT4_GROUP_SIZE)
+    tokens = g.m * g.batch * g.groups
+    tile = marlin.config(tokens, g.n, g.k, sparse=False, group_size=INT4_GROUP_SIZE)
+    if isinstance(tile, str):
+        return tile
+    striped = marlin.stripes(tokens, g.n, g.k, int(p.sm_count), sparse=False, group_size=INT4_GROUP_SIZE, tile=tile)
     w_bytes = int4_weight_bytes(work)
     # Marlin's MMAs are Ampere's mma.sync: on Hopper they reach `mma_sync_fraction` of the peak
     tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype) * p.mma_sync_fraction
@@ -310,6 +316,9 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
     # their own dtype (fp16 and bf16 run at one tensor-core rate), as for Marlin (fp16 in its paper)
     unit = compute_unit(p, activation_dtype(work.dtype))
     g = work.gemms[0]
+    if g.n % TINYGEMM_TILE[1] or g.k % TINYGEMM_K_PACK or g.k % TINYGEMM_GROUP_SIZE:
+        return (f"tinygemm packs N in 8s and K in {TINYGEMM_K_PACK}s with groups of {TINYGEMM_GROUP_SIZE}: "
+                f"N = {g.n}, K = {g.k} do not divide")
     elems = work.w_bytes / work.dtype_bytes
     w_bytes = work.w_bytes + elems / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES
     # written with Ampere's mma.sync (int4mm.cu's m16n8k16 inline asm): on Hopper it reaches
@@ -540,8 +549,11 @@ def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: 
     assert layer is not None
     p: GpuParams = device.params
     g = work.gemms[0]
-    striped = marlin.stripes(g.m * g.batch * g.groups, g.n, g.k, int(p.sm_count), sparse=True,
-                             group_size=INT4_GROUP_SIZE)
+    tokens = g.m * g.batch * g.groups
+    tile = marlin.config(tokens, g.n, g.k, sparse=True, group_size=INT4_GROUP_SIZE)
+    if isinstance(tile, str):
+        return tile
+    striped = marlin.stripes(tokens, g.n, g.k, int(p.sm_count), sparse=True, group_size=INT4_GROUP_SIZE, tile=tile)
     return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", kernel="sparse-marlin",
                       fused_transpose=True, adapts_tile=True, int4=True, tile=(striped.tile_m, striped.tile_n),
                       split_k=True, striped=striped)

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 
 from sparsesim.cost.common import ceil_div
 
-# thread configurations (marlin_cuda_kernel.cu small_batch_thread_configs / large_batch_...;
-# marlin_cuda_2_4's defaults): up to 16 tokens, 128 of K x 128 outputs per tile; more tokens,
-# 64 x 256. A tile holds at most 4 blocks of 16 tokens; more tokens run `parallel` copies of
-# the partition side by side (at most MAX_PARALLEL, more in further launches)
+# thread configurations as (tile_k, tile_n), in the order the kernels try them: the first whose
+# tile divides K and N runs (the dense kernel's small_batch_thread_configs and
+# large_batch_thread_configs; marlin_cuda_2_4 has one per batch size and requires it). Up to 16
+# tokens count as a small batch. A tile holds at most 4 blocks of 16 tokens; more tokens run
+# `parallel` copies of the partition side by side (at most MAX_PARALLEL, more in further launches)
 SMALL_BATCH_TOKENS = 16
-SMALL_BATCH_TILE = (128, 128)   # (tile_k, tile_n)
-LARGE_BATCH_TILE = (64, 256)
+DENSE_CONFIGS = {True: ((128, 128), (128, 64), (64, 256), (64, 128)),
+                 False: ((64, 256), (128, 128), (64, 128), (128, 64))}
+SPARSE_CONFIGS = {True: ((128, 128),), False: ((64, 256),)}
 TOKENS_PER_TILE = 64
 MAX_PARALLEL = 16
 # K per "k block" of the tile: 16 for the dense kernel's m16n8k16 MMA, 32 for the sparse kernel's
@@ -60,9 +62,28 @@ class Stripes:
         return max(self.chain - 1, 0)
 
 
-def stripes(tokens: int, n: int, k: int, sms: int, *, sparse: bool, group_size: int) -> Stripes:
-    """The partition `marlin_cuda` / `marlin_cuda_2_4` make for `tokens` x `n` outputs over `k`."""
-    tile_k, tile_n = SMALL_BATCH_TILE if tokens <= SMALL_BATCH_TOKENS else LARGE_BATCH_TILE
+def config(tokens: int, n: int, k: int, *, sparse: bool, group_size: int) -> tuple[int, int] | str:
+    """(tile_k, tile_n) the kernel runs for this shape, or why it cannot run it (its TORCH_CHECKs:
+    the tile must divide K and N, the quantisation group must divide K)."""
+    if group_size > 0 and k % group_size:
+        return f"K = {k} is not a multiple of the quantisation group ({group_size})"
+    configs = (SPARSE_CONFIGS if sparse else DENSE_CONFIGS)[tokens <= SMALL_BATCH_TOKENS]
+    for tile_k, tile_n in configs:
+        if k % tile_k == 0 and n % tile_n == 0:
+            return tile_k, tile_n
+    tiles = " or ".join(f"{tk} x {tn}" for tk, tn in configs)
+    return f"{'Sparse-Marlin' if sparse else 'Marlin'} tiles K x N in {tiles}: {k} x {n} does not divide"
+
+
+def stripes(tokens: int, n: int, k: int, sms: int, *, sparse: bool, group_size: int,
+            tile: tuple[int, int] | None = None) -> Stripes:
+    """The partition `marlin_cuda` / `marlin_cuda_2_4` make for `tokens` x `n` outputs over `k`
+    with the (tile_k, tile_n) `config` picks (a shape it rejects is partitioned with the first)."""
+    if tile is None:
+        picked = config(tokens, n, k, sparse=sparse, group_size=group_size)
+        tile = picked if isinstance(picked, tuple) else \
+            (SPARSE_CONFIGS if sparse else DENSE_CONFIGS)[tokens <= SMALL_BATCH_TOKENS][0]
+    tile_k, tile_n = tile
     tile_m = min(TOKENS_PER_TILE, ceil_div(max(tokens, 1), 16) * 16)
     chunks = ceil_div(max(tokens, 1), TOKENS_PER_TILE)
     parallel = min(chunks, MAX_PARALLEL)
