@@ -277,11 +277,10 @@ def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
     p: GpuParams = device.params
     unit = compute_unit(p, activation_dtype(work.dtype))
     g = work.gemms[0]
-    tokens = g.m * g.batch * g.groups
-    tile = marlin.config(tokens, g.n, g.k, sparse=False, group_size=INT4_GROUP_SIZE)
-    if isinstance(tile, str):
-        return tile
-    striped = marlin.stripes(tokens, g.n, g.k, int(p.sm_count), sparse=False, group_size=INT4_GROUP_SIZE, tile=tile)
+    striped = marlin.partition(g.m * g.batch * g.groups, g.n, g.k, int(p.sm_count), sparse=False,
+                               group_size=INT4_GROUP_SIZE)
+    if isinstance(striped, str):
+        return striped
     w_bytes = int4_weight_bytes(work)
     # Marlin's MMAs are Ampere's mma.sync: on Hopper they reach `mma_sync_fraction` of the peak
     tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype) * p.mma_sync_fraction
@@ -549,11 +548,10 @@ def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: 
     assert layer is not None
     p: GpuParams = device.params
     g = work.gemms[0]
-    tokens = g.m * g.batch * g.groups
-    tile = marlin.config(tokens, g.n, g.k, sparse=True, group_size=INT4_GROUP_SIZE)
-    if isinstance(tile, str):
-        return tile
-    striped = marlin.stripes(tokens, g.n, g.k, int(p.sm_count), sparse=True, group_size=INT4_GROUP_SIZE, tile=tile)
+    striped = marlin.partition(g.m * g.batch * g.groups, g.n, g.k, int(p.sm_count), sparse=True,
+                               group_size=INT4_GROUP_SIZE)
+    if isinstance(striped, str):
+        return striped
     return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", kernel="sparse-marlin",
                       fused_transpose=True, adapts_tile=True, int4=True, tile=(striped.tile_m, striped.tile_n),
                       split_k=True, striped=striped)

@@ -99,6 +99,14 @@ def stripes(tokens: int, n: int, k: int, sms: int, *, sparse: bool, group_size: 
     return Stripes(tile_m, tile_n, tile_k, iters, blocks, chain, ceil_div(chunks, MAX_PARALLEL))
 
 
+def partition(tokens: int, n: int, k: int, sms: int, *, sparse: bool, group_size: int) -> Stripes | str:
+    """The stripes of the configuration the kernel picks, or why it cannot run the shape."""
+    tile = config(tokens, n, k, sparse=sparse, group_size=group_size)
+    if isinstance(tile, str):
+        return tile
+    return stripes(tokens, n, k, sms, sparse=sparse, group_size=group_size, tile=tile)
+
+
 def compute_s(s: Stripes, tile_rate: float) -> float:
     """Math time: every block runs its stripe of `iters` tiles at `tile_rate` FLOP/s (an SM's
     share of the tensor rate), the longest stripe setting the time, in each launch."""
