@@ -288,15 +288,12 @@ def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
     gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
                    split_k=True, tile=(striped.tile_m, striped.tile_n))
     compute = marlin.compute_s(striped, tile_rate)
-    flight = marlin.in_flight_bytes(striped, 4, sparse=False, group_size=INT4_GROUP_SIZE, scale_bytes=SCALE_BYTES)
-    memory = max(memory_s(p, gt.dram_bytes, gt.l2_bytes),
-                 gt.dram_bytes / latency_bound_bandwidth(p, striped.blocks, flight, warps_per_block=marlin.WARPS))
-    chain = marlin.reduction_s(striped, p.l2_latency)
+    bw, chain, stripe_why = _marlin_terms(p, striped, sparse=False)
+    memory = max(memory_s(p, gt.dram_bytes, gt.l2_bytes), gt.dram_bytes / bw)
     overhead = env.launch * striped.launches + chain
     why = describe(f"Marlin int4 weight-only {g.m}x{g.n}x{g.k}: 4-bit weights + fp16 scales per {INT4_GROUP_SIZE} "
                    f"({w_bytes / 1e6:.3g} MB), dequantised in registers, {unit.dtype} MMA", compute, memory,
-                   overhead, dataclasses.replace(gt.tiling, tiles=0)) + "; " + marlin.describe_stripes(
-                       striped, int(p.sm_count), chain)
+                   overhead, dataclasses.replace(gt.tiling, tiles=0)) + "; " + stripe_why
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=overhead,
         energy=gpu_energy(p, float(work.macs), unit.dtype, gt.dram_bytes, gt.l2_bytes),
@@ -305,6 +302,14 @@ def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
         details={"waves": striped.launches, "tiles": striped.blocks, "wave_efficiency": striped.blocks / p.sm_count,
                  "split_k": gt.tiling.split_k, "precision": precision_id(unit.dtype)},
     )
+
+
+def _marlin_terms(p: GpuParams, striped: marlin.Stripes, *, sparse: bool) -> tuple[float, float, str]:
+    """(the DRAM rate its streaming blocks reach, its serial reductions' time, why) of a Marlin partition."""
+    flight = marlin.in_flight_bytes(striped, sparse=sparse, group_size=INT4_GROUP_SIZE, scale_bytes=SCALE_BYTES)
+    bw = latency_bound_bandwidth(p, striped.blocks, flight, warps_per_block=marlin.WARPS)
+    chain = marlin.reduction_s(striped, p.l2_latency)
+    return bw, chain, marlin.describe_stripes(striped, int(p.sm_count), chain)
 
 
 def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
@@ -463,12 +468,9 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     if striped is not None:
         compute = marlin.compute_s(striped, tile_rate)
         tl = dataclasses.replace(tl, tiles=0)  # the stripes describe the partition
-        flight = marlin.in_flight_bytes(striped, 4, sparse=True, group_size=INT4_GROUP_SIZE, scale_bytes=SCALE_BYTES)
-        bw = latency_bound_bandwidth(p, striped.blocks, flight, warps_per_block=marlin.WARPS)
+        bw, chain, stripe_why = _marlin_terms(p, striped, sparse=True)
         memory = max(memory, (gt.dram_bytes + gt.metadata_dram_bytes) / bw)
-        chain = marlin.reduction_s(striped, p.l2_latency)
         overhead += chain + (striped.launches - 1) * env.launch
-        stripe_why = marlin.describe_stripes(striped, int(p.sm_count), chain)
     dram = gt.dram_bytes + extra_bytes
     host = framework_host(env, kernel) if op.kind == "linear" else 0.0
     serial = host if kernel in rt.serial_dispatch else 0.0

@@ -33,6 +33,8 @@ MAX_PARALLEL = 16
 # m16n8k32 sparse MMA; a stripe is rounded up to whole quantisation groups (group_size / 16 k
 # blocks of 16) so that no stripe starts inside a group
 GROUP_K_BLOCK = 16
+# 4-bit weights (the kernels' int4 path; vLLM also builds 8-bit ones, not modelled here)
+WEIGHT_BITS = 4
 # 256 threads a block (marlin_24_cuda_kernel.cu THREADS; the dense kernel's configurations for
 # these tiles)
 WARPS = 8
@@ -118,18 +120,18 @@ def reduction_s(s: Stripes, l2_latency: float) -> float:
     return s.reductions * REDUCE_L2_ROUND_TRIPS * l2_latency
 
 
-def stage_bytes(s: Stripes, weight_bits: float, *, sparse: bool, group_size: int, scale_bytes: float) -> float:
+def stage_bytes(s: Stripes, *, sparse: bool, group_size: int, scale_bytes: float) -> float:
     """Weight bytes (values, 2:4 metadata, group scales) one pipeline stage of a block loads."""
     elems = s.tile_k * s.tile_n
-    values = elems * weight_bits / 8 / (2 if sparse else 1)
+    values = elems * WEIGHT_BITS / 8 / (2 if sparse else 1)
     meta = elems / 2 * 2 / 8 if sparse else 0.0      # 2 bits per kept value
     scales = s.tile_n * scale_bytes * s.tile_k / group_size if group_size > 0 else 0.0
     return values + meta + scales
 
 
-def in_flight_bytes(s: Stripes, weight_bits: float, *, sparse: bool, group_size: int, scale_bytes: float) -> float:
+def in_flight_bytes(s: Stripes, *, sparse: bool, group_size: int, scale_bytes: float) -> float:
     """Bytes a block keeps on their way from DRAM (Little's law with `latency_bound_bandwidth`)."""
-    return (STAGES - 2) * stage_bytes(s, weight_bits, sparse=sparse, group_size=group_size, scale_bytes=scale_bytes)
+    return (STAGES - 2) * stage_bytes(s, sparse=sparse, group_size=group_size, scale_bytes=scale_bytes)
 
 
 def describe_stripes(s: Stripes, sms: int, seconds: float) -> str:
