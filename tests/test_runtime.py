@@ -480,3 +480,26 @@ def test_int4_kernels_run_only_the_shapes_their_checks_accept():
     assert "tinygemm packs N in 8s" in head.why and "Marlin tiles K x N" in head.why
     odd = cost_one(gemm_op(1, 4160, 4096, "int4"), None, A100, runtime="compiled", kernel="marlin")
     assert not odd.fallback and "(128x64)" in odd.why
+
+
+def test_a_runtime_that_fuses_cusparselts_transpose_pays_no_copy(tmp_path):
+    """torch 2.13 has cuSPARSELt write a linear's result in place (`transpose_fused`); through
+    torch 2.6 the transposed result costs its consumer a copy. A typo names the field and the kernels."""
+    rts = A100.runtimes
+    fused = dataclasses.replace(rts.by_name["eager"], transpose_fused=("cusparselt",))
+    dev = dataclasses.replace(A100, runtimes=dataclasses.replace(rts, by_name={**rts.by_name, "eager": fused}))
+    op = gemm_op(4096, 4096, 4096, "fp16")
+    layer = layer_for("weight", 4096, 4096, parse_pattern("2:4"), "fp16")
+    copied = cost_one(op, layer, A100, runtime="eager", kernel="cusparselt")
+    direct = cost_one(op, layer, dev, runtime="eager", kernel="cusparselt")
+    assert "result copied out" in copied.why and "result copied out" not in direct.why
+    assert direct.latency_s < copied.latency_s
+    cutlass = cost_one(op, layer, dev, runtime="eager", kernel="cutlass-24")
+    assert "result copied out" in cutlass.why  # torch's CUTLASS path still copies
+    text = Path(A100.path).read_text().replace(
+        'runtime.eager.framework_layouts =', 'runtime.eager.transpose_fused = { value = ["cusparse-lt"], source = "x" }\n'
+        'runtime.eager.framework_layouts =', 1)
+    bad = tmp_path / "a100-typo.toml"
+    bad.write_text(text)
+    with pytest.raises(DeviceFileError, match=r"runtime.eager.transpose_fused.*cusparse-lt"):
+        parse_device_file(bad)

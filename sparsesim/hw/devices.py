@@ -265,7 +265,7 @@ def unknown_kernel(runtimes: Runtimes, kernel_names: Callable[[], tuple[str, ...
     known = kernel_names()
     for name, rt in runtimes.by_name.items():
         for fname, listed in (("kernels", rt.kernels), ("kernel_dispatch", tuple(rt.kernel_dispatch)),
-                              ("serial_dispatch", rt.serial_dispatch)):
+                              ("serial_dispatch", rt.serial_dispatch), ("transpose_fused", rt.transpose_fused)):
             bad = [k for k in listed if k not in known]
             if bad:
                 return (f"field 'runtime.{name}.{fname}': unknown kernel(s) {', '.join(map(repr, bad))} "

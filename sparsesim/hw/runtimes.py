@@ -57,7 +57,9 @@ class RuntimeParams:
     into; only the DRAM traffic it spills still takes time of its own.
     `algorithm_search`: the runtime times the library's algorithms and keeps the fastest (a
     vendor engine's tactic search: split-K for sparse kernels too); `framework_layouts`: sparse
-    kernels run through a framework's tensor layouts (torch's semi-structured padding and copies).
+    kernels run through a framework's tensor layouts (torch's semi-structured padding and copies);
+    `transpose_fused` names the sparse kernels the framework asks to write their result in the
+    linear's own layout (no copy of a transposed result afterwards).
     `attention_warp_specialised`: the runtime's fused attention is a Hopper kernel whose producer
     and consumer warps overlap the softmax with the MMAs (FlashAttention-3's design); without it
     the softmax follows the MMAs (FlashAttention-2, torch's SDPA). `attention_head_dim_multiple`:
@@ -81,6 +83,7 @@ class RuntimeParams:
     fuse_attention: bool = setting(default=False)
     kernel_dispatch: Mapping[str, float] = quantity("time", per_dtype=True, default={})
     serial_dispatch: tuple[str, ...] = setting(default=[])
+    transpose_fused: tuple[str, ...] = setting(default=[])
     kernel_launch: float | None = quantity("time", default=None)
     kernels: tuple[str, ...] = setting(default=[])
     algorithm_search: bool = setting(default=False)
@@ -105,7 +108,7 @@ class RuntimeParams:
                 return f"field '{name}': must be a whole number >= 1, got {m:g}"
         if not 0 < self.masked_attention_rate <= 1:
             return f"field 'masked_attention_rate': must be in (0, 1], got {self.masked_attention_rate:g}"
-        for name in ("kernels", "serial_dispatch"):
+        for name in ("kernels", "serial_dispatch", "transpose_fused"):
             listed = getattr(self, name)
             if not isinstance(listed, (list, tuple)) or not all(isinstance(k, str) and k for k in listed):
                 return f"field '{name}': must be a list of kernel names"
@@ -170,7 +173,7 @@ def parse_runtimes(doc: Mapping[str, Any], where: str, provenance: dict[str, Pro
                     raise DeviceFileError(f"{where}: missing field '{key}.{fname}'")
                 continue
             values[fname] = parse_field(table[fname], f, f"{key}.{fname}", where, provenance, key="kernel")
-        for listed in ("kernels", "serial_dispatch"):
+        for listed in ("kernels", "serial_dispatch", "transpose_fused"):
             if listed in values and isinstance(values[listed], list):
                 values[listed] = tuple(values[listed])
         params = RuntimeParams(**values)

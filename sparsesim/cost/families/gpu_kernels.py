@@ -5,8 +5,8 @@
 | cublas | dense | cuBLAS/cuBLASLt tensor-core GEMM; split-K when the tiles fill less than a wave |
 | marlin | dense int4 | int4 weight-only GEMM (Frantar et al., Marlin): 4-bit weights dequantised in registers, fp16 MMA; its work striped over every SM, the stripes sharing a column slice reduced one after another in L2 (`marlin`) |
 | tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one block of 8 warps per 8 output columns over the whole K; at a few tokens bound by the bytes its warps keep in flight (Little's law) when the layer has few columns |
-| cusparselt | 2:4 | cuSPARSELt: result transpose fused into the GEMM (torch._cslt_sparse_mm transpose_result); the device file's sparse tile; split-K only under algorithm search (cusparseLtMatmulSearch) |
-| cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the device's GEMM tile, the result is copied out (res.t().contiguous() in torch/sparse/semi_structured.py), no split-K, no fp8 |
+| cusparselt | 2:4 | cuSPARSELt: the device file's sparse tile; split-K only under algorithm search (cusparseLtMatmulSearch); under torch the transposed result costs a copy unless the runtime lists it in `transpose_fused` (torch 2.13 fuses it) |
+| cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the device's GEMM tile, the transposed result copied (res.t().contiguous() in torch 2.13's semi_structured.py; a strided view its consumer reads through 2.6), no split-K, no fp8 |
 | sparse-marlin | 2:4 int4 | Sparse-Marlin (torchao): int4 2:4 weights on sparse tensor cores, its work striped over every SM, the stripes sharing a column slice reduced one after another in L2 (`marlin`) |
 | sputnik | unstructured | CSR SpMM on CUDA cores (Gale et al. SC'20): 1D tiles of output columns, one row per subwarp |
 | cusparse-csr | unstructured | cuSPARSE CSR SpMM (torch.sparse CSR @ dense), the same structure at a lower efficiency |
@@ -453,7 +453,7 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
         extra_kernels += 1
         extra_bytes += work.a_bytes + a_pad
         extra_why.append(f"M={g.m} padded to {m_pad}")
-    if m_pad != g.m or (framework_linear and not fused_transpose):
+    if m_pad != g.m or (framework_linear and not fused_transpose and kernel not in rt.transpose_fused):
         extra_kernels += 1
         extra_bytes += c_pad + work.c_bytes
         extra_why.append("result copied out" + ("" if fused_transpose else " (transpose not fused)"))
@@ -532,9 +532,13 @@ def _nm_library(library: str, kernel: str, title: str, *, fused_transpose: bool,
 # the dtypes each library is built for: torch/sparse/semi_structured.py _DTYPE_SHAPE_CONSTRAINTS
 # of SparseSemiStructuredTensorCUSPARSELT (int8, float8_e4m3fn, float16, bfloat16, float32 as
 # tf32) and of SparseSemiStructuredTensorCUTLASS (no float8)
-# torch's semi-structured linear leaves cuSPARSELt's result transposed (N x M) and copies it out:
-# it does not ask the library to fuse the transpose (SparseSemiStructuredTensor._FUSE_TRANSPOSE is
-# False, torch/sparse/semi_structured.py); an engine's direct call writes its own layout
+# torch's semi-structured linear hands both libraries the activations transposed and gets the
+# N x M result back. Through torch 2.6 (torch/sparse/_semi_structured_ops.py semi_sparse_mm,
+# semi_structured.py _mm) it returns that result as a transposed view, which its first consumer
+# reads strided: modelled as one copy of the output. torch 2.13's semi_structured.cusparselt_mm
+# asks cuSPARSELt to fuse the transpose for a linear (fuse_transpose = should_transpose_dense),
+# and its cutlass_mm copies the result out (res.t().contiguous()): a runtime that lists the kernel
+# in `transpose_fused` pays no copy. An engine's direct call writes its own layout.
 _cusparselt = _nm_library("cusparselt", "cusparselt", "cuSPARSELt", fused_transpose=False, vendor_tile=True, searchable=True,
                           dtypes=("fp16", "bf16", "int8", "fp8", "tf32"))
 _cutlass24 = _nm_library("cutlass", "cutlass-24", "torch's CUTLASS 2:4 kernel", fused_transpose=False, vendor_tile=False,
