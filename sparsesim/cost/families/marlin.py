@@ -35,8 +35,9 @@ MAX_PARALLEL = 16
 GROUP_K_BLOCK = 16
 # 4-bit weights (the kernels' int4 path; vLLM also builds 8-bit ones, not modelled here)
 WEIGHT_BITS = 4
-# 256 threads a block (marlin_24_cuda_kernel.cu THREADS; the dense kernel's configurations for
-# these tiles)
+# 256 threads a block (marlin_24_cuda_kernel.cu THREADS; the dense kernel's 128-wide and 256-wide
+# configurations; its 64-wide ones run 128). One block per SM at most, so this only enters the
+# residency check of `latency_bound_bandwidth`
 WARPS = 8
 # the kernels' 4-stage cp.async pipeline keeps `STAGES - 2` tiles in flight ("we are double
 # buffering", the kernel's own comment)
