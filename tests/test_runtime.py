@@ -414,7 +414,19 @@ def _brute_force_chain(tokens: int, n: int, k: int, sms: int, sparse: bool, grou
     s = marlin.stripes(tokens, n, k, sms, sparse=sparse, group_size=group)
     k_tiles = math.ceil(k / s.tile_k)
     columns = math.ceil(n / s.tile_n) * min(math.ceil(tokens / marlin.TOKENS_PER_TILE), marlin.MAX_PARALLEL)
-    return max(len({t // s.iters for t in range(c * k_tiles, (c + 1) * k_tiles)}) for c in range(columns))
+    walked = max(len({t // s.iters for t in range(c * k_tiles, (c + 1) * k_tiles)}) for c in range(columns))
+
+    def kernel_slice_count(col: int) -> int:
+        # init_slice() of marlin_24_cuda_kernel.cu / marlin_cuda_kernel.cu, as written there
+        col_first = s.iters * math.ceil(k_tiles * col / s.iters)
+        count = 1
+        if col_first <= k_tiles * (col + 1):
+            col_off = col_first - k_tiles * col
+            count = math.ceil((k_tiles - col_off) / s.iters) + (1 if col_off > 0 else 0)
+        return count
+
+    assert walked == max(kernel_slice_count(c) for c in range(columns))
+    return walked
 
 
 @pytest.mark.parametrize("tokens,n,k,sms,sparse", [
