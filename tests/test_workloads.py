@@ -113,6 +113,28 @@ def test_llama2_7b_on_meta_allocates_nothing():
     assert not any(op.activation_measured for op in wl.ops)
 
 
+def test_gptfast_llama_fuses_qkv_and_attends_over_its_whole_cache():
+    """torchao's benchmark model (gpt-fast): one wqkv GEMM a layer, w1/w3/w2, and every decode step
+    attends over the preallocated cache (rounded up to 8) whatever position it is at."""
+    wl = load_workload("llama3-8b-gptfast:kv=106,max_seq=203")
+    assert wl.on_meta and all(p.is_meta for p in wl.model.parameters())
+    assert len(wl.weight_ops()) == 32 * 5 + 1
+    qkv = next(op for op in wl.weight_ops() if op.module == "layers.0.attention.wqkv")
+    assert qkv.gemm == GemmShape(m=1, n=4096 + 2 * 1024, k=4096) and qkv.dtype == "bf16"
+    att = [op for op in wl.ops if op.kind == "attention"]
+    assert len(att) == 32 and att[0].gemm == GemmShape(m=1, n=208, k=128, batch=32)
+    # the same weights as Hugging Face's Llama-3-8B, grouped differently
+    hf = load_workload("llama3-8b:phase=decode,kv=16")
+    assert sum(w.shape[0] * w.shape[1] for w in wl.weights.values()) == \
+        sum(w.shape[0] * w.shape[1] for w in hf.weights.values())
+    prefill = load_workload("llama3-8b-gptfast:phase=prefill,seq=16,layers=2")
+    assert next(op for op in prefill.ops if op.kind == "attention").gemm == GemmShape(m=16, n=16, k=128, batch=32)
+    with pytest.raises(WorkloadError, match="max_seq=100"):
+        load_workload("llama3-8b-gptfast:kv=106,max_seq=100")
+    with pytest.raises(WorkloadError, match="phase"):
+        load_workload("llama3-8b-gptfast:phase=train")
+
+
 def test_single_gemm_op():
     wl = load_workload("gemm:M=64,N=32,K=16,dtype=bf16")
     (op,) = wl.ops
