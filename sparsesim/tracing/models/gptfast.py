@@ -165,9 +165,9 @@ def build_gptfast_llama(phase: str = "decode", batch: int = 1, seq: int = 1, kv:
     if dev.type != "meta":
         for p in model.parameters():
             nn.init.normal_(p, 0.0, 0.02) if p.dim() > 1 else nn.init.ones_(p)
+    # every floating tensor in the model's dtype, the RoPE table and the caches too (torchao's
+    # precompute_freqs_cis and KVCache take the model's dtype)
     model = model.to(dtype=torch_dtype(dtype)).eval()
-    if dev.type != "meta":
-        model.freqs_cis.data = model.freqs_cis.float()
     idx = torch.randint(0, model.tok_embeddings.num_embeddings, (batch, seq),
                         generator=torch.Generator().manual_seed(seed)).to(dev)
     input_pos = torch.arange(start, start + seq, device=dev)
