@@ -262,10 +262,12 @@ def unknown_kernel(runtimes: Runtimes, kernel_names: Callable[[], tuple[str, ...
     would otherwise leave the runtime without that kernel, or the host time unused), or None."""
     if kernel_names is None:
         return None
+    from sparsesim.hw.runtimes import KERNEL_LISTS
+
     known = kernel_names()
     for name, rt in runtimes.by_name.items():
-        for fname, listed in (("kernels", rt.kernels), ("kernel_dispatch", tuple(rt.kernel_dispatch)),
-                              ("serial_dispatch", rt.serial_dispatch), ("transpose_fused", rt.transpose_fused)):
+        lists = [(fname, getattr(rt, fname)) for fname in KERNEL_LISTS] + [("kernel_dispatch", tuple(rt.kernel_dispatch))]
+        for fname, listed in lists:
             bad = [k for k in listed if k not in known]
             if bad:
                 return (f"field 'runtime.{name}.{fname}': unknown kernel(s) {', '.join(map(repr, bad))} "

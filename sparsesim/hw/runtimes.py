@@ -33,6 +33,10 @@ RUNTIME_HELP = (
 )
 
 
+# the runtime fields that list kernel names (checked against the family's kernels)
+KERNEL_LISTS = ("kernels", "serial_dispatch", "transpose_fused")
+
+
 @dataclass(frozen=True)
 class RuntimeParams:
     """One runtime on one device (SI units after loading).
@@ -108,7 +112,7 @@ class RuntimeParams:
                 return f"field '{name}': must be a whole number >= 1, got {m:g}"
         if not 0 < self.masked_attention_rate <= 1:
             return f"field 'masked_attention_rate': must be in (0, 1], got {self.masked_attention_rate:g}"
-        for name in ("kernels", "serial_dispatch", "transpose_fused"):
+        for name in KERNEL_LISTS:
             listed = getattr(self, name)
             if not isinstance(listed, (list, tuple)) or not all(isinstance(k, str) and k for k in listed):
                 return f"field '{name}': must be a list of kernel names"
@@ -173,7 +177,7 @@ def parse_runtimes(doc: Mapping[str, Any], where: str, provenance: dict[str, Pro
                     raise DeviceFileError(f"{where}: missing field '{key}.{fname}'")
                 continue
             values[fname] = parse_field(table[fname], f, f"{key}.{fname}", where, provenance, key="kernel")
-        for listed in ("kernels", "serial_dispatch", "transpose_fused"):
+        for listed in KERNEL_LISTS:
             if listed in values and isinstance(values[listed], list):
                 values[listed] = tuple(values[listed])
         params = RuntimeParams(**values)
