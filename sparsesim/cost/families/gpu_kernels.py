@@ -411,7 +411,7 @@ def _nm_check(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
 
 
 def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env: KernelEnv, sdt: str, *,
-               library: str, kernel: str, fused_transpose: bool, adapts_tile: bool, int4: bool = False,
+               library: str, kernel: str, fused_transpose: bool, adapts_tile: bool,
                tile: tuple[int, int] | None = None, split_k: bool | None = None,
                striped: marlin.Stripes | None = None) -> Cost:
     """2:4 (1:2 tf32) GEMM on sparse tensor cores by `library`, with the layout kernels a
@@ -420,7 +420,9 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
     `adapts_tile`: the kernel fits its CTA tile to the shape; without that (torch's CUTLASS
     kernel, cuSPARSELt's default algorithm when nothing searches) it computes its whole tile, so
     a decode GEMV computes a tile of 128 tokens for its one. `striped`: Marlin's partition of an
-    int4 GEMM (its tile, the blocks that stream, the serial reductions that follow; `marlin`)."""
+    int4 GEMM (its tile, the blocks that stream, the serial reductions that follow; `marlin`):
+    Sparse-Marlin, the one int4 weight-only 2:4 kernel."""
+    int4 = striped is not None
     p: GpuParams = device.params
     rt = env.rt
     g = work.gemms[0]
@@ -559,7 +561,7 @@ def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: 
     if isinstance(striped, str):
         return striped
     return _nm_sparse(op, work, layer, device, env, sdt, library="sparse-marlin", kernel="sparse-marlin",
-                      fused_transpose=True, adapts_tile=True, int4=True, tile=(striped.tile_m, striped.tile_n),
+                      fused_transpose=True, adapts_tile=True, tile=(striped.tile_m, striped.tile_n),
                       split_k=True, striped=striped)
 
 
