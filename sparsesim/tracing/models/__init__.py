@@ -33,6 +33,16 @@ def check_positive(**params: int | float) -> None:
             raise WorkloadError(f"parameter {key}={value}: must be at least 1")
 
 
+def check_llama_shape(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, vocab: int) -> None:
+    """WorkloadError for a Llama-architecture shape that cannot be built: a size below 1, or heads
+    that do not divide the hidden size, or KV heads that do not divide the heads."""
+    check_positive(hidden=hidden, intermediate=intermediate, layers=layers, heads=heads, kv_heads=kv_heads,
+                   vocab=vocab)
+    if hidden % heads or heads % kv_heads:
+        raise WorkloadError(f"hidden={hidden}, heads={heads}, kv_heads={kv_heads}: heads must divide "
+                            "hidden and kv_heads must divide heads")
+
+
 def torch_device(device: str) -> torch.device:
     """The device a model is built on: "cpu" (real weights) or "meta" (shapes only)."""
     if device not in ("cpu", "meta"):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsesim.core.errors import WorkloadError
-from sparsesim.tracing.models import check_positive, torch_device, torch_dtype
+from sparsesim.tracing.models import check_llama_shape, check_positive, torch_device, torch_dtype
 
 PHASES = ("prefill", "decode")
 # gpt-fast's setup_caches rounds the sequence limit up to a multiple of this
@@ -28,14 +28,16 @@ CACHE_MULTIPLE = 8
 
 @dataclass(frozen=True)
 class GptFastShape:
-    """torchao's `transformer_configs` entry for Llama-3-8B (model.py)."""
+    """A Llama shape as gpt-fast's `ModelArgs` holds it (the sizes come from the recipe)."""
 
-    dim: int = 4096
-    intermediate: int = 14336
-    layers: int = 32
-    heads: int = 32
-    kv_heads: int = 8
-    vocab: int = 128256
+    dim: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    # Llama-3's RoPE base and RMSNorm epsilon (torchao's transformer_configs); they change values,
+    # not the ops or their sizes
     rope_base: float = 500000.0
     norm_eps: float = 1e-5
 
@@ -143,14 +145,18 @@ class Transformer(nn.Module):
 
 
 def build_gptfast_llama(phase: str = "decode", batch: int = 1, seq: int = 1, kv: int = 0, max_seq: int = 0,
-                        dtype: str = "bf16", device: str = "meta", layers: int = 32, seed: int = 0
+                        dtype: str = "bf16", device: str = "meta", hidden: int = 64, intermediate: int = 176,
+                        layers: int = 2, heads: int = 4, kv_heads: int = 2, vocab: int = 512, seed: int = 0
                         ) -> tuple[nn.Module, dict]:
-    """Llama-3-8B as gpt-fast (torchao's benchmark model). decode: `seq` new tokens at position
-    `kv`; prefill: `seq` tokens from position 0. The cache holds `max_seq` positions (default:
-    those the step reaches), rounded up to a multiple of 8 as gpt-fast's `setup_caches` does."""
+    """A Llama as gpt-fast writes it (torchao's benchmark model), of any shape (the recipe names
+    Llama-3-8B's; the defaults are a tiny one, as `hf.build_llama`'s). decode: `seq` new tokens at
+    position `kv`; prefill: `seq` tokens from position 0. The cache holds `max_seq` positions
+    (default: those the step reaches), rounded up to a multiple of 8 as gpt-fast's
+    `setup_caches` does."""
     if phase not in PHASES:
         raise WorkloadError(f"parameter phase={phase!r}: use one of {', '.join(PHASES)}")
-    check_positive(batch=batch, seq=seq, layers=layers)
+    check_positive(batch=batch, seq=seq)
+    check_llama_shape(hidden, intermediate, layers, heads, kv_heads, vocab)
     start = kv if phase == "decode" else 0
     if start < 0 or max_seq < 0:
         raise WorkloadError(f"parameters kv={kv}, max_seq={max_seq}: must not be negative")
@@ -161,7 +167,7 @@ def build_gptfast_llama(phase: str = "decode", batch: int = 1, seq: int = 1, kv:
     dev = torch_device(device)
     torch.manual_seed(seed)
     with torch.device(dev):
-        model = Transformer(GptFastShape(layers=layers), batch, limit)
+        model = Transformer(GptFastShape(hidden, intermediate, layers, heads, kv_heads, vocab), batch, limit)
     if dev.type != "meta":
         for p in model.parameters():
             nn.init.normal_(p, 0.0, 0.02) if p.dim() > 1 else nn.init.ones_(p)

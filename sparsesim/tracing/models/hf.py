@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from sparsesim.core.errors import WorkloadError
-from sparsesim.tracing.models import check_positive, torch_device, torch_dtype
+from sparsesim.tracing.models import check_llama_shape, check_positive, torch_device, torch_dtype
 
 if TYPE_CHECKING:
     from sparsesim.tracing.models.bert import BertShape
@@ -186,11 +186,7 @@ def build_llama(phase: str = "prefill", batch: int = 1, seq: int = 128, kv: int 
     """A Llama-architecture decoder (LlamaForCausalLM) of any shape."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    check_positive(hidden=hidden, intermediate=intermediate, layers=layers, heads=heads,
-                    kv_heads=kv_heads, vocab=vocab)
-    if hidden % heads or heads % kv_heads:
-        raise WorkloadError(f"hidden={hidden}, heads={heads}, kv_heads={kv_heads}: heads must divide "
-                            "hidden and kv_heads must divide heads")
+    check_llama_shape(hidden, intermediate, layers, heads, kv_heads, vocab)
     config = LlamaConfig(  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
         hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, vocab_size=vocab,
