@@ -78,6 +78,10 @@ class RuntimeParams:
     bias tile for every score tile; 1: as fast as without a mask). `pads_conv_channels`: the
     runtime pads a convolution's input channels to the tensor cores' vector width (a vendor
     engine reformats its input; eager and compiled torch hand cuDNN the channels as they are).
+    `dynamic_activation_quant`: the runtime deploys int8/fp8 by quantising each linear's 16-bit
+    input on every call (torchao's dynamic schemes; `cost.families.dynamic_quant`), every other
+    op staying 16-bit; without it int8/fp8 activations stay 8-bit between layers (a vendor
+    engine's calibrated static scales).
     """
 
     host_dispatch: float = quantity("time")
@@ -99,11 +103,12 @@ class RuntimeParams:
     attention_block_k: float = quantity("count", default=1.0)
     masked_attention_rate: float = quantity("ratio", default=1.0)
     pads_conv_channels: bool = setting(default=False)
+    dynamic_activation_quant: bool = setting(default=False)
 
     def validate(self) -> str | None:
         for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
                      "framework_layouts", "epilogue_in_pipeline", "attention_warp_specialised",
-                     "pads_conv_channels"):
+                     "pads_conv_channels", "dynamic_activation_quant"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
         for name in ("attention_head_dim_multiple", "attention_block_q", "attention_block_k"):

@@ -10,6 +10,10 @@ formats are sized at the new width: 2:4 metadata is 12.5% of 16-bit values, 25% 
   softmax and attention stay at 16 bits (their reductions need the range);
 * int4 (weight-only): linear and conv weights are stored at 4 bits, everything else, the
   activations and the arithmetic stay at 16 bits (`core.ir.WEIGHT_ONLY_DTYPES`).
+
+That int8/fp8 form is a vendor engine's (static scales, 8-bit activations between layers). A
+framework runtime that quantises each linear's input on the fly (`dynamic_activation_quant`)
+keeps every other op at 16 bits: the cost families take those ops back with `widened`.
 """
 
 from __future__ import annotations
@@ -33,12 +37,14 @@ NARROW_KINDS = ("linear", "conv", "matmul", "elementwise", "copy")
 WEIGHT_KINDS = ("linear", "conv")
 
 
-def retype(workload: Workload, dtype: str) -> Workload:
+def retype(workload: Workload, dtype: str, *, deployment: bool = True) -> Workload:
     """`workload` deployed at `dtype` (named `<name>@<dtype>`); raises WorkloadError for a dtype
-    sparsesim does not deploy at."""
+    sparsesim does not deploy at. `deployment`: a model built wider is deployed at `dtype` (its
+    narrowed ops remember their width, `Op.deployed_from`); False for a single op specified at
+    `dtype`, whose operands are already at it."""
     if dtype not in DEPLOY_DTYPES:
         raise WorkloadError(f"--dtype {dtype!r}: not a deployment dtype (use one of {', '.join(DEPLOY_DTYPES)})")
-    ops = tuple(_op_at(op, dtype) for op in workload.ops)
+    ops = tuple(_op_at(op, dtype, deployment) for op in workload.ops)
     new_w = {op.weight: op.dtype for op in ops if op.weight is not None}
     weights = {name: dataclasses.replace(info, dtype=new_w.get(name, info.dtype))
                for name, info in workload.weights.items()}
@@ -57,7 +63,17 @@ def op_dtype(op: Op, dtype: str) -> str:
     return dtype
 
 
-def _op_at(op: Op, dtype: str) -> Op:
+def widened(op: Op) -> Op:
+    """An op a deployment narrowed to int8/fp8, back at the width its model built it in: what it
+    moves and runs at under a runtime that keeps the activations wide and quantises only its
+    linears' inputs (an op not deployed narrow comes back as it is)."""
+    if op.dtype not in ("int8", "fp8") or not op.deployed_from:
+        return op
+    scale = DTYPE_BYTES[op.deployed_from] / DTYPE_BYTES[op.dtype]
+    return dataclasses.replace(op, dtype=op.deployed_from, bytes_moved=round(op.bytes_moved * scale), deployed_from="")
+
+
+def _op_at(op: Op, dtype: str, deployment: bool = True) -> Op:
     new = op_dtype(op, dtype)
     if new == op.dtype:
         return op
@@ -70,4 +86,5 @@ def _op_at(op: Op, dtype: str) -> Op:
         for d in op.weight_shape:
             w_elems *= d
         bytes_moved -= w_elems * (new_b - DTYPE_BYTES[new])
-    return dataclasses.replace(op, dtype=new, bytes_moved=round(max(bytes_moved, 0)))
+    origin = op.dtype if deployment and new in ("int8", "fp8") else ""
+    return dataclasses.replace(op, dtype=new, bytes_moved=round(max(bytes_moved, 0)), deployed_from=origin)

@@ -428,7 +428,7 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
                for n, w in model.named_parameters() if n in wl.weights}
     wl = dataclasses.replace(wl, params=p, model=model, weights=weights)
     if narrow:
-        wl = dataclasses.replace(retype(wl, p["dtype"]), name=spec, params=p)
+        wl = dataclasses.replace(retype(wl, p["dtype"], deployment=False), name=spec, params=p)
     return wl
 
 

@@ -30,6 +30,7 @@ import math
 
 from sparsesim.core.ir import Op
 from sparsesim.cost.common import GemmWork, channel_pruned_text, gemm_work, memory_op_cost
+from sparsesim.cost.families import dynamic_quant
 from sparsesim.cost.families.gpu_kernels import (
     KERNELS,
     GpuKernel,
@@ -46,6 +47,7 @@ from sparsesim.cost.families.gpu_machine import (
     compute_unit,
     dram_bw,
     mma_k,
+    precision_id,
     tiling,
 )
 from sparsesim.cost.record import ALONE, Cost, Reason, RunContext
@@ -53,6 +55,7 @@ from sparsesim.cost.registry import register_cost
 from sparsesim.cost.sparse_inputs import skippable_inputs
 from sparsesim.hw.devices import Device
 from sparsesim.sparsity.records import LayerSparsity
+from sparsesim.tracing.retype import widened
 
 __all__ = [
     "KERNELS",
@@ -148,16 +151,32 @@ def memory_op_bandwidth(op: Op, p: GpuParams, env: KernelEnv) -> tuple[float, st
 def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext = ALONE) -> Cost:
     """Cost of one op on a GPU under the context's runtime (see the module docstring).
 
-    Every op fetches its weights from off-chip memory once, whatever the run `context`.
+    Every op fetches its weights from off-chip memory once, whatever the run `context`. Under a
+    runtime that quantises int8/fp8 linears on the fly, every other op runs at 16 bits and each
+    such linear pays its quantisation kernels (`dynamic_quant`).
     """
-    p: GpuParams = device.params
     env = kernel_env(device, context)
+    if env.rt.dynamic_activation_quant and op.dtype in dynamic_quant.DYNAMIC_DTYPES and op.deployed_from:
+        if not dynamic_quant.applies(op, env.rt):
+            op = widened(op)
+        else:
+            work = dynamic_quant.gemm_output(gemm_work(op, layer))
+            cost = _gpu_cost(op, layer, device, env, work)
+            if cost.details.get("precision") != precision_id(op.dtype):
+                return cost  # the GEMM fell back to 16 bits: nothing to quantise
+            return dynamic_quant.with_dynamic_quant(op, work, cost, device.params, env.rt, env.launch)
+    return _gpu_cost(op, layer, device, env)
+
+
+def _gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, env: KernelEnv,
+              work: GemmWork | None = None) -> Cost:
+    p: GpuParams = device.params
     if not op.is_matmul or op.gemm is None:
         bandwidth, how = memory_op_bandwidth(op, p, env)
         cost = memory_op_cost(op, device, model=MODEL, bandwidth=bandwidth, overhead_s=env.launch,
                               energy_per_byte_j=p.dram_energy, static_power_w=p.static_power)
         return dataclasses.replace(cost, why=f"{cost.why} ({how})") if how else cost
-    work = gemm_work(op, layer)
+    work = gemm_work(op, layer) if work is None else work
     if op.kind == "attention":
         return attention_cost(op, work, device, env)
     pruned = ""

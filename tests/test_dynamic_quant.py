@@ -1,0 +1,84 @@
+"""int8/fp8 under a framework runtime: each linear quantises its 16-bit input on the fly (torchao's
+dynamic schemes), the other ops stay 16-bit; a vendor engine keeps 8-bit activations throughout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sparsesim.core.errors import DeviceFileError
+from sparsesim.cost.families import dynamic_quant
+from sparsesim.hw.devices import load_device, parse_device_file
+from sparsesim.run.estimate import compare_tables, prepare
+
+BERT = "bert-base:batch=8,seq=128,device=meta"
+
+
+def _per_op(dtype: str, runtime: str, device: str = "h100-sxm5", workload: str = BERT):
+    return compare_tables(workload, [device], ["dense"], runtime=runtime, dtype=dtype).per_op
+
+
+def test_deployment_remembers_the_width_a_single_int8_gemm_does_not():
+    deployed = prepare(BERT, ["dense"], dtype="int8").workload
+    linear = next(op for op in deployed.ops if op.kind == "linear")
+    assert linear.dtype == "int8" and linear.deployed_from in ("fp16", "bf16", "fp32")
+    native = prepare("gemm:M=64,N=1024,K=1024,dtype=int8", ["dense"]).workload
+    assert all(not op.deployed_from for op in native.ops)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "fp8"])
+def test_compiled_linears_pay_their_quantisation_the_engine_does_not(dtype):
+    compiled = _per_op(dtype, "compiled")
+    engine = _per_op(dtype, "engine")
+    lin_c = compiled[compiled["kind"] == "linear"]
+    lin_e = engine[engine["kind"] == "linear"]
+    assert lin_c["why"].str.contains(f"dynamic {dtype} quantisation").all()
+    assert not lin_e["why"].str.contains("quantisation").any()
+    # the framework keeps the activations between linears 16-bit: twice the bytes of an engine's 8-bit ones
+    elt_c = compiled[compiled["kind"] == "elementwise"]["bytes_dram"].sum()
+    elt_e = engine[engine["kind"] == "elementwise"]["bytes_dram"].sum()
+    assert elt_c > 1.5 * elt_e
+
+
+def test_eager_quantises_op_by_op_each_a_host_dispatch():
+    dev = load_device("h100-sxm5")
+    eager = dev.runtime("eager")[1]
+    compiled = dev.runtime("compiled")[1]
+    qe, qc = dynamic_quant.quant_kernels("int8", eager), dynamic_quant.quant_kernels("int8", compiled)
+    assert qe.kernels > qc.kernels == 2  # inductor: one quantising kernel, one dequantising the int32 result
+    per_op = _per_op("int8", "eager")
+    lin = per_op[per_op["kind"] == "linear"].iloc[0]
+    # every traced aten op of the quantisation is a framework dispatch of its own
+    assert lin["latency_s"] >= (qe.kernels + 1) * eager.host_dispatch
+    assert f"{qe.kernels} kernel(s)" in lin["why"]
+
+
+def test_int8_output_is_int32_and_fp8_scales_in_the_epilogue():
+    int8 = _per_op("int8", "compiled")
+    fp8 = _per_op("fp8", "compiled")
+    assert int8[int8["kind"] == "linear"]["why"].str.contains("writes its results at 4 B").all()
+    assert not fp8[fp8["kind"] == "linear"]["why"].str.contains("writes its results").any()
+    assert dynamic_quant.quant_kernels("fp8", load_device("h100-sxm5").runtime("compiled")[1]).on_output == ()
+
+
+def test_a_gemm_specified_at_int8_runs_its_kernel_alone():
+    t = compare_tables("gemm:M=4096,N=4096,K=4096,dtype=int8", ["h100-sxm5"], ["dense"], runtime="eager")
+    assert "quantisation" not in t.per_op["why"].iat[0]
+
+
+def test_a_gemm_that_falls_back_to_16_bits_quantises_nothing():
+    # the A100 has no fp8 tensor cores: the linears run 16-bit and nothing is quantised
+    per_op = _per_op("fp8", "compiled", device="a100-sxm4-80gb")
+    assert not per_op[per_op["kind"] == "linear"]["why"].str.contains("dynamic fp8 quantisation").any()
+
+
+def test_dynamic_activation_quant_must_be_a_bool(tmp_path):
+    base = Path(load_device("a100-sxm4-80gb").path).read_text()
+    bad = base.replace('runtime.eager.dynamic_activation_quant = { value = true',
+                       'runtime.eager.dynamic_activation_quant = { value = "yes"')
+    assert bad != base
+    path = tmp_path / "bad.toml"
+    path.write_text(bad)
+    with pytest.raises(DeviceFileError, match="dynamic_activation_quant"):
+        parse_device_file(path)
