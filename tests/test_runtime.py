@@ -515,3 +515,22 @@ def test_a_runtime_that_fuses_cusparselts_transpose_pays_no_copy(tmp_path):
     bad.write_text(text)
     with pytest.raises(DeviceFileError, match=r"runtime.eager.transpose_fused.*cusparse-lt"):
         parse_device_file(bad)
+
+
+@pytest.mark.parametrize("device,plan,kernel", [("a100-sxm4-80gb", "2:4", "sparse tensor core"),
+                                                ("xeon-sapphire-rapids", "unstructured:0.9", "jit-spmm")])
+def test_framework_runtimes_run_sparse_weights_in_matrix_products_only(device, plan, kernel):
+    """torch's sparse tensors (semi-structured, CSR, BSR) dispatch mm/addmm/linear, never a
+    convolution: under eager and compiled a sparse conv runs dense and says why; an engine runs it sparse."""
+    wl = "conv:batch=8,cin=256,cout=256,h=28,w=28,kernel=1,dtype=fp16"
+
+    def planned(workload, rt):
+        t = compare_tables(workload, [device], [plan], runtime=rt).per_op
+        return t[t["plan"] == plan].iloc[0]
+
+    for rt in ("eager", "compiled"):
+        row = planned(wl, rt)
+        assert row["fallback"] and "run matrix products only" in row["why"], row["why"]
+    row = planned(wl, "engine")
+    assert kernel in row["kernel"] and not row["fallback"], row["why"]
+    assert "matrix products only" not in planned("gemm:M=4096,N=4096,K=4096,dtype=fp16", "eager")["why"]

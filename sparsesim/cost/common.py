@@ -46,6 +46,13 @@ def gemms_of(op: Op) -> tuple[GemmShape, ...]:
     return (g,)
 
 
+# what a framework's sparse weights run: torch's sparse tensor types dispatch matrix products
+# only (torch/sparse/semi_structured.py SPARSE_DISPATCH: mm, matmul, addmm, linear, _scaled_mm;
+# CSR and BSR tensors: mm/addmm), and torchao sparsifies nn.Linear modules only
+FRAMEWORK_SPARSE_OPS = ("torch's sparse tensors (semi-structured, CSR, BSR) run matrix products only, "
+                        "no convolution: a sparse conv needs an engine (TensorRT) or an im2col rewrite")
+
+
 @dataclass(frozen=True)
 class GemmWork:
     """What a matmul-like op asks of any hardware, at the op's dtype, before any sparse kernel.

@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 
 from sparsesim.core.ir import DTYPE_BYTES, Op
 from sparsesim.cost.common import (
+    FRAMEWORK_SPARSE_OPS,
     EnergyInputs,
     GemmWork,
     build_cost,
@@ -869,6 +870,8 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         # kernels have no index structure to walk (XNNPACK packs its own format from the weights)
         reasons.append(f"{layer.pattern.label} at density {layer.stats.density:.3g} is stored dense (its sparse "
                        f"format would be larger): no {torch_kernel} index to walk")
+    elif op.kind == "conv" and offers(torch_kernel):
+        reasons.append(f"{torch_kernel}: {FRAMEWORK_SPARSE_OPS}")
     elif offers(torch_kernel):
         choices.append(_sparse(work, layer, device, dense, context))
     else:

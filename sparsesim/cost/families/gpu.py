@@ -29,7 +29,7 @@ import dataclasses
 import math
 
 from sparsesim.core.ir import Op
-from sparsesim.cost.common import GemmWork, channel_pruned_text, gemm_work, memory_op_cost
+from sparsesim.cost.common import FRAMEWORK_SPARSE_OPS, GemmWork, channel_pruned_text, gemm_work, memory_op_cost
 from sparsesim.cost.families import dynamic_quant
 from sparsesim.cost.families.gpu_kernels import (
     KERNELS,
@@ -192,6 +192,10 @@ def _gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, env: KernelEn
     if not any(kind in k.serves for k in KERNELS.values()):
         assert layer is not None
         return _run_dense(op, work, device, env, f"{layer.pattern.label}: no GPU kernel for {kind} patterns: ran dense",
+                          notes=(Reason("unsupported"),))
+    if op.kind == "conv" and env.rt.framework_layouts and kind not in ("dense", "act"):
+        assert layer is not None
+        return _run_dense(op, work, device, env, f"{layer.pattern.label} conv under {env.runtime}: {FRAMEWORK_SPARSE_OPS}",
                           notes=(Reason("unsupported"),))
     out = _pick(op, kind, work, layer, device, env)
     if kind == "vnm" and not isinstance(out, Cost):
