@@ -197,7 +197,7 @@ def _backward_ops(b: _Builder, op: Op, pattern: Pattern, seg: Segment, opts: Ste
     wgrad_flops = op.flops * (frac if seg.wgrad == "sparse" else 1.0)
     if sddmm:
         layer = layer_for(w, rows, cols, pattern, vb)
-        sd = Op(index=0, kind="linear", aten="aten.sparse_sampled_addmm.default", module=op.module,
+        sd = Op(index=0, kind=op.kind, aten="aten.sparse_sampled_addmm.default", module=op.module,
                 call_index=op.call_index, dtype=op.dtype, input_shapes=(op.output_shape, op.input_shapes[0]),
                 output_shape=op.weight_shape, flops=op.flops, bytes_moved=op.bytes_moved, gemm=g,
                 weight=w, weight_shape=op.weight_shape, note="grad-weight SDDMM (costed as the SpMM of its mask)")
