@@ -54,12 +54,17 @@ def test_eager_quantises_op_by_op_each_a_host_dispatch():
     assert f"{qe.kernels} kernel(s)" in lin["why"]
 
 
-def test_int8_output_is_int32_and_fp8_scales_in_the_epilogue():
+def test_int8_output_is_int32_2to4_and_fp8_scale_in_the_epilogue():
     int8 = _per_op("int8", "compiled")
     fp8 = _per_op("fp8", "compiled")
-    assert int8[int8["kind"] == "linear"]["why"].str.contains("writes its results at 4 B").all()
-    assert not fp8[fp8["kind"] == "linear"]["why"].str.contains("writes its results").any()
-    assert dynamic_quant.quant_kernels("fp8", load_device("h100-sxm5").runtime("compiled")[1]).on_output == ()
+    assert int8[int8["kind"] == "linear"]["why"].str.contains("writes int32 results").all()
+    assert not fp8[fp8["kind"] == "linear"]["why"].str.contains("int32").any()
+    sparse = compare_tables(BERT, ["h100-sxm5"], ["2:4"], runtime="compiled", dtype="int8").per_op
+    lin = sparse[(sparse["plan"] == "2:4") & (sparse["kind"] == "linear") & sparse["kernel"].str.contains("2:4")]
+    assert len(lin) and not lin["why"].str.contains("int32").any()
+    rt = load_device("h100-sxm5").runtime("compiled")[1]
+    assert dynamic_quant.quant_kernels("fp8", rt).on_output == ()
+    assert [q.name for q in dynamic_quant.quant_kernels("int8", rt, semi_sparse=True).on_output] == ["x row scale"]
 
 
 def test_a_gemm_specified_at_int8_runs_its_kernel_alone():

@@ -9,7 +9,9 @@ the row's min and max, a scaled, rounded, clamped cast), and
 
 * int8: `torch._int_mm` writes int32 results, which passes scale back to 16 bits (row scale,
   then column scale); TorchInductor realises that int32 tensor too unless
-  `force_fuse_int_mm_with_mul` is set (torch/_inductor/config.py: off by default);
+  `force_fuse_int_mm_with_mul` is set (torch/_inductor/config.py: off by default). A 2:4 int8
+  weight (torchao's semi-sparse layout) runs `torch._cslt_sparse_mm` with the column scales as
+  its alpha and a 16-bit output: one pass applies the row scales;
 * fp8: `torch._scaled_mm` applies both scales in its epilogue and writes 16 bits.
 
 Under a runtime that runs each framework op as its own kernel (eager) those passes are the aten
@@ -66,28 +68,25 @@ class QuantKernels:
 
 # eager int8 (traced): amin and amax over each row, 11 ops on the per-row values (zeros_like x2,
 # minimum, maximum x2, neg, div, clamp, full_like, reciprocal, mul), then x * (1/scale), round,
-# + zero point, clamp and the cast to int8 over the whole input; after `torch._int_mm`, the
-# int32 result times the bf16 row scales (bf16 out) and times the column scales
-_EAGER_INT8 = QuantKernels(
-    on_input=(Pass("amin", 2, 0), Pass("amax", 2, 0), Pass("mul", 2, 2), Pass("round", 2, 2), Pass("add", 2, 2),
-              Pass("clamp", 2, 2), Pass("cast to int8", 2, 1)),
-    on_output=(Pass("int32 x row scale", 4, 2), Pass("x column scale", 2, 2)),
-    per_row=11,
-)
+# + zero point, clamp and the cast to int8 over the whole input
+_EAGER_INT8_INPUT = (Pass("amin", 2, 0), Pass("amax", 2, 0), Pass("mul", 2, 2), Pass("round", 2, 2),
+                     Pass("add", 2, 2), Pass("clamp", 2, 2), Pass("cast to int8", 2, 1))
 # eager fp8 (traced): amin, amax, 11 per-row ops (the scale cast to fp32 among them), then
-# x * (1/scale) in fp32, a clamp in fp32 and the cast to e4m3; `_scaled_mm` writes 16 bits
-_EAGER_FP8 = QuantKernels(
-    on_input=(Pass("amin", 2, 0), Pass("amax", 2, 0), Pass("mul (fp32 out)", 2, 4), Pass("clamp", 4, 4),
-              Pass("cast to fp8", 4, 1)),
-    on_output=(),
-    per_row=11,
-)
-# fused: one kernel reads each row once and writes it 8-bit; one reads the int32 result and
-# writes 16 bits
-_FUSED_INT8 = QuantKernels(on_input=(Pass("quantise", 2, 1),), on_output=(Pass("dequantise int32", 4, 2),), per_row=0)
-_FUSED_FP8 = QuantKernels(on_input=(Pass("quantise", 2, 1),), on_output=(), per_row=0)
-# what the GEMM itself writes per output element under the dynamic scheme
-_GEMM_OUTPUT_BYTES = {"int8": DTYPE_BYTES["int32"], "fp8": WIDE_BYTES}
+# x * (1/scale) in fp32, a clamp in fp32 and the cast to e4m3
+_EAGER_FP8_INPUT = (Pass("amin", 2, 0), Pass("amax", 2, 0), Pass("mul (fp32 out)", 2, 4), Pass("clamp", 4, 4),
+                    Pass("cast to fp8", 4, 1))
+_EAGER_PER_ROW = 11
+# fused: one kernel reads each row once and writes it 8-bit
+_FUSED_INPUT = (Pass("quantise", 2, 1),)
+# dense int8 (plain_layout._linear_int8_act_int8_weight_impl): `torch._int_mm` writes int32, then
+# times the bf16 row scales (bf16 out) and times the column scales; fused, one kernel reads the
+# int32 result and writes 16 bits
+_EAGER_INT32_OUTPUT = (Pass("int32 x row scale", 4, 2), Pass("x column scale", 2, 2))
+_FUSED_INT32_OUTPUT = (Pass("dequantise int32", 4, 2),)
+# 2:4 int8 (semi_sparse_layout._linear_int8_act_int8_weight_semi_structured_sparse_impl):
+# `torch._cslt_sparse_mm` takes the column scales as alpha and writes bf16; one pass applies the
+# row scales (eager and fused alike)
+_ROW_SCALE_OUTPUT = (Pass("x row scale", 2, 2),)
 
 
 def applies(op: Op, rt: RuntimeParams) -> bool:
@@ -97,26 +96,40 @@ def applies(op: Op, rt: RuntimeParams) -> bool:
         and op.dtype in DYNAMIC_DTYPES and bool(op.deployed_from)
 
 
-def quant_kernels(dtype: str, rt: RuntimeParams) -> QuantKernels:
-    """The kernels around one linear at `dtype` under `rt` (fused when it fuses elementwise ops)."""
-    if rt.fuse_elementwise:
-        return _FUSED_INT8 if dtype == "int8" else _FUSED_FP8
-    return _EAGER_INT8 if dtype == "int8" else _EAGER_FP8
+def _writes_int32(dtype: str, semi_sparse: bool) -> bool:
+    """Whether the GEMM writes int32 results (torch._int_mm) rather than scaled 16-bit ones."""
+    return dtype == "int8" and not semi_sparse
 
 
-def gemm_output(work: GemmWork) -> GemmWork:
+def quant_kernels(dtype: str, rt: RuntimeParams, *, semi_sparse: bool = False) -> QuantKernels:
+    """The kernels around one linear at `dtype` under `rt` (fused when it fuses elementwise ops);
+    `semi_sparse`: its weight is 2:4 (torchao's semi-sparse layout, cuSPARSELt)."""
+    fused = rt.fuse_elementwise
+    if dtype == "fp8":
+        on_output: tuple[Pass, ...] = ()  # `_scaled_mm` applies both scales in its epilogue
+    elif not _writes_int32(dtype, semi_sparse):
+        on_output = _ROW_SCALE_OUTPUT
+    else:
+        on_output = _FUSED_INT32_OUTPUT if fused else _EAGER_INT32_OUTPUT
+    if fused:
+        return QuantKernels(_FUSED_INPUT, on_output, per_row=0)
+    return QuantKernels(_EAGER_INT8_INPUT if dtype == "int8" else _EAGER_FP8_INPUT, on_output, per_row=_EAGER_PER_ROW)
+
+
+def gemm_output(work: GemmWork, *, semi_sparse: bool = False) -> GemmWork:
     """The 8-bit GEMM's work with the output it writes under the dynamic scheme (int32 for
-    `torch._int_mm`, 16 bits for `torch._scaled_mm`): part of the GEMM's own traffic."""
+    `torch._int_mm`, 16 bits for `torch._scaled_mm` and cuSPARSELt): part of its own traffic."""
     outputs = work.c_bytes / work.dtype_bytes
-    return dataclasses.replace(work, c_bytes=outputs * _GEMM_OUTPUT_BYTES[work.dtype])
+    width = DTYPE_BYTES["int32"] if _writes_int32(work.dtype, semi_sparse) else WIDE_BYTES
+    return dataclasses.replace(work, c_bytes=outputs * width)
 
 
 def with_dynamic_quant(op: Op, work: GemmWork, cost: Cost, p: GpuParams, rt: RuntimeParams,
-                       launch_s: float) -> Cost:
+                       launch_s: float, *, semi_sparse: bool = False) -> Cost:
     """`cost` (the 8-bit GEMM of `work`) with the quantisation kernels around it: their device
     time (a launch each, bytes at the DRAM rate) as overhead, their bytes in DRAM traffic and
     energy, and their host dispatch (one framework op each) as host time."""
-    qk = quant_kernels(op.dtype, rt)
+    qk = quant_kernels(op.dtype, rt, semi_sparse=semi_sparse)
     g = work.gemms[0]
     inputs = g.m * g.k * g.batch * g.groups
     outputs = g.m * g.n * g.batch * g.groups
@@ -133,7 +146,7 @@ def with_dynamic_quant(op: Op, work: GemmWork, cost: Cost, p: GpuParams, rt: Run
     d["energy_memory_j"] = float(d.get("energy_memory_j", 0.0)) + nbytes * p.dram_energy
     d["energy_static_j"] = float(d.get("energy_static_j", 0.0)) * stretch
     passes = ", ".join(q.name for q in qk.on_input + qk.on_output)
-    out_note = f"; the GEMM writes its results at {_GEMM_OUTPUT_BYTES[op.dtype]:g} B" if qk.on_output else ""
+    out_note = "; the GEMM writes int32 results" if _writes_int32(op.dtype, semi_sparse) else ""
     why = (f"{cost.why}; dynamic {op.dtype} quantisation: {qk.kernels} kernel(s) ({passes}"
            f"{f', {qk.per_row} per-row ops' if qk.per_row else ''}) moving {nbytes / 1e6:.3g} MB "
            f"(+{device_s * 1e6:.3g} us{f', host +{host_s * 1e6:.3g} us' if host_s else ''}){out_note}")

@@ -160,11 +160,13 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         if not dynamic_quant.applies(op, env.rt):
             op = widened(op)
         else:
-            work = dynamic_quant.gemm_output(gemm_work(op, layer))
+            semi_sparse = layer is not None and layer.pattern.kind == "nm"
+            work = dynamic_quant.gemm_output(gemm_work(op, layer), semi_sparse=semi_sparse)
             cost = _gpu_cost(op, layer, device, env, work)
             if cost.details.get("precision") != precision_id(op.dtype):
                 return cost  # the GEMM fell back to 16 bits: nothing to quantise
-            return dynamic_quant.with_dynamic_quant(op, work, cost, device.params, env.rt, env.launch)
+            return dynamic_quant.with_dynamic_quant(op, work, cost, device.params, env.rt, env.launch,
+                                                    semi_sparse=semi_sparse)
     return _gpu_cost(op, layer, device, env)
 
 
