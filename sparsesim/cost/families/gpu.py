@@ -160,7 +160,8 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         if not dynamic_quant.applies(op, env.rt):
             op = widened(op)
         else:
-            semi_sparse = layer is not None and layer.pattern.kind == "nm"
+            # torchao's semi-sparse int8 layout: the patterns cuSPARSELt runs
+            semi_sparse = layer is not None and layer.pattern.kind in KERNELS["cusparselt"].serves
             work = dynamic_quant.gemm_output(gemm_work(op, layer), semi_sparse=semi_sparse)
             cost = _gpu_cost(op, layer, device, env, work)
             if cost.details.get("precision") != precision_id(op.dtype):
