@@ -87,3 +87,11 @@ def test_dynamic_activation_quant_must_be_a_bool(tmp_path):
     path.write_text(bad)
     with pytest.raises(DeviceFileError, match="dynamic_activation_quant"):
         parse_device_file(path)
+
+
+def test_a_conv_of_an_int8_deployment_stays_16_bit_under_a_framework_and_says_so():
+    per_op = _per_op("int8", "compiled", device="a100-sxm4-80gb", workload="resnet50:batch=8,device=meta")
+    convs = per_op[per_op["kind"] == "conv"]
+    assert len(convs) and convs["why"].str.contains("quantises linears only").all()
+    engine = _per_op("int8", "engine", device="a100-sxm4-80gb", workload="resnet50:batch=8,device=meta")
+    assert not engine["why"].str.contains("quantises linears only").any()

@@ -158,7 +158,12 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     env = kernel_env(device, context)
     if env.rt.dynamic_activation_quant and op.dtype in dynamic_quant.DYNAMIC_DTYPES and op.deployed_from:
         if not dynamic_quant.applies(op, env.rt):
-            op = widened(op)
+            narrow, op = op.dtype, widened(op)
+            cost = _gpu_cost(op, layer, device, env)
+            if not op.is_matmul:
+                return cost
+            return dataclasses.replace(cost, why=f"{cost.why}; deployed at {narrow}, but {env.runtime} quantises "
+                                                 f"linears only: this {op.kind} stays {op.dtype}")
         else:
             # torchao's semi-sparse int8 layout: the patterns cuSPARSELt runs
             semi_sparse = layer is not None and layer.pattern.kind in KERNELS["cusparselt"].serves
