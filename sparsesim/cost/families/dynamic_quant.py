@@ -16,8 +16,9 @@ the row's min and max, a scaled, rounded, clamped cast), and
 
 Under a runtime that runs each framework op as its own kernel (eager) those passes are the aten
 ops below, each a kernel and a host dispatch; under one that fuses elementwise chains
-(`fuse_elementwise`: torch.compile) the quantisation is one kernel (a row reduction and its
-pointwise epilogue, as a softmax is) and the dequantisation one more.
+(`fuse_elementwise`: torch.compile) int8's per-token quantisation is one kernel (a row reduction
+and its pointwise epilogue, as a softmax is), fp8's per-tensor one two (the tensor-wide amax, then
+the scaled cast), and int8's dequantisation one more.
 
 Sources: torchao 0.7 `quantization/quant_api.py` (`_int8_symm_per_token_reduced_range_quant`,
 `_input_activation_quant_func_fp8`), `quantization/quant_primitives.py`
@@ -71,13 +72,16 @@ class QuantKernels:
 # + zero point, clamp and the cast to int8 over the whole input
 _EAGER_INT8_INPUT = (Pass("amin", 2, 0), Pass("amax", 2, 0), Pass("mul", 2, 2), Pass("round", 2, 2),
                      Pass("add", 2, 2), Pass("clamp", 2, 2), Pass("cast to int8", 2, 1))
-# eager fp8 (traced): amin, amax, 11 per-row ops (the scale cast to fp32 among them), then
-# x * (1/scale) in fp32, a clamp in fp32 and the cast to e4m3
+# eager fp8 (traced, PerTensor and PerRow alike): amin, amax, 11 ops on the scales (the cast to
+# fp32 among them), then x * (1/scale) in fp32, a clamp in fp32 and the cast to e4m3
 _EAGER_FP8_INPUT = (Pass("amin", 2, 0), Pass("amax", 2, 0), Pass("mul (fp32 out)", 2, 4), Pass("clamp", 4, 4),
                     Pass("cast to fp8", 4, 1))
 _EAGER_PER_ROW = 11
-# fused: one kernel reads each row once and writes it 8-bit
-_FUSED_INPUT = (Pass("quantise", 2, 1),)
+# fused, int8 (per-token scales): one kernel reduces each row and writes it 8-bit, as a softmax
+_FUSED_INT8_INPUT = (Pass("quantise", 2, 1),)
+# fused, fp8 (torchao 0.7's default granularity is PerTensor: one scale for the whole input):
+# the tensor-wide amax is a reduction of its own before the kernel that scales and casts
+_FUSED_FP8_INPUT = (Pass("amax", 2, 0), Pass("scale and cast to fp8", 2, 1))
 # dense int8 (plain_layout._linear_int8_act_int8_weight_impl): `torch._int_mm` writes int32, then
 # times the bf16 row scales (bf16 out) and times the column scales; fused, one kernel reads the
 # int32 result and writes 16 bits
@@ -112,7 +116,7 @@ def quant_kernels(dtype: str, rt: RuntimeParams, *, semi_sparse: bool = False) -
     else:
         on_output = _FUSED_INT32_OUTPUT if fused else _EAGER_INT32_OUTPUT
     if fused:
-        return QuantKernels(_FUSED_INPUT, on_output, per_row=0)
+        return QuantKernels(_FUSED_INT8_INPUT if dtype == "int8" else _FUSED_FP8_INPUT, on_output, per_row=0)
     return QuantKernels(_EAGER_INT8_INPUT if dtype == "int8" else _EAGER_FP8_INPUT, on_output, per_row=_EAGER_PER_ROW)
 
 
