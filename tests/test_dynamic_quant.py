@@ -95,3 +95,22 @@ def test_a_conv_of_an_int8_deployment_stays_16_bit_under_a_framework_and_says_so
     assert len(convs) and convs["why"].str.contains("quantises linears only").all()
     engine = _per_op("int8", "engine", device="a100-sxm4-80gb", workload="resnet50:batch=8,device=meta")
     assert not engine["why"].str.contains("quantises linears only").any()
+
+
+def test_int8_weight_only_streams_int8_weights_when_the_runtime_fuses_the_conversion():
+    gemv = "gemm:M=1,N=8192,K=8192,dtype=fp16"
+
+    def latency(dtype: str, runtime: str) -> tuple[float, str]:
+        t = compare_tables(gemv, ["a100-sxm4-80gb"], ["dense"], runtime=runtime, dtype=dtype).per_op
+        return float(t["latency_s"].iat[0]), str(t["why"].iat[0])
+
+    for runtime in ("compiled", "engine"):
+        wo, why = latency("int8wo", runtime)
+        assert "converted to fp16 as the GEMM loads them" in why
+        assert latency("bf16", runtime)[0] > 1.6 * wo  # a memory-bound GEMV reads half the bytes
+    eager, why = latency("int8wo", "eager")
+    assert "converts the int8 weight to fp16 before the GEMM" in why and "int8 weight to 16 bits" in why
+    assert eager > latency("bf16", "eager")[0]  # the conversion writes and the GEMM reads a 16-bit copy
+    # the int4 kernels do not take it
+    t = compare_tables(gemv, ["a100-sxm4-80gb"], ["dense"], runtime="compiled", dtype="int8wo", kernel="tinygemm")
+    assert "tinygemm runs int4 weight-only GEMMs, not int8wo" in t.per_op["why"].iat[0]

@@ -26,7 +26,7 @@ DEVICES = {d.name: d for d in builtin_devices()}
 # issue); on the PE-array families a fold of the array can hold a sparse column that the dense
 # one spills, a tile-quantisation gain the bounds do not allow for (see the channel test)
 GPUS = sorted(d for d in DEVICES if DEVICES[d].family == "gpu")
-DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8", "int4")
+DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8", "int8wo", "int4")
 # relative slack for float rounding only
 EPS = 1e-9
 # SPARSESIM_PROPS raises the example count for a longer local search
@@ -73,7 +73,7 @@ def test_nm_never_beats_m_over_n(m, n, k, dtype, dev, nm, data):
 
 
 @PROPS
-@given(m=dims, n=dims, k=dims, dtype=st.sampled_from(["fp16", "bf16", "fp8", "int8", "int4"]), dev=gpus,
+@given(m=dims, n=dims, k=dims, dtype=st.sampled_from(["fp16", "bf16", "fp8", "int8", "int8wo", "int4"]), dev=gpus,
        sparsity=st.floats(0.05, 0.999), data=st.data())
 def test_unstructured_never_beats_one_over_density(m, n, k, dtype, dev, sparsity, data):
     """Not checked at fp32: a tiny fp32 GEMM on CUDA cores is modelled as one tile on one SM,

@@ -371,7 +371,7 @@ def test_tinygemm_stores_a_scale_and_zero_per_64_weights_and_never_splits_k():
 @pytest.mark.parametrize("device", [d.name for d in builtin_devices()])
 def test_every_dtype_device_pattern_estimates_or_falls_back_with_a_reason(device):
     dev = load_device(device)
-    for dtype in ("fp32", "fp16", "bf16", "fp8", "int8", "int4"):
+    for dtype in ("fp32", "fp16", "bf16", "fp8", "int8", "int8wo", "int4"):
         for pattern in ("dense", "2:4", "unstructured:0.9", "block8x8:0.5", "channel:0.5"):
             op = gemm_op(64, 256, 256, dtype)
             layer = None if pattern == "dense" else layer_for("weight", 256, 256, parse_pattern(pattern), dtype)

@@ -44,12 +44,13 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"{RUNTIME_HELP}; default: each device file's default runtime")
     p.add_argument("--kernel", default="",
                    help="force one kernel library for the ops it serves (GPU: cublas, cusparselt, cutlass-24, "
-                        "sputnik, cusparse-csr, flash-llm, bsr, marlin, tinygemm, sparse-marlin, spatha, teal; CPU: dense, csr, bsr, nm, "
+                        "sputnik, cusparse-csr, flash-llm, bsr, marlin, tinygemm, int8wo, sparse-marlin, spatha, teal; CPU: dense, csr, bsr, nm, "
                         "xnnpack-spmm, jit-spmm, act-gemv); default: the runtime "
                         "picks the fastest it offers")
     p.add_argument("--dtype", default="", choices=("",) + DEPLOY_DTYPES, metavar="|".join(DEPLOY_DTYPES),
-                   help="deploy the model at this dtype (int8 and fp8 quantise GEMMs and the activations "
-                        "between them; int4 is weight-only); default: as traced")
+                   help="deploy the model at this dtype (int8 and fp8 quantise GEMMs and the activations: "
+                        "between them under an engine, each linear's input on the fly under eager and compiled; "
+                        "int8wo and int4 are weight-only); default: as traced")
 
 
 def add_cluster_argument(p: argparse.ArgumentParser) -> None:

@@ -13,13 +13,14 @@ MEMORY_KINDS = ("elementwise", "norm", "softmax", "embedding", "reduction", "cop
 UNKNOWN = "unknown"
 
 DTYPE_BYTES: Mapping[str, float] = {
-    "fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int4": 0.5,
+    "fp64": 8, "fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1, "int8wo": 1, "int4": 0.5,
     "int32": 4, "int64": 8, "bool": 1,
 }
 
 # weight-only dtypes: the weight is stored at the dtype, the activations and the arithmetic stay
-# at this 16-bit dtype (int4 weight-only GEMMs dequantise in the kernel, as Marlin does)
-WEIGHT_ONLY_DTYPES: Mapping[str, str] = {"int4": "fp16"}
+# at this 16-bit dtype (int4 weight-only GEMMs dequantise in the kernel, as Marlin does; int8wo is
+# int8 weight-only, torchao's int8_weight_only and gpt-fast's int8)
+WEIGHT_ONLY_DTYPES: Mapping[str, str] = {"int4": "fp16", "int8wo": "fp16"}
 
 
 def activation_dtype(dtype: str) -> str:

@@ -8,8 +8,8 @@ formats are sized at the new width: 2:4 metadata is 12.5% of 16-bit values, 25% 
 * int8, fp8: GEMMs and convolutions (linear, conv, matmul) and the elementwise ops between them
   run at the dtype (quantised activations, as TensorRT's int8/fp8 engines run them); norms,
   softmax and attention stay at 16 bits (their reductions need the range);
-* int4 (weight-only): linear and conv weights are stored at 4 bits, everything else, the
-  activations and the arithmetic stay at 16 bits (`core.ir.WEIGHT_ONLY_DTYPES`).
+* int4 and int8wo (weight-only): linear and conv weights are stored at 4 or 8 bits, everything
+  else, the activations and the arithmetic stay at 16 bits (`core.ir.WEIGHT_ONLY_DTYPES`).
 
 That int8/fp8 form is a vendor engine's (static scales, 8-bit activations between layers). A
 framework runtime that quantises each linear's input on the fly (`dynamic_activation_quant`)
@@ -29,7 +29,7 @@ from sparsesim.core.ir import (
     activation_dtype,
 )
 
-DEPLOY_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
+DEPLOY_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int8wo", "int4")
 FLOAT_DTYPES = ("fp64", "fp32", "tf32", "fp16", "bf16")
 # the 16-bit dtype ops that a narrow deployment keeps wide run at
 WIDE_DTYPE = "fp16"

@@ -383,7 +383,7 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
     # the dtype (tracing.retype), as a quantised deployment of a 16-bit layer is
     from sparsesim.tracing.retype import retype
 
-    narrow = p["dtype"] in ("int8", "fp8", "int4")
+    narrow = p["dtype"] in ("int8", "fp8", "int8wo", "int4")
     dt = torch_dtype("fp16" if narrow else p["dtype"])
 
     # every tensor's element count bounded before anything is built (a 64-bit element count,

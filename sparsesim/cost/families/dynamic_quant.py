@@ -138,22 +138,31 @@ def with_dynamic_quant(op: Op, work: GemmWork, cost: Cost, p: GpuParams, rt: Run
     inputs = g.m * g.k * g.batch * g.groups
     outputs = g.m * g.n * g.batch * g.groups
     nbytes = inputs * sum(q.read + q.write for q in qk.on_input) + outputs * sum(q.read + q.write for q in qk.on_output)
-    device_s = qk.kernels * launch_s + nbytes / dram_bw(p)
-    host_s = qk.kernels * rt.host_dispatch
+    passes = ", ".join(q.name for q in qk.on_input + qk.on_output)
+    out_note = "; the GEMM writes int32 results" if _writes_int32(op.dtype, semi_sparse) else ""
+    what = (f"dynamic {op.dtype} quantisation: {qk.kernels} kernel(s) ({passes}"
+            f"{f', {qk.per_row} per-row ops' if qk.per_row else ''})")
+    return with_kernels(cost, p, rt, launch_s, kernels=qk.kernels, nbytes=nbytes, what=what, note=out_note)
+
+
+def with_kernels(cost: Cost, p: GpuParams, rt: RuntimeParams, launch_s: float, *, kernels: int, nbytes: float,
+                 what: str, note: str = "") -> Cost:
+    """`cost` with `kernels` more kernels around it moving `nbytes` through DRAM: their device
+    time (a launch each, the bytes at the DRAM rate) as overhead, their bytes in DRAM traffic and
+    energy, and their host dispatch (one framework op each) as host time."""
+    device_s = kernels * launch_s + nbytes / dram_bw(p)
+    host_s = kernels * rt.host_dispatch
     d = dict(cost.details)
     d["overhead_s"] = float(d.get("overhead_s", 0.0)) + device_s
     d["host_s"] = float(d.get("host_s", 0.0)) + host_s
-    d["quant_s"] = device_s
+    d["quant_s"] = float(d.get("quant_s", 0.0)) + device_s
     latency = cost.latency_s + device_s
     stretch = latency / cost.latency_s if cost.latency_s > 0 else 1.0
     extra_j = nbytes * p.dram_energy + float(d.get("energy_static_j", 0.0)) * (stretch - 1.0)
     d["energy_memory_j"] = float(d.get("energy_memory_j", 0.0)) + nbytes * p.dram_energy
     d["energy_static_j"] = float(d.get("energy_static_j", 0.0)) * stretch
-    passes = ", ".join(q.name for q in qk.on_input + qk.on_output)
-    out_note = "; the GEMM writes int32 results" if _writes_int32(op.dtype, semi_sparse) else ""
-    why = (f"{cost.why}; dynamic {op.dtype} quantisation: {qk.kernels} kernel(s) ({passes}"
-           f"{f', {qk.per_row} per-row ops' if qk.per_row else ''}) moving {nbytes / 1e6:.3g} MB "
-           f"(+{device_s * 1e6:.3g} us{f', host +{host_s * 1e6:.3g} us' if host_s else ''}){out_note}")
+    why = (f"{cost.why}; {what} moving {nbytes / 1e6:.3g} MB "
+           f"(+{device_s * 1e6:.3g} us{f', host +{host_s * 1e6:.3g} us' if host_s else ''}){note}")
     levels = dict(cost.bytes_by_level)
     levels["dram"] = levels.get("dram", 0.0) + nbytes
     return dataclasses.replace(cost, latency_s=latency, energy_j=cost.energy_j + extra_j, bytes_by_level=levels,

@@ -5,6 +5,7 @@
 | cublas | dense | cuBLAS/cuBLASLt tensor-core GEMM; split-K when the tiles fill less than a wave |
 | marlin | dense int4 | int4 weight-only GEMM (Frantar et al., Marlin): 4-bit weights dequantised in registers, fp16 MMA; its work striped over every SM, the stripes sharing a column slice reduced one after another in L2 (`marlin`) |
 | tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one block of 8 warps per 8 output columns over the whole K; at a few tokens bound by the bytes its warps keep in flight (Little's law) when the layer has few columns |
+| int8wo | dense int8 weight-only | torchao's int8_weight_only: a 16-bit GEMM over an int8 weight, converted in the GEMM's loads when the runtime fuses (TorchInductor, an engine's mixed-input GEMM), else first written out as a 16-bit copy (eager) |
 | cusparselt | 2:4 | cuSPARSELt: the device file's sparse tile; split-K only under algorithm search (cusparseLtMatmulSearch); under torch the transposed result costs a copy unless the runtime lists it in `transpose_fused` (torch 2.13 fuses it) |
 | cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the device's GEMM tile, the transposed result copied (res.t().contiguous() in torch 2.13's semi_structured.py; a strided view its consumer reads through 2.6), no split-K, no fp8 |
 | sparse-marlin | 2:4 int4 | Sparse-Marlin (torchao): int4 2:4 weights on sparse tensor cores, its work striped over every SM, the stripes sharing a column slice reduced one after another in L2 (`marlin`) |
@@ -27,9 +28,9 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sparsesim.core.ir import WEIGHT_ONLY_DTYPES, GemmShape, Op, activation_dtype
+from sparsesim.core.ir import DTYPE_BYTES, WEIGHT_ONLY_DTYPES, GemmShape, Op, activation_dtype
 from sparsesim.cost.common import GemmWork, build_cost, ceil_div
-from sparsesim.cost.families import marlin
+from sparsesim.cost.families import dynamic_quant, marlin
 from sparsesim.cost.families.gpu_machine import (
     CSR_INDEX_BYTES,
     MODEL,
@@ -63,6 +64,8 @@ from sparsesim.hw.runtimes import RuntimeParams
 from sparsesim.sparsity.patterns import nm_pattern
 from sparsesim.sparsity.records import LayerSparsity, Pattern
 
+INT4 = "int4"
+INT8_WEIGHT_ONLY = "int8wo"
 # int4 weight-only: one fp16 scale per group of this many weights (torchao int4_weight_only's
 # default group_size=128; Marlin supports groups of 128)
 INT4_GROUP_SIZE = 128
@@ -272,7 +275,7 @@ def _cublas(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
 
 
 def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    if work.dtype not in WEIGHT_ONLY_DTYPES:
+    if work.dtype != INT4:
         return f"Marlin runs int4 weight-only GEMMs, not {work.dtype}"
     p: GpuParams = device.params
     unit = compute_unit(p, activation_dtype(work.dtype))
@@ -312,8 +315,36 @@ def _marlin_terms(p: GpuParams, striped: marlin.Stripes, *, sparse: bool) -> tup
     return bw, chain, marlin.describe_stripes(striped, int(p.sm_count), chain)
 
 
+def _int8_weight_only(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
+                      env: KernelEnv) -> Cost | str:
+    """int8 weight-only (torchao's int8_weight_only, gpt-fast's int8): a 16-bit GEMM whose weight is
+    stored int8 with a scale per output channel. A runtime that fuses elementwise ops converts
+    the weight as the GEMM loads it (TorchInductor fuses `weight.to(bf16)` into the matmul; an
+    engine runs a mixed-input GEMM), so the weight streams at 1 byte; eager PyTorch converts the
+    whole weight to 16 bits first (a kernel of its own), multiplies by it, then scales the output
+    (torchao 0.7 `_linear_fp_act_int8_weight_impl`: `mm(x, w_int8.t().to(x.dtype)) * scale`)."""
+    if work.dtype != INT8_WEIGHT_ONLY:
+        return f"runs int8 weight-only GEMMs, not {work.dtype}"
+    p: GpuParams = device.params
+    unit = compute_unit(p, activation_dtype(work.dtype))
+    wide = dataclasses.replace(work, dtype_bytes=DTYPE_BYTES[unit.dtype] if unit.dtype in DTYPE_BYTES else 2.0)
+    weights = work.w_bytes / work.dtype_bytes
+    if env.rt.fuse_elementwise:
+        return dense_cost(op, wide, device, env, unit=unit, w_bytes=work.w_bytes, kernel="dense (int8 weight-only)",
+                          why=f"int8 weights ({work.w_bytes / 1e6:.3g} MB) converted to {unit.dtype} as the GEMM "
+                              f"loads them ({env.runtime} fuses the conversion)")
+    cost = dense_cost(op, wide, device, env, unit=unit, w_bytes=weights * wide.dtype_bytes,
+                      kernel="dense (int8 weight-only)",
+                      why=f"{env.runtime} converts the int8 weight to {unit.dtype} before the GEMM")
+    g = work.gemms[0]
+    outputs = g.m * g.n * g.batch * g.groups
+    nbytes = weights * (work.dtype_bytes + wide.dtype_bytes) + outputs * 2 * wide.dtype_bytes
+    return dynamic_quant.with_kernels(cost, p, env.rt, env.launch, kernels=2, nbytes=nbytes,
+                                      what="2 kernel(s) (int8 weight to 16 bits, x output-channel scale)")
+
+
 def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    if work.dtype not in WEIGHT_ONLY_DTYPES:
+    if work.dtype != INT4:
         return f"tinygemm runs int4 weight-only GEMMs, not {work.dtype}"
     p: GpuParams = device.params
     # torch's kernel takes bf16 activations; an int4 deployment's 16-bit activations are costed at
@@ -548,7 +579,7 @@ _cutlass24 = _nm_library("cutlass", "cutlass-24", "torch's CUTLASS 2:4 kernel", 
 
 
 def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    if work.dtype not in WEIGHT_ONLY_DTYPES:
+    if work.dtype != INT4:
         return f"Sparse-Marlin runs int4 weight-only 2:4 GEMMs, not {work.dtype}"
     sdt, reason = _nm_check(op, work, layer, device)
     if not sdt:
@@ -855,6 +886,8 @@ def _teal(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, e
 KERNELS: dict[str, GpuKernel] = {k.name: k for k in (
     GpuKernel("cublas", ("dense", "act"), _cublas, "cuBLAS/cuBLASLt dense tensor-core GEMM"),
     GpuKernel("marlin", ("dense", "act"), _marlin, "Marlin int4 weight-only GEMM"),
+    GpuKernel("int8wo", ("dense", "act"), _int8_weight_only,
+              "int8 weight-only GEMM: the int8 weight converted to 16 bits in the GEMM's loads (fused) or first"),
     GpuKernel("tinygemm", ("dense", "act"), _tinygemm,
               "torch's tinygemm int4 weight-only GEMM (bf16 scale + zero per group)"),
     GpuKernel("teal", ("act",), _teal, "TEAL activation-sparse GEMV (weight rows of kept input channels only)"),
