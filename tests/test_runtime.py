@@ -469,8 +469,11 @@ def test_int4_kernels_written_for_ampere_run_hoppers_mma_sync_rate(kernel, plan)
     H100 their math runs at `mma_sync_fraction` of the tensor peak (a compute-bound prefill)."""
     op = gemm_op(4096, 4096, 4096, "int4")
     layer = None if plan == "dense" else layer_for("weight", 4096, 4096, parse_pattern(plan), "int4")
-    full = dataclasses.replace(H100, params=dataclasses.replace(H100.params, mma_sync_fraction=1.0))
-    slow = cost_one(op, layer, H100, runtime="compiled", kernel=kernel)
+    # the tensor math alone: tinygemm's issue slots (it dequantises the weight again for every 16
+    # rows) would bind a prefill this size before its MMAs do
+    math_only = dataclasses.replace(H100, params=dataclasses.replace(H100.params, issue_per_sm_clock=0.0))
+    full = dataclasses.replace(math_only, params=dataclasses.replace(math_only.params, mma_sync_fraction=1.0))
+    slow = cost_one(op, layer, math_only, runtime="compiled", kernel=kernel)
     fast = cost_one(op, layer, full, runtime="compiled", kernel=kernel)
     assert H100.params.mma_sync_fraction < 1
     assert slow.details["compute_s"] == pytest.approx(fast.details["compute_s"] / H100.params.mma_sync_fraction)
@@ -534,3 +537,19 @@ def test_framework_runtimes_run_sparse_weights_in_matrix_products_only(device, p
     row = planned(wl, "engine")
     assert kernel in row["kernel"] and not row["fallback"], row["why"]
     assert "matrix products only" not in planned("gemm:M=4096,N=4096,K=4096,dtype=fp16", "eager")["why"]
+
+
+def test_tinygemm_is_held_to_its_compiled_loop_and_registers():
+    """tinygemm's K loop issues 183 warp instructions per 1,024 weights and takes 64 registers a
+    thread (its sm_80 build): at the A100's DRAM rate the weight's bytes still bind, on an H200
+    (HBM3e) the issue slots do; and an SM holds 4 of its blocks, not the 8 its warp slots allow."""
+    from sparsesim.cost.families.gpu_kernels import TINYGEMM_REGISTERS, TINYGEMM_WARPS
+    from sparsesim.cost.families.gpu_machine import resident_blocks_per_sm
+
+    op = gemm_op(1, 14336, 4096, "int4")
+    a100 = cost_one(op, None, A100, runtime="compiled", kernel="tinygemm")
+    h200 = cost_one(op, None, load_device("h200"), runtime="compiled", kernel="tinygemm")
+    assert a100.bound == "memory" and h200.bound == "compute" and "issue-bound math" in h200.why
+    p = A100.params
+    assert resident_blocks_per_sm(p, TINYGEMM_WARPS) == 8
+    assert resident_blocks_per_sm(p, TINYGEMM_WARPS, TINYGEMM_REGISTERS) == 4

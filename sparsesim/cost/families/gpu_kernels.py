@@ -4,7 +4,7 @@
 |---|---|---|
 | cublas | dense | cuBLAS/cuBLASLt tensor-core GEMM; split-K when the tiles fill less than a wave |
 | marlin | dense int4 | int4 weight-only GEMM (Frantar et al., Marlin): 4-bit weights dequantised in registers, fp16 MMA; its work striped over every SM, the stripes sharing a column slice reduced one after another in L2 (`marlin`) |
-| tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one block of 8 warps per 8 output columns over the whole K; at a few tokens bound by the bytes its warps keep in flight (Little's law) when the layer has few columns |
+| tinygemm | dense int4 | torch's int4 weight-only kernel (aten._weight_int4pack_mm, torchao's default int4 layout): bf16 scale and zero per group, one block of 8 warps per 8 output columns over the whole K; at a few tokens bound by the bytes its warps keep in flight (Little's law) when the layer has few columns, and by the issue slots of its compiled K loop (183 warp instructions per 1,024 weights, 64 registers a thread), which bind on Hopper and for every prefill (it dequantises the weight again for each 16 rows) |
 | int8wo | dense int8 weight-only | torchao's int8_weight_only: a 16-bit GEMM over an int8 weight, converted in the GEMM's loads when the runtime fuses (TorchInductor, an engine's mixed-input GEMM), else first written out as a 16-bit copy (eager) |
 | cusparselt | 2:4 | cuSPARSELt: the device file's sparse tile; split-K only under algorithm search (cusparseLtMatmulSearch); under torch the transposed result costs a copy unless the runtime lists it in `transpose_fused` (torch 2.13 fuses it) |
 | cutlass-24 | 2:4 | torch's CUTLASS semi-structured kernel: the device's GEMM tile, the transposed result copied (res.t().contiguous() in torch 2.13's semi_structured.py; a strided view its consumer reads through 2.6), no split-K, no fp8 |
@@ -48,6 +48,7 @@ from sparsesim.cost.families.gpu_machine import (
     feature_map_bytes,
     gemm_time,
     gpu_energy,
+    issue_s,
     latency_bound_bandwidth,
     memory_s,
     mma_k,
@@ -90,6 +91,15 @@ TINYGEMM_K_PER_ITERATION = 128
 # the packed weight holds K in runs of innerKTiles (8, torchao's default) k-tiles of 16
 # (_convert_weight_to_int4pack: [N / 8][K / (innerKTiles * 16)][32][innerKTiles / 2])
 TINYGEMM_K_PACK = 128
+# the kernel as compiled (that instantiation of int4mm.cu, nvcc 11.8, -arch=sm_80 and sm_90,
+# ptxas -v and cuobjdump -sass, 2026-12-04): 64 registers a thread (63 on sm_90), so an SM
+# holds 4 of its 256-thread blocks, not the 8 its warp slots allow; and its K loop issues 183
+# warp instructions an iteration (186 on sm_90: 35 loads, 32 HFMA2 + 16 LOP3 + 15 SHF of
+# dequantisation, 8 HMMA, 32 FADD folding the MMA results, address arithmetic), 1,024 weights
+# a warp: about as many issue slots as the weight's bytes take at an A100's DRAM rate, more
+# than they take at a Hopper's
+TINYGEMM_REGISTERS = 64
+TINYGEMM_INSTRUCTIONS_PER_ITERATION = 183
 # Flash-LLM's Tiled-CSL format stores a 16-bit location next to each 16-bit value (Xia et al. §4)
 FLASH_LLM_INDEX_BYTES = 2
 
@@ -371,16 +381,24 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
         + TINYGEMM_K_PER_ITERATION / TINYGEMM_GROUP_SIZE * cols * TINYGEMM_SCALE_ZERO_BYTES
     # a block's warps share its K: no more of them load at once than K has iterations
     warps = max(1, min(TINYGEMM_WARPS, ceil_div(g.k, TINYGEMM_K_PER_ITERATION)))
-    bw = latency_bound_bandwidth(p, gt.tiling.tiles, warps * per_warp, warps_per_block=TINYGEMM_WARPS)
+    bw = latency_bound_bandwidth(p, gt.tiling.tiles, warps * per_warp, warps_per_block=TINYGEMM_WARPS,
+                                 registers_per_thread=TINYGEMM_REGISTERS)
     if gt.dram_bytes / bw > memory:
         memory = gt.dram_bytes / bw
         mlp = (f"; latency-bound: {gt.tiling.tiles} blocks x {warps} warps x {per_warp:.0f} B in flight / "
                f"{p.dram_latency * 1e9:.0f} ns = {bw / 1e9:.0f} GB/s")
+    # every warp runs its K loop: iterations x the instructions the compiled loop issues
+    iterations = gt.tiling.tiles * ceil_div(g.k, TINYGEMM_K_PER_ITERATION)
+    issue = issue_s(p, iterations * TINYGEMM_INSTRUCTIONS_PER_ITERATION, gt.tiling.tiles)
+    compute = max(gt.compute_s, issue)
+    if issue > gt.compute_s:
+        mlp += (f"; issue-bound math: {iterations} warp iterations x {TINYGEMM_INSTRUCTIONS_PER_ITERATION} "
+                f"instructions (dequantisation, loads, MMAs) = {issue * 1e6:.3g} us")
     why = describe(f"tinygemm int4 weight-only {g.m}x{g.n}x{g.k}: 4-bit weights + bf16 scale and zero per "
-                   f"{TINYGEMM_GROUP_SIZE} ({w_bytes / 1e6:.3g} MB), {unit.dtype} MMA", gt.compute_s, memory, env.launch,
+                   f"{TINYGEMM_GROUP_SIZE} ({w_bytes / 1e6:.3g} MB), {unit.dtype} MMA", compute, memory, env.launch,
                    gt.tiling) + mlp
     return build_cost(
-        device=device, model=MODEL, compute_s=gt.compute_s, memory_s=memory, overhead_s=env.launch,
+        device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, float(work.macs), unit.dtype, gt.dram_bytes, gt.l2_bytes),
         kernel="dense (tinygemm int4)", why=why, flops_executed=float(work.flops), peak_flops=unit.peak,
         memory_bytes=w_bytes if op.weight is not None else 0.0,

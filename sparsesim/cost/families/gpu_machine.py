@@ -138,6 +138,11 @@ class GpuParams:
     # special-function-unit results (exp2, rcp, ...) per SM per clock: the softmax of a fused
     # attention kernel runs there (0: not modelled, the softmax is free)
     sfu_ops_per_sm_clock: float = quantity("count", default=0.0)
+    # warp instructions an SM issues per clock (one per warp scheduler) and its register file: a
+    # kernel whose instruction count or register use is known from its compiled code is bound by
+    # the first and held to the resident blocks the second allows (0: not modelled)
+    issue_per_sm_clock: float = quantity("count", default=0.0)
+    registers_per_sm: float = quantity("count", default=0.0)
     # the share of the tensor peak that the previous generation's MMA instructions reach (1: the
     # device has no newer ones; Hopper's mma.sync against its wgmma)
     mma_sync_fraction: float = quantity("ratio", default=1.0)
@@ -455,15 +460,34 @@ def dram_bw(p: GpuParams) -> float:
     return p.dram_bandwidth * p.dram_efficiency
 
 
-def latency_bound_bandwidth(p: GpuParams, blocks: int, bytes_in_flight: float, warps_per_block: int = 1) -> float:
+def resident_blocks_per_sm(p: GpuParams, warps_per_block: int = 1, registers_per_thread: int = 0) -> int:
+    """Thread blocks of `warps_per_block` warps one SM holds at once: its block slots, its warp
+    slots and, when the kernel's registers per thread are known, its register file."""
+    per_sm = min(int(p.max_ctas_per_sm), int(p.max_warps_per_sm) // max(warps_per_block, 1))
+    if registers_per_thread > 0 and p.registers_per_sm > 0:
+        per_sm = min(per_sm, int(p.registers_per_sm) // (registers_per_thread * 32 * max(warps_per_block, 1)))
+    return max(per_sm, 1)
+
+
+def latency_bound_bandwidth(p: GpuParams, blocks: int, bytes_in_flight: float, warps_per_block: int = 1,
+                            registers_per_thread: int = 0) -> float:
     """The DRAM bandwidth a kernel of `blocks` thread blocks reaches when each keeps
     `bytes_in_flight` of loads outstanding and waits for them before issuing more (Little's law:
     bytes in flight / latency; the memory-warp parallelism of Hong & Kim, ISCA 2009). Blocks
-    beyond what the SMs hold at once (their thread block slots, and their warp slots for blocks
-    of `warps_per_block` warps) wait for a slot and add nothing in flight; never above `dram_bw`."""
-    per_sm = min(int(p.max_ctas_per_sm), int(p.max_warps_per_sm) // max(warps_per_block, 1))
-    resident = min(max(blocks, 1), int(p.sm_count) * max(per_sm, 1))
+    beyond what the SMs hold at once (`resident_blocks_per_sm`) wait for a slot and add nothing
+    in flight; never above `dram_bw`."""
+    per_sm = resident_blocks_per_sm(p, warps_per_block, registers_per_thread)
+    resident = min(max(blocks, 1), int(p.sm_count) * per_sm)
     return min(dram_bw(p), resident * bytes_in_flight / p.dram_latency)
+
+
+def issue_s(p: GpuParams, warp_instructions: float, blocks: int) -> float:
+    """Time to issue `warp_instructions` over the SMs `blocks` thread blocks occupy, one warp
+    instruction per scheduler per clock (0 when the device file gives no issue rate)."""
+    if p.issue_per_sm_clock <= 0:
+        return 0.0
+    sms = min(max(blocks, 1), int(p.sm_count))
+    return warp_instructions / (sms * p.issue_per_sm_clock * p.clock)
 
 
 def memory_s(p: GpuParams, dram: float, l2: float) -> float:
