@@ -183,10 +183,12 @@ def _at_dtype(wl: Workload, dtype: str) -> Workload:
     """`wl` re-typed to train at `dtype` (`tracing.retype`); as traced when empty."""
     if not dtype:
         return wl
+    from sparsesim.tracing.retype import DEPLOY_DTYPES, retype
+
     if dtype not in TRAIN_DTYPES:
+        inference = ", ".join(d for d in DEPLOY_DTYPES if d not in TRAIN_DTYPES)
         raise TrainError(f"--dtype {dtype!r}: training is modelled at {', '.join(TRAIN_DTYPES)} "
-                         "(int8 and int4 are inference deployments)")
-    from sparsesim.tracing.retype import retype
+                         f"({inference} are inference deployments)")
 
     return retype(wl, dtype)
 
