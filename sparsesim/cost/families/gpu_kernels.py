@@ -346,6 +346,8 @@ def _int8_weight_only(op: Op, work: GemmWork, layer: LayerSparsity | None, devic
     cost = dense_cost(op, wide, device, env, unit=unit, w_bytes=weights * wide.dtype_bytes,
                       kernel="dense (int8 weight-only)",
                       why=f"{env.runtime} converts the int8 weight to {unit.dtype} before the GEMM")
+    # the 16-bit copy is transient: the model stores its weights int8
+    cost = dataclasses.replace(cost, memory_bytes=int(work.w_bytes) if op.weight is not None else 0)
     g = work.gemms[0]
     outputs = g.m * g.n * g.batch * g.groups
     nbytes = weights * (work.dtype_bytes + wide.dtype_bytes) + outputs * 2 * wide.dtype_bytes
