@@ -79,19 +79,20 @@ def kernel_env(device: Device, context: RunContext) -> KernelEnv:
     return KernelEnv(name, rt, launch, context.kernel)
 
 
-def _candidates(kind: str, env: KernelEnv) -> tuple[list[GpuKernel], str]:
-    """Kernels that may run an op of pattern `kind`, and a note when the user forced one."""
+def _candidates(kind: str, dtype: str, env: KernelEnv) -> tuple[list[GpuKernel], str]:
+    """Kernels that may run an op of pattern `kind` at `dtype`, and a note when the user forced one
+    (a forced kernel is tried whatever the dtype, so its why says what it runs)."""
     serving = [k for k in KERNELS.values() if kind in k.serves]
     if env.forced and env.forced in KERNELS and kind in KERNELS[env.forced].serves:
         note = "" if env.rt.offers(env.forced) else f" (not offered by {env.runtime}: forced)"
         return [KERNELS[env.forced]], f"kernel {env.forced} forced{note}"
-    return [k for k in serving if env.rt.offers(k.name)], ""
+    return [k for k in serving if env.rt.offers(k.name) and k.takes(dtype)], ""
 
 
 def _pick(op: Op, kind: str, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
     """The fastest kernel the runtime offers for `kind`, with the choice in its why; or the
     reasons (one string) when none can run the op."""
-    kernels, forced_note = _candidates(kind, env)
+    kernels, forced_note = _candidates(kind, work.dtype, env)
     if not kernels:
         return f"{env.runtime} offers no kernel for {kind} on this device"
     costs: list[tuple[str, Cost]] = []

@@ -124,6 +124,12 @@ class GpuKernel:
     serves: tuple[str, ...]   # pattern kinds ("dense", "nm", "unstructured", "block")
     run: KernelFn
     summary: str
+    # the only dtypes it runs (empty: it says why for the ones it does not); a weight-only
+    # kernel is not a choice for any other dtype, so it stays out of the runtime's comparison
+    dtypes: tuple[str, ...] = ()
+
+    def takes(self, dtype: str) -> bool:
+        return not self.dtypes or dtype in self.dtypes
 
 
 # ----------------------------------------------------------------------------- dense
@@ -905,15 +911,15 @@ def _teal(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, e
 
 KERNELS: dict[str, GpuKernel] = {k.name: k for k in (
     GpuKernel("cublas", ("dense", "act"), _cublas, "cuBLAS/cuBLASLt dense tensor-core GEMM"),
-    GpuKernel("marlin", ("dense", "act"), _marlin, "Marlin int4 weight-only GEMM"),
+    GpuKernel("marlin", ("dense", "act"), _marlin, "Marlin int4 weight-only GEMM", dtypes=(INT4,)),
     GpuKernel("int8wo", ("dense", "act"), _int8_weight_only,
-              "int8 weight-only GEMM: the int8 weight converted to 16 bits in the GEMM's loads (fused) or first"),
+              "int8 weight-only GEMM: the int8 weight converted to 16 bits in the GEMM's loads (fused) or first", dtypes=(INT8_WEIGHT_ONLY,)),
     GpuKernel("tinygemm", ("dense", "act"), _tinygemm,
-              "torch's tinygemm int4 weight-only GEMM (bf16 scale + zero per group)"),
+              "torch's tinygemm int4 weight-only GEMM (bf16 scale + zero per group)", dtypes=(INT4,)),
     GpuKernel("teal", ("act",), _teal, "TEAL activation-sparse GEMV (weight rows of kept input channels only)"),
     GpuKernel("cusparselt", ("nm",), _cusparselt, "cuSPARSELt 2:4, fused transpose, split-K under search"),
     GpuKernel("cutlass-24", ("nm",), _cutlass24, "torch's CUTLASS 2:4 kernel, result copied out"),
-    GpuKernel("sparse-marlin", ("nm",), _sparse_marlin, "Sparse-Marlin int4 2:4"),
+    GpuKernel("sparse-marlin", ("nm",), _sparse_marlin, "Sparse-Marlin int4 2:4", dtypes=(INT4,)),
     GpuKernel("spatha", ("vnm",), _spatha, "Spatha V:N:M on 2:4 sparse tensor cores (VENOM)"),
     GpuKernel("sputnik", ("unstructured",), _sputnik, "Sputnik-like CSR SpMM on CUDA cores"),
     GpuKernel("cusparse-csr", ("unstructured",), _cusparse_csr, "cuSPARSE CSR SpMM (torch.sparse CSR)"),
