@@ -16,7 +16,10 @@ through torch._int_mm, fp8 e4m3 through torch._scaled_mm) and:
   * unstructured sparsity through CSR (torch.sparse_csr_tensor @ dense, cuSPARSE SpMM);
   * block sparsity through BSR (torch.sparse_bsr_tensor @ dense).
 Then int4 weight-only GEMMs through torch's tinygemm kernel against bf16 cuBLAS at Llama-3-8B's
-decode shapes, graphed, as op-rate rows of runtime `compiled`. Then BERT-base (random weights, fp16, sequence 384) at two batch sizes, eager and under
+decode shapes, graphed, as op-rate rows of runtime `compiled`. Then bf16 linears against the
+same linears deployed as torchao's dynamic int8 (per-token quantisation, torch._int_mm, two
+scalings: `dynamic_int8_fn`), eager and compiled, at BERT-base and SAM shapes, as op-rate rows
+whose workload is the 16-bit GEMM (the model adds its quantisation kernels). Then BERT-base (random weights, fp16, sequence 384) at two batch sizes, eager and under
 torch.compile(mode="max-autotune"), dense and with every encoder Linear 2:4: one runtime-ratio
 row (eager / compiled) and one speedup row per runtime; and SAM's ViT-H image encoder (bf16,
 batch 8): dense throughput and the speedup of 2:4 on its MLP linears (torchao's SAM case), per
@@ -94,6 +97,9 @@ KNOWN_GPUS = (
 # 16 tokens, each as an op-rate row (2MNK / time) under the compiled runtime (graphed calls)
 INT4_LAYERS = ((4096, 4096), (1024, 4096), (6144, 4096), (14336, 4096), (4096, 14336))
 INT4_TOKENS = (1, 16)
+# BERT-base linears at batch 16 x 128 tokens and SAM ViT-h's MLP linears at 16,384 tokens
+DYNAMIC_INT8_SHAPES = ((2048, 768, 768), (2048, 3072, 768), (2048, 768, 3072), (16384, 5120, 1280),
+                       (16384, 1280, 5120))
 INT4_GROUP = 64           # torchao's int4 weight-only benchmark of Llama-3-8B (published.md §2.3)
 INT4_INNER_K_TILES = 8    # torchao's default int4 layout
 # 2:4 libraries of torch's semi-structured tensors: (model kernel name, force CUTLASS?)
@@ -449,13 +455,17 @@ def tinygemm_fn(x: torch.Tensor, w: torch.Tensor) -> Callable[[], object]:
 
 
 def op_rate_row(*, gpu: str, dtype: str, kernel: str, timing: Timing, shape: tuple[int, int, int],
-                source: str) -> dict:
-    """One op-rate row (2MNK / time) of a dense or weight-only GEMM under the compiled runtime."""
+                source: str, runtime: str = "compiled", deployed_from: str = "") -> dict:
+    """One op-rate row (2MNK / time) of a dense or weight-only GEMM under `runtime`. With
+    `deployed_from`, a 16-bit linear of that dtype deployed at `dtype` (the row's workload is
+    the 16-bit GEMM, so the model costs the deployment's quantisation kernels too)."""
     m, n, k = shape
-    r = row(gpu=gpu, runtime="compiled", dtype=dtype, pattern="dense", kernel=kernel, dense=timing, sparse=None,
-            source=source, shape=shape, quantity="op_rate")
+    workload = f"gemm:M={m},N={n},K={k},dtype={deployed_from}" if deployed_from else ""
+    r = row(gpu=gpu, runtime=runtime, dtype=dtype, pattern="dense", kernel=kernel, dense=timing, sparse=None,
+            source=source, shape=None if workload else shape, workload=workload, quantity="op_rate")
+    what = f"deployed-{dtype}" if deployed_from else dtype
     r.update(measured=f"{2.0 * m * n * k / (timing.median_ms * 1e-3):.5g}", direction="-",
-             case=f"measured-compiled-{kernel}-{m}x{n}x{k}-{dtype}-dense-op-rate")
+             case=f"measured-{runtime}-{kernel}-{m}x{n}x{k}-{what}-dense-op-rate")
     return r
 
 
@@ -483,6 +493,61 @@ def measure_int4(*, gpu: str, source: str, deadline: Deadline, rep: dict, emit: 
                 print(f"compiled {kernel:<9} {dtype} {m}x{n}x{k}: {timing.median_ms * 1e3:.4g} us, "
                       f"{2.0 * n * k * (0.5 if dtype == 'int4' else 2) / (timing.median_ms * 1e-3) / 1e9:.4g} GB/s "
                       f"of weights", flush=True)
+
+
+# ----------------------------------------------------------------------------- dynamic int8
+
+def dynamic_int8_fn(x: torch.Tensor, w: torch.Tensor) -> Callable[[], object]:
+    """x @ w^T as torchao 0.7's int8_dynamic_activation_int8_weight runs it, op for op (the
+    sequence the model's quantisation kernels come from, cost/families/dynamic_quant.py): int8
+    weights with a symmetric scale per output channel, made once; per call, a symmetric scale per
+    token from each row's min and max (range -127..127, eps 1e-5), x * (1 / scale) rounded,
+    clamped and cast to int8, torch._int_mm (int32 out), times the row scales, times the column
+    scales. Checked against the 16-bit product."""
+    wf = w.float()
+    w_scale = (wf.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-5)
+    w_t = (wf / w_scale).round().clamp(-127, 127).to(torch.int8).contiguous().t()
+    col_scale = w_scale.t().to(x.dtype)
+
+    def run() -> torch.Tensor:
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        lo = torch.minimum(x.amin(dim=1, keepdim=True), zero)
+        hi = torch.maximum(x.amax(dim=1, keepdim=True), zero)
+        scale = (torch.maximum(-lo, hi) / 127).clamp(min=1e-5)
+        q = torch.clamp(torch.round(x * scale.reciprocal()), -127, 127).to(torch.int8)
+        return (torch._int_mm(q, w_t) * scale) * col_scale
+
+    ref = x.float() @ wf.t()
+    if not torch.allclose(run().float(), ref, rtol=0.05, atol=0.05 * float(ref.abs().max())):
+        raise ValueError("the dynamic int8 linear disagrees with the 16-bit product")
+    return run
+
+
+def measure_dynamic_int8(args: argparse.Namespace, *, gpu: str, source: str, deadline: Deadline, rep: dict,
+                         emit: Callable[[dict], None]) -> None:
+    """A bf16 linear against the same linear deployed as torchao's dynamic int8, eager (op by op)
+    and compiled (torch.compile, replayed from a CUDA graph), at BERT-base and SAM ViT-h linear
+    shapes: op-rate rows the model predicts with its quantisation kernels."""
+    gen = torch.Generator().manual_seed(0)
+    for m, n, k in DYNAMIC_INT8_SHAPES:
+        x, w = operands(m, n, k, "bf16", torch.device("cuda"), gen)
+        for runtime in ("eager", "compiled"):
+            if deadline.passed():
+                print(f"budget spent: dynamic int8 stops before {runtime} {m}x{n}x{k}")
+                return
+            try:
+                bf16, dyn = dense_fn(x, w, "bf16"), dynamic_int8_fn(x, w)
+                if runtime == "compiled":
+                    bf16, dyn = graphed(bf16), graphed(torch.compile(dyn))
+                timings = {"bf16": time_ms(bf16, **rep), "int8": time_ms(dyn, **rep)}
+            except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
+                _skip(f"dynamic int8 {runtime} {m}x{n}x{k}", e)
+                continue
+            for dtype, timing in timings.items():
+                emit(op_rate_row(gpu=gpu, dtype=dtype, kernel="cublas", timing=timing, shape=(m, n, k), source=source,
+                                 runtime=runtime, deployed_from="bf16" if dtype == "int8" else ""))
+            print(f"{runtime:<8} dynamic int8 {m}x{n}x{k}: bf16 {timings['bf16'].median_ms * 1e3:.4g} us, "
+                  f"int8 {timings['int8'].median_ms * 1e3:.4g} us", flush=True)
 
 
 # ----------------------------------------------------------------------------- BERT-base
@@ -630,6 +695,9 @@ def measure(args: argparse.Namespace, emit: Callable[[dict], None]) -> None:
     if cuda and not args.no_int4:
         measure_int4(gpu=target, source=source, deadline=deadline,
                      rep={"repeats": args.repeats, "inner": args.inner, "cuda": cuda}, emit=emit)
+    if cuda and not args.no_dynamic_int8:
+        measure_dynamic_int8(args, gpu=target, source=source, deadline=deadline,
+                             rep={"repeats": args.repeats, "inner": args.inner, "cuda": cuda}, emit=emit)
     if cuda and not args.no_bert:
         for r in measure_bert(args, gpu=target, source=source, deadline=deadline):
             emit(r)
@@ -666,6 +734,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bert", action="store_true", help="skip the eager vs compiled BERT-base runs")
     ap.add_argument("--bert-batches", default="", help="comma-separated BERT-base batch sizes (default: 16,256; --quick: 16)")
     ap.add_argument("--no-sam", action="store_true", help="skip the SAM ViT-h image encoder runs")
+    ap.add_argument("--no-dynamic-int8", action="store_true",
+                    help="skip the bf16 vs dynamic int8 (torchao's scheme) linears, eager and compiled")
     ap.add_argument("--no-int4", action="store_true",
                     help="skip the int4 weight-only (tinygemm) vs bf16 GEMMs at Llama-3-8B's decode shapes")
     ap.add_argument("--shapes", default="", help="comma-separated MxNxK GEMMs instead of the built-in grid")

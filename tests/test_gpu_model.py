@@ -792,3 +792,34 @@ def test_eager_elementwise_on_a_strided_view_runs_the_generic_kernel():
     assert "generic kernel" in slow.why and "generic kernel" not in fast.why
     assert strided.bytes_moved == plain.bytes_moved and slow.latency_s > fast.latency_s
     assert "generic kernel" not in estimate_op(strided, None, H200, RunContext(runtime="compiled")).why
+
+
+def test_gpu_measure_dynamic_int8_runs_torchaos_sequence_and_its_rows_are_predicted(tmp_path):
+    """The script's torchao-style dynamic int8 linear (run here on the CPU, where torch._int_mm
+    exists too) matches the 16-bit product; its op-rate rows name the 16-bit GEMM as their
+    workload, so the model costs the deployment with its quantisation kernels, eager and compiled."""
+    import torch
+
+    from sparsesim.fidelity.gpu_validation import append_rows, load_table, predict_case
+
+    gm = _measure_module()
+    gen = torch.Generator().manual_seed(0)
+    x, w = gm.operands(64, 128, 256, "bf16", torch.device("cpu"), gen)
+    y = gm.dynamic_int8_fn(x, w)()
+    assert y.dtype == torch.bfloat16 and y.shape == (64, 128)
+    rows = [gm.op_rate_row(gpu="a100-sxm4-80gb", dtype=dt, kernel="cublas", timing=gm.Timing(0.05, 0.1),
+                           shape=(2048, 3072, 768), source="test", runtime=rt, deployed_from=src)
+            for rt in ("eager", "compiled") for dt, src in (("bf16", ""), ("int8", "bf16"))]
+    table = tmp_path / "t.csv"
+    append_rows(rows, table)
+    assert len(load_table(table)) == len(rows)
+    for r in rows:
+        p = predict_case({k: str(v) for k, v in r.items()}, A100)
+        assert p["predicted"] > 0
+        if r["dtype"] == "int8":
+            assert r["workload"] == "gemm:M=2048,N=3072,K=768,dtype=bf16"
+            # the same GEMM specified at int8 (operands already int8) pays no quantisation
+            native = gm.op_rate_row(gpu="a100-sxm4-80gb", dtype="int8", kernel="cublas", timing=gm.Timing(0.05, 0.1),
+                                    shape=(2048, 3072, 768), source="test", runtime=r["runtime"])
+            bare = predict_case({k: str(v) for k, v in native.items()}, A100)
+            assert p["predicted_dense_ms"] > bare["predicted_dense_ms"]
