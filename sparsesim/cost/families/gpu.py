@@ -158,23 +158,28 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     """
     env = kernel_env(device, context)
     if env.rt.dynamic_activation_quant and op.dtype in dynamic_quant.DYNAMIC_DTYPES and op.deployed_from:
-        if not dynamic_quant.applies(op, env.rt):
-            narrow, op = op.dtype, widened(op)
-            cost = _gpu_cost(op, layer, device, env)
-            if not op.is_matmul:
-                return cost
-            return dataclasses.replace(cost, why=f"{cost.why}; deployed at {narrow}, but {env.runtime} quantises "
-                                                 f"linears only: this {op.kind} stays {op.dtype}")
-        else:
-            # torchao's semi-sparse int8 layout: the patterns cuSPARSELt runs
-            semi_sparse = layer is not None and layer.pattern.kind in KERNELS["cusparselt"].serves
-            work = dynamic_quant.gemm_output(gemm_work(op, layer), semi_sparse=semi_sparse)
-            cost = _gpu_cost(op, layer, device, env, work)
-            if cost.details.get("precision") != precision_id(op.dtype):
-                return cost  # the GEMM fell back to 16 bits: nothing to quantise
-            return dynamic_quant.with_dynamic_quant(op, work, cost, device.params, env.rt, env.launch,
-                                                    semi_sparse=semi_sparse)
+        if dynamic_quant.applies(op, env.rt):
+            return _quantised_on_the_fly(op, layer, device, env)
+        narrow, op = op.dtype, widened(op)
+        cost = _gpu_cost(op, layer, device, env)
+        if not op.is_matmul:
+            return cost
+        return dataclasses.replace(cost, why=f"{cost.why}; deployed at {narrow}, but {env.runtime} quantises "
+                                             f"linears only: this {op.kind} stays {op.dtype}")
     return _gpu_cost(op, layer, device, env)
+
+
+def _quantised_on_the_fly(op: Op, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost:
+    """An int8/fp8 linear of a deployed model under a runtime that quantises its input per call:
+    the 8-bit GEMM (writing what torchao's kernel writes) with its quantisation kernels."""
+    # torchao's semi-sparse int8 layout: the patterns cuSPARSELt runs
+    semi_sparse = layer is not None and layer.pattern.kind in KERNELS["cusparselt"].serves
+    work = dynamic_quant.gemm_output(gemm_work(op, layer), semi_sparse=semi_sparse)
+    cost = _gpu_cost(op, layer, device, env, work)
+    if cost.details.get("precision") != precision_id(op.dtype):
+        return cost  # the GEMM fell back to 16 bits: nothing to quantise
+    return dynamic_quant.with_dynamic_quant(op, work, cost, device.params, env.rt, env.launch,
+                                            semi_sparse=semi_sparse)
 
 
 def _gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, env: KernelEnv,
