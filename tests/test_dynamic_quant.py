@@ -45,7 +45,9 @@ def test_eager_quantises_op_by_op_each_a_host_dispatch():
     dev = load_device("h100-sxm5")
     eager = dev.runtime("eager")[1]
     compiled = dev.runtime("compiled")[1]
-    qe, qc = dynamic_quant.quant_kernels("int8", eager), dynamic_quant.quant_kernels("int8", compiled)
+    model = next(op for op in prepare(BERT, ["dense"], dtype="int8").workload.ops if op.kind == "linear").deployed_from
+    qe = dynamic_quant.quant_kernels("int8", eager, model_dtype=model)
+    qc = dynamic_quant.quant_kernels("int8", compiled, model_dtype=model)
     assert qe.kernels > qc.kernels == 2  # inductor: one quantising kernel, one dequantising the int32 result
     per_op = _per_op("int8", "eager")
     lin = per_op[per_op["kind"] == "linear"].iloc[0]
@@ -87,6 +89,19 @@ def test_dynamic_activation_quant_must_be_a_bool(tmp_path):
     path.write_text(bad)
     with pytest.raises(DeviceFileError, match="dynamic_activation_quant"):
         parse_device_file(path)
+
+
+def test_an_fp16_models_int8_passes_run_in_fp32_a_bf16_models_in_bf16():
+    """torchao keeps an fp16 model's per-token scales in fp32, so its quantisation passes compute in
+    fp32 and cast back (traced); a bf16 model's stay bf16."""
+    rt = load_device("h100-sxm5").runtime("eager")[1]
+    bf16 = dynamic_quant.quant_kernels("int8", rt, model_dtype="bf16")
+    fp16 = dynamic_quant.quant_kernels("int8", rt, model_dtype="fp16")
+    assert [q.name for q in fp16.on_output] == ["int32 x row scale", "x column scale", "cast back"]
+    assert [q.name for q in bf16.on_output] == ["int32 x row scale", "x column scale"]
+    moved = [sum(q.read + q.write for q in k.on_input) for k in (bf16, fp16)]
+    assert moved == [23, 39]  # bf16: 2-byte passes; fp16: the mul writes fp32 and the rest read and write it
+    assert fp16.per_row == bf16.per_row + 1  # the scales' cast to fp32
 
 
 def test_a_conv_of_an_int8_deployment_stays_16_bit_under_a_framework_and_says_so():

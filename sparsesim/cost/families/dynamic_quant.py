@@ -24,8 +24,8 @@ Sources: torchao 0.7 `quantization/quant_api.py` (`_int8_symm_per_token_reduced_
 `_input_activation_quant_func_fp8`), `quantization/quant_primitives.py`
 (`choose_qparams_affine`, `quantize_affine`), `dtypes/uintx/plain_layout.py`
 (`_linear_int8_act_int8_weight_impl`) and `kernel/intmm.py` (`int_scaled_matmul`); the eager
-sequences were traced with `torch.utils._python_dispatch.TorchDispatchMode` on torch 2.13 over a
-bf16 [256, 1280] input (2026-12-04).
+sequences were traced with `torch.utils._python_dispatch.TorchDispatchMode` on torch 2.13 over
+bf16 and fp16 [256, 1280] inputs (2026-12-04).
 """
 
 from __future__ import annotations
@@ -40,8 +40,6 @@ from sparsesim.cost.record import Cost
 from sparsesim.hw.runtimes import RuntimeParams
 
 DYNAMIC_DTYPES = ("int8", "fp8")
-# the 16-bit activations the runtime keeps between linears
-WIDE_BYTES = 2.0
 
 
 @dataclass(frozen=True)
@@ -67,30 +65,52 @@ class QuantKernels:
         return len(self.on_input) + len(self.on_output) + self.per_row
 
 
-# eager int8 (traced): amin and amax over each row, 11 ops on the per-row values (zeros_like x2,
-# minimum, maximum x2, neg, div, clamp, full_like, reciprocal, mul), then x * (1/scale), round,
-# + zero point, clamp and the cast to int8 over the whole input
-_EAGER_INT8_INPUT = (Pass("amin", 2, 0), Pass("amax", 2, 0), Pass("mul", 2, 2), Pass("round", 2, 2),
-                     Pass("add", 2, 2), Pass("clamp", 2, 2), Pass("cast to int8", 2, 1))
-# eager fp8 (traced, PerTensor and PerRow alike): amin, amax, 11 ops on the scales (the cast to
-# fp32 among them), then x * (1/scale) in fp32, a clamp in fp32 and the cast to e4m3
-_EAGER_FP8_INPUT = (Pass("amin", 2, 0), Pass("amax", 2, 0), Pass("mul (fp32 out)", 2, 4), Pass("clamp", 4, 4),
-                    Pass("cast to fp8", 4, 1))
-_EAGER_PER_ROW = 11
-# fused, int8 (per-token scales): one kernel reduces each row and writes it 8-bit, as a softmax
-_FUSED_INT8_INPUT = (Pass("quantise", 2, 1),)
-# fused, fp8 (torchao 0.7's default granularity is PerTensor: one scale for the whole input):
-# the tensor-wide amax is a reduction of its own before the kernel that scales and casts
-_FUSED_FP8_INPUT = (Pass("amax", 2, 0), Pass("scale and cast to fp8", 2, 1))
-# dense int8 (plain_layout._linear_int8_act_int8_weight_impl): `torch._int_mm` writes int32, then
-# times the bf16 row scales (bf16 out) and times the column scales; fused, one kernel reads the
-# int32 result and writes 16 bits
-_EAGER_INT32_OUTPUT = (Pass("int32 x row scale", 4, 2), Pass("x column scale", 2, 2))
-_FUSED_INT32_OUTPUT = (Pass("dequantise int32", 4, 2),)
-# 2:4 int8 (semi_sparse_layout._linear_int8_act_int8_weight_semi_structured_sparse_impl):
-# `torch._cslt_sparse_mm` takes the column scales as alpha and writes bf16; one pass applies the
-# row scales (eager and fused alike)
-_ROW_SCALE_OUTPUT = (Pass("x row scale", 2, 2),)
+FP32_BYTES = DTYPE_BYTES["fp32"]
+INT32_BYTES = DTYPE_BYTES["int32"]
+
+
+def _intermediate_bytes(model_dtype: str) -> float:
+    """The width torchao's int8 passes compute in for a model of `model_dtype`: its per-token
+    scales are fp32 for an fp16 model (`scale_dtype=torch.float32 if x.dtype == torch.float16`,
+    and `int_scaled_matmul` upcasts fp16 scales), so the passes run in fp32; a bf16 (or fp32)
+    model's run in its own width."""
+    return FP32_BYTES if model_dtype == "fp16" else DTYPE_BYTES[model_dtype]
+
+
+def _eager_input(dtype: str, w: float, i: float) -> tuple[tuple[Pass, ...], int]:
+    """The eager quantisation of a [tokens, K] input of `w`-byte elements (traced): amin and amax
+    over each row, 11 ops on the per-row values (zeros_like x2, minimum, maximum x2, neg, div,
+    clamp, full_like, reciprocal, mul; 12 with the fp32 cast of an fp16 model's scales), then over
+    the whole input x * (1 / scale), for int8 round, + zero point, clamp and the cast, computed in
+    `i`-byte elements; fp8 (its scale always fp32) x * (1 / scale), clamp and the cast to e4m3."""
+    if dtype == "fp8":
+        return (Pass("amin", w, 0), Pass("amax", w, 0), Pass("mul (fp32 out)", w, FP32_BYTES),
+                Pass("clamp", FP32_BYTES, FP32_BYTES), Pass("cast to fp8", FP32_BYTES, 1)), 11
+    return (Pass("amin", w, 0), Pass("amax", w, 0), Pass("mul", w, i), Pass("round", i, i), Pass("add", i, i),
+            Pass("clamp", i, i), Pass("cast to int8", i, 1)), 11 + (i != w)
+
+
+def _output(dtype: str, w: float, i: float, *, fused: bool, semi_sparse: bool) -> tuple[Pass, ...]:
+    """The passes after the GEMM, per output element.
+
+    * fp8: none (`_scaled_mm` applies both scales in its epilogue and writes the model's width).
+    * dense int8 (plain_layout._linear_int8_act_int8_weight_impl): `torch._int_mm` writes int32,
+      times the row scales (in `i` bytes), times the column scales, and cast back to the model's
+      width when `i` is wider; fused, one kernel reads the int32 result and writes the width.
+    * 2:4 int8 (semi_sparse_layout._linear_int8_act_int8_weight_semi_structured_sparse_impl):
+      `torch._cslt_sparse_mm` takes the column scales as alpha and writes bf16; times the row
+      scales, cast back when wider (eager), or one pass (fused).
+    """
+    if dtype == "fp8":
+        return ()
+    if semi_sparse:
+        if fused or i == 2:
+            return (Pass("x row scale", 2, w),)
+        return (Pass("x row scale", 2, i), Pass("cast back", i, w))
+    if fused:
+        return (Pass("dequantise int32", INT32_BYTES, w),)
+    passes = (Pass("int32 x row scale", INT32_BYTES, i), Pass("x column scale", i, i))
+    return passes + ((Pass("cast back", i, w),) if i != w else ())
 
 
 def applies(op: Op, rt: RuntimeParams) -> bool:
@@ -105,26 +125,32 @@ def _writes_int32(dtype: str, semi_sparse: bool) -> bool:
     return dtype == "int8" and not semi_sparse
 
 
-def quant_kernels(dtype: str, rt: RuntimeParams, *, semi_sparse: bool = False) -> QuantKernels:
-    """The kernels around one linear at `dtype` under `rt` (fused when it fuses elementwise ops);
-    `semi_sparse`: its weight is 2:4 (torchao's semi-sparse layout, cuSPARSELt)."""
+def quant_kernels(dtype: str, rt: RuntimeParams, *, semi_sparse: bool = False, model_dtype: str = "bf16") -> QuantKernels:
+    """The kernels around one linear at `dtype` of a `model_dtype` model under `rt` (fused when it
+    fuses elementwise ops); `semi_sparse`: its weight is 2:4 (torchao's semi-sparse layout)."""
+    w = DTYPE_BYTES[model_dtype]
+    i = _intermediate_bytes(model_dtype)
     fused = rt.fuse_elementwise
-    if dtype == "fp8":
-        on_output: tuple[Pass, ...] = ()  # `_scaled_mm` applies both scales in its epilogue
-    elif not _writes_int32(dtype, semi_sparse):
-        on_output = _ROW_SCALE_OUTPUT
-    else:
-        on_output = _FUSED_INT32_OUTPUT if fused else _EAGER_INT32_OUTPUT
+    on_output = _output(dtype, w, i, fused=fused, semi_sparse=semi_sparse)
     if fused:
-        return QuantKernels(_FUSED_INT8_INPUT if dtype == "int8" else _FUSED_FP8_INPUT, on_output, per_row=0)
-    return QuantKernels(_EAGER_INT8_INPUT if dtype == "int8" else _EAGER_FP8_INPUT, on_output, per_row=_EAGER_PER_ROW)
+        # one kernel reduces each row and writes it 8-bit, as a softmax; fp8's scale is per tensor
+        # (torchao 0.7's default granularity, PerTensor): its amax is a reduction of its own first
+        fused_input: tuple[Pass, ...] = ((Pass("quantise", w, 1),) if dtype == "int8"
+                                         else (Pass("amax", w, 0), Pass("scale and cast", w, 1)))
+        return QuantKernels(fused_input, on_output, per_row=0)
+    eager_input, per_row = _eager_input(dtype, w, i)
+    return QuantKernels(eager_input, on_output, per_row=per_row)
 
 
-def gemm_output(work: GemmWork, *, semi_sparse: bool = False) -> GemmWork:
-    """The 8-bit GEMM's work with the output it writes under the dynamic scheme (int32 for
-    `torch._int_mm`, 16 bits for `torch._scaled_mm` and cuSPARSELt): part of its own traffic."""
+def gemm_output(work: GemmWork, *, semi_sparse: bool = False, model_dtype: str = "bf16") -> GemmWork:
+    """The 8-bit GEMM's work with the output it writes under the dynamic scheme: int32 for
+    `torch._int_mm`, bf16 for cuSPARSELt's int8 (torchao asks for bf16), the model's width for
+    `torch._scaled_mm`. Part of its own traffic."""
     outputs = work.c_bytes / work.dtype_bytes
-    width = DTYPE_BYTES["int32"] if _writes_int32(work.dtype, semi_sparse) else WIDE_BYTES
+    if _writes_int32(work.dtype, semi_sparse):
+        width = INT32_BYTES
+    else:
+        width = 2.0 if work.dtype == "int8" else DTYPE_BYTES[model_dtype]
     return dataclasses.replace(work, c_bytes=outputs * width)
 
 
@@ -133,7 +159,7 @@ def with_dynamic_quant(op: Op, work: GemmWork, cost: Cost, p: GpuParams, rt: Run
     """`cost` (the 8-bit GEMM of `work`) with the quantisation kernels around it: their device
     time (a launch each, bytes at the DRAM rate) as overhead, their bytes in DRAM traffic and
     energy, and their host dispatch (one framework op each) as host time."""
-    qk = quant_kernels(op.dtype, rt, semi_sparse=semi_sparse)
+    qk = quant_kernels(op.dtype, rt, semi_sparse=semi_sparse, model_dtype=op.deployed_from or "bf16")
     g = work.gemms[0]
     inputs = g.m * g.k * g.batch * g.groups
     outputs = g.m * g.n * g.batch * g.groups
