@@ -54,7 +54,8 @@ class Pass:
 @dataclass(frozen=True)
 class QuantKernels:
     """The kernels a runtime launches around one dynamically quantised linear: passes over its
-    16-bit input (M x K), passes over its output (M x N), and kernels over one value per row."""
+    input at the model's width (M x K), passes over its output (M x N), and kernels over one value
+    per row."""
 
     on_input: tuple[Pass, ...]
     on_output: tuple[Pass, ...]
@@ -67,6 +68,13 @@ class QuantKernels:
 
 FP32_BYTES = DTYPE_BYTES["fp32"]
 INT32_BYTES = DTYPE_BYTES["int32"]
+NARROW_BYTES = DTYPE_BYTES["int8"]  # an int8 or fp8 element
+# torchao's 2:4 int8 linear asks cuSPARSELt for bf16 results (out_dtype=torch.bfloat16)
+CSLT_OUT_BYTES = DTYPE_BYTES["bf16"]
+# eager torchao's ops on the per-row (fp8: per-tensor) values, traced: zeros_like x2, minimum,
+# maximum x2, neg, div, clamp, full_like, reciprocal and, for int8, a mul (fp8: the scale's cast
+# to fp32); an fp16 model's int8 casts its scales to fp32 as well, one op more
+PER_ROW_OPS = 11
 
 
 def _intermediate_bytes(model_dtype: str) -> float:
@@ -79,15 +87,15 @@ def _intermediate_bytes(model_dtype: str) -> float:
 
 def _eager_input(dtype: str, w: float, i: float) -> tuple[tuple[Pass, ...], int]:
     """The eager quantisation of a [tokens, K] input of `w`-byte elements (traced): amin and amax
-    over each row, 11 ops on the per-row values (zeros_like x2, minimum, maximum x2, neg, div,
-    clamp, full_like, reciprocal, mul; 12 with the fp32 cast of an fp16 model's scales), then over
-    the whole input x * (1 / scale), for int8 round, + zero point, clamp and the cast, computed in
-    `i`-byte elements; fp8 (its scale always fp32) x * (1 / scale), clamp and the cast to e4m3."""
+    over each row, PER_ROW_OPS ops on the per-row values (one more, the scales' cast to fp32, for
+    an fp16 model's int8), then over the whole input x * (1 / scale), for int8 round, + zero
+    point, clamp and the cast, computed in `i`-byte elements; fp8 (its scale always fp32, the
+    cast among the per-row ops) x * (1 / scale), clamp and the cast to e4m3."""
     if dtype == "fp8":
         return (Pass("amin", w, 0), Pass("amax", w, 0), Pass("mul (fp32 out)", w, FP32_BYTES),
-                Pass("clamp", FP32_BYTES, FP32_BYTES), Pass("cast to fp8", FP32_BYTES, 1)), 11
+                Pass("clamp", FP32_BYTES, FP32_BYTES), Pass("cast to fp8", FP32_BYTES, NARROW_BYTES)), PER_ROW_OPS
     return (Pass("amin", w, 0), Pass("amax", w, 0), Pass("mul", w, i), Pass("round", i, i), Pass("add", i, i),
-            Pass("clamp", i, i), Pass("cast to int8", i, 1)), 11 + (i != w)
+            Pass("clamp", i, i), Pass("cast to int8", i, NARROW_BYTES)), PER_ROW_OPS + (i != w)
 
 
 def _output(dtype: str, w: float, i: float, *, fused: bool, semi_sparse: bool) -> tuple[Pass, ...]:
@@ -104,9 +112,9 @@ def _output(dtype: str, w: float, i: float, *, fused: bool, semi_sparse: bool) -
     if dtype == "fp8":
         return ()
     if semi_sparse:
-        if fused or i == 2:
-            return (Pass("x row scale", 2, w),)
-        return (Pass("x row scale", 2, i), Pass("cast back", i, w))
+        if fused or i == CSLT_OUT_BYTES:
+            return (Pass("x row scale", CSLT_OUT_BYTES, w),)
+        return (Pass("x row scale", CSLT_OUT_BYTES, i), Pass("cast back", i, w))
     if fused:
         return (Pass("dequantise int32", INT32_BYTES, w),)
     passes = (Pass("int32 x row scale", INT32_BYTES, i), Pass("x column scale", i, i))
@@ -135,8 +143,8 @@ def quant_kernels(dtype: str, rt: RuntimeParams, *, semi_sparse: bool = False, m
     if fused:
         # one kernel reduces each row and writes it 8-bit, as a softmax; fp8's scale is per tensor
         # (torchao 0.7's default granularity, PerTensor): its amax is a reduction of its own first
-        fused_input: tuple[Pass, ...] = ((Pass("quantise", w, 1),) if dtype == "int8"
-                                         else (Pass("amax", w, 0), Pass("scale and cast", w, 1)))
+        fused_input: tuple[Pass, ...] = ((Pass("quantise", w, NARROW_BYTES),) if dtype == "int8"
+                                         else (Pass("amax", w, 0), Pass("scale and cast", w, NARROW_BYTES)))
         return QuantKernels(fused_input, on_output, per_row=0)
     eager_input, per_row = _eager_input(dtype, w, i)
     return QuantKernels(eager_input, on_output, per_row=per_row)
@@ -150,7 +158,7 @@ def gemm_output(work: GemmWork, *, semi_sparse: bool = False, model_dtype: str =
     if _writes_int32(work.dtype, semi_sparse):
         width = INT32_BYTES
     else:
-        width = 2.0 if work.dtype == "int8" else DTYPE_BYTES[model_dtype]
+        width = CSLT_OUT_BYTES if work.dtype == "int8" else DTYPE_BYTES[model_dtype]
     return dataclasses.replace(work, c_bytes=outputs * width)
 
 
@@ -159,7 +167,7 @@ def with_dynamic_quant(op: Op, work: GemmWork, cost: Cost, p: GpuParams, rt: Run
     """`cost` (the 8-bit GEMM of `work`) with the quantisation kernels around it: their device
     time (a launch each, bytes at the DRAM rate) as overhead, their bytes in DRAM traffic and
     energy, and their host dispatch (one framework op each) as host time."""
-    qk = quant_kernels(op.dtype, rt, semi_sparse=semi_sparse, model_dtype=op.deployed_from or "bf16")
+    qk = quant_kernels(op.dtype, rt, semi_sparse=semi_sparse, model_dtype=op.deployed_from)
     g = work.gemms[0]
     inputs = g.m * g.k * g.batch * g.groups
     outputs = g.m * g.n * g.batch * g.groups

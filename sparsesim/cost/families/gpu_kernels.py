@@ -343,7 +343,7 @@ def _int8_weight_only(op: Op, work: GemmWork, layer: LayerSparsity | None, devic
         return f"runs int8 weight-only GEMMs, not {work.dtype}"
     p: GpuParams = device.params
     unit = compute_unit(p, activation_dtype(work.dtype))
-    wide = dataclasses.replace(work, dtype_bytes=DTYPE_BYTES[unit.dtype] if unit.dtype in DTYPE_BYTES else 2.0)
+    wide = dataclasses.replace(work, dtype_bytes=DTYPE_BYTES[unit.dtype])
     weights = work.w_bytes / work.dtype_bytes
     if env.rt.fuse_elementwise:
         return dense_cost(op, wide, device, env, unit=unit, w_bytes=work.w_bytes, kernel="dense (int8 weight-only)",
