@@ -22,6 +22,9 @@ DTYPE_BYTES: Mapping[str, float] = {
 # int8 weight-only, torchao's int8_weight_only and gpt-fast's int8)
 WEIGHT_ONLY_DTYPES: Mapping[str, str] = {"int4": "fp16", "int8wo": "fp16"}
 
+# dtypes a deployment quantises the activations to as well as the weights (`tracing.retype`)
+ACTIVATION_QUANT_DTYPES = ("int8", "fp8")
+
 
 def activation_dtype(dtype: str) -> str:
     """The dtype activations (and the arithmetic) of an op at `dtype` run in."""

@@ -22,6 +22,7 @@ import dataclasses
 
 from sparsesim.core.errors import WorkloadError
 from sparsesim.core.ir import (
+    ACTIVATION_QUANT_DTYPES,
     DTYPE_BYTES,
     WEIGHT_ONLY_DTYPES,
     Op,
@@ -58,7 +59,7 @@ def op_dtype(op: Op, dtype: str) -> str:
         return op.dtype  # integer/bool tensors (indices, masks) keep their type
     if dtype in WEIGHT_ONLY_DTYPES:
         return dtype if op.kind in WEIGHT_KINDS and op.weight is not None else activation_dtype(dtype)
-    if dtype in ("int8", "fp8"):
+    if dtype in ACTIVATION_QUANT_DTYPES:
         return dtype if op.kind in NARROW_KINDS else WIDE_DTYPE
     return dtype
 
@@ -67,7 +68,7 @@ def widened(op: Op) -> Op:
     """An op a deployment narrowed to int8/fp8, back at the width its model built it in: what it
     moves and runs at under a runtime that keeps the activations wide and quantises only its
     linears' inputs (an op not deployed narrow comes back as it is)."""
-    if op.dtype not in ("int8", "fp8") or not op.deployed_from:
+    if op.dtype not in ACTIVATION_QUANT_DTYPES or not op.deployed_from:
         return op
     scale = DTYPE_BYTES[op.deployed_from] / DTYPE_BYTES[op.dtype]
     return dataclasses.replace(op, dtype=op.deployed_from, bytes_moved=round(op.bytes_moved * scale), deployed_from="")
@@ -86,5 +87,5 @@ def _op_at(op: Op, dtype: str, deployment: bool = True) -> Op:
         for d in op.weight_shape:
             w_elems *= d
         bytes_moved -= w_elems * (new_b - DTYPE_BYTES[new])
-    origin = op.dtype if deployment and new in ("int8", "fp8") else ""
+    origin = op.dtype if deployment and new in ACTIVATION_QUANT_DTYPES else ""
     return dataclasses.replace(op, dtype=new, bytes_moved=round(max(bytes_moved, 0)), deployed_from=origin)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from sparsesim.core import progress
 from sparsesim.core.errors import SparsesimError, WorkloadError
-from sparsesim.core.ir import DTYPE_BYTES, WeightInfo, Workload
+from sparsesim.core.ir import ACTIVATION_QUANT_DTYPES, DTYPE_BYTES, WEIGHT_ONLY_DTYPES, WeightInfo, Workload
 from sparsesim.core.lazy import lazy_module
 from sparsesim.tracing import guard
 from sparsesim.tracing.routing import route
@@ -379,11 +379,11 @@ def _single_op(kind: str, given: dict[str, str], spec: str) -> Workload:
             raise WorkloadError(f"{where}: parameter {key}={value} must be at least 1")
     if p.get("padding", 0) < 0:
         raise WorkloadError(f"{where}: parameter padding={p['padding']} must be >= 0")
-    # int8, fp8 and int4 (weight-only) layers are built and traced at 16 bits, then deployed at
+    # int8, fp8 and the weight-only dtypes are built and traced at 16 bits, then deployed at
     # the dtype (tracing.retype), as a quantised deployment of a 16-bit layer is
     from sparsesim.tracing.retype import retype
 
-    narrow = p["dtype"] in ("int8", "fp8", "int8wo", "int4")
+    narrow = p["dtype"] in ACTIVATION_QUANT_DTYPES or p["dtype"] in WEIGHT_ONLY_DTYPES
     dt = torch_dtype("fp16" if narrow else p["dtype"])
 
     # every tensor's element count bounded before anything is built (a 64-bit element count,

@@ -33,13 +33,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sparsesim.core.ir import DTYPE_BYTES, Op
+from sparsesim.core.ir import ACTIVATION_QUANT_DTYPES, DTYPE_BYTES, Op
 from sparsesim.cost.common import GemmWork
 from sparsesim.cost.families.gpu_machine import GpuParams, dram_bw
 from sparsesim.cost.record import Cost
 from sparsesim.hw.runtimes import RuntimeParams
 
-DYNAMIC_DTYPES = ("int8", "fp8")
+DYNAMIC_DTYPES = ACTIVATION_QUANT_DTYPES
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ PARTIAL_BYTES = 4
 CSR_INDEX_BYTES = 4
 # the arithmetic precisions a GPU kernel reports in Cost.details["precision"] (an index here), so
 # a check can see that a sparse kernel computes at the precision of its dense baseline
-PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4", "int8wo")
+PRECISIONS = ("fp64", "fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int4")
 
 
 def precision_id(dtype: str) -> float:
