@@ -553,3 +553,15 @@ def test_tinygemm_is_held_to_its_compiled_loop_and_registers():
     p = A100.params
     assert resident_blocks_per_sm(p, TINYGEMM_WARPS) == 8
     assert resident_blocks_per_sm(p, TINYGEMM_WARPS, TINYGEMM_REGISTERS) == 4
+
+
+def test_sparse_convolutions_is_the_runtime_field_that_decides(tmp_path):
+    """The rule is the runtime's `sparse_convolutions`, not a family's guess: a device file that
+    says its eager runtime takes sparse convolutions gets the 2:4 conv on sparse tensor cores."""
+    f = tmp_path / "a100-sparse-conv.toml"
+    f.write_text('name = "a100-sparse-conv"\nextends = "a100-sxm4-80gb"\n'
+                 'runtime.eager.sparse_convolutions = { value = true, source = "test: a framework with sparse convs" }\n')
+    wl = "conv:batch=8,cin=256,cout=256,h=28,w=28,kernel=1,dtype=fp16"
+    t = compare_tables(wl, [str(f)], ["2:4"], runtime="eager").per_op
+    row = t[t["plan"] == "2:4"].iloc[0]
+    assert "sparse tensor core" in row["kernel"] and "matrix products only" not in row["why"], row["why"]

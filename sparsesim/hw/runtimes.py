@@ -82,6 +82,9 @@ class RuntimeParams:
     input on every call (torchao's dynamic schemes; `cost.families.dynamic_quant`), every other
     op staying 16-bit; without it int8/fp8 activations stay 8-bit between layers (a vendor
     engine's calibrated static scales).
+    `sparse_convolutions`: the runtime's sparse kernels take convolutions (an engine's implicit
+    GEMM); false for a framework whose sparse tensors run matrix products only, so a sparse conv
+    runs dense (`cost.common.FRAMEWORK_SPARSE_OPS`).
     """
 
     host_dispatch: float = quantity("time")
@@ -104,11 +107,12 @@ class RuntimeParams:
     masked_attention_rate: float = quantity("ratio", default=1.0)
     pads_conv_channels: bool = setting(default=False)
     dynamic_activation_quant: bool = setting(default=False)
+    sparse_convolutions: bool = setting(default=True)
 
     def validate(self) -> str | None:
         for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
                      "framework_layouts", "epilogue_in_pipeline", "attention_warp_specialised",
-                     "pads_conv_channels", "dynamic_activation_quant"):
+                     "pads_conv_channels", "dynamic_activation_quant", "sparse_convolutions"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
         for name in ("attention_head_dim_multiple", "attention_block_q", "attention_block_k"):

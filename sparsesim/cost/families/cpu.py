@@ -870,7 +870,7 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         # kernels have no index structure to walk (XNNPACK packs its own format from the weights)
         reasons.append(f"{layer.pattern.label} at density {layer.stats.density:.3g} is stored dense (its sparse "
                        f"format would be larger): no {torch_kernel} index to walk")
-    elif op.kind == "conv" and offers(torch_kernel):
+    elif op.kind == "conv" and not device.runtime(context.runtime)[1].sparse_convolutions:
         reasons.append(f"{torch_kernel}: {FRAMEWORK_SPARSE_OPS}")
     elif offers(torch_kernel):
         choices.append(_sparse(work, layer, device, dense, context))

@@ -207,7 +207,7 @@ def _gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, env: KernelEn
         assert layer is not None
         return _run_dense(op, work, device, env, f"{layer.pattern.label}: no GPU kernel for {kind} patterns: ran dense",
                           notes=(Reason("unsupported"),))
-    if op.kind == "conv" and env.rt.framework_layouts and kind not in ("dense", "act"):
+    if op.kind == "conv" and not env.rt.sparse_convolutions and kind not in ("dense", "act"):
         assert layer is not None
         return _run_dense(op, work, device, env, f"{layer.pattern.label} conv under {env.runtime}: {FRAMEWORK_SPARSE_OPS}",
                           notes=(Reason("unsupported"),))
