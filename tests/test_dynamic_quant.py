@@ -129,3 +129,59 @@ def test_int8_weight_only_streams_int8_weights_when_the_runtime_fuses_the_conver
     # the int4 kernels do not take it
     t = compare_tables(gemv, ["a100-sxm4-80gb"], ["dense"], runtime="compiled", dtype="int8wo", kernel="tinygemm")
     assert "tinygemm runs int4 weight-only GEMMs, not int8wo" in t.per_op["why"].iat[0]
+
+
+BERT_FP32 = "bert-base:batch=1,seq=128,dtype=fp32,layers=2,device=meta"
+
+
+def test_a_cpu_framework_quantises_inside_torchs_quantized_linear_an_engine_does_not():
+    """On a CPU torch deploys int8 with quantize_dynamic: quantized::linear_dynamic finds the
+    input's range and quantises it inside the op (no dispatch of their own) and writes fp32; the
+    DeepSparse-class engine keeps 8-bit activations throughout."""
+    eager = _per_op("int8", "eager", device="xeon-sapphire-rapids", workload=BERT_FP32)
+    engine = _per_op("int8", "engine", device="xeon-sapphire-rapids", workload=BERT_FP32)
+    lin = eager[eager["kind"] == "linear"]
+    assert lin["why"].str.contains("inside the quantized linear").all()
+    assert not lin["why"].str.contains("int32").any()
+    assert not engine[engine["kind"] == "linear"]["why"].str.contains("quantisation").any()
+    rt = load_device("xeon-sapphire-rapids").runtime("eager")[1]
+    qk = dynamic_quant.quant_kernels("int8", rt, model_dtype="fp32")
+    assert qk.in_op and qk.kernels == 0 and qk.on_output == ()
+    assert [q.name for q in qk.on_input] == ["min and max", "quantise"]
+    # the passes cost time: each linear is slower than the engine's int8 GEMM alone
+    assert lin["latency_s"].sum() > engine[engine["kind"] == "linear"]["latency_s"].sum()
+
+
+def test_the_ops_an_int8_deployment_widens_come_back_at_the_models_width():
+    """An fp32 model deployed int8: attention is not narrowed (an engine runs it at fp16), and a
+    framework runtime runs it as the model built it, fp32, not a CPU fallback from fp16."""
+    deployed = prepare(BERT_FP32, ["dense"], dtype="int8").workload
+    attn = next(op for op in deployed.ops if op.kind == "attention")
+    assert attn.dtype == "fp16" and attn.deployed_from == "fp32"
+    eager = _per_op("int8", "eager", device="xeon-sapphire-rapids", workload=BERT_FP32)
+    row = eager[eager["kind"] == "attention"].iloc[0]
+    assert not row["fallback"] and "no fp16 GEMM figure" not in row["why"]
+
+
+def test_dynamic_quant_scheme_must_be_known(tmp_path):
+    base = Path(load_device("xeon-sapphire-rapids").path).read_text()
+    bad = base.replace('runtime.eager.dynamic_quant_scheme = { value = "quantized-linear"',
+                       'runtime.eager.dynamic_quant_scheme = { value = "onnx"')
+    assert bad != base
+    path = tmp_path / "bad.toml"
+    path.write_text(bad)
+    with pytest.raises(DeviceFileError, match="dynamic_quant_scheme"):
+        parse_device_file(path)
+
+
+def test_the_calibrated_host_runs_pytorchs_runtimes_copied_with_their_sources():
+    from sparsesim.fidelity.calibrate import HOST_RUNTIMES, runtime_lines
+
+    ref = load_device("xeon-sapphire-rapids")
+    lines = runtime_lines(ref)
+    assert lines[0].startswith('default_runtime = { value = "eager"')
+    for name in HOST_RUNTIMES:
+        assert any(line.startswith(f'runtime.{name}.dynamic_quant_scheme = {{ value = "quantized-linear"')
+                   for line in lines)
+    assert all("copied from xeon-sapphire-rapids.toml" in line for line in lines[1:])
+    assert not any(line.startswith("runtime.engine.") for line in lines)

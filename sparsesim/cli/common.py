@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,14 @@ def add_device_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", required=True, help=DEVICE_HELP)
 
 
+def known_kernels() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The kernel names `--kernel` accepts, GPU then CPU, from the families' registries."""
+    from sparsesim.cost.families.cpu import CPU_KERNELS
+    from sparsesim.cost.families.gpu_kernels import KERNELS
+
+    return tuple(KERNELS), tuple(CPU_KERNELS)
+
+
 def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
     """--runtime, --kernel and --dtype: how the model is deployed, beyond the device."""
     from sparsesim.hw.runtimes import RUNTIME_HELP, RUNTIMES
@@ -42,11 +51,10 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--runtime", default="", choices=("",) + RUNTIMES, metavar="|".join(RUNTIMES),
                    help=f"{RUNTIME_HELP}; default: each device file's default runtime")
+    gpu_kernels, cpu_kernels = known_kernels()
     p.add_argument("--kernel", default="",
-                   help="force one kernel library for the ops it serves (GPU: cublas, cusparselt, cutlass-24, "
-                        "sputnik, cusparse-csr, flash-llm, bsr, marlin, tinygemm, int8wo, sparse-marlin, spatha, teal; CPU: dense, csr, bsr, nm, "
-                        "xnnpack-spmm, jit-spmm, act-gemv); default: the runtime "
-                        "picks the fastest it offers")
+                   help=f"force one kernel library for the ops it serves (GPU: {', '.join(gpu_kernels)}; "
+                        f"CPU: {', '.join(cpu_kernels)}); default: the runtime picks the fastest it offers")
     p.add_argument("--dtype", default="", choices=("",) + DEPLOY_DTYPES, metavar="|".join(DEPLOY_DTYPES),
                    help="deploy the model at this dtype (int8 and fp8 quantise GEMMs and the activations: "
                         "between them under an engine, each linear's input on the fly under eager and compiled; "
@@ -64,10 +72,7 @@ def add_cluster_argument(p: argparse.ArgumentParser) -> None:
 def deployment(args: argparse.Namespace) -> dict[str, str]:
     """The deployment keyword arguments of the run API, from --runtime/--kernel/--dtype."""
     if args.kernel:
-        from sparsesim.cost.families.cpu import CPU_KERNELS
-        from sparsesim.cost.families.gpu_kernels import KERNELS
-
-        known = tuple(dict.fromkeys((*KERNELS, *CPU_KERNELS)))  # a name both families use is listed once
+        known = tuple(dict.fromkeys(chain(*known_kernels())))  # a name both families use is listed once
         if args.kernel not in known:
             import difflib
 

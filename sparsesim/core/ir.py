@@ -111,8 +111,8 @@ class Op:
     expert_tokens: tuple[int, ...] = ()
     dropped_rows: int = 0
     routing: str = ""
-    # the dtype the model built this op in, when a deployment (`tracing.retype`) narrowed it to
-    # int8/fp8 ("" for an op at the dtype it was traced or specified in): a framework runtime
+    # the dtype the model built this op in, when an int8/fp8 deployment (`tracing.retype`)
+    # retyped it ("" for an op at the dtype it was traced or specified in): a framework runtime
     # keeps such activations at that width and quantises each linear's input on the fly
     deployed_from: str = ""
 

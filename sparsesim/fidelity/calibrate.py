@@ -34,6 +34,7 @@ import datetime as _dt
 import math
 import os
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -618,6 +619,40 @@ def _copied(ref: Device, field_name: str, value: float, unit: str, scale: float 
     return _q(value * scale, unit, f"copied from {Path(ref.path).name} ({prov.source})")
 
 
+# the runtimes the host runs (PyTorch; calibrate times its kernels), copied from the reference file
+HOST_RUNTIMES = ("eager", "compiled")
+
+
+def _toml_value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return _num(value)
+    if isinstance(value, str):
+        return _tq(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return "[" + ", ".join(_tq(v) for v in value) + "]"
+    raise SparsesimError(f"{where}: calibrate copies plain values only, got {value!r}")
+
+
+def runtime_lines(ref: Device) -> list[str]:
+    """The host's runtimes: PyTorch's eager (the default, as calibrate times it) and compiled, each
+    field copied from the reference CPU file with its source."""
+    refname = Path(ref.path).name
+    tables = tomllib.loads(Path(ref.path).read_text()).get("runtime", {})
+    lines = ['default_runtime = { value = "eager", source = "calibrate times PyTorch eager on this host" }']
+    for name in HOST_RUNTIMES:
+        for fname, entry in tables.get(name, {}).items():
+            where = f"{ref.path}: runtime.{name}.{fname}"
+            parts = [f"value = {_toml_value(entry['value'], where)}"]
+            if "unit" in entry:
+                parts.append(f"unit = {_tq(entry['unit'])}")
+            source = entry["source"]
+            parts.append(f"source = {_tq(f'copied from {refname} ({source})')}")
+            lines.append(f"runtime.{name}.{fname} = {{ {', '.join(parts)} }}")
+    return lines
+
+
 def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors: dict[str, float],
                        notes: dict[str, Any]) -> str:
     """The host's device file: measured values cite the host and date, fitted ones their fit."""
@@ -729,6 +764,7 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
         f"l2_energy = {_copied(ref, 'l2_energy', ref.params.l2_energy * 1e12, 'pJ/B')}",
         f"l3_energy = {_copied(ref, 'l3_energy', ref.params.l3_energy * 1e12, 'pJ/B')}",
         f"dram_energy = {_copied(ref, 'dram_energy', ref.params.dram_energy * 1e12, 'pJ/B')}",
+        *runtime_lines(ref),
         "",
         "[gemm_efficiency]",
     ]

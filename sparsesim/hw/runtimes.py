@@ -37,6 +37,10 @@ RUNTIME_HELP = (
 KERNEL_LISTS = ("kernels", "serial_dispatch", "transpose_fused")
 
 
+# the ops a framework runtime quantises a linear's input with (`RuntimeParams.dynamic_quant_scheme`)
+DYNAMIC_QUANT_SCHEMES = ("torchao", "quantized-linear")
+
+
 @dataclass(frozen=True)
 class RuntimeParams:
     """One runtime on one device (SI units after loading).
@@ -81,7 +85,10 @@ class RuntimeParams:
     `dynamic_activation_quant`: the runtime deploys int8/fp8 by quantising each linear's 16-bit
     input on every call (torchao's dynamic schemes; `cost.families.dynamic_quant`), every other
     op staying 16-bit; without it int8/fp8 activations stay 8-bit between layers (a vendor
-    engine's calibrated static scales).
+    engine's calibrated static scales). `dynamic_quant_scheme` names the ops that do it:
+    "torchao" (its aten sequence around `torch._int_mm`/`_scaled_mm`) or "quantized-linear"
+    (torch.ao's dynamically quantised linear on a CPU: fbgemm or QNNPACK find the input's range,
+    quantise it and scale the int32 sums back inside the one op).
     `sparse_convolutions`: the runtime's sparse kernels take convolutions (an engine's implicit
     GEMM); false for a framework whose sparse tensors run matrix products only, so a sparse conv
     runs dense (`cost.common.FRAMEWORK_SPARSE_OPS`).
@@ -107,6 +114,7 @@ class RuntimeParams:
     masked_attention_rate: float = quantity("ratio", default=1.0)
     pads_conv_channels: bool = setting(default=False)
     dynamic_activation_quant: bool = setting(default=False)
+    dynamic_quant_scheme: str = setting(default="torchao")
     sparse_convolutions: bool = setting(default=True)
 
     def validate(self) -> str | None:
@@ -115,6 +123,9 @@ class RuntimeParams:
                      "pads_conv_channels", "dynamic_activation_quant", "sparse_convolutions"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
+        if self.dynamic_quant_scheme not in DYNAMIC_QUANT_SCHEMES:
+            return (f"field 'dynamic_quant_scheme': {self.dynamic_quant_scheme!r} is not one of "
+                    f"{', '.join(DYNAMIC_QUANT_SCHEMES)}")
         for name in ("attention_head_dim_multiple", "attention_block_q", "attention_block_k"):
             m = getattr(self, name)
             if m < 1 or m != int(m):

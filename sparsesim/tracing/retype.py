@@ -65,10 +65,10 @@ def op_dtype(op: Op, dtype: str) -> str:
 
 
 def widened(op: Op) -> Op:
-    """An op a deployment narrowed to int8/fp8, back at the width its model built it in: what it
-    moves and runs at under a runtime that keeps the activations wide and quantises only its
-    linears' inputs (an op not deployed narrow comes back as it is)."""
-    if op.dtype not in ACTIVATION_QUANT_DTYPES or not op.deployed_from:
+    """An op an int8/fp8 deployment retyped, back at the width its model built it in: what it
+    moves and runs at under a runtime that keeps the activations at the model's width and
+    quantises only its linears' inputs (an op the deployment left alone comes back as it is)."""
+    if not op.deployed_from:
         return op
     scale = DTYPE_BYTES[op.deployed_from] / DTYPE_BYTES[op.dtype]
     return dataclasses.replace(op, dtype=op.deployed_from, bytes_moved=round(op.bytes_moved * scale), deployed_from="")
@@ -87,5 +87,7 @@ def _op_at(op: Op, dtype: str, deployment: bool = True) -> Op:
         for d in op.weight_shape:
             w_elems *= d
         bytes_moved -= w_elems * (new_b - DTYPE_BYTES[new])
-    origin = op.dtype if deployment and new in ACTIVATION_QUANT_DTYPES else ""
+    # an int8/fp8 deployment narrows some ops and moves the rest to WIDE_DTYPE: both remember
+    # the width the model built them in
+    origin = op.dtype if deployment and dtype in ACTIVATION_QUANT_DTYPES else ""
     return dataclasses.replace(op, dtype=new, bytes_moved=round(max(bytes_moved, 0)), deployed_from=origin)

@@ -57,6 +57,7 @@ from sparsesim.cost.common import (
     memory_op_bytes,
     memory_op_cost,
 )
+from sparsesim.cost.families import dynamic_quant
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.cost.registry import register_cost, register_peaks
 from sparsesim.cost.sparse_inputs import active_input_fraction, skippable_inputs
@@ -844,6 +845,42 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     """Cost of one op on a CPU device (see the module docstring for the kernels): the fastest
     sparse kernel the runtime offers for the op, or the dense kernel where none can run it (or,
     with `picks_faster_kernel`, where the dense one is faster)."""
+    runtime, rt = device.runtime(context.runtime)
+    return dynamic_quant.deployed_cost(op, rt, runtime,
+                                       quantised=lambda o: _quantised_on_the_fly(o, layer, device, context),
+                                       plain=lambda o: _cpu_cost(o, layer, device, context))
+
+
+def _quantised_on_the_fly(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext) -> Cost:
+    """An int8 linear of a deployed model under a runtime that quantises its input per call
+    (`dynamic_quant`; on a CPU torch.ao's quantized linear, fbgemm or QNNPACK): the int8 GEMM
+    writing what the scheme's GEMM writes, and each quantisation pass costed as every memory op
+    here is (its bytes at the level they fit, and the call overhead when it is an op of its own)."""
+    p: CpuParams = device.params
+    _, rt = device.runtime(context.runtime)
+    work = dynamic_quant.gemm_output(gemm_work(op, layer), model_dtype=op.deployed_from,
+                                     scheme=rt.dynamic_quant_scheme)
+    cost = _cpu_cost(op, layer, device, context, work)
+    if compute_dtype(p, op.dtype) != op.dtype:
+        return cost  # no 8-bit GEMM on this CPU: it ran wide, nothing to quantise
+    qt = dynamic_quant.quant_traffic(op, work, rt)
+    per_call = 0.0 if qt.kernels.in_op else p.call_overhead
+    seconds = qt.kernels.per_row * per_call
+    levels: dict[str, float] = {}
+    energy_j = 0.0
+    for _, nbytes in qt.passes:
+        r = residency(p, nbytes)
+        seconds += per_call + nbytes / r.bandwidth
+        levels[r.level] = levels.get(r.level, 0.0) + nbytes
+        energy_j += nbytes * r.energy_per_byte
+    return dynamic_quant.with_passes(cost, device_s=seconds, host_s=qt.kernels.kernels * rt.host_dispatch,
+                                     bytes_by_level=levels, energy_j=energy_j, what=qt.what, note=qt.note)
+
+
+def _cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext,
+              work: GemmWork | None = None) -> Cost:
+    """`cpu_cost` at the op's own dtype; `work` overrides the GEMM's operands (what an on-the-fly
+    quantised linear writes)."""
     p: CpuParams = device.params
     if op.gemm is None:
         nbytes = memory_op_bytes(op)
@@ -851,7 +888,7 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
         level, bw, epb = r.level, r.bandwidth, r.energy_per_byte
         return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.call_overhead,
                               energy_per_byte_j=epb, static_power_w=p.static_power, level=level)
-    work = gemm_work(op, layer)
+    work = work or gemm_work(op, layer)
     if skippable_inputs(op, layer):
         return _activation_sparse(op, work, device, context)
     if layer is None or layer.pattern.spec.is_dense:

@@ -31,15 +31,18 @@ bf16 and fp16 [256, 1280] inputs (2026-12-04).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sparsesim.core.ir import ACTIVATION_QUANT_DTYPES, DTYPE_BYTES, Op
 from sparsesim.cost.common import GemmWork
 from sparsesim.cost.families.gpu_machine import GpuParams, dram_bw
 from sparsesim.cost.record import Cost
-from sparsesim.hw.runtimes import RuntimeParams
+from sparsesim.hw.runtimes import DYNAMIC_QUANT_SCHEMES, RuntimeParams
+from sparsesim.tracing.retype import widened
 
 DYNAMIC_DTYPES = ACTIVATION_QUANT_DTYPES
+TORCHAO, QUANTIZED_LINEAR = DYNAMIC_QUANT_SCHEMES
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,11 @@ class QuantKernels:
     on_input: tuple[Pass, ...]
     on_output: tuple[Pass, ...]
     per_row: int
+    in_op: bool = False  # the passes run inside the GEMM's own op: no kernel or dispatch of their own
 
     @property
     def kernels(self) -> int:
-        return len(self.on_input) + len(self.on_output) + self.per_row
+        return 0 if self.in_op else len(self.on_input) + len(self.on_output) + self.per_row
 
 
 FP32_BYTES = DTYPE_BYTES["fp32"]
@@ -128,15 +132,37 @@ def applies(op: Op, rt: RuntimeParams) -> bool:
         and op.dtype in DYNAMIC_DTYPES and bool(op.deployed_from)
 
 
-def _writes_int32(dtype: str, semi_sparse: bool) -> bool:
-    """Whether the GEMM writes int32 results (torch._int_mm) rather than scaled 16-bit ones."""
-    return dtype == "int8" and not semi_sparse
+def deployed_cost(op: Op, rt: RuntimeParams, runtime: str, *, quantised: Callable[[Op], Cost],
+                  plain: Callable[[Op], Cost]) -> Cost:
+    """The cost of `op` under a runtime, any family: `quantised` for a linear the runtime quantises
+    on the fly; every other op of a model deployed at int8/fp8 back at its model's width under
+    such a runtime (`widened`), saying so for a convolution or matmul; `plain` otherwise."""
+    if not (rt.dynamic_activation_quant and op.deployed_from):
+        return plain(op)
+    if applies(op, rt):
+        return quantised(op)
+    narrow, wide = op.dtype, widened(op)
+    cost = plain(wide)
+    if not wide.is_matmul or narrow not in DYNAMIC_DTYPES:
+        return cost
+    return dataclasses.replace(cost, why=f"{cost.why}; deployed at {narrow}, but {runtime} quantises linears "
+                                         f"only: this {wide.kind} stays {wide.dtype}")
+
+
+def _writes_int32(dtype: str, semi_sparse: bool, scheme: str = TORCHAO) -> bool:
+    """Whether the GEMM writes int32 results (torch._int_mm) rather than scaled ones."""
+    return scheme == TORCHAO and dtype == "int8" and not semi_sparse
 
 
 def quant_kernels(dtype: str, rt: RuntimeParams, *, semi_sparse: bool = False, model_dtype: str = "bf16") -> QuantKernels:
     """The kernels around one linear at `dtype` of a `model_dtype` model under `rt` (fused when it
     fuses elementwise ops); `semi_sparse`: its weight is 2:4 (torchao's semi-sparse layout)."""
     w = DTYPE_BYTES[model_dtype]
+    if rt.dynamic_quant_scheme == QUANTIZED_LINEAR:
+        # qlinear_dynamic (fbgemm: FindMinMax, then Quantize to uint8; QNNPACK alike) inside the
+        # op, the int32 sums scaled back to the model's width in the GEMM's output stage
+        return QuantKernels((Pass("min and max", w, 0), Pass("quantise", w, NARROW_BYTES)), (), per_row=0,
+                            in_op=True)
     i = _intermediate_bytes(model_dtype)
     fused = rt.fuse_elementwise
     on_output = _output(dtype, w, i, fused=fused, semi_sparse=semi_sparse)
@@ -150,54 +176,91 @@ def quant_kernels(dtype: str, rt: RuntimeParams, *, semi_sparse: bool = False, m
     return QuantKernels(eager_input, on_output, per_row=per_row)
 
 
-def gemm_output(work: GemmWork, *, semi_sparse: bool = False, model_dtype: str = "bf16") -> GemmWork:
+def gemm_output(work: GemmWork, *, semi_sparse: bool = False, model_dtype: str = "bf16",
+                scheme: str = TORCHAO) -> GemmWork:
     """The 8-bit GEMM's work with the output it writes under the dynamic scheme: int32 for
     `torch._int_mm`, bf16 for cuSPARSELt's int8 (torchao asks for bf16), the model's width for
-    `torch._scaled_mm`. Part of its own traffic."""
+    `torch._scaled_mm` and for a quantized linear. Part of its own traffic."""
     outputs = work.c_bytes / work.dtype_bytes
-    if _writes_int32(work.dtype, semi_sparse):
+    if scheme == QUANTIZED_LINEAR:
+        width = DTYPE_BYTES[model_dtype]
+    elif _writes_int32(work.dtype, semi_sparse):
         width = INT32_BYTES
     else:
         width = CSLT_OUT_BYTES if work.dtype == "int8" else DTYPE_BYTES[model_dtype]
     return dataclasses.replace(work, c_bytes=outputs * width)
 
 
-def with_dynamic_quant(op: Op, work: GemmWork, cost: Cost, p: GpuParams, rt: RuntimeParams,
-                       launch_s: float, *, semi_sparse: bool = False) -> Cost:
-    """`cost` (the 8-bit GEMM of `work`) with the quantisation kernels around it: their device
-    time (a launch each, bytes at the DRAM rate) as overhead, their bytes in DRAM traffic and
-    energy, and their host dispatch (one framework op each) as host time."""
+@dataclass(frozen=True)
+class QuantTraffic:
+    """The quantisation kernels around one linear, sized: each pass with the bytes it moves (its
+    elements times its bytes read and written), and the words for a why."""
+
+    kernels: QuantKernels
+    passes: tuple[tuple[Pass, float], ...]
+    what: str
+    note: str
+
+    @property
+    def nbytes(self) -> float:
+        return sum(b for _, b in self.passes)
+
+
+def quant_traffic(op: Op, work: GemmWork, rt: RuntimeParams, *, semi_sparse: bool = False) -> QuantTraffic:
+    """The kernels `rt` launches around the 8-bit GEMM of `work` (a linear of a model deployed at
+    int8/fp8), each pass with the bytes it moves over the GEMM's input or output."""
     qk = quant_kernels(op.dtype, rt, semi_sparse=semi_sparse, model_dtype=op.deployed_from)
     g = work.gemms[0]
     inputs = g.m * g.k * g.batch * g.groups
     outputs = g.m * g.n * g.batch * g.groups
-    nbytes = inputs * sum(q.read + q.write for q in qk.on_input) + outputs * sum(q.read + q.write for q in qk.on_output)
-    passes = ", ".join(q.name for q in qk.on_input + qk.on_output)
-    out_note = "; the GEMM writes int32 results" if _writes_int32(op.dtype, semi_sparse) else ""
-    what = (f"dynamic {op.dtype} quantisation: {qk.kernels} kernel(s) ({passes}"
+    passes = tuple((q, inputs * (q.read + q.write)) for q in qk.on_input) + \
+        tuple((q, outputs * (q.read + q.write)) for q in qk.on_output)
+    names = ", ".join(q.name for q, _ in passes)
+    note = "; the GEMM writes int32 results" if _writes_int32(op.dtype, semi_sparse, rt.dynamic_quant_scheme) else ""
+    where = "inside the quantized linear" if qk.in_op else f"{qk.kernels} kernel(s)"
+    what = (f"dynamic {op.dtype} quantisation: {where} ({names}"
             f"{f', {qk.per_row} per-row ops' if qk.per_row else ''})")
-    return with_kernels(cost, p, rt, launch_s, kernels=qk.kernels, nbytes=nbytes, what=what, note=out_note)
+    return QuantTraffic(qk, passes, what, note)
+
+
+def with_dynamic_quant(op: Op, work: GemmWork, cost: Cost, p: GpuParams, rt: RuntimeParams,
+                       launch_s: float, *, semi_sparse: bool = False) -> Cost:
+    """`cost` (the 8-bit GEMM of `work`) on a GPU with the quantisation kernels around it: their
+    device time (a launch each, bytes at the DRAM rate) as overhead, their bytes in DRAM traffic
+    and energy, and their host dispatch (one framework op each) as host time."""
+    qt = quant_traffic(op, work, rt, semi_sparse=semi_sparse)
+    return with_kernels(cost, p, rt, launch_s, kernels=qt.kernels.kernels, nbytes=qt.nbytes, what=qt.what,
+                        note=qt.note)
 
 
 def with_kernels(cost: Cost, p: GpuParams, rt: RuntimeParams, launch_s: float, *, kernels: int, nbytes: float,
                  what: str, note: str = "") -> Cost:
-    """`cost` with `kernels` more kernels around it moving `nbytes` through DRAM: their device
-    time (a launch each, the bytes at the DRAM rate) as overhead, their bytes in DRAM traffic and
-    energy, and their host dispatch (one framework op each) as host time."""
-    device_s = kernels * launch_s + nbytes / dram_bw(p)
-    host_s = kernels * rt.host_dispatch
+    """`cost` with `kernels` more GPU kernels around it moving `nbytes` through DRAM: their device
+    time (a launch each, the bytes at the DRAM rate) and their host dispatch (one framework op
+    each)."""
+    return with_passes(cost, device_s=kernels * launch_s + nbytes / dram_bw(p), host_s=kernels * rt.host_dispatch,
+                       bytes_by_level={"dram": nbytes}, energy_j=nbytes * p.dram_energy, what=what, note=note)
+
+
+def with_passes(cost: Cost, *, device_s: float, host_s: float, bytes_by_level: dict[str, float], energy_j: float,
+                what: str, note: str = "") -> Cost:
+    """`cost` with more kernels around it (any family): `device_s` of their time as overhead,
+    their bytes at each memory level and the energy of moving them, `host_s` of host dispatch;
+    the static energy stretches with the latency."""
+    nbytes = sum(bytes_by_level.values())
     d = dict(cost.details)
     d["overhead_s"] = float(d.get("overhead_s", 0.0)) + device_s
     d["host_s"] = float(d.get("host_s", 0.0)) + host_s
     d["quant_s"] = float(d.get("quant_s", 0.0)) + device_s
     latency = cost.latency_s + device_s
     stretch = latency / cost.latency_s if cost.latency_s > 0 else 1.0
-    extra_j = nbytes * p.dram_energy + float(d.get("energy_static_j", 0.0)) * (stretch - 1.0)
-    d["energy_memory_j"] = float(d.get("energy_memory_j", 0.0)) + nbytes * p.dram_energy
+    extra_j = energy_j + float(d.get("energy_static_j", 0.0)) * (stretch - 1.0)
+    d["energy_memory_j"] = float(d.get("energy_memory_j", 0.0)) + energy_j
     d["energy_static_j"] = float(d.get("energy_static_j", 0.0)) * stretch
     why = (f"{cost.why}; {what} moving {nbytes / 1e6:.3g} MB "
            f"(+{device_s * 1e6:.3g} us{f', host +{host_s * 1e6:.3g} us' if host_s else ''}){note}")
     levels = dict(cost.bytes_by_level)
-    levels["dram"] = levels.get("dram", 0.0) + nbytes
+    for level, b in bytes_by_level.items():
+        levels[level] = levels.get(level, 0.0) + b
     return dataclasses.replace(cost, latency_s=latency, energy_j=cost.energy_j + extra_j, bytes_by_level=levels,
                                why=why, details=d)

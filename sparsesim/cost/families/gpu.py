@@ -55,7 +55,6 @@ from sparsesim.cost.registry import register_cost
 from sparsesim.cost.sparse_inputs import skippable_inputs
 from sparsesim.hw.devices import Device
 from sparsesim.sparsity.records import LayerSparsity
-from sparsesim.tracing.retype import widened
 
 __all__ = [
     "KERNELS",
@@ -157,16 +156,9 @@ def gpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     such linear pays its quantisation kernels (`dynamic_quant`).
     """
     env = kernel_env(device, context)
-    if env.rt.dynamic_activation_quant and op.dtype in dynamic_quant.DYNAMIC_DTYPES and op.deployed_from:
-        if dynamic_quant.applies(op, env.rt):
-            return _quantised_on_the_fly(op, layer, device, env)
-        narrow, op = op.dtype, widened(op)
-        cost = _gpu_cost(op, layer, device, env)
-        if not op.is_matmul:
-            return cost
-        return dataclasses.replace(cost, why=f"{cost.why}; deployed at {narrow}, but {env.runtime} quantises "
-                                             f"linears only: this {op.kind} stays {op.dtype}")
-    return _gpu_cost(op, layer, device, env)
+    return dynamic_quant.deployed_cost(op, env.rt, env.runtime,
+                                       quantised=lambda o: _quantised_on_the_fly(o, layer, device, env),
+                                       plain=lambda o: _gpu_cost(o, layer, device, env))
 
 
 def _quantised_on_the_fly(op: Op, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost:

@@ -1,0 +1,111 @@
+"""PyTorch's CPU int8 deployment on this host, measured against the model: torch.ao's
+`quantize_dynamic` turns each nn.Linear into quantized::linear_dynamic, which finds its fp32
+input's range, quantises it and scales the int32 sums back to fp32 inside the one op (the
+runtime's `dynamic_quant_scheme = "quantized-linear"`, `cost/families/dynamic_quant.py`).
+
+    .venv/bin/python benchmarks/cpu_dynamic_int8.py [--device host|PATH] [--reps 15]
+
+Prints, for single linears and for a two-layer fp32 BERT-base, the measured fp32 and int8
+latencies, the model's (the calibrated host under its eager runtime; a quick calibration first if
+there is none), their errors, and the int8 speedups measured and predicted. One torch thread;
+times are medians of `--reps` runs after warm-up, all taken in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from sparsesim.fidelity.validate import host_device
+from sparsesim.hw.devices import Device
+from sparsesim.run.estimate import compare_tables
+from sparsesim.tracing.models.bert import build_bert
+from sparsesim.tracing.retype import retype
+from sparsesim.tracing.workloads import load_workload
+
+LINEARS = ((1, 768, 768), (8, 768, 768), (32, 768, 768), (128, 768, 768), (128, 3072, 768), (128, 768, 3072),
+           (512, 768, 768), (64, 4096, 1024))
+BERT_SEQS = (32, 128)
+
+
+def median_s(fn: Callable[..., object], reps: int, *args: object, **kwargs: object) -> float:
+    """The median time of `fn(*args, **kwargs)` over `reps` calls after three warm-up calls."""
+    for _ in range(3):
+        fn(*args, **kwargs)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn(*args, **kwargs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def quantised(model: torch.nn.Module) -> torch.nn.Module:
+    with warnings.catch_warnings():  # torch.ao.quantization warns that it is deprecated
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def predicted_s(spec: str, device: Device, dtype: str) -> float:
+    """The model's eager latency of `spec` (an fp32 model) deployed at `dtype` ("" as built)."""
+    workload = load_workload(spec)
+    if dtype:
+        workload = retype(workload, dtype)  # a deployment: the linears quantise their input per call
+    per_op = compare_tables(workload, [device], ["dense"], runtime="eager").per_op
+    return float(per_op["latency_s"].sum())
+
+
+def row(name: str, meas: tuple[float, float], pred: tuple[float, float]) -> str:
+    (mf, mq), (pf, pq) = meas, pred
+    err = [p / m - 1 for p, m in ((pf, mf), (pq, mq))]
+    return (f"{name:<28} {mf * 1e6:>10.0f} {pf * 1e6:>10.0f} {err[0]:>+6.0%} {mq * 1e6:>10.0f} {pq * 1e6:>10.0f} "
+            f"{err[1]:>+6.0%} {mf / mq:>7.2f} {pf / pq:>7.2f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="host", help="calibrated CPU device (default: host)")
+    ap.add_argument("--reps", type=int, default=15)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    device, where = host_device(args.device, say=print)
+    print(f"{device.description}; {where}; torch {torch.__version__}, 1 thread, median of {args.reps}")
+    print(f"{'case':<28} {'fp32 us':>10} {'pred':>10} {'err':>6} {'int8 us':>10} {'pred':>10} {'err':>6} "
+          f"{'meas x':>7} {'pred x':>7}")
+    errors: list[float] = []
+    for m, n, k in LINEARS:
+        lin = torch.nn.Sequential(torch.nn.Linear(k, n)).eval()
+        q = quantised(lin)
+        x = torch.randn(m, k)
+        with torch.no_grad():
+            meas = (median_s(lin, args.reps, x), median_s(q, args.reps, x))
+        spec = f"gemm:M={m},N={n},K={k},dtype=fp32"
+        pred = (predicted_s(spec, device, ""), predicted_s(spec, device, "int8"))
+        errors.append(abs(pred[1] / meas[1] - 1))
+        print(row(f"linear {m}x{n}x{k}", meas, pred))
+    for seq in BERT_SEQS:
+        model, inputs = build_bert(batch=1, seq=seq, dtype="fp32", layers=2)
+        model.eval()
+        with torch.no_grad():
+            fp32 = median_s(model, args.reps, **inputs)
+            int8 = median_s(quantised(model), args.reps, **inputs)
+        spec = f"bert-base:batch=1,seq={seq},dtype=fp32,layers=2,device=meta"
+        pred = (predicted_s(spec, device, ""), predicted_s(spec, device, "int8"))
+        errors.append(abs(pred[1] / int8 - 1))
+        print(row(f"bert-base layers=2 seq={seq}", (fp32, int8), pred))
+    print(f"int8 latency: median |pred/meas - 1| {statistics.median(errors):.1%}, worst {max(errors):.1%} "
+          f"over {len(errors)} cases")
+
+
+if __name__ == "__main__":
+    main()
