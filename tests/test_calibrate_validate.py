@@ -89,6 +89,22 @@ def test_calibrated_file_loads_strictly_with_fits(calibrated):
     assert set(doc["fit_error"]) >= {"fp32", "csr", "bsr"}
 
 
+def test_calibrated_host_times_its_functions_and_runs_pytorchs_runtimes(calibrated):
+    """The host's transcendental functions are timed (cycles an element, each with its source), and
+    the host runs PyTorch's eager (its default) and compiled runtimes, int8 as torch.ao's
+    dynamically quantised linear."""
+    from sparsesim.fidelity.measure import FUNCTIONS
+
+    path, _ = calibrated
+    dev = parse_device_file(path)
+    cycles = dev.params.function_cycles
+    assert set(cycles) <= set(FUNCTIONS) and {"gelu", "exp", "tanh"} <= set(cycles)
+    assert all(0 < c < 1000 for c in cycles.values())
+    assert "measured: torch's gelu" in dev.provenance["function_cycles.gelu"].source
+    assert dev.default_runtime == "eager" and set(dev.runtimes.by_name) == {"eager", "compiled"}
+    assert dev.runtime("eager")[1].dynamic_quant_scheme == "quantized-linear"
+
+
 def test_quick_validation_table_is_complete_and_sane(validated):
     doc = validated
     patterns = {r["pattern"] for r in doc["rows"]}

@@ -534,3 +534,26 @@ def _with_tables(tmp_path, tables: str):
     p = tmp_path / "tiles.toml"
     p.write_text(src + "\n" + tables)
     return parse_device_file(p)
+
+
+def test_a_transcendental_function_costs_its_evaluation_where_the_device_times_it():
+    """GELU over a BERT MLP's output: memory traffic alone without a figure; with the host's
+    cycles an element (a calibrated host measures them) the evaluation outlasts the traffic, and
+    an add, which has no figure, stays its traffic."""
+    import dataclasses
+
+    from sparsesim.cost import estimate_op
+    from sparsesim.hw.devices import load_device
+    from sparsesim.tracing.workloads import load_workload
+
+    ops = load_workload("bert-base:batch=1,seq=128,dtype=fp32,layers=1,device=meta").ops
+    gelu = next(op for op in ops if op.aten == "aten.gelu.default")
+    add = next(op for op in ops if op.aten == "aten.add.Tensor")
+    plain = load_device("xeon-sapphire-rapids")
+    timed = dataclasses.replace(plain, params=dataclasses.replace(plain.params, function_cycles={"gelu": 10.0}))
+    before, after = estimate_op(gelu, None, plain), estimate_op(gelu, None, timed)
+    assert before.details["compute_s"] == 0 and "gelu evaluated" not in before.why
+    expected = 128 * 3072 * 10.0 / (plain.params.clock * plain.params.cores)
+    assert after.details["compute_s"] == pytest.approx(expected)
+    assert after.latency_s > before.latency_s and after.bound == "compute" and "compute-bound" in after.why
+    assert estimate_op(add, None, timed).latency_s == estimate_op(add, None, plain).latency_s

@@ -285,8 +285,11 @@ def memory_op_cost(
     energy_per_byte_j: float,
     static_power_w: float,
     level: str = "dram",
+    compute_s: float = 0.0,
+    compute_note: str = "",
 ) -> Cost:
-    """An op without a GEMM: bytes / bandwidth + fixed overhead.
+    """An op without a GEMM: bytes / bandwidth + fixed overhead, or the family's `compute_s` of
+    evaluating its function where that is longer (`compute_note` says what it is).
 
     A memory op (elementwise, norm, softmax, ...) is costed this way by design; an op of any
     other kind has no formula in any family and is costed the same way, flagged as a fallback.
@@ -294,10 +297,14 @@ def memory_op_cost(
     nbytes = memory_op_bytes(op)
     mem_s = nbytes / bandwidth if bandwidth > 0 else 0.0
     known = op.kind in MEMORY_KINDS
+    why = (f"{op.kind}: {nbytes / 1e6:.3g} MB at {bandwidth / 1e9:.4g} GB/s" if known
+           else f"no formula for {op.aten} (op kind {op.kind!r}): costed as its memory traffic")
+    if compute_note:
+        why += f"; {compute_note}{' (compute-bound)' if compute_s > mem_s else ''}"
     return build_cost(
         device=device,
         model=model,
-        compute_s=0.0,
+        compute_s=compute_s,
         memory_s=mem_s,
         overhead_s=overhead_s,
         energy=EnergyInputs(
@@ -308,8 +315,7 @@ def memory_op_cost(
             static_power_w=static_power_w,
         ),
         kernel="memory",
-        why=(f"{op.kind}: {nbytes / 1e6:.3g} MB at {bandwidth / 1e9:.4g} GB/s" if known
-             else f"no formula for {op.aten} (op kind {op.kind!r}): costed as its memory traffic"),
+        why=why,
         flops_executed=float(op.flops),
         peak_flops=0.0,
         fallback=not known,

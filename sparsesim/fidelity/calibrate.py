@@ -182,6 +182,8 @@ class HostFacts:
     bsr_columns: ColumnFit | None = None  # the BSR vector step's width and the errors of the widths tried
     csr_passes: PassFit | None = None  # the CSR kernel's register and pass widths, the errors of those tried
     gemm_tiles: dict[str, TileFit] = field(default_factory=dict)  # per dtype: the dense tile kept, errors
+    function_s: dict[str, float] = field(default_factory=dict)  # seconds per element of each function
+    function_elements: int = 0  # the smaller of the two sizes the functions were timed at
 
 
 # footprints, in effective LLCs, a GEMV's weight stream is timed at to find the LLC's soft edge
@@ -249,12 +251,16 @@ def host_facts(threads: int, *, quick: bool) -> HostFacts:
                                                    repeats=max(2, reps // 2))
     edge = measure_llc_edge(float(caches["l3"]), dram_bw, repeats=max(2, reps // 2)) if "l3" not in assumed \
         else (0.0, 0.0, 0.0)
+    # both sizes inside L2 (4 x elements of input and output: half of it)
+    elements = max(measure.SOFTMAX_ROW, caches["l2"] // (4 * 4 * 2 * 4))
+    function_s = {name: measure.function_seconds(name, elements, repeats=reps) for name in measure.FUNCTIONS}
     return HostFacts(
         model=str(info["model"]), clock_hz=float(info["mhz"]) * 1e6 or FALLBACK_CLOCK_HZ, vector_bits=vbits,
         native_dtypes=tuple(native), caches=caches, threads=threads, l2_bw=l2_bw, l3_bw=l3_bw,
         dram_bw=dram_bw, call_overhead_s=measure.call_overhead(repeats=reps),
         date=_dt.date.today().isoformat(), nominal_hz=float(info["mhz"]) * 1e6, assumed_caches=assumed,
-        memory_bytes=physical_memory(), sysfs_l3=sysfs_l3, llc_edge=edge,
+        memory_bytes=physical_memory(), sysfs_l3=sysfs_l3, llc_edge=edge, function_s=function_s,
+        function_elements=elements,
     )
 
 
@@ -807,7 +813,19 @@ def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors
     lines += ["", "[mac_energy]"]
     for dt in sorted(p.gemm_efficiency):
         lines.append(f"{dt} = {_copied(ref, f'mac_energy.{dt}', ref.params.mac_energy[dt] * 1e12, 'pJ')}")
+    if p.function_cycles:
+        n = facts.function_elements
+        lines += ["", "[function_cycles]"]
+        for name in sorted(p.function_cycles):
+            src = (f"measured: torch's {name} over {n:,} and {4 * n:,} fp32 elements (inside L2), the time per element "
+                   f"between the two (the call's fixed cost cancels) x the clock x the threads, {meas}")
+            lines.append(f'"{name}" = {_q(p.function_cycles[name], "cycles", src)}')
     return "\n".join(lines) + "\n"
+
+
+def function_cycles(facts: HostFacts, clock: float) -> dict[str, float]:
+    """Cycles per element on one core of each timed function at `clock` (the threads share it)."""
+    return {name: s * clock * facts.threads for name, s in facts.function_s.items() if s > 0}
 
 
 def initial_device(facts: HostFacts, ref: Device, dtypes: Sequence[str]) -> Device:
@@ -826,6 +844,7 @@ def initial_device(facts: HostFacts, ref: Device, dtypes: Sequence[str]) -> Devi
         static_power=rp.static_power / rp.cores * facts.threads,
         memory_capacity=facts.memory_bytes or rp.memory_capacity,
         llc_full_bytes=facts.llc_edge[0], llc_none_bytes=facts.llc_edge[1],
+        function_cycles=function_cycles(facts, facts.clock_hz),
     )
     return Device("host", "cpu", f"{facts.model} (this host)", "<calibrating>", params, dict(ref.provenance))
 
@@ -933,7 +952,7 @@ def calibrate(out: str | Path | None = None, *, quick: bool = False, threads: in
     say("fitting")
     clock = effective_clock(device, dense)
     rows = gemv_rows_max(dense)
-    device = with_params(device, clock=clock, gemv_rows_max=float(rows))
+    device = with_params(device, clock=clock, gemv_rows_max=float(rows), function_cycles=function_cycles(facts, clock))
     facts = dataclasses.replace(facts, clock_hz=clock, gemv_rows_max=rows)
     device, errors, pack_errors, tiles = fit_dense_pack(dense, device)
     facts = dataclasses.replace(facts, weight_pack_pass=device.params.weight_pack_pass, pack_errors=pack_errors,

@@ -175,6 +175,30 @@ def effective_llc_bytes(llc_bytes: int, llc_bw: float, dram_bw: float, *, floor:
     return floor
 
 
+# the transcendental functions a calibrated host times (`CpuParams.function_cycles`), keyed by
+# their aten names; softmax over rows of SOFTMAX_ROW elements
+SOFTMAX_ROW = 128
+FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu, "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh, "exp": torch.exp, "erf": torch.erf, "sin": torch.sin, "cos": torch.cos,
+    "log": torch.log, "rsqrt": torch.rsqrt,
+    "_softmax": lambda x: torch.softmax(x.view(-1, SOFTMAX_ROW), dim=-1),
+}
+
+
+def function_seconds(name: str, elements: int, *, repeats: int = 7) -> float:
+    """Seconds per fp32 element of function `name` (FUNCTIONS): the time between calls over
+    `elements` and 4 x `elements` (inputs in [0.5, 1.5)), so the call's fixed cost cancels;
+    both sizes should fit the cache level the caller means to time."""
+    fn = FUNCTIONS[name]
+    small = max(SOFTMAX_ROW, elements // SOFTMAX_ROW * SOFTMAX_ROW)
+    times = []
+    for n in (small, 4 * small):
+        x = torch.rand(n, dtype=torch.float32) + 0.5
+        times.append(time_call(lambda: fn(x), repeats=repeats).median_s)  # noqa: B023 (timed at once)
+    return max(0.0, (times[1] - times[0]) / (3 * small))
+
+
 def call_overhead(*, repeats: int = 9) -> float:
     """Seconds of a dense linear on a 1 x 8 x 8 problem: torch dispatch + BLAS call, no work."""
     return dense_linear(1, 8, 8, "fp32", repeats=repeats).median_s

@@ -178,6 +178,11 @@ class CpuParams:
     # calibrated host measures both; 0 (the default): one walk whatever M is
     csr_register_columns: float = quantity("count", default=0.0)
     csr_pass_columns: float = quantity("count", default=0.0)
+    # cycles one core spends evaluating a transcendental function per element (keyed by the aten
+    # function: gelu, silu, exp, tanh, _softmax, ...): vectorised polynomial approximations that
+    # can outlast the op's memory traffic on a CPU; a calibrated host measures them; absent for a
+    # function (the default): the op is its memory traffic alone
+    function_cycles: dict = quantity("cycles", per_dtype=True, default={})
 
     @staticmethod
     def kernel_names() -> tuple[str, ...]:
@@ -833,6 +838,28 @@ def _activation_sparse(op: Op, work: GemmWork, device: Device, context: RunConte
                             "activation_density_used": op.activation_density})
 
 
+FUNCTION_KINDS = ("elementwise", "softmax")
+
+
+def aten_function(aten: str) -> str:
+    """The function an aten op name evaluates ('aten.gelu.default' -> 'gelu'), as
+    `function_cycles` is keyed."""
+    parts = aten.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "aten" else aten
+
+
+def function_time(p: CpuParams, op: Op) -> tuple[float, str]:
+    """Seconds the cores spend evaluating the op's function over its output elements (0 for a
+    function the device file has no figure for), and the words for its why."""
+    fn = aten_function(op.aten)
+    cycles = p.function_cycles.get(fn) if op.kind in FUNCTION_KINDS else None
+    if not cycles:
+        return 0.0, ""
+    elements = math.prod(op.output_shape)
+    seconds = elements * cycles / (p.clock * p.cores)
+    return seconds, f"{fn} evaluated at {cycles:.3g} cycles an element: {seconds * 1e6:.3g} us over {elements:,}"
+
+
 @register_peaks("cpu")
 def cpu_peaks(device: Device, dtypes: set[str]) -> list[tuple[str, float]]:
     """Cores x lanes x FMA ports x clock (or the matrix unit) at each dtype, as `_dense` runs it."""
@@ -886,8 +913,10 @@ def _cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
         nbytes = memory_op_bytes(op)
         r = residency(p, nbytes)
         level, bw, epb = r.level, r.bandwidth, r.energy_per_byte
+        evaluation_s, note = function_time(p, op)
         return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.call_overhead,
-                              energy_per_byte_j=epb, static_power_w=p.static_power, level=level)
+                              energy_per_byte_j=epb, static_power_w=p.static_power, level=level,
+                              compute_s=evaluation_s, compute_note=note)
     work = work or gemm_work(op, layer)
     if skippable_inputs(op, layer):
         return _activation_sparse(op, work, device, context)
