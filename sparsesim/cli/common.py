@@ -38,7 +38,7 @@ def add_device_argument(p: argparse.ArgumentParser) -> None:
 
 def known_kernels() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The kernel names `--kernel` accepts, GPU then CPU, from the families' registries."""
-    from sparsesim.cost.families.cpu import CPU_KERNELS
+    from sparsesim.cost.families.cpu_kernels import CPU_KERNELS
     from sparsesim.cost.families.gpu_kernels import KERNELS
 
     return tuple(KERNELS), tuple(CPU_KERNELS)

@@ -58,6 +58,14 @@ from sparsesim.cost.common import (
     memory_op_cost,
 )
 from sparsesim.cost.families import dynamic_quant
+from sparsesim.cost.families.cpu_kernels import (
+    ACT_GEMV,
+    CPU_KERNELS,
+    JIT_SPMM,
+    SPMM,
+    SPMM_KERNELS,
+    TORCH_KERNELS,
+)
 from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.cost.registry import register_cost, register_peaks
 from sparsesim.cost.sparse_inputs import active_input_fraction, skippable_inputs
@@ -671,19 +679,6 @@ def bsr_rate(p: CpuParams, r: int, c: int) -> tuple[float, str]:
 
 # ----------------------------------------------------------------------------- mobile SpMM
 
-SPMM = "xnnpack-spmm"
-# a sparse GEMM compiled for one weight's pattern (DeepSparse-class; LIBXSMM's sparse JIT, Heinecke
-# et al. SC'16): each nonzero's column offset is an immediate of its own multiply-add, so there is
-# no index chain to wait on, and it takes linears (tokens as the vector dimension) and stride-1
-# convolutions (a direct sparse convolution); work spread over output rows as well as tiles
-JIT_SPMM = "jit-spmm"
-SPMM_KERNELS = (SPMM, JIT_SPMM)
-# an activation-sparse GEMV (PowerInfer's CPU kernels, Song et al. SOSP'24; Deja Vu's sparse MLP):
-# the weight stored input-channel major, only the rows of the nonzero inputs read
-ACT_GEMV = "act-gemv"
-# the CPU kernels a runtime may list (`runtime.<name>.kernels`); torch's run through `_sparse`
-TORCH_KERNELS = {"unstructured": "csr", "block": "bsr", "nm": "nm", "vnm": "nm"}
-CPU_KERNELS = ("dense", "csr", "bsr", "nm", SPMM, JIT_SPMM, ACT_GEMV)
 
 
 def spmm_tiles(width: int, tile: int) -> list[int]:
