@@ -247,3 +247,42 @@ def test_cli_settings_and_multipliers(cli):
     assert upd[0]["steps"] == math.floor(0.75 * 5000 / 50)
     rc, _, err = cli("train", "gemm:M=64,N=64,K=64", "--steps", "10", "--settings", "rigl.nope=1", "--methods", "rigl")
     assert rc == 2 and "nope" in err
+
+
+def test_float8_training_casts_each_gemms_operands_and_keeps_the_rest_at_bf16():
+    """fp8 training is torchao's Float8Linear: the linears' three GEMMs run at fp8 with their
+    operands cast (forward: x and w; grad-input: dY, the weight copied into the layout
+    `_scaled_mm` needs; grad-weight: dY^T and x copied), the weights, gradients and optimizer
+    state stay bf16, so the peak memory barely moves; eager pays each cast op by op."""
+    from sparsesim.cost.families import dynamic_quant
+    from sparsesim.hw.devices import load_device
+    from sparsesim.tracing.retype import float8_training
+    from sparsesim.tracing.workloads import load_workload
+    from sparsesim.train.run import step_table
+
+    spec = "llama3-8b:device=meta,seq=2048,layers=1"
+    wl = float8_training(load_workload(spec))
+    assert {op.dtype for op in wl.ops if op.kind == "linear" and op.weight} == {"fp8"}
+    assert all(op.deployed_from == "bf16" for op in wl.ops if op.dtype == "fp8")
+    assert {w.dtype for w in wl.weights.values()} == {"bf16"}
+    assert not any(op.dtype == "fp8" for op in wl.ops if op.kind != "linear")
+
+    rt = load_device("h100-sxm5").runtime("compiled")[1]
+    fwd, dgrad, wgrad = (dynamic_quant.quant_kernels("fp8", rt, model_dtype="bf16", training_gemm=g)
+                         for g in ("forward", "grad-input", "grad-weight"))
+    assert [q.name for q in fwd.on_input] == [q.name for q in fwd.on_weight] == ["amax", "scale and cast"]
+    assert [q.name for q in dgrad.on_weight] == ["transposed copy"]
+    assert [q.name for q in wgrad.on_input + wgrad.on_weight] == ["transposed copy"] * 2
+
+    def run(dtype: str, runtime: str):
+        cfg = TrainConfig(steps=1, dtype=dtype, runtime=runtime)
+        return train(spec, ["dense"], devices=["h100-sxm5"], config=cfg).iloc[0]
+
+    bf16, fp8, fp8_eager = run("bf16", "compiled"), run("fp8", "compiled"), run("fp8", "eager")
+    assert abs(fp8["peak_memory_bytes"] / bf16["peak_memory_bytes"] - 1) < 0.05
+    assert 1.0 < bf16["time_s"] / fp8["time_s"] < 2.0  # the fp8 GEMMs less the casts
+    assert fp8_eager["time_s"] > fp8["time_s"]
+    df = step_table(spec, "dense", "h100-sxm5", config=TrainConfig(steps=1, dtype="fp8", runtime="compiled"))
+    gemms = df[df["pass"].isin(["forward", "grad-input", "grad-weight"]) & (df["kind"] != "attention")]
+    linear = gemms[gemms["why"].str.contains("float8 training")]
+    assert set(linear["pass"]) == {"forward", "grad-input", "grad-weight"}

@@ -115,6 +115,9 @@ class Op:
     # retyped it ("" for an op at the dtype it was traced or specified in): a framework runtime
     # keeps such activations at that width and quantises each linear's input on the fly
     deployed_from: str = ""
+    # which GEMM of a training step a linear's op is ("forward", "grad-input", "grad-weight"; ""
+    # outside a training step): float8 training casts different operands for each (`dynamic_quant`)
+    training_gemm: str = ""
 
     @property
     def is_matmul(self) -> bool:

@@ -289,7 +289,7 @@ def _cost_key(op: Op) -> tuple:
     # what a cost model may read of an op: everything but its identity (index, module, names)
     return (op.kind, op.aten, op.dtype, op.input_shapes, op.output_shape, op.flops, op.bytes_moved,
             op.gemm, op.conv, op.weight is not None, op.weight_shape, op.activation_density,
-            op.activation_measured, op.causal, op.masked, op.strided, op.deployed_from)
+            op.activation_measured, op.causal, op.masked, op.strided, op.deployed_from, op.training_gemm)
 
 
 def _layer_key(layer: LayerSparsity | None) -> tuple | None:

@@ -34,6 +34,7 @@ DEPLOY_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8", "int8", "int8wo", "int4"
 FLOAT_DTYPES = ("fp64", "fp32", "tf32", "fp16", "bf16")
 # the 16-bit dtype ops that a narrow deployment keeps wide run at
 WIDE_DTYPE = "fp16"
+FLOAT8 = "fp8"
 NARROW_KINDS = ("linear", "conv", "matmul", "elementwise", "copy")
 WEIGHT_KINDS = ("linear", "conv")
 
@@ -62,6 +63,15 @@ def op_dtype(op: Op, dtype: str) -> str:
     if dtype in ACTIVATION_QUANT_DTYPES:
         return dtype if op.kind in NARROW_KINDS else WIDE_DTYPE
     return dtype
+
+
+def float8_training(workload: Workload) -> Workload:
+    """`workload` trained in float8 as torchao's Float8Linear trains it: every linear's GEMMs run at
+    fp8, their operands cast on each call (`Op.deployed_from` keeps the width the model built them
+    in); every other op, and the weights (so the gradients and optimizer state), stay at that width."""
+    ops = tuple(_op_at(op, FLOAT8) if op.kind == "linear" and op.weight is not None else op for op in workload.ops)
+    return dataclasses.replace(workload, name=f"{workload.name}@{FLOAT8}", ops=ops,
+                               params={**workload.params, "train_dtype": FLOAT8})
 
 
 def widened(op: Op) -> Op:

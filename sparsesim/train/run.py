@@ -180,16 +180,18 @@ TRAIN_DTYPES = ("fp32", "tf32", "fp16", "bf16", "fp8")
 
 
 def _at_dtype(wl: Workload, dtype: str) -> Workload:
-    """`wl` re-typed to train at `dtype` (`tracing.retype`); as traced when empty."""
+    """`wl` re-typed to train at `dtype` (`tracing.retype`; fp8 as float8 training does it,
+    `float8_training`); as traced when empty."""
     if not dtype:
         return wl
-    from sparsesim.tracing.retype import DEPLOY_DTYPES, retype
+    from sparsesim.tracing.retype import DEPLOY_DTYPES, FLOAT8, float8_training, retype
 
     if dtype not in TRAIN_DTYPES:
         inference = ", ".join(d for d in DEPLOY_DTYPES if d not in TRAIN_DTYPES)
         raise TrainError(f"--dtype {dtype!r}: training is modelled at {', '.join(TRAIN_DTYPES)} "
                          f"({inference} are inference deployments)")
-
+    if dtype == FLOAT8:
+        return float8_training(wl)  # fp8 GEMMs in linears, everything else as built
     return retype(wl, dtype)
 
 

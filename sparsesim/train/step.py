@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from sparsesim.core.ir import DTYPE_BYTES, GemmShape, Op, Workload
@@ -161,7 +161,7 @@ def _forward_op(b: _Builder, op: Op, pattern: Pattern, opts: StepOptions, vb: fl
     rows, cols = op.weight_matrix or (0, 0)
     sparse_kernels = opts.storage == "sparse" and not pattern.spec.is_dense
     layer = layer_for(op.weight or "", rows, cols, pattern, vb) if sparse_kernels else None
-    b.add(op, layer, phase, op.flops * kept(op, pattern))
+    b.add(replace(op, training_gemm="forward"), layer, phase, op.flops * kept(op, pattern))
 
 
 def _backward_ops(b: _Builder, op: Op, pattern: Pattern, seg: Segment, opts: StepOptions, first: bool,
@@ -191,7 +191,7 @@ def _backward_ops(b: _Builder, op: Op, pattern: Pattern, seg: Segment, opts: Ste
                    output_shape=op.input_shapes[0] if op.input_shapes else (g.m, k),
                    flops=2 * g.m * n * k * g.batch * g.groups, bytes_moved=op.bytes_moved,
                    gemm=GemmShape(g.m, k, n, g.batch, g.groups), weight=t_name, weight_shape=(k * g.groups, n),
-                   note="grad-input")
+                   note="grad-input", deployed_from=op.deployed_from, training_gemm="grad-input")
         b.add(dgrad, t_layer, "grad-input", op.flops * frac)
     sddmm = sparse_kernels and seg.wgrad == "sparse" and pattern.spec.sparse_output
     wgrad_flops = op.flops * (frac if seg.wgrad == "sparse" else 1.0)
@@ -208,7 +208,8 @@ def _backward_ops(b: _Builder, op: Op, pattern: Pattern, seg: Segment, opts: Ste
             call_index=op.call_index, dtype=op.dtype,
             input_shapes=(op.output_shape, op.input_shapes[0] if op.input_shapes else (g.m, g.k)),
             output_shape=op.weight_shape, flops=2 * n * k * g.m * g.batch * g.groups, bytes_moved=op.bytes_moved,
-            gemm=GemmShape(n, k, g.m, g.batch, g.groups), note="grad-weight (dense)")
+            gemm=GemmShape(n, k, g.m, g.batch, g.groups), note="grad-weight (dense)", deployed_from=op.deployed_from,
+            training_gemm="grad-weight")
     b.add(wg, None, "grad-weight", wgrad_flops)
 
 

@@ -64,10 +64,11 @@ class QuantKernels:
     on_output: tuple[Pass, ...]
     per_row: int
     in_op: bool = False  # the passes run inside the GEMM's own op: no kernel or dispatch of their own
+    on_weight: tuple[Pass, ...] = ()  # passes over the GEMM's other operand (N x K): float8 training's
 
     @property
     def kernels(self) -> int:
-        return 0 if self.in_op else len(self.on_input) + len(self.on_output) + self.per_row
+        return 0 if self.in_op else len(self.on_input) + len(self.on_weight) + len(self.on_output) + self.per_row
 
 
 FP32_BYTES = DTYPE_BYTES["fp32"]
@@ -126,10 +127,11 @@ def _output(dtype: str, w: float, i: float, *, fused: bool, semi_sparse: bool) -
 
 
 def applies(op: Op, rt: RuntimeParams) -> bool:
-    """Whether `op` is a linear of a model deployed at int8/fp8 that the runtime quantises on the
-    fly (a GEMM specified at int8, `gemm:...,dtype=int8`, has its operands at int8 already)."""
-    return rt.dynamic_activation_quant and op.kind == "linear" and op.weight is not None \
-        and op.dtype in DYNAMIC_DTYPES and bool(op.deployed_from)
+    """Whether `op` is a linear of a model deployed at int8/fp8 (or one of a float8 training step's
+    GEMMs) that the runtime quantises on the fly (a GEMM specified at int8, `gemm:...,dtype=int8`,
+    has its operands at int8 already)."""
+    gemm = (op.kind == "linear" and op.weight is not None) or bool(op.training_gemm)
+    return rt.dynamic_activation_quant and gemm and op.dtype in DYNAMIC_DTYPES and bool(op.deployed_from)
 
 
 def deployed_cost(op: Op, rt: RuntimeParams, runtime: str, *, quantised: Callable[[Op], Cost],
@@ -154,10 +156,49 @@ def _writes_int32(dtype: str, semi_sparse: bool, scheme: str = TORCHAO) -> bool:
     return scheme == TORCHAO and dtype == "int8" and not semi_sparse
 
 
-def quant_kernels(dtype: str, rt: RuntimeParams, *, semi_sparse: bool = False, model_dtype: str = "bf16") -> QuantKernels:
+# torchao 0.7 float8 training, tensorwise dynamic scaling (float8/float8_utils.py tensor_to_amax,
+# amax_to_scale, to_fp8_saturated; float8_tensor.py _ToFloat8ConstrFunc): a cast of a `w`-byte
+# tensor runs abs, max, the upcast to fp32, x scale, clamp and the cast to fp8 over it, and 4 ops
+# on the scalar amax (to float64, clamp, divide, to float32); fused, a reduction then a scaled cast
+FLOAT8_SCALAR_OPS = 4
+
+
+def _float8_cast(w: float, fused: bool) -> tuple[Pass, ...]:
+    if fused:
+        return (Pass("amax", w, 0), Pass("scale and cast", w, NARROW_BYTES))
+    return (Pass("abs", w, w), Pass("max", w, 0), Pass("to fp32", w, FP32_BYTES), Pass("x scale", FP32_BYTES, FP32_BYTES),
+            Pass("clamp", FP32_BYTES, FP32_BYTES), Pass("cast to fp8", FP32_BYTES, NARROW_BYTES))
+
+
+def _float8_training(gemm: str, w: float, fused: bool) -> QuantKernels:
+    """The passes around one GEMM of a Float8Linear's training step (torchao 0.7 float8_linear.py,
+    manual_float8_matmul_with_args_in_float8, and float8_ops.py preprocess_addmm, which makes
+    `_scaled_mm`'s first operand row-major and its second column-major):
+
+    * forward `x @ w^T`: x and w cast (the weight changes every step, so it is cast every step);
+    * grad-input `dY @ w`: dY cast (e5m2, once for both backward GEMMs); the fp8 weight saved by
+      the forward is row-major where `_scaled_mm` needs it column-major: a transposed copy;
+    * grad-weight `dY^T @ x`: dY^T and the saved fp8 x both copied into the layout it needs.
+
+    The copies are kernels of their own under either runtime (assumed: not traced under inductor)."""
+    cast = _float8_cast(w, fused)
+    copy = (Pass("transposed copy", NARROW_BYTES, NARROW_BYTES),)
+    scalar = 0 if fused else FLOAT8_SCALAR_OPS
+    if gemm == "forward":
+        return QuantKernels(cast, (), per_row=2 * scalar, on_weight=cast)
+    if gemm == "grad-input":
+        return QuantKernels(cast, (), per_row=scalar, on_weight=copy)
+    return QuantKernels(copy, (), per_row=0, on_weight=copy)
+
+
+def quant_kernels(dtype: str, rt: RuntimeParams, *, semi_sparse: bool = False, model_dtype: str = "bf16",
+                  training_gemm: str = "") -> QuantKernels:
     """The kernels around one linear at `dtype` of a `model_dtype` model under `rt` (fused when it
-    fuses elementwise ops); `semi_sparse`: its weight is 2:4 (torchao's semi-sparse layout)."""
+    fuses elementwise ops); `semi_sparse`: its weight is 2:4 (torchao's semi-sparse layout);
+    `training_gemm`: the GEMM of a float8 training step it is (fp8 only)."""
     w = DTYPE_BYTES[model_dtype]
+    if training_gemm and dtype == "fp8" and rt.dynamic_quant_scheme == TORCHAO:
+        return _float8_training(training_gemm, w, rt.fuse_elementwise)
     if rt.dynamic_quant_scheme == QUANTIZED_LINEAR:
         # qlinear_dynamic (fbgemm: FindMinMax, then Quantize to uint8; QNNPACK alike) inside the
         # op, the int32 sums scaled back to the model's width in the GEMM's output stage
@@ -209,16 +250,20 @@ class QuantTraffic:
 def quant_traffic(op: Op, work: GemmWork, rt: RuntimeParams, *, semi_sparse: bool = False) -> QuantTraffic:
     """The kernels `rt` launches around the 8-bit GEMM of `work` (a linear of a model deployed at
     int8/fp8), each pass with the bytes it moves over the GEMM's input or output."""
-    qk = quant_kernels(op.dtype, rt, semi_sparse=semi_sparse, model_dtype=op.deployed_from)
+    qk = quant_kernels(op.dtype, rt, semi_sparse=semi_sparse, model_dtype=op.deployed_from,
+                       training_gemm=op.training_gemm)
     g = work.gemms[0]
     inputs = g.m * g.k * g.batch * g.groups
+    weights = g.n * g.k * g.batch * g.groups
     outputs = g.m * g.n * g.batch * g.groups
     passes = tuple((q, inputs * (q.read + q.write)) for q in qk.on_input) + \
+        tuple((q, weights * (q.read + q.write)) for q in qk.on_weight) + \
         tuple((q, outputs * (q.read + q.write)) for q in qk.on_output)
     names = ", ".join(q.name for q, _ in passes)
     note = "; the GEMM writes int32 results" if _writes_int32(op.dtype, semi_sparse, rt.dynamic_quant_scheme) else ""
     where = "inside the quantized linear" if qk.in_op else f"{qk.kernels} kernel(s)"
-    what = (f"dynamic {op.dtype} quantisation: {where} ({names}"
+    scheme = f"float8 training ({op.training_gemm})" if qk.on_weight else f"dynamic {op.dtype} quantisation"
+    what = (f"{scheme}: {where} ({names}"
             f"{f', {qk.per_row} per-row ops' if qk.per_row else ''})")
     return QuantTraffic(qk, passes, what, note)
 
