@@ -557,3 +557,20 @@ def test_a_transcendental_function_costs_its_evaluation_where_the_device_times_i
     assert after.details["compute_s"] == pytest.approx(expected)
     assert after.latency_s > before.latency_s and after.bound == "compute" and "compute-bound" in after.why
     assert estimate_op(add, None, timed).latency_s == estimate_op(add, None, plain).latency_s
+
+
+def test_a_fused_attention_evaluates_exp_on_every_score_where_the_device_times_it():
+    import dataclasses
+
+    from sparsesim.hw.devices import load_device
+    from sparsesim.tracing.workloads import load_workload
+
+    ops = load_workload("bert-base:batch=1,seq=128,dtype=fp32,layers=1,device=meta").ops
+    attn = next(op for op in ops if op.kind == "attention")
+    plain = load_device("xeon-sapphire-rapids")
+    timed = dataclasses.replace(plain, params=dataclasses.replace(plain.params, function_cycles={"exp": 2.0}))
+    before, after = estimate_op(attn, None, plain), estimate_op(attn, None, timed)
+    scores = 12 * 128 * 128
+    extra = scores * 2.0 / (plain.params.clock * plain.params.cores)
+    assert after.details["compute_s"] == pytest.approx(before.details["compute_s"] + extra)
+    assert f"exp on {scores:,} scores" in after.why and "exp on" not in before.why

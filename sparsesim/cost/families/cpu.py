@@ -418,8 +418,10 @@ def _energy_table(p: CpuParams) -> dict[str, float]:
 # ----------------------------------------------------------------------------- kernels
 
 def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str = "dense",
-           why_prefix: str = "") -> Cost:
-    """The dense GEMM(s) of `work` on the vector/matrix units; any zeros in the weight are ignored."""
+           why_prefix: str = "", evaluation: tuple[float, str] = (0.0, "")) -> Cost:
+    """The dense GEMM(s) of `work` on the vector/matrix units; any zeros in the weight are ignored.
+    `evaluation`: seconds of function evaluation the same loops do (a fused attention's exp on
+    every score) and its words for the why."""
     p: CpuParams = device.params
     dt = compute_dtype(p, work.dtype)
     peak = peak_flops(p, dt)
@@ -447,7 +449,7 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
         rows_note = (f"run as {g0.m} GEMVs, one per row, each streaming the {work.w_bytes / 1e6:.3g} MB weight "
                      f"from {moved.weight_level} (the BLAS's path up to {p.gemv_rows_max:g} rows)")
     pack_s = work.w_bytes / moved.weight_bandwidth if packs else 0.0
-    compute_s += pack_s
+    compute_s += pack_s + evaluation[0]
     fallback = dt != work.dtype
     parts = [why_prefix] if why_prefix else []
     if fallback:
@@ -468,6 +470,8 @@ def _dense(work: GemmWork, device: Device, context: RunContext, *, kernel: str =
         parts.append(f"weight packed per call: {pack_s * 1e6:.3g} us from {moved.weight_level}")
     if rows_note:
         parts.append(rows_note)
+    if evaluation[1]:
+        parts.append(evaluation[1])
     if memory_s > compute_s:
         parts.append("memory-bound")
     return build_cost(
@@ -855,6 +859,19 @@ def function_time(p: CpuParams, op: Op) -> tuple[float, str]:
     return seconds, f"{fn} evaluated at {cycles:.3g} cycles an element: {seconds * 1e6:.3g} us over {elements:,}"
 
 
+def attention_exp_time(p: CpuParams, op: Op) -> tuple[float, str]:
+    """A fused attention's softmax evaluates exp on every score (batch x heads x Lq x Lk) in the
+    loops of its two GEMMs (ATen's CPU flash attention): seconds at the device's `exp` rate (none
+    without a figure), and the words for its why."""
+    cycles = p.function_cycles.get("exp") if op.kind == "attention" and op.gemm is not None else None
+    if not cycles or op.gemm is None:
+        return 0.0, ""
+    g = op.gemm
+    scores = g.m * g.n * g.batch * g.groups
+    seconds = scores * cycles / (p.clock * p.cores)
+    return seconds, f"softmax: exp on {scores:,} scores at {cycles:.3g} cycles each, {seconds * 1e6:.3g} us"
+
+
 @register_peaks("cpu")
 def cpu_peaks(device: Device, dtypes: set[str]) -> list[tuple[str, float]]:
     """Cores x lanes x FMA ports x clock (or the matrix unit) at each dtype, as `_dense` runs it."""
@@ -916,7 +933,7 @@ def _cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
     if skippable_inputs(op, layer):
         return _activation_sparse(op, work, device, context)
     if layer is None or layer.pattern.spec.is_dense:
-        return _dense(work, device, context)
+        return _dense(work, device, context, evaluation=attention_exp_time(p, op))
     if layer.pattern.spec.shrinks_op:
         return _dense(work, device, context, kernel="dense (channel-pruned)",
                       why_prefix=f"{channel_pruned_text(layer, work)} dense")
