@@ -80,14 +80,17 @@ def test_a_gemm_that_falls_back_to_16_bits_quantises_nothing():
     assert not per_op[per_op["kind"] == "linear"]["why"].str.contains("dynamic fp8 quantisation").any()
 
 
-def test_dynamic_activation_quant_must_be_a_bool(tmp_path):
-    base = Path(load_device("a100-sxm4-80gb").path).read_text()
-    bad = base.replace('runtime.eager.dynamic_activation_quant = { value = true',
-                       'runtime.eager.dynamic_activation_quant = { value = "yes"')
-    assert bad != base
+@pytest.mark.parametrize("device,field,good,bad", [
+    ("a100-sxm4-80gb", "dynamic_activation_quant", "true", '"yes"'),
+    ("xeon-sapphire-rapids", "dynamic_quant_scheme", '"quantized-linear"', '"onnx"'),
+])
+def test_a_bad_dynamic_quantisation_field_is_named(tmp_path, device, field, good, bad):
+    base = Path(load_device(device).path).read_text()
+    broken = base.replace(f"runtime.eager.{field} = {{ value = {good}", f"runtime.eager.{field} = {{ value = {bad}")
+    assert broken != base
     path = tmp_path / "bad.toml"
-    path.write_text(bad)
-    with pytest.raises(DeviceFileError, match="dynamic_activation_quant"):
+    path.write_text(broken)
+    with pytest.raises(DeviceFileError, match=field):
         parse_device_file(path)
 
 
@@ -161,17 +164,6 @@ def test_the_ops_an_int8_deployment_widens_come_back_at_the_models_width():
     eager = _per_op("int8", "eager", device="xeon-sapphire-rapids", workload=BERT_FP32)
     row = eager[eager["kind"] == "attention"].iloc[0]
     assert not row["fallback"] and "no fp16 GEMM figure" not in row["why"]
-
-
-def test_dynamic_quant_scheme_must_be_known(tmp_path):
-    base = Path(load_device("xeon-sapphire-rapids").path).read_text()
-    bad = base.replace('runtime.eager.dynamic_quant_scheme = { value = "quantized-linear"',
-                       'runtime.eager.dynamic_quant_scheme = { value = "onnx"')
-    assert bad != base
-    path = tmp_path / "bad.toml"
-    path.write_text(bad)
-    with pytest.raises(DeviceFileError, match="dynamic_quant_scheme"):
-        parse_device_file(path)
 
 
 def test_the_calibrated_host_runs_pytorchs_runtimes_copied_with_their_sources():
