@@ -331,26 +331,38 @@ def test_devices_show_errors_exit_2(cli, tmp_path):
 # ----------------------------------------------------------------------------- extends, sources
 
 def _readme_example() -> str:
-    """The H100 PCIe device file printed in the README."""
+    """The A100 PCIe device file printed in the README."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
-    (example,) = [b for b in blocks if 'name = "h100-pcie"' in b]
+    (example,) = [b for b in blocks if 'name = "a100-pcie"' in b]
     return example
 
 
-def test_readme_device_example_extends_h100_and_loads_as_printed(tmp_path):
-    p = _write(tmp_path, _readme_example(), "h100-pcie.toml")
-    pcie, h100 = parse_device_file(p), load_device("h100-sxm5")
-    assert pcie.name == "h100-pcie" and pcie.family == "gpu"
-    assert pcie.params.dram_bandwidth == pytest.approx(2.0e12)
-    assert pcie.params.sm_count == 114 and pcie.params.tensor_peak == h100.params.tensor_peak
+def test_readme_device_example_extends_the_a100_and_loads_as_printed(tmp_path):
+    p = _write(tmp_path, _readme_example(), "a100-pcie.toml")
+    pcie, a100 = parse_device_file(p), load_device("a100-sxm4-80gb")
+    assert pcie.name == "a100-pcie" and pcie.family == "gpu"
+    assert pcie.params.dram_bandwidth == pytest.approx(1.935e12) and pcie.params.tdp == pytest.approx(300)
+    assert pcie.params.sm_count == 108 and pcie.params.tensor_peak == a100.params.tensor_peak
     assert pcie.provenance["dram_bandwidth"].inherited_from is None
-    assert Path(pcie.provenance["clock"].inherited_from).stem == "h100-sxm5"
-    assert pcie.provenance["clock"].source == h100.provenance["clock"].source
+    assert Path(pcie.provenance["clock"].inherited_from).stem == "a100-sxm4-80gb"
+    assert pcie.provenance["clock"].source == a100.provenance["clock"].source
     # a runtime table is merged field by field: one field set, the others inherited
-    eager, base = pcie.runtime("eager")[1], h100.runtime("eager")[1]
+    eager, base = pcie.runtime("eager")[1], a100.runtime("eager")[1]
     assert eager.host_dispatch == pytest.approx(10e-6) and base.host_dispatch == pytest.approx(8e-6)
     assert eager.kernel_dispatch == base.kernel_dispatch and eager.kernels == base.kernels
+
+
+def test_the_builtin_h100_pcie_is_the_sxm5_die_with_the_pcie_columns_figures():
+    pcie, sxm = load_device("h100-pcie"), load_device("h100-sxm5")
+    assert pcie.params.sm_count == 114 and pcie.params.dram_bandwidth == pytest.approx(2.0e12)
+    assert pcie.params.tensor_peak["bf16"] == pytest.approx(756e12)
+    assert pcie.params.sparse_tensor_peak["fp8"] == pytest.approx(2 * pcie.params.tensor_peak["fp8"], rel=0.01)
+    # the clock the tensor peak implies, as the SXM5 file's: 2,048 FMA an SM a clock
+    for d in (pcie, sxm):
+        fma = d.params.tensor_peak["fp16"] / (2 * d.params.sm_count * d.params.clock)
+        assert fma == pytest.approx(2048, rel=0.01)
+    assert pcie.params.sparse_tile_m == sxm.params.sparse_tile_m  # the same kernels
 
 
 def _a100_child(tmp_path: Path, line: str) -> tuple[Path, Device, Device]:
@@ -405,12 +417,12 @@ def test_every_cited_published_section_ships_with_the_devices():
 
 
 def test_devices_show_prints_file_units_inheritance_and_the_sources_file(cli, tmp_path):
-    p = _write(tmp_path, _readme_example(), "h100-pcie.toml")
+    p = _write(tmp_path, _readme_example(), "a100-pcie.toml")
     rc, text, _ = cli("devices", "show", str(p))
     assert rc == 0
     lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
-    assert "1830 MHz" in lines["clock"] and "[from h100-sxm5]" in lines["clock"]  # not 1.83e+09 Hz
-    assert "2 TB/s" in lines["dram_bandwidth"] and "[from" not in lines["dram_bandwidth"]
+    assert "1410 MHz" in lines["clock"] and "[from a100-sxm4-80gb]" in lines["clock"]  # not 1.41e+09 Hz
+    assert "1935 GB/s" in lines["dram_bandwidth"] and "[from" not in lines["dram_bandwidth"]
     assert "sources cited as 'published.md §N':" in text
 
 
