@@ -20,6 +20,16 @@ ops below, each a kernel and a host dispatch; under one that fuses elementwise c
 and its pointwise epilogue, as a softmax is), fp8's per-tensor one two (the tensor-wide amax, then
 the scaled cast), and int8's dequantisation one more.
 
+On a CPU, PyTorch's int8 is torch.ao's dynamically quantised linear instead (the runtime's
+`dynamic_quant_scheme = "quantized-linear"`): fbgemm or QNNPACK find the fp32 input's range,
+quantise it while packing it and scale the int32 sums back to fp32 in the GEMM's output stage,
+all inside the one op (aten/src/ATen/native/quantized/cpu/qlinear_dynamic.cpp, PyTorch 2.6).
+Float8 training (torchao's Float8Linear, `Op.training_gemm`) casts both operands of each of a
+linear's three GEMMs per call and copies the ones `_scaled_mm` needs in the other layout
+(`_float8_training`). The passes are family-neutral (`quant_kernels`, `quant_traffic`); each
+family prices them its own way (`with_kernels` on a GPU, the CPU family's memory-op rule), and
+`deployed_cost` is the one dispatch both families use.
+
 Sources: torchao 0.7 `quantization/quant_api.py` (`_int8_symm_per_token_reduced_range_quant`,
 `_input_activation_quant_func_fp8`), `quantization/quant_primitives.py`
 (`choose_qparams_affine`, `quantize_affine`), `dtypes/uintx/plain_layout.py`
