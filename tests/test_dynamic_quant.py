@@ -177,3 +177,11 @@ def test_the_calibrated_host_runs_pytorchs_runtimes_copied_with_their_sources():
                    for line in lines)
     assert all("copied from xeon-sapphire-rapids.toml" in line for line in lines[1:])
     assert not any(line.startswith("runtime.engine.") for line in lines)
+
+
+def test_runtime_lines_flatten_a_per_kernel_table_with_its_sources():
+    from sparsesim.fidelity.calibrate import runtime_lines
+
+    lines = runtime_lines(load_device("h100-sxm5"))
+    dispatch = [line for line in lines if line.startswith("runtime.eager.kernel_dispatch.cusparselt = ")]
+    assert len(dispatch) == 1 and 'unit = "us"' in dispatch[0] and "copied from h100-sxm5.toml" in dispatch[0]

@@ -648,15 +648,26 @@ def runtime_lines(ref: Device) -> list[str]:
     tables = tomllib.loads(Path(ref.path).read_text()).get("runtime", {})
     lines = ['default_runtime = { value = "eager", source = "calibrate times PyTorch eager on this host" }']
     for name in HOST_RUNTIMES:
-        for fname, entry in tables.get(name, {}).items():
-            where = f"{ref.path}: runtime.{name}.{fname}"
-            parts = [f"value = {_toml_value(entry['value'], where)}"]
+        for key, entry in _entries(tables.get(name, {}), f"runtime.{name}"):
+            parts = [f"value = {_toml_value(entry['value'], f'{ref.path}: {key}')}"]
             if "unit" in entry:
                 parts.append(f"unit = {_tq(entry['unit'])}")
             source = entry["source"]
             parts.append(f"source = {_tq(f'copied from {refname} ({source})')}")
-            lines.append(f"runtime.{name}.{fname} = {{ {', '.join(parts)} }}")
+            lines.append(f"{key} = {{ {', '.join(parts)} }}")
     return lines
+
+
+def _entries(table: dict[str, Any], prefix: str) -> list[tuple[str, dict[str, Any]]]:
+    """The `{ value, source }` entries of a TOML table with their dotted keys, a per-kernel or
+    per-dtype table (`kernel_dispatch.<kernel>`) flattened."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for key, entry in table.items():
+        if isinstance(entry, dict) and "value" not in entry:
+            out += _entries(entry, f"{prefix}.{key}")
+        else:
+            out.append((f"{prefix}.{key}", entry))
+    return out
 
 
 def render_device_file(facts: HostFacts, device: Device, ref: Device, fit_errors: dict[str, float],
