@@ -37,8 +37,11 @@ def render(doc: dict[str, Any]) -> str:
         f"  {doc['cpu']}, {doc['threads']} thread(s), {doc['date']}, {doc['cases']} timed cases in {doc['wall_s']} s",
         f"  measured: clock {m['clock_ghz']} GHz (effective), L2 {m['l2_bandwidth_gbs']} GB/s, "
         f"L3 {m['l3_bandwidth_gbs']} GB/s, DRAM {m['dram_bandwidth_gbs']} GB/s, call {m['call_overhead_us']} us",
-        "  fitted (median |pred/meas - 1| on the fit set in brackets):",
     ]
+    functions = m.get("function_cycles", {})
+    if functions:
+        lines.append("  measured, cycles an element: " + ", ".join(f"{k} {v:.2f}" for k, v in functions.items()))
+    lines.append("  fitted (median |pred/meas - 1| on the fit set in brackets):")
     err = doc["fit_error"]
     tiles, tails = f.get("gemm_tile_m", {}), f.get("gemm_tail_cost", {})
     for dt, eff in f["gemm_efficiency"].items():

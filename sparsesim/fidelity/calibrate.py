@@ -885,6 +885,7 @@ class CalibrationResult:
                 "l3_bandwidth_gbs": round(p.l3_bandwidth / 1e9, 2),
                 "dram_bandwidth_gbs": round(p.dram_bandwidth / 1e9, 2),
                 "call_overhead_us": round(p.call_overhead * 1e6, 3),
+                "function_cycles": {k: round(v, 3) for k, v in sorted(p.function_cycles.items())},
             },
             "fitted": {
                 "gemm_efficiency": {k: round(v, 4) for k, v in p.gemm_efficiency.items()},
