@@ -557,6 +557,11 @@ def test_a_transcendental_function_costs_its_evaluation_where_the_device_times_i
     assert after.details["compute_s"] == pytest.approx(expected)
     assert after.latency_s > before.latency_s and after.bound == "compute" and "compute-bound" in after.why
     assert estimate_op(add, None, timed).latency_s == estimate_op(add, None, plain).latency_s
+    # a layer norm's two row reductions and scaled shift are timed the same way
+    norm = next(op for op in ops if op.aten == "aten.native_layer_norm.default")
+    normed = dataclasses.replace(plain, params=dataclasses.replace(plain.params,
+                                                                   function_cycles={"native_layer_norm": 10.0}))
+    assert estimate_op(norm, None, normed).latency_s > estimate_op(norm, None, plain).latency_s
 
 
 def test_a_fused_attention_evaluates_exp_on_every_score_where_the_device_times_it():

@@ -252,7 +252,7 @@ def host_facts(threads: int, *, quick: bool) -> HostFacts:
     edge = measure_llc_edge(float(caches["l3"]), dram_bw, repeats=max(2, reps // 2)) if "l3" not in assumed \
         else (0.0, 0.0, 0.0)
     # both sizes inside L2 (4 x elements of input and output: half of it)
-    elements = max(measure.SOFTMAX_ROW, caches["l2"] // (4 * 4 * 2 * 4))
+    elements = measure.function_elements(caches["l2"] // (4 * 4 * 2 * 4))
     function_s = {name: measure.function_seconds(name, elements, repeats=reps) for name in measure.FUNCTIONS}
     return HostFacts(
         model=str(info["model"]), clock_hz=float(info["mhz"]) * 1e6 or FALLBACK_CLOCK_HZ, vector_bits=vbits,

@@ -175,23 +175,32 @@ def effective_llc_bytes(llc_bytes: int, llc_bw: float, dram_bw: float, *, floor:
     return floor
 
 
-# the transcendental functions a calibrated host times (`CpuParams.function_cycles`), keyed by
-# their aten names; softmax over rows of SOFTMAX_ROW elements
+# the functions a calibrated host times (`CpuParams.function_cycles`), keyed by their aten names:
+# the transcendental ones, softmax over rows of SOFTMAX_ROW elements, and layer norm (two
+# reductions and a scaled shift per row) over rows of NORM_ROW, a hidden size's order
 SOFTMAX_ROW = 128
+NORM_ROW = 1024
 FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": torch.nn.functional.gelu, "silu": torch.nn.functional.silu, "sigmoid": torch.sigmoid,
     "tanh": torch.tanh, "exp": torch.exp, "erf": torch.erf, "sin": torch.sin, "cos": torch.cos,
     "log": torch.log, "rsqrt": torch.rsqrt,
     "_softmax": lambda x: torch.softmax(x.view(-1, SOFTMAX_ROW), dim=-1),
+    "native_layer_norm": lambda x: torch.nn.functional.layer_norm(x.view(-1, NORM_ROW), (NORM_ROW,)),
 }
+
+
+def function_elements(elements: int) -> int:
+    """`elements` rounded down to whole rows of every row-wise function (at least one row)."""
+    row = max(SOFTMAX_ROW, NORM_ROW)
+    return max(row, elements // row * row)
 
 
 def function_seconds(name: str, elements: int, *, repeats: int = 7) -> float:
     """Seconds per fp32 element of function `name` (FUNCTIONS): the time between calls over
-    `elements` and 4 x `elements` (inputs in [0.5, 1.5)), so the call's fixed cost cancels;
-    both sizes should fit the cache level the caller means to time."""
+    `function_elements(elements)` and 4 x as many (inputs in [0.5, 1.5)), so the call's fixed
+    cost cancels; both sizes should fit the cache level the caller means to time."""
     fn = FUNCTIONS[name]
-    small = max(SOFTMAX_ROW, elements // SOFTMAX_ROW * SOFTMAX_ROW)
+    small = function_elements(elements)
     times = []
     for n in (small, 4 * small):
         x = torch.rand(n, dtype=torch.float32) + 0.5

@@ -186,10 +186,10 @@ class CpuParams:
     # calibrated host measures both; 0 (the default): one walk whatever M is
     csr_register_columns: float = quantity("count", default=0.0)
     csr_pass_columns: float = quantity("count", default=0.0)
-    # cycles one core spends evaluating a transcendental function per element (keyed by the aten
-    # function: gelu, silu, exp, tanh, _softmax, ...): vectorised polynomial approximations that
-    # can outlast the op's memory traffic on a CPU; a calibrated host measures them; absent for a
-    # function (the default): the op is its memory traffic alone
+    # cycles one core spends evaluating a function per element (keyed by the aten function: gelu,
+    # silu, exp, tanh, _softmax, native_layer_norm, ...): vectorised polynomial approximations and
+    # row reductions that can outlast the op's memory traffic on a CPU; a calibrated host measures
+    # them; absent for a function (the default): the op is its memory traffic alone
     function_cycles: dict = quantity("cycles", per_dtype=True, default={})
 
     @staticmethod
@@ -837,7 +837,7 @@ def _activation_sparse(op: Op, work: GemmWork, device: Device, context: RunConte
                             "activation_density_used": op.activation_density})
 
 
-FUNCTION_KINDS = ("elementwise", "softmax")
+FUNCTION_KINDS = ("elementwise", "softmax", "norm")
 
 
 def aten_function(aten: str) -> str:
