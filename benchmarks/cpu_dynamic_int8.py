@@ -105,6 +105,47 @@ def main() -> None:
         print(row(f"bert-base layers=2 seq={seq}", (fp32, int8), pred))
     print(f"int8 latency: median |pred/meas - 1| {statistics.median(errors):.1%}, worst {max(errors):.1%} "
           f"over {len(errors)} cases")
+    profile_bert(device, PROFILED_SEQ)
+
+
+# the ops of the profiled int8 BERT, as torch.profiler names them and as the model's ops are
+# recognised (kind, or a piece of the aten name)
+PROFILED_SEQ = 128
+PROFILED_OPS = (("linear", "quantized::linear_dynamic", ("kind", "linear")),
+                ("attention", "aten::_scaled_dot_product_flash_attention_for_cpu", ("kind", "attention")),
+                ("gelu", "aten::gelu", ("aten", "gelu")),
+                ("layer norm", "aten::native_layer_norm", ("aten", "native_layer_norm")),
+                ("add", "aten::add", ("aten", "aten.add.")))
+PROFILED_FORWARDS = 5
+
+
+def profile_bert(device: Device, seq: int) -> None:
+    """Where the int8 model's time goes, measured (torch.profiler's self CPU time per op, per
+    forward) against the model's time for the same ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model, inputs = build_bert(batch=1, seq=seq, dtype="fp32", layers=2)
+    q = quantised(model.eval())
+    with torch.no_grad():
+        for _ in range(3):
+            q(**inputs)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(PROFILED_FORWARDS):
+                q(**inputs)
+    measured = {e.key: (e.self_cpu_time_total / PROFILED_FORWARDS * 1e-6, e.count // PROFILED_FORWARDS)
+                for e in prof.key_averages()}
+    workload = retype(load_workload(f"bert-base:batch=1,seq={seq},dtype=fp32,layers=2,device=meta"), "int8")
+    per_op = compare_tables(workload, [device], ["dense"], runtime="eager").per_op
+    aten = {op.index: op.aten for op in workload.ops}
+    per_op = per_op.assign(aten=per_op["op_index"].map(aten).fillna(""))
+    print(f"\nint8 bert-base layers=2 seq={seq}, per forward (torch.profiler self CPU time):")
+    print(f"{'ops':<12} {'calls':>5} {'measured us':>12} {'predicted us':>13} {'err':>6}")
+    for label, key, (column, match) in PROFILED_OPS:
+        meas_s, calls = measured.get(key, (0.0, 0))
+        rows = per_op[per_op["kind"] == match] if column == "kind" else per_op[per_op["aten"].str.contains(match, regex=False)]
+        pred_s = float(rows["latency_s"].sum())
+        err = f"{pred_s / meas_s - 1:>+6.0%}" if meas_s else "     -"
+        print(f"{label:<12} {calls:>5} {meas_s * 1e6:>12.0f} {pred_s * 1e6:>13.0f} {err}")
 
 
 if __name__ == "__main__":
