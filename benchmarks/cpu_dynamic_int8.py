@@ -7,8 +7,10 @@ runtime's `dynamic_quant_scheme = "quantized-linear"`, `cost/families/dynamic_qu
 
 Prints, for single linears and for a two-layer fp32 BERT-base, the measured fp32 and int8
 latencies, the model's (the calibrated host under its eager runtime; a quick calibration first if
-there is none), their errors, and the int8 speedups measured and predicted. One torch thread;
-times are medians of `--reps` runs after warm-up, all taken in this one run.
+there is none), their errors, and the int8 speedups measured and predicted; then where the int8
+BERT's time goes by op (torch.profiler against the model), and a quantised linear with its weight
+kept in L2 against the same shape with its weights from beyond it. One torch thread; times are
+medians of `--reps` runs after warm-up, all taken in this one run.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def main() -> None:
     print(f"int8 latency: median |pred/meas - 1| {statistics.median(errors):.1%}, worst {max(errors):.1%} "
           f"over {len(errors)} cases")
     profile_bert(device, PROFILED_SEQ)
+    cold_weights(args.reps)
 
 
 # the ops of the profiled int8 BERT, as torch.profiler names them and as the model's ops are
@@ -146,6 +149,28 @@ def profile_bert(device: Device, seq: int) -> None:
         pred_s = float(rows["latency_s"].sum())
         err = f"{pred_s / meas_s - 1:>+6.0%}" if meas_s else "     -"
         print(f"{label:<12} {calls:>5} {meas_s * 1e6:>12.0f} {pred_s * 1e6:>13.0f} {err}")
+
+
+COLD_SHAPES = ((128, 768, 768), (128, 3072, 768))
+COLD_WEIGHTS = 24  # enough distinct weights that each call's comes from beyond L2
+
+
+def cold_weights(reps: int) -> None:
+    """A quantised linear with its weight kept in L2 (one weight called over and over) against
+    the same shape with COLD_WEIGHTS different weights called in turn, as a model calls them."""
+    print(f"\nquantised linear, one weight against {COLD_WEIGHTS} in turn (per call):")
+    for m, n, k in COLD_SHAPES:
+        linears = [quantised(torch.nn.Sequential(torch.nn.Linear(k, n)).eval()) for _ in range(COLD_WEIGHTS)]
+        x = torch.randn(m, k)
+        with torch.no_grad():
+            hot = median_s(_each, reps, linears[:1] * COLD_WEIGHTS, x) / COLD_WEIGHTS
+            cold = median_s(_each, reps, linears, x) / COLD_WEIGHTS
+        print(f"linear {m}x{n}x{k}: {hot * 1e6:.0f} us with one weight, {cold * 1e6:.0f} us in turn ({cold / hot:.2f}x)")
+
+
+def _each(modules: list[torch.nn.Module], x: torch.Tensor) -> None:
+    for module in modules:
+        module(x)
 
 
 if __name__ == "__main__":
