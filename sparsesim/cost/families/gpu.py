@@ -97,7 +97,7 @@ def _pick(op: Op, kind: str, work: GemmWork, layer: LayerSparsity | None, device
     costs: list[tuple[str, Cost]] = []
     reasons: list[str] = []
     for k in kernels:
-        out = k.run(op, work, layer, device, env)
+        out = k.refusal(work.dtype) or k.run(op, work, layer, device, env)
         if isinstance(out, str):
             reasons.append(f"{k.name}: {out}")
         else:

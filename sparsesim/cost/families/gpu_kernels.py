@@ -124,12 +124,19 @@ class GpuKernel:
     serves: tuple[str, ...]   # pattern kinds ("dense", "nm", "unstructured", "block")
     run: KernelFn
     summary: str
-    # the only dtypes it runs (empty: it says why for the ones it does not); a weight-only
-    # kernel is not a choice for any other dtype, so it stays out of the runtime's comparison
+    # the only dtypes it runs (empty: it says why for the ones it does not) and that in words (the
+    # refusal's): a weight-only kernel is not a choice for any other dtype, so it stays out of the
+    # runtime's comparison, and a forced one says why it cannot run (`refusal`, checked by the
+    # picker before the kernel runs: the kernels themselves never check their dtype)
     dtypes: tuple[str, ...] = ()
+    runs: str = ""
 
     def takes(self, dtype: str) -> bool:
         return not self.dtypes or dtype in self.dtypes
+
+    def refusal(self, dtype: str) -> str:
+        """Why the kernel does not run a GEMM at `dtype` ("" when it does)."""
+        return "" if self.takes(dtype) else f"{self.runs or self.name + ' runs ' + '/'.join(self.dtypes)}, not {dtype}"
 
 
 # ----------------------------------------------------------------------------- dense
@@ -291,8 +298,6 @@ def _cublas(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
 
 
 def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    if work.dtype != INT4:
-        return f"Marlin runs int4 weight-only GEMMs, not {work.dtype}"
     p: GpuParams = device.params
     unit = compute_unit(p, activation_dtype(work.dtype))
     g = work.gemms[0]
@@ -339,8 +344,6 @@ def _int8_weight_only(op: Op, work: GemmWork, layer: LayerSparsity | None, devic
     engine runs a mixed-input GEMM), so the weight streams at 1 byte; eager PyTorch converts the
     whole weight to 16 bits first (a kernel of its own), multiplies by it, then scales the output
     (torchao 0.7 `_linear_fp_act_int8_weight_impl`: `mm(x, w_int8.t().to(x.dtype)) * scale`)."""
-    if work.dtype != INT8_WEIGHT_ONLY:
-        return f"runs int8 weight-only GEMMs, not {work.dtype}"
     p: GpuParams = device.params
     unit = compute_unit(p, activation_dtype(work.dtype))
     wide = dataclasses.replace(work, dtype_bytes=DTYPE_BYTES[unit.dtype])
@@ -362,8 +365,6 @@ def _int8_weight_only(op: Op, work: GemmWork, layer: LayerSparsity | None, devic
 
 
 def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    if work.dtype != INT4:
-        return f"tinygemm runs int4 weight-only GEMMs, not {work.dtype}"
     p: GpuParams = device.params
     # torch's kernel takes bf16 activations; an int4 deployment's 16-bit activations are costed at
     # their own dtype (fp16 and bf16 run at one tensor-core rate), as for Marlin (fp16 in its paper)
@@ -605,8 +606,6 @@ _cutlass24 = _nm_library("cutlass", "cutlass-24", "torch's CUTLASS 2:4 kernel", 
 
 
 def _sparse_marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
-    if work.dtype != INT4:
-        return f"Sparse-Marlin runs int4 weight-only 2:4 GEMMs, not {work.dtype}"
     sdt, reason = _nm_check(op, work, layer, device)
     if not sdt:
         return reason
@@ -911,15 +910,18 @@ def _teal(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, e
 
 KERNELS: dict[str, GpuKernel] = {k.name: k for k in (
     GpuKernel("cublas", ("dense", "act"), _cublas, "cuBLAS/cuBLASLt dense tensor-core GEMM"),
-    GpuKernel("marlin", ("dense", "act"), _marlin, "Marlin int4 weight-only GEMM", dtypes=(INT4,)),
+    GpuKernel("marlin", ("dense", "act"), _marlin, "Marlin int4 weight-only GEMM", dtypes=(INT4,),
+              runs="Marlin runs int4 weight-only GEMMs"),
     GpuKernel("int8wo", ("dense", "act"), _int8_weight_only,
-              "int8 weight-only GEMM: the int8 weight converted to 16 bits in the GEMM's loads (fused) or first", dtypes=(INT8_WEIGHT_ONLY,)),
+              "int8 weight-only GEMM: the int8 weight converted to 16 bits in the GEMM's loads (fused) or first",
+              dtypes=(INT8_WEIGHT_ONLY,), runs="runs int8 weight-only GEMMs"),
     GpuKernel("tinygemm", ("dense", "act"), _tinygemm,
-              "torch's tinygemm int4 weight-only GEMM (bf16 scale + zero per group)", dtypes=(INT4,)),
+              "torch's tinygemm int4 weight-only GEMM (bf16 scale + zero per group)", dtypes=(INT4,), runs="tinygemm runs int4 weight-only GEMMs"),
     GpuKernel("teal", ("act",), _teal, "TEAL activation-sparse GEMV (weight rows of kept input channels only)"),
     GpuKernel("cusparselt", ("nm",), _cusparselt, "cuSPARSELt 2:4, fused transpose, split-K under search"),
     GpuKernel("cutlass-24", ("nm",), _cutlass24, "torch's CUTLASS 2:4 kernel, result copied out"),
-    GpuKernel("sparse-marlin", ("nm",), _sparse_marlin, "Sparse-Marlin int4 2:4", dtypes=(INT4,)),
+    GpuKernel("sparse-marlin", ("nm",), _sparse_marlin, "Sparse-Marlin int4 2:4", dtypes=(INT4,),
+              runs="Sparse-Marlin runs int4 weight-only 2:4 GEMMs"),
     GpuKernel("spatha", ("vnm",), _spatha, "Spatha V:N:M on 2:4 sparse tensor cores (VENOM)"),
     GpuKernel("sputnik", ("unstructured",), _sputnik, "Sputnik-like CSR SpMM on CUDA cores"),
     GpuKernel("cusparse-csr", ("unstructured",), _cusparse_csr, "cuSPARSE CSR SpMM (torch.sparse CSR)"),
