@@ -70,6 +70,7 @@ from sparsesim.cost.record import ALONE, Cost, RunContext
 from sparsesim.cost.registry import register_cost, register_peaks
 from sparsesim.cost.sparse_inputs import active_input_fraction, skippable_inputs
 from sparsesim.hw.devices import Device, quantity, register_family, setting
+from sparsesim.hw.runtimes import RuntimeParams
 from sparsesim.sparsity.records import KINDS, LayerSparsity
 
 MODEL = "cpu-simd"
@@ -847,29 +848,34 @@ def aten_function(aten: str) -> str:
     return parts[1] if len(parts) > 1 and parts[0] == "aten" else aten
 
 
+def evaluation_s(p: CpuParams, fn: str, elements: int) -> float:
+    """Seconds the cores spend evaluating function `fn` over `elements` (0 without a figure)."""
+    return elements * p.function_cycles.get(fn, 0.0) / (p.clock * p.cores)
+
+
 def function_time(p: CpuParams, op: Op) -> tuple[float, str]:
     """Seconds the cores spend evaluating the op's function over its output elements (0 for a
     function the device file has no figure for), and the words for its why."""
     fn = aten_function(op.aten)
-    cycles = p.function_cycles.get(fn) if op.kind in FUNCTION_KINDS else None
-    if not cycles:
+    if op.kind not in FUNCTION_KINDS or fn not in p.function_cycles:
         return 0.0, ""
     elements = math.prod(op.output_shape)
-    seconds = elements * cycles / (p.clock * p.cores)
-    return seconds, f"{fn} evaluated at {cycles:.3g} cycles an element: {seconds * 1e6:.3g} us over {elements:,}"
+    seconds = evaluation_s(p, fn, elements)
+    return seconds, (f"{fn} evaluated at {p.function_cycles[fn]:.3g} cycles an element: {seconds * 1e6:.3g} us "
+                     f"over {elements:,}")
 
 
 def attention_exp_time(p: CpuParams, op: Op) -> tuple[float, str]:
     """A fused attention's softmax evaluates exp on every score (batch x heads x Lq x Lk) in the
     loops of its two GEMMs (ATen's CPU flash attention): seconds at the device's `exp` rate (none
     without a figure), and the words for its why."""
-    cycles = p.function_cycles.get("exp") if op.kind == "attention" and op.gemm is not None else None
-    if not cycles or op.gemm is None:
+    if op.kind != "attention" or op.gemm is None or "exp" not in p.function_cycles:
         return 0.0, ""
     g = op.gemm
     scores = g.m * g.n * g.batch * g.groups
-    seconds = scores * cycles / (p.clock * p.cores)
-    return seconds, f"softmax: exp on {scores:,} scores at {cycles:.3g} cycles each, {seconds * 1e6:.3g} us"
+    seconds = evaluation_s(p, "exp", scores)
+    return seconds, (f"softmax: exp on {scores:,} scores at {p.function_cycles['exp']:.3g} cycles each, "
+                     f"{seconds * 1e6:.3g} us")
 
 
 @register_peaks("cpu")
@@ -886,17 +892,17 @@ def cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunCo
     with `picks_faster_kernel`, where the dense one is faster)."""
     runtime, rt = device.runtime(context.runtime)
     return dynamic_quant.deployed_cost(op, rt, runtime,
-                                       quantised=lambda o: _quantised_on_the_fly(o, layer, device, context),
+                                       quantised=lambda o: _quantised_on_the_fly(o, layer, device, context, rt),
                                        plain=lambda o: _cpu_cost(o, layer, device, context))
 
 
-def _quantised_on_the_fly(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext) -> Cost:
+def _quantised_on_the_fly(op: Op, layer: LayerSparsity | None, device: Device, context: RunContext,
+                          rt: RuntimeParams) -> Cost:
     """An int8 linear of a deployed model under a runtime that quantises its input per call
     (`dynamic_quant`; on a CPU torch.ao's quantized linear, fbgemm or QNNPACK): the int8 GEMM
     writing what the scheme's GEMM writes, and each quantisation pass costed as every memory op
     here is (its bytes at the level they fit, and the call overhead when it is an op of its own)."""
     p: CpuParams = device.params
-    _, rt = device.runtime(context.runtime)
     work = dynamic_quant.gemm_output(gemm_work(op, layer), model_dtype=op.deployed_from,
                                      scheme=rt.dynamic_quant_scheme)
     cost = _cpu_cost(op, layer, device, context, work)
@@ -929,7 +935,7 @@ def _cpu_cost(op: Op, layer: LayerSparsity | None, device: Device, context: RunC
         return memory_op_cost(op, device, model=MODEL, bandwidth=bw, overhead_s=p.call_overhead,
                               energy_per_byte_j=epb, static_power_w=p.static_power, level=level,
                               compute_s=evaluation_s, compute_note=note)
-    work = work or gemm_work(op, layer)
+    work = gemm_work(op, layer) if work is None else work
     if skippable_inputs(op, layer):
         return _activation_sparse(op, work, device, context)
     if layer is None or layer.pattern.spec.is_dense:

@@ -51,7 +51,6 @@ from sparsesim.cost.record import Cost
 from sparsesim.hw.runtimes import DYNAMIC_QUANT_SCHEMES, RuntimeParams
 from sparsesim.tracing.retype import widened
 
-DYNAMIC_DTYPES = ACTIVATION_QUANT_DTYPES
 TORCHAO, QUANTIZED_LINEAR = DYNAMIC_QUANT_SCHEMES
 
 
@@ -141,7 +140,7 @@ def applies(op: Op, rt: RuntimeParams) -> bool:
     GEMMs) that the runtime quantises on the fly (a GEMM specified at int8, `gemm:...,dtype=int8`,
     has its operands at int8 already)."""
     gemm = (op.kind == "linear" and op.weight is not None) or bool(op.training_gemm)
-    return rt.dynamic_activation_quant and gemm and op.dtype in DYNAMIC_DTYPES and bool(op.deployed_from)
+    return rt.dynamic_activation_quant and gemm and op.dtype in ACTIVATION_QUANT_DTYPES and bool(op.deployed_from)
 
 
 def deployed_cost(op: Op, rt: RuntimeParams, runtime: str, *, quantised: Callable[[Op], Cost],
@@ -155,7 +154,7 @@ def deployed_cost(op: Op, rt: RuntimeParams, runtime: str, *, quantised: Callabl
         return quantised(op)
     narrow, wide = op.dtype, widened(op)
     cost = plain(wide)
-    if not wide.is_matmul or narrow not in DYNAMIC_DTYPES:
+    if not wide.is_matmul or narrow not in ACTIVATION_QUANT_DTYPES:
         return cost
     return dataclasses.replace(cost, why=f"{cost.why}; deployed at {narrow}, but {runtime} quantises linears "
                                          f"only: this {wide.kind} stays {wide.dtype}")
