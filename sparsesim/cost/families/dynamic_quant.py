@@ -65,15 +65,16 @@ class Pass:
 
 @dataclass(frozen=True)
 class QuantKernels:
-    """The kernels a runtime launches around one dynamically quantised linear: passes over its
-    input at the model's width (M x K), passes over its output (M x N), and kernels over one value
-    per row."""
+    """The kernels a runtime launches around one dynamically quantised GEMM: passes over its
+    input at the model's width (M x K), over its other operand (N x K; float8 training casts the
+    weight too) and over its output (M x N), and kernels over one value per row; `in_op` when the
+    passes run inside the GEMM's own op (torch.ao's quantized linear)."""
 
     on_input: tuple[Pass, ...]
     on_output: tuple[Pass, ...]
     per_row: int
-    in_op: bool = False  # the passes run inside the GEMM's own op: no kernel or dispatch of their own
-    on_weight: tuple[Pass, ...] = ()  # passes over the GEMM's other operand (N x K): float8 training's
+    in_op: bool = False
+    on_weight: tuple[Pass, ...] = ()
 
     @property
     def kernels(self) -> int:

@@ -166,7 +166,8 @@ def _quantised_on_the_fly(op: Op, layer: LayerSparsity | None, device: Device, e
     the 8-bit GEMM (writing what torchao's kernel writes) with its quantisation kernels."""
     # torchao's semi-sparse int8 layout: the patterns cuSPARSELt runs
     semi_sparse = layer is not None and layer.pattern.kind in KERNELS["cusparselt"].serves
-    work = dynamic_quant.gemm_output(gemm_work(op, layer), semi_sparse=semi_sparse, model_dtype=op.deployed_from)
+    work = dynamic_quant.gemm_output(gemm_work(op, layer), semi_sparse=semi_sparse, model_dtype=op.deployed_from,
+                                     scheme=env.rt.dynamic_quant_scheme)
     cost = _gpu_cost(op, layer, device, env, work)
     if cost.details.get("precision") != precision_id(op.dtype):
         return cost  # the GEMM fell back to 16 bits: nothing to quantise
