@@ -855,7 +855,7 @@ def initial_device(facts: HostFacts, ref: Device, dtypes: Sequence[str]) -> Devi
         static_power=rp.static_power / rp.cores * facts.threads,
         memory_capacity=facts.memory_bytes or rp.memory_capacity,
         llc_full_bytes=facts.llc_edge[0], llc_none_bytes=facts.llc_edge[1],
-        function_cycles=function_cycles(facts, facts.clock_hz),
+        function_cycles={},  # set once the effective clock is known (`calibrate`)
     )
     return Device("host", "cpu", f"{facts.model} (this host)", "<calibrating>", params, dict(ref.provenance))
 
