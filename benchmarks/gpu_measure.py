@@ -16,7 +16,9 @@ through torch._int_mm, fp8 e4m3 through torch._scaled_mm) and:
   * unstructured sparsity through CSR (torch.sparse_csr_tensor @ dense, cuSPARSE SpMM);
   * block sparsity through BSR (torch.sparse_bsr_tensor @ dense).
 Then int4 weight-only GEMMs through torch's tinygemm kernel against bf16 cuBLAS at Llama-3-8B's
-decode shapes, graphed, as op-rate rows of runtime `compiled`. Then bf16 linears against the
+decode shapes, graphed, as op-rate rows of runtime `compiled`. Then the board's power and SM
+clock (nvidia-smi) while dense bf16 GEMMs of 8192 and 16384 cubed run back to back for a few
+seconds, printed for the log: whether a large GEMM runs at the power limit. Then bf16 linears against the
 same linears deployed as torchao's dynamic int8 (per-token quantisation, torch._int_mm, two
 scalings: `dynamic_int8_fn`), eager and compiled, at BERT-base and SAM shapes, as op-rate rows
 whose workload is the 16-bit GEMM (the model adds its quantisation kernels). Then BERT-base (random weights, fp16, sequence 384) at two batch sizes, eager and under
@@ -45,6 +47,7 @@ import datetime as _dt
 import math
 import re
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -495,6 +498,57 @@ def measure_int4(*, gpu: str, source: str, deadline: Deadline, rep: dict, emit: 
                       f"of weights", flush=True)
 
 
+# ----------------------------------------------------------------------------- power
+
+POWER_SHAPES = (8192, 16384)
+POWER_SECONDS = 3.0   # long enough for the board's power management to settle on a clock
+NVIDIA_SMI_QUERY = ("nvidia-smi", "--query-gpu=power.draw,clocks.sm,power.limit", "--format=csv,noheader,nounits")
+
+
+def nvidia_smi_sample() -> tuple[float, float, float] | None:
+    """(board power W, SM clock MHz, power limit W) now, or None where nvidia-smi cannot say."""
+    try:
+        out = subprocess.run(NVIDIA_SMI_QUERY, capture_output=True, text=True, timeout=5, check=True).stdout
+        watts, mhz, limit = (float(v) for v in out.splitlines()[0].split(","))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+    return watts, mhz, limit
+
+
+def measure_power(*, deadline: Deadline) -> None:
+    """Board power and SM clock while square dense bf16 GEMMs run back to back for a few seconds:
+    whether a large GEMM holds the board at its power limit and at what clock (printed for the
+    log, not a table row; the device files' energy and clock fields are checked against it)."""
+    gen = torch.Generator().manual_seed(0)
+    for size in POWER_SHAPES:
+        if deadline.passed(POWER_SECONDS + 5):
+            print(f"budget spent: power samples stop before {size} cubed")
+            return
+        x, w = operands(size, size, size, "bf16", torch.device("cuda"), gen)
+        fn = dense_fn(x, w, "bf16")
+        samples: list[tuple[float, float, float]] = []
+        calls, start = 0, time.monotonic()
+        torch.cuda.synchronize()
+        while time.monotonic() - start < POWER_SECONDS:
+            for _ in range(4):
+                fn()
+            calls += 4
+            if time.monotonic() - start > POWER_SECONDS / 3:  # after the clock has settled
+                got = nvidia_smi_sample()
+                if got:
+                    samples.append(got)
+            torch.cuda.synchronize()
+        seconds = time.monotonic() - start
+        rate = 2.0 * size ** 3 * calls / seconds / 1e12
+        if not samples:
+            print(f"power: dense bf16 {size} cubed: {rate:.4g} TFLOP/s; nvidia-smi gave no samples", flush=True)
+            continue
+        watts = statistics.median(s[0] for s in samples)
+        mhz = statistics.median(s[1] for s in samples)
+        print(f"power: dense bf16 {size} cubed: {rate:.4g} TFLOP/s at {watts:.0f} W (limit {samples[0][2]:.0f} W), "
+              f"SM clock {mhz:.0f} MHz, {len(samples)} samples", flush=True)
+
+
 # ----------------------------------------------------------------------------- dynamic int8
 
 def dynamic_int8_fn(x: torch.Tensor, w: torch.Tensor) -> Callable[[], object]:
@@ -695,6 +749,8 @@ def measure(args: argparse.Namespace, emit: Callable[[dict], None]) -> None:
     if cuda and not args.no_int4:
         measure_int4(gpu=target, source=source, deadline=deadline,
                      rep={"repeats": args.repeats, "inner": args.inner, "cuda": cuda}, emit=emit)
+    if cuda and not args.no_power:
+        measure_power(deadline=deadline)
     if cuda and not args.no_dynamic_int8:
         measure_dynamic_int8(args, gpu=target, source=source, deadline=deadline,
                              rep={"repeats": args.repeats, "inner": args.inner, "cuda": cuda}, emit=emit)
@@ -738,6 +794,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the bf16 vs dynamic int8 (torchao's scheme) linears, eager and compiled")
     ap.add_argument("--no-int4", action="store_true",
                     help="skip the int4 weight-only (tinygemm) vs bf16 GEMMs at Llama-3-8B's decode shapes")
+    ap.add_argument("--no-power", action="store_true",
+                    help="skip the board power and SM clock samples under sustained large GEMMs")
     ap.add_argument("--shapes", default="", help="comma-separated MxNxK GEMMs instead of the built-in grid")
     ap.add_argument("--runtimes", default="eager,engine",
                     help="comma-separated GEMM runtimes to time (eager: torch's calls; engine: graphed library calls)")

@@ -447,6 +447,6 @@ def test_convolution_channel_fields_are_checked(tmp_path):
     rate = _a100_with(tmp_path, "conv_cuda_core_efficiency",
                       'conv_cuda_core_efficiency = { value = 1.5, unit = "1", source = "x" }', "r.toml")
     assert "conv_cuda_core_efficiency" in _load_error(rate)
-    pads = _a100_with(tmp_path, "runtime.engine.pads_conv_channels",
-                      'runtime.engine.pads_conv_channels = { value = "yes", source = "x" }', "p.toml")
-    assert "pads_conv_channels" in _load_error(pads)
+    pads = _a100_with(tmp_path, "runtime.engine.pads_channels",
+                      'runtime.engine.pads_channels = { value = "yes", source = "x" }', "p.toml")
+    assert "pads_channels" in _load_error(pads)

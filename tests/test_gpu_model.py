@@ -753,6 +753,35 @@ def test_conv_whose_channels_miss_the_tensor_core_vector_runs_on_cuda_cores_unle
     assert "CUDA-core" in estimate_op(_conv_op(3, "fp32"), None, H200, RunContext(runtime="eager")).why
 
 
+def _bmm_op(n: int):
+    from sparsesim.tracing.tracer import trace
+
+    class Einsum(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return torch.matmul(a, b)
+
+    a = torch.empty((14, 44800, 80), device="meta", dtype=torch.bfloat16)
+    b = torch.empty((14, 80, n), device="meta", dtype=torch.bfloat16)
+    return next(op for op in trace(Einsum(), (a, b), name="einsum").ops if op.kind == "matmul")
+
+
+def test_gemm_whose_rows_miss_the_16_byte_vector_runs_the_alignment_tolerant_kernel():
+    """SAM's window relative-position einsum (N = 14 at bf16: 28-byte rows) ran cuBLAS's
+    cutlass_80_wmma kernel at about a third of the aligned rate in the H200 profile; N = 16 fills
+    the vectors, and a vendor engine pads the channels."""
+    from sparsesim.cost.record import RunContext
+
+    eager = RunContext(runtime="eager")
+    odd, even = estimate_op(_bmm_op(14), None, H200, eager), estimate_op(_bmm_op(16), None, H200, eager)
+    assert "N = 14 (28 B)" in odd.why and "alignment-tolerant" not in even.why
+    assert "alignment" in [r.code for r in odd.reasons]
+    assert odd.latency_s > 2.5 * even.latency_s
+    # profiled: 78.9 us eager, 85.5 us compiled
+    assert odd.latency_s == pytest.approx(82e-6, rel=0.1)
+    engine = estimate_op(_bmm_op(14), None, H200, RunContext(runtime="engine"))
+    assert "alignment-tolerant" not in engine.why and engine.latency_s < odd.latency_s / 2
+
+
 def test_sparse_kernel_prologue_adds_once_per_call_and_is_stated():
     """cuSPARSELt's per-call prologue (fitted on the H200's 2048 x 2048 x K sweep) adds the same
     time to a one-wave GEMM and to a long one, and the cost says so."""

@@ -79,9 +79,10 @@ class RuntimeParams:
     `masked_attention_rate`: the share of that fused attention's rate the runtime's kernel reaches
     when the attention is given an additive mask or bias tensor (torch's SDPA cannot run
     FlashAttention with attn_mask and runs its memory-efficient or cuDNN kernel, which loads a
-    bias tile for every score tile; 1: as fast as without a mask). `pads_conv_channels`: the
-    runtime pads a convolution's input channels to the tensor cores' vector width (a vendor
-    engine reformats its input; eager and compiled torch hand cuDNN the channels as they are).
+    bias tile for every score tile; 1: as fast as without a mask). `pads_channels`: the
+    runtime pads a tensor-core layer's channels to the tensor cores' vector width: a
+    convolution's input channels, a GEMM's K and N (a vendor engine reformats its tensors into
+    vectorised layouts; eager and compiled torch hand cuDNN and cuBLAS the shapes as they are).
     `dynamic_activation_quant`: the runtime deploys int8/fp8 by quantising each linear's 16-bit
     input on every call (torchao's dynamic schemes; `cost.families.dynamic_quant`), every other
     op staying 16-bit; without it int8/fp8 activations stay 8-bit between layers (a vendor
@@ -112,7 +113,7 @@ class RuntimeParams:
     attention_block_q: float = quantity("count", default=1.0)
     attention_block_k: float = quantity("count", default=1.0)
     masked_attention_rate: float = quantity("ratio", default=1.0)
-    pads_conv_channels: bool = setting(default=False)
+    pads_channels: bool = setting(default=False)
     dynamic_activation_quant: bool = setting(default=False)
     dynamic_quant_scheme: str = setting(default="torchao")
     sparse_convolutions: bool = setting(default=True)
@@ -120,7 +121,7 @@ class RuntimeParams:
     def validate(self) -> str | None:
         for name in ("host_overlaps", "fuse_elementwise", "fuse_epilogue", "fuse_attention", "algorithm_search",
                      "framework_layouts", "epilogue_in_pipeline", "attention_warp_specialised",
-                     "pads_conv_channels", "dynamic_activation_quant", "sparse_convolutions"):
+                     "pads_channels", "dynamic_activation_quant", "sparse_convolutions"):
             if not isinstance(getattr(self, name), bool):
                 return f"field '{name}': must be true or false, got {getattr(self, name)!r}"
         if self.dynamic_quant_scheme not in DYNAMIC_QUANT_SCHEMES:

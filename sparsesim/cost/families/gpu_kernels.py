@@ -57,6 +57,7 @@ from sparsesim.cost.families.gpu_machine import (
     round_up,
     sparse_traffic,
     stored,
+    unaligned_gemm,
 )
 from sparsesim.cost.record import Cost, Reason
 from sparsesim.cost.sparse_inputs import active_input_fraction, skippable_inputs
@@ -147,7 +148,7 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
     """Dense tensor-core (or CUDA-core) GEMM(s) of `work`; ignores any zeros in the weight.
     `unit` overrides where the arithmetic runs, `w_bytes` the stored weight (int4 + scales)."""
     p: GpuParams = device.params
-    cuda_core_conv = unit is None and conv_runs_on_cuda_cores(p, op, work.dtype_bytes, env.rt.pads_conv_channels)
+    cuda_core_conv = unit is None and conv_runs_on_cuda_cores(p, op, work.dtype_bytes, env.rt.pads_channels)
     if cuda_core_conv:
         assert op.weight_shape is not None  # conv_runs_on_cuda_cores checked it
         unit = Unit("fp32", p.cuda_core_peak, False)
@@ -169,6 +170,12 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
     parts = [why] if why else []
     if unit.note:
         parts.append(unit.note)
+    unaligned = unaligned_gemm(p, op, g, work.dtype_bytes) if unit.tensor_cores and not env.rt.pads_channels else ""
+    if unaligned:
+        compute, memory = compute / p.unaligned_gemm_efficiency, memory / p.unaligned_gemm_efficiency
+        parts.append(f"{unaligned} not whole {p.gemm_alignment_bytes:g}-byte vectors: the library runs an "
+                     f"alignment-tolerant kernel (narrow loads) at {p.unaligned_gemm_efficiency:.0%} of its rates")
+        notes = (*notes, Reason("alignment", p.unaligned_gemm_efficiency))
     shape = " + ".join(f"{g.m}x{g.n}x{g.k}" + (f" x{g.batch * g.groups}" if g.batch * g.groups > 1 else "")
                        for g in work.gemms)
     where = "tensor cores" if unit.tensor_cores else "CUDA cores"

@@ -135,6 +135,12 @@ class GpuParams:
     # (0: no such rule)
     conv_channel_bytes: float = quantity("bytes", default=0.0)
     conv_cuda_core_efficiency: float = quantity("ratio", default=0.0)
+    # a library GEMM's fast tensor-core kernels load each operand row in vectors of this many
+    # bytes: a GEMM whose K or N (the rows' contiguous lengths) do not fill whole vectors (a
+    # relative-position einsum with N = 14 at bf16: 28 B) runs an alignment-tolerant kernel with
+    # narrow loads, at `unaligned_gemm_efficiency` of the memory and tensor rates (0: no such rule)
+    gemm_alignment_bytes: float = quantity("bytes", default=0.0)
+    unaligned_gemm_efficiency: float = quantity("ratio", default=0.0)
     # special-function-unit results (exp2, rcp, ...) per SM per clock: the softmax of a fused
     # attention kernel runs there (0: not modelled, the softmax is free)
     sfu_ops_per_sm_clock: float = quantity("count", default=0.0)
@@ -188,7 +194,7 @@ class GpuParams:
         if unknown:
             return (f"field 'sparse_kernel_fixed': unknown kernel(s) {', '.join(unknown)} "
                     f"(known: {', '.join(self.kernel_names())})")
-        return (check_fraction(self, "conv_cuda_core_efficiency", zero_ok=True)
+        return (check_fraction(self, "conv_cuda_core_efficiency", "unaligned_gemm_efficiency", zero_ok=True)
                 or check_fraction(self, "dram_efficiency", "l2_resident_fraction", "dense_gemm_efficiency",
                                "dense_dtype_efficiency",
                                "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency", "mma_sync_fraction",
@@ -265,6 +271,18 @@ def conv_runs_on_cuda_cores(p: GpuParams, op: Op, dtype_bytes: float, pads_chann
     if not op.weight_shape or len(op.weight_shape) < 3:
         return False
     return int(op.weight_shape[1]) % conv_channel_granule(p, dtype_bytes) != 0
+
+
+def unaligned_gemm(p: GpuParams, op: Op, g: GemmShape, dtype_bytes: float) -> str:
+    """'' when a library GEMM's operand rows fill whole `gemm_alignment_bytes` vectors, else
+    which do not: the activations' and the output's rows are K and N long, the weight's (or a
+    matmul's second operand's) K or N (cuBLAS: 'Tensor Core Usage', leading dimensions and
+    m, n, k times the element size a multiple of 16 bytes for the best kernels)."""
+    if op.kind not in ("linear", "matmul") or p.gemm_alignment_bytes <= 0 or p.unaligned_gemm_efficiency <= 0:
+        return ""
+    bad = [f"{name} = {n} ({n * dtype_bytes:g} B)" for name, n in (("K", g.k), ("N", g.n))
+           if (n * dtype_bytes) % p.gemm_alignment_bytes]
+    return " and ".join(bad)
 
 
 def dense_efficiency(p: GpuParams, dtype: str) -> float:
