@@ -17,6 +17,11 @@ it governs, with the rest of the model in the loop (tiling, waves, memory, launc
   graph) at fp16/bf16/fp8 whose dense GEMM takes over FLOOR_MS (below it a graph replay's own
   launch cost is what was timed). int8 is left out here: its dense baseline (torch._int_mm) is a
   different cuBLASLt path, fitted next.
+* `sparse_stream_efficiency.bf16`: the share of the DRAM rate cuSPARSELt's bf16 kernels stream a
+  compressed weight at, from the bf16 engine rows of FEW_TOKENS tokens or fewer (all of them:
+  a dense GEMM of a few tokens takes less than FLOOR_MS, but the graph launch it then times is
+  the fp16 rows' too, which the model meets) with the efficiency above held. Only those rows
+  depend on it: on a compute-bound GEMM bf16 and fp16 take the same time.
 * `dense_dtype_efficiency.int8`: the share of the int8 tensor peak that dense baseline reaches,
   from the int8 engine rows with the sparse efficiency above held.
 * `runtime.eager.kernel_dispatch.cusparselt`: the per-call host time of an eager 2:4 linear (torch's
@@ -71,6 +76,8 @@ FLOOR_MS = 0.02
 # an eager torch sparse matmul is dominated by its per-call host work (the Python launch of the
 # Triton BSR kernel, cuSPARSE's descriptors), which these rates do not describe
 RATE_FIT_MIN_WORK = 2**33
+# tokens (M) of the GEMMs whose time is the compressed weight streaming from DRAM: an LLM's decode
+FEW_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,9 @@ def fits() -> tuple[Fit, ...]:
             lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] != "int8" and large(r)),
         Fit("sparse_gemm_efficiency", "", np.arange(0.20, 0.905, 0.01),
             lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] != "int8" and large(r)),
+        Fit("sparse_stream_efficiency.bf16", "", np.arange(0.20, 1.0001, 0.01),
+            lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] == "bf16"
+            and 0 < int(r["M"] or 0) <= FEW_TOKENS),
         Fit("dense_dtype_efficiency.int8", "", np.arange(0.20, 0.905, 0.01),
             lambda r: r["runtime"] == "engine" and r["kernel"] == "cusparselt" and r["dtype"] == "int8" and large(r)),
         Fit("runtime.eager.kernel_dispatch.cusparselt", "us", np.arange(0.0, 1500.0, 10.0) * 1e-6,

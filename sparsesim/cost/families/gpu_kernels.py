@@ -524,8 +524,12 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
         extra_kernels += 1
         extra_bytes += c_pad + work.c_bytes
         extra_why.append("result copied out" + ("" if fused_transpose else " (transpose not fused)"))
-    # the 2-bit metadata streams from DRAM with the values (`gt.dram_bytes` leaves it out)
-    memory = memory_s(p, gt.dram_bytes + gt.metadata_dram_bytes, gt.l2_bytes)
+    # the 2-bit metadata streams from DRAM with the values (`gt.dram_bytes` leaves it out); a
+    # library whose kernels of this dtype stream the compressed weight more slowly takes the
+    # weight's bytes as that many more at the DRAM rate
+    stream = p.sparse_stream_efficiency.get(sdt, 1.0)
+    slow_stream = (values + meta) * (1.0 / stream - 1.0)
+    memory = memory_s(p, gt.dram_bytes + gt.metadata_dram_bytes + slow_stream, gt.l2_bytes)
     extra_s = extra_kernels * env.launch + extra_bytes / dram_bw(p)
     fixed = p.sparse_kernel_fixed.get(kernel, 0.0)
     overhead = env.launch + fixed + extra_s
@@ -549,6 +553,8 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
                      f"support for {sdt}); its extra zeros are stored")
     if fixed > 0:
         parts.append(f"{library}'s prologue +{fixed * 1e6:.3g} us a call beyond a dense GEMM's")
+    if stream < 1.0:
+        parts.append(f"its {sdt} kernels stream the compressed weight at {stream:.0%} of the DRAM rate")
     if stripe_why:
         parts.append(stripe_why)
     if extra_why:

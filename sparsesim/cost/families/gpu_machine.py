@@ -128,6 +128,11 @@ class GpuParams:
     # tiles takes (its prologue sets up the compressed operand's and the metadata's pipelines),
     # per kernel name; a kernel it does not list has none
     sparse_kernel_fixed: Mapping[str, float] = quantity("time", per_dtype=True, default={})
+    # the share of the DRAM rate at which the 2:4 library's kernels of a dtype stream the compressed
+    # weight and its metadata, where that differs from the device's rate (cuSPARSELt's bf16 kernels
+    # on sm90 take about twice its fp16 kernels' time on a few-token GEMM, and the same time on a
+    # compute-bound one); a dtype it does not list streams at the device's rate
+    sparse_stream_efficiency: Mapping[str, float] = quantity("ratio", per_dtype=True, default={})
     # a tensor-core convolution reads each pixel's input channels in vectors of this many bytes
     # (8 fp16 / 16 int8 / 4 tf32 channels): a convolution whose input channels per group do not
     # fill whole vectors (an RGB stem, C = 3) runs cuDNN's CUDA-core implicit GEMM instead, at
@@ -190,13 +195,16 @@ class GpuParams:
         unknown = sorted(set(self.dense_dtype_efficiency) - set(self.tensor_peak))
         if unknown:
             return f"field 'dense_dtype_efficiency': no tensor_peak for {', '.join(unknown)}"
+        unknown = sorted(set(self.sparse_stream_efficiency) - set(self.sparse_tensor_peak))
+        if unknown:
+            return f"field 'sparse_stream_efficiency': no sparse_tensor_peak for {', '.join(unknown)}"
         unknown = sorted(set(self.sparse_kernel_fixed) - set(self.kernel_names()))
         if unknown:
             return (f"field 'sparse_kernel_fixed': unknown kernel(s) {', '.join(unknown)} "
                     f"(known: {', '.join(self.kernel_names())})")
         return (check_fraction(self, "conv_cuda_core_efficiency", "unaligned_gemm_efficiency", zero_ok=True)
                 or check_fraction(self, "dram_efficiency", "l2_resident_fraction", "dense_gemm_efficiency",
-                               "dense_dtype_efficiency",
+                               "dense_dtype_efficiency", "sparse_stream_efficiency",
                                "sparse_gemm_efficiency", "csr_efficiency", "bsr_efficiency", "mma_sync_fraction",
                                "strided_copy_efficiency", "broadcast_elementwise_efficiency")
                 or check_whole(self, "sm_count", "max_ctas_per_sm", "max_warps_per_sm", "gemm_tile_m", "gemm_tile_n", "gemm_tile_k", "mma_m", "mma_n",
