@@ -450,3 +450,18 @@ def test_convolution_channel_fields_are_checked(tmp_path):
     pads = _a100_with(tmp_path, "runtime.engine.pads_channels",
                       'runtime.engine.pads_channels = { value = "yes", source = "x" }', "p.toml")
     assert "pads_channels" in _load_error(pads)
+
+
+def test_alignment_stream_and_attention_epilogue_fields_are_checked(tmp_path):
+    """The unaligned-GEMM rate and a 2:4 library's streaming rate are shares of a rate, the
+    latter only for a dtype with sparse tensor cores; an attention epilogue is a count of key
+    blocks: anything else names the field."""
+    rate = _a100_with(tmp_path, "unaligned_gemm_efficiency",
+                      'unaligned_gemm_efficiency = { value = 1.5, unit = "1", source = "x" }', "u.toml")
+    assert "unaligned_gemm_efficiency" in _load_error(rate)
+    stream = _write(tmp_path, A100.read_text() + 'sparse_stream_efficiency.int4 = { value = 0.5, unit = "1", source = "x" }\n',
+                    "s.toml")
+    assert "sparse_stream_efficiency" in _load_error(stream) and "int4" in _load_error(stream)
+    blocks = _a100_with(tmp_path, "runtime.eager.attention_epilogue_blocks",
+                        'runtime.eager.attention_epilogue_blocks = { value = -1, unit = "1", source = "x" }', "e.toml")
+    assert "attention_epilogue_blocks" in _load_error(blocks)
