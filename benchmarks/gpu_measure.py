@@ -17,8 +17,9 @@ through torch._int_mm, fp8 e4m3 through torch._scaled_mm) and:
   * block sparsity through BSR (torch.sparse_bsr_tensor @ dense).
 Then int4 weight-only GEMMs through torch's tinygemm kernel against bf16 cuBLAS at Llama-3-8B's
 decode shapes, graphed, as op-rate rows of runtime `compiled`. Then the board's power and SM
-clock (nvidia-smi) while dense bf16 GEMMs of 8192 and 16384 cubed run back to back for a few
-seconds, printed for the log: whether a large GEMM runs at the power limit. Then bf16 linears against the
+clock (nvidia-smi) while bf16 GEMMs of 8192 and 16384 cubed, dense and 2:4, run back to back for
+a few seconds, printed for the log: whether a large GEMM runs at the power limit, and whether
+the 2:4 one runs at a higher clock. Then bf16 linears against the
 same linears deployed as torchao's dynamic int8 (per-token quantisation, torch._int_mm, two
 scalings: `dynamic_int8_fn`), eager and compiled, at BERT-base and SAM shapes, as op-rate rows
 whose workload is the 16-bit GEMM (the model adds its quantisation kernels). Then BERT-base (random weights, fp16, sequence 384) at two batch sizes, eager and under
@@ -515,38 +516,52 @@ def nvidia_smi_sample() -> tuple[float, float, float] | None:
     return watts, mhz, limit
 
 
+def sustained_power(fn: Callable[[], object], seconds: float) -> tuple[float, list[tuple[float, float, float]]]:
+    """(calls per second, nvidia-smi samples) while `fn` runs back to back for `seconds`; the
+    samples start after a third of it, once the board's power management has settled."""
+    samples: list[tuple[float, float, float]] = []
+    calls, start = 0, time.monotonic()
+    torch.cuda.synchronize()
+    while time.monotonic() - start < seconds:
+        for _ in range(4):
+            fn()
+        calls += 4
+        if time.monotonic() - start > seconds / 3:
+            got = nvidia_smi_sample()
+            if got:
+                samples.append(got)
+        torch.cuda.synchronize()
+    return calls / (time.monotonic() - start), samples
+
+
 def measure_power(*, deadline: Deadline) -> None:
-    """Board power and SM clock while square dense bf16 GEMMs run back to back for a few seconds:
-    whether a large GEMM holds the board at its power limit and at what clock (printed for the
-    log, not a table row; the device files' energy and clock fields are checked against it)."""
+    """Board power and SM clock while square bf16 GEMMs run back to back for a few seconds, dense
+    (cuBLAS) and 2:4 (cuSPARSELt, its own algorithm search): whether a large GEMM holds the board
+    at its power limit, at what clock, and whether the 2:4 GEMM (half the multiply-adds) runs at
+    a higher one (printed for the log, not a table row; the device files' energy and clock fields
+    are checked against it)."""
     gen = torch.Generator().manual_seed(0)
     for size in POWER_SHAPES:
-        if deadline.passed(POWER_SECONDS + 5):
-            print(f"budget spent: power samples stop before {size} cubed")
-            return
         x, w = operands(size, size, size, "bf16", torch.device("cuda"), gen)
-        fn = dense_fn(x, w, "bf16")
-        samples: list[tuple[float, float, float]] = []
-        calls, start = 0, time.monotonic()
-        torch.cuda.synchronize()
-        while time.monotonic() - start < POWER_SECONDS:
-            for _ in range(4):
-                fn()
-            calls += 4
-            if time.monotonic() - start > POWER_SECONDS / 3:  # after the clock has settled
-                got = nvidia_smi_sample()
-                if got:
-                    samples.append(got)
-            torch.cuda.synchronize()
-        seconds = time.monotonic() - start
-        rate = 2.0 * size ** 3 * calls / seconds / 1e12
-        if not samples:
-            print(f"power: dense bf16 {size} cubed: {rate:.4g} TFLOP/s; nvidia-smi gave no samples", flush=True)
-            continue
-        watts = statistics.median(s[0] for s in samples)
-        mhz = statistics.median(s[1] for s in samples)
-        print(f"power: dense bf16 {size} cubed: {rate:.4g} TFLOP/s at {watts:.0f} W (limit {samples[0][2]:.0f} W), "
-              f"SM clock {mhz:.0f} MHz, {len(samples)} samples", flush=True)
+        for label, build in (("dense", lambda x=x, w=w: dense_fn(x, w, "bf16")),
+                             ("2:4", lambda x=x, w=w: cusparselt_direct_fn(x, w))):
+            if deadline.passed(POWER_SECONDS + 5):
+                print(f"budget spent: power samples stop before {label} {size} cubed")
+                return
+            try:
+                rate, samples = sustained_power(build(), POWER_SECONDS)
+            except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
+                _skip(f"power {label} {size} cubed", e)
+                continue
+            tflops = 2.0 * size ** 3 * rate / 1e12
+            what = f"power: {label} bf16 {size} cubed: {tflops:.4g} dense-equivalent TFLOP/s"
+            if not samples:
+                print(f"{what}; nvidia-smi gave no samples", flush=True)
+                continue
+            watts = statistics.median(s[0] for s in samples)
+            mhz = statistics.median(s[1] for s in samples)
+            print(f"{what} at {watts:.0f} W (limit {samples[0][2]:.0f} W), SM clock {mhz:.0f} MHz, "
+                  f"{len(samples)} samples", flush=True)
 
 
 # ----------------------------------------------------------------------------- dynamic int8
