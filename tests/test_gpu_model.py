@@ -783,6 +783,23 @@ def test_gemm_whose_rows_miss_the_16_byte_vector_runs_the_alignment_tolerant_ker
     assert "alignment-tolerant" not in engine.why and engine.latency_s < odd.latency_s / 2
 
 
+def test_gpt2s_released_vocabulary_misses_the_vector_and_a_padded_one_fills_it():
+    """GPT-2's 50,257-token LM head has rows of 100,514 bytes at bf16: under torch.compile it runs
+    the alignment-tolerant kernel; nanoGPT's 50,304 fills whole vectors (a multiple of 64). A
+    trace on the meta device carries the recipe's `vocab` into the LM head's N."""
+    from sparsesim.cost.record import RunContext
+    from sparsesim.tracing.workloads import load_workload
+
+    def head(vocab: int) -> Op:
+        wl = load_workload(f"gpt2:device=meta,layers=1,seq=64,vocab={vocab}")
+        return next(op for op in wl.ops if op.kind == "linear" and op.gemm and op.gemm.n == vocab)
+
+    compiled = RunContext(runtime="compiled")
+    released, padded = estimate_op(head(50257), None, A100, compiled), estimate_op(head(50304), None, A100, compiled)
+    assert "N = 50257" in released.why and "alignment-tolerant" not in padded.why
+    assert released.latency_s > 2 * padded.latency_s
+
+
 def test_cusparselt_bf16_streams_a_few_token_gemms_weight_slower_than_fp16():
     """Measured on the H200: cuSPARSELt's bf16 2:4 kernels take about twice its fp16 kernels' time
     on a decode GEMM (1 x 4096 x 4096: 19.6 against 10.9 us) and the same time on a large one, so

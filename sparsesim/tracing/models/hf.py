@@ -168,13 +168,14 @@ def _decoder_inputs(model: nn.Module, config: Any, phase: str, batch: int, seq: 
 
 
 def build_gpt2(phase: str = "prefill", batch: int = 1, seq: int = 128, kv: int = 0,
-               dtype: str = "fp32", device: str = "cpu", layers: int = 12,
+               dtype: str = "fp32", device: str = "cpu", layers: int = 12, vocab: int = 50257,
                seed: int = 0) -> tuple[nn.Module, dict]:
-    """GPT-2 small (124M) with its LM head (tied to the token embedding); Conv1D projections."""
+    """GPT-2 small (124M) with its LM head (tied to the token embedding); Conv1D projections.
+    `vocab`: 50,257 tokens as released; nanoGPT pads it to 50,304 (a multiple of 64)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    check_positive(layers=layers)
-    config = GPT2Config(n_layer=layers, attn_implementation=ATTN_IMPLEMENTATION)  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
+    check_positive(layers=layers, vocab=vocab)
+    config = GPT2Config(n_layer=layers, vocab_size=vocab, attn_implementation=ATTN_IMPLEMENTATION)  # type: ignore[call-arg]  # the config's typed __init__ omits the **kwargs PretrainedConfig takes
     model = _instantiate(GPT2LMHeadModel, config, dtype, device, seed)
     return model, _decoder_inputs(model, config, phase, batch, seq, kv, dtype, device, seed)
 
