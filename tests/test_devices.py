@@ -462,6 +462,6 @@ def test_alignment_stream_and_attention_epilogue_fields_are_checked(tmp_path):
     stream = _write(tmp_path, A100.read_text() + 'sparse_stream_efficiency.int4 = { value = 0.5, unit = "1", source = "x" }\n',
                     "s.toml")
     assert "sparse_stream_efficiency" in _load_error(stream) and "int4" in _load_error(stream)
-    blocks = _a100_with(tmp_path, "runtime.eager.attention_epilogue_blocks",
-                        'runtime.eager.attention_epilogue_blocks = { value = -1, unit = "1", source = "x" }', "e.toml")
-    assert "attention_epilogue_blocks" in _load_error(blocks)
+    blocks = _a100_with(tmp_path, "runtime.eager.masked_attention_epilogue_blocks",
+                        'runtime.eager.masked_attention_epilogue_blocks = { value = -1, unit = "1", source = "x" }', "e.toml")
+    assert "masked_attention_epilogue_blocks" in _load_error(blocks)

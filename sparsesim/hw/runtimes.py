@@ -93,10 +93,12 @@ class RuntimeParams:
     `sparse_convolutions`: the runtime's sparse kernels take convolutions (an engine's implicit
     GEMM); false for a framework whose sparse tensors run matrix products only, so a sparse conv
     runs dense (`cost.common.FRAMEWORK_SPARSE_OPS`).
-    `attention_epilogue_blocks`: what a fused attention's thread block spends outside its loop
-    over the keys (loading its query tile, rescaling and writing its output tile), as that many
-    more blocks of `attention_block_k` keys: a 196-token window runs 4 such blocks and then pays
-    for a fifth, a 4,096-token sequence pays 65 for 64 (0: the loop is all there is).
+    `masked_attention_epilogue_blocks`: what a thread block of the runtime's masked attention kernel
+    (the one `masked_attention_rate` describes) spends outside its loop over the keys (loading its
+    query tile, rescaling and writing its output tile), as that many more blocks of
+    `attention_block_k` keys: a 196-token window runs 4 such blocks and then pays for a fifth, a
+    4,096-token sequence pays 65 for 64 (0: the loop is all there is). Measured for the masked
+    kernel only; an unmasked attention does not pay it.
     """
 
     host_dispatch: float = quantity("time")
@@ -116,7 +118,7 @@ class RuntimeParams:
     attention_head_dim_multiple: float = quantity("count", default=1.0)
     attention_block_q: float = quantity("count", default=1.0)
     attention_block_k: float = quantity("count", default=1.0)
-    attention_epilogue_blocks: float = quantity("count", default=0.0)
+    masked_attention_epilogue_blocks: float = quantity("count", default=0.0)
     masked_attention_rate: float = quantity("ratio", default=1.0)
     pads_channels: bool = setting(default=False)
     dynamic_activation_quant: bool = setting(default=False)

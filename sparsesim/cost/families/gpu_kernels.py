@@ -257,8 +257,13 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     sfu_rate = p.sfu_ops_per_sm_clock * p.sm_count * p.clock
     softmax = scores / sfu_rate if sfu_rate > 0 else 0.0
     compute = max(mma, softmax) if overlapped else mma + softmax
+    # the masked kernel's query-block prologue and epilogue, as more of its loop's key blocks: they
+    # load and write only the block's real query rows, so a block padded from a few queries pays
+    # that share of it
     key_blocks = qk.n / max(env.rt.attention_block_k, 1.0)
-    epilogue = compute * env.rt.attention_epilogue_blocks / key_blocks if key_blocks > 0 else 0.0
+    extra_blocks = env.rt.masked_attention_epilogue_blocks if op.masked else 0.0
+    real_rows = work.gemms[0].m / qk.m if qk.m else 0.0
+    epilogue = compute * extra_blocks / key_blocks * real_rows if key_blocks > 0 else 0.0
     compute += epilogue
     masked_rate = env.rt.masked_attention_rate if op.masked else 1.0
     compute /= masked_rate
@@ -281,7 +286,7 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     if op.causal:
         detail += f"; causal: {share:.0%} of the score tiles"
     if epilogue > 0:
-        detail += (f"; each query block's load and output write as {env.rt.attention_epilogue_blocks:g} more of its "
+        detail += (f"; the masked kernel's query-block load and output write as {extra_blocks:g} more of its "
                    f"{key_blocks:g} key blocks (+{epilogue * 1e6:.3g} us)")
     if masked_rate < 1.0:
         detail += f"; a mask/bias tensor: the runtime's masked kernel at {masked_rate:.0%} of that rate"
