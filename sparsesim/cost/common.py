@@ -28,6 +28,8 @@ from sparsesim.sparsity.records import LayerSparsity
 # bytes per element of a dtype the IR does not list (a traced complex or custom dtype): counted
 # at fp32 width, the default tensor dtype, rather than failing the whole estimate
 UNKNOWN_DTYPE_BYTES = 4
+# a byte count within this of a whole number is that number (float products of sizes and shares)
+BYTE_NOISE = 1e-6
 
 
 # ----------------------------------------------------------------------------- op -> work
@@ -240,8 +242,10 @@ def build_cost(
         latency_s=lat,
         energy_j=e.total_j,
         bytes_by_level=dict(energy.bytes_by_level),
-        memory_bytes=round(memory_bytes),
-        metadata_bytes=round(metadata_bytes),
+        # stored bytes are whole bytes: a 4-bit weight of an odd count takes its last byte whole,
+        # as the formats count it (the float noise of a product is not a byte)
+        memory_bytes=math.ceil(memory_bytes - BYTE_NOISE),
+        metadata_bytes=math.ceil(metadata_bytes - BYTE_NOISE),
         bound=bound_of(compute_s, memory_s, overhead_s),
         utilization=min(1.0, util),
         kernel=kernel,

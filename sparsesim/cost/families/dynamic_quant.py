@@ -307,6 +307,7 @@ def with_passes(cost: Cost, *, device_s: float, host_s: float, bytes_by_level: d
     d["overhead_s"] = float(d.get("overhead_s", 0.0)) + device_s
     d["host_s"] = float(d.get("host_s", 0.0)) + host_s
     d["quant_s"] = float(d.get("quant_s", 0.0)) + device_s
+    d["quant_dram_bytes"] = float(d.get("quant_dram_bytes", 0.0)) + bytes_by_level.get("dram", 0.0)
     latency = cost.latency_s + device_s
     stretch = latency / cost.latency_s if cost.latency_s > 0 else 1.0
     extra_j = energy_j + float(d.get("energy_static_j", 0.0)) * (stretch - 1.0)
