@@ -234,3 +234,24 @@ def test_a_stop_unwinding_through_the_journal_lock_stays_a_stop(tmp_path):
     with pytest.raises(SearchError, match="cannot read or write the study"):
         with storage_errors(journal):
             os.unlink(tmp_path / "study.journal.lock")
+
+
+def test_a_stop_that_lands_in_an_import_callback_still_stops_quietly():
+    """A worker's SIGTERM can land inside a weakref callback of an import lock, where Python
+    cannot raise: it would print 'Exception ignored' with a traceback and the worker would go on.
+    The worker's hook delivers the stop again, so it exits with 143 and prints nothing."""
+    code = (
+        "import signal, sys, time, weakref\n"
+        "from sparsesim.search import optuna_search as o\n"
+        "signal.signal(signal.SIGTERM, o._exit_on_sigterm)\n"
+        "sys.unraisablehook = o._stop_again_if_unraisable\n"
+        "class A: pass\n"
+        "a = A()\n"
+        "def cb(ref): raise SystemExit(143)\n"
+        "r = weakref.ref(a, cb)\n"
+        "del a\n"
+        "time.sleep(5)\n"
+        "print('not stopped')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 143 and proc.stderr == "" and proc.stdout == ""

@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import pickle
 import signal
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -32,11 +33,16 @@ __all__ = ["OBJECTIVES", "StudyConfig", "TrialProblem", "_quiet_interrupts", "co
            "journal_path_of", "open_storage", "open_study", "optimize", "pareto", "run_worker"]
 
 
+# how long after a stop that could not be raised it is delivered again (the hook has returned by then)
+STOP_REDELIVERY_S = 0.05
+
+
 def _process_main(blob: bytes, cfg: StudyConfig, worker: int, errors, parent: int) -> None:
     """Entry of a spawned worker process."""
     # The driver stops workers with SIGTERM (Ctrl-C is ignored here: the driver reports it, once).
     # SystemExit unwinds Optuna's journal lock; the unfinished trial is reclaimed on resume.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    sys.unraisablehook = _stop_again_if_unraisable
     import torch
 
     torch.set_num_threads(1)  # N workers on N cores: one thread each
@@ -56,6 +62,18 @@ def _process_main(blob: bytes, cfg: StudyConfig, worker: int, errors, parent: in
 
 def _exit_on_sigterm(signum, frame) -> None:
     raise SystemExit(128 + signum)
+
+
+def _stop_again_if_unraisable(unraisable: Any) -> None:
+    """A stop that lands where Python cannot raise (a weakref callback of an import lock) would
+    print 'Exception ignored' with a traceback and be lost: deliver the signal again a moment
+    later, from another thread, so that it lands in ordinary code and unwinds there."""
+    if isinstance(unraisable.exc_value, SystemExit):
+        import threading
+
+        threading.Timer(STOP_REDELIVERY_S, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 # ---------------------------------------------------------------- the driver
