@@ -40,7 +40,6 @@ from sparsesim.cost.families.gpu_machine import (
     Tiling,
     Unit,
     compute_unit,
-    conv_channel_granule,
     conv_runs_on_cuda_cores,
     dense_efficiency,
     describe,
@@ -58,6 +57,7 @@ from sparsesim.cost.families.gpu_machine import (
     sparse_traffic,
     stored,
     unaligned_gemm,
+    vector_granule,
 )
 from sparsesim.cost.record import Cost, Reason
 from sparsesim.cost.sparse_inputs import active_input_fraction, skippable_inputs
@@ -152,7 +152,7 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
     if cuda_core_conv:
         assert op.weight_shape is not None  # conv_runs_on_cuda_cores checked it
         unit = Unit("fp32", p.cuda_core_peak, False)
-        granule = conv_channel_granule(p, work.dtype_bytes)
+        granule = vector_granule(p, work.dtype_bytes)
         why = "; ".join(w for w in (why, f"{op.weight_shape[1]} input channels are not a "
                                          f"multiple of the {granule} a tensor-core convolution reads per vector and "
                                          f"{env.runtime} does not pad them: cuDNN's CUDA-core implicit GEMM at "
@@ -170,10 +170,10 @@ def dense_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv, *, why: s
     parts = [why] if why else []
     if unit.note:
         parts.append(unit.note)
-    unaligned = unaligned_gemm(p, op, g, work.dtype_bytes) if unit.tensor_cores and not env.rt.pads_channels else ""
+    unaligned = unaligned_gemm(p, op, g, work.dtype_bytes, env.rt.pads_channels) if unit.tensor_cores else ""
     if unaligned:
         compute, memory = compute / p.unaligned_gemm_efficiency, memory / p.unaligned_gemm_efficiency
-        parts.append(f"{unaligned} not whole {p.gemm_alignment_bytes:g}-byte vectors: the library runs an "
+        parts.append(f"{unaligned} not whole {p.tensor_core_vector_bytes:g}-byte vectors: the library runs an "
                      f"alignment-tolerant kernel (narrow loads) at {p.unaligned_gemm_efficiency:.0%} of its rates")
         notes = (*notes, Reason("alignment", p.unaligned_gemm_efficiency))
     shape = " + ".join(f"{g.m}x{g.n}x{g.k}" + (f" x{g.batch * g.groups}" if g.batch * g.groups > 1 else "")

@@ -133,18 +133,15 @@ class GpuParams:
     # on sm90 take about twice its fp16 kernels' time on a few-token GEMM, and the same time on a
     # compute-bound one); a dtype it does not list streams at the device's rate
     sparse_stream_efficiency: Mapping[str, float] = quantity("ratio", per_dtype=True, default={})
-    # a tensor-core convolution reads each pixel's input channels in vectors of this many bytes
-    # (8 fp16 / 16 int8 / 4 tf32 channels): a convolution whose input channels per group do not
-    # fill whole vectors (an RGB stem, C = 3) runs cuDNN's CUDA-core implicit GEMM instead, at
-    # `conv_cuda_core_efficiency` of the CUDA-core peak, unless the runtime pads the channels
-    # (0: no such rule)
-    conv_channel_bytes: float = quantity("bytes", default=0.0)
-    conv_cuda_core_efficiency: float = quantity("ratio", default=0.0)
-    # a library GEMM's fast tensor-core kernels load each operand row in vectors of this many
-    # bytes: a GEMM whose K or N (the rows' contiguous lengths) do not fill whole vectors (a
+    # tensor cores take their operands in vectors of this many bytes (8 fp16 / 16 int8 / 4 tf32
+    # elements), read along a row's contiguous axis. A convolution whose input channels per group
+    # do not fill whole vectors (an RGB stem, C = 3) runs cuDNN's CUDA-core implicit GEMM instead,
+    # at `conv_cuda_core_efficiency` of the CUDA-core peak; a library GEMM whose K or N do not (a
     # relative-position einsum with N = 14 at bf16: 28 B) runs an alignment-tolerant kernel with
-    # narrow loads, at `unaligned_gemm_efficiency` of the memory and tensor rates (0: no such rule)
-    gemm_alignment_bytes: float = quantity("bytes", default=0.0)
+    # narrow loads, at `unaligned_gemm_efficiency` of the memory and tensor rates; unless the
+    # runtime pads the channels (0: no such rules)
+    tensor_core_vector_bytes: float = quantity("bytes", default=0.0)
+    conv_cuda_core_efficiency: float = quantity("ratio", default=0.0)
     unaligned_gemm_efficiency: float = quantity("ratio", default=0.0)
     # special-function-unit results (exp2, rcp, ...) per SM per clock: the softmax of a fused
     # attention kernel runs there (0: not modelled, the softmax is free)
@@ -266,31 +263,32 @@ def compute_unit(p: GpuParams, dtype: str, conv: bool = False) -> Unit:
     return Unit("fp32", p.cuda_core_peak, False, f"no {dtype} support: costed on fp32 CUDA cores")
 
 
-def conv_channel_granule(p: GpuParams, dtype_bytes: float) -> int:
-    """Input channels one `conv_channel_bytes` vector holds at this element width."""
-    return max(1, round(p.conv_channel_bytes / dtype_bytes))
+def vector_granule(p: GpuParams, dtype_bytes: float) -> int:
+    """Elements one `tensor_core_vector_bytes` vector holds at this element width."""
+    return max(1, round(p.tensor_core_vector_bytes / dtype_bytes))
 
 
 def conv_runs_on_cuda_cores(p: GpuParams, op: Op, dtype_bytes: float, pads_channels: bool) -> bool:
     """Whether a convolution's input channels per group leave cuDNN's tensor-core kernels out:
-    they are not a whole number of `conv_channel_bytes` vectors and the runtime does not pad them."""
-    if op.kind != "conv" or pads_channels or p.conv_channel_bytes <= 0 or p.conv_cuda_core_efficiency <= 0:
+    they are not a whole number of `tensor_core_vector_bytes` vectors and the runtime does not pad them."""
+    if op.kind != "conv" or pads_channels or p.tensor_core_vector_bytes <= 0 or p.conv_cuda_core_efficiency <= 0:
         return False
     if not op.weight_shape or len(op.weight_shape) < 3:
         return False
-    return int(op.weight_shape[1]) % conv_channel_granule(p, dtype_bytes) != 0
+    return int(op.weight_shape[1]) % vector_granule(p, dtype_bytes) != 0
 
 
-def unaligned_gemm(p: GpuParams, op: Op, g: GemmShape, dtype_bytes: float) -> str:
-    """'' when a library GEMM's operand rows fill whole `gemm_alignment_bytes` vectors, else
-    which do not: the activations' and the output's rows are K and N long, the weight's (or a
-    matmul's second operand's) K or N (cuBLAS: 'Tensor Core Usage', leading dimensions and
-    m, n, k times the element size a multiple of 16 bytes for the best kernels)."""
-    if op.kind not in ("linear", "matmul") or p.gemm_alignment_bytes <= 0 or p.unaligned_gemm_efficiency <= 0:
+def unaligned_gemm(p: GpuParams, op: Op, g: GemmShape, dtype_bytes: float, pads_channels: bool) -> str:
+    """'' when a library GEMM's operand rows fill whole `tensor_core_vector_bytes` vectors (or
+    the runtime pads them), else which do not: the activations' and the output's rows are K and N
+    long, the weight's (or a matmul's second operand's) K or N (cuBLAS: 'Tensor Core Usage',
+    leading dimensions and m, n, k times the element size a multiple of 16 bytes for the best
+    kernels)."""
+    if op.kind not in ("linear", "matmul") or pads_channels or p.tensor_core_vector_bytes <= 0 \
+            or p.unaligned_gemm_efficiency <= 0:
         return ""
-    bad = [f"{name} = {n} ({n * dtype_bytes:g} B)" for name, n in (("K", g.k), ("N", g.n))
-           if (n * dtype_bytes) % p.gemm_alignment_bytes]
-    return " and ".join(bad)
+    granule = vector_granule(p, dtype_bytes)
+    return " and ".join(f"{name} = {n} ({n * dtype_bytes:g} B)" for name, n in (("K", g.k), ("N", g.n)) if n % granule)
 
 
 def dense_efficiency(p: GpuParams, dtype: str) -> float:
