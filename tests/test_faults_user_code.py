@@ -35,10 +35,11 @@ class Net(nn.Module):
         if self.mode in ("hang", "announce"):
             while True:
                 time.sleep(0.01)
-        if self.mode == "stubborn":
+        if self.mode == "stubborn":  # the loop's own jumps run inside the try, so no alarm escapes it
             while True:
                 try:
-                    time.sleep(0.01)
+                    while True:
+                        time.sleep(0.01)
                 except BaseException:
                     pass
         if self.mode == "exit":
