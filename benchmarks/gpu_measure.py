@@ -19,7 +19,9 @@ Then int4 weight-only GEMMs through torch's tinygemm kernel against bf16 cuBLAS 
 decode shapes, graphed, as op-rate rows of runtime `compiled`. Then the board's power and SM
 clock (nvidia-smi) while bf16 GEMMs of 8192 and 16384 cubed, dense and 2:4, run back to back for
 a few seconds, printed for the log: whether a large GEMM runs at the power limit, and whether
-the 2:4 one runs at a higher clock. Then bf16 linears against the
+the 2:4 one runs at a higher clock. Then two kernel-rate probes, printed for the log: a small
+kernel's GPU cost inside a replayed CUDA graph, and elementwise kernels with and without a
+transcendental function (GELU, exp, SiLU) against a copy of the same tensor. Then bf16 linears against the
 same linears deployed as torchao's dynamic int8 (per-token quantisation, torch._int_mm, two
 scalings: `dynamic_int8_fn`), eager and compiled, at BERT-base and SAM shapes, as op-rate rows
 whose workload is the 16-bit GEMM (the model adds its quantisation kernels). Then BERT-base (random weights, fp16, sequence 384) at two batch sizes, eager and under
@@ -564,6 +566,82 @@ def measure_power(*, deadline: Deadline) -> None:
                   f"{len(samples)} samples", flush=True)
 
 
+# ----------------------------------------------------------------------------- kernel-rate probes
+
+# Two assumptions of the model that whole-model runs cannot separate, timed on their own (printed
+# for the log, not table rows):
+#  * the GPU-side cost of one small kernel replayed from a CUDA graph (runtime.compiled and
+#    runtime.engine kernel_launch, assumed 2.5 us on every GPU file): the replay time of a graph of
+#    GRAPH_KERNELS tiny kernels less that of a graph of one, per kernel; and the same kernels
+#    launched one by one from Python (eager's per-op host cost);
+#  * whether an elementwise kernel with a transcendental function (exact GELU's erf, exp, SiLU)
+#    streams at a copy's DRAM rate or is held back by its instructions: SAM's MLP GELU ran at ~0.6
+#    of the H200's DRAM peak in this script's profile, where the model streams every elementwise
+#    kernel at the copy rate (dram_efficiency). Read and write bytes over the kernel's time, and
+#    the ratio to the copy of the same tensor.
+GRAPH_KERNELS = 256
+PROBE_ELEMENTS = 8 * 4096 * 5120  # SAM ViT-H's MLP hidden activations at batch 8
+SMOKE_ELEMENTS = 1 << 16
+PROBE_OPS: tuple[tuple[str, Callable[[torch.Tensor, torch.Tensor], object]], ...] = (
+    ("copy", lambda x, out: out.copy_(x)),
+    ("scale", lambda x, out: torch.mul(x, 2.0, out=out)),
+    ("exp", lambda x, out: torch.exp(x, out=out)),
+    ("silu", lambda x, out: torch.nn.functional.silu(x)),
+    ("gelu-erf", lambda x, out: torch.nn.functional.gelu(x)),
+    ("gelu-tanh", lambda x, out: torch.nn.functional.gelu(x, approximate="tanh")),
+)
+
+
+def graph_kernel_cost_us(x: torch.Tensor, rep: dict) -> tuple[float, float]:
+    """(GPU time per kernel inside a replayed CUDA graph, host + GPU time per kernel launched one
+    by one), us: from graphs of 1 and GRAPH_KERNELS in-place adds on a tiny tensor."""
+    def body(n: int) -> Callable[[], object]:
+        def run() -> None:
+            for _ in range(n):
+                x.add_(1.0)
+        return run
+
+    one = time_ms(graphed(body(1)), **rep).median_ms
+    many = time_ms(graphed(body(GRAPH_KERNELS)), **rep).median_ms
+    eager = time_ms(body(GRAPH_KERNELS), **rep).median_ms
+    return (many - one) / (GRAPH_KERNELS - 1) * 1e3, eager / GRAPH_KERNELS * 1e3
+
+
+def elementwise_rates(elements: int, dtype: torch.dtype, dev: torch.device, rep: dict) -> list[tuple[str, float, float]]:
+    """(op, ms, GB/s of reads plus writes) for each PROBE_OPS kernel over one tensor."""
+    x = torch.randn(elements, device=dev, dtype=torch.float32).to(dtype)
+    out = torch.empty_like(x)
+    moved = 2.0 * x.numel() * x.element_size()
+    rates = []
+    for name, op in PROBE_OPS:
+        t = time_ms(lambda op=op: op(x, out), **rep).median_ms
+        rates.append((name, t, moved / (t * 1e-3) / 1e9))
+    return rates
+
+
+def measure_probes(*, cuda: bool, deadline: Deadline, rep: dict) -> None:
+    """Print the kernel-rate probes (see above)."""
+    if deadline.passed(10):
+        print("budget spent: kernel-rate probes skipped")
+        return
+    dev = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16
+    try:
+        if cuda:
+            graph_us, eager_us = graph_kernel_cost_us(torch.zeros(1024, device=dev), rep)
+            print(f"probe: a small kernel replayed from a CUDA graph costs {graph_us:.3g} us on the GPU "
+                  f"({GRAPH_KERNELS} in one graph); launched one by one from Python {eager_us:.3g} us", flush=True)
+        elements = PROBE_ELEMENTS if cuda else SMOKE_ELEMENTS
+        rates = elementwise_rates(elements, dtype, dev, rep)
+    except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
+        _skip("kernel-rate probes", e)
+        return
+    copy_rate = rates[0][2]
+    for name, ms, rate in rates:
+        print(f"probe: elementwise {name} bf16 x {elements}: "
+              f"{ms * 1e3:.4g} us, {rate:.4g} GB/s read + written, {rate / copy_rate:.2f} of the copy's rate", flush=True)
+
+
 # ----------------------------------------------------------------------------- dynamic int8
 
 def dynamic_int8_fn(x: torch.Tensor, w: torch.Tensor) -> Callable[[], object]:
@@ -766,6 +844,8 @@ def measure(args: argparse.Namespace, emit: Callable[[dict], None]) -> None:
                      rep={"repeats": args.repeats, "inner": args.inner, "cuda": cuda}, emit=emit)
     if cuda and not args.no_power:
         measure_power(deadline=deadline)
+    if not args.no_probes:
+        measure_probes(cuda=cuda, deadline=deadline, rep={"repeats": args.repeats, "inner": args.inner, "cuda": cuda})
     if cuda and not args.no_dynamic_int8:
         measure_dynamic_int8(args, gpu=target, source=source, deadline=deadline,
                              rep={"repeats": args.repeats, "inner": args.inner, "cuda": cuda}, emit=emit)
@@ -811,6 +891,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip the int4 weight-only (tinygemm) vs bf16 GEMMs at Llama-3-8B's decode shapes")
     ap.add_argument("--no-power", action="store_true",
                     help="skip the board power and SM clock samples under sustained large GEMMs")
+    ap.add_argument("--no-probes", action="store_true",
+                    help="skip the kernel-rate probes (a small kernel's cost in a CUDA graph; elementwise rates)")
     ap.add_argument("--shapes", default="", help="comma-separated MxNxK GEMMs instead of the built-in grid")
     ap.add_argument("--runtimes", default="eager,engine",
                     help="comma-separated GEMM runtimes to time (eager: torch's calls; engine: graphed library calls)")

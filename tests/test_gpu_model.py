@@ -450,7 +450,7 @@ def test_gpu_measure_cpu_smoke_rows_fit_the_table(tmp_path):
 
     gm = _measure_module()
     args = argparse.Namespace(cpu_smoke=True, quick=True, dtypes="fp32", repeats=3, inner=1, device_name=None,
-                              no_bert=True, budget_s=None, gemm_budget_s=None, diagnose=False,
+                              no_bert=True, budget_s=None, gemm_budget_s=None, diagnose=False, no_probes=True,
                               compile_mode="max-autotune", shapes="", runtimes="eager,engine")
     rows: list[dict] = []
     gm.measure(args, rows.append)
@@ -480,6 +480,17 @@ def test_gpu_measure_int4_op_rate_rows_fit_the_table_and_are_predicted(tmp_path)
         assert r["kernel"] in p["kernel_used"]
 
 
+def test_gpu_measure_probes_print_elementwise_rates_against_a_copy(capsys):
+    """The kernel-rate probes' CPU path: every elementwise op is timed over one tensor and its rate
+    printed as a fraction of the copy's (the CUDA-graph probe needs a GPU)."""
+    gm = _measure_module()
+    gm.measure_probes(cuda=False, deadline=gm.Deadline(None), rep={"repeats": 3, "inner": 1, "cuda": False})
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("probe: elementwise")]
+    assert [ln.split()[2] for ln in lines] == [name for name, _ in gm.PROBE_OPS]
+    assert "1.00 of the copy's rate" in lines[0]
+    assert all(float(ln.split(" GB/s")[0].rsplit(" ", 1)[1]) > 0 for ln in lines)
+
+
 def test_sparse_tile_waves_explain_the_a100_dip_at_2048():
     """cuSPARSELt's 128x256 tile: 2048^3 is 128 tiles, two waves on 108 SMs (59% full), while
     cuBLAS's smaller tiles fill them; at 1024^3 and 4096^3 the waves fill as well as dense's."""
@@ -503,7 +514,7 @@ def test_gpu_measure_stops_at_its_budget(capsys):
 
     gm = _measure_module()
     args = argparse.Namespace(cpu_smoke=True, quick=True, dtypes="fp32", repeats=3, inner=1, device_name=None,
-                              no_bert=True, budget_s=None, gemm_budget_s=1e-9, diagnose=False,
+                              no_bert=True, budget_s=None, gemm_budget_s=1e-9, diagnose=False, no_probes=False,
                               compile_mode="max-autotune", shapes="", runtimes="eager,engine")
     rows: list[dict] = []
     gm.measure(args, rows.append)
