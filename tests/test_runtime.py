@@ -357,10 +357,11 @@ def test_tinygemm_stores_a_scale_and_zero_per_64_weights_and_never_splits_k():
     assert tiny.memory_bytes == pytest.approx(weights / 2 + weights / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES)
     assert tiny.memory_bytes > marlin.memory_bytes
     assert tiny.details["split_k"] == 1 and tiny.details["tiles"] == 4096 // 8
-    # the compiled runtime picks the faster int4 kernel unless one is forced: at one token tinygemm's
-    # extra scale bytes cost less than Marlin's serial reductions; at 64 tokens Marlin's tiles win
+    # the compiled runtime picks the faster int4 kernel unless one is forced: at one token Marlin's
+    # pipelined loads hide its dequantisation where tinygemm's lock-step blocks cannot, and at 64
+    # tokens Marlin's tiles win too
     assert cost_one(op, None, A100, runtime="compiled").kernel == min(tiny, marlin, key=lambda c: c.latency_s).kernel
-    assert tiny.latency_s < marlin.latency_s
+    assert marlin.latency_s < tiny.latency_s
     batch = gemm_op(64, 4096, 4096, "int4")
     assert (cost_one(batch, None, A100, runtime="compiled", kernel="marlin").latency_s
             < cost_one(batch, None, A100, runtime="compiled", kernel="tinygemm").latency_s)
@@ -381,30 +382,40 @@ def test_every_dtype_device_pattern_estimates_or_falls_back_with_a_reason(device
                 assert c.why.strip(), (device, dtype, pattern)
 
 
-def test_tinygemm_at_one_token_is_bound_by_the_bytes_its_warps_keep_in_flight():
-    """One block of 8 warps per 8 columns (int4mm.cu), each warp with one iteration of loads in
-    flight (576 B): a 1024-column GEMV's 128 blocks cannot fill the DRAM pipe (Little's law); 4x
-    the columns bring 4x the blocks and the full bandwidth back."""
-    from sparsesim.cost.families.gpu_kernels import TINYGEMM_WARPS
-    from sparsesim.cost.families.gpu_machine import dram_bw, latency_bound_bandwidth
+def test_tinygemm_blocks_load_then_compute_in_lock_step():
+    """int4mm.cu: each warp loads one iteration's operands into registers, then dequantises and
+    multiplies them before its next loads, and a block's 8 warps run the same few iterations
+    together; an SM overlaps loads and math only across the 4 blocks its registers hold
+    (closed-network mean-value analysis over its issue slots and DRAM share, DRAM latency as the
+    delay). A 1024-column GEMV's 128 blocks leave most SMs one block: latency and both demands
+    in series on every step."""
+    from sparsesim.cost.families.gpu_machine import closed_network_throughput, dram_bw, lockstep_blocks_s
 
+    # one customer: delay plus every demand in series; many: the largest demand's rate
+    assert closed_network_throughput(1, (2.0, 3.0), 5.0) == pytest.approx(1 / 10)
+    assert closed_network_throughput(200, (2.0, 3.0), 5.0) == pytest.approx(1 / 3, rel=1e-3)
+    rates = [closed_network_throughput(n, (2.0, 3.0), 5.0) for n in range(1, 9)]
+    assert rates == sorted(rates) and rates[-1] < 1 / 3
     p = A100.params
-    assert latency_bound_bandwidth(p, 128, 8 * 576, warps_per_block=8) == pytest.approx(128 * 8 * 576 / p.dram_latency)
-    # blocks beyond the SMs' warp slots wait: 8-warp blocks, 64 warp slots, 8 blocks an SM
-    slots = p.sm_count * p.max_warps_per_sm // 8
-    assert latency_bound_bandwidth(p, 10**6, 1, warps_per_block=8) == pytest.approx(slots / p.dram_latency)
-    assert latency_bound_bandwidth(p, 10**6, 576) == dram_bw(p)
+    sms = int(p.sm_count)
+    one = lockstep_blocks_s(p, sms, 4, 4608, 1464, 8, 64)
+    assert one.blocks_per_sm == 1
+    step = 1464 / (p.issue_per_sm_clock * p.clock) + 4608 / (dram_bw(p) / p.sm_count) + p.dram_latency
+    assert one.seconds == pytest.approx(4 * step)
+    full = lockstep_blocks_s(p, 4 * sms, 4, 4608, 1464, 8, 64)
+    assert full.blocks_per_sm == 4 and one.seconds < full.seconds < 4 * one.seconds
+
     narrow = cost_one(gemm_op(1, 1024, 4096, "int4"), None, A100, runtime="compiled", kernel="tinygemm")
     wide = cost_one(gemm_op(1, 4 * 1024, 4096, "int4"), None, A100, runtime="compiled", kernel="tinygemm")
-    assert TINYGEMM_WARPS == 8 and "latency-bound: 128 blocks x 8 warps" in narrow.why
-    assert narrow.memory_bytes / narrow.details["memory_s"] < 0.8 * dram_bw(p)
-    assert "latency-bound" not in wide.why
-    # a short K leaves a block's warps without iterations to load: fewer bytes in flight
+    assert "loads and math in series within a block: 2 block(s) an SM x 8 warps" in narrow.why
+    assert narrow.memory_bytes / narrow.details["memory_s"] < 0.5 * dram_bw(p)
+    assert narrow.memory_bytes / narrow.details["memory_s"] < wide.memory_bytes / wide.details["memory_s"] < dram_bw(p)
+    # a short K is padded to 1,024 by torchao's layout: every warp of a block gets one step
     short = cost_one(gemm_op(1, 1024, 256, "int4"), None, A100, runtime="compiled", kernel="tinygemm")
-    assert "x 2 warps" in short.why
-    # more tokens: the kernel's multi-row tiles, not the GEMV's latency bound
-    assert "latency-bound" not in cost_one(gemm_op(64, 1024, 4096, "int4"), None, A100, runtime="compiled",
-                                           kernel="tinygemm").why
+    assert "padded from 1024x256" in short.why and "x 8 warps, 1 step(s)" in short.why
+    # never faster than its DRAM bytes or its issue slots alone
+    for c in (narrow, wide, short):
+        assert c.latency_s >= c.memory_bytes / dram_bw(p)
 
 
 def _brute_force_chain(tokens: int, n: int, k: int, sms: int, sparse: bool, group: int) -> int:
@@ -481,8 +492,9 @@ def test_int4_kernels_written_for_ampere_run_hoppers_mma_sync_rate(kernel, plan)
 
 def test_int4_kernels_run_only_the_shapes_their_checks_accept():
     """Marlin takes the first of its thread configurations whose tile divides K and N; Sparse-Marlin
-    has one per batch size; tinygemm packs N in 8s and K in 128s. A shape none accepts (GPT-2's
-    50,257-word head) runs as a 16-bit dense GEMM, saying why (torchao leaves such layers unquantised)."""
+    has one per batch size; tinygemm runs any layer whose K its groups of 64 divide, padded as
+    torchao's int4 layout stores it (K to 1,024s, N to 8s: GPT-2's 50,257-word head). A shape none
+    accepts runs as a 16-bit dense GEMM, saying why (torchao leaves such layers unquantised)."""
     from sparsesim.cost.families import marlin
 
     assert marlin.config(1, 4096, 4096, sparse=False, group_size=128) == (128, 128)
@@ -491,8 +503,12 @@ def test_int4_kernels_run_only_the_shapes_their_checks_accept():
     assert "does not divide" in marlin.config(1, 4160, 4096, sparse=True, group_size=128)
     assert "quantisation group" in marlin.config(1, 4096, 4000, sparse=False, group_size=128)
     head = cost_one(gemm_op(1, 50257, 768, "int4"), None, A100, runtime="compiled")
-    assert head.fallback and "ran as a 16-bit dense GEMM" in head.why
-    assert "tinygemm packs N in 8s" in head.why and "Marlin tiles K x N" in head.why
+    assert not head.fallback and head.kernel == "dense (tinygemm int4)"
+    assert "1x50264x1024, padded from 50257x768" in head.why
+    assert head.memory_bytes == pytest.approx(50264 * 1024 * (0.5 + 4 / 64))
+    odd_k = cost_one(gemm_op(1, 4096, 4000, "int4"), None, A100, runtime="compiled")
+    assert odd_k.fallback and "ran as a 16-bit dense GEMM" in odd_k.why
+    assert "groups of 64 divide K (K = 4000)" in odd_k.why and "quantisation group" in odd_k.why
     odd = cost_one(gemm_op(1, 4160, 4096, "int4"), None, A100, runtime="compiled", kernel="marlin")
     assert not odd.fallback and "(128x64)" in odd.why
 

@@ -49,6 +49,7 @@ from sparsesim.cost.families.gpu_machine import (
     gpu_energy,
     issue_s,
     latency_bound_bandwidth,
+    lockstep_blocks_s,
     memory_s,
     mma_k,
     parse_ratio,
@@ -82,16 +83,20 @@ TINYGEMM_SCALE_ZERO_BYTES = 4
 # their partial sums in shared memory at the end; no split-K across blocks. Each warp loads one
 # iteration's operands into registers (KTilesPerIteration = 8 k-tiles of 16: 128 K x 8 columns of
 # int4 weights, 512 B, plus the bf16 scale and zero of those 8 columns' two groups of 64, 64 B),
-# then dequantises and multiplies them before it issues the next loads: at a few tokens the bytes
-# in flight bound the kernel (Little's law). PyTorch 2.6 aten/src/ATen/native/cuda/int4mm.cu:
+# then dequantises and multiplies them before it issues the next loads: a block's warps move in
+# lock-step between waiting on DRAM and issuing math (`lockstep_blocks_s`). PyTorch 2.6 aten/src/ATen/native/cuda/int4mm.cu:
 # tinygemm_m16n8k16_chunk_kernel, launched by HANDLE_Q_GROUP(8, 8, KReductionType::None) for
 # every shape
 TINYGEMM_TILE = (16, 8)
 TINYGEMM_WARPS = 8
 TINYGEMM_K_PER_ITERATION = 128
 # the packed weight holds K in runs of innerKTiles (8, torchao's default) k-tiles of 16
-# (_convert_weight_to_int4pack: [N / 8][K / (innerKTiles * 16)][32][innerKTiles / 2])
-TINYGEMM_K_PACK = 128
+# (_convert_weight_to_int4pack: [N / 8][K / (innerKTiles * 16)][32][innerKTiles / 2]). torchao's
+# int4 layout meets that packing by padding (TensorCoreTiledLayout.pre_process: in_features to
+# a multiple of 1,024, out_features to 8; the linear pads its input to match and slices the
+# output back), and leaves unquantised a layer whose K its groups do not divide
+# (int4_weight_only: "Skipping quantizing weight ... not compatible with group_size")
+TINYGEMM_K_PAD = 1024
 # the kernel as compiled (that instantiation of int4mm.cu, nvcc 11.8, -arch=sm_80 and sm_90,
 # ptxas -v and cuobjdump -sass, 2026-12-04): 64 registers a thread (63 on sm_90), so an SM
 # holds 4 of its 256-thread blocks, not the 8 its warp slots allow; and its K loop issues 183
@@ -387,47 +392,57 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
     # torch's kernel takes bf16 activations; an int4 deployment's 16-bit activations are costed at
     # their own dtype (fp16 and bf16 run at one tensor-core rate), as for Marlin (fp16 in its paper)
     unit = compute_unit(p, activation_dtype(work.dtype))
-    g = work.gemms[0]
-    if g.n % TINYGEMM_TILE[1] or g.k % TINYGEMM_K_PACK or g.k % TINYGEMM_GROUP_SIZE:
-        return (f"tinygemm packs N in 8s and K in {TINYGEMM_K_PACK}s with groups of {TINYGEMM_GROUP_SIZE}: "
-                f"N = {g.n}, K = {g.k} do not divide")
-    elems = work.w_bytes / work.dtype_bytes
-    w_bytes = work.w_bytes + elems / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES
+    given = work.gemms[0]
+    if given.k % TINYGEMM_GROUP_SIZE:
+        return (f"torchao quantises a layer for tinygemm only when its groups of {TINYGEMM_GROUP_SIZE} divide K "
+                f"(K = {given.k}): it leaves this one at 16 bits")
+    g = dataclasses.replace(given, n=round_up(given.n, TINYGEMM_TILE[1]), k=round_up(given.k, TINYGEMM_K_PAD))
+    grow_n, grow_k = g.n / given.n, g.k / given.k
+    elems = work.w_bytes / work.dtype_bytes * grow_n * grow_k
+    w_bytes = elems * work.dtype_bytes + elems / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES
+    a_bytes, c_bytes = work.a_bytes * grow_k, work.c_bytes * grow_n
+    padded = f", padded from {given.n}x{given.k} as torchao's int4 layout stores it" if g != given else ""
     # written with Ampere's mma.sync (int4mm.cu's m16n8k16 inline asm): on Hopper it reaches
     # `mma_sync_fraction` of the tensor peak
     tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype) * p.mma_sync_fraction
     # one 16 x 8 tile per block whatever M is (more tokens, more blocks re-reading the weight's
     # column tiles through L2), no split-K
-    gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
+    gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=a_bytes, w_bytes=w_bytes, c_bytes=c_bytes,
                    tile=TINYGEMM_TILE)
     memory = memory_s(p, gt.dram_bytes, gt.l2_bytes)
-    mlp = ""
-    # each warp with one iteration of loads in flight: few columns, few bytes moving
-    cols = TINYGEMM_TILE[1]
-    per_warp = TINYGEMM_K_PER_ITERATION * cols * work.dtype_bytes \
-        + TINYGEMM_K_PER_ITERATION / TINYGEMM_GROUP_SIZE * cols * TINYGEMM_SCALE_ZERO_BYTES
-    # a block's warps share its K: no more of them load at once than K has iterations
-    warps = max(1, min(TINYGEMM_WARPS, ceil_div(g.k, TINYGEMM_K_PER_ITERATION)))
-    bw = latency_bound_bandwidth(p, gt.tiling.tiles, warps * per_warp, warps_per_block=TINYGEMM_WARPS,
-                                 registers_per_thread=TINYGEMM_REGISTERS)
-    if gt.dram_bytes / bw > memory:
-        memory = gt.dram_bytes / bw
-        mlp = (f"; latency-bound: {gt.tiling.tiles} blocks x {warps} warps x {per_warp:.0f} B in flight / "
-               f"{p.dram_latency * 1e9:.0f} ns = {bw / 1e9:.0f} GB/s")
+    # a block's warps share its K, 128 at a time: no more of them work than K has iterations
+    per_block = ceil_div(g.k, TINYGEMM_K_PER_ITERATION)
+    warps = max(1, min(TINYGEMM_WARPS, per_block))
+    steps = ceil_div(per_block, warps)
     # every warp runs its K loop: iterations x the instructions the compiled loop issues
-    iterations = gt.tiling.tiles * ceil_div(g.k, TINYGEMM_K_PER_ITERATION)
+    iterations = gt.tiling.tiles * per_block
     issue = issue_s(p, iterations * TINYGEMM_INSTRUCTIONS_PER_ITERATION, gt.tiling.tiles)
     compute = max(gt.compute_s, issue)
+    # each warp loads one iteration's operands into registers, dequantises and multiplies them,
+    # and only then issues its next loads; a block's warps start together and each runs the same
+    # few iterations, so a block moves in lock-step and an SM overlaps loads and math only across
+    # the blocks it holds
+    lock = lockstep_blocks_s(p, gt.tiling.tiles, steps, gt.dram_bytes / (gt.tiling.tiles * steps),
+                             per_block / steps * TINYGEMM_INSTRUCTIONS_PER_ITERATION, TINYGEMM_WARPS,
+                             TINYGEMM_REGISTERS)
+    mlp = ""
     if issue > gt.compute_s:
-        mlp += (f"; issue-bound math: {iterations} warp iterations x {TINYGEMM_INSTRUCTIONS_PER_ITERATION} "
-                f"instructions (dequantisation, loads, MMAs) = {issue * 1e6:.3g} us")
-    why = describe(f"tinygemm int4 weight-only {g.m}x{g.n}x{g.k}: 4-bit weights + bf16 scale and zero per "
+        mlp += (f"; issue-bound math: {iterations} warp iterations x "
+                f"{TINYGEMM_INSTRUCTIONS_PER_ITERATION} instructions (dequantisation, loads, MMAs) = {issue * 1e6:.3g} us")
+    if lock.seconds > max(compute, memory):
+        mlp += (f"; loads and math in series within a block: {lock.blocks_per_sm} block(s) an SM x {warps} warps, "
+                f"{steps} step(s) each, {p.dram_latency * 1e9:.0f} ns DRAM latency: {lock.seconds * 1e6:.3g} us")
+        if compute >= memory:
+            compute = lock.seconds
+        else:
+            memory = lock.seconds
+    why = describe(f"tinygemm int4 weight-only {g.m}x{g.n}x{g.k}{padded}: 4-bit weights + bf16 scale and zero per "
                    f"{TINYGEMM_GROUP_SIZE} ({w_bytes / 1e6:.3g} MB), {unit.dtype} MMA", compute, memory, env.launch,
                    gt.tiling) + mlp
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, float(work.macs), unit.dtype, gt.dram_bytes, gt.l2_bytes),
-        kernel="dense (tinygemm int4)", why=why, flops_executed=float(work.flops), peak_flops=unit.peak,
+        kernel="dense (tinygemm int4)", why=why, flops_executed=float(work.flops) * grow_n * grow_k, peak_flops=unit.peak,
         memory_bytes=w_bytes if op.weight is not None else 0.0,
         details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "wave_efficiency": gt.tiling.wave_efficiency,
                  "split_k": gt.tiling.split_k, "precision": precision_id(unit.dtype)},

@@ -9,7 +9,7 @@ tile once per cluster through TMA multicast), and the energy of those actions.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -503,6 +503,52 @@ def latency_bound_bandwidth(p: GpuParams, blocks: int, bytes_in_flight: float, w
     per_sm = resident_blocks_per_sm(p, warps_per_block, registers_per_thread)
     resident = min(max(blocks, 1), int(p.sm_count) * per_sm)
     return min(dram_bw(p), resident * bytes_in_flight / p.dram_latency)
+
+
+def closed_network_throughput(customers: int, demands: Sequence[float], delay: float) -> float:
+    """Cycles per second of `customers` that each cycle through queueing stations with these
+    service `demands` (seconds per visit) and a pure `delay`: exact mean-value analysis of a
+    closed product-form network (Reiser & Lavenberg, JACM 1980). One customer takes the delay
+    plus every demand in series; many approach the largest demand's rate."""
+    queues = [0.0] * len(demands)
+    rate = 0.0
+    for n in range(1, max(customers, 1) + 1):
+        residence = [d * (1.0 + q) for d, q in zip(demands, queues)]
+        rate = n / (delay + sum(residence))
+        queues = [rate * r for r in residence]
+    return rate
+
+
+@dataclass(frozen=True)
+class LockstepTime:
+    seconds: float
+    blocks_per_sm: int  # the blocks the busiest SM runs at once
+
+
+def lockstep_blocks_s(p: GpuParams, blocks: int, steps_per_block: int, step_bytes: float, step_instructions: float,
+                      warps_per_block: int, registers_per_thread: int = 0) -> LockstepTime:
+    """Time of a kernel whose blocks load a step's operands from DRAM into registers, wait for
+    them, then issue the step's `step_instructions` warp instructions before the next loads (no
+    software pipelining), all of a block's warps together. Each SM's resident blocks are then the
+    customers of a closed network of the SM's issue slots and its share of the DRAM bandwidth,
+    with the DRAM latency as a delay (`closed_network_throughput`): few blocks an SM pay the
+    latency and both demands in series on every step, many hide them behind each other. The
+    busiest SM sets the time; its last blocks, fewer than it holds, run with less overlap."""
+    blocks = max(blocks, 1)
+    sms = min(blocks, int(p.sm_count))
+    busiest = ceil_div(blocks, sms)
+    held = min(resident_blocks_per_sm(p, warps_per_block, registers_per_thread), busiest)
+    issue = step_instructions / (p.issue_per_sm_clock * p.clock) if p.issue_per_sm_clock > 0 else 0.0
+    rest = busiest % held
+    # the last blocks run on the SMs that got one more round than the others; those SMs share
+    # the DRAM bandwidth among fewer
+    tail_sms = max(1, min(sms, blocks - sms * (busiest - rest))) if rest else sms
+
+    def run(n: int, count: int, busy_sms: int) -> float:
+        dram = step_bytes / (dram_bw(p) / busy_sms)
+        return count * steps_per_block / closed_network_throughput(n, (issue, dram), p.dram_latency) if count else 0.0
+
+    return LockstepTime(run(held, busiest - rest, sms) + run(rest, rest, tail_sms), held)
 
 
 def issue_s(p: GpuParams, warp_instructions: float, blocks: int) -> float:
