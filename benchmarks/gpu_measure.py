@@ -592,9 +592,11 @@ PROBE_OPS: tuple[tuple[str, Callable[[torch.Tensor, torch.Tensor], object]], ...
 )
 
 
-def graph_kernel_cost_us(x: torch.Tensor, rep: dict) -> tuple[float, float]:
+def graph_kernel_cost_us(x: torch.Tensor, rep: dict) -> tuple[float, float, float]:
     """(GPU time per kernel inside a replayed CUDA graph, host + GPU time per kernel launched one
-    by one), us: from graphs of 1 and GRAPH_KERNELS in-place adds on a tiny tensor."""
+    by one, time of one replayed graph of a single kernel), us: from graphs of 1 and GRAPH_KERNELS
+    in-place adds on a tiny tensor. The last is the floor of this script's graphed (engine)
+    timings: below it a call's time is the host's replay, not the kernel."""
     def body(n: int) -> Callable[[], object]:
         def run() -> None:
             for _ in range(n):
@@ -604,7 +606,7 @@ def graph_kernel_cost_us(x: torch.Tensor, rep: dict) -> tuple[float, float]:
     one = time_ms(graphed(body(1)), **rep).median_ms
     many = time_ms(graphed(body(GRAPH_KERNELS)), **rep).median_ms
     eager = time_ms(body(GRAPH_KERNELS), **rep).median_ms
-    return (many - one) / (GRAPH_KERNELS - 1) * 1e3, eager / GRAPH_KERNELS * 1e3
+    return (many - one) / (GRAPH_KERNELS - 1) * 1e3, eager / GRAPH_KERNELS * 1e3, one * 1e3
 
 
 def elementwise_rates(elements: int, dtype: torch.dtype, dev: torch.device, rep: dict) -> list[tuple[str, float, float]]:
@@ -628,9 +630,10 @@ def measure_probes(*, cuda: bool, deadline: Deadline, rep: dict) -> None:
     dtype = torch.bfloat16
     try:
         if cuda:
-            graph_us, eager_us = graph_kernel_cost_us(torch.zeros(1024, device=dev), rep)
+            graph_us, eager_us, single_us = graph_kernel_cost_us(torch.zeros(1024, device=dev), rep)
             print(f"probe: a small kernel replayed from a CUDA graph costs {graph_us:.3g} us on the GPU "
-                  f"({GRAPH_KERNELS} in one graph); launched one by one from Python {eager_us:.3g} us", flush=True)
+                  f"({GRAPH_KERNELS} in one graph); launched one by one from Python {eager_us:.3g} us; "
+                  f"a graph of one replays in {single_us:.3g} us (the floor of this script's engine rows)", flush=True)
         elements = PROBE_ELEMENTS if cuda else SMOKE_ELEMENTS
         rates = elementwise_rates(elements, dtype, dev, rep)
     except (RuntimeError, NotImplementedError, ValueError, TypeError, AttributeError) as e:
