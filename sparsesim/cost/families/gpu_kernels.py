@@ -96,7 +96,7 @@ TINYGEMM_K_PER_ITERATION = 128
 # a multiple of 1,024, out_features to 8; the linear pads its input to match and slices the
 # output back), and leaves unquantised a layer whose K its groups do not divide
 # (int4_weight_only: "Skipping quantizing weight ... not compatible with group_size")
-TINYGEMM_K_PAD = 1024
+TINYGEMM_K_PAD = TINYGEMM_WARPS * TINYGEMM_K_PER_ITERATION  # 1,024: one step of a block's 8 warps
 # the kernel as compiled (that instantiation of int4mm.cu, nvcc 11.8, -arch=sm_80 and sm_90,
 # ptxas -v and cuobjdump -sass, 2026-12-04): 64 registers a thread (63 on sm_90), so an SM
 # holds 4 of its 256-thread blocks, not the 8 its warp slots allow; and its K loop issues 183
@@ -410,35 +410,34 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
     gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=a_bytes, w_bytes=w_bytes, c_bytes=c_bytes,
                    tile=TINYGEMM_TILE)
     memory = memory_s(p, gt.dram_bytes, gt.l2_bytes)
-    # a block's warps share its K, 128 at a time: no more of them work than K has iterations
-    per_block = ceil_div(g.k, TINYGEMM_K_PER_ITERATION)
-    warps = max(1, min(TINYGEMM_WARPS, per_block))
-    steps = ceil_div(per_block, warps)
+    # a block's warps share its K, 128 at a time; the padded K gives each of them the same number
+    # of steps (TINYGEMM_K_PAD is TINYGEMM_WARPS x TINYGEMM_K_PER_ITERATION)
+    steps = g.k // (TINYGEMM_WARPS * TINYGEMM_K_PER_ITERATION)
+    step_instructions = TINYGEMM_WARPS * TINYGEMM_INSTRUCTIONS_PER_ITERATION
     # every warp runs its K loop: iterations x the instructions the compiled loop issues
-    iterations = gt.tiling.tiles * per_block
-    issue = issue_s(p, iterations * TINYGEMM_INSTRUCTIONS_PER_ITERATION, gt.tiling.tiles)
+    issue = issue_s(p, gt.tiling.tiles * steps * step_instructions, gt.tiling.tiles)
     compute = max(gt.compute_s, issue)
     # each warp loads one iteration's operands into registers, dequantises and multiplies them,
     # and only then issues its next loads; a block's warps start together and each runs the same
     # few iterations, so a block moves in lock-step and an SM overlaps loads and math only across
     # the blocks it holds
     lock = lockstep_blocks_s(p, gt.tiling.tiles, steps, gt.dram_bytes / (gt.tiling.tiles * steps),
-                             per_block / steps * TINYGEMM_INSTRUCTIONS_PER_ITERATION, TINYGEMM_WARPS,
-                             TINYGEMM_REGISTERS)
-    mlp = ""
+                             step_instructions, TINYGEMM_WARPS, TINYGEMM_REGISTERS)
+    more = ""
     if issue > gt.compute_s:
-        mlp += (f"; issue-bound math: {iterations} warp iterations x "
-                f"{TINYGEMM_INSTRUCTIONS_PER_ITERATION} instructions (dequantisation, loads, MMAs) = {issue * 1e6:.3g} us")
+        more += (f"; issue-bound math: {gt.tiling.tiles * steps * TINYGEMM_WARPS} warp iterations x "
+                 f"{TINYGEMM_INSTRUCTIONS_PER_ITERATION} instructions (dequantisation, loads, MMAs) = {issue * 1e6:.3g} us")
     if lock.seconds > max(compute, memory):
-        mlp += (f"; loads and math in series within a block: {lock.blocks_per_sm} block(s) an SM x {warps} warps, "
-                f"{steps} step(s) each, {p.dram_latency * 1e9:.0f} ns DRAM latency: {lock.seconds * 1e6:.3g} us")
+        more += (f"; loads and math in series within a block: {lock.blocks_per_sm} block(s) an SM x "
+                 f"{TINYGEMM_WARPS} warps, {steps} step(s) each, {p.dram_latency * 1e9:.0f} ns DRAM latency: "
+                 f"{lock.seconds * 1e6:.3g} us")
         if compute >= memory:
             compute = lock.seconds
         else:
             memory = lock.seconds
     why = describe(f"tinygemm int4 weight-only {g.m}x{g.n}x{g.k}{padded}: 4-bit weights + bf16 scale and zero per "
                    f"{TINYGEMM_GROUP_SIZE} ({w_bytes / 1e6:.3g} MB), {unit.dtype} MMA", compute, memory, env.launch,
-                   gt.tiling) + mlp
+                   gt.tiling) + more
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, float(work.macs), unit.dtype, gt.dram_bytes, gt.l2_bytes),
