@@ -29,8 +29,11 @@ GPUS = sorted(d for d in DEVICES if DEVICES[d].family == "gpu")
 DTYPES = ("fp32", "fp16", "bf16", "fp8", "int8", "int8wo", "int4")
 # relative slack for float rounding only
 EPS = 1e-9
-# SPARSESIM_PROPS raises the example count for a longer local search
-PROPS = settings(max_examples=int(os.environ.get("SPARSESIM_PROPS", "60")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# SPARSESIM_PROPS raises the example count for a longer, random local search; without it the
+# examples are the same on every run (derandomize), so CI checks a fixed set and a rare case a
+# random draw finds is reported by a search, not as a CI run that fails once in a few hundred
+PROPS = settings(max_examples=int(os.environ.get("SPARSESIM_PROPS", "60")), deadline=None,
+                 derandomize="SPARSESIM_PROPS" not in os.environ, suppress_health_check=[HealthCheck.too_slow])
 pytestmark = pytest.mark.slow
 
 dims = st.integers(min_value=1, max_value=4096)
