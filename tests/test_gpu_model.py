@@ -536,7 +536,8 @@ def test_h200_extends_the_h100_runtime_field_by_field():
     assert eager.serial_dispatch == ("cusparselt",) and not base.serial_dispatch
     # the per-kernel table merges entry by entry: the H100's Sparse-Marlin host time is inherited
     assert eager.kernel_dispatch == {"bsr": pytest.approx(220e-6), "cusparse-csr": pytest.approx(5e-6),
-                                     "cusparselt": pytest.approx(330e-6), "sparse-marlin": pytest.approx(30e-6)}
+                                     "cusparselt": pytest.approx(330e-6), "sparse-marlin": pytest.approx(30e-6),
+                                     "tinygemm": pytest.approx(30e-6)}
     assert H200.params.dram_bandwidth > h100.params.dram_bandwidth
     assert H200.provenance["sparse_gemm_efficiency"].fit_date == "2026-12-04"
 

@@ -68,8 +68,12 @@ def test_nm_never_beats_m_over_n(m, n, k, dtype, dev, nm, data):
     dense, sparse, _ = _pair(device, _runtime(data, device), m, n, k, dtype, f"{n_keep}:{m_group}")
     # what the model states beyond the math: a dense library that runs this dtype below the
     # device's usual rate (cuBLASLt int8 on Hopper) lets the sparse kernel gain that much more
+    # (cuBLASLt int8 on Hopper; a runtime's one dense int4 layout where a kernel it does not offer
+    # is faster), or a dense layout that stores the weight padded and does that much more work
+    # (tinygemm's int4 layout pads K to 1,024s), lets the sparse kernel gain that much more
     weak = [r.value for r in dense.reasons if r.code == "weak_dense_library"]
-    slack = 1 / weak[0] if weak else 1.0
+    padded = [r.value for r in dense.reasons if r.code == "padding"]
+    slack = max(1 / weak[0] if weak else 1.0, padded[0] if padded else 1.0)
     assert dense.latency_s / sparse.latency_s <= m_group / n_keep * slack * (1 + EPS), _where(dense, sparse)
     if "sparse tensor core" in sparse.kernel:
         assert dense.latency_s / sparse.latency_s <= 2 * slack * (1 + EPS), _where(dense, sparse)
@@ -167,3 +171,18 @@ def test_int8_24_on_hopper_beats_2x_only_by_the_stated_library_gap():
     assert 2 < dense.latency_s / sparse.latency_s <= 2 / weak[0]
     fp8_dense, _, _ = _pair(device, "engine", 4096, 4096, 4096, "fp8", "2:4")
     assert not [r for r in fp8_dense.reasons if r.code == "weak_dense_library"]
+
+
+def test_int4_24_beats_2x_only_by_the_stated_layout_gap():
+    """torchao's one dense int4 layout runs tinygemm, which dequantises the weight again for every
+    16 rows: at a prefill Sparse-Marlin's 2:4 beats it by more than 2x, and the dense cost states
+    the gap to Marlin, the faster kernel the runtime does not offer; the excess over 2x is within it."""
+    device = DEVICES["a100-sxm4-80gb"]
+    dense, sparse, _ = _pair(device, "compiled", 1750, 1024, 1024, "int4", "2:4")
+    weak = [r.value for r in dense.reasons if r.code == "weak_dense_library"]
+    assert len(weak) == 1 and 0 < weak[0] < 1 and "marlin (not offered)" in dense.why
+    assert 2 < dense.latency_s / sparse.latency_s <= 2 / weak[0]
+    # an engine runs Marlin itself: no gap to state, and 2:4 stays under 2x
+    dense, sparse, _ = _pair(device, "engine", 1750, 1024, 1024, "int4", "2:4")
+    assert not [r for r in dense.reasons if r.code == "weak_dense_library"]
+    assert dense.latency_s / sparse.latency_s <= 2

@@ -335,15 +335,41 @@ def test_dtype_override_retypes_and_sizes_metadata():
     assert op.dtype == "int4" and op.bytes_moved == 64 * 1024 * 2 * 2 + 1024 * 1024 // 2
 
 
-def test_int4_weight_only_runs_marlin_and_sparse_marlin():
-    t = compare_tables("gemm:M=1,N=4096,K=4096,dtype=fp16", ["a100-sxm4-80gb"], ["2:4"], runtime="compiled",
-                       dtype="int4")
-    ops = t.per_op
-    dense = ops[ops["plan"] == "dense"].iloc[0]
-    sparse = ops[ops["plan"] == "2:4"].iloc[0]
-    assert dense["kernel"] in ("dense (marlin int4)", "dense (tinygemm int4)") and "sparse-marlin" in sparse["kernel"]
-    assert not dense["fallback"] and not sparse["fallback"]
-    assert sparse["latency_s"] < dense["latency_s"]
+def test_int4_weight_only_runs_one_layout_per_runtime():
+    """A deployment stores its int4 layers in one layout per pattern: torch (torchao) in tinygemm's
+    for dense layers and Sparse-Marlin's for 2:4; an engine (vLLM-style) in Marlin's and
+    Sparse-Marlin's."""
+    for runtime, kernel in (("compiled", "dense (tinygemm int4)"), ("eager", "dense (tinygemm int4)"),
+                            ("engine", "dense (marlin int4)")):
+        t = compare_tables("gemm:M=1,N=4096,K=4096,dtype=fp16", ["a100-sxm4-80gb"], ["2:4"], runtime=runtime,
+                           dtype="int4")
+        ops = t.per_op
+        dense = ops[ops["plan"] == "dense"].iloc[0]
+        sparse = ops[ops["plan"] == "2:4"].iloc[0]
+        assert dense["kernel"] == kernel and "sparse-marlin" in sparse["kernel"], runtime
+        assert not dense["fallback"] and not sparse["fallback"]
+        # eager pays torchao's Python dispatch for the Sparse-Marlin subclass on one small GEMM
+        assert (sparse["latency_s"] < dense["latency_s"]) == (runtime != "eager"), runtime
+
+
+def test_a_sparser_channel_plan_at_int4_never_stores_more():
+    """The case a property search found when each op picked the fastest of two int4 layouts: a
+    layer pruned to 32 outputs ran tinygemm (K padded to 1,024) and stored 4x what the one pruned
+    to 64 stored in Marlin's layout. With one layout per runtime, and an engine padding a layer
+    Marlin refuses to its 128 x 64 tile, the sparser plan stores at most as much."""
+    from sparsesim.sparsity.shrink import shrink_layer_op
+
+    def stored(runtime: str, plan: str) -> float:
+        op = gemm_op(1, 127, 128, "int4")
+        layer = layer_for("weight", 127, 128, parse_pattern(plan), "int4")
+        return cost_one(shrink_layer_op(op, layer), layer, A100, runtime=runtime).memory_bytes
+
+    for runtime in ("eager", "compiled", "engine"):
+        assert stored(runtime, "channel:0.75") <= stored(runtime, "channel:0.5"), runtime
+    narrow = cost_one(gemm_op(1, 32, 128, "int4"), None, A100, runtime="engine")
+    assert narrow.kernel == "dense (marlin int4)" and not narrow.fallback
+    assert "1x64x128, padded from 32x128 (engine pads channels to Marlin's tiles)" in narrow.why
+    assert narrow.memory_bytes == pytest.approx(64 * 128 * (0.5 + 2 / 128))
 
 
 def test_tinygemm_stores_a_scale_and_zero_per_64_weights_and_never_splits_k():
@@ -357,10 +383,11 @@ def test_tinygemm_stores_a_scale_and_zero_per_64_weights_and_never_splits_k():
     assert tiny.memory_bytes == pytest.approx(weights / 2 + weights / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES)
     assert tiny.memory_bytes > marlin.memory_bytes
     assert tiny.details["split_k"] == 1 and tiny.details["tiles"] == 4096 // 8
-    # the compiled runtime picks the faster int4 kernel unless one is forced: at one token Marlin's
-    # pipelined loads hide its dequantisation where tinygemm's lock-step blocks cannot, and at 64
-    # tokens Marlin's tiles win too
-    assert cost_one(op, None, A100, runtime="compiled").kernel == min(tiny, marlin, key=lambda c: c.latency_s).kernel
+    # torchao's dense int4 layout is tinygemm's, so the compiled runtime runs it unless Marlin is
+    # forced; forced, Marlin is faster: at one token its pipelined loads hide its dequantisation
+    # where tinygemm's lock-step blocks cannot, and at 64 tokens its tiles win too
+    assert cost_one(op, None, A100, runtime="compiled").kernel == "dense (tinygemm int4)"
+    assert "not offered by compiled: forced" in marlin.why
     assert marlin.latency_s < tiny.latency_s
     batch = gemm_op(64, 4096, 4096, "int4")
     assert (cost_one(batch, None, A100, runtime="compiled", kernel="marlin").latency_s
@@ -508,7 +535,10 @@ def test_int4_kernels_run_only_the_shapes_their_checks_accept():
     assert head.memory_bytes == pytest.approx(50264 * 1024 * (0.5 + 4 / 64))
     odd_k = cost_one(gemm_op(1, 4096, 4000, "int4"), None, A100, runtime="compiled")
     assert odd_k.fallback and "ran as a 16-bit dense GEMM" in odd_k.why
-    assert "groups of 64 divide K (K = 4000)" in odd_k.why and "quantisation group" in odd_k.why
+    assert "groups of 64 divide K (K = 4000)" in odd_k.why
+    # an engine pads the layer to whole groups of 128 and Marlin's tile instead
+    engine = cost_one(gemm_op(1, 4096, 4000, "int4"), None, A100, runtime="engine")
+    assert not engine.fallback and "1x4096x4096, padded from 4096x4000" in engine.why
     odd = cost_one(gemm_op(1, 4160, 4096, "int4"), None, A100, runtime="compiled", kernel="marlin")
     assert not odd.fallback and "(128x64)" in odd.why
 

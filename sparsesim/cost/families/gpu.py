@@ -105,6 +105,8 @@ def _pick(op: Op, kind: str, work: GemmWork, layer: LayerSparsity | None, device
     if not costs:
         return "; ".join(reasons)
     name, best = min(costs, key=lambda nc: nc[1].latency_s)
+    if kind == "dense" and not forced_note:
+        best = _weaker_than_known(op, work, device, env, name, best)
     if forced_note:
         choice = forced_note
     elif len(costs) > 1:
@@ -113,6 +115,28 @@ def _pick(op: Op, kind: str, work: GemmWork, layer: LayerSparsity | None, device
     else:
         choice = f"{env.runtime} runs {name}" + (f" (not: {'; '.join(reasons)})" if reasons else "")
     return dataclasses.replace(best, why=f"{best.why}; {choice}")
+
+
+def _weaker_than_known(op: Op, work: GemmWork, device: Device, env: KernelEnv, name: str, picked: Cost) -> Cost:
+    """A dense kernel the runtime is tied to (its one int4 layout: torchao's tinygemm) that runs
+    slower than a kernel it does not offer would: said, and stated as a weak dense library (the
+    share of that kernel's speed it reaches), since a sparse kernel can then beat it by more than
+    its math."""
+    others = [k for k in KERNELS.values()
+              if "dense" in k.serves and not env.rt.offers(k.name) and k.takes(work.dtype)]
+    runs = [(k.name, out) for k in others if isinstance(out := k.run(op, work, None, device, env), Cost)]
+    if not runs:
+        return picked
+    other, known = min(runs, key=lambda nc: nc[1].latency_s)
+    if known.latency_s >= picked.latency_s:
+        return picked
+    share = known.latency_s / picked.latency_s
+    weak = [r.value for r in picked.notes if r.code == "weak_dense_library"]
+    notes = tuple(r for r in picked.notes if r.code != "weak_dense_library")
+    return dataclasses.replace(
+        picked, notes=(*notes, Reason("weak_dense_library", share * (weak[0] if weak else 1.0))),
+        why=f"{picked.why}; {name} is the only dense {work.dtype} layout {env.runtime} offers: {other} (not offered) "
+            f"would take {known.latency_s * 1e6:.3g} us, so a sparse kernel can beat it by more than its math")
 
 
 def broadcasts_innermost(op: Op) -> bool:

@@ -320,32 +320,51 @@ def _cublas(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
     return dense_cost(op, work, device, env)
 
 
+def _padded(work: GemmWork, n: int, k: int) -> tuple[GemmShape, float, float]:
+    """The GEMM of `work` with its outputs padded to `n` and its K to `k` (zeros a layout stores),
+    and how much each grew."""
+    given = work.gemms[0]
+    g = dataclasses.replace(given, n=max(n, given.n), k=max(k, given.k))
+    return g, g.n / given.n, g.k / given.k
+
+
+def _padding_note(grow_n: float, grow_k: float) -> tuple[Reason, ...]:
+    """The padding a layout stores, as data (padded / true weight elements), when there is any."""
+    return (Reason("padding", grow_n * grow_k),) if grow_n * grow_k > 1 else ()
+
+
 def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
     p: GpuParams = device.params
     unit = compute_unit(p, activation_dtype(work.dtype))
-    g = work.gemms[0]
+    given = work.gemms[0]
+    # an engine that pads channels stores a layer Marlin's checks refuse padded to its tile (torch
+    # runtimes have no dense Marlin layout: torchao's dense int4 layout is tinygemm's)
+    n, k = marlin.padded_shape(given.n, given.k, group_size=INT4_GROUP_SIZE) if env.rt.pads_channels \
+        else (given.n, given.k)
+    g, grow_n, grow_k = _padded(work, n, k)
     striped = marlin.partition(g.m * g.batch * g.groups, g.n, g.k, int(p.sm_count), sparse=False,
                                group_size=INT4_GROUP_SIZE)
     if isinstance(striped, str):
         return striped
-    w_bytes = int4_weight_bytes(work)
+    w_bytes = int4_weight_bytes(work) * grow_n * grow_k
     # Marlin's MMAs are Ampere's mma.sync: on Hopper they reach `mma_sync_fraction` of the peak
     tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype) * p.mma_sync_fraction
     # the traffic of the stripes' tiles (split along K like the stripes); the math of the longest stripe
-    gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes, w_bytes=w_bytes, c_bytes=work.c_bytes,
-                   split_k=True, tile=(striped.tile_m, striped.tile_n))
+    gt = gemm_time(p, g, 2.0, tile_rate=tile_rate, a_bytes=work.a_bytes * grow_k, w_bytes=w_bytes,
+                   c_bytes=work.c_bytes * grow_n, split_k=True, tile=(striped.tile_m, striped.tile_n))
     compute = marlin.compute_s(striped, tile_rate)
     bw, chain, stripe_why = _marlin_terms(p, striped, sparse=False)
     memory = max(memory_s(p, gt.dram_bytes, gt.l2_bytes), gt.dram_bytes / bw)
     overhead = env.launch * striped.launches + chain
-    why = describe(f"Marlin int4 weight-only {g.m}x{g.n}x{g.k}: 4-bit weights + fp16 scales per {INT4_GROUP_SIZE} "
-                   f"({w_bytes / 1e6:.3g} MB), dequantised in registers, {unit.dtype} MMA", compute, memory,
-                   overhead, dataclasses.replace(gt.tiling, tiles=0)) + "; " + stripe_why
+    padded = f", padded from {given.n}x{given.k} ({env.runtime} pads channels to Marlin's tiles)" if g != given else ""
+    why = describe(f"Marlin int4 weight-only {g.m}x{g.n}x{g.k}{padded}: 4-bit weights + fp16 scales per "
+                   f"{INT4_GROUP_SIZE} ({w_bytes / 1e6:.3g} MB), dequantised in registers, {unit.dtype} MMA",
+                   compute, memory, overhead, dataclasses.replace(gt.tiling, tiles=0)) + "; " + stripe_why
     return build_cost(
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=overhead,
         energy=gpu_energy(p, float(work.macs), unit.dtype, gt.dram_bytes, gt.l2_bytes),
-        kernel="dense (marlin int4)", why=why, flops_executed=float(work.flops), peak_flops=unit.peak,
-        memory_bytes=w_bytes if op.weight is not None else 0.0,
+        kernel="dense (marlin int4)", why=why, flops_executed=float(work.flops) * grow_n * grow_k, peak_flops=unit.peak,
+        memory_bytes=w_bytes if op.weight is not None else 0.0, notes=_padding_note(grow_n, grow_k),
         details={"waves": striped.launches, "tiles": striped.blocks, "wave_efficiency": striped.blocks / p.sm_count,
                  "split_k": gt.tiling.split_k, "precision": precision_id(unit.dtype)},
     )
@@ -396,8 +415,7 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
     if given.k % TINYGEMM_GROUP_SIZE:
         return (f"torchao quantises a layer for tinygemm only when its groups of {TINYGEMM_GROUP_SIZE} divide K "
                 f"(K = {given.k}): it leaves this one at 16 bits")
-    g = dataclasses.replace(given, n=round_up(given.n, TINYGEMM_TILE[1]), k=round_up(given.k, TINYGEMM_K_PAD))
-    grow_n, grow_k = g.n / given.n, g.k / given.k
+    g, grow_n, grow_k = _padded(work, round_up(given.n, TINYGEMM_TILE[1]), round_up(given.k, TINYGEMM_K_PAD))
     elems = work.w_bytes / work.dtype_bytes * grow_n * grow_k
     w_bytes = elems * work.dtype_bytes + elems / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES
     a_bytes, c_bytes = work.a_bytes * grow_k, work.c_bytes * grow_n
@@ -435,6 +453,9 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
             compute = lock.seconds
         else:
             memory = lock.seconds
+    host = framework_host(env, "tinygemm") if op.kind == "linear" else 0.0
+    if host > 0:
+        more += "; " + host_text(env, host, "torchao's tensor subclass")
     why = describe(f"tinygemm int4 weight-only {g.m}x{g.n}x{g.k}{padded}: 4-bit weights + bf16 scale and zero per "
                    f"{TINYGEMM_GROUP_SIZE} ({w_bytes / 1e6:.3g} MB), {unit.dtype} MMA", compute, memory, env.launch,
                    gt.tiling) + more
@@ -442,9 +463,9 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
         device=device, model=MODEL, compute_s=compute, memory_s=memory, overhead_s=env.launch,
         energy=gpu_energy(p, float(work.macs), unit.dtype, gt.dram_bytes, gt.l2_bytes),
         kernel="dense (tinygemm int4)", why=why, flops_executed=float(work.flops) * grow_n * grow_k, peak_flops=unit.peak,
-        memory_bytes=w_bytes if op.weight is not None else 0.0,
+        memory_bytes=w_bytes if op.weight is not None else 0.0, notes=_padding_note(grow_n, grow_k),
         details={"waves": gt.tiling.waves, "tiles": gt.tiling.tiles, "wave_efficiency": gt.tiling.wave_efficiency,
-                 "split_k": gt.tiling.split_k, "precision": precision_id(unit.dtype)},
+                 "split_k": gt.tiling.split_k, "host_s": host, "precision": precision_id(unit.dtype)},
     )
 
 

@@ -14,6 +14,7 @@ to the kernel's time; a narrow layer (few column slices) is shared by many block
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from sparsesim.cost.common import ceil_div
@@ -76,6 +77,16 @@ def config(tokens: int, n: int, k: int, *, sparse: bool, group_size: int) -> tup
             return tile_k, tile_n
     tiles = " or ".join(f"{tk} x {tn}" for tk, tn in configs)
     return f"{'Sparse-Marlin' if sparse else 'Marlin'} tiles K x N in {tiles}: {k} x {n} does not divide"
+
+
+def padded_shape(n: int, k: int, *, group_size: int) -> tuple[int, int]:
+    """(N, K) of a dense layer padded with zeros to the narrowest configuration both batch sizes'
+    lists hold (128 x 64), its K also to whole quantisation groups: the smallest shape at least
+    (n, k) the dense kernel runs for any number of tokens. An engine that pads its layers' channels
+    (`pads_channels`) stores a layer the kernel's checks refuse this way rather than at 16 bits."""
+    tile_k, tile_n = min(set(DENSE_CONFIGS[True]) & set(DENSE_CONFIGS[False]), key=lambda t: (t[1], t[0]))
+    k_multiple = math.lcm(tile_k, group_size) if group_size > 0 else tile_k
+    return ceil_div(n, tile_n) * tile_n, ceil_div(k, k_multiple) * k_multiple
 
 
 def stripes(tokens: int, n: int, k: int, sms: int, *, sparse: bool, group_size: int,
