@@ -180,3 +180,15 @@ def test_24_beats_2x_only_by_the_stated_dense_gap(dev, runtime, shape, dtype, sa
     dense, sparse, _ = _pair(device, dense_ok_runtime, *shape, dense_ok, "2:4")
     assert not [r for r in dense.reasons if r.code == "weak_dense_library"]
     assert dense.latency_s / sparse.latency_s <= 2
+
+
+@pytest.mark.parametrize("shape", [(1, 127, 128), (33, 200, 320), (1, 1000, 1000)])
+def test_int4_channel_plans_store_less_step_by_step(shape):
+    """Every GPU and runtime, channel plans from 5 % to 95 % in steps of 5 %: at int4 each sparser
+    plan stores at most what the one before it stored (one int4 layout per runtime; an engine pads
+    a layer Marlin refuses to its tile rather than leave it at 16 bits)."""
+    for dev in GPUS:
+        device = DEVICES[dev]
+        for rt in device.runtimes.names():
+            stored = [_stored(device, rt, *shape, "int4", f"channel:{s / 20}") for s in range(1, 20)]
+            assert all(b <= a * (1 + EPS) for a, b in zip(stored, stored[1:])), (dev, rt, stored)
