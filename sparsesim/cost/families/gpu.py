@@ -5,7 +5,11 @@ The machine (tiles, waves over the SMs, split-K, L2 and DRAM traffic, Hopper's c
 cuSPARSE CSR, Flash-LLM, BSR, Marlin and Sparse-Marlin for int4) is a model in `gpu_kernels`.
 This module picks, per op, among the kernels that serve the op's pattern and that the runtime
 offers (`runtime.<name>.kernels` in the device file), the fastest, and says which and why; a
-kernel the user forces (`--kernel`) is used for the ops it serves. When no sparse kernel can run
+kernel the user forces (`--kernel`) is used for the ops it serves. A runtime offers one int4 layout
+per pattern, as its software stores the model (torch: torchao's tinygemm and Sparse-Marlin; an
+engine: Marlin and Sparse-Marlin); where a dense kernel it does not offer would be faster, the
+dense cost says so (`weak_dense_library`), since a sparse kernel can then gain more than its
+math. When no sparse kernel can run
 the op, it runs dense with `fallback=True` and a `why` naming every rule that failed.
 
 * Dense: output tiles of the device's GEMM tile spread over the SMs in waves (split-K when the
