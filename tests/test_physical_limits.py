@@ -7,6 +7,7 @@ pattern kind never stores more bytes."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 
@@ -191,4 +192,4 @@ def test_int4_channel_plans_store_less_step_by_step(shape):
         device = DEVICES[dev]
         for rt in device.runtimes.names():
             stored = [_stored(device, rt, *shape, "int4", f"channel:{s / 20}") for s in range(1, 20)]
-            assert all(b <= a * (1 + EPS) for a, b in zip(stored, stored[1:])), (dev, rt, stored)
+            assert all(b <= a * (1 + EPS) for a, b in itertools.pairwise(stored)), (dev, rt, stored)

@@ -34,7 +34,7 @@ RUNTIME_HELP = (
 
 
 # the runtime fields that list kernel names (checked against the family's kernels)
-KERNEL_LISTS = ("kernels", "serial_dispatch", "transpose_fused")
+KERNEL_LISTS = ("kernels", "serial_dispatch", "transpose_fused", "zeroed_workspace")
 
 
 # the ops a framework runtime quantises a linear's input with (`RuntimeParams.dynamic_quant_scheme`)
@@ -67,7 +67,9 @@ class RuntimeParams:
     vendor engine's tactic search: split-K for sparse kernels too); `framework_layouts`: sparse
     kernels run through a framework's tensor layouts (torch's semi-structured padding and copies);
     `transpose_fused` names the sparse kernels the framework asks to write their result in the
-    linear's own layout (no copy of a transposed result afterwards).
+    linear's own layout (no copy of a transposed result afterwards). `zeroed_workspace` names the
+    kernels whose framework op allocates and zeroes the kernel's lock workspace on every call
+    (torchao's Sparse-Marlin linear): one fill kernel more a call.
     `attention_warp_specialised`: the runtime's fused attention is a Hopper kernel whose producer
     and consumer warps overlap the softmax with the MMAs (FlashAttention-3's design); without it
     the softmax follows the MMAs (FlashAttention-2, torch's SDPA). `attention_head_dim_multiple`:
@@ -109,6 +111,7 @@ class RuntimeParams:
     kernel_dispatch: Mapping[str, float] = quantity("time", per_dtype=True, default={})
     serial_dispatch: tuple[str, ...] = setting(default=[])
     transpose_fused: tuple[str, ...] = setting(default=[])
+    zeroed_workspace: tuple[str, ...] = setting(default=[])
     kernel_launch: float | None = quantity("time", default=None)
     kernels: tuple[str, ...] = setting(default=[])
     algorithm_search: bool = setting(default=False)

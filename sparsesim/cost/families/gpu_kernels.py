@@ -570,6 +570,11 @@ def _nm_sparse(op: Op, work: GemmWork, layer: LayerSparsity, device: Device, env
         extra_kernels += 1
         extra_bytes += c_pad + work.c_bytes
         extra_why.append("result copied out" + ("" if fused_transpose else " (transpose not fused)"))
+    if int4 and kernel in rt.zeroed_workspace:
+        lock_bytes = marlin.workspace_bytes(g.n)
+        extra_kernels += 1
+        extra_bytes += lock_bytes
+        extra_why.append(f"its {lock_bytes:,} B lock workspace allocated and zeroed ({env.runtime}'s op does it every call)")
     # the 2-bit metadata streams from DRAM with the values (`gt.dram_bytes` leaves it out); a
     # library whose kernels of this dtype stream the compressed weight more slowly takes the
     # weight's bytes as that many more at the DRAM rate

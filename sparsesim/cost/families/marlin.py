@@ -47,6 +47,8 @@ STAGES = 4
 # predecessor's release, the partial sums are loaded, and the fence before the release waits
 # for this block's writes to reach L2
 REDUCE_L2_ROUND_TRIPS = 3
+# one int32 lock per column slice in the kernels' workspace
+LOCK_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,14 @@ def config(tokens: int, n: int, k: int, *, sparse: bool, group_size: int) -> tup
             return tile_k, tile_n
     tiles = " or ".join(f"{tk} x {tn}" for tk, tn in configs)
     return f"{'Sparse-Marlin' if sparse else 'Marlin'} tiles K x N in {tiles}: {k} x {n} does not divide"
+
+
+def workspace_bytes(n: int) -> int:
+    """Bytes of the lock workspace a Marlin call over `n` outputs takes: an int32 lock per column
+    slice of the narrowest tile for each of the MAX_PARALLEL copies (vLLM's and torchao's
+    marlin_24_workspace: (n / min_thread_n) x max_parallel ints, min_thread_n 128)."""
+    narrowest = min(tile_n for configs in SPARSE_CONFIGS.values() for _, tile_n in configs)
+    return ceil_div(n, narrowest) * MAX_PARALLEL * LOCK_BYTES
 
 
 def padded_shape(n: int, k: int, *, group_size: int) -> tuple[int, int]:
