@@ -31,7 +31,8 @@ REASONS: Mapping[str, str] = {
 @dataclass(frozen=True)
 class Reason:
     """One cause of an op's cost, as data: a code from `REASONS` and, where it has one, its size
-    (metadata share of the weight bytes, busiest/mean row, SM share the waves fill, padded/true M, or the padded/true weight elements a layout stores)."""
+    (metadata share of the weight bytes, busiest/mean row, SM share the waves fill, padded/true M
+    or the padded/true weight elements a layout stores)."""
 
     code: str
     value: float = math.nan
