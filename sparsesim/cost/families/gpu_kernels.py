@@ -308,10 +308,12 @@ def attention_cost(op: Op, work: GemmWork, device: Device, env: KernelEnv) -> Co
     )
 
 
-def int4_weight_bytes(work: GemmWork) -> float:
-    """An int4 weight with its fp16 group scales (one per INT4_GROUP_SIZE weights)."""
-    elems = work.w_bytes / work.dtype_bytes
-    return work.w_bytes + elems / INT4_GROUP_SIZE * SCALE_BYTES
+def int4_weight_bytes(work: GemmWork, grown: float = 1.0, *, group_size: int = INT4_GROUP_SIZE,
+                      scale_bytes: float = SCALE_BYTES) -> float:
+    """An int4 weight, `grown` times its elements by a layout's padding, with its per-group scale
+    (and zero) bytes: Marlin's fp16 scale per INT4_GROUP_SIZE weights by default."""
+    elems = work.w_bytes / work.dtype_bytes * grown
+    return elems * work.dtype_bytes + elems / group_size * scale_bytes
 
 
 def _cublas(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device, env: KernelEnv) -> Cost | str:
@@ -346,7 +348,7 @@ def _marlin(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Device,
                                group_size=INT4_GROUP_SIZE)
     if isinstance(striped, str):
         return striped
-    w_bytes = int4_weight_bytes(work) * grow_n * grow_k
+    w_bytes = int4_weight_bytes(work, grow_n * grow_k)
     # Marlin's MMAs are Ampere's mma.sync: on Hopper they reach `mma_sync_fraction` of the peak
     tile_rate = unit.peak / p.sm_count * dense_efficiency(p, unit.dtype) * p.mma_sync_fraction
     # the traffic of the stripes' tiles (split along K like the stripes); the math of the longest stripe
@@ -416,8 +418,8 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
         return (f"torchao quantises a layer for tinygemm only when its groups of {TINYGEMM_GROUP_SIZE} divide K "
                 f"(K = {given.k}): it leaves this one at 16 bits")
     g, grow_n, grow_k = _padded(work, round_up(given.n, TINYGEMM_TILE[1]), round_up(given.k, TINYGEMM_K_PAD))
-    elems = work.w_bytes / work.dtype_bytes * grow_n * grow_k
-    w_bytes = elems * work.dtype_bytes + elems / TINYGEMM_GROUP_SIZE * TINYGEMM_SCALE_ZERO_BYTES
+    w_bytes = int4_weight_bytes(work, grow_n * grow_k, group_size=TINYGEMM_GROUP_SIZE,
+                                scale_bytes=TINYGEMM_SCALE_ZERO_BYTES)
     a_bytes, c_bytes = work.a_bytes * grow_k, work.c_bytes * grow_n
     padded = f", padded from {given.n}x{given.k} as torchao's int4 layout stores it" if g != given else ""
     # written with Ampere's mma.sync (int4mm.cu's m16n8k16 inline asm): on Hopper it reaches
@@ -430,7 +432,7 @@ def _tinygemm(op: Op, work: GemmWork, layer: LayerSparsity | None, device: Devic
     memory = memory_s(p, gt.dram_bytes, gt.l2_bytes)
     # a block's warps share its K, 128 at a time; the padded K gives each of them the same number
     # of steps (TINYGEMM_K_PAD is TINYGEMM_WARPS x TINYGEMM_K_PER_ITERATION)
-    steps = g.k // (TINYGEMM_WARPS * TINYGEMM_K_PER_ITERATION)
+    steps = g.k // TINYGEMM_K_PAD
     step_instructions = TINYGEMM_WARPS * TINYGEMM_INSTRUCTIONS_PER_ITERATION
     # every warp runs its K loop: iterations x the instructions the compiled loop issues
     issue = issue_s(p, gt.tiling.tiles * steps * step_instructions, gt.tiling.tiles)
